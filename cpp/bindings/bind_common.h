@@ -1,0 +1,57 @@
+// Argument checking shared by the bindings. The bindings take numpy arrays as they are (no implicit
+// conversion): a wrong dtype is a TypeError, a wrong shape or layout a ValueError, each naming the
+// argument, what was expected and what arrived. The documented conversions (float64 -> float32,
+// non-contiguous -> copy) happen in pyattn/functional.py, in Python, where the user can see them.
+#pragma once
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+namespace pyattn::bind {
+
+namespace py = pybind11;
+
+std::string shape_str(const py::array& a);
+std::string dtype_str(const py::array& a);
+
+// Throws TypeError unless `a` is float32.
+void require_f32(const py::array& a, const char* name);
+// Throws ValueError unless `a` has exactly `ndim` dimensions (`what` describes them, e.g. "(B, H, Lq, D)").
+void require_ndim(const py::array& a, int ndim, const char* name, const char* what);
+void require_min_ndim(const py::array& a, int ndim, const char* name, const char* what);
+// Throws ValueError on a dimension of length 0.
+void require_nonempty(const py::array& a, const char* name);
+// Throws ValueError unless C-contiguous.
+void require_c_contiguous(const py::array& a, const char* name);
+// Throws ValueError unless the last axis is contiguous and every other stride is a non-negative multiple
+// of the item size (a strided view the kernels can walk without copying).
+void require_last_axis_contiguous(const py::array& a, const char* name);
+// Throws ValueError unless `a` is a writable float32 C-contiguous array of exactly `shape`.
+void require_out(const py::array& a, const std::vector<int64_t>& shape, const char* name);
+// Throws ValueError if `out` may share memory with `in` (outputs are never written over inputs).
+void require_no_overlap(const py::array& out, const py::array& in, const char* out_name, const char* in_name);
+
+// Stride of axis i in elements (not bytes).
+int64_t estride(const py::array& a, int i);
+std::vector<int64_t> shape_of(const py::array& a);
+// Product of dims, with an overflow check.
+int64_t checked_numel(const std::vector<int64_t>& shape, const char* name);
+
+[[noreturn]] void value_error(const std::string& msg);
+[[noreturn]] void type_error(const std::string& msg);
+
+inline const float* f32(const py::array& a) { return static_cast<const float*>(a.data()); }
+inline float* f32_mut(py::array& a) { return static_cast<float*>(a.mutable_data()); }
+
+py::array_t<float> empty_f32(const std::vector<int64_t>& shape);
+
+void bind_cpu(py::module_& m);
+void bind_gemm(py::module_& m);
+void bind_ops(py::module_& m);
+void bind_attention(py::module_& m);
+
+}  // namespace pyattn::bind

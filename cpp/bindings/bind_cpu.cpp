@@ -1,0 +1,122 @@
+#include <omp.h>
+#include <pybind11/stl.h>
+
+#include <chrono>
+#include <stdexcept>
+
+#include "bindings/bind_common.h"
+#include "cpu/buffer.h"
+#include "cpu/cpu.h"
+
+namespace pyattn::bind {
+
+void bind_cpu(py::module_& m) {
+    m.def(
+        "cpu_features",
+        [] {
+            const auto& f = cpu::features();
+            py::dict d;
+            d["avx2"] = f.avx2;
+            d["fma"] = f.fma;
+            d["avx512f"] = f.avx512f;
+            d["avx512dq"] = f.avx512dq;
+            d["avx512bw"] = f.avx512bw;
+            d["avx512vl"] = f.avx512vl;
+            return d;
+        },
+        "CPU features detected with cpuid (and OS support for the wider registers).");
+    m.def("available_isas", &cpu::available_isas, "Kernel sets this CPU can run, best last.");
+    m.def(
+        "get_isa", [] { return std::string(cpu::active().name); }, "Name of the kernel set in use.");
+    m.def(
+        "set_isa",
+        [](const std::string& name) {
+            try {
+                cpu::set_isa(name);
+            } catch (const std::invalid_argument& e) {
+                value_error(e.what());
+            }
+        },
+        py::arg("name"), "Switch the kernel set ('scalar', 'avx2', 'avx512'); ValueError if this CPU lacks it.");
+    m.def(
+        "blocking",
+        [](const std::string& name) {
+            const kernels::KernelSet* ks;
+            try {
+                ks = name.empty() ? &cpu::active() : &cpu::kernel_set(name);
+            } catch (const std::invalid_argument& e) {
+                value_error(e.what());
+            }
+            const auto& b = ks->blocking;
+            py::dict d;
+            d["mr"] = b.mr;
+            d["nr"] = b.nr;
+            d["mc"] = b.mc;
+            d["kc"] = b.kc;
+            d["nc"] = b.nc;
+            return d;
+        },
+        py::arg("name") = "", "GEMM register tile and cache blocking (MR, NR, MC, KC, NC) of a kernel set.");
+    m.def("get_num_threads", &cpu::num_threads, "Threads used by parallel ops.");
+    m.def(
+        "set_num_threads",
+        [](int n) {
+            if (n < 1) value_error("num_threads must be >= 1, got " + std::to_string(n));
+            cpu::set_num_threads(n);
+        },
+        py::arg("n"), "Set the threads used by parallel ops (>= 1).");
+    m.def("num_procs", [] { return omp_get_num_procs(); }, "Processors available to this process.");
+    m.def(
+        "measure_fma_peak",
+        [](int threads, double seconds) {
+            if (threads < 1) value_error("threads must be >= 1");
+            const auto& ks = cpu::active();
+            py::gil_scoped_release nogil;
+            const int64_t iters = 1 << 20;
+            double flops = 0.0;
+            const auto t0 = std::chrono::steady_clock::now();
+            double elapsed = 0.0;
+            while (elapsed < seconds) {
+                double f = 0.0;
+#pragma omp parallel num_threads(threads) reduction(+ : f)
+                f += ks.fma_loop(iters);
+                flops += f;
+                elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            }
+            return flops / elapsed / 1e9;
+        },
+        py::arg("threads") = 1, py::arg("seconds") = 0.3,
+        "Measured FMA throughput in GFLOP/s of the active kernel set on `threads` threads.");
+    m.def(
+        "measure_read_bandwidth",
+        [](int threads, int64_t mbytes, int repeats) {
+            if (threads < 1 || mbytes < 1 || repeats < 1) value_error("threads, mbytes and repeats must be >= 1");
+            const auto& ks = cpu::active();
+            py::gil_scoped_release nogil;
+            const int64_t n = mbytes * (1 << 20) / 4;
+            AlignedPtr buf = aligned_floats(n);
+#pragma omp parallel for num_threads(threads) schedule(static)
+            for (int64_t i = 0; i < n; ++i) buf[i] = 1.0f;
+            double best = 0.0;
+            volatile float sink = 0.0f;
+            for (int r = 0; r < repeats; ++r) {
+                const auto t0 = std::chrono::steady_clock::now();
+                float s = 0.0f;
+#pragma omp parallel num_threads(threads) reduction(+ : s)
+                {
+                    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+                    const int64_t lo = n * t / nt, hi = n * (t + 1) / nt;
+                    s += ks.stream_sum(buf.get() + lo, hi - lo);
+                }
+                sink = s;
+                const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+                best = std::max(best, n * 4.0 / dt / 1e9);
+            }
+            (void)sink;
+            return best;
+        },
+        py::arg("threads") = 1, py::arg("mbytes") = 256, py::arg("repeats") = 5,
+        "Measured read bandwidth in GB/s (best of `repeats` sums over a buffer of `mbytes` MiB).");
+}
+
+}  // namespace pyattn::bind

@@ -1,0 +1,228 @@
+#include <memory>
+
+#include "bindings/bind_common.h"
+#include "cpu/cpu.h"
+#include "gemm/gemm.h"
+#include "gemm/packed_matrix.h"
+
+namespace pyattn::bind {
+namespace {
+
+kernels::Activation parse_activation(const std::string& s) {
+    if (s == "none" || s.empty()) return kernels::Activation::none;
+    if (s == "relu") return kernels::Activation::relu;
+    if (s == "gelu") return kernels::Activation::gelu_erf;
+    if (s == "gelu_tanh") return kernels::Activation::gelu_tanh;
+    if (s == "silu") return kernels::Activation::silu;
+    value_error("unknown activation '" + s + "': expected one of none, relu, gelu, gelu_tanh, silu");
+}
+
+// Checks a bias of `n` floats (or None) and returns its data pointer (null for None).
+const float* check_bias(const py::object& bias, int64_t n, py::array& keep) {
+    if (bias.is_none()) return nullptr;
+    if (!py::isinstance<py::array>(bias)) type_error("expected bias to be a numpy array or None");
+    keep = bias.cast<py::array>();
+    require_f32(keep, "bias");
+    if (keep.ndim() != 1 || keep.shape(0) != n)
+        value_error("expected bias of shape (" + std::to_string(n) + ",), got " + shape_str(keep));
+    require_c_contiguous(keep, "bias");
+    return f32(keep);
+}
+
+// (..., K) activations: checks and returns M = prod(leading dims).
+int64_t check_activations(const py::array& x, int64_t K, const char* name) {
+    require_f32(x, name);
+    require_min_ndim(x, 1, name, "(..., in_features)");
+    require_nonempty(x, name);
+    require_c_contiguous(x, name);
+    if (x.shape(x.ndim() - 1) != K)
+        value_error(std::string("expected ") + name + " of shape (..., " + std::to_string(K) + "), got " +
+                    shape_str(x));
+    return static_cast<int64_t>(x.size()) / K;
+}
+
+py::array prepare_out(const py::object& out, const py::array& x, int64_t N) {
+    std::vector<int64_t> shape = shape_of(x);
+    shape.back() = N;
+    if (out.is_none()) return empty_f32(shape);
+    if (!py::isinstance<py::array>(out)) type_error("expected out to be a numpy array or None");
+    py::array o = out.cast<py::array>();
+    require_out(o, shape, "out");
+    require_no_overlap(o, x, "out", "x");
+    return o;
+}
+
+class PackedLinear {
+public:
+    PackedLinear(const py::array& weight, const py::object& bias) {
+        require_f32(weight, "weight");
+        require_ndim(weight, 2, "weight", "(out_features, in_features)");
+        require_nonempty(weight, "weight");
+        require_c_contiguous(weight, "weight");
+        N_ = weight.shape(0);
+        K_ = weight.shape(1);
+        py::array keep;
+        const float* b = check_bias(bias, N_, keep);
+        if (b) bias_.assign(b, b + N_);
+        const float* w = f32(weight);
+        py::gil_scoped_release nogil;
+        packed_ = std::make_unique<gemm::PackedMatrix>(w, K_, true, K_, N_, cpu::active());
+    }
+
+    py::array call(const py::array& x, const std::string& activation, const py::object& out) const {
+        const auto act = parse_activation(activation);
+        const int64_t M = check_activations(x, K_, "x");
+        py::array o = prepare_out(out, x, N_);
+        const float* xp = f32(x);
+        float* op = f32_mut(o);
+        {
+            py::gil_scoped_release nogil;
+            gemm::sgemm(M, xp, K_, *packed_, op, N_, 0.0f, gemm::Epilogue{bias_.empty() ? nullptr : bias_.data(), act});
+        }
+        return o;
+    }
+
+    int64_t in_features() const { return K_; }
+    int64_t out_features() const { return N_; }
+    bool has_bias() const { return !bias_.empty(); }
+    std::string isa() const { return packed_->kernels().name; }
+    std::size_t nbytes() const { return packed_->size_bytes() + bias_.size() * sizeof(float); }
+
+private:
+    int64_t N_ = 0, K_ = 0;
+    std::vector<float> bias_;
+    std::unique_ptr<gemm::PackedMatrix> packed_;
+};
+
+py::array matmul(const py::array& a, const py::array& b, bool transpose_b, const py::object& out) {
+    require_f32(a, "a");
+    require_f32(b, "b");
+    require_min_ndim(a, 2, "a", "(..., M, K)");
+    require_min_ndim(b, 2, "b", transpose_b ? "(..., N, K)" : "(..., K, N)");
+    require_nonempty(a, "a");
+    require_nonempty(b, "b");
+    require_last_axis_contiguous(a, "a");
+    require_last_axis_contiguous(b, "b");
+    const int na = a.ndim(), nb = b.ndim();
+    const int64_t M = a.shape(na - 2), K = a.shape(na - 1);
+    const int64_t Kb = transpose_b ? b.shape(nb - 1) : b.shape(nb - 2);
+    const int64_t N = transpose_b ? b.shape(nb - 2) : b.shape(nb - 1);
+    if (K != Kb)
+        value_error("matmul: inner dimensions differ: a " + shape_str(a) + " and b " + shape_str(b) +
+                    (transpose_b ? " (transpose_b=True: b is (..., N, K))" : ""));
+    // numpy broadcasting of the batch dimensions
+    const int nbatch = std::max(na, nb) - 2;
+    std::vector<int64_t> bshape(nbatch), sa(nbatch, 0), sb(nbatch, 0);
+    for (int i = 0; i < nbatch; ++i) {
+        const int ia = i - (nbatch - (na - 2)), ib = i - (nbatch - (nb - 2));
+        const int64_t da = ia >= 0 ? a.shape(ia) : 1, db = ib >= 0 ? b.shape(ib) : 1;
+        if (da != db && da != 1 && db != 1)
+            value_error("matmul: batch dimensions of a " + shape_str(a) + " and b " + shape_str(b) +
+                        " do not broadcast");
+        bshape[i] = std::max(da, db);
+        if (ia >= 0 && da != 1) sa[i] = estride(a, ia);
+        if (ib >= 0 && db != 1) sb[i] = estride(b, ib);
+    }
+    std::vector<int64_t> oshape = bshape;
+    oshape.push_back(M);
+    oshape.push_back(N);
+    const int64_t batch = checked_numel(bshape, "batch");
+    checked_numel(oshape, "result");
+    py::array o;
+    if (out.is_none()) {
+        o = empty_f32(oshape);
+    } else {
+        if (!py::isinstance<py::array>(out)) type_error("expected out to be a numpy array or None");
+        o = out.cast<py::array>();
+        require_out(o, oshape, "out");
+        require_no_overlap(o, a, "out", "a");
+        require_no_overlap(o, b, "out", "b");
+    }
+    const int64_t lda = estride(a, na - 2), ldb = estride(b, nb - 2);
+    const float* ap = f32(a);
+    const float* bp = f32(b);
+    float* op = f32_mut(o);
+    const gemm::BRef bref{bp, ldb, transpose_b};
+
+    // A single B and batch rows of A laid out as one long matrix: one GEMM with M * batch rows.
+    bool b_shared = true;
+    for (int i = 0; i < nbatch; ++i) b_shared = b_shared && sb[i] == 0;
+    bool a_flat = true;
+    int64_t expect = M * lda;
+    for (int i = nbatch - 1; i >= 0 && a_flat; --i) {
+        a_flat = bshape[i] == 1 || sa[i] == expect;
+        expect *= bshape[i];
+    }
+    if (b_shared && a_flat) {
+        py::gil_scoped_release nogil;
+        gemm::sgemm(M * batch, N, K, ap, lda, bref, op, N);
+        return o;
+    }
+    std::vector<int64_t> aoff(batch), boff(batch);
+    std::vector<int64_t> idx(nbatch, 0);
+    for (int64_t t = 0; t < batch; ++t) {
+        int64_t oa = 0, ob = 0;
+        for (int i = 0; i < nbatch; ++i) {
+            oa += idx[i] * sa[i];
+            ob += idx[i] * sb[i];
+        }
+        aoff[t] = oa;
+        boff[t] = ob;
+        for (int i = nbatch - 1; i >= 0; --i) {
+            if (++idx[i] < bshape[i]) break;
+            idx[i] = 0;
+        }
+    }
+    {
+        py::gil_scoped_release nogil;
+        gemm::sgemm_batched(batch, M, N, K, ap, aoff.data(), lda, bref, boff.data(), op, M * N, N);
+    }
+    return o;
+}
+
+py::array linear(const py::array& x, const py::array& weight, const py::object& bias, const std::string& activation,
+                 const py::object& out) {
+    const auto act = parse_activation(activation);
+    require_f32(weight, "weight");
+    require_ndim(weight, 2, "weight", "(out_features, in_features)");
+    require_nonempty(weight, "weight");
+    require_c_contiguous(weight, "weight");
+    const int64_t N = weight.shape(0), K = weight.shape(1);
+    const int64_t M = check_activations(x, K, "x");
+    py::array keep;
+    const float* bp = check_bias(bias, N, keep);
+    py::array o = prepare_out(out, x, N);
+    require_no_overlap(o, weight, "out", "weight");
+    const float* xp = f32(x);
+    const float* wp = f32(weight);
+    float* op = f32_mut(o);
+    {
+        py::gil_scoped_release nogil;
+        gemm::sgemm(M, N, K, xp, K, gemm::BRef{wp, K, true}, op, N, 0.0f, gemm::Epilogue{bp, act});
+    }
+    return o;
+}
+
+}  // namespace
+
+void bind_gemm(py::module_& m) {
+    m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("transpose_b") = false, py::arg("out") = py::none(),
+          "a (..., M, K) @ b (..., K, N) (or b (..., N, K) with transpose_b) with numpy batch broadcasting.\n"
+          "float32 only; the last axis of a and b must be contiguous; out is C-contiguous float32.");
+    m.def("linear", &linear, py::arg("x"), py::arg("weight"), py::arg("bias") = py::none(),
+          py::arg("activation") = "none", py::arg("out") = py::none(),
+          "act(x @ weight.T + bias): x (..., in) C-contiguous, weight (out, in) as in torch.nn.Linear.");
+    py::class_<PackedLinear>(m, "PackedLinear",
+                             "A Linear layer whose weight is packed once for the GEMM micro-kernel (at construction),\n"
+                             "so each call packs only its activations. weight (out_features, in_features) float32.")
+        .def(py::init<const py::array&, const py::object&>(), py::arg("weight"), py::arg("bias") = py::none())
+        .def("__call__", &PackedLinear::call, py::arg("x"), py::arg("activation") = "none",
+             py::arg("out") = py::none(), "act(x @ weight.T + bias) for x (..., in_features) float32 C-contiguous.")
+        .def_property_readonly("in_features", &PackedLinear::in_features)
+        .def_property_readonly("out_features", &PackedLinear::out_features)
+        .def_property_readonly("has_bias", &PackedLinear::has_bias)
+        .def_property_readonly("isa", &PackedLinear::isa, "Kernel set the weight was packed for.")
+        .def_property_readonly("nbytes", &PackedLinear::nbytes, "Bytes held by the packed weight and bias.");
+}
+
+}  // namespace pyattn::bind

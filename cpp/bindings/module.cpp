@@ -1,0 +1,128 @@
+#include <stdexcept>
+
+#include "bindings/bind_common.h"
+
+namespace pyattn::bind {
+
+std::string shape_str(const py::array& a) {
+    std::string s = "(";
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) {
+        if (i) s += ", ";
+        s += std::to_string(a.shape(i));
+    }
+    if (a.ndim() == 1) s += ",";
+    return s + ")";
+}
+
+std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+
+void value_error(const std::string& msg) { throw py::value_error(msg); }
+void type_error(const std::string& msg) { throw py::type_error(msg); }
+
+void require_f32(const py::array& a, const char* name) {
+    if (!a.dtype().is(py::dtype::of<float>()))
+        type_error(std::string("expected ") + name + " to be float32, got " + dtype_str(a) + " of shape " +
+                   shape_str(a));
+}
+
+void require_ndim(const py::array& a, int ndim, const char* name, const char* what) {
+    if (a.ndim() != ndim)
+        value_error(std::string("expected ") + name + " of shape " + what + ", got " + shape_str(a));
+}
+
+void require_min_ndim(const py::array& a, int ndim, const char* name, const char* what) {
+    if (a.ndim() < ndim)
+        value_error(std::string("expected ") + name + " of shape " + what + ", got " + shape_str(a));
+}
+
+void require_nonempty(const py::array& a, const char* name) {
+    for (py::ssize_t i = 0; i < a.ndim(); ++i)
+        if (a.shape(i) == 0)
+            value_error(std::string(name) + " has a zero-length dimension: shape " + shape_str(a) +
+                        " (empty inputs are refused)");
+}
+
+void require_c_contiguous(const py::array& a, const char* name) {
+    if (!(a.flags() & py::array::c_style))
+        value_error(std::string("expected ") + name + " to be C-contiguous (shape " + shape_str(a) +
+                    "); pass np.ascontiguousarray(" + name + ")");
+}
+
+void require_last_axis_contiguous(const py::array& a, const char* name) {
+    const py::ssize_t item = a.itemsize();
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) {
+        const py::ssize_t st = a.strides(i);
+        const bool ok = i == a.ndim() - 1 ? (st == item || a.shape(i) == 1) : (st >= 0 && st % item == 0);
+        if (!ok)
+            value_error(std::string("expected ") + name + " to have a contiguous last axis and non-negative strides " +
+                        "(shape " + shape_str(a) + "); pass np.ascontiguousarray(" + name + ")");
+    }
+}
+
+void require_out(const py::array& a, const std::vector<int64_t>& shape, const char* name) {
+    require_f32(a, name);
+    bool same = a.ndim() == static_cast<py::ssize_t>(shape.size());
+    for (std::size_t i = 0; same && i < shape.size(); ++i) same = a.shape(i) == shape[i];
+    if (!same) {
+        std::string want = "(";
+        for (std::size_t i = 0; i < shape.size(); ++i) want += (i ? ", " : "") + std::to_string(shape[i]);
+        value_error(std::string("expected ") + name + " of shape " + want + (shape.size() == 1 ? ",)" : ")") +
+                    ", got " + shape_str(a));
+    }
+    require_c_contiguous(a, name);
+    if (!a.writeable()) value_error(std::string(name) + " is read-only");
+}
+
+void require_no_overlap(const py::array& out, const py::array& in, const char* out_name, const char* in_name) {
+    // Conservative byte-range test (numpy's may_share_memory): a false alarm only forces a copy upstream.
+    auto range = [](const py::array& a) {
+        const char* lo = static_cast<const char*>(a.data());
+        const char* hi = lo;
+        for (py::ssize_t i = 0; i < a.ndim(); ++i) {
+            const py::ssize_t ext = (a.shape(i) - 1) * a.strides(i);
+            (ext < 0 ? lo : hi) += ext;
+        }
+        return std::pair<const char*, const char*>(lo, hi + a.itemsize());
+    };
+    if (out.size() == 0 || in.size() == 0) return;
+    const auto [a0, a1] = range(out);
+    const auto [b0, b1] = range(in);
+    if (a0 < b1 && b0 < a1)
+        value_error(std::string(out_name) + " overlaps " + in_name + " in memory; pass a separate output array");
+}
+
+int64_t estride(const py::array& a, int i) { return a.strides(i) / static_cast<py::ssize_t>(a.itemsize()); }
+
+std::vector<int64_t> shape_of(const py::array& a) {
+    std::vector<int64_t> s(a.ndim());
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) s[i] = a.shape(i);
+    return s;
+}
+
+int64_t checked_numel(const std::vector<int64_t>& shape, const char* name) {
+    int64_t n = 1;
+    for (int64_t d : shape) {
+        if (d < 0 || (d != 0 && n > std::numeric_limits<int64_t>::max() / 8 / d))
+            value_error(std::string(name) + " is too large");
+        n *= d;
+    }
+    return n;
+}
+
+py::array_t<float> empty_f32(const std::vector<int64_t>& shape) {
+    checked_numel(shape, "result");
+    std::vector<py::ssize_t> s(shape.begin(), shape.end());
+    return py::array_t<float>(s);
+}
+
+}  // namespace pyattn::bind
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "pyattn's C++ core: SIMD/OpenMP GEMM, softmax, layer norm, activations and fused attention.\n"
+              "Functions here take float32 arrays as they are and refuse anything else; pyattn.functional\n"
+              "is the user-facing layer that converts and documents.";
+    pyattn::bind::bind_cpu(m);
+    pyattn::bind::bind_gemm(m);
+    pyattn::bind::bind_ops(m);
+    pyattn::bind::bind_attention(m);
+}

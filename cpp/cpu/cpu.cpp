@@ -1,0 +1,122 @@
+#include "cpu/cpu.h"
+
+#include <omp.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+
+namespace pyattn::cpu {
+namespace {
+
+Features detect() {
+    Features f;
+#if defined(__x86_64__) || defined(_M_X64)
+    __builtin_cpu_init();
+    // __builtin_cpu_supports also checks that the OS saves the wider registers (XCR0 via xgetbv).
+    f.avx2 = __builtin_cpu_supports("avx2");
+    f.fma = __builtin_cpu_supports("fma");
+    f.avx512f = __builtin_cpu_supports("avx512f");
+    f.avx512dq = __builtin_cpu_supports("avx512dq");
+    f.avx512bw = __builtin_cpu_supports("avx512bw");
+    f.avx512vl = __builtin_cpu_supports("avx512vl");
+#endif
+    return f;
+}
+
+bool can_run(const std::string& isa) {
+    const Features& f = features();
+    if (isa == "scalar") return true;
+#if defined(PYATTN_HAVE_X86_KERNELS)
+    if (isa == "avx2") return f.avx2 && f.fma;
+    if (isa == "avx512") return f.avx512f && f.avx512dq && f.avx512bw && f.avx512vl && f.avx2 && f.fma;
+#endif
+    (void)f;
+    return false;
+}
+
+const kernels::KernelSet& lookup(const std::string& isa) {
+#if defined(PYATTN_HAVE_X86_KERNELS)
+    if (isa == "avx2") return kernels::avx2_kernel_set();
+    if (isa == "avx512") return kernels::avx512_kernel_set();
+#endif
+    return kernels::scalar_kernel_set();
+}
+
+std::atomic<const kernels::KernelSet*> g_active{nullptr};
+std::once_flag g_init;
+
+int default_threads() {
+    if (const char* env = std::getenv("OMP_NUM_THREADS")) {
+        const int n = std::atoi(env);
+        if (n >= 1) return n;
+    }
+    const int n = omp_get_num_procs();
+    return n >= 1 ? n : 1;
+}
+
+std::atomic<int> g_threads{0};
+
+void init() {
+    std::call_once(g_init, [] {
+        const char* env = std::getenv("PYATTN_ISA");
+        const std::string wanted = env && *env ? env : available_isas().back();
+        // An unusable PYATTN_ISA is reported by the Python layer at import (it calls set_isa with the
+        // same value); here we only fall back so that the C++ core stays usable.
+        g_active.store(&lookup(can_run(wanted) ? wanted : available_isas().back()));
+        g_threads.store(default_threads());
+    });
+}
+
+}  // namespace
+
+const Features& features() {
+    static const Features f = detect();
+    return f;
+}
+
+std::vector<std::string> available_isas() {
+    std::vector<std::string> out{"scalar"};
+    for (const char* isa : {"avx2", "avx512"})
+        if (can_run(isa)) out.emplace_back(isa);
+    return out;
+}
+
+const kernels::KernelSet& kernel_set(const std::string& name) {
+    if (name != "scalar" && name != "avx2" && name != "avx512")
+        throw std::invalid_argument("unknown ISA '" + name + "': expected one of scalar, avx2, avx512");
+    if (!can_run(name)) throw std::invalid_argument("this CPU cannot run the '" + name + "' kernels");
+    return lookup(name);
+}
+
+const kernels::KernelSet& active() {
+    init();
+    return *g_active.load(std::memory_order_acquire);
+}
+
+void set_isa(const std::string& name) {
+    init();
+    g_active.store(&kernel_set(name), std::memory_order_release);
+}
+
+int num_threads() {
+    init();
+    return g_threads.load(std::memory_order_relaxed);
+}
+
+void set_num_threads(int n) {
+    if (n < 1) throw std::invalid_argument("num_threads must be >= 1, got " + std::to_string(n));
+    init();
+    g_threads.store(n, std::memory_order_relaxed);
+}
+
+int threads_for(double flops) {
+    const int n = num_threads();
+    // Below ~0.2 MFLOP a fork/join costs about as much as the work it would split.
+    if (n <= 1 || flops < 2e5) return 1;
+    return n;
+}
+
+}  // namespace pyattn::cpu

@@ -1,0 +1,35 @@
+// CPU features, the kernel set in use, and the thread count. Everything above cpp/kernels/ asks here
+// for "the" kernels; nothing else reads cpuid or PYATTN_ISA.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kernels/kernels.h"
+
+namespace pyattn::cpu {
+
+struct Features {
+    bool avx2 = false, fma = false, avx512f = false, avx512dq = false, avx512bw = false, avx512vl = false;
+};
+
+const Features& features();
+
+// Names of the kernel sets this CPU can run, best last ("scalar", "avx2", "avx512").
+std::vector<std::string> available_isas();
+
+// The active kernel set: chosen at first use from PYATTN_ISA (if set) or the best available one.
+const kernels::KernelSet& active();
+// Switches the active set. Throws std::invalid_argument for an unknown name or one this CPU lacks.
+void set_isa(const std::string& name);
+// The set of a given name (same checks as set_isa), without making it active.
+const kernels::KernelSet& kernel_set(const std::string& name);
+
+// Threads used by every parallel op. Defaults to OMP_NUM_THREADS when set, else the number of cores.
+int num_threads();
+void set_num_threads(int n);  // n >= 1, else std::invalid_argument
+// Threads to use for work of `flops` floating-point operations: small ops stay on one thread, where
+// waking a team would cost more than it saves.
+int threads_for(double flops);
+
+}  // namespace pyattn::cpu

@@ -1,0 +1,223 @@
+#include "gemm/gemm.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "cpu/buffer.h"
+#include "cpu/cpu.h"
+#include "gemm/packed_matrix.h"
+
+namespace pyattn::gemm {
+namespace {
+
+using kernels::KernelSet;
+
+// Writes an m x n corner of a full MR x NR tile computed into `tile` (row stride NR) to C.
+void store_partial(const float* tile, int nr, int64_t m, int64_t n, float* c, int64_t ldc, float beta) {
+    for (int64_t i = 0; i < m; ++i)
+        for (int64_t j = 0; j < n; ++j)
+            c[i * ldc + j] = beta == 0.0f ? tile[i * nr + j] : tile[i * nr + j] + beta * c[i * ldc + j];
+}
+
+void apply_epilogue(const KernelSet& ks, const Epilogue& ep, float* c, int64_t ldc, int64_t m, int64_t n,
+                    int64_t col) {
+    if (!ep.bias && ep.act == kernels::Activation::none) return;
+    const float* bias = ep.bias ? ep.bias + col : nullptr;
+    for (int64_t i = 0; i < m; ++i) ks.bias_act(c + i * ldc, c + i * ldc, bias, n, ep.act);
+}
+
+// One (MC block x panel range) task against a packed B block.
+void macro_kernel(const KernelSet& ks, const float* ap, const float* bp, int64_t mc, int64_t kc, int64_t nc,
+                  int64_t panel_begin, int64_t panel_end, float* c, int64_t ldc, float beta, bool last,
+                  const Epilogue& ep, int64_t col0) {
+    const int mr = ks.blocking.mr, nr = ks.blocking.nr;
+    alignas(64) float tile[16 * 64];  // >= MR x NR of every kernel set
+    for (int64_t q = panel_begin; q < panel_end; ++q) {
+        const int64_t j = q * nr;
+        const int64_t n = std::min<int64_t>(nr, nc - j);
+        const float* b = bp + q * kc * nr;
+        for (int64_t i = 0; i < mc; i += mr) {
+            const int64_t m = std::min<int64_t>(mr, mc - i);
+            float* ct = c + i * ldc + j;
+            if (m == mr && n == nr) {
+                ks.micro(kc, ap + i * kc, b, nr, ct, ldc, beta);
+            } else {
+                ks.micro(kc, ap + i * kc, b, nr, tile, nr, 0.0f);
+                store_partial(tile, nr, m, n, ct, ldc, beta);
+            }
+            if (last) apply_epilogue(ks, ep, ct, ldc, m, n, col0 + j);
+        }
+    }
+}
+
+struct Problem {
+    int64_t M, N, K;
+    const float* A;
+    int64_t lda;
+    BRef B;                        // when not prepacked
+    const PackedMatrix* packed;    // or this
+    float* C;
+    int64_t ldc;
+    float beta;
+    Epilogue ep;
+};
+
+void run_blocked(const KernelSet& ks, const Problem& P, int nt) {
+    const auto bl = ks.blocking;
+    const int64_t M = P.M, N = P.N, K = P.K;
+    // MC per thread: split M evenly so that every thread gets a block when it can.
+    int64_t mc = std::min<int64_t>(bl.mc, ((M + nt - 1) / nt + bl.mr - 1) / bl.mr * bl.mr);
+    mc = std::max<int64_t>(mc, bl.mr);
+    const int64_t num_ic = (M + mc - 1) / mc;
+    const int64_t b_panels_max = (std::min<int64_t>(bl.nc, N) + bl.nr - 1) / bl.nr;
+    float* shared_b = P.packed ? nullptr : scratch<0>(static_cast<std::size_t>(b_panels_max) * bl.nr * bl.kc);
+
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+        float* ap = scratch<1>(static_cast<std::size_t>(mc + bl.mr) * bl.kc);
+        for (int64_t jc = 0; jc < N; jc += bl.nc) {
+            const int64_t nc = std::min<int64_t>(bl.nc, N - jc);
+            const int64_t panels = (nc + bl.nr - 1) / bl.nr;
+            // With fewer MC blocks than threads, also split the panels of each block.
+            const int64_t jchunks = std::max<int64_t>(1, std::min<int64_t>(panels, (nth + num_ic - 1) / num_ic));
+            const int64_t tasks = num_ic * jchunks;
+            for (int64_t pc = 0; pc < K; pc += bl.kc) {
+                const int64_t kc = std::min<int64_t>(bl.kc, K - pc);
+                const float* bp;
+                if (P.packed) {
+                    bp = P.packed->block(jc, pc);
+                } else {
+                    const int64_t q0 = panels * tid / nth, q1 = panels * (tid + 1) / nth;
+                    pack_b(P.B.data, P.B.ld, P.B.trans, pc, kc, jc, nc, bl.nr, shared_b, q0, q1);
+#pragma omp barrier
+                    bp = shared_b;
+                }
+                const float beta = pc == 0 ? P.beta : 1.0f;
+                const bool last = pc + kc >= K;
+                int64_t packed_ic = -1;
+                for (int64_t t = tid; t < tasks; t += nth) {
+                    const int64_t ib = t / jchunks, jch = t % jchunks;
+                    const int64_t ic = ib * mc, mcb = std::min<int64_t>(mc, M - ic);
+                    if (ib != packed_ic) {
+                        pack_a(P.A + ic * P.lda + pc, P.lda, mcb, kc, bl.mr, ap);
+                        packed_ic = ib;
+                    }
+                    const int64_t q0 = panels * jch / jchunks, q1 = panels * (jch + 1) / jchunks;
+                    macro_kernel(ks, ap, bp, mcb, kc, nc, q0, q1, P.C + ic * P.ldc + jc, P.ldc, beta, last, P.ep,
+                                 jc);
+                }
+                if (!P.packed) {
+#pragma omp barrier
+                }
+            }
+        }
+    }
+}
+
+// M <= kSmallM: no packing of A; B streams once through the rows kernel (prepacked or row-major B) or the
+// dot kernel (B given transposed, i.e. weights [N, K]).
+void run_small_m(const KernelSet& ks, const Problem& P, int nt) {
+    const auto bl = ks.blocking;
+    const int64_t M = P.M, N = P.N, K = P.K;
+    const int nr = bl.nr;
+    if (!P.packed && P.B.trans) {
+        // Dot products with rows of W: split N into chunks of whole cache lines.
+        const int64_t chunk = 16;
+        const int64_t nchunks = (N + chunk - 1) / chunk;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+        for (int64_t c = 0; c < nchunks; ++c) {
+            const int64_t j = c * chunk, n = std::min<int64_t>(chunk, N - j);
+            ks.dot(M, n, K, P.A, P.lda, P.B.data + j * P.B.ld, P.B.ld, P.C + j, P.ldc, P.beta);
+            apply_epilogue(ks, P.ep, P.C + j, P.ldc, M, n, j);
+        }
+        return;
+    }
+    const int64_t panels = (N + nr - 1) / nr;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        alignas(64) float tile[16 * 64];
+        float* edge = scratch<2>(static_cast<std::size_t>(P.packed ? 0 : K) * nr + 16);
+#pragma omp for schedule(static)
+        for (int64_t q = 0; q < panels; ++q) {
+            const int64_t j = q * nr, n = std::min<int64_t>(nr, N - j);
+            for (int64_t i = 0; i < M; i += bl.mr) {
+                const int64_t m = std::min<int64_t>(bl.mr, M - i);
+                const float* a = P.A + i * P.lda;
+                float* c = P.C + i * P.ldc + j;
+                float* out = n == nr ? c : tile;
+                const int64_t ldo = n == nr ? P.ldc : nr;
+                const float beta0 = n == nr ? P.beta : 0.0f;
+                if (P.packed) {
+                    const int64_t jc = j / bl.nc * bl.nc;
+                    const int64_t qq = (j - jc) / nr;  // panel index inside its jc block
+                    for (int64_t pc = 0; pc < K; pc += bl.kc) {
+                        const int64_t kc = std::min<int64_t>(bl.kc, K - pc);
+                        const float* b = P.packed->block(jc, pc) + qq * kc * nr;
+                        ks.rows(m, kc, a + pc, P.lda, b, nr, out, ldo, pc == 0 ? beta0 : 1.0f);
+                    }
+                } else if (n == nr) {
+                    ks.rows(m, K, a, P.lda, P.B.data + j, P.B.ld, out, ldo, beta0);
+                } else {
+                    if (i == 0) pack_b(P.B.data, P.B.ld, false, 0, K, j, n, nr, edge, 0, 1);
+                    ks.rows(m, K, a, P.lda, edge, nr, out, ldo, beta0);
+                }
+                if (n != nr) store_partial(tile, nr, m, n, c, P.ldc, P.beta);
+                apply_epilogue(ks, P.ep, c, P.ldc, m, n, j);
+            }
+        }
+    }
+}
+
+void run(const KernelSet& ks, const Problem& P, int nthreads) {
+    if (P.M <= 0 || P.N <= 0) return;
+    if (P.K <= 0) {
+        // Empty sum: C = beta C (+ epilogue). Callers refuse K == 0 at the boundary; kept total anyway.
+        for (int64_t i = 0; i < P.M; ++i) {
+            float* c = P.C + i * P.ldc;
+            for (int64_t j = 0; j < P.N; ++j) c[j] = P.beta == 0.0f ? 0.0f : P.beta * c[j];
+            apply_epilogue(ks, P.ep, c, P.ldc, 1, P.N, 0);
+        }
+        return;
+    }
+    const double flops = 2.0 * P.M * P.N * P.K;
+    int nt = nthreads > 0 ? nthreads : cpu::threads_for(flops);
+    if (omp_in_parallel()) nt = 1;
+    if (P.M <= kSmallM) return run_small_m(ks, P, nt);
+    run_blocked(ks, P, nt);
+}
+
+}  // namespace
+
+void sgemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, BRef B, float* C, int64_t ldc,
+           float beta, const Epilogue& ep, int nthreads) {
+    run(cpu::active(), Problem{M, N, K, A, lda, B, nullptr, C, ldc, beta, ep}, nthreads);
+}
+
+void sgemm(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, float* C, int64_t ldc, float beta,
+           const Epilogue& ep, int nthreads) {
+    run(B.kernels(), Problem{M, B.N(), B.K(), A, lda, BRef{nullptr, 0, false}, &B, C, ldc, beta, ep}, nthreads);
+}
+
+void sgemm_batched(int64_t batch, int64_t M, int64_t N, int64_t K, const float* A, const int64_t* a_off,
+                   int64_t lda, BRef B, const int64_t* b_off, float* C, int64_t c_stride, int64_t ldc) {
+    const KernelSet& ks = cpu::active();
+    const double flops = 2.0 * M * N * K;
+    const int nt = omp_in_parallel() ? 1 : cpu::threads_for(flops * batch);
+    // One product per thread while each is small enough to fit a core's caches (~ 2 x 256^3 flops).
+    const bool per_thread = nt > 1 && batch >= nt && flops < 4e7;
+    if (per_thread) {
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+        for (int64_t i = 0; i < batch; ++i)
+            run(ks, Problem{M, N, K, A + a_off[i], lda, BRef{B.data + b_off[i], B.ld, B.trans}, nullptr,
+                            C + i * c_stride, ldc, 0.0f, {}}, 1);
+        return;
+    }
+    for (int64_t i = 0; i < batch; ++i)
+        run(ks, Problem{M, N, K, A + a_off[i], lda, BRef{B.data + b_off[i], B.ld, B.trans}, nullptr,
+                        C + i * c_stride, ldc, 0.0f, {}}, nt);
+}
+
+}  // namespace pyattn::gemm

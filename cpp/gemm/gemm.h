@@ -1,0 +1,51 @@
+// SGEMM in the Goto / BLIS layering: C = act(A B + beta C + bias).
+//
+//   for jc in N step NC:            B block KC x NC (packed, L3)
+//     for pc in K step KC:
+//       for ic in M step MC:        A block MC x KC (packed, L2), one per thread
+//         for jr in NC step NR:     B micro-panel KC x NR (L1)
+//           for ir in MC step MR:   micro-kernel: MR x NR register tile
+//
+// The driver is ISA-free: MR/NR/MC/KC/NC and the micro-kernel come from the active KernelSet.
+// Threads split (MC block, NR panel range) tasks; B is packed cooperatively (or was prepacked once,
+// see PackedMatrix). M <= kSmallM (decoding) skips packing entirely: the work is a GEMV, bounded by the
+// rate at which B streams from memory.
+#pragma once
+#include <cstdint>
+
+#include "kernels/kernels.h"
+
+namespace pyattn::gemm {
+
+class PackedMatrix;
+
+// B operand of a GEMM: element (p, j) of the K x N matrix is data[p * ld + j], or data[j * ld + p] when
+// trans (B given as N x K, e.g. a weight in [out, in] layout).
+struct BRef {
+    const float* data;
+    int64_t ld;
+    bool trans;
+};
+
+struct Epilogue {
+    const float* bias = nullptr;  // N floats, added to every row
+    kernels::Activation act = kernels::Activation::none;
+};
+
+constexpr int64_t kSmallM = 8;
+
+// C (M x N, row stride ldc) = act(A (M x K, row stride lda) B + beta C + bias).
+// nthreads = 0: choose from the active thread count and the size of the work.
+void sgemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, BRef B, float* C, int64_t ldc,
+           float beta = 0.0f, const Epilogue& ep = {}, int nthreads = 0);
+
+void sgemm(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, float* C, int64_t ldc,
+           float beta = 0.0f, const Epilogue& ep = {}, int nthreads = 0);
+
+// A batch of GEMMs sharing M, N, K and strides: C_i = A_i B_i with A_i = A + a_off[i], B_i = B.data +
+// b_off[i], C_i = C + i * c_stride. Many small products run one per thread; large ones one at a time
+// with every thread inside.
+void sgemm_batched(int64_t batch, int64_t M, int64_t N, int64_t K, const float* A, const int64_t* a_off,
+                   int64_t lda, BRef B, const int64_t* b_off, float* C, int64_t c_stride, int64_t ldc);
+
+}  // namespace pyattn::gemm

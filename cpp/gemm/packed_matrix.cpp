@@ -1,0 +1,88 @@
+#include "gemm/packed_matrix.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "cpu/cpu.h"
+
+namespace pyattn::gemm {
+
+void pack_b(const float* b, int64_t ldb, bool trans, int64_t p0, int64_t kc, int64_t j0, int64_t nc, int nr,
+            float* dst, int64_t panel_begin, int64_t panel_end) {
+    for (int64_t q = panel_begin; q < panel_end; ++q) {
+        float* panel = dst + q * kc * nr;
+        const int64_t jq = j0 + q * nr;
+        const int64_t w = std::min<int64_t>(nr, j0 + nc - jq);
+        if (!trans) {
+            for (int64_t p = 0; p < kc; ++p) {
+                const float* src = b + (p0 + p) * ldb + jq;
+                float* row = panel + p * nr;
+                std::memcpy(row, src, w * sizeof(float));
+                for (int64_t j = w; j < nr; ++j) row[j] = 0.0f;
+            }
+        } else {
+            for (int64_t j = 0; j < w; ++j) {
+                const float* src = b + (jq + j) * ldb + p0;
+                for (int64_t p = 0; p < kc; ++p) panel[p * nr + j] = src[p];
+            }
+            for (int64_t j = w; j < nr; ++j)
+                for (int64_t p = 0; p < kc; ++p) panel[p * nr + j] = 0.0f;
+        }
+    }
+}
+
+void pack_a(const float* a, int64_t lda, int64_t mc, int64_t kc, int mr, float* dst, float scale) {
+    for (int64_t r = 0; r * mr < mc; ++r) {
+        float* panel = dst + r * kc * mr;
+        const int64_t rows = std::min<int64_t>(mr, mc - r * mr);
+        for (int64_t i = 0; i < rows; ++i) {
+            const float* src = a + (r * mr + i) * lda;
+            if (scale == 1.0f)
+                for (int64_t p = 0; p < kc; ++p) panel[p * mr + i] = src[p];
+            else
+                for (int64_t p = 0; p < kc; ++p) panel[p * mr + i] = scale * src[p];
+        }
+        for (int64_t i = rows; i < mr; ++i)
+            for (int64_t p = 0; p < kc; ++p) panel[p * mr + i] = 0.0f;
+    }
+}
+
+PackedMatrix::PackedMatrix(const float* b, int64_t ldb, bool trans, int64_t K, int64_t N,
+                           const kernels::KernelSet& ks)
+    : K_(K), N_(N), ks_(&ks) {
+    const auto& bl = ks.blocking;
+    const int64_t nc_full = bl.nc, nr = bl.nr;
+    // Every full jc block is NC wide (a multiple of NR); only the last one is padded.
+    const int64_t last_nc = N - ((N - 1) / nc_full) * nc_full;
+    const int64_t padded_n = N - last_nc + (last_nc + nr - 1) / nr * nr;
+    size_ = static_cast<std::size_t>(padded_n) * static_cast<std::size_t>(K);
+    data_ = aligned_floats(size_);
+
+    struct Job {
+        int64_t jc, pc, nc, kc;
+    };
+    std::vector<Job> jobs;
+    for (int64_t jc = 0; jc < N; jc += nc_full)
+        for (int64_t pc = 0; pc < K; pc += bl.kc)
+            jobs.push_back({jc, pc, std::min<int64_t>(nc_full, N - jc), std::min<int64_t>(bl.kc, K - pc)});
+    const int nt = cpu::threads_for(static_cast<double>(K) * N);
+    float* base = data_.get();
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
+    for (int64_t i = 0; i < static_cast<int64_t>(jobs.size()); ++i) {
+        const Job& j = jobs[i];
+        const int64_t panels = (j.nc + nr - 1) / nr;
+        float* dst = base + j.jc * K + j.pc * panels * nr;
+        pack_b(b, ldb, trans, j.pc, j.kc, j.jc, j.nc, static_cast<int>(nr), dst, 0, panels);
+    }
+}
+
+const float* PackedMatrix::block(int64_t jc, int64_t pc) const {
+    const auto& bl = ks_->blocking;
+    const int64_t nc = std::min<int64_t>(bl.nc, N_ - jc);
+    const int64_t panels = (nc + bl.nr - 1) / bl.nr;
+    return data_.get() + jc * K_ + pc * panels * bl.nr;
+}
+
+}  // namespace pyattn::gemm

@@ -1,0 +1,67 @@
+// AVX-512F kernel set (compiled with -mavx512f and friends). 12 x 32 GEMM tile: 24 zmm accumulators, 2
+// for B, 1 broadcast, out of 32 registers. On Zen 4 a zmm FMA runs on both 256-bit pipes, so the peak
+// equals AVX2's; the gain is half the instructions per flop and a larger tile (less packing traffic).
+#include <immintrin.h>
+
+#include "kernels/kernels.h"
+
+namespace pyattn::kernels {
+namespace {
+
+#include "kernels/vec_math.inl"
+
+struct V {
+    using reg = __m512;
+    static constexpr int W = 16;
+    static reg zero() { return _mm512_setzero_ps(); }
+    static reg set1(float x) { return _mm512_set1_ps(x); }
+    static reg load(const float* p) { return _mm512_loadu_ps(p); }
+    static void store(float* p, reg v) { _mm512_storeu_ps(p, v); }
+    static __mmask16 tail(int64_t n) { return (__mmask16)((1u << n) - 1u); }
+    static reg load_n(const float* p, int64_t n) { return _mm512_maskz_loadu_ps(tail(n), p); }
+    static void store_n(float* p, reg v, int64_t n) { _mm512_mask_storeu_ps(p, tail(n), v); }
+    static reg fmadd(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
+    static reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
+    static reg sub(reg a, reg b) { return _mm512_sub_ps(a, b); }
+    static reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
+    static reg div(reg a, reg b) { return _mm512_div_ps(a, b); }
+    static reg max(reg a, reg b) { return _mm512_max_ps(a, b); }
+    static reg min(reg a, reg b) { return _mm512_min_ps(a, b); }
+    static reg abs(reg a) { return _mm512_abs_ps(a); }
+    static reg copysign(reg mag, reg sgn) {
+        const __m512i sm = _mm512_set1_epi32(0x80000000);
+        const __m512i m = _mm512_andnot_si512(sm, _mm512_castps_si512(mag));
+        const __m512i s = _mm512_and_si512(sm, _mm512_castps_si512(sgn));
+        return _mm512_castsi512_ps(_mm512_or_si512(m, s));
+    }
+    static reg round(reg a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+    static reg pow2i(reg n) {
+        const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+        return _mm512_castsi512_ps(e);
+    }
+    static reg zero_where_less(reg x, reg thr, reg y) {
+        return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, thr, _CMP_NLT_UQ), y);
+    }
+    static float hsum(reg v) { return _mm512_reduce_add_ps(v); }
+    static float hmax(reg v) { return _mm512_reduce_max_ps(v); }
+    static reg exp(reg x) { return poly_exp<V>(x); }
+    static reg erf(reg x) { return poly_erf<V>(x); }
+    static reg tanh(reg x) { return poly_tanh<V>(x); }
+    static reg mask_neg_inf(reg s, const uint8_t* m) {
+        const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)m));
+        const __mmask16 k = _mm512_test_epi32_mask(b, b);
+        return _mm512_mask_mov_ps(s, k, _mm512_set1_ps(-__builtin_inff()));
+    }
+};
+
+#include "kernels/generic_kernels.inl"
+
+}  // namespace
+
+const KernelSet& avx512_kernel_set() {
+    // A KC x NR panel of B (128 x 32 floats = 16 KiB) stays in L1; MC x KC = 384 x 128 (192 KiB) in L2.
+    static const KernelSet ks = make_kernel_set<12, 2>("avx512", 384, 128, 4096);
+    return ks;
+}
+
+}  // namespace pyattn::kernels

@@ -1,0 +1,363 @@
+// Kernel bodies written once against a small vector interface `V` and instantiated per ISA.
+//
+// This file is #included inside an anonymous namespace of each cpp/kernels/<isa>/ translation unit,
+// after that unit has defined `struct V` (its registers and intrinsics). Everything here therefore gets
+// internal linkage per ISA: an AVX-512 instantiation can never be merged by the linker into the scalar
+// path (the classic ODR hazard of compiling one template under several -m flags).
+//
+// V provides: reg, W (lanes), zero, set1, load, store, load_n, store_n (first n lanes, n <= W, the rest
+// read as 0 / left untouched), fmadd(a, b, c) = a*b + c, add, sub, mul, div, max, min, hsum, hmax,
+// exp, erf, tanh, and mask_neg_inf(s, bytes) (lanes whose byte is nonzero become -inf).
+
+constexpr float kNegInf = -__builtin_inff();
+
+// ---------------------------------------------------------------------------------------------
+// GEMM micro-kernel: an MR x (NV * W) register tile, rank-1 updates over k.
+// ---------------------------------------------------------------------------------------------
+template <int MR, int NV>
+inline void store_tile(typename V::reg (&acc)[MR][NV], float* c, int64_t ldc, float beta) {
+    if (beta == 0.0f) {
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+            for (int j = 0; j < NV; ++j) V::store(c + i * ldc + j * V::W, acc[i][j]);
+    } else if (beta == 1.0f) {
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+            for (int j = 0; j < NV; ++j)
+                V::store(c + i * ldc + j * V::W, V::add(acc[i][j], V::load(c + i * ldc + j * V::W)));
+    } else {
+        const typename V::reg vb = V::set1(beta);
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+            for (int j = 0; j < NV; ++j)
+                V::store(c + i * ldc + j * V::W, V::fmadd(vb, V::load(c + i * ldc + j * V::W), acc[i][j]));
+    }
+}
+
+template <int MR, int NV>
+void micro_kernel(int64_t k, const float* __restrict a, const float* __restrict b, int64_t ldb,
+                  float* __restrict c, int64_t ldc, float beta) {
+    typename V::reg acc[MR][NV];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+        for (int j = 0; j < NV; ++j) acc[i][j] = V::zero();
+    for (int64_t p = 0; p < k; ++p) {
+        typename V::reg bv[NV];
+#pragma GCC unroll 8
+        for (int j = 0; j < NV; ++j) bv[j] = V::load(b + j * V::W);
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; ++i) {
+            const typename V::reg av = V::set1(a[i]);
+#pragma GCC unroll 8
+            for (int j = 0; j < NV; ++j) acc[i][j] = V::fmadd(av, bv[j], acc[i][j]);
+        }
+        a += MR;
+        b += ldb;
+    }
+    store_tile<MR, NV>(acc, c, ldc, beta);
+}
+
+// Same tile, A read in place (row stride lda) for m = M rows: the small-M (decode) path.
+template <int M, int NV>
+void rows_kernel_m(int64_t k, const float* __restrict a, int64_t lda, const float* __restrict b, int64_t ldb,
+                   float* __restrict c, int64_t ldc, float beta) {
+    typename V::reg acc[M][NV];
+#pragma GCC unroll 16
+    for (int i = 0; i < M; ++i)
+#pragma GCC unroll 8
+        for (int j = 0; j < NV; ++j) acc[i][j] = V::zero();
+    for (int64_t p = 0; p < k; ++p) {
+        typename V::reg bv[NV];
+#pragma GCC unroll 8
+        for (int j = 0; j < NV; ++j) bv[j] = V::load(b + p * ldb + j * V::W);
+#pragma GCC unroll 16
+        for (int i = 0; i < M; ++i) {
+            const typename V::reg av = V::set1(a[i * lda + p]);
+#pragma GCC unroll 8
+            for (int j = 0; j < NV; ++j) acc[i][j] = V::fmadd(av, bv[j], acc[i][j]);
+        }
+    }
+    store_tile<M, NV>(acc, c, ldc, beta);
+}
+
+template <int MR, int NV, int M = MR>
+void rows_kernel_dispatch(int64_t m, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+                          float* c, int64_t ldc, float beta) {
+    if constexpr (M >= 1) {
+        if (m == M) return rows_kernel_m<M, NV>(k, a, lda, b, ldb, c, ldc, beta);
+        return rows_kernel_dispatch<MR, NV, M - 1>(m, k, a, lda, b, ldb, c, ldc, beta);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dot-product kernel: C = A W^T (+ beta C) with W rows contiguous; vectorised along k.
+// ---------------------------------------------------------------------------------------------
+template <int MI, int NJ>
+inline void dot_block(int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw, float* c,
+                      int64_t ldc, float beta) {
+    typename V::reg acc[MI][NJ];
+#pragma GCC unroll 4
+    for (int i = 0; i < MI; ++i)
+#pragma GCC unroll 4
+        for (int j = 0; j < NJ; ++j) acc[i][j] = V::zero();
+    int64_t p = 0;
+    for (; p + V::W <= k; p += V::W) {
+        typename V::reg wv[NJ];
+#pragma GCC unroll 4
+        for (int j = 0; j < NJ; ++j) wv[j] = V::load(w + j * ldw + p);
+#pragma GCC unroll 4
+        for (int i = 0; i < MI; ++i) {
+            const typename V::reg av = V::load(a + i * lda + p);
+#pragma GCC unroll 4
+            for (int j = 0; j < NJ; ++j) acc[i][j] = V::fmadd(av, wv[j], acc[i][j]);
+        }
+    }
+    if (p < k) {
+        const int64_t r = k - p;
+        typename V::reg wv[NJ];
+#pragma GCC unroll 4
+        for (int j = 0; j < NJ; ++j) wv[j] = V::load_n(w + j * ldw + p, r);
+#pragma GCC unroll 4
+        for (int i = 0; i < MI; ++i) {
+            const typename V::reg av = V::load_n(a + i * lda + p, r);
+#pragma GCC unroll 4
+            for (int j = 0; j < NJ; ++j) acc[i][j] = V::fmadd(av, wv[j], acc[i][j]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < MI; ++i)
+#pragma GCC unroll 4
+        for (int j = 0; j < NJ; ++j) {
+            const float s = V::hsum(acc[i][j]);
+            float* dst = c + i * ldc + j;
+            *dst = beta == 0.0f ? s : s + beta * *dst;
+        }
+}
+
+void dot_kernel(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw,
+                float* c, int64_t ldc, float beta) {
+    int64_t i = 0;
+    for (; i + 2 <= m; i += 2) {
+        int64_t j = 0;
+        for (; j + 4 <= n; j += 4) dot_block<2, 4>(k, a + i * lda, lda, w + j * ldw, ldw, c + i * ldc + j, ldc, beta);
+        for (; j < n; ++j) dot_block<2, 1>(k, a + i * lda, lda, w + j * ldw, ldw, c + i * ldc + j, ldc, beta);
+    }
+    for (; i < m; ++i) {
+        int64_t j = 0;
+        for (; j + 4 <= n; j += 4) dot_block<1, 4>(k, a + i * lda, lda, w + j * ldw, ldw, c + i * ldc + j, ldc, beta);
+        for (; j < n; ++j) dot_block<1, 1>(k, a + i * lda, lda, w + j * ldw, ldw, c + i * ldc + j, ldc, beta);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row primitives.
+// ---------------------------------------------------------------------------------------------
+float row_max(const float* x, int64_t n) {
+    typename V::reg m0 = V::set1(kNegInf), m1 = m0;
+    int64_t j = 0;
+    for (; j + 2 * V::W <= n; j += 2 * V::W) {
+        m0 = V::max(m0, V::load(x + j));
+        m1 = V::max(m1, V::load(x + j + V::W));
+    }
+    for (; j + V::W <= n; j += V::W) m0 = V::max(m0, V::load(x + j));
+    float m = V::hmax(V::max(m0, m1));
+    for (; j < n; ++j) m = x[j] > m ? x[j] : m;
+    return m;
+}
+
+float exp_sum(const float* x, float* y, int64_t n, float shift) {
+    const typename V::reg vs = V::set1(shift);
+    typename V::reg s0 = V::zero(), s1 = V::zero();
+    int64_t j = 0;
+    for (; j + 2 * V::W <= n; j += 2 * V::W) {
+        const typename V::reg e0 = V::exp(V::sub(V::load(x + j), vs));
+        const typename V::reg e1 = V::exp(V::sub(V::load(x + j + V::W), vs));
+        V::store(y + j, e0);
+        V::store(y + j + V::W, e1);
+        s0 = V::add(s0, e0);
+        s1 = V::add(s1, e1);
+    }
+    for (; j < n; j += V::W) {
+        const int64_t r = n - j < V::W ? n - j : V::W;
+        // Lanes past n load 0 and would add exp(0 - shift): zero them before summing.
+        const typename V::reg e = V::exp(V::sub(V::load_n(x + j, r), vs));
+        V::store_n(y + j, e, r);
+        s0 = V::add(s0, V::load_n(y + j, r));
+    }
+    return V::hsum(V::add(s0, s1));
+}
+
+void scale_row(float* x, int64_t n, float s) {
+    const typename V::reg vs = V::set1(s);
+    int64_t j = 0;
+    for (; j + V::W <= n; j += V::W) V::store(x + j, V::mul(V::load(x + j), vs));
+    if (j < n) V::store_n(x + j, V::mul(V::load_n(x + j, n - j), vs), n - j);
+}
+
+void add_scalar(const float* x, float* y, int64_t n, float s) {
+    const typename V::reg vs = V::set1(s);
+    int64_t j = 0;
+    for (; j + V::W <= n; j += V::W) V::store(y + j, V::add(V::load(x + j), vs));
+    if (j < n) V::store_n(y + j, V::add(V::load_n(x + j, n - j), vs), n - j);
+}
+
+void axpy(float* y, const float* x, int64_t n, float a) {
+    const typename V::reg va = V::set1(a);
+    int64_t j = 0;
+    for (; j + V::W <= n; j += V::W) V::store(y + j, V::fmadd(va, V::load(x + j), V::load(y + j)));
+    if (j < n) V::store_n(y + j, V::fmadd(va, V::load_n(x + j, n - j), V::load_n(y + j, n - j)), n - j);
+}
+
+void add_row(float* s, const float* t, int64_t n) {
+    int64_t j = 0;
+    for (; j + V::W <= n; j += V::W) V::store(s + j, V::add(V::load(s + j), V::load(t + j)));
+    if (j < n) V::store_n(s + j, V::add(V::load_n(s + j, n - j), V::load_n(t + j, n - j)), n - j);
+}
+
+void mask_bool(float* s, const uint8_t* masked, int64_t n) {
+    int64_t j = 0;
+    for (; j + V::W <= n; j += V::W) V::store(s + j, V::mask_neg_inf(V::load(s + j), masked + j));
+    for (; j < n; ++j)
+        if (masked[j]) s[j] = kNegInf;
+}
+
+float row_sum(const float* x, int64_t n) {
+    typename V::reg s0 = V::zero(), s1 = V::zero();
+    int64_t j = 0;
+    for (; j + 2 * V::W <= n; j += 2 * V::W) {
+        s0 = V::add(s0, V::load(x + j));
+        s1 = V::add(s1, V::load(x + j + V::W));
+    }
+    for (; j < n; j += V::W) s0 = V::add(s0, V::load_n(x + j, n - j < V::W ? n - j : V::W));
+    return V::hsum(V::add(s0, s1));
+}
+
+void layer_norm_row(const float* x, float* y, const float* w, const float* b, int64_t n, float eps) {
+    // Two passes (mean, then the mean of squared deviations): no cancellation for large offsets.
+    const float mean = row_sum(x, n) / (float)n;
+    const typename V::reg vm = V::set1(mean);
+    typename V::reg q0 = V::zero(), q1 = V::zero();
+    int64_t j = 0;
+    for (; j + 2 * V::W <= n; j += 2 * V::W) {
+        const typename V::reg d0 = V::sub(V::load(x + j), vm), d1 = V::sub(V::load(x + j + V::W), vm);
+        q0 = V::fmadd(d0, d0, q0);
+        q1 = V::fmadd(d1, d1, q1);
+    }
+    for (; j < n; j += V::W) {
+        const int64_t r = n - j < V::W ? n - j : V::W;
+        const typename V::reg d = V::sub(V::load_n(x + j, r), vm);
+        // Lanes past n hold 0 - mean: mask them by reloading through load_n of the squared deviation.
+        float tmp[V::W];
+        V::store(tmp, V::mul(d, d));
+        q0 = V::add(q0, V::load_n(tmp, r));
+    }
+    const float var = V::hsum(V::add(q0, q1)) / (float)n;
+    const float rstd = 1.0f / __builtin_sqrtf(var + eps);
+    const typename V::reg vr = V::set1(rstd);
+    for (j = 0; j < n; j += V::W) {
+        const int64_t r = n - j < V::W ? n - j : V::W;
+        typename V::reg v = V::mul(V::sub(V::load_n(x + j, r), vm), vr);
+        if (w) v = V::mul(v, V::load_n(w + j, r));
+        if (b) v = V::add(v, V::load_n(b + j, r));
+        V::store_n(y + j, v, r);
+    }
+}
+
+inline typename V::reg act_relu(typename V::reg x) { return V::max(x, V::zero()); }
+inline typename V::reg act_gelu_erf(typename V::reg x) {
+    // 0.5 x (1 + erf(x / sqrt 2))
+    const typename V::reg h = V::mul(x, V::set1(0.5f));
+    return V::fmadd(h, V::erf(V::mul(x, V::set1(0.70710678118654752f))), h);
+}
+inline typename V::reg act_gelu_tanh(typename V::reg x) {
+    // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+    const typename V::reg x3 = V::mul(V::mul(x, x), x);
+    const typename V::reg u = V::mul(V::set1(0.7978845608028654f), V::fmadd(V::set1(0.044715f), x3, x));
+    const typename V::reg h = V::mul(x, V::set1(0.5f));
+    return V::fmadd(h, V::tanh(u), h);
+}
+inline typename V::reg act_silu(typename V::reg x) {
+    return V::div(x, V::add(V::set1(1.0f), V::exp(V::sub(V::zero(), x))));
+}
+
+template <typename F>
+inline void bias_act_impl(const float* x, float* y, const float* bias, int64_t n, F f) {
+    int64_t j = 0;
+    for (; j + V::W <= n; j += V::W) {
+        typename V::reg v = V::load(x + j);
+        if (bias) v = V::add(v, V::load(bias + j));
+        V::store(y + j, f(v));
+    }
+    if (j < n) {
+        typename V::reg v = V::load_n(x + j, n - j);
+        if (bias) v = V::add(v, V::load_n(bias + j, n - j));
+        V::store_n(y + j, f(v), n - j);
+    }
+}
+
+void bias_act(const float* x, float* y, const float* bias, int64_t n, Activation act) {
+    switch (act) {
+        case Activation::none: return bias_act_impl(x, y, bias, n, [](typename V::reg v) { return v; });
+        case Activation::relu: return bias_act_impl(x, y, bias, n, act_relu);
+        case Activation::gelu_erf: return bias_act_impl(x, y, bias, n, act_gelu_erf);
+        case Activation::gelu_tanh: return bias_act_impl(x, y, bias, n, act_gelu_tanh);
+        case Activation::silu: return bias_act_impl(x, y, bias, n, act_silu);
+    }
+}
+
+double fma_loop(int64_t iters) {
+    constexpr int kChains = 12;  // > FMA latency x pipes on current x86 cores
+    typename V::reg acc[kChains];
+    for (int i = 0; i < kChains; ++i) acc[i] = V::set1(1.0f + 1e-3f * i);
+    const typename V::reg m = V::set1(0.9999999f), a = V::set1(1e-7f);
+    for (int64_t t = 0; t < iters; ++t) {
+#pragma GCC unroll 12
+        for (int i = 0; i < kChains; ++i) acc[i] = V::fmadd(acc[i], m, a);
+        __asm__ volatile("" ::: "memory");
+    }
+    typename V::reg s = V::zero();
+    for (int i = 0; i < kChains; ++i) s = V::add(s, acc[i]);
+    volatile float sink = V::hsum(s);
+    (void)sink;
+    return 2.0 * kChains * V::W * (double)iters;
+}
+
+float stream_sum(const float* x, int64_t n) {
+    typename V::reg s0 = V::zero(), s1 = V::zero(), s2 = V::zero(), s3 = V::zero();
+    int64_t j = 0;
+    for (; j + 4 * V::W <= n; j += 4 * V::W) {
+        s0 = V::add(s0, V::load(x + j));
+        s1 = V::add(s1, V::load(x + j + V::W));
+        s2 = V::add(s2, V::load(x + j + 2 * V::W));
+        s3 = V::add(s3, V::load(x + j + 3 * V::W));
+    }
+    float s = V::hsum(V::add(V::add(s0, s1), V::add(s2, s3)));
+    for (; j < n; ++j) s += x[j];
+    return s;
+}
+
+template <int MR, int NV>
+KernelSet make_kernel_set(const char* name, int mc, int kc, int nc) {
+    KernelSet ks{};
+    ks.name = name;
+    ks.blocking = GemmBlocking{MR, NV * V::W, mc, kc, nc};
+    ks.micro = &micro_kernel<MR, NV>;
+    ks.rows = &rows_kernel_dispatch<MR, NV>;
+    ks.dot = &dot_kernel;
+    ks.max = &row_max;
+    ks.exp_sum = &exp_sum;
+    ks.scale = &scale_row;
+    ks.add_scalar = &add_scalar;
+    ks.axpy = &axpy;
+    ks.mask_bool = &mask_bool;
+    ks.add = &add_row;
+    ks.layer_norm = &layer_norm_row;
+    ks.bias_act = &bias_act;
+    ks.fma_loop = &fma_loop;
+    ks.stream_sum = &stream_sum;
+    return ks;
+}

@@ -1,0 +1,73 @@
+// The kernel table: the only interface between ISA-specific code (cpp/kernels/<isa>/) and the
+// ISA-free rest of the core. One KernelSet per instruction set; cpp/cpu/ picks one at import.
+//
+// Every function here works on float32 and follows one written contract:
+//   * pointers may be unaligned; lengths may be anything >= 0 (edge tiles are the caller's, see below);
+//   * a function with a `beta` argument never reads C when beta == 0 (C may hold NaN garbage);
+//   * functions documented "y may alias x" work in place.
+#pragma once
+#include <cstdint>
+
+namespace pyattn::kernels {
+
+// Register tile and cache blocking of the GEMM micro-kernel, after Goto & van de Geijn (2008):
+//   MR x NR  register tile of C updated by one micro-kernel call (NR is a multiple of the vector width),
+//   KC       depth of a packed panel: a KC x NR panel of B stays in L1 across the MR loop,
+//   MC       rows of the packed A block (MC x KC) that stays in L2,
+//   NC       columns of the packed B block (KC x NC) that stays in L3.
+struct GemmBlocking {
+    int mr, nr, mc, kc, nc;
+};
+
+enum class Activation : int { none = 0, relu = 1, gelu_erf = 2, gelu_tanh = 3, silu = 4 };
+
+// C[MR x NR] = A_panel (MR x k) * B_panel (k x NR) + beta * C.
+//   a: packed, element (i, p) at a[p * MR + i];   b: element (p, j) at b[p * ldb + j] (ldb = NR when packed);
+//   c: row-major tile with row stride ldc. Always a full tile: the driver handles edges.
+using MicroKernel = void (*)(int64_t k, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc,
+                             float beta);
+
+// Small-M path (decoding): C[m x NR] = A (m x k, rows in place, row stride lda) * B (k x NR, row stride ldb)
+// + beta * C, for 1 <= m <= MR. Reads A without packing, so a 1-row GEMV streams B once.
+using RowsKernel = void (*)(int64_t m, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+                            float* c, int64_t ldc, float beta);
+
+// C[m x n] = A (m x k, row stride lda) * W^T + beta * C where W is (n x k), row stride ldw: dot products of
+// rows, the natural layout for weights stored [out, in] and for attention scores q . k_j. Any m, n.
+using DotKernel = void (*)(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* w,
+                           int64_t ldw, float* c, int64_t ldc, float beta);
+
+struct KernelSet {
+    const char* name;
+    GemmBlocking blocking;
+    MicroKernel micro;
+    RowsKernel rows;
+    DotKernel dot;
+
+    // ---- row primitives (length n) ----
+    float (*max)(const float* x, int64_t n);                         // -inf for n == 0
+    float (*exp_sum)(const float* x, float* y, int64_t n, float shift);  // y = exp(x - shift); returns sum(y); y may alias x
+    void (*scale)(float* x, int64_t n, float s);                     // x *= s
+    void (*add_scalar)(const float* x, float* y, int64_t n, float s);  // y = x + s; y may alias x
+    void (*axpy)(float* y, const float* x, int64_t n, float a);      // y += a * x
+    void (*mask_bool)(float* s, const uint8_t* masked, int64_t n);   // s[j] = -inf where masked[j] != 0
+    void (*add)(float* s, const float* t, int64_t n);                // s += t
+    // y = (x - mean) / sqrt(var + eps) * w + b  (w, b may be null: 1 and 0); y may alias x
+    void (*layer_norm)(const float* x, float* y, const float* w, const float* b, int64_t n, float eps);
+    // y = act(x + bias) where bias may be null; y may alias x
+    void (*bias_act)(const float* x, float* y, const float* bias, int64_t n, Activation act);
+
+    // Measures the FMA throughput of one core: runs `iters` iterations of independent FMA chains and
+    // returns the number of floating-point operations performed.
+    double (*fma_loop)(int64_t iters);
+    // Sum of n floats streamed from memory (used to measure read bandwidth).
+    float (*stream_sum)(const float* x, int64_t n);
+};
+
+const KernelSet& scalar_kernel_set();
+#if defined(PYATTN_HAVE_X86_KERNELS)
+const KernelSet& avx2_kernel_set();
+const KernelSet& avx512_kernel_set();
+#endif
+
+}  // namespace pyattn::kernels

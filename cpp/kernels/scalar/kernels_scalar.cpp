@@ -1,0 +1,46 @@
+// Scalar kernel set: the portable reference every vector ISA is tested against. Compiled with the
+// baseline flags only; transcendental functions come from libm, so it is also the accurate path.
+#include <cstring>
+
+#include "kernels/kernels.h"
+
+namespace pyattn::kernels {
+namespace {
+
+struct V {
+    using reg = float;
+    static constexpr int W = 1;
+    static reg zero() { return 0.0f; }
+    static reg set1(float x) { return x; }
+    static reg load(const float* p) { return *p; }
+    static void store(float* p, reg v) { *p = v; }
+    static reg load_n(const float* p, int64_t n) { return n > 0 ? *p : 0.0f; }
+    static void store_n(float* p, reg v, int64_t n) {
+        if (n > 0) *p = v;
+    }
+    static reg fmadd(reg a, reg b, reg c) { return a * b + c; }
+    static reg add(reg a, reg b) { return a + b; }
+    static reg sub(reg a, reg b) { return a - b; }
+    static reg mul(reg a, reg b) { return a * b; }
+    static reg div(reg a, reg b) { return a / b; }
+    static reg max(reg a, reg b) { return a > b ? a : b; }
+    static reg min(reg a, reg b) { return a < b ? a : b; }
+    static float hsum(reg v) { return v; }
+    static float hmax(reg v) { return v; }
+    static reg exp(reg x) { return __builtin_expf(x); }
+    static reg erf(reg x) { return __builtin_erff(x); }
+    static reg tanh(reg x) { return __builtin_tanhf(x); }
+    static reg mask_neg_inf(reg s, const uint8_t* m) { return *m ? -__builtin_inff() : s; }
+};
+
+#include "kernels/generic_kernels.inl"
+
+}  // namespace
+
+const KernelSet& scalar_kernel_set() {
+    // 4 x 4 tile: the reference path is about being obviously right, not fast.
+    static const KernelSet ks = make_kernel_set<4, 4>("scalar", 64, 256, 1024);
+    return ks;
+}
+
+}  // namespace pyattn::kernels

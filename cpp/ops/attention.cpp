@@ -1,0 +1,217 @@
+#include "ops/attention.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "cpu/buffer.h"
+#include "cpu/cpu.h"
+#include "gemm/gemm.h"
+#include "gemm/packed_matrix.h"
+
+namespace pyattn::ops {
+namespace {
+
+using kernels::KernelSet;
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// Queries handled by the direct (unpacked) path: packing K and V per head costs as much as a GEMV over
+// them, so for a few query rows (decoding) the scores are plain dot products instead.
+constexpr int64_t kDirectMaxLq = 4;
+
+inline void apply_mask(const KernelSet& ks, const MaskRef& m, int64_t b, int64_t h, int64_t qi, int64_t j0,
+                       int64_t n, float* s) {
+    if (!m.data) return;
+    const int64_t off = b * m.sb + h * m.sh + qi * m.sq + j0;
+    if (m.is_bool)
+        ks.mask_bool(s, static_cast<const uint8_t*>(m.data) + off, n);
+    else
+        ks.add(s, static_cast<const float*>(m.data) + off, n);
+}
+
+// Masks scores s[0, n) of query qi against keys [j0, j0 + n).
+inline void mask_row(const KernelSet& ks, const AttentionArgs& a, int64_t b, int64_t h, int64_t qi, int64_t j0,
+                     int64_t n, float* s) {
+    if (a.causal) {
+        const int64_t visible = qi + a.causal_offset + 1 - j0;  // keys [j0, j0 + visible) are visible
+        for (int64_t j = std::max<int64_t>(visible, 0); j < n; ++j) s[j] = kNegInf;
+    }
+    apply_mask(ks, a.attn_mask, b, h, qi, j0, n, s);
+    apply_mask(ks, a.key_padding_mask, b, h, qi, j0, n, s);
+}
+
+// Keys [0, end) that query qi can see at all under the causal mask.
+inline int64_t causal_end(const AttentionArgs& a, int64_t qi) {
+    if (!a.causal) return a.Lk;
+    return std::clamp<int64_t>(qi + a.causal_offset + 1, 0, a.Lk);
+}
+
+inline const float* head(const HeadTensor& t, int64_t b, int64_t h) { return t.data + b * t.sb + h * t.sh; }
+inline float* out_row(const AttentionArgs& a, int64_t b, int64_t h, int64_t i) {
+    return a.out + b * a.out_sb + h * a.out_sh + i * a.out_sl;
+}
+
+// softmax of a masked score row in place; all -inf gives zeros. Returns false for an all-masked row.
+inline bool softmax_inplace(const KernelSet& ks, float* s, int64_t n) {
+    const float m = ks.max(s, n);
+    if (m == kNegInf) {
+        std::fill(s, s + n, 0.0f);
+        return false;
+    }
+    ks.scale(s, n, 1.0f / ks.exp_sum(s, s, n, m));
+    return true;
+}
+
+void attention_direct(const KernelSet& ks, const AttentionArgs& a, int nt) {
+    const int64_t tasks = a.B * a.H * a.Lq;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        float* s = scratch<3>(static_cast<std::size_t>(a.Lk));
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < tasks; ++t) {
+            const int64_t i = t % a.Lq, bh = t / a.Lq, b = bh / a.H, h = bh % a.H;
+            float* o = out_row(a, b, h, i);
+            std::fill(o, o + a.Dv, 0.0f);
+            const int64_t n = causal_end(a, i);
+            if (n == 0) continue;
+            const float* q = head(a.q, b, h) + i * a.q.sl;
+            const float* k = head(a.k, b, h);
+            const float* v = head(a.v, b, h);
+            ks.dot(1, n, a.D, q, a.D, k, a.k.sl, s, n, 0.0f);
+            ks.scale(s, n, a.scale);
+            mask_row(ks, a, b, h, i, 0, n, s);
+            if (!softmax_inplace(ks, s, n)) continue;
+            for (int64_t j = 0; j < n; ++j)
+                if (s[j] != 0.0f) ks.axpy(o, v + j * a.v.sl, a.Dv, s[j]);
+        }
+    }
+}
+
+void attention_weights(const AttentionArgs& a, int nt) {
+    const KernelSet& ks = cpu::active();
+    const int64_t heads = a.B * a.H;
+    const bool split_heads = heads >= nt;
+#pragma omp parallel for num_threads(split_heads ? nt : 1) schedule(dynamic, 1) if (split_heads && nt > 1)
+    for (int64_t bh = 0; bh < heads; ++bh) {
+        const int64_t b = bh / a.H, h = bh % a.H;
+        const int inner = split_heads ? 1 : nt;
+        float* w = a.weights + bh * a.Lq * a.Lk;
+        gemm::sgemm(a.Lq, a.Lk, a.D, head(a.q, b, h), a.q.sl, gemm::BRef{head(a.k, b, h), a.k.sl, true}, w, a.Lk,
+                    0.0f, {}, inner);
+        for (int64_t i = 0; i < a.Lq; ++i) {
+            float* s = w + i * a.Lk;
+            ks.scale(s, a.Lk, a.scale);
+            mask_row(ks, a, b, h, i, 0, a.Lk, s);
+            softmax_inplace(ks, s, a.Lk);
+        }
+        gemm::sgemm(a.Lq, a.Dv, a.Lk, w, a.Lk, gemm::BRef{head(a.v, b, h), a.v.sl, false}, out_row(a, b, h, 0),
+                    a.out_sl, 0.0f, {}, inner);
+    }
+}
+
+void attention_flash(const KernelSet& ks, const AttentionArgs& a, int nt) {
+    const int mr = ks.blocking.mr, nr = ks.blocking.nr;
+    const int64_t mq = mr * std::max(1, 48 / mr);           // query rows per block
+    const int64_t nkb = std::max<int64_t>(nr, 256 / nr * nr);  // keys per block
+    const int64_t D = a.D, Dv = a.Dv;
+    const int64_t lk_pad = (a.Lk + nr - 1) / nr * nr;
+    const int64_t dv_pad = (Dv + nr - 1) / nr * nr;
+    const int64_t v_panels = dv_pad / nr;
+    const int64_t qblocks = (a.Lq + mq - 1) / mq;
+    const int64_t tasks = a.B * a.H * qblocks;
+
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        // Per thread: K^T and V of the current head packed as GEMM B panels, the query block, one tile of
+        // scores, its probabilities packed as an A operand, and the running output / max / sum.
+        float* kp = scratch<3>(static_cast<std::size_t>(lk_pad * D));
+        float* vp = scratch<4>(static_cast<std::size_t>(lk_pad * dv_pad));
+        float* qp = scratch<5>(static_cast<std::size_t>(mq * D));
+        float* st = scratch<6>(static_cast<std::size_t>(mq * nkb));
+        float* pp = scratch<7>(static_cast<std::size_t>(mq * nkb));
+        float* o = scratch<8>(static_cast<std::size_t>(mq * dv_pad + 2 * mq));
+        float* mrow = o + mq * dv_pad;
+        float* lrow = mrow + mq;
+        int64_t packed_bh = -1;
+
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < tasks; ++t) {
+            const int64_t bh = t / qblocks, qb = t % qblocks, b = bh / a.H, h = bh % a.H;
+            if (bh != packed_bh) {
+                gemm::pack_b(head(a.k, b, h), a.k.sl, true, 0, D, 0, a.Lk, nr, kp, 0, lk_pad / nr);
+                const float* v = head(a.v, b, h);
+                for (int64_t c = 0; c < v_panels; ++c) {
+                    float* panel = vp + c * lk_pad * nr;
+                    const int64_t w = std::min<int64_t>(nr, Dv - c * nr);
+                    for (int64_t j = 0; j < a.Lk; ++j) {
+                        const float* src = v + j * a.v.sl + c * nr;
+                        float* dst = panel + j * nr;
+                        std::copy(src, src + w, dst);
+                        std::fill(dst + w, dst + nr, 0.0f);
+                    }
+                }
+                packed_bh = bh;
+            }
+            const int64_t i0 = qb * mq, rows = std::min<int64_t>(mq, a.Lq - i0);
+            const int64_t row_groups = (rows + mr - 1) / mr;
+            gemm::pack_a(head(a.q, b, h) + i0 * a.q.sl, a.q.sl, rows, D, mr, qp, a.scale);
+            std::fill(o, o + row_groups * mr * dv_pad, 0.0f);
+            std::fill(mrow, mrow + mq, kNegInf);
+            std::fill(lrow, lrow + mq, 0.0f);
+
+            const int64_t j_end = causal_end(a, i0 + rows - 1);
+            for (int64_t j0 = 0; j0 < j_end; j0 += nkb) {
+                const int64_t n = std::min<int64_t>(nkb, j_end - j0);
+                const int64_t panels = (n + nr - 1) / nr;
+                // S = (scale Q) K^T for this tile: rows x n (full micro-tiles, extra columns ignored).
+                for (int64_t q = 0; q < panels; ++q)
+                    for (int64_t r = 0; r < row_groups; ++r)
+                        ks.micro(D, qp + r * D * mr, kp + (j0 / nr + q) * D * nr, nr, st + r * mr * nkb + q * nr, nkb,
+                                 0.0f);
+                // Online softmax, row by row.
+                for (int64_t i = 0; i < rows; ++i) {
+                    float* s = st + i * nkb;
+                    mask_row(ks, a, b, h, i0 + i, j0, n, s);
+                    const float m_new = std::max(mrow[i], ks.max(s, n));
+                    if (m_new == kNegInf) {  // nothing visible yet in this row
+                        std::fill(s, s + n, 0.0f);
+                        continue;
+                    }
+                    const float alpha = std::exp(mrow[i] - m_new);  // 0 on the first visible block
+                    lrow[i] = lrow[i] * alpha + ks.exp_sum(s, s, n, m_new);
+                    if (alpha != 1.0f) ks.scale(o + i * dv_pad, dv_pad, alpha);
+                    mrow[i] = m_new;
+                }
+                // O += P V with P packed as the A operand (k = n keys).
+                gemm::pack_a(st, nkb, rows, n, mr, pp);
+                for (int64_t c = 0; c < v_panels; ++c)
+                    for (int64_t r = 0; r < row_groups; ++r)
+                        ks.micro(n, pp + r * n * mr, vp + c * lk_pad * nr + j0 * nr, nr, o + r * mr * dv_pad + c * nr,
+                                 dv_pad, 1.0f);
+            }
+            for (int64_t i = 0; i < rows; ++i) {
+                float* dst = out_row(a, b, h, i0 + i);
+                const float inv = lrow[i] > 0.0f ? 1.0f / lrow[i] : 0.0f;
+                const float* src = o + i * dv_pad;
+                for (int64_t d = 0; d < Dv; ++d) dst[d] = src[d] * inv;
+            }
+        }
+    }
+}
+
+}  // namespace
+
+void scaled_dot_product_attention(const AttentionArgs& a) {
+    if (a.B == 0 || a.H == 0 || a.Lq == 0) return;
+    const double flops = 2.0 * a.B * a.H * a.Lq * a.Lk * (a.D + a.Dv);
+    int nt = cpu::threads_for(flops);
+    if (omp_in_parallel()) nt = 1;
+    if (a.weights) return attention_weights(a, nt);
+    const KernelSet& ks = cpu::active();
+    if (a.Lq <= kDirectMaxLq) return attention_direct(ks, a, nt);
+    attention_flash(ks, a, nt);
+}
+
+}  // namespace pyattn::ops

@@ -1,0 +1,50 @@
+// Scaled dot-product attention, fused:  out = softmax(scale * Q K^T + mask) V.
+//
+// Shapes: q (B, H, Lq, D), k (B, H, Lk, D), v (B, H, Lk, Dv), out (B, H, Lq, Dv). Each is a strided view:
+// element (b, h, l, d) at data[b * sb + h * sh + l * sl + d] (the last axis contiguous), so heads can be
+// column blocks of a (B, L, H * D) projection output and `out` can be written straight into (B, Lq, H * Dv).
+//
+// Masks (either may be absent; they combine):
+//   attn_mask  element (b, h, i, j) at data[b * sb + h * sh + i * sq + j]; a zero stride broadcasts.
+//   key_padding_mask  the same form with sh = sq = 0 (one row of Lk per batch entry).
+//   A bool (uint8) mask means True = masked out (-inf before the softmax); a float mask is added.
+//   causal: key j is visible to query i iff j <= i + causal_offset (0: torch's is_causal, top-left aligned;
+//   Lk - Lq: the bottom-right alignment of a query block appended to a KV cache).
+// A query whose keys are all masked gets a zero output row (and zero weights), not NaN.
+//
+// Algorithm: per (b, h, block of queries), keys are visited in blocks; each block's scores are computed with
+// the GEMM micro-kernel against packed K, masked in the tile, folded into a running (online) softmax -- row
+// max m, row sum l, and the output rescaled by exp(m_old - m_new) -- and P V is accumulated with the same
+// micro-kernel against packed V. The Lq x Lk matrix is never formed. With `weights` non-null the scores are
+// materialised instead (weights: contiguous (B, H, Lq, Lk)) and out = weights V.
+#pragma once
+#include <cstdint>
+
+namespace pyattn::ops {
+
+struct HeadTensor {  // a (B, H, L, D) view with contiguous last axis
+    const float* data;
+    int64_t sb, sh, sl;
+};
+
+struct MaskRef {
+    const void* data = nullptr;  // uint8 (bool) or float32
+    bool is_bool = true;
+    int64_t sb = 0, sh = 0, sq = 0;
+};
+
+struct AttentionArgs {
+    int64_t B, H, Lq, Lk, D, Dv;
+    HeadTensor q, k, v;
+    float* out;
+    int64_t out_sb, out_sh, out_sl;
+    MaskRef attn_mask, key_padding_mask;
+    bool causal = false;
+    int64_t causal_offset = 0;
+    float scale;
+    float* weights = nullptr;
+};
+
+void scaled_dot_product_attention(const AttentionArgs& a);
+
+}  // namespace pyattn::ops

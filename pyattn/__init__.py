@@ -1,0 +1,73 @@
+"""pyattn: fast CPU inference of attention models.
+
+A C++ core (SIMD/OpenMP GEMM, softmax, layer norm, activations, fused masked attention) under a thin
+Python layer. See ``pyattn.functional`` for the numpy-in / numpy-out operations.
+"""
+from __future__ import annotations
+
+import os as _os
+
+from . import _core
+from ._core import PackedLinear
+
+__version__ = "0.1.0"
+
+# PYATTN_ISA=scalar|avx2|avx512 forces a kernel set; one the CPU lacks is an error at import, not a
+# silent fallback, so that a test run asking for a path really runs it.
+_isa = _os.environ.get("PYATTN_ISA", "").strip()
+if _isa:
+    try:
+        _core.set_isa(_isa)
+    except ValueError as e:
+        raise ImportError(f"PYATTN_ISA={_isa!r}: {e}") from None
+
+
+def set_num_threads(n: int) -> None:
+    """Set the number of threads used by pyattn's parallel ops (default: OMP_NUM_THREADS or the cores)."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"num_threads must be an int, got {type(n).__name__}")
+    _core.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """Threads used by pyattn's parallel ops."""
+    return _core.get_num_threads()
+
+
+def set_isa(name: str) -> None:
+    """Switch the kernel set ('scalar', 'avx2', 'avx512'); ValueError if this CPU cannot run it.
+
+    Weights packed before the switch (``PackedLinear``) keep the layout of the set they were packed for.
+    """
+    _core.set_isa(name)
+
+
+def get_isa() -> str:
+    """Name of the kernel set in use."""
+    return _core.get_isa()
+
+
+def cpu_info() -> dict:
+    """Detected CPU features, the kernel sets this CPU can run and the one in use, its GEMM blocking,
+    and the thread count."""
+    return {
+        "features": _core.cpu_features(),
+        "available_isas": list(_core.available_isas()),
+        "isa": _core.get_isa(),
+        "gemm_blocking": _core.blocking(""),
+        "num_threads": _core.get_num_threads(),
+        "num_procs": _core.num_procs(),
+    }
+
+
+from . import functional  # noqa: E402
+
+__all__ = [
+    "PackedLinear",
+    "cpu_info",
+    "functional",
+    "get_isa",
+    "get_num_threads",
+    "set_isa",
+    "set_num_threads",
+]
