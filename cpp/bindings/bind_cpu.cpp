@@ -57,6 +57,17 @@ void bind_cpu(py::module_& m) {
             return d;
         },
         py::arg("name") = "", "GEMM register tile and cache blocking (MR, NR, MC, KC, NC) of a kernel set.");
+    m.def(
+        "_tune_blocking",
+        [](const std::string& name, int mc, int kc, int nc) {
+            try {
+                cpu::tune_blocking(name, mc, kc, nc);
+            } catch (const std::invalid_argument& e) {
+                value_error(e.what());
+            }
+        },
+        py::arg("name"), py::arg("mc"), py::arg("kc"), py::arg("nc"),
+        "Tuning hook for benchmarks/gym: set MC, KC, NC of a kernel set (repack weights afterwards).");
     m.def("get_num_threads", &cpu::num_threads, "Threads used by parallel ops.");
     m.def(
         "set_num_threads",

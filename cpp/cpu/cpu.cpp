@@ -37,7 +37,7 @@ bool can_run(const std::string& isa) {
     return false;
 }
 
-const kernels::KernelSet& lookup(const std::string& isa) {
+kernels::KernelSet& lookup(const std::string& isa) {
 #if defined(PYATTN_HAVE_X86_KERNELS)
     if (isa == "avx2") return kernels::avx2_kernel_set();
     if (isa == "avx512") return kernels::avx512_kernel_set();
@@ -99,6 +99,16 @@ const kernels::KernelSet& active() {
 void set_isa(const std::string& name) {
     init();
     g_active.store(&kernel_set(name), std::memory_order_release);
+}
+
+void tune_blocking(const std::string& name, int mc, int kc, int nc) {
+    kernels::KernelSet& ks = const_cast<kernels::KernelSet&>(kernel_set(name));
+    const auto& b = ks.blocking;
+    if (mc < b.mr || mc % b.mr || kc < 1 || nc < b.nr || nc % b.nr)
+        throw std::invalid_argument("blocking must have MC a multiple of MR and NC a multiple of NR");
+    ks.blocking.mc = mc;
+    ks.blocking.kc = kc;
+    ks.blocking.nc = nc;
 }
 
 int num_threads() {

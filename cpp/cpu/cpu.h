@@ -25,6 +25,10 @@ void set_isa(const std::string& name);
 // The set of a given name (same checks as set_isa), without making it active.
 const kernels::KernelSet& kernel_set(const std::string& name);
 
+// For tuning only (benchmarks/gym): changes MC, KC, NC of a kernel set. Weights packed before the
+// change keep their layout only if KC and NC are unchanged -- repack them.
+void tune_blocking(const std::string& name, int mc, int kc, int nc);
+
 // Threads used by every parallel op. Defaults to OMP_NUM_THREADS when set, else the number of cores.
 int num_threads();
 void set_num_threads(int n);  // n >= 1, else std::invalid_argument

@@ -314,10 +314,11 @@ double fma_loop(int64_t iters) {
     typename V::reg acc[kChains];
     for (int i = 0; i < kChains; ++i) acc[i] = V::set1(1.0f + 1e-3f * i);
     const typename V::reg m = V::set1(0.9999999f), a = V::set1(1e-7f);
-    for (int64_t t = 0; t < iters; ++t) {
+    for (int64_t t = 0; t < iters; t += 4) {
+#pragma GCC unroll 4
+        for (int u = 0; u < 4; ++u)
 #pragma GCC unroll 12
-        for (int i = 0; i < kChains; ++i) acc[i] = V::fmadd(acc[i], m, a);
-        __asm__ volatile("" ::: "memory");
+            for (int i = 0; i < kChains; ++i) acc[i] = V::fmadd(acc[i], m, a);
     }
     typename V::reg s = V::zero();
     for (int i = 0; i < kChains; ++i) s = V::add(s, acc[i]);

@@ -64,10 +64,11 @@ struct KernelSet {
     float (*stream_sum)(const float* x, int64_t n);
 };
 
-const KernelSet& scalar_kernel_set();
+// Non-const only so that cpu::tune_blocking (benchmarks/gym) can try other block sizes.
+KernelSet& scalar_kernel_set();
 #if defined(PYATTN_HAVE_X86_KERNELS)
-const KernelSet& avx2_kernel_set();
-const KernelSet& avx512_kernel_set();
+KernelSet& avx2_kernel_set();
+KernelSet& avx512_kernel_set();
 #endif
 
 }  // namespace pyattn::kernels

@@ -67,9 +67,10 @@ struct V {
 
 }  // namespace
 
-const KernelSet& avx2_kernel_set() {
-    // MC x KC = 144 x 256 floats (144 KiB) in L2, KC x NR = 16 KiB panel of B in L1, NC for L3.
-    static const KernelSet ks = make_kernel_set<6, 2>("avx2", 144, 256, 4080);
+KernelSet& avx2_kernel_set() {
+    // MC x KC = 288 x 256 floats (288 KiB) of A in L2 (fits Zen 3 512 KiB too), KC x NR = 16 KiB panel of B in
+    // L1, NC for L3. From benchmarks/gym/gemm_blocking.py on Zen 4.
+    static KernelSet ks = make_kernel_set<6, 2>("avx2", 288, 256, 4080);
     return ks;
 }
 

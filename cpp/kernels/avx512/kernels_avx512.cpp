@@ -58,9 +58,11 @@ struct V {
 
 }  // namespace
 
-const KernelSet& avx512_kernel_set() {
-    // A KC x NR panel of B (128 x 32 floats = 16 KiB) stays in L1; MC x KC = 384 x 128 (192 KiB) in L2.
-    static const KernelSet ks = make_kernel_set<12, 2>("avx512", 384, 128, 4096);
+KernelSet& avx512_kernel_set() {
+    // MC x KC = 192 x 512 floats (384 KiB) of A in L2; a KC x NR panel of B (64 KiB) streams from L2 -- at
+    // 2 B loads per 24 FMAs the panel need not fit L1. Chosen with benchmarks/gym/gemm_blocking.py on Zen 4:
+    // larger KC mostly wins (fewer passes over C), MC 192..384 is flat.
+    static KernelSet ks = make_kernel_set<12, 2>("avx512", 192, 512, 4096);
     return ks;
 }
 
