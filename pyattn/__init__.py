@@ -7,7 +7,19 @@ from __future__ import annotations
 
 import os as _os
 
-from . import _core
+# OpenMP workers of libgomp spin for a while after each parallel region before they sleep. With two
+# runtimes in one process (PyTorch ships its own libgomp) or another busy process, spinning workers steal
+# the cores the others need. Keep the spin short; libgomp reads this when it loads, i.e. with _core below.
+_os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
+try:
+    from . import _core
+except ImportError as _e:  # pragma: no cover - depends on how pyattn was installed
+    raise ImportError(
+        f"pyattn's C++ extension could not be imported ({_e}). Install the package with `pip install .`; "
+        f"if you did, you may be importing the source tree at {_os.path.dirname(__file__)} instead of the "
+        "installed package (run pytest, not `python -m pytest`, from the repository root)."
+    ) from _e
 from ._core import PackedLinear
 
 __version__ = "0.1.0"
