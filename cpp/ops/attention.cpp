@@ -125,12 +125,11 @@ void attention_flash(const KernelSet& ks, const AttentionArgs& a, int nt) {
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         // Per thread: K^T and V of the current head packed as GEMM B panels, the query block, one tile of
-        // scores, its probabilities packed as an A operand, and the running output / max / sum.
+        // scores (then probabilities, in place), and the running output / max / sum.
         float* kp = scratch<3>(static_cast<std::size_t>(lk_pad * D));
         float* vp = scratch<4>(static_cast<std::size_t>(lk_pad * dv_pad));
         float* qp = scratch<5>(static_cast<std::size_t>(mq * D));
         float* st = scratch<6>(static_cast<std::size_t>(mq * nkb));
-        float* pp = scratch<7>(static_cast<std::size_t>(mq * nkb));
         float* o = scratch<8>(static_cast<std::size_t>(mq * dv_pad + 2 * mq));
         float* mrow = o + mq * dv_pad;
         float* lrow = mrow + mq;
@@ -184,12 +183,11 @@ void attention_flash(const KernelSet& ks, const AttentionArgs& a, int nt) {
                     if (alpha != 1.0f) ks.scale(o + i * dv_pad, dv_pad, alpha);
                     mrow[i] = m_new;
                 }
-                // O += P V with P packed as the A operand (k = n keys).
-                gemm::pack_a(st, nkb, rows, n, mr, pp);
+                // O += P V: P is read in place (row stride nkb) by the rows kernel -- no packing pass.
                 for (int64_t c = 0; c < v_panels; ++c)
                     for (int64_t r = 0; r < row_groups; ++r)
-                        ks.micro(n, pp + r * n * mr, vp + c * lk_pad * nr + j0 * nr, nr, o + r * mr * dv_pad + c * nr,
-                                 dv_pad, 1.0f);
+                        ks.rows(std::min<int64_t>(mr, rows - r * mr), n, st + r * mr * nkb, nkb,
+                                vp + c * lk_pad * nr + j0 * nr, nr, o + r * mr * dv_pad + c * nr, dv_pad, 1.0f);
             }
             for (int64_t i = 0; i < rows; ++i) {
                 float* dst = out_row(a, b, h, i0 + i);
