@@ -64,50 +64,66 @@ struct Problem {
     Epilogue ep;
 };
 
+// Threads form a tr x tc grid over (rows of C in MR groups) x (NR panels of each NC block), chosen to
+// minimise the largest per-thread share of micro-tiles: with few rows (M = 128 on 2 threads) splitting the
+// panels balances exactly where splitting rows would leave one thread a partial group short.
+struct Grid {
+    int tr, tc;
+};
+
+Grid choose_grid(int nt, int64_t row_groups, int64_t panels) {
+    Grid best{nt, 1};
+    int64_t best_cost = -1;
+    for (int tr = nt; tr >= 1; --tr) {
+        if (nt % tr) continue;
+        const int tc = nt / tr;
+        const int64_t cost = ((row_groups + tr - 1) / tr) * ((panels + tc - 1) / tc);
+        if (best_cost < 0 || cost < best_cost) {
+            best = Grid{tr, tc};
+            best_cost = cost;
+        }
+    }
+    return best;
+}
+
 void run_blocked(const KernelSet& ks, const Problem& P, int nt) {
     const auto bl = ks.blocking;
     const int64_t M = P.M, N = P.N, K = P.K;
-    // MC per thread: split M evenly so that every thread gets a block when it can.
-    int64_t mc = std::min<int64_t>(bl.mc, ((M + nt - 1) / nt + bl.mr - 1) / bl.mr * bl.mr);
-    mc = std::max<int64_t>(mc, bl.mr);
-    const int64_t num_ic = (M + mc - 1) / mc;
+    const int64_t row_groups = (M + bl.mr - 1) / bl.mr;
     const int64_t b_panels_max = (std::min<int64_t>(bl.nc, N) + bl.nr - 1) / bl.nr;
+    const Grid grid = choose_grid(nt, row_groups, b_panels_max);
     float* shared_b = P.packed ? nullptr : scratch<0>(static_cast<std::size_t>(b_panels_max) * bl.nr * bl.kc);
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
-        float* ap = scratch<1>(static_cast<std::size_t>(mc + bl.mr) * bl.kc);
+        const Grid g = nth == nt ? grid : Grid{1, 1};
+        const int ri = tid / g.tc, ci = tid % g.tc;
+        // This thread's rows of C: whole MR groups, so only the last thread may have a partial one.
+        const int64_t r0 = std::min<int64_t>(M, row_groups * ri / g.tr * bl.mr);
+        const int64_t r1 = std::min<int64_t>(M, row_groups * (ri + 1) / g.tr * bl.mr);
+        float* ap = scratch<1>(static_cast<std::size_t>(bl.mc + bl.mr) * bl.kc);
         for (int64_t jc = 0; jc < N; jc += bl.nc) {
             const int64_t nc = std::min<int64_t>(bl.nc, N - jc);
             const int64_t panels = (nc + bl.nr - 1) / bl.nr;
-            // With fewer MC blocks than threads, also split the panels of each block.
-            const int64_t jchunks = std::max<int64_t>(1, std::min<int64_t>(panels, (nth + num_ic - 1) / num_ic));
-            const int64_t tasks = num_ic * jchunks;
+            const int64_t q0 = panels * ci / g.tc, q1 = panels * (ci + 1) / g.tc;
             for (int64_t pc = 0; pc < K; pc += bl.kc) {
                 const int64_t kc = std::min<int64_t>(bl.kc, K - pc);
                 const float* bp;
                 if (P.packed) {
                     bp = P.packed->block(jc, pc);
                 } else {
-                    const int64_t q0 = panels * tid / nth, q1 = panels * (tid + 1) / nth;
-                    pack_b(P.B.data, P.B.ld, P.B.trans, pc, kc, jc, nc, bl.nr, shared_b, q0, q1);
+                    pack_b(P.B.data, P.B.ld, P.B.trans, pc, kc, jc, nc, bl.nr, shared_b, panels * tid / nth,
+                           panels * (tid + 1) / nth);
 #pragma omp barrier
                     bp = shared_b;
                 }
                 const float beta = pc == 0 ? P.beta : 1.0f;
                 const bool last = pc + kc >= K;
-                int64_t packed_ic = -1;
-                for (int64_t t = tid; t < tasks; t += nth) {
-                    const int64_t ib = t / jchunks, jch = t % jchunks;
-                    const int64_t ic = ib * mc, mcb = std::min<int64_t>(mc, M - ic);
-                    if (ib != packed_ic) {
-                        pack_a(P.A + ic * P.lda + pc, P.lda, mcb, kc, bl.mr, ap);
-                        packed_ic = ib;
-                    }
-                    const int64_t q0 = panels * jch / jchunks, q1 = panels * (jch + 1) / jchunks;
-                    macro_kernel(ks, ap, bp, mcb, kc, nc, q0, q1, P.C + ic * P.ldc + jc, P.ldc, beta, last, P.ep,
-                                 jc);
+                for (int64_t ic = r0; ic < r1; ic += bl.mc) {
+                    const int64_t mcb = std::min<int64_t>(bl.mc, r1 - ic);
+                    pack_a(P.A + ic * P.lda + pc, P.lda, mcb, kc, bl.mr, ap);
+                    macro_kernel(ks, ap, bp, mcb, kc, nc, q0, q1, P.C + ic * P.ldc + jc, P.ldc, beta, last, P.ep, jc);
                 }
                 if (!P.packed) {
 #pragma omp barrier
