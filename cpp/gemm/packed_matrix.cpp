@@ -23,29 +23,41 @@ void pack_b(const float* b, int64_t ldb, bool trans, int64_t p0, int64_t kc, int
                 for (int64_t j = w; j < nr; ++j) row[j] = 0.0f;
             }
         } else {
-            for (int64_t j = 0; j < w; ++j) {
-                const float* src = b + (jq + j) * ldb + p0;
-                for (int64_t p = 0; p < kc; ++p) panel[p * nr + j] = src[p];
+            // A transpose: walk kc in steps of one cache line of each source row, so that the
+            // 16 x NR corner of the panel being written stays in L1 (column-at-a-time writes would touch
+            // kc different lines per source row).
+            constexpr int64_t kStep = 16;
+            for (int64_t pb = 0; pb < kc; pb += kStep) {
+                const int64_t pe = std::min<int64_t>(kc, pb + kStep);
+                for (int64_t j = 0; j < w; ++j) {
+                    const float* src = b + (jq + j) * ldb + p0;
+                    for (int64_t p = pb; p < pe; ++p) panel[p * nr + j] = src[p];
+                }
+                for (int64_t j = w; j < nr; ++j)
+                    for (int64_t p = pb; p < pe; ++p) panel[p * nr + j] = 0.0f;
             }
-            for (int64_t j = w; j < nr; ++j)
-                for (int64_t p = 0; p < kc; ++p) panel[p * nr + j] = 0.0f;
         }
     }
 }
 
 void pack_a(const float* a, int64_t lda, int64_t mc, int64_t kc, int mr, float* dst, float scale) {
+    constexpr int kMaxMr = 16;
+    const float* rows[kMaxMr];
     for (int64_t r = 0; r * mr < mc; ++r) {
         float* panel = dst + r * kc * mr;
-        const int64_t rows = std::min<int64_t>(mr, mc - r * mr);
-        for (int64_t i = 0; i < rows; ++i) {
-            const float* src = a + (r * mr + i) * lda;
-            if (scale == 1.0f)
-                for (int64_t p = 0; p < kc; ++p) panel[p * mr + i] = src[p];
-            else
-                for (int64_t p = 0; p < kc; ++p) panel[p * mr + i] = scale * src[p];
+        const int64_t m = std::min<int64_t>(mr, mc - r * mr);
+        for (int64_t i = 0; i < m; ++i) rows[i] = a + (r * mr + i) * lda;
+        // p-outer: each step writes one contiguous MR-float column of the panel; the MR source rows
+        // stream in parallel. Missing rows of the last panel are zeros.
+        if (m == mr && scale == 1.0f) {
+            for (int64_t p = 0; p < kc; ++p)
+                for (int i = 0; i < mr; ++i) panel[p * mr + i] = rows[i][p];
+        } else {
+            for (int64_t p = 0; p < kc; ++p) {
+                for (int64_t i = 0; i < m; ++i) panel[p * mr + i] = scale * rows[i][p];
+                for (int64_t i = m; i < mr; ++i) panel[p * mr + i] = 0.0f;
+            }
         }
-        for (int64_t i = rows; i < mr; ++i)
-            for (int64_t p = 0; p < kc; ++p) panel[p * mr + i] = 0.0f;
     }
 }
 
