@@ -138,18 +138,34 @@ inline void dot_block(int64_t k, const float* a, int64_t lda, const float* w, in
         }
 }
 
+// Rows of A are taken kDotRows at a time (V::kDotRows: as many as the register file holds with two W
+// rows), so that W -- the large operand, a weight or the keys -- streams from memory once per kDotRows
+// rows of A instead of once per row.
+template <int MI>
+void dot_rows(int64_t n, int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw, float* c,
+              int64_t ldc, float beta) {
+    // Few rows of A leave registers for more W rows: more independent FMA chains and memory streams.
+    constexpr int NJ = MI <= 2 ? 4 : 2;
+    int64_t j = 0;
+    for (; j + NJ <= n; j += NJ) dot_block<MI, NJ>(k, a, lda, w + j * ldw, ldw, c + j, ldc, beta);
+    for (; j + 2 <= n; j += 2) dot_block<MI, 2>(k, a, lda, w + j * ldw, ldw, c + j, ldc, beta);
+    if (j < n) dot_block<MI, 1>(k, a, lda, w + j * ldw, ldw, c + j, ldc, beta);
+}
+
+template <int MI = V::kDotRows>
+void dot_rows_dispatch(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw,
+                       float* c, int64_t ldc, float beta) {
+    if constexpr (MI >= 1) {
+        if (m == MI) return dot_rows<MI>(n, k, a, lda, w, ldw, c, ldc, beta);
+        return dot_rows_dispatch<MI - 1>(m, n, k, a, lda, w, ldw, c, ldc, beta);
+    }
+}
+
 void dot_kernel(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw,
                 float* c, int64_t ldc, float beta) {
-    int64_t i = 0;
-    for (; i + 2 <= m; i += 2) {
-        int64_t j = 0;
-        for (; j + 4 <= n; j += 4) dot_block<2, 4>(k, a + i * lda, lda, w + j * ldw, ldw, c + i * ldc + j, ldc, beta);
-        for (; j < n; ++j) dot_block<2, 1>(k, a + i * lda, lda, w + j * ldw, ldw, c + i * ldc + j, ldc, beta);
-    }
-    for (; i < m; ++i) {
-        int64_t j = 0;
-        for (; j + 4 <= n; j += 4) dot_block<1, 4>(k, a + i * lda, lda, w + j * ldw, ldw, c + i * ldc + j, ldc, beta);
-        for (; j < n; ++j) dot_block<1, 1>(k, a + i * lda, lda, w + j * ldw, ldw, c + i * ldc + j, ldc, beta);
+    for (int64_t i = 0; i < m; i += V::kDotRows) {
+        const int64_t mi = m - i < V::kDotRows ? m - i : V::kDotRows;
+        dot_rows_dispatch(mi, n, k, a + i * lda, lda, w, ldw, c + i * ldc, ldc, beta);
     }
 }
 

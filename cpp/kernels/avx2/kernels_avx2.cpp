@@ -13,6 +13,7 @@ alignas(32) const int32_t kTailMask[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0,
 
 struct V {
     using reg = __m256;
+    static constexpr int kDotRows = 6;  // rows of A per pass of the dot kernel
     static constexpr int W = 8;
     static reg zero() { return _mm256_setzero_ps(); }
     static reg set1(float x) { return _mm256_set1_ps(x); }

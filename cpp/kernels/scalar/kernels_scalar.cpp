@@ -9,6 +9,7 @@ namespace {
 
 struct V {
     using reg = float;
+    static constexpr int kDotRows = 2;  // rows of A per pass of the dot kernel
     static constexpr int W = 1;
     static reg zero() { return 0.0f; }
     static reg set1(float x) { return x; }
