@@ -113,7 +113,7 @@ void run_blocked(const KernelSet& ks, const Problem& P, int nt) {
                 if (P.packed) {
                     bp = P.packed->block(jc, pc);
                 } else {
-                    pack_b(P.B.data, P.B.ld, P.B.trans, pc, kc, jc, nc, bl.nr, shared_b, panels * tid / nth,
+                    pack_b(ks, P.B.data, P.B.ld, P.B.trans, pc, kc, jc, nc, bl.nr, shared_b, panels * tid / nth,
                            panels * (tid + 1) / nth);
 #pragma omp barrier
                     bp = shared_b;
@@ -177,7 +177,7 @@ void run_small_m(const KernelSet& ks, const Problem& P, int nt) {
                 } else if (n == nr) {
                     ks.rows(m, K, a, P.lda, P.B.data + j, P.B.ld, out, ldo, beta0);
                 } else {
-                    if (i == 0) pack_b(P.B.data, P.B.ld, false, 0, K, j, n, nr, edge, 0, 1);
+                    if (i == 0) pack_b(ks, P.B.data, P.B.ld, false, 0, K, j, n, nr, edge, 0, 1);
                     ks.rows(m, K, a, P.lda, edge, nr, out, ldo, beta0);
                 }
                 if (n != nr) store_partial(tile, nr, m, n, c, P.ldc, P.beta);

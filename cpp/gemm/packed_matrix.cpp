@@ -9,7 +9,8 @@
 
 namespace pyattn::gemm {
 
-void pack_b(const float* b, int64_t ldb, bool trans, int64_t p0, int64_t kc, int64_t j0, int64_t nc, int nr,
+void pack_b(const kernels::KernelSet& ks, const float* b, int64_t ldb, bool trans, int64_t p0, int64_t kc, int64_t j0,
+            int64_t nc, int nr,
             float* dst, int64_t panel_begin, int64_t panel_end) {
     for (int64_t q = panel_begin; q < panel_end; ++q) {
         float* panel = dst + q * kc * nr;
@@ -23,19 +24,7 @@ void pack_b(const float* b, int64_t ldb, bool trans, int64_t p0, int64_t kc, int
                 for (int64_t j = w; j < nr; ++j) row[j] = 0.0f;
             }
         } else {
-            // A transpose: walk kc in steps of one cache line of each source row, so that the
-            // 16 x NR corner of the panel being written stays in L1 (column-at-a-time writes would touch
-            // kc different lines per source row).
-            constexpr int64_t kStep = 16;
-            for (int64_t pb = 0; pb < kc; pb += kStep) {
-                const int64_t pe = std::min<int64_t>(kc, pb + kStep);
-                for (int64_t j = 0; j < w; ++j) {
-                    const float* src = b + (jq + j) * ldb + p0;
-                    for (int64_t p = pb; p < pe; ++p) panel[p * nr + j] = src[p];
-                }
-                for (int64_t j = w; j < nr; ++j)
-                    for (int64_t p = pb; p < pe; ++p) panel[p * nr + j] = 0.0f;
-            }
+            ks.pack_bt(b + jq * ldb + p0, ldb, kc, w, nr, panel);
         }
     }
 }
@@ -86,7 +75,7 @@ PackedMatrix::PackedMatrix(const float* b, int64_t ldb, bool trans, int64_t K, i
         const Job& j = jobs[i];
         const int64_t panels = (j.nc + nr - 1) / nr;
         float* dst = base + j.jc * K + j.pc * panels * nr;
-        pack_b(b, ldb, trans, j.pc, j.kc, j.jc, j.nc, static_cast<int>(nr), dst, 0, panels);
+        pack_b(ks, b, ldb, trans, j.pc, j.kc, j.jc, j.nc, static_cast<int>(nr), dst, 0, panels);
     }
 }
 

@@ -170,6 +170,29 @@ void dot_kernel(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, co
 }
 
 // ---------------------------------------------------------------------------------------------
+// Packing a B panel from a transposed B (weights [N, K]): 8 x 8 register transposes where V has them.
+// ---------------------------------------------------------------------------------------------
+void pack_bt(const float* w, int64_t ldw, int64_t kc, int64_t cols, int nr, float* panel) {
+    int64_t p = 0;
+    if constexpr (V::kTranspose8) {
+        const int64_t cols8 = cols / 8 * 8;
+        for (; p + 8 <= kc; p += 8) {
+            for (int64_t j = 0; j < cols8; j += 8) transpose8x8(w + j * ldw + p, ldw, panel + p * nr + j, nr);
+            for (int64_t j = cols8; j < cols; ++j)
+                for (int64_t q = p; q < p + 8; ++q) panel[q * nr + j] = w[j * ldw + q];
+        }
+    }
+    // Remaining depth, a cache line of each source row at a time (keeps the written corner in L1).
+    for (int64_t pb = p; pb < kc; pb += 16) {
+        const int64_t pe = pb + 16 < kc ? pb + 16 : kc;
+        for (int64_t j = 0; j < cols; ++j)
+            for (int64_t q = pb; q < pe; ++q) panel[q * nr + j] = w[j * ldw + q];
+    }
+    for (int64_t q = 0; q < kc; ++q)
+        for (int64_t j = cols; j < nr; ++j) panel[q * nr + j] = 0.0f;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Row primitives.
 // ---------------------------------------------------------------------------------------------
 float row_max(const float* x, int64_t n) {
@@ -365,6 +388,7 @@ KernelSet make_kernel_set(const char* name, int mc, int kc, int nc) {
     ks.micro = &micro_kernel<MR, NV>;
     ks.rows = &rows_kernel_dispatch<MR, NV>;
     ks.dot = &dot_kernel;
+    ks.pack_bt = &pack_bt;
     ks.max = &row_max;
     ks.exp_sum = &exp_sum;
     ks.scale = &scale_row;

@@ -37,12 +37,17 @@ using RowsKernel = void (*)(int64_t m, int64_t k, const float* a, int64_t lda, c
 using DotKernel = void (*)(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* w,
                            int64_t ldw, float* c, int64_t ldc, float beta);
 
+// Packs one B panel from B given transposed (W, rows j of length >= kc, row stride ldw):
+// panel[p * nr + j] = w[j * ldw + p] for p < kc, j < cols; columns [cols, nr) are zero.
+using PackTransKernel = void (*)(const float* w, int64_t ldw, int64_t kc, int64_t cols, int nr, float* panel);
+
 struct KernelSet {
     const char* name;
     GemmBlocking blocking;
     MicroKernel micro;
     RowsKernel rows;
     DotKernel dot;
+    PackTransKernel pack_bt;
 
     // ---- row primitives (length n) ----
     float (*max)(const float* x, int64_t n);                         // -inf for n == 0

@@ -139,7 +139,7 @@ void attention_flash(const KernelSet& ks, const AttentionArgs& a, int nt) {
         for (int64_t t = 0; t < tasks; ++t) {
             const int64_t bh = t / qblocks, qb = t % qblocks, b = bh / a.H, h = bh % a.H;
             if (bh != packed_bh) {
-                gemm::pack_b(head(a.k, b, h), a.k.sl, true, 0, D, 0, a.Lk, nr, kp, 0, lk_pad / nr);
+                gemm::pack_b(ks, head(a.k, b, h), a.k.sl, true, 0, D, 0, a.Lk, nr, kp, 0, lk_pad / nr);
                 const float* v = head(a.v, b, h);
                 for (int64_t c = 0; c < v_panels; ++c) {
                     float* panel = vp + c * lk_pad * nr;

@@ -9,9 +9,11 @@ namespace pyattn::kernels {
 namespace {
 
 #include "kernels/vec_math.inl"
+#include "kernels/x86_transpose.inl"
 
 struct V {
     using reg = __m512;
+    static constexpr bool kTranspose8 = true;  // transpose8x8 available
     static constexpr int kDotRows = 8;  // rows of A per pass of the dot kernel
     static constexpr int W = 16;
     static reg zero() { return _mm512_setzero_ps(); }
