@@ -264,20 +264,20 @@ void mask_bool(float* s, const uint8_t* masked, int64_t n) {
         if (masked[j]) s[j] = kNegInf;
 }
 
-float row_sum(const float* x, int64_t n) {
-    typename V::reg s0 = V::zero(), s1 = V::zero();
-    int64_t j = 0;
-    for (; j + 2 * V::W <= n; j += 2 * V::W) {
-        s0 = V::add(s0, V::load(x + j));
-        s1 = V::add(s1, V::load(x + j + V::W));
-    }
-    for (; j < n; j += V::W) s0 = V::add(s0, V::load_n(x + j, n - j < V::W ? n - j : V::W));
-    return V::hsum(V::add(s0, s1));
-}
-
 void layer_norm_row(const float* x, float* y, const float* w, const float* b, int64_t n, float eps) {
-    // Two passes (mean, then the mean of squared deviations): no cancellation for large offsets.
-    const float mean = row_sum(x, n) / (float)n;
+    // Two passes (mean, then the mean of squared deviations): no cancellation for large offsets. The
+    // mean itself is summed relative to x[0], so that a large common offset does not swamp the digits
+    // that carry the spread.
+    const float shift = x[0];
+    const typename V::reg vshift = V::set1(shift);
+    typename V::reg m0 = V::zero();
+    for (int64_t j = 0; j < n; j += V::W) {
+        const int64_t r = n - j < V::W ? n - j : V::W;
+        float tmp[V::W];
+        V::store(tmp, V::sub(V::load_n(x + j, r), vshift));
+        m0 = V::add(m0, V::load_n(tmp, r));
+    }
+    const float mean = shift + V::hsum(m0) / (float)n;
     const typename V::reg vm = V::set1(mean);
     typename V::reg q0 = V::zero(), q1 = V::zero();
     int64_t j = 0;

@@ -1,0 +1,177 @@
+"""scaled_dot_product_attention against the float64 reference and torch: shapes, every mask kind and their
+combinations, fully masked rows, strided views, every ISA path, threads."""
+import numpy as np
+import pytest
+import torch
+
+import pyattn
+from pyattn import functional as F
+
+import reference as ref
+from conftest import randn
+
+
+def qkv(rng, B, H, Lq, Lk, D, Dv=None, scale=1.0):
+    return (randn(rng, B, H, Lq, D, scale=scale), randn(rng, B, H, Lk, D, scale=scale),
+            randn(rng, B, H, Lk, Dv or D))
+
+
+def check(got, want, tol=2e-5):
+    assert got.dtype == np.float32
+    assert not np.any(np.isnan(got))
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+SHAPES = [  # (B, H, Lq, Lk, D)
+    (1, 1, 1, 1, 1), (1, 1, 1, 513, 64), (2, 3, 2, 17, 5), (1, 2, 3, 63, 16), (1, 1, 4, 65, 17),
+    (2, 2, 5, 129, 64), (1, 2, 7, 257, 80), (2, 1, 17, 3, 16), (1, 3, 65, 65, 64), (2, 2, 129, 63, 17),
+    (1, 1, 300, 513, 64), (1, 2, 129, 257, 1),
+]
+
+
+@pytest.mark.parametrize("B,H,Lq,Lk,D", SHAPES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_shapes_all_isas(isa, rng, B, H, Lq, Lk, D, causal):
+    q, k, v = qkv(rng, B, H, Lq, Lk, D)
+    want, _ = ref.sdpa(q, k, v, is_causal=causal)
+    check(F.scaled_dot_product_attention(q, k, v, is_causal=causal), want)
+
+
+def test_value_dim_differs(rng):
+    q, k, v = qkv(rng, 2, 3, 33, 70, 64, Dv=24)
+    want, _ = ref.sdpa(q, k, v)
+    check(F.scaled_dot_product_attention(q, k, v), want)
+    check(F.scaled_dot_product_attention(q[:, :, :2], k, v), want[:, :, :2])
+
+
+def test_explicit_scale(rng):
+    q, k, v = qkv(rng, 1, 2, 20, 30, 16)
+    want, _ = ref.sdpa(q, k, v, scale=0.37)
+    check(F.scaled_dot_product_attention(q, k, v, scale=0.37), want)
+
+
+def mask_cases(rng, B, H, Lq, Lk):
+    bool2 = rng.random((Lq, Lk)) < 0.3
+    return {
+        "bool 2-D": dict(attn_mask=bool2),
+        "bool 3-D": dict(attn_mask=rng.random((B, Lq, Lk)) < 0.3),
+        "bool 4-D": dict(attn_mask=rng.random((B, H, Lq, Lk)) < 0.3),
+        "bool 4-D broadcast": dict(attn_mask=rng.random((1, H, 1, Lk)) < 0.3),
+        "float 2-D": dict(attn_mask=randn(rng, Lq, Lk)),
+        "float 4-D with -inf": dict(attn_mask=np.where(rng.random((B, H, Lq, Lk)) < 0.3, -np.inf, 0).astype(np.float32)),
+        "key padding bool": dict(key_padding_mask=rng.random((B, Lk)) < 0.4),
+        "key padding float": dict(key_padding_mask=randn(rng, B, Lk)),
+        "causal + padding": dict(is_causal=True, key_padding_mask=rng.random((B, Lk)) < 0.3),
+        "causal + padding + bool mask": dict(is_causal=True, key_padding_mask=rng.random((B, Lk)) < 0.2,
+                                             attn_mask=bool2),
+        "float mask + bool padding": dict(attn_mask=randn(rng, B, Lq, Lk), key_padding_mask=rng.random((B, Lk)) < 0.3),
+    }
+
+
+@pytest.mark.parametrize("case", list(mask_cases(np.random.default_rng(0), 2, 3, 5, 7)))
+@pytest.mark.parametrize("B,H,Lq,Lk,D", [(2, 3, 3, 40, 16), (2, 3, 70, 300, 64), (2, 2, 129, 65, 17)])
+def test_masks(isa, rng, case, B, H, Lq, Lk, D):
+    kwargs = mask_cases(rng, B, H, Lq, Lk)[case]
+    q, k, v = qkv(rng, B, H, Lq, Lk, D)
+    want, wts = ref.sdpa(q, k, v, **kwargs)
+    check(F.scaled_dot_product_attention(q, k, v, **kwargs), want)
+    out, w = F.scaled_dot_product_attention(q, k, v, return_weights=True, **kwargs)
+    check(out, want)
+    check(w, wts)
+
+
+@pytest.mark.parametrize("Lq", [2, 60])
+def test_fully_masked_rows_give_zeros(isa, rng, Lq):
+    B, H, Lk, D = 2, 2, 50, 16
+    q, k, v = qkv(rng, B, H, Lq, Lk, D)
+    kp = np.zeros((B, Lk), bool)
+    kp[1] = True  # every key of batch entry 1 is padding
+    m = np.zeros((Lq, Lk), bool)
+    m[1] = True  # query 1 sees nothing anywhere
+    for kwargs in (dict(key_padding_mask=kp), dict(attn_mask=m), dict(attn_mask=m, key_padding_mask=kp, is_causal=True)):
+        want, wts = ref.sdpa(q, k, v, **kwargs)
+        out = F.scaled_dot_product_attention(q, k, v, **kwargs)
+        check(out, want)
+        out2, w = F.scaled_dot_product_attention(q, k, v, return_weights=True, **kwargs)
+        check(out2, want)
+        check(w, wts)
+    out = F.scaled_dot_product_attention(q, k, v, key_padding_mask=kp, attn_mask=m)
+    np.testing.assert_array_equal(out[1], 0.0)
+    np.testing.assert_array_equal(out[0, :, 1], 0.0)
+
+
+def test_large_magnitude_scores(isa, rng):
+    q, k, v = qkv(rng, 1, 2, 70, 90, 64, scale=30.0)  # scores ~ 1e3 .. 1e4: exp would overflow unshifted
+    want, _ = ref.sdpa(q, k, v)
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert np.all(np.isfinite(out))
+    want, _ = ref.sdpa(q, k, v, is_causal=True)
+    np.testing.assert_allclose(out, want, rtol=1e-3, atol=1e-3)
+
+
+def test_strided_head_views_match_contiguous(isa, rng):
+    B, L, H, D = 2, 37, 4, 16
+    x = randn(rng, B, L, 3 * H * D)  # a fused QKV projection output
+    q = x[..., : H * D].reshape(B, L, H, D).transpose(0, 2, 1, 3)
+    k = x[..., H * D: 2 * H * D].reshape(B, L, H, D).transpose(0, 2, 1, 3)
+    v = x[..., 2 * H * D:].reshape(B, L, H, D).transpose(0, 2, 1, 3)
+    assert not q.flags.c_contiguous
+    got = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    want = F.scaled_dot_product_attention(*(np.ascontiguousarray(t) for t in (q, k, v)), is_causal=True)
+    np.testing.assert_array_equal(got, want)
+    # out= as a strided view: heads written straight into (B, L, H * D)
+    concat = np.full((B, L, H, D), np.nan, np.float32)
+    F.scaled_dot_product_attention(q, k, v, is_causal=True, out=concat.transpose(0, 2, 1, 3))
+    np.testing.assert_array_equal(concat.transpose(0, 2, 1, 3), want)
+
+
+def test_batch_invariance_with_padding(isa, rng):
+    # A sequence alone gives the same output as inside a padded batch.
+    H, D, lens = 2, 16, [5, 23, 64]
+    Lmax = max(lens)
+    q, k, v = qkv(rng, len(lens), H, Lmax, Lmax, D)
+    kp = np.arange(Lmax)[None, :] >= np.array(lens)[:, None]
+    batched = F.scaled_dot_product_attention(q, k, v, key_padding_mask=kp)
+    for i, n in enumerate(lens):
+        alone = F.scaled_dot_product_attention(q[i:i + 1, :, :n], k[i:i + 1, :, :n], v[i:i + 1, :, :n])
+        np.testing.assert_allclose(batched[i:i + 1, :, :n], alone, rtol=1e-5, atol=1e-6)
+
+
+def test_threads_agree(rng, restore_threads):
+    q, k, v = qkv(rng, 1, 3, 100, 300, 64)
+    res = []
+    for n in (1, 2):
+        pyattn.set_num_threads(n)
+        res.append(F.scaled_dot_product_attention(q, k, v, is_causal=True, key_padding_mask=rng.random((1, 300)) < 0 ))
+        res.append(F.scaled_dot_product_attention(q[:, :, :1], k, v))
+    np.testing.assert_array_equal(res[0], res[2])
+    np.testing.assert_array_equal(res[1], res[3])
+
+
+@pytest.mark.parametrize("other", [i for i in pyattn._core.available_isas() if i != "scalar"])
+def test_isa_matches_scalar(rng, other):
+    q, k, v = qkv(rng, 2, 2, 77, 130, 64)
+    before = pyattn.get_isa()
+    try:
+        pyattn.set_isa("scalar")
+        s = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        pyattn.set_isa(other)
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    finally:
+        pyattn.set_isa(before)
+    np.testing.assert_allclose(o, s, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("B,H,Lq,Lk,D", [(2, 4, 33, 33, 64), (1, 12, 128, 128, 64), (2, 2, 1, 300, 32), (2, 3, 50, 20, 8)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_against_torch(rng, B, H, Lq, Lk, D, causal):
+    q, k, v = qkv(rng, B, H, Lq, Lk, D)
+    pad = np.zeros((B, Lk), bool)
+    pad[-1, Lk // 2 + 1:] = True  # keep key 0 visible: no fully masked rows on torch's side (NaN there)
+    t = [torch.from_numpy(x) for x in (q, k, v)]
+    keep = torch.from_numpy(~pad)[:, None, None, :]  # torch bool masks: True = take part
+    if causal:
+        keep = keep & torch.ones(Lq, Lk, dtype=torch.bool).tril()
+    want = torch.nn.functional.scaled_dot_product_attention(*t, attn_mask=keep).numpy()
+    got = F.scaled_dot_product_attention(q, k, v, key_padding_mask=pad, is_causal=causal)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

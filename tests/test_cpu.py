@@ -1,0 +1,78 @@
+"""Kernel-set selection, thread count, cpu_info, and that calls release the GIL."""
+import threading
+
+import numpy as np
+
+import pyattn
+from pyattn import _core
+from pyattn import functional as F
+
+
+def test_cpu_info():
+    info = pyattn.cpu_info()
+    assert set(info) >= {"features", "available_isas", "isa", "gemm_blocking", "num_threads"}
+    assert info["available_isas"][0] == "scalar"
+    assert info["isa"] in info["available_isas"]
+    b = info["gemm_blocking"]
+    assert b["nr"] % 4 == 0 and b["mc"] % b["mr"] == 0 and b["nc"] % b["nr"] == 0
+    feats = info["features"]
+    if "avx512" in info["available_isas"]:
+        assert feats["avx512f"] and feats["avx2"] and feats["fma"]
+    if "avx2" in info["available_isas"]:
+        assert feats["avx2"] and feats["fma"]
+
+
+def test_default_isa_is_the_best_available():
+    import os
+    if not os.environ.get("PYATTN_ISA"):
+        assert pyattn.get_isa() == _core.available_isas()[-1]
+
+
+def test_every_isa_selectable():
+    before = pyattn.get_isa()
+    try:
+        for isa in _core.available_isas():
+            pyattn.set_isa(isa)
+            assert pyattn.get_isa() == isa
+            assert pyattn.cpu_info()["isa"] == isa
+    finally:
+        pyattn.set_isa(before)
+
+
+def test_threads_round_trip(restore_threads):
+    for n in (1, 3, 2):
+        pyattn.set_num_threads(n)
+        assert pyattn.get_num_threads() == n
+        assert pyattn.cpu_info()["num_threads"] == n
+
+
+def test_more_threads_than_cores_still_correct(restore_threads, rng):
+    a, b = rng.standard_normal((300, 200)).astype(np.float32), rng.standard_normal((200, 100)).astype(np.float32)
+    pyattn.set_num_threads(1)
+    one = F.matmul(a, b)
+    pyattn.set_num_threads(5)
+    np.testing.assert_allclose(F.matmul(a, b), one, rtol=1e-5, atol=1e-4)
+
+
+def test_calls_release_the_gil(rng, restore_threads):
+    """While a long matmul runs in a worker thread, the main thread keeps executing Python bytecode.
+    With the GIL held for the whole call the main thread could not take a single step until it returned."""
+    pyattn.set_num_threads(1)
+    a = rng.standard_normal((1500, 1500)).astype(np.float32)
+    started, done = threading.Event(), threading.Event()
+    steps_during_call = 0
+
+    def worker():
+        started.set()
+        for _ in range(3):
+            F.matmul(a, a)
+        done.set()
+
+    t = threading.Thread(target=worker)
+    t.start()
+    started.wait()
+    while not done.is_set():
+        steps_during_call += 1
+        done.wait(0.001)
+    t.join()
+    assert steps_during_call > 5

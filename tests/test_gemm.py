@@ -1,0 +1,159 @@
+"""matmul / linear / PackedLinear against float64 numpy, on every ISA path, shapes off the register tile."""
+import numpy as np
+import pytest
+
+import pyattn
+from pyattn import functional as F
+
+import reference as ref
+from conftest import randn
+
+SIZES = [1, 3, 7, 17, 63, 65, 127, 129, 513, 1000]
+
+
+def assert_gemm_close(got, a, b, transpose_b=False, bias=None):
+    """Error bound of a length-K float32 dot product: a few sqrt(K) eps times sum |a_k b_k| per entry."""
+    want = ref.matmul(a, b, transpose_b)
+    mag = ref.matmul(np.abs(a), np.abs(b), transpose_b)
+    if bias is not None:
+        want = want + bias
+        mag = mag + np.abs(bias)
+    K = a.shape[-1]
+    tol = 8 * np.sqrt(K) * ref.EPS32 * mag + 1e-30
+    assert got.dtype == np.float32
+    assert got.shape == want.shape
+    err = np.abs(got - want)
+    assert np.all(err <= tol), f"max err {err.max():.3g}, max allowed {tol.flat[np.argmax(err - tol)]:.3g}"
+
+
+# (M, K, N): every size in SIZES appears in each role, without the product of all three.
+SHAPES = sorted({(m, 65, 33) for m in SIZES} | {(17, k, 63) for k in SIZES} | {(63, 129, n) for n in SIZES}
+                | {(1, 1, 1), (1000, 513, 65), (129, 1000, 127), (513, 63, 1000), (2, 384, 1536)})
+
+
+@pytest.mark.parametrize("M,K,N", SHAPES)
+def test_matmul_and_linear_all_isas(isa, rng, M, K, N):
+    a, b = randn(rng, M, K), randn(rng, K, N)
+    assert_gemm_close(F.matmul(a, b), a, b)
+    bt = np.ascontiguousarray(b.T)
+    assert_gemm_close(F.matmul(a, bt, transpose_b=True), a, bt, transpose_b=True)
+    bias = randn(rng, N)
+    assert_gemm_close(F.linear(a, bt, bias), a, bt, transpose_b=True, bias=bias)
+    assert_gemm_close(pyattn.PackedLinear(bt, bias)(a), a, bt, transpose_b=True, bias=bias)
+    assert_gemm_close(pyattn.PackedLinear(bt)(a), a, bt, transpose_b=True)
+
+
+@pytest.mark.parametrize("M", [1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13])
+@pytest.mark.parametrize("K,N", [(384, 1536), (65, 1000), (7, 3)])
+def test_small_m_decode_path(isa, rng, M, K, N):
+    a, w = randn(rng, M, K), randn(rng, N, K)
+    assert_gemm_close(F.linear(a, w), a, w, transpose_b=True)
+    assert_gemm_close(pyattn.PackedLinear(w)(a), a, w, transpose_b=True)
+    b = np.ascontiguousarray(w.T)
+    assert_gemm_close(F.matmul(a, b), a, b)
+
+
+def test_prepacked_gemv_wider_than_one_nc_block(rng):
+    # N spans several NC column blocks of the packed layout and ends on a partial panel.
+    nc = pyattn.cpu_info()["gemm_blocking"]["nc"]
+    K, N = 40, 2 * nc + 45
+    w = randn(rng, N, K)
+    pl = pyattn.PackedLinear(w)
+    for M in (1, 5, 30):
+        a = randn(rng, M, K)
+        assert_gemm_close(pl(a), a, w, transpose_b=True)
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh", "silu"])
+def test_fused_activation(isa, rng, activation):
+    x, w, bias = randn(rng, 37, 65), randn(rng, 129, 65, scale=0.2), randn(rng, 129)
+    pre = ref.linear(x, w, bias)
+    want = {"relu": ref.relu, "gelu": ref.gelu, "gelu_tanh": lambda t: ref.gelu(t, "tanh"), "silu": ref.silu}[activation](pre)
+    for got in (F.linear(x, w, bias, activation=activation), pyattn.PackedLinear(w, bias)(x, activation=activation),
+                pyattn.PackedLinear(w, bias)(x[:3], activation=activation)):
+        np.testing.assert_allclose(got, want[: len(got)], rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("a_shape,b_shape", [
+    ((2, 3, 17, 65), (3, 65, 33)),
+    ((17, 65), (4, 65, 33)),
+    ((4, 1, 9, 7), (1, 5, 7, 11)),
+    ((2, 5, 13, 8), (8, 6)),
+    ((6, 1, 3), (6, 3, 129)),
+])
+def test_batched_broadcasting(isa, rng, a_shape, b_shape):
+    a, b = randn(rng, *a_shape), randn(rng, *b_shape)
+    got = F.matmul(a, b)
+    assert got.shape == np.matmul(a, b).shape
+    assert_gemm_close(got, a, b)
+
+
+def test_batched_transpose_b(rng):
+    a, b = randn(rng, 3, 4, 17, 64), randn(rng, 3, 4, 33, 64)
+    assert_gemm_close(F.matmul(a, b, transpose_b=True), a, b, transpose_b=True)
+
+
+def test_strided_inputs(rng):
+    base = randn(rng, 70, 130)
+    a = base[::2, 1:66]           # row stride 260, not contiguous
+    b = randn(rng, 65, 40)[:, ::2]  # last axis not contiguous: converted by functional
+    assert_gemm_close(F.matmul(a, b), a, b)
+    x = randn(rng, 2, 8, 33, 64).transpose(0, 2, 1, 3)  # batch strides of a head view
+    w = randn(rng, 64, 20)
+    assert_gemm_close(F.matmul(x, w), x, w)
+
+
+def test_out_argument(rng):
+    a, b = randn(rng, 33, 17), randn(rng, 17, 9)
+    out = np.full((33, 9), np.nan, np.float32)
+    res = F.matmul(a, b, out=out)
+    assert res is out or np.shares_memory(res, out)
+    assert_gemm_close(out, a, b)
+    w = randn(rng, 9, 17)
+    out2 = np.full((33, 9), np.nan, np.float32)
+    pyattn.PackedLinear(w)(a, out=out2)
+    assert_gemm_close(out2, a, w, transpose_b=True)
+
+
+@pytest.mark.parametrize("M,K,N", [(1, 384, 1536), (5, 64, 300), (200, 300, 500), (1000, 129, 127)])
+def test_threads_agree(rng, restore_threads, M, K, N):
+    a, w = randn(rng, M, K), randn(rng, N, K)
+    pl = pyattn.PackedLinear(w)
+    outs = []
+    for n in (1, 2):
+        pyattn.set_num_threads(n)
+        outs.append((F.linear(a, w), pl(a), F.matmul(a, np.ascontiguousarray(w.T))))
+    for one, two in zip(*outs):
+        assert_gemm_close(one, a, w, transpose_b=True)
+        # Same blocking, same order of accumulation per element: threads only split the work.
+        np.testing.assert_array_equal(one, two)
+
+
+@pytest.mark.parametrize("other", [i for i in pyattn._core.available_isas() if i != "scalar"])
+def test_isa_matches_scalar(rng, other):
+    a, w = randn(rng, 130, 257), randn(rng, 67, 257)
+    before = pyattn.get_isa()
+    try:
+        pyattn.set_isa("scalar")
+        s = F.linear(a, w)
+        pyattn.set_isa(other)
+        v = F.linear(a, w)
+    finally:
+        pyattn.set_isa(before)
+    assert_gemm_close(s, a, w, transpose_b=True)
+    assert_gemm_close(v, a, w, transpose_b=True)
+    assert np.abs(s - v).max() <= 1e-4 * np.abs(s).max()
+
+
+def test_packed_linear_keeps_its_isa(rng):
+    w, x = randn(rng, 50, 40), randn(rng, 20, 40)
+    before = pyattn.get_isa()
+    try:
+        pl = pyattn.PackedLinear(w)
+        packed_for = pl.isa
+        assert packed_for == before
+        pyattn.set_isa("scalar")
+        assert_gemm_close(pl(x), x, w, transpose_b=True)  # still uses its own layout and kernels
+    finally:
+        pyattn.set_isa(before)
+    assert pl.in_features == 40 and pl.out_features == 50 and not pl.has_bias and pl.nbytes >= 50 * 40 * 4

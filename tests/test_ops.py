@@ -1,0 +1,93 @@
+"""softmax, log_softmax, layer_norm and activations against float64 references on every ISA path."""
+import numpy as np
+import pytest
+
+from pyattn import functional as F
+
+import reference as ref
+from conftest import randn
+
+LENGTHS = [1, 3, 7, 17, 63, 65, 127, 129, 513, 1000]
+
+
+@pytest.mark.parametrize("n", LENGTHS)
+def test_softmax_and_log_softmax(isa, rng, n):
+    x = randn(rng, 5, n, scale=3.0)
+    np.testing.assert_allclose(F.softmax(x), ref.softmax(x), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(F.log_softmax(x), ref.log_softmax(x), rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1, -2])
+def test_softmax_axis(rng, axis):
+    x = randn(rng, 4, 7, 9)
+    np.testing.assert_allclose(F.softmax(x, axis=axis), ref.softmax(x, axis=axis), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(F.log_softmax(x, axis=axis), ref.log_softmax(x, axis=axis), rtol=1e-5, atol=2e-5)
+
+
+def test_softmax_large_magnitudes_do_not_overflow(isa):
+    x = np.array([[1e30, -1e30, 0.0, 1e30], [-1e30, -1e30, -1e30, -3e30], [88.0, 89.0, 100.0, -100.0]], np.float32)
+    y = F.softmax(x)
+    assert np.all(np.isfinite(y))
+    np.testing.assert_allclose(y, ref.softmax(x), atol=1e-6)
+    ls = F.log_softmax(x)
+    assert not np.any(np.isnan(ls))
+    np.testing.assert_allclose(ls[2], ref.log_softmax(x)[2], rtol=1e-5, atol=1e-5)
+
+
+def test_all_masked_rows(isa):
+    x = np.full((3, 17), -np.inf, np.float32)
+    x[1, 4] = 2.0
+    y = F.softmax(x)
+    assert not np.any(np.isnan(y))
+    np.testing.assert_array_equal(y[0], 0.0)
+    np.testing.assert_allclose(y[1], np.eye(17)[4], atol=0)
+    ls = F.log_softmax(x)
+    assert np.all(np.isneginf(ls[0]))
+    assert ls[1, 4] == 0.0
+
+
+@pytest.mark.parametrize("n", LENGTHS)
+def test_layer_norm(isa, rng, n):
+    x, w, b = randn(rng, 6, n, scale=2.0), randn(rng, n), randn(rng, n)
+    np.testing.assert_allclose(F.layer_norm(x, w, b), ref.layer_norm(x, w, b), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(F.layer_norm(x), ref.layer_norm(x), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(F.layer_norm(x, w, None, eps=1e-3), ref.layer_norm(x, w, None, 1e-3), rtol=1e-4,
+                               atol=1e-4)
+
+
+def test_layer_norm_large_offset_keeps_the_variance(isa, rng):
+    # Mean 1e4, spread 1e-1: a one-pass E[x^2] - E[x]^2 in float32 would lose the variance entirely.
+    x = (1e4 + 0.1 * rng.standard_normal((4, 384))).astype(np.float32)
+    got = F.layer_norm(x)
+    want = ref.layer_norm(x)
+    assert np.abs(got - want).max() < 5e-3
+    np.testing.assert_allclose(got.std(-1), 1.0, rtol=1e-2)
+
+
+@pytest.mark.parametrize("n", LENGTHS)
+def test_activations(isa, rng, n):
+    x = randn(rng, 3, n, scale=4.0)
+    x[0, 0] = -30.0  # tails: GELU and SiLU must go to 0 without NaN
+    np.testing.assert_allclose(F.relu(x), ref.relu(x), atol=0)
+    np.testing.assert_allclose(F.gelu(x), ref.gelu(x), rtol=1e-5, atol=2e-6)
+    np.testing.assert_allclose(F.gelu(x, approximate="tanh"), ref.gelu(x, "tanh"), rtol=1e-5, atol=2e-6)
+    np.testing.assert_allclose(F.silu(x), ref.silu(x), rtol=1e-5, atol=2e-6)
+
+
+def test_activations_extremes(isa):
+    x = np.array([-1e30, -100.0, -10.0, 0.0, 10.0, 100.0, 1e30], np.float32)
+    for y in (F.gelu(x), F.gelu(x, approximate="tanh"), F.silu(x), F.relu(x)):
+        assert np.all(np.isfinite(y))
+    np.testing.assert_allclose(F.gelu(x)[4:], x[4:], rtol=1e-6)
+    np.testing.assert_allclose(F.silu(x)[4:], x[4:], rtol=1e-4)
+
+
+def test_multithreaded_rows_equal_single(rng, restore_threads):
+    import pyattn
+    x = randn(rng, 300, 513)
+    outs = []
+    for n in (1, 2):
+        pyattn.set_num_threads(n)
+        outs.append((F.softmax(x), F.log_softmax(x), F.layer_norm(x), F.gelu(x)))
+    for one, two in zip(*outs):
+        np.testing.assert_array_equal(one, two)
