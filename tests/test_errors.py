@@ -211,8 +211,9 @@ def test_unknown_isa():
 
 def _import_with_isa(value):
     env = dict(os.environ, PYATTN_ISA=value)
+    # cwd: the tests folder, so that the installed package is imported and not the source tree.
     return subprocess.run([sys.executable, "-c", "import pyattn; print(pyattn.get_isa())"], env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, cwd=os.path.dirname(__file__))
 
 
 @pytest.mark.parametrize("isa", _core.available_isas())
