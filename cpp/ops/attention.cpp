@@ -83,8 +83,14 @@ void attention_direct(const KernelSet& ks, const AttentionArgs& a, int nt) {
             ks.scale(s, n, a.scale);
             mask_row(ks, a, b, h, i, 0, n, s);
             if (!softmax_inplace(ks, s, n)) continue;
-            for (int64_t j = 0; j < n; ++j)
-                if (s[j] != 0.0f) ks.axpy(o, v + j * a.v.sl, a.Dv, s[j]);
+            // o = p V: whole NR-wide column panels of V through the rows kernel (V read in place), the
+            // remaining columns key by key.
+            const int nr = ks.blocking.nr;
+            const int64_t full = a.Dv / nr * nr;
+            for (int64_t c = 0; c < full; c += nr) ks.rows(1, n, s, n, v + c, a.v.sl, o + c, a.Dv, 0.0f);
+            if (full < a.Dv)
+                for (int64_t j = 0; j < n; ++j)
+                    if (s[j] != 0.0f) ks.axpy(o + full, v + j * a.v.sl + full, a.Dv - full, s[j]);
         }
     }
 }
