@@ -73,11 +73,16 @@ def cpu_info() -> dict:
 
 
 from . import functional  # noqa: E402
+from . import io, nn  # noqa: E402
+from .io import load  # noqa: E402
 
 __all__ = [
     "PackedLinear",
     "cpu_info",
     "functional",
+    "io",
+    "load",
+    "nn",
     "get_isa",
     "get_num_threads",
     "set_isa",

@@ -1,0 +1,230 @@
+"""Export of torch.nn.Transformer / TransformerEncoder / TransformerDecoder / MultiheadAttention to a
+folder of `model.safetensors` + `config.json`, and loading such a folder as the equivalent pyattn module.
+
+No pickle anywhere: weights go through the safetensors format, the structure through JSON.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, Mapping
+
+import numpy as np
+
+from ..nn import (FeedForward, LayerNorm, MultiHeadAttention, TransformerDecoder, TransformerDecoderLayer,
+                  TransformerEncoder, TransformerEncoderLayer)
+
+FORMAT = "pyattn.torch.v1"
+KINDS = ("Transformer", "TransformerEncoder", "TransformerDecoder", "TransformerEncoderLayer",
+         "TransformerDecoderLayer", "MultiheadAttention")
+
+
+class Weights:
+    """A name -> array mapping that reports missing and unused tensors by name."""
+
+    def __init__(self, tensors: Mapping[str, np.ndarray], source: str):
+        self._t = dict(tensors)
+        self._used = set()
+        self.source = source
+
+    def get(self, name: str, optional: bool = False):
+        if name not in self._t:
+            if optional:
+                return None
+            raise KeyError(f"{self.source}: missing tensor '{name}'")
+        self._used.add(name)
+        return self._t[name]
+
+    def __contains__(self, name):
+        return name in self._t
+
+    def check_all_used(self):
+        unused = sorted(set(self._t) - self._used)
+        if unused:
+            raise ValueError(f"{self.source}: unexpected tensors {unused[:8]}{' ...' if len(unused) > 8 else ''}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# builders: (config, weights, prefix) -> pyattn module
+# ----------------------------------------------------------------------------------------------------
+def _mha(w: Weights, p: str, num_heads: int) -> MultiHeadAttention:
+    if f"{p}bias_k" in w or f"{p}bias_v" in w:
+        raise ValueError(f"{w.source}: MultiheadAttention with add_bias_kv is not supported ('{p}bias_k')")
+    if f"{p}in_proj_weight" in w:
+        wi = w.get(f"{p}in_proj_weight")
+        E = wi.shape[0] // 3
+        wq, wk, wv = wi[:E], wi[E:2 * E], wi[2 * E:]
+    else:
+        wq, wk, wv = w.get(f"{p}q_proj_weight"), w.get(f"{p}k_proj_weight"), w.get(f"{p}v_proj_weight")
+        E = wq.shape[0]
+    b = w.get(f"{p}in_proj_bias", optional=True)
+    bq, bk, bv = (None, None, None) if b is None else (b[:E], b[E:2 * E], b[2 * E:])
+    return MultiHeadAttention(num_heads, wq, wk, wv, w.get(f"{p}out_proj.weight"), bq, bk, bv,
+                              w.get(f"{p}out_proj.bias", optional=True), name=p.rstrip("."))
+
+
+def _norm(w: Weights, p: str, eps: float) -> LayerNorm:
+    return LayerNorm(w.get(f"{p}weight"), w.get(f"{p}bias", optional=True), eps, name=p.rstrip("."))
+
+
+def _ffn(w: Weights, p: str, activation: str) -> FeedForward:
+    return FeedForward(w.get(f"{p}linear1.weight"), w.get(f"{p}linear1.bias", optional=True),
+                       w.get(f"{p}linear2.weight"), w.get(f"{p}linear2.bias", optional=True), activation, p.rstrip("."))
+
+
+def _encoder_layer(c: dict, w: Weights, p: str) -> TransformerEncoderLayer:
+    eps = c["layer_norm_eps"]
+    return TransformerEncoderLayer(_mha(w, f"{p}self_attn.", c["nhead"]), _ffn(w, p, c["activation"]),
+                                   _norm(w, f"{p}norm1.", eps), _norm(w, f"{p}norm2.", eps), c["norm_first"])
+
+
+def _decoder_layer(c: dict, w: Weights, p: str) -> TransformerDecoderLayer:
+    eps = c["layer_norm_eps"]
+    return TransformerDecoderLayer(_mha(w, f"{p}self_attn.", c["nhead"]), _mha(w, f"{p}multihead_attn.", c["nhead"]),
+                                   _ffn(w, p, c["activation"]), _norm(w, f"{p}norm1.", eps), _norm(w, f"{p}norm2.", eps),
+                                   _norm(w, f"{p}norm3.", eps), c["norm_first"])
+
+
+def _stack(c: dict, w: Weights, p: str, n: int, make, cls):
+    layers = [make(c, w, f"{p}layers.{i}.") for i in range(n)]
+    norm = _norm(w, f"{p}norm.", c["layer_norm_eps"]) if f"{p}norm.weight" in w else None
+    return cls(layers, norm)
+
+
+class Transformer:
+    """pyattn's torch.nn.Transformer: encoder + decoder stacks (batch_first)."""
+
+    def __init__(self, encoder: TransformerEncoder, decoder: TransformerDecoder):
+        self.encoder, self.decoder = encoder, decoder
+
+    def __call__(self, src, tgt, *, src_mask=None, tgt_mask=None, memory_mask=None, src_key_padding_mask=None,
+                 tgt_key_padding_mask=None, memory_key_padding_mask=None, tgt_is_causal=False):
+        if memory_mask is not None:
+            raise ValueError("memory_mask is not supported; use memory_key_padding_mask")
+        memory = self.encoder(src, mask=src_mask, src_key_padding_mask=src_key_padding_mask)
+        return self.decoder(tgt, memory, tgt_mask=tgt_mask, tgt_key_padding_mask=tgt_key_padding_mask,
+                            tgt_is_causal=tgt_is_causal, memory_key_padding_mask=memory_key_padding_mask)
+
+
+def build(config: dict, tensors: Mapping[str, np.ndarray], source: str = "weights"):
+    """The pyattn module described by an exported config and its tensors (torch state_dict names)."""
+    kind = config.get("kind")
+    if kind not in KINDS:
+        raise ValueError(f"{source}: unknown module kind {kind!r}, expected one of {KINDS}")
+    c = dict(config)
+    for key in ("nhead",) if kind == "MultiheadAttention" else ("nhead", "activation", "norm_first", "layer_norm_eps"):
+        if key not in c:
+            raise ValueError(f"{source}: config has no '{key}'")
+    if not c.get("batch_first", True):
+        raise ValueError(f"{source}: only batch_first modules are supported (export with batch_first=True)")
+    w = Weights(tensors, source)
+    if kind == "MultiheadAttention":
+        m = _mha(w, "", c["nhead"])
+    elif kind == "TransformerEncoderLayer":
+        m = _encoder_layer(c, w, "")
+    elif kind == "TransformerDecoderLayer":
+        m = _decoder_layer(c, w, "")
+    elif kind == "TransformerEncoder":
+        m = _stack(c, w, "", c["num_layers"], _encoder_layer, TransformerEncoder)
+    elif kind == "TransformerDecoder":
+        m = _stack(c, w, "", c["num_layers"], _decoder_layer, TransformerDecoder)
+    else:
+        m = Transformer(_stack(c, w, "encoder.", c["num_encoder_layers"], _encoder_layer, TransformerEncoder),
+                        _stack(c, w, "decoder.", c["num_decoder_layers"], _decoder_layer, TransformerDecoder))
+    w.check_all_used()
+    return m
+
+
+# ----------------------------------------------------------------------------------------------------
+# torch side
+# ----------------------------------------------------------------------------------------------------
+def _activation_name(layer) -> str:
+    import torch
+
+    act = getattr(layer, "activation", None)
+    if act is torch.nn.functional.relu or isinstance(act, torch.nn.ReLU):
+        return "relu"
+    if act is torch.nn.functional.gelu or isinstance(act, torch.nn.GELU):
+        return "gelu_tanh" if getattr(act, "approximate", "none") == "tanh" else "gelu"
+    raise ValueError(f"unsupported activation {act!r}: pyattn supports relu and gelu")
+
+
+def torch_config(module) -> dict:
+    """The JSON config of a torch module pyattn can load."""
+    import torch.nn as tnn
+
+    def layer_cfg(layer):
+        return {"nhead": layer.self_attn.num_heads, "d_model": layer.self_attn.embed_dim,
+                "dim_feedforward": layer.linear1.out_features, "activation": _activation_name(layer),
+                "norm_first": bool(layer.norm_first), "layer_norm_eps": float(layer.norm1.eps),
+                "batch_first": bool(layer.self_attn.batch_first)}
+
+    if isinstance(module, tnn.Transformer):
+        cfg = layer_cfg(module.encoder.layers[0])
+        cfg.update(kind="Transformer", num_encoder_layers=len(module.encoder.layers),
+                   num_decoder_layers=len(module.decoder.layers))
+    elif isinstance(module, (tnn.TransformerEncoder, tnn.TransformerDecoder)):
+        cfg = layer_cfg(module.layers[0])
+        cfg.update(kind=type(module).__name__, num_layers=len(module.layers))
+    elif isinstance(module, (tnn.TransformerEncoderLayer, tnn.TransformerDecoderLayer)):
+        cfg = layer_cfg(module)
+        cfg["kind"] = type(module).__name__
+    elif isinstance(module, tnn.MultiheadAttention):
+        cfg = {"kind": "MultiheadAttention", "nhead": module.num_heads, "d_model": module.embed_dim,
+               "batch_first": bool(module.batch_first)}
+    else:
+        raise TypeError(f"cannot export {type(module).__name__}: expected one of {KINDS}")
+    cfg["format"] = FORMAT
+    return cfg
+
+
+def torch_tensors(module) -> Dict[str, np.ndarray]:
+    return {k: v.detach().cpu().float().numpy().copy() for k, v in module.state_dict().items()}
+
+
+def from_torch(module):
+    """The pyattn equivalent of a live torch module (same weights), without going through files."""
+    return build(torch_config(module), torch_tensors(module), type(module).__name__)
+
+
+def export_torch(module, path) -> Path:
+    """Writes `path/config.json` and `path/model.safetensors` for a torch module; returns the folder."""
+    from safetensors.numpy import save_file
+
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = torch_config(module)
+    save_file(torch_tensors(module), str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(cfg, indent=1))
+    return folder
+
+
+def read_safetensors(path) -> Dict[str, np.ndarray]:
+    """All tensors of a .safetensors file as float32 numpy arrays; corrupt or truncated files raise ValueError."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no weights file at {path}")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+    return tensors
+
+
+def load(path):
+    """Loads a folder written by `export_torch` (config.json + model.safetensors) as a pyattn module."""
+    folder = Path(path)
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{folder}: no config.json (expected a folder written by pyattn.io.export_torch)")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_path}: invalid JSON ({e})") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        raise ValueError(f"{cfg_path}: not a pyattn export (format {cfg.get('format') if isinstance(cfg, dict) else None!r}, "
+                         f"expected {FORMAT!r})")
+    return build(cfg, read_safetensors(folder / "model.safetensors"), str(folder))

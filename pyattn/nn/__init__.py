@@ -1,0 +1,11 @@
+"""Modules holding weights, assembled from the C++ core: the thin layer of the design."""
+from .attention import KVCache, MultiHeadAttention, split_heads
+from .layers import (Embedding, LayerNorm, LearnedPositionalEmbedding, Linear, Module, SinusoidalPositionalEncoding,
+                     sinusoidal_table)
+from .transformer import (DecoderState, FeedForward, TransformerDecoder, TransformerDecoderLayer, TransformerEncoder,
+                          TransformerEncoderLayer)
+
+__all__ = ["DecoderState", "Embedding", "FeedForward", "KVCache", "LayerNorm", "LearnedPositionalEmbedding", "Linear",
+           "Module", "MultiHeadAttention", "SinusoidalPositionalEncoding", "TransformerDecoder",
+           "TransformerDecoderLayer", "TransformerEncoder", "TransformerEncoderLayer", "sinusoidal_table",
+           "split_heads"]

@@ -1,0 +1,161 @@
+"""Multi-head attention with a KV cache: self-attention (fused Q/K/V projection) and encoder-decoder
+(cross) attention whose K/V are computed once per source."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from .. import _core
+from .. import functional as F
+from .layers import Linear, Module, as_weight
+
+
+class KVCache:
+    """Keys and values of the positions seen so far, for one attention layer.
+
+    Stored as (B, capacity, E) buffers so that appending a step is a contiguous copy, and the heads are
+    strided (B, H, length, d) views that the attention kernel reads in place. Capacity doubles as needed.
+    """
+
+    def __init__(self, batch: int, dim: int, capacity: int = 32):
+        self.k = np.empty((batch, max(capacity, 1), dim), np.float32)
+        self.v = np.empty_like(self.k)
+        self.length = 0
+
+    def append(self, k: np.ndarray, v: np.ndarray) -> None:
+        # k, v: (B, L_new, E)
+        B, L, E = k.shape
+        if B != self.k.shape[0] or E != self.k.shape[2]:
+            raise ValueError(f"KV cache holds (B={self.k.shape[0]}, E={self.k.shape[2]}), got keys {k.shape}")
+        need = self.length + L
+        if need > self.k.shape[1]:
+            cap = max(need, 2 * self.k.shape[1])
+            for name in ("k", "v"):
+                old = getattr(self, name)
+                new = np.empty((B, cap, E), np.float32)
+                new[:, : self.length] = old[:, : self.length]
+                setattr(self, name, new)
+        self.k[:, self.length: need] = k
+        self.v[:, self.length: need] = v
+        self.length = need
+
+    def heads(self, num_heads: int):
+        """(B, H, length, d) views of keys and values."""
+        B, _, E = self.k.shape
+        d = E // num_heads
+        k = self.k[:, : self.length].reshape(B, self.length, num_heads, d).transpose(0, 2, 1, 3)
+        v = self.v[:, : self.length].reshape(B, self.length, num_heads, d).transpose(0, 2, 1, 3)
+        return k, v
+
+    def reorder(self, index: np.ndarray) -> None:
+        """Keeps batch rows `index` (beam search): row i of the new cache is row index[i] of the old."""
+        self.k = np.ascontiguousarray(self.k[index])
+        self.v = np.ascontiguousarray(self.v[index])
+
+
+def split_heads(x: np.ndarray, num_heads: int) -> np.ndarray:
+    """(B, L, H * d) -> (B, H, L, d) as a strided view (no copy)."""
+    B, L, E = x.shape
+    return x.reshape(B, L, num_heads, E // num_heads).transpose(0, 2, 1, 3)
+
+
+class MultiHeadAttention(Module):
+    """softmax(Q K^T / sqrt(d_k) + mask) V over `num_heads` heads, then W_O.
+
+    Weights in PyTorch's layout: w_q (E, E), w_k (E, kdim), w_v (E, vdim), w_o (E, E). For self-attention
+    Q, K and V come from one fused GEMM; for cross-attention Q is projected from the decoder states and the
+    fused K/V projection of the encoder output is computed once (see `project_kv`) and reused every step.
+    """
+
+    def __init__(self, num_heads: int, w_q, w_k, w_v, w_o, b_q=None, b_k=None, b_v=None, b_o=None,
+                 scale: Optional[float] = None, name: str = "attention"):
+        w_q = as_weight(w_q, f"{name}.w_q")
+        E = w_q.shape[0]
+        if E % num_heads:
+            raise ValueError(f"{name}: num_heads ({num_heads}) must divide d_model ({E})")
+        w_k = as_weight(w_k, f"{name}.w_k")
+        w_v = as_weight(w_v, f"{name}.w_v")
+        if w_k.shape[0] != E or w_v.shape[0] != E:
+            raise ValueError(f"{name}: w_k {w_k.shape} and w_v {w_v.shape} must have {E} rows like w_q {w_q.shape}")
+        self.num_heads, self.d_model = int(num_heads), E
+        self.scale = scale
+        zeros = np.zeros(E, np.float32)
+        has_bias = any(b is not None for b in (b_q, b_k, b_v))
+        bq, bk, bv = ((zeros if b is None else as_weight(b, f"{name}.b", (E,))) for b in (b_q, b_k, b_v))
+        self.q_proj = Linear(w_q, bq if has_bias else None, f"{name}.q_proj")
+        self._kv_weights = (w_k, w_v, bk, bv, has_bias)
+        self._kv_proj: Optional[Linear] = None
+        self._qkv_proj: Optional[Linear] = None
+        self.k_weight, self.v_weight = w_k, w_v
+        self.out_proj = Linear(w_o, b_o, f"{name}.out_proj")
+        if self.out_proj.weight.shape != (E, E):
+            raise ValueError(f"{name}: out_proj weight has shape {self.out_proj.weight.shape}, expected {(E, E)}")
+        if w_q.shape != (E, E):
+            raise ValueError(f"{name}: w_q has shape {w_q.shape}, expected {(E, E)}")
+
+    # Fused projections, packed on first use (a layer used only one way packs only that way).
+    def _kv(self) -> Linear:
+        if self._kv_proj is None:
+            w_k, w_v, bk, bv, has_bias = self._kv_weights
+            if w_k.shape[1] != w_v.shape[1]:
+                raise ValueError("fused K/V projection needs kdim == vdim")
+            self._kv_proj = Linear(np.concatenate([w_k, w_v]), np.concatenate([bk, bv]) if has_bias else None)
+        return self._kv_proj
+
+    def _qkv(self) -> Linear:
+        if self._qkv_proj is None:
+            w_k, w_v, bk, bv, has_bias = self._kv_weights
+            w = np.concatenate([self.q_proj.weight, w_k, w_v])
+            b = np.concatenate([self.q_proj.bias if self.q_proj.bias is not None else np.zeros(self.d_model, np.float32),
+                                bk, bv]) if has_bias else None
+            self._qkv_proj = Linear(w, b)
+        return self._qkv_proj
+
+    def project_kv(self, memory: np.ndarray) -> KVCache:
+        """K and V of an encoder output (B, Lk, kdim), computed once for all decoding steps."""
+        kv = self._kv()(memory)  # (B, Lk, 2E)
+        cache = KVCache(memory.shape[0], self.d_model, memory.shape[1])
+        cache.append(kv[..., : self.d_model], kv[..., self.d_model:])
+        return cache
+
+    def __call__(self, query: np.ndarray, key: Optional[np.ndarray] = None, *, memory_kv: Optional[KVCache] = None,
+                 cache: Optional[KVCache] = None, attn_mask=None, key_padding_mask=None, is_causal: bool = False,
+                 need_weights: bool = False):
+        """Self-attention when `key` is None (or is `query`); cross-attention against `key` (= value, an
+        encoder output) or against precomputed `memory_kv`.
+
+        query (B, Lq, E). With `cache`, the new keys/values are appended and attention runs over all cached
+        positions; `is_causal` then lets query i (absolute position past + i) see keys <= past + i. Masks as
+        in `functional.multi_head_attention`, with key_padding_mask covering every key attended (cached ones
+        included). Returns (output (B, Lq, E), weights (B, H, Lq, Lk) or None).
+        """
+        B, Lq, E = query.shape
+        H = self.num_heads
+        offset = 0
+        if memory_kv is not None:
+            q = self.q_proj(query)
+            k, v = memory_kv.heads(H)
+        elif key is None or key is query:
+            qkv = self._qkv()(query)  # (B, Lq, 3E): one GEMM for Q, K and V
+            q = qkv[..., :E]
+            if cache is not None:
+                offset = cache.length
+                cache.append(qkv[..., E:2 * E], qkv[..., 2 * E:])
+                k, v = cache.heads(H)
+            else:
+                k, v = split_heads(qkv[..., E:2 * E], H), split_heads(qkv[..., 2 * E:], H)
+        else:
+            q = self.q_proj(query)
+            kv = self._kv()(key)
+            k, v = split_heads(kv[..., :E], H), split_heads(kv[..., E:], H)
+        Lk = k.shape[2]
+        m = F._attn_mask_4d(F._mask(attn_mask, "attn_mask"), B, H, Lq, Lk, "batch_heads")
+        kp = F._key_padding(F._mask(key_padding_mask, "key_padding_mask"), B, Lk)
+        concat = np.empty((B, Lq, H, E // H), np.float32)  # heads written in place, already concatenated
+        res = _core.scaled_dot_product_attention(split_heads(q, H), k, v, attn_mask=m, key_padding_mask=kp,
+                                                 is_causal=bool(is_causal), causal_offset=offset, scale=self.scale,
+                                                 return_weights=bool(need_weights),
+                                                 out=concat.transpose(0, 2, 1, 3))
+        out = self.out_proj(concat.reshape(B, Lq, E))
+        return out, (res[1] if need_weights else None)

@@ -1,0 +1,136 @@
+"""Basic modules holding weights: Linear (prepacked), Embedding, LayerNorm, positional encodings."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+
+from .. import _core
+from .. import functional as F
+
+
+def as_weight(x, name: str, shape: Optional[tuple] = None) -> np.ndarray:
+    """A C-contiguous float32 copy-or-view of a weight, with an optional shape check naming the tensor."""
+    if x is None:
+        raise ValueError(f"missing weight {name}")
+    a = np.asarray(x)
+    if a.dtype.kind != "f":
+        raise TypeError(f"weight {name} must be floating-point, got {a.dtype}")
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    if shape is not None and a.shape != tuple(shape):
+        raise ValueError(f"weight {name} has shape {a.shape}, expected {tuple(shape)}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"weight {name} contains NaN or infinite values")
+    return a
+
+
+class Module:
+    """Base class: a callable holding numpy weights. `named_weights()` lists them (a state dict)."""
+
+    def named_weights(self, prefix: str = ""):
+        for name, value in vars(self).items():
+            if name.startswith("_"):
+                continue
+            if isinstance(value, np.ndarray):
+                yield prefix + name, value
+            elif isinstance(value, Module):
+                yield from value.named_weights(f"{prefix}{name}.")
+            elif isinstance(value, (list, tuple)):
+                for i, m in enumerate(value):
+                    if isinstance(m, Module):
+                        yield from m.named_weights(f"{prefix}{name}.{i}.")
+
+    def num_parameters(self) -> int:
+        return sum(int(w.size) for _, w in self.named_weights())
+
+
+class Linear(Module):
+    """y = act(x W^T + b), W in PyTorch's (out_features, in_features) layout, packed once at construction."""
+
+    def __init__(self, weight, bias=None, name: str = "linear"):
+        self.weight = as_weight(weight, f"{name}.weight")
+        if self.weight.ndim != 2:
+            raise ValueError(f"weight {name}.weight must be 2-D (out_features, in_features), got {self.weight.shape}")
+        self.bias = None if bias is None else as_weight(bias, f"{name}.bias", (self.weight.shape[0],))
+        self._packed = _core.PackedLinear(self.weight, self.bias)
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    def __call__(self, x: np.ndarray, activation: str = "none") -> np.ndarray:
+        # (..., in_features) -> (..., out_features)
+        if x.dtype != np.float32 or not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x, dtype=np.float32)
+        return self._packed(x, activation)
+
+
+class Embedding(Module):
+    """Rows of a (num_embeddings, dim) table looked up by integer ids."""
+
+    def __init__(self, weight, name: str = "embedding"):
+        self.weight = as_weight(weight, f"{name}.weight")
+        if self.weight.ndim != 2:
+            raise ValueError(f"weight {name}.weight must be 2-D, got {self.weight.shape}")
+        self._name = name
+
+    def __call__(self, ids) -> np.ndarray:
+        ids = np.asarray(ids)
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"{self._name}: ids must be integers, got {ids.dtype}")
+        n = self.weight.shape[0]
+        if ids.size and (ids.min() < 0 or ids.max() >= n):
+            bad = ids[(ids < 0) | (ids >= n)].flat[0]
+            raise ValueError(f"{self._name}: id {bad} is out of range for a table of {n} rows")
+        return self.weight[ids]
+
+
+class LayerNorm(Module):
+    def __init__(self, weight, bias, eps: float = 1e-5, name: str = "layer_norm"):
+        self.weight = as_weight(weight, f"{name}.weight")
+        self.bias = None if bias is None else as_weight(bias, f"{name}.bias", self.weight.shape)
+        self.eps = float(eps)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return F.layer_norm(x, self.weight, self.bias, self.eps)
+
+
+def sinusoidal_table(num_positions: int, dim: int) -> np.ndarray:
+    """The paper's encoding: PE[pos, 2i] = sin(pos / 10000^(2i/d)), PE[pos, 2i+1] = cos(same)."""
+    pos = np.arange(num_positions, dtype=np.float64)[:, None]
+    inv = np.exp(-math.log(10000.0) * np.arange(0, dim, 2, dtype=np.float64) / dim)
+    table = np.zeros((num_positions, dim), dtype=np.float64)
+    table[:, 0::2] = np.sin(pos * inv)
+    table[:, 1::2] = np.cos(pos * inv)[:, : dim // 2]
+    return table.astype(np.float32)
+
+
+class SinusoidalPositionalEncoding(Module):
+    """Fixed sinusoidal positions (Vaswani et al. 2017, section 3.5); grows its table on demand."""
+
+    def __init__(self, dim: int, max_len: int = 1024, offset: int = 0):
+        self.dim, self.offset = int(dim), int(offset)
+        self._table = sinusoidal_table(max_len + offset, self.dim)
+
+    def __call__(self, positions: np.ndarray) -> np.ndarray:
+        positions = np.asarray(positions) + self.offset
+        need = int(positions.max()) + 1 if positions.size else 0
+        if need > self._table.shape[0]:
+            self._table = sinusoidal_table(max(need, 2 * self._table.shape[0]), self.dim)
+        return self._table[positions]
+
+
+class LearnedPositionalEmbedding(Embedding):
+    """A learned (num_positions, dim) table, indexed by position + offset (BART stores 2 extra rows)."""
+
+    def __init__(self, weight, offset: int = 0, name: str = "position_embeddings"):
+        super().__init__(weight, name)
+        self.offset = int(offset)
+
+    def __call__(self, positions) -> np.ndarray:
+        return super().__call__(np.asarray(positions) + self.offset)

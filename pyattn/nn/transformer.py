@@ -1,0 +1,169 @@
+"""Encoder and decoder layers and stacks (post-LN as in the paper, pre-LN as most modern models)."""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import numpy as np
+
+from .attention import KVCache, MultiHeadAttention
+from .layers import LayerNorm, Linear, Module
+
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
+
+
+class FeedForward(Module):
+    """FFN(x) = act(x W1^T + b1) W2^T + b2; the activation runs fused into the first GEMM."""
+
+    def __init__(self, w1, b1, w2, b2, activation: str = "relu", name: str = "ffn"):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"{name}: unknown activation {activation!r}, expected one of {ACTIVATIONS}")
+        self.linear1 = Linear(w1, b1, f"{name}.linear1")
+        self.linear2 = Linear(w2, b2, f"{name}.linear2")
+        if self.linear2.in_features != self.linear1.out_features:
+            raise ValueError(f"{name}: linear2.weight {self.linear2.weight.shape} does not take linear1's "
+                             f"{self.linear1.out_features} outputs (linear1.weight {self.linear1.weight.shape})")
+        self.activation = activation
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.linear2(self.linear1(x, self.activation))
+
+
+def check_widths(d_model: int, ffn: FeedForward, norms, name: str) -> None:
+    """Every sub-layer of a layer must read and write d_model features."""
+    if ffn.linear1.in_features != d_model or ffn.linear2.out_features != d_model:
+        raise ValueError(f"{name}: feed-forward weights linear1 {ffn.linear1.weight.shape} / linear2 "
+                         f"{ffn.linear2.weight.shape} do not match d_model {d_model}")
+    for i, n in enumerate(norms, 1):
+        if n.weight.shape != (d_model,):
+            raise ValueError(f"{name}: norm{i}.weight has shape {n.weight.shape}, expected ({d_model},)")
+
+
+class TransformerEncoderLayer(Module):
+    """x -> x + SelfAttn(x) -> x + FFN(x), each sub-layer wrapped in a residual connection and LayerNorm:
+    after it (norm_first=False, the paper) or before it (norm_first=True)."""
+
+    def __init__(self, self_attn: MultiHeadAttention, ffn: FeedForward, norm1: LayerNorm, norm2: LayerNorm,
+                 norm_first: bool = False):
+        check_widths(self_attn.d_model, ffn, (norm1, norm2), "encoder layer")
+        self.self_attn, self.ffn, self.norm1, self.norm2 = self_attn, ffn, norm1, norm2
+        self.norm_first = bool(norm_first)
+
+    def __call__(self, x, *, src_mask=None, src_key_padding_mask=None, is_causal=False, need_weights=False):
+        # x: (batch, seq, d_model)
+        if self.norm_first:
+            a, w = self.self_attn(self.norm1(x), attn_mask=src_mask, key_padding_mask=src_key_padding_mask,
+                                  is_causal=is_causal, need_weights=need_weights)
+            x = x + a
+            x = x + self.ffn(self.norm2(x))
+        else:
+            a, w = self.self_attn(x, attn_mask=src_mask, key_padding_mask=src_key_padding_mask, is_causal=is_causal,
+                                  need_weights=need_weights)
+            x = self.norm1(x + a)
+            x = self.norm2(x + self.ffn(x))
+        return x, w
+
+
+class TransformerDecoderLayer(Module):
+    """Masked self-attention, encoder-decoder attention (Q from the decoder, K and V from the encoder
+    output), feed-forward; residual + LayerNorm around each (post- or pre-LN)."""
+
+    def __init__(self, self_attn: MultiHeadAttention, cross_attn: MultiHeadAttention, ffn: FeedForward,
+                 norm1: LayerNorm, norm2: LayerNorm, norm3: LayerNorm, norm_first: bool = False):
+        check_widths(self_attn.d_model, ffn, (norm1, norm2, norm3), "decoder layer")
+        if cross_attn.d_model != self_attn.d_model:
+            raise ValueError(f"decoder layer: cross-attention d_model {cross_attn.d_model} != {self_attn.d_model}")
+        self.self_attn, self.cross_attn, self.ffn = self_attn, cross_attn, ffn
+        self.norm1, self.norm2, self.norm3 = norm1, norm2, norm3
+        self.norm_first = bool(norm_first)
+
+    def __call__(self, x, memory=None, *, memory_kv: Optional[KVCache] = None, cache: Optional[KVCache] = None,
+                 tgt_mask=None, tgt_key_padding_mask=None, tgt_is_causal=True, memory_key_padding_mask=None,
+                 need_weights=False):
+        # x: (batch, tgt_len, d_model); memory: (batch, src_len, d_model) or its projected memory_kv
+        def sa(h):
+            return self.self_attn(h, cache=cache, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask,
+                                  is_causal=tgt_is_causal, need_weights=need_weights)
+
+        def ca(h):
+            if memory_kv is not None:
+                return self.cross_attn(h, memory_kv=memory_kv, key_padding_mask=memory_key_padding_mask,
+                                       need_weights=need_weights)
+            return self.cross_attn(h, memory, key_padding_mask=memory_key_padding_mask, need_weights=need_weights)
+
+        if self.norm_first:
+            a, w_self = sa(self.norm1(x))
+            x = x + a
+            c, w_cross = ca(self.norm2(x))
+            x = x + c
+            x = x + self.ffn(self.norm3(x))
+        else:
+            a, w_self = sa(x)
+            x = self.norm1(x + a)
+            c, w_cross = ca(x)
+            x = self.norm2(x + c)
+            x = self.norm3(x + self.ffn(x))
+        return x, (w_self, w_cross)
+
+
+class TransformerEncoder(Module):
+    def __init__(self, layers: List[TransformerEncoderLayer], norm: Optional[LayerNorm] = None):
+        self.layers, self.norm = list(layers), norm
+
+    def __call__(self, x, *, mask=None, src_key_padding_mask=None, is_causal=False, output_attentions=False):
+        attentions = []
+        for layer in self.layers:
+            x, w = layer(x, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=is_causal,
+                         need_weights=output_attentions)
+            attentions.append(w)
+        if self.norm is not None:
+            x = self.norm(x)
+        return (x, attentions) if output_attentions else x
+
+
+class DecoderState:
+    """Per-layer self-attention caches and projected encoder K/V for incremental decoding."""
+
+    def __init__(self, self_caches: List[KVCache], memory_kv: List[KVCache], memory_key_padding_mask=None):
+        self.self_caches, self.memory_kv = self_caches, memory_kv
+        self.memory_key_padding_mask = memory_key_padding_mask
+
+    @property
+    def length(self) -> int:
+        return self.self_caches[0].length if self.self_caches else 0
+
+    def reorder(self, index: np.ndarray) -> None:
+        for c in self.self_caches + self.memory_kv:
+            c.reorder(index)
+        if self.memory_key_padding_mask is not None:
+            self.memory_key_padding_mask = self.memory_key_padding_mask[index]
+
+
+class TransformerDecoder(Module):
+    def __init__(self, layers: List[TransformerDecoderLayer], norm: Optional[LayerNorm] = None):
+        self.layers, self.norm = list(layers), norm
+
+    def init_state(self, memory: np.ndarray, memory_key_padding_mask=None) -> DecoderState:
+        """Projects the encoder output once per layer; each decoding step then costs O(current length)."""
+        B = memory.shape[0]
+        d = self.layers[0].self_attn.d_model
+        return DecoderState([KVCache(B, d) for _ in self.layers],
+                            [layer.cross_attn.project_kv(memory) for layer in self.layers], memory_key_padding_mask)
+
+    def __call__(self, x, memory=None, *, state: Optional[DecoderState] = None, tgt_mask=None,
+                 tgt_key_padding_mask=None, tgt_is_causal=True, memory_key_padding_mask=None,
+                 output_attentions=False):
+        """Full pass (memory given) or one incremental step (state given: x holds only the new positions)."""
+        attentions = []
+        for i, layer in enumerate(self.layers):
+            if state is not None:
+                x, w = layer(x, memory_kv=state.memory_kv[i], cache=state.self_caches[i], tgt_mask=tgt_mask,
+                             tgt_key_padding_mask=tgt_key_padding_mask, tgt_is_causal=tgt_is_causal,
+                             memory_key_padding_mask=state.memory_key_padding_mask, need_weights=output_attentions)
+            else:
+                x, w = layer(x, memory, tgt_mask=tgt_mask, tgt_key_padding_mask=tgt_key_padding_mask,
+                             tgt_is_causal=tgt_is_causal, memory_key_padding_mask=memory_key_padding_mask,
+                             need_weights=output_attentions)
+            attentions.append(w)
+        if self.norm is not None:
+            x = self.norm(x)
+        return (x, attentions) if output_attentions else x

@@ -1,0 +1,167 @@
+"""pyattn.nn stacks against torch.nn.Transformer & co. with the same weights, and the KV cache."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import pyattn
+from pyattn.io import export_torch, from_torch
+
+warnings.filterwarnings("ignore", message=".*nested tensors.*")
+warnings.filterwarnings("ignore", message=".*enable_nested_tensor.*")
+
+
+def make_transformer(d_model=64, nhead=4, layers=2, ff=96, norm_first=False, activation="relu", seed=0):
+    torch.manual_seed(seed)
+    m = torch.nn.Transformer(d_model=d_model, nhead=nhead, num_encoder_layers=layers, num_decoder_layers=layers,
+                             dim_feedforward=ff, batch_first=True, norm_first=norm_first, activation=activation).eval()
+    with torch.no_grad():  # torch zero-initialises biases and sets norms to 1/0: make every tensor matter
+        for name, p in m.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    return m
+
+
+def close(a, b, tol=1e-4):
+    err = float(np.abs(np.asarray(a) - np.asarray(b)).max())
+    assert err <= tol, f"max abs error {err:.3g} > {tol}"
+    return err
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+@pytest.mark.parametrize("d_model,nhead", [(64, 4), (48, 3)])
+def test_transformer_matches_torch(tmp_path, norm_first, activation, d_model, nhead):
+    m = make_transformer(d_model, nhead, norm_first=norm_first, activation=activation)
+    rng = np.random.default_rng(0)
+    src = rng.standard_normal((3, 9, d_model)).astype(np.float32)
+    tgt = rng.standard_normal((3, 6, d_model)).astype(np.float32)
+    pad = np.zeros((3, 9), bool)
+    pad[1, 6:] = True
+    pad[2, 2:] = True
+    tpad = np.zeros((3, 6), bool)
+    tpad[2, 4:] = True
+    causal = torch.nn.Transformer.generate_square_subsequent_mask(6)
+    with torch.no_grad():
+        want = m(torch.from_numpy(src), torch.from_numpy(tgt), tgt_mask=causal, src_key_padding_mask=torch.from_numpy(pad),
+                 memory_key_padding_mask=torch.from_numpy(pad), tgt_key_padding_mask=torch.from_numpy(tpad),
+                 tgt_is_causal=True).numpy()
+    pm = pyattn.load(export_torch(m, tmp_path / "m"))
+    got = pm(src, tgt, src_key_padding_mask=pad, memory_key_padding_mask=pad, tgt_key_padding_mask=tpad,
+             tgt_is_causal=True)
+    close(got[tpad == False], want[tpad == False])  # noqa: E712 (torch leaves padded query rows unspecified)
+
+
+def test_the_papers_model_round_trips(tmp_path):
+    # d_model 512, 8 heads, 6 + 6 layers, FFN 2048, as in "Attention Is All You Need".
+    m = make_transformer(512, 8, 6, 2048)
+    rng = np.random.default_rng(1)
+    src, tgt = (rng.standard_normal((2, n, 512)).astype(np.float32) for n in (11, 7))
+    causal = torch.nn.Transformer.generate_square_subsequent_mask(7)
+    with torch.no_grad():
+        want = m(torch.from_numpy(src), torch.from_numpy(tgt), tgt_mask=causal, tgt_is_causal=True).numpy()
+    got = pyattn.load(export_torch(m, tmp_path / "paper"))(src, tgt, tgt_is_causal=True)
+    close(got, want, 2e-4)
+
+
+@pytest.mark.parametrize("kind", ["encoder", "decoder", "encoder_layer", "mha"])
+def test_other_module_kinds(kind):
+    torch.manual_seed(3)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 5, 32)).astype(np.float32)
+    mem = rng.standard_normal((2, 8, 32)).astype(np.float32)
+    layer = torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True).eval()
+    with torch.no_grad():
+        if kind == "encoder":
+            m = torch.nn.TransformerEncoder(layer, 3, norm=torch.nn.LayerNorm(32), enable_nested_tensor=False).eval()
+            want, got = m(torch.from_numpy(x)).numpy(), from_torch(m)(x)
+        elif kind == "decoder":
+            m = torch.nn.TransformerDecoder(torch.nn.TransformerDecoderLayer(32, 4, 64, batch_first=True), 2).eval()
+            want = m(torch.from_numpy(x), torch.from_numpy(mem), tgt_mask=torch.nn.Transformer.generate_square_subsequent_mask(5),
+                     tgt_is_causal=True).numpy()
+            got = from_torch(m)(x, mem, tgt_is_causal=True)
+        elif kind == "encoder_layer":
+            want, (got, _) = layer(torch.from_numpy(x)).numpy(), from_torch(layer)(x)
+        else:
+            m = torch.nn.MultiheadAttention(32, 4, batch_first=True).eval()
+            want = m(torch.from_numpy(x), torch.from_numpy(mem), torch.from_numpy(mem))[0].numpy()
+            got = from_torch(m)(x, mem)[0]
+    close(got, want)
+
+
+def test_kv_cache_decoding_equals_full_recomputation():
+    m = make_transformer(64, 4, layers=3)
+    pm = from_torch(m)
+    rng = np.random.default_rng(5)
+    src = rng.standard_normal((2, 10, 64)).astype(np.float32)
+    tgt = rng.standard_normal((2, 8, 64)).astype(np.float32)
+    pad = np.zeros((2, 10), bool)
+    pad[0, 7:] = True
+    memory = pm.encoder(src, src_key_padding_mask=pad)
+    full = pm.decoder(tgt, memory, memory_key_padding_mask=pad, tgt_is_causal=True)
+    state = pm.decoder.init_state(memory, pad)
+    steps = [pm.decoder(tgt[:, :3], state=state)]  # a 3-token prefix at once, then one token at a time
+    for t in range(3, 8):
+        steps.append(pm.decoder(tgt[:, t:t + 1], state=state))
+    close(np.concatenate(steps, 1), full, 1e-5)
+    assert state.length == 8
+
+
+def test_kv_cache_grows_and_reorders():
+    cache = pyattn.nn.KVCache(batch=3, dim=8, capacity=2)
+    rng = np.random.default_rng(0)
+    ks = [rng.standard_normal((3, n, 8)).astype(np.float32) for n in (1, 2, 5)]
+    for k in ks:
+        cache.append(k, -k)
+    allk = np.concatenate(ks, 1)
+    k, v = cache.heads(2)
+    np.testing.assert_array_equal(k.transpose(0, 2, 1, 3).reshape(3, 8, 8), allk)
+    np.testing.assert_array_equal(v.transpose(0, 2, 1, 3).reshape(3, 8, 8), -allk)
+    cache.reorder(np.array([2, 2, 0]))
+    np.testing.assert_array_equal(cache.heads(2)[0].transpose(0, 2, 1, 3).reshape(3, 8, 8), allk[[2, 2, 0]])
+    with pytest.raises(ValueError, match="KV cache"):
+        cache.append(np.zeros((2, 1, 8), np.float32), np.zeros((2, 1, 8), np.float32))
+
+
+def test_attention_weights_are_returned(rng):
+    m = torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True).eval()
+    x = rng.standard_normal((1, 6, 32)).astype(np.float32)
+    with torch.no_grad():
+        _, want = m.self_attn(torch.from_numpy(x), torch.from_numpy(x), torch.from_numpy(x), average_attn_weights=False)
+    _, w = from_torch(m)(x, need_weights=True)
+    close(w, want.numpy(), 1e-5)
+    enc = pyattn.nn.TransformerEncoder([from_torch(m)] * 2)
+    out, attns = enc(x, output_attentions=True)
+    assert len(attns) == 2 and attns[0].shape == (1, 4, 6, 6)
+
+
+def test_load_errors(tmp_path):
+    m = make_transformer(32, 4, layers=1, ff=32)
+    d = export_torch(m, tmp_path / "ok")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        pyattn.load(tmp_path)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="invalid JSON"):
+        pyattn.load(bad)
+    (bad / "config.json").write_text('{"format": "pyattn.torch.v1", "kind": "LSTM"}')
+    (bad / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes())
+    with pytest.raises(ValueError, match="unknown module kind 'LSTM'"):
+        pyattn.load(bad)
+    (bad / "config.json").write_text((d / "config.json").read_text())
+    (bad / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:5000])  # truncated
+    with pytest.raises(ValueError, match="safetensors"):
+        pyattn.load(bad)
+    from safetensors.numpy import load_file, save_file
+    t = load_file(str(d / "model.safetensors"))
+    t.pop("decoder.layers.0.norm3.weight")
+    save_file(t, str(bad / "model.safetensors"))
+    with pytest.raises(KeyError, match="decoder.layers.0.norm3.weight"):
+        pyattn.load(bad)
+    t = load_file(str(d / "model.safetensors"))
+    t["encoder.layers.0.linear1.weight"] = t["encoder.layers.0.linear1.weight"][:, :5].copy()
+    save_file(t, str(bad / "model.safetensors"))
+    with pytest.raises(ValueError, match="linear1"):
+        pyattn.load(bad)
