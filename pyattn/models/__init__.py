@@ -1,0 +1,21 @@
+"""Model families on pretrained weights."""
+from pathlib import Path
+
+from .bert import BertModel
+from .pretrained import read_config
+from .sentence import SentenceEncoder
+
+FAMILIES = {"bert": BertModel}
+
+
+def from_pretrained(path):
+    """A Hugging Face model folder (config.json + model.safetensors) as the pyattn model of its model_type."""
+    folder = Path(path)
+    cfg = read_config(folder)
+    kind = cfg.get("model_type")
+    if kind not in FAMILIES:
+        raise ValueError(f"{folder}: unsupported model_type {kind!r}; pyattn supports {sorted(FAMILIES)}")
+    return FAMILIES[kind].from_pretrained(folder)
+
+
+__all__ = ["BertModel", "FAMILIES", "SentenceEncoder", "from_pretrained"]

@@ -1,0 +1,101 @@
+"""BERT (encoder-only, post-LN) on pretrained weights: Hugging Face `BertModel` names and semantics."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..nn import (Embedding, FeedForward, LayerNorm, Linear, Module, MultiHeadAttention, TransformerEncoder,
+                  TransformerEncoderLayer)
+from .pretrained import Weights, read_config, read_weights, require, strip_prefix
+
+_ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu", "silu": "silu"}
+
+
+class BertModel(Module):
+    """Embeddings (word + position + token type, LayerNorm) -> N post-LN encoder layers [-> pooler]."""
+
+    def __init__(self, config: dict, tensors, source: str = "bert"):
+        c = config
+        self.config = dict(c)
+        H = require(c, "num_attention_heads", source)
+        d = require(c, "hidden_size", source)
+        n_layers = require(c, "num_hidden_layers", source)
+        eps = float(c.get("layer_norm_eps", 1e-12))
+        act = c.get("hidden_act", "gelu")
+        if act not in _ACT:
+            raise ValueError(f"{source}: unsupported hidden_act {act!r} (supported: {sorted(_ACT)})")
+        if c.get("position_embedding_type", "absolute") != "absolute":
+            raise ValueError(f"{source}: only absolute position embeddings are supported")
+        if d % H:
+            raise ValueError(f"{source}: num_attention_heads ({H}) must divide hidden_size ({d})")
+        w = Weights(strip_prefix(tensors, "bert."), source)
+        p = "embeddings."
+        self.word_embeddings = Embedding(w.get(p + "word_embeddings.weight"), "word_embeddings")
+        self.position_embeddings = Embedding(w.get(p + "position_embeddings.weight"), "position_embeddings")
+        tt = w.get(p + "token_type_embeddings.weight", optional=True)
+        self.token_type_embeddings = None if tt is None else Embedding(tt, "token_type_embeddings")
+        self.embeddings_norm = LayerNorm(w.get(p + "LayerNorm.weight"), w.get(p + "LayerNorm.bias"), eps, p + "LayerNorm")
+        w.get(p + "position_ids", optional=True)  # a buffer some checkpoints carry: arange, not a weight
+        for name, t in ((self.word_embeddings, "word"), (self.position_embeddings, "position")):
+            if name.weight.shape[1] != d:
+                raise ValueError(f"{source}: {t}_embeddings has width {name.weight.shape[1]}, hidden_size is {d}")
+        layers = []
+        for i in range(n_layers):
+            q = f"encoder.layer.{i}."
+            a = q + "attention."
+            attn = MultiHeadAttention(H, w.get(a + "self.query.weight"), w.get(a + "self.key.weight"),
+                                      w.get(a + "self.value.weight"), w.get(a + "output.dense.weight"),
+                                      w.get(a + "self.query.bias"), w.get(a + "self.key.bias"), w.get(a + "self.value.bias"),
+                                      w.get(a + "output.dense.bias"), name=a.rstrip("."))
+            ffn = FeedForward(w.get(q + "intermediate.dense.weight"), w.get(q + "intermediate.dense.bias"),
+                              w.get(q + "output.dense.weight"), w.get(q + "output.dense.bias"), _ACT[act], q + "ffn")
+            layers.append(TransformerEncoderLayer(
+                attn, ffn, LayerNorm(w.get(a + "output.LayerNorm.weight"), w.get(a + "output.LayerNorm.bias"), eps),
+                LayerNorm(w.get(q + "output.LayerNorm.weight"), w.get(q + "output.LayerNorm.bias"), eps)))
+        self.encoder = TransformerEncoder(layers)
+        pw = w.get("pooler.dense.weight", optional=True)
+        self.pooler = None if pw is None else Linear(pw, w.get("pooler.dense.bias"), "pooler.dense")
+        w.check_all_used()
+
+    @classmethod
+    def from_pretrained(cls, path) -> "BertModel":
+        folder = Path(path)
+        cfg = read_config(folder)
+        if cfg.get("model_type", "bert") != "bert":
+            raise ValueError(f"{folder}: model_type {cfg.get('model_type')!r} is not bert")
+        return cls(cfg, read_weights(folder), str(folder))
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, output_attentions: bool = False):
+        """input_ids (B, L) ints; attention_mask (B, L) 1 = token, 0 = padding. Returns a dict with
+        last_hidden_state (B, L, d), pooler_output (B, d) if the checkpoint has a pooler, attentions."""
+        ids = np.asarray(input_ids)
+        if ids.ndim != 2:
+            raise ValueError(f"expected input_ids of shape (batch, seq), got {ids.shape}")
+        B, L = ids.shape
+        max_pos = self.position_embeddings.weight.shape[0]
+        if L > max_pos:
+            raise ValueError(f"sequence of {L} tokens is longer than the {max_pos} positions this model knows")
+        # (B, L, d): word + position + token type, then LayerNorm
+        x = self.word_embeddings(ids) + self.position_embeddings.weight[:L]
+        if self.token_type_embeddings is not None:
+            tt = np.zeros_like(ids) if token_type_ids is None else np.asarray(token_type_ids)
+            x = x + self.token_type_embeddings(tt)
+        x = self.embeddings_norm(x)
+        pad = None
+        if attention_mask is not None:
+            am = np.asarray(attention_mask)
+            if am.shape != (B, L):
+                raise ValueError(f"expected attention_mask of shape {(B, L)}, got {am.shape}")
+            pad = am == 0  # True = padding, masked out
+            if not pad.any():
+                pad = None
+        out = self.encoder(x, src_key_padding_mask=pad, output_attentions=output_attentions)
+        hidden, attentions = out if output_attentions else (out, None)
+        result = {"last_hidden_state": hidden}
+        if self.pooler is not None:
+            result["pooler_output"] = np.tanh(self.pooler(hidden[:, 0]))
+        if output_attentions:
+            result["attentions"] = attentions
+        return result

