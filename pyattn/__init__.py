@@ -76,6 +76,7 @@ from . import functional  # noqa: E402
 from . import io, models, nn  # noqa: E402
 from .io import load  # noqa: E402
 from .models import from_pretrained  # noqa: E402
+from .generation import generate  # noqa: E402
 
 __all__ = [
     "PackedLinear",
@@ -83,6 +84,7 @@ __all__ = [
     "functional",
     "io",
     "from_pretrained",
+    "generate",
     "load",
     "models",
     "nn",

@@ -2,10 +2,11 @@
 from pathlib import Path
 
 from .bert import BertModel
+from .gpt2 import GPT2Model
 from .pretrained import read_config
 from .sentence import SentenceEncoder
 
-FAMILIES = {"bert": BertModel}
+FAMILIES = {"bert": BertModel, "gpt2": GPT2Model}
 
 
 def from_pretrained(path):
@@ -18,4 +19,4 @@ def from_pretrained(path):
     return FAMILIES[kind].from_pretrained(folder)
 
 
-__all__ = ["BertModel", "FAMILIES", "SentenceEncoder", "from_pretrained"]
+__all__ = ["BertModel", "FAMILIES", "GPT2Model", "SentenceEncoder", "from_pretrained"]

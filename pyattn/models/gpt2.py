@@ -1,0 +1,147 @@
+"""GPT-2 (decoder-only, pre-LN, causal) on pretrained weights: Hugging Face `GPT2LMHeadModel` names."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+from ..nn import Embedding, FeedForward, KVCache, LayerNorm, Linear, Module, MultiHeadAttention
+from .pretrained import Weights, read_config, read_weights, require, strip_prefix
+
+_ACT = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu", "silu": "silu"}
+
+
+class GPT2Block(Module):
+    """x + Attn(LN1(x)) -> x + MLP(LN2(x)): pre-LN with causal self-attention."""
+
+    def __init__(self, attn: MultiHeadAttention, mlp: FeedForward, ln_1: LayerNorm, ln_2: LayerNorm):
+        self.attn, self.mlp, self.ln_1, self.ln_2 = attn, mlp, ln_1, ln_2
+
+    def __call__(self, x, *, cache: Optional[KVCache], key_padding_mask=None, need_weights=False):
+        a, w = self.attn(self.ln_1(x), cache=cache, key_padding_mask=key_padding_mask, is_causal=True,
+                         need_weights=need_weights)
+        x = x + a
+        return x + self.mlp(self.ln_2(x)), w
+
+
+class GPT2State:
+    """Per-layer KV caches of a batch being decoded, and which cached positions are padding."""
+
+    def __init__(self, caches: List[KVCache], pad: Optional[np.ndarray] = None):
+        self.caches, self.pad = caches, pad  # pad: (B, length) bool, True = padding
+
+    @property
+    def length(self) -> int:
+        return self.caches[0].length
+
+    def reorder(self, index: np.ndarray) -> None:
+        for c in self.caches:
+            c.reorder(index)
+        if self.pad is not None:
+            self.pad = self.pad[index]
+
+
+def positions_from_mask(attention_mask: np.ndarray) -> np.ndarray:
+    """Positions that count real tokens only (left-padded batches), as transformers' generate sets them."""
+    return np.maximum(np.cumsum(np.asarray(attention_mask) != 0, axis=1) - 1, 0)
+
+
+class GPT2Model(Module):
+    is_encoder_decoder = False
+
+    def __init__(self, config: dict, tensors, source: str = "gpt2"):
+        c = config
+        self.config = dict(c)
+        H, d, n_layers = (require(c, k, source) for k in ("n_head", "n_embd", "n_layer"))
+        eps = float(c.get("layer_norm_epsilon", 1e-5))
+        act = c.get("activation_function", "gelu_new")
+        if act not in _ACT:
+            raise ValueError(f"{source}: unsupported activation_function {act!r}")
+        if d % H:
+            raise ValueError(f"{source}: n_head ({H}) must divide n_embd ({d})")
+        if c.get("scale_attn_by_inverse_layer_idx") or c.get("reorder_and_upcast_attn"):
+            raise ValueError(f"{source}: scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn are not supported")
+        w = Weights(strip_prefix(tensors, "transformer."), source)
+        self.wte = Embedding(w.get("wte.weight"), "wte")
+        self.wpe = Embedding(w.get("wpe.weight"), "wpe")
+        self.blocks = []
+        for i in range(n_layers):
+            p = f"h.{i}."
+            # Conv1D weights are stored (in, out): transpose to torch.nn.Linear's (out, in).
+            ca = w.get(p + "attn.c_attn.weight").T
+            cb = w.get(p + "attn.c_attn.bias")
+            if ca.shape != (3 * d, d):
+                raise ValueError(f"{source}: {p}attn.c_attn.weight has shape {ca.shape[::-1]}, expected {(d, 3 * d)}")
+            attn = MultiHeadAttention(H, ca[:d], ca[d:2 * d], ca[2 * d:], w.get(p + "attn.c_proj.weight").T,
+                                      cb[:d], cb[d:2 * d], cb[2 * d:], w.get(p + "attn.c_proj.bias"), name=p + "attn")
+            mlp = FeedForward(w.get(p + "mlp.c_fc.weight").T, w.get(p + "mlp.c_fc.bias"), w.get(p + "mlp.c_proj.weight").T,
+                              w.get(p + "mlp.c_proj.bias"), _ACT[act], p + "mlp")
+            for buf in ("attn.bias", "attn.masked_bias"):  # causal-mask buffers of old checkpoints
+                w.get(p + buf, optional=True)
+            self.blocks.append(GPT2Block(attn, mlp, LayerNorm(w.get(p + "ln_1.weight"), w.get(p + "ln_1.bias"), eps),
+                                         LayerNorm(w.get(p + "ln_2.weight"), w.get(p + "ln_2.bias"), eps)))
+        self.ln_f = LayerNorm(w.get("ln_f.weight"), w.get("ln_f.bias"), eps)
+        head = w.get("lm_head.weight", optional=True)  # usually tied to wte
+        self.lm_head = Linear(self.wte.weight if head is None else head, None, "lm_head")
+        w.check_all_used()
+
+    @classmethod
+    def from_pretrained(cls, path) -> "GPT2Model":
+        folder = Path(path)
+        return cls(read_config(folder), read_weights(folder), str(folder))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.lm_head.out_features
+
+    def generate(self, input_ids, attention_mask=None, **kwargs):
+        """See `pyattn.generate`: greedy, beam search or sampling with the KV cache."""
+        from ..generation import generate
+
+        return generate(self, input_ids, attention_mask, **kwargs)
+
+    def init_state(self, batch: int) -> GPT2State:
+        return GPT2State([KVCache(batch, self.wte.weight.shape[1]) for _ in self.blocks])
+
+    def __call__(self, input_ids, attention_mask=None, position_ids=None, *, state: Optional[GPT2State] = None,
+                 output_attentions: bool = False, output_hidden: bool = False):
+        """input_ids (B, L) -- only the new tokens when `state` (the KV cache) is given. attention_mask
+        (B, past + L), 1 = token, 0 = padding (left padding for batches of different lengths). position_ids
+        (B, L) default to past .. past + L - 1, as transformers' forward; generation counts real tokens only
+        (see `positions_from_mask`). Returns a dict: logits (B, L, vocab), last_hidden_state / attentions on
+        request."""
+        ids = np.asarray(input_ids)
+        if ids.ndim != 2:
+            raise ValueError(f"expected input_ids of shape (batch, seq), got {ids.shape}")
+        B, L = ids.shape
+        past = state.length if state is not None else 0
+        pad = None
+        if attention_mask is not None:
+            am = np.asarray(attention_mask)
+            if am.shape != (B, past + L):
+                raise ValueError(f"expected attention_mask of shape {(B, past + L)}, got {am.shape}")
+            pad = am == 0
+        if position_ids is not None:
+            positions = np.asarray(position_ids)
+            if positions.shape != (B, L) or positions.dtype.kind not in "iu":
+                raise ValueError(f"expected integer position_ids of shape {(B, L)}, got {positions.shape} {positions.dtype}")
+        else:
+            positions = np.broadcast_to(np.arange(past, past + L), (B, L))
+        if positions.max() >= self.wpe.weight.shape[0]:
+            raise ValueError(f"position {positions.max()} is beyond the {self.wpe.weight.shape[0]} this model knows")
+        x = self.wte(ids) + self.wpe(positions)  # (B, L, d)
+        attentions = []
+        for i, block in enumerate(self.blocks):
+            x, w = block(x, cache=None if state is None else state.caches[i],
+                         key_padding_mask=None if pad is None or not pad.any() else pad, need_weights=output_attentions)
+            attentions.append(w)
+        if state is not None:
+            state.pad = pad
+        h = self.ln_f(x)
+        out = {"logits": self.lm_head(h)}
+        if output_hidden:
+            out["last_hidden_state"] = h
+        if output_attentions:
+            out["attentions"] = attentions
+        return out
