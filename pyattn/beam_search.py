@@ -27,7 +27,10 @@ def _gather(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 
 def beam_search(model, ids: np.ndarray, mask: np.ndarray, *, max_new_tokens: int, num_beams: int,
-                length_penalty: float, early_stopping, eos_token_id, pad_token_id) -> np.ndarray:
+                length_penalty: float, early_stopping, eos_token_id, pad_token_id, forced_bos=None,
+                forced_eos=None) -> np.ndarray:
+    """`model` is a generation.DecoderView; ids (B, L) the (decoder) prompt."""
+    from .generation import force_tokens
     from .models.gpt2 import positions_from_mask
 
     if early_stopping not in (True, False, "never"):
@@ -58,7 +61,8 @@ def beam_search(model, ids: np.ndarray, mask: np.ndarray, *, max_new_tokens: int
     cur = L
     while True:
         V = logits.shape[-1]
-        logp = F.log_softmax(logits).reshape(B, nb, V) + run_scores[:, :, None]
+        logp = force_tokens(F.log_softmax(logits), cur, max_length, forced_bos, forced_eos, 0.0)
+        logp = logp.reshape(B, nb, V) + run_scores[:, :, None]
         logp = logp.reshape(B, nb * V)
         # the best `keep` continuations of all beams
         cand = _topk(logp, keep)

@@ -1,6 +1,8 @@
 """Text generation with the KV cache: greedy, sampling (temperature, top-k, top-p) and beam search, for
-decoder-only models (GPT-2). Semantics follow transformers' `generate`: finished rows are filled with the
-pad token, generation stops when every row has finished or after max_new_tokens."""
+decoder-only models (GPT-2) and encoder-decoder models (BART, Marian: the source is encoded once, its K/V
+projected once per layer). Semantics follow transformers' `generate`: finished rows are filled with the
+pad token, generation stops when every row has finished or after max_new_tokens, forced BOS / EOS tokens
+come from the model config unless given."""
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -35,6 +37,37 @@ def _sample_filter(logits: np.ndarray, temperature: float, top_k: int, top_p: fl
     return logits
 
 
+class DecoderView:
+    """What greedy and beam search step through: `init_state(n)` and `view(ids, mask, positions, state=...)`
+    returning {"logits"}. For an encoder-decoder model it holds the encoder output (rows repeated per beam)."""
+
+    def __init__(self, model, memory=None, memory_mask=None):
+        self.model, self.memory, self.memory_mask = model, memory, memory_mask
+
+    def init_state(self, n: int):
+        if self.memory is None:
+            return self.model.init_state(n)
+        k = n // self.memory.shape[0]
+        mask = None if self.memory_mask is None else np.repeat(self.memory_mask, k, 0)
+        return self.model.init_state(np.repeat(self.memory, k, 0), mask)
+
+    def __call__(self, ids, mask, positions, *, state):
+        if self.memory is None:
+            return self.model(ids, mask, positions, state=state)
+        return {"logits": self.model.decode(ids, state=state)}
+
+
+def force_tokens(scores: np.ndarray, cur_len: int, max_length: int, forced_bos, forced_eos, fill: float) -> np.ndarray:
+    """transformers' ForcedBOS / ForcedEOS processors: at the first generated position (sequence length 1)
+    only `forced_bos` is allowed, at the last one (length max_length - 1) only `forced_eos`."""
+    token = forced_bos if cur_len == 1 else forced_eos if cur_len == max_length - 1 else None
+    if token is None:
+        return scores
+    out = np.full_like(scores, -np.inf)
+    out[:, token] = fill
+    return out
+
+
 def _check(max_new_tokens, temperature, top_k, top_p, num_beams):
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -52,13 +85,22 @@ def generate(model, input_ids, attention_mask=None, *, max_new_tokens: int = 20,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: Optional[int] = None,
              num_beams: int = 1, length_penalty: float = 1.0, early_stopping=False,
              eos_token_id: Optional[int] = None, pad_token_id: Optional[int] = None,
+             decoder_start_token_id: Optional[int] = None, forced_bos_token_id: Optional[int] = None,
+             forced_eos_token_id: Optional[int] = None,
              callback: Optional[Callable[[int, np.ndarray], None]] = None) -> np.ndarray:
     """Continues `input_ids` (B, L) -- left-padded with `attention_mask` (B, L) when rows differ in length.
 
-    Returns (B, L + n) token ids, n <= max_new_tokens. `callback(step, tokens)` is called with each step's new
+    Returns (B, L + n) token ids, n <= max_new_tokens -- for an encoder-decoder model, the decoder's ids
+    (B, 1 + n) starting with decoder_start_token_id. `callback(step, tokens)` is called with each step's new
     tokens (B,) for streaming (greedy and sampling). Greedy and beam search give transformers' ids for the
-    same weights and settings; sampling uses numpy's generator seeded with `seed`.
+    same weights and settings; sampling uses numpy's generator seeded with `seed`. Token ids left as None
+    come from the model's config (eos_token_id, pad_token_id, decoder_start_token_id, forced_*).
     """
+    cfg = getattr(model, "config", {}) or {}
+    eos_token_id = cfg.get("eos_token_id") if eos_token_id is None else eos_token_id
+    pad_token_id = cfg.get("pad_token_id") if pad_token_id is None else pad_token_id
+    forced_bos_token_id = cfg.get("forced_bos_token_id") if forced_bos_token_id is None else forced_bos_token_id
+    forced_eos_token_id = cfg.get("forced_eos_token_id") if forced_eos_token_id is None else forced_eos_token_id
     _check(max_new_tokens, temperature, top_k, top_p, num_beams)
     ids = np.asarray(input_ids)
     if ids.ndim != 2 or ids.dtype.kind not in "iu" or ids.size == 0:
@@ -72,24 +114,36 @@ def generate(model, input_ids, attention_mask=None, *, max_new_tokens: int = 20,
         raise ValueError("a row of attention_mask has no real token")
     if eos_token_id is not None and pad_token_id is None:
         pad_token_id = eos_token_id
+    view = DecoderView(model)
+    if getattr(model, "is_encoder_decoder", False):
+        start = cfg.get("decoder_start_token_id") if decoder_start_token_id is None else decoder_start_token_id
+        if start is None:
+            raise ValueError("decoder_start_token_id is not set (neither given nor in the model config)")
+        view = DecoderView(model, model.encode(ids, mask), mask)
+        ids = np.full((B, 1), start, np.int64)
+        mask = np.ones((B, 1), np.int64)
+        B, L = ids.shape
+    forced = dict(forced_bos=forced_bos_token_id, forced_eos=forced_eos_token_id)
     if num_beams > 1:
         if do_sample:
             raise ValueError("beam sampling is not supported: use num_beams=1 with do_sample, or do_sample=False")
         from .beam_search import beam_search
 
-        return beam_search(model, ids, mask, max_new_tokens=max_new_tokens, num_beams=num_beams,
+        return beam_search(view, ids, mask, max_new_tokens=max_new_tokens, num_beams=num_beams,
                            length_penalty=length_penalty, early_stopping=early_stopping, eos_token_id=eos_token_id,
-                           pad_token_id=pad_token_id)
+                           pad_token_id=pad_token_id, **forced)
     from .models.gpt2 import positions_from_mask
 
     rng = np.random.default_rng(seed) if do_sample else None
-    state = model.init_state(B)
+    state = view.init_state(B)
     out = [ids]
     if max_new_tokens == 0:
         return ids
-    logits = model(ids, mask, positions_from_mask(mask), state=state)["logits"][:, -1]
+    logits = view(ids, mask, positions_from_mask(mask), state=state)["logits"][:, -1]
     finished = np.zeros(B, bool)
+    max_length = L + max_new_tokens
     for step in range(max_new_tokens):
+        logits = force_tokens(logits, L + step, max_length, fill=0.0, **forced)
         if do_sample:
             probs = F.softmax(_sample_filter(logits, temperature, top_k, top_p)).astype(np.float64)
             probs /= probs.sum(-1, keepdims=True)
@@ -107,5 +161,5 @@ def generate(model, input_ids, attention_mask=None, *, max_new_tokens: int = 20,
             break
         mask = np.concatenate([mask, np.ones((B, 1), np.int64)], 1)
         pos = positions_from_mask(mask)[:, -1:]
-        logits = model(nxt[:, None], mask, pos, state=state)["logits"][:, -1]
+        logits = view(nxt[:, None], mask, pos, state=state)["logits"][:, -1]
     return np.concatenate(out, 1)

@@ -3,10 +3,11 @@ from pathlib import Path
 
 from .bert import BertModel
 from .gpt2 import GPT2Model
+from .seq2seq import Seq2SeqModel
 from .pretrained import read_config
 from .sentence import SentenceEncoder
 
-FAMILIES = {"bert": BertModel, "gpt2": GPT2Model}
+FAMILIES = {"bert": BertModel, "gpt2": GPT2Model, "bart": Seq2SeqModel, "marian": Seq2SeqModel}
 
 
 def from_pretrained(path):
@@ -19,4 +20,4 @@ def from_pretrained(path):
     return FAMILIES[kind].from_pretrained(folder)
 
 
-__all__ = ["BertModel", "FAMILIES", "GPT2Model", "SentenceEncoder", "from_pretrained"]
+__all__ = ["BertModel", "FAMILIES", "GPT2Model", "Seq2SeqModel", "SentenceEncoder", "from_pretrained"]

@@ -1,0 +1,163 @@
+"""Encoder-decoder translation / summarisation models on pretrained weights: BART and Marian
+(Hugging Face `BartForConditionalGeneration` / `MarianMTModel` names). Both are post-LN; BART adds a
+LayerNorm on the embeddings and learned positions offset by 2, Marian uses fixed sinusoidal positions."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..nn import (DecoderState, Embedding, FeedForward, LayerNorm, Linear, Module, MultiHeadAttention,
+                  TransformerDecoder, TransformerDecoderLayer, TransformerEncoder, TransformerEncoderLayer)
+from .pretrained import Weights, read_config, read_weights, require, strip_prefix
+
+_ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "relu": "relu", "swish": "silu", "silu": "silu"}
+
+
+def marian_sinusoids(num_positions: int, dim: int) -> np.ndarray:
+    """Marian's fixed positions: sin features in the first half, cos in the second (not interleaved)."""
+    pos = np.arange(num_positions, dtype=np.float64)[:, None]
+    j = np.arange(dim, dtype=np.float64)[None, :]
+    enc = pos / np.power(10000.0, 2 * (j // 2) / dim)
+    half = dim // 2 + dim % 2
+    out = np.zeros((num_positions, dim))
+    out[:, :half] = np.sin(enc[:, 0::2])
+    out[:, half:] = np.cos(enc[:, 1::2])
+    return out.astype(np.float32)
+
+
+class Seq2SeqModel(Module):
+    is_encoder_decoder = True
+
+    def __init__(self, config: dict, tensors, source: str):
+        c = config
+        self.config = dict(c)
+        kind = c.get("model_type")
+        if kind not in ("bart", "marian"):
+            raise ValueError(f"{source}: model_type {kind!r} is not bart or marian")
+        d = require(c, "d_model", source)
+        H_enc, H_dec = require(c, "encoder_attention_heads", source), require(c, "decoder_attention_heads", source)
+        n_enc, n_dec = require(c, "encoder_layers", source), require(c, "decoder_layers", source)
+        act = c.get("activation_function", "gelu")
+        if act not in _ACT:
+            raise ValueError(f"{source}: unsupported activation_function {act!r}")
+        if c.get("normalize_before", False):
+            raise ValueError(f"{source}: pre-LN (normalize_before) checkpoints are not supported")
+        self.kind = kind
+        self.embed_scale = math.sqrt(d) if c.get("scale_embedding", False) else 1.0
+        self.pos_offset = 2 if kind == "bart" else 0
+        w = Weights(strip_prefix(tensors, "model."), source)
+        self.shared = Embedding(w.get("shared.weight"), "shared")
+        for part in ("encoder", "decoder"):
+            t = w.get(f"{part}.embed_tokens.weight", optional=True)  # tied to shared when present
+            if t is not None and not np.array_equal(t, self.shared.weight):
+                raise ValueError(f"{source}: untied {part}.embed_tokens is not supported")
+        max_pos = require(c, "max_position_embeddings", source)
+        self.enc_pos = self._positions(w, "encoder", max_pos, d)
+        self.dec_pos = self._positions(w, "decoder", max_pos, d)
+        self.enc_ln_emb = self._optional_norm(w, "encoder.layernorm_embedding.")
+        self.dec_ln_emb = self._optional_norm(w, "decoder.layernorm_embedding.")
+        for part in ("encoder", "decoder"):
+            if f"{part}.layer_norm.weight" in w:  # mBART-style final norms
+                raise ValueError(f"{source}: {part}.layer_norm (pre-LN variants) is not supported")
+
+        def attn(p, H):
+            return MultiHeadAttention(H, w.get(p + "q_proj.weight"), w.get(p + "k_proj.weight"), w.get(p + "v_proj.weight"),
+                                      w.get(p + "out_proj.weight"), w.get(p + "q_proj.bias"), w.get(p + "k_proj.bias"),
+                                      w.get(p + "v_proj.bias"), w.get(p + "out_proj.bias"), name=p.rstrip("."))
+
+        def ffn(p):
+            return FeedForward(w.get(p + "fc1.weight"), w.get(p + "fc1.bias"), w.get(p + "fc2.weight"), w.get(p + "fc2.bias"),
+                               _ACT[act], p + "ffn")
+
+        def norm(p):
+            return LayerNorm(w.get(p + "weight"), w.get(p + "bias"), 1e-5, p.rstrip("."))
+
+        enc_layers = [TransformerEncoderLayer(attn(f"encoder.layers.{i}.self_attn.", H_enc), ffn(f"encoder.layers.{i}."),
+                                              norm(f"encoder.layers.{i}.self_attn_layer_norm."),
+                                              norm(f"encoder.layers.{i}.final_layer_norm.")) for i in range(n_enc)]
+        dec_layers = [TransformerDecoderLayer(attn(f"decoder.layers.{i}.self_attn.", H_dec),
+                                              attn(f"decoder.layers.{i}.encoder_attn.", H_dec), ffn(f"decoder.layers.{i}."),
+                                              norm(f"decoder.layers.{i}.self_attn_layer_norm."),
+                                              norm(f"decoder.layers.{i}.encoder_attn_layer_norm."),
+                                              norm(f"decoder.layers.{i}.final_layer_norm.")) for i in range(n_dec)]
+        self.encoder = TransformerEncoder(enc_layers)
+        self.decoder = TransformerDecoder(dec_layers)
+        head = w.get("lm_head.weight", optional=True)
+        if head is None and "lm_head.weight" in tensors:
+            head = tensors["lm_head.weight"]
+        bias = tensors.get("final_logits_bias")
+        self.lm_head = Linear(self.shared.weight if head is None else head,
+                              None if bias is None else np.asarray(bias).reshape(-1), "lm_head")
+        w.check_all_used()
+
+    def _positions(self, w: Weights, part: str, max_pos: int, d: int) -> np.ndarray:
+        t = w.get(f"{part}.embed_positions.weight", optional=True)
+        if t is not None:
+            return np.ascontiguousarray(t, np.float32)
+        if self.kind == "marian":
+            return marian_sinusoids(max_pos, d)
+        raise KeyError(f"missing tensor '{part}.embed_positions.weight'")
+
+    @staticmethod
+    def _optional_norm(w: Weights, p: str) -> Optional[LayerNorm]:
+        if p + "weight" not in w:
+            return None
+        return LayerNorm(w.get(p + "weight"), w.get(p + "bias"), 1e-5, p.rstrip("."))
+
+    @classmethod
+    def from_pretrained(cls, path) -> "Seq2SeqModel":
+        folder = Path(path)
+        cfg = read_config(folder)
+        tensors = read_weights(folder)
+        return cls(cfg, tensors, str(folder))
+
+    def _embed(self, ids: np.ndarray, start: int, table: np.ndarray, ln: Optional[LayerNorm]) -> np.ndarray:
+        L = ids.shape[1]
+        if start + L + self.pos_offset > table.shape[0]:
+            raise ValueError(f"position {start + L - 1} is beyond the {table.shape[0] - self.pos_offset} this model knows")
+        x = self.shared(ids) * np.float32(self.embed_scale) + table[start + self.pos_offset: start + L + self.pos_offset]
+        return x if ln is None else ln(x)
+
+    def encode(self, input_ids, attention_mask=None, *, output_attentions=False):
+        """Encoder output (B, S, d) for source ids (B, S); attention_mask 1 = token, 0 = padding."""
+        ids = np.asarray(input_ids)
+        if ids.ndim != 2:
+            raise ValueError(f"expected input_ids of shape (batch, seq), got {ids.shape}")
+        pad = None if attention_mask is None else np.asarray(attention_mask) == 0
+        if pad is not None and pad.shape != ids.shape:
+            raise ValueError(f"expected attention_mask of shape {ids.shape}, got {pad.shape}")
+        x = self._embed(ids, 0, self.enc_pos, self.enc_ln_emb)
+        return self.encoder(x, src_key_padding_mask=pad if pad is not None and pad.any() else None,
+                            output_attentions=output_attentions)
+
+    def decode(self, decoder_input_ids, memory=None, memory_mask=None, *, state: Optional[DecoderState] = None):
+        """Logits (B, T, vocab) for decoder ids: a full pass against `memory`, or the next positions with
+        `state` (from `init_state`: projected encoder K/V and the self-attention KV cache)."""
+        ids = np.asarray(decoder_input_ids)
+        start = state.length if state is not None else 0
+        x = self._embed(ids, start, self.dec_pos, self.dec_ln_emb)
+        if state is not None:
+            h = self.decoder(x, state=state)
+        else:
+            pad = None if memory_mask is None else np.asarray(memory_mask) == 0
+            h = self.decoder(x, memory, memory_key_padding_mask=pad if pad is not None and pad.any() else None)
+        return self.lm_head(h)
+
+    def init_state(self, memory: np.ndarray, memory_mask=None) -> DecoderState:
+        pad = None if memory_mask is None else np.asarray(memory_mask) == 0
+        return self.decoder.init_state(memory, pad if pad is not None and pad.any() else None)
+
+    def __call__(self, input_ids, attention_mask=None, decoder_input_ids=None):
+        """Teacher-forced pass: logits (B, T, vocab) of decoder_input_ids given the source."""
+        if decoder_input_ids is None:
+            raise ValueError("decoder_input_ids is required (the target shifted right, starting with "
+                             "decoder_start_token_id)")
+        return {"logits": self.decode(decoder_input_ids, self.encode(input_ids, attention_mask), attention_mask)}
+
+    def generate(self, input_ids, attention_mask=None, **kwargs):
+        from ..generation import generate
+
+        return generate(self, input_ids, attention_mask, **kwargs)
