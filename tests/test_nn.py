@@ -165,3 +165,49 @@ def test_load_errors(tmp_path):
     save_file(t, str(bad / "model.safetensors"))
     with pytest.raises(ValueError, match="linear1"):
         pyattn.load(bad)
+
+
+class PaperModel(torch.nn.Module):
+    """The documents' model in plain torch: embeddings * sqrt(d) + sinusoidal positions, nn.Transformer,
+    final linear + log-softmax."""
+
+    def __init__(self, d=512, heads=8, layers=6, ff=2048, vocab=1000):
+        super().__init__()
+        import math
+
+        self.d = d
+        self.transformer = torch.nn.Transformer(d, heads, layers, layers, ff, batch_first=True, dropout=0.0)
+        self.src, self.tgt, self.gen = torch.nn.Embedding(vocab, d), torch.nn.Embedding(vocab, d), torch.nn.Linear(d, vocab)
+        pe = torch.zeros(256, d)
+        pos = torch.arange(256)[:, None]
+        div = torch.exp(torch.arange(0, d, 2) * (-math.log(10000.0) / d))
+        pe[:, 0::2], pe[:, 1::2] = torch.sin(pos * div), torch.cos(pos * div)
+        self.register_buffer("pe", pe)
+
+    def forward(self, src, tgt):
+        s = self.d ** 0.5
+        x = self.src(src) * s + self.pe[: src.shape[1]]
+        y = self.tgt(tgt) * s + self.pe[: tgt.shape[1]]
+        mask = torch.nn.Transformer.generate_square_subsequent_mask(tgt.shape[1])
+        return torch.log_softmax(self.gen(self.transformer(x, y, tgt_mask=mask, tgt_is_causal=True)), -1)
+
+
+def test_papers_whole_model_with_embeddings_and_greedy_decoding(tmp_path):
+    torch.manual_seed(0)
+    m = PaperModel().eval()
+    folder = export_torch(m.transformer, tmp_path / "paper", src_embedding=m.src, tgt_embedding=m.tgt, generator=m.gen)
+    pm = pyattn.load(folder)
+    assert isinstance(pm, pyattn.io.Seq2SeqTransformer)
+    rng = np.random.default_rng(0)
+    src, tgt = rng.integers(0, 1000, (2, 11)), rng.integers(0, 1000, (2, 7))
+    with torch.no_grad():
+        want = m(torch.from_numpy(src), torch.from_numpy(tgt)).numpy()
+    close(pm(src, tgt), want, 1e-4)
+    ys = pm.greedy_decode(src, bos_id=1, max_len=8)
+    with torch.no_grad():  # the plain torch loop: re-run the decoder on the whole prefix every step
+        t = torch.full((2, 1), 1)
+        for _ in range(8):
+            t = torch.cat([t, m(torch.from_numpy(src), t)[:, -1].argmax(-1, keepdim=True)], 1)
+    np.testing.assert_array_equal(ys, t.numpy())
+    with pytest.raises(ValueError, match="go together"):
+        export_torch(m.transformer, tmp_path / "x", src_embedding=m.src)

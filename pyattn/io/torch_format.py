@@ -16,7 +16,7 @@ from ..nn import (FeedForward, LayerNorm, MultiHeadAttention, TransformerDecoder
 
 FORMAT = "pyattn.torch.v1"
 KINDS = ("Transformer", "TransformerEncoder", "TransformerDecoder", "TransformerEncoderLayer",
-         "TransformerDecoderLayer", "MultiheadAttention")
+         "TransformerDecoderLayer", "MultiheadAttention", "Seq2SeqTransformer")
 
 
 class Weights:
@@ -106,6 +106,68 @@ class Transformer:
                             tgt_is_causal=tgt_is_causal, memory_key_padding_mask=memory_key_padding_mask)
 
 
+class Seq2SeqTransformer:
+    """The model of "Attention Is All You Need": source and target embeddings (scaled by sqrt(d_model)) plus
+    sinusoidal positions, the encoder-decoder Transformer, and a final linear layer + softmax over the target
+    vocabulary; greedy decoding with the decoder's KV cache.
+
+    Exported from torch with `export_torch(transformer, path, src_embedding=..., tgt_embedding=...,
+    generator=...)` (nn.Transformer, nn.Embedding, nn.Embedding, nn.Linear)."""
+
+    def __init__(self, transformer: Transformer, src_embedding, tgt_embedding, generator, scale_embeddings=True):
+        from ..nn import Embedding, Linear, SinusoidalPositionalEncoding
+
+        self.transformer = transformer
+        self.src_embedding = Embedding(src_embedding, "src_embedding")
+        self.tgt_embedding = Embedding(tgt_embedding, "tgt_embedding")
+        d = self.src_embedding.weight.shape[1]
+        self.positions = SinusoidalPositionalEncoding(d)
+        self.generator = Linear(*generator, name="generator")
+        self.scale = np.float32(np.sqrt(d)) if scale_embeddings else np.float32(1.0)
+        if self.generator.in_features != d or self.tgt_embedding.weight.shape[1] != d:
+            raise ValueError("embeddings and generator must share d_model with the transformer")
+
+    def embed_src(self, ids, start=0):
+        ids = np.asarray(ids)
+        return self.src_embedding(ids) * self.scale + self.positions(np.arange(start, start + ids.shape[1]))
+
+    def embed_tgt(self, ids, start=0):
+        ids = np.asarray(ids)
+        return self.tgt_embedding(ids) * self.scale + self.positions(np.arange(start, start + ids.shape[1]))
+
+    def encode(self, src_ids, src_key_padding_mask=None):
+        return self.transformer.encoder(self.embed_src(src_ids), src_key_padding_mask=src_key_padding_mask)
+
+    def __call__(self, src_ids, tgt_ids, *, src_key_padding_mask=None, tgt_key_padding_mask=None):
+        """Log-probabilities (B, T, vocab) of the next target token at every position (teacher forcing)."""
+        memory = self.encode(src_ids, src_key_padding_mask)
+        h = self.transformer.decoder(self.embed_tgt(tgt_ids), memory, tgt_key_padding_mask=tgt_key_padding_mask,
+                                     memory_key_padding_mask=src_key_padding_mask, tgt_is_causal=True)
+        from .. import functional as F
+
+        return F.log_softmax(self.generator(h))
+
+    def greedy_decode(self, src_ids, bos_id: int, max_len: int, eos_id=None, src_key_padding_mask=None):
+        """Greedy decoding, shifted right: starts from `bos_id`, feeds each argmax back, one token per step
+        through the KV cache. Returns (B, 1 + n) ids; rows that produced `eos_id` are padded with it."""
+        src_ids = np.asarray(src_ids)
+        B = src_ids.shape[0]
+        memory = self.encode(src_ids, src_key_padding_mask)
+        state = self.transformer.decoder.init_state(memory, src_key_padding_mask)
+        ys = np.full((B, 1), bos_id, np.int64)
+        done = np.zeros(B, bool)
+        for _ in range(max_len):
+            h = self.transformer.decoder(self.embed_tgt(ys[:, -1:], state.length), state=state)
+            nxt = self.generator(h[:, -1]).argmax(-1)  # softmax is monotonic: argmax of the logits
+            if eos_id is not None:
+                nxt = np.where(done, eos_id, nxt)
+                done |= nxt == eos_id
+            ys = np.concatenate([ys, nxt[:, None]], 1)
+            if eos_id is not None and done.all():
+                break
+        return ys
+
+
 def build(config: dict, tensors: Mapping[str, np.ndarray], source: str = "weights"):
     """The pyattn module described by an exported config and its tensors (torch state_dict names)."""
     kind = config.get("kind")
@@ -128,9 +190,16 @@ def build(config: dict, tensors: Mapping[str, np.ndarray], source: str = "weight
         m = _stack(c, w, "", c["num_layers"], _encoder_layer, TransformerEncoder)
     elif kind == "TransformerDecoder":
         m = _stack(c, w, "", c["num_layers"], _decoder_layer, TransformerDecoder)
-    else:
+    elif kind == "Transformer":
         m = Transformer(_stack(c, w, "encoder.", c["num_encoder_layers"], _encoder_layer, TransformerEncoder),
                         _stack(c, w, "decoder.", c["num_decoder_layers"], _decoder_layer, TransformerDecoder))
+    else:
+        p = "transformer."
+        t = Transformer(_stack(c, w, p + "encoder.", c["num_encoder_layers"], _encoder_layer, TransformerEncoder),
+                        _stack(c, w, p + "decoder.", c["num_decoder_layers"], _decoder_layer, TransformerDecoder))
+        m = Seq2SeqTransformer(t, w.get("src_embedding.weight"), w.get("tgt_embedding.weight"),
+                               (w.get("generator.weight"), w.get("generator.bias", optional=True)),
+                               c.get("scale_embeddings", True))
     w.check_all_used()
     return m
 
@@ -182,19 +251,38 @@ def torch_tensors(module) -> Dict[str, np.ndarray]:
     return {k: v.detach().cpu().float().numpy().copy() for k, v in module.state_dict().items()}
 
 
-def from_torch(module):
+def _config_and_tensors(module, src_embedding=None, tgt_embedding=None, generator=None):
+    cfg, tensors = torch_config(module), torch_tensors(module)
+    extras = (src_embedding, tgt_embedding, generator)
+    if any(e is not None for e in extras):
+        if cfg["kind"] != "Transformer" or any(e is None for e in extras):
+            raise ValueError("src_embedding, tgt_embedding and generator go together, with an nn.Transformer")
+        cfg["kind"] = "Seq2SeqTransformer"
+        cfg["scale_embeddings"] = True
+        tensors = {f"transformer.{k}": v for k, v in tensors.items()}
+        for name, m in zip(("src_embedding", "tgt_embedding", "generator"), extras):
+            tensors.update({f"{name}.{k}": v for k, v in torch_tensors(m).items()})
+    return cfg, tensors
+
+
+def from_torch(module, *, src_embedding=None, tgt_embedding=None, generator=None):
     """The pyattn equivalent of a live torch module (same weights), without going through files."""
-    return build(torch_config(module), torch_tensors(module), type(module).__name__)
+    cfg, tensors = _config_and_tensors(module, src_embedding, tgt_embedding, generator)
+    return build(cfg, tensors, type(module).__name__)
 
 
-def export_torch(module, path) -> Path:
-    """Writes `path/config.json` and `path/model.safetensors` for a torch module; returns the folder."""
+def export_torch(module, path, *, src_embedding=None, tgt_embedding=None, generator=None) -> Path:
+    """Writes `path/config.json` and `path/model.safetensors` for a torch module; returns the folder.
+
+    With an nn.Transformer, `src_embedding` / `tgt_embedding` (nn.Embedding) and `generator` (nn.Linear to the
+    target vocabulary) make it the paper's whole model (pyattn.io.Seq2SeqTransformer): embeddings scaled by
+    sqrt(d_model) plus sinusoidal positions, then the final linear + softmax."""
     from safetensors.numpy import save_file
 
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = torch_config(module)
-    save_file(torch_tensors(module), str(folder / "model.safetensors"))
+    cfg, tensors = _config_and_tensors(module, src_embedding, tgt_embedding, generator)
+    save_file(tensors, str(folder / "model.safetensors"))
     (folder / "config.json").write_text(json.dumps(cfg, indent=1))
     return folder
 
