@@ -29,9 +29,11 @@ void apply_epilogue(const KernelSet& ks, const Epilogue& ep, float* c, int64_t l
 }
 
 // One (MC block x panel range) task against a packed B block.
-void macro_kernel(const KernelSet& ks, const float* ap, const float* bp, int64_t mc, int64_t kc, int64_t nc,
-                  int64_t panel_begin, int64_t panel_end, float* c, int64_t ldc, float beta, bool last,
-                  const Epilogue& ep, int64_t col0) {
+// a: the same rows of A unpacked (row stride lda): a last, partial row group goes through the rows kernel,
+// which computes only its m rows instead of a full MR-row tile (M = 13 would otherwise cost 24 rows).
+void macro_kernel(const KernelSet& ks, const float* ap, const float* a, int64_t lda, const float* bp, int64_t mc,
+                  int64_t kc, int64_t nc, int64_t panel_begin, int64_t panel_end, float* c, int64_t ldc, float beta,
+                  bool last, const Epilogue& ep, int64_t col0) {
     const int mr = ks.blocking.mr, nr = ks.blocking.nr;
     alignas(64) float tile[16 * 64];  // >= MR x NR of every kernel set
     for (int64_t q = panel_begin; q < panel_end; ++q) {
@@ -43,6 +45,11 @@ void macro_kernel(const KernelSet& ks, const float* ap, const float* bp, int64_t
             float* ct = c + i * ldc + j;
             if (m == mr && n == nr) {
                 ks.micro(kc, ap + i * kc, b, nr, ct, ldc, beta);
+            } else if (n == nr) {
+                ks.rows(m, kc, a + i * lda, lda, b, nr, ct, ldc, beta);
+            } else if (m < mr) {
+                ks.rows(m, kc, a + i * lda, lda, b, nr, tile, nr, 0.0f);
+                store_partial(tile, nr, m, n, ct, ldc, beta);
             } else {
                 ks.micro(kc, ap + i * kc, b, nr, tile, nr, 0.0f);
                 store_partial(tile, nr, m, n, ct, ldc, beta);
@@ -71,13 +78,21 @@ struct Grid {
     int tr, tc;
 };
 
-Grid choose_grid(int nt, int64_t row_groups, int64_t panels) {
+Grid choose_grid(int nt, int64_t M, int mr, int64_t panels) {
+    const int64_t row_groups = (M + mr - 1) / mr;
     Grid best{nt, 1};
     int64_t best_cost = -1;
     for (int tr = nt; tr >= 1; --tr) {
         if (nt % tr) continue;
         const int tc = nt / tr;
-        const int64_t cost = ((row_groups + tr - 1) / tr) * ((panels + tc - 1) / tc);
+        // Rows (not row groups) of the busiest thread: a partial last group is cheap through the rows kernel.
+        int64_t rows = 0;
+        for (int i = 0; i < tr; ++i) {
+            const int64_t r0 = std::min<int64_t>(M, row_groups * i / tr * mr);
+            const int64_t r1 = std::min<int64_t>(M, row_groups * (i + 1) / tr * mr);
+            rows = std::max(rows, r1 - r0);
+        }
+        const int64_t cost = rows * ((panels + tc - 1) / tc);
         if (best_cost < 0 || cost < best_cost) {
             best = Grid{tr, tc};
             best_cost = cost;
@@ -91,7 +106,7 @@ void run_blocked(const KernelSet& ks, const Problem& P, int nt) {
     const int64_t M = P.M, N = P.N, K = P.K;
     const int64_t row_groups = (M + bl.mr - 1) / bl.mr;
     const int64_t b_panels_max = (std::min<int64_t>(bl.nc, N) + bl.nr - 1) / bl.nr;
-    const Grid grid = choose_grid(nt, row_groups, b_panels_max);
+    const Grid grid = choose_grid(nt, M, bl.mr, b_panels_max);
     float* shared_b = P.packed ? nullptr : scratch<0>(static_cast<std::size_t>(b_panels_max) * bl.nr * bl.kc);
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -123,7 +138,8 @@ void run_blocked(const KernelSet& ks, const Problem& P, int nt) {
                 for (int64_t ic = r0; ic < r1; ic += bl.mc) {
                     const int64_t mcb = std::min<int64_t>(bl.mc, r1 - ic);
                     pack_a(P.A + ic * P.lda + pc, P.lda, mcb, kc, bl.mr, ap);
-                    macro_kernel(ks, ap, bp, mcb, kc, nc, q0, q1, P.C + ic * P.ldc + jc, P.ldc, beta, last, P.ep, jc);
+                    macro_kernel(ks, ap, P.A + ic * P.lda + pc, P.lda, bp, mcb, kc, nc, q0, q1, P.C + ic * P.ldc + jc,
+                                 P.ldc, beta, last, P.ep, jc);
                 }
                 if (!P.packed) {
 #pragma omp barrier
