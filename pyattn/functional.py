@@ -145,10 +145,12 @@ def log_softmax(x, axis: int = -1) -> np.ndarray:
     return _along_axis(_core.log_softmax, x, axis)
 
 
-def layer_norm(x, weight=None, bias=None, eps: float = 1e-5) -> np.ndarray:
+def layer_norm(x, weight=None, bias=None, eps: float = 1e-5, *, residual=None) -> np.ndarray:
     """Layer normalisation over the last axis, as ``torch.nn.functional.layer_norm(x, (n,), weight, bias,
-    eps)``: biased variance, weight and bias of shape (n,) or None."""
-    return _core.layer_norm(_contiguous(x, "x"), _optional(weight, "weight"), _optional(bias, "bias"), float(eps))
+    eps)``: biased variance, weight and bias of shape (n,) or None. With ``residual`` (the shape of x) it
+    normalises ``x + residual`` in the same pass: the post-LN ``LayerNorm(x + Sublayer(x))``."""
+    return _core.layer_norm(_contiguous(x, "x"), _optional(weight, "weight"), _optional(bias, "bias"), float(eps),
+                            _optional(residual, "residual"))
 
 
 def gelu(x, approximate: str = "none") -> np.ndarray:

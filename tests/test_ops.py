@@ -91,3 +91,11 @@ def test_multithreaded_rows_equal_single(rng, restore_threads):
         outs.append((F.softmax(x), F.log_softmax(x), F.layer_norm(x), F.gelu(x)))
     for one, two in zip(*outs):
         np.testing.assert_array_equal(one, two)
+
+
+def test_layer_norm_with_residual(isa, rng):
+    x, r, w, b = randn(rng, 7, 129), randn(rng, 7, 129), randn(rng, 129), randn(rng, 129)
+    np.testing.assert_allclose(F.layer_norm(x, w, b, residual=r), ref.layer_norm(x.astype(np.float64) + r, w, b),
+                               rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="residual"):
+        F.layer_norm(x, w, b, residual=r[:, :5])

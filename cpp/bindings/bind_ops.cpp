@@ -35,18 +35,30 @@ const float* optional_vector(const py::object& v, int64_t n, const char* name, p
     return f32(keep);
 }
 
-py::array layer_norm(const py::array& x, const py::object& weight, const py::object& bias, float eps) {
+py::array layer_norm(const py::array& x, const py::object& weight, const py::object& bias, float eps,
+                     const py::object& residual) {
     check_rows_input(x, "x");
     if (!(eps >= 0.0f)) value_error("eps must be >= 0, got " + std::to_string(eps));
     const int64_t n = x.shape(x.ndim() - 1), rows = static_cast<int64_t>(x.size()) / n;
     py::array kw, kb;
     const float* w = optional_vector(weight, n, "weight", kw);
     const float* b = optional_vector(bias, n, "bias", kb);
+    py::array kr;
+    const float* r = nullptr;
+    if (!residual.is_none()) {
+        if (!py::isinstance<py::array>(residual)) type_error("expected residual to be a numpy array or None");
+        kr = residual.cast<py::array>();
+        require_f32(kr, "residual");
+        if (shape_of(kr) != shape_of(x))
+            value_error("expected residual of the shape of x " + shape_str(x) + ", got " + shape_str(kr));
+        require_c_contiguous(kr, "residual");
+        r = f32(kr);
+    }
     py::array y = empty_f32(shape_of(x));
     const float* xp = f32(x);
     float* yp = f32_mut(y);
     py::gil_scoped_release nogil;
-    ops::layer_norm(xp, n, yp, n, rows, n, w, b, eps);
+    ops::layer_norm(xp, n, yp, n, rows, n, w, b, eps, r, n);
     return y;
 }
 
@@ -87,7 +99,8 @@ void bind_ops(py::module_& m) {
         "log_softmax", [](const py::array& x) { return softmax(x, true); }, py::arg("x"),
         "log_softmax over the last axis of a C-contiguous float32 array; an all -inf row gives -inf.");
     m.def("layer_norm", &layer_norm, py::arg("x"), py::arg("weight") = py::none(), py::arg("bias") = py::none(),
-          py::arg("eps") = 1e-5f, "Layer normalisation over the last axis (biased variance, as torch).");
+          py::arg("eps") = 1e-5f, py::arg("residual") = py::none(),
+          "Layer normalisation over the last axis (biased variance, as torch) of x, or of x + residual.");
     m.def("activation", &activation, py::arg("x"), py::arg("kind"), py::arg("bias") = py::none(),
           "Element-wise activation (relu, gelu, gelu_tanh, silu, none) of x (+ bias over the last axis).");
 }

@@ -7,7 +7,9 @@
 
 namespace pyattn::ops {
 
+// residual (optional, row stride ldr): normalises x + residual instead -- the post-LN sub-layer
+// LayerNorm(x + Sublayer(x)) in one pass over memory.
 void layer_norm(const float* x, int64_t ldx, float* y, int64_t ldy, int64_t rows, int64_t n, const float* weight,
-                const float* bias, float eps);
+                const float* bias, float eps, const float* residual = nullptr, int64_t ldr = 0);
 
 }  // namespace pyattn::ops

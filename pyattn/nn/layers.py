@@ -96,8 +96,9 @@ class LayerNorm(Module):
         self.bias = None if bias is None else as_weight(bias, f"{name}.bias", self.weight.shape)
         self.eps = float(eps)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return F.layer_norm(x, self.weight, self.bias, self.eps)
+    def __call__(self, x: np.ndarray, residual: Optional[np.ndarray] = None) -> np.ndarray:
+        """LayerNorm(x), or LayerNorm(x + residual) in one pass."""
+        return F.layer_norm(x, self.weight, self.bias, self.eps, residual=residual)
 
 
 def sinusoidal_table(num_positions: int, dim: int) -> np.ndarray:

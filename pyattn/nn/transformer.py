@@ -58,8 +58,8 @@ class TransformerEncoderLayer(Module):
         else:
             a, w = self.self_attn(x, attn_mask=src_mask, key_padding_mask=src_key_padding_mask, is_causal=is_causal,
                                   need_weights=need_weights)
-            x = self.norm1(x + a)
-            x = self.norm2(x + self.ffn(x))
+            x = self.norm1(a, residual=x)
+            x = self.norm2(self.ffn(x), residual=x)
         return x, w
 
 
@@ -98,10 +98,10 @@ class TransformerDecoderLayer(Module):
             x = x + self.ffn(self.norm3(x))
         else:
             a, w_self = sa(x)
-            x = self.norm1(x + a)
+            x = self.norm1(a, residual=x)
             c, w_cross = ca(x)
-            x = self.norm2(x + c)
-            x = self.norm3(x + self.ffn(x))
+            x = self.norm2(c, residual=x)
+            x = self.norm3(self.ffn(x), residual=x)
         return x, (w_self, w_cross)
 
 
