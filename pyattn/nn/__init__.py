@@ -2,10 +2,10 @@
 from .attention import KVCache, MultiHeadAttention, split_heads
 from .layers import (Embedding, LayerNorm, LearnedPositionalEmbedding, Linear, Module, SinusoidalPositionalEncoding,
                      sinusoidal_table)
-from .transformer import (DecoderState, FeedForward, TransformerDecoder, TransformerDecoderLayer, TransformerEncoder,
-                          TransformerEncoderLayer)
+from .transformer import (DecoderState, FeedForward, Seq2SeqTransformer, Transformer, TransformerDecoder,
+                          TransformerDecoderLayer, TransformerEncoder, TransformerEncoderLayer)
 
 __all__ = ["DecoderState", "Embedding", "FeedForward", "KVCache", "LayerNorm", "LearnedPositionalEmbedding", "Linear",
-           "Module", "MultiHeadAttention", "SinusoidalPositionalEncoding", "TransformerDecoder",
+           "Module", "MultiHeadAttention", "Seq2SeqTransformer", "SinusoidalPositionalEncoding", "Transformer", "TransformerDecoder",
            "TransformerDecoderLayer", "TransformerEncoder", "TransformerEncoderLayer", "sinusoidal_table",
            "split_heads"]

@@ -5,8 +5,9 @@ from typing import List, Optional
 
 import numpy as np
 
+from .. import functional as F
 from .attention import KVCache, MultiHeadAttention
-from .layers import LayerNorm, Linear, Module
+from .layers import Embedding, LayerNorm, Linear, Module, SinusoidalPositionalEncoding
 
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
 
@@ -167,3 +168,76 @@ class TransformerDecoder(Module):
         if self.norm is not None:
             x = self.norm(x)
         return (x, attentions) if output_attentions else x
+
+
+class Transformer(Module):
+    """pyattn's torch.nn.Transformer: encoder + decoder stacks (batch_first)."""
+
+    def __init__(self, encoder: TransformerEncoder, decoder: TransformerDecoder):
+        self.encoder, self.decoder = encoder, decoder
+
+    def __call__(self, src, tgt, *, src_mask=None, tgt_mask=None, memory_mask=None, src_key_padding_mask=None,
+                 tgt_key_padding_mask=None, memory_key_padding_mask=None, tgt_is_causal=False):
+        if memory_mask is not None:
+            raise ValueError("memory_mask is not supported; use memory_key_padding_mask")
+        memory = self.encoder(src, mask=src_mask, src_key_padding_mask=src_key_padding_mask)
+        return self.decoder(tgt, memory, tgt_mask=tgt_mask, tgt_key_padding_mask=tgt_key_padding_mask,
+                            tgt_is_causal=tgt_is_causal, memory_key_padding_mask=memory_key_padding_mask)
+
+
+class Seq2SeqTransformer(Module):
+    """The model of "Attention Is All You Need": source and target embeddings (scaled by sqrt(d_model)) plus
+    sinusoidal positions, the encoder-decoder Transformer, and a final linear layer + softmax over the target
+    vocabulary; greedy decoding with the decoder's KV cache.
+
+    Exported from torch with `export_torch(transformer, path, src_embedding=..., tgt_embedding=...,
+    generator=...)` (nn.Transformer, nn.Embedding, nn.Embedding, nn.Linear)."""
+
+    def __init__(self, transformer: Transformer, src_embedding, tgt_embedding, generator, scale_embeddings=True):
+        self.transformer = transformer
+        self.src_embedding = Embedding(src_embedding, "src_embedding")
+        self.tgt_embedding = Embedding(tgt_embedding, "tgt_embedding")
+        d = self.src_embedding.weight.shape[1]
+        self.positions = SinusoidalPositionalEncoding(d)
+        self.generator = Linear(*generator, name="generator")
+        self.scale = np.float32(np.sqrt(d)) if scale_embeddings else np.float32(1.0)
+        if self.generator.in_features != d or self.tgt_embedding.weight.shape[1] != d:
+            raise ValueError("embeddings and generator must share d_model with the transformer")
+
+    def embed_src(self, ids, start=0):
+        ids = np.asarray(ids)
+        return self.src_embedding(ids) * self.scale + self.positions(np.arange(start, start + ids.shape[1]))
+
+    def embed_tgt(self, ids, start=0):
+        ids = np.asarray(ids)
+        return self.tgt_embedding(ids) * self.scale + self.positions(np.arange(start, start + ids.shape[1]))
+
+    def encode(self, src_ids, src_key_padding_mask=None):
+        return self.transformer.encoder(self.embed_src(src_ids), src_key_padding_mask=src_key_padding_mask)
+
+    def __call__(self, src_ids, tgt_ids, *, src_key_padding_mask=None, tgt_key_padding_mask=None):
+        """Log-probabilities (B, T, vocab) of the next target token at every position (teacher forcing)."""
+        memory = self.encode(src_ids, src_key_padding_mask)
+        h = self.transformer.decoder(self.embed_tgt(tgt_ids), memory, tgt_key_padding_mask=tgt_key_padding_mask,
+                                     memory_key_padding_mask=src_key_padding_mask, tgt_is_causal=True)
+        return F.log_softmax(self.generator(h))
+
+    def greedy_decode(self, src_ids, bos_id: int, max_len: int, eos_id=None, src_key_padding_mask=None):
+        """Greedy decoding, shifted right: starts from `bos_id`, feeds each argmax back, one token per step
+        through the KV cache. Returns (B, 1 + n) ids; rows that produced `eos_id` are padded with it."""
+        src_ids = np.asarray(src_ids)
+        B = src_ids.shape[0]
+        memory = self.encode(src_ids, src_key_padding_mask)
+        state = self.transformer.decoder.init_state(memory, src_key_padding_mask)
+        ys = np.full((B, 1), bos_id, np.int64)
+        done = np.zeros(B, bool)
+        for _ in range(max_len):
+            h = self.transformer.decoder(self.embed_tgt(ys[:, -1:], state.length), state=state)
+            nxt = self.generator(h[:, -1]).argmax(-1)  # softmax is monotonic: argmax of the logits
+            if eos_id is not None:
+                nxt = np.where(done, eos_id, nxt)
+                done |= nxt == eos_id
+            ys = np.concatenate([ys, nxt[:, None]], 1)
+            if eos_id is not None and done.all():
+                break
+        return ys
