@@ -225,17 +225,25 @@ def read_safetensors(path) -> Dict[str, np.ndarray]:
     return tensors
 
 
+def read_config(folder, expected: str) -> dict:
+    """`folder/config.json` as a dict; `expected` says what kind of folder was expected, for the errors."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder}: no config.json (expected {expected})")
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return cfg
+
+
 def load(path):
     """Loads a folder written by `export_torch` (config.json + model.safetensors) as a pyattn module."""
     folder = Path(path)
-    cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{folder}: no config.json (expected a folder written by pyattn.io.export_torch)")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_path}: invalid JSON ({e})") from None
-    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
-        raise ValueError(f"{cfg_path}: not a pyattn export (format {cfg.get('format') if isinstance(cfg, dict) else None!r}, "
+    cfg = read_config(folder, "a folder written by pyattn.io.export_torch")
+    if cfg.get("format") != FORMAT:
+        raise ValueError(f"{folder / 'config.json'}: not a pyattn export (format {cfg.get('format')!r}, "
                          f"expected {FORMAT!r})")
     return build(cfg, read_safetensors(folder / "model.safetensors"), str(folder))

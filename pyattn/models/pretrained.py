@@ -1,26 +1,17 @@
 """Reading Hugging Face model folders (config.json + model.safetensors) without pickle."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Dict
 
 import numpy as np
 
+from ..io import torch_format
 from ..io.torch_format import Weights, read_safetensors
 
 
 def read_config(folder: Path) -> dict:
-    path = folder / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder}: no config.json (expected a Hugging Face model folder)")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: invalid JSON ({e})") from None
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return cfg
+    return torch_format.read_config(folder, "a Hugging Face model folder")
 
 
 def read_weights(folder: Path) -> Dict[str, np.ndarray]:
