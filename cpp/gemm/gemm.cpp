@@ -203,6 +203,39 @@ void run_small_m(const KernelSet& ks, const Problem& P, int nt) {
     }
 }
 
+// kSmallM < M <= tall_rows with prepacked B (a short sentence through a weight): every row of A in
+// registers at once, so the weight streams from memory once instead of once per MR-row group.
+void run_tall(const KernelSet& ks, const Problem& P, int nt) {
+    const auto bl = ks.blocking;
+    const int64_t M = P.M, N = P.N, K = P.K;
+    const int nr = bl.nr;
+    const int vec = ks.tall_cols;  // columns of one tall call (a divisor of NR)
+    const int64_t panels = (N + nr - 1) / nr;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        float* tile = scratch<2>(static_cast<std::size_t>(M) * vec + 16);
+#pragma omp for schedule(static)
+        for (int64_t q = 0; q < panels; ++q) {
+            const int64_t j = q * nr;
+            const int64_t jc = j / bl.nc * bl.nc, qq = (j - jc) / nr;
+            for (int64_t h = 0; h < nr && j + h < N; h += vec) {
+                const int64_t n = std::min<int64_t>(vec, N - j - h);
+                float* c = P.C + j + h;
+                float* out = n == vec ? c : tile;
+                const int64_t ldo = n == vec ? P.ldc : vec;
+                for (int64_t pc = 0; pc < K; pc += bl.kc) {
+                    const int64_t kc = std::min<int64_t>(bl.kc, K - pc);
+                    const float* b = P.packed->block(jc, pc) + qq * kc * nr + h;
+                    const float beta = pc == 0 ? (n == vec ? P.beta : 0.0f) : 1.0f;
+                    ks.tall(M, kc, P.A + pc, P.lda, b, nr, out, ldo, beta);
+                }
+                if (n != vec) store_partial(tile, static_cast<int>(vec), M, n, c, P.ldc, P.beta);
+                apply_epilogue(ks, P.ep, c, P.ldc, M, n, j + h);
+            }
+        }
+    }
+}
+
 void run(const KernelSet& ks, const Problem& P, int nthreads) {
     if (P.M <= 0 || P.N <= 0) return;
     if (P.K <= 0) {
@@ -218,6 +251,7 @@ void run(const KernelSet& ks, const Problem& P, int nthreads) {
     int nt = nthreads > 0 ? nthreads : cpu::threads_for(flops);
     if (omp_in_parallel()) nt = 1;
     if (P.M <= kSmallM) return run_small_m(ks, P, nt);
+    if (P.packed && P.M > ks.blocking.mr && P.M <= ks.tall_rows) return run_tall(ks, P, nt);
     run_blocked(ks, P, nt);
 }
 

@@ -380,13 +380,16 @@ float stream_sum(const float* x, int64_t n) {
     return s;
 }
 
-template <int MR, int NV>
+template <int MR, int NV, int TALL, int TALL_NV>
 KernelSet make_kernel_set(const char* name, int mc, int kc, int nc) {
     KernelSet ks{};
     ks.name = name;
     ks.blocking = GemmBlocking{MR, NV * V::W, mc, kc, nc};
     ks.micro = &micro_kernel<MR, NV>;
     ks.rows = &rows_kernel_dispatch<MR, NV>;
+    ks.tall = &rows_kernel_dispatch<TALL, TALL_NV>;
+    ks.tall_rows = TALL;
+    ks.tall_cols = TALL_NV * V::W;
     ks.dot = &dot_kernel;
     ks.pack_bt = &pack_bt;
     ks.max = &row_max;

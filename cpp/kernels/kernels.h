@@ -46,6 +46,10 @@ struct KernelSet {
     GemmBlocking blocking;
     MicroKernel micro;
     RowsKernel rows;
+    // The rows kernel for up to tall_rows (> MR where the register file allows) rows and tall_cols columns:
+    // a few more rows than MR (a 13-token sentence) in ONE pass over B, all rows in registers at once.
+    RowsKernel tall;
+    int tall_rows, tall_cols;
     DotKernel dot;
     PackTransKernel pack_bt;
 

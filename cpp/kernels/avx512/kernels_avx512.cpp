@@ -65,7 +65,9 @@ KernelSet& avx512_kernel_set() {
     // MC x KC = 192 x 512 floats (384 KiB) of A in L2; a KC x NR panel of B (64 KiB) streams from L2 -- at
     // 2 B loads per 24 FMAs the panel need not fit L1. Chosen with benchmarks/gym/gemm_blocking.py on Zen 4:
     // larger KC mostly wins (fewer passes over C), MC 192..384 is flat.
-    static KernelSet ks = make_kernel_set<12, 2>("avx512", 192, 512, 4096);
+    // Tall rows kernel: 14 x 32 (28 accumulators + 2 B + 1 broadcast = 31 registers), so that 13-14 rows
+    // (a short sentence) take one pass over each weight panel.
+    static KernelSet ks = make_kernel_set<12, 2, 14, 2>("avx512", 192, 512, 4096);
     return ks;
 }
 
