@@ -43,7 +43,7 @@ def test_matmul_and_linear_all_isas(isa, rng, M, K, N):
     assert_gemm_close(pyattn.PackedLinear(bt)(a), a, bt, transpose_b=True)
 
 
-@pytest.mark.parametrize("M", [1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13])
+@pytest.mark.parametrize("M", [1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 14, 15])
 @pytest.mark.parametrize("K,N", [(384, 1536), (65, 1000), (7, 3)])
 def test_small_m_decode_path(isa, rng, M, K, N):
     a, w = randn(rng, M, K), randn(rng, N, K)
