@@ -12,10 +12,6 @@ import numpy as np
 from . import functional as F
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    return F.log_softmax(logits)
-
-
 def _sample_filter(logits: np.ndarray, temperature: float, top_k: int, top_p: float) -> np.ndarray:
     """Temperature, then top-k, then top-p (nucleus) filtering: removed entries become -inf."""
     if temperature != 1.0:

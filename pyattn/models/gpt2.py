@@ -26,10 +26,11 @@ class GPT2Block(Module):
 
 
 class GPT2State:
-    """Per-layer KV caches of a batch being decoded, and which cached positions are padding."""
+    """Per-layer KV caches of a batch being decoded (the caller passes the attention mask of every cached
+    position with each step)."""
 
-    def __init__(self, caches: List[KVCache], pad: Optional[np.ndarray] = None):
-        self.caches, self.pad = caches, pad  # pad: (B, length) bool, True = padding
+    def __init__(self, caches: List[KVCache]):
+        self.caches = caches
 
     @property
     def length(self) -> int:
@@ -38,8 +39,6 @@ class GPT2State:
     def reorder(self, index: np.ndarray) -> None:
         for c in self.caches:
             c.reorder(index)
-        if self.pad is not None:
-            self.pad = self.pad[index]
 
 
 def positions_from_mask(attention_mask: np.ndarray) -> np.ndarray:
@@ -136,8 +135,6 @@ class GPT2Model(Module):
             x, w = block(x, cache=None if state is None else state.caches[i],
                          key_padding_mask=None if pad is None or not pad.any() else pad, need_weights=output_attentions)
             attentions.append(w)
-        if state is not None:
-            state.pad = pad
         h = self.ln_f(x)
         out = {"logits": self.lm_head(h)}
         if output_hidden:
