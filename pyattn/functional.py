@@ -84,10 +84,13 @@ def _mask(m, name: str) -> Optional[np.ndarray]:
         return None
     if not isinstance(m, np.ndarray):
         m = np.asarray(m)
+    if m.dtype.kind == "f" and m.dtype != np.float32:
+        m = m.astype(np.float32)
     if m.dtype == np.bool_ or m.dtype == np.float32:
+        # the kernels walk a mask row by row: copy a view whose last axis is strided
+        if m.ndim and m.shape[-1] > 1 and m.strides[-1] != m.itemsize:
+            m = np.ascontiguousarray(m)
         return m
-    if m.dtype.kind == "f":
-        return m.astype(np.float32)
     raise TypeError(
         f"expected {name} to be bool (True = masked out) or float (added to the scores), got {m.dtype}; "
         f"integer masks are ambiguous: pass {name}.astype(bool)"

@@ -175,3 +175,17 @@ def test_against_torch(rng, B, H, Lq, Lk, D, causal):
     want = torch.nn.functional.scaled_dot_product_attention(*t, attn_mask=keep).numpy()
     got = F.scaled_dot_product_attention(q, k, v, key_padding_mask=pad, is_causal=causal)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_strided_and_list_masks_are_accepted(rng):
+    q, k, v = qkv(rng, 2, 2, 5, 9, 8)
+    wide = rng.random((2, 18)) < 0.3
+    kp = wide[:, ::2]  # a strided view: copied, not refused
+    want, _ = ref.sdpa(q, k, v, key_padding_mask=kp)
+    check(F.scaled_dot_product_attention(q, k, v, key_padding_mask=kp), want)
+    am = (rng.random((5, 9)) < 0.3).tolist()  # a nested list of bools
+    want, _ = ref.sdpa(q, k, v, attn_mask=np.array(am))
+    check(F.scaled_dot_product_attention(q, k, v, attn_mask=am), want)
+    fm = rng.standard_normal((5, 18))[:, ::2]  # float64, strided: converted
+    want, _ = ref.sdpa(q, k, v, attn_mask=fm.astype(np.float32))
+    check(F.scaled_dot_product_attention(q, k, v, attn_mask=fm), want)

@@ -80,41 +80,37 @@ class MultiHeadAttention(Module):
             raise ValueError(f"{name}: w_k {w_k.shape} and w_v {w_v.shape} must have {E} rows like w_q {w_q.shape}")
         self.num_heads, self.d_model = int(num_heads), E
         self.scale = scale
-        zeros = np.zeros(E, np.float32)
+        if w_q.shape != (E, E):
+            raise ValueError(f"{name}: w_q has shape {w_q.shape}, expected {(E, E)}")
+        self.w_q, self.w_k, self.w_v = w_q, w_k, w_v
         has_bias = any(b is not None for b in (b_q, b_k, b_v))
-        bq, bk, bv = ((zeros if b is None else as_weight(b, f"{name}.b", (E,))) for b in (b_q, b_k, b_v))
-        self.q_proj = Linear(w_q, bq if has_bias else None, f"{name}.q_proj")
-        self._kv_weights = (w_k, w_v, bk, bv, has_bias)
-        self._kv_proj: Optional[Linear] = None
-        self._qkv_proj: Optional[Linear] = None
-        self.k_weight, self.v_weight = w_k, w_v
+        zeros = np.zeros(E, np.float32)
+        self.b_q, self.b_k, self.b_v = (((zeros if b is None else as_weight(b, f"{name}.b", (E,)))
+                                         for b in (b_q, b_k, b_v)) if has_bias else (None, None, None))
+        self._name = name
+        self._packed = {}  # "q", "kv", "qkv" -> Linear, packed on first use: a layer packs only what it uses
         self.out_proj = Linear(w_o, b_o, f"{name}.out_proj")
         if self.out_proj.weight.shape != (E, E):
             raise ValueError(f"{name}: out_proj weight has shape {self.out_proj.weight.shape}, expected {(E, E)}")
-        if w_q.shape != (E, E):
-            raise ValueError(f"{name}: w_q has shape {w_q.shape}, expected {(E, E)}")
 
-    # Fused projections, packed on first use (a layer used only one way packs only that way).
-    def _kv(self) -> Linear:
-        if self._kv_proj is None:
-            w_k, w_v, bk, bv, has_bias = self._kv_weights
-            if w_k.shape[1] != w_v.shape[1]:
-                raise ValueError("fused K/V projection needs kdim == vdim")
-            self._kv_proj = Linear(np.concatenate([w_k, w_v]), np.concatenate([bk, bv]) if has_bias else None)
-        return self._kv_proj
-
-    def _qkv(self) -> Linear:
-        if self._qkv_proj is None:
-            w_k, w_v, bk, bv, has_bias = self._kv_weights
-            w = np.concatenate([self.q_proj.weight, w_k, w_v])
-            b = np.concatenate([self.q_proj.bias if self.q_proj.bias is not None else np.zeros(self.d_model, np.float32),
-                                bk, bv]) if has_bias else None
-            self._qkv_proj = Linear(w, b)
-        return self._qkv_proj
+    def _projection(self, which: str) -> Linear:
+        """Q alone (cross-attention queries), K and V fused (an encoder output), or all three fused
+        (self-attention: one GEMM)."""
+        lin = self._packed.get(which)
+        if lin is None:
+            parts = which  # one letter per projection: "q", "kv" or "qkv"
+            ws = [getattr(self, f"w_{c}") for c in parts]
+            if len({w.shape[1] for w in ws}) != 1:
+                raise ValueError(f"{self._name}: a fused {which.upper()} projection needs equal input widths, got "
+                                 f"{[w.shape for w in ws]}")
+            bias = None if self.b_q is None else np.concatenate([getattr(self, f"b_{c}") for c in parts])
+            lin = Linear(np.concatenate(ws) if len(ws) > 1 else ws[0], bias, f"{self._name}.{which}_proj")
+            self._packed[which] = lin
+        return lin
 
     def project_kv(self, memory: np.ndarray) -> KVCache:
         """K and V of an encoder output (B, Lk, kdim), computed once for all decoding steps."""
-        kv = self._kv()(memory)  # (B, Lk, 2E)
+        kv = self._projection("kv")(memory)  # (B, Lk, 2E)
         cache = KVCache(memory.shape[0], self.d_model, memory.shape[1])
         cache.append(kv[..., : self.d_model], kv[..., self.d_model:])
         return cache
@@ -134,10 +130,10 @@ class MultiHeadAttention(Module):
         H = self.num_heads
         offset = 0
         if memory_kv is not None:
-            q = self.q_proj(query)
+            q = self._projection("q")(query)
             k, v = memory_kv.heads(H)
         elif key is None or key is query:
-            qkv = self._qkv()(query)  # (B, Lq, 3E): one GEMM for Q, K and V
+            qkv = self._projection("qkv")(query)  # (B, Lq, 3E): one GEMM for Q, K and V
             q = qkv[..., :E]
             if cache is not None:
                 offset = cache.length
@@ -146,8 +142,8 @@ class MultiHeadAttention(Module):
             else:
                 k, v = split_heads(qkv[..., E:2 * E], H), split_heads(qkv[..., 2 * E:], H)
         else:
-            q = self.q_proj(query)
-            kv = self._kv()(key)
+            q = self._projection("q")(query)
+            kv = self._projection("kv")(key)
             k, v = split_heads(kv[..., :E], H), split_heads(kv[..., E:], H)
         Lk = k.shape[2]
         m = F._attn_mask_4d(F._mask(attn_mask, "attn_mask"), B, H, Lq, Lk, "batch_heads")
