@@ -157,3 +157,16 @@ def test_packed_linear_keeps_its_isa(rng):
     finally:
         pyattn.set_isa(before)
     assert pl.in_features == 40 and pl.out_features == 50 and not pl.has_bias and pl.nbytes >= 50 * 40 * 4
+
+
+@pytest.mark.parametrize("N,K", [(1, 1), (33, 7), (129, 513), (4096 + 45, 20), (70, 1100)])
+def test_packed_weight_unpacks_exactly(isa, rng, N, K):
+    w, b = randn(rng, N, K), randn(rng, N)
+    pl = pyattn.PackedLinear(w, b)
+    np.testing.assert_array_equal(pl.weight(), w)
+    np.testing.assert_array_equal(pl.bias, b)
+    lin = pyattn.nn.Linear(w, b)  # keeps only the packed copy
+    assert lin.shape == (N, K) and lin.in_features == K and lin.out_features == N
+    names = dict(lin.named_weights("fc."))
+    np.testing.assert_array_equal(names["fc.weight"], w)
+    np.testing.assert_array_equal(names["fc.bias"], b)

@@ -82,6 +82,21 @@ public:
         return o;
     }
 
+    py::array weight() const {
+        py::array w = empty_f32({N_, K_});
+        float* wp = f32_mut(w);
+        py::gil_scoped_release nogil;
+        packed_->unpack_transposed(wp);
+        return w;
+    }
+
+    py::object bias() const {
+        if (bias_.empty()) return py::none();
+        py::array b = empty_f32({N_});
+        std::copy(bias_.begin(), bias_.end(), f32_mut(b));
+        return b;
+    }
+
     int64_t in_features() const { return K_; }
     int64_t out_features() const { return N_; }
     bool has_bias() const { return !bias_.empty(); }
@@ -218,6 +233,8 @@ void bind_gemm(py::module_& m) {
         .def(py::init<const py::array&, const py::object&>(), py::arg("weight"), py::arg("bias") = py::none())
         .def("__call__", &PackedLinear::call, py::arg("x"), py::arg("activation") = "none",
              py::arg("out") = py::none(), "act(x @ weight.T + bias) for x (..., in_features) float32 C-contiguous.")
+        .def("weight", &PackedLinear::weight, "The weight (out_features, in_features), unpacked into a new array.")
+        .def_property_readonly("bias", &PackedLinear::bias, "A copy of the bias, or None.")
         .def_property_readonly("in_features", &PackedLinear::in_features)
         .def_property_readonly("out_features", &PackedLinear::out_features)
         .def_property_readonly("has_bias", &PackedLinear::has_bias)

@@ -79,6 +79,20 @@ PackedMatrix::PackedMatrix(const float* b, int64_t ldb, bool trans, int64_t K, i
     }
 }
 
+void PackedMatrix::unpack_transposed(float* w) const {
+    const auto& bl = ks_->blocking;
+    for (int64_t jc = 0; jc < N_; jc += bl.nc)
+        for (int64_t pc = 0; pc < K_; pc += bl.kc) {
+            const int64_t nc = std::min<int64_t>(bl.nc, N_ - jc), kc = std::min<int64_t>(bl.kc, K_ - pc);
+            const float* b = block(jc, pc);
+            for (int64_t j = 0; j < nc; ++j) {
+                const float* panel = b + (j / bl.nr) * kc * bl.nr + j % bl.nr;
+                float* row = w + (jc + j) * K_ + pc;
+                for (int64_t p = 0; p < kc; ++p) row[p] = panel[p * bl.nr];
+            }
+        }
+}
+
 const float* PackedMatrix::block(int64_t jc, int64_t pc) const {
     const auto& bl = ks_->blocking;
     const int64_t nc = std::min<int64_t>(bl.nc, N_ - jc);

@@ -23,6 +23,8 @@ public:
     // Start of block (jc, pc); jc and pc are multiples of NC and KC.
     const float* block(int64_t jc, int64_t pc) const;
     std::size_t size_bytes() const { return size_ * sizeof(float); }
+    // Writes the matrix back in the transposed [N, K] layout (a weight's [out, in]) to w (N * K floats).
+    void unpack_transposed(float* w) const;
 
 private:
     int64_t K_, N_;

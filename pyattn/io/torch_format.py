@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, Mapping
+from collections.abc import Mapping
+from typing import Dict
 
 import numpy as np
 
@@ -23,7 +24,7 @@ class Weights:
     """A name -> array mapping that reports missing and unused tensors by name."""
 
     def __init__(self, tensors: Mapping[str, np.ndarray], source: str):
-        self._t = dict(tensors)
+        self._t = tensors  # may be lazy (SafetensorsFile): tensors are read as they are asked for
         self._used = set()
         self.source = source
 
@@ -39,7 +40,7 @@ class Weights:
         return name in self._t
 
     def check_all_used(self):
-        unused = sorted(set(self._t) - self._used)
+        unused = sorted(set(self._t.keys()) - self._used)
         if unused:
             raise ValueError(f"{self.source}: unexpected tensors {unused[:8]}{' ...' if len(unused) > 8 else ''}")
 
@@ -210,19 +211,44 @@ def export_torch(module, path, *, src_embedding=None, tgt_embedding=None, genera
     return folder
 
 
-def read_safetensors(path) -> Dict[str, np.ndarray]:
-    """All tensors of a .safetensors file as float32 numpy arrays; corrupt or truncated files raise ValueError."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+class SafetensorsFile(Mapping):
+    """The tensors of a .safetensors file, each read when first asked for (through the safetensors package,
+    which memory-maps the file): a model under construction holds one raw tensor at a time next to its
+    packed weights, not the whole file. The header is validated when the file is opened."""
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no weights file at {path}")
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
-    return tensors
+    def __init__(self, path):
+        from safetensors import SafetensorError, safe_open
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"no weights file at {self.path}")
+        try:
+            self._file = safe_open(str(self.path), framework="numpy")
+            self._names = set(self._file.keys())
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ValueError(f"{self.path}: not a readable safetensors file ({e})") from None
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._names:
+            raise KeyError(name)
+        try:
+            return self._file.get_tensor(name)
+        except Exception as e:  # noqa: BLE001 - whatever the reader raises, name the file and tensor
+            raise ValueError(f"{self.path}: cannot read tensor '{name}' ({e})") from None
+
+    def __contains__(self, name) -> bool:
+        return name in self._names
+
+    def __iter__(self):
+        return iter(sorted(self._names))
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def read_safetensors(path) -> SafetensorsFile:
+    """The tensors of a .safetensors file as a lazy mapping; corrupt or truncated files raise ValueError."""
+    return SafetensorsFile(path)
 
 
 def read_config(folder, expected: str) -> dict:

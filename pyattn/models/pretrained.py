@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -14,7 +14,7 @@ def read_config(folder: Path) -> dict:
     return torch_format.read_config(folder, "a Hugging Face model folder")
 
 
-def read_weights(folder: Path) -> Dict[str, np.ndarray]:
+def read_weights(folder: Path) -> Mapping[str, np.ndarray]:
     st = folder / "model.safetensors"
     if st.is_file():
         return read_safetensors(st)
@@ -34,10 +34,30 @@ def require(cfg: dict, key: str, source: str, kind=int):
     return value
 
 
-def strip_prefix(tensors: Dict[str, np.ndarray], prefix: str) -> Dict[str, np.ndarray]:
+class _Prefixed(Mapping):
+    """The tensors under `prefix`, named without it (lazy: nothing is read here)."""
+
+    def __init__(self, base: Mapping, prefix: str):
+        self._base, self._prefix = base, prefix
+        self._names = [k[len(prefix):] for k in base.keys() if k.startswith(prefix)]
+
+    def __getitem__(self, name):
+        return self._base[self._prefix + name]
+
+    def __contains__(self, name) -> bool:
+        return (self._prefix + name) in self._base
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def strip_prefix(tensors: Mapping[str, np.ndarray], prefix: str) -> Mapping[str, np.ndarray]:
     """Checkpoints of task models keep the base model under a prefix ('bert.', 'model.', 'transformer.')."""
-    if any(k.startswith(prefix) for k in tensors):
-        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    if any(k.startswith(prefix) for k in tensors.keys()):
+        return _Prefixed(tensors, prefix)
     return tensors
 
 

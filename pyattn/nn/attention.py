@@ -90,8 +90,8 @@ class MultiHeadAttention(Module):
         self._name = name
         self._packed = {}  # "q", "kv", "qkv" -> Linear, packed on first use: a layer packs only what it uses
         self.out_proj = Linear(w_o, b_o, f"{name}.out_proj")
-        if self.out_proj.weight.shape != (E, E):
-            raise ValueError(f"{name}: out_proj weight has shape {self.out_proj.weight.shape}, expected {(E, E)}")
+        if self.out_proj.shape != (E, E):
+            raise ValueError(f"{name}: out_proj weight has shape {self.out_proj.shape}, expected {(E, E)}")
 
     def _projection(self, which: str) -> Linear:
         """Q alone (cross-attention queries), K and V fused (an encoder output), or all three fused

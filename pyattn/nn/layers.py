@@ -46,22 +46,39 @@ class Module:
 
 
 class Linear(Module):
-    """y = act(x W^T + b), W in PyTorch's (out_features, in_features) layout, packed once at construction."""
+    """y = act(x W^T + b), W in PyTorch's (out_features, in_features) layout, packed once at construction.
+
+    Only the packed copy is kept (plus the bias): `weight` unpacks it on request, so a model does not hold
+    its matrices twice."""
 
     def __init__(self, weight, bias=None, name: str = "linear"):
-        self.weight = as_weight(weight, f"{name}.weight")
-        if self.weight.ndim != 2:
-            raise ValueError(f"weight {name}.weight must be 2-D (out_features, in_features), got {self.weight.shape}")
-        self.bias = None if bias is None else as_weight(bias, f"{name}.bias", (self.weight.shape[0],))
-        self._packed = _core.PackedLinear(self.weight, self.bias)
+        w = as_weight(weight, f"{name}.weight")
+        if w.ndim != 2:
+            raise ValueError(f"weight {name}.weight must be 2-D (out_features, in_features), got {w.shape}")
+        self.bias = None if bias is None else as_weight(bias, f"{name}.bias", (w.shape[0],))
+        self._packed = _core.PackedLinear(w, self.bias)
+
+    @property
+    def weight(self) -> np.ndarray:
+        """(out_features, in_features), unpacked into a new array."""
+        return self._packed.weight()
 
     @property
     def in_features(self) -> int:
-        return self.weight.shape[1]
+        return self._packed.in_features
 
     @property
     def out_features(self) -> int:
-        return self.weight.shape[0]
+        return self._packed.out_features
+
+    @property
+    def shape(self) -> tuple:
+        return (self.out_features, self.in_features)
+
+    def named_weights(self, prefix: str = ""):
+        yield prefix + "weight", self.weight
+        if self.bias is not None:
+            yield prefix + "bias", self.bias
 
     def __call__(self, x: np.ndarray, activation: str = "none") -> np.ndarray:
         # (..., in_features) -> (..., out_features)

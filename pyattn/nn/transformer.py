@@ -21,8 +21,8 @@ class FeedForward(Module):
         self.linear1 = Linear(w1, b1, f"{name}.linear1")
         self.linear2 = Linear(w2, b2, f"{name}.linear2")
         if self.linear2.in_features != self.linear1.out_features:
-            raise ValueError(f"{name}: linear2.weight {self.linear2.weight.shape} does not take linear1's "
-                             f"{self.linear1.out_features} outputs (linear1.weight {self.linear1.weight.shape})")
+            raise ValueError(f"{name}: linear2.weight {self.linear2.shape} does not take linear1's "
+                             f"{self.linear1.out_features} outputs (linear1.weight {self.linear1.shape})")
         self.activation = activation
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -32,8 +32,8 @@ class FeedForward(Module):
 def check_widths(d_model: int, ffn: FeedForward, norms, name: str) -> None:
     """Every sub-layer of a layer must read and write d_model features."""
     if ffn.linear1.in_features != d_model or ffn.linear2.out_features != d_model:
-        raise ValueError(f"{name}: feed-forward weights linear1 {ffn.linear1.weight.shape} / linear2 "
-                         f"{ffn.linear2.weight.shape} do not match d_model {d_model}")
+        raise ValueError(f"{name}: feed-forward weights linear1 {ffn.linear1.shape} / linear2 "
+                         f"{ffn.linear2.shape} do not match d_model {d_model}")
     for i, n in enumerate(norms, 1):
         if n.weight.shape != (d_model,):
             raise ValueError(f"{name}: norm{i}.weight has shape {n.weight.shape}, expected ({d_model},)")
