@@ -1,10 +1,20 @@
 """Kernel benchmark: pyattn vs numpy (OpenBLAS) vs PyTorch, in one run, on 1 and 2 threads.
 
-    python benchmarks/bench_kernels.py            # full run: the numbers
-    python benchmarks/bench_kernels.py --quick    # CI-sized subset, about a minute
+    python benchmarks/bench_kernels.py            # full run: the numbers (several minutes)
+    python benchmarks/bench_kernels.py --quick    # CI-sized subset, a few seconds
 
-Prints tables (median of repeats, GFLOP/s, % of the measured FMA peak, max error against torch) and
-writes benchmarks/results/kernels[_quick].json and .png.
+Three tables per thread count, each cell the median of repeats after a warm-up call:
+
+* SGEMM y = x W^T with W (N, K) in PyTorch's layout: pyattn.functional.linear, pyattn.PackedLinear (weight
+  packed once), numpy ``x @ w.T`` and torch.nn.functional.linear, in GFLOP/s and % of the FMA peak measured
+  on the same threads; GEMV rows (M = 1) also give the GB/s at which the weight streams, beside the
+  measured read bandwidth.
+* Attention B=1, H=12, D=64, causal and not: pyattn's fused kernel vs torch's scaled_dot_product_attention
+  vs an unfused numpy version, in ms and GFLOP/s (4 B H L^2 D flops, halved when causal).
+* Single-query decode attention (Lq = 1, H = 6, D = 64), in microseconds.
+
+Every row carries the max abs error of pyattn against torch. Results go to
+benchmarks/results/kernels.{json,png,txt}; --quick writes kernels_quick.* so the full results survive.
 """
 from __future__ import annotations
 
@@ -24,27 +34,39 @@ import pyattn
 from pyattn import _core
 from pyattn import functional as F
 
+# (M, K, N): square GEMMs, then the projections and FFNs of small encoders (d_model 384 / 768) and decoding
+# shapes: one token through a FFN and through a 51865-word vocabulary, a short sentence.
 GEMM_SHAPES = [(256, 256, 256), (512, 512, 512), (1024, 1024, 1024), (2048, 2048, 2048), (128, 384, 1152),
                (128, 384, 1536), (128, 1536, 384), (2048, 384, 1152), (512, 768, 3072), (512, 3072, 768),
                (1, 384, 1536), (1, 384, 51865), (4, 512, 2048)]
-QUICK_GEMM = [(256, 256, 256), (128, 384, 1152), (1, 384, 1536)]
 ATTN_LENGTHS = [128, 512, 1024, 2048]
-QUICK_ATTN = [128]
-DECODE_LK = [448, 1500]
-QUICK_DECODE = [448]
+DECODE_LENGTHS = [448, 1500]
+QUICK = {"gemm": [(256, 256, 256), (128, 384, 1152), (1, 384, 1536)], "attention": [128], "decode": [448]}
+FULL = {"gemm": GEMM_SHAPES, "attention": ATTN_LENGTHS, "decode": DECODE_LENGTHS}
 
+# Time per cell: (seconds of repeats, min repeats, max repeats).
+QUICK_TIMING = (0.03, 2, 50)
+FULL_TIMING = (0.3, 5, 10_000)
 
-# ---------------------------------------------------------------------------------------------------
-# timing
-# ---------------------------------------------------------------------------------------------------
-# OpenBLAS and OpenMP workers keep spinning for a while after their last job (OpenBLAS ~0.1 s). Timing
-# one library right after another would then share the cores with the previous one's idle spinners.
+ATTN_B, ATTN_H, ATTN_D = 1, 12, 64
+DECODE_H, DECODE_D = 6, 64
+
+FMA_PEAK_SECONDS = 0.5
+BANDWIDTH_MBYTES = 256  # well past the L3 of desktop and server parts, so that DRAM is what is measured
+BANDWIDTH_REPEATS = 5
+
+# OpenBLAS and OpenMP workers spin for a while after their last job (OpenBLAS about 0.1 s). Timing one
+# library right after another would share the cores with the previous one's idle spinners.
 SETTLE_S = 0.15
 
 
-def measure(fn, budget: float, min_reps: int, max_reps: int = 200) -> float:
-    """Median seconds of `fn` over repeats filling about `budget` seconds (after one warm-up call), started
-    once the previous library's worker threads have gone to sleep."""
+# ---------------------------------------------------------------------------------------------------
+# timing and thread control
+# ---------------------------------------------------------------------------------------------------
+def measure(fn, timing) -> float:
+    """Median seconds of `fn` over repeats filling about `timing[0]` seconds, after one warm-up call (which
+    also sizes the repeats), started once the previous library's worker threads have gone to sleep."""
+    budget, min_reps, max_reps = timing
     time.sleep(SETTLE_S)
     t0 = time.perf_counter()
     fn()
@@ -59,166 +81,221 @@ def measure(fn, budget: float, min_reps: int, max_reps: int = 200) -> float:
 
 
 class Peers:
-    """Thread control and availability of the peers."""
+    """The libraries compared with pyattn, and one way to set the thread count of all of them."""
 
     def __init__(self):
         try:
             import torch
-
-            self.torch = torch
-        except ImportError:  # pragma: no cover - torch is in the bench extra
-            self.torch = None
+        except ImportError:  # torch is in the bench extra; without it the rows have no torch column
+            torch = None
+        self.torch = torch
         try:
-            from threadpoolctl import threadpool_limits
-
-            self._limits = threadpool_limits
+            import threadpoolctl
         except ImportError:
-            self._limits = None
-        self._blas = None
+            threadpoolctl = None
+        self._threadpoolctl = threadpoolctl
+        self._blas_limit = None
+
+    @property
+    def numpy_threads_controlled(self) -> bool:
+        return self._threadpoolctl is not None
 
     def set_threads(self, n: int) -> None:
         pyattn.set_num_threads(n)
         if self.torch is not None:
             self.torch.set_num_threads(n)
-        if self._limits is not None:
-            if self._blas is not None:
-                self._blas.restore_original_limits()
-            self._blas = self._limits(limits=n, user_api="blas")
+        if self._threadpoolctl is not None:
+            if self._blas_limit is not None:
+                self._blas_limit.restore_original_limits()
+            self._blas_limit = self._threadpoolctl.threadpool_limits(limits=n, user_api="blas")
 
-    @property
-    def numpy_threads_controlled(self) -> bool:
-        return self._limits is not None
+    def thread_pools(self) -> list:
+        """The BLAS and OpenMP runtimes loaded in this process (threadpoolctl's view), for the record."""
+        if self._threadpoolctl is None:
+            return []
+        keys = ("user_api", "internal_api", "version", "num_threads", "filepath")
+        return [{k: pool.get(k) for k in keys} for pool in self._threadpoolctl.threadpool_info()]
+
+
+def machine_info(peers: Peers) -> dict:
+    torch = peers.torch
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "python": sys.version.split()[0],
+        "cpu_count": os.cpu_count(),
+        "cpu_info": pyattn.cpu_info(),
+        "pyattn": pyattn.__version__,
+        "numpy": np.__version__,
+        "torch": None if torch is None else torch.__version__,
+        "numpy_threads_controlled": peers.numpy_threads_controlled,
+        "thread_pools": peers.thread_pools(),
+    }
+
+
+def max_abs_err(a, b) -> float:
+    return float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).max())
 
 
 # ---------------------------------------------------------------------------------------------------
 # rows
 # ---------------------------------------------------------------------------------------------------
-def gemm_rows(peers: Peers, shapes, threads: int, budget: float, min_reps: int, peak: float) -> list[dict]:
+def gemm_impls(x: np.ndarray, w: np.ndarray, packed, torch) -> dict:
+    """y = x @ w.T by each implementation, as argument-free callables."""
+    impls = {
+        "pyattn": lambda: F.linear(x, w),
+        "pyattn_packed": lambda: packed(x),
+        "numpy": lambda: x @ w.T,
+    }
+    if torch is not None:
+        tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+        impls["torch"] = lambda: torch.nn.functional.linear(tx, tw)
+    return impls
+
+
+def gemm_rows(peers: Peers, shapes, threads: int, timing, peak: float) -> list[dict]:
     rng = np.random.default_rng(0)
-    torch = peers.torch
     rows = []
     for M, K, N in shapes:
         x = rng.standard_normal((M, K), dtype=np.float32)
-        w = (rng.standard_normal((N, K), dtype=np.float32) / np.sqrt(K)).astype(np.float32)
+        w = rng.standard_normal((N, K), dtype=np.float32) / np.float32(np.sqrt(K))
         packed = pyattn.PackedLinear(w)
+        impls = gemm_impls(x, w, packed, peers.torch)
         flops = 2.0 * M * N * K
-        impls = {
-            "pyattn": lambda: F.linear(x, w),
-            "pyattn_packed": lambda: packed(x),
-            "numpy": lambda: x @ w.T,
-        }
-        if torch is not None:
-            tx, tw = torch.from_numpy(x), torch.from_numpy(w)
-            impls["torch"] = lambda: torch.nn.functional.linear(tx, tw)
         row = {"M": M, "K": K, "N": N, "threads": threads}
         for name, fn in impls.items():
-            t = measure(fn, budget, min_reps)
+            t = measure(fn, timing)
             row[f"{name}_ms"] = t * 1e3
             row[f"{name}_gflops"] = flops / t / 1e9
-        row["pyattn_packed_pct_peak"] = 100.0 * row["pyattn_packed_gflops"] / peak
-        if M == 1:  # a GEMV: its limit is the rate at which the weight streams from memory
-            row["pyattn_packed_weight_GBps"] = 4.0 * N * K / (row["pyattn_packed_ms"] / 1e3) / 1e9
-        ref = (torch.nn.functional.linear(torch.from_numpy(x), torch.from_numpy(w)).numpy() if torch is not None
-               else x.astype(np.float64) @ w.T.astype(np.float64))
-        row["max_err_vs_torch"] = float(max(np.abs(packed(x) - ref).max(), np.abs(F.linear(x, w) - ref).max()))
+            row[f"{name}_pct_peak"] = 100.0 * flops / t / 1e9 / peak
+            if M == 1:  # a GEMV: its limit is the rate at which the weight streams from memory
+                weight_bytes = packed.nbytes if name == "pyattn_packed" else w.nbytes
+                row[f"{name}_weight_GBps"] = weight_bytes / t / 1e9
+        if M == 1:
+            row["weight_MB"] = w.nbytes / 1e6
+        want = impls["torch"]() if "torch" in impls else x.astype(np.float64) @ w.T.astype(np.float64)
+        row["reference"] = "torch" if "torch" in impls else "numpy float64"
+        row["pyattn_max_err"] = max_abs_err(impls["pyattn"](), want)
+        row["pyattn_packed_max_err"] = max_abs_err(impls["pyattn_packed"](), want)
+        row["max_err_vs_torch"] = max(row["pyattn_max_err"], row["pyattn_packed_max_err"])
         rows.append(row)
     return rows
 
 
-def numpy_attention(q, k, v, causal):
-    s = q @ np.swapaxes(k, -1, -2) * np.float32(1.0 / np.sqrt(q.shape[-1]))
+def numpy_attention(q, k, v, causal: bool) -> np.ndarray:
+    """Unfused reference: scores = q k^T * scale, causal mask, softmax, @ v; q (B, H, Lq, D), k, v (B, H, Lk, D)."""
+    scores = q @ np.swapaxes(k, -1, -2) * np.float32(1.0 / np.sqrt(q.shape[-1]))  # (B, H, Lq, Lk)
     if causal:
-        L = s.shape[-1]
-        s = np.where(np.tril(np.ones((s.shape[-2], L), bool)), s, np.float32(-np.inf))
-    s = s - s.max(-1, keepdims=True)
-    np.exp(s, out=s)
-    s /= s.sum(-1, keepdims=True)
-    return s @ v
+        Lq, Lk = scores.shape[-2:]
+        scores = np.where(np.tril(np.ones((Lq, Lk), dtype=bool)), scores, np.float32(-np.inf))
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    return scores @ v
 
 
-def attention_rows(peers: Peers, lengths, threads: int, budget: float, min_reps: int) -> list[dict]:
+def attention_impls(q, k, v, causal: bool, torch) -> dict:
+    impls = {
+        "pyattn": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal),
+        "numpy": lambda: numpy_attention(q, k, v, causal),
+    }
+    if torch is not None:
+        tq, tk, tv = (torch.from_numpy(t) for t in (q, k, v))
+        impls["torch"] = lambda: torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=causal)
+    return impls
+
+
+def attention_reference(impls: dict) -> np.ndarray:
+    return impls["torch"]().numpy() if "torch" in impls else impls["numpy"]()
+
+
+def attention_rows(peers: Peers, lengths, threads: int, timing) -> list[dict]:
     rng = np.random.default_rng(1)
-    torch = peers.torch
-    B, H, D = 1, 12, 64
+    B, H, D = ATTN_B, ATTN_H, ATTN_D
     rows = []
     for L in lengths:
         q, k, v = (rng.standard_normal((B, H, L, D), dtype=np.float32) for _ in range(3))
         for causal in (False, True):
+            impls = attention_impls(q, k, v, causal, peers.torch)
             flops = 4.0 * B * H * L * L * D / (2 if causal else 1)
-            impls = {"pyattn": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal)}
-            if torch is not None:
-                tq, tk, tv = (torch.from_numpy(t) for t in (q, k, v))
-                impls["torch"] = lambda: torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=causal)
-            if L <= 1024 or budget > 0.1:  # the unfused numpy version writes H x L x L scores
-                impls["numpy"] = lambda: numpy_attention(q, k, v, causal)
             row = {"B": B, "H": H, "L": L, "D": D, "causal": causal, "threads": threads}
             for name, fn in impls.items():
-                t = measure(fn, budget, min_reps)
+                t = measure(fn, timing)
                 row[f"{name}_ms"] = t * 1e3
                 row[f"{name}_gflops"] = flops / t / 1e9
-            if torch is not None:
-                want = impls["torch"]().numpy()
-                row["max_err_vs_torch"] = float(np.abs(impls["pyattn"]() - want).max())
+            row["max_err_vs_torch"] = max_abs_err(impls["pyattn"](), attention_reference(impls))
             rows.append(row)
     return rows
 
 
-def decode_rows(peers: Peers, lengths, threads: int, budget: float, min_reps: int) -> list[dict]:
+def decode_rows(peers: Peers, lengths, threads: int, timing) -> list[dict]:
     rng = np.random.default_rng(2)
-    torch = peers.torch
-    H, D = 6, 64
+    H, D = DECODE_H, DECODE_D
     rows = []
     for Lk in lengths:
         q = rng.standard_normal((1, H, 1, D), dtype=np.float32)
         k, v = (rng.standard_normal((1, H, Lk, D), dtype=np.float32) for _ in range(2))
-        impls = {"pyattn": lambda: F.scaled_dot_product_attention(q, k, v),
-                 "numpy": lambda: numpy_attention(q, k, v, False)}
-        if torch is not None:
-            tq, tk, tv = (torch.from_numpy(t) for t in (q, k, v))
-            impls["torch"] = lambda: torch.nn.functional.scaled_dot_product_attention(tq, tk, tv)
+        impls = attention_impls(q, k, v, False, peers.torch)
         row = {"H": H, "Lq": 1, "Lk": Lk, "D": D, "threads": threads}
         for name, fn in impls.items():
-            row[f"{name}_us"] = measure(fn, budget, min_reps) * 1e6
-        if torch is not None:
-            row["max_err_vs_torch"] = float(np.abs(impls["pyattn"]() - impls["torch"]().numpy()).max())
+            row[f"{name}_us"] = measure(fn, timing) * 1e6
+        row["max_err_vs_torch"] = max_abs_err(impls["pyattn"](), attention_reference(impls))
         rows.append(row)
     return rows
 
 
 # ---------------------------------------------------------------------------------------------------
-# output
+# tables
 # ---------------------------------------------------------------------------------------------------
-def print_gemm(rows, peak, bw):
-    print(f"\nSGEMM y = x W^T, GFLOP/s (median), {rows[0]['threads']} thread(s); measured FMA peak {peak:.0f} GFLOP/s, "
-          f"read bandwidth {bw:.1f} GB/s")
-    print(f"{'M':>5} {'K':>5} {'N':>6} | {'pyattn':>7} {'packed':>7} {'%peak':>6} | {'numpy':>7} {'torch':>7} | "
-          f"{'max err':>8}")
+def _num(value, fmt: str, width: int) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:{width}{fmt}}"
+
+
+def format_gemm(rows, peak: float, bandwidth: float) -> list[str]:
+    lines = [f"SGEMM y = x W^T, GFLOP/s (median), {rows[0]['threads']} thread(s); "
+             f"measured FMA peak {peak:.0f} GFLOP/s, read bandwidth {bandwidth:.1f} GB/s",
+             f"{'M':>5} {'K':>5} {'N':>6} | {'pyattn':>7} {'%peak':>5} {'packed':>7} {'%peak':>5} | "
+             f"{'numpy':>7} {'torch':>7} | {'max err':>8}"]
     for r in rows:
-        extra = f"  ({r['pyattn_packed_weight_GBps']:.1f} GB/s of weights)" if "pyattn_packed_weight_GBps" in r else ""
-        print(f"{r['M']:>5} {r['K']:>5} {r['N']:>6} | {r['pyattn_gflops']:7.1f} {r['pyattn_packed_gflops']:7.1f} "
-              f"{r['pyattn_packed_pct_peak']:5.0f}% | {r['numpy_gflops']:7.1f} {r.get('torch_gflops', float('nan')):7.1f} | "
-              f"{r['max_err_vs_torch']:8.1e}{extra}")
+        line = (f"{r['M']:>5} {r['K']:>5} {r['N']:>6} | {r['pyattn_gflops']:7.1f} {r['pyattn_pct_peak']:4.0f}% "
+                f"{r['pyattn_packed_gflops']:7.1f} {r['pyattn_packed_pct_peak']:4.0f}% | {r['numpy_gflops']:7.1f} "
+                f"{_num(r.get('torch_gflops'), '.1f', 7)} | {r['max_err_vs_torch']:8.1e}")
+        if "weight_MB" in r:  # a weight that fits in the caches streams faster than the read bandwidth
+            line += (f"  weights {r['weight_MB']:.1f} MB at {r['pyattn_packed_weight_GBps']:.1f} GB/s packed, "
+                     f"{r['pyattn_weight_GBps']:.1f} plain")
+        lines.append(line)
+    return lines
 
 
-def print_attention(rows):
-    print(f"\nAttention B=1 H=12 D=64, ms (GFLOP/s), {rows[0]['threads']} thread(s)")
-    print(f"{'L':>5} {'causal':>6} | {'pyattn':>16} | {'torch SDPA':>16} | {'numpy':>16} | {'max err':>8}")
+def format_attention(rows) -> list[str]:
+    lines = [f"Attention B={ATTN_B} H={ATTN_H} D={ATTN_D}, ms (GFLOP/s), median, {rows[0]['threads']} thread(s)",
+             f"{'L':>5} {'causal':>6} | {'pyattn':>15} | {'torch SDPA':>15} | {'numpy':>15} | {'max err':>8}"]
     for r in rows:
-        cells = []
-        for name in ("pyattn", "torch", "numpy"):
-            cells.append(f"{r[name + '_ms']:7.2f} ({r[name + '_gflops']:5.1f})" if name + "_ms" in r else f"{'-':>16}")
-        print(f"{r['L']:>5} {str(r['causal']):>6} | " + " | ".join(cells) + f" | {r.get('max_err_vs_torch', float('nan')):8.1e}")
+        cells = [f"{r[f'{n}_ms']:7.2f} ({r[f'{n}_gflops']:5.1f})" if f"{n}_ms" in r else f"{'-':>15}"
+                 for n in ("pyattn", "torch", "numpy")]
+        lines.append(f"{r['L']:>5} {str(r['causal']):>6} | " + " | ".join(cells) + f" | {r['max_err_vs_torch']:8.1e}")
+    return lines
 
 
-def print_decode(rows):
-    print(f"\nDecode attention Lq=1, H=6, D=64, microseconds, {rows[0]['threads']} thread(s)")
-    print(f"{'Lk':>5} | {'pyattn':>8} {'torch':>8} {'numpy':>8} | {'max err':>8}")
+def format_decode(rows) -> list[str]:
+    lines = [f"Decode attention Lq=1 H={DECODE_H} D={DECODE_D}, microseconds, median, {rows[0]['threads']} thread(s)",
+             f"{'Lk':>5} | {'pyattn':>8} {'torch':>8} {'numpy':>8} | {'max err':>8}"]
     for r in rows:
-        print(f"{r['Lk']:>5} | {r['pyattn_us']:8.1f} {r.get('torch_us', float('nan')):8.1f} {r['numpy_us']:8.1f} | "
-              f"{r.get('max_err_vs_torch', float('nan')):8.1e}")
+        lines.append(f"{r['Lk']:>5} | {r['pyattn_us']:8.1f} {_num(r.get('torch_us'), '.1f', 8)} {r['numpy_us']:8.1f} | "
+                     f"{r['max_err_vs_torch']:8.1e}")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------------
+# plot
+# ---------------------------------------------------------------------------------------------------
+GEMM_SERIES = [("pyattn_packed", "pyattn (prepacked)"), ("pyattn", "pyattn"), ("numpy", "numpy / OpenBLAS"),
+               ("torch", "torch")]
+ATTN_SERIES = [("pyattn", "pyattn"), ("torch", "torch SDPA"), ("numpy", "numpy")]
 
 
 def plot(results: dict, path: Path) -> bool:
+    """GEMM GFLOP/s per shape (grouped bars) and attention ms vs L, at the largest thread count."""
     try:
         import matplotlib
 
@@ -227,85 +304,115 @@ def plot(results: dict, path: Path) -> bool:
     except ImportError:
         print("matplotlib is not installed: no plot written")
         return False
-    tmax = max(results["threads"])
-    gemm = [r for r in results["gemm"] if r["threads"] == tmax]
-    attn = [r for r in results["attention"] if r["threads"] == tmax]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 5.5), gridspec_kw={"width_ratios": [2, 1]})
-    names = [("pyattn_packed", "pyattn (prepacked)"), ("pyattn", "pyattn"), ("numpy", "numpy/OpenBLAS"),
-             ("torch", "torch")]
+    threads = max(results["threads"])
+    gemm = [r for r in results["gemm"] if r["threads"] == threads]
+    attn = [r for r in results["attention"] if r["threads"] == threads]
+    fig, (ax_gemm, ax_attn) = plt.subplots(1, 2, figsize=(15, 5.5), gridspec_kw={"width_ratios": [2, 1]})
+
     x = np.arange(len(gemm))
-    width = 0.2
-    for i, (key, label) in enumerate(names):
-        ax1.bar(x + (i - 1.5) * width, [r.get(f"{key}_gflops", 0) for r in gemm], width, label=label)
-    ax1.axhline(results["fma_peak_gflops"][str(tmax)], color="k", ls="--", lw=1, label="measured FMA peak")
-    ax1.set_xticks(x, [f"{r['M']}x{r['K']}x{r['N']}" for r in gemm], rotation=45, ha="right", fontsize=8)
-    ax1.set_ylabel("GFLOP/s")
-    ax1.set_title(f"SGEMM, {tmax} threads")
-    ax1.legend(fontsize=8)
+    width = 0.8 / len(GEMM_SERIES)
+    for i, (key, label) in enumerate(GEMM_SERIES):
+        offset = (i - (len(GEMM_SERIES) - 1) / 2) * width
+        ax_gemm.bar(x + offset, [r.get(f"{key}_gflops", 0.0) for r in gemm], width, label=label)
+    peak = results["fma_peak_gflops"][str(threads)]
+    ax_gemm.axhline(peak, color="k", ls="--", lw=1, label="measured FMA peak")
+    ax_gemm.set_ylim(0, 1.25 * max([peak] + [r.get(f"{key}_gflops", 0.0) for r in gemm for key, _ in GEMM_SERIES]))
+    ax_gemm.set_xticks(x, [f"{r['M']}x{r['K']}x{r['N']}" for r in gemm], rotation=45, ha="right", fontsize=8)
+    ax_gemm.set_xlabel("M x K x N")
+    ax_gemm.set_ylabel("GFLOP/s (median)")
+    ax_gemm.set_title(f"SGEMM y = x W^T, {threads} thread(s)")
+    ax_gemm.legend(fontsize=8, ncol=len(GEMM_SERIES) + 1, loc="upper center")  # above the bars
+
     for causal, style in ((False, "-"), (True, "--")):
-        rs = [r for r in attn if r["causal"] == causal]
-        for key, label in (("pyattn", "pyattn"), ("torch", "torch SDPA"), ("numpy", "numpy")):
-            pts = [(r["L"], r[f"{key}_ms"]) for r in rs if f"{key}_ms" in r]
-            if pts:
-                ax2.plot(*zip(*pts), style, marker="o", label=f"{label}{' causal' if causal else ''}")
-    ax2.set_xscale("log", base=2)
-    ax2.set_yscale("log")
-    ax2.set_xlabel("sequence length L")
-    ax2.set_ylabel("ms (median)")
-    ax2.set_title(f"attention B=1 H=12 D=64, {tmax} threads")
-    ax2.legend(fontsize=7)
+        for key, label in ATTN_SERIES:
+            points = [(r["L"], r[f"{key}_ms"]) for r in attn if r["causal"] == causal and f"{key}_ms" in r]
+            if points:
+                ax_attn.plot(*zip(*points), style, marker="o", label=f"{label}{', causal' if causal else ''}")
+    ax_attn.set_xscale("log", base=2)
+    ax_attn.set_yscale("log")
+    ax_attn.set_xlabel("sequence length L")
+    ax_attn.set_ylabel("ms (median)")
+    ax_attn.set_title(f"attention B={ATTN_B} H={ATTN_H} D={ATTN_D}, {threads} thread(s)")
+    ax_attn.legend(fontsize=7)
+
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small subset, few repeats (CI)")
-    ap.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="output directory")
-    args = ap.parse_args(argv)
-    threads = [int(t) for t in args.threads.split(",")]
-    budget, min_reps = (0.05, 2) if args.quick else (0.4, 5)
-    peers = Peers()
-    if not peers.numpy_threads_controlled:
-        print("note: threadpoolctl is not installed; numpy's (OpenBLAS) thread count is not controlled")
+# ---------------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------------
+def thread_list(text: str) -> list[int]:
+    try:
+        threads = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        threads = []
+    if not threads or min(threads) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated thread counts >= 1, e.g. 1,2; got {text!r}")
+    return threads
 
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small subset of shapes, few repeats (CI)")
+    ap.add_argument("--threads", type=thread_list, default=[1, 2], help="comma-separated thread counts (default 1,2)")
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results",
+                    help="output directory (default benchmarks/results)")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cases, timing = (QUICK, QUICK_TIMING) if args.quick else (FULL, FULL_TIMING)
+    peers = Peers()
     results = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "quick": args.quick,
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": sys.version.split()[0],
-                    "cpu_info": pyattn.cpu_info(), "numpy": np.__version__,
-                    "torch": getattr(peers.torch, "__version__", None)},
-        "threads": threads, "fma_peak_gflops": {}, "read_bandwidth_GBps": {},
+        "machine": machine_info(peers),
+        "timing": {"budget_s": timing[0], "min_reps": timing[1], "max_reps": timing[2], "statistic": "median"},
+        "threads": args.threads,
+        "fma_peak_gflops": {}, "read_bandwidth_GBps": {},
         "gemm": [], "attention": [], "decode": [],
     }
-    print(f"pyattn {pyattn.__version__}, kernels {pyattn.get_isa()}, {os.cpu_count()} CPUs, numpy {np.__version__}, "
-          f"torch {results['machine']['torch']}")
-    for n in threads:
-        peers.set_threads(n)
-        peak = _core.measure_fma_peak(n, 0.2 if args.quick else 0.5)
-        bw = _core.measure_read_bandwidth(n, 64 if args.quick else 256, 3)
-        results["fma_peak_gflops"][str(n)] = peak
-        results["read_bandwidth_GBps"][str(n)] = bw
-        g = gemm_rows(peers, QUICK_GEMM if args.quick else GEMM_SHAPES, n, budget, min_reps, peak)
-        print_gemm(g, peak, bw)
-        a = attention_rows(peers, QUICK_ATTN if args.quick else ATTN_LENGTHS, n, budget, min_reps)
-        print_attention(a)
-        d = decode_rows(peers, QUICK_DECODE if args.quick else DECODE_LK, n, budget, min_reps)
-        print_decode(d)
-        results["gemm"] += g
-        results["attention"] += a
-        results["decode"] += d
+    lines = []
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "kernels_quick" if args.quick else "kernels"
-    (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
-    print(f"\nwrote {out / f'{stem}.json'}")
-    if plot(results, out / f"{stem}.png"):
-        print(f"wrote {out / f'{stem}.png'}")
+    def emit(*new_lines):
+        for line in new_lines:
+            print(line, flush=True)
+        lines.extend(new_lines)
+
+    m = results["machine"]
+    emit(f"pyattn {m['pyattn']} ({pyattn.get_isa()} kernels), {m['cpu_count']} CPUs, numpy {m['numpy']}, "
+         f"torch {m['torch'] or 'not installed'}")
+    if not peers.numpy_threads_controlled:
+        emit("note: threadpoolctl is not installed, so numpy's (OpenBLAS) thread count was NOT controlled")
+
+    for n in args.threads:
+        peers.set_threads(n)
+        peak = _core.measure_fma_peak(n, FMA_PEAK_SECONDS)
+        bandwidth = _core.measure_read_bandwidth(n, BANDWIDTH_MBYTES, BANDWIDTH_REPEATS)
+        results["fma_peak_gflops"][str(n)] = peak
+        results["read_bandwidth_GBps"][str(n)] = bandwidth
+        gemm = gemm_rows(peers, cases["gemm"], n, timing, peak)
+        emit("", *format_gemm(gemm, peak, bandwidth))
+        attention = attention_rows(peers, cases["attention"], n, timing)
+        emit("", *format_attention(attention))
+        decode = decode_rows(peers, cases["decode"], n, timing)
+        emit("", *format_decode(decode))
+        results["gemm"] += gemm
+        results["attention"] += attention
+        results["decode"] += decode
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / ("kernels_quick" if args.quick else "kernels")
+    json_path, text_path, png_path = (stem.with_suffix(s) for s in (".json", ".txt", ".png"))
+    json_path.write_text(json.dumps(results, indent=1) + "\n")
+    text_path.write_text("\n".join(lines) + "\n")
+    print(f"\nwrote {json_path} and {text_path}")
+    if plot(results, png_path):
+        print(f"wrote {png_path}")
     return 0
 
 
