@@ -10,8 +10,9 @@ What is converted, and what is refused
 * Non-contiguous inputs are **copied** to a contiguous array where the kernel needs one. The attention
   functions take q / k / v / out as strided views with a contiguous last axis without copying (heads of a
   projection are such views).
-* ``out=`` arrays are never converted: they must be float32, C-contiguous (attention: last axis
-  contiguous), writable, of the exact result shape and not overlapping an input, else ``ValueError``.
+* ``out=`` arrays are never converted: a dtype other than float32 is a ``TypeError``; they must also be
+  C-contiguous (attention: last axis contiguous), writable, of the exact result shape and not overlap
+  any input (bias and masks included), else ``ValueError``.
 * Masks are bool (``True`` = masked out, as in ``torch.nn.MultiheadAttention``) or float (added to the
   scores; float64 is converted). Integer masks are refused (``TypeError``): 1 could mean either "keep" or
   "mask".
@@ -61,7 +62,10 @@ def _as_float32(x, name: str) -> np.ndarray:
 
 
 def _contiguous(x, name: str) -> np.ndarray:
-    return np.ascontiguousarray(_as_float32(x, name))
+    x = _as_float32(x, name)
+    if x.ndim == 0:  # np.ascontiguousarray would quietly make it (1,)
+        raise ValueError(f"expected {name} with at least one dimension, got a scalar")
+    return np.ascontiguousarray(x)
 
 
 def _last_axis_contiguous(x, name: str) -> np.ndarray:

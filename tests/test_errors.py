@@ -230,3 +230,30 @@ def test_pyattn_isa_env_refuses_unknown_or_missing():
     for isa in missing:
         r = _import_with_isa(isa)
         assert r.returncode != 0 and "cannot run" in r.stderr
+
+
+def test_out_overlapping_bias_or_masks_is_refused(rng):
+    # Found by the test helper: these overlaps were accepted and gave wrong answers.
+    x, w = np.ones((3, 2), np.float32), np.ones((2, 2), np.float32)
+    out = np.zeros((3, 2), np.float32)
+    with pytest.raises(ValueError, match="overlaps bias"):
+        F.linear(x, w, out[0], out=out)
+    q = k = v = randn(rng, 1, 2, 20, 16)
+    buf = randn(rng, 40, 40)
+    mask = buf[:20, :20]
+    out = buf[10:30, :32].reshape(1, 20, 2, 16).transpose(0, 2, 1, 3)  # rows 10..19 shared with the mask
+    with pytest.raises(ValueError, match="overlaps attn_mask"):
+        F.scaled_dot_product_attention(q, k, v, attn_mask=mask, out=out)
+    base = np.zeros(640, np.float32)
+    with pytest.raises(ValueError, match="overlaps key_padding_mask"):
+        F.scaled_dot_product_attention(q, k, v, key_padding_mask=base[:20].reshape(1, 20),
+                                       out=base.reshape(1, 2, 20, 16))
+
+
+def test_scalar_inputs_are_refused(rng):
+    s = np.array(-0.5, np.float32)
+    for fn in (F.gelu, F.relu, F.silu, F.layer_norm, F.softmax):
+        with pytest.raises(ValueError, match="scalar"):
+            fn(s)
+    with pytest.raises(ValueError, match="scalar"):
+        F.linear(s, randn(rng, 4, 1))

@@ -99,3 +99,12 @@ def test_layer_norm_with_residual(isa, rng):
                                rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="residual"):
         F.layer_norm(x, w, b, residual=r[:, :5])
+
+
+def test_silu_far_negative_is_zero_on_every_isa(isa):
+    # Found by the test helper: the vector exp saturates at exp(88), so x / (1 + exp(-x)) stayed at -1.25
+    # for x = -3e38 instead of -0.
+    x = np.array([-3e38, -1e36, -1e30, -100.0, -20.0], np.float32)
+    y = F.silu(x)
+    np.testing.assert_allclose(y, ref.silu(x), atol=1e-30)
+    assert np.all(y <= 0) and np.abs(y[:3]).max() == 0.0

@@ -95,6 +95,8 @@ py::object sdpa(const py::array& q, const py::array& k, const py::array& v, cons
         require_no_overlap(o, q, "out", "q");
         require_no_overlap(o, k, "out", "k");
         require_no_overlap(o, v, "out", "v");
+        if (a.attn_mask.data) require_no_overlap(o, km, "out", "attn_mask");
+        if (a.key_padding_mask.data) require_no_overlap(o, kp, "out", "key_padding_mask");
     }
     py::array w;
     if (return_weights) w = empty_f32({B, H, Lq, Lk});

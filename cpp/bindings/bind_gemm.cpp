@@ -208,6 +208,7 @@ py::array linear(const py::array& x, const py::array& weight, const py::object& 
     const float* bp = check_bias(bias, N, keep);
     py::array o = prepare_out(out, x, N);
     require_no_overlap(o, weight, "out", "weight");
+    if (bp) require_no_overlap(o, keep, "out", "bias");
     const float* xp = f32(x);
     const float* wp = f32(weight);
     float* op = f32_mut(o);

@@ -320,7 +320,11 @@ inline typename V::reg act_gelu_tanh(typename V::reg x) {
     return V::fmadd(h, V::tanh(u), h);
 }
 inline typename V::reg act_silu(typename V::reg x) {
-    return V::div(x, V::add(V::set1(1.0f), V::exp(V::sub(V::zero(), x))));
+    // x * sigmoid(x) with sigmoid = exp(min(x, 0)) / (1 + exp(-|x|)): no exp of a large positive number,
+    // whose clamped value would leave silu(-1e30) at -4e-9 instead of -0.
+    const typename V::reg num = V::exp(V::min(x, V::zero()));
+    const typename V::reg den = V::add(V::set1(1.0f), V::exp(V::min(x, V::sub(V::zero(), x))));
+    return V::mul(x, V::div(num, den));
 }
 
 template <typename F>
