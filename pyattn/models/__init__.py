@@ -6,6 +6,7 @@ from .gpt2 import GPT2Model
 from .seq2seq import Seq2SeqModel
 from .pretrained import read_config
 from .sentence import SentenceEncoder
+from .whisper import Whisper
 
 FAMILIES = {"bert": BertModel, "gpt2": GPT2Model, "bart": Seq2SeqModel, "marian": Seq2SeqModel}
 
@@ -20,4 +21,4 @@ def from_pretrained(path):
     return FAMILIES[kind].from_pretrained(folder)
 
 
-__all__ = ["BertModel", "FAMILIES", "GPT2Model", "Seq2SeqModel", "SentenceEncoder", "from_pretrained"]
+__all__ = ["BertModel", "FAMILIES", "GPT2Model", "Seq2SeqModel", "SentenceEncoder", "Whisper", "from_pretrained"]

@@ -129,6 +129,12 @@ class MultiHeadAttention(Module):
         B, Lq, E = query.shape
         H = self.num_heads
         offset = 0
+        if (memory_kv is not None and memory_kv.k.shape[0] == 1 and B > 1 and attn_mask is None
+                and key_padding_mask is None and not need_weights):
+            # Several rows (beams) against one shared source: fold them into the query length of a single row,
+            # so the cross K/V are read once instead of being copied per row. Unmasked, so exactly equivalent.
+            out, _ = self(query.reshape(1, B * Lq, E), memory_kv=memory_kv)
+            return out.reshape(B, Lq, E), None
         if memory_kv is not None:
             q = self._projection("q")(query)
             k, v = memory_kv.heads(H)

