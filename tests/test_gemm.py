@@ -170,3 +170,63 @@ def test_packed_weight_unpacks_exactly(isa, rng, N, K):
     names = dict(lin.named_weights("fc."))
     np.testing.assert_array_equal(names["fc.weight"], w)
     np.testing.assert_array_equal(names["fc.bias"], b)
+
+
+# ---- half-float weight storage ----------------------------------------------------------------------------
+
+HALF_SHAPES = [(1, 384, 1152), (3, 65, 33), (8, 129, 63), (9, 63, 1000), (13, 384, 1536), (14, 1000, 65),
+               (20, 513, 127), (300, 129, 513), (1, 1, 1), (2, 1536, 384)]
+
+
+@pytest.mark.parametrize("M,K,N", HALF_SHAPES)
+def test_half_storage_all_isas(isa, rng, M, K, N):
+    """float16-held weights compute exactly as float32 weights holding the same (rounded) values, on the small-M,
+    tall and blocked paths of every ISA."""
+    w32 = randn(rng, N, K)
+    w16 = w32.astype(np.float16)
+    x, bias = randn(rng, M, K), randn(rng, N)
+    for pl in (pyattn.PackedLinear(w16, bias), pyattn.PackedLinear(w32, bias, storage="float16")):
+        assert pl.storage == "float16" and pl.isa == isa
+        assert pl.nbytes - 4 * N == (pyattn.PackedLinear(w32, bias).nbytes - 4 * N) // 2  # same panels, 2-byte
+        assert_gemm_close(pl(x), x, w16.astype(np.float32), transpose_b=True, bias=bias)
+    assert_gemm_close(pyattn.PackedLinear(w16, storage="float32")(x), x, w16.astype(np.float32), transpose_b=True)
+
+
+def test_half_rounding_matches_numpy(rng):
+    """Packing float32 weights into halves rounds as numpy does: nearest even, subnormals, overflow to inf."""
+    special = np.array([0.0, -0.0, 1.0, 65504.0, 65519.0, 65520.0, 1e6, 2.0 ** -24, 2.0 ** -25, 3 * 2.0 ** -26,
+                        2.0 ** -14, 2.0 ** -15 * 1.5, 1 + 2.0 ** -11, 1 + 3 * 2.0 ** -11, 5.96e-8, 6.1e-5,
+                        np.float32(np.pi)], np.float32)
+    vals = np.concatenate([special, -special, randn(rng, 1000) * 10.0 ** rng.integers(-9, 6, 1000)]).astype(np.float32)
+    K = 8
+    w = np.resize(vals, (len(vals) // K + 1) * K).reshape(-1, K).astype(np.float32)
+    with np.errstate(over="ignore"):
+        want = w.astype(np.float16).astype(np.float32)
+    got = pyattn.PackedLinear(w, storage="float16").weight()
+    np.testing.assert_array_equal(got, want)
+
+
+def test_half_weights_round_trip_exactly(rng):
+    w16 = (randn(rng, 70, 45) * 3).astype(np.float16)
+    w16[0, :4] = [6e-8, -6e-8, 65504, 2 ** -14]  # subnormal, max, smallest normal
+    np.testing.assert_array_equal(pyattn.PackedLinear(w16).weight(), w16.astype(np.float32))
+
+
+def test_linear_storage_switch(rng):
+    from pyattn.nn import Linear
+
+    w = randn(rng, 40, 24)
+    lin = Linear(w, randn(rng, 40))
+    x = randn(rng, 5, 24)
+    y32 = lin(x)
+    lin.set_storage("float16")
+    assert lin.storage == "float16"
+    w16 = w.astype(np.float16).astype(np.float32)
+    np.testing.assert_allclose(lin(x), x @ w16.T + lin.bias, rtol=1e-5, atol=1e-5)
+    lin.set_storage("float32")
+    np.testing.assert_allclose(lin(x), x @ w16.T + lin.bias, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(y32, lin(x), rtol=0, atol=0)  # the rounding happened
+    with pytest.raises(ValueError, match="storage"):
+        lin.set_storage("int8")
+    with pytest.raises(ValueError, match="storage"):
+        pyattn.PackedLinear(w, storage="bf16")

@@ -255,3 +255,30 @@ def test_bad_features_and_options_are_refused(model):
         model.generate(memory=mem, prompt=[])
     with pytest.raises(ValueError, match="memory"):
         model.generate(memory=np.zeros((1, 10, 100), np.float32))
+
+
+def test_truncated_or_corrupt_model_file_is_refused(tmp_path):
+    from pyattn.io.ctranslate2 import ModelFileError
+
+    src = default_model_path()
+    data = (src / "model.bin").read_bytes()
+    for name in ("config.json", "tokenizer.json"):
+        (tmp_path / name).symlink_to(src / name)
+    (tmp_path / "model.bin").write_bytes(data[: len(data) // 3])
+    with pytest.raises(ModelFileError, match="model.bin"):
+        Whisper.from_pretrained(tmp_path)
+    corrupt = bytearray(data[:4096])
+    corrupt[0] = 99  # binary version 99
+    (tmp_path / "model.bin").write_bytes(bytes(corrupt))
+    with pytest.raises(ModelFileError, match="version"):
+        Whisper.from_pretrained(tmp_path)
+
+
+def test_float32_and_float16_storage_agree(model, features):
+    """tiny.en stores float16 weights: holding them as halves loses nothing, so both storages give the same ids."""
+    assert model.proj.storage == "float16"
+    m32 = Whisper.from_pretrained(weight_storage="float32")
+    assert m32.proj.storage == "float32"
+    feats = features["fox.wav"]
+    np.testing.assert_allclose(m32.encode(feats), model.encode(feats), atol=1e-4)
+    assert m32.generate(feats, beam_size=5) == model.generate(feats, beam_size=5)

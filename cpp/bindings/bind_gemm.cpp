@@ -54,19 +54,36 @@ py::array prepare_out(const py::object& out, const py::array& x, int64_t N) {
 
 class PackedLinear {
 public:
-    PackedLinear(const py::array& weight, const py::object& bias) {
-        require_f32(weight, "weight");
+    // weight: float32 or float16 (out_features, in_features). storage: "float32", "float16", or "" for the
+    // weight's own dtype. Half storage computes in float32 all the same, widening each weight as it loads it.
+    PackedLinear(const py::array& weight, const py::object& bias, const std::string& storage) {
+        const bool w_half = weight.dtype().kind() == 'f' && weight.itemsize() == 2;
+        if (!w_half) require_f32(weight, "weight");
         require_ndim(weight, 2, "weight", "(out_features, in_features)");
         require_nonempty(weight, "weight");
         require_c_contiguous(weight, "weight");
+        if (!storage.empty() && storage != "float32" && storage != "float16")
+            value_error("storage must be 'float32' or 'float16', got '" + storage + "'");
+        const bool half = storage.empty() ? w_half : storage == "float16";
         N_ = weight.shape(0);
         K_ = weight.shape(1);
         py::array keep;
         const float* b = check_bias(bias, N_, keep);
         if (b) bias_.assign(b, b + N_);
-        const float* w = f32(weight);
+        std::vector<float> widened;
+        if (w_half && !half) {  // float16 given, float32 wanted: widen once
+            widened.resize(static_cast<std::size_t>(N_) * K_);
+            const auto* h = static_cast<const uint16_t*>(weight.data());
+            py::gil_scoped_release nogil;
+            cpu::active().widen_h(h, widened.data(), static_cast<int64_t>(widened.size()));
+        }
         py::gil_scoped_release nogil;
-        packed_ = std::make_unique<gemm::PackedMatrix>(w, K_, true, K_, N_, cpu::active());
+        if (half)
+            packed_ = std::make_unique<gemm::PackedMatrix>(w_half ? static_cast<const uint16_t*>(weight.data()) : nullptr,
+                                                           w_half ? nullptr : f32(weight), K_, K_, N_, cpu::active());
+        else
+            packed_ = std::make_unique<gemm::PackedMatrix>(w_half ? widened.data() : f32(weight), K_, true, K_, N_,
+                                                           cpu::active());
     }
 
     py::array call(const py::array& x, const std::string& activation, const py::object& out) const {
@@ -101,6 +118,7 @@ public:
     int64_t out_features() const { return N_; }
     bool has_bias() const { return !bias_.empty(); }
     std::string isa() const { return packed_->kernels().name; }
+    std::string storage() const { return packed_->is_half() ? "float16" : "float32"; }
     std::size_t nbytes() const { return packed_->size_bytes() + bias_.size() * sizeof(float); }
 
 private:
@@ -231,7 +249,8 @@ void bind_gemm(py::module_& m) {
     py::class_<PackedLinear>(m, "PackedLinear",
                              "A Linear layer whose weight is packed once for the GEMM micro-kernel (at construction),\n"
                              "so each call packs only its activations. weight (out_features, in_features) float32.")
-        .def(py::init<const py::array&, const py::object&>(), py::arg("weight"), py::arg("bias") = py::none())
+        .def(py::init<const py::array&, const py::object&, const std::string&>(), py::arg("weight"),
+             py::arg("bias") = py::none(), py::arg("storage") = "")
         .def("__call__", &PackedLinear::call, py::arg("x"), py::arg("activation") = "none",
              py::arg("out") = py::none(), "act(x @ weight.T + bias) for x (..., in_features) float32 C-contiguous.")
         .def("weight", &PackedLinear::weight, "The weight (out_features, in_features), unpacked into a new array.")
@@ -240,6 +259,7 @@ void bind_gemm(py::module_& m) {
         .def_property_readonly("out_features", &PackedLinear::out_features)
         .def_property_readonly("has_bias", &PackedLinear::has_bias)
         .def_property_readonly("isa", &PackedLinear::isa, "Kernel set the weight was packed for.")
+        .def_property_readonly("storage", &PackedLinear::storage, "'float32' or 'float16': how the weight is held.")
         .def_property_readonly("nbytes", &PackedLinear::nbytes, "Bytes held by the packed weight and bias.");
 }
 

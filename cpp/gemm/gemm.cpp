@@ -107,7 +107,11 @@ void run_blocked(const KernelSet& ks, const Problem& P, int nt) {
     const int64_t row_groups = (M + bl.mr - 1) / bl.mr;
     const int64_t b_panels_max = (std::min<int64_t>(bl.nc, N) + bl.nr - 1) / bl.nr;
     const Grid grid = choose_grid(nt, M, bl.mr, b_panels_max);
-    float* shared_b = P.packed ? nullptr : scratch<0>(static_cast<std::size_t>(b_panels_max) * bl.nr * bl.kc);
+    // Half-float prepacked B is widened block by block into the shared buffer (cost amortised over M rows);
+    // float prepacked B is used in place; a plain B is packed.
+    const bool widen = P.packed && P.packed->is_half();
+    const bool shared = !P.packed || widen;
+    float* shared_b = shared ? scratch<0>(static_cast<std::size_t>(b_panels_max) * bl.nr * bl.kc) : nullptr;
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
@@ -125,11 +129,15 @@ void run_blocked(const KernelSet& ks, const Problem& P, int nt) {
             for (int64_t pc = 0; pc < K; pc += bl.kc) {
                 const int64_t kc = std::min<int64_t>(bl.kc, K - pc);
                 const float* bp;
-                if (P.packed) {
+                if (!shared) {
                     bp = P.packed->block(jc, pc);
                 } else {
-                    pack_b(ks, P.B.data, P.B.ld, P.B.trans, pc, kc, jc, nc, bl.nr, shared_b, panels * tid / nth,
-                           panels * (tid + 1) / nth);
+                    const int64_t s0 = panels * tid / nth, s1 = panels * (tid + 1) / nth;
+                    if (widen)
+                        ks.widen_h(P.packed->block_h(jc, pc) + s0 * kc * bl.nr, shared_b + s0 * kc * bl.nr,
+                                   (s1 - s0) * kc * bl.nr);
+                    else
+                        pack_b(ks, P.B.data, P.B.ld, P.B.trans, pc, kc, jc, nc, bl.nr, shared_b, s0, s1);
 #pragma omp barrier
                     bp = shared_b;
                 }
@@ -141,7 +149,7 @@ void run_blocked(const KernelSet& ks, const Problem& P, int nt) {
                     macro_kernel(ks, ap, P.A + ic * P.lda + pc, P.lda, bp, mcb, kc, nc, q0, q1, P.C + ic * P.ldc + jc,
                                  P.ldc, beta, last, P.ep, jc);
                 }
-                if (!P.packed) {
+                if (shared) {
 #pragma omp barrier
                 }
             }
@@ -187,8 +195,12 @@ void run_small_m(const KernelSet& ks, const Problem& P, int nt) {
                     const int64_t qq = (j - jc) / nr;  // panel index inside its jc block
                     for (int64_t pc = 0; pc < K; pc += bl.kc) {
                         const int64_t kc = std::min<int64_t>(bl.kc, K - pc);
-                        const float* b = P.packed->block(jc, pc) + qq * kc * nr;
-                        ks.rows(m, kc, a + pc, P.lda, b, nr, out, ldo, pc == 0 ? beta0 : 1.0f);
+                        const int64_t off = qq * kc * nr;
+                        const float beta = pc == 0 ? beta0 : 1.0f;
+                        if (P.packed->is_half())
+                            ks.rows_h(m, kc, a + pc, P.lda, P.packed->block_h(jc, pc) + off, nr, out, ldo, beta);
+                        else
+                            ks.rows(m, kc, a + pc, P.lda, P.packed->block(jc, pc) + off, nr, out, ldo, beta);
                     }
                 } else if (n == nr) {
                     ks.rows(m, K, a, P.lda, P.B.data + j, P.B.ld, out, ldo, beta0);
@@ -225,9 +237,12 @@ void run_tall(const KernelSet& ks, const Problem& P, int nt) {
                 const int64_t ldo = n == vec ? P.ldc : vec;
                 for (int64_t pc = 0; pc < K; pc += bl.kc) {
                     const int64_t kc = std::min<int64_t>(bl.kc, K - pc);
-                    const float* b = P.packed->block(jc, pc) + qq * kc * nr + h;
+                    const int64_t off = qq * kc * nr + h;
                     const float beta = pc == 0 ? (n == vec ? P.beta : 0.0f) : 1.0f;
-                    ks.tall(M, kc, P.A + pc, P.lda, b, nr, out, ldo, beta);
+                    if (P.packed->is_half())
+                        ks.tall_h(M, kc, P.A + pc, P.lda, P.packed->block_h(jc, pc) + off, nr, out, ldo, beta);
+                    else
+                        ks.tall(M, kc, P.A + pc, P.lda, P.packed->block(jc, pc) + off, nr, out, ldo, beta);
                 }
                 if (n != vec) store_partial(tile, static_cast<int>(vec), M, n, c, P.ldc, P.beta);
                 apply_epilogue(ks, P.ep, c, P.ldc, M, n, j + h);

@@ -4,8 +4,10 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "cpu/cpu.h"
+#include "kernels/half.h"
 
 namespace pyattn::gemm {
 
@@ -50,24 +52,34 @@ void pack_a(const float* a, int64_t lda, int64_t mc, int64_t kc, int mr, float* 
     }
 }
 
+namespace {
+
+struct Job {
+    int64_t jc, pc, nc, kc;
+};
+
+// The (jc, pc) blocks of a K x N matrix, and the element count of its packed layout: every full jc block is
+// NC wide (a multiple of NR); only the last one is padded to whole panels.
+std::vector<Job> block_jobs(const kernels::GemmBlocking& bl, int64_t K, int64_t N, std::size_t& size) {
+    const int64_t last_nc = N - ((N - 1) / bl.nc) * bl.nc;
+    const int64_t padded_n = N - last_nc + (last_nc + bl.nr - 1) / bl.nr * bl.nr;
+    size = static_cast<std::size_t>(padded_n) * static_cast<std::size_t>(K);
+    std::vector<Job> jobs;
+    for (int64_t jc = 0; jc < N; jc += bl.nc)
+        for (int64_t pc = 0; pc < K; pc += bl.kc)
+            jobs.push_back({jc, pc, std::min<int64_t>(bl.nc, N - jc), std::min<int64_t>(bl.kc, K - pc)});
+    return jobs;
+}
+
+}  // namespace
+
 PackedMatrix::PackedMatrix(const float* b, int64_t ldb, bool trans, int64_t K, int64_t N,
                            const kernels::KernelSet& ks)
     : K_(K), N_(N), ks_(&ks) {
     const auto& bl = ks.blocking;
-    const int64_t nc_full = bl.nc, nr = bl.nr;
-    // Every full jc block is NC wide (a multiple of NR); only the last one is padded.
-    const int64_t last_nc = N - ((N - 1) / nc_full) * nc_full;
-    const int64_t padded_n = N - last_nc + (last_nc + nr - 1) / nr * nr;
-    size_ = static_cast<std::size_t>(padded_n) * static_cast<std::size_t>(K);
+    const int64_t nr = bl.nr;
+    const std::vector<Job> jobs = block_jobs(bl, K, N, size_);
     data_ = aligned_floats(size_);
-
-    struct Job {
-        int64_t jc, pc, nc, kc;
-    };
-    std::vector<Job> jobs;
-    for (int64_t jc = 0; jc < N; jc += nc_full)
-        for (int64_t pc = 0; pc < K; pc += bl.kc)
-            jobs.push_back({jc, pc, std::min<int64_t>(nc_full, N - jc), std::min<int64_t>(bl.kc, K - pc)});
     const int nt = cpu::threads_for(static_cast<double>(K) * N);
     float* base = data_.get();
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
@@ -79,25 +91,67 @@ PackedMatrix::PackedMatrix(const float* b, int64_t ldb, bool trans, int64_t K, i
     }
 }
 
+PackedMatrix::PackedMatrix(const uint16_t* w16, const float* w32, int64_t ldw, int64_t K, int64_t N,
+                           const kernels::KernelSet& ks)
+    : K_(K), N_(N), ks_(&ks), half_(true) {
+    const auto& bl = ks.blocking;
+    const int64_t nr = bl.nr;
+    const std::vector<Job> jobs = block_jobs(bl, K, N, size_);
+    data_ = aligned_floats((size_ + 1) / 2);
+    const int nt = cpu::threads_for(static_cast<double>(K) * N);
+    uint16_t* base = reinterpret_cast<uint16_t*>(data_.get());
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
+    for (int64_t i = 0; i < static_cast<int64_t>(jobs.size()); ++i) {
+        const Job& jb = jobs[i];
+        const int64_t panels = (jb.nc + nr - 1) / nr;
+        for (int64_t q = 0; q < panels; ++q) {
+            uint16_t* panel = base + jb.jc * K + jb.pc * panels * nr + q * jb.kc * nr;
+            const int64_t j0 = jb.jc + q * nr, w = std::min<int64_t>(nr, N - j0);
+            // A cache line of each source row at a time keeps the written corner of the panel in L1.
+            for (int64_t pb = 0; pb < jb.kc; pb += 32) {
+                const int64_t pe = std::min<int64_t>(pb + 32, jb.kc);
+                for (int64_t j = 0; j < w; ++j) {
+                    const int64_t src = (j0 + j) * ldw + jb.pc;
+                    for (int64_t p = pb; p < pe; ++p)
+                        panel[p * nr + j] = w16 ? w16[src + p] : float_to_half(w32[src + p]);
+                }
+            }
+            for (int64_t p = 0; p < jb.kc; ++p)
+                for (int64_t j = w; j < nr; ++j) panel[p * nr + j] = 0;
+        }
+    }
+}
+
 void PackedMatrix::unpack_transposed(float* w) const {
     const auto& bl = ks_->blocking;
     for (int64_t jc = 0; jc < N_; jc += bl.nc)
         for (int64_t pc = 0; pc < K_; pc += bl.kc) {
             const int64_t nc = std::min<int64_t>(bl.nc, N_ - jc), kc = std::min<int64_t>(bl.kc, K_ - pc);
-            const float* b = block(jc, pc);
             for (int64_t j = 0; j < nc; ++j) {
-                const float* panel = b + (j / bl.nr) * kc * bl.nr + j % bl.nr;
+                const int64_t first = (j / bl.nr) * kc * bl.nr + j % bl.nr;
                 float* row = w + (jc + j) * K_ + pc;
-                for (int64_t p = 0; p < kc; ++p) row[p] = panel[p * bl.nr];
+                if (half_) {
+                    const uint16_t* panel = block_h(jc, pc) + first;
+                    for (int64_t p = 0; p < kc; ++p) row[p] = half_to_float(panel[p * bl.nr]);
+                } else {
+                    const float* panel = block(jc, pc) + first;
+                    for (int64_t p = 0; p < kc; ++p) row[p] = panel[p * bl.nr];
+                }
             }
         }
 }
 
-const float* PackedMatrix::block(int64_t jc, int64_t pc) const {
+int64_t PackedMatrix::offset(int64_t jc, int64_t pc) const {
     const auto& bl = ks_->blocking;
     const int64_t nc = std::min<int64_t>(bl.nc, N_ - jc);
     const int64_t panels = (nc + bl.nr - 1) / bl.nr;
-    return data_.get() + jc * K_ + pc * panels * bl.nr;
+    return jc * K_ + pc * panels * bl.nr;
+}
+
+const float* PackedMatrix::block(int64_t jc, int64_t pc) const { return data_.get() + offset(jc, pc); }
+
+const uint16_t* PackedMatrix::block_h(int64_t jc, int64_t pc) const {
+    return reinterpret_cast<const uint16_t*>(data_.get()) + offset(jc, pc);
 }
 
 }  // namespace pyattn::gemm

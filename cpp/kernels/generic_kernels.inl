@@ -61,9 +61,13 @@ void micro_kernel(int64_t k, const float* __restrict a, const float* __restrict 
     store_tile<MR, NV>(acc, c, ldc, beta);
 }
 
-// Same tile, A read in place (row stride lda) for m = M rows: the small-M (decode) path.
-template <int M, int NV>
-void rows_kernel_m(int64_t k, const float* __restrict a, int64_t lda, const float* __restrict b, int64_t ldb,
+// B elements as floats or as IEEE halves (widened in the register).
+inline typename V::reg load_b(const float* p) { return V::load(p); }
+inline typename V::reg load_b(const uint16_t* p) { return V::load_h(p); }
+
+// Same tile, A read in place (row stride lda) for m = M rows: the small-M (decode) path. B is float or half.
+template <int M, int NV, class BT>
+void rows_kernel_m(int64_t k, const float* __restrict a, int64_t lda, const BT* __restrict b, int64_t ldb,
                    float* __restrict c, int64_t ldc, float beta) {
     typename V::reg acc[M][NV];
 #pragma GCC unroll 16
@@ -73,7 +77,7 @@ void rows_kernel_m(int64_t k, const float* __restrict a, int64_t lda, const floa
     for (int64_t p = 0; p < k; ++p) {
         typename V::reg bv[NV];
 #pragma GCC unroll 8
-        for (int j = 0; j < NV; ++j) bv[j] = V::load(b + p * ldb + j * V::W);
+        for (int j = 0; j < NV; ++j) bv[j] = load_b(b + p * ldb + j * V::W);
 #pragma GCC unroll 16
         for (int i = 0; i < M; ++i) {
             const typename V::reg av = V::set1(a[i * lda + p]);
@@ -84,13 +88,19 @@ void rows_kernel_m(int64_t k, const float* __restrict a, int64_t lda, const floa
     store_tile<M, NV>(acc, c, ldc, beta);
 }
 
-template <int MR, int NV, int M = MR>
-void rows_kernel_dispatch(int64_t m, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+template <int MR, int NV, class BT = float, int M = MR>
+void rows_kernel_dispatch(int64_t m, int64_t k, const float* a, int64_t lda, const BT* b, int64_t ldb,
                           float* c, int64_t ldc, float beta) {
     if constexpr (M >= 1) {
-        if (m == M) return rows_kernel_m<M, NV>(k, a, lda, b, ldb, c, ldc, beta);
-        return rows_kernel_dispatch<MR, NV, M - 1>(m, k, a, lda, b, ldb, c, ldc, beta);
+        if (m == M) return rows_kernel_m<M, NV, BT>(k, a, lda, b, ldb, c, ldc, beta);
+        return rows_kernel_dispatch<MR, NV, BT, M - 1>(m, k, a, lda, b, ldb, c, ldc, beta);
     }
+}
+
+void widen_half(const uint16_t* x, float* y, int64_t n) {
+    int64_t i = 0;
+    for (; i + V::W <= n; i += V::W) V::store(y + i, V::load_h(x + i));
+    for (; i < n; ++i) y[i] = half_to_float(x[i]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -392,6 +402,9 @@ KernelSet make_kernel_set(const char* name, int mc, int kc, int nc) {
     ks.micro = &micro_kernel<MR, NV>;
     ks.rows = &rows_kernel_dispatch<MR, NV>;
     ks.tall = &rows_kernel_dispatch<TALL, TALL_NV>;
+    ks.rows_h = &rows_kernel_dispatch<MR, NV, uint16_t>;
+    ks.tall_h = &rows_kernel_dispatch<TALL, TALL_NV, uint16_t>;
+    ks.widen_h = &widen_half;
     ks.tall_rows = TALL;
     ks.tall_cols = TALL_NV * V::W;
     ks.dot = &dot_kernel;

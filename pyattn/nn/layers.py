@@ -44,6 +44,28 @@ class Module:
     def num_parameters(self) -> int:
         return sum(int(w.size) for _, w in self.named_weights())
 
+    def modules(self):
+        """This module and every module under it (lists, tuples and dicts of modules included), once each."""
+        seen, stack = set(), [self]
+        while stack:
+            m = stack.pop()
+            if id(m) in seen:
+                continue
+            seen.add(id(m))
+            yield m
+            for value in vars(m).values():
+                items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+                stack.extend(v for v in items if isinstance(v, Module))
+
+    def set_weight_storage(self, storage: str) -> "Module":
+        """Holds every Linear weight as "float16" (half the memory, and half the bytes a decoding step streams;
+        products and sums stay float32) or "float32". Weights that are not float16 values are rounded to the
+        nearest half. Returns self."""
+        for m in self.modules():
+            if isinstance(m, Linear):
+                m.set_storage(storage)
+        return self
+
 
 class Linear(Module):
     """y = act(x W^T + b), W in PyTorch's (out_features, in_features) layout, packed once at construction.
@@ -51,12 +73,32 @@ class Linear(Module):
     Only the packed copy is kept (plus the bias): `weight` unpacks it on request, so a model does not hold
     its matrices twice."""
 
-    def __init__(self, weight, bias=None, name: str = "linear"):
-        w = as_weight(weight, f"{name}.weight")
+    def __init__(self, weight, bias=None, name: str = "linear", storage: Optional[str] = None):
+        """storage: "float32", "float16" (see Module.set_weight_storage), or None: float16 for a float16 weight,
+        float32 otherwise."""
+        if isinstance(weight, np.ndarray) and weight.dtype == np.float16:
+            w = np.ascontiguousarray(weight)
+            if not np.all(np.isfinite(w)):
+                raise ValueError(f"weight {name}.weight contains NaN or infinite values")
+        else:
+            w = as_weight(weight, f"{name}.weight")
         if w.ndim != 2:
             raise ValueError(f"weight {name}.weight must be 2-D (out_features, in_features), got {w.shape}")
+        if storage not in (None, "float32", "float16"):
+            raise ValueError(f"{name}: storage must be 'float32' or 'float16', got {storage!r}")
         self.bias = None if bias is None else as_weight(bias, f"{name}.bias", (w.shape[0],))
-        self._packed = _core.PackedLinear(w, self.bias)
+        self._packed = _core.PackedLinear(w, self.bias, storage or "")
+
+    @property
+    def storage(self) -> str:
+        return self._packed.storage
+
+    def set_storage(self, storage: str) -> None:
+        """Repacks the weight as "float16" or "float32" (a no-op when it already is)."""
+        if storage not in ("float32", "float16"):
+            raise ValueError(f"storage must be 'float32' or 'float16', got {storage!r}")
+        if storage != self.storage:
+            self._packed = _core.PackedLinear(self._packed.weight(), self.bias, storage)
 
     @property
     def weight(self) -> np.ndarray:

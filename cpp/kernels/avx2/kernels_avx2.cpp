@@ -2,6 +2,7 @@
 // 1 broadcast -- the classic Haswell..Zen 3 choice (BLIS ships the same shape).
 #include <immintrin.h>
 
+#include "kernels/half.h"
 #include "kernels/kernels.h"
 
 namespace pyattn::kernels {
@@ -20,6 +21,7 @@ struct V {
     static reg zero() { return _mm256_setzero_ps(); }
     static reg set1(float x) { return _mm256_set1_ps(x); }
     static reg load(const float* p) { return _mm256_loadu_ps(p); }
+    static reg load_h(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
     static void store(float* p, reg v) { _mm256_storeu_ps(p, v); }
     static __m256i tail(int64_t n) { return _mm256_loadu_si256((const __m256i*)(kTailMask + 8 - n)); }
     static reg load_n(const float* p, int64_t n) { return _mm256_maskload_ps(p, tail(n)); }

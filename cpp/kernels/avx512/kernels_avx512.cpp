@@ -3,6 +3,7 @@
 // equals AVX2's; the gain is half the instructions per flop and a larger tile (less packing traffic).
 #include <immintrin.h>
 
+#include "kernels/half.h"
 #include "kernels/kernels.h"
 
 namespace pyattn::kernels {
@@ -19,6 +20,7 @@ struct V {
     static reg zero() { return _mm512_setzero_ps(); }
     static reg set1(float x) { return _mm512_set1_ps(x); }
     static reg load(const float* p) { return _mm512_loadu_ps(p); }
+    static reg load_h(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
     static void store(float* p, reg v) { _mm512_storeu_ps(p, v); }
     static __mmask16 tail(int64_t n) { return (__mmask16)((1u << n) - 1u); }
     static reg load_n(const float* p, int64_t n) { return _mm512_maskz_loadu_ps(tail(n), p); }

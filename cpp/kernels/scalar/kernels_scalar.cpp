@@ -2,6 +2,7 @@
 // baseline flags only; transcendental functions come from libm, so it is also the accurate path.
 #include <cstring>
 
+#include "kernels/half.h"
 #include "kernels/kernels.h"
 
 namespace pyattn::kernels {
@@ -18,6 +19,7 @@ struct V {
     static reg zero() { return 0.0f; }
     static reg set1(float x) { return x; }
     static reg load(const float* p) { return *p; }
+    static reg load_h(const uint16_t* p) { return half_to_float(*p); }
     static void store(float* p, reg v) { *p = v; }
     static reg load_n(const float* p, int64_t n) { return n > 0 ? *p : 0.0f; }
     static void store_n(float* p, reg v, int64_t n) {
