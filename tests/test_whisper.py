@@ -181,7 +181,7 @@ def test_array_and_path_give_the_same_text(model):
 def test_cli_transcribe():
     env = dict(os.environ, OMP_NUM_THREADS="2")
     r = subprocess.run([sys.executable, "-m", "pyattn", "transcribe", str(DATA / "student.wav"), "--quiet"],
-                       capture_output=True, text=True, env=env, timeout=300)
+                       capture_output=True, text=True, env=env, timeout=300, cwd=pathlib.Path(__file__).parent)
     assert r.returncode == 0, r.stderr
     assert words(r.stdout) == ["i", "am", "a", "student"]
 
