@@ -54,9 +54,12 @@ void macro_kernel(const KernelSet& ks, const float* ap, const float* a, int64_t 
                 ks.micro(kc, ap + i * kc, b, nr, tile, nr, 0.0f);
                 store_partial(tile, nr, m, n, ct, ldc, beta);
             }
-            if (last) apply_epilogue(ks, ep, ct, ldc, m, n, col0 + j);
         }
     }
+    // Bias and activation once the last K block is in, over whole row segments (an NR-wide call per tile
+    // costs more in calls than in arithmetic: GELU over 16 floats at a time ran ~6x slower).
+    const int64_t j0 = panel_begin * nr, j1 = std::min<int64_t>(panel_end * nr, nc);
+    if (last && j1 > j0) apply_epilogue(ks, ep, c + j0, ldc, mc, j1 - j0, col0 + j0);
 }
 
 struct Problem {
