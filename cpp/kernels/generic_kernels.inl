@@ -362,6 +362,28 @@ void bias_act(const float* x, float* y, const float* bias, int64_t n, Activation
     }
 }
 
+inline typename V::reg sigmoid(typename V::reg x) {
+    // 1 / (1 + e^-x) = (1 + tanh(x / 2)) / 2: no overflow for large |x|, and one polynomial for both gates.
+    const typename V::reg h = V::set1(0.5f);
+    return V::fmadd(h, V::tanh(V::mul(x, h)), h);
+}
+
+void gru_gates(const float* gi, const float* gh, float* h, int64_t n) {
+    auto step = [&](int64_t j, auto load, auto store) {
+        const typename V::reg r = sigmoid(V::add(load(gi + j), load(gh + j)));
+        const typename V::reg z = sigmoid(V::add(load(gi + n + j), load(gh + n + j)));
+        const typename V::reg c = V::tanh(V::fmadd(r, load(gh + 2 * n + j), load(gi + 2 * n + j)));
+        store(h + j, V::fmadd(z, V::sub(load(h + j), c), c));  // c + z (h - c)
+    };
+    int64_t j = 0;
+    for (; j + V::W <= n; j += V::W)
+        step(j, [](const float* p) { return V::load(p); }, [](float* p, typename V::reg v) { V::store(p, v); });
+    if (j < n) {
+        const int64_t r = n - j;
+        step(j, [r](const float* p) { return V::load_n(p, r); }, [r](float* p, typename V::reg v) { V::store_n(p, v, r); });
+    }
+}
+
 double fma_loop(int64_t iters) {
     constexpr int kChains = 12;  // > FMA latency x pipes on current x86 cores
     typename V::reg acc[kChains];
@@ -405,6 +427,7 @@ KernelSet make_kernel_set(const char* name, int mc, int kc, int nc) {
     ks.rows_h = &rows_kernel_dispatch<MR, NV, uint16_t>;
     ks.tall_h = &rows_kernel_dispatch<TALL, TALL_NV, uint16_t>;
     ks.widen_h = &widen_half;
+    ks.gru_gates = &gru_gates;
     ks.tall_rows = TALL;
     ks.tall_cols = TALL_NV * V::W;
     ks.dot = &dot_kernel;

@@ -74,6 +74,10 @@ struct KernelSet {
     void (*layer_norm)(const float* x, float* y, const float* w, const float* b, int64_t n, float eps);
     // y = act(x + bias) where bias may be null; y may alias x
     void (*bias_act)(const float* x, float* y, const float* bias, int64_t n, Activation act);
+    // One GRU step for one row, PyTorch's gate order (r, z, n): gi and gh hold [r | z | n] (3n floats each: the
+    // input and hidden projections, biases included). r = sigmoid(gi_r + gh_r), z = sigmoid(gi_z + gh_z),
+    // c = tanh(gi_n + r * gh_n), h = (1 - z) c + z h, in place.
+    void (*gru_gates)(const float* gi, const float* gh, float* h, int64_t n);
 
     // Measures the FMA throughput of one core: runs `iters` iterations of independent FMA chains and
     // returns the number of floating-point operations performed.

@@ -2,10 +2,11 @@
 from .attention import KVCache, MultiHeadAttention, split_heads
 from .layers import (Embedding, LayerNorm, LearnedPositionalEmbedding, Linear, Module, SinusoidalPositionalEncoding,
                      sinusoidal_table)
+from .rnn import GRU
 from .transformer import (DecoderState, FeedForward, Seq2SeqTransformer, Transformer, TransformerDecoder,
                           TransformerDecoderLayer, TransformerEncoder, TransformerEncoderLayer)
 
-__all__ = ["DecoderState", "Embedding", "FeedForward", "KVCache", "LayerNorm", "LearnedPositionalEmbedding", "Linear",
+__all__ = ["DecoderState", "Embedding", "FeedForward", "GRU", "KVCache", "LayerNorm", "LearnedPositionalEmbedding", "Linear",
            "Module", "MultiHeadAttention", "Seq2SeqTransformer", "SinusoidalPositionalEncoding", "Transformer", "TransformerDecoder",
            "TransformerDecoderLayer", "TransformerEncoder", "TransformerEncoderLayer", "sinusoidal_table",
            "split_heads"]
