@@ -52,9 +52,9 @@ def _ln(x, g, b):
 
 
 def _gelu(x):
-    from math import erf, sqrt
+    import torch
 
-    return 0.5 * x * (1 + np.vectorize(erf)(x / sqrt(2)))
+    return 0.5 * x * (1 + torch.special.erf(torch.from_numpy(x / np.sqrt(2))).numpy())
 
 
 def reference_encoder(f, feats: np.ndarray, frames: int) -> np.ndarray:
@@ -102,7 +102,22 @@ def test_encoder_matches_float64_reference_on_short_input(model):
     assert err < 2e-4 * max(1.0, np.abs(ref).max()), err
 
 
-@pytest.mark.parametrize("name", ["fox.wav", "long.wav"])
+def test_encoder_closer_to_float64_than_ctranslate2(model, ct2):
+    """On attention.wav pyattn and CTranslate2 differ by ~2e-3 at one position; the float64 reference shows whose
+    rounding it is: pyattn is within 2e-4 of it there, CTranslate2 ~2e-3 away."""
+    pytest.importorskip("torch")
+    from pyattn.io.ctranslate2 import read_model_bin
+
+    ctranslate2, ref_model = ct2
+    feats = model.features(DATA / "attention.wav")[:1]
+    ref = reference_encoder(read_model_bin(default_model_path()), feats[0], 3000)
+    got = model.encode(feats)[0]
+    theirs = np.array(ref_model.encode(ctranslate2.StorageView.from_array(feats)))[0]
+    assert np.abs(got - ref).max() < 2e-4
+    assert np.abs(got - ref).max() <= np.abs(theirs - ref).max()
+
+
+@pytest.mark.parametrize("name", ["fox.wav", "long.wav", "stella.wav"])
 def test_encoder_matches_ctranslate2(model, ct2, features, name):
     ctranslate2, ref_model = ct2
     feats = features[name][:1]
