@@ -53,5 +53,6 @@ void bind_cpu(py::module_& m);
 void bind_gemm(py::module_& m);
 void bind_ops(py::module_& m);
 void bind_attention(py::module_& m);
+void bind_scores(py::module_& m);
 
 }  // namespace pyattn::bind

@@ -74,6 +74,12 @@ struct KernelSet {
     void (*layer_norm)(const float* x, float* y, const float* w, const float* b, int64_t n, float eps);
     // y = act(x + bias) where bias may be null; y may alias x
     void (*bias_act)(const float* x, float* y, const float* bias, int64_t n, Activation act);
+    // Additive (Bahdanau) attention scores of one query against m keys:
+    //   out[j] = sum_h v[h] * tanh(a[h] + b[j * ldb + h]),  h < n, j < m.
+    // a: the projected query (n), b: m projected keys (row stride ldb), v: (n). out[j] is NaN when any
+    // a[h] + b[j * ldb + h] is NaN or infinite (every kernel set alike), so that bad inputs are never
+    // silently saturated by tanh.
+    void (*tanh_dot)(const float* a, const float* b, int64_t ldb, int64_t m, const float* v, int64_t n, float* out);
 
     // Measures the FMA throughput of one core: runs `iters` iterations of independent FMA chains and
     // returns the number of floating-point operations performed.
