@@ -40,6 +40,9 @@ __all__ = [
     "silu",
     "scaled_dot_product_attention",
     "multi_head_attention",
+    "attention_scores",
+    "project_keys",
+    "attention",
 ]
 
 _ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu")
@@ -323,3 +326,368 @@ def multi_head_attention(query, key, value, *, num_heads: int, w_q, w_k, w_v, w_
         if unbatched:
             weights = weights[0]
     return (out[0] if unbatched else out), weights
+
+
+
+# ----------------------------------------------------------------------------------------------------
+# Attention score functions (Luong et al. 2015, Bahdanau et al. 2015) and single-head soft / hard attention
+# ----------------------------------------------------------------------------------------------------
+SCORES = ("dot", "scaled_dot", "cosine", "general", "concat", "additive")
+# The weights each score function takes; any other weight passed is a mistake worth an error.
+_SCORE_WEIGHTS = {
+    "dot": (),
+    "scaled_dot": ("scale",),
+    "cosine": (),
+    "general": ("w",),
+    "concat": ("w", "b", "v", "v_bias"),
+    "additive": ("w_q", "b_q", "w_k", "b_k", "v", "v_bias"),
+}
+_KEYS_PROJECTED = {  # what keys_projected stands for, per score function
+    "cosine": "k / max(|k|, eps)",
+    "general": "k @ w.T",
+    "concat": "k @ w[:, Dq:].T",
+    "additive": "k @ w_k.T + b_k",
+}
+COSINE_EPS = 1e-8
+
+
+def _check_score(score) -> str:
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {', '.join(SCORES)}; got {score!r}")
+    return score
+
+
+def _check_unused(score: str, given: dict) -> None:
+    """ValueError for weights that `score` does not take (a weight meant for another score function)."""
+    extra = [n for n, val in given.items() if val is not None and n not in _SCORE_WEIGHTS[score]]
+    if extra:
+        takes = ", ".join(_SCORE_WEIGHTS[score]) or "no weights"
+        raise ValueError(f"score={score!r} takes {takes}; got {', '.join(extra)}")
+
+
+def _weight(x, name: str, shape: tuple, what: str, score: str) -> np.ndarray:
+    """A float32 C-contiguous weight of exactly `shape` (`what` spells it with symbols, e.g. '(H, Dq)')."""
+    if x is None:
+        raise ValueError(f"score={score!r} needs {name} of shape {what}")
+    x = _contiguous(x, name)
+    if x.shape != tuple(shape):
+        raise ValueError(f"expected {name} of shape {what} = {tuple(shape)}, got {x.shape}")
+    return x
+
+
+def _rows3(x, name: str, what: str, unbatched: bool) -> np.ndarray:
+    """(B, L, D) float32 with a contiguous last axis (`what` names the dims, e.g. '(B, Lk, Dk)'); when the
+    queries are unbatched, an (L, D) array that gets a batch axis of 1."""
+    x = _last_axis_contiguous(x, name)
+    if x.ndim != (2 if unbatched else 3):
+        want = what.replace("B, ", "") + " (unbatched, like q)" if unbatched else what
+        raise ValueError(f"expected {name} of shape {want}, got {x.shape}")
+    _check_nonempty(x, name)
+    return x[None] if unbatched else x
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    """x / max(|x|, eps) over the last axis; the norm is taken in float64 (no overflow of the squares)."""
+    norm = np.sqrt(np.einsum("...d,...d->...", x, x, dtype=np.float64))
+    return (x / np.maximum(norm, COSINE_EPS)[..., None]).astype(np.float32)
+
+
+def _check_finite_scores(scores: np.ndarray, inputs: dict) -> np.ndarray:
+    """Raises ValueError naming the first non-finite input when `scores` holds NaN or inf."""
+    if np.isfinite(scores).all():
+        return scores
+    for name, x in inputs.items():
+        if x is not None and not np.isfinite(x).all():
+            raise ValueError(f"{name} contains NaN or infinite values: the attention scores are not defined")
+    raise ValueError("the attention scores overflowed float32 (|score| > 3.4e38): check the magnitude of the "
+                     "inputs and weights")
+
+
+def _score_weights(score: str, Dq: int, Dk: Optional[int], *, w, w_q, b_q, w_k, b_k, v, b, need_keys: bool) -> dict:
+    """Checks and converts the weights of `score` for queries of width Dq and keys of width Dk (None: the
+    keys come projected). Returns {name: float32 array}."""
+    out = {}
+    if score == "general":
+        if w is None:
+            raise ValueError("score='general' needs w of shape (Dq, Dk)")
+        w = _contiguous(w, "w")
+        if w.ndim != 2 or w.shape[0] != Dq or (Dk is not None and w.shape[1] != Dk):
+            raise ValueError(f"expected w of shape (Dq, Dk) = {(Dq, Dk if Dk is not None else 'Dk')}, got {w.shape}")
+        out["w"] = w
+    elif score == "concat":
+        if w is None:
+            raise ValueError("score='concat' needs w of shape (H, Dq + Dk)")
+        w = _contiguous(w, "w")
+        if w.ndim != 2 or w.shape[1] <= Dq or (Dk is not None and w.shape[1] != Dq + Dk):
+            want = f"(H, Dq + Dk) = (H, {Dq} + {Dk if Dk is not None else 'Dk'})"
+            raise ValueError(f"expected w of shape {want}, got {w.shape}")
+        H = w.shape[0]
+        out["w"] = w
+        out["b"] = None if b is None else _weight(b, "b", (H,), "(H,)", score)
+        out["v"] = _weight(v, "v", (H,), "(H,)", score)
+    elif score == "additive":
+        if w_q is None:
+            raise ValueError("score='additive' needs w_q of shape (H, Dq)")
+        w_q = _contiguous(w_q, "w_q")
+        if w_q.ndim != 2 or w_q.shape[1] != Dq:
+            raise ValueError(f"expected w_q of shape (H, Dq) = (H, {Dq}), got {w_q.shape}")
+        H = w_q.shape[0]
+        out["w_q"] = w_q
+        out["b_q"] = None if b_q is None else _weight(b_q, "b_q", (H,), "(H,)", score)
+        if need_keys or w_k is not None:
+            if w_k is None:
+                raise ValueError("score='additive' needs w_k of shape (H, Dk), or keys_projected (B, Lk, H)")
+            w_k = _contiguous(w_k, "w_k")
+            if w_k.ndim != 2 or w_k.shape[0] != H or (Dk is not None and w_k.shape[1] != Dk):
+                raise ValueError(f"expected w_k of shape (H, Dk) = ({H}, {Dk if Dk is not None else 'Dk'}) "
+                                 f"(H from w_q {w_q.shape}), got {w_k.shape}")
+            out["w_k"] = w_k
+        out["b_k"] = None if b_k is None else _weight(b_k, "b_k", (H,), "(H,)", score)
+        out["v"] = _weight(v, "v", (H,), "(H,)", score)
+    return out
+
+
+def _project_keys(k: np.ndarray, score: str, wts: dict) -> Optional[np.ndarray]:
+    """The key side of a score, computed once per source: (B, Lk, width) or None (dot, scaled_dot)."""
+    if score == "cosine":
+        return _unit_rows(k)
+    if score == "general":
+        return linear(k, wts["w"])  # row j: w k_j, so that q . (w k_j) = q^T w k_j
+    if score == "concat":
+        Dq = wts["w"].shape[1] - k.shape[-1]
+        return linear(k, wts["w"][:, Dq:])
+    if score == "additive":
+        return linear(k, wts["w_k"], wts["b_k"])
+    return None
+
+
+def _keys_projected(kp, score: str, B: int, Lk: Optional[int], width: int, unbatched: bool) -> np.ndarray:
+    """keys_projected checked against the batch, the keys (when given) and the width the score expects."""
+    if score not in _KEYS_PROJECTED:
+        raise ValueError(f"score={score!r} uses the keys as they are: keys_projected is only for "
+                         f"{', '.join(_KEYS_PROJECTED)}")
+    kp = _rows3(kp, "keys_projected", "(B, Lk, H)", unbatched)
+    if kp.shape[0] != B or (Lk is not None and kp.shape[1] != Lk) or kp.shape[2] != width:
+        want = (B, Lk if Lk is not None else "Lk", width)[1 if unbatched else 0:]
+        got = kp.shape[1:] if unbatched else kp.shape
+        raise ValueError(f"expected keys_projected ({_KEYS_PROJECTED[score]}) of shape "
+                         f"{'(Lk, H)' if unbatched else '(B, Lk, H)'} = {want}, got {got}")
+    return kp
+
+
+def _v_bias(v_bias) -> float:
+    v_bias = 0.0 if v_bias is None else float(v_bias)
+    if not np.isfinite(v_bias):
+        raise ValueError(f"v_bias must be finite, got {v_bias}")
+    return v_bias
+
+
+def _scores(q, k, score, *, w, w_q, b_q, w_k, b_k, v, v_bias, b, scale, keys_projected):
+    """attention_scores on batched (B, L, D) arrays; returns (scores (B, Lq, Lk), unbatched)."""
+    score = _check_score(score)
+    v_bias = _v_bias(v_bias)
+    _check_unused(score, {"w": w, "w_q": w_q, "b_q": b_q, "w_k": w_k, "b_k": b_k, "v": v, "b": b, "scale": scale,
+                          "v_bias": v_bias or None})
+    q = _as_float32(q, "q")
+    unbatched = q.ndim == 2
+    q = _rows3(q, "q", "(B, Lq, Dq)", unbatched)
+    B, Lq, Dq = q.shape
+    if k is None and keys_projected is None:
+        raise ValueError("k is None: pass the keys, or keys_projected")
+    if k is not None:
+        k = _rows3(k, "k", "(B, Lk, Dk)", unbatched)
+        if k.shape[0] != B:
+            raise ValueError(f"q {q.shape} and k {k.shape} must have the same batch size")
+    Lk, Dk = (k.shape[1], k.shape[2]) if k is not None else (None, None)
+    wts = _score_weights(score, Dq, Dk, w=w, w_q=w_q, b_q=b_q, w_k=w_k, b_k=b_k, v=v, b=b,
+                         need_keys=keys_projected is None)
+    if score in ("dot", "scaled_dot") and Dk != Dq:
+        raise ValueError(f"score={score!r} needs queries and keys of one width: q {q.shape}, k {k.shape}")
+    if score == "cosine" and Dk is not None and Dk != Dq:
+        raise ValueError(f"score='cosine' needs queries and keys of one width: q {q.shape}, k {k.shape}")
+
+    if keys_projected is not None:
+        # cosine and general: (B, Lk, Dq); concat and additive: (B, Lk, H)
+        width = {"concat": lambda: wts["w"].shape[0], "additive": lambda: wts["w_q"].shape[0]}.get(score, lambda: Dq)()
+        kp = _keys_projected(keys_projected, score, B, Lk, width, unbatched)
+    else:
+        kp = _project_keys(k, score, wts)
+
+    inputs = {"q": q, "k": k, "keys_projected": kp if keys_projected is not None else None, **wts}
+    if score in ("dot", "scaled_dot"):
+        s = matmul(q, k, transpose_b=True)
+        if score == "scaled_dot":
+            s *= np.float32(1.0 / np.sqrt(Dq) if scale is None else _scale(scale))
+    elif score == "cosine":
+        s = matmul(_unit_rows(q), kp, transpose_b=True)
+    elif score == "general":
+        s = matmul(q, kp, transpose_b=True)
+    else:
+        if score == "concat":
+            qp = linear(q, wts["w"][:, :Dq], wts["b"])
+        else:
+            qp = linear(q, wts["w_q"], wts["b_q"])
+        s = _core.additive_scores(qp, kp, wts["v"], v_bias)
+    return _check_finite_scores(s, inputs), unbatched
+
+
+def attention_scores(q, k, *, score: str = "dot", w=None, w_q=None, b_q=None, w_k=None, b_k=None, v=None,
+                     v_bias: float = 0.0, b=None, scale: Optional[float] = None, keys_projected=None) -> np.ndarray:
+    """Scores of queries q against keys k by one of the classic score functions; (B, Lq, Lk) float32.
+
+    q (B, Lq, Dq) or unbatched (Lq, Dq); k (B, Lk, Dk) or (Lk, Dk), same batch size. ``score``:
+
+    * ``"dot"``        q . k (Luong)                       -- needs Dq == Dk
+    * ``"scaled_dot"`` q . k * scale, scale = 1/sqrt(D) by default (Vaswani et al.)
+    * ``"cosine"``     q . k / (max(|q|, 1e-8) max(|k|, 1e-8))
+    * ``"general"``    q^T w k with w (Dq, Dk) (Luong)
+    * ``"concat"``     v^T tanh(w [q; k] + b) + v_bias with w (H, Dq + Dk), b (H,) or None, v (H,) (Luong)
+    * ``"additive"``   v^T tanh(w_q q + b_q + w_k k + b_k) + v_bias with w_q (H, Dq), w_k (H, Dk), biases (H,)
+      or None, v (H,) (Bahdanau; the PyTorch tutorial's ``Va(tanh(Wa(q) + Ua(k)))`` with Va's bias as v_bias)
+
+    dot, scaled_dot, cosine and general run on the packed GEMM; concat and additive project queries and keys
+    with it and reduce ``sum_h v[h] tanh(qp[h] + kp[h])`` in one fused C++ pass (the (B, Lq, Lk, H) tensor
+    of tanh arguments is never formed).
+
+    ``keys_projected``: the key side of the score computed once per source, e.g. once per sentence when
+    decoding one step at a time (see :func:`project_keys`): ``k @ w_k.T + b_k`` (additive, (B, Lk, H)),
+    ``k @ w[:, Dq:].T`` (concat), ``k @ w.T`` (general, (B, Lk, Dq)), the unit-normalised keys (cosine). k
+    may then be None; w_k and b_k are not used (and may be omitted).
+
+    Weights of the wrong shape, missing weights and weights the score function does not take are
+    ``ValueError``s naming the weight; so are NaN or infinite inputs (the scores would be meaningless).
+    """
+    s, unbatched = _scores(q, k, score, w=w, w_q=w_q, b_q=b_q, w_k=w_k, b_k=b_k, v=v, v_bias=v_bias, b=b,
+                           scale=scale, keys_projected=keys_projected)
+    return s[0] if unbatched else s
+
+
+def project_keys(k, *, score: str, w=None, w_k=None, b_k=None) -> Optional[np.ndarray]:
+    """The ``keys_projected`` of :func:`attention_scores` / :func:`attention` for keys k (B, Lk, Dk) or
+    (Lk, Dk): ``k @ w_k.T + b_k`` (additive), ``k @ w[:, Dq:].T`` (concat: w is (H, Dq + Dk), its last Dk
+    columns act on the keys), ``k @ w.T`` (general), ``k / max(|k|, 1e-8)`` (cosine)."""
+    score = _check_score(score)
+    if score not in _KEYS_PROJECTED:
+        raise ValueError(f"score={score!r} uses the keys as they are: nothing to project")
+    k = _as_float32(k, "k")
+    unbatched = k.ndim == 2
+    k = _rows3(k, "k", "(B, Lk, Dk)", unbatched)
+    Dk = k.shape[2]
+    wts = {}
+    if score == "general":
+        if w is None:
+            raise ValueError("score='general' needs w of shape (Dq, Dk)")
+        wts["w"] = _contiguous(w, "w")
+        if wts["w"].ndim != 2 or wts["w"].shape[1] != Dk:
+            raise ValueError(f"expected w of shape (Dq, Dk) = (Dq, {Dk}), got {wts['w'].shape}")
+    elif score == "concat":
+        if w is None:
+            raise ValueError("score='concat' needs w of shape (H, Dq + Dk)")
+        wts["w"] = _contiguous(w, "w")
+        if wts["w"].ndim != 2 or wts["w"].shape[1] <= Dk:
+            raise ValueError(f"expected w of shape (H, Dq + Dk) = (H, Dq + {Dk}), got {wts['w'].shape}")
+    elif score == "additive":
+        if w_k is None:
+            raise ValueError("score='additive' needs w_k of shape (H, Dk)")
+        wts["w_k"] = _contiguous(w_k, "w_k")
+        if wts["w_k"].ndim != 2 or wts["w_k"].shape[1] != Dk:
+            raise ValueError(f"expected w_k of shape (H, Dk) = (H, {Dk}), got {wts['w_k'].shape}")
+        H = wts["w_k"].shape[0]
+        wts["b_k"] = None if b_k is None else _weight(b_k, "b_k", (H,), "(H,)", score)
+    kp = _project_keys(k, score, wts)
+    return kp[0] if unbatched else kp
+
+
+def _scores_mask(m, B: int, Lq: int, Lk: int, unbatched: bool) -> Optional[np.ndarray]:
+    """mask as (B|1, Lq, Lk) (bool or float32); unbatched inputs take (Lq, Lk)."""
+    m = _mask(m, "mask")
+    if m is None:
+        return None
+    _check_nonempty(m, "mask")
+    if m.ndim == 2 and m.shape == (Lq, Lk):
+        m = m[None]
+    elif unbatched or m.ndim != 3 or m.shape not in ((B, Lq, Lk), (1, Lq, Lk)):
+        want = f"(Lq, Lk) = {(Lq, Lk)}" + ("" if unbatched else f" or (B, Lq, Lk) = {(B, Lq, Lk)}")
+        raise ValueError(f"expected mask of shape {want}, got {m.shape}")
+    return m
+
+
+def _padding_mask(m, B: int, Lk: int, unbatched: bool) -> Optional[np.ndarray]:
+    m = _mask(m, "key_padding_mask")
+    if m is None:
+        return None
+    if unbatched and m.shape == (Lk,):
+        m = m[None]
+    if m.shape != (B, Lk):
+        want = f"(Lk,) = ({Lk},)" if unbatched else f"(B, Lk) = {(B, Lk)}"
+        raise ValueError(f"expected key_padding_mask of shape {want}, got {m.shape}")
+    return m[:, None, :]  # (B, 1, Lk): the same keys hidden from every query
+
+
+def _apply_mask(s: np.ndarray, m: Optional[np.ndarray], name: str) -> None:
+    if m is None:
+        return
+    if m.dtype == np.bool_:
+        np.copyto(s, np.float32(-np.inf), where=m)
+        return
+    if np.isnan(m).any() or np.isposinf(m).any():
+        raise ValueError(f"a float {name} is added to the scores: -inf hides a key, NaN and +inf are refused")
+    s += m
+
+
+def _attend(s: np.ndarray, values: np.ndarray, mask, key_padding_mask, hard: bool):
+    """Masked soft (or hard) attention over scores s (B, Lq, Lk), which it overwrites. values (B, Lk, Dv).
+    Returns (context (B, Lq, Dv), weights (B, Lq, Lk))."""
+    _apply_mask(s, mask, "mask")
+    _apply_mask(s, key_padding_mask, "key_padding_mask")
+    if not hard:
+        weights = _core.softmax(s)  # a row with every key masked: zero weights
+        return matmul(weights, values), weights
+    best = np.argmax(s, axis=-1)  # (B, Lq); ties: the first key
+    seen = np.take_along_axis(s, best[..., None], axis=-1)[..., 0] > -np.inf  # False: every key masked
+    weights = np.zeros_like(s)
+    np.put_along_axis(weights, best[..., None], 1.0, axis=-1)
+    weights *= seen[..., None]
+    context = np.take_along_axis(values, best[..., None], axis=1)  # (B, Lq, Dv): the chosen keys' values
+    context = np.ascontiguousarray(context * seen[..., None], dtype=np.float32)
+    return context, weights
+
+
+def _values(v, B: int, Lk: int, unbatched: bool, name: str = "v") -> np.ndarray:
+    v = _rows3(v, name, "(B, Lk, Dv)", unbatched)
+    if v.shape[:2] != (B, Lk):
+        shape = v.shape[1:] if unbatched else v.shape
+        want = f"(Lk, Dv) = ({Lk}, Dv)" if unbatched else f"(B, Lk, Dv) = ({B}, {Lk}, Dv)"
+        raise ValueError(f"expected {name} of shape {want} to match the keys, got {shape}")
+    return v
+
+
+def attention(q, k, v, /, *, score: str = "scaled_dot", mask=None, key_padding_mask=None, hard: bool = False,
+              need_weights: bool = False, **score_weights):
+    """Single-head attention with any score function of :func:`attention_scores`: weights = softmax over the
+    keys of the masked scores, context = weights @ v.
+
+    q (B, Lq, Dq), k (B, Lk, Dk), v (B, Lk, Dv) -- or all unbatched (L, D). ``score_weights`` are those of
+    :func:`attention_scores` (w, w_q, b_q, w_k, b_k, v, v_bias, b, scale, keys_projected; the additive
+    vector ``v=`` does not clash with the values, which are positional). k may be None with keys_projected.
+
+    ``mask`` (Lq, Lk) or (B, Lq, Lk) and ``key_padding_mask`` (B, Lk) as in
+    :func:`scaled_dot_product_attention`: bool True = masked out, float = added to the scores. A query whose
+    keys are all masked gets zero weights and a zero context. ``hard=True``: the weights are one-hot at the
+    highest (masked) score -- ties go to the first key -- and the context is that key's value.
+
+    Returns context (B, Lq, Dv), or (context, weights (B, Lq, Lk)) when ``need_weights``.
+    """
+    weights = {n: score_weights.pop(n, None) for n in ("w", "w_q", "b_q", "w_k", "b_k", "v", "b", "scale",
+                                                      "keys_projected")}
+    s, unbatched = _scores(q, k, score, v_bias=score_weights.pop("v_bias", 0.0), **weights)
+    if score_weights:
+        raise TypeError(f"attention() got unexpected keyword arguments: {', '.join(sorted(score_weights))}")
+    B, Lq, Lk = s.shape
+    values = _values(v, B, Lk, unbatched)
+    m = _scores_mask(mask, B, Lq, Lk, unbatched)
+    kpm = _padding_mask(key_padding_mask, B, Lk, unbatched)
+    context, weights = _attend(s, values, m, kpm, bool(hard))
+    if unbatched:
+        context, weights = context[0], weights[0]
+    return (context, weights) if need_weights else context

@@ -54,5 +54,6 @@ void bind_gemm(py::module_& m);
 void bind_ops(py::module_& m);
 void bind_attention(py::module_& m);
 void bind_rnn(py::module_& m);
+void bind_scores(py::module_& m);
 
 }  // namespace pyattn::bind

@@ -197,4 +197,5 @@ PYBIND11_MODULE(_core, m) {
     pyattn::bind::bind_ops(m);
     pyattn::bind::bind_attention(m);
     pyattn::bind::bind_rnn(m);
+    pyattn::bind::bind_scores(m);
 }

@@ -384,6 +384,50 @@ void gru_gates(const float* gi, const float* gh, float* h, int64_t n) {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Additive attention scores: out[j] = sum_h v[h] tanh(a[h] + b_j[h]).
+// ---------------------------------------------------------------------------------------------
+// NK keys per pass: the query and v vectors are loaded once for NK keys, and the NK tanh evaluations are
+// independent chains the core can overlap (tanh is ~20 dependent operations deep). chk[k] accumulates
+// s * 0, which is 0 for finite s and NaN for NaN or +-inf: tanh alone would turn inf into 1 and, in the
+// vector sets, NaN into +-1 (max/min return the non-NaN operand), hiding a bad input.
+template <int NK>
+inline void tanh_dot_block(const float* a, const float* b, int64_t ldb, const float* v, int64_t n, float* out) {
+    typename V::reg acc[NK], chk[NK];
+#pragma GCC unroll 4
+    for (int k = 0; k < NK; ++k) acc[k] = chk[k] = V::zero();
+    const typename V::reg zero = V::zero();
+    int64_t h = 0;
+    for (; h + V::W <= n; h += V::W) {
+        const typename V::reg av = V::load(a + h), vv = V::load(v + h);
+#pragma GCC unroll 4
+        for (int k = 0; k < NK; ++k) {
+            const typename V::reg s = V::add(av, V::load(b + k * ldb + h));
+            acc[k] = V::fmadd(vv, V::tanh(s), acc[k]);
+            chk[k] = V::fmadd(s, zero, chk[k]);
+        }
+    }
+    if (h < n) {  // lanes past n load 0: tanh(0) * 0 adds nothing
+        const int64_t r = n - h;
+        const typename V::reg av = V::load_n(a + h, r), vv = V::load_n(v + h, r);
+#pragma GCC unroll 4
+        for (int k = 0; k < NK; ++k) {
+            const typename V::reg s = V::add(av, V::load_n(b + k * ldb + h, r));
+            acc[k] = V::fmadd(vv, V::tanh(s), acc[k]);
+            chk[k] = V::fmadd(s, zero, chk[k]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int k = 0; k < NK; ++k) out[k] = V::hsum(V::add(acc[k], chk[k]));
+}
+
+void tanh_dot(const float* a, const float* b, int64_t ldb, int64_t m, const float* v, int64_t n, float* out) {
+    int64_t j = 0;
+    for (; j + 4 <= m; j += 4) tanh_dot_block<4>(a, b + j * ldb, ldb, v, n, out + j);
+    for (; j + 2 <= m; j += 2) tanh_dot_block<2>(a, b + j * ldb, ldb, v, n, out + j);
+    if (j < m) tanh_dot_block<1>(a, b + j * ldb, ldb, v, n, out + j);
+}
+
 double fma_loop(int64_t iters) {
     constexpr int kChains = 12;  // > FMA latency x pipes on current x86 cores
     typename V::reg acc[kChains];
@@ -441,6 +485,7 @@ KernelSet make_kernel_set(const char* name, int mc, int kc, int nc) {
     ks.add = &add_row;
     ks.layer_norm = &layer_norm_row;
     ks.bias_act = &bias_act;
+    ks.tanh_dot = &tanh_dot;
     ks.fma_loop = &fma_loop;
     ks.stream_sum = &stream_sum;
     return ks;

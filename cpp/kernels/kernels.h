@@ -78,6 +78,12 @@ struct KernelSet {
     // input and hidden projections, biases included). r = sigmoid(gi_r + gh_r), z = sigmoid(gi_z + gh_z),
     // c = tanh(gi_n + r * gh_n), h = (1 - z) c + z h, in place.
     void (*gru_gates)(const float* gi, const float* gh, float* h, int64_t n);
+    // Additive (Bahdanau) attention scores of one query against m keys:
+    //   out[j] = sum_h v[h] * tanh(a[h] + b[j * ldb + h]),  h < n, j < m.
+    // a: the projected query (n), b: m projected keys (row stride ldb), v: (n). out[j] is NaN when any
+    // a[h] + b[j * ldb + h] is NaN or infinite (every kernel set alike), so that bad inputs are never
+    // silently saturated by tanh.
+    void (*tanh_dot)(const float* a, const float* b, int64_t ldb, int64_t m, const float* v, int64_t n, float* out);
 
     // Measures the FMA throughput of one core: runs `iters` iterations of independent FMA chains and
     // returns the number of floating-point operations performed.

@@ -5,6 +5,7 @@ from .bert import BertModel
 from .gpt2 import GPT2Model
 from .seq2seq import Seq2SeqModel
 from .pretrained import read_config
+from .rnn_seq2seq import Seq2Seq, Translation
 from .sentence import SentenceEncoder
 from .whisper import Whisper
 
@@ -21,4 +22,4 @@ def from_pretrained(path):
     return FAMILIES[kind].from_pretrained(folder)
 
 
-__all__ = ["BertModel", "FAMILIES", "GPT2Model", "Seq2SeqModel", "SentenceEncoder", "Whisper", "from_pretrained"]
+__all__ = ["BertModel", "FAMILIES", "GPT2Model", "Seq2SeqModel", "Seq2Seq", "SentenceEncoder", "Translation", "Whisper", "from_pretrained"]
