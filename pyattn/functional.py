@@ -510,6 +510,8 @@ def _scores(q, k, score, *, w, w_q, b_q, w_k, b_k, v, v_bias, b, scale, keys_pro
         # cosine and general: (B, Lk, Dq); concat and additive: (B, Lk, H)
         width = {"concat": lambda: wts["w"].shape[0], "additive": lambda: wts["w_q"].shape[0]}.get(score, lambda: Dq)()
         kp = _keys_projected(keys_projected, score, B, Lk, width, unbatched)
+    elif score == "general" and Lq <= Lk:
+        kp = None  # (q w) . k: projecting the fewer rows is cheaper
     else:
         kp = _project_keys(k, score, wts)
 
@@ -521,7 +523,7 @@ def _scores(q, k, score, *, w, w_q, b_q, w_k, b_k, v, v_bias, b, scale, keys_pro
     elif score == "cosine":
         s = matmul(_unit_rows(q), kp, transpose_b=True)
     elif score == "general":
-        s = matmul(q, kp, transpose_b=True)
+        s = matmul(matmul(q, wts["w"]), k, transpose_b=True) if kp is None else matmul(q, kp, transpose_b=True)
     else:
         if score == "concat":
             qp = linear(q, wts["w"][:, :Dq], wts["b"])
