@@ -571,6 +571,11 @@ def project_keys(k, *, score: str, w=None, w_k=None, b_k=None) -> Optional[np.nd
     score = _check_score(score)
     if score not in _KEYS_PROJECTED:
         raise ValueError(f"score={score!r} uses the keys as they are: nothing to project")
+    takes = {"cosine": (), "general": ("w",), "concat": ("w",), "additive": ("w_k", "b_k")}[score]
+    extra = [n for n, x in (("w", w), ("w_k", w_k), ("b_k", b_k)) if x is not None and n not in takes]
+    if extra:
+        raise ValueError(f"projecting keys for score={score!r} takes {', '.join(takes) or 'no weights'}; "
+                         f"got {', '.join(extra)}")
     k = _as_float32(k, "k")
     unbatched = k.ndim == 2
     k = _rows3(k, "k", "(B, Lk, Dk)", unbatched)

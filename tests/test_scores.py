@@ -590,6 +590,12 @@ def test_wrong_weights_and_shapes(rng):
     with pytest.raises(ValueError, match=r"expected keys_projected \(k @ w_k.T \+ b_k\) of shape \(B, Lk, H\) = "
                                          r"\(2, 5, 7\), got \(2, 5, 6\)"):
         F.attention_scores(q, k, score="additive", keys_projected=randn(rng, 2, 5, 6), **add)
+    with pytest.raises(ValueError, match="projecting keys for score='cosine' takes no weights; got w"):
+        F.project_keys(k, score="cosine", w=add["w_k"])
+    with pytest.raises(ValueError, match="score='dot' uses the keys as they are: nothing to project"):
+        F.project_keys(k, score="dot")
+    with pytest.raises(ValueError, match=r"expected w_k of shape \(H, Dk\) = \(H, 8\), got \(7, 6\)"):
+        F.project_keys(k, score="additive", w_k=add["w_q"])
     with pytest.raises(ValueError, match="k is None"):
         F.attention_scores(q, None, score="additive", **add)
     with pytest.raises(ValueError, match=r"expected k of shape \(B, Lk, Dk\), got \(5, 8\)"):
