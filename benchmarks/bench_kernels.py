@@ -12,6 +12,14 @@ Three tables per thread count, each cell the median of repeats after a warm-up c
 * Attention B=1, H=12, D=64, causal and not: pyattn's fused kernel vs torch's scaled_dot_product_attention
   vs an unfused numpy version, in ms and GFLOP/s (4 B H L^2 D flops, halved when causal).
 * Single-query decode attention (Lq = 1, H = 6, D = 64), in microseconds.
+* Additive (Bahdanau) attention, one decoder step of a batch (B = 32, source 64, hidden 512), in
+  microseconds: pyattn's nn.Attention.bahdanau (keys projected once per source by ``prepare``, then the
+  fused tanh-score kernel) and functional.attention(score="additive", keys_projected=...), against the
+  PyTorch seq2seq tutorial's BahdanauAttention as written (it re-projects the keys at every step) and the
+  same with the keys projected once, under torch.inference_mode.
+
+``--sections additive`` (comma-separated: gemm, attention, decode, additive) runs only some tables; the
+results then go to kernels_<sections>[_quick].* so that the full results are not overwritten.
 
 Every row carries the max abs error of pyattn against torch. Results go to
 benchmarks/results/kernels.{json,png,txt}; --quick writes kernels_quick.* so the full results survive.
@@ -41,8 +49,12 @@ GEMM_SHAPES = [(256, 256, 256), (512, 512, 512), (1024, 1024, 1024), (2048, 2048
                (1, 384, 1536), (1, 384, 51865), (4, 512, 2048)]
 ATTN_LENGTHS = [128, 512, 1024, 2048]
 DECODE_LENGTHS = [448, 1500]
-QUICK = {"gemm": [(256, 256, 256), (128, 384, 1152), (1, 384, 1536)], "attention": [128], "decode": [448]}
-FULL = {"gemm": GEMM_SHAPES, "attention": ATTN_LENGTHS, "decode": DECODE_LENGTHS}
+# (B, source length, hidden size) of one additive-attention decoder step
+ADDITIVE_SHAPES = [(32, 64, 512), (1, 64, 512)]
+QUICK = {"gemm": [(256, 256, 256), (128, 384, 1152), (1, 384, 1536)], "attention": [128], "decode": [448],
+         "additive": [(32, 64, 512)]}
+FULL = {"gemm": GEMM_SHAPES, "attention": ATTN_LENGTHS, "decode": DECODE_LENGTHS, "additive": ADDITIVE_SHAPES}
+SECTIONS = ("gemm", "attention", "decode", "additive")
 
 # Time per cell: (seconds of repeats, min repeats, max repeats).
 QUICK_TIMING = (0.03, 2, 50)
@@ -244,6 +256,91 @@ def decode_rows(peers: Peers, lengths, threads: int, timing) -> list[dict]:
     return rows
 
 
+def torch_bahdanau(torch, hidden_size: int):
+    """The PyTorch seq2seq tutorial's BahdanauAttention, as written there."""
+    nn = torch.nn
+
+    class BahdanauAttention(nn.Module):
+        def __init__(self, hidden_size):
+            super().__init__()
+            self.Wa = nn.Linear(hidden_size, hidden_size)
+            self.Ua = nn.Linear(hidden_size, hidden_size)
+            self.Va = nn.Linear(hidden_size, 1)
+
+        def forward(self, query, keys):
+            scores = self.Va(torch.tanh(self.Wa(query) + self.Ua(keys)))
+            scores = scores.squeeze(2).unsqueeze(1)
+            weights = torch.nn.functional.softmax(scores, dim=-1)
+            context = torch.bmm(weights, keys)
+            return context, weights
+
+    return BahdanauAttention(hidden_size).eval()
+
+
+def additive_impls(query, keys, peers: Peers, seed: int) -> dict:
+    """One decoder step of additive attention by each implementation -- argument-free callables returning
+    (context, weights); the keys are projected once, outside the timed calls, where the method allows it --
+    and pyattn's once-per-source preparation of the keys, also as a callable."""
+    from pyattn.nn import Attention
+
+    torch = peers.torch
+    H = keys.shape[-1]
+    if torch is not None:
+        torch.manual_seed(seed)
+        ref = torch_bahdanau(torch, H)
+        weights = [p.detach().numpy().copy() for p in (ref.Wa.weight, ref.Wa.bias, ref.Ua.weight, ref.Ua.bias,
+                                                        ref.Va.weight, ref.Va.bias)]
+    else:
+        rng = np.random.default_rng(seed)
+        u = lambda *shape: rng.uniform(-1, 1, shape).astype(np.float32) / np.float32(np.sqrt(H))  # noqa: E731
+        weights = [u(H, H), u(H), u(H, H), u(H), u(1, H), u(1)]
+    attn = Attention.bahdanau(*weights)
+    prepared = attn.prepare(keys)
+    kp = prepared.projected
+    impls = {
+        "pyattn": lambda: attn(query, prepared),
+        "pyattn_F": lambda: F.attention(query, None, keys, score="additive", keys_projected=kp, w_q=attn.w_q,
+                                        b_q=attn.b_q, v=attn.v, v_bias=attn.v_bias, need_weights=True),
+    }
+    if torch is not None:
+        tq, tk = torch.from_numpy(query), torch.from_numpy(keys)
+        with torch.inference_mode():
+            uk = ref.Ua(tk)  # the keys projected once per source
+
+        def torch_tutorial():
+            with torch.inference_mode():
+                return ref(tq, tk)
+
+        def torch_keys_once():
+            with torch.inference_mode():
+                scores = ref.Va(torch.tanh(ref.Wa(tq) + uk)).squeeze(2).unsqueeze(1)
+                w = torch.nn.functional.softmax(scores, dim=-1)
+                return torch.bmm(w, tk), w
+
+        impls["torch"] = torch_tutorial
+        impls["torch_keys_once"] = torch_keys_once
+    return impls, (lambda: attn.prepare(keys))
+
+
+def additive_rows(peers: Peers, shapes, threads: int, timing) -> list[dict]:
+    rng = np.random.default_rng(3)
+    rows = []
+    for B, Lk, H in shapes:
+        query = rng.standard_normal((B, 1, H), dtype=np.float32)
+        keys = rng.standard_normal((B, Lk, H), dtype=np.float32)
+        impls, prepare = additive_impls(query, keys, peers, seed=B * 1000 + Lk)
+        row = {"B": B, "Lk": Lk, "H": H, "Lq": 1, "threads": threads}
+        for name, fn in impls.items():
+            row[f"{name}_us"] = measure(fn, timing) * 1e6
+        row["pyattn_prepare_us"] = measure(prepare, timing) * 1e6  # once per source, not per step
+        if "torch" in impls:
+            want_ctx, want_w = (t.numpy() for t in impls["torch"]())
+            ctx, w = impls["pyattn"]()
+            row["max_err_vs_torch"] = max(max_abs_err(ctx, want_ctx), max_abs_err(w, want_w))
+        rows.append(row)
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------------
 # tables
 # ---------------------------------------------------------------------------------------------------
@@ -286,6 +383,20 @@ def format_decode(rows) -> list[str]:
     return lines
 
 
+def format_additive(rows) -> list[str]:
+    lines = [f"Additive (Bahdanau) attention, one decoder step (Lq=1), microseconds, median, {rows[0]['threads']} "
+             f"thread(s); pyattn and 'torch keys once' project the keys once per source (pyattn: prepare)",
+             f"{'B':>3} {'Lk':>4} {'H':>4} | {'pyattn':>8} {'F.attn':>8} | {'torch':>8} {'keys once':>9} | "
+             f"{'vs torch':>8} {'vs once':>7} | {'prepare':>8} | {'max err':>8}"]
+    for r in rows:
+        t, once = r.get("torch_us"), r.get("torch_keys_once_us")
+        lines.append(f"{r['B']:>3} {r['Lk']:>4} {r['H']:>4} | {r['pyattn_us']:8.1f} {r['pyattn_F_us']:8.1f} | "
+                     f"{_num(t, '.1f', 8)} {_num(once, '.1f', 9)} | "
+                     f"{_num(t and t / r['pyattn_us'], '.1f', 7)}x {_num(once and once / r['pyattn_us'], '.1f', 6)}x | "
+                     f"{r['pyattn_prepare_us']:8.1f} | {_num(r.get('max_err_vs_torch'), '.1e', 8)}")
+    return lines
+
+
 # ---------------------------------------------------------------------------------------------------
 # plot
 # ---------------------------------------------------------------------------------------------------
@@ -294,8 +405,13 @@ GEMM_SERIES = [("pyattn_packed", "pyattn (prepacked)"), ("pyattn", "pyattn"), ("
 ATTN_SERIES = [("pyattn", "pyattn"), ("torch", "torch SDPA"), ("numpy", "numpy")]
 
 
+ADDITIVE_SERIES = [("pyattn", "pyattn (keys once)"), ("pyattn_F", "pyattn functional"), ("torch", "torch tutorial"),
+                   ("torch_keys_once", "torch (keys once)")]
+
+
 def plot(results: dict, path: Path) -> bool:
-    """GEMM GFLOP/s per shape (grouped bars) and attention ms vs L, at the largest thread count."""
+    """At the largest thread count: GEMM GFLOP/s per shape (grouped bars), attention ms vs L, additive attention
+    microseconds per step -- one panel per section that was run."""
     try:
         import matplotlib
 
@@ -307,8 +423,22 @@ def plot(results: dict, path: Path) -> bool:
     threads = max(results["threads"])
     gemm = [r for r in results["gemm"] if r["threads"] == threads]
     attn = [r for r in results["attention"] if r["threads"] == threads]
-    fig, (ax_gemm, ax_attn) = plt.subplots(1, 2, figsize=(15, 5.5), gridspec_kw={"width_ratios": [2, 1]})
+    additive = [r for r in results.get("additive", []) if r["threads"] == threads]
+    panels = [(name, rows, ratio) for name, rows, ratio in (("gemm", gemm, 2), ("attention", attn, 1),
+                                                             ("additive", additive, 1)) if rows]
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * sum(p[2] for p in panels) + 1, 5.5),
+                             gridspec_kw={"width_ratios": [p[2] for p in panels]}, squeeze=False)
+    for ax, (name, rows, _) in zip(axes[0], panels):
+        {"gemm": _plot_gemm, "attention": _plot_attention, "additive": _plot_additive}[name](ax, rows, results, threads)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
+
+def _plot_gemm(ax_gemm, gemm, results, threads):
     x = np.arange(len(gemm))
     width = 0.8 / len(GEMM_SERIES)
     for i, (key, label) in enumerate(GEMM_SERIES):
@@ -323,6 +453,8 @@ def plot(results: dict, path: Path) -> bool:
     ax_gemm.set_title(f"SGEMM y = x W^T, {threads} thread(s)")
     ax_gemm.legend(fontsize=8, ncol=len(GEMM_SERIES) + 1, loc="upper center")  # above the bars
 
+
+def _plot_attention(ax_attn, attn, results, threads):
     for causal, style in ((False, "-"), (True, "--")):
         for key, label in ATTN_SERIES:
             points = [(r["L"], r[f"{key}_ms"]) for r in attn if r["causal"] == causal and f"{key}_ms" in r]
@@ -335,10 +467,19 @@ def plot(results: dict, path: Path) -> bool:
     ax_attn.set_title(f"attention B={ATTN_B} H={ATTN_H} D={ATTN_D}, {threads} thread(s)")
     ax_attn.legend(fontsize=7)
 
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+
+def _plot_additive(ax, rows, results, threads):
+    x = np.arange(len(rows))
+    series = [(key, label) for key, label in ADDITIVE_SERIES if any(f"{key}_us" in r for r in rows)]
+    width = 0.8 / len(series)
+    for i, (key, label) in enumerate(series):
+        offset = (i - (len(series) - 1) / 2) * width
+        ax.bar(x + offset, [r.get(f"{key}_us", 0.0) for r in rows], width, label=label)
+    ax.set_yscale("log")
+    ax.set_xticks(x, [f"B={r['B']} Lk={r['Lk']} H={r['H']}" for r in rows], fontsize=8)
+    ax.set_ylabel("microseconds per decoder step (median)")
+    ax.set_title(f"additive (Bahdanau) attention, {threads} thread(s)")
+    ax.legend(fontsize=7)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -354,10 +495,20 @@ def thread_list(text: str) -> list[int]:
     return threads
 
 
+def section_list(text: str) -> list[str]:
+    sections = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in sections if t not in SECTIONS]
+    if not sections or unknown:
+        raise argparse.ArgumentTypeError(f"expected comma-separated sections among {','.join(SECTIONS)}; got {text!r}")
+    return [t for t in SECTIONS if t in sections]  # in the usual order, once each
+
+
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small subset of shapes, few repeats (CI)")
     ap.add_argument("--threads", type=thread_list, default=[1, 2], help="comma-separated thread counts (default 1,2)")
+    ap.add_argument("--sections", type=section_list, default=list(SECTIONS),
+                    help=f"comma-separated tables to run (default all: {','.join(SECTIONS)})")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results",
                     help="output directory (default benchmarks/results)")
     return ap.parse_args(argv)
@@ -374,7 +525,8 @@ def main(argv=None) -> int:
         "timing": {"budget_s": timing[0], "min_reps": timing[1], "max_reps": timing[2], "statistic": "median"},
         "threads": args.threads,
         "fma_peak_gflops": {}, "read_bandwidth_GBps": {},
-        "gemm": [], "attention": [], "decode": [],
+        "sections": args.sections,
+        "gemm": [], "attention": [], "decode": [], "additive": [],
     }
     lines = []
 
@@ -389,24 +541,34 @@ def main(argv=None) -> int:
     if not peers.numpy_threads_controlled:
         emit("note: threadpoolctl is not installed, so numpy's (OpenBLAS) thread count was NOT controlled")
 
+    sections = args.sections
     for n in args.threads:
         peers.set_threads(n)
-        peak = _core.measure_fma_peak(n, FMA_PEAK_SECONDS)
-        bandwidth = _core.measure_read_bandwidth(n, BANDWIDTH_MBYTES, BANDWIDTH_REPEATS)
-        results["fma_peak_gflops"][str(n)] = peak
-        results["read_bandwidth_GBps"][str(n)] = bandwidth
-        gemm = gemm_rows(peers, cases["gemm"], n, timing, peak)
-        emit("", *format_gemm(gemm, peak, bandwidth))
-        attention = attention_rows(peers, cases["attention"], n, timing)
-        emit("", *format_attention(attention))
-        decode = decode_rows(peers, cases["decode"], n, timing)
-        emit("", *format_decode(decode))
-        results["gemm"] += gemm
-        results["attention"] += attention
-        results["decode"] += decode
+        if "gemm" in sections:  # the peak and the bandwidth are the yardsticks of the GEMM table
+            peak = _core.measure_fma_peak(n, FMA_PEAK_SECONDS)
+            bandwidth = _core.measure_read_bandwidth(n, BANDWIDTH_MBYTES, BANDWIDTH_REPEATS)
+            results["fma_peak_gflops"][str(n)] = peak
+            results["read_bandwidth_GBps"][str(n)] = bandwidth
+            gemm = gemm_rows(peers, cases["gemm"], n, timing, peak)
+            emit("", *format_gemm(gemm, peak, bandwidth))
+            results["gemm"] += gemm
+        if "attention" in sections:
+            attention = attention_rows(peers, cases["attention"], n, timing)
+            emit("", *format_attention(attention))
+            results["attention"] += attention
+        if "decode" in sections:
+            decode = decode_rows(peers, cases["decode"], n, timing)
+            emit("", *format_decode(decode))
+            results["decode"] += decode
+        if "additive" in sections:
+            additive = additive_rows(peers, cases["additive"], n, timing)
+            emit("", *format_additive(additive))
+            results["additive"] += additive
 
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / ("kernels_quick" if args.quick else "kernels")
+    # a partial run must not overwrite the full results: kernels[_<sections>][_quick].*
+    partial = "" if sections == list(SECTIONS) else "_" + "_".join(sections)
+    stem = args.out / f"kernels{partial}{'_quick' if args.quick else ''}"
     json_path, text_path, png_path = (stem.with_suffix(s) for s in (".json", ".txt", ".png"))
     json_path.write_text(json.dumps(results, indent=1) + "\n")
     text_path.write_text("\n".join(lines) + "\n")

@@ -510,6 +510,8 @@ def _scores(q, k, score, *, w, w_q, b_q, w_k, b_k, v, v_bias, b, scale, keys_pro
         # cosine and general: (B, Lk, Dq); concat and additive: (B, Lk, H)
         width = {"concat": lambda: wts["w"].shape[0], "additive": lambda: wts["w_q"].shape[0]}.get(score, lambda: Dq)()
         kp = _keys_projected(keys_projected, score, B, Lk, width, unbatched)
+    elif score == "general" and Lq <= Lk:
+        kp = None  # (q w) . k: projecting the fewer rows is cheaper
     else:
         kp = _project_keys(k, score, wts)
 
@@ -521,7 +523,7 @@ def _scores(q, k, score, *, w, w_q, b_q, w_k, b_k, v, v_bias, b, scale, keys_pro
     elif score == "cosine":
         s = matmul(_unit_rows(q), kp, transpose_b=True)
     elif score == "general":
-        s = matmul(q, kp, transpose_b=True)
+        s = matmul(matmul(q, wts["w"]), k, transpose_b=True) if kp is None else matmul(q, kp, transpose_b=True)
     else:
         if score == "concat":
             qp = linear(q, wts["w"][:, :Dq], wts["b"])
@@ -569,6 +571,11 @@ def project_keys(k, *, score: str, w=None, w_k=None, b_k=None) -> Optional[np.nd
     score = _check_score(score)
     if score not in _KEYS_PROJECTED:
         raise ValueError(f"score={score!r} uses the keys as they are: nothing to project")
+    takes = {"cosine": (), "general": ("w",), "concat": ("w",), "additive": ("w_k", "b_k")}[score]
+    extra = [n for n, x in (("w", w), ("w_k", w_k), ("b_k", b_k)) if x is not None and n not in takes]
+    if extra:
+        raise ValueError(f"projecting keys for score={score!r} takes {', '.join(takes) or 'no weights'}; "
+                         f"got {', '.join(extra)}")
     k = _as_float32(k, "k")
     unbatched = k.ndim == 2
     k = _rows3(k, "k", "(B, Lk, Dk)", unbatched)
