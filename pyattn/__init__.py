@@ -41,6 +41,13 @@ def set_num_threads(n: int) -> None:
     _core.set_num_threads(n)
 
 
+def release_memory() -> int:
+    """Returns memory pyattn holds for reuse to the system: the cache of large result blocks (up to 128 MiB,
+    kept because reusing them saves page faults between calls) and the allocator's free heap pages. Call it
+    after freeing a model. Returns the bytes of cached blocks released."""
+    return _core.release_memory()
+
+
 def get_num_threads() -> int:
     """Threads used by pyattn's parallel ops."""
     return _core.get_num_threads()
@@ -88,6 +95,7 @@ __all__ = [
     "load",
     "models",
     "nn",
+    "release_memory",
     "get_isa",
     "get_num_threads",
     "set_isa",

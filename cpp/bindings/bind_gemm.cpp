@@ -100,7 +100,7 @@ public:
     }
 
     py::array weight() const {
-        py::array w = empty_f32({N_, K_});
+        py::array w = py::array_t<float>({N_, K_});  // numpy's allocator: a one-off result, not for the block cache
         float* wp = f32_mut(w);
         py::gil_scoped_release nogil;
         packed_->unpack_transposed(wp);

@@ -5,6 +5,10 @@
 
 #include "bindings/bind_common.h"
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 namespace pyattn::bind {
 
 std::string shape_str(const py::array& a) {
@@ -120,7 +124,7 @@ namespace {
 class BlockCache {
 public:
     static constexpr std::size_t kMinBytes = 1 << 20;   // smaller arrays: numpy's allocator is fine
-    static constexpr std::size_t kMaxCached = 256u << 20;
+    static constexpr std::size_t kMaxCached = 128u << 20;
 
     void* get(std::size_t bytes) {
         {
@@ -152,6 +156,16 @@ public:
         }
         free_.emplace(bytes, p);
         cached_ += bytes;
+    }
+
+    // Frees every cached block; returns the bytes released.
+    std::size_t clear() {
+        std::lock_guard<std::mutex> lock(mu_);
+        const std::size_t n = cached_;
+        for (auto& kv : free_) std::free(kv.second);
+        free_.clear();
+        cached_ = 0;
+        return n;
     }
 
     static BlockCache& instance() {
@@ -186,12 +200,23 @@ py::array_t<float> empty_f32(const std::vector<int64_t>& shape) {
     return py::array_t<float>(s, static_cast<float*>(block->ptr), owner);
 }
 
+std::size_t release_cached_memory() {
+    const std::size_t n = BlockCache::instance().clear();
+#if defined(__GLIBC__)
+    malloc_trim(0);  // hand the heap's free pages back as well (glibc keeps them after large frees)
+#endif
+    return n;
+}
+
 }  // namespace pyattn::bind
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "pyattn's C++ core: SIMD/OpenMP GEMM, softmax, layer norm, activations and fused attention.\n"
               "Functions here take float32 arrays as they are and refuse anything else; pyattn.functional\n"
               "is the user-facing layer that converts and documents.";
+    m.def("release_memory", &pyattn::bind::release_cached_memory,
+          "Frees the cache of large result blocks (kept for reuse between calls, at most 128 MiB) and returns the\n"
+          "allocator's free pages to the system. Returns the bytes of cached blocks freed.");
     pyattn::bind::bind_cpu(m);
     pyattn::bind::bind_gemm(m);
     pyattn::bind::bind_ops(m);
