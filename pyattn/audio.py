@@ -83,10 +83,14 @@ def _read_wav(path: str, sample_rate: int) -> np.ndarray:
         with wave.open(path, "rb") as f:
             channels, width, rate = f.getnchannels(), f.getsampwidth(), f.getframerate()
             data = f.readframes(f.getnframes())
-    except (wave.Error, EOFError) as e:
+    except (wave.Error, EOFError, RuntimeError) as e:
         # wave only reads uncompressed integer PCM: float, mu-law, ADPCM, WAVE_FORMAT_EXTENSIBLE (before
-        # Python 3.12) and non-WAV files all end up here, as does a header cut short (EOFError).
-        reason = str(e) or ("the file is empty" if os.path.getsize(path) == 0 else "the header is cut short")
+        # Python 3.12) and non-WAV files all end up here, as does a header cut short (EOFError) and a chunk
+        # whose size runs past the RIFF chunk holding it (wave's seek raises a bare RuntimeError).
+        if isinstance(e, RuntimeError):
+            reason = "a chunk claims more bytes than the RIFF chunk holds"
+        else:
+            reason = str(e) or ("the file is empty" if os.path.getsize(path) == 0 else "the header is cut short")
         raise ValueError(f"{path}: not a readable PCM WAV file ({reason}); convert it with "
                          f"`sox {path} -r {sample_rate} -c 1 -b 16 out.wav`") from None
     if width not in _PCM_DTYPE:
@@ -110,7 +114,15 @@ def _read_wav(path: str, sample_rate: int) -> np.ndarray:
     return x
 
 
+# Rates a file may declare to be resampled: a header claiming 1 Hz would otherwise turn each sample into
+# 16000 (a 1 MB file into 64 GB of float32).
+MIN_FILE_RATE, MAX_FILE_RATE = 1000, 768000
+
+
 def _resample(x: np.ndarray, rate: int, sample_rate: int, path: str) -> np.ndarray:
+    if not MIN_FILE_RATE <= rate <= MAX_FILE_RATE:
+        raise ValueError(f"{path}: sample rate of {rate} Hz is outside the {MIN_FILE_RATE}-{MAX_FILE_RATE} Hz of "
+                         "audio files pyattn resamples (a corrupt header?)")
     try:
         import soxr
     except ImportError:

@@ -94,14 +94,24 @@ def _mask(m, name: str) -> Optional[np.ndarray]:
     if m.dtype.kind == "f" and m.dtype != np.float32:
         m = m.astype(np.float32)
     if m.dtype == np.bool_ or m.dtype == np.float32:
-        # the kernels walk a mask row by row: copy a view whose last axis is strided
-        if m.ndim and m.shape[-1] > 1 and m.strides[-1] != m.itemsize:
+        # the kernels walk a mask row by row, forwards: copy a view whose last axis is strided or that runs
+        # backwards along any axis
+        if m.ndim and ((m.shape[-1] > 1 and m.strides[-1] != m.itemsize) or any(s < 0 for s in m.strides)):
             m = np.ascontiguousarray(m)
         return m
     raise TypeError(
         f"expected {name} to be bool (True = masked out) or float (added to the scores), got {m.dtype}; "
         f"integer masks are ambiguous: pass {name}.astype(bool)"
     )
+
+
+def _number(x, name: str) -> float:
+    """A real number argument (a Python or numpy scalar, or a 0-d array; not a bool, string or array) as a float."""
+    if isinstance(x, np.ndarray) and x.ndim == 0 and x.dtype.kind in "iuf":
+        x = x.item()
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {type(x).__name__} {x!r:.40}")
+    return float(x)
 
 
 def _axis(x: np.ndarray, axis: int) -> int:
@@ -127,6 +137,10 @@ def linear(x, weight, bias=None, *, activation: str = "none", out: Optional[np.n
     """``act(x @ weight.T + bias)`` with weight in PyTorch's (out_features, in_features) layout and x of shape
     (..., in_features). ``activation`` is fused into the GEMM: one of none, relu, gelu, gelu_tanh, silu.
     For repeated calls with the same weight use :class:`pyattn.PackedLinear`, which packs it once."""
+    if not isinstance(activation, str):
+        raise TypeError(f"activation must be a string, one of {', '.join(_ACTIVATIONS)}; got {activation!r}")
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}: expected one of {', '.join(_ACTIVATIONS)}")
     return _core.linear(_contiguous(x, "x"), _contiguous(weight, "weight"), _optional(bias, "bias"),
                         activation, out)
 
@@ -158,8 +172,12 @@ def log_softmax(x, axis: int = -1) -> np.ndarray:
 def layer_norm(x, weight=None, bias=None, eps: float = 1e-5, *, residual=None) -> np.ndarray:
     """Layer normalisation over the last axis, as ``torch.nn.functional.layer_norm(x, (n,), weight, bias,
     eps)``: biased variance, weight and bias of shape (n,) or None. With ``residual`` (the shape of x) it
-    normalises ``x + residual`` in the same pass: the post-LN ``LayerNorm(x + Sublayer(x))``."""
-    return _core.layer_norm(_contiguous(x, "x"), _optional(weight, "weight"), _optional(bias, "bias"), float(eps),
+    normalises ``x + residual`` in the same pass: the post-LN ``LayerNorm(x + Sublayer(x))``. ``eps`` is a
+    number >= 0 (TypeError for other types, ValueError for a negative or NaN eps)."""
+    eps = _number(eps, "eps")
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    return _core.layer_norm(_contiguous(x, "x"), _optional(weight, "weight"), _optional(bias, "bias"), eps,
                             _optional(residual, "residual"))
 
 
@@ -222,7 +240,7 @@ def _key_padding(m: Optional[np.ndarray], B: int, Lk: int) -> Optional[np.ndarra
 def _scale(scale) -> Optional[float]:
     if scale is None:
         return None
-    scale = float(scale)
+    scale = _number(scale, "scale")
     if not np.isfinite(scale):
         raise ValueError(f"scale must be finite, got {scale}")
     return scale
@@ -476,7 +494,7 @@ def _keys_projected(kp, score: str, B: int, Lk: Optional[int], width: int, unbat
 
 
 def _v_bias(v_bias) -> float:
-    v_bias = 0.0 if v_bias is None else float(v_bias)
+    v_bias = 0.0 if v_bias is None else _number(v_bias, "v_bias")
     if not np.isfinite(v_bias):
         raise ValueError(f"v_bias must be finite, got {v_bias}")
     return v_bias

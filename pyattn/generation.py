@@ -77,6 +77,25 @@ def _check(max_new_tokens, temperature, top_k, top_p, num_beams):
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
 
 
+def _vocab_size(model) -> Optional[int]:
+    vocab = getattr(model, "vocab_size", None)
+    if vocab is None and hasattr(model, "lm_head"):
+        vocab = model.lm_head.out_features
+    return vocab
+
+
+def _token_id(value, name: str, from_config: bool, vocab: Optional[int]) -> Optional[int]:
+    """None, or a token id in [0, vocab): the ids generation reads from the config are checked like arguments."""
+    if value is None:
+        return None
+    if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+            or value < 0 or (vocab is not None and value >= vocab)):
+        where = " (from the model's config.json)" if from_config else ""
+        raise ValueError(f"{name}{where} must be a token id in [0, {vocab if vocab is not None else 'vocab'}), "
+                         f"got {value!r}")
+    return int(value)
+
+
 def generate(model, input_ids, attention_mask=None, *, max_new_tokens: int = 20, do_sample: bool = False,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: Optional[int] = None,
              num_beams: int = 1, length_penalty: float = 1.0, early_stopping=False,
@@ -93,10 +112,15 @@ def generate(model, input_ids, attention_mask=None, *, max_new_tokens: int = 20,
     come from the model's config (eos_token_id, pad_token_id, decoder_start_token_id, forced_*).
     """
     cfg = getattr(model, "config", {}) or {}
-    eos_token_id = cfg.get("eos_token_id") if eos_token_id is None else eos_token_id
-    pad_token_id = cfg.get("pad_token_id") if pad_token_id is None else pad_token_id
-    forced_bos_token_id = cfg.get("forced_bos_token_id") if forced_bos_token_id is None else forced_bos_token_id
-    forced_eos_token_id = cfg.get("forced_eos_token_id") if forced_eos_token_id is None else forced_eos_token_id
+    vocab = _vocab_size(model)
+
+    def token(name, value):
+        return _token_id(cfg.get(name) if value is None else value, name, value is None, vocab)
+
+    eos_token_id = token("eos_token_id", eos_token_id)
+    pad_token_id = token("pad_token_id", pad_token_id)
+    forced_bos_token_id = token("forced_bos_token_id", forced_bos_token_id)
+    forced_eos_token_id = token("forced_eos_token_id", forced_eos_token_id)
     _check(max_new_tokens, temperature, top_k, top_p, num_beams)
     ids = np.asarray(input_ids)
     if ids.ndim != 2 or ids.dtype.kind not in "iu" or ids.size == 0:
@@ -112,7 +136,7 @@ def generate(model, input_ids, attention_mask=None, *, max_new_tokens: int = 20,
         pad_token_id = eos_token_id
     view = DecoderView(model)
     if getattr(model, "is_encoder_decoder", False):
-        start = cfg.get("decoder_start_token_id") if decoder_start_token_id is None else decoder_start_token_id
+        start = token("decoder_start_token_id", decoder_start_token_id)
         if start is None:
             raise ValueError("decoder_start_token_id is not set (neither given nor in the model config)")
         view = DecoderView(model, model.encode(ids, mask), mask)

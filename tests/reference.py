@@ -26,7 +26,8 @@ def softmax(x, axis=-1):
     m = np.where(np.isneginf(m), 0.0, m)
     e = np.exp(x - m)
     s = e.sum(axis=axis, keepdims=True)
-    return np.where(s > 0, e / np.where(s > 0, s, 1.0), 0.0)
+    # all -inf: zeros; a NaN (or +inf, whose exp(inf - inf) is NaN) anywhere in the slice: NaN throughout
+    return np.where(np.isnan(s), np.nan, np.where(s > 0, e / np.where(s > 0, s, 1.0), 0.0))
 
 
 def log_softmax(x, axis=-1):
@@ -93,7 +94,14 @@ def sdpa(q, k, v, attn_mask=None, key_padding_mask=None, is_causal=False, scale=
     B, H, Lq, D = q.shape
     Lk = k.shape[2]
     scale = 1.0 / np.sqrt(D) if scale is None else scale
-    s = q @ np.swapaxes(k, -1, -2) * scale + attention_bias(B, H, Lq, Lk, attn_mask, key_padding_mask, is_causal,
-                                                             three_d)
+    with np.errstate(invalid="ignore"):
+        s = q @ np.swapaxes(k, -1, -2) * scale
+        # bool masks and the causal mask replace a hidden score by -inf (whatever it was, NaN included, as torch's
+        # masked_fill); float masks are added
+        floats = [m if m is not None and np.asarray(m).dtype != bool else None for m in (attn_mask, key_padding_mask)]
+        bools = [m if m is not None and np.asarray(m).dtype == bool else None for m in (attn_mask, key_padding_mask)]
+        s = s + attention_bias(B, H, Lq, Lk, floats[0], floats[1], False, three_d)
+        hidden = np.isneginf(attention_bias(B, H, Lq, Lk, bools[0], bools[1], is_causal, three_d))
+        s = np.where(hidden, -np.inf, s)
     p = softmax(s)
     return p @ v, p

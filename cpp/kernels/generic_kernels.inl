@@ -316,7 +316,8 @@ void layer_norm_row(const float* x, float* y, const float* w, const float* b, in
     }
 }
 
-inline typename V::reg act_relu(typename V::reg x) { return V::max(x, V::zero()); }
+// max returns its second operand when either is NaN: x second, so that relu(NaN) is NaN (as torch), not 0.
+inline typename V::reg act_relu(typename V::reg x) { return V::max(V::zero(), x); }
 inline typename V::reg act_gelu_erf(typename V::reg x) {
     // 0.5 x (1 + erf(x / sqrt 2))
     const typename V::reg h = V::mul(x, V::set1(0.5f));

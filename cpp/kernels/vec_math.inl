@@ -4,15 +4,16 @@
 
 // Polynomial exp for vector ISAs (Cephes-style range reduction: x = n ln2 + r, |r| <= ln2 / 2,
 // degree-6 polynomial for e^r, 2^n built in the exponent bits). ~1-2 ulp over the float range;
-// x below -87.3 (including -inf, the masked scores) gives exactly 0.
+// x below -87.3 (including -inf, the masked scores) gives exactly 0; NaN gives NaN (min / max return their
+// second operand when either is NaN, so the clamps take x second: a NaN score must not become e^88).
 template <typename Ops>
 inline typename Ops::reg poly_exp(typename Ops::reg x) {
     using reg = typename Ops::reg;
     const reg hi = Ops::set1(88.3762626647949f);
     const reg lo = Ops::set1(-87.3365447505531f);
-    reg xc = Ops::min(x, hi);
+    reg xc = Ops::min(hi, x);
     const reg underflow_ref = xc;
-    xc = Ops::max(xc, lo);
+    xc = Ops::max(lo, xc);
     const reg fx = Ops::round(Ops::mul(xc, Ops::set1(1.44269504088896341f)));
     reg r = Ops::fmadd(fx, Ops::set1(-0.693359375f), xc);
     r = Ops::fmadd(fx, Ops::set1(2.12194440e-4f), r);

@@ -10,6 +10,7 @@
 #include "cpu/cpu.h"
 #include "gemm/gemm.h"
 #include "gemm/packed_matrix.h"
+#include "ops/softmax.h"
 
 namespace pyattn::ops {
 namespace {
@@ -53,12 +54,14 @@ inline float* out_row(const AttentionArgs& a, int64_t b, int64_t h, int64_t i) {
     return a.out + b * a.out_sb + h * a.out_sh + i * a.out_sl;
 }
 
-// softmax of a masked score row in place; all -inf gives zeros. Returns false for an all-masked row.
+// softmax of a masked score row in place; all -inf gives zeros, a NaN (or +inf) score NaN throughout.
+// Returns false for an all-masked row.
 inline bool softmax_inplace(const KernelSet& ks, float* s, int64_t n) {
     const float m = ks.max(s, n);
     if (m == kNegInf) {
-        std::fill(s, s + n, 0.0f);
-        return false;
+        const bool nan = any_nan(s, n);
+        std::fill(s, s + n, nan ? std::numeric_limits<float>::quiet_NaN() : 0.0f);
+        return nan;
     }
     ks.scale(s, n, 1.0f / ks.exp_sum(s, s, n, m));
     return true;
@@ -180,7 +183,8 @@ void attention_flash(const KernelSet& ks, const AttentionArgs& a, int nt) {
                     float* s = st + i * nkb;
                     mask_row(ks, a, b, h, i0 + i, j0, n, s);
                     const float m_new = std::max(mrow[i], ks.max(s, n));
-                    if (m_new == kNegInf) {  // nothing visible yet in this row
+                    if (m_new == kNegInf) {  // nothing visible yet in this row (or only NaN: poisons the row)
+                        if (any_nan(s, n)) lrow[i] = std::numeric_limits<float>::quiet_NaN();
                         std::fill(s, s + n, 0.0f);
                         continue;
                     }
@@ -197,7 +201,7 @@ void attention_flash(const KernelSet& ks, const AttentionArgs& a, int nt) {
             }
             for (int64_t i = 0; i < rows; ++i) {
                 float* dst = out_row(a, b, h, i0 + i);
-                const float inv = lrow[i] > 0.0f ? 1.0f / lrow[i] : 0.0f;
+                const float inv = lrow[i] == 0.0f ? 0.0f : 1.0f / lrow[i];  // 0: every key masked; NaN stays NaN
                 const float* src = o + i * dv_pad;
                 for (int64_t d = 0; d < Dv; ++d) dst[d] = src[d] * inv;
             }

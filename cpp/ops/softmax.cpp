@@ -16,7 +16,8 @@ void softmax(const float* x, int64_t ldx, float* y, int64_t ldy, int64_t rows, i
         float* yr = y + r * ldy;
         const float m = ks.max(xr, n);
         if (m == -std::numeric_limits<float>::infinity()) {
-            for (int64_t j = 0; j < n; ++j) yr[j] = 0.0f;
+            const float fill = any_nan(xr, n) ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
+            for (int64_t j = 0; j < n; ++j) yr[j] = fill;
             continue;
         }
         const float s = ks.exp_sum(xr, yr, n, m);
@@ -33,7 +34,8 @@ void log_softmax(const float* x, int64_t ldx, float* y, int64_t ldy, int64_t row
         float* yr = y + r * ldy;
         const float m = ks.max(xr, n);
         if (m == -std::numeric_limits<float>::infinity()) {
-            for (int64_t j = 0; j < n; ++j) yr[j] = m;
+            const float fill = any_nan(xr, n) ? std::numeric_limits<float>::quiet_NaN() : m;
+            for (int64_t j = 0; j < n; ++j) yr[j] = fill;
             continue;
         }
         // exp goes through y as scratch, then y = x - (max + log sum exp).

@@ -333,6 +333,8 @@ def _read_config(path: Path) -> dict:
         raise ModelFileError(path, len(text[:e.pos].encode("utf-8")), f"invalid JSON ({e.msg})") from None
     except RecursionError:
         raise ModelFileError(path, None, "invalid JSON (nested too deeply)") from None
+    except ValueError as e:  # an integer of more digits than Python converts
+        raise ModelFileError(path, None, f"invalid JSON ({e})") from None
     if not isinstance(config, dict):
         raise ModelFileError(path, 0, f"expected a JSON object, got {type(config).__name__}")
     return config

@@ -5,7 +5,9 @@ No pickle anywhere: weights go through the safetensors format, the structure thr
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 from pathlib import Path
 from collections.abc import Mapping
 from typing import Dict
@@ -27,20 +29,35 @@ class Weights:
         self._t = tensors  # may be lazy (SafetensorsFile): tensors are read as they are asked for
         self._used = set()
         self.source = source
+        self._prefix = getattr(tensors, "prefix", "")  # a view of the tensors under a prefix names them in full
 
-    def get(self, name: str, optional: bool = False):
+    def name(self, name: str) -> str:
+        """`name` as the file spells it (with the prefix the view strips)."""
+        return self._prefix + name
+
+    def get(self, name: str, optional: bool = False, buffer: bool = False):
+        """The tensor `name`: a floating-point array of at least one dimension, unless it is a `buffer` (an
+        integer or bool array some checkpoints carry, read only to be accounted for)."""
         if name not in self._t:
             if optional:
                 return None
-            raise KeyError(f"{self.source}: missing tensor '{name}'")
+            raise KeyError(f"{self.source}: missing tensor '{self.name(name)}'")
         self._used.add(name)
-        return self._t[name]
+        t = self._t[name]
+        if not buffer:
+            dtype, ndim = getattr(t, "dtype", None), getattr(t, "ndim", None)
+            if dtype is None or dtype.kind != "f":
+                raise TypeError(f"{self.source}: tensor '{self.name(name)}' is "
+                                f"{dtype if dtype is not None else type(t).__name__}, expected floating point")
+            if ndim == 0:
+                raise ValueError(f"{self.source}: tensor '{self.name(name)}' is a scalar, expected an array")
+        return t
 
     def __contains__(self, name):
         return name in self._t
 
     def check_all_used(self):
-        unused = sorted(set(self._t.keys()) - self._used)
+        unused = sorted(self.name(k) for k in set(self._t.keys()) - self._used)
         if unused:
             raise ValueError(f"{self.source}: unexpected tensors {unused[:8]}{' ...' if len(unused) > 8 else ''}")
 
@@ -92,15 +109,51 @@ def _stack(c: dict, w: Weights, p: str, n: int, make, cls):
     return cls(layers, norm)
 
 
+_ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
+_LAYER_COUNTS = {"TransformerEncoder": ("num_layers",), "TransformerDecoder": ("num_layers",),
+                 "Transformer": ("num_encoder_layers", "num_decoder_layers"),
+                 "Seq2SeqTransformer": ("num_encoder_layers", "num_decoder_layers")}
+
+
+def _check_config(c: dict, kind: str, source: str) -> None:
+    """The config values `build` uses, each of the type and range torch_config writes."""
+    def positive_int(key):
+        v = c[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ValueError(f"{source}: config '{key}' must be a positive integer, got {v!r}")
+
+    def boolean(key):
+        if not isinstance(c[key], bool):
+            raise ValueError(f"{source}: config '{key}' must be true or false, got {c[key]!r}")
+
+    for key in ("nhead",) + _LAYER_COUNTS.get(kind, ()):
+        positive_int(key)
+    for key in ("batch_first", "scale_embeddings"):
+        if key in c:
+            boolean(key)
+    if kind == "MultiheadAttention":
+        return
+    if not isinstance(c["activation"], str) or c["activation"] not in _ACTIVATIONS:
+        raise ValueError(f"{source}: config 'activation' must be one of {_ACTIVATIONS}, got {c['activation']!r}")
+    boolean("norm_first")
+    eps = c["layer_norm_eps"]
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < math.inf:
+        raise ValueError(f"{source}: config 'layer_norm_eps' must be a finite number >= 0, got {eps!r}")
+
+
 def build(config: dict, tensors: Mapping[str, np.ndarray], source: str = "weights"):
     """The pyattn module described by an exported config and its tensors (torch state_dict names)."""
     kind = config.get("kind")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise ValueError(f"{source}: unknown module kind {kind!r}, expected one of {KINDS}")
     c = dict(config)
     for key in ("nhead",) if kind == "MultiheadAttention" else ("nhead", "activation", "norm_first", "layer_norm_eps"):
         if key not in c:
             raise ValueError(f"{source}: config has no '{key}'")
+    for key in _LAYER_COUNTS.get(kind, ()):
+        if key not in c:
+            raise ValueError(f"{source}: config has no '{key}'")
+    _check_config(c, kind, source)
     if not c.get("batch_first", True):
         raise ValueError(f"{source}: only batch_first modules are supported (export with batch_first=True)")
     w = Weights(tensors, source)
@@ -257,12 +310,30 @@ def read_config(folder, expected: str) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{folder}: no config.json (expected {expected})")
     try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        cfg = json.loads(path.read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: invalid JSON (nested too deeply)") from None
+    except ValueError as e:  # JSONDecodeError, and integers of more digits than Python converts
         raise ValueError(f"{path}: invalid JSON ({e})") from None
     if not isinstance(cfg, dict):
-        raise ValueError(f"{path}: expected a JSON object")
+        raise ValueError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
     return cfg
+
+
+@contextlib.contextmanager
+def errors_name(source: str):
+    """Errors raised while a model is built from the files of `source` name it: a ValueError, TypeError or
+    KeyError whose message does not mention `source` gets it in front (the message keeps its own detail:
+    the tensor, key or shape). Other exception types pass unchanged."""
+    try:
+        yield
+    except (ValueError, TypeError, KeyError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and len(e.args) == 1 else str(e)
+        if type(e) not in (ValueError, TypeError, KeyError) or source in str(message):
+            raise
+        raise type(e)(f"{source}: {message}").with_traceback(e.__traceback__) from None
 
 
 def load(path):
@@ -272,4 +343,5 @@ def load(path):
     if cfg.get("format") != FORMAT:
         raise ValueError(f"{folder / 'config.json'}: not a pyattn export (format {cfg.get('format')!r}, "
                          f"expected {FORMAT!r})")
-    return build(cfg, read_safetensors(folder / "model.safetensors"), str(folder))
+    with errors_name(str(folder)):
+        return build(cfg, read_safetensors(folder / "model.safetensors"), str(folder))

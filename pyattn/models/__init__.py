@@ -17,7 +17,7 @@ def from_pretrained(path):
     folder = Path(path)
     cfg = read_config(folder)
     kind = cfg.get("model_type")
-    if kind not in FAMILIES:
+    if not isinstance(kind, str) or kind not in FAMILIES:
         raise ValueError(f"{folder}: unsupported model_type {kind!r}; pyattn supports {sorted(FAMILIES)}")
     return FAMILIES[kind].from_pretrained(folder)
 

@@ -7,7 +7,7 @@ import numpy as np
 
 from ..nn import (Embedding, FeedForward, LayerNorm, Linear, Module, MultiHeadAttention, TransformerEncoder,
                   TransformerEncoderLayer)
-from .pretrained import Weights, read_config, read_weights, require, strip_prefix
+from .pretrained import Weights, errors_name, number, option, read_config, read_weights, require, strip_prefix
 
 _ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu", "silu": "silu"}
 
@@ -21,12 +21,9 @@ class BertModel(Module):
         H = require(c, "num_attention_heads", source)
         d = require(c, "hidden_size", source)
         n_layers = require(c, "num_hidden_layers", source)
-        eps = float(c.get("layer_norm_eps", 1e-12))
-        act = c.get("hidden_act", "gelu")
-        if act not in _ACT:
-            raise ValueError(f"{source}: unsupported hidden_act {act!r} (supported: {sorted(_ACT)})")
-        if c.get("position_embedding_type", "absolute") != "absolute":
-            raise ValueError(f"{source}: only absolute position embeddings are supported")
+        eps = number(c, "layer_norm_eps", 1e-12, source)
+        act = option(c, "hidden_act", "gelu", _ACT, source)
+        option(c, "position_embedding_type", "absolute", ("absolute",), source)
         if d % H:
             raise ValueError(f"{source}: num_attention_heads ({H}) must divide hidden_size ({d})")
         w = Weights(strip_prefix(tensors, "bert."), source)
@@ -36,10 +33,14 @@ class BertModel(Module):
         tt = w.get(p + "token_type_embeddings.weight", optional=True)
         self.token_type_embeddings = None if tt is None else Embedding(tt, "token_type_embeddings")
         self.embeddings_norm = LayerNorm(w.get(p + "LayerNorm.weight"), w.get(p + "LayerNorm.bias"), eps, p + "LayerNorm")
-        w.get(p + "position_ids", optional=True)  # a buffer some checkpoints carry: arange, not a weight
-        for name, t in ((self.word_embeddings, "word"), (self.position_embeddings, "position")):
-            if name.weight.shape[1] != d:
-                raise ValueError(f"{source}: {t}_embeddings has width {name.weight.shape[1]}, hidden_size is {d}")
+        w.get(p + "position_ids", optional=True, buffer=True)  # a buffer some checkpoints carry: arange, not a weight
+        for emb, t in ((self.word_embeddings, "word"), (self.position_embeddings, "position"),
+                       (self.token_type_embeddings, "token_type")):
+            if emb is not None and (emb.weight.shape[0] == 0 or emb.weight.shape[1] != d):
+                raise ValueError(f"{source}: {p}{t}_embeddings.weight has shape {emb.weight.shape}, expected "
+                                 f"(n >= 1, hidden_size = {d})")
+        if self.embeddings_norm.weight.shape != (d,):
+            raise ValueError(f"{source}: {p}LayerNorm.weight has shape {self.embeddings_norm.weight.shape}, expected {(d,)}")
         layers = []
         for i in range(n_layers):
             q = f"encoder.layer.{i}."
@@ -51,11 +52,15 @@ class BertModel(Module):
             ffn = FeedForward(w.get(q + "intermediate.dense.weight"), w.get(q + "intermediate.dense.bias"),
                               w.get(q + "output.dense.weight"), w.get(q + "output.dense.bias"), _ACT[act], q + "ffn")
             layers.append(TransformerEncoderLayer(
-                attn, ffn, LayerNorm(w.get(a + "output.LayerNorm.weight"), w.get(a + "output.LayerNorm.bias"), eps),
-                LayerNorm(w.get(q + "output.LayerNorm.weight"), w.get(q + "output.LayerNorm.bias"), eps)))
+                attn, ffn, LayerNorm(w.get(a + "output.LayerNorm.weight"), w.get(a + "output.LayerNorm.bias"), eps,
+                                     a + "output.LayerNorm"),
+                LayerNorm(w.get(q + "output.LayerNorm.weight"), w.get(q + "output.LayerNorm.bias"), eps,
+                          q + "output.LayerNorm")))
         self.encoder = TransformerEncoder(layers)
         pw = w.get("pooler.dense.weight", optional=True)
         self.pooler = None if pw is None else Linear(pw, w.get("pooler.dense.bias"), "pooler.dense")
+        if self.pooler is not None and self.pooler.shape != (d, d):
+            raise ValueError(f"{source}: pooler.dense.weight has shape {self.pooler.shape}, expected {(d, d)}")
         w.check_all_used()
 
     @classmethod
@@ -64,7 +69,8 @@ class BertModel(Module):
         cfg = read_config(folder)
         if cfg.get("model_type", "bert") != "bert":
             raise ValueError(f"{folder}: model_type {cfg.get('model_type')!r} is not bert")
-        return cls(cfg, read_weights(folder), str(folder))
+        with errors_name(str(folder)):
+            return cls(cfg, read_weights(folder), str(folder))
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, output_attentions: bool = False):
         """input_ids (B, L) ints; attention_mask (B, L) 1 = token, 0 = padding. Returns a dict with

@@ -7,7 +7,9 @@ from typing import List, Optional
 import numpy as np
 
 from ..nn import Embedding, FeedForward, KVCache, LayerNorm, Linear, Module, MultiHeadAttention
-from .pretrained import Weights, read_config, read_weights, require, strip_prefix
+from ..nn.transformer import check_widths
+from .pretrained import (Weights, errors_name, flag, number, option, read_config, read_weights, require,
+                         strip_prefix)
 
 _ACT = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu", "silu": "silu"}
 
@@ -53,17 +55,18 @@ class GPT2Model(Module):
         c = config
         self.config = dict(c)
         H, d, n_layers = (require(c, k, source) for k in ("n_head", "n_embd", "n_layer"))
-        eps = float(c.get("layer_norm_epsilon", 1e-5))
-        act = c.get("activation_function", "gelu_new")
-        if act not in _ACT:
-            raise ValueError(f"{source}: unsupported activation_function {act!r}")
+        eps = number(c, "layer_norm_epsilon", 1e-5, source)
+        act = option(c, "activation_function", "gelu_new", _ACT, source)
         if d % H:
             raise ValueError(f"{source}: n_head ({H}) must divide n_embd ({d})")
-        if c.get("scale_attn_by_inverse_layer_idx") or c.get("reorder_and_upcast_attn"):
+        if flag(c, "scale_attn_by_inverse_layer_idx", False, source) or flag(c, "reorder_and_upcast_attn", False, source):
             raise ValueError(f"{source}: scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn are not supported")
         w = Weights(strip_prefix(tensors, "transformer."), source)
         self.wte = Embedding(w.get("wte.weight"), "wte")
         self.wpe = Embedding(w.get("wpe.weight"), "wpe")
+        for name, emb in (("wte", self.wte), ("wpe", self.wpe)):
+            if emb.weight.shape[0] == 0 or emb.weight.shape[1] != d:
+                raise ValueError(f"{source}: {name}.weight has shape {emb.weight.shape}, expected (n >= 1, n_embd = {d})")
         self.blocks = []
         for i in range(n_layers):
             p = f"h.{i}."
@@ -77,18 +80,25 @@ class GPT2Model(Module):
             mlp = FeedForward(w.get(p + "mlp.c_fc.weight").T, w.get(p + "mlp.c_fc.bias"), w.get(p + "mlp.c_proj.weight").T,
                               w.get(p + "mlp.c_proj.bias"), _ACT[act], p + "mlp")
             for buf in ("attn.bias", "attn.masked_bias"):  # causal-mask buffers of old checkpoints
-                w.get(p + buf, optional=True)
-            self.blocks.append(GPT2Block(attn, mlp, LayerNorm(w.get(p + "ln_1.weight"), w.get(p + "ln_1.bias"), eps),
-                                         LayerNorm(w.get(p + "ln_2.weight"), w.get(p + "ln_2.bias"), eps)))
-        self.ln_f = LayerNorm(w.get("ln_f.weight"), w.get("ln_f.bias"), eps)
+                w.get(p + buf, optional=True, buffer=True)
+            norms = (LayerNorm(w.get(p + "ln_1.weight"), w.get(p + "ln_1.bias"), eps, p + "ln_1"),
+                     LayerNorm(w.get(p + "ln_2.weight"), w.get(p + "ln_2.bias"), eps, p + "ln_2"))
+            check_widths(d, mlp, norms, f"{source}: h.{i}")
+            self.blocks.append(GPT2Block(attn, mlp, *norms))
+        self.ln_f = LayerNorm(w.get("ln_f.weight"), w.get("ln_f.bias"), eps, "ln_f")
         head = w.get("lm_head.weight", optional=True)  # usually tied to wte
         self.lm_head = Linear(self.wte.weight if head is None else head, None, "lm_head")
+        if self.ln_f.weight.shape != (d,) or self.lm_head.in_features != d:
+            raise ValueError(f"{source}: ln_f.weight {self.ln_f.weight.shape} and lm_head.weight {self.lm_head.shape} "
+                             f"must take n_embd = {d} features")
         w.check_all_used()
 
     @classmethod
     def from_pretrained(cls, path) -> "GPT2Model":
         folder = Path(path)
-        return cls(read_config(folder), read_weights(folder), str(folder))
+        cfg = read_config(folder)
+        with errors_name(str(folder)):
+            return cls(cfg, read_weights(folder), str(folder))
 
     @property
     def vocab_size(self) -> int:

@@ -1,13 +1,14 @@
 """Reading Hugging Face model folders (config.json + model.safetensors) without pickle."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from collections.abc import Mapping
 
 import numpy as np
 
 from ..io import torch_format
-from ..io.torch_format import Weights, read_safetensors
+from ..io.torch_format import Weights, errors_name, read_safetensors
 
 
 def read_config(folder: Path) -> dict:
@@ -34,18 +35,44 @@ def require(cfg: dict, key: str, source: str, kind=int):
     return value
 
 
+def option(cfg: dict, key: str, default: str, choices, source: str) -> str:
+    """A string setting that must be one of `choices`."""
+    value = cfg.get(key, default)
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{source}: unsupported {key} {value!r} (supported: {sorted(choices)})")
+    return value
+
+
+def number(cfg: dict, key: str, default: float, source: str) -> float:
+    """A finite, non-negative number setting (an epsilon)."""
+    value = cfg.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ValueError(f"{source}: config '{key}' must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def flag(cfg: dict, key: str, default: bool, source: str) -> bool:
+    """A true / false setting (null counts as absent)."""
+    value = cfg.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ValueError(f"{source}: config '{key}' must be true or false, got {value!r}")
+    return value
+
+
 class _Prefixed(Mapping):
     """The tensors under `prefix`, named without it (lazy: nothing is read here)."""
 
     def __init__(self, base: Mapping, prefix: str):
-        self._base, self._prefix = base, prefix
+        self._base, self.prefix = base, prefix
         self._names = [k[len(prefix):] for k in base.keys() if k.startswith(prefix)]
 
     def __getitem__(self, name):
-        return self._base[self._prefix + name]
+        return self._base[self.prefix + name]
 
     def __contains__(self, name) -> bool:
-        return (self._prefix + name) in self._base
+        return (self.prefix + name) in self._base
 
     def __iter__(self):
         return iter(self._names)
@@ -61,4 +88,5 @@ def strip_prefix(tensors: Mapping[str, np.ndarray], prefix: str) -> Mapping[str,
     return tensors
 
 
-__all__ = ["Weights", "read_config", "read_weights", "require", "strip_prefix"]
+__all__ = ["Weights", "errors_name", "flag", "number", "option", "read_config", "read_weights", "require",
+           "strip_prefix"]

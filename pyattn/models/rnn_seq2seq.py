@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import functional as F
 from ..nn import GRU, Embedding, Linear, Module
+from ..nn.layers import as_weight
 from ..nn.scoring import Attention
 
 _KIND = "pyattn-seq2seq-gru-bahdanau"
@@ -59,7 +60,7 @@ class Seq2Seq(Module):
         self.src_embedding = Embedding(need(encoder, "embedding.weight", "encoder"), "encoder.embedding")
         self.encoder = GRU(_sub(encoder, "gru."), "encoder.gru")
         self.tgt_embedding = Embedding(need(decoder, "embedding.weight", "decoder"), "decoder.embedding")
-        self.attention_weights = {n: np.asarray(need(decoder, "attention." + n, "decoder"), np.float32)
+        self.attention_weights = {n: as_weight(need(decoder, "attention." + n, "decoder"), f"decoder.attention.{n}")
                                   for n in ("Wa.weight", "Wa.bias", "Ua.weight", "Ua.bias", "Va.weight", "Va.bias")}
         self.attention = Attention.bahdanau(*self.attention_weights.values())
         self.decoder = GRU(_sub(decoder, "gru."), "decoder.gru")
@@ -77,6 +78,10 @@ class Seq2Seq(Module):
         if self.decoder.num_layers != 1 or self.encoder.num_layers != 1:
             raise ValueError(f"{source}: the tutorial's model has one GRU layer each (the decoder state is the "
                              f"attention query), got {self.encoder.num_layers} and {self.decoder.num_layers}")
+        wq, wk = self.attention.w_q, self.attention.w_k
+        if wq.shape[1] != H or wk.shape[1] != H:
+            raise ValueError(f"{source}: attention.Wa.weight {wq.shape} and attention.Ua.weight {wk.shape} must read "
+                             f"the {H} features of the GRU states")
         if self.out.in_features != H:
             raise ValueError(f"{source}: out layer takes {self.out.in_features} features, the decoder gives {H}")
         self.vocab_size = self.out.out_features
@@ -117,7 +122,7 @@ class Seq2Seq(Module):
 
     @classmethod
     def load(cls, path) -> "Seq2Seq":
-        from ..io.torch_format import read_config, read_safetensors
+        from ..io.torch_format import errors_name, read_config, read_safetensors
 
         folder = Path(path)
         cfg = read_config(folder, "a pyattn Seq2Seq folder")
@@ -128,8 +133,9 @@ class Seq2Seq(Module):
                 raise ValueError(f"{folder}: config.json '{key}' must be an integer, got {cfg.get(key)!r}")
         t = read_safetensors(folder / "model.safetensors")
         tensors = {k: np.asarray(t[k]) for k in t.keys()}
-        return cls(_sub(tensors, "encoder."), _sub(tensors, "decoder."), sos_id=cfg["sos_id"], eos_id=cfg["eos_id"],
-                   max_length=cfg["max_length"], source=str(folder))
+        with errors_name(str(folder)):
+            return cls(_sub(tensors, "encoder."), _sub(tensors, "decoder."), sos_id=cfg["sos_id"], eos_id=cfg["eos_id"],
+                       max_length=cfg["max_length"], source=str(folder))
 
     # ---- the network ---------------------------------------------------------------------------------
 

@@ -11,9 +11,13 @@ import numpy as np
 
 from ..nn import (DecoderState, Embedding, FeedForward, LayerNorm, Linear, Module, MultiHeadAttention,
                   TransformerDecoder, TransformerDecoderLayer, TransformerEncoder, TransformerEncoderLayer)
-from .pretrained import Weights, read_config, read_weights, require, strip_prefix
+from .pretrained import (Weights, errors_name, flag, option, read_config, read_weights, require,
+                         strip_prefix)
 
 _ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "relu": "relu", "swish": "silu", "silu": "silu"}
+# Marian's positions are computed from the config when the checkpoint does not store them: a bound on the
+# table (max_position_embeddings x d_model values, 64 MB of float32) so that a config cannot ask for terabytes.
+MAX_COMPUTED_POSITIONS = 1 << 24
 
 
 def marian_sinusoids(num_positions: int, dim: int) -> np.ndarray:
@@ -35,21 +39,21 @@ class Seq2SeqModel(Module):
         c = config
         self.config = dict(c)
         kind = c.get("model_type")
-        if kind not in ("bart", "marian"):
+        if not isinstance(kind, str) or kind not in ("bart", "marian"):
             raise ValueError(f"{source}: model_type {kind!r} is not bart or marian")
         d = require(c, "d_model", source)
         H_enc, H_dec = require(c, "encoder_attention_heads", source), require(c, "decoder_attention_heads", source)
         n_enc, n_dec = require(c, "encoder_layers", source), require(c, "decoder_layers", source)
-        act = c.get("activation_function", "gelu")
-        if act not in _ACT:
-            raise ValueError(f"{source}: unsupported activation_function {act!r}")
-        if c.get("normalize_before", False):
+        act = option(c, "activation_function", "gelu", _ACT, source)
+        if flag(c, "normalize_before", False, source):
             raise ValueError(f"{source}: pre-LN (normalize_before) checkpoints are not supported")
         self.kind = kind
-        self.embed_scale = math.sqrt(d) if c.get("scale_embedding", False) else 1.0
+        self.embed_scale = math.sqrt(d) if flag(c, "scale_embedding", False, source) else 1.0
         self.pos_offset = 2 if kind == "bart" else 0
         w = Weights(strip_prefix(tensors, "model."), source)
         self.shared = Embedding(w.get("shared.weight"), "shared")
+        if self.shared.weight.shape[0] == 0 or self.shared.weight.shape[1] != d:
+            raise ValueError(f"{source}: shared.weight has shape {self.shared.weight.shape}, expected (n >= 1, d_model = {d})")
         for part in ("encoder", "decoder"):
             t = w.get(f"{part}.embed_tokens.weight", optional=True)  # tied to shared when present
             if t is not None and not np.array_equal(t, self.shared.weight):
@@ -85,21 +89,32 @@ class Seq2SeqModel(Module):
                                               norm(f"decoder.layers.{i}.final_layer_norm.")) for i in range(n_dec)]
         self.encoder = TransformerEncoder(enc_layers)
         self.decoder = TransformerDecoder(dec_layers)
-        head = w.get("lm_head.weight", optional=True)
-        if head is None and "lm_head.weight" in tensors:
-            head = tensors["lm_head.weight"]
-        bias = tensors.get("final_logits_bias")
+        top = Weights(tensors, source)  # the task model's own tensors, beside the prefixed base model
+
+        def task(name):
+            return w.get(name, optional=True) if name in w else top.get(name, optional=True)
+
+        head, bias = task("lm_head.weight"), task("final_logits_bias")
         self.lm_head = Linear(self.shared.weight if head is None else head,
                               None if bias is None else np.asarray(bias).reshape(-1), "lm_head")
+        if self.lm_head.in_features != d:
+            raise ValueError(f"{source}: lm_head.weight has shape {self.lm_head.shape}, expected (vocab, d_model = {d})")
         w.check_all_used()
 
     def _positions(self, w: Weights, part: str, max_pos: int, d: int) -> np.ndarray:
-        t = w.get(f"{part}.embed_positions.weight", optional=True)
+        name = f"{part}.embed_positions.weight"
+        t = w.get(name, optional=True)
         if t is not None:
+            if t.ndim != 2 or t.shape[0] <= self.pos_offset or t.shape[1] != d:
+                raise ValueError(f"{w.source}: tensor '{w.name(name)}' has shape {t.shape}, expected "
+                                 f"(n > {self.pos_offset}, d_model = {d})")
             return np.ascontiguousarray(t, np.float32)
         if self.kind == "marian":
+            if max_pos * d > MAX_COMPUTED_POSITIONS:
+                raise ValueError(f"{w.source}: max_position_embeddings {max_pos} x d_model {d} is too large a "
+                                 f"sinusoid table to compute (at most {MAX_COMPUTED_POSITIONS} values)")
             return marian_sinusoids(max_pos, d)
-        raise KeyError(f"missing tensor '{part}.embed_positions.weight'")
+        raise KeyError(f"{w.source}: missing tensor '{w.name(name)}'")
 
     @staticmethod
     def _optional_norm(w: Weights, p: str) -> Optional[LayerNorm]:
@@ -111,8 +126,8 @@ class Seq2SeqModel(Module):
     def from_pretrained(cls, path) -> "Seq2SeqModel":
         folder = Path(path)
         cfg = read_config(folder)
-        tensors = read_weights(folder)
-        return cls(cfg, tensors, str(folder))
+        with errors_name(str(folder)):
+            return cls(cfg, read_weights(folder), str(folder))
 
     def _embed(self, ids: np.ndarray, start: int, table: np.ndarray, ln: Optional[LayerNorm]) -> np.ndarray:
         L = ids.shape[1]

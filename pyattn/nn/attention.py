@@ -70,13 +70,17 @@ class MultiHeadAttention(Module):
 
     def __init__(self, num_heads: int, w_q, w_k, w_v, w_o, b_q=None, b_k=None, b_v=None, b_o=None,
                  scale: Optional[float] = None, name: str = "attention"):
+        if isinstance(num_heads, bool) or not isinstance(num_heads, (int, np.integer)) or num_heads < 1:
+            raise ValueError(f"{name}: num_heads must be a positive integer, got {num_heads!r}")
         w_q = as_weight(w_q, f"{name}.w_q")
+        if w_q.ndim != 2:
+            raise ValueError(f"{name}: w_q must be 2-D (E, E), got {w_q.shape}")
         E = w_q.shape[0]
         if E % num_heads:
             raise ValueError(f"{name}: num_heads ({num_heads}) must divide d_model ({E})")
         w_k = as_weight(w_k, f"{name}.w_k")
         w_v = as_weight(w_v, f"{name}.w_v")
-        if w_k.shape[0] != E or w_v.shape[0] != E:
+        if w_k.ndim != 2 or w_v.ndim != 2 or w_k.shape[0] != E or w_v.shape[0] != E:
             raise ValueError(f"{name}: w_k {w_k.shape} and w_v {w_v.shape} must have {E} rows like w_q {w_q.shape}")
         self.num_heads, self.d_model = int(num_heads), E
         self.scale = scale

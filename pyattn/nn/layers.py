@@ -134,8 +134,9 @@ class Embedding(Module):
 
     def __init__(self, weight, name: str = "embedding"):
         self.weight = as_weight(weight, f"{name}.weight")
-        if self.weight.ndim != 2:
-            raise ValueError(f"weight {name}.weight must be 2-D, got {self.weight.shape}")
+        if self.weight.ndim != 2 or 0 in self.weight.shape:
+            raise ValueError(f"weight {name}.weight must be 2-D with at least one row and column, got "
+                             f"{self.weight.shape}")
         self._name = name
 
     def __call__(self, ids) -> np.ndarray:
@@ -152,8 +153,12 @@ class Embedding(Module):
 class LayerNorm(Module):
     def __init__(self, weight, bias, eps: float = 1e-5, name: str = "layer_norm"):
         self.weight = as_weight(weight, f"{name}.weight")
+        if self.weight.ndim != 1:
+            raise ValueError(f"weight {name}.weight must be 1-D, got {self.weight.shape}")
         self.bias = None if bias is None else as_weight(bias, f"{name}.bias", self.weight.shape)
         self.eps = float(eps)
+        if not 0 <= self.eps < math.inf:
+            raise ValueError(f"{name}: eps must be a finite number >= 0, got {eps!r}")
 
     def __call__(self, x: np.ndarray, residual: Optional[np.ndarray] = None) -> np.ndarray:
         """LayerNorm(x), or LayerNorm(x + residual) in one pass."""

@@ -39,6 +39,24 @@ def check_widths(d_model: int, ffn: FeedForward, norms, name: str) -> None:
             raise ValueError(f"{name}: norm{i}.weight has shape {n.weight.shape}, expected ({d_model},)")
 
 
+def check_attention_inputs(attn: MultiHeadAttention, query_width: int, key_width: Optional[int], name: str) -> None:
+    """Q reads `query_width` features, K and V `key_width` (None: any width, the same for both)."""
+    kdim, vdim = attn.w_k.shape[1], attn.w_v.shape[1]
+    if attn.w_q.shape[1] != query_width or kdim != vdim or (key_width is not None and kdim != key_width):
+        want = f"{key_width}" if key_width is not None else "one width"
+        raise ValueError(f"{name}: attention weights w_q {attn.w_q.shape}, w_k {attn.w_k.shape}, w_v {attn.w_v.shape} "
+                         f"do not read {query_width} query features and {want} for keys and values")
+
+
+def check_stack(layers, norm: Optional[LayerNorm], name: str) -> None:
+    """The layers of a stack, and its final norm, share one d_model."""
+    widths = {layer.self_attn.d_model for layer in layers}
+    if len(widths) > 1:
+        raise ValueError(f"{name}: layers of different widths {sorted(widths)}")
+    if norm is not None and widths and norm.weight.shape != (widths.pop(),):
+        raise ValueError(f"{name}: norm.weight has shape {norm.weight.shape}, the layers are {layers[0].self_attn.d_model} wide")
+
+
 class TransformerEncoderLayer(Module):
     """x -> x + SelfAttn(x) -> x + FFN(x), each sub-layer wrapped in a residual connection and LayerNorm:
     after it (norm_first=False, the paper) or before it (norm_first=True)."""
@@ -46,6 +64,7 @@ class TransformerEncoderLayer(Module):
     def __init__(self, self_attn: MultiHeadAttention, ffn: FeedForward, norm1: LayerNorm, norm2: LayerNorm,
                  norm_first: bool = False):
         check_widths(self_attn.d_model, ffn, (norm1, norm2), "encoder layer")
+        check_attention_inputs(self_attn, self_attn.d_model, self_attn.d_model, "encoder layer: self-attention")
         self.self_attn, self.ffn, self.norm1, self.norm2 = self_attn, ffn, norm1, norm2
         self.norm_first = bool(norm_first)
 
@@ -73,6 +92,8 @@ class TransformerDecoderLayer(Module):
         check_widths(self_attn.d_model, ffn, (norm1, norm2, norm3), "decoder layer")
         if cross_attn.d_model != self_attn.d_model:
             raise ValueError(f"decoder layer: cross-attention d_model {cross_attn.d_model} != {self_attn.d_model}")
+        check_attention_inputs(self_attn, self_attn.d_model, self_attn.d_model, "decoder layer: self-attention")
+        check_attention_inputs(cross_attn, self_attn.d_model, None, "decoder layer: cross-attention")
         self.self_attn, self.cross_attn, self.ffn = self_attn, cross_attn, ffn
         self.norm1, self.norm2, self.norm3 = norm1, norm2, norm3
         self.norm_first = bool(norm_first)
@@ -109,6 +130,7 @@ class TransformerDecoderLayer(Module):
 class TransformerEncoder(Module):
     def __init__(self, layers: List[TransformerEncoderLayer], norm: Optional[LayerNorm] = None):
         self.layers, self.norm = list(layers), norm
+        check_stack(self.layers, norm, "encoder")
 
     def __call__(self, x, *, mask=None, src_key_padding_mask=None, is_causal=False, output_attentions=False):
         attentions = []
@@ -142,6 +164,9 @@ class DecoderState:
 class TransformerDecoder(Module):
     def __init__(self, layers: List[TransformerDecoderLayer], norm: Optional[LayerNorm] = None):
         self.layers, self.norm = list(layers), norm
+        check_stack(self.layers, norm, "decoder")
+        if len({layer.cross_attn.w_k.shape[1] for layer in self.layers}) > 1:
+            raise ValueError("decoder: the layers' cross-attentions read memories of different widths")
 
     def init_state(self, memory: np.ndarray, memory_key_padding_mask=None) -> DecoderState:
         """Projects the encoder output once per layer; each decoding step then costs O(current length)."""
@@ -174,6 +199,9 @@ class Transformer(Module):
     """pyattn's torch.nn.Transformer: encoder + decoder stacks (batch_first)."""
 
     def __init__(self, encoder: TransformerEncoder, decoder: TransformerDecoder):
+        if encoder.layers and decoder.layers and decoder.layers[0].cross_attn.w_k.shape[1] != encoder.layers[0].self_attn.d_model:
+            raise ValueError(f"transformer: the decoder's cross-attention reads {decoder.layers[0].cross_attn.w_k.shape[1]} "
+                             f"features, the encoder gives {encoder.layers[0].self_attn.d_model}")
         self.encoder, self.decoder = encoder, decoder
 
     def __call__(self, src, tgt, *, src_mask=None, tgt_mask=None, memory_mask=None, src_key_padding_mask=None,
@@ -201,8 +229,10 @@ class Seq2SeqTransformer(Module):
         self.positions = SinusoidalPositionalEncoding(d)
         self.generator = Linear(*generator, name="generator")
         self.scale = np.float32(np.sqrt(d)) if scale_embeddings else np.float32(1.0)
-        if self.generator.in_features != d or self.tgt_embedding.weight.shape[1] != d:
-            raise ValueError("embeddings and generator must share d_model with the transformer")
+        widths = {layer.self_attn.d_model for layer in transformer.encoder.layers + transformer.decoder.layers}
+        if self.generator.in_features != d or self.tgt_embedding.weight.shape[1] != d or widths - {d}:
+            raise ValueError(f"embeddings {self.src_embedding.weight.shape} / {self.tgt_embedding.weight.shape} and "
+                             f"generator {self.generator.shape} must share d_model with the transformer {sorted(widths)}")
 
     def embed_src(self, ids, start=0):
         ids = np.asarray(ids)
