@@ -18,6 +18,12 @@ What is converted, and what is refused
   "mask".
 * Zero-length dimensions are refused with ``ValueError``; so are wrong ranks, mismatched dimensions and
   masks of the wrong shape. Messages name the argument, the expected shape and the shape received.
+  Scalar options (``eps``, ``scale``, ``v_bias``, ``activation``, ``axis``) of the wrong type are ``TypeError``.
+* NaN and inf propagate as in torch, on every kernel set: NaN in, NaN out for matmul / linear / activations
+  (``relu(NaN)`` is NaN) and layer_norm rows; a softmax slice holding NaN or +inf is NaN throughout (all -inf
+  gives zeros); an attention query whose visible scores hold NaN or +inf gets NaN output and weights. The
+  values of keys a query does not see (masked, or past the causal limit) may not be read at all, so NaN there
+  need not reach the output. ``attention_scores`` / ``attention`` refuse NaN / inf inputs (``ValueError``).
 
 Every call releases the GIL while the C++ core computes.
 """
@@ -160,7 +166,8 @@ def _along_axis(fn, x, axis: int, name: str = "x") -> np.ndarray:
 
 
 def softmax(x, axis: int = -1) -> np.ndarray:
-    """Numerically stable softmax along ``axis``. A slice that is all -inf (fully masked) gives zeros."""
+    """Numerically stable softmax along ``axis``. A slice that is all -inf (fully masked) gives zeros; a slice
+    holding NaN or +inf gives NaN."""
     return _along_axis(_core.softmax, x, axis)
 
 

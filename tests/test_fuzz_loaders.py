@@ -1110,3 +1110,25 @@ def test_regression_wav_absurd_rate_is_not_resampled(tmp_path, monkeypatch, rate
     path.write_bytes(bytes(content))
     load_audio(path)
     assert calls == [(8000, 16000)]
+
+
+@pytest.mark.parametrize("name, tensor, rows", [("seq2seq", "decoder.embedding.weight", 2),
+                                                ("bart", "lm_head.weight", 25), ("gpt2", "lm_head.weight", 21)])
+def test_regression_predicted_tokens_can_be_embedded(name, tensor, rows):
+    # was: accepted; decoding then failed with "decoder.embedding: id 3 is out of range for a table of 2 rows" when
+    # the model predicted a token its embedding table does not hold
+    def edit(folder):
+        tensors, metadata = read_tensors(folder / "model.safetensors")
+        tensors[tensor] = np.ones((rows, 8), np.float32)
+        write_tensors(folder / "model.safetensors", tensors, metadata)
+    _refused(name, edit, "lm_head" if name != "seq2seq" else "decoder.embedding")
+
+
+def test_regression_gpt2_untied_lm_head_beside_the_prefix_is_used():
+    # was: a top-level lm_head.weight (GPT2LMHeadModel's name) in a "transformer."-prefixed file was ignored and the
+    # head silently tied to wte
+    with workspace("gpt2") as folder:
+        tensors, metadata = read_tensors(folder / "model.safetensors")
+        head = np.random.default_rng(0).standard_normal(tensors["transformer.wte.weight"].shape).astype(np.float32)
+        write_tensors(folder / "model.safetensors", {**tensors, "lm_head.weight": head}, metadata)
+        np.testing.assert_array_equal(pyattn.from_pretrained(folder).lm_head.weight, head)

@@ -86,11 +86,14 @@ class GPT2Model(Module):
             check_widths(d, mlp, norms, f"{source}: h.{i}")
             self.blocks.append(GPT2Block(attn, mlp, *norms))
         self.ln_f = LayerNorm(w.get("ln_f.weight"), w.get("ln_f.bias"), eps, "ln_f")
-        head = w.get("lm_head.weight", optional=True)  # usually tied to wte
+        # usually tied to wte; GPT2LMHeadModel keeps it beside the "transformer." prefix
+        head = w.get("lm_head.weight", optional=True) if "lm_head.weight" in w else \
+            Weights(tensors, source).get("lm_head.weight", optional=True)
         self.lm_head = Linear(self.wte.weight if head is None else head, None, "lm_head")
-        if self.ln_f.weight.shape != (d,) or self.lm_head.in_features != d:
+        if self.ln_f.weight.shape != (d,) or self.lm_head.shape != self.wte.weight.shape:
             raise ValueError(f"{source}: ln_f.weight {self.ln_f.weight.shape} and lm_head.weight {self.lm_head.shape} "
-                             f"must take n_embd = {d} features")
+                             f"must take n_embd = {d} features, lm_head predicting the {self.wte.weight.shape[0]} "
+                             "tokens of wte (generated tokens are embedded next)")
         w.check_all_used()
 
     @classmethod

@@ -85,6 +85,9 @@ class Seq2Seq(Module):
         if self.out.in_features != H:
             raise ValueError(f"{source}: out layer takes {self.out.in_features} features, the decoder gives {H}")
         self.vocab_size = self.out.out_features
+        if self.tgt_embedding.weight.shape[0] != self.vocab_size:  # each predicted token is embedded next
+            raise ValueError(f"{source}: the decoder embeds {self.tgt_embedding.weight.shape[0]} tokens but predicts "
+                             f"{self.vocab_size} (decoder.embedding.weight vs decoder.out.weight)")
         for name, i in (("sos_id", self.sos_id), ("eos_id", self.eos_id)):
             if not 0 <= i < self.tgt_embedding.weight.shape[0] or i >= self.vocab_size:
                 raise ValueError(f"{source}: {name} {i} is outside the target vocabulary")

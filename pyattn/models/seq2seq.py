@@ -97,8 +97,9 @@ class Seq2SeqModel(Module):
         head, bias = task("lm_head.weight"), task("final_logits_bias")
         self.lm_head = Linear(self.shared.weight if head is None else head,
                               None if bias is None else np.asarray(bias).reshape(-1), "lm_head")
-        if self.lm_head.in_features != d:
-            raise ValueError(f"{source}: lm_head.weight has shape {self.lm_head.shape}, expected (vocab, d_model = {d})")
+        if self.lm_head.shape != self.shared.weight.shape:  # generated tokens are embedded next
+            raise ValueError(f"{source}: lm_head.weight has shape {self.lm_head.shape}, expected the shape of "
+                             f"shared.weight {self.shared.weight.shape}")
         w.check_all_used()
 
     def _positions(self, w: Weights, part: str, max_pos: int, d: int) -> np.ndarray:
