@@ -905,7 +905,7 @@ def test_hostile_cases_in_a_capped_subprocess():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(pyattn.__file__).parent.parent),
                                                        os.environ.get("PYTHONPATH", "")]))
     r = subprocess.run([sys.executable, "-c", HOSTILE_SCRIPT, json.dumps(cases)], capture_output=True, text=True,
-                       timeout=300, env=env)
+                       timeout=300, env=env, cwd=os.path.dirname(__file__))  # cwd: not the source tree
     assert r.returncode == 0, f"exit {r.returncode}\n{r.stderr[-3000:]}"
     results = json.loads(r.stdout.strip().splitlines()[-1])
     assert len(results) == len(cases)
