@@ -836,8 +836,9 @@ def test_wav_writer_matches_the_standard_library():
 # the most hostile cases again, in a subprocess with a 4 GB address space: a crash is a signal there
 # ----------------------------------------------------------------------------------------------------
 HOSTILE_SCRIPT = textwrap.dedent("""
-    import json, resource, sys
-    resource.setrlimit(resource.RLIMIT_AS, (4 << 30, resource.RLIM_INFINITY))
+    import json, os, resource, sys
+    if not os.environ.get("PYATTN_SANITIZED"):  # ASan reserves terabytes of shadow: it caps via ASAN_OPTIONS
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, resource.RLIM_INFINITY))
     import pyattn
     from pyattn.models import Seq2Seq, Whisper
     from pyattn.audio import load_audio
@@ -904,6 +905,8 @@ def test_hostile_cases_in_a_capped_subprocess():
     cases = _hostile_cases(root)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(pyattn.__file__).parent.parent),
                                                        os.environ.get("PYTHONPATH", "")]))
+    if env.get("PYATTN_SANITIZED"):  # tests/sanitize.sh: the same 4 GiB cap, as ASan's allocation limit
+        env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":max_allocation_size_mb=4096:allocator_may_return_null=1"
     r = subprocess.run([sys.executable, "-c", HOSTILE_SCRIPT, json.dumps(cases)], capture_output=True, text=True,
                        timeout=300, env=env, cwd=os.path.dirname(__file__))  # cwd: not the source tree
     assert r.returncode == 0, f"exit {r.returncode}\n{r.stderr[-3000:]}"

@@ -18,6 +18,9 @@ namespace py = pybind11;
 std::string shape_str(const py::array& a);
 std::string dtype_str(const py::array& a);
 
+// Throws ValueError if `a` starts or steps at a byte offset that is not a multiple of its item size (reading
+// it would be undefined behaviour). require_f32 and the contiguity checks below include this check.
+void require_aligned(const py::array& a, const char* name);
 // Throws TypeError unless `a` is float32.
 void require_f32(const py::array& a, const char* name);
 // Throws ValueError unless `a` has exactly `ndim` dimensions (`what` describes them, e.g. "(B, H, Lq, D)").

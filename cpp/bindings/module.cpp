@@ -1,9 +1,11 @@
+#include <cstdint>
 #include <cstdlib>
 #include <map>
 #include <mutex>
 #include <stdexcept>
 
 #include "bindings/bind_common.h"
+#include "cpu/asan.h"
 
 #if defined(__GLIBC__)
 #include <malloc.h>
@@ -26,11 +28,6 @@ std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::
 void value_error(const std::string& msg) { throw py::value_error(msg); }
 void type_error(const std::string& msg) { throw py::type_error(msg); }
 
-void require_f32(const py::array& a, const char* name) {
-    if (!a.dtype().is(py::dtype::of<float>()))
-        type_error(std::string("expected ") + name + " to be float32, got " + dtype_str(a) + " of shape " +
-                   shape_str(a));
-}
 
 void require_ndim(const py::array& a, int ndim, const char* name, const char* what) {
     if (a.ndim() != ndim)
@@ -49,13 +46,34 @@ void require_nonempty(const py::array& a, const char* name) {
                         " (empty inputs are refused)");
 }
 
+// Reading a float at an address that is not a multiple of 4 is undefined behaviour (UBSan stops on it), and
+// numpy makes such arrays easily: np.frombuffer(buf, np.float32, offset=1).
+void require_aligned(const py::array& a, const char* name) {
+    const auto item = static_cast<std::uintptr_t>(a.itemsize());
+    bool ok = reinterpret_cast<std::uintptr_t>(a.data()) % item == 0;
+    for (py::ssize_t i = 0; ok && i < a.ndim(); ++i) ok = a.shape(i) < 2 || a.strides(i) % a.itemsize() == 0;
+    if (!ok)
+        value_error(std::string("expected ") + name + " to be aligned to its " + std::to_string(item) +
+                    "-byte items (shape " + shape_str(a) + ", it starts or steps at an odd byte offset); pass " +
+                    "np.require(" + name + ", requirements='CA')");
+}
+
+void require_f32(const py::array& a, const char* name) {
+    if (!a.dtype().is(py::dtype::of<float>()))
+        type_error(std::string("expected ") + name + " to be float32, got " + dtype_str(a) + " of shape " +
+                   shape_str(a));
+    require_aligned(a, name);
+}
+
 void require_c_contiguous(const py::array& a, const char* name) {
+    require_aligned(a, name);
     if (!(a.flags() & py::array::c_style))
         value_error(std::string("expected ") + name + " to be C-contiguous (shape " + shape_str(a) +
                     "); pass np.ascontiguousarray(" + name + ")");
 }
 
 void require_last_axis_contiguous(const py::array& a, const char* name) {
+    require_aligned(a, name);
     const py::ssize_t item = a.itemsize();
     for (py::ssize_t i = 0; i < a.ndim(); ++i) {
         const py::ssize_t st = a.strides(i);
@@ -127,7 +145,7 @@ public:
     static constexpr std::size_t kMaxCached = 128u << 20;
 
     void* get(std::size_t bytes) {
-        {
+        if (!kAsan) {  // sanitized builds: no reuse, so that ASan's quarantine catches a use after free
             std::lock_guard<std::mutex> lock(mu_);
             auto it = free_.find(bytes);
             if (it != free_.end()) {
@@ -143,6 +161,10 @@ public:
     }
 
     void put(void* p, std::size_t bytes) {
+        if (kAsan) {
+            std::free(p);
+            return;
+        }
         std::lock_guard<std::mutex> lock(mu_);
         while (cached_ + bytes > kMaxCached && !free_.empty()) {  // evict the largest blocks first
             auto last = std::prev(free_.end());

@@ -7,6 +7,8 @@
 
 #include <sys/mman.h>
 
+#include "cpu/asan.h"
+
 namespace pyattn {
 
 constexpr std::size_t kAlign = 64;  // a cache line; also the widest vector register
@@ -31,13 +33,15 @@ using AlignedPtr = std::unique_ptr<float[], AlignedFree>;
 // n floats, 64-byte aligned. Throws std::bad_alloc (MemoryError in Python) when out of memory.
 inline AlignedPtr aligned_floats(std::size_t n) {
     const std::size_t bytes = ((n * sizeof(float) + kAlign - 1) / kAlign) * kAlign;
-    if (bytes >= kMapBytes) {
+    if (bytes >= kMapBytes && !kAsan) {  // ASan does not watch mmapped memory: malloc it there
         void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (p == MAP_FAILED) throw std::bad_alloc();
         return AlignedPtr(static_cast<float*>(p), AlignedFree{bytes});  // page-aligned
     }
     void* p = std::aligned_alloc(kAlign, bytes ? bytes : kAlign);
     if (!p) throw std::bad_alloc();
+    // the rounding up to a cache line is no licence to read past n: ASan should say so
+    asan_poison(static_cast<float*>(p) + n, (bytes ? bytes : kAlign) - n * sizeof(float));
     return AlignedPtr(static_cast<float*>(p));
 }
 
@@ -48,6 +52,9 @@ public:
         if (n > cap_) {
             buf_ = aligned_floats(n);
             cap_ = n;
+        } else if (kAsan) {  // a caller asking for n floats may touch n, not what an earlier caller asked for
+            asan_unpoison(buf_.get(), n * sizeof(float));
+            asan_poison(buf_.get() + n, (cap_ - n) * sizeof(float));
         }
         return buf_.get();
     }
