@@ -74,13 +74,14 @@ def _contiguous(x, name: str) -> np.ndarray:
     x = _as_float32(x, name)
     if x.ndim == 0:  # np.ascontiguousarray would quietly make it (1,)
         raise ValueError(f"expected {name} with at least one dimension, got a scalar")
-    return np.ascontiguousarray(x)
+    return np.require(x, requirements="CA")  # "A": a view at an odd byte offset is copied too
 
 
 def _last_axis_contiguous(x, name: str) -> np.ndarray:
     x = _as_float32(x, name)
-    ok = x.ndim > 0 and (x.strides[-1] == x.itemsize or x.shape[-1] == 1) and all(s >= 0 for s in x.strides)
-    return x if ok else np.ascontiguousarray(x)
+    ok = (x.ndim > 0 and x.flags.aligned and (x.strides[-1] == x.itemsize or x.shape[-1] == 1)
+          and all(s >= 0 for s in x.strides))
+    return x if ok else np.require(x, requirements="CA")
 
 
 def _optional(x, name: str) -> Optional[np.ndarray]:
@@ -103,7 +104,7 @@ def _mask(m, name: str) -> Optional[np.ndarray]:
         # the kernels walk a mask row by row, forwards: copy a view whose last axis is strided or that runs
         # backwards along any axis
         if m.ndim and ((m.shape[-1] > 1 and m.strides[-1] != m.itemsize) or any(s < 0 for s in m.strides)):
-            m = np.ascontiguousarray(m)
+            m = np.require(m, requirements="CA")
         return m
     raise TypeError(
         f"expected {name} to be bool (True = masked out) or float (added to the scores), got {m.dtype}; "
@@ -160,9 +161,9 @@ def _along_axis(fn, x, axis: int, name: str = "x") -> np.ndarray:
         raise ValueError(f"expected {name} with at least one dimension, got a scalar")
     ax = _axis(x, axis)
     if ax == x.ndim - 1:
-        return fn(np.ascontiguousarray(x))
-    moved = np.ascontiguousarray(np.moveaxis(x, ax, -1))
-    return np.ascontiguousarray(np.moveaxis(fn(moved), -1, ax))
+        return fn(np.require(x, requirements="CA"))
+    moved = np.require(np.moveaxis(x, ax, -1), requirements="CA")
+    return np.require(np.moveaxis(fn(moved), -1, ax), requirements="CA")
 
 
 def softmax(x, axis: int = -1) -> np.ndarray:
@@ -681,7 +682,7 @@ def _attend(s: np.ndarray, values: np.ndarray, mask, key_padding_mask, hard: boo
     np.put_along_axis(weights, best[..., None], 1.0, axis=-1)
     weights *= seen[..., None]
     context = np.take_along_axis(values, best[..., None], axis=1)  # (B, Lq, Dv): the chosen keys' values
-    context = np.ascontiguousarray(context * seen[..., None], dtype=np.float32)
+    context = np.require(context * seen[..., None], np.float32, "CA")
     return context, weights
 
 

@@ -116,6 +116,39 @@ def test_non_contiguous_views(rng):
     np.testing.assert_array_equal(got, want)
 
 
+def _unaligned(a):
+    """A copy of `a` whose data starts one byte past an aligned address (np.frombuffer at offset 1)."""
+    buf = np.zeros(a.nbytes + 1, np.uint8)
+    out = np.frombuffer(buf.data, a.dtype, count=a.size, offset=1).reshape(a.shape)
+    out[...] = a
+    assert not out.flags.aligned
+    return out
+
+
+def test_unaligned_arrays(rng):
+    # reading a float at an odd address is undefined behaviour (UBSan stops on it): the core refuses such
+    # arrays, functional copies them
+    x, w, b = randn(rng, 5, 8), randn(rng, 3, 8), randn(rng, 3)
+    calls = {
+        "matmul": lambda u: _core.matmul(u, randn(rng, 8, 4)),
+        "linear": lambda u: _core.linear(u, w, b),
+        "softmax": lambda u: _core.softmax(u),
+        "log_softmax": lambda u: _core.log_softmax(u),
+        "layer_norm": lambda u: _core.layer_norm(u, np.ones(8, np.float32), np.zeros(8, np.float32)),
+        "PackedLinear": lambda u: _core.PackedLinear(u),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match="aligned to its 4-byte items"):
+            call(_unaligned(x))
+    q, k, v = qkv(rng)
+    with pytest.raises(ValueError, match="aligned"):
+        _core.scaled_dot_product_attention(q, _unaligned(k), v)
+    np.testing.assert_array_equal(F.linear(_unaligned(x), _unaligned(w), b), F.linear(x, w, b))
+    np.testing.assert_array_equal(F.softmax(_unaligned(x)), F.softmax(x))
+    np.testing.assert_array_equal(F.scaled_dot_product_attention(_unaligned(q), k, _unaligned(v)),
+                                  F.scaled_dot_product_attention(q, k, v))
+
+
 # ---- empty ---------------------------------------------------------------------------------------------
 def test_zero_length_dimensions(rng):
     with pytest.raises(ValueError, match=r"zero-length.*\(0, 4\)"):

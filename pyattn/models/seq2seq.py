@@ -109,7 +109,7 @@ class Seq2SeqModel(Module):
             if t.ndim != 2 or t.shape[0] <= self.pos_offset or t.shape[1] != d:
                 raise ValueError(f"{w.source}: tensor '{w.name(name)}' has shape {t.shape}, expected "
                                  f"(n > {self.pos_offset}, d_model = {d})")
-            return np.ascontiguousarray(t, np.float32)
+            return np.require(t, np.float32, "CA")
         if self.kind == "marian":
             if max_pos * d > MAX_COMPUTED_POSITIONS:
                 raise ValueError(f"{w.source}: max_position_embeddings {max_pos} x d_model {d} is too large a "

@@ -50,8 +50,8 @@ class KVCache:
 
     def reorder(self, index: np.ndarray) -> None:
         """Keeps batch rows `index` (beam search): row i of the new cache is row index[i] of the old."""
-        self.k = np.ascontiguousarray(self.k[index])
-        self.v = np.ascontiguousarray(self.v[index])
+        self.k = np.require(self.k[index], requirements="CA")
+        self.v = np.require(self.v[index], requirements="CA")
 
 
 def split_heads(x: np.ndarray, num_heads: int) -> np.ndarray:

@@ -76,13 +76,13 @@ class GRU(Module):
         x = np.asarray(x)
         if x.dtype.kind != "f":
             raise TypeError(f"{self._name}: expected a floating-point input, got {x.dtype}")
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = np.require(x, np.float32, "CA")
         if x.ndim != 3 or x.shape[2] != self.input_size or 0 in x.shape:
             raise ValueError(f"{self._name}: expected input of shape (batch, seq, {self.input_size}), got {x.shape}")
         D = 2 if self.bidirectional else 1
         B = x.shape[0]
         if h0 is not None:
-            h0 = np.ascontiguousarray(h0, dtype=np.float32)
+            h0 = np.require(h0, np.float32, "CA")
             if h0.shape != (self.num_layers * D, B, self.hidden_size):
                 raise ValueError(f"{self._name}: expected h0 of shape {(self.num_layers * D, B, self.hidden_size)}, "
                                  f"got {h0.shape}")
