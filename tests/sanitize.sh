@@ -45,8 +45,9 @@ export PYATTN_SANITIZED=1
 
 # a sanitizer that is not armed cannot fail: check that the extension is instrumented and the runtime live
 so=$(ls "$pkg"/pyattn/_core*.so)
-nm -D "$so" | grep -q __asan_report_load || { echo "sanitize.sh: $so has no ASan instrumentation" >&2; exit 1; }
-nm -D "$so" | grep -q __ubsan_handle || { echo "sanitize.sh: $so has no UBSan instrumentation" >&2; exit 1; }
+syms=$(nm -D "$so")  # not `nm | grep -q`: grep quits at the first match, and pipefail then sees nm's SIGPIPE
+grep -q __asan_report_load <<< "$syms" || { echo "sanitize.sh: $so has no ASan instrumentation" >&2; exit 1; }
+grep -q __ubsan_handle <<< "$syms" || { echo "sanitize.sh: $so has no UBSan instrumentation" >&2; exit 1; }
 if "$py" -c "import ctypes; b = ctypes.create_string_buffer(16); ctypes.memset(ctypes.addressof(b) + 16, 0, 64)" \
      2> /dev/null; then
   echo "sanitize.sh: a heap overflow went unreported: the ASan runtime is not active" >&2; exit 1
@@ -61,4 +62,4 @@ done
 cd "$root/tests"
 "$py" -c "import pyattn, sys; assert '$pkg' in pyattn.__file__, pyattn.__file__; print('sanitized pyattn:', pyattn.__file__)"
 # --capture=sys: an aborting report must reach the terminal, not a captured file descriptor
-exec "$py" -m pytest -q -p no:cacheprovider --capture=sys -x "${args[@]}"
+exec "$py" -m pytest -q -p no:cacheprovider --capture=sys "${args[@]}"
