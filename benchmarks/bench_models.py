@@ -22,7 +22,6 @@ import json
 import math
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from _rss import peak_rss_mb  # benchmarks/_rss.py (the script's folder is on sys.path)
 
 HERE = Path(__file__).resolve().parent
 SENTENCE = "A man is playing a guitar on the stage tonight."
@@ -47,9 +48,6 @@ def median_ms(fn, reps: int) -> float:
         times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e3
 
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -212,15 +210,20 @@ def worker_minilm(impl: str, threads: int, art: dict, model_dir: Path, reps: tup
     return res
 
 
+PAPER_IMPLS = ("pyattn", "pyattn-fp16", "torch")
+
+
 def worker_paper(impl: str, threads: int, art: dict, reps: tuple, out: Path) -> dict:
     rng = np.random.default_rng(0)
     res = {}
     ids_out = {}
-    if impl == "pyattn":
+    if impl in ("pyattn", "pyattn-fp16"):
         import pyattn
 
         pyattn.set_num_threads(threads)
         model = pyattn.load(art["paper"])
+        if impl == "pyattn-fp16":  # weights held as float16 (half the bytes a decoding step streams), fp32 math
+            model.set_weight_storage("float16")
         for B in (1, 8):
             src = rng.integers(2, PAPER["vocab"], (B, 32))
             res[f"encoder_b{B}_ms"] = median_ms(lambda: model.encode(src), reps[0])
@@ -321,22 +324,28 @@ def main(argv=None) -> int:
                 print(f"{impl:<12} | {r['batch1_ms']:9.2f} | {r['batch32x128_ms']:9.1f} | {err:8.1e} | "
                       f"{r['peak_rss_mb']:7.0f}")
                 results["minilm"].append({"impl": impl, "threads": n, **{k: v for k, v in r.items() if k[0] != "_"}})
-            prow = {impl: run_worker("paper", impl, n, art, args.quick, tmp) for impl in ("pyattn", "torch")}
+            prow = {impl: run_worker("paper", impl, n, art, args.quick, tmp) for impl in PAPER_IMPLS}
             ids = {impl: np.load(r["_prefix"] + ".ids.npz") for impl, r in prow.items() if "_prefix" in r}
-            same = {B: bool(len(ids) == 2 and np.array_equal(ids["pyattn"][f"b{B}"], ids["torch"][f"b{B}"]))
-                    for B in (1, 8)}
+            same_as_torch = {impl: {B: bool(impl in ids and "torch" in ids and
+                                            np.array_equal(ids[impl][f"b{B}"], ids["torch"][f"b{B}"]))
+                                    for B in (1, 8)} for impl in ids}
             print(f"\nThe documents' Transformer (512/8 heads/6+6/2048), {n} thread(s): encoder 32 tokens (ms), greedy "
                   f"decoding of {DECODE_TOKENS} tokens (ms/token)")
             print(f"{'impl':<22} | {'enc b1':>7} | {'enc b8':>7} | {'dec b1':>7} | {'dec b8':>7} | {'RSS MB':>7}")
-            names = {"pyattn": "pyattn (KV cache)", "torch": "torch (re-run prefix)"}
+            names = {"pyattn": "pyattn (KV cache)", "pyattn-fp16": "pyattn (fp16 weights)",
+                     "torch": "torch (re-run prefix)"}
             for impl, r in prow.items():
                 if "error" in r:
                     continue
                 print(f"{names[impl]:<22} | {r['encoder_b1_ms']:7.2f} | {r['encoder_b8_ms']:7.2f} | "
                       f"{r['decode_b1_ms_per_token']:7.2f} | {r['decode_b8_ms_per_token']:7.2f} | {r['peak_rss_mb']:7.0f}")
-                results["paper"].append({"impl": impl, "threads": n, "identical_greedy_ids": same,
+                results["paper"].append({"impl": impl, "threads": n,
+                                         "identical_greedy_ids": same_as_torch.get(impl, {1: False, 8: False}),
                                          **{k: v for k, v in r.items() if k[0] != "_"}})
-            print(f"identical greedy ids, pyattn vs torch: batch 1 {same[1]}, batch 8 {same[8]}")
+            for impl in ("pyattn", "pyattn-fp16"):
+                if impl in same_as_torch:
+                    sm = same_as_torch[impl]
+                    print(f"identical greedy ids, {impl} vs torch: batch 1 {sm[1]}, batch 8 {sm[8]}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "models_quick" if args.quick else "models"
@@ -368,7 +377,7 @@ def plot(results: dict, path: Path) -> None:
         ax.set_title(title)
         ax.legend(fontsize=8)
     prow = results["paper"]
-    for impl in ("pyattn", "torch"):
+    for impl in PAPER_IMPLS:
         vals = [next((r["decode_b1_ms_per_token"] for r in prow if r["impl"] == impl and r["threads"] == t), 0)
                 for t in threads]
         axes[2].plot(threads, vals, marker="o", label=impl)

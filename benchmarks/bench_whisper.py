@@ -20,7 +20,6 @@ import io
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,8 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 import numpy as np
+
+from _rss import peak_rss_mb  # benchmarks/_rss.py (the script's folder is on sys.path)
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent / "tests" / "data"
@@ -169,7 +170,7 @@ def worker(impl: str, threads: int, clips: dict, reps: int) -> dict:
             row["encoder_ms"] = median_ms(lambda: r.encode(feats), reps)
             row["features_ms"] = median_ms(lambda: r.features(audio), reps)
         res["clips"][name] = row
-    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    res["peak_rss_mb"] = peak_rss_mb()
     return res
 
 
