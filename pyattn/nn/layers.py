@@ -124,7 +124,7 @@ class Linear(Module):
 
     def __call__(self, x: np.ndarray, activation: str = "none") -> np.ndarray:
         # (..., in_features) -> (..., out_features)
-        if x.dtype != np.float32 or not x.flags.c_contiguous:
+        if x.dtype != np.float32 or not (x.flags.c_contiguous and x.flags.aligned):
             x = np.require(x, np.float32, "CA")
         return self._packed(x, activation)
 
