@@ -119,7 +119,7 @@ class Seq2Seq(Module):
                    "decoder.out.weight": self.out.weight}
         if self.out.bias is not None:
             tensors["decoder.out.bias"] = self.out.bias
-        save_file({k: np.require(v, np.float32, "CA") for k, v in tensors.items()}, str(folder / "model.safetensors"))
+        save_file({k: F._c_aligned(v, np.float32) for k, v in tensors.items()}, str(folder / "model.safetensors"))
         (folder / "config.json").write_text(json.dumps({"kind": _KIND, "sos_id": self.sos_id, "eos_id": self.eos_id,
                                                         "max_length": self.max_length}, indent=1))
 
@@ -247,7 +247,7 @@ class Seq2Seq(Module):
             if len(finished) >= beam and max(f[0] for f in finished) >= best_live or not nxt_seqs:
                 break
             seqs, attns, scores = nxt_seqs, nxt_attns, np.asarray(nxt_scores)
-            hidden = np.require(hidden[:, rows], requirements="CA")
+            hidden = F._c_aligned(hidden[:, rows])
             tokens = np.asarray(nxt_tokens)
         else:
             finished += [(norm(s, len(q)), q, a, float(s)) for s, q, a in zip(scores, seqs, attns)]

@@ -9,6 +9,7 @@ from typing import Optional
 
 import numpy as np
 
+from .. import functional as F
 from ..nn import (DecoderState, Embedding, FeedForward, LayerNorm, Linear, Module, MultiHeadAttention,
                   TransformerDecoder, TransformerDecoderLayer, TransformerEncoder, TransformerEncoderLayer)
 from .pretrained import (Weights, errors_name, flag, option, read_config, read_weights, require,
@@ -109,7 +110,7 @@ class Seq2SeqModel(Module):
             if t.ndim != 2 or t.shape[0] <= self.pos_offset or t.shape[1] != d:
                 raise ValueError(f"{w.source}: tensor '{w.name(name)}' has shape {t.shape}, expected "
                                  f"(n > {self.pos_offset}, d_model = {d})")
-            return np.require(t, np.float32, "CA")
+            return F._c_aligned(t, np.float32)
         if self.kind == "marian":
             if max_pos * d > MAX_COMPUTED_POSITIONS:
                 raise ValueError(f"{w.source}: max_position_embeddings {max_pos} x d_model {d} is too large a "

@@ -63,7 +63,7 @@ class _Vars:
                              "(int8-quantised models are not supported; convert with compute type float16/float32)")
         if shape is not None and a.shape != tuple(shape):
             raise ValueError(f"{self._source}: variable '{name}' has shape {a.shape}, expected {tuple(shape)}")
-        return np.require(a, np.float32, "CA")
+        return F._c_aligned(a, np.float32)
 
     def int(self, name: str, default=None) -> int:
         if name not in self._v:
@@ -86,7 +86,7 @@ def _unfold(x: np.ndarray, stride: int) -> np.ndarray:
     win = np.lib.stride_tricks.as_strided(padded, (B, t_out, 3 * C),
                                           (padded.strides[0], stride * padded.strides[1], padded.strides[2]),
                                           writeable=False)
-    return np.require(win, requirements="CA")
+    return F._c_aligned(win)
 
 
 class Whisper(Module):
@@ -186,7 +186,7 @@ class Whisper(Module):
         if self.dec_positions.ndim != 2 or self.dec_positions.shape[1] != d:
             raise ValueError(f"{source}: decoder positions have shape {self.dec_positions.shape}, expected (n, {d})")
         # The embedding table is kept as stored (float16 halves its memory); rows are widened on lookup.
-        self._embedding = np.require(emb, requirements="CA") if emb.dtype in (np.float16, np.float32) else v.f32(
+        self._embedding = F._c_aligned(emb) if emb.dtype in (np.float16, np.float32) else v.f32(
             "decoder/embeddings/weight")
         proj = "decoder/projection/weight"
         self.proj = Linear(v.f32(proj, (self.vocab_size, d)) if proj in v else v.f32("decoder/embeddings/weight"),

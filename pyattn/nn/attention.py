@@ -50,8 +50,8 @@ class KVCache:
 
     def reorder(self, index: np.ndarray) -> None:
         """Keeps batch rows `index` (beam search): row i of the new cache is row index[i] of the old."""
-        self.k = np.require(self.k[index], requirements="CA")
-        self.v = np.require(self.v[index], requirements="CA")
+        self.k = F._c_aligned(self.k[index])
+        self.v = F._c_aligned(self.v[index])
 
 
 def split_heads(x: np.ndarray, num_heads: int) -> np.ndarray:

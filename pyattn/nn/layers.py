@@ -17,7 +17,7 @@ def as_weight(x, name: str, shape: Optional[tuple] = None) -> np.ndarray:
     a = np.asarray(x)
     if a.dtype.kind != "f":
         raise TypeError(f"weight {name} must be floating-point, got {a.dtype}")
-    a = np.require(a, np.float32, "CA")
+    a = F._c_aligned(a, np.float32)
     if shape is not None and a.shape != tuple(shape):
         raise ValueError(f"weight {name} has shape {a.shape}, expected {tuple(shape)}")
     if not np.all(np.isfinite(a)):
@@ -77,7 +77,7 @@ class Linear(Module):
         """storage: "float32", "float16" (see Module.set_weight_storage), or None: float16 for a float16 weight,
         float32 otherwise."""
         if isinstance(weight, np.ndarray) and weight.dtype == np.float16:
-            w = np.require(weight, requirements="CA")
+            w = F._c_aligned(weight)
             if not np.all(np.isfinite(w)):
                 raise ValueError(f"weight {name}.weight contains NaN or infinite values")
         else:
@@ -124,9 +124,7 @@ class Linear(Module):
 
     def __call__(self, x: np.ndarray, activation: str = "none") -> np.ndarray:
         # (..., in_features) -> (..., out_features)
-        if x.dtype != np.float32 or not (x.flags.c_contiguous and x.flags.aligned):
-            x = np.require(x, np.float32, "CA")
-        return self._packed(x, activation)
+        return self._packed(F._c_aligned(x, np.float32), activation)
 
 
 class Embedding(Module):

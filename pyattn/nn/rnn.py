@@ -7,6 +7,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from .. import _core
+from .. import functional as F
 from .layers import Module, as_weight
 
 
@@ -76,13 +77,13 @@ class GRU(Module):
         x = np.asarray(x)
         if x.dtype.kind != "f":
             raise TypeError(f"{self._name}: expected a floating-point input, got {x.dtype}")
-        x = np.require(x, np.float32, "CA")
+        x = F._c_aligned(x, np.float32)
         if x.ndim != 3 or x.shape[2] != self.input_size or 0 in x.shape:
             raise ValueError(f"{self._name}: expected input of shape (batch, seq, {self.input_size}), got {x.shape}")
         D = 2 if self.bidirectional else 1
         B = x.shape[0]
         if h0 is not None:
-            h0 = np.require(h0, np.float32, "CA")
+            h0 = F._c_aligned(h0, np.float32)
             if h0.shape != (self.num_layers * D, B, self.hidden_size):
                 raise ValueError(f"{self._name}: expected h0 of shape {(self.num_layers * D, B, self.hidden_size)}, "
                                  f"got {h0.shape}")

@@ -152,7 +152,7 @@ class Attention(Module):
         instead of the keys to every call for the same source."""
         keys = F._as_float32(_numpy(keys), "keys")
         unbatched = keys.ndim == 2
-        keys = np.require(F._rows3(keys, "keys", "(B, Lk, Dk)", unbatched), requirements="CA")
+        keys = F._c_aligned(F._rows3(keys, "keys", "(B, Lk, Dk)", unbatched))
         if self._k_proj is not None:
             if keys.shape[2] != self._k_proj.in_features:
                 raise ValueError(f"{self._name}: expected keys of width {self._k_proj.in_features} (from the "
