@@ -112,9 +112,10 @@ def _mask(m, name: str) -> Optional[np.ndarray]:
     if m.dtype.kind == "f" and m.dtype != np.float32:
         m = m.astype(np.float32)
     if m.dtype == np.bool_ or m.dtype == np.float32:
-        # the kernels walk a mask row by row, forwards: copy a view whose last axis is strided or that runs
-        # backwards along any axis
-        if m.ndim and ((m.shape[-1] > 1 and m.strides[-1] != m.itemsize) or any(s < 0 for s in m.strides)):
+        # the kernels walk a mask row by row, forwards: copy a view whose last axis is strided, that runs
+        # backwards along any axis, or that sits at an odd byte offset (the core refuses it)
+        if m.ndim and ((m.shape[-1] > 1 and m.strides[-1] != m.itemsize) or any(s < 0 for s in m.strides)
+                       or not m.flags.aligned):
             m = _c_aligned(m)
         return m
     raise TypeError(

@@ -147,6 +147,11 @@ def test_unaligned_arrays(rng):
     np.testing.assert_array_equal(F.softmax(_unaligned(x)), F.softmax(x))
     np.testing.assert_array_equal(F.scaled_dot_product_attention(_unaligned(q), k, _unaligned(v)),
                                   F.scaled_dot_product_attention(q, k, v))
+    mask = randn(rng, 1, 1, q.shape[-2], k.shape[-2])
+    with pytest.raises(ValueError, match="aligned"):
+        _core.scaled_dot_product_attention(q, k, v, attn_mask=_unaligned(mask))
+    np.testing.assert_array_equal(F.scaled_dot_product_attention(q, k, v, attn_mask=_unaligned(mask)),
+                                  F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
 
 
 # ---- empty ---------------------------------------------------------------------------------------------
