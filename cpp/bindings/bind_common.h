@@ -19,7 +19,8 @@ std::string shape_str(const py::array& a);
 std::string dtype_str(const py::array& a);
 
 // Throws ValueError if `a` starts or steps at a byte offset that is not a multiple of its item size (reading
-// it would be undefined behaviour). require_f32 and the contiguity checks below include this check.
+// it would be undefined behaviour). Both contiguity checks below include it, so every array that reaches a
+// kernel is checked once.
 void require_aligned(const py::array& a, const char* name);
 // Throws TypeError unless `a` is float32.
 void require_f32(const py::array& a, const char* name);

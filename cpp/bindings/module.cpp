@@ -62,7 +62,6 @@ void require_f32(const py::array& a, const char* name) {
     if (!a.dtype().is(py::dtype::of<float>()))
         type_error(std::string("expected ") + name + " to be float32, got " + dtype_str(a) + " of shape " +
                    shape_str(a));
-    require_aligned(a, name);
 }
 
 void require_c_contiguous(const py::array& a, const char* name) {
