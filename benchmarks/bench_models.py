@@ -120,7 +120,8 @@ def torch_paper_model(weights_dir: Path):
             cross = []
             for layer in layers:
                 w, b = layer.multihead_attn.in_proj_weight, layer.multihead_attn.in_proj_bias
-                cross.append((heads(F.linear(memory, w[d:2 * d], b[d:2 * d])), heads(F.linear(memory, w[2 * d:], b[2 * d:]))))
+                k, v = F.linear(memory, w[d:], b[d:]).split(d, -1)
+                cross.append((heads(k), heads(v)))
             cache = [None] * len(layers)
             ys = torch.full((B, 1), 1, dtype=torch.long)
             for t in range(n):
@@ -273,11 +274,11 @@ def worker_paper(impl: str, threads: int, art: dict, reps: tuple, out: Path) -> 
 
         torch.set_num_threads(threads)
         m = torch_paper_model(Path(art["paper"]))
+        greedy = m.greedy_cached if impl == "torch-cache" else m.greedy
         for B in (1, 8):
             src = torch.from_numpy(rng.integers(2, PAPER["vocab"], (B, 32)))
             with torch.inference_mode():
                 res[f"encoder_b{B}_ms"] = median_ms(lambda: m.encode(src), reps[0])
-                greedy = m.greedy_cached if impl == "torch-cache" else m.greedy
                 t = median_ms(lambda: greedy(src, DECODE_TOKENS), reps[2])
                 res[f"decode_b{B}_ms_per_token"] = t / DECODE_TOKENS
                 ids_out[B] = greedy(src, DECODE_TOKENS).numpy()
@@ -365,8 +366,7 @@ def main(argv=None) -> int:
                 results["minilm"].append({"impl": impl, "threads": n, **{k: v for k, v in r.items() if k[0] != "_"}})
             prow = {impl: run_worker("paper", impl, n, art, args.quick, tmp) for impl in PAPER_IMPLS}
             ids = {impl: np.load(r["_prefix"] + ".ids.npz") for impl, r in prow.items() if "_prefix" in r}
-            same_as_torch = {impl: {B: bool(impl in ids and "torch" in ids and
-                                            np.array_equal(ids[impl][f"b{B}"], ids["torch"][f"b{B}"]))
+            same_as_torch = {impl: {B: "torch" in ids and np.array_equal(ids[impl][f"b{B}"], ids["torch"][f"b{B}"])
                                     for B in (1, 8)} for impl in ids}
             print(f"\nThe documents' Transformer (512/8 heads/6+6/2048), {n} thread(s): encoder 32 tokens (ms), greedy "
                   f"decoding of {DECODE_TOKENS} tokens (ms/token)")
