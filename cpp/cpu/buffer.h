@@ -38,10 +38,11 @@ inline AlignedPtr aligned_floats(std::size_t n) {
         if (p == MAP_FAILED) throw std::bad_alloc();
         return AlignedPtr(static_cast<float*>(p), AlignedFree{bytes});  // page-aligned
     }
-    void* p = std::aligned_alloc(kAlign, bytes ? bytes : kAlign);
+    const std::size_t size = bytes ? bytes : kAlign;
+    void* p = std::aligned_alloc(kAlign, size);
     if (!p) throw std::bad_alloc();
     // the rounding up to a cache line is no licence to read past n: ASan should say so
-    asan_poison(static_cast<float*>(p) + n, (bytes ? bytes : kAlign) - n * sizeof(float));
+    asan_poison(static_cast<float*>(p) + n, size - n * sizeof(float));
     return AlignedPtr(static_cast<float*>(p));
 }
 
