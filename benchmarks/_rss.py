@@ -1,4 +1,5 @@
 """Peak resident memory of this process, for the benchmark workers."""
+
 from __future__ import annotations
 
 import resource

@@ -24,6 +24,7 @@ results then go to kernels_<sections>[_quick].* so that the full results are not
 Every row carries the max abs error of pyattn against torch. Results go to
 benchmarks/results/kernels.{json,png,txt}; --quick writes kernels_quick.* so the full results survive.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,15 +45,31 @@ from pyattn import functional as F
 
 # (M, K, N): square GEMMs, then the projections and FFNs of small encoders (d_model 384 / 768) and decoding
 # shapes: one token through a FFN and through a 51865-word vocabulary, a short sentence.
-GEMM_SHAPES = [(256, 256, 256), (512, 512, 512), (1024, 1024, 1024), (2048, 2048, 2048), (128, 384, 1152),
-               (128, 384, 1536), (128, 1536, 384), (2048, 384, 1152), (512, 768, 3072), (512, 3072, 768),
-               (1, 384, 1536), (1, 384, 51865), (4, 512, 2048)]
+GEMM_SHAPES = [
+    (256, 256, 256),
+    (512, 512, 512),
+    (1024, 1024, 1024),
+    (2048, 2048, 2048),
+    (128, 384, 1152),
+    (128, 384, 1536),
+    (128, 1536, 384),
+    (2048, 384, 1152),
+    (512, 768, 3072),
+    (512, 3072, 768),
+    (1, 384, 1536),
+    (1, 384, 51865),
+    (4, 512, 2048),
+]
 ATTN_LENGTHS = [128, 512, 1024, 2048]
 DECODE_LENGTHS = [448, 1500]
 # (B, source length, hidden size) of one additive-attention decoder step
 ADDITIVE_SHAPES = [(32, 64, 512), (1, 64, 512)]
-QUICK = {"gemm": [(256, 256, 256), (128, 384, 1152), (1, 384, 1536)], "attention": [128], "decode": [448],
-         "additive": [(32, 64, 512)]}
+QUICK = {
+    "gemm": [(256, 256, 256), (128, 384, 1152), (1, 384, 1536)],
+    "attention": [128],
+    "decode": [448],
+    "additive": [(32, 64, 512)],
+}
 FULL = {"gemm": GEMM_SHAPES, "attention": ATTN_LENGTHS, "decode": DECODE_LENGTHS, "additive": ADDITIVE_SHAPES}
 SECTIONS = ("gemm", "attention", "decode", "additive")
 
@@ -288,8 +305,10 @@ def additive_impls(query, keys, peers: Peers, seed: int) -> dict:
     if torch is not None:
         torch.manual_seed(seed)
         ref = torch_bahdanau(torch, H)
-        weights = [p.detach().numpy().copy() for p in (ref.Wa.weight, ref.Wa.bias, ref.Ua.weight, ref.Ua.bias,
-                                                        ref.Va.weight, ref.Va.bias)]
+        weights = [
+            p.detach().numpy().copy()
+            for p in (ref.Wa.weight, ref.Wa.bias, ref.Ua.weight, ref.Ua.bias, ref.Va.weight, ref.Va.bias)
+        ]
     else:
         rng = np.random.default_rng(seed)
         u = lambda *shape: rng.uniform(-1, 1, shape).astype(np.float32) / np.float32(np.sqrt(H))  # noqa: E731
@@ -299,8 +318,18 @@ def additive_impls(query, keys, peers: Peers, seed: int) -> dict:
     kp = prepared.projected
     impls = {
         "pyattn": lambda: attn(query, prepared),
-        "pyattn_F": lambda: F.attention(query, None, keys, score="additive", keys_projected=kp, w_q=attn.w_q,
-                                        b_q=attn.b_q, v=attn.v, v_bias=attn.v_bias, need_weights=True),
+        "pyattn_F": lambda: F.attention(
+            query,
+            None,
+            keys,
+            score="additive",
+            keys_projected=kp,
+            w_q=attn.w_q,
+            b_q=attn.b_q,
+            v=attn.v,
+            v_bias=attn.v_bias,
+            need_weights=True,
+        ),
     }
     if torch is not None:
         tq, tk = torch.from_numpy(query), torch.from_numpy(keys)
@@ -349,64 +378,90 @@ def _num(value, fmt: str, width: int) -> str:
 
 
 def format_gemm(rows, peak: float, bandwidth: float) -> list[str]:
-    lines = [f"SGEMM y = x W^T, GFLOP/s (median), {rows[0]['threads']} thread(s); "
-             f"measured FMA peak {peak:.0f} GFLOP/s, read bandwidth {bandwidth:.1f} GB/s",
-             f"{'M':>5} {'K':>5} {'N':>6} | {'pyattn':>7} {'%peak':>5} {'packed':>7} {'%peak':>5} | "
-             f"{'numpy':>7} {'torch':>7} | {'max err':>8}"]
+    lines = [
+        f"SGEMM y = x W^T, GFLOP/s (median), {rows[0]['threads']} thread(s); "
+        f"measured FMA peak {peak:.0f} GFLOP/s, read bandwidth {bandwidth:.1f} GB/s",
+        f"{'M':>5} {'K':>5} {'N':>6} | {'pyattn':>7} {'%peak':>5} {'packed':>7} {'%peak':>5} | "
+        f"{'numpy':>7} {'torch':>7} | {'max err':>8}",
+    ]
     for r in rows:
-        line = (f"{r['M']:>5} {r['K']:>5} {r['N']:>6} | {r['pyattn_gflops']:7.1f} {r['pyattn_pct_peak']:4.0f}% "
-                f"{r['pyattn_packed_gflops']:7.1f} {r['pyattn_packed_pct_peak']:4.0f}% | {r['numpy_gflops']:7.1f} "
-                f"{_num(r.get('torch_gflops'), '.1f', 7)} | {r['max_err_vs_torch']:8.1e}")
+        line = (
+            f"{r['M']:>5} {r['K']:>5} {r['N']:>6} | {r['pyattn_gflops']:7.1f} {r['pyattn_pct_peak']:4.0f}% "
+            f"{r['pyattn_packed_gflops']:7.1f} {r['pyattn_packed_pct_peak']:4.0f}% | {r['numpy_gflops']:7.1f} "
+            f"{_num(r.get('torch_gflops'), '.1f', 7)} | {r['max_err_vs_torch']:8.1e}"
+        )
         if "weight_MB" in r:  # a weight that fits in the caches streams faster than the read bandwidth
-            line += (f"  weights {r['weight_MB']:.1f} MB at {r['pyattn_packed_weight_GBps']:.1f} GB/s packed, "
-                     f"{r['pyattn_weight_GBps']:.1f} plain")
+            line += (
+                f"  weights {r['weight_MB']:.1f} MB at {r['pyattn_packed_weight_GBps']:.1f} GB/s packed, "
+                f"{r['pyattn_weight_GBps']:.1f} plain"
+            )
         lines.append(line)
     return lines
 
 
 def format_attention(rows) -> list[str]:
-    lines = [f"Attention B={ATTN_B} H={ATTN_H} D={ATTN_D}, ms (GFLOP/s), median, {rows[0]['threads']} thread(s)",
-             f"{'L':>5} {'causal':>6} | {'pyattn':>15} | {'torch SDPA':>15} | {'numpy':>15} | {'max err':>8}"]
+    lines = [
+        f"Attention B={ATTN_B} H={ATTN_H} D={ATTN_D}, ms (GFLOP/s), median, {rows[0]['threads']} thread(s)",
+        f"{'L':>5} {'causal':>6} | {'pyattn':>15} | {'torch SDPA':>15} | {'numpy':>15} | {'max err':>8}",
+    ]
     for r in rows:
-        cells = [f"{r[f'{n}_ms']:7.2f} ({r[f'{n}_gflops']:5.1f})" if f"{n}_ms" in r else f"{'-':>15}"
-                 for n in ("pyattn", "torch", "numpy")]
+        cells = [
+            f"{r[f'{n}_ms']:7.2f} ({r[f'{n}_gflops']:5.1f})" if f"{n}_ms" in r else f"{'-':>15}"
+            for n in ("pyattn", "torch", "numpy")
+        ]
         lines.append(f"{r['L']:>5} {str(r['causal']):>6} | " + " | ".join(cells) + f" | {r['max_err_vs_torch']:8.1e}")
     return lines
 
 
 def format_decode(rows) -> list[str]:
-    lines = [f"Decode attention Lq=1 H={DECODE_H} D={DECODE_D}, microseconds, median, {rows[0]['threads']} thread(s)",
-             f"{'Lk':>5} | {'pyattn':>8} {'torch':>8} {'numpy':>8} | {'max err':>8}"]
+    lines = [
+        f"Decode attention Lq=1 H={DECODE_H} D={DECODE_D}, microseconds, median, {rows[0]['threads']} thread(s)",
+        f"{'Lk':>5} | {'pyattn':>8} {'torch':>8} {'numpy':>8} | {'max err':>8}",
+    ]
     for r in rows:
-        lines.append(f"{r['Lk']:>5} | {r['pyattn_us']:8.1f} {_num(r.get('torch_us'), '.1f', 8)} {r['numpy_us']:8.1f} | "
-                     f"{r['max_err_vs_torch']:8.1e}")
+        lines.append(
+            f"{r['Lk']:>5} | {r['pyattn_us']:8.1f} {_num(r.get('torch_us'), '.1f', 8)} {r['numpy_us']:8.1f} | "
+            f"{r['max_err_vs_torch']:8.1e}"
+        )
     return lines
 
 
 def format_additive(rows) -> list[str]:
-    lines = [f"Additive (Bahdanau) attention, one decoder step (Lq=1), microseconds, median, {rows[0]['threads']} "
-             f"thread(s); pyattn and 'torch keys once' project the keys once per source (pyattn: prepare)",
-             f"{'B':>3} {'Lk':>4} {'H':>4} | {'pyattn':>8} {'F.attn':>8} | {'torch':>8} {'keys once':>9} | "
-             f"{'vs torch':>8} {'vs once':>7} | {'prepare':>8} | {'max err':>8}"]
+    lines = [
+        f"Additive (Bahdanau) attention, one decoder step (Lq=1), microseconds, median, {rows[0]['threads']} "
+        f"thread(s); pyattn and 'torch keys once' project the keys once per source (pyattn: prepare)",
+        f"{'B':>3} {'Lk':>4} {'H':>4} | {'pyattn':>8} {'F.attn':>8} | {'torch':>8} {'keys once':>9} | "
+        f"{'vs torch':>8} {'vs once':>7} | {'prepare':>8} | {'max err':>8}",
+    ]
     for r in rows:
         t, once = r.get("torch_us"), r.get("torch_keys_once_us")
-        lines.append(f"{r['B']:>3} {r['Lk']:>4} {r['H']:>4} | {r['pyattn_us']:8.1f} {r['pyattn_F_us']:8.1f} | "
-                     f"{_num(t, '.1f', 8)} {_num(once, '.1f', 9)} | "
-                     f"{_num(t and t / r['pyattn_us'], '.1f', 7)}x {_num(once and once / r['pyattn_us'], '.1f', 6)}x | "
-                     f"{r['pyattn_prepare_us']:8.1f} | {_num(r.get('max_err_vs_torch'), '.1e', 8)}")
+        lines.append(
+            f"{r['B']:>3} {r['Lk']:>4} {r['H']:>4} | {r['pyattn_us']:8.1f} {r['pyattn_F_us']:8.1f} | "
+            f"{_num(t, '.1f', 8)} {_num(once, '.1f', 9)} | "
+            f"{_num(t and t / r['pyattn_us'], '.1f', 7)}x {_num(once and once / r['pyattn_us'], '.1f', 6)}x | "
+            f"{r['pyattn_prepare_us']:8.1f} | {_num(r.get('max_err_vs_torch'), '.1e', 8)}"
+        )
     return lines
 
 
 # ---------------------------------------------------------------------------------------------------
 # plot
 # ---------------------------------------------------------------------------------------------------
-GEMM_SERIES = [("pyattn_packed", "pyattn (prepacked)"), ("pyattn", "pyattn"), ("numpy", "numpy / OpenBLAS"),
-               ("torch", "torch")]
+GEMM_SERIES = [
+    ("pyattn_packed", "pyattn (prepacked)"),
+    ("pyattn", "pyattn"),
+    ("numpy", "numpy / OpenBLAS"),
+    ("torch", "torch"),
+]
 ATTN_SERIES = [("pyattn", "pyattn"), ("torch", "torch SDPA"), ("numpy", "numpy")]
 
 
-ADDITIVE_SERIES = [("pyattn", "pyattn (keys once)"), ("pyattn_F", "pyattn functional"), ("torch", "torch tutorial"),
-                   ("torch_keys_once", "torch (keys once)")]
+ADDITIVE_SERIES = [
+    ("pyattn", "pyattn (keys once)"),
+    ("pyattn_F", "pyattn functional"),
+    ("torch", "torch tutorial"),
+    ("torch_keys_once", "torch (keys once)"),
+]
 
 
 def plot(results: dict, path: Path) -> bool:
@@ -424,12 +479,20 @@ def plot(results: dict, path: Path) -> bool:
     gemm = [r for r in results["gemm"] if r["threads"] == threads]
     attn = [r for r in results["attention"] if r["threads"] == threads]
     additive = [r for r in results.get("additive", []) if r["threads"] == threads]
-    panels = [(name, rows, ratio) for name, rows, ratio in (("gemm", gemm, 2), ("attention", attn, 1),
-                                                             ("additive", additive, 1)) if rows]
+    panels = [
+        (name, rows, ratio)
+        for name, rows, ratio in (("gemm", gemm, 2), ("attention", attn, 1), ("additive", additive, 1))
+        if rows
+    ]
     if not panels:
         return False
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * sum(p[2] for p in panels) + 1, 5.5),
-                             gridspec_kw={"width_ratios": [p[2] for p in panels]}, squeeze=False)
+    fig, axes = plt.subplots(
+        1,
+        len(panels),
+        figsize=(5 * sum(p[2] for p in panels) + 1, 5.5),
+        gridspec_kw={"width_ratios": [p[2] for p in panels]},
+        squeeze=False,
+    )
     for ax, (name, rows, _) in zip(axes[0], panels):
         {"gemm": _plot_gemm, "attention": _plot_attention, "additive": _plot_additive}[name](ax, rows, results, threads)
     fig.tight_layout()
@@ -507,10 +570,18 @@ def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small subset of shapes, few repeats (CI)")
     ap.add_argument("--threads", type=thread_list, default=[1, 2], help="comma-separated thread counts (default 1,2)")
-    ap.add_argument("--sections", type=section_list, default=list(SECTIONS),
-                    help=f"comma-separated tables to run (default all: {','.join(SECTIONS)})")
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results",
-                    help="output directory (default benchmarks/results)")
+    ap.add_argument(
+        "--sections",
+        type=section_list,
+        default=list(SECTIONS),
+        help=f"comma-separated tables to run (default all: {','.join(SECTIONS)})",
+    )
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent / "results",
+        help="output directory (default benchmarks/results)",
+    )
     return ap.parse_args(argv)
 
 
@@ -524,9 +595,13 @@ def main(argv=None) -> int:
         "machine": machine_info(peers),
         "timing": {"budget_s": timing[0], "min_reps": timing[1], "max_reps": timing[2], "statistic": "median"},
         "threads": args.threads,
-        "fma_peak_gflops": {}, "read_bandwidth_GBps": {},
+        "fma_peak_gflops": {},
+        "read_bandwidth_GBps": {},
         "sections": args.sections,
-        "gemm": [], "attention": [], "decode": [], "additive": [],
+        "gemm": [],
+        "attention": [],
+        "decode": [],
+        "additive": [],
     }
     lines = []
 
@@ -536,8 +611,10 @@ def main(argv=None) -> int:
         lines.extend(new_lines)
 
     m = results["machine"]
-    emit(f"pyattn {m['pyattn']} ({pyattn.get_isa()} kernels), {m['cpu_count']} CPUs, numpy {m['numpy']}, "
-         f"torch {m['torch'] or 'not installed'}")
+    emit(
+        f"pyattn {m['pyattn']} ({pyattn.get_isa()} kernels), {m['cpu_count']} CPUs, numpy {m['numpy']}, "
+        f"torch {m['torch'] or 'not installed'}"
+    )
     if not peers.numpy_threads_controlled:
         emit("note: threadpoolctl is not installed, so numpy's (OpenBLAS) thread count was NOT controlled")
 

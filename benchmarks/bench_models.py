@@ -14,6 +14,7 @@ Each (implementation, thread count) runs in its own worker process, so that peak
 other runtime's threads spin beside it; medians of repeats; quality (max error against torch, identical
 greedy ids) in the same table. Writes benchmarks/results/models[_quick].json and .png.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _rss import peak_rss_mb  # benchmarks/_rss.py (the script's folder is on sys.path)
 
 HERE = Path(__file__).resolve().parent
@@ -47,7 +47,6 @@ def median_ms(fn, reps: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e3
-
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -75,8 +74,9 @@ def torch_paper_model(weights_dir: Path):
         def __init__(self):
             super().__init__()
             p = PAPER
-            self.transformer = torch.nn.Transformer(p["d"], p["heads"], p["layers"], p["layers"], p["ff"],
-                                                    batch_first=True, dropout=0.0)
+            self.transformer = torch.nn.Transformer(
+                p["d"], p["heads"], p["layers"], p["layers"], p["ff"], batch_first=True, dropout=0.0
+            )
             self.src_embedding = torch.nn.Embedding(p["vocab"], p["d"])
             self.tgt_embedding = torch.nn.Embedding(p["vocab"], p["d"])
             self.generator = torch.nn.Linear(p["d"], p["vocab"])
@@ -97,8 +97,9 @@ def torch_paper_model(weights_dir: Path):
             ys = torch.full((src.shape[0], 1), 1, dtype=torch.long)
             for _ in range(n):
                 mask = torch.nn.Transformer.generate_square_subsequent_mask(ys.shape[1])
-                h = self.transformer.decoder(self.embed(self.tgt_embedding, ys), memory, tgt_mask=mask,
-                                             tgt_is_causal=True)
+                h = self.transformer.decoder(
+                    self.embed(self.tgt_embedding, ys), memory, tgt_mask=mask, tgt_is_causal=True
+                )
                 ys = torch.cat([ys, self.generator(h[:, -1]).argmax(-1, keepdim=True)], 1)
             return ys
 
@@ -125,7 +126,7 @@ def torch_paper_model(weights_dir: Path):
             cache = [None] * len(layers)
             ys = torch.full((B, 1), 1, dtype=torch.long)
             for t in range(n):
-                x = self.tgt_embedding(ys[:, -1:]) * math.sqrt(d) + self.pe[t:t + 1]
+                x = self.tgt_embedding(ys[:, -1:]) * math.sqrt(d) + self.pe[t : t + 1]
                 for i, layer in enumerate(layers):
                     sa, ca = layer.self_attn, layer.multihead_attn
                     q, k, v = (heads(z) for z in F.linear(x, sa.in_proj_weight, sa.in_proj_bias).split(d, -1))
@@ -169,11 +170,21 @@ def prepare(cache: Path, model_dir: Path, quick: bool) -> dict:
 
             ids = torch.ones((2, 16), dtype=torch.long)
             axes = {0: "batch", 1: "seq"}
-            torch.onnx.export(Wrap(tm), (ids, ids, torch.zeros_like(ids)), str(onnx_path), dynamo=False,
-                              input_names=["input_ids", "attention_mask", "token_type_ids"],
-                              output_names=["last_hidden_state"], opset_version=17,
-                              dynamic_axes={"input_ids": axes, "attention_mask": axes, "token_type_ids": axes,
-                                            "last_hidden_state": axes})
+            torch.onnx.export(
+                Wrap(tm),
+                (ids, ids, torch.zeros_like(ids)),
+                str(onnx_path),
+                dynamo=False,
+                input_names=["input_ids", "attention_mask", "token_type_ids"],
+                output_names=["last_hidden_state"],
+                opset_version=17,
+                dynamic_axes={
+                    "input_ids": axes,
+                    "attention_mask": axes,
+                    "token_type_ids": axes,
+                    "last_hidden_state": axes,
+                },
+            )
         art["onnx"] = str(onnx_path)
     except Exception as e:  # noqa: BLE001 - a peer that cannot be prepared is reported, not fatal
         print(f"note: ONNX export failed ({type(e).__name__}: {e}); ONNX Runtime is left out")
@@ -182,8 +193,9 @@ def prepare(cache: Path, model_dir: Path, quick: bool) -> dict:
         if not (ct2_dir / "model.bin").exists():
             import ctranslate2
 
-            ctranslate2.converters.TransformersConverter(str(model_dir)).convert(str(ct2_dir), quantization="float32",
-                                                                                 force=True)
+            ctranslate2.converters.TransformersConverter(str(model_dir)).convert(
+                str(ct2_dir), quantization="float32", force=True
+            )
         art["ct2"] = str(ct2_dir)
     except Exception as e:  # noqa: BLE001
         print(f"note: CTranslate2 conversion failed ({type(e).__name__}: {e}); CTranslate2 is left out")
@@ -194,8 +206,13 @@ def prepare(cache: Path, model_dir: Path, quick: bool) -> dict:
         torch.manual_seed(0)
         p = PAPER
         t = torch.nn.Transformer(p["d"], p["heads"], p["layers"], p["layers"], p["ff"], batch_first=True, dropout=0.0)
-        export_torch(t.eval(), paper_dir, src_embedding=torch.nn.Embedding(p["vocab"], p["d"]),
-                     tgt_embedding=torch.nn.Embedding(p["vocab"], p["d"]), generator=torch.nn.Linear(p["d"], p["vocab"]))
+        export_torch(
+            t.eval(),
+            paper_dir,
+            src_embedding=torch.nn.Embedding(p["vocab"], p["d"]),
+            tgt_embedding=torch.nn.Embedding(p["vocab"], p["d"]),
+            generator=torch.nn.Linear(p["d"], p["vocab"]),
+        )
     art["paper"] = str(paper_dir)
     return art
 
@@ -221,7 +238,9 @@ def worker_minilm(impl: str, threads: int, art: dict, model_dir: Path, reps: tup
 
         def run(ids, mask):
             with torch.inference_mode():
-                return tm(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).last_hidden_state.numpy()
+                return tm(
+                    input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)
+                ).last_hidden_state.numpy()
     elif impl == "onnxruntime":
         import onnxruntime as ort
 
@@ -229,20 +248,29 @@ def worker_minilm(impl: str, threads: int, art: dict, model_dir: Path, reps: tup
         so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         sess = ort.InferenceSession(art["onnx"], so, providers=["CPUExecutionProvider"])
-        run = lambda ids, mask: sess.run(None, {"input_ids": ids, "attention_mask": mask,  # noqa: E731
-                                                "token_type_ids": np.zeros_like(ids)})[0]
+        run = lambda ids, mask: sess.run(  # noqa: E731
+            None,
+            {
+                "input_ids": ids,
+                "attention_mask": mask,  # noqa: E731
+                "token_type_ids": np.zeros_like(ids),
+            },
+        )[0]
     elif impl == "ctranslate2":
         import ctranslate2
 
-        enc = ctranslate2.Encoder(art["ct2"], device="cpu", intra_threads=threads, inter_threads=1,
-                                  compute_type="float32")
+        enc = ctranslate2.Encoder(
+            art["ct2"], device="cpu", intra_threads=threads, inter_threads=1, compute_type="float32"
+        )
         vocab = [tok.id_to_token(i) for i in range(tok.get_vocab_size())]
         toks = {id(one): [[vocab[i] for i in row] for row in one], id(big): [[vocab[i] for i in row] for row in big]}
         run = lambda ids, mask: np.array(enc.forward_batch(toks[id(ids)]).last_hidden_state)  # noqa: E731
     else:
         raise ValueError(impl)
-    res = {"batch1_ms": median_ms(lambda: run(one, mask1), reps[0]),
-           "batch32x128_ms": median_ms(lambda: run(big, maskb), reps[1])}
+    res = {
+        "batch1_ms": median_ms(lambda: run(one, mask1), reps[0]),
+        "batch32x128_ms": median_ms(lambda: run(big, maskb), reps[1]),
+    }
     np.save(out.with_suffix(".one.npy"), run(one, mask1))
     np.save(out.with_suffix(".big.npy"), run(big, maskb)[:4])
     res["tokens_batch1"] = int(one.shape[1])
@@ -305,15 +333,27 @@ def worker_main(args) -> int:
 # ---------------------------------------------------------------------------------------------------
 def run_worker(kind, impl, threads, art, quick, tmp: Path) -> dict:
     prefix = tmp / f"{kind}_{impl}_{threads}"
-    cmd = [sys.executable, __file__, "--worker", kind, "--impl", impl, "--threads", str(threads), "--artifacts",
-           json.dumps(art), "--out-prefix", str(prefix)] + (["--quick"] if quick else [])
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        kind,
+        "--impl",
+        impl,
+        "--threads",
+        str(threads),
+        "--artifacts",
+        json.dumps(art),
+        "--out-prefix",
+        str(prefix),
+    ] + (["--quick"] if quick else [])
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
     line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
     if r.returncode != 0 or not line:
         print(f"  {kind}/{impl}/{threads}t failed:\n{r.stderr[-2000:]}")
         return {"error": r.stderr[-500:]}
-    res = json.loads(line[0][len("RESULT "):])
+    res = json.loads(line[0][len("RESULT ") :])
     res["_prefix"] = str(prefix)
     return res
 
@@ -341,46 +381,71 @@ def main(argv=None) -> int:
     art = prepare(cache, model_dir, args.quick)
     art["model_dir"] = str(model_dir)
     impls = ["pyattn", "torch"] + [n for n, k in (("onnxruntime", "onnx"), ("ctranslate2", "ct2")) if k in art]
-    results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "quick": args.quick,
-               "machine": {"platform": platform.platform(), "cpu_info": pyattn.cpu_info(), "python": sys.version.split()[0]},
-               "minilm": [], "paper": []}
+    results = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "machine": {"platform": platform.platform(), "cpu_info": pyattn.cpu_info(), "python": sys.version.split()[0]},
+        "minilm": [],
+        "paper": [],
+    }
     with tempfile.TemporaryDirectory() as tmpd:
         tmp = Path(tmpd)
         for n in threads:
             rows = {impl: run_worker("minilm", impl, n, art, args.quick, tmp) for impl in impls}
             ref_one = np.load(rows["torch"]["_prefix"] + ".one.npy") if "_prefix" in rows["torch"] else None
             ref_big = np.load(rows["torch"]["_prefix"] + ".big.npy") if "_prefix" in rows["torch"] else None
-            print(f"\nall-MiniLM-L6-v2, {n} thread(s): batch 1 ({rows['pyattn'].get('tokens_batch1', '?')} tokens) "
-                  f"and batch 32 x 128, median ms; max |error| vs torch; peak RSS")
+            print(
+                f"\nall-MiniLM-L6-v2, {n} thread(s): batch 1 ({rows['pyattn'].get('tokens_batch1', '?')} tokens) "
+                f"and batch 32 x 128, median ms; max |error| vs torch; peak RSS"
+            )
             print(f"{'impl':<12} | {'batch 1':>9} | {'32 x 128':>9} | {'max err':>8} | {'RSS MB':>7}")
             for impl, r in rows.items():
                 if "error" in r:
                     continue
                 err = 0.0
                 if ref_one is not None:
-                    err = max(float(np.abs(np.load(r["_prefix"] + ".one.npy") - ref_one).max()),
-                              float(np.abs(np.load(r["_prefix"] + ".big.npy") - ref_big).max()))
+                    err = max(
+                        float(np.abs(np.load(r["_prefix"] + ".one.npy") - ref_one).max()),
+                        float(np.abs(np.load(r["_prefix"] + ".big.npy") - ref_big).max()),
+                    )
                 r["max_err_vs_torch"] = err
-                print(f"{impl:<12} | {r['batch1_ms']:9.2f} | {r['batch32x128_ms']:9.1f} | {err:8.1e} | "
-                      f"{r['peak_rss_mb']:7.0f}")
+                print(
+                    f"{impl:<12} | {r['batch1_ms']:9.2f} | {r['batch32x128_ms']:9.1f} | {err:8.1e} | "
+                    f"{r['peak_rss_mb']:7.0f}"
+                )
                 results["minilm"].append({"impl": impl, "threads": n, **{k: v for k, v in r.items() if k[0] != "_"}})
             prow = {impl: run_worker("paper", impl, n, art, args.quick, tmp) for impl in PAPER_IMPLS}
             ids = {impl: np.load(r["_prefix"] + ".ids.npz") for impl, r in prow.items() if "_prefix" in r}
-            same_as_torch = {impl: {B: "torch" in ids and np.array_equal(ids[impl][f"b{B}"], ids["torch"][f"b{B}"])
-                                    for B in (1, 8)} for impl in ids}
-            print(f"\nThe documents' Transformer (512/8 heads/6+6/2048), {n} thread(s): encoder 32 tokens (ms), greedy "
-                  f"decoding of {DECODE_TOKENS} tokens (ms/token)")
+            same_as_torch = {
+                impl: {B: "torch" in ids and np.array_equal(ids[impl][f"b{B}"], ids["torch"][f"b{B}"]) for B in (1, 8)}
+                for impl in ids
+            }
+            print(
+                f"\nThe documents' Transformer (512/8 heads/6+6/2048), {n} thread(s): encoder 32 tokens (ms), greedy "
+                f"decoding of {DECODE_TOKENS} tokens (ms/token)"
+            )
             print(f"{'impl':<22} | {'enc b1':>7} | {'enc b8':>7} | {'dec b1':>7} | {'dec b8':>7} | {'RSS MB':>7}")
-            names = {"pyattn": "pyattn (KV cache)", "pyattn-fp16": "pyattn (fp16 weights)",
-                     "torch": "torch (re-run prefix)", "torch-cache": "torch (KV cache)"}
+            names = {
+                "pyattn": "pyattn (KV cache)",
+                "pyattn-fp16": "pyattn (fp16 weights)",
+                "torch": "torch (re-run prefix)",
+                "torch-cache": "torch (KV cache)",
+            }
             for impl, r in prow.items():
                 if "error" in r:
                     continue
-                print(f"{names[impl]:<22} | {r['encoder_b1_ms']:7.2f} | {r['encoder_b8_ms']:7.2f} | "
-                      f"{r['decode_b1_ms_per_token']:7.2f} | {r['decode_b8_ms_per_token']:7.2f} | {r['peak_rss_mb']:7.0f}")
-                results["paper"].append({"impl": impl, "threads": n,
-                                         "identical_greedy_ids": same_as_torch.get(impl, {1: False, 8: False}),
-                                         **{k: v for k, v in r.items() if k[0] != "_"}})
+                print(
+                    f"{names[impl]:<22} | {r['encoder_b1_ms']:7.2f} | {r['encoder_b8_ms']:7.2f} | "
+                    f"{r['decode_b1_ms_per_token']:7.2f} | {r['decode_b8_ms_per_token']:7.2f} | {r['peak_rss_mb']:7.0f}"
+                )
+                results["paper"].append(
+                    {
+                        "impl": impl,
+                        "threads": n,
+                        "identical_greedy_ids": same_as_torch.get(impl, {1: False, 8: False}),
+                        **{k: v for k, v in r.items() if k[0] != "_"},
+                    }
+                )
             for impl in ("pyattn", "pyattn-fp16", "torch-cache"):
                 if impl in same_as_torch:
                     sm = same_as_torch[impl]
@@ -407,7 +472,10 @@ def plot(results: dict, path: Path) -> None:
     rows = results["minilm"]
     impls = list(dict.fromkeys(r["impl"] for r in rows))
     threads = sorted({r["threads"] for r in rows})
-    for ax, key, title in ((axes[0], "batch1_ms", "MiniLM batch 1 (ms)"), (axes[1], "batch32x128_ms", "MiniLM 32 x 128 (ms)")):
+    for ax, key, title in (
+        (axes[0], "batch1_ms", "MiniLM batch 1 (ms)"),
+        (axes[1], "batch32x128_ms", "MiniLM 32 x 128 (ms)"),
+    ):
         width = 0.8 / max(len(impls), 1)
         for i, impl in enumerate(impls):
             vals = [next((r[key] for r in rows if r["impl"] == impl and r["threads"] == t), 0) for t in threads]
@@ -417,8 +485,10 @@ def plot(results: dict, path: Path) -> None:
         ax.legend(fontsize=8)
     prow = results["paper"]
     for impl in PAPER_IMPLS:
-        vals = [next((r["decode_b1_ms_per_token"] for r in prow if r["impl"] == impl and r["threads"] == t), 0)
-                for t in threads]
+        vals = [
+            next((r["decode_b1_ms_per_token"] for r in prow if r["impl"] == impl and r["threads"] == t), 0)
+            for t in threads
+        ]
         axes[2].plot(threads, vals, marker="o", label=impl)
     axes[2].set_title("paper model: greedy ms/token, batch 1")
     axes[2].set_xticks(threads)

@@ -10,6 +10,7 @@
   (keys projected once per source) vs the tutorial's decoder loop in torch. The ids are checked identical.
 Writes benchmarks/results/seq2seq[_quick].{json,txt}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,9 @@ def median_ms(fn, reps: int) -> float:
 
 def bench(threads: int, quick: bool) -> dict:
     import torch
-    import pyattn
     import torch_seq2seq as ref
+
+    import pyattn
     from pyattn.models import Seq2Seq
     from pyattn.nn import GRU
 
@@ -78,8 +80,9 @@ def bench(threads: int, quick: bool) -> dict:
         model.eos_id = -1
         res[f"seq2seq_b{B}_torch_ms_per_token"] = median_ms(run_torch, reps) / steps
         res[f"seq2seq_b{B}_pyattn_ms_per_token"] = median_ms(lambda: model.greedy(src), reps) / steps
-        res[f"seq2seq_b{B}_identical_ids"] = bool(np.array_equal(np.asarray(model.greedy(src).ids),
-                                                                 run_torch().numpy()))
+        res[f"seq2seq_b{B}_identical_ids"] = bool(
+            np.array_equal(np.asarray(model.greedy(src).ids), run_torch().numpy())
+        )
     return res
 
 
@@ -99,19 +102,31 @@ def main(argv=None) -> int:
         for r in runs:
             for key in [k for k in r if k.endswith("_pyattn_ms") or k.endswith("_pyattn_ms_per_token")]:
                 tk = key.replace("_pyattn_", "_torch_")
-                print(f"{key.replace('_pyattn', ''):<34} | {r['threads']:>3} | {r[key]:9.3f} | {r[tk]:9.3f} | "
-                      f"{r[tk] / r[key]:7.2f}x")
-            print(f"identical greedy ids: batch 1 {r['seq2seq_b1_identical_ids']}, batch 32 "
-                  f"{r['seq2seq_b32_identical_ids']} ({r['threads']} thread(s))")
+                print(
+                    f"{key.replace('_pyattn', ''):<34} | {r['threads']:>3} | {r[key]:9.3f} | {r[tk]:9.3f} | "
+                    f"{r[tk] / r[key]:7.2f}x"
+                )
+            print(
+                f"identical greedy ids: batch 1 {r['seq2seq_b1_identical_ids']}, batch 32 "
+                f"{r['seq2seq_b32_identical_ids']} ({r['threads']} thread(s))"
+            )
     text = buf.getvalue()
     print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "seq2seq_quick" if args.quick else "seq2seq"
     (out / f"{stem}.txt").write_text(text)
-    (out / f"{stem}.json").write_text(json.dumps({
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "quick": args.quick,
-        "machine": {"platform": platform.platform(), "cpu_info": pyattn.cpu_info()}, "runs": runs}, indent=1))
+    (out / f"{stem}.json").write_text(
+        json.dumps(
+            {
+                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "quick": args.quick,
+                "machine": {"platform": platform.platform(), "cpu_info": pyattn.cpu_info()},
+                "runs": runs,
+            },
+            indent=1,
+        )
+    )
     print(f"wrote {out / (stem + '.json')}")
     return 0
 

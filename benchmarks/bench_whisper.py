@@ -4,14 +4,15 @@
     python benchmarks/bench_whisper.py --quick    # CI-sized: 2 threads, 1 repeat
 
 Clips: espeak-ng speech from tests/data joined with 0.3 s pauses: a short clip (stella + attention, 6.6 s)
-and a long one (long + stella, 24.8 s). For each (implementation, thread count) a worker process loads the model and, on both clips, greedy and
-beam 5, measures medians of: the whole transcription (audio array in, text out, features included), the
-encoder on one 30 s window, and decoding from a precomputed encoder output (ms per generated token, the end
-token included). Peak RSS is the worker's. pyattn and CTranslate2 run the same prompt
+and a long one (long + stella, 24.8 s). For each (implementation, thread count) a worker process loads the model
+and, on both clips, greedy and beam 5, measures medians of: the whole transcription (audio array in, text out,
+features included), the encoder on one 30 s window, and decoding from a precomputed encoder output (ms per
+generated token, the end token included). Peak RSS is the worker's. pyattn and CTranslate2 run the same prompt
 (<|startoftranscript|> <|notimestamps|>) and suppression options; the table says whether the transcripts
 are identical to CTranslate2 fp32's. faster-whisper runs its own `transcribe` (no timestamps, temperature 0,
 no VAD, no conditioning on previous text) for reference. Writes benchmarks/results/whisper[_quick].{json,txt,png}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,6 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 import numpy as np
-
 from _rss import peak_rss_mb  # benchmarks/_rss.py (the script's folder is on sys.path)
 
 HERE = Path(__file__).resolve().parent
@@ -97,12 +97,14 @@ class CT2Runner:
         import ctranslate2
         from faster_whisper.feature_extractor import FeatureExtractor
         from tokenizers import Tokenizer
+
         from pyattn.models.whisper import default_model_path
 
         path = default_model_path()
         self.ct2 = ctranslate2
-        self.model = ctranslate2.models.Whisper(str(path), device="cpu", compute_type=compute_type,
-                                                intra_threads=threads)
+        self.model = ctranslate2.models.Whisper(
+            str(path), device="cpu", compute_type=compute_type, intra_threads=threads
+        )
         self.fe = FeatureExtractor()
         self.tok = Tokenizer.from_file(str(path / "tokenizer.json"))
 
@@ -112,7 +114,7 @@ class CT2Runner:
         n_win = max(1, -(-n_frames // 3000))
         out = np.zeros((n_win, 80, 3000), np.float32)
         for i in range(n_win):
-            chunk = mel[:, i * 3000: min((i + 1) * 3000, n_frames)]
+            chunk = mel[:, i * 3000 : min((i + 1) * 3000, n_frames)]
             out[i, :, : chunk.shape[1]] = chunk
         return out
 
@@ -133,13 +135,21 @@ class CT2Runner:
 class FasterWhisperRunner:
     def __init__(self, threads: int):
         from faster_whisper import WhisperModel
+
         from pyattn.models.whisper import default_model_path
 
         self.model = WhisperModel(str(default_model_path()), device="cpu", compute_type="float32", cpu_threads=threads)
 
     def transcribe(self, audio, beam):
-        segments, _ = self.model.transcribe(audio, beam_size=beam, language="en", without_timestamps=True,
-                                            temperature=0.0, condition_on_previous_text=False, vad_filter=False)
+        segments, _ = self.model.transcribe(
+            audio,
+            beam_size=beam,
+            language="en",
+            without_timestamps=True,
+            temperature=0.0,
+            condition_on_previous_text=False,
+            vad_filter=False,
+        )
         return " ".join(s.text.strip() for s in segments)
 
 
@@ -175,15 +185,25 @@ def worker(impl: str, threads: int, clips: dict, reps: int) -> dict:
 
 
 def run_worker(impl, threads, clips, reps) -> dict:
-    cmd = [sys.executable, __file__, "--worker", impl, "--threads", str(threads), "--clips", json.dumps(clips),
-           "--reps", str(reps)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        impl,
+        "--threads",
+        str(threads),
+        "--clips",
+        json.dumps(clips),
+        "--reps",
+        str(reps),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
     line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
     if r.returncode != 0 or not line:
         print(f"  {impl}/{threads}t failed:\n{r.stderr[-2000:]}")
         return {"impl": impl, "threads": threads, "error": r.stderr[-500:]}
-    return json.loads(line[0][len("RESULT "):])
+    return json.loads(line[0][len("RESULT ") :])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -196,18 +216,29 @@ def table(results: dict, clips: dict) -> str:
             rows = [r for r in results["runs"] if r["threads"] == n and "error" not in r]
             ref = next((r for r in rows if r["impl"] == "ct2-fp32"), None)
             for name, clip in clips.items():
-                print(f"\nWhisper tiny.en, {clip['seconds']} s clip, {n} thread(s): median ms; decode ms/token; "
-                      f"transcript == CTranslate2 fp32")
-                print(f"{'impl':<20} | {'greedy':>8} | {'beam 5':>8} | {'encoder':>8} | {'dec/tok':>7} | "
-                      f"{'dec/tok b5':>10} | {'same text':>9} | {'RSS MB':>6}")
+                print(
+                    f"\nWhisper tiny.en, {clip['seconds']} s clip, {n} thread(s): median ms; decode ms/token; "
+                    f"transcript == CTranslate2 fp32"
+                )
+                print(
+                    f"{'impl':<20} | {'greedy':>8} | {'beam 5':>8} | {'encoder':>8} | {'dec/tok':>7} | "
+                    f"{'dec/tok b5':>10} | {'same text':>9} | {'RSS MB':>6}"
+                )
                 for r in rows:
                     c = r["clips"][name]
-                    same = "-" if ref is None else ("yes" if all(
-                        c[f"{m}_text"] == ref["clips"][name][f"{m}_text"] for m, _ in MODES) else "no")
+                    same = (
+                        "-"
+                        if ref is None
+                        else (
+                            "yes" if all(c[f"{m}_text"] == ref["clips"][name][f"{m}_text"] for m, _ in MODES) else "no"
+                        )
+                    )
                     f = lambda k, w, p: f"{c[k]:{w}.{p}f}" if k in c else f"{'-':>{w}}"  # noqa: E731
-                    print(f"{r['impl']:<20} | {f('greedy_total_ms', 8, 0)} | {f('beam5_total_ms', 8, 0)} | "
-                          f"{f('encoder_ms', 8, 0)} | {f('greedy_decode_ms_per_token', 7, 2)} | "
-                          f"{f('beam5_decode_ms_per_token', 10, 2)} | {same:>9} | {r['peak_rss_mb']:6.0f}")
+                    print(
+                        f"{r['impl']:<20} | {f('greedy_total_ms', 8, 0)} | {f('beam5_total_ms', 8, 0)} | "
+                        f"{f('encoder_ms', 8, 0)} | {f('greedy_decode_ms_per_token', 7, 2)} | "
+                        f"{f('beam5_decode_ms_per_token', 10, 2)} | {same:>9} | {r['peak_rss_mb']:6.0f}"
+                    )
             if ref is not None:
                 for name in clips:
                     print(f"  [{name}] CTranslate2 fp32 greedy: {ref['clips'][name]['greedy_text']!r}")
@@ -234,8 +265,9 @@ def plot(results: dict, clips: dict, path: Path) -> None:
             r = next((r for r in runs if r["impl"] == impl and r["threads"] == n), None)
             vals = [r["clips"][c].get(f"{m}_total_ms", 0) if r else 0 for c, m in keys]
             ax.bar(np.arange(len(keys)) + i * width, vals, width, label=impl)
-        ax.set_xticks(np.arange(len(keys)) + width * (len(impls) - 1) / 2,
-                      [f"{clips[c]['seconds']} s {m}" for c, m in keys])
+        ax.set_xticks(
+            np.arange(len(keys)) + width * (len(impls) - 1) / 2, [f"{clips[c]['seconds']} s {m}" for c, m in keys]
+        )
         ax.set_ylabel("ms (median)")
         ax.set_title(f"Whisper tiny.en transcription, {n} thread(s)")
         ax.legend(fontsize=8)
@@ -268,11 +300,14 @@ def main(argv=None) -> int:
     cache = Path(tempfile.gettempdir()) / "pyattn-bench-whisper"
     cache.mkdir(exist_ok=True)
     clips = make_clips(cache)
-    results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "quick": args.quick, "reps": reps, "clips": clips,
-               "machine": {"platform": platform.platform(), "cpu_info": pyattn.cpu_info(),
-                           "python": sys.version.split()[0]},
-               "runs": []}
+    results = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "reps": reps,
+        "clips": clips,
+        "machine": {"platform": platform.platform(), "cpu_info": pyattn.cpu_info(), "python": sys.version.split()[0]},
+        "runs": [],
+    }
     for n in threads:
         for impl in impls:
             print(f"running {impl} with {n} thread(s)...", flush=True)

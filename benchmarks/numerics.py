@@ -5,6 +5,7 @@
 The error of a result is max |got - ref| / max |ref| (relative to its largest entry: element-wise relative
 error is meaningless where the exact value is 0), the worst over the shapes listed; float32 epsilon is 1.2e-7.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,15 @@ from pyattn import _core
 from pyattn import functional as F
 
 HERE = Path(__file__).resolve().parent
-MATMUL_SHAPES = [(1, 1, 1), (7, 65, 33), (17, 513, 63), (63, 129, 1000), (1000, 513, 65), (2, 384, 1536),
-                 (129, 1000, 127)]
+MATMUL_SHAPES = [
+    (1, 1, 1),
+    (7, 65, 33),
+    (17, 513, 63),
+    (63, 129, 1000),
+    (1000, 513, 65),
+    (2, 384, 1536),
+    (129, 1000, 127),
+]
 ROW_SHAPES = [(1, 1), (3, 7), (17, 63), (64, 1000), (8, 4097)]
 ATTN_SHAPES = [(1, 1, 1, 1, 8), (2, 3, 5, 17, 16), (1, 2, 64, 300, 64), (2, 4, 129, 129, 32), (1, 1, 7, 2048, 64)]
 
@@ -64,20 +72,34 @@ def cases(rng):
         m, var = x64.mean(-1, keepdims=True), x64.var(-1, keepdims=True)
         yield "layer_norm", F.layer_norm(x), (x64 - m) / np.sqrt(var + 1e-5)
         yield "gelu (erf)", F.gelu(x), gelu64(x64)
-        yield "gelu (tanh)", F.gelu(x, approximate="tanh"), 0.5 * x64 * (1 + np.tanh(np.sqrt(2 / np.pi) * (x64 + 0.044715 * x64 ** 3)))
+        yield (
+            "gelu (tanh)",
+            F.gelu(x, approximate="tanh"),
+            0.5 * x64 * (1 + np.tanh(np.sqrt(2 / np.pi) * (x64 + 0.044715 * x64**3))),
+        )
         yield "silu", F.silu(x), x64 / (1 + np.exp(-x64))
     for B, H, Lq, Lk, D in ATTN_SHAPES:
         q = rng.standard_normal((B, H, Lq, D)).astype(np.float32)
         k = rng.standard_normal((B, H, Lk, D)).astype(np.float32)
         v = rng.standard_normal((B, H, Lk, D)).astype(np.float32)
-        yield "attention (fused)", F.scaled_dot_product_attention(q, k, v), attention64(*(t.astype(f64) for t in (q, k, v)))
+        yield (
+            "attention (fused)",
+            F.scaled_dot_product_attention(q, k, v),
+            attention64(*(t.astype(f64) for t in (q, k, v))),
+        )
         mask = rng.random((B, Lk)) < 0.3
         mask[:, 0] = False
-        yield "attention (key padding)", F.scaled_dot_product_attention(q, k, v, key_padding_mask=mask), \
-            attention64(q.astype(f64), k.astype(f64), v.astype(f64), mask)
+        yield (
+            "attention (key padding)",
+            F.scaled_dot_product_attention(q, k, v, key_padding_mask=mask),
+            attention64(q.astype(f64), k.astype(f64), v.astype(f64), mask),
+        )
         if Lq == Lk:
-            yield "attention (causal)", F.scaled_dot_product_attention(q, k, v, is_causal=True), \
-                attention64(q.astype(f64), k.astype(f64), v.astype(f64), causal=True)
+            yield (
+                "attention (causal)",
+                F.scaled_dot_product_attention(q, k, v, is_causal=True),
+                attention64(q.astype(f64), k.astype(f64), v.astype(f64), causal=True),
+            )
     for B, Lk, Hd in [(1, 1, 1), (3, 17, 33), (32, 64, 512)]:
         qp = rng.standard_normal((B, 1, Hd)).astype(np.float32)
         kp = rng.standard_normal((B, Lk, Hd)).astype(np.float32)
@@ -93,8 +115,8 @@ def cases(rng):
         for t in range(T):
             gi, gh = x[:, t].astype(f64) @ wih.T, h @ whh.T.astype(f64)
             r = 1 / (1 + np.exp(-(gi[:, :Hd] + gh[:, :Hd])))
-            z = 1 / (1 + np.exp(-(gi[:, Hd:2 * Hd] + gh[:, Hd:2 * Hd])))
-            c = np.tanh(gi[:, 2 * Hd:] + r * gh[:, 2 * Hd:])
+            z = 1 / (1 + np.exp(-(gi[:, Hd : 2 * Hd] + gh[:, Hd : 2 * Hd])))
+            c = np.tanh(gi[:, 2 * Hd :] + r * gh[:, 2 * Hd :])
             h = (1 - z) * c + z * h
             ref.append(h)
         yield "GRU layer", out, np.stack(ref, 1)
@@ -117,7 +139,8 @@ def main() -> int:
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     (out / "numerics.md").write_text(
-        "Worst max|got - ref| / max|ref| against float64 numpy (`python benchmarks/numerics.py`)\n\n" + text + "\n")
+        "Worst max|got - ref| / max|ref| against float64 numpy (`python benchmarks/numerics.py`)\n\n" + text + "\n"
+    )
     (out / "numerics.json").write_text(json.dumps({"isas": isas, "errors": table}, indent=1))
     return 0
 

@@ -3,6 +3,7 @@
 A C++ core (SIMD/OpenMP GEMM, softmax, layer norm, activations, fused masked attention) under a thin
 Python layer. See ``pyattn.functional`` for the numpy-in / numpy-out operations.
 """
+
 from __future__ import annotations
 
 import os as _os
@@ -79,11 +80,15 @@ def cpu_info() -> dict:
     }
 
 
-from . import functional  # noqa: E402
-from . import io, models, nn  # noqa: E402
+from . import (  # noqa: E402
+    functional,  # noqa: E402
+    io,
+    models,
+    nn,
+)
+from .generation import generate  # noqa: E402
 from .io import load  # noqa: E402
 from .models import from_pretrained  # noqa: E402
-from .generation import generate  # noqa: E402
 
 __all__ = [
     "PackedLinear",

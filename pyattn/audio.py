@@ -15,6 +15,7 @@ The padding only adds frames at the end (and changes the last two or three, whos
 sees zeros instead of audio). The clamp to ``max - 8`` takes the maximum over the whole audio, so the
 features of a long file are not the concatenation of its 30 s chunks computed one by one.
 """
+
 from __future__ import annotations
 
 import functools
@@ -59,8 +60,10 @@ def load_audio(source, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
 
 def _from_array(x: np.ndarray) -> np.ndarray:
     if x.ndim != 1:
-        raise ValueError(f"expected 1-D mono audio, got an array of shape {x.shape}; "
-                         "average the channels first, e.g. x.mean(axis=-1) for (samples, channels)")
+        raise ValueError(
+            f"expected 1-D mono audio, got an array of shape {x.shape}; "
+            "average the channels first, e.g. x.mean(axis=-1) for (samples, channels)"
+        )
     if x.dtype == np.int16:
         x = x.astype(np.float32) / np.float32(32768.0)
     elif x.dtype in (np.float32, np.float64):
@@ -73,8 +76,10 @@ def _from_array(x: np.ndarray) -> np.ndarray:
         raise ValueError(f"the audio contains {np.count_nonzero(~np.isfinite(x))} NaN or infinite samples")
     peak = float(np.abs(x).max())
     if peak > 1.0:
-        raise ValueError(f"expected float samples in [-1, 1], got a peak of {peak:g}; "
-                         "divide int16-valued samples by 32768, or np.clip the audio")
+        raise ValueError(
+            f"expected float samples in [-1, 1], got a peak of {peak:g}; "
+            "divide int16-valued samples by 32768, or np.clip the audio"
+        )
     return x
 
 
@@ -91,8 +96,10 @@ def _read_wav(path: str, sample_rate: int) -> np.ndarray:
             reason = "a chunk claims more bytes than the RIFF chunk holds"
         else:
             reason = str(e) or ("the file is empty" if os.path.getsize(path) == 0 else "the header is cut short")
-        raise ValueError(f"{path}: not a readable PCM WAV file ({reason}); convert it with "
-                         f"`sox {path} -r {sample_rate} -c 1 -b 16 out.wav`") from None
+        raise ValueError(
+            f"{path}: not a readable PCM WAV file ({reason}); convert it with "
+            f"`sox {path} -r {sample_rate} -c 1 -b 16 out.wav`"
+        ) from None
     if width not in _PCM_DTYPE:
         raise ValueError(f"{path}: unsupported sample width of {width} bytes; expected 1, 2, 3 or 4")
     n = len(data) // (width * channels)  # whole frames only: the data chunk of a cut file may end mid-frame
@@ -121,19 +128,23 @@ MIN_FILE_RATE, MAX_FILE_RATE = 1000, 768000
 
 def _resample(x: np.ndarray, rate: int, sample_rate: int, path: str) -> np.ndarray:
     if not MIN_FILE_RATE <= rate <= MAX_FILE_RATE:
-        raise ValueError(f"{path}: sample rate of {rate} Hz is outside the {MIN_FILE_RATE}-{MAX_FILE_RATE} Hz of "
-                         "audio files pyattn resamples (a corrupt header?)")
+        raise ValueError(
+            f"{path}: sample rate of {rate} Hz is outside the {MIN_FILE_RATE}-{MAX_FILE_RATE} Hz of "
+            "audio files pyattn resamples (a corrupt header?)"
+        )
     try:
         import soxr
     except ImportError:
-        raise ValueError(f"{path}: sample rate is {rate} Hz, expected {sample_rate} Hz; convert the file with "
-                         f"`sox {path} -r {sample_rate} out.wav`, or `pip install soxr` to resample "
-                         "on load") from None
+        raise ValueError(
+            f"{path}: sample rate is {rate} Hz, expected {sample_rate} Hz; convert the file with "
+            f"`sox {path} -r {sample_rate} out.wav`, or `pip install soxr` to resample "
+            "on load"
+        ) from None
     # soxr's band-limited result can overshoot full scale by a little; clip as a 16-bit file would.
     return np.clip(soxr.resample(x, rate, sample_rate), -1.0, 1.0).astype(np.float32, copy=False)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def mel_filters(n_mels: int = 80, n_fft: int = N_FFT, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """(n_mels, 1 + n_fft // 2) float32 triangular mel filterbank, read-only and cached.
 
@@ -164,8 +175,9 @@ _LOGSTEP = np.log(6.4) / 27.0
 
 def _hz_to_mel(f):
     f = np.asarray(f, np.float64)
-    return np.where(f < _MIN_LOG_HZ, f / _F_SP,
-                    _MIN_LOG_MEL + np.log(np.maximum(f, _MIN_LOG_HZ) / _MIN_LOG_HZ) / _LOGSTEP)
+    return np.where(
+        f < _MIN_LOG_HZ, f / _F_SP, _MIN_LOG_MEL + np.log(np.maximum(f, _MIN_LOG_HZ) / _MIN_LOG_HZ) / _LOGSTEP
+    )
 
 
 def _mel_to_hz(m):
@@ -190,8 +202,9 @@ def log_mel_spectrogram(audio, n_mels: int = 80, padding: int = 0) -> np.ndarray
     if padding < 0:
         raise ValueError(f"padding must be >= 0, got {padding}")
     if audio.size + padding < HOP_LENGTH:
-        raise ValueError(f"need at least {HOP_LENGTH} samples (audio + padding) for one frame, "
-                         f"got {audio.size} + {padding}")
+        raise ValueError(
+            f"need at least {HOP_LENGTH} samples (audio + padding) for one frame, got {audio.size} + {padding}"
+        )
     x = np.pad(audio, (0, padding))
     x = np.pad(x, N_FFT // 2, mode="reflect")
     frames = sliding_window_view(x, N_FFT)[::HOP_LENGTH][:-1]  # (n_frames, 400) views; last frame dropped
@@ -203,7 +216,7 @@ def log_mel_spectrogram(audio, n_mels: int = 80, padding: int = 0) -> np.ndarray
     return (log_spec + 4.0) / 4.0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hann(n: int) -> np.ndarray:
     # Periodic Hann window (torch.hann_window(n)): the symmetric window of n + 1 points without its last.
     return np.hanning(n + 1)[:-1].astype(np.float32)

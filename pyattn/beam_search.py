@@ -1,6 +1,7 @@
 """Beam search with the KV cache, following the algorithm of transformers' `generate(num_beams=...)`
 (length penalty on the generated length, `early_stopping` True / False / "never", the same stopping
 heuristic and the same float32 scores), so that the same weights give the same ids."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,9 +27,20 @@ def _gather(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return np.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), 1)
 
 
-def beam_search(model, ids: np.ndarray, mask: np.ndarray, *, max_new_tokens: int, num_beams: int,
-                length_penalty: float, early_stopping, eos_token_id, pad_token_id, forced_bos=None,
-                forced_eos=None) -> np.ndarray:
+def beam_search(
+    model,
+    ids: np.ndarray,
+    mask: np.ndarray,
+    *,
+    max_new_tokens: int,
+    num_beams: int,
+    length_penalty: float,
+    early_stopping,
+    eos_token_id,
+    pad_token_id,
+    forced_bos=None,
+    forced_eos=None,
+) -> np.ndarray:
     """`model` is a generation.DecoderView; ids (B, L) the (decoder) prompt."""
     from .generation import force_tokens
     from .models.gpt2 import positions_from_mask
@@ -97,14 +109,15 @@ def beam_search(model, ids: np.ndarray, mask: np.ndarray, *, max_new_tokens: int
             best_len = max_length - L
         else:
             best_len = cur - L
-        best_running = run_scores[:, :1] / np.float32(best_len ** length_penalty)
+        best_running = run_scores[:, :1] / np.float32(best_len**length_penalty)
         worst_done = np.where(finished, scores.min(1, keepdims=True), np.float32(-1.0e9))
         improvable = improvable & (best_running > worst_done).any(-1, keepdims=True)
         if not (improvable.any() and not (finished.all() and early_stopping is True) and not hits.all()):
             break
         flat_mask = np.concatenate([flat_mask, np.ones((B * nb, 1), flat_mask.dtype)], 1)
-        logits = model(running[:, :, cur - 1].reshape(-1, 1), flat_mask, positions_from_mask(flat_mask)[:, -1:],
-                       state=state)["logits"][:, -1]
+        logits = model(
+            running[:, :, cur - 1].reshape(-1, 1), flat_mask, positions_from_mask(flat_mask)[:, -1:], state=state
+        )["logits"][:, -1]
     out = sequences[:, 0]
     generated = int(((beam_idx[:, 0] + 1) != 0).sum(1).max())
     return out[:, : L + generated]

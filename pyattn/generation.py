@@ -3,6 +3,7 @@ decoder-only models (GPT-2) and encoder-decoder models (BART, Marian: the source
 projected once per layer). Semantics follow transformers' `generate`: finished rows are filled with the
 pad token, generation stops when every row has finished or after max_new_tokens, forced BOS / EOS tokens
 come from the model config unless given."""
+
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -88,21 +89,40 @@ def _token_id(value, name: str, from_config: bool, vocab: Optional[int]) -> Opti
     """None, or a token id in [0, vocab): the ids generation reads from the config are checked like arguments."""
     if value is None:
         return None
-    if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-            or value < 0 or (vocab is not None and value >= vocab)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, np.integer))
+        or value < 0
+        or (vocab is not None and value >= vocab)
+    ):
         where = " (from the model's config.json)" if from_config else ""
-        raise ValueError(f"{name}{where} must be a token id in [0, {vocab if vocab is not None else 'vocab'}), "
-                         f"got {value!r}")
+        raise ValueError(
+            f"{name}{where} must be a token id in [0, {vocab if vocab is not None else 'vocab'}), got {value!r}"
+        )
     return int(value)
 
 
-def generate(model, input_ids, attention_mask=None, *, max_new_tokens: int = 20, do_sample: bool = False,
-             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: Optional[int] = None,
-             num_beams: int = 1, length_penalty: float = 1.0, early_stopping=False,
-             eos_token_id: Optional[int] = None, pad_token_id: Optional[int] = None,
-             decoder_start_token_id: Optional[int] = None, forced_bos_token_id: Optional[int] = None,
-             forced_eos_token_id: Optional[int] = None,
-             callback: Optional[Callable[[int, np.ndarray], None]] = None) -> np.ndarray:
+def generate(
+    model,
+    input_ids,
+    attention_mask=None,
+    *,
+    max_new_tokens: int = 20,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: Optional[int] = None,
+    num_beams: int = 1,
+    length_penalty: float = 1.0,
+    early_stopping=False,
+    eos_token_id: Optional[int] = None,
+    pad_token_id: Optional[int] = None,
+    decoder_start_token_id: Optional[int] = None,
+    forced_bos_token_id: Optional[int] = None,
+    forced_eos_token_id: Optional[int] = None,
+    callback: Optional[Callable[[int, np.ndarray], None]] = None,
+) -> np.ndarray:
     """Continues `input_ids` (B, L) -- left-padded with `attention_mask` (B, L) when rows differ in length.
 
     Returns (B, L + n) token ids, n <= max_new_tokens -- for an encoder-decoder model, the decoder's ids
@@ -149,9 +169,18 @@ def generate(model, input_ids, attention_mask=None, *, max_new_tokens: int = 20,
             raise ValueError("beam sampling is not supported: use num_beams=1 with do_sample, or do_sample=False")
         from .beam_search import beam_search
 
-        return beam_search(view, ids, mask, max_new_tokens=max_new_tokens, num_beams=num_beams,
-                           length_penalty=length_penalty, early_stopping=early_stopping, eos_token_id=eos_token_id,
-                           pad_token_id=pad_token_id, **forced)
+        return beam_search(
+            view,
+            ids,
+            mask,
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            length_penalty=length_penalty,
+            early_stopping=early_stopping,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            **forced,
+        )
     from .models.gpt2 import positions_from_mask
 
     rng = np.random.default_rng(seed) if do_sample else None

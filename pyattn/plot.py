@@ -4,6 +4,7 @@ Needs matplotlib (``pip install matplotlib``, or the ``plot`` extra: ``pip insta
 imported only when a plot is drawn, so ``import pyattn`` never needs it. No pyplot state is touched: the
 figure is a standalone ``matplotlib.figure.Figure``, shown in notebooks and saved with ``path=``.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -73,8 +74,17 @@ def _labels(tokens, n: int, name: str, axis: str) -> Optional[list]:
     return tokens
 
 
-def attention(weights, src_tokens: Optional[Sequence] = None, tgt_tokens: Optional[Sequence] = None,
-              path=None, *, title: Optional[str] = None, batch: int = 0, head: Optional[int] = None, ax=None):
+def attention(
+    weights,
+    src_tokens: Optional[Sequence] = None,
+    tgt_tokens: Optional[Sequence] = None,
+    path=None,
+    *,
+    title: Optional[str] = None,
+    batch: int = 0,
+    head: Optional[int] = None,
+    ax=None,
+):
     """Draws attention weights as a heat map: rows = target (query) tokens, columns = source (key) tokens,
     with a colour bar.
 

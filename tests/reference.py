@@ -1,4 +1,5 @@
 """float64 numpy references for pyattn's kernels, written from the definitions."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -53,7 +54,7 @@ def layer_norm(x, w=None, b=None, eps=1e-5):
 
 
 def gelu(x, approximate="none"):
-    from math import erf, sqrt, pi
+    from math import erf, pi, sqrt
 
     x = f64(x)
     if approximate == "tanh":

@@ -1,19 +1,18 @@
 """scaled_dot_product_attention against the float64 reference and torch: shapes, every mask kind and their
 combinations, fully masked rows, strided views, every ISA path, threads."""
+
 import numpy as np
 import pytest
+import reference as ref
 import torch
+from conftest import randn
 
 import pyattn
 from pyattn import functional as F
 
-import reference as ref
-from conftest import randn
-
 
 def qkv(rng, B, H, Lq, Lk, D, Dv=None, scale=1.0):
-    return (randn(rng, B, H, Lq, D, scale=scale), randn(rng, B, H, Lk, D, scale=scale),
-            randn(rng, B, H, Lk, Dv or D))
+    return (randn(rng, B, H, Lq, D, scale=scale), randn(rng, B, H, Lk, D, scale=scale), randn(rng, B, H, Lk, Dv or D))
 
 
 def check(got, want, tol=2e-5):
@@ -23,9 +22,18 @@ def check(got, want, tol=2e-5):
 
 
 SHAPES = [  # (B, H, Lq, Lk, D)
-    (1, 1, 1, 1, 1), (1, 1, 1, 513, 64), (2, 3, 2, 17, 5), (1, 2, 3, 63, 16), (1, 1, 4, 65, 17),
-    (2, 2, 5, 129, 64), (1, 2, 7, 257, 80), (2, 1, 17, 3, 16), (1, 3, 65, 65, 64), (2, 2, 129, 63, 17),
-    (1, 1, 300, 513, 64), (1, 2, 129, 257, 1),
+    (1, 1, 1, 1, 1),
+    (1, 1, 1, 513, 64),
+    (2, 3, 2, 17, 5),
+    (1, 2, 3, 63, 16),
+    (1, 1, 4, 65, 17),
+    (2, 2, 5, 129, 64),
+    (1, 2, 7, 257, 80),
+    (2, 1, 17, 3, 16),
+    (1, 3, 65, 65, 64),
+    (2, 2, 129, 63, 17),
+    (1, 1, 300, 513, 64),
+    (1, 2, 129, 257, 1),
 ]
 
 
@@ -58,12 +66,15 @@ def mask_cases(rng, B, H, Lq, Lk):
         "bool 4-D": dict(attn_mask=rng.random((B, H, Lq, Lk)) < 0.3),
         "bool 4-D broadcast": dict(attn_mask=rng.random((1, H, 1, Lk)) < 0.3),
         "float 2-D": dict(attn_mask=randn(rng, Lq, Lk)),
-        "float 4-D with -inf": dict(attn_mask=np.where(rng.random((B, H, Lq, Lk)) < 0.3, -np.inf, 0).astype(np.float32)),
+        "float 4-D with -inf": dict(
+            attn_mask=np.where(rng.random((B, H, Lq, Lk)) < 0.3, -np.inf, 0).astype(np.float32)
+        ),
         "key padding bool": dict(key_padding_mask=rng.random((B, Lk)) < 0.4),
         "key padding float": dict(key_padding_mask=randn(rng, B, Lk)),
         "causal + padding": dict(is_causal=True, key_padding_mask=rng.random((B, Lk)) < 0.3),
-        "causal + padding + bool mask": dict(is_causal=True, key_padding_mask=rng.random((B, Lk)) < 0.2,
-                                             attn_mask=bool2),
+        "causal + padding + bool mask": dict(
+            is_causal=True, key_padding_mask=rng.random((B, Lk)) < 0.2, attn_mask=bool2
+        ),
         "float mask + bool padding": dict(attn_mask=randn(rng, B, Lq, Lk), key_padding_mask=rng.random((B, Lk)) < 0.3),
     }
 
@@ -88,7 +99,11 @@ def test_fully_masked_rows_give_zeros(isa, rng, Lq):
     kp[1] = True  # every key of batch entry 1 is padding
     m = np.zeros((Lq, Lk), bool)
     m[1] = True  # query 1 sees nothing anywhere
-    for kwargs in (dict(key_padding_mask=kp), dict(attn_mask=m), dict(attn_mask=m, key_padding_mask=kp, is_causal=True)):
+    for kwargs in (
+        dict(key_padding_mask=kp),
+        dict(attn_mask=m),
+        dict(attn_mask=m, key_padding_mask=kp, is_causal=True),
+    ):
         want, wts = ref.sdpa(q, k, v, **kwargs)
         out = F.scaled_dot_product_attention(q, k, v, **kwargs)
         check(out, want)
@@ -113,8 +128,8 @@ def test_strided_head_views_match_contiguous(isa, rng):
     B, L, H, D = 2, 37, 4, 16
     x = randn(rng, B, L, 3 * H * D)  # a fused QKV projection output
     q = x[..., : H * D].reshape(B, L, H, D).transpose(0, 2, 1, 3)
-    k = x[..., H * D: 2 * H * D].reshape(B, L, H, D).transpose(0, 2, 1, 3)
-    v = x[..., 2 * H * D:].reshape(B, L, H, D).transpose(0, 2, 1, 3)
+    k = x[..., H * D : 2 * H * D].reshape(B, L, H, D).transpose(0, 2, 1, 3)
+    v = x[..., 2 * H * D :].reshape(B, L, H, D).transpose(0, 2, 1, 3)
     assert not q.flags.c_contiguous
     got = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     want = F.scaled_dot_product_attention(*(np.ascontiguousarray(t) for t in (q, k, v)), is_causal=True)
@@ -133,8 +148,8 @@ def test_batch_invariance_with_padding(isa, rng):
     kp = np.arange(Lmax)[None, :] >= np.array(lens)[:, None]
     batched = F.scaled_dot_product_attention(q, k, v, key_padding_mask=kp)
     for i, n in enumerate(lens):
-        alone = F.scaled_dot_product_attention(q[i:i + 1, :, :n], k[i:i + 1, :, :n], v[i:i + 1, :, :n])
-        np.testing.assert_allclose(batched[i:i + 1, :, :n], alone, rtol=1e-5, atol=1e-6)
+        alone = F.scaled_dot_product_attention(q[i : i + 1, :, :n], k[i : i + 1, :, :n], v[i : i + 1, :, :n])
+        np.testing.assert_allclose(batched[i : i + 1, :, :n], alone, rtol=1e-5, atol=1e-6)
 
 
 def test_threads_agree(rng, restore_threads):
@@ -142,7 +157,7 @@ def test_threads_agree(rng, restore_threads):
     res = []
     for n in (1, 2):
         pyattn.set_num_threads(n)
-        res.append(F.scaled_dot_product_attention(q, k, v, is_causal=True, key_padding_mask=rng.random((1, 300)) < 0 ))
+        res.append(F.scaled_dot_product_attention(q, k, v, is_causal=True, key_padding_mask=rng.random((1, 300)) < 0))
         res.append(F.scaled_dot_product_attention(q[:, :, :1], k, v))
     np.testing.assert_array_equal(res[0], res[2])
     np.testing.assert_array_equal(res[1], res[3])
@@ -162,12 +177,14 @@ def test_isa_matches_scalar(rng, other):
     np.testing.assert_allclose(o, s, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("B,H,Lq,Lk,D", [(2, 4, 33, 33, 64), (1, 12, 128, 128, 64), (2, 2, 1, 300, 32), (2, 3, 50, 20, 8)])
+@pytest.mark.parametrize(
+    "B,H,Lq,Lk,D", [(2, 4, 33, 33, 64), (1, 12, 128, 128, 64), (2, 2, 1, 300, 32), (2, 3, 50, 20, 8)]
+)
 @pytest.mark.parametrize("causal", [False, True])
 def test_against_torch(rng, B, H, Lq, Lk, D, causal):
     q, k, v = qkv(rng, B, H, Lq, Lk, D)
     pad = np.zeros((B, Lk), bool)
-    pad[-1, Lk // 2 + 1:] = True  # keep key 0 visible: no fully masked rows on torch's side (NaN there)
+    pad[-1, Lk // 2 + 1 :] = True  # keep key 0 visible: no fully masked rows on torch's side (NaN there)
     t = [torch.from_numpy(x) for x in (q, k, v)]
     keep = torch.from_numpy(~pad)[:, None, None, :]  # torch bool masks: True = take part
     if causal:

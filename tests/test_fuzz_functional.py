@@ -19,6 +19,7 @@ result) is a bug.
 Default: a few dozen cases per function (the file in well under a minute). PYATTN_FUZZ_EXAMPLES=N runs N per
 function for a longer local run.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,17 +27,17 @@ import os
 
 import numpy as np
 import pytest
+import reference as ref
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pyattn
 from pyattn import functional as F
 
-import reference as ref
-
 EXAMPLES = int(os.environ.get("PYATTN_FUZZ_EXAMPLES", "0")) or None
-FUZZ = settings(derandomize=True, database=None, deadline=None, print_blob=False,
-                suppress_health_check=list(HealthCheck))
+FUZZ = settings(
+    derandomize=True, database=None, deadline=None, print_blob=False, suppress_health_check=list(HealthCheck)
+)
 ISAS = list(pyattn.cpu_info()["available_isas"])
 DIMS = st.sampled_from([1, 1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 33])
 SMALL = st.sampled_from([1, 2, 3, 5])
@@ -71,7 +72,7 @@ def layout(a: np.ndarray, how: str, rng) -> np.ndarray:
         return np.ascontiguousarray(a.T).T
     if how == "step":
         axis = int(rng.integers(a.ndim))
-        big = np.zeros(a.shape[:axis] + (2 * a.shape[axis],) + a.shape[axis + 1:], a.dtype)
+        big = np.zeros(a.shape[:axis] + (2 * a.shape[axis],) + a.shape[axis + 1 :], a.dtype)
         index = (slice(None),) * axis + (slice(None, None, 2),)
         big[index] = a
         return big[index]
@@ -100,7 +101,7 @@ def layout(a: np.ndarray, how: str, rng) -> np.ndarray:
 def values(draw, shape, *, dtype=None, special=True, scale=None):
     """A float array of `shape` (float32 mostly, float16 / float64 sometimes) in a drawn layout, with NaN / inf
     at a few places when `special`."""
-    rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     dtype = dtype or draw(st.sampled_from([np.float32] * 6 + [np.float16, np.float64]))
     scale = scale or draw(st.sampled_from([1e-3, 0.3, 1.0, 4.0]))
     a = rng.standard_normal(shape) * scale
@@ -113,7 +114,7 @@ def values(draw, shape, *, dtype=None, special=True, scale=None):
 @st.composite
 def mask_values(draw, shape, *, float_ok=True):
     """A bool or float mask of `shape`: none, some or all masked."""
-    rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     p = draw(st.sampled_from([0.0, 0.3, 0.8, 1.0]))
     hidden = rng.random(shape) < p
     kind = draw(st.sampled_from(["bool", "bool", "float32", "float64"] if float_ok else ["bool"]))
@@ -158,7 +159,8 @@ def close(got, want, *, rtol=1e-4, atol=1e-4, scale=None, nan_pattern=True):
     assert got.shape == want.shape, (got.shape, want.shape)
     if nan_pattern:
         assert np.array_equal(np.isnan(got), np.isnan(want)), (
-            f"NaN at {np.argwhere(np.isnan(got) != np.isnan(want))[:5].tolist()}: got {got[np.isnan(got) != np.isnan(want)][:5]}")
+            f"NaN at {np.argwhere(np.isnan(got) != np.isnan(want))[:5].tolist()}: got {got[np.isnan(got) != np.isnan(want)][:5]}"  # noqa: E501
+        )
         inf = np.isinf(want)
         assert np.array_equal(got[inf], want[inf].astype(np.float32)), "infinities differ"
     ok = np.isfinite(want)
@@ -179,8 +181,12 @@ def _gelu_tanh(x):
     return ref.gelu(x, "tanh")
 
 
-ACTIVATIONS = {"relu": (F.relu, ref.relu), "silu": (F.silu, ref.silu), "gelu": (F.gelu, ref.gelu),
-               "gelu_tanh": (lambda x: F.gelu(x, approximate="tanh"), _gelu_tanh)}
+ACTIVATIONS = {
+    "relu": (F.relu, ref.relu),
+    "silu": (F.silu, ref.silu),
+    "gelu": (F.gelu, ref.gelu),
+    "gelu_tanh": (lambda x: F.gelu(x, approximate="tanh"), _gelu_tanh),
+}
 
 
 @examples(80)
@@ -240,8 +246,13 @@ def test_softmax(data):
         else:
             with np.errstate(all="ignore"):
                 want = reference(f64(x), axis=axis)
-            close(fn(x, axis=axis), want, rtol=1e-5, atol=2e-6 if not log else 1e-5,
-                  scale=1.0 if not log else 1.0 + np.abs(np.nan_to_num(f64(x), posinf=0, neginf=0)))
+            close(
+                fn(x, axis=axis),
+                want,
+                rtol=1e-5,
+                atol=2e-6 if not log else 1e-5,
+                scale=1.0 if not log else 1.0 + np.abs(np.nan_to_num(f64(x), posinf=0, neginf=0)),
+            )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -258,8 +269,9 @@ def test_layer_norm(data):
     bias = draw(st.one_of(st.none(), values((n,))))
     residual = draw(st.one_of(st.none(), values(shape)))
     eps = draw(st.sampled_from([1e-5, 1e-12, 0.0, 0.1, 1]))
-    broken = draw(st.sampled_from([None, None, "dtype", "weight_shape", "residual_shape", "zero", "scalar", "eps",
-                                   "eps_type"]))
+    broken = draw(
+        st.sampled_from([None, None, "dtype", "weight_shape", "residual_shape", "zero", "scalar", "eps", "eps_type"])
+    )
     call = dict(weight=weight, bias=bias, eps=eps, residual=residual)
     with isa(draw(st.sampled_from(ISAS))):
         if broken == "dtype":
@@ -267,15 +279,27 @@ def test_layer_norm(data):
             if which == "x":
                 expect_error(TypeError, lambda: F.layer_norm(bad_dtype(draw, x), **call))
             else:
-                expect_error(TypeError, lambda: F.layer_norm(x, **{**call, which: bad_dtype(draw, np.ones(
-                    shape if which == "residual" else (n,)))}))
+                expect_error(
+                    TypeError,
+                    lambda: F.layer_norm(
+                        x, **{**call, which: bad_dtype(draw, np.ones(shape if which == "residual" else (n,)))}
+                    ),
+                )
         elif broken == "weight_shape":
             bad = draw(st.sampled_from([(n + 1,), (1, n), (n, 1)]))
-            expect_error(ValueError, lambda: F.layer_norm(x, **{**call, draw(st.sampled_from(["weight", "bias"])):
-                                                               np.ones(bad, np.float32)}))
+            expect_error(
+                ValueError,
+                lambda: F.layer_norm(
+                    x, **{**call, draw(st.sampled_from(["weight", "bias"])): np.ones(bad, np.float32)}
+                ),
+            )
         elif broken == "residual_shape":
-            expect_error(ValueError, lambda: F.layer_norm(x, **{**call, "residual": np.ones((n,) if len(shape) > 1 else
-                                                                                         (n + 1,), np.float32)}))
+            expect_error(
+                ValueError,
+                lambda: F.layer_norm(
+                    x, **{**call, "residual": np.ones((n,) if len(shape) > 1 else (n + 1,), np.float32)}
+                ),
+            )
         elif broken == "zero":
             expect_error(ValueError, lambda: F.layer_norm(np.zeros(shape[:-1] + (0,), np.float32)))
         elif broken == "scalar":
@@ -287,8 +311,9 @@ def test_layer_norm(data):
         else:
             with np.errstate(all="ignore"):
                 xin = f64(x) + (0 if residual is None else f64(residual))
-                want = ref.layer_norm(as_f32(xin), None if weight is None else f64(weight),
-                                      None if bias is None else f64(bias), eps)
+                want = ref.layer_norm(
+                    as_f32(xin), None if weight is None else f64(weight), None if bias is None else f64(bias), eps
+                )
             # the variance of float32 values: relative error grows as the spread shrinks towards sqrt(eps)
             spread = np.sqrt(np.nan_to_num(as_f32(xin).astype(np.float64).var(-1, keepdims=True)) + eps)
             mag = np.abs(np.nan_to_num(xin)).max(-1, keepdims=True) / np.maximum(spread, 1e-30)
@@ -311,12 +336,29 @@ def test_matmul(data):
     M, K, N = draw(DIMS), draw(DIMS), draw(DIMS)
     batch = tuple(draw(st.lists(SMALL, max_size=2)))
     batch_a = tuple(1 if draw(st.integers(0, 3)) == 0 else d for d in batch)
-    batch_b = tuple(1 if draw(st.integers(0, 3)) == 0 else d for d in batch)[draw(st.integers(0, len(batch))):]
+    batch_b = tuple(1 if draw(st.integers(0, 3)) == 0 else d for d in batch)[draw(st.integers(0, len(batch))) :]
     transpose_b = draw(st.booleans())
     a = draw(values(batch_a + (M, K)))
     b = draw(values(batch_b + ((N, K) if transpose_b else (K, N))))
-    broken = draw(st.sampled_from([None, None, None, "dtype", "K", "batch", "rank", "zero", "out_dtype",
-                                   "out_shape", "out_layout", "out_overlap", "out_ok"]))
+    broken = draw(
+        st.sampled_from(
+            [
+                None,
+                None,
+                None,
+                "dtype",
+                "K",
+                "batch",
+                "rank",
+                "zero",
+                "out_dtype",
+                "out_shape",
+                "out_layout",
+                "out_overlap",
+                "out_ok",
+            ]
+        )
+    )
     with isa(draw(st.sampled_from(ISAS))):
         if broken == "dtype":
             if draw(st.booleans()):
@@ -337,8 +379,10 @@ def test_matmul(data):
             if broken == "out_dtype":
                 expect_error(TypeError, lambda: F.matmul(a, b, transpose_b=transpose_b, out=np.zeros(shape)))
             elif broken == "out_shape":
-                expect_error(ValueError, lambda: F.matmul(a, b, transpose_b=transpose_b,
-                                                          out=np.zeros(shape[:-1] + (N + 1,), np.float32)))
+                expect_error(
+                    ValueError,
+                    lambda: F.matmul(a, b, transpose_b=transpose_b, out=np.zeros(shape[:-1] + (N + 1,), np.float32)),
+                )
             elif broken == "out_layout":
                 out = draw(st.sampled_from(["negative", "step", "readonly", "f"]))
                 arr = layout(np.zeros(shape, np.float32), out, np.random.default_rng(0))
@@ -353,14 +397,24 @@ def test_matmul(data):
                 assert got is out or np.shares_memory(got, out)
                 with np.errstate(all="ignore"):
                     want = ref.matmul(f64(a), f64(b), transpose_b)
-                close(out, want, atol=8 * np.sqrt(K) * ref.EPS32, rtol=0,
-                      scale=_gemm_scale(a, np.swapaxes(b, -1, -2) if transpose_b else b))
+                close(
+                    out,
+                    want,
+                    atol=8 * np.sqrt(K) * ref.EPS32,
+                    rtol=0,
+                    scale=_gemm_scale(a, np.swapaxes(b, -1, -2) if transpose_b else b),
+                )
         else:
             with np.errstate(all="ignore"):
                 want = ref.matmul(f64(a), f64(b), transpose_b)
             bb = np.swapaxes(b, -1, -2) if transpose_b else b
-            close(F.matmul(a, b, transpose_b=transpose_b), want, atol=8 * np.sqrt(K) * ref.EPS32, rtol=0,
-                  scale=_gemm_scale(a, bb))
+            close(
+                F.matmul(a, b, transpose_b=transpose_b),
+                want,
+                atol=8 * np.sqrt(K) * ref.EPS32,
+                rtol=0,
+                scale=_gemm_scale(a, bb),
+            )
 
 
 @examples(80)
@@ -373,8 +427,9 @@ def test_linear(data):
     w = draw(values((n_out, n_in)))
     bias = draw(st.one_of(st.none(), values((n_out,))))
     act = draw(st.sampled_from(["none", "relu", "gelu", "gelu_tanh", "silu"]))
-    broken = draw(st.sampled_from([None, None, "dtype", "in", "bias", "weight_rank", "zero", "activation",
-                                   "activation_type"]))
+    broken = draw(
+        st.sampled_from([None, None, "dtype", "in", "bias", "weight_rank", "zero", "activation", "activation_type"])
+    )
     with isa(draw(st.sampled_from(ISAS))):
         if broken == "dtype":
             which = draw(st.sampled_from(["x", "weight", "bias"]))
@@ -391,17 +446,29 @@ def test_linear(data):
         elif broken == "zero":
             expect_error(ValueError, lambda: F.linear(np.ones((0, n_in), np.float32), w))
         elif broken == "activation":
-            expect_error(ValueError, lambda: F.linear(x, w, bias, activation=draw(st.sampled_from(["tanh", "", "RELU"]))))
+            expect_error(
+                ValueError, lambda: F.linear(x, w, bias, activation=draw(st.sampled_from(["tanh", "", "RELU"])))
+            )
         elif broken == "activation_type":
             expect_error(TypeError, lambda: F.linear(x, w, bias, activation=draw(st.sampled_from([None, 1, ["relu"]]))))
         else:
             with np.errstate(all="ignore"):
                 pre = ref.linear(f64(x), f64(w), None if bias is None else f64(bias))
-                want = {"none": lambda z: z, "relu": ref.relu, "gelu": ref.gelu, "gelu_tanh": _gelu_tanh,
-                        "silu": ref.silu}[act](pre)
+                want = {
+                    "none": lambda z: z,
+                    "relu": ref.relu,
+                    "gelu": ref.gelu,
+                    "gelu_tanh": _gelu_tanh,
+                    "silu": ref.silu,
+                }[act](pre)
             scale = _gemm_scale(x, np.swapaxes(w, 0, 1)) + (0 if bias is None else np.abs(np.nan_to_num(f64(bias))))
-            close(F.linear(x, w, bias, activation=act), want, atol=8 * np.sqrt(n_in) * ref.EPS32 + 1e-6, rtol=1e-5,
-                  scale=scale)
+            close(
+                F.linear(x, w, bias, activation=act),
+                want,
+                atol=8 * np.sqrt(n_in) * ref.EPS32 + 1e-6,
+                rtol=1e-5,
+                scale=scale,
+            )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -421,15 +488,19 @@ def attn_mask_for(draw, B, H, Lq, Lk, three_d="batch"):
 
 def _sdpa_reference(q, k, v, attn_mask, kpm, causal, scale, three_d="batch"):
     with np.errstate(all="ignore"):
-        m = None if attn_mask is None else (np.asarray(attn_mask) if np.asarray(attn_mask).dtype == bool
-                                            else f64(attn_mask))
+        m = (
+            None
+            if attn_mask is None
+            else (np.asarray(attn_mask) if np.asarray(attn_mask).dtype == bool else f64(attn_mask))
+        )
         kp = None if kpm is None else (np.asarray(kpm) if np.asarray(kpm).dtype == bool else f64(kpm))
         if m is not None and m.ndim == 3 and three_d == "batch" and m.shape[0] == 1:
             m = np.broadcast_to(m, (q.shape[0],) + m.shape[1:])
         if m is not None and m.ndim == 4:
             m = np.broadcast_to(m, q.shape[:3] + (k.shape[2],))
-        return ref.sdpa(f64(q), f64(k), f64(v), attn_mask=m, key_padding_mask=kp, is_causal=causal, scale=scale,
-                        three_d=three_d)
+        return ref.sdpa(
+            f64(q), f64(k), f64(v), attn_mask=m, key_padding_mask=kp, is_causal=causal, scale=scale, three_d=three_d
+        )
 
 
 def _check_attention(got_out, got_w, want_out, want_w, v, values_finite):
@@ -454,8 +525,27 @@ def test_scaled_dot_product_attention(data):
     scale = draw(st.sampled_from([None, None, 0.5, 0.0, -1.0]))
     weights = draw(st.booleans())
     call = dict(attn_mask=attn_mask, key_padding_mask=kpm, is_causal=causal, scale=scale, return_weights=weights)
-    broken = draw(st.sampled_from([None, None, None, "dtype", "mask_dtype", "D", "Lk", "batch", "rank", "mask_shape",
-                                   "kpm_shape", "zero", "scale", "out_dtype", "out_ok"]))
+    broken = draw(
+        st.sampled_from(
+            [
+                None,
+                None,
+                None,
+                "dtype",
+                "mask_dtype",
+                "D",
+                "Lk",
+                "batch",
+                "rank",
+                "mask_shape",
+                "kpm_shape",
+                "zero",
+                "scale",
+                "out_dtype",
+                "out_ok",
+            ]
+        )
+    )
     with isa(draw(st.sampled_from(ISAS))):
         if broken == "dtype":
             which = draw(st.integers(0, 2))
@@ -466,16 +556,25 @@ def test_scaled_dot_product_attention(data):
             bad = draw(st.sampled_from([np.int64, np.uint8, np.complex64, object]))
             which = draw(st.sampled_from(["attn_mask", "key_padding_mask"]))
             shape = (Lq, Lk) if which == "attn_mask" else (B, Lk)
-            expect_error(TypeError, lambda: F.scaled_dot_product_attention(q, k, v, **{**call, which: np.zeros(shape, bad)}))
+            expect_error(
+                TypeError, lambda: F.scaled_dot_product_attention(q, k, v, **{**call, which: np.zeros(shape, bad)})
+            )
         elif broken == "D":
-            expect_error(ValueError, lambda: F.scaled_dot_product_attention(q, np.ones((B, H, Lk, D + 1), np.float32),
-                                                                            v, **call))
+            expect_error(
+                ValueError, lambda: F.scaled_dot_product_attention(q, np.ones((B, H, Lk, D + 1), np.float32), v, **call)
+            )
         elif broken == "Lk":
-            expect_error(ValueError, lambda: F.scaled_dot_product_attention(q, k, np.ones((B, H, Lk + 1, Dv),
-                                                                                          np.float32), **call))
+            expect_error(
+                ValueError,
+                lambda: F.scaled_dot_product_attention(q, k, np.ones((B, H, Lk + 1, Dv), np.float32), **call),
+            )
         elif broken == "batch":
-            expect_error(ValueError, lambda: F.scaled_dot_product_attention(q, np.ones((B + 1, H, Lk, D), np.float32),
-                                                                            np.ones((B + 1, H, Lk, Dv), np.float32)))
+            expect_error(
+                ValueError,
+                lambda: F.scaled_dot_product_attention(
+                    q, np.ones((B + 1, H, Lk, D), np.float32), np.ones((B + 1, H, Lk, Dv), np.float32)
+                ),
+            )
         elif broken == "rank":
             expect_error(ValueError, lambda: F.scaled_dot_product_attention(np.asarray(q)[0], k, v))
         elif broken == "mask_shape":
@@ -483,15 +582,23 @@ def test_scaled_dot_product_attention(data):
             expect_error(ValueError, lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=np.zeros(bad, bool)))
         elif broken == "kpm_shape":
             bad = draw(st.sampled_from([(Lk,), (B, Lk + 1), (B + 1, Lk), (B, 1, Lk)]))
-            expect_error(ValueError, lambda: F.scaled_dot_product_attention(q, k, v, key_padding_mask=np.zeros(bad, bool)))
+            expect_error(
+                ValueError, lambda: F.scaled_dot_product_attention(q, k, v, key_padding_mask=np.zeros(bad, bool))
+            )
         elif broken == "zero":
-            expect_error(ValueError, lambda: F.scaled_dot_product_attention(q, np.ones((B, H, 0, D), np.float32),
-                                                                            np.ones((B, H, 0, Dv), np.float32)))
+            expect_error(
+                ValueError,
+                lambda: F.scaled_dot_product_attention(
+                    q, np.ones((B, H, 0, D), np.float32), np.ones((B, H, 0, Dv), np.float32)
+                ),
+            )
         elif broken == "scale":
             bad = draw(st.sampled_from([float("nan"), float("inf"), "x", None]))
             if bad is not None:  # None is the default
-                expect_error(TypeError if isinstance(bad, str) else ValueError,
-                             lambda: F.scaled_dot_product_attention(q, k, v, scale=bad))
+                expect_error(
+                    TypeError if isinstance(bad, str) else ValueError,
+                    lambda: F.scaled_dot_product_attention(q, k, v, scale=bad),
+                )
         elif broken == "out_dtype":
             expect_error(TypeError, lambda: F.scaled_dot_product_attention(q, k, v, out=np.zeros((B, H, Lq, Dv))))
         else:
@@ -517,17 +624,28 @@ def test_multi_head_attention(data):
     query = draw(values((B, Lq, E), special=False))
     key = query if self_attention else draw(values((B, Lk, kdim), special=False))
     value = query if self_attention else draw(values((B, Lk, vdim), special=False))
-    w = {n: draw(values(s, scale=0.3, special=False)) for n, s in
-         (("w_q", (E, E)), ("w_k", (E, kdim)), ("w_v", (E, vdim)), ("w_o", (E, E)))}
+    w = {
+        n: draw(values(s, scale=0.3, special=False))
+        for n, s in (("w_q", (E, E)), ("w_k", (E, kdim)), ("w_v", (E, vdim)), ("w_o", (E, E)))
+    }
     b = {n: draw(st.one_of(st.none(), values((E,), special=False))) for n in ("b_q", "b_k", "b_v", "b_o")}
     attn_mask = draw(st.one_of(st.none(), attn_mask_for(B, H, Lq, Lk, "batch_heads")))
     kpm = draw(st.one_of(st.none(), mask_values((B, Lk))))
     causal, need, average = draw(st.booleans()), draw(st.booleans()), draw(st.booleans())
     unbatched = B == 1 and draw(st.booleans()) and (attn_mask is None or attn_mask.ndim == 2)
-    call = dict(num_heads=H, **w, **b, attn_mask=attn_mask, key_padding_mask=kpm, is_causal=causal,
-                need_weights=need, average_attn_weights=average)
-    broken = draw(st.sampled_from([None, None, None, "heads", "heads_type", "dtype", "weight_shape", "mask_shape",
-                                   "rank"]))
+    call = dict(
+        num_heads=H,
+        **w,
+        **b,
+        attn_mask=attn_mask,
+        key_padding_mask=kpm,
+        is_causal=causal,
+        need_weights=need,
+        average_attn_weights=average,
+    )
+    broken = draw(
+        st.sampled_from([None, None, None, "heads", "heads_type", "dtype", "weight_shape", "mask_shape", "rank"])
+    )
     with isa(draw(st.sampled_from(ISAS))):
         if broken == "heads":
             bad = draw(st.sampled_from([0, -H, E + 1] + ([H + 1] if E % (H + 1) else [])))
@@ -541,20 +659,26 @@ def test_multi_head_attention(data):
                 expect_error(TypeError, lambda: F.multi_head_attention(bad_dtype(draw, query), key, value, **call))
             else:
                 good = np.ones((E,) if which == "b_v" else (E, E))
-                expect_error(TypeError, lambda: F.multi_head_attention(query, key, value,
-                                                                       **{**call, which: bad_dtype(draw, good)}))
+                expect_error(
+                    TypeError,
+                    lambda: F.multi_head_attention(query, key, value, **{**call, which: bad_dtype(draw, good)}),
+                )
         elif broken == "weight_shape":
             which = draw(st.sampled_from(["w_q", "w_k", "w_o", "b_q"]))
-            bad = np.ones(draw(st.sampled_from([(E + 1, E), (E, E + 1), (E * E,)])) if which != "b_q" else (E + 1,),
-                          np.float32)
+            bad = np.ones(
+                draw(st.sampled_from([(E + 1, E), (E, E + 1), (E * E,)])) if which != "b_q" else (E + 1,), np.float32
+            )
             expect_error(ValueError, lambda: F.multi_head_attention(query, key, value, **{**call, which: bad}))
         elif broken == "mask_shape":
             bad = draw(st.sampled_from([(Lq + 1, Lk), (B, Lq, Lk + 1) if B * H != B else (B + 1, Lq, Lk), (Lk,)]))
-            expect_error(ValueError, lambda: F.multi_head_attention(query, key, value,
-                                                                    **{**call, "attn_mask": np.zeros(bad, bool)}))
+            expect_error(
+                ValueError,
+                lambda: F.multi_head_attention(query, key, value, **{**call, "attn_mask": np.zeros(bad, bool)}),
+            )
         elif broken == "rank":
-            expect_error(ValueError, lambda: F.multi_head_attention(np.ones((1, B, Lq, E), np.float32), key, value,
-                                                                    **call))
+            expect_error(
+                ValueError, lambda: F.multi_head_attention(np.ones((1, B, Lq, E), np.float32), key, value, **call)
+            )
         else:
             args = (query, key, value)
             if unbatched:
@@ -565,6 +689,7 @@ def test_multi_head_attention(data):
             out, weights = F.multi_head_attention(*args, **call)
             # reference: projections, heads, sdpa (torch's (B * H, Lq, Lk) 3-D masks), concatenation, W_O
             with np.errstate(all="ignore"):
+
                 def proj(x, wn, bn):
                     return ref.linear(f64(x), f64(w[wn]), None if b[bn] is None else f64(b[bn]))
 
@@ -574,8 +699,11 @@ def test_multi_head_attention(data):
                 qh, kh = heads(proj(query, "w_q", "b_q"), Lq), heads(proj(key, "w_k", "b_k"), Lk)
                 vh = heads(proj(value, "w_v", "b_v"), Lk)
                 o, p = _sdpa_reference(qh, kh, vh, attn_mask, kpm, causal, None, "batch_heads")
-                want = ref.linear(o.transpose(0, 2, 1, 3).reshape(B, Lq, E), f64(w["w_o"]),
-                                  None if b["b_o"] is None else f64(b["b_o"]))
+                want = ref.linear(
+                    o.transpose(0, 2, 1, 3).reshape(B, Lq, E),
+                    f64(w["w_o"]),
+                    None if b["b_o"] is None else f64(b["b_o"]),
+                )
             if unbatched:
                 want, p = want[0], p[0]
             mag = 1.0 + np.abs(want).max(initial=0.0)
@@ -590,8 +718,14 @@ def test_multi_head_attention(data):
 # ----------------------------------------------------------------------------------------------------
 # attention_scores, project_keys, attention
 # ----------------------------------------------------------------------------------------------------
-SCORE_WEIGHTS = {"dot": (), "scaled_dot": ("scale",), "cosine": (), "general": ("w",), "concat": ("w", "b", "v", "v_bias"),
-                 "additive": ("w_q", "b_q", "w_k", "b_k", "v", "v_bias")}
+SCORE_WEIGHTS = {
+    "dot": (),
+    "scaled_dot": ("scale",),
+    "cosine": (),
+    "general": ("w",),
+    "concat": ("w", "b", "v", "v_bias"),
+    "additive": ("w_q", "b_q", "w_k", "b_k", "v", "v_bias"),
+}
 
 
 def _unit(x):
@@ -638,20 +772,31 @@ def score_call(draw):
     elif score == "general":
         wts["w"] = draw(values((Dq, Dk), scale=0.5))
     elif score == "concat":
-        wts.update(w=draw(values((Hh, Dq + Dk), scale=0.5)), b=draw(st.one_of(st.none(), values((Hh,)))),
-                   v=draw(values((Hh,))), v_bias=draw(st.sampled_from([0.0, 0.5])))
+        wts.update(
+            w=draw(values((Hh, Dq + Dk), scale=0.5)),
+            b=draw(st.one_of(st.none(), values((Hh,)))),
+            v=draw(values((Hh,))),
+            v_bias=draw(st.sampled_from([0.0, 0.5])),
+        )
     elif score == "additive":
-        wts.update(w_q=draw(values((Hh, Dq), scale=0.5)), b_q=draw(st.one_of(st.none(), values((Hh,)))),
-                   w_k=draw(values((Hh, Dk), scale=0.5)), b_k=draw(st.one_of(st.none(), values((Hh,)))),
-                   v=draw(values((Hh,))), v_bias=draw(st.sampled_from([0.0, -1.5])))
+        wts.update(
+            w_q=draw(values((Hh, Dq), scale=0.5)),
+            b_q=draw(st.one_of(st.none(), values((Hh,)))),
+            w_k=draw(values((Hh, Dk), scale=0.5)),
+            b_k=draw(st.one_of(st.none(), values((Hh,)))),
+            v=draw(values((Hh,))),
+            v_bias=draw(st.sampled_from([0.0, -1.5])),
+        )
     unbatched = B == 1 and draw(st.booleans())
     return score, q, k, wts, B, Lq, Lk, Dq, Dk, unbatched
 
 
 def _finite_call(q, k, wts):
     """The same call with NaN / inf replaced: a broken call must fail for the one thing broken in it."""
+
     def fix(x):
         return x if x is None or isinstance(x, (float, int)) else np.nan_to_num(as_f32(x), posinf=1.0, neginf=-1.0)
+
     return fix(q), fix(k), {n: fix(x) for n, x in wts.items()}
 
 
@@ -661,8 +806,10 @@ def _array_inputs(q, k, wts):
 
 def _score_scale(q, k, score, wts):
     """Magnitude bound of the score terms, for the tolerance."""
+
     def mag(x):
         return 0.0 if x is None else float(np.abs(np.nan_to_num(f64(x), posinf=0, neginf=0)).max(initial=0.0))
+
     if score in ("concat", "additive"):
         return 1.0 + mag(wts.get("v")) * 8
     if score == "cosine":
@@ -681,60 +828,100 @@ def test_attention_scores_and_project_keys(call, data):
     draw = data.draw
     score, q, k, wts, B, Lq, Lk, Dq, Dk, unbatched = call
     use_projected = score in ("cosine", "general", "concat", "additive") and draw(st.booleans())
-    broken = draw(st.sampled_from([None, None, None, "score", "missing", "extra", "weight_shape", "dtype", "batch",
-                                   "rank", "zero", "v_bias"]))
+    broken = draw(
+        st.sampled_from(
+            [None, None, None, "score", "missing", "extra", "weight_shape", "dtype", "batch", "rank", "zero", "v_bias"]
+        )
+    )
     if broken:
         q, k, wts = _finite_call(q, k, wts)
     qq, kk = _squeeze(q, unbatched), _squeeze(k, unbatched)
     with isa(draw(st.sampled_from(ISAS))):
         if broken == "score":
-            expect_error(ValueError, lambda: F.attention_scores(qq, kk, score=draw(st.sampled_from(
-                ["Dot", "bahdanau", "", None, 3]))))
+            expect_error(
+                ValueError,
+                lambda: F.attention_scores(qq, kk, score=draw(st.sampled_from(["Dot", "bahdanau", "", None, 3]))),
+            )
         elif broken == "missing" and score in ("general", "concat", "additive"):
             name = draw(st.sampled_from([n for n in ("w", "w_q", "v") if n in SCORE_WEIGHTS[score]]))
             expect_error(ValueError, lambda: F.attention_scores(qq, kk, score=score, **{**wts, name: None}))
         elif broken == "extra":
-            name = draw(st.sampled_from([n for n in ("w", "w_q", "w_k", "v", "b", "scale") if n not in SCORE_WEIGHTS[score]]))
-            expect_error(ValueError, lambda: F.attention_scores(qq, kk, score=score, **wts, **{
-                name: 0.5 if name == "scale" else np.ones((3, 3), np.float32)}))
+            name = draw(
+                st.sampled_from([n for n in ("w", "w_q", "w_k", "v", "b", "scale") if n not in SCORE_WEIGHTS[score]])
+            )
+            expect_error(
+                ValueError,
+                lambda: F.attention_scores(
+                    qq, kk, score=score, **wts, **{name: 0.5 if name == "scale" else np.ones((3, 3), np.float32)}
+                ),
+            )
         elif broken == "weight_shape" and score in ("general", "concat", "additive"):
-            name = draw(st.sampled_from([n for n in ("w", "w_q", "w_k", "v", "b", "b_q") if n in SCORE_WEIGHTS[score]
-                                         and wts.get(n) is not None]))
+            name = draw(
+                st.sampled_from(
+                    [
+                        n
+                        for n in ("w", "w_q", "w_k", "v", "b", "b_q")
+                        if n in SCORE_WEIGHTS[score] and wts.get(n) is not None
+                    ]
+                )
+            )
             good = np.asarray(wts[name])
-            bad = np.ones(draw(st.sampled_from([good.shape[:-1] + (good.shape[-1] + 1,), good.shape + (1,)])), np.float32)
+            bad = np.ones(
+                draw(st.sampled_from([good.shape[:-1] + (good.shape[-1] + 1,), good.shape + (1,)])), np.float32
+            )
             expect_error(ValueError, lambda: F.attention_scores(qq, kk, score=score, **{**wts, name: bad}))
         elif broken == "dtype":
             expect_error(TypeError, lambda: F.attention_scores(bad_dtype(draw, qq), kk, score=score, **wts))
         elif broken == "batch" and not unbatched:
-            expect_error(ValueError, lambda: F.attention_scores(q, np.ones((B + 1, Lk, Dk), np.float32), score=score,
-                                                                **wts))
+            expect_error(
+                ValueError, lambda: F.attention_scores(q, np.ones((B + 1, Lk, Dk), np.float32), score=score, **wts)
+            )
         elif broken == "rank":
             expect_error(ValueError, lambda: F.attention_scores(np.ones((Dq,), np.float32), kk, score=score, **wts))
         elif broken == "zero":
-            expect_error(ValueError, lambda: F.attention_scores(qq, np.ones(((B,) if not unbatched else ()) + (0, Dk),
-                                                                            np.float32), score=score, **wts))
+            expect_error(
+                ValueError,
+                lambda: F.attention_scores(
+                    qq, np.ones(((B,) if not unbatched else ()) + (0, Dk), np.float32), score=score, **wts
+                ),
+            )
         elif broken == "v_bias" and score in ("concat", "additive"):
             bad = draw(st.sampled_from([float("nan"), float("inf"), "x", [1.0, 2.0]]))
-            expect_error(TypeError if isinstance(bad, (str, list)) else ValueError,
-                         lambda: F.attention_scores(qq, kk, score=score, **{**wts, "v_bias": bad}))
+            expect_error(
+                TypeError if isinstance(bad, (str, list)) else ValueError,
+                lambda: F.attention_scores(qq, kk, score=score, **{**wts, "v_bias": bad}),
+            )
         else:
             kp = None
             if use_projected:
                 takes = {"general": ("w",), "concat": ("w",), "additive": ("w_k", "b_k")}.get(score, ())
                 kp = F.project_keys(kk, score=score, **{n: wts[n] for n in takes})
                 with np.errstate(all="ignore"):
-                    want_kp = {"cosine": lambda: _unit(f64(k)), "general": lambda: f64(k) @ f64(wts["w"]).T,
-                               "concat": lambda: f64(k) @ f64(wts["w"])[:, Dq:].T,
-                               "additive": lambda: f64(k) @ f64(wts["w_k"]).T + (
-                                   0 if wts["b_k"] is None else f64(wts["b_k"]))}[score]()
+                    want_kp = {
+                        "cosine": lambda: _unit(f64(k)),
+                        "general": lambda: f64(k) @ f64(wts["w"]).T,
+                        "concat": lambda: f64(k) @ f64(wts["w"])[:, Dq:].T,
+                        "additive": lambda: f64(k) @ f64(wts["w_k"]).T + (0 if wts["b_k"] is None else f64(wts["b_k"])),
+                    }[score]()
                 if finite(k, *[wts.get(n) for n in takes]):
-                    close(kp, _squeeze(want_kp, unbatched), atol=1e-4, rtol=1e-4,
-                          scale=1.0 + np.abs(want_kp).max(initial=0.0))
+                    close(
+                        kp,
+                        _squeeze(want_kp, unbatched),
+                        atol=1e-4,
+                        rtol=1e-4,
+                        scale=1.0 + np.abs(want_kp).max(initial=0.0),
+                    )
             wts_call = {n: x for n, x in wts.items() if not (kp is not None and n in ("w_k", "b_k"))}
 
             def run():
-                return F.attention_scores(qq, None if kp is not None and draw(st.booleans()) else kk, score=score,
-                                          keys_projected=kp, **wts_call)
+                return F.attention_scores(
+                    qq,
+                    None if kp is not None and draw(st.booleans()) else kk,
+                    score=score,
+                    keys_projected=kp,
+                    **wts_call,
+                )
+
             if not finite(*_array_inputs(q, k, wts)) or (kp is not None and not np.isfinite(kp).all()):
                 expect_error(ValueError, run)  # documented: NaN / inf inputs are refused
                 return
@@ -751,12 +938,19 @@ def test_attention(call, data):
     score, q, k, wts, B, Lq, Lk, Dq, Dk, unbatched = call
     Dv = draw(DIMS)
     v = draw(values((B, Lk, Dv)))
-    broken = draw(st.sampled_from([None, None, None, "v_len", "v_dtype", "mask_shape", "mask_dtype", "kpm_shape",
-                                   "kwarg", "float_mask"]))
+    broken = draw(
+        st.sampled_from(
+            [None, None, None, "v_len", "v_dtype", "mask_shape", "mask_dtype", "kpm_shape", "kwarg", "float_mask"]
+        )
+    )
     if broken:
         q, k, wts = _finite_call(q, k, wts)
-    mask = draw(st.one_of(st.none(), mask_values(draw(st.sampled_from([(Lq, Lk)] + ([] if unbatched else
-                                                                                    [(B, Lq, Lk), (1, Lq, Lk)]))))))
+    mask = draw(
+        st.one_of(
+            st.none(),
+            mask_values(draw(st.sampled_from([(Lq, Lk)] + ([] if unbatched else [(B, Lq, Lk), (1, Lq, Lk)])))),
+        )
+    )
     kpm = draw(st.one_of(st.none(), mask_values((B, Lk), float_ok=False)))
     hard, need = draw(st.booleans()), draw(st.booleans())
     qq, kk, vv = (_squeeze(x, unbatched) for x in (q, k, v))
@@ -774,8 +968,12 @@ def test_attention(call, data):
             bad = draw(st.sampled_from([(Lq + 1, Lk), (Lq, Lk + 1), (Lk,), (B + 1, Lq, Lk), (1, 1, Lq, Lk)]))
             expect_error(ValueError, lambda: F.attention(qq, kk, vv, mask=np.zeros(bad, bool), **common))
         elif broken == "mask_dtype":
-            expect_error(TypeError, lambda: F.attention(qq, kk, vv, mask=np.zeros((Lq, Lk), draw(st.sampled_from(
-                [np.int64, np.uint8, object]))), **common))
+            expect_error(
+                TypeError,
+                lambda: F.attention(
+                    qq, kk, vv, mask=np.zeros((Lq, Lk), draw(st.sampled_from([np.int64, np.uint8, object]))), **common
+                ),
+            )
         elif broken == "kpm_shape":
             bad = draw(st.sampled_from([(B, Lk + 1), (B + 1, Lk), (B, 1, Lk)]))
             expect_error(ValueError, lambda: F.attention(qq, kk, vv, key_padding_mask=np.zeros(bad, bool), **common))
@@ -786,6 +984,7 @@ def test_attention(call, data):
             bad[0, 0] = draw(st.sampled_from([np.nan, np.inf]))
             expect_error(ValueError, lambda: F.attention(qq, kk, vv, mask=bad, **common))
         else:
+
             def run():
                 return F.attention(qq, kk, vv, mask=mask, key_padding_mask=kpm_call, **common)
 
@@ -809,8 +1008,13 @@ def test_attention(call, data):
                 best = np.argmax(s, -1)
                 seen = srt[..., -1] > -np.inf
                 clear = (gap > 1e-3 * _score_scale(q, k, score, wts)) | ~seen
-                w_full = np.asarray(weights if weights is not None else F.attention(qq, kk, vv, mask=mask,
-                                    key_padding_mask=kpm_call, **{**common, "need_weights": True})[1])
+                w_full = np.asarray(
+                    weights
+                    if weights is not None
+                    else F.attention(
+                        qq, kk, vv, mask=mask, key_padding_mask=kpm_call, **{**common, "need_weights": True}
+                    )[1]
+                )
                 w_full = w_full[None] if unbatched else w_full
                 want_w = (np.arange(Lk) == best[..., None]) & seen[..., None]
                 assert np.array_equal(w_full[clear], want_w[clear].astype(np.float32))
@@ -854,8 +1058,12 @@ def test_regression_relu_of_nan_is_nan(name):
     x = np.array([[np.nan, 1.0, -1.0, np.inf, -np.inf]], np.float32)
     with isa(name):
         np.testing.assert_array_equal(F.relu(np.tile(x, (1, 7))), np.tile([[np.nan, 1, 0, np.inf, 0]], (1, 7)))
-        y = F.linear(np.ones((1, 2), np.float32), np.eye(2, dtype=np.float32), np.array([np.nan, -3.0], np.float32),
-                     activation="relu")
+        y = F.linear(
+            np.ones((1, 2), np.float32),
+            np.eye(2, dtype=np.float32),
+            np.array([np.nan, -3.0], np.float32),
+            activation="relu",
+        )
         assert np.isnan(y[0, 0]) and y[0, 1] == 0.0
 
 
@@ -902,7 +1110,9 @@ def test_regression_mask_views_running_backwards_are_copied():
     np.testing.assert_allclose(got, want, atol=1e-5)
     x = rng.standard_normal((2, 2, 4)).astype(np.float32)
     w = np.eye(4, dtype=np.float32)
-    F.multi_head_attention(x, x, x, num_heads=2, w_q=w, w_k=w, w_v=w, w_o=w, key_padding_mask=kpm[:, :1][::-1].repeat(2, 1))
+    F.multi_head_attention(
+        x, x, x, num_heads=2, w_q=w, w_k=w, w_v=w, w_o=w, key_padding_mask=kpm[:, :1][::-1].repeat(2, 1)
+    )
 
 
 def test_regression_layer_norm_eps_must_be_a_number():

@@ -35,6 +35,7 @@ PYATTN_FUZZ_EXAMPLES, the number of cases per (test, format) pair:
 
 (see docs/fuzzing.md for the numbers of a run like that and what fuzzing found).
 """
+
 from __future__ import annotations
 
 import collections
@@ -66,8 +67,9 @@ from pyattn.models import Seq2Seq, Whisper
 
 EXAMPLES = int(os.environ.get("PYATTN_FUZZ_EXAMPLES", "0")) or None
 ACCEPTED = (ValueError, TypeError, KeyError, OSError)
-FUZZ = settings(derandomize=True, database=None, deadline=None, print_blob=False,
-                suppress_health_check=list(HealthCheck))
+FUZZ = settings(
+    derandomize=True, database=None, deadline=None, print_blob=False, suppress_health_check=list(HealthCheck)
+)
 
 
 def examples(default: int) -> settings:
@@ -132,46 +134,93 @@ def _hf(model_cls, config_cls, **cfg):
         model_cls(config_cls(**cfg)).save_pretrained(str(folder), safe_serialization=True)
         for extra in folder.glob("generation_config.json"):
             extra.unlink()
+
     return make
 
 
 def _make_bert(folder):
     from transformers import BertConfig, BertModel
 
-    _hf(BertModel, BertConfig, vocab_size=20, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=16, max_position_embeddings=12, type_vocab_size=2)(folder)
+    _hf(
+        BertModel,
+        BertConfig,
+        vocab_size=20,
+        hidden_size=8,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=12,
+        type_vocab_size=2,
+    )(folder)
 
 
 def _make_gpt2(folder):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    _hf(GPT2LMHeadModel, GPT2Config, vocab_size=20, n_embd=8, n_layer=2, n_head=2, n_positions=12,
-        bos_token_id=0, eos_token_id=0)(folder)
+    _hf(
+        GPT2LMHeadModel,
+        GPT2Config,
+        vocab_size=20,
+        n_embd=8,
+        n_layer=2,
+        n_head=2,
+        n_positions=12,
+        bos_token_id=0,
+        eos_token_id=0,
+    )(folder)
 
 
 def _make_bart(folder):
     from transformers import BartConfig, BartForConditionalGeneration
 
-    _hf(BartForConditionalGeneration, BartConfig, vocab_size=20, d_model=8, encoder_layers=1, decoder_layers=1,
-        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=16, decoder_ffn_dim=16,
-        max_position_embeddings=12, pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2,
-        forced_eos_token_id=2)(folder)
+    _hf(
+        BartForConditionalGeneration,
+        BartConfig,
+        vocab_size=20,
+        d_model=8,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=16,
+        decoder_ffn_dim=16,
+        max_position_embeddings=12,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        decoder_start_token_id=2,
+        forced_eos_token_id=2,
+    )(folder)
 
 
 def _make_marian(folder):
     from transformers import MarianConfig, MarianMTModel
 
-    _hf(MarianMTModel, MarianConfig, vocab_size=20, d_model=8, encoder_layers=1, decoder_layers=1,
-        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=16, decoder_ffn_dim=16,
-        max_position_embeddings=12, pad_token_id=19, eos_token_id=0, decoder_start_token_id=19)(folder)
+    _hf(
+        MarianMTModel,
+        MarianConfig,
+        vocab_size=20,
+        d_model=8,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=16,
+        decoder_ffn_dim=16,
+        max_position_embeddings=12,
+        pad_token_id=19,
+        eos_token_id=0,
+        decoder_start_token_id=19,
+    )(folder)
 
 
 def _make_transformer(folder):
     import torch
 
     torch.manual_seed(0)
-    t = torch.nn.Transformer(d_model=8, nhead=2, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=16,
-                             batch_first=True).eval()
+    t = torch.nn.Transformer(
+        d_model=8, nhead=2, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=16, batch_first=True
+    ).eval()
     pyattn.io.export_torch(t, folder)
 
 
@@ -190,8 +239,7 @@ def _make_seq2seq(folder):
 
 
 WHISPER_D, WHISPER_MELS, WHISPER_VOCAB, WHISPER_CTX = 8, 4, 16, 4
-WHISPER_CONFIG = {"suppress_ids": [3, 5], "suppress_ids_begin": [2], "lang_ids": [10, 11],
-                  "alignment_heads": [[0, 1]]}
+WHISPER_CONFIG = {"suppress_ids": [3, 5], "suppress_ids_begin": [2], "lang_ids": [10, 11], "alignment_heads": [[0, 1]]}
 
 
 def whisper_variables(seed: int = 0):
@@ -206,23 +254,42 @@ def whisper_variables(seed: int = 0):
         return [(p + "gamma", np.ones(d, np.float32)), (p + "beta", np.zeros(d, np.float32))]
 
     def ffn(p):
-        return [(p + "linear_0/weight", w(f, d)), (p + "linear_0/bias", w(f)), (p + "linear_1/weight", w(d, f)),
-                (p + "linear_1/bias", w(d))] + ln(p + "layer_norm/")
+        return [
+            (p + "linear_0/weight", w(f, d)),
+            (p + "linear_0/bias", w(f)),
+            (p + "linear_1/weight", w(d, f)),
+            (p + "linear_1/bias", w(d)),
+        ] + ln(p + "layer_norm/")
 
     def self_attn(p):
-        return [(p + "linear_0/weight", w(3 * d, d)), (p + "linear_0/bias", w(3 * d)),
-                (p + "linear_1/weight", w(d, d)), (p + "linear_1/bias", w(d))] + ln(p + "layer_norm/")
+        return [
+            (p + "linear_0/weight", w(3 * d, d)),
+            (p + "linear_0/bias", w(3 * d)),
+            (p + "linear_1/weight", w(d, d)),
+            (p + "linear_1/bias", w(d)),
+        ] + ln(p + "layer_norm/")
 
-    v = [("encoder/num_heads", np.int16(2)), ("decoder/num_heads", np.int16(2)),
-         ("encoder/conv1/weight", w(d, WHISPER_MELS, 3)), ("encoder/conv1/bias", w(d)),
-         ("encoder/conv2/weight", w(d, d, 3)), ("encoder/conv2/bias", w(d)),
-         ("encoder/position_encodings/encodings", w(WHISPER_CTX, d))]
+    v = [
+        ("encoder/num_heads", np.int16(2)),
+        ("decoder/num_heads", np.int16(2)),
+        ("encoder/conv1/weight", w(d, WHISPER_MELS, 3)),
+        ("encoder/conv1/bias", w(d)),
+        ("encoder/conv2/weight", w(d, d, 3)),
+        ("encoder/conv2/bias", w(d)),
+        ("encoder/position_encodings/encodings", w(WHISPER_CTX, d)),
+    ]
     v += self_attn("encoder/layer_0/self_attention/") + ffn("encoder/layer_0/ffn/") + ln("encoder/layer_norm/")
     v += [("decoder/embeddings/weight", w(WHISPER_VOCAB, d)), ("decoder/position_encodings/encodings", w(8, d))]
     v += self_attn("decoder/layer_0/self_attention/") + ffn("decoder/layer_0/ffn/")
     p = "decoder/layer_0/attention/"
-    v += [(p + "linear_0/weight", w(d, d)), (p + "linear_0/bias", w(d)), (p + "linear_1/weight", w(2 * d, d)),
-          (p + "linear_1/bias", w(2 * d)), (p + "linear_2/weight", w(d, d)), (p + "linear_2/bias", w(d))]
+    v += [
+        (p + "linear_0/weight", w(d, d)),
+        (p + "linear_0/bias", w(d)),
+        (p + "linear_1/weight", w(2 * d, d)),
+        (p + "linear_1/bias", w(2 * d)),
+        (p + "linear_2/weight", w(d, d)),
+        (p + "linear_2/bias", w(d)),
+    ]
     v += ln(p + "layer_norm/") + ln("decoder/layer_norm/")
     return v
 
@@ -295,16 +362,19 @@ class Format:
     weights: Optional[str] = "model.safetensors"  # None: the weights file is fuzzed elsewhere
 
 
-FORMATS = {f.name: f for f in [
-    Format("bert", _make_bert, pyattn.from_pretrained, _smoke_bert),
-    Format("gpt2", _make_gpt2, pyattn.from_pretrained, _smoke_gpt2),
-    Format("bart", _make_bart, pyattn.from_pretrained, _smoke_seq2seq_hf),
-    Format("marian", _make_marian, pyattn.from_pretrained, _smoke_seq2seq_hf),
-    Format("export_transformer", _make_transformer, pyattn.load, _smoke_transformer),
-    Format("export_mha", _make_mha, pyattn.load, _smoke_mha),
-    Format("seq2seq", _make_seq2seq, Seq2Seq.load, _smoke_seq2seq),
-    Format("whisper", _make_whisper, Whisper.from_pretrained, _smoke_whisper, weights=None),
-]}
+FORMATS = {
+    f.name: f
+    for f in [
+        Format("bert", _make_bert, pyattn.from_pretrained, _smoke_bert),
+        Format("gpt2", _make_gpt2, pyattn.from_pretrained, _smoke_gpt2),
+        Format("bart", _make_bart, pyattn.from_pretrained, _smoke_seq2seq_hf),
+        Format("marian", _make_marian, pyattn.from_pretrained, _smoke_seq2seq_hf),
+        Format("export_transformer", _make_transformer, pyattn.load, _smoke_transformer),
+        Format("export_mha", _make_mha, pyattn.load, _smoke_mha),
+        Format("seq2seq", _make_seq2seq, Seq2Seq.load, _smoke_seq2seq),
+        Format("whisper", _make_whisper, Whisper.from_pretrained, _smoke_whisper, weights=None),
+    ]
+}
 SAFETENSORS_FORMATS = [n for n, f in FORMATS.items() if f.weights]
 
 _ROOT = Path(tempfile.mkdtemp(prefix="pyattn-fuzz-"))
@@ -349,7 +419,8 @@ def check_refusal(e: BaseException, folder: Path, names=()) -> None:
     assert isinstance(message, str) and message.strip(), f"{type(e).__name__} with an empty message"
     wanted = [str(folder), *[n for n in names if n]]
     assert any(w in message for w in wanted), (
-        f"{type(e).__name__}: {message!r} names neither the folder {str(folder)!r} nor any of {list(names)!r}")
+        f"{type(e).__name__}: {message!r} names neither the folder {str(folder)!r} nor any of {list(names)!r}"
+    )
 
 
 def load_and_run(name: str, folder: Path, names=(), test: str = "") -> str:
@@ -395,7 +466,7 @@ class Case:
 # ----------------------------------------------------------------------------------------------------
 def st_split(raw: bytes):
     n = struct.unpack("<Q", raw[:8])[0]
-    return json.loads(raw[8:8 + n]), raw[8 + n:]
+    return json.loads(raw[8 : 8 + n]), raw[8 + n :]
 
 
 def st_join(header, data: bytes) -> bytes:
@@ -403,28 +474,98 @@ def st_join(header, data: bytes) -> bytes:
     return struct.pack("<Q", len(h)) + h + data
 
 
-HUGE = [2 ** 31, 2 ** 32, 2 ** 40, 2 ** 53 + 1, 2 ** 63 - 1, 2 ** 63, 2 ** 64 - 1, 2 ** 64, 10 ** 30]
-JUNK_DTYPES = ["I64", "I32", "I16", "I8", "U8", "U16", "U32", "U64", "BOOL", "F16", "BF16", "F64", "F8_E4M3",
-               "F8_E5M2", "C64", "f32", "", "XYZ", 3, None, ["F32"]]
-JUNK_HEADERS = [b"", b" ", b"{", b"}", b"[]", b"null", b"0", b'"F32"', b"{}", b"\xff\xfe\x00", b"[" * 100_000,
-                b'{"a":' * 20_000, b'{"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}',
-                '{"\u00e9": {"dtype": "F32", "shape": [], "data_offsets": [0, 4]}}'.encode("latin-1"),
-                b'{"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, "x": 1}']
+HUGE = [2**31, 2**32, 2**40, 2**53 + 1, 2**63 - 1, 2**63, 2**64 - 1, 2**64, 10**30]
+JUNK_DTYPES = [
+    "I64",
+    "I32",
+    "I16",
+    "I8",
+    "U8",
+    "U16",
+    "U32",
+    "U64",
+    "BOOL",
+    "F16",
+    "BF16",
+    "F64",
+    "F8_E4M3",
+    "F8_E5M2",
+    "C64",
+    "f32",
+    "",
+    "XYZ",
+    3,
+    None,
+    ["F32"],
+]
+JUNK_HEADERS = [
+    b"",
+    b" ",
+    b"{",
+    b"}",
+    b"[]",
+    b"null",
+    b"0",
+    b'"F32"',
+    b"{}",
+    b"\xff\xfe\x00",
+    b"[" * 100_000,
+    b'{"a":' * 20_000,
+    b'{"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}',
+    '{"\u00e9": {"dtype": "F32", "shape": [], "data_offsets": [0, 4]}}'.encode("latin-1"),
+    b'{"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, "x": 1}',
+]
 
 
 def _shape_value(draw, shape):
-    return draw(st.sampled_from([
-        [2 ** 40, 2 ** 40], [-1] + list(shape[1:]), [], [0], [2 ** 64], [2 ** 63], [1] * 64, [1] * 1000, "8", None,
-        [1.5], [True], [int(np.prod(shape)) + 1], list(reversed(shape)), [int(np.prod(shape))], [[2]],
-        [2 ** 32, 2 ** 32, 0]]))
+    return draw(
+        st.sampled_from(
+            [
+                [2**40, 2**40],
+                [-1] + list(shape[1:]),
+                [],
+                [0],
+                [2**64],
+                [2**63],
+                [1] * 64,
+                [1] * 1000,
+                "8",
+                None,
+                [1.5],
+                [True],
+                [int(np.prod(shape)) + 1],
+                list(reversed(shape)),
+                [int(np.prod(shape))],
+                [[2]],
+                [2**32, 2**32, 0],
+            ]
+        )
+    )
 
 
 def _offsets_value(draw, offsets, others, data_len):
     a, b = offsets
-    return draw(st.sampled_from([
-        [0, 2 ** 63], [b, a], [-8, a], [a, data_len + 8], [data_len, data_len + b - a], [a, a], [a + 1, b + 1],
-        [str(a), str(b)], None, [a], [a, b, b], [0, 2 ** 64], [2 ** 64 - 8, 2 ** 64 - 4],
-        others[0] if others else [0, 0], [a - 4 if a >= 4 else a, b]]))
+    return draw(
+        st.sampled_from(
+            [
+                [0, 2**63],
+                [b, a],
+                [-8, a],
+                [a, data_len + 8],
+                [data_len, data_len + b - a],
+                [a, a],
+                [a + 1, b + 1],
+                [str(a), str(b)],
+                None,
+                [a],
+                [a, b, b],
+                [0, 2**64],
+                [2**64 - 8, 2**64 - 4],
+                others[0] if others else [0, 0],
+                [a - 4 if a >= 4 else a, b],
+            ]
+        )
+    )
 
 
 @st.composite
@@ -432,8 +573,23 @@ def safetensors_byte_edit(draw, raw: bytes) -> Case:
     header, data = st_split(raw)
     n = struct.unpack("<Q", raw[:8])[0]
     names = sorted(k for k in header if k != "__metadata__")
-    kind = draw(st.sampled_from(["truncate", "flip", "flip_header", "length", "header_junk", "entry", "entry",
-                                 "metadata", "rename", "swap", "append"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "truncate",
+                "flip",
+                "flip_header",
+                "length",
+                "header_junk",
+                "entry",
+                "entry",
+                "metadata",
+                "rename",
+                "swap",
+                "append",
+            ]
+        )
+    )
     if kind == "truncate":
         cut = draw(st.integers(0, len(raw) - 1))
         return Case(raw[:cut], [], f"truncated to {cut} of {len(raw)} bytes")
@@ -445,15 +601,23 @@ def safetensors_byte_edit(draw, raw: bytes) -> Case:
             out[at] ^= x
         return Case(bytes(out), [], f"bytes xor-ed (offset, mask): {flips}")
     if kind == "length":
-        value = draw(st.sampled_from([0, 1, 2, 7, n - 1, n + 1, len(raw) - 8, len(raw), len(raw) + 1,
-                                      100_000_000, 100_000_001] + HUGE[:7])) % 2 ** 64
+        value = (
+            draw(
+                st.sampled_from(
+                    [0, 1, 2, 7, n - 1, n + 1, len(raw) - 8, len(raw), len(raw) + 1, 100_000_000, 100_000_001]
+                    + HUGE[:7]
+                )
+            )
+            % 2**64
+        )
         return Case(struct.pack("<Q", value) + raw[8:], [], f"header length field {value} (header is {n} bytes)")
     if kind == "header_junk":
         h = draw(st.sampled_from(JUNK_HEADERS))
         return Case(st_join(h, data), [], f"header replaced by {h[:40]!r} ({len(h)} bytes)")
     if kind == "metadata":
-        header["__metadata__"] = value = draw(st.sampled_from([3, "pt", [], None, {"format": 3}, {"a": {"b": "c"}},
-                                                               {"format": "pt" * 1000}]))
+        header["__metadata__"] = value = draw(
+            st.sampled_from([3, "pt", [], None, {"format": 3}, {"a": {"b": "c"}}, {"format": "pt" * 1000}])
+        )
         return Case(st_join(header, data), ["__metadata__"], f"__metadata__ = {value!r:.60}")
     name = draw(st.sampled_from(names))
     entry = header[name]
@@ -525,10 +689,28 @@ def write_tensors(path: Path, tensors, metadata=None, bfloat16=()):
         path.write_bytes(st_join(header, data))
 
 
-EXTRA_NAMES = ["foo", "", " ", "encoder.layer.7.attention.self.query.weight", "h.9.attn.c_attn.weight",
-               "model.encoder.layers.5.fc1.weight", "layers.3.linear1.weight", "encoder.layers.4.norm1.weight",
-               "decoder.gru.weight_ih_l1", "encoder.gru.weight_ih_l0_reverse", "lm_head.weight", "pooler.dense.weight",
-               "bias_k", "transformer.x", "model.x", "bert.x", "encoder.x", "decoder.x", "a" * 1000, "\u00e9\u4e2d"]
+EXTRA_NAMES = [
+    "foo",
+    "",
+    " ",
+    "encoder.layer.7.attention.self.query.weight",
+    "h.9.attn.c_attn.weight",
+    "model.encoder.layers.5.fc1.weight",
+    "layers.3.linear1.weight",
+    "encoder.layers.4.norm1.weight",
+    "decoder.gru.weight_ih_l1",
+    "encoder.gru.weight_ih_l0_reverse",
+    "lm_head.weight",
+    "pooler.dense.weight",
+    "bias_k",
+    "transformer.x",
+    "model.x",
+    "bert.x",
+    "encoder.x",
+    "decoder.x",
+    "a" * 1000,
+    "\u00e9\u4e2d",
+]
 
 
 @st.composite
@@ -538,8 +720,9 @@ def tensor_edit(draw, tensors) -> Case:
     names = sorted(tensors)
     name = draw(st.sampled_from(names))
     t = tensors[name]
-    kind = draw(st.sampled_from(["dtype", "bf16", "shape", "values", "drop", "drop_many", "extra", "duplicate",
-                                 "empty_file"]))
+    kind = draw(
+        st.sampled_from(["dtype", "bf16", "shape", "values", "drop", "drop_many", "extra", "duplicate", "empty_file"])
+    )
     bf16, desc = [], kind
     if kind == "dtype":
         dtype = draw(st.sampled_from(["int64", "int32", "int8", "uint8", "bool", "float16", "float64"]))
@@ -622,24 +805,103 @@ def test_tensors(name):
 # ----------------------------------------------------------------------------------------------------
 # config.json
 # ----------------------------------------------------------------------------------------------------
-ATOMS = [0, -1, 1, 2, 3, 5, 7, 9, 10 ** 12, -10 ** 12, 2 ** 31, 2 ** 63, 2 ** 64, 10 ** 30, 0.5, 1.5, 2.0, -0.0,
-         1e-300, 1e300, float("nan"), float("inf"), float("-inf"), "", "8", "2", "gelu", "relu", "tanh", "bert",
-         "gpt2", "bart", "marian", "Transformer", "MultiheadAttention", "pyattn.torch.v1",
-         "pyattn-seq2seq-gru-bahdanau", True, False, None, [], [1, 2], [-1], [10 ** 9], [1.5], ["a"], [True], {},
-         {"a": 1}, "\u00e9" * 3]
-junk = st.recursive(st.one_of(st.sampled_from(ATOMS), st.integers(), st.floats(), st.text(max_size=8)),
-                    lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                            st.dictionaries(st.text(max_size=4), inner, max_size=3)),
-                    max_leaves=6)
-CONFIG_FILES = [b"", b"{", b"[]", b"[1, 2]", b"null", b'"bert"', b"42", b"[" * 100_000 + b"]" * 100_000,
-                b'{"a":' * 50_000 + b"1" + b"}" * 50_000, b'{"model_type": "bert", "x": ' + b"9" * 5000 + b"}",
-                b'{"model_type": "\xff\xfe"}', b"\xef\xbb\xbf{}", b"{\x00}", b"\x00" * 16, b"{'a': 1}",
-                b'{"model_type": "bert",}', b'{"hidden_size": 1e999}', b"NaN"]
+ATOMS = [
+    0,
+    -1,
+    1,
+    2,
+    3,
+    5,
+    7,
+    9,
+    10**12,
+    -(10**12),
+    2**31,
+    2**63,
+    2**64,
+    10**30,
+    0.5,
+    1.5,
+    2.0,
+    -0.0,
+    1e-300,
+    1e300,
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+    "",
+    "8",
+    "2",
+    "gelu",
+    "relu",
+    "tanh",
+    "bert",
+    "gpt2",
+    "bart",
+    "marian",
+    "Transformer",
+    "MultiheadAttention",
+    "pyattn.torch.v1",
+    "pyattn-seq2seq-gru-bahdanau",
+    True,
+    False,
+    None,
+    [],
+    [1, 2],
+    [-1],
+    [10**9],
+    [1.5],
+    ["a"],
+    [True],
+    {},
+    {"a": 1},
+    "\u00e9" * 3,
+]
+junk = st.recursive(
+    st.one_of(st.sampled_from(ATOMS), st.integers(), st.floats(), st.text(max_size=8)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=4), inner, max_size=3)),
+    max_leaves=6,
+)
+CONFIG_FILES = [
+    b"",
+    b"{",
+    b"[]",
+    b"[1, 2]",
+    b"null",
+    b'"bert"',
+    b"42",
+    b"[" * 100_000 + b"]" * 100_000,
+    b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
+    b'{"model_type": "bert", "x": ' + b"9" * 5000 + b"}",
+    b'{"model_type": "\xff\xfe"}',
+    b"\xef\xbb\xbf{}",
+    b"{\x00}",
+    b"\x00" * 16,
+    b"{'a': 1}",
+    b'{"model_type": "bert",}',
+    b'{"hidden_size": 1e999}',
+    b"NaN",
+]
 # keys a loader reads but a valid config may lack
-OPTIONAL_KEYS = ["model_type", "kind", "format", "layer_norm_eps", "hidden_act", "position_embedding_type",
-                 "layer_norm_epsilon", "activation_function", "scale_attn_by_inverse_layer_idx",
-                 "reorder_and_upcast_attn", "normalize_before", "scale_embedding", "batch_first", "num_layers",
-                 "scale_embeddings", "suppress_ids", "suppress_ids_begin"]
+OPTIONAL_KEYS = [
+    "model_type",
+    "kind",
+    "format",
+    "layer_norm_eps",
+    "hidden_act",
+    "position_embedding_type",
+    "layer_norm_epsilon",
+    "activation_function",
+    "scale_attn_by_inverse_layer_idx",
+    "reorder_and_upcast_attn",
+    "normalize_before",
+    "scale_embedding",
+    "batch_first",
+    "num_layers",
+    "scale_embeddings",
+    "suppress_ids",
+    "suppress_ids_begin",
+]
 
 
 @st.composite
@@ -649,8 +911,11 @@ def config_edit(draw, config: dict, raw: bytes) -> Case:
     cfg = json.loads(json.dumps(config))
     keys = sorted(set(cfg) | set(OPTIONAL_KEYS))
     if kind in ("set", "many"):
-        touched = ([draw(st.sampled_from(keys))] if kind == "set" else
-                   draw(st.lists(st.sampled_from(keys), min_size=2, max_size=5, unique=True)))
+        touched = (
+            [draw(st.sampled_from(keys))]
+            if kind == "set"
+            else draw(st.lists(st.sampled_from(keys), min_size=2, max_size=5, unique=True))
+        )
         for key in touched:
             cfg[key] = draw(junk)
         desc = ", ".join(f"{k} = {cfg[k]!r:.50}" for k in touched)
@@ -719,8 +984,12 @@ def test_missing_or_odd_files(name, what):
 # WAV
 # ----------------------------------------------------------------------------------------------------
 def wav_bytes(samples: bytes, channels=1, rate=16000, bits=16, tag=1, fmt_extra=b"", chunks=None) -> bytes:
-    fmt = struct.pack("<HHIIHH", tag, channels, rate, rate * channels * bits // 8 % 2 ** 32,
-                      channels * bits // 8 % 2 ** 16, bits) + fmt_extra
+    fmt = (
+        struct.pack(
+            "<HHIIHH", tag, channels, rate, rate * channels * bits // 8 % 2**32, channels * bits // 8 % 2**16, bits
+        )
+        + fmt_extra
+    )
     chunks = chunks or [(b"fmt ", fmt), (b"data", samples)]
     body = b"WAVE" + b"".join(cid + struct.pack("<I", len(c)) + c + (b"\0" if len(c) % 2 else b"") for cid, c in chunks)
     return b"RIFF" + struct.pack("<I", len(body)) + body
@@ -733,18 +1002,29 @@ def _base_wavs():
         "pcm16": wav_bytes(pcm16),
         "pcm8_stereo": wav_bytes(rng.integers(0, 256, 600, dtype=np.uint8).tobytes(), channels=2, bits=8),
         "pcm24": wav_bytes(rng.integers(0, 256, 3 * 300, dtype=np.uint8).tobytes(), bits=24),
-        "pcm32_3ch": wav_bytes(rng.integers(-2 ** 31, 2 ** 31, 3 * 200, dtype=np.int64).astype("<i4").tobytes(),
-                               channels=3, bits=32),
+        "pcm32_3ch": wav_bytes(
+            rng.integers(-(2**31), 2**31, 3 * 200, dtype=np.int64).astype("<i4").tobytes(), channels=3, bits=32
+        ),
     }
 
 
 BASE_WAVS = _base_wavs()
 # byte offsets of the fields of the canonical header (RIFF, fmt chunk of 16 bytes, data chunk)
-WAV_FIELDS = {"riff_size": (4, "<I"), "fmt_size": (16, "<I"), "tag": (20, "<H"), "channels": (22, "<H"),
-              "rate": (24, "<I"), "byte_rate": (28, "<I"), "block_align": (32, "<H"), "bits": (34, "<H"),
-              "data_size": (40, "<I")}
-WAV_VALUES = {"<I": [0, 1, 2, 3, 15, 16, 17, 18, 40, 44, 8000, 16000, 44100, 48000, 2 ** 31, 2 ** 32 - 1],
-              "<H": [0, 1, 2, 3, 4, 6, 7, 8, 12, 16, 24, 32, 48, 64, 0xFFFE, 0xFFFF]}
+WAV_FIELDS = {
+    "riff_size": (4, "<I"),
+    "fmt_size": (16, "<I"),
+    "tag": (20, "<H"),
+    "channels": (22, "<H"),
+    "rate": (24, "<I"),
+    "byte_rate": (28, "<I"),
+    "block_align": (32, "<H"),
+    "bits": (34, "<H"),
+    "data_size": (40, "<I"),
+}
+WAV_VALUES = {
+    "<I": [0, 1, 2, 3, 15, 16, 17, 18, 40, 44, 8000, 16000, 44100, 48000, 2**31, 2**32 - 1],
+    "<H": [0, 1, 2, 3, 4, 6, 7, 8, 12, 16, 24, 32, 48, 64, 0xFFFE, 0xFFFF],
+}
 
 
 @st.composite
@@ -758,8 +1038,9 @@ def wav_edit(draw) -> Case:
         for _ in range(1 if kind == "field" else draw(st.integers(2, 4))):
             field = draw(st.sampled_from(sorted(WAV_FIELDS)))
             at, fmt = WAV_FIELDS[field]
-            value = draw(st.one_of(st.sampled_from(WAV_VALUES[fmt]),
-                                   st.integers(0, 2 ** (8 * struct.calcsize(fmt)) - 1)))
+            value = draw(
+                st.one_of(st.sampled_from(WAV_VALUES[fmt]), st.integers(0, 2 ** (8 * struct.calcsize(fmt)) - 1))
+            )
             struct.pack_into(fmt, out, at, value)
             edits.append(f"{field} = {value}")
         return Case(bytes(out), [], f"{which}: {', '.join(edits)}")
@@ -774,7 +1055,7 @@ def wav_edit(draw) -> Case:
     if kind == "magic":
         at = draw(st.sampled_from([0, 8, 12, 36]))
         tag = draw(st.sampled_from([b"RIFX", b"RF64", b"WAVX", b"\0\0\0\0", b"data", b"fmt ", b"LIST"]))
-        out[at:at + 4] = tag
+        out[at : at + 4] = tag
         return Case(bytes(out), [], f"{which}: {tag!r} at byte {at}")
     samples = base[44:]
     fmt = base[20:36]
@@ -782,16 +1063,24 @@ def wav_edit(draw) -> Case:
         tag = draw(st.sampled_from([3, 6, 7, 0xFFFE, 2, 0x55]))
         extra = draw(st.sampled_from([b"", b"\0\0", b"\x16\0" + b"\0" * 22]))
         return Case(wav_bytes(samples, tag=tag, fmt_extra=extra), [], f"format tag {tag:#x}, {len(extra)} extra bytes")
-    layouts = {"data before fmt": [(b"data", samples), (b"fmt ", fmt)], "no data": [(b"fmt ", fmt)],
-               "no fmt": [(b"data", samples)], "no chunks": [],
-               "odd LIST first": [(b"LIST", b"x" * 7), (b"fmt ", fmt), (b"data", samples)],
-               "two fmt": [(b"fmt ", fmt), (b"fmt ", fmt), (b"data", samples)],
-               "short fmt": [(b"fmt ", fmt[:10]), (b"data", samples)], "empty data": [(b"fmt ", fmt), (b"data", b"")],
-               "one data byte": [(b"fmt ", fmt), (b"data", b"\1")],
-               "two data": [(b"fmt ", fmt), (b"junk", b""), (b"data", samples), (b"data", samples)]}
+    layouts = {
+        "data before fmt": [(b"data", samples), (b"fmt ", fmt)],
+        "no data": [(b"fmt ", fmt)],
+        "no fmt": [(b"data", samples)],
+        "no chunks": [],
+        "odd LIST first": [(b"LIST", b"x" * 7), (b"fmt ", fmt), (b"data", samples)],
+        "two fmt": [(b"fmt ", fmt), (b"fmt ", fmt), (b"data", samples)],
+        "short fmt": [(b"fmt ", fmt[:10]), (b"data", samples)],
+        "empty data": [(b"fmt ", fmt), (b"data", b"")],
+        "one data byte": [(b"fmt ", fmt), (b"data", b"\1")],
+        "two data": [(b"fmt ", fmt), (b"junk", b""), (b"data", samples), (b"data", samples)],
+    }
     layout = draw(st.sampled_from(sorted(layouts)))
-    return Case(wav_bytes(samples, chunks=layouts[layout]) if layouts[layout] else b"RIFF\x04\0\0\0WAVE", [],
-                f"{which}: {layout}")
+    return Case(
+        wav_bytes(samples, chunks=layouts[layout]) if layouts[layout] else b"RIFF\x04\0\0\0WAVE",
+        [],
+        f"{which}: {layout}",
+    )
 
 
 def check_audio(x) -> None:
@@ -868,29 +1157,44 @@ def _hostile_cases(root: Path):
             (folder / "config.json").write_text(json.dumps(cfg))
         if weights is not None:
             (folder / "model.safetensors").write_bytes(weights)
-        kind = {"export_transformer": "export", "export_mha": "export", "seq2seq": "seq2seq",
-                "whisper": "whisper"}.get(name, "hf")
+        kind = {"export_transformer": "export", "export_mha": "export", "seq2seq": "seq2seq", "whisper": "whisper"}.get(
+            name, "hf"
+        )
         cases.append((kind, str(folder)))
 
-    for name, key in [("bert", "num_hidden_layers"), ("bert", "hidden_size"), ("bert", "num_attention_heads"),
-                      ("gpt2", "n_layer"), ("gpt2", "n_embd"), ("bart", "max_position_embeddings"),
-                      ("marian", "max_position_embeddings"), ("marian", "d_model"),
-                      ("export_transformer", "num_encoder_layers"), ("export_transformer", "nhead"),
-                      ("seq2seq", "max_length")]:
-        for value in (10 ** 12, 2 ** 63, 10 ** 30):
+    for name, key in [
+        ("bert", "num_hidden_layers"),
+        ("bert", "hidden_size"),
+        ("bert", "num_attention_heads"),
+        ("gpt2", "n_layer"),
+        ("gpt2", "n_embd"),
+        ("bart", "max_position_embeddings"),
+        ("marian", "max_position_embeddings"),
+        ("marian", "d_model"),
+        ("export_transformer", "num_encoder_layers"),
+        ("export_transformer", "nhead"),
+        ("seq2seq", "max_length"),
+    ]:
+        for value in (10**12, 2**63, 10**30):
             folder_with(name, {key: value})
     raw = (original("bert") / "model.safetensors").read_bytes()
     header, data = st_split(raw)
     name = sorted(k for k in header if k != "__metadata__")[0]
-    for shape in ([2 ** 40, 2 ** 40], [2 ** 62, 4], [2 ** 31, 2 ** 31, 2 ** 31]):
+    for shape in ([2**40, 2**40], [2**62, 4], [2**31, 2**31, 2**31]):
         h = json.loads(json.dumps(header))
         h[name]["shape"] = shape
         h[name]["data_offsets"] = [0, int(np.prod(shape, dtype=object)) * 4]
         folder_with("bert", weights=st_join(h, data))
-    for value in (2 ** 63 - 1, 2 ** 64 - 1, 2 ** 40):
+    for value in (2**63 - 1, 2**64 - 1, 2**40):
         folder_with("bert", weights=struct.pack("<Q", value) + raw[8:])
-    for field, value in (("data_size", 2 ** 32 - 1), ("rate", 1), ("rate", 2 ** 32 - 1), ("channels", 0xFFFF),
-                         ("bits", 0xFFFF), ("fmt_size", 2 ** 32 - 1)):
+    for field, value in (
+        ("data_size", 2**32 - 1),
+        ("rate", 1),
+        ("rate", 2**32 - 1),
+        ("channels", 0xFFFF),
+        ("bits", 0xFFFF),
+        ("fmt_size", 2**32 - 1),
+    ):
         content = bytearray(BASE_WAVS["pcm16"])
         at, fmt = WAV_FIELDS[field]
         struct.pack_into(fmt, content, at, value)
@@ -903,12 +1207,20 @@ def _hostile_cases(root: Path):
 def test_hostile_cases_in_a_capped_subprocess():
     root = _ROOT / "hostile"
     cases = _hostile_cases(root)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(pyattn.__file__).parent.parent),
-                                                       os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(Path(pyattn.__file__).parent.parent), os.environ.get("PYTHONPATH", "")]),
+    )
     if env.get("PYATTN_SANITIZED"):  # tests/sanitize.sh: the same 4 GiB cap, as ASan's allocation limit
         env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":max_allocation_size_mb=4096"
-    r = subprocess.run([sys.executable, "-c", HOSTILE_SCRIPT, json.dumps(cases)], capture_output=True, text=True,
-                       timeout=300, env=env, cwd=os.path.dirname(__file__))  # cwd: not the source tree
+    r = subprocess.run(
+        [sys.executable, "-c", HOSTILE_SCRIPT, json.dumps(cases)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=os.path.dirname(__file__),
+    )  # cwd: not the source tree
     assert r.returncode == 0, f"exit {r.returncode}\n{r.stderr[-3000:]}"
     results = json.loads(r.stdout.strip().splitlines()[-1])
     assert len(results) == len(cases)
@@ -937,17 +1249,20 @@ def _config(**changes):
         cfg = json.loads((folder / "config.json").read_text())
         cfg.update(changes)
         (folder / "config.json").write_text(json.dumps(cfg))
+
     return edit
 
 
 def _config_bytes(content: bytes):
     def edit(folder):
         (folder / "config.json").write_bytes(content)
+
     return edit
 
 
 def _tensors(**changes):
     """Rewrites model.safetensors with tensors replaced (None: dropped)."""
+
     def edit(folder):
         tensors, metadata = read_tensors(folder / "model.safetensors")
         for k, v in changes.items():
@@ -957,6 +1272,7 @@ def _tensors(**changes):
             else:
                 tensors[k] = v(tensors[k]) if callable(v) else v
         write_tensors(folder / "model.safetensors", tensors, metadata)
+
     return edit
 
 
@@ -978,8 +1294,16 @@ def test_regression_config_nested_too_deeply(name):
     _refused(name, _config_bytes(b"[" * 100_000 + b"]" * 100_000), "config.json", "nested")
 
 
-@pytest.mark.parametrize("key, value", [("model_type", []), ("hidden_act", []), ("layer_norm_eps", "gelu"),
-                                        ("layer_norm_eps", []), ("position_embedding_type", {})])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("model_type", []),
+        ("hidden_act", []),
+        ("layer_norm_eps", "gelu"),
+        ("layer_norm_eps", []),
+        ("position_embedding_type", {}),
+    ],
+)
 def test_regression_bert_config_values_of_the_wrong_type(key, value):
     # was: TypeError "unhashable type: 'list'" / "float() argument must be ..." / "could not convert string to float"
     _refused("bert", _config(**{key: value}), key if key != "model_type" else "model_type")
@@ -1010,37 +1334,54 @@ def test_regression_export_config_types(key, value):
 
 def test_regression_marian_positions_table_is_bounded():
     # was: marian_sinusoids(10**12, d): numpy tried to allocate 7.28 TiB (MemoryError)
-    _refused("marian", _config(max_position_embeddings=10 ** 12), "max_position_embeddings")
+    _refused("marian", _config(max_position_embeddings=10**12), "max_position_embeddings")
 
 
 @pytest.mark.parametrize("shape", [(8, 14), (1, 14, 8), (2, 8)])
 def test_regression_bart_position_table_shape(shape):
     # was: accepted; the first forward pass failed with numpy's "operands could not be broadcast together" or
     # "position 1 is beyond the -1 this model knows"
-    _refused("bart", _tensors(model__encoder__embed_positions__weight=np.zeros(shape, np.float32)),
-             "model.encoder.embed_positions.weight")
+    _refused(
+        "bart",
+        _tensors(model__encoder__embed_positions__weight=np.zeros(shape, np.float32)),
+        "model.encoder.embed_positions.weight",
+    )
 
 
-@pytest.mark.parametrize("name, tensor", [("bert", "embeddings.position_embeddings.weight"),
-                                          ("gpt2", "transformer.h.0.attn.c_attn.bias"), ("bart", "final_logits_bias"),
-                                          ("export_mha", "in_proj_bias"),
-                                          ("export_transformer", "decoder.layers.0.multihead_attn.in_proj_bias")])
+@pytest.mark.parametrize(
+    "name, tensor",
+    [
+        ("bert", "embeddings.position_embeddings.weight"),
+        ("gpt2", "transformer.h.0.attn.c_attn.bias"),
+        ("bart", "final_logits_bias"),
+        ("export_mha", "in_proj_bias"),
+        ("export_transformer", "decoder.layers.0.multihead_attn.in_proj_bias"),
+    ],
+)
 def test_regression_integer_tensor_named(name, tensor):
     # was: "weight .b must be floating-point, got int64": neither the file nor the tensor named
-    _refused(name, _tensors(**{tensor.replace(".", "__"): lambda t: t.astype(np.int64)}), tensor, "int64",
-             kind=TypeError)
+    _refused(
+        name, _tensors(**{tensor.replace(".", "__"): lambda t: t.astype(np.int64)}), tensor, "int64", kind=TypeError
+    )
 
 
 def test_regression_scalar_tensor_where_a_vector_is_expected():
     # was: IndexError "too many indices for array" slicing the fused bias
-    _refused("gpt2", _tensors(transformer__h__0__attn__c_attn__bias=np.float32(1.0)),
-             "transformer.h.0.attn.c_attn.bias", "scalar")
+    _refused(
+        "gpt2",
+        _tensors(transformer__h__0__attn__c_attn__bias=np.float32(1.0)),
+        "transformer.h.0.attn.c_attn.bias",
+        "scalar",
+    )
 
 
 def test_regression_bert_token_type_embeddings_width():
     # was: accepted; the forward pass failed in numpy broadcasting
-    _refused("bert", _tensors(embeddings__token_type_embeddings__weight=np.zeros((2, 5), np.float32)),
-             "token_type_embeddings")
+    _refused(
+        "bert",
+        _tensors(embeddings__token_type_embeddings__weight=np.zeros((2, 5), np.float32)),
+        "token_type_embeddings",
+    )
 
 
 def test_regression_gpt2_layer_norm_width():
@@ -1055,8 +1396,12 @@ def test_regression_seq2seq_attention_width():
 
 def test_regression_seq2seq_integer_attention_weight():
     # was: silently converted to float32
-    _refused("seq2seq", _tensors(decoder__attention__Wa__bias=lambda t: t.astype(np.int64)), "decoder.attention.Wa.bias",
-             kind=TypeError)
+    _refused(
+        "seq2seq",
+        _tensors(decoder__attention__Wa__bias=lambda t: t.astype(np.int64)),
+        "decoder.attention.Wa.bias",
+        kind=TypeError,
+    )
 
 
 def test_regression_empty_embedding_table():
@@ -1066,12 +1411,17 @@ def test_regression_empty_embedding_table():
 
 def test_regression_self_attention_input_width():
     # was: accepted; the first call failed with "a fused QKV projection needs equal input widths"
-    _refused("bart", _tensors(model__encoder__layers__0__self_attn__k_proj__weight=lambda t: t[:, :7].copy()),
-             "self-attention")
+    _refused(
+        "bart",
+        _tensors(model__encoder__layers__0__self_attn__k_proj__weight=lambda t: t[:, :7].copy()),
+        "self-attention",
+    )
 
 
-@pytest.mark.parametrize("key, value", [("pad_token_id", []), ("decoder_start_token_id", -1),
-                                        ("forced_bos_token_id", 10 ** 6), ("eos_token_id", "2")])
+@pytest.mark.parametrize(
+    "key, value",
+    [("pad_token_id", []), ("decoder_start_token_id", -1), ("forced_bos_token_id", 10**6), ("eos_token_id", "2")],
+)
 def test_regression_generation_token_ids_from_config(key, value):
     # was: IndexError (forced_bos_token_id out of range), "shared: id -1 is out of range", numpy broadcasting
     # errors (a list), comparisons of ints with strings
@@ -1082,7 +1432,7 @@ def test_regression_generation_token_ids_from_config(key, value):
             pyattn.generate(model, np.array([[3, 4]]), max_new_tokens=2)
 
 
-@pytest.mark.parametrize("field, value", [("fmt_size", 2 ** 32 - 1)])
+@pytest.mark.parametrize("field, value", [("fmt_size", 2**32 - 1)])
 def test_regression_wav_chunk_past_the_riff_chunk(tmp_path, field, value):
     # was: a bare RuntimeError from the wave module (its chunk seek)
     content = bytearray(BASE_WAVS["pcm16"])
@@ -1095,7 +1445,7 @@ def test_regression_wav_chunk_past_the_riff_chunk(tmp_path, field, value):
     assert str(path) in str(info.value)
 
 
-@pytest.mark.parametrize("rate", [1, 999, 10 ** 6, 2 ** 32 - 1])
+@pytest.mark.parametrize("rate", [1, 999, 10**6, 2**32 - 1])
 def test_regression_wav_absurd_rate_is_not_resampled(tmp_path, monkeypatch, rate):
     # with soxr installed, a header claiming 1 Hz asked it for 16000 output samples per input sample
     calls = []
@@ -1115,8 +1465,10 @@ def test_regression_wav_absurd_rate_is_not_resampled(tmp_path, monkeypatch, rate
     assert calls == [(8000, 16000)]
 
 
-@pytest.mark.parametrize("name, tensor, rows", [("seq2seq", "decoder.embedding.weight", 2),
-                                                ("bart", "lm_head.weight", 25), ("gpt2", "lm_head.weight", 21)])
+@pytest.mark.parametrize(
+    "name, tensor, rows",
+    [("seq2seq", "decoder.embedding.weight", 2), ("bart", "lm_head.weight", 25), ("gpt2", "lm_head.weight", 21)],
+)
 def test_regression_predicted_tokens_can_be_embedded(name, tensor, rows):
     # was: accepted; decoding then failed with "decoder.embedding: id 3 is out of range for a table of 2 rows" when
     # the model predicted a token its embedding table does not hold
@@ -1124,6 +1476,7 @@ def test_regression_predicted_tokens_can_be_embedded(name, tensor, rows):
         tensors, metadata = read_tensors(folder / "model.safetensors")
         tensors[tensor] = np.ones((rows, 8), np.float32)
         write_tensors(folder / "model.safetensors", tensors, metadata)
+
     _refused(name, edit, "lm_head" if name != "seq2seq" else "decoder.embedding")
 
 

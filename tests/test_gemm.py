@@ -1,12 +1,12 @@
 """matmul / linear / PackedLinear against float64 numpy, on every ISA path, shapes off the register tile."""
+
 import numpy as np
 import pytest
+import reference as ref
+from conftest import randn
 
 import pyattn
 from pyattn import functional as F
-
-import reference as ref
-from conftest import randn
 
 SIZES = [1, 3, 7, 17, 63, 65, 127, 129, 513, 1000]
 
@@ -27,8 +27,12 @@ def assert_gemm_close(got, a, b, transpose_b=False, bias=None):
 
 
 # (M, K, N): every size in SIZES appears in each role, without the product of all three.
-SHAPES = sorted({(m, 65, 33) for m in SIZES} | {(17, k, 63) for k in SIZES} | {(63, 129, n) for n in SIZES}
-                | {(1, 1, 1), (1000, 513, 65), (129, 1000, 127), (513, 63, 1000), (2, 384, 1536)})
+SHAPES = sorted(
+    {(m, 65, 33) for m in SIZES}
+    | {(17, k, 63) for k in SIZES}
+    | {(63, 129, n) for n in SIZES}
+    | {(1, 1, 1), (1000, 513, 65), (129, 1000, 127), (513, 63, 1000), (2, 384, 1536)}
+)
 
 
 @pytest.mark.parametrize("M,K,N", SHAPES)
@@ -68,19 +72,27 @@ def test_prepacked_gemv_wider_than_one_nc_block(rng):
 def test_fused_activation(isa, rng, activation):
     x, w, bias = randn(rng, 37, 65), randn(rng, 129, 65, scale=0.2), randn(rng, 129)
     pre = ref.linear(x, w, bias)
-    want = {"relu": ref.relu, "gelu": ref.gelu, "gelu_tanh": lambda t: ref.gelu(t, "tanh"), "silu": ref.silu}[activation](pre)
-    for got in (F.linear(x, w, bias, activation=activation), pyattn.PackedLinear(w, bias)(x, activation=activation),
-                pyattn.PackedLinear(w, bias)(x[:3], activation=activation)):
+    want = {"relu": ref.relu, "gelu": ref.gelu, "gelu_tanh": lambda t: ref.gelu(t, "tanh"), "silu": ref.silu}[
+        activation
+    ](pre)
+    for got in (
+        F.linear(x, w, bias, activation=activation),
+        pyattn.PackedLinear(w, bias)(x, activation=activation),
+        pyattn.PackedLinear(w, bias)(x[:3], activation=activation),
+    ):
         np.testing.assert_allclose(got, want[: len(got)], rtol=2e-5, atol=2e-5)
 
 
-@pytest.mark.parametrize("a_shape,b_shape", [
-    ((2, 3, 17, 65), (3, 65, 33)),
-    ((17, 65), (4, 65, 33)),
-    ((4, 1, 9, 7), (1, 5, 7, 11)),
-    ((2, 5, 13, 8), (8, 6)),
-    ((6, 1, 3), (6, 3, 129)),
-])
+@pytest.mark.parametrize(
+    "a_shape,b_shape",
+    [
+        ((2, 3, 17, 65), (3, 65, 33)),
+        ((17, 65), (4, 65, 33)),
+        ((4, 1, 9, 7), (1, 5, 7, 11)),
+        ((2, 5, 13, 8), (8, 6)),
+        ((6, 1, 3), (6, 3, 129)),
+    ],
+)
 def test_batched_broadcasting(isa, rng, a_shape, b_shape):
     a, b = randn(rng, *a_shape), randn(rng, *b_shape)
     got = F.matmul(a, b)
@@ -95,7 +107,7 @@ def test_batched_transpose_b(rng):
 
 def test_strided_inputs(rng):
     base = randn(rng, 70, 130)
-    a = base[::2, 1:66]           # row stride 260, not contiguous
+    a = base[::2, 1:66]  # row stride 260, not contiguous
     b = randn(rng, 65, 40)[:, ::2]  # last axis not contiguous: converted by functional
     assert_gemm_close(F.matmul(a, b), a, b)
     x = randn(rng, 2, 8, 33, 64).transpose(0, 2, 1, 3)  # batch strides of a head view
@@ -174,8 +186,18 @@ def test_packed_weight_unpacks_exactly(isa, rng, N, K):
 
 # ---- half-float weight storage ----------------------------------------------------------------------------
 
-HALF_SHAPES = [(1, 384, 1152), (3, 65, 33), (8, 129, 63), (9, 63, 1000), (13, 384, 1536), (14, 1000, 65),
-               (20, 513, 127), (300, 129, 513), (1, 1, 1), (2, 1536, 384)]
+HALF_SHAPES = [
+    (1, 384, 1152),
+    (3, 65, 33),
+    (8, 129, 63),
+    (9, 63, 1000),
+    (13, 384, 1536),
+    (14, 1000, 65),
+    (20, 513, 127),
+    (300, 129, 513),
+    (1, 1, 1),
+    (2, 1536, 384),
+]
 
 
 @pytest.mark.parametrize("M,K,N", HALF_SHAPES)
@@ -194,9 +216,28 @@ def test_half_storage_all_isas(isa, rng, M, K, N):
 
 def test_half_rounding_matches_numpy(rng):
     """Packing float32 weights into halves rounds as numpy does: nearest even, subnormals, overflow to inf."""
-    special = np.array([0.0, -0.0, 1.0, 65504.0, 65519.0, 65520.0, 1e6, 2.0 ** -24, 2.0 ** -25, 3 * 2.0 ** -26,
-                        2.0 ** -14, 2.0 ** -15 * 1.5, 1 + 2.0 ** -11, 1 + 3 * 2.0 ** -11, 5.96e-8, 6.1e-5,
-                        np.float32(np.pi)], np.float32)
+    special = np.array(
+        [
+            0.0,
+            -0.0,
+            1.0,
+            65504.0,
+            65519.0,
+            65520.0,
+            1e6,
+            2.0**-24,
+            2.0**-25,
+            3 * 2.0**-26,
+            2.0**-14,
+            2.0**-15 * 1.5,
+            1 + 2.0**-11,
+            1 + 3 * 2.0**-11,
+            5.96e-8,
+            6.1e-5,
+            np.float32(np.pi),
+        ],
+        np.float32,
+    )
     vals = np.concatenate([special, -special, randn(rng, 1000) * 10.0 ** rng.integers(-9, 6, 1000)]).astype(np.float32)
     K = 8
     w = np.resize(vals, (len(vals) // K + 1) * K).reshape(-1, K).astype(np.float32)
@@ -208,7 +249,7 @@ def test_half_rounding_matches_numpy(rng):
 
 def test_half_weights_round_trip_exactly(rng):
     w16 = (randn(rng, 70, 45) * 3).astype(np.float16)
-    w16[0, :4] = [6e-8, -6e-8, 65504, 2 ** -14]  # subnormal, max, smallest normal
+    w16[0, :4] = [6e-8, -6e-8, 65504, 2**-14]  # subnormal, max, smallest normal
     np.testing.assert_array_equal(pyattn.PackedLinear(w16).weight(), w16.astype(np.float32))
 
 

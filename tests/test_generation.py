@@ -1,4 +1,5 @@
 """GPT-2 against transformers (logits, KV cache) and generate(): greedy and beam ids equal transformers'."""
+
 import numpy as np
 import pytest
 import torch
@@ -13,8 +14,9 @@ EOS = 7
 
 @pytest.fixture(scope="module")
 def gpt2(tmp_path_factory):
-    cfg = transformers.GPT2Config(vocab_size=50, n_embd=64, n_layer=2, n_head=4, n_positions=128, eos_token_id=EOS,
-                                  bos_token_id=EOS)
+    cfg = transformers.GPT2Config(
+        vocab_size=50, n_embd=64, n_layer=2, n_head=4, n_positions=128, eos_token_id=EOS, bos_token_id=EOS
+    )
     torch.manual_seed(0)
     ref = transformers.GPT2LMHeadModel(cfg).eval()
     with torch.no_grad():
@@ -50,12 +52,17 @@ def test_logits_and_cache(gpt2):
     state = model.init_state(3)
     steps = [model(ids[:, :3], mask[:, :3], state=state)["logits"]]
     for t in range(3, 6):
-        steps.append(model(ids[:, t:t + 1], mask[:, : t + 1], state=state)["logits"])
+        steps.append(model(ids[:, t : t + 1], mask[:, : t + 1], state=state)["logits"])
     assert np.abs(np.concatenate(steps, 1) - got)[real].max() < 1e-5
 
 
-SETTINGS = [dict(num_beams=1), dict(num_beams=3), dict(num_beams=4, length_penalty=0.5, early_stopping=True),
-            dict(num_beams=2, length_penalty=1.2, early_stopping="never"), dict(num_beams=5, length_penalty=2.0)]
+SETTINGS = [
+    dict(num_beams=1),
+    dict(num_beams=3),
+    dict(num_beams=4, length_penalty=0.5, early_stopping=True),
+    dict(num_beams=2, length_penalty=1.2, early_stopping="never"),
+    dict(num_beams=5, length_penalty=2.0),
+]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -64,8 +71,15 @@ def test_greedy_and_beam_ids_equal_transformers(gpt2, seed, kw):
     ref, model = gpt2
     ids, mask = prompts(seed)
     with torch.no_grad():
-        want = ref.generate(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), max_new_tokens=12,
-                            do_sample=False, pad_token_id=0, eos_token_id=EOS, **kw).numpy()
+        want = ref.generate(
+            torch.from_numpy(ids),
+            attention_mask=torch.from_numpy(mask),
+            max_new_tokens=12,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=EOS,
+            **kw,
+        ).numpy()
     got = generate(model, ids, mask, max_new_tokens=12, eos_token_id=EOS, pad_token_id=0, **kw)
     np.testing.assert_array_equal(got, want)
 
@@ -74,8 +88,15 @@ def test_streaming_callback_and_sampling(gpt2):
     _, model = gpt2
     ids, mask = prompts(3)
     seen = []
-    out = generate(model, ids, mask, max_new_tokens=8, eos_token_id=EOS, pad_token_id=0,
-                   callback=lambda step, toks: seen.append(toks))
+    out = generate(
+        model,
+        ids,
+        mask,
+        max_new_tokens=8,
+        eos_token_id=EOS,
+        pad_token_id=0,
+        callback=lambda step, toks: seen.append(toks),
+    )
     np.testing.assert_array_equal(np.stack(seen, 1), out[:, 6:])
     a = generate(model, ids, mask, max_new_tokens=10, do_sample=True, temperature=0.8, top_k=20, top_p=0.9, seed=5)
     b = generate(model, ids, mask, max_new_tokens=10, do_sample=True, temperature=0.8, top_k=20, top_p=0.9, seed=5)
@@ -99,10 +120,14 @@ def test_top_p_keeps_the_nucleus():
 def test_generation_errors(gpt2):
     _, model = gpt2
     ids, mask = prompts(0)
-    for kw, msg in [(dict(max_new_tokens=-1), "max_new_tokens"), (dict(temperature=0.0), "temperature"),
-                    (dict(top_p=1.5), "top_p"), (dict(num_beams=0), "num_beams"),
-                    (dict(num_beams=2, do_sample=True), "beam sampling"),
-                    (dict(num_beams=2, early_stopping="sometimes"), "early_stopping")]:
+    for kw, msg in [
+        (dict(max_new_tokens=-1), "max_new_tokens"),
+        (dict(temperature=0.0), "temperature"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(num_beams=0), "num_beams"),
+        (dict(num_beams=2, do_sample=True), "beam sampling"),
+        (dict(num_beams=2, early_stopping="sometimes"), "early_stopping"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             generate(model, ids, mask, **kw)
     with pytest.raises(ValueError, match="no real token"):

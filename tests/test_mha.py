@@ -1,11 +1,11 @@
 """multi_head_attention against torch.nn.MultiheadAttention(batch_first=True) with the same weights."""
+
 import numpy as np
 import pytest
 import torch
+from conftest import randn
 
 from pyattn import functional as F
-
-from conftest import randn
 
 
 def make_mha(E, H, bias=True, kdim=None, vdim=None, seed=0):
@@ -21,13 +21,14 @@ def make_mha(E, H, bias=True, kdim=None, vdim=None, seed=0):
 def weights_of(m):
     E = m.embed_dim
     if m._qkv_same_embed_dim:
-        w_q, w_k, w_v = (m.in_proj_weight[i * E:(i + 1) * E] for i in range(3))
+        w_q, w_k, w_v = (m.in_proj_weight[i * E : (i + 1) * E] for i in range(3))
     else:
         w_q, w_k, w_v = m.q_proj_weight, m.k_proj_weight, m.v_proj_weight
     d = dict(w_q=w_q, w_k=w_k, w_v=w_v, w_o=m.out_proj.weight)
     if m.in_proj_bias is not None:
-        d.update(b_q=m.in_proj_bias[:E], b_k=m.in_proj_bias[E:2 * E], b_v=m.in_proj_bias[2 * E:],
-                 b_o=m.out_proj.bias)
+        d.update(
+            b_q=m.in_proj_bias[:E], b_k=m.in_proj_bias[E : 2 * E], b_v=m.in_proj_bias[2 * E :], b_o=m.out_proj.bias
+        )
     return {k: v.detach().numpy() for k, v in d.items()}
 
 
@@ -112,8 +113,9 @@ def test_per_head_weights(rng):
     m = make_mha(E, H)
     x, mem = randn(rng, 2, 6, E), randn(rng, 2, 8, E)
     _, wts = run_torch(m, x, mem, mem, average_attn_weights=False)
-    _, w = F.multi_head_attention(x, mem, mem, num_heads=H, need_weights=True, average_attn_weights=False,
-                                  **weights_of(m))
+    _, w = F.multi_head_attention(
+        x, mem, mem, num_heads=H, need_weights=True, average_attn_weights=False, **weights_of(m)
+    )
     assert w.shape == (2, H, 6, 8)
     close(w, wts)
 
@@ -135,6 +137,8 @@ def test_float64_inputs_are_converted(rng):
     x = randn(rng, 1, 4, E)
     want, _ = run_torch(m, x, x, x)
     w64 = {k: v.astype(np.float64) for k, v in weights_of(m).items()}
-    got, _ = F.multi_head_attention(x.astype(np.float64), x.astype(np.float64), x.astype(np.float64), num_heads=H, **w64)
+    got, _ = F.multi_head_attention(
+        x.astype(np.float64), x.astype(np.float64), x.astype(np.float64), num_heads=H, **w64
+    )
     assert got.dtype == np.float32
     close(got, want)

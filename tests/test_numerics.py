@@ -1,5 +1,6 @@
 """Large scores: softmax, log-softmax, layer norm and attention stay finite (and right) for inputs up to 1e4 in
 magnitude, on every kernel set -- the max is subtracted before exp, layer norm works on centred values."""
+
 import numpy as np
 import pytest
 

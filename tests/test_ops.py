@@ -1,11 +1,11 @@
 """softmax, log_softmax, layer_norm and activations against float64 references on every ISA path."""
+
 import numpy as np
 import pytest
-
-from pyattn import functional as F
-
 import reference as ref
 from conftest import randn
+
+from pyattn import functional as F
 
 LENGTHS = [1, 3, 7, 17, 63, 65, 127, 129, 513, 1000]
 
@@ -51,8 +51,9 @@ def test_layer_norm(isa, rng, n):
     x, w, b = randn(rng, 6, n, scale=2.0), randn(rng, n), randn(rng, n)
     np.testing.assert_allclose(F.layer_norm(x, w, b), ref.layer_norm(x, w, b), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(F.layer_norm(x), ref.layer_norm(x), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(F.layer_norm(x, w, None, eps=1e-3), ref.layer_norm(x, w, None, 1e-3), rtol=1e-4,
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        F.layer_norm(x, w, None, eps=1e-3), ref.layer_norm(x, w, None, 1e-3), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_layer_norm_large_offset_keeps_the_variance(isa, rng):
@@ -84,6 +85,7 @@ def test_activations_extremes(isa):
 
 def test_multithreaded_rows_equal_single(rng, restore_threads):
     import pyattn
+
     x = randn(rng, 300, 513)
     outs = []
     for n in (1, 2):
@@ -95,8 +97,9 @@ def test_multithreaded_rows_equal_single(rng, restore_threads):
 
 def test_layer_norm_with_residual(isa, rng):
     x, r, w, b = randn(rng, 7, 129), randn(rng, 7, 129), randn(rng, 129), randn(rng, 129)
-    np.testing.assert_allclose(F.layer_norm(x, w, b, residual=r), ref.layer_norm(x.astype(np.float64) + r, w, b),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        F.layer_norm(x, w, b, residual=r), ref.layer_norm(x.astype(np.float64) + r, w, b), rtol=1e-4, atol=1e-4
+    )
     with pytest.raises(ValueError, match="residual"):
         F.layer_norm(x, w, b, residual=r[:, :5])
 

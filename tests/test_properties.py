@@ -1,11 +1,11 @@
 """Property tests on random shapes (hypothesis)."""
+
 import numpy as np
+import reference as ref
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyattn import functional as F
-
-import reference as ref
 
 dims = st.integers(1, 70)
 
@@ -23,8 +23,12 @@ def test_matmul_matches_float64(M, K, N, batch, seed):
 
 
 @settings(max_examples=40, deadline=None)
-@given(rows=st.integers(1, 5), n=st.integers(1, 300), scale=st.sampled_from([1e-3, 1.0, 30.0, 1e4]),
-       seed=st.integers(0, 2**31))
+@given(
+    rows=st.integers(1, 5),
+    n=st.integers(1, 300),
+    scale=st.sampled_from([1e-3, 1.0, 30.0, 1e4]),
+    seed=st.integers(0, 2**31),
+)
 def test_softmax_rows_are_distributions(rows, n, scale, seed):
     x = (np.random.default_rng(seed).standard_normal((rows, n)) * scale).astype(np.float32)
     y = F.softmax(x)
@@ -34,9 +38,16 @@ def test_softmax_rows_are_distributions(rows, n, scale, seed):
 
 
 @settings(max_examples=30, deadline=None)
-@given(B=st.integers(1, 2), H=st.integers(1, 3), Lq=st.integers(1, 60), Lk=st.integers(1, 80),
-       D=st.sampled_from([1, 3, 8, 16, 33, 64]), causal=st.booleans(), p_mask=st.sampled_from([0.0, 0.3, 0.9, 1.0]),
-       seed=st.integers(0, 2**31))
+@given(
+    B=st.integers(1, 2),
+    H=st.integers(1, 3),
+    Lq=st.integers(1, 60),
+    Lk=st.integers(1, 80),
+    D=st.sampled_from([1, 3, 8, 16, 33, 64]),
+    causal=st.booleans(),
+    p_mask=st.sampled_from([0.0, 0.3, 0.9, 1.0]),
+    seed=st.integers(0, 2**31),
+)
 def test_attention_matches_reference(B, H, Lq, Lk, D, causal, p_mask, seed):
     rng = np.random.default_rng(seed)
     q, k, v = (rng.standard_normal(s).astype(np.float32) for s in ((B, H, Lq, D), (B, H, Lk, D), (B, H, Lk, D)))

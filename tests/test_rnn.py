@@ -1,4 +1,5 @@
 """pyattn.nn.GRU against torch.nn.GRU with the same weights, on every ISA."""
+
 import numpy as np
 import pytest
 
@@ -16,9 +17,17 @@ def torch_gru(I, H, layers=1, bidirectional=False, seed=0, scale=1.0):
     return g.eval()
 
 
-@pytest.mark.parametrize("I,H,layers,bidir,B,T", [(1, 1, 1, False, 1, 1), (7, 5, 1, False, 3, 4), (16, 33, 2, False, 2, 9),
-                                                  (12, 24, 2, True, 3, 6), (64, 128, 1, False, 5, 17),
-                                                  (256, 256, 1, False, 1, 10)])
+@pytest.mark.parametrize(
+    "I,H,layers,bidir,B,T",
+    [
+        (1, 1, 1, False, 1, 1),
+        (7, 5, 1, False, 3, 4),
+        (16, 33, 2, False, 2, 9),
+        (12, 24, 2, True, 3, 6),
+        (64, 128, 1, False, 5, 17),
+        (256, 256, 1, False, 1, 10),
+    ],
+)
 def test_gru_matches_torch(isa, rng, I, H, layers, bidir, B, T):
     g = torch_gru(I, H, layers, bidir)
     x = rng.standard_normal((B, T, I)).astype(np.float32)
@@ -53,7 +62,7 @@ def test_gru_step_by_step_equals_sequence(rng):
     out, h = g(x)
     hs, steps = None, []
     for t in range(7):
-        o, hs = g(x[:, t: t + 1], hs)
+        o, hs = g(x[:, t : t + 1], hs)
         steps.append(o)
     np.testing.assert_allclose(np.concatenate(steps, 1), out, atol=1e-6)
     np.testing.assert_allclose(hs, h, atol=1e-6)

@@ -1,15 +1,15 @@
 """Attention score functions (dot, scaled_dot, cosine, general, concat, additive), soft and hard attention,
 nn.Attention and the heat-map plot, against float64 numpy references written here from the definitions,
 and the tutorial's BahdanauAttention in PyTorch. Every ISA path; odd sizes that do not fill a vector."""
+
 import numpy as np
 import pytest
+from conftest import randn
 
 import pyattn
 from pyattn import _core
 from pyattn import functional as F
 from pyattn.nn import Attention, PreparedKeys
-
-from conftest import randn
 
 EPS = float(np.finfo(np.float32).eps)
 SCORES = ["dot", "scaled_dot", "cosine", "general", "concat", "additive"]
@@ -30,8 +30,9 @@ def unit(x):
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-8)
 
 
-def ref_scores(q, k, score, w=None, w_q=None, b_q=None, w_k=None, b_k=None, v=None, v_bias=0.0, b=None,
-               scale=None, absolute=False):
+def ref_scores(
+    q, k, score, w=None, w_q=None, b_q=None, w_k=None, b_k=None, v=None, v_bias=0.0, b=None, scale=None, absolute=False
+):
     """(B, Lq, Lk) float64 scores from the definitions. absolute=True: the same sums over |terms| (with
     tanh' <= 1 standing for tanh), the magnitude that float32 rounding errors scale with."""
     q, k, w, w_q, b_q, w_k, b_k, v, b = map(f64, (q, k, w, w_q, b_q, w_k, b_k, v, b))
@@ -48,12 +49,18 @@ def ref_scores(q, k, score, w=None, w_q=None, b_q=None, w_k=None, b_k=None, v=No
         return ab(q) @ ab(w) @ T(ab(k))
     B, Lq, Lk = q.shape[0], q.shape[1], k.shape[1]
     if score == "concat":  # W [q_i; k_j] + b for every pair, concatenated for real
-        pairs = np.concatenate([np.broadcast_to(q[:, :, None, :], (B, Lq, Lk, q.shape[-1])),
-                                np.broadcast_to(k[:, None, :, :], (B, Lq, Lk, k.shape[-1]))], axis=-1)
+        pairs = np.concatenate(
+            [
+                np.broadcast_to(q[:, :, None, :], (B, Lq, Lk, q.shape[-1])),
+                np.broadcast_to(k[:, None, :, :], (B, Lq, Lk, k.shape[-1])),
+            ],
+            axis=-1,
+        )
         pre = ab(pairs) @ ab(w).T + (0.0 if b is None else ab(b))
     else:
-        pre = ((ab(q) @ ab(w_q).T + (0.0 if b_q is None else ab(b_q)))[:, :, None, :]
-               + (ab(k) @ ab(w_k).T + (0.0 if b_k is None else ab(b_k)))[:, None, :, :])
+        pre = (ab(q) @ ab(w_q).T + (0.0 if b_q is None else ab(b_q)))[:, :, None, :] + (
+            ab(k) @ ab(w_k).T + (0.0 if b_k is None else ab(b_k))
+        )[:, None, :, :]
     return act(pre) @ ab(v) + (abs(v_bias) if absolute else v_bias)
 
 
@@ -91,12 +98,21 @@ def make_weights(rng, score, Dq, Dk, H, scale=1.0):
     if score == "general":
         return {"w": randn(rng, Dq, Dk, scale=scale / np.sqrt(Dk))}
     if score == "concat":
-        return {"w": randn(rng, H, Dq + Dk, scale=scale / np.sqrt(Dq + Dk)), "b": randn(rng, H, scale=0.1),
-                "v": randn(rng, H, scale=1 / np.sqrt(H)), "v_bias": 0.25}
+        return {
+            "w": randn(rng, H, Dq + Dk, scale=scale / np.sqrt(Dq + Dk)),
+            "b": randn(rng, H, scale=0.1),
+            "v": randn(rng, H, scale=1 / np.sqrt(H)),
+            "v_bias": 0.25,
+        }
     if score == "additive":
-        return {"w_q": randn(rng, H, Dq, scale=scale / np.sqrt(Dq)), "b_q": randn(rng, H, scale=0.1),
-                "w_k": randn(rng, H, Dk, scale=scale / np.sqrt(Dk)), "b_k": randn(rng, H, scale=0.1),
-                "v": randn(rng, H, scale=1 / np.sqrt(H)), "v_bias": -0.5}
+        return {
+            "w_q": randn(rng, H, Dq, scale=scale / np.sqrt(Dq)),
+            "b_q": randn(rng, H, scale=0.1),
+            "w_k": randn(rng, H, Dk, scale=scale / np.sqrt(Dk)),
+            "b_k": randn(rng, H, scale=0.1),
+            "v": randn(rng, H, scale=1 / np.sqrt(H)),
+            "v_bias": -0.5,
+        }
     if score == "scaled_dot":
         return {"scale": None}
     return {}
@@ -144,8 +160,14 @@ def test_additive_kernel_every_remainder(isa, rng, H, Lk):
 def test_tanh_accuracy_in_every_lane(isa):
     # one-hot v reads tanh(qp + kp) of one lane: full vectors (W = 8, 16) and the tail, over the whole
     # range (tiny, moderate, saturated arguments), within 2 float32 ulps of 1 absolute
-    x = np.concatenate([np.linspace(-12, 12, 4001), np.geomspace(1e-8, 20, 500), -np.geomspace(1e-8, 20, 500),
-                        [0.0, 1e4, -1e4, 3e38, -3e38]]).astype(np.float32)
+    x = np.concatenate(
+        [
+            np.linspace(-12, 12, 4001),
+            np.geomspace(1e-8, 20, 500),
+            -np.geomspace(1e-8, 20, 500),
+            [0.0, 1e4, -1e4, 3e38, -3e38],
+        ]
+    ).astype(np.float32)
     for H in (16, 19):
         qp = np.zeros((1, len(x), H), np.float32)
         kp = np.zeros((1, 1, H), np.float32)
@@ -191,11 +213,14 @@ def test_batch_and_thread_invariance(isa, threads, rng):
     qp, kp, v = randn(rng, 5, 3, 37), randn(rng, 5, 29, 37), randn(rng, 37)
     full = _core.additive_scores(qp, kp, v, 0.5)
     for b in range(5):
-        np.testing.assert_array_equal(_core.additive_scores(qp[b:b + 1], kp[b:b + 1], v, 0.5), full[b:b + 1])
-        np.testing.assert_array_equal(_core.additive_scores(qp[b:b + 1, 1:2], kp[b:b + 1], v, 0.5), full[b:b + 1, 1:2])
+        np.testing.assert_array_equal(_core.additive_scores(qp[b : b + 1], kp[b : b + 1], v, 0.5), full[b : b + 1])
+        np.testing.assert_array_equal(
+            _core.additive_scores(qp[b : b + 1, 1:2], kp[b : b + 1], v, 0.5), full[b : b + 1, 1:2]
+        )
         for j in (0, 5, 27):
-            np.testing.assert_array_equal(_core.additive_scores(qp[b:b + 1], kp[b:b + 1, j:j + 2], v, 0.5),
-                                          full[b:b + 1, :, j:j + 2])
+            np.testing.assert_array_equal(
+                _core.additive_scores(qp[b : b + 1], kp[b : b + 1, j : j + 2], v, 0.5), full[b : b + 1, :, j : j + 2]
+            )
 
 
 def test_additive_matches_tanh_of_the_projections(rng):
@@ -203,8 +228,9 @@ def test_additive_matches_tanh_of_the_projections(rng):
     q, k = randn(rng, 2, 4, 10), randn(rng, 2, 6, 12)
     wts = make_weights(rng, "additive", 10, 12, 16)
     qp, kp = F.linear(q, wts["w_q"], wts["b_q"]), F.linear(k, wts["w_k"], wts["b_k"])
-    np.testing.assert_array_equal(F.attention_scores(q, k, score="additive", **wts),
-                                  _core.additive_scores(qp, kp, wts["v"], wts["v_bias"]))
+    np.testing.assert_array_equal(
+        F.attention_scores(q, k, score="additive", **wts), _core.additive_scores(qp, kp, wts["v"], wts["v_bias"])
+    )
 
 
 @pytest.mark.parametrize("score", ["cosine", "general", "concat", "additive"])
@@ -233,8 +259,9 @@ def test_keys_projected_equals_projecting_inside(isa, rng, score, unbatched):
 
 def test_explicit_scale_and_cosine_eps(rng):
     q, k = randn(rng, 2, 3, 8), randn(rng, 2, 4, 8)
-    np.testing.assert_allclose(F.attention_scores(q, k, score="scaled_dot", scale=0.37),
-                               ref_scores(q, k, "dot") * 0.37, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        F.attention_scores(q, k, score="scaled_dot", scale=0.37), ref_scores(q, k, "dot") * 0.37, rtol=1e-5, atol=1e-6
+    )
     # a zero query has cosine 0 with everything (eps in the norms), not NaN
     q[0, 1] = 0.0
     s = F.attention_scores(q, k, score="cosine")
@@ -265,7 +292,7 @@ def masks(rng, kind, B, Lq, Lk):
         return m, None
     if kind == "padding":
         kp = np.zeros((B, Lk), dtype=bool)
-        kp[:, Lk // 2 + 1:] = True  # the tail of each source is padding
+        kp[:, Lk // 2 + 1 :] = True  # the tail of each source is padding
         kp[0] = True  # batch 0: every key is padding
         return None, kp
     if kind == "padding_float":
@@ -274,7 +301,7 @@ def masks(rng, kind, B, Lq, Lk):
     if kind == "both":
         m = rng.random((Lq, Lk)) < 0.3
         kp = np.zeros((B, Lk), dtype=bool)
-        kp[-1, :Lk - 1] = True
+        kp[-1, : Lk - 1] = True
         return m, kp
     raise AssertionError(kind)
 
@@ -291,8 +318,9 @@ def test_attention_all_isas(isa, rng, score, mask_kind, hard, B, Lq, Lk, H):
     q, k, v = randn(rng, B, Lq, Dq), randn(rng, B, Lk, Dk), randn(rng, B, Lk, 11)
     wts = make_weights(rng, score, Dq, Dk, H)
     mask, kpm = masks(rng, mask_kind, B, Lq, Lk)
-    ctx, weights = F.attention(q, k, v, score=score, mask=mask, key_padding_mask=kpm, hard=hard, need_weights=True,
-                               **wts)
+    ctx, weights = F.attention(
+        q, k, v, score=score, mask=mask, key_padding_mask=kpm, hard=hard, need_weights=True, **wts
+    )
     # masks, softmax / arg max and the context, from pyattn's float32 scores (checked against float64 above):
     # the arg max of float32 and float64 scores may differ between near ties, and softmax amplifies the
     # scores' rounding by their magnitude
@@ -319,8 +347,9 @@ def test_attention_all_isas(isa, rng, score, mask_kind, hard, B, Lq, Lk, H):
     if mask_kind in ("bool2d", "bool3d", "float", "padding"):
         assert not live[0, 0]
     # need_weights=False returns the context alone
-    np.testing.assert_array_equal(F.attention(q, k, v, score=score, mask=mask, key_padding_mask=kpm, hard=hard,
-                                              **wts), ctx)
+    np.testing.assert_array_equal(
+        F.attention(q, k, v, score=score, mask=mask, key_padding_mask=kpm, hard=hard, **wts), ctx
+    )
 
 
 def test_attention_unbatched(rng):
@@ -441,7 +470,7 @@ def test_bahdanau_matches_the_pytorch_tutorial(isa, rng, B, Lk, H):
     assert attn.v_bias == pytest.approx(float(ref.Va.bias))
     keys = randn(rng, B, Lk, H)
     prepared = attn.prepare(keys)
-    for step in range(3):  # decoding: new query, same prepared keys
+    for _step in range(3):  # decoding: new query, same prepared keys
         query = randn(rng, B, 1, H)
         with torch.inference_mode():
             want_ctx, want_w = ref(torch.from_numpy(query), torch.from_numpy(keys))
@@ -451,8 +480,18 @@ def test_bahdanau_matches_the_pytorch_tutorial(isa, rng, B, Lk, H):
         np.testing.assert_allclose(ctx, want_ctx.numpy(), rtol=0, atol=1e-5)
     # the same through the functional API, keys projected by the caller
     kp = F.project_keys(keys, score="additive", w_k=attn.w_k, b_k=attn.b_k)
-    ctx2, w2 = F.attention(query, None, keys, score="additive", keys_projected=kp, w_q=attn.w_q, b_q=attn.b_q,
-                           v=attn.v, v_bias=attn.v_bias, need_weights=True)
+    ctx2, w2 = F.attention(
+        query,
+        None,
+        keys,
+        score="additive",
+        keys_projected=kp,
+        w_q=attn.w_q,
+        b_q=attn.b_q,
+        v=attn.v,
+        v_bias=attn.v_bias,
+        need_weights=True,
+    )
     np.testing.assert_allclose(w2, want_w.numpy(), rtol=0, atol=1e-5)
     np.testing.assert_allclose(ctx2, want_ctx.numpy(), rtol=0, atol=1e-5)
 
@@ -506,8 +545,10 @@ def test_module_named_weights_and_errors(rng):
 # ---------------------------------------------------------------------------------------------------
 # errors: NaN / inf, shapes, dtypes, missing weights
 # ---------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("score,where", [(s, w) for s in SCORES for w in ("q", "k", "weight")
-                                          if w != "weight" or s in ("general", "concat", "additive")])
+@pytest.mark.parametrize(
+    "score,where",
+    [(s, w) for s in SCORES for w in ("q", "k", "weight") if w != "weight" or s in ("general", "concat", "additive")],
+)
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_inputs_are_refused(isa, rng, score, where, bad):
     Dq, Dk = dims(score, 9)
@@ -587,8 +628,11 @@ def test_wrong_weights_and_shapes(rng):
         F.attention_scores(q, k, score="dot")
     with pytest.raises(ValueError, match="uses the keys as they are"):
         F.attention_scores(q, q, score="dot", keys_projected=q)
-    with pytest.raises(ValueError, match=r"expected keys_projected \(k @ w_k.T \+ b_k\) of shape \(B, Lk, H\) = "
-                                         r"\(2, 5, 7\), got \(2, 5, 6\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"expected keys_projected \(k @ w_k.T \+ b_k\) of shape \(B, Lk, H\) = "
+        r"\(2, 5, 7\), got \(2, 5, 6\)",
+    ):
         F.attention_scores(q, k, score="additive", keys_projected=randn(rng, 2, 5, 6), **add)
     with pytest.raises(ValueError, match="projecting keys for score='cosine' takes no weights; got w"):
         F.project_keys(k, score="cosine", w=add["w_k"])
@@ -651,6 +695,7 @@ def test_core_additive_scores_checks(rng):
 def test_plot_writes_a_png_of_the_figure_size(tmp_path, rng):
     pytest.importorskip("matplotlib")
     import matplotlib.image as mpimg
+
     from pyattn import plot
 
     w = F.softmax(randn(rng, 6, 9))

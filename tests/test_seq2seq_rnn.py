@@ -1,5 +1,6 @@
 """pyattn.models.Seq2Seq (GRU encoder + Bahdanau attention decoder) against the PyTorch tutorial's modules with the
 same weights: identical greedy outputs, log-probabilities, attention weights and states within 1e-4."""
+
 import json
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import torch_seq2seq as ref  # noqa: E402
+
 from pyattn.models import Seq2Seq  # noqa: E402
 
 EOS = 1
@@ -81,8 +83,9 @@ def test_attention_heat_map(pair, rng, tmp_path):
 
     _, _, model = pair
     t = model.greedy(sources(rng, 1))
-    fig = plot.attention(t.attentions[0], [f"s{i}" for i in range(7)], [f"t{i}" for i in range(len(t.ids[0]))],
-                         tmp_path / "attn.png")
+    fig = plot.attention(
+        t.attentions[0], [f"s{i}" for i in range(7)], [f"t{i}" for i in range(len(t.ids[0]))], tmp_path / "attn.png"
+    )
     assert (tmp_path / "attn.png").stat().st_size > 1000
     assert fig is not None
 

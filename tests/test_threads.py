@@ -1,6 +1,7 @@
 """Concurrency: every call releases the GIL, so Python threads really run pyattn at the same time. The same model
 called from 4 threads at once must give exactly the single-threaded results; changing the OpenMP thread count
 while others compute must corrupt nothing; 1 and 2 OpenMP threads agree within float rounding."""
+
 import threading
 
 import numpy as np
@@ -8,17 +9,25 @@ import pytest
 
 import pyattn
 from pyattn import functional as F
-from pyattn.nn import (FeedForward, LayerNorm, MultiHeadAttention, TransformerEncoder, TransformerEncoderLayer)
+from pyattn.nn import FeedForward, LayerNorm, MultiHeadAttention, TransformerEncoder, TransformerEncoderLayer
 
 
 def encoder(rng, d=64, heads=4, layers=2, ff=128):
     def w(*s):
         return (rng.standard_normal(s) * 0.1).astype(np.float32)
 
-    return TransformerEncoder([TransformerEncoderLayer(
-        MultiHeadAttention(heads, w(d, d), w(d, d), w(d, d), w(d, d), w(d), w(d), w(d), w(d)),
-        FeedForward(w(ff, d), w(ff), w(d, ff), w(d), "gelu"),
-        LayerNorm(1 + w(d), w(d)), LayerNorm(1 + w(d), w(d)), norm_first=bool(i % 2)) for i in range(layers)])
+    return TransformerEncoder(
+        [
+            TransformerEncoderLayer(
+                MultiHeadAttention(heads, w(d, d), w(d, d), w(d, d), w(d, d), w(d), w(d), w(d), w(d)),
+                FeedForward(w(ff, d), w(ff), w(d, ff), w(d), "gelu"),
+                LayerNorm(1 + w(d), w(d)),
+                LayerNorm(1 + w(d), w(d)),
+                norm_first=bool(i % 2),
+            )
+            for i in range(layers)
+        ]
+    )
 
 
 def run_in_threads(fn, args_list):
@@ -74,11 +83,18 @@ def test_kernels_from_four_threads_are_exact(rng):
     k = rng.standard_normal((2, 3, 70, 16)).astype(np.float32)
 
     def call(x, qq):
-        return [(F.matmul(x, b), F.softmax(x), F.layer_norm(x), F.scaled_dot_product_attention(qq, k, k, is_causal=True))
-                for _ in range(30)]
+        return [
+            (F.matmul(x, b), F.softmax(x), F.layer_norm(x), F.scaled_dot_product_attention(qq, k, k, is_causal=True))
+            for _ in range(30)
+        ]
 
     for i, got in enumerate(run_in_threads(call, list(zip(a, q)))):
-        ref = (F.matmul(a[i], b), F.softmax(a[i]), F.layer_norm(a[i]), F.scaled_dot_product_attention(q[i], k, k, is_causal=True))
+        ref = (
+            F.matmul(a[i], b),
+            F.softmax(a[i]),
+            F.layer_norm(a[i]),
+            F.scaled_dot_product_attention(q[i], k, k, is_causal=True),
+        )
         for g in got:
             for x, y in zip(g, ref):
                 np.testing.assert_array_equal(x, y)
@@ -141,6 +157,7 @@ def test_one_and_two_openmp_threads_agree(rng, restore_threads, what):
         def run():
             state = w.init_state(memory)
             return w.decode(np.array([[50257, 50362, 383]]), state)
+
     out = {}
     for n in (1, 2):
         pyattn.set_num_threads(n)

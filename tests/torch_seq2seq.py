@@ -1,5 +1,6 @@
 """The documents' recurrent translator in plain PyTorch -- EncoderRNN, BahdanauAttention, AttnDecoderRNN as the
 PyTorch seq2seq tutorial defines them -- the reference pyattn.models.Seq2Seq is tested and benchmarked against."""
+
 import torch
 from torch import nn
 from torch.nn import functional as F

@@ -67,9 +67,8 @@ py::object sdpa(const py::array& q, const py::array& k, const py::array& v, cons
         value_error("expected k of shape (" + std::to_string(B) + ", " + std::to_string(H) + ", Lk, " +
                     std::to_string(D) + ") to match q " + shape_str(q) + ", got " + shape_str(k));
     if (v.shape(0) != B || v.shape(1) != H || v.shape(2) != Lk)
-        value_error("expected v of shape (" + std::to_string(B) + ", " + std::to_string(H) + ", " +
-                    std::to_string(Lk) + ", Dv) to match q " + shape_str(q) + " and k " + shape_str(k) + ", got " +
-                    shape_str(v));
+        value_error("expected v of shape (" + std::to_string(B) + ", " + std::to_string(H) + ", " + std::to_string(Lk) +
+                    ", Dv) to match q " + shape_str(q) + " and k " + shape_str(k) + ", got " + shape_str(v));
     float sc;
     if (scale.is_none()) {
         sc = 1.0f / std::sqrt(static_cast<float>(D));

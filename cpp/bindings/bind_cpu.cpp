@@ -26,8 +26,7 @@ void bind_cpu(py::module_& m) {
         },
         "CPU features detected with cpuid (and OS support for the wider registers).");
     m.def("available_isas", &cpu::available_isas, "Kernel sets this CPU can run, best last.");
-    m.def(
-        "get_isa", [] { return std::string(cpu::active().name); }, "Name of the kernel set in use.");
+    m.def("get_isa", [] { return std::string(cpu::active().name); }, "Name of the kernel set in use.");
     m.def(
         "set_isa",
         [](const std::string& name) {

@@ -79,8 +79,9 @@ public:
         }
         py::gil_scoped_release nogil;
         if (half)
-            packed_ = std::make_unique<gemm::PackedMatrix>(w_half ? static_cast<const uint16_t*>(weight.data()) : nullptr,
-                                                           w_half ? nullptr : f32(weight), K_, K_, N_, cpu::active());
+            packed_ =
+                std::make_unique<gemm::PackedMatrix>(w_half ? static_cast<const uint16_t*>(weight.data()) : nullptr,
+                                                     w_half ? nullptr : f32(weight), K_, K_, N_, cpu::active());
         else
             packed_ = std::make_unique<gemm::PackedMatrix>(w_half ? widened.data() : f32(weight), K_, true, K_, N_,
                                                            cpu::active());
@@ -251,8 +252,8 @@ void bind_gemm(py::module_& m) {
                              "so each call packs only its activations. weight (out_features, in_features) float32.")
         .def(py::init<const py::array&, const py::object&, const std::string&>(), py::arg("weight"),
              py::arg("bias") = py::none(), py::arg("storage") = "")
-        .def("__call__", &PackedLinear::call, py::arg("x"), py::arg("activation") = "none",
-             py::arg("out") = py::none(), "act(x @ weight.T + bias) for x (..., in_features) float32 C-contiguous.")
+        .def("__call__", &PackedLinear::call, py::arg("x"), py::arg("activation") = "none", py::arg("out") = py::none(),
+             "act(x @ weight.T + bias) for x (..., in_features) float32 C-contiguous.")
         .def("weight", &PackedLinear::weight, "The weight (out_features, in_features), unpacked into a new array.")
         .def_property_readonly("bias", &PackedLinear::bias, "A copy of the bias, or None.")
         .def_property_readonly("in_features", &PackedLinear::in_features)

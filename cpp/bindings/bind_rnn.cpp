@@ -100,9 +100,8 @@ void bind_rnn(py::module_& m) {
                          "One direction of one GRU layer (PyTorch's gates r, z, n), its weights packed once:\n"
                          "the input projection of every step is one GEMM, each step one packed GEMM of the\n"
                          "batch's states and the fused gate kernel.")
-        .def(py::init<const py::array&, const py::array&, const py::object&, const py::object&>(),
-             py::arg("weight_ih"), py::arg("weight_hh"), py::arg("bias_ih") = py::none(),
-             py::arg("bias_hh") = py::none())
+        .def(py::init<const py::array&, const py::array&, const py::object&, const py::object&>(), py::arg("weight_ih"),
+             py::arg("weight_hh"), py::arg("bias_ih") = py::none(), py::arg("bias_hh") = py::none())
         .def("__call__", &GRULayer::call, py::arg("x"), py::arg("h0") = py::none(), py::arg("reverse") = false,
              "x (batch, seq, input_size), h0 (batch, hidden) or None -> (output (batch, seq, hidden), h_n)")
         .def_property_readonly("input_size", &GRULayer::input_size)

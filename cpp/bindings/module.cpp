@@ -28,15 +28,12 @@ std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::
 void value_error(const std::string& msg) { throw py::value_error(msg); }
 void type_error(const std::string& msg) { throw py::type_error(msg); }
 
-
 void require_ndim(const py::array& a, int ndim, const char* name, const char* what) {
-    if (a.ndim() != ndim)
-        value_error(std::string("expected ") + name + " of shape " + what + ", got " + shape_str(a));
+    if (a.ndim() != ndim) value_error(std::string("expected ") + name + " of shape " + what + ", got " + shape_str(a));
 }
 
 void require_min_ndim(const py::array& a, int ndim, const char* name, const char* what) {
-    if (a.ndim() < ndim)
-        value_error(std::string("expected ") + name + " of shape " + what + ", got " + shape_str(a));
+    if (a.ndim() < ndim) value_error(std::string("expected ") + name + " of shape " + what + ", got " + shape_str(a));
 }
 
 void require_nonempty(const py::array& a, const char* name) {
@@ -140,7 +137,7 @@ namespace {
 // page fault (and the kernel's page clearing) per 4 KiB touched -- about 6% of a BERT batch.
 class BlockCache {
 public:
-    static constexpr std::size_t kMinBytes = 1 << 20;   // smaller arrays: numpy's allocator is fine
+    static constexpr std::size_t kMinBytes = 1 << 20;  // smaller arrays: numpy's allocator is fine
     static constexpr std::size_t kMaxCached = 128u << 20;
 
     void* get(std::size_t bytes) {
@@ -232,9 +229,10 @@ std::size_t release_cached_memory() {
 }  // namespace pyattn::bind
 
 PYBIND11_MODULE(_core, m) {
-    m.doc() = "pyattn's C++ core: SIMD/OpenMP GEMM, softmax, layer norm, activations and fused attention.\n"
-              "Functions here take float32 arrays as they are and refuse anything else; pyattn.functional\n"
-              "is the user-facing layer that converts and documents.";
+    m.doc() =
+        "pyattn's C++ core: SIMD/OpenMP GEMM, softmax, layer norm, activations and fused attention.\n"
+        "Functions here take float32 arrays as they are and refuse anything else; pyattn.functional\n"
+        "is the user-facing layer that converts and documents.";
     m.def("release_memory", &pyattn::bind::release_cached_memory,
           "Frees the cache of large result blocks (kept for reuse between calls, at most 128 MiB) and returns the\n"
           "allocator's free pages to the system. Returns the bytes of cached blocks freed.");

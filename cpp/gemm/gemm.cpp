@@ -21,8 +21,7 @@ void store_partial(const float* tile, int nr, int64_t m, int64_t n, float* c, in
             c[i * ldc + j] = beta == 0.0f ? tile[i * nr + j] : tile[i * nr + j] + beta * c[i * ldc + j];
 }
 
-void apply_epilogue(const KernelSet& ks, const Epilogue& ep, float* c, int64_t ldc, int64_t m, int64_t n,
-                    int64_t col) {
+void apply_epilogue(const KernelSet& ks, const Epilogue& ep, float* c, int64_t ldc, int64_t m, int64_t n, int64_t col) {
     if (!ep.bias && ep.act == kernels::Activation::none) return;
     const float* bias = ep.bias ? ep.bias + col : nullptr;
     for (int64_t i = 0; i < m; ++i) ks.bias_act(c + i * ldc, c + i * ldc, bias, n, ep.act);
@@ -66,8 +65,8 @@ struct Problem {
     int64_t M, N, K;
     const float* A;
     int64_t lda;
-    BRef B;                        // when not prepacked
-    const PackedMatrix* packed;    // or this
+    BRef B;                      // when not prepacked
+    const PackedMatrix* packed;  // or this
     float* C;
     int64_t ldc;
     float beta;
@@ -275,8 +274,8 @@ void run(const KernelSet& ks, const Problem& P, int nthreads) {
 
 }  // namespace
 
-void sgemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, BRef B, float* C, int64_t ldc,
-           float beta, const Epilogue& ep, int nthreads) {
+void sgemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, BRef B, float* C, int64_t ldc, float beta,
+           const Epilogue& ep, int nthreads) {
     run(cpu::active(), Problem{M, N, K, A, lda, B, nullptr, C, ldc, beta, ep}, nthreads);
 }
 
@@ -285,8 +284,8 @@ void sgemm(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, float*
     run(B.kernels(), Problem{M, B.N(), B.K(), A, lda, BRef{nullptr, 0, false}, &B, C, ldc, beta, ep}, nthreads);
 }
 
-void sgemm_batched(int64_t batch, int64_t M, int64_t N, int64_t K, const float* A, const int64_t* a_off,
-                   int64_t lda, BRef B, const int64_t* b_off, float* C, int64_t c_stride, int64_t ldc) {
+void sgemm_batched(int64_t batch, int64_t M, int64_t N, int64_t K, const float* A, const int64_t* a_off, int64_t lda,
+                   BRef B, const int64_t* b_off, float* C, int64_t c_stride, int64_t ldc) {
     const KernelSet& ks = cpu::active();
     const double flops = 2.0 * M * N * K;
     const int nt = omp_in_parallel() ? 1 : cpu::threads_for(flops * batch);
@@ -295,13 +294,17 @@ void sgemm_batched(int64_t batch, int64_t M, int64_t N, int64_t K, const float* 
     if (per_thread) {
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
         for (int64_t i = 0; i < batch; ++i)
-            run(ks, Problem{M, N, K, A + a_off[i], lda, BRef{B.data + b_off[i], B.ld, B.trans}, nullptr,
-                            C + i * c_stride, ldc, 0.0f, {}}, 1);
+            run(ks,
+                Problem{M, N, K, A + a_off[i], lda, BRef{B.data + b_off[i], B.ld, B.trans}, nullptr, C + i * c_stride,
+                        ldc, 0.0f},
+                1);
         return;
     }
     for (int64_t i = 0; i < batch; ++i)
-        run(ks, Problem{M, N, K, A + a_off[i], lda, BRef{B.data + b_off[i], B.ld, B.trans}, nullptr,
-                        C + i * c_stride, ldc, 0.0f, {}}, nt);
+        run(ks,
+            Problem{M, N, K, A + a_off[i], lda, BRef{B.data + b_off[i], B.ld, B.trans}, nullptr, C + i * c_stride, ldc,
+                    0.0f},
+            nt);
 }
 
 }  // namespace pyattn::gemm

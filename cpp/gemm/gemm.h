@@ -39,13 +39,13 @@ constexpr int64_t kSmallM = 8;
 void sgemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, BRef B, float* C, int64_t ldc,
            float beta = 0.0f, const Epilogue& ep = {}, int nthreads = 0);
 
-void sgemm(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, float* C, int64_t ldc,
-           float beta = 0.0f, const Epilogue& ep = {}, int nthreads = 0);
+void sgemm(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, float* C, int64_t ldc, float beta = 0.0f,
+           const Epilogue& ep = {}, int nthreads = 0);
 
 // A batch of GEMMs sharing M, N, K and strides: C_i = A_i B_i with A_i = A + a_off[i], B_i = B.data +
 // b_off[i], C_i = C + i * c_stride. Many small products run one per thread; large ones one at a time
 // with every thread inside.
-void sgemm_batched(int64_t batch, int64_t M, int64_t N, int64_t K, const float* A, const int64_t* a_off,
-                   int64_t lda, BRef B, const int64_t* b_off, float* C, int64_t c_stride, int64_t ldc);
+void sgemm_batched(int64_t batch, int64_t M, int64_t N, int64_t K, const float* A, const int64_t* a_off, int64_t lda,
+                   BRef B, const int64_t* b_off, float* C, int64_t c_stride, int64_t ldc);
 
 }  // namespace pyattn::gemm

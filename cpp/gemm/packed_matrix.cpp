@@ -12,8 +12,7 @@
 namespace pyattn::gemm {
 
 void pack_b(const kernels::KernelSet& ks, const float* b, int64_t ldb, bool trans, int64_t p0, int64_t kc, int64_t j0,
-            int64_t nc, int nr,
-            float* dst, int64_t panel_begin, int64_t panel_end) {
+            int64_t nc, int nr, float* dst, int64_t panel_begin, int64_t panel_end) {
     for (int64_t q = panel_begin; q < panel_end; ++q) {
         float* panel = dst + q * kc * nr;
         const int64_t jq = j0 + q * nr;
@@ -73,8 +72,7 @@ std::vector<Job> block_jobs(const kernels::GemmBlocking& bl, int64_t K, int64_t 
 
 }  // namespace
 
-PackedMatrix::PackedMatrix(const float* b, int64_t ldb, bool trans, int64_t K, int64_t N,
-                           const kernels::KernelSet& ks)
+PackedMatrix::PackedMatrix(const float* b, int64_t ldb, bool trans, int64_t K, int64_t N, const kernels::KernelSet& ks)
     : K_(K), N_(N), ks_(&ks) {
     const auto& bl = ks.blocking;
     const int64_t nr = bl.nr;

@@ -44,11 +44,10 @@ private:
 };
 
 // Packs columns [j0, j0 + nc) x rows [p0, p0 + kc) of B into panels (kc x NR each, zero-padded), the
-// panels numbered from 0 at `dst`; a transposed B goes through the kernel set's pack_bt (register transposes). Only panels [panel_begin, panel_end) are written (for splitting the
-// work between threads).
+// panels numbered from 0 at `dst`; a transposed B goes through the kernel set's pack_bt (register transposes). Only
+// panels [panel_begin, panel_end) are written (for splitting the work between threads).
 void pack_b(const kernels::KernelSet& ks, const float* b, int64_t ldb, bool trans, int64_t p0, int64_t kc, int64_t j0,
-            int64_t nc, int nr,
-            float* dst, int64_t panel_begin, int64_t panel_end);
+            int64_t nc, int nr, float* dst, int64_t panel_begin, int64_t panel_end);
 
 // Packs rows [0, mc) x cols [0, kc) of A (row stride lda) into MR-row panels: element (i, p) of panel r
 // at dst[r * kc * MR + p * MR + i]; rows past mc are zero-filled up to a whole panel.

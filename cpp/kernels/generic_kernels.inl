@@ -38,8 +38,8 @@ inline void store_tile(typename V::reg (&acc)[MR][NV], float* c, int64_t ldc, fl
 }
 
 template <int MR, int NV>
-void micro_kernel(int64_t k, const float* __restrict a, const float* __restrict b, int64_t ldb,
-                  float* __restrict c, int64_t ldc, float beta) {
+void micro_kernel(int64_t k, const float* __restrict a, const float* __restrict b, int64_t ldb, float* __restrict c,
+                  int64_t ldc, float beta) {
     typename V::reg acc[MR][NV];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i)
@@ -89,8 +89,8 @@ void rows_kernel_m(int64_t k, const float* __restrict a, int64_t lda, const BT* 
 }
 
 template <int MR, int NV, class BT = float, int M = MR>
-void rows_kernel_dispatch(int64_t m, int64_t k, const float* a, int64_t lda, const BT* b, int64_t ldb,
-                          float* c, int64_t ldc, float beta) {
+void rows_kernel_dispatch(int64_t m, int64_t k, const float* a, int64_t lda, const BT* b, int64_t ldb, float* c,
+                          int64_t ldc, float beta) {
     if constexpr (M >= 1) {
         if (m == M) return rows_kernel_m<M, NV, BT>(k, a, lda, b, ldb, c, ldc, beta);
         return rows_kernel_dispatch<MR, NV, BT, M - 1>(m, k, a, lda, b, ldb, c, ldc, beta);
@@ -107,8 +107,8 @@ void widen_half(const uint16_t* x, float* y, int64_t n) {
 // Dot-product kernel: C = A W^T (+ beta C) with W rows contiguous; vectorised along k.
 // ---------------------------------------------------------------------------------------------
 template <int MI, int NJ>
-inline void dot_block(int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw, float* c,
-                      int64_t ldc, float beta) {
+inline void dot_block(int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw, float* c, int64_t ldc,
+                      float beta) {
     typename V::reg acc[MI][NJ];
 #pragma GCC unroll 4
     for (int i = 0; i < MI; ++i)
@@ -152,8 +152,8 @@ inline void dot_block(int64_t k, const float* a, int64_t lda, const float* w, in
 // rows), so that W -- the large operand, a weight or the keys -- streams from memory once per kDotRows
 // rows of A instead of once per row.
 template <int MI>
-void dot_rows(int64_t n, int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw, float* c,
-              int64_t ldc, float beta) {
+void dot_rows(int64_t n, int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw, float* c, int64_t ldc,
+              float beta) {
     // Few rows of A leave registers for more W rows: more independent FMA chains and memory streams.
     constexpr int NJ = MI <= 2 ? 4 : 2;
     int64_t j = 0;
@@ -171,8 +171,8 @@ void dot_rows_dispatch(int64_t m, int64_t n, int64_t k, const float* a, int64_t 
     }
 }
 
-void dot_kernel(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw,
-                float* c, int64_t ldc, float beta) {
+void dot_kernel(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw, float* c,
+                int64_t ldc, float beta) {
     for (int64_t i = 0; i < m; i += V::kDotRows) {
         const int64_t mi = m - i < V::kDotRows ? m - i : V::kDotRows;
         dot_rows_dispatch(mi, n, k, a + i * lda, lda, w, ldw, c + i * ldc, ldc, beta);
@@ -355,11 +355,16 @@ inline void bias_act_impl(const float* x, float* y, const float* bias, int64_t n
 
 void bias_act(const float* x, float* y, const float* bias, int64_t n, Activation act) {
     switch (act) {
-        case Activation::none: return bias_act_impl(x, y, bias, n, [](typename V::reg v) { return v; });
-        case Activation::relu: return bias_act_impl(x, y, bias, n, act_relu);
-        case Activation::gelu_erf: return bias_act_impl(x, y, bias, n, act_gelu_erf);
-        case Activation::gelu_tanh: return bias_act_impl(x, y, bias, n, act_gelu_tanh);
-        case Activation::silu: return bias_act_impl(x, y, bias, n, act_silu);
+        case Activation::none:
+            return bias_act_impl(x, y, bias, n, [](typename V::reg v) { return v; });
+        case Activation::relu:
+            return bias_act_impl(x, y, bias, n, act_relu);
+        case Activation::gelu_erf:
+            return bias_act_impl(x, y, bias, n, act_gelu_erf);
+        case Activation::gelu_tanh:
+            return bias_act_impl(x, y, bias, n, act_gelu_tanh);
+        case Activation::silu:
+            return bias_act_impl(x, y, bias, n, act_silu);
     }
 }
 
@@ -381,7 +386,9 @@ void gru_gates(const float* gi, const float* gh, float* h, int64_t n) {
         step(j, [](const float* p) { return V::load(p); }, [](float* p, typename V::reg v) { V::store(p, v); });
     if (j < n) {
         const int64_t r = n - j;
-        step(j, [r](const float* p) { return V::load_n(p, r); }, [r](float* p, typename V::reg v) { V::store_n(p, v, r); });
+        step(
+            j, [r](const float* p) { return V::load_n(p, r); },
+            [r](float* p, typename V::reg v) { V::store_n(p, v, r); });
     }
 }
 

@@ -38,8 +38,8 @@ inline uint16_t float_to_half(float f) {
     const uint32_t ax = x & 0x7fffffffu;
     if (ax >= 0x7f800000u) return sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u : 0u);
     if (ax >= 0x477ff000u) return sign | 0x7c00u;  // rounds to >= 65520: inf
-    if (ax < 0x38800000u) {                         // below the smallest normal half: subnormal or zero
-        if (ax < 0x33000000u) return sign;          // < half of the smallest subnormal
+    if (ax < 0x38800000u) {                        // below the smallest normal half: subnormal or zero
+        if (ax < 0x33000000u) return sign;         // < half of the smallest subnormal
         const uint32_t man = (ax & 0x7fffffu) | 0x800000u;
         const int shift = 126 - static_cast<int>(ax >> 23);  // 14..24
         const uint32_t q = man >> shift, rem = man & ((1u << shift) - 1u), halfway = 1u << (shift - 1);

@@ -24,13 +24,12 @@ enum class Activation : int { none = 0, relu = 1, gelu_erf = 2, gelu_tanh = 3, s
 // C[MR x NR] = A_panel (MR x k) * B_panel (k x NR) + beta * C.
 //   a: packed, element (i, p) at a[p * MR + i];   b: element (p, j) at b[p * ldb + j] (ldb = NR when packed);
 //   c: row-major tile with row stride ldc. Always a full tile: the driver handles edges.
-using MicroKernel = void (*)(int64_t k, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc,
-                             float beta);
+using MicroKernel = void (*)(int64_t k, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc, float beta);
 
 // Small-M path (decoding): C[m x NR] = A (m x k, rows in place, row stride lda) * B (k x NR, row stride ldb)
 // + beta * C, for 1 <= m <= MR. Reads A without packing, so a 1-row GEMV streams B once.
-using RowsKernel = void (*)(int64_t m, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
-                            float* c, int64_t ldc, float beta);
+using RowsKernel = void (*)(int64_t m, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+                            int64_t ldc, float beta);
 
 // The same with B panels stored as IEEE half floats (uint16), widened to float in registers: a decode step
 // reads half the bytes of float weights (models stored in float16 lose nothing: every half is a float).
@@ -39,8 +38,8 @@ using RowsKernelHalf = void (*)(int64_t m, int64_t k, const float* a, int64_t ld
 
 // C[m x n] = A (m x k, row stride lda) * W^T + beta * C where W is (n x k), row stride ldw: dot products of
 // rows, the natural layout for weights stored [out, in] and for attention scores q . k_j. Any m, n.
-using DotKernel = void (*)(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* w,
-                           int64_t ldw, float* c, int64_t ldc, float beta);
+using DotKernel = void (*)(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* w, int64_t ldw,
+                           float* c, int64_t ldc, float beta);
 
 // Packs one B panel from B given transposed (W, rows j of length >= kc, row stride ldw):
 // panel[p * nr + j] = w[j * ldw + p] for p < kc, j < cols; columns [cols, nr) are zero.
@@ -63,13 +62,14 @@ struct KernelSet {
     void (*widen_h)(const uint16_t* x, float* y, int64_t n);
 
     // ---- row primitives (length n) ----
-    float (*max)(const float* x, int64_t n);                         // -inf for n == 0
-    float (*exp_sum)(const float* x, float* y, int64_t n, float shift);  // y = exp(x - shift); returns sum(y); y may alias x
-    void (*scale)(float* x, int64_t n, float s);                     // x *= s
+    float (*max)(const float* x, int64_t n);  // -inf for n == 0
+    // y = exp(x - shift); returns sum(y); y may alias x
+    float (*exp_sum)(const float* x, float* y, int64_t n, float shift);
+    void (*scale)(float* x, int64_t n, float s);                       // x *= s
     void (*add_scalar)(const float* x, float* y, int64_t n, float s);  // y = x + s; y may alias x
-    void (*axpy)(float* y, const float* x, int64_t n, float a);      // y += a * x
-    void (*mask_bool)(float* s, const uint8_t* masked, int64_t n);   // s[j] = -inf where masked[j] != 0
-    void (*add)(float* s, const float* t, int64_t n);                // s += t
+    void (*axpy)(float* y, const float* x, int64_t n, float a);        // y += a * x
+    void (*mask_bool)(float* s, const uint8_t* masked, int64_t n);     // s[j] = -inf where masked[j] != 0
+    void (*add)(float* s, const float* t, int64_t n);                  // s += t
     // y = (x - mean) / sqrt(var + eps) * w + b  (w, b may be null: 1 and 0); y may alias x
     void (*layer_norm)(const float* x, float* y, const float* w, const float* b, int64_t n, float eps);
     // y = act(x + bias) where bias may be null; y may alias x

@@ -54,4 +54,3 @@ inline typename Ops::reg poly_tanh(typename Ops::reg u) {
     const reg y = Ops::sub(Ops::set1(1.0f), Ops::div(Ops::set1(2.0f), Ops::add(e, Ops::set1(1.0f))));
     return Ops::copysign(y, u);
 }
-

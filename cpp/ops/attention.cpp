@@ -22,8 +22,8 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // them, so for a few query rows (decoding) the scores are plain dot products instead.
 constexpr int64_t kDirectMaxLq = 4;
 
-inline void apply_mask(const KernelSet& ks, const MaskRef& m, int64_t b, int64_t h, int64_t qi, int64_t j0,
-                       int64_t n, float* s) {
+inline void apply_mask(const KernelSet& ks, const MaskRef& m, int64_t b, int64_t h, int64_t qi, int64_t j0, int64_t n,
+                       float* s) {
     if (!m.data) return;
     const int64_t off = b * m.sb + h * m.sh + qi * m.sq + j0;
     if (m.is_bool)
@@ -107,8 +107,8 @@ void attention_weights(const AttentionArgs& a, int nt) {
         const int64_t b = bh / a.H, h = bh % a.H;
         const int inner = split_heads ? 1 : nt;
         float* w = a.weights + bh * a.Lq * a.Lk;
-        gemm::sgemm(a.Lq, a.Lk, a.D, head(a.q, b, h), a.q.sl, gemm::BRef{head(a.k, b, h), a.k.sl, true}, w, a.Lk,
-                    0.0f, {}, inner);
+        gemm::sgemm(a.Lq, a.Lk, a.D, head(a.q, b, h), a.q.sl, gemm::BRef{head(a.k, b, h), a.k.sl, true}, w, a.Lk, 0.0f,
+                    {}, inner);
         for (int64_t i = 0; i < a.Lq; ++i) {
             float* s = w + i * a.Lk;
             ks.scale(s, a.Lk, a.scale);
@@ -122,7 +122,7 @@ void attention_weights(const AttentionArgs& a, int nt) {
 
 void attention_flash(const KernelSet& ks, const AttentionArgs& a, int nt) {
     const int mr = ks.blocking.mr, nr = ks.blocking.nr;
-    const int64_t mq = mr * std::max(1, 48 / mr);           // query rows per block
+    const int64_t mq = mr * std::max(1, 48 / mr);              // query rows per block
     const int64_t nkb = std::max<int64_t>(nr, 256 / nr * nr);  // keys per block
     const int64_t D = a.D, Dv = a.Dv;
     const int64_t lk_pad = (a.Lk + nr - 1) / nr * nr;

@@ -9,8 +9,8 @@
 
 namespace pyattn::ops {
 
-void gru_sequence(int64_t B, int64_t T, int64_t H, const float* gi, const gemm::PackedMatrix& w_hh,
-                  const float* b_hh, float* h, float* out, bool reverse) {
+void gru_sequence(int64_t B, int64_t T, int64_t H, const float* gi, const gemm::PackedMatrix& w_hh, const float* b_hh,
+                  float* h, float* out, bool reverse) {
     const auto& ks = w_hh.kernels();
     // Slot 9: outside the GEMM's (0-2) and attention's (3-8) scratch, which the GEMM below uses.
     float* gh = scratch<9>(static_cast<std::size_t>(B) * 3 * H);

@@ -13,7 +13,7 @@ namespace pyattn::ops {
 // w_hh: W_hh (3H x H as [out, in]) packed; b_hh: 3H floats or null. h: (B, H) the initial state, left
 // holding the last one. out: (B, T, H) states of every step, or null. reverse: steps T-1 .. 0 (the backward
 // direction of a bidirectional layer; out[t] is still the state at input position t).
-void gru_sequence(int64_t B, int64_t T, int64_t H, const float* gi, const gemm::PackedMatrix& w_hh,
-                  const float* b_hh, float* h, float* out, bool reverse);
+void gru_sequence(int64_t B, int64_t T, int64_t H, const float* gi, const gemm::PackedMatrix& w_hh, const float* b_hh,
+                  float* h, float* out, bool reverse);
 
 }  // namespace pyattn::ops

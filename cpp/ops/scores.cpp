@@ -27,8 +27,8 @@ void additive_scores(const AdditiveScoresArgs& a) {
         const int64_t r = t / key_blocks, j0 = t % key_blocks * block, n = std::min(block, a.Lk - j0);
         const int64_t b = r / a.Lq, i = r % a.Lq;
         float* s = a.scores + r * a.Lk + j0;
-        ks.tanh_dot(a.qp.data + b * a.qp.sb + i * a.qp.sl, a.kp.data + b * a.kp.sb + j0 * a.kp.sl, a.kp.sl, n, a.v,
-                    a.H, s);
+        ks.tanh_dot(a.qp.data + b * a.qp.sb + i * a.qp.sl, a.kp.data + b * a.kp.sb + j0 * a.kp.sl, a.kp.sl, n, a.v, a.H,
+                    s);
         if (a.v_bias != 0.0f)
             for (int64_t j = 0; j < n; ++j) s[j] += a.v_bias;
     }

@@ -9,8 +9,8 @@
 // and a key row.
 //
 // The inner reduction is the KernelSet's tanh_dot; the scalar set (libm tanhf) is the reference path the
-// vector sets are tested against. NaN: a score whose sum meets a NaN or infinite qp + kp (or v) is NaN on every kernel set; the Python
-// layer turns that into an error naming the input.
+// vector sets are tested against. NaN: a score whose sum meets a NaN or infinite qp + kp (or v) is NaN on every kernel
+// set; the Python layer turns that into an error naming the input.
 #pragma once
 #include <cstdint>
 

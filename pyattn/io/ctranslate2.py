@@ -16,6 +16,7 @@ Layout (little-endian, no padding, no alignment; see CTranslate2's python/ctrans
 The file is untrusted input: every count and length is checked against the bytes that remain before anything is
 allocated, and every defect raises `ModelFileError` naming the file, the byte offset and the variable.
 """
+
 from __future__ import annotations
 
 import json
@@ -106,8 +107,8 @@ class CT2File(Mapping):
                 return name
             if name in self.aliases:
                 name = self.aliases[name]
-            elif name.endswith(_SCALE_SUFFIX) and name[:-len(_SCALE_SUFFIX)] in self.aliases:
-                target = self._resolve(name[:-len(_SCALE_SUFFIX)])
+            elif name.endswith(_SCALE_SUFFIX) and name[: -len(_SCALE_SUFFIX)] in self.aliases:
+                target = self._resolve(name[: -len(_SCALE_SUFFIX)])
                 return self._resolve(target + _SCALE_SUFFIX) if target is not None else None
             else:
                 return None
@@ -124,8 +125,13 @@ class CT2File(Mapping):
 
     def names(self) -> List[str]:
         """Variable names in file order, then alias names (including the implied `_scale` aliases)."""
-        implied = [a + _SCALE_SUFFIX for a in self.aliases if a + _SCALE_SUFFIX not in self.aliases
-                   and a + _SCALE_SUFFIX not in self.variables and self._resolve(a + _SCALE_SUFFIX) is not None]
+        implied = [
+            a + _SCALE_SUFFIX
+            for a in self.aliases
+            if a + _SCALE_SUFFIX not in self.aliases
+            and a + _SCALE_SUFFIX not in self.variables
+            and self._resolve(a + _SCALE_SUFFIX) is not None
+        ]
         return list(self.variables) + list(self.aliases) + implied
 
     def __iter__(self):
@@ -139,14 +145,17 @@ class CT2File(Mapping):
         value = self[name]
         if value.size != 1:
             resolved = self._resolve(name)
-            raise ModelFileError(self.path, self.offsets.get(resolved), f"expected a scalar, got shape {value.shape}",
-                                 variable=name)
+            raise ModelFileError(
+                self.path, self.offsets.get(resolved), f"expected a scalar, got shape {value.shape}", variable=name
+            )
         return value.reshape(-1)[0].item()
 
     def describe(self) -> str:
         """A few lines: version, spec, counts and bytes per dtype, scalars, aliases."""
-        lines = [f"{self.path}: CTranslate2 model.bin version {self.binary_version}, "
-                 f"spec {self.spec or '(none)'} revision {self.revision}, {len(self.variables)} variables"]
+        lines = [
+            f"{self.path}: CTranslate2 model.bin version {self.binary_version}, "
+            f"spec {self.spec or '(none)'} revision {self.revision}, {len(self.variables)} variables"
+        ]
         per_dtype: Dict[str, List[int]] = {}
         for name, a in self.variables.items():
             n = per_dtype.setdefault(self.stored_dtypes.get(name, a.dtype.name), [0, 0, 0])
@@ -162,8 +171,10 @@ class CT2File(Mapping):
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return (f"CT2File({self.path!r}, version={self.binary_version}, spec={self.spec!r}, "
-                f"revision={self.revision}, {len(self.variables)} variables, {len(self.aliases)} aliases)")
+        return (
+            f"CT2File({self.path!r}, version={self.binary_version}, spec={self.spec!r}, "
+            f"revision={self.revision}, {len(self.variables)} variables, {len(self.aliases)} aliases)"
+        )
 
 
 class _Cursor:
@@ -199,7 +210,7 @@ class _Cursor:
         if length == 0:
             self.fail(f"{what} has length 0 (the length counts the trailing NUL, so it is at least 1)", start)
         self.need(length, what)
-        raw = bytes(self.buf[self.pos:self.pos + length])
+        raw = bytes(self.buf[self.pos : self.pos + length])
         if raw[-1] != 0:
             self.fail(f"{what} is not NUL-terminated (last byte {raw[-1]:#04x})", self.pos + length - 1)
         nul = raw.find(0)
@@ -228,8 +239,11 @@ def _shape_and_dtype(cur: _Cursor, version: int):
     if version >= _FIRST_WITH_DTYPE_CODE:
         code, nbytes = cur.unpack("<BI", "dtype code and byte count")
         if code not in _DTYPES:
-            cur.fail(f"unknown dtype code {code} (expected 0-{len(_DTYPES) - 1}: "
-                     f"{', '.join(d[0] for d in _DTYPES.values())})", type_at)
+            cur.fail(
+                f"unknown dtype code {code} (expected 0-{len(_DTYPES) - 1}: "
+                f"{', '.join(d[0] for d in _DTYPES.values())})",
+                type_at,
+            )
     else:
         item_size, count = cur.unpack("<BI", "item size and element count")
         if item_size not in _CODE_OF_ITEM_SIZE:
@@ -238,8 +252,11 @@ def _shape_and_dtype(cur: _Cursor, version: int):
     name, stored, out = _DTYPES[code]
     numel = math.prod(shape)
     if nbytes != numel * stored.itemsize:
-        cur.fail(f"byte count {nbytes} does not match shape {shape} of {name} "
-                 f"({numel} x {stored.itemsize} = {numel * stored.itemsize} bytes)", type_at)
+        cur.fail(
+            f"byte count {nbytes} does not match shape {shape} of {name} "
+            f"({numel} x {stored.itemsize} = {numel * stored.itemsize} bytes)",
+            type_at,
+        )
     # numpy refuses shapes whose non-zero dims overflow, even when another dim is 0
     if math.prod(max(d, 1) for d in shape) * out.itemsize > _MAX_ARRAY_BYTES:
         cur.fail(f"shape {shape} is too large for an array", rank_at)
@@ -268,8 +285,11 @@ def parse_model_bin(data, path: str = "<memory>") -> CT2File:
     cur = _Cursor(data, str(path))
     version = cur.u32("binary version")
     if version not in SUPPORTED_VERSIONS:
-        cur.fail(f"unsupported binary version {version}: this reader supports versions "
-                 f"{SUPPORTED_VERSIONS.start}-{SUPPORTED_VERSIONS.stop - 1} (CTranslate2 writes 6)", 0)
+        cur.fail(
+            f"unsupported binary version {version}: this reader supports versions "
+            f"{SUPPORTED_VERSIONS.start}-{SUPPORTED_VERSIONS.stop - 1} (CTranslate2 writes 6)",
+            0,
+        )
     spec, revision = "", 1
     if version >= _FIRST_WITH_SPEC:
         spec = cur.string("spec name", allow_empty=True)
@@ -278,8 +298,11 @@ def parse_model_bin(data, path: str = "<memory>") -> CT2File:
     count_at = cur.pos
     count = cur.u32("number of variables")
     if count * _MIN_VARIABLE_BYTES > cur.size - cur.pos:
-        cur.fail(f"{count} variables declared but only {cur.size - cur.pos} bytes remain "
-                 f"(a variable takes at least {_MIN_VARIABLE_BYTES})", count_at)
+        cur.fail(
+            f"{count} variables declared but only {cur.size - cur.pos} bytes remain "
+            f"(a variable takes at least {_MIN_VARIABLE_BYTES})",
+            count_at,
+        )
     variables: Dict[str, np.ndarray] = {}
     offsets: Dict[str, int] = {}
     stored_dtypes: Dict[str, str] = {}
@@ -302,22 +325,28 @@ def parse_model_bin(data, path: str = "<memory>") -> CT2File:
         count_at = cur.pos
         count = cur.u32("number of aliases")
         if count * _MIN_ALIAS_BYTES > cur.size - cur.pos:
-            cur.fail(f"{count} aliases declared but only {cur.size - cur.pos} bytes remain "
-                     f"(an alias takes at least {_MIN_ALIAS_BYTES})", count_at)
+            cur.fail(
+                f"{count} aliases declared but only {cur.size - cur.pos} bytes remain "
+                f"(an alias takes at least {_MIN_ALIAS_BYTES})",
+                count_at,
+            )
         for i in range(count):
             start = cur.pos
             alias = cur.string(f"name of alias #{i}")
             target = cur.string(f"target of alias {alias!r}")
             if alias in variables or alias in aliases:
-                cur.fail(f"alias {alias!r} repeats the name of {'a variable' if alias in variables else 'an alias'}",
-                         start)
+                cur.fail(
+                    f"alias {alias!r} repeats the name of {'a variable' if alias in variables else 'an alias'}", start
+                )
             if target not in variables and target not in aliases:
                 cur.fail(f"alias {alias!r} points to {target!r}, which is not a variable", start)
             aliases[alias] = target
 
     if cur.pos != cur.size:
-        cur.fail(f"{cur.size - cur.pos} unexpected bytes after the "
-                 f"{'aliases' if version >= _FIRST_WITH_ALIASES else 'variables'}")
+        cur.fail(
+            f"{cur.size - cur.pos} unexpected bytes after the "
+            f"{'aliases' if version >= _FIRST_WITH_ALIASES else 'variables'}"
+        )
     return CT2File(str(path), version, spec, revision, variables, aliases, {}, offsets, stored_dtypes)
 
 
@@ -330,7 +359,7 @@ def _read_config(path: Path) -> dict:
     try:
         config = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ModelFileError(path, len(text[:e.pos].encode("utf-8")), f"invalid JSON ({e.msg})") from None
+        raise ModelFileError(path, len(text[: e.pos].encode("utf-8")), f"invalid JSON ({e.msg})") from None
     except RecursionError:
         raise ModelFileError(path, None, "invalid JSON (nested too deeply)") from None
     except ValueError as e:  # an integer of more digits than Python converts

@@ -3,23 +3,40 @@ folder of `model.safetensors` + `config.json`, and loading such a folder as the 
 
 No pickle anywhere: weights go through the safetensors format, the structure through JSON.
 """
+
 from __future__ import annotations
 
 import contextlib
 import json
 import math
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Dict
 
 import numpy as np
 
-from ..nn import (FeedForward, LayerNorm, MultiHeadAttention, Seq2SeqTransformer, Transformer, TransformerDecoder,
-                  TransformerDecoderLayer, TransformerEncoder, TransformerEncoderLayer)
+from ..nn import (
+    FeedForward,
+    LayerNorm,
+    MultiHeadAttention,
+    Seq2SeqTransformer,
+    Transformer,
+    TransformerDecoder,
+    TransformerDecoderLayer,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+)
 
 FORMAT = "pyattn.torch.v1"
-KINDS = ("Transformer", "TransformerEncoder", "TransformerDecoder", "TransformerEncoderLayer",
-         "TransformerDecoderLayer", "MultiheadAttention", "Seq2SeqTransformer")
+KINDS = (
+    "Transformer",
+    "TransformerEncoder",
+    "TransformerDecoder",
+    "TransformerEncoderLayer",
+    "TransformerDecoderLayer",
+    "MultiheadAttention",
+    "Seq2SeqTransformer",
+)
 
 
 class Weights:
@@ -47,8 +64,10 @@ class Weights:
         if not buffer:
             dtype, ndim = getattr(t, "dtype", None), getattr(t, "ndim", None)
             if dtype is None or dtype.kind != "f":
-                raise TypeError(f"{self.source}: tensor '{self.name(name)}' is "
-                                f"{dtype if dtype is not None else type(t).__name__}, expected floating point")
+                raise TypeError(
+                    f"{self.source}: tensor '{self.name(name)}' is "
+                    f"{dtype if dtype is not None else type(t).__name__}, expected floating point"
+                )
             if ndim == 0:
                 raise ValueError(f"{self.source}: tensor '{self.name(name)}' is a scalar, expected an array")
         return t
@@ -71,14 +90,24 @@ def _mha(w: Weights, p: str, num_heads: int) -> MultiHeadAttention:
     if f"{p}in_proj_weight" in w:
         wi = w.get(f"{p}in_proj_weight")
         E = wi.shape[0] // 3
-        wq, wk, wv = wi[:E], wi[E:2 * E], wi[2 * E:]
+        wq, wk, wv = wi[:E], wi[E : 2 * E], wi[2 * E :]
     else:
         wq, wk, wv = w.get(f"{p}q_proj_weight"), w.get(f"{p}k_proj_weight"), w.get(f"{p}v_proj_weight")
         E = wq.shape[0]
     b = w.get(f"{p}in_proj_bias", optional=True)
-    bq, bk, bv = (None, None, None) if b is None else (b[:E], b[E:2 * E], b[2 * E:])
-    return MultiHeadAttention(num_heads, wq, wk, wv, w.get(f"{p}out_proj.weight"), bq, bk, bv,
-                              w.get(f"{p}out_proj.bias", optional=True), name=p.rstrip("."))
+    bq, bk, bv = (None, None, None) if b is None else (b[:E], b[E : 2 * E], b[2 * E :])
+    return MultiHeadAttention(
+        num_heads,
+        wq,
+        wk,
+        wv,
+        w.get(f"{p}out_proj.weight"),
+        bq,
+        bk,
+        bv,
+        w.get(f"{p}out_proj.bias", optional=True),
+        name=p.rstrip("."),
+    )
 
 
 def _norm(w: Weights, p: str, eps: float) -> LayerNorm:
@@ -86,21 +115,38 @@ def _norm(w: Weights, p: str, eps: float) -> LayerNorm:
 
 
 def _ffn(w: Weights, p: str, activation: str) -> FeedForward:
-    return FeedForward(w.get(f"{p}linear1.weight"), w.get(f"{p}linear1.bias", optional=True),
-                       w.get(f"{p}linear2.weight"), w.get(f"{p}linear2.bias", optional=True), activation, p.rstrip("."))
+    return FeedForward(
+        w.get(f"{p}linear1.weight"),
+        w.get(f"{p}linear1.bias", optional=True),
+        w.get(f"{p}linear2.weight"),
+        w.get(f"{p}linear2.bias", optional=True),
+        activation,
+        p.rstrip("."),
+    )
 
 
 def _encoder_layer(c: dict, w: Weights, p: str) -> TransformerEncoderLayer:
     eps = c["layer_norm_eps"]
-    return TransformerEncoderLayer(_mha(w, f"{p}self_attn.", c["nhead"]), _ffn(w, p, c["activation"]),
-                                   _norm(w, f"{p}norm1.", eps), _norm(w, f"{p}norm2.", eps), c["norm_first"])
+    return TransformerEncoderLayer(
+        _mha(w, f"{p}self_attn.", c["nhead"]),
+        _ffn(w, p, c["activation"]),
+        _norm(w, f"{p}norm1.", eps),
+        _norm(w, f"{p}norm2.", eps),
+        c["norm_first"],
+    )
 
 
 def _decoder_layer(c: dict, w: Weights, p: str) -> TransformerDecoderLayer:
     eps = c["layer_norm_eps"]
-    return TransformerDecoderLayer(_mha(w, f"{p}self_attn.", c["nhead"]), _mha(w, f"{p}multihead_attn.", c["nhead"]),
-                                   _ffn(w, p, c["activation"]), _norm(w, f"{p}norm1.", eps), _norm(w, f"{p}norm2.", eps),
-                                   _norm(w, f"{p}norm3.", eps), c["norm_first"])
+    return TransformerDecoderLayer(
+        _mha(w, f"{p}self_attn.", c["nhead"]),
+        _mha(w, f"{p}multihead_attn.", c["nhead"]),
+        _ffn(w, p, c["activation"]),
+        _norm(w, f"{p}norm1.", eps),
+        _norm(w, f"{p}norm2.", eps),
+        _norm(w, f"{p}norm3.", eps),
+        c["norm_first"],
+    )
 
 
 def _stack(c: dict, w: Weights, p: str, n: int, make, cls):
@@ -110,13 +156,17 @@ def _stack(c: dict, w: Weights, p: str, n: int, make, cls):
 
 
 _ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
-_LAYER_COUNTS = {"TransformerEncoder": ("num_layers",), "TransformerDecoder": ("num_layers",),
-                 "Transformer": ("num_encoder_layers", "num_decoder_layers"),
-                 "Seq2SeqTransformer": ("num_encoder_layers", "num_decoder_layers")}
+_LAYER_COUNTS = {
+    "TransformerEncoder": ("num_layers",),
+    "TransformerDecoder": ("num_layers",),
+    "Transformer": ("num_encoder_layers", "num_decoder_layers"),
+    "Seq2SeqTransformer": ("num_encoder_layers", "num_decoder_layers"),
+}
 
 
 def _check_config(c: dict, kind: str, source: str) -> None:
     """The config values `build` uses, each of the type and range torch_config writes."""
+
     def positive_int(key):
         v = c[key]
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
@@ -168,15 +218,23 @@ def build(config: dict, tensors: Mapping[str, np.ndarray], source: str = "weight
     elif kind == "TransformerDecoder":
         m = _stack(c, w, "", c["num_layers"], _decoder_layer, TransformerDecoder)
     elif kind == "Transformer":
-        m = Transformer(_stack(c, w, "encoder.", c["num_encoder_layers"], _encoder_layer, TransformerEncoder),
-                        _stack(c, w, "decoder.", c["num_decoder_layers"], _decoder_layer, TransformerDecoder))
+        m = Transformer(
+            _stack(c, w, "encoder.", c["num_encoder_layers"], _encoder_layer, TransformerEncoder),
+            _stack(c, w, "decoder.", c["num_decoder_layers"], _decoder_layer, TransformerDecoder),
+        )
     else:
         p = "transformer."
-        t = Transformer(_stack(c, w, p + "encoder.", c["num_encoder_layers"], _encoder_layer, TransformerEncoder),
-                        _stack(c, w, p + "decoder.", c["num_decoder_layers"], _decoder_layer, TransformerDecoder))
-        m = Seq2SeqTransformer(t, w.get("src_embedding.weight"), w.get("tgt_embedding.weight"),
-                               (w.get("generator.weight"), w.get("generator.bias", optional=True)),
-                               c.get("scale_embeddings", True))
+        t = Transformer(
+            _stack(c, w, p + "encoder.", c["num_encoder_layers"], _encoder_layer, TransformerEncoder),
+            _stack(c, w, p + "decoder.", c["num_decoder_layers"], _decoder_layer, TransformerDecoder),
+        )
+        m = Seq2SeqTransformer(
+            t,
+            w.get("src_embedding.weight"),
+            w.get("tgt_embedding.weight"),
+            (w.get("generator.weight"), w.get("generator.bias", optional=True)),
+            c.get("scale_embeddings", True),
+        )
     w.check_all_used()
     return m
 
@@ -200,15 +258,23 @@ def torch_config(module) -> dict:
     import torch.nn as tnn
 
     def layer_cfg(layer):
-        return {"nhead": layer.self_attn.num_heads, "d_model": layer.self_attn.embed_dim,
-                "dim_feedforward": layer.linear1.out_features, "activation": _activation_name(layer),
-                "norm_first": bool(layer.norm_first), "layer_norm_eps": float(layer.norm1.eps),
-                "batch_first": bool(layer.self_attn.batch_first)}
+        return {
+            "nhead": layer.self_attn.num_heads,
+            "d_model": layer.self_attn.embed_dim,
+            "dim_feedforward": layer.linear1.out_features,
+            "activation": _activation_name(layer),
+            "norm_first": bool(layer.norm_first),
+            "layer_norm_eps": float(layer.norm1.eps),
+            "batch_first": bool(layer.self_attn.batch_first),
+        }
 
     if isinstance(module, tnn.Transformer):
         cfg = layer_cfg(module.encoder.layers[0])
-        cfg.update(kind="Transformer", num_encoder_layers=len(module.encoder.layers),
-                   num_decoder_layers=len(module.decoder.layers))
+        cfg.update(
+            kind="Transformer",
+            num_encoder_layers=len(module.encoder.layers),
+            num_decoder_layers=len(module.decoder.layers),
+        )
     elif isinstance(module, (tnn.TransformerEncoder, tnn.TransformerDecoder)):
         cfg = layer_cfg(module.layers[0])
         cfg.update(kind=type(module).__name__, num_layers=len(module.layers))
@@ -216,8 +282,12 @@ def torch_config(module) -> dict:
         cfg = layer_cfg(module)
         cfg["kind"] = type(module).__name__
     elif isinstance(module, tnn.MultiheadAttention):
-        cfg = {"kind": "MultiheadAttention", "nhead": module.num_heads, "d_model": module.embed_dim,
-               "batch_first": bool(module.batch_first)}
+        cfg = {
+            "kind": "MultiheadAttention",
+            "nhead": module.num_heads,
+            "d_model": module.embed_dim,
+            "batch_first": bool(module.batch_first),
+        }
     else:
         raise TypeError(f"cannot export {type(module).__name__}: expected one of {KINDS}")
     cfg["format"] = FORMAT
@@ -341,7 +411,8 @@ def load(path):
     folder = Path(path)
     cfg = read_config(folder, "a folder written by pyattn.io.export_torch")
     if cfg.get("format") != FORMAT:
-        raise ValueError(f"{folder / 'config.json'}: not a pyattn export (format {cfg.get('format')!r}, "
-                         f"expected {FORMAT!r})")
+        raise ValueError(
+            f"{folder / 'config.json'}: not a pyattn export (format {cfg.get('format')!r}, expected {FORMAT!r})"
+        )
     with errors_name(str(folder)):
         return build(cfg, read_safetensors(folder / "model.safetensors"), str(folder))

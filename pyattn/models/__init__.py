@@ -1,12 +1,13 @@
 """Model families on pretrained weights."""
+
 from pathlib import Path
 
 from .bert import BertModel
 from .gpt2 import GPT2Model
-from .seq2seq import Seq2SeqModel
 from .pretrained import read_config
 from .rnn_seq2seq import Seq2Seq, Translation
 from .sentence import SentenceEncoder
+from .seq2seq import Seq2SeqModel
 from .whisper import Whisper
 
 FAMILIES = {"bert": BertModel, "gpt2": GPT2Model, "bart": Seq2SeqModel, "marian": Seq2SeqModel}
@@ -22,4 +23,14 @@ def from_pretrained(path):
     return FAMILIES[kind].from_pretrained(folder)
 
 
-__all__ = ["BertModel", "FAMILIES", "GPT2Model", "Seq2SeqModel", "Seq2Seq", "SentenceEncoder", "Translation", "Whisper", "from_pretrained"]
+__all__ = [
+    "BertModel",
+    "FAMILIES",
+    "GPT2Model",
+    "Seq2SeqModel",
+    "Seq2Seq",
+    "SentenceEncoder",
+    "Translation",
+    "Whisper",
+    "from_pretrained",
+]

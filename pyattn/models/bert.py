@@ -1,12 +1,21 @@
 """BERT (encoder-only, post-LN) on pretrained weights: Hugging Face `BertModel` names and semantics."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-from ..nn import (Embedding, FeedForward, LayerNorm, Linear, Module, MultiHeadAttention, TransformerEncoder,
-                  TransformerEncoderLayer)
+from ..nn import (
+    Embedding,
+    FeedForward,
+    LayerNorm,
+    Linear,
+    Module,
+    MultiHeadAttention,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+)
 from .pretrained import Weights, errors_name, number, option, read_config, read_weights, require, strip_prefix
 
 _ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu", "silu": "silu"}
@@ -32,30 +41,66 @@ class BertModel(Module):
         self.position_embeddings = Embedding(w.get(p + "position_embeddings.weight"), "position_embeddings")
         tt = w.get(p + "token_type_embeddings.weight", optional=True)
         self.token_type_embeddings = None if tt is None else Embedding(tt, "token_type_embeddings")
-        self.embeddings_norm = LayerNorm(w.get(p + "LayerNorm.weight"), w.get(p + "LayerNorm.bias"), eps, p + "LayerNorm")
+        self.embeddings_norm = LayerNorm(
+            w.get(p + "LayerNorm.weight"), w.get(p + "LayerNorm.bias"), eps, p + "LayerNorm"
+        )
         w.get(p + "position_ids", optional=True, buffer=True)  # a buffer some checkpoints carry: arange, not a weight
-        for emb, t in ((self.word_embeddings, "word"), (self.position_embeddings, "position"),
-                       (self.token_type_embeddings, "token_type")):
+        for emb, t in (
+            (self.word_embeddings, "word"),
+            (self.position_embeddings, "position"),
+            (self.token_type_embeddings, "token_type"),
+        ):
             if emb is not None and (emb.weight.shape[0] == 0 or emb.weight.shape[1] != d):
-                raise ValueError(f"{source}: {p}{t}_embeddings.weight has shape {emb.weight.shape}, expected "
-                                 f"(n >= 1, hidden_size = {d})")
+                raise ValueError(
+                    f"{source}: {p}{t}_embeddings.weight has shape {emb.weight.shape}, expected "
+                    f"(n >= 1, hidden_size = {d})"
+                )
         if self.embeddings_norm.weight.shape != (d,):
-            raise ValueError(f"{source}: {p}LayerNorm.weight has shape {self.embeddings_norm.weight.shape}, expected {(d,)}")
+            raise ValueError(
+                f"{source}: {p}LayerNorm.weight has shape {self.embeddings_norm.weight.shape}, expected {(d,)}"
+            )
         layers = []
         for i in range(n_layers):
             q = f"encoder.layer.{i}."
             a = q + "attention."
-            attn = MultiHeadAttention(H, w.get(a + "self.query.weight"), w.get(a + "self.key.weight"),
-                                      w.get(a + "self.value.weight"), w.get(a + "output.dense.weight"),
-                                      w.get(a + "self.query.bias"), w.get(a + "self.key.bias"), w.get(a + "self.value.bias"),
-                                      w.get(a + "output.dense.bias"), name=a.rstrip("."))
-            ffn = FeedForward(w.get(q + "intermediate.dense.weight"), w.get(q + "intermediate.dense.bias"),
-                              w.get(q + "output.dense.weight"), w.get(q + "output.dense.bias"), _ACT[act], q + "ffn")
-            layers.append(TransformerEncoderLayer(
-                attn, ffn, LayerNorm(w.get(a + "output.LayerNorm.weight"), w.get(a + "output.LayerNorm.bias"), eps,
-                                     a + "output.LayerNorm"),
-                LayerNorm(w.get(q + "output.LayerNorm.weight"), w.get(q + "output.LayerNorm.bias"), eps,
-                          q + "output.LayerNorm")))
+            attn = MultiHeadAttention(
+                H,
+                w.get(a + "self.query.weight"),
+                w.get(a + "self.key.weight"),
+                w.get(a + "self.value.weight"),
+                w.get(a + "output.dense.weight"),
+                w.get(a + "self.query.bias"),
+                w.get(a + "self.key.bias"),
+                w.get(a + "self.value.bias"),
+                w.get(a + "output.dense.bias"),
+                name=a.rstrip("."),
+            )
+            ffn = FeedForward(
+                w.get(q + "intermediate.dense.weight"),
+                w.get(q + "intermediate.dense.bias"),
+                w.get(q + "output.dense.weight"),
+                w.get(q + "output.dense.bias"),
+                _ACT[act],
+                q + "ffn",
+            )
+            layers.append(
+                TransformerEncoderLayer(
+                    attn,
+                    ffn,
+                    LayerNorm(
+                        w.get(a + "output.LayerNorm.weight"),
+                        w.get(a + "output.LayerNorm.bias"),
+                        eps,
+                        a + "output.LayerNorm",
+                    ),
+                    LayerNorm(
+                        w.get(q + "output.LayerNorm.weight"),
+                        w.get(q + "output.LayerNorm.bias"),
+                        eps,
+                        q + "output.LayerNorm",
+                    ),
+                )
+            )
         self.encoder = TransformerEncoder(layers)
         pw = w.get("pooler.dense.weight", optional=True)
         self.pooler = None if pw is None else Linear(pw, w.get("pooler.dense.bias"), "pooler.dense")
@@ -64,7 +109,7 @@ class BertModel(Module):
         w.check_all_used()
 
     @classmethod
-    def from_pretrained(cls, path) -> "BertModel":
+    def from_pretrained(cls, path) -> BertModel:
         folder = Path(path)
         cfg = read_config(folder)
         if cfg.get("model_type", "bert") != "bert":

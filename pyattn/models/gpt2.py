@@ -1,4 +1,5 @@
 """GPT-2 (decoder-only, pre-LN, causal) on pretrained weights: Hugging Face `GPT2LMHeadModel` names."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,8 +9,7 @@ import numpy as np
 
 from ..nn import Embedding, FeedForward, KVCache, LayerNorm, Linear, Module, MultiHeadAttention
 from ..nn.transformer import check_widths
-from .pretrained import (Weights, errors_name, flag, number, option, read_config, read_weights, require,
-                         strip_prefix)
+from .pretrained import Weights, errors_name, flag, number, option, read_config, read_weights, require, strip_prefix
 
 _ACT = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu", "silu": "silu"}
 
@@ -21,8 +21,9 @@ class GPT2Block(Module):
         self.attn, self.mlp, self.ln_1, self.ln_2 = attn, mlp, ln_1, ln_2
 
     def __call__(self, x, *, cache: Optional[KVCache], key_padding_mask=None, need_weights=False):
-        a, w = self.attn(self.ln_1(x), cache=cache, key_padding_mask=key_padding_mask, is_causal=True,
-                         need_weights=need_weights)
+        a, w = self.attn(
+            self.ln_1(x), cache=cache, key_padding_mask=key_padding_mask, is_causal=True, need_weights=need_weights
+        )
         x = x + a
         return x + self.mlp(self.ln_2(x)), w
 
@@ -59,14 +60,18 @@ class GPT2Model(Module):
         act = option(c, "activation_function", "gelu_new", _ACT, source)
         if d % H:
             raise ValueError(f"{source}: n_head ({H}) must divide n_embd ({d})")
-        if flag(c, "scale_attn_by_inverse_layer_idx", False, source) or flag(c, "reorder_and_upcast_attn", False, source):
+        if flag(c, "scale_attn_by_inverse_layer_idx", False, source) or flag(
+            c, "reorder_and_upcast_attn", False, source
+        ):
             raise ValueError(f"{source}: scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn are not supported")
         w = Weights(strip_prefix(tensors, "transformer."), source)
         self.wte = Embedding(w.get("wte.weight"), "wte")
         self.wpe = Embedding(w.get("wpe.weight"), "wpe")
         for name, emb in (("wte", self.wte), ("wpe", self.wpe)):
             if emb.weight.shape[0] == 0 or emb.weight.shape[1] != d:
-                raise ValueError(f"{source}: {name}.weight has shape {emb.weight.shape}, expected (n >= 1, n_embd = {d})")
+                raise ValueError(
+                    f"{source}: {name}.weight has shape {emb.weight.shape}, expected (n >= 1, n_embd = {d})"
+                )
         self.blocks = []
         for i in range(n_layers):
             p = f"h.{i}."
@@ -75,29 +80,52 @@ class GPT2Model(Module):
             cb = w.get(p + "attn.c_attn.bias")
             if ca.shape != (3 * d, d):
                 raise ValueError(f"{source}: {p}attn.c_attn.weight has shape {ca.shape[::-1]}, expected {(d, 3 * d)}")
-            attn = MultiHeadAttention(H, ca[:d], ca[d:2 * d], ca[2 * d:], w.get(p + "attn.c_proj.weight").T,
-                                      cb[:d], cb[d:2 * d], cb[2 * d:], w.get(p + "attn.c_proj.bias"), name=p + "attn")
-            mlp = FeedForward(w.get(p + "mlp.c_fc.weight").T, w.get(p + "mlp.c_fc.bias"), w.get(p + "mlp.c_proj.weight").T,
-                              w.get(p + "mlp.c_proj.bias"), _ACT[act], p + "mlp")
+            attn = MultiHeadAttention(
+                H,
+                ca[:d],
+                ca[d : 2 * d],
+                ca[2 * d :],
+                w.get(p + "attn.c_proj.weight").T,
+                cb[:d],
+                cb[d : 2 * d],
+                cb[2 * d :],
+                w.get(p + "attn.c_proj.bias"),
+                name=p + "attn",
+            )
+            mlp = FeedForward(
+                w.get(p + "mlp.c_fc.weight").T,
+                w.get(p + "mlp.c_fc.bias"),
+                w.get(p + "mlp.c_proj.weight").T,
+                w.get(p + "mlp.c_proj.bias"),
+                _ACT[act],
+                p + "mlp",
+            )
             for buf in ("attn.bias", "attn.masked_bias"):  # causal-mask buffers of old checkpoints
                 w.get(p + buf, optional=True, buffer=True)
-            norms = (LayerNorm(w.get(p + "ln_1.weight"), w.get(p + "ln_1.bias"), eps, p + "ln_1"),
-                     LayerNorm(w.get(p + "ln_2.weight"), w.get(p + "ln_2.bias"), eps, p + "ln_2"))
+            norms = (
+                LayerNorm(w.get(p + "ln_1.weight"), w.get(p + "ln_1.bias"), eps, p + "ln_1"),
+                LayerNorm(w.get(p + "ln_2.weight"), w.get(p + "ln_2.bias"), eps, p + "ln_2"),
+            )
             check_widths(d, mlp, norms, f"{source}: h.{i}")
             self.blocks.append(GPT2Block(attn, mlp, *norms))
         self.ln_f = LayerNorm(w.get("ln_f.weight"), w.get("ln_f.bias"), eps, "ln_f")
         # usually tied to wte; GPT2LMHeadModel keeps it beside the "transformer." prefix
-        head = w.get("lm_head.weight", optional=True) if "lm_head.weight" in w else \
-            Weights(tensors, source).get("lm_head.weight", optional=True)
+        head = (
+            w.get("lm_head.weight", optional=True)
+            if "lm_head.weight" in w
+            else Weights(tensors, source).get("lm_head.weight", optional=True)
+        )
         self.lm_head = Linear(self.wte.weight if head is None else head, None, "lm_head")
         if self.ln_f.weight.shape != (d,) or self.lm_head.shape != self.wte.weight.shape:
-            raise ValueError(f"{source}: ln_f.weight {self.ln_f.weight.shape} and lm_head.weight {self.lm_head.shape} "
-                             f"must take n_embd = {d} features, lm_head predicting the {self.wte.weight.shape[0]} "
-                             "tokens of wte (generated tokens are embedded next)")
+            raise ValueError(
+                f"{source}: ln_f.weight {self.ln_f.weight.shape} and lm_head.weight {self.lm_head.shape} "
+                f"must take n_embd = {d} features, lm_head predicting the {self.wte.weight.shape[0]} "
+                "tokens of wte (generated tokens are embedded next)"
+            )
         w.check_all_used()
 
     @classmethod
-    def from_pretrained(cls, path) -> "GPT2Model":
+    def from_pretrained(cls, path) -> GPT2Model:
         folder = Path(path)
         cfg = read_config(folder)
         with errors_name(str(folder)):
@@ -116,8 +144,16 @@ class GPT2Model(Module):
     def init_state(self, batch: int) -> GPT2State:
         return GPT2State([KVCache(batch, self.wte.weight.shape[1]) for _ in self.blocks])
 
-    def __call__(self, input_ids, attention_mask=None, position_ids=None, *, state: Optional[GPT2State] = None,
-                 output_attentions: bool = False, output_hidden: bool = False):
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        position_ids=None,
+        *,
+        state: Optional[GPT2State] = None,
+        output_attentions: bool = False,
+        output_hidden: bool = False,
+    ):
         """input_ids (B, L) -- only the new tokens when `state` (the KV cache) is given. attention_mask
         (B, past + L), 1 = token, 0 = padding (left padding for batches of different lengths). position_ids
         (B, L) default to past .. past + L - 1, as transformers' forward; generation counts real tokens only
@@ -137,7 +173,9 @@ class GPT2Model(Module):
         if position_ids is not None:
             positions = np.asarray(position_ids)
             if positions.shape != (B, L) or positions.dtype.kind not in "iu":
-                raise ValueError(f"expected integer position_ids of shape {(B, L)}, got {positions.shape} {positions.dtype}")
+                raise ValueError(
+                    f"expected integer position_ids of shape {(B, L)}, got {positions.shape} {positions.dtype}"
+                )
         else:
             positions = np.broadcast_to(np.arange(past, past + L), (B, L))
         if positions.max() >= self.wpe.weight.shape[0]:
@@ -145,8 +183,12 @@ class GPT2Model(Module):
         x = self.wte(ids) + self.wpe(positions)  # (B, L, d)
         attentions = []
         for i, block in enumerate(self.blocks):
-            x, w = block(x, cache=None if state is None else state.caches[i],
-                         key_padding_mask=None if pad is None or not pad.any() else pad, need_weights=output_attentions)
+            x, w = block(
+                x,
+                cache=None if state is None else state.caches[i],
+                key_padding_mask=None if pad is None or not pad.any() else pad,
+                need_weights=output_attentions,
+            )
             attentions.append(w)
         h = self.ln_f(x)
         out = {"logits": self.lm_head(h)}

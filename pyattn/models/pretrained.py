@@ -1,9 +1,10 @@
 """Reading Hugging Face model folders (config.json + model.safetensors) without pickle."""
+
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 
@@ -22,7 +23,8 @@ def read_weights(folder: Path) -> Mapping[str, np.ndarray]:
     if (folder / "pytorch_model.bin").is_file():
         raise ValueError(
             f"{folder} holds only pytorch_model.bin, a pickle file, which pyattn never loads. Convert it once with "
-            "transformers: AutoModel.from_pretrained(folder).save_pretrained(folder, safe_serialization=True)")
+            "transformers: AutoModel.from_pretrained(folder).save_pretrained(folder, safe_serialization=True)"
+        )
     raise FileNotFoundError(f"{folder}: no model.safetensors")
 
 
@@ -66,7 +68,7 @@ class _Prefixed(Mapping):
 
     def __init__(self, base: Mapping, prefix: str):
         self._base, self.prefix = base, prefix
-        self._names = [k[len(prefix):] for k in base.keys() if k.startswith(prefix)]
+        self._names = [k[len(prefix) :] for k in base.keys() if k.startswith(prefix)]
 
     def __getitem__(self, name):
         return self._base[self.prefix + name]
@@ -88,5 +90,14 @@ def strip_prefix(tensors: Mapping[str, np.ndarray], prefix: str) -> Mapping[str,
     return tensors
 
 
-__all__ = ["Weights", "errors_name", "flag", "number", "option", "read_config", "read_weights", "require",
-           "strip_prefix"]
+__all__ = [
+    "Weights",
+    "errors_name",
+    "flag",
+    "number",
+    "option",
+    "read_config",
+    "read_weights",
+    "require",
+    "strip_prefix",
+]

@@ -7,6 +7,7 @@ v^T tanh(W_a s + U_a h_j) (U_a h_j projected once per source); softmax; context 
 outputs; GRU on [embedding; context]; output layer; log-softmax. Greedy and beam decoding, and the attention
 matrix of every decoded sentence (the figure the documents draw: `pyattn.plot.attention`).
 """
+
 from __future__ import annotations
 
 import json
@@ -25,13 +26,13 @@ _KIND = "pyattn-seq2seq-gru-bahdanau"
 
 
 class Translation(NamedTuple):
-    ids: List[List[int]]            # per sentence, without SOS, up to and including EOS when produced
-    attentions: List[np.ndarray]    # per sentence, (len(ids), source length): row t = weights of step t
-    scores: List[float]             # per sentence, sum of the log-probabilities of its tokens
+    ids: List[List[int]]  # per sentence, without SOS, up to and including EOS when produced
+    attentions: List[np.ndarray]  # per sentence, (len(ids), source length): row t = weights of step t
+    scores: List[float]  # per sentence, sum of the log-probabilities of its tokens
 
 
 def _sub(weights: Mapping, prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
 
 
 class Seq2Seq(Module):
@@ -46,8 +47,16 @@ class Seq2Seq(Module):
 
     is_encoder_decoder = True
 
-    def __init__(self, encoder: Mapping, decoder: Mapping, *, sos_id: int = 0, eos_id: int = 1, max_length: int = 10,
-                 source: str = "seq2seq"):
+    def __init__(
+        self,
+        encoder: Mapping,
+        decoder: Mapping,
+        *,
+        sos_id: int = 0,
+        eos_id: int = 1,
+        max_length: int = 10,
+        source: str = "seq2seq",
+    ):
         self.sos_id, self.eos_id, self.max_length = int(sos_id), int(eos_id), int(max_length)
         if self.max_length < 1:
             raise ValueError(f"{source}: max_length must be >= 1, got {max_length}")
@@ -60,8 +69,10 @@ class Seq2Seq(Module):
         self.src_embedding = Embedding(need(encoder, "embedding.weight", "encoder"), "encoder.embedding")
         self.encoder = GRU(_sub(encoder, "gru."), "encoder.gru")
         self.tgt_embedding = Embedding(need(decoder, "embedding.weight", "decoder"), "decoder.embedding")
-        self.attention_weights = {n: as_weight(need(decoder, "attention." + n, "decoder"), f"decoder.attention.{n}")
-                                  for n in ("Wa.weight", "Wa.bias", "Ua.weight", "Ua.bias", "Va.weight", "Va.bias")}
+        self.attention_weights = {
+            n: as_weight(need(decoder, "attention." + n, "decoder"), f"decoder.attention.{n}")
+            for n in ("Wa.weight", "Wa.bias", "Ua.weight", "Ua.bias", "Va.weight", "Va.bias")
+        }
         self.attention = Attention.bahdanau(*self.attention_weights.values())
         self.decoder = GRU(_sub(decoder, "gru."), "decoder.gru")
         self.out = Linear(need(decoder, "out.weight", "decoder"), decoder.get("out.bias"), "decoder.out")
@@ -69,25 +80,35 @@ class Seq2Seq(Module):
         if self.encoder.bidirectional or self.decoder.bidirectional:
             raise ValueError(f"{source}: the tutorial's encoder and decoder are unidirectional")
         if self.src_embedding.weight.shape[1] != self.encoder.input_size:
-            raise ValueError(f"{source}: encoder embedding width {self.src_embedding.weight.shape[1]} != GRU input "
-                             f"{self.encoder.input_size}")
+            raise ValueError(
+                f"{source}: encoder embedding width {self.src_embedding.weight.shape[1]} != GRU input "
+                f"{self.encoder.input_size}"
+            )
         E = self.tgt_embedding.weight.shape[1]
         if self.decoder.input_size != E + H or self.decoder.hidden_size != H:
-            raise ValueError(f"{source}: the decoder GRU must take [embedding ({E}); context ({H})] and hold {H} "
-                             f"units, has input {self.decoder.input_size} and hidden {self.decoder.hidden_size}")
+            raise ValueError(
+                f"{source}: the decoder GRU must take [embedding ({E}); context ({H})] and hold {H} "
+                f"units, has input {self.decoder.input_size} and hidden {self.decoder.hidden_size}"
+            )
         if self.decoder.num_layers != 1 or self.encoder.num_layers != 1:
-            raise ValueError(f"{source}: the tutorial's model has one GRU layer each (the decoder state is the "
-                             f"attention query), got {self.encoder.num_layers} and {self.decoder.num_layers}")
+            raise ValueError(
+                f"{source}: the tutorial's model has one GRU layer each (the decoder state is the "
+                f"attention query), got {self.encoder.num_layers} and {self.decoder.num_layers}"
+            )
         wq, wk = self.attention.w_q, self.attention.w_k
         if wq.shape[1] != H or wk.shape[1] != H:
-            raise ValueError(f"{source}: attention.Wa.weight {wq.shape} and attention.Ua.weight {wk.shape} must read "
-                             f"the {H} features of the GRU states")
+            raise ValueError(
+                f"{source}: attention.Wa.weight {wq.shape} and attention.Ua.weight {wk.shape} must read "
+                f"the {H} features of the GRU states"
+            )
         if self.out.in_features != H:
             raise ValueError(f"{source}: out layer takes {self.out.in_features} features, the decoder gives {H}")
         self.vocab_size = self.out.out_features
         if self.tgt_embedding.weight.shape[0] != self.vocab_size:  # each predicted token is embedded next
-            raise ValueError(f"{source}: the decoder embeds {self.tgt_embedding.weight.shape[0]} tokens but predicts "
-                             f"{self.vocab_size} (decoder.embedding.weight vs decoder.out.weight)")
+            raise ValueError(
+                f"{source}: the decoder embeds {self.tgt_embedding.weight.shape[0]} tokens but predicts "
+                f"{self.vocab_size} (decoder.embedding.weight vs decoder.out.weight)"
+            )
         for name, i in (("sos_id", self.sos_id), ("eos_id", self.eos_id)):
             if not 0 <= i < self.tgt_embedding.weight.shape[0] or i >= self.vocab_size:
                 raise ValueError(f"{source}: {name} {i} is outside the target vocabulary")
@@ -95,8 +116,9 @@ class Seq2Seq(Module):
     # ---- construction --------------------------------------------------------------------------------
 
     @classmethod
-    def from_torch(cls, encoder, decoder, **kw) -> "Seq2Seq":
+    def from_torch(cls, encoder, decoder, **kw) -> Seq2Seq:
         """From the tutorial's EncoderRNN and AttnDecoderRNN modules (or any with the same parameter names)."""
+
         def sd(m):
             return {k: v.detach().cpu().numpy() for k, v in m.state_dict().items()}
 
@@ -111,20 +133,25 @@ class Seq2Seq(Module):
 
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
-        tensors = {"encoder.embedding.weight": self.src_embedding.weight,
-                   **{f"encoder.gru.{k}": v for k, v in self.encoder.named_weights()},
-                   "decoder.embedding.weight": self.tgt_embedding.weight,
-                   **{f"decoder.attention.{k}": v for k, v in self.attention_weights.items()},
-                   **{f"decoder.gru.{k}": v for k, v in self.decoder.named_weights()},
-                   "decoder.out.weight": self.out.weight}
+        tensors = {
+            "encoder.embedding.weight": self.src_embedding.weight,
+            **{f"encoder.gru.{k}": v for k, v in self.encoder.named_weights()},
+            "decoder.embedding.weight": self.tgt_embedding.weight,
+            **{f"decoder.attention.{k}": v for k, v in self.attention_weights.items()},
+            **{f"decoder.gru.{k}": v for k, v in self.decoder.named_weights()},
+            "decoder.out.weight": self.out.weight,
+        }
         if self.out.bias is not None:
             tensors["decoder.out.bias"] = self.out.bias
         save_file({k: F._c_aligned(v, np.float32) for k, v in tensors.items()}, str(folder / "model.safetensors"))
-        (folder / "config.json").write_text(json.dumps({"kind": _KIND, "sos_id": self.sos_id, "eos_id": self.eos_id,
-                                                        "max_length": self.max_length}, indent=1))
+        (folder / "config.json").write_text(
+            json.dumps(
+                {"kind": _KIND, "sos_id": self.sos_id, "eos_id": self.eos_id, "max_length": self.max_length}, indent=1
+            )
+        )
 
     @classmethod
-    def load(cls, path) -> "Seq2Seq":
+    def load(cls, path) -> Seq2Seq:
         from ..io.torch_format import errors_name, read_config, read_safetensors
 
         folder = Path(path)
@@ -137,8 +164,14 @@ class Seq2Seq(Module):
         t = read_safetensors(folder / "model.safetensors")
         tensors = {k: np.asarray(t[k]) for k in t.keys()}
         with errors_name(str(folder)):
-            return cls(_sub(tensors, "encoder."), _sub(tensors, "decoder."), sos_id=cfg["sos_id"], eos_id=cfg["eos_id"],
-                       max_length=cfg["max_length"], source=str(folder))
+            return cls(
+                _sub(tensors, "encoder."),
+                _sub(tensors, "decoder."),
+                sos_id=cfg["sos_id"],
+                eos_id=cfg["eos_id"],
+                max_length=cfg["max_length"],
+                source=str(folder),
+            )
 
     # ---- the network ---------------------------------------------------------------------------------
 
@@ -156,8 +189,8 @@ class Seq2Seq(Module):
         With shared_source, `keys` holds one source row and the B rows (beams) all attend to it: they are folded
         into the query length of that row, so the projected keys are never copied per beam.
         Returns (log-probabilities (B, vocab), new hidden, attention weights (B, S))."""
-        emb = self.tgt_embedding(np.asarray(tokens)[:, None])                     # (B, 1, E)
-        q = hidden[0]                                                             # (B, H): the query
+        emb = self.tgt_embedding(np.asarray(tokens)[:, None])  # (B, 1, E)
+        q = hidden[0]  # (B, H): the query
         if shared_source:
             context, weights = self.attention(q[None], keys, need_weights=True)
             context, weights = context[0][:, None], weights[0]
@@ -203,8 +236,9 @@ class Seq2Seq(Module):
                 break
         return Translation(ids, [np.stack(a) for a in attns], scores)
 
-    def beam_search(self, src_ids, beam_size: int = 4, max_length: Optional[int] = None,
-                    length_penalty: float = 1.0) -> Translation:
+    def beam_search(
+        self, src_ids, beam_size: int = 4, max_length: Optional[int] = None, length_penalty: float = 1.0
+    ) -> Translation:
         """Beam search for each source sentence: the beam keeps the `beam_size` best live hypotheses by summed
         log-probability; a hypothesis ending in EOS is finished; the answer is the finished (or, at max_length,
         live) hypothesis with the best score / length ** length_penalty. beam_size 1 is greedy decoding."""
@@ -213,7 +247,7 @@ class Seq2Seq(Module):
         ids = np.asarray(src_ids)
         if ids.ndim == 1:
             ids = ids[None]
-        results = [self._beam_one(ids[b: b + 1], beam_size, max_length, length_penalty) for b in range(ids.shape[0])]
+        results = [self._beam_one(ids[b : b + 1], beam_size, max_length, length_penalty) for b in range(ids.shape[0])]
         return Translation(*(list(x) for x in zip(*results)))
 
     def _beam_one(self, src, beam, max_length, length_penalty):

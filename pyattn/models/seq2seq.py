@@ -1,6 +1,7 @@
 """Encoder-decoder translation / summarisation models on pretrained weights: BART and Marian
 (Hugging Face `BartForConditionalGeneration` / `MarianMTModel` names). Both are post-LN; BART adds a
 LayerNorm on the embeddings and learned positions offset by 2, Marian uses fixed sinusoidal positions."""
+
 from __future__ import annotations
 
 import math
@@ -10,10 +11,20 @@ from typing import Optional
 import numpy as np
 
 from .. import functional as F
-from ..nn import (DecoderState, Embedding, FeedForward, LayerNorm, Linear, Module, MultiHeadAttention,
-                  TransformerDecoder, TransformerDecoderLayer, TransformerEncoder, TransformerEncoderLayer)
-from .pretrained import (Weights, errors_name, flag, option, read_config, read_weights, require,
-                         strip_prefix)
+from ..nn import (
+    DecoderState,
+    Embedding,
+    FeedForward,
+    LayerNorm,
+    Linear,
+    Module,
+    MultiHeadAttention,
+    TransformerDecoder,
+    TransformerDecoderLayer,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+)
+from .pretrained import Weights, errors_name, flag, option, read_config, read_weights, require, strip_prefix
 
 _ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "relu": "relu", "swish": "silu", "silu": "silu"}
 # Marian's positions are computed from the config when the checkpoint does not store them: a bound on the
@@ -54,7 +65,9 @@ class Seq2SeqModel(Module):
         w = Weights(strip_prefix(tensors, "model."), source)
         self.shared = Embedding(w.get("shared.weight"), "shared")
         if self.shared.weight.shape[0] == 0 or self.shared.weight.shape[1] != d:
-            raise ValueError(f"{source}: shared.weight has shape {self.shared.weight.shape}, expected (n >= 1, d_model = {d})")
+            raise ValueError(
+                f"{source}: shared.weight has shape {self.shared.weight.shape}, expected (n >= 1, d_model = {d})"
+            )
         for part in ("encoder", "decoder"):
             t = w.get(f"{part}.embed_tokens.weight", optional=True)  # tied to shared when present
             if t is not None and not np.array_equal(t, self.shared.weight):
@@ -69,25 +82,52 @@ class Seq2SeqModel(Module):
                 raise ValueError(f"{source}: {part}.layer_norm (pre-LN variants) is not supported")
 
         def attn(p, H):
-            return MultiHeadAttention(H, w.get(p + "q_proj.weight"), w.get(p + "k_proj.weight"), w.get(p + "v_proj.weight"),
-                                      w.get(p + "out_proj.weight"), w.get(p + "q_proj.bias"), w.get(p + "k_proj.bias"),
-                                      w.get(p + "v_proj.bias"), w.get(p + "out_proj.bias"), name=p.rstrip("."))
+            return MultiHeadAttention(
+                H,
+                w.get(p + "q_proj.weight"),
+                w.get(p + "k_proj.weight"),
+                w.get(p + "v_proj.weight"),
+                w.get(p + "out_proj.weight"),
+                w.get(p + "q_proj.bias"),
+                w.get(p + "k_proj.bias"),
+                w.get(p + "v_proj.bias"),
+                w.get(p + "out_proj.bias"),
+                name=p.rstrip("."),
+            )
 
         def ffn(p):
-            return FeedForward(w.get(p + "fc1.weight"), w.get(p + "fc1.bias"), w.get(p + "fc2.weight"), w.get(p + "fc2.bias"),
-                               _ACT[act], p + "ffn")
+            return FeedForward(
+                w.get(p + "fc1.weight"),
+                w.get(p + "fc1.bias"),
+                w.get(p + "fc2.weight"),
+                w.get(p + "fc2.bias"),
+                _ACT[act],
+                p + "ffn",
+            )
 
         def norm(p):
             return LayerNorm(w.get(p + "weight"), w.get(p + "bias"), 1e-5, p.rstrip("."))
 
-        enc_layers = [TransformerEncoderLayer(attn(f"encoder.layers.{i}.self_attn.", H_enc), ffn(f"encoder.layers.{i}."),
-                                              norm(f"encoder.layers.{i}.self_attn_layer_norm."),
-                                              norm(f"encoder.layers.{i}.final_layer_norm.")) for i in range(n_enc)]
-        dec_layers = [TransformerDecoderLayer(attn(f"decoder.layers.{i}.self_attn.", H_dec),
-                                              attn(f"decoder.layers.{i}.encoder_attn.", H_dec), ffn(f"decoder.layers.{i}."),
-                                              norm(f"decoder.layers.{i}.self_attn_layer_norm."),
-                                              norm(f"decoder.layers.{i}.encoder_attn_layer_norm."),
-                                              norm(f"decoder.layers.{i}.final_layer_norm.")) for i in range(n_dec)]
+        enc_layers = [
+            TransformerEncoderLayer(
+                attn(f"encoder.layers.{i}.self_attn.", H_enc),
+                ffn(f"encoder.layers.{i}."),
+                norm(f"encoder.layers.{i}.self_attn_layer_norm."),
+                norm(f"encoder.layers.{i}.final_layer_norm."),
+            )
+            for i in range(n_enc)
+        ]
+        dec_layers = [
+            TransformerDecoderLayer(
+                attn(f"decoder.layers.{i}.self_attn.", H_dec),
+                attn(f"decoder.layers.{i}.encoder_attn.", H_dec),
+                ffn(f"decoder.layers.{i}."),
+                norm(f"decoder.layers.{i}.self_attn_layer_norm."),
+                norm(f"decoder.layers.{i}.encoder_attn_layer_norm."),
+                norm(f"decoder.layers.{i}.final_layer_norm."),
+            )
+            for i in range(n_dec)
+        ]
         self.encoder = TransformerEncoder(enc_layers)
         self.decoder = TransformerDecoder(dec_layers)
         top = Weights(tensors, source)  # the task model's own tensors, beside the prefixed base model
@@ -96,11 +136,16 @@ class Seq2SeqModel(Module):
             return w.get(name, optional=True) if name in w else top.get(name, optional=True)
 
         head, bias = task("lm_head.weight"), task("final_logits_bias")
-        self.lm_head = Linear(self.shared.weight if head is None else head,
-                              None if bias is None else np.asarray(bias).reshape(-1), "lm_head")
+        self.lm_head = Linear(
+            self.shared.weight if head is None else head,
+            None if bias is None else np.asarray(bias).reshape(-1),
+            "lm_head",
+        )
         if self.lm_head.shape != self.shared.weight.shape:  # generated tokens are embedded next
-            raise ValueError(f"{source}: lm_head.weight has shape {self.lm_head.shape}, expected the shape of "
-                             f"shared.weight {self.shared.weight.shape}")
+            raise ValueError(
+                f"{source}: lm_head.weight has shape {self.lm_head.shape}, expected the shape of "
+                f"shared.weight {self.shared.weight.shape}"
+            )
         w.check_all_used()
 
     def _positions(self, w: Weights, part: str, max_pos: int, d: int) -> np.ndarray:
@@ -108,13 +153,17 @@ class Seq2SeqModel(Module):
         t = w.get(name, optional=True)
         if t is not None:
             if t.ndim != 2 or t.shape[0] <= self.pos_offset or t.shape[1] != d:
-                raise ValueError(f"{w.source}: tensor '{w.name(name)}' has shape {t.shape}, expected "
-                                 f"(n > {self.pos_offset}, d_model = {d})")
+                raise ValueError(
+                    f"{w.source}: tensor '{w.name(name)}' has shape {t.shape}, expected "
+                    f"(n > {self.pos_offset}, d_model = {d})"
+                )
             return F._c_aligned(t, np.float32)
         if self.kind == "marian":
             if max_pos * d > MAX_COMPUTED_POSITIONS:
-                raise ValueError(f"{w.source}: max_position_embeddings {max_pos} x d_model {d} is too large a "
-                                 f"sinusoid table to compute (at most {MAX_COMPUTED_POSITIONS} values)")
+                raise ValueError(
+                    f"{w.source}: max_position_embeddings {max_pos} x d_model {d} is too large a "
+                    f"sinusoid table to compute (at most {MAX_COMPUTED_POSITIONS} values)"
+                )
             return marian_sinusoids(max_pos, d)
         raise KeyError(f"{w.source}: missing tensor '{w.name(name)}'")
 
@@ -125,7 +174,7 @@ class Seq2SeqModel(Module):
         return LayerNorm(w.get(p + "weight"), w.get(p + "bias"), 1e-5, p.rstrip("."))
 
     @classmethod
-    def from_pretrained(cls, path) -> "Seq2SeqModel":
+    def from_pretrained(cls, path) -> Seq2SeqModel:
         folder = Path(path)
         cfg = read_config(folder)
         with errors_name(str(folder)):
@@ -134,8 +183,13 @@ class Seq2SeqModel(Module):
     def _embed(self, ids: np.ndarray, start: int, table: np.ndarray, ln: Optional[LayerNorm]) -> np.ndarray:
         L = ids.shape[1]
         if start + L + self.pos_offset > table.shape[0]:
-            raise ValueError(f"position {start + L - 1} is beyond the {table.shape[0] - self.pos_offset} this model knows")
-        x = self.shared(ids) * np.float32(self.embed_scale) + table[start + self.pos_offset: start + L + self.pos_offset]
+            raise ValueError(
+                f"position {start + L - 1} is beyond the {table.shape[0] - self.pos_offset} this model knows"
+            )
+        x = (
+            self.shared(ids) * np.float32(self.embed_scale)
+            + table[start + self.pos_offset : start + L + self.pos_offset]
+        )
         return x if ln is None else ln(x)
 
     def encode(self, input_ids, attention_mask=None, *, output_attentions=False):
@@ -147,8 +201,9 @@ class Seq2SeqModel(Module):
         if pad is not None and pad.shape != ids.shape:
             raise ValueError(f"expected attention_mask of shape {ids.shape}, got {pad.shape}")
         x = self._embed(ids, 0, self.enc_pos, self.enc_ln_emb)
-        return self.encoder(x, src_key_padding_mask=pad if pad is not None and pad.any() else None,
-                            output_attentions=output_attentions)
+        return self.encoder(
+            x, src_key_padding_mask=pad if pad is not None and pad.any() else None, output_attentions=output_attentions
+        )
 
     def decode(self, decoder_input_ids, memory=None, memory_mask=None, *, state: Optional[DecoderState] = None):
         """Logits (B, T, vocab) for decoder ids: a full pass against `memory`, or the next positions with
@@ -170,8 +225,9 @@ class Seq2SeqModel(Module):
     def __call__(self, input_ids, attention_mask=None, decoder_input_ids=None):
         """Teacher-forced pass: logits (B, T, vocab) of decoder_input_ids given the source."""
         if decoder_input_ids is None:
-            raise ValueError("decoder_input_ids is required (the target shifted right, starting with "
-                             "decoder_start_token_id)")
+            raise ValueError(
+                "decoder_input_ids is required (the target shifted right, starting with decoder_start_token_id)"
+            )
         return {"logits": self.decode(decoder_input_ids, self.encode(input_ids, attention_mask), attention_mask)}
 
     def generate(self, input_ids, attention_mask=None, **kwargs):

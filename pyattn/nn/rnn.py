@@ -1,4 +1,5 @@
 """Recurrent layers: torch.nn.GRU (batch-first) on pyattn's packed GEMM and fused gate kernel."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -52,18 +53,21 @@ class GRU(Module):
         width = self.hidden_size * len(directions)
         for k in range(1, self.num_layers):
             if self._layers[k][0].input_size != width:
-                raise ValueError(f"{name}: layer {k} takes {self._layers[k][0].input_size} inputs, layer {k - 1} "
-                                 f"gives {width}")
+                raise ValueError(
+                    f"{name}: layer {k} takes {self._layers[k][0].input_size} inputs, layer {k - 1} gives {width}"
+                )
         unused = set(weights) - set(self.weights)
         if unused:
             raise ValueError(f"{name}: unexpected weights {sorted(unused)[:5]}")
 
     @classmethod
-    def from_torch(cls, gru) -> "GRU":
+    def from_torch(cls, gru) -> GRU:
         """From a torch.nn.GRU (batch_first=True)."""
         if not getattr(gru, "batch_first", False):
-            raise ValueError("pyattn's GRU is batch-first: build the torch.nn.GRU with batch_first=True (the weights "
-                             "are the same; transpose your inputs)")
+            raise ValueError(
+                "pyattn's GRU is batch-first: build the torch.nn.GRU with batch_first=True (the weights "
+                "are the same; transpose your inputs)"
+            )
         return cls({k: v.detach().cpu().numpy() for k, v in gru.state_dict().items()})
 
     def named_weights(self, prefix: str = ""):
@@ -85,8 +89,9 @@ class GRU(Module):
         if h0 is not None:
             h0 = F._c_aligned(h0, np.float32)
             if h0.shape != (self.num_layers * D, B, self.hidden_size):
-                raise ValueError(f"{self._name}: expected h0 of shape {(self.num_layers * D, B, self.hidden_size)}, "
-                                 f"got {h0.shape}")
+                raise ValueError(
+                    f"{self._name}: expected h0 of shape {(self.num_layers * D, B, self.hidden_size)}, got {h0.shape}"
+                )
         finals = []
         for k, row in enumerate(self._layers):
             outs = []

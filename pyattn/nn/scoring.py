@@ -1,6 +1,7 @@
 """Single-head attention with the classic score functions (Luong et al. 2015; Bahdanau et al. 2015), the
 attention of RNN encoder-decoders: one module holding the weights of any score function, whose key side
 is computed once per source (`prepare`) and reused at every decoding step."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -30,7 +31,7 @@ class PreparedKeys:
 
     __slots__ = ("keys", "projected", "unbatched", "_owner")
 
-    def __init__(self, keys: np.ndarray, projected: Optional[np.ndarray], unbatched: bool, owner: "Attention"):
+    def __init__(self, keys: np.ndarray, projected: Optional[np.ndarray], unbatched: bool, owner: Attention):
         self.keys, self.projected, self.unbatched, self._owner = keys, projected, unbatched, owner
 
     @property
@@ -59,14 +60,39 @@ class Attention(Module):
     at every step: the keys are projected once, not once per step.
     """
 
-    def __init__(self, score: str = "dot", *, w=None, w_q=None, b_q=None, w_k=None, b_k=None, v=None,
-                 v_bias: float = 0.0, b=None, scale: Optional[float] = None, query_dim: Optional[int] = None,
-                 name: str = "attention"):
+    def __init__(
+        self,
+        score: str = "dot",
+        *,
+        w=None,
+        w_q=None,
+        b_q=None,
+        w_k=None,
+        b_k=None,
+        v=None,
+        v_bias: float = 0.0,
+        b=None,
+        scale: Optional[float] = None,
+        query_dim: Optional[int] = None,
+        name: str = "attention",
+    ):
         score = F._check_score(score)
         w, w_q, b_q, w_k, b_k, v, b, v_bias = map(_numpy, (w, w_q, b_q, w_k, b_k, v, b, v_bias))
         v_bias = F._v_bias(v_bias)
-        F._check_unused(score, {"w": w, "w_q": w_q, "b_q": b_q, "w_k": w_k, "b_k": b_k, "v": v, "b": b,
-                                "scale": scale, "v_bias": v_bias or None})
+        F._check_unused(
+            score,
+            {
+                "w": w,
+                "w_q": w_q,
+                "b_q": b_q,
+                "w_k": w_k,
+                "b_k": b_k,
+                "v": v,
+                "b": b,
+                "scale": scale,
+                "v_bias": v_bias or None,
+            },
+        )
         if query_dim is not None and score != "concat":
             raise ValueError(f"query_dim is for score='concat' (where W splits), not {score!r}")
         self.score = score
@@ -86,8 +112,10 @@ class Attention(Module):
             H, total = self.w.shape
             if query_dim is None:
                 if total % 2:
-                    raise ValueError(f"weight {name}.w {self.w.shape} has an odd number of columns: pass query_dim "
-                                     f"(Dq) to say where its query and key halves meet")
+                    raise ValueError(
+                        f"weight {name}.w {self.w.shape} has an odd number of columns: pass query_dim "
+                        f"(Dq) to say where its query and key halves meet"
+                    )
                 query_dim = total // 2
             if not 0 < query_dim < total:
                 raise ValueError(f"query_dim must be in [1, {total - 1}] for w {self.w.shape}, got {query_dim}")
@@ -102,8 +130,9 @@ class Attention(Module):
             H = self.w_q.shape[0]
             self.w_k = as_weight(w_k, f"{name}.w_k")
             if self.w_k.ndim != 2 or self.w_k.shape[0] != H:
-                raise ValueError(f"weight {name}.w_k must be (H, Dk) with H = {H} (from w_q {self.w_q.shape}), "
-                                 f"got {self.w_k.shape}")
+                raise ValueError(
+                    f"weight {name}.w_k must be (H, Dk) with H = {H} (from w_q {self.w_q.shape}), got {self.w_k.shape}"
+                )
             self.b_q = None if b_q is None else as_weight(b_q, f"{name}.b_q", (H,))
             self.b_k = None if b_k is None else as_weight(b_k, f"{name}.b_k", (H,))
             self.v = as_weight(v, f"{name}.v", (H,))
@@ -112,26 +141,36 @@ class Attention(Module):
 
     # -------------------------------------------------------------------------------------------------
     @classmethod
-    def bahdanau(cls, Wa_weight, Wa_bias, Ua_weight, Ua_bias, Va_weight, Va_bias=None,
-                 name: str = "bahdanau") -> "Attention":
+    def bahdanau(
+        cls, Wa_weight, Wa_bias, Ua_weight, Ua_bias, Va_weight, Va_bias=None, name: str = "bahdanau"
+    ) -> Attention:
         """From the PyTorch seq2seq tutorial's ``BahdanauAttention``: ``Wa = Linear(H, H)`` on the query,
         ``Ua = Linear(H, H)`` on the keys, ``Va = Linear(H, 1)``; scores = Va(tanh(Wa(query) + Ua(keys))).
         E.g. ``Attention.bahdanau(m.Wa.weight, m.Wa.bias, m.Ua.weight, m.Ua.bias, m.Va.weight, m.Va.bias)``."""
         va = np.asarray(_numpy(Va_weight)) if Va_weight is not None else None
         if va is None or va.ndim not in (1, 2) or (va.ndim == 2 and va.shape[0] != 1):
-            raise ValueError(f"Va_weight must be the (1, H) weight of Va = Linear(H, 1), got "
-                             f"{None if va is None else va.shape}")
+            raise ValueError(
+                f"Va_weight must be the (1, H) weight of Va = Linear(H, 1), got {None if va is None else va.shape}"
+            )
         v_bias = 0.0
         if Va_bias is not None:
             vb = np.asarray(_numpy(Va_bias))
             if vb.size != 1:
                 raise ValueError(f"Va_bias must be the (1,) bias of Va = Linear(H, 1), got {vb.shape}")
             v_bias = float(vb.reshape(()))
-        return cls("additive", w_q=Wa_weight, b_q=Wa_bias, w_k=Ua_weight, b_k=Ua_bias, v=va.reshape(-1),
-                   v_bias=v_bias, name=name)
+        return cls(
+            "additive",
+            w_q=Wa_weight,
+            b_q=Wa_bias,
+            w_k=Ua_weight,
+            b_k=Ua_bias,
+            v=va.reshape(-1),
+            v_bias=v_bias,
+            name=name,
+        )
 
     @classmethod
-    def luong(cls, kind: str, W=None, name: str = "luong") -> "Attention":
+    def luong(cls, kind: str, W=None, name: str = "luong") -> Attention:
         """Luong et al. (2015) global attention: ``kind="dot"`` (h_t . h_s) or ``"general"`` (h_t^T W h_s, W the
         (H, H) weight of a bias-free ``Linear`` applied to the encoder states). For "concat" use
         ``Attention("concat", w=..., v=...)``."""
@@ -143,8 +182,9 @@ class Attention(Module):
             if W is None:
                 raise ValueError("Luong 'general' attention needs W (the (H, H) weight of its Linear)")
             return cls("general", w=W, name=name)
-        raise ValueError(f"kind must be 'dot' or 'general', got {kind!r} (for concat: Attention('concat', w=..., "
-                         f"v=...))")
+        raise ValueError(
+            f"kind must be 'dot' or 'general', got {kind!r} (for concat: Attention('concat', w=..., v=...))"
+        )
 
     # -------------------------------------------------------------------------------------------------
     def prepare(self, keys) -> PreparedKeys:
@@ -155,8 +195,10 @@ class Attention(Module):
         keys = F._c_aligned(F._rows3(keys, "keys", "(B, Lk, Dk)", unbatched))
         if self._k_proj is not None:
             if keys.shape[2] != self._k_proj.in_features:
-                raise ValueError(f"{self._name}: expected keys of width {self._k_proj.in_features} (from the "
-                                 f"weights), got {keys.shape[1:] if unbatched else keys.shape}")
+                raise ValueError(
+                    f"{self._name}: expected keys of width {self._k_proj.in_features} (from the "
+                    f"weights), got {keys.shape[1:] if unbatched else keys.shape}"
+                )
             projected = self._k_proj(keys)
         elif self.score == "cosine":
             projected = F._unit_rows(keys)
@@ -164,8 +206,16 @@ class Attention(Module):
             projected = None
         return PreparedKeys(keys, projected, unbatched, self)
 
-    def __call__(self, query, keys_or_prepared, values=None, *, key_padding_mask=None, hard: bool = False,
-                 need_weights: bool = True):
+    def __call__(
+        self,
+        query,
+        keys_or_prepared,
+        values=None,
+        *,
+        key_padding_mask=None,
+        hard: bool = False,
+        need_weights: bool = True,
+    ):
         """query (B, Lq, Dq) (Bahdanau's decoder: (B, 1, H)), keys (B, Lk, Dk) or ``prepare(keys)``, values
         (B, Lk, Dv) -- by default the keys. Unbatched (L, D) arrays work too. key_padding_mask (B, Lk): bool
         True = padding, or float added to the scores. ``hard``: one-hot weights at the best key.
@@ -198,11 +248,16 @@ class Attention(Module):
         """(B, Lq, Lk) scores of query (B, Lq, Dq) against prepared keys."""
         score, keys, kp = self.score, prepared.keys, prepared.projected
         Dq = query.shape[2]
-        want_dq = {"general": lambda: self.w.shape[0], "concat": lambda: self._q_proj.in_features,
-                   "additive": lambda: self.w_q.shape[1]}.get(score, lambda: keys.shape[2])()
+        want_dq = {
+            "general": lambda: self.w.shape[0],
+            "concat": lambda: self._q_proj.in_features,
+            "additive": lambda: self.w_q.shape[1],
+        }.get(score, lambda: keys.shape[2])()
         if Dq != want_dq:
-            raise ValueError(f"{self._name}: expected queries of width {want_dq} (score={score!r}, keys "
-                             f"{keys.shape}), got {query.shape}")
+            raise ValueError(
+                f"{self._name}: expected queries of width {want_dq} (score={score!r}, keys "
+                f"{keys.shape}), got {query.shape}"
+            )
         inputs = {"query": query, "keys": keys}
         if score in ("dot", "scaled_dot"):
             s = F.matmul(query, keys, transpose_b=True)

@@ -1,4 +1,5 @@
 """Encoder and decoder layers and stacks (post-LN as in the paper, pre-LN as most modern models)."""
+
 from __future__ import annotations
 
 from typing import List, Optional
@@ -21,8 +22,10 @@ class FeedForward(Module):
         self.linear1 = Linear(w1, b1, f"{name}.linear1")
         self.linear2 = Linear(w2, b2, f"{name}.linear2")
         if self.linear2.in_features != self.linear1.out_features:
-            raise ValueError(f"{name}: linear2.weight {self.linear2.shape} does not take linear1's "
-                             f"{self.linear1.out_features} outputs (linear1.weight {self.linear1.shape})")
+            raise ValueError(
+                f"{name}: linear2.weight {self.linear2.shape} does not take linear1's "
+                f"{self.linear1.out_features} outputs (linear1.weight {self.linear1.shape})"
+            )
         self.activation = activation
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -32,8 +35,10 @@ class FeedForward(Module):
 def check_widths(d_model: int, ffn: FeedForward, norms, name: str) -> None:
     """Every sub-layer of a layer must read and write d_model features."""
     if ffn.linear1.in_features != d_model or ffn.linear2.out_features != d_model:
-        raise ValueError(f"{name}: feed-forward weights linear1 {ffn.linear1.shape} / linear2 "
-                         f"{ffn.linear2.shape} do not match d_model {d_model}")
+        raise ValueError(
+            f"{name}: feed-forward weights linear1 {ffn.linear1.shape} / linear2 "
+            f"{ffn.linear2.shape} do not match d_model {d_model}"
+        )
     for i, n in enumerate(norms, 1):
         if n.weight.shape != (d_model,):
             raise ValueError(f"{name}: norm{i}.weight has shape {n.weight.shape}, expected ({d_model},)")
@@ -44,8 +49,10 @@ def check_attention_inputs(attn: MultiHeadAttention, query_width: int, key_width
     kdim, vdim = attn.w_k.shape[1], attn.w_v.shape[1]
     if attn.w_q.shape[1] != query_width or kdim != vdim or (key_width is not None and kdim != key_width):
         want = f"{key_width}" if key_width is not None else "one width"
-        raise ValueError(f"{name}: attention weights w_q {attn.w_q.shape}, w_k {attn.w_k.shape}, w_v {attn.w_v.shape} "
-                         f"do not read {query_width} query features and {want} for keys and values")
+        raise ValueError(
+            f"{name}: attention weights w_q {attn.w_q.shape}, w_k {attn.w_k.shape}, w_v {attn.w_v.shape} "
+            f"do not read {query_width} query features and {want} for keys and values"
+        )
 
 
 def check_stack(layers, norm: Optional[LayerNorm], name: str) -> None:
@@ -54,15 +61,23 @@ def check_stack(layers, norm: Optional[LayerNorm], name: str) -> None:
     if len(widths) > 1:
         raise ValueError(f"{name}: layers of different widths {sorted(widths)}")
     if norm is not None and widths and norm.weight.shape != (widths.pop(),):
-        raise ValueError(f"{name}: norm.weight has shape {norm.weight.shape}, the layers are {layers[0].self_attn.d_model} wide")
+        raise ValueError(
+            f"{name}: norm.weight has shape {norm.weight.shape}, the layers are {layers[0].self_attn.d_model} wide"
+        )
 
 
 class TransformerEncoderLayer(Module):
     """x -> x + SelfAttn(x) -> x + FFN(x), each sub-layer wrapped in a residual connection and LayerNorm:
     after it (norm_first=False, the paper) or before it (norm_first=True)."""
 
-    def __init__(self, self_attn: MultiHeadAttention, ffn: FeedForward, norm1: LayerNorm, norm2: LayerNorm,
-                 norm_first: bool = False):
+    def __init__(
+        self,
+        self_attn: MultiHeadAttention,
+        ffn: FeedForward,
+        norm1: LayerNorm,
+        norm2: LayerNorm,
+        norm_first: bool = False,
+    ):
         check_widths(self_attn.d_model, ffn, (norm1, norm2), "encoder layer")
         check_attention_inputs(self_attn, self_attn.d_model, self_attn.d_model, "encoder layer: self-attention")
         self.self_attn, self.ffn, self.norm1, self.norm2 = self_attn, ffn, norm1, norm2
@@ -71,13 +86,23 @@ class TransformerEncoderLayer(Module):
     def __call__(self, x, *, src_mask=None, src_key_padding_mask=None, is_causal=False, need_weights=False):
         # x: (batch, seq, d_model)
         if self.norm_first:
-            a, w = self.self_attn(self.norm1(x), attn_mask=src_mask, key_padding_mask=src_key_padding_mask,
-                                  is_causal=is_causal, need_weights=need_weights)
+            a, w = self.self_attn(
+                self.norm1(x),
+                attn_mask=src_mask,
+                key_padding_mask=src_key_padding_mask,
+                is_causal=is_causal,
+                need_weights=need_weights,
+            )
             x = x + a
             x = x + self.ffn(self.norm2(x))
         else:
-            a, w = self.self_attn(x, attn_mask=src_mask, key_padding_mask=src_key_padding_mask, is_causal=is_causal,
-                                  need_weights=need_weights)
+            a, w = self.self_attn(
+                x,
+                attn_mask=src_mask,
+                key_padding_mask=src_key_padding_mask,
+                is_causal=is_causal,
+                need_weights=need_weights,
+            )
             x = self.norm1(a, residual=x)
             x = self.norm2(self.ffn(x), residual=x)
         return x, w
@@ -87,8 +112,16 @@ class TransformerDecoderLayer(Module):
     """Masked self-attention, encoder-decoder attention (Q from the decoder, K and V from the encoder
     output), feed-forward; residual + LayerNorm around each (post- or pre-LN)."""
 
-    def __init__(self, self_attn: MultiHeadAttention, cross_attn: MultiHeadAttention, ffn: FeedForward,
-                 norm1: LayerNorm, norm2: LayerNorm, norm3: LayerNorm, norm_first: bool = False):
+    def __init__(
+        self,
+        self_attn: MultiHeadAttention,
+        cross_attn: MultiHeadAttention,
+        ffn: FeedForward,
+        norm1: LayerNorm,
+        norm2: LayerNorm,
+        norm3: LayerNorm,
+        norm_first: bool = False,
+    ):
         check_widths(self_attn.d_model, ffn, (norm1, norm2, norm3), "decoder layer")
         if cross_attn.d_model != self_attn.d_model:
             raise ValueError(f"decoder layer: cross-attention d_model {cross_attn.d_model} != {self_attn.d_model}")
@@ -98,18 +131,35 @@ class TransformerDecoderLayer(Module):
         self.norm1, self.norm2, self.norm3 = norm1, norm2, norm3
         self.norm_first = bool(norm_first)
 
-    def __call__(self, x, memory=None, *, memory_kv: Optional[KVCache] = None, cache: Optional[KVCache] = None,
-                 tgt_mask=None, tgt_key_padding_mask=None, tgt_is_causal=True, memory_key_padding_mask=None,
-                 need_weights=False):
+    def __call__(
+        self,
+        x,
+        memory=None,
+        *,
+        memory_kv: Optional[KVCache] = None,
+        cache: Optional[KVCache] = None,
+        tgt_mask=None,
+        tgt_key_padding_mask=None,
+        tgt_is_causal=True,
+        memory_key_padding_mask=None,
+        need_weights=False,
+    ):
         # x: (batch, tgt_len, d_model); memory: (batch, src_len, d_model) or its projected memory_kv
         def sa(h):
-            return self.self_attn(h, cache=cache, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask,
-                                  is_causal=tgt_is_causal, need_weights=need_weights)
+            return self.self_attn(
+                h,
+                cache=cache,
+                attn_mask=tgt_mask,
+                key_padding_mask=tgt_key_padding_mask,
+                is_causal=tgt_is_causal,
+                need_weights=need_weights,
+            )
 
         def ca(h):
             if memory_kv is not None:
-                return self.cross_attn(h, memory_kv=memory_kv, key_padding_mask=memory_key_padding_mask,
-                                       need_weights=need_weights)
+                return self.cross_attn(
+                    h, memory_kv=memory_kv, key_padding_mask=memory_key_padding_mask, need_weights=need_weights
+                )
             return self.cross_attn(h, memory, key_padding_mask=memory_key_padding_mask, need_weights=need_weights)
 
         if self.norm_first:
@@ -135,8 +185,13 @@ class TransformerEncoder(Module):
     def __call__(self, x, *, mask=None, src_key_padding_mask=None, is_causal=False, output_attentions=False):
         attentions = []
         for layer in self.layers:
-            x, w = layer(x, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=is_causal,
-                         need_weights=output_attentions)
+            x, w = layer(
+                x,
+                src_mask=mask,
+                src_key_padding_mask=src_key_padding_mask,
+                is_causal=is_causal,
+                need_weights=output_attentions,
+            )
             attentions.append(w)
         if self.norm is not None:
             x = self.norm(x)
@@ -172,23 +227,48 @@ class TransformerDecoder(Module):
         """Projects the encoder output once per layer; each decoding step then costs O(current length)."""
         B = memory.shape[0]
         d = self.layers[0].self_attn.d_model
-        return DecoderState([KVCache(B, d) for _ in self.layers],
-                            [layer.cross_attn.project_kv(memory) for layer in self.layers], memory_key_padding_mask)
+        return DecoderState(
+            [KVCache(B, d) for _ in self.layers],
+            [layer.cross_attn.project_kv(memory) for layer in self.layers],
+            memory_key_padding_mask,
+        )
 
-    def __call__(self, x, memory=None, *, state: Optional[DecoderState] = None, tgt_mask=None,
-                 tgt_key_padding_mask=None, tgt_is_causal=True, memory_key_padding_mask=None,
-                 output_attentions=False):
+    def __call__(
+        self,
+        x,
+        memory=None,
+        *,
+        state: Optional[DecoderState] = None,
+        tgt_mask=None,
+        tgt_key_padding_mask=None,
+        tgt_is_causal=True,
+        memory_key_padding_mask=None,
+        output_attentions=False,
+    ):
         """Full pass (memory given) or one incremental step (state given: x holds only the new positions)."""
         attentions = []
         for i, layer in enumerate(self.layers):
             if state is not None:
-                x, w = layer(x, memory_kv=state.memory_kv[i], cache=state.self_caches[i], tgt_mask=tgt_mask,
-                             tgt_key_padding_mask=tgt_key_padding_mask, tgt_is_causal=tgt_is_causal,
-                             memory_key_padding_mask=state.memory_key_padding_mask, need_weights=output_attentions)
+                x, w = layer(
+                    x,
+                    memory_kv=state.memory_kv[i],
+                    cache=state.self_caches[i],
+                    tgt_mask=tgt_mask,
+                    tgt_key_padding_mask=tgt_key_padding_mask,
+                    tgt_is_causal=tgt_is_causal,
+                    memory_key_padding_mask=state.memory_key_padding_mask,
+                    need_weights=output_attentions,
+                )
             else:
-                x, w = layer(x, memory, tgt_mask=tgt_mask, tgt_key_padding_mask=tgt_key_padding_mask,
-                             tgt_is_causal=tgt_is_causal, memory_key_padding_mask=memory_key_padding_mask,
-                             need_weights=output_attentions)
+                x, w = layer(
+                    x,
+                    memory,
+                    tgt_mask=tgt_mask,
+                    tgt_key_padding_mask=tgt_key_padding_mask,
+                    tgt_is_causal=tgt_is_causal,
+                    memory_key_padding_mask=memory_key_padding_mask,
+                    need_weights=output_attentions,
+                )
             attentions.append(w)
         if self.norm is not None:
             x = self.norm(x)
@@ -199,18 +279,41 @@ class Transformer(Module):
     """pyattn's torch.nn.Transformer: encoder + decoder stacks (batch_first)."""
 
     def __init__(self, encoder: TransformerEncoder, decoder: TransformerDecoder):
-        if encoder.layers and decoder.layers and decoder.layers[0].cross_attn.w_k.shape[1] != encoder.layers[0].self_attn.d_model:
-            raise ValueError(f"transformer: the decoder's cross-attention reads {decoder.layers[0].cross_attn.w_k.shape[1]} "
-                             f"features, the encoder gives {encoder.layers[0].self_attn.d_model}")
+        if (
+            encoder.layers
+            and decoder.layers
+            and decoder.layers[0].cross_attn.w_k.shape[1] != encoder.layers[0].self_attn.d_model
+        ):
+            raise ValueError(
+                f"transformer: the decoder's cross-attention reads {decoder.layers[0].cross_attn.w_k.shape[1]} "
+                f"features, the encoder gives {encoder.layers[0].self_attn.d_model}"
+            )
         self.encoder, self.decoder = encoder, decoder
 
-    def __call__(self, src, tgt, *, src_mask=None, tgt_mask=None, memory_mask=None, src_key_padding_mask=None,
-                 tgt_key_padding_mask=None, memory_key_padding_mask=None, tgt_is_causal=False):
+    def __call__(
+        self,
+        src,
+        tgt,
+        *,
+        src_mask=None,
+        tgt_mask=None,
+        memory_mask=None,
+        src_key_padding_mask=None,
+        tgt_key_padding_mask=None,
+        memory_key_padding_mask=None,
+        tgt_is_causal=False,
+    ):
         if memory_mask is not None:
             raise ValueError("memory_mask is not supported; use memory_key_padding_mask")
         memory = self.encoder(src, mask=src_mask, src_key_padding_mask=src_key_padding_mask)
-        return self.decoder(tgt, memory, tgt_mask=tgt_mask, tgt_key_padding_mask=tgt_key_padding_mask,
-                            tgt_is_causal=tgt_is_causal, memory_key_padding_mask=memory_key_padding_mask)
+        return self.decoder(
+            tgt,
+            memory,
+            tgt_mask=tgt_mask,
+            tgt_key_padding_mask=tgt_key_padding_mask,
+            tgt_is_causal=tgt_is_causal,
+            memory_key_padding_mask=memory_key_padding_mask,
+        )
 
 
 class Seq2SeqTransformer(Module):
@@ -231,8 +334,10 @@ class Seq2SeqTransformer(Module):
         self.scale = np.float32(np.sqrt(d)) if scale_embeddings else np.float32(1.0)
         widths = {layer.self_attn.d_model for layer in transformer.encoder.layers + transformer.decoder.layers}
         if self.generator.in_features != d or self.tgt_embedding.weight.shape[1] != d or widths - {d}:
-            raise ValueError(f"embeddings {self.src_embedding.weight.shape} / {self.tgt_embedding.weight.shape} and "
-                             f"generator {self.generator.shape} must share d_model with the transformer {sorted(widths)}")
+            raise ValueError(
+                f"embeddings {self.src_embedding.weight.shape} / {self.tgt_embedding.weight.shape} and "
+                f"generator {self.generator.shape} must share d_model with the transformer {sorted(widths)}"
+            )
 
     def embed_src(self, ids, start=0):
         ids = np.asarray(ids)
@@ -248,8 +353,13 @@ class Seq2SeqTransformer(Module):
     def __call__(self, src_ids, tgt_ids, *, src_key_padding_mask=None, tgt_key_padding_mask=None):
         """Log-probabilities (B, T, vocab) of the next target token at every position (teacher forcing)."""
         memory = self.encode(src_ids, src_key_padding_mask)
-        h = self.transformer.decoder(self.embed_tgt(tgt_ids), memory, tgt_key_padding_mask=tgt_key_padding_mask,
-                                     memory_key_padding_mask=src_key_padding_mask, tgt_is_causal=True)
+        h = self.transformer.decoder(
+            self.embed_tgt(tgt_ids),
+            memory,
+            tgt_key_padding_mask=tgt_key_padding_mask,
+            memory_key_padding_mask=src_key_padding_mask,
+            tgt_is_causal=True,
+        )
         return F.log_softmax(self.generator(h))
 
     def greedy_decode(self, src_ids, bos_id: int, max_len: int, eos_id=None, src_key_padding_mask=None):

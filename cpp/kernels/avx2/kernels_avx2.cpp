@@ -16,7 +16,7 @@ alignas(32) const int32_t kTailMask[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0,
 struct V {
     using reg = __m256;
     static constexpr bool kTranspose8 = true;  // transpose8x8 available
-    static constexpr int kDotRows = 6;  // rows of A per pass of the dot kernel
+    static constexpr int kDotRows = 6;         // rows of A per pass of the dot kernel
     static constexpr int W = 8;
     static reg zero() { return _mm256_setzero_ps(); }
     static reg set1(float x) { return _mm256_set1_ps(x); }
@@ -43,9 +43,7 @@ struct V {
         const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
         return _mm256_castsi256_ps(e);
     }
-    static reg zero_where_less(reg x, reg thr, reg y) {
-        return _mm256_andnot_ps(_mm256_cmp_ps(x, thr, _CMP_LT_OQ), y);
-    }
+    static reg zero_where_less(reg x, reg thr, reg y) { return _mm256_andnot_ps(_mm256_cmp_ps(x, thr, _CMP_LT_OQ), y); }
     static float hsum(reg v) {
         __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         s = _mm_add_ps(s, _mm_movehl_ps(s, s));

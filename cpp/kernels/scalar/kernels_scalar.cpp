@@ -14,7 +14,7 @@ inline void transpose8x8(const float*, int64_t, float*, int64_t) {}
 struct V {
     using reg = float;
     static constexpr bool kTranspose8 = false;  // transpose8x8 available
-    static constexpr int kDotRows = 2;  // rows of A per pass of the dot kernel
+    static constexpr int kDotRows = 2;          // rows of A per pass of the dot kernel
     static constexpr int W = 1;
     static reg zero() { return 0.0f; }
     static reg set1(float x) { return x; }
