@@ -264,10 +264,18 @@ def test_linear_storage_switch(rng):
     assert lin.storage == "float16"
     w16 = w.astype(np.float16).astype(np.float32)
     np.testing.assert_allclose(lin(x), x @ w16.T + lin.bias, rtol=1e-5, atol=1e-5)
-    lin.set_storage("float32")
-    np.testing.assert_allclose(lin(x), x @ w16.T + lin.bias, rtol=1e-5, atol=1e-5)
     assert not np.allclose(y32, lin(x), rtol=0, atol=0)  # the rounding happened
+    # the original values are gone: back to float32 (or on to another type) would silently keep the rounding
+    with pytest.raises(ValueError, match="load the model again"):
+        lin.set_storage("float32")
+    lin.set_storage("float16")  # the type it has: a no-op
     with pytest.raises(ValueError, match="storage"):
-        lin.set_storage("int8")
+        lin.set_storage("int4")
     with pytest.raises(ValueError, match="storage"):
         pyattn.PackedLinear(w, storage="bf16")
+    # weights that are halves are held exactly: float16 -> float32 -> int8 stays possible
+    exact = Linear(w16, None)
+    exact.set_storage("float16")
+    exact.set_storage("float32")
+    exact.set_storage("int8")
+    assert exact.storage == "int8"

@@ -4,6 +4,7 @@
 #include "cpu/cpu.h"
 #include "gemm/gemm.h"
 #include "gemm/packed_matrix.h"
+#include "gemm/weight_type.h"
 
 namespace pyattn::bind {
 namespace {
@@ -54,37 +55,31 @@ py::array prepare_out(const py::object& out, const py::array& x, int64_t N) {
 
 class PackedLinear {
 public:
-    // weight: float32 or float16 (out_features, in_features). storage: "float32", "float16", or "" for the
-    // weight's own dtype. Half storage computes in float32 all the same, widening each weight as it loads it.
+    // weight: float32 or float16 (out_features, in_features). storage: a weight type's name (weight_type.h), or ""
+    // for the weight's own dtype. Every type computes in float32 (int8: int32 sums, dequantized in the epilogue).
     PackedLinear(const py::array& weight, const py::object& bias, const std::string& storage) {
         const bool w_half = weight.dtype().kind() == 'f' && weight.itemsize() == 2;
         if (!w_half) require_f32(weight, "weight");
         require_ndim(weight, 2, "weight", "(out_features, in_features)");
         require_nonempty(weight, "weight");
         require_c_contiguous(weight, "weight");
-        if (!storage.empty() && storage != "float32" && storage != "float16")
-            value_error("storage must be 'float32' or 'float16', got '" + storage + "'");
-        const bool half = storage.empty() ? w_half : storage == "float16";
+        gemm::WeightType type = w_half ? gemm::WeightType::f16 : gemm::WeightType::f32;
+        if (!storage.empty()) {
+            try {
+                type = gemm::parse_weight_type(storage);
+            } catch (const std::invalid_argument&) {
+                value_error("storage must be one of " + gemm::weight_type_names() + ", got '" + storage + "'");
+            }
+        }
         N_ = weight.shape(0);
         K_ = weight.shape(1);
         py::array keep;
         const float* b = check_bias(bias, N_, keep);
         if (b) bias_.assign(b, b + N_);
-        std::vector<float> widened;
-        if (w_half && !half) {  // float16 given, float32 wanted: widen once
-            widened.resize(static_cast<std::size_t>(N_) * K_);
-            const auto* h = static_cast<const uint16_t*>(weight.data());
-            py::gil_scoped_release nogil;
-            cpu::active().widen_h(h, widened.data(), static_cast<int64_t>(widened.size()));
-        }
+        const auto* w16 = w_half ? static_cast<const uint16_t*>(weight.data()) : nullptr;
+        const float* w32 = w_half ? nullptr : f32(weight);
         py::gil_scoped_release nogil;
-        if (half)
-            packed_ =
-                std::make_unique<gemm::PackedMatrix>(w_half ? static_cast<const uint16_t*>(weight.data()) : nullptr,
-                                                     w_half ? nullptr : f32(weight), K_, K_, N_, cpu::active());
-        else
-            packed_ = std::make_unique<gemm::PackedMatrix>(w_half ? widened.data() : f32(weight), K_, true, K_, N_,
-                                                           cpu::active());
+        packed_ = std::make_unique<gemm::PackedMatrix>(type, w32, w16, K_, K_, N_, cpu::active());
     }
 
     py::array call(const py::array& x, const std::string& activation, const py::object& out) const {
@@ -119,7 +114,7 @@ public:
     int64_t out_features() const { return N_; }
     bool has_bias() const { return !bias_.empty(); }
     std::string isa() const { return packed_->kernels().name; }
-    std::string storage() const { return packed_->is_half() ? "float16" : "float32"; }
+    std::string storage() const { return gemm::info(packed_->type()).name; }
     std::size_t nbytes() const { return packed_->size_bytes() + bias_.size() * sizeof(float); }
 
 private:
@@ -241,6 +236,14 @@ py::array linear(const py::array& x, const py::array& weight, const py::object& 
 }  // namespace
 
 void bind_gemm(py::module_& m) {
+    m.def(
+        "weight_types",
+        [] {
+            std::vector<std::string> names;
+            for (const auto& t : gemm::kWeightTypes) names.emplace_back(t.name);
+            return names;
+        },
+        "Names of the weight types PackedLinear can hold.");
     m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("transpose_b") = false, py::arg("out") = py::none(),
           "a (..., M, K) @ b (..., K, N) (or b (..., N, K) with transpose_b) with numpy batch broadcasting.\n"
           "float32 only; the last axis of a and b must be contiguous; out is C-contiguous float32.");
@@ -249,7 +252,9 @@ void bind_gemm(py::module_& m) {
           "act(x @ weight.T + bias): x (..., in) C-contiguous, weight (out, in) as in torch.nn.Linear.");
     py::class_<PackedLinear>(m, "PackedLinear",
                              "A Linear layer whose weight is packed once for the GEMM micro-kernel (at construction),\n"
-                             "so each call packs only its activations. weight (out_features, in_features) float32.")
+                             "so each call packs only its activations. weight (out_features, in_features) float32 or\n"
+                             "float16; storage: 'float32', 'float16', 'bfloat16', 'int8' (per-output-channel scales,\n"
+                             "activations quantized per row), or '' for the weight's own dtype.")
         .def(py::init<const py::array&, const py::object&, const std::string&>(), py::arg("weight"),
              py::arg("bias") = py::none(), py::arg("storage") = "")
         .def("__call__", &PackedLinear::call, py::arg("x"), py::arg("activation") = "none", py::arg("out") = py::none(),
@@ -260,7 +265,8 @@ void bind_gemm(py::module_& m) {
         .def_property_readonly("out_features", &PackedLinear::out_features)
         .def_property_readonly("has_bias", &PackedLinear::has_bias)
         .def_property_readonly("isa", &PackedLinear::isa, "Kernel set the weight was packed for.")
-        .def_property_readonly("storage", &PackedLinear::storage, "'float32' or 'float16': how the weight is held.")
+        .def_property_readonly("storage", &PackedLinear::storage,
+                               "How the weight is held: 'float32', 'float16', 'bfloat16' or 'int8'.")
         .def_property_readonly("nbytes", &PackedLinear::nbytes, "Bytes held by the packed weight and bias.");
 }
 

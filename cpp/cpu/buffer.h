@@ -65,7 +65,25 @@ private:
     std::size_t cap_ = 0;
 };
 
-template <int Slot>
+// Who owns which per-thread scratch buffer: a caller holding a slot may call code that uses other slots, never its
+// own (the GRU holds its slot across GEMM calls, attention holds its own across the GEMMs of its tiles).
+enum class Slot : int {
+    gemm_b,            // the shared block of B, packed from a plain B or widened from 16 bits
+    gemm_a,            // this thread's packed block of A
+    gemm_tile,         // an edge panel of B, or an output tile
+    gemm_rounded_a,    // A rounded to bfloat16 for the small-M and tall paths (bfloat16 weights)
+    gemm_quantized_a,  // int8: the activations quantized per row (int16 values) ...
+    gemm_a_scales,     // ... and their scales
+    attn_scores,       // attention: one row of scores (direct path)
+    attn_k,            // attention: K^T of one head as GEMM panels (flash path)
+    attn_v,            // attention: V of one head as GEMM panels
+    attn_q,            // attention: the query block
+    attn_tile,         // attention: one tile of scores
+    attn_out,          // attention: running output, max and sum of the query block
+    gru_hidden,        // the GRU's hidden projection of one step
+};
+
+template <Slot S>
 inline float* scratch(std::size_t n) {
     thread_local Scratch s;
     return s.get(n);

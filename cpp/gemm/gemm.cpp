@@ -7,6 +7,7 @@
 
 #include "cpu/buffer.h"
 #include "cpu/cpu.h"
+#include "gemm/grid.h"
 #include "gemm/packed_matrix.h"
 
 namespace pyattn::gemm {
@@ -73,47 +74,16 @@ struct Problem {
     Epilogue ep;
 };
 
-// Threads form a tr x tc grid over (rows of C in MR groups) x (NR panels of each NC block), chosen to
-// minimise the largest per-thread share of micro-tiles: with few rows (M = 128 on 2 threads) splitting the
-// panels balances exactly where splitting rows would leave one thread a partial group short.
-struct Grid {
-    int tr, tc;
-};
-
-Grid choose_grid(int nt, int64_t M, int mr, int64_t panels) {
-    const int64_t row_groups = (M + mr - 1) / mr;
-    Grid best{nt, 1};
-    int64_t best_cost = -1;
-    for (int tr = nt; tr >= 1; --tr) {
-        if (nt % tr) continue;
-        const int tc = nt / tr;
-        // Rows (not row groups) of the busiest thread: a partial last group is cheap through the rows kernel.
-        int64_t rows = 0;
-        for (int i = 0; i < tr; ++i) {
-            const int64_t r0 = std::min<int64_t>(M, row_groups * i / tr * mr);
-            const int64_t r1 = std::min<int64_t>(M, row_groups * (i + 1) / tr * mr);
-            rows = std::max(rows, r1 - r0);
-        }
-        const int64_t cost = rows * ((panels + tc - 1) / tc);
-        if (best_cost < 0 || cost < best_cost) {
-            best = Grid{tr, tc};
-            best_cost = cost;
-        }
-    }
-    return best;
-}
-
 void run_blocked(const KernelSet& ks, const Problem& P, int nt) {
     const auto bl = ks.blocking;
     const int64_t M = P.M, N = P.N, K = P.K;
-    const int64_t row_groups = (M + bl.mr - 1) / bl.mr;
     const int64_t b_panels_max = (std::min<int64_t>(bl.nc, N) + bl.nr - 1) / bl.nr;
     const Grid grid = choose_grid(nt, M, bl.mr, b_panels_max);
-    // Half-float prepacked B is widened block by block into the shared buffer (cost amortised over M rows);
+    // 16-bit prepacked B is widened block by block into the shared buffer (cost amortised over M rows);
     // float prepacked B is used in place; a plain B is packed.
-    const bool widen = P.packed && P.packed->is_half();
+    const bool widen = P.packed && P.packed->type() != WeightType::f32;
     const bool shared = !P.packed || widen;
-    float* shared_b = shared ? scratch<0>(static_cast<std::size_t>(b_panels_max) * bl.nr * bl.kc) : nullptr;
+    float* shared_b = shared ? scratch<Slot::gemm_b>(static_cast<std::size_t>(b_panels_max) * bl.nr * bl.kc) : nullptr;
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
@@ -121,9 +91,9 @@ void run_blocked(const KernelSet& ks, const Problem& P, int nt) {
         const Grid g = nth == nt ? grid : Grid{1, 1};
         const int ri = tid / g.tc, ci = tid % g.tc;
         // This thread's rows of C: whole MR groups, so only the last thread may have a partial one.
-        const int64_t r0 = std::min<int64_t>(M, row_groups * ri / g.tr * bl.mr);
-        const int64_t r1 = std::min<int64_t>(M, row_groups * (ri + 1) / g.tr * bl.mr);
-        float* ap = scratch<1>(static_cast<std::size_t>(bl.mc + bl.mr) * bl.kc);
+        int64_t r0, r1;
+        grid_rows(M, bl.mr, g.tr, ri, r0, r1);
+        float* ap = scratch<Slot::gemm_a>(static_cast<std::size_t>(bl.mc + bl.mr) * bl.kc);
         for (int64_t jc = 0; jc < N; jc += bl.nc) {
             const int64_t nc = std::min<int64_t>(bl.nc, N - jc);
             const int64_t panels = (nc + bl.nr - 1) / bl.nr;
@@ -136,8 +106,9 @@ void run_blocked(const KernelSet& ks, const Problem& P, int nt) {
                 } else {
                     const int64_t s0 = panels * tid / nth, s1 = panels * (tid + 1) / nth;
                     if (widen)
-                        ks.widen_h(P.packed->block_h(jc, pc) + s0 * kc * bl.nr, shared_b + s0 * kc * bl.nr,
-                                   (s1 - s0) * kc * bl.nr);
+                        ks.half[static_cast<int>(P.packed->half_format())].widen(
+                            P.packed->block16(jc, pc) + s0 * kc * bl.nr, shared_b + s0 * kc * bl.nr,
+                            (s1 - s0) * kc * bl.nr);
                     else
                         pack_b(ks, P.B.data, P.B.ld, P.B.trans, pc, kc, jc, nc, bl.nr, shared_b, s0, s1);
 #pragma omp barrier
@@ -181,7 +152,7 @@ void run_small_m(const KernelSet& ks, const Problem& P, int nt) {
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         alignas(64) float tile[16 * 64];
-        float* edge = scratch<2>(static_cast<std::size_t>(P.packed ? 0 : K) * nr + 16);
+        float* edge = scratch<Slot::gemm_tile>(static_cast<std::size_t>(P.packed ? 0 : K) * nr + 16);
 #pragma omp for schedule(static)
         for (int64_t q = 0; q < panels; ++q) {
             const int64_t j = q * nr, n = std::min<int64_t>(nr, N - j);
@@ -199,8 +170,9 @@ void run_small_m(const KernelSet& ks, const Problem& P, int nt) {
                         const int64_t kc = std::min<int64_t>(bl.kc, K - pc);
                         const int64_t off = qq * kc * nr;
                         const float beta = pc == 0 ? beta0 : 1.0f;
-                        if (P.packed->is_half())
-                            ks.rows_h(m, kc, a + pc, P.lda, P.packed->block_h(jc, pc) + off, nr, out, ldo, beta);
+                        if (P.packed->type() != WeightType::f32)
+                            ks.half[static_cast<int>(P.packed->half_format())].rows(
+                                m, kc, a + pc, P.lda, P.packed->block16(jc, pc) + off, nr, out, ldo, beta);
                         else
                             ks.rows(m, kc, a + pc, P.lda, P.packed->block(jc, pc) + off, nr, out, ldo, beta);
                     }
@@ -227,7 +199,7 @@ void run_tall(const KernelSet& ks, const Problem& P, int nt) {
     const int64_t panels = (N + nr - 1) / nr;
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-        float* tile = scratch<2>(static_cast<std::size_t>(M) * vec + 16);
+        float* tile = scratch<Slot::gemm_tile>(static_cast<std::size_t>(M) * vec + 16);
 #pragma omp for schedule(static)
         for (int64_t q = 0; q < panels; ++q) {
             const int64_t j = q * nr;
@@ -241,8 +213,9 @@ void run_tall(const KernelSet& ks, const Problem& P, int nt) {
                     const int64_t kc = std::min<int64_t>(bl.kc, K - pc);
                     const int64_t off = qq * kc * nr + h;
                     const float beta = pc == 0 ? (n == vec ? P.beta : 0.0f) : 1.0f;
-                    if (P.packed->is_half())
-                        ks.tall_h(M, kc, P.A + pc, P.lda, P.packed->block_h(jc, pc) + off, nr, out, ldo, beta);
+                    if (P.packed->type() != WeightType::f32)
+                        ks.half[static_cast<int>(P.packed->half_format())].tall(
+                            M, kc, P.A + pc, P.lda, P.packed->block16(jc, pc) + off, nr, out, ldo, beta);
                     else
                         ks.tall(M, kc, P.A + pc, P.lda, P.packed->block(jc, pc) + off, nr, out, ldo, beta);
                 }
@@ -251,6 +224,12 @@ void run_tall(const KernelSet& ks, const Problem& P, int nt) {
             }
         }
     }
+}
+
+void dispatch(const KernelSet& ks, const Problem& P, int nt) {
+    if (P.M <= kSmallM) return run_small_m(ks, P, nt);
+    if (P.packed && P.M > ks.blocking.mr && P.M <= ks.tall_rows) return run_tall(ks, P, nt);
+    run_blocked(ks, P, nt);
 }
 
 void run(const KernelSet& ks, const Problem& P, int nthreads) {
@@ -267,9 +246,17 @@ void run(const KernelSet& ks, const Problem& P, int nthreads) {
     const double flops = 2.0 * P.M * P.N * P.K;
     int nt = nthreads > 0 ? nthreads : cpu::threads_for(flops);
     if (omp_in_parallel()) nt = 1;
-    if (P.M <= kSmallM) return run_small_m(ks, P, nt);
-    if (P.packed && P.M > ks.blocking.mr && P.M <= ks.tall_rows) return run_tall(ks, P, nt);
-    run_blocked(ks, P, nt);
+    if (P.packed && P.packed->type() == WeightType::bf16) {
+        // bfloat16 weights multiply bfloat16 activations (what AMX and AVX512_BF16 compute, and so every kernel set
+        // here): a rounded copy of A. (O(M K) next to the O(M N K) product.)
+        float* a = scratch<Slot::gemm_rounded_a>(static_cast<std::size_t>(P.M * P.K));
+        for (int64_t i = 0; i < P.M; ++i) ks.round_bf16(P.A + i * P.lda, a + i * P.K, P.K);
+        Problem R = P;
+        R.A = a;
+        R.lda = P.K;
+        return dispatch(ks, R, nt);
+    }
+    dispatch(ks, P, nt);
 }
 
 }  // namespace
@@ -281,6 +268,7 @@ void sgemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, BRef B,
 
 void sgemm(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, float* C, int64_t ldc, float beta,
            const Epilogue& ep, int nthreads) {
+    if (B.type() == WeightType::i8) return gemm_int8(M, A, lda, B, C, ldc, beta, ep, nthreads);
     run(B.kernels(), Problem{M, B.N(), B.K(), A, lda, BRef{nullptr, 0, false}, &B, C, ldc, beta, ep}, nthreads);
 }
 

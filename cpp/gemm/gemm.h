@@ -42,6 +42,11 @@ void sgemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, BRef B,
 void sgemm(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, float* C, int64_t ldc, float beta = 0.0f,
            const Epilogue& ep = {}, int nthreads = 0);
 
+// The same for an int8 PackedMatrix (sgemm above dispatches to it): the activations are quantized per row to
+// int8, products summed in int32 and dequantized with the row and column scales (Int8Kernels in kernels.h).
+void gemm_int8(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, float* C, int64_t ldc, float beta,
+               const Epilogue& ep, int nthreads);
+
 // A batch of GEMMs sharing M, N, K and strides: C_i = A_i B_i with A_i = A + a_off[i], B_i = B.data +
 // b_off[i], C_i = C + i * c_stride. Many small products run one per thread; large ones one at a time
 // with every thread inside.

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "cpu/cpu.h"
@@ -76,8 +78,10 @@ PackedMatrix::PackedMatrix(const float* b, int64_t ldb, bool trans, int64_t K, i
     : K_(K), N_(N), ks_(&ks) {
     const auto& bl = ks.blocking;
     const int64_t nr = bl.nr;
-    const std::vector<Job> jobs = block_jobs(bl, K, N, size_);
-    data_ = aligned_floats(size_);
+    std::size_t size;
+    const std::vector<Job> jobs = block_jobs(bl, K, N, size);
+    data_ = aligned_floats(size);
+    bytes_ = size * sizeof(float);
     const int nt = cpu::threads_for(static_cast<double>(K) * N);
     float* base = data_.get();
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
@@ -89,15 +93,45 @@ PackedMatrix::PackedMatrix(const float* b, int64_t ldb, bool trans, int64_t K, i
     }
 }
 
-PackedMatrix::PackedMatrix(const uint16_t* w16, const float* w32, int64_t ldw, int64_t K, int64_t N,
+PackedMatrix::PackedMatrix(WeightType type, const float* w32, const uint16_t* w16, int64_t ldw, int64_t K, int64_t N,
                            const kernels::KernelSet& ks)
-    : K_(K), N_(N), ks_(&ks), half_(true) {
-    const auto& bl = ks.blocking;
-    const int64_t nr = bl.nr;
-    const std::vector<Job> jobs = block_jobs(bl, K, N, size_);
-    data_ = aligned_floats((size_ + 1) / 2);
+    : K_(K), N_(N), ks_(&ks), type_(type) {
+    switch (info(type).family) {
+        case WeightFamily::float32: {
+            std::vector<float> widened;
+            if (!w32) {  // halves given, float32 wanted: widen once
+                widened.resize(static_cast<std::size_t>(N) * ldw);
+                ks.half[static_cast<int>(kernels::HalfFormat::f16)].widen(w16, widened.data(),
+                                                                          static_cast<int64_t>(widened.size()));
+                w32 = widened.data();
+            }
+            *this = PackedMatrix(w32, ldw, true, K, N, ks);
+            return;
+        }
+        case WeightFamily::wide16:
+            pack_wide16(w32, w16, ldw);
+            return;
+        case WeightFamily::int8:
+            pack_int8(w32, w16, ldw);
+            return;
+    }
+}
+
+void PackedMatrix::pack_wide16(const float* w32, const uint16_t* w16, int64_t ldw) {
+    const auto& bl = ks_->blocking;
+    const int64_t nr = bl.nr, K = K_, N = N_;
+    std::size_t size;
+    const std::vector<Job> jobs = block_jobs(bl, K, N, size);
+    data_ = aligned_floats((size + 1) / 2);
+    bytes_ = size * sizeof(uint16_t);
     const int nt = cpu::threads_for(static_cast<double>(K) * N);
     uint16_t* base = reinterpret_cast<uint16_t*>(data_.get());
+    const bool bf16 = type_ == WeightType::bf16;
+    // The stored element for W[j][p]: halves are kept as they are (float16) or widened and rounded (bfloat16).
+    auto element = [&](int64_t src) -> uint16_t {
+        if (!bf16) return w16 ? w16[src] : float_to_half(w32[src]);
+        return float_to_bf16(w16 ? half_to_float(w16[src]) : w32[src]);
+    };
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
     for (int64_t i = 0; i < static_cast<int64_t>(jobs.size()); ++i) {
         const Job& jb = jobs[i];
@@ -110,8 +144,7 @@ PackedMatrix::PackedMatrix(const uint16_t* w16, const float* w32, int64_t ldw, i
                 const int64_t pe = std::min<int64_t>(pb + 32, jb.kc);
                 for (int64_t j = 0; j < w; ++j) {
                     const int64_t src = (j0 + j) * ldw + jb.pc;
-                    for (int64_t p = pb; p < pe; ++p)
-                        panel[p * nr + j] = w16 ? w16[src + p] : float_to_half(w32[src + p]);
+                    for (int64_t p = pb; p < pe; ++p) panel[p * nr + j] = element(src + p);
                 }
             }
             for (int64_t p = 0; p < jb.kc; ++p)
@@ -120,17 +153,68 @@ PackedMatrix::PackedMatrix(const uint16_t* w16, const float* w32, int64_t ldw, i
     }
 }
 
+void PackedMatrix::pack_int8(const float* w32, const uint16_t* w16, int64_t ldw) {
+    const auto& k8 = ks_->i8;
+    const int64_t nr = k8.nr, nb = nblocks(), kp = nb * kernels::kQBlock, panels = (N_ + nr - 1) / nr;
+    const std::size_t elems = static_cast<std::size_t>(panels * nr) * kp;
+    const std::size_t nscales = static_cast<std::size_t>(panels * nr) * nb;
+    data_ = aligned_floats((elems + 3) / 4);
+    scales_ = aligned_floats(nscales);
+    bytes_ = elems + nscales * sizeof(float);
+    int8_t* base = reinterpret_cast<int8_t*>(data_.get());
+    const int nt = cpu::threads_for(static_cast<double>(K_) * N_);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        std::vector<int16_t> q(kp);
+        std::vector<float> row(w32 ? 0 : K_), rs(nb);
+#pragma omp for schedule(static)
+        for (int64_t pq = 0; pq < panels; ++pq) {
+            int8_t* panel = base + pq * kp * nr;
+            float* ps = scales_.get() + pq * nb * nr;
+            for (int64_t jj = 0; jj < nr; ++jj) {
+                const int64_t j = pq * nr + jj;
+                if (j < N_) {
+                    // the activations' quantizer, so that weights and activations follow one rule
+                    const float* src = w32 ? w32 + j * ldw : row.data();
+                    if (!w32)
+                        ks_->half[static_cast<int>(kernels::HalfFormat::f16)].widen(w16 + j * ldw, row.data(), K_);
+                    k8.quantize(src, ldw, 1, K_, q.data(), kp, rs.data(), nb);
+                } else {
+                    std::fill(q.begin(), q.end(), int16_t{0});
+                    std::fill(rs.begin(), rs.end(), 0.0f);
+                }
+                for (int64_t p = 0; p < kp; ++p) panel[((p / 2) * nr + jj) * 2 + (p & 1)] = static_cast<int8_t>(q[p]);
+                for (int64_t blk = 0; blk < nb; ++blk) ps[blk * nr + jj] = rs[blk];
+            }
+        }
+    }
+}
+
 void PackedMatrix::unpack_transposed(float* w) const {
+    if (type_ == WeightType::i8) {
+        const int64_t nr = ks_->i8.nr;
+        for (int64_t j = 0; j < N_; ++j) {
+            const int8_t* panel = panel_i8(j / nr);
+            const float* ps = panel_scales(j / nr);
+            const int64_t jj = j % nr;
+            for (int64_t p = 0; p < K_; ++p)
+                w[j * K_ + p] =
+                    static_cast<float>(panel[((p / 2) * nr + jj) * 2 + (p & 1)]) * ps[(p / kernels::kQBlock) * nr + jj];
+        }
+        return;
+    }
     const auto& bl = ks_->blocking;
+    const bool bf16 = type_ == WeightType::bf16;
     for (int64_t jc = 0; jc < N_; jc += bl.nc)
         for (int64_t pc = 0; pc < K_; pc += bl.kc) {
             const int64_t nc = std::min<int64_t>(bl.nc, N_ - jc), kc = std::min<int64_t>(bl.kc, K_ - pc);
             for (int64_t j = 0; j < nc; ++j) {
                 const int64_t first = (j / bl.nr) * kc * bl.nr + j % bl.nr;
                 float* row = w + (jc + j) * K_ + pc;
-                if (half_) {
-                    const uint16_t* panel = block_h(jc, pc) + first;
-                    for (int64_t p = 0; p < kc; ++p) row[p] = half_to_float(panel[p * bl.nr]);
+                if (type_ != WeightType::f32) {
+                    const uint16_t* panel = block16(jc, pc) + first;
+                    for (int64_t p = 0; p < kc; ++p)
+                        row[p] = bf16 ? bf16_to_float(panel[p * bl.nr]) : half_to_float(panel[p * bl.nr]);
                 } else {
                     const float* panel = block(jc, pc) + first;
                     for (int64_t p = 0; p < kc; ++p) row[p] = panel[p * bl.nr];
@@ -148,7 +232,7 @@ int64_t PackedMatrix::offset(int64_t jc, int64_t pc) const {
 
 const float* PackedMatrix::block(int64_t jc, int64_t pc) const { return data_.get() + offset(jc, pc); }
 
-const uint16_t* PackedMatrix::block_h(int64_t jc, int64_t pc) const {
+const uint16_t* PackedMatrix::block16(int64_t jc, int64_t pc) const {
     return reinterpret_cast<const uint16_t*>(data_.get()) + offset(jc, pc);
 }
 

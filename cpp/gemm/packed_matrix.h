@@ -1,46 +1,63 @@
 // A K x N GEMM B operand packed once (at weight-load time) into the panel layout of one kernel set,
 // so that each later call packs only its activations.
 //
-// Layout: blocks (jc, pc) of KC x NC, stored jc-major; inside a block, ceil(nc / NR) panels of kc x NR
-// floats, each row of a panel contiguous; the last panel is zero-padded to NR columns.
+// Layout of float32 and 16-bit types: blocks (jc, pc) of KC x NC, stored jc-major; inside a block, ceil(nc / NR)
+// panels of kc x NR elements, each row of a panel contiguous; the last panel is zero-padded to NR columns.
+// int8: see panel_i8 (no K or N blocking: each output sums all of K in int32 before it is dequantized).
 #pragma once
 #include <cstdint>
 
 #include "cpu/buffer.h"
+#include "gemm/weight_type.h"
 #include "kernels/kernels.h"
 
 namespace pyattn::gemm {
 
 class PackedMatrix {
 public:
-    // Packs B (element (p, j) = b[p * ldb + j], or b[j * ldb + p] when trans) for kernel set `ks`.
+    // Packs B (element (p, j) = b[p * ldb + j], or b[j * ldb + p] when trans) as float32 for kernel set `ks`.
     PackedMatrix(const float* b, int64_t ldb, bool trans, int64_t K, int64_t N, const kernels::KernelSet& ks);
-    // Packs a weight W given as N x K (row stride ldw) into half-float panels, the same layout with 2-byte
-    // elements: from IEEE halves as they are (w16), or from floats rounded to nearest half (w32; pass null
-    // for the other). The GEMM widens each element back to float as it loads it.
-    PackedMatrix(const uint16_t* w16, const float* w32, int64_t ldw, int64_t K, int64_t N,
+    // Packs a weight W given as N x K ([out, in], row stride ldw) as `type` (weight_type.h), from floats (w32) or
+    // from IEEE halves (w16; the other pointer null). 16-bit types round to nearest even (halves stay as they are
+    // for float16); int8 quantizes each row (output channel) in blocks of kQBlock along K by the rules of
+    // Int8Kernels::quantize (scale = the block's max |W| / 127; a block holding NaN or inf gets a NaN scale).
+    PackedMatrix(gemm::WeightType type, const float* w32, const uint16_t* w16, int64_t ldw, int64_t K, int64_t N,
                  const kernels::KernelSet& ks);
 
     int64_t K() const { return K_; }
     int64_t N() const { return N_; }
+    WeightType type() const { return type_; }
     const kernels::KernelSet& kernels() const { return *ks_; }
     const kernels::GemmBlocking& blocking() const { return ks_->blocking; }
-    bool is_half() const { return half_; }
-    // Start of block (jc, pc); jc and pc are multiples of NC and KC. block() for float storage, block_h() for half.
+    // float32 and 16-bit types: start of block (jc, pc); jc and pc are multiples of NC and KC.
     const float* block(int64_t jc, int64_t pc) const;
-    const uint16_t* block_h(int64_t jc, int64_t pc) const;
-    std::size_t size_bytes() const { return size_ * (half_ ? sizeof(uint16_t) : sizeof(float)); }
-    // Writes the matrix back in the transposed [N, K] layout (a weight's [out, in]) to w (N * K floats).
+    const uint16_t* block16(int64_t jc, int64_t pc) const;
+    kernels::HalfFormat half_format() const {
+        return type_ == WeightType::bf16 ? kernels::HalfFormat::bf16 : kernels::HalfFormat::f16;
+    }
+    // int8: panels of ks.i8.nr columns over K padded to nblocks() * kQBlock (the layout of Int8Kernel's b), and
+    // per panel its nblocks() x nr block scales (zero for the padding columns).
+    int64_t nblocks() const { return (K_ + kernels::kQBlock - 1) / kernels::kQBlock; }
+    const int8_t* panel_i8(int64_t q) const {
+        return reinterpret_cast<const int8_t*>(data_.get()) + q * nblocks() * kernels::kQBlock * ks_->i8.nr;
+    }
+    const float* panel_scales(int64_t q) const { return scales_.get() + q * nblocks() * ks_->i8.nr; }
+    std::size_t size_bytes() const { return bytes_; }
+    // Writes the matrix back in the transposed [N, K] layout (a weight's [out, in]) to w (N * K floats): the
+    // values the GEMM multiplies by (for int8, q * scale).
     void unpack_transposed(float* w) const;
 
 private:
     int64_t K_, N_;
     const kernels::KernelSet* ks_;
-    bool half_ = false;
-    std::size_t size_;  // elements
-    AlignedPtr data_;   // floats, or size_ halves in (size_ + 1) / 2 floats of storage
+    WeightType type_ = WeightType::f32;
+    std::size_t bytes_ = 0;  // of data_ and scales_
+    AlignedPtr data_;        // elements of type_ in the layout above, in float-sized storage
+    AlignedPtr scales_;      // int8 only
 
     int64_t offset(int64_t jc, int64_t pc) const;  // element offset of block (jc, pc)
+    void pack_wide16(const float* w32, const uint16_t* w16, int64_t ldw);
+    void pack_int8(const float* w32, const uint16_t* w16, int64_t ldw);
 };
 
 // Packs columns [j0, j0 + nc) x rows [p0, p0 + kc) of B into panels (kc x NR each, zero-padded), the

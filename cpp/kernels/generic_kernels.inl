@@ -5,7 +5,8 @@
 // internal linkage per ISA: an AVX-512 instantiation can never be merged by the linker into the scalar
 // path (the classic ODR hazard of compiling one template under several -m flags).
 //
-// V provides: reg, W (lanes), zero, set1, load, store, load_n, store_n (first n lanes, n <= W, the rest
+// V provides: reg, W (lanes), zero, set1, load, load_h / load_bf16 (W 16-bit floats widened), round_bf16 (each
+// lane rounded to the nearest bfloat16, NaN kept), store, load_n, store_n (first n lanes, n <= W, the rest
 // read as 0 / left untouched), fmadd(a, b, c) = a*b + c, add, sub, mul, div, max, min, hsum, hmax,
 // exp, erf, tanh, and mask_neg_inf(s, bytes) (lanes whose byte is nonzero become -inf).
 
@@ -61,13 +62,23 @@ void micro_kernel(int64_t k, const float* __restrict a, const float* __restrict 
     store_tile<MR, NV>(acc, c, ldc, beta);
 }
 
-// B elements as floats or as IEEE halves (widened in the register).
-inline typename V::reg load_b(const float* p) { return V::load(p); }
-inline typename V::reg load_b(const uint16_t* p) { return V::load_h(p); }
+// B element formats: how a panel element is loaded into a float register.
+struct FmtF32 {
+    using T = float;
+    static typename V::reg load(const float* p) { return V::load(p); }
+};
+struct FmtF16 {
+    using T = uint16_t;
+    static typename V::reg load(const uint16_t* p) { return V::load_h(p); }
+};
+struct FmtBF16 {
+    using T = uint16_t;
+    static typename V::reg load(const uint16_t* p) { return V::load_bf16(p); }
+};
 
-// Same tile, A read in place (row stride lda) for m = M rows: the small-M (decode) path. B is float or half.
-template <int M, int NV, class BT>
-void rows_kernel_m(int64_t k, const float* __restrict a, int64_t lda, const BT* __restrict b, int64_t ldb,
+// Same tile, A read in place (row stride lda) for m = M rows: the small-M (decode) path. B in format Fmt.
+template <int M, int NV, class Fmt>
+void rows_kernel_m(int64_t k, const float* __restrict a, int64_t lda, const typename Fmt::T* __restrict b, int64_t ldb,
                    float* __restrict c, int64_t ldc, float beta) {
     typename V::reg acc[M][NV];
 #pragma GCC unroll 16
@@ -77,7 +88,7 @@ void rows_kernel_m(int64_t k, const float* __restrict a, int64_t lda, const BT* 
     for (int64_t p = 0; p < k; ++p) {
         typename V::reg bv[NV];
 #pragma GCC unroll 8
-        for (int j = 0; j < NV; ++j) bv[j] = load_b(b + p * ldb + j * V::W);
+        for (int j = 0; j < NV; ++j) bv[j] = Fmt::load(b + p * ldb + j * V::W);
 #pragma GCC unroll 16
         for (int i = 0; i < M; ++i) {
             const typename V::reg av = V::set1(a[i * lda + p]);
@@ -88,19 +99,26 @@ void rows_kernel_m(int64_t k, const float* __restrict a, int64_t lda, const BT* 
     store_tile<M, NV>(acc, c, ldc, beta);
 }
 
-template <int MR, int NV, class BT = float, int M = MR>
-void rows_kernel_dispatch(int64_t m, int64_t k, const float* a, int64_t lda, const BT* b, int64_t ldb, float* c,
-                          int64_t ldc, float beta) {
+template <int MR, int NV, class Fmt = FmtF32, int M = MR>
+void rows_kernel_dispatch(int64_t m, int64_t k, const float* a, int64_t lda, const typename Fmt::T* b, int64_t ldb,
+                          float* c, int64_t ldc, float beta) {
     if constexpr (M >= 1) {
-        if (m == M) return rows_kernel_m<M, NV, BT>(k, a, lda, b, ldb, c, ldc, beta);
-        return rows_kernel_dispatch<MR, NV, BT, M - 1>(m, k, a, lda, b, ldb, c, ldc, beta);
+        if (m == M) return rows_kernel_m<M, NV, Fmt>(k, a, lda, b, ldb, c, ldc, beta);
+        return rows_kernel_dispatch<MR, NV, Fmt, M - 1>(m, k, a, lda, b, ldb, c, ldc, beta);
     }
 }
 
-void widen_half(const uint16_t* x, float* y, int64_t n) {
+template <class Fmt, float (*Scalar)(uint16_t)>
+void widen16(const uint16_t* x, float* y, int64_t n) {
     int64_t i = 0;
-    for (; i + V::W <= n; i += V::W) V::store(y + i, V::load_h(x + i));
-    for (; i < n; ++i) y[i] = half_to_float(x[i]);
+    for (; i + V::W <= n; i += V::W) V::store(y + i, Fmt::load(x + i));
+    for (; i < n; ++i) y[i] = Scalar(x[i]);
+}
+
+void round_bf16(const float* x, float* y, int64_t n) {
+    int64_t i = 0;
+    for (; i + V::W <= n; i += V::W) V::store(y + i, V::round_bf16(V::load(x + i)));
+    for (; i < n; ++i) y[i] = bf16_to_float(float_to_bf16(x[i]));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -469,16 +487,21 @@ float stream_sum(const float* x, int64_t n) {
 }
 
 template <int MR, int NV, int TALL, int TALL_NV>
-KernelSet make_kernel_set(const char* name, int mc, int kc, int nc) {
+KernelSet make_kernel_set(const char* name, int mc, int kc, int nc, Int8Kernels i8) {
     KernelSet ks{};
     ks.name = name;
     ks.blocking = GemmBlocking{MR, NV * V::W, mc, kc, nc};
     ks.micro = &micro_kernel<MR, NV>;
     ks.rows = &rows_kernel_dispatch<MR, NV>;
     ks.tall = &rows_kernel_dispatch<TALL, TALL_NV>;
-    ks.rows_h = &rows_kernel_dispatch<MR, NV, uint16_t>;
-    ks.tall_h = &rows_kernel_dispatch<TALL, TALL_NV, uint16_t>;
-    ks.widen_h = &widen_half;
+    ks.half[static_cast<int>(HalfFormat::f16)] =
+        HalfKernels{&rows_kernel_dispatch<MR, NV, FmtF16>, &rows_kernel_dispatch<TALL, TALL_NV, FmtF16>,
+                    &widen16<FmtF16, half_to_float>};
+    ks.half[static_cast<int>(HalfFormat::bf16)] =
+        HalfKernels{&rows_kernel_dispatch<MR, NV, FmtBF16>, &rows_kernel_dispatch<TALL, TALL_NV, FmtBF16>,
+                    &widen16<FmtBF16, bf16_to_float>};
+    ks.round_bf16 = &round_bf16;
+    ks.i8 = i8;
     ks.gru_gates = &gru_gates;
     ks.tall_rows = TALL;
     ks.tall_cols = TALL_NV * V::W;

@@ -1,6 +1,6 @@
-// IEEE 754 half <-> float by bit manipulation, for the scalar kernel set and for packing. Internal linkage
-// (anonymous namespace): each translation unit, whatever its -m flags, keeps its own copy, so no ISA-specific
-// instantiation can be merged into the portable path.
+// 16-bit floats <-> float by bit manipulation (IEEE 754 half and bfloat16), for the scalar kernel set and for packing.
+// Internal linkage (anonymous namespace): each translation unit, whatever its -m flags, keeps its own copy, so no
+// ISA-specific instantiation can be merged into the portable path.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -48,6 +48,22 @@ inline uint16_t float_to_half(float f) {
     const uint32_t r = ax - 0x38000000u;  // rebias 127 -> 15
     const uint32_t q = r >> 13, rem = r & 0x1fffu;
     return sign | static_cast<uint16_t>(q + (rem > 0x1000u || (rem == 0x1000u && (q & 1u))));
+}
+
+// bfloat16: the upper half of a float32.
+inline float bf16_to_float(uint16_t h) {
+    const uint32_t bits = static_cast<uint32_t>(h) << 16;
+    float f;
+    std::memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+// Round to nearest even (overflow gives inf); a NaN stays a (quiet) NaN of the same sign.
+inline uint16_t float_to_bf16(float f) {
+    uint32_t x;
+    std::memcpy(&x, &f, sizeof x);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x40u);
+    return static_cast<uint16_t>((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
 }
 
 }  // namespace

@@ -1,7 +1,8 @@
 // The kernel table: the only interface between ISA-specific code (cpp/kernels/<isa>/) and the
 // ISA-free rest of the core. One KernelSet per instruction set; cpp/cpu/ picks one at import.
 //
-// Every function here computes in float32 (half-float weights are widened on load) and follows one contract:
+// Every function here computes in float32 (16-bit weights are widened on load; int8 products are summed in
+// int32 and dequantized to float32) and follows one contract:
 //   * pointers may be unaligned; lengths may be anything >= 0 (edge tiles are the caller's, see below);
 //   * a function with a `beta` argument never reads C when beta == 0 (C may hold NaN garbage);
 //   * functions documented "y may alias x" work in place.
@@ -31,8 +32,8 @@ using MicroKernel = void (*)(int64_t k, const float* a, const float* b, int64_t 
 using RowsKernel = void (*)(int64_t m, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
                             int64_t ldc, float beta);
 
-// The same with B panels stored as IEEE half floats (uint16), widened to float in registers: a decode step
-// reads half the bytes of float weights (models stored in float16 lose nothing: every half is a float).
+// The same with B panels of 16-bit floats (IEEE half or bfloat16, as uint16), widened to float in registers: a
+// decode step reads half the bytes of float weights (models stored in float16 lose nothing: every half is a float).
 using RowsKernelHalf = void (*)(int64_t m, int64_t k, const float* a, int64_t lda, const uint16_t* b, int64_t ldb,
                                 float* c, int64_t ldc, float beta);
 
@@ -45,6 +46,45 @@ using DotKernel = void (*)(int64_t m, int64_t n, int64_t k, const float* a, int6
 // panel[p * nr + j] = w[j * ldw + p] for p < kc, j < cols; columns [cols, nr) are zero.
 using PackTransKernel = void (*)(const float* w, int64_t ldw, int64_t kc, int64_t cols, int nr, float* panel);
 
+// The 16-bit float formats of B panels, an index into KernelSet::half.
+enum class HalfFormat : int { f16 = 0, bf16 = 1 };
+
+struct HalfKernels {
+    RowsKernelHalf rows;                                    // the small-M kernel
+    RowsKernelHalf tall;                                    // the tall kernel
+    void (*widen)(const uint16_t* x, float* y, int64_t n);  // y[i] = float(x[i]), for the blocked path
+};
+
+// ---- int8 ----
+// C = dequant(Aq Bq), both quantized symmetrically in blocks of kQBlock consecutive k (GGUF's Q8_0 x Q8_0, as
+// llama.cpp computes it): B per (column, block), A per (row, block) at the GEMM's input. k is padded with zeros to
+// kp = nb * kQBlock.
+//   a:  int16 values in [-127, 127], row-major with row stride lda (elements); the kernels multiply and add the
+//       pairs (2p, 2p + 1) in one step (pmaddwd, vpdpwssd);
+//   sa: per row, nb block scales (row stride ldsa);
+//   b:  one packed panel of nr columns: per block, kQBlock / 2 pairs of nr columns of 2 bytes: byte (p, j, t) at
+//       b[(p * nr + j) * 2 + t] = Bq[2p + t][j] (p counting pairs from the panel's start);
+//   sw: the panel's scales, nb x nr floats (block-major);
+//   c[i][j] = s_nb, where s_0 = 0 and s_{b+1} = fma(float(sum_{k in b} Aq[i][k] Bq[k][j]), sa[i][b] * sw[b][j], s_b);
+//   then c[i][j] + bias[j] (one add) when bias is non-null.
+// The int32 sums of a block are exact, and the float steps are the same operations in the same order in every
+// kernel set (the scalar one calls fmaf), so every kernel set gives the same bits (tested).
+constexpr int kQBlock = 32;
+
+using Int8Kernel = void (*)(int64_t m, int64_t nb, const int16_t* a, int64_t lda, const float* sa, int64_t ldsa,
+                            const int8_t* b, const float* sw, float* c, int64_t ldc, const float* bias);
+
+struct Int8Kernels {
+    int mr, nr;       // register tile: up to mr rows of A by one nr-column panel
+    Int8Kernel tile;  // 1 <= m <= mr rows, all nr columns
+    // Per row i < m of a (k floats, row stride lda) and block b < nb = ceil(k / kQBlock): amax = max |a[i][p]| over
+    // the block; scale[i][b] = amax / 127 and q[i][p] = rint(a[i][p] * (127 / amax)) (p < k; 0 for p in [k, kp)).
+    // A block whose amax is 0 or below 2^-100 (where 127 / amax would overflow) gets scale 0 and zeros; a block
+    // holding NaN or inf gets scale NaN (its row's outputs are NaN) and zeros.
+    void (*quantize)(const float* a, int64_t lda, int64_t m, int64_t k, int16_t* q, int64_t ldq, float* scale,
+                     int64_t lds);
+};
+
 struct KernelSet {
     const char* name;
     GemmBlocking blocking;
@@ -56,10 +96,11 @@ struct KernelSet {
     int tall_rows, tall_cols;
     DotKernel dot;
     PackTransKernel pack_bt;
-    // Half-float B panels: the small-M and tall kernels, and y[i] = float(x[i]) for the blocked path.
-    RowsKernelHalf rows_h;
-    RowsKernelHalf tall_h;
-    void (*widen_h)(const uint16_t* x, float* y, int64_t n);
+    // 16-bit B panels, indexed by HalfFormat.
+    HalfKernels half[2];
+    // y = float(bfloat16(x)), round to nearest even; NaN stays NaN; y may alias x
+    void (*round_bf16)(const float* x, float* y, int64_t n);
+    Int8Kernels i8;
 
     // ---- row primitives (length n) ----
     float (*max)(const float* x, int64_t n);  // -inf for n == 0
@@ -94,9 +135,11 @@ struct KernelSet {
 
 // Non-const only so that cpu::tune_blocking (benchmarks/gym) can try other block sizes.
 KernelSet& scalar_kernel_set();
+Int8Kernels scalar_int8_kernels();
 #if defined(PYATTN_HAVE_X86_KERNELS)
 KernelSet& avx2_kernel_set();
 KernelSet& avx512_kernel_set();
+Int8Kernels avx2_int8_kernels();
 #endif
 
 }  // namespace pyattn::kernels

@@ -71,7 +71,7 @@ void attention_direct(const KernelSet& ks, const AttentionArgs& a, int nt) {
     const int64_t tasks = a.B * a.H * a.Lq;
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-        float* s = scratch<3>(static_cast<std::size_t>(a.Lk));
+        float* s = scratch<Slot::attn_scores>(static_cast<std::size_t>(a.Lk));
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tasks; ++t) {
             const int64_t i = t % a.Lq, bh = t / a.Lq, b = bh / a.H, h = bh % a.H;
@@ -135,11 +135,11 @@ void attention_flash(const KernelSet& ks, const AttentionArgs& a, int nt) {
     {
         // Per thread: K^T and V of the current head packed as GEMM B panels, the query block, one tile of
         // scores (then probabilities, in place), and the running output / max / sum.
-        float* kp = scratch<3>(static_cast<std::size_t>(lk_pad * D));
-        float* vp = scratch<4>(static_cast<std::size_t>(lk_pad * dv_pad));
-        float* qp = scratch<5>(static_cast<std::size_t>(mq * D));
-        float* st = scratch<6>(static_cast<std::size_t>(mq * nkb));
-        float* o = scratch<8>(static_cast<std::size_t>(mq * dv_pad + 2 * mq));
+        float* kp = scratch<Slot::attn_k>(static_cast<std::size_t>(lk_pad * D));
+        float* vp = scratch<Slot::attn_v>(static_cast<std::size_t>(lk_pad * dv_pad));
+        float* qp = scratch<Slot::attn_q>(static_cast<std::size_t>(mq * D));
+        float* st = scratch<Slot::attn_tile>(static_cast<std::size_t>(mq * nkb));
+        float* o = scratch<Slot::attn_out>(static_cast<std::size_t>(mq * dv_pad + 2 * mq));
         float* mrow = o + mq * dv_pad;
         float* lrow = mrow + mq;
         int64_t packed_bh = -1;

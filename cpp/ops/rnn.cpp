@@ -12,8 +12,7 @@ namespace pyattn::ops {
 void gru_sequence(int64_t B, int64_t T, int64_t H, const float* gi, const gemm::PackedMatrix& w_hh, const float* b_hh,
                   float* h, float* out, bool reverse) {
     const auto& ks = w_hh.kernels();
-    // Slot 9: outside the GEMM's (0-2) and attention's (3-8) scratch, which the GEMM below uses.
-    float* gh = scratch<9>(static_cast<std::size_t>(B) * 3 * H);
+    float* gh = scratch<Slot::gru_hidden>(static_cast<std::size_t>(B) * 3 * H);
     for (int64_t s = 0; s < T; ++s) {
         const int64_t t = reverse ? T - 1 - s : s;
         gemm::sgemm(B, h, H, w_hh, gh, 3 * H, 0.0f, gemm::Epilogue{b_hh, kernels::Activation::none});

@@ -13,14 +13,15 @@ from .whisper import Whisper
 FAMILIES = {"bert": BertModel, "gpt2": GPT2Model, "bart": Seq2SeqModel, "marian": Seq2SeqModel}
 
 
-def from_pretrained(path):
-    """A Hugging Face model folder (config.json + model.safetensors) as the pyattn model of its model_type."""
+def from_pretrained(path, dtype=None):
+    """A Hugging Face model folder (config.json + model.safetensors) as the pyattn model of its model_type.
+    dtype: the weight type of its matrices ("float32", "float16", "bfloat16", "int8", "auto"; None: float32)."""
     folder = Path(path)
     cfg = read_config(folder)
     kind = cfg.get("model_type")
     if not isinstance(kind, str) or kind not in FAMILIES:
         raise ValueError(f"{folder}: unsupported model_type {kind!r}; pyattn supports {sorted(FAMILIES)}")
-    return FAMILIES[kind].from_pretrained(folder)
+    return FAMILIES[kind].from_pretrained(folder, dtype)
 
 
 __all__ = [

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..nn import Embedding, FeedForward, KVCache, LayerNorm, Linear, Module, MultiHeadAttention
 from ..nn.transformer import check_widths
+from ..precision import resolve_dtype
 from .pretrained import Weights, errors_name, flag, number, option, read_config, read_weights, require, strip_prefix
 
 _ACT = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu", "silu": "silu"}
@@ -125,11 +126,14 @@ class GPT2Model(Module):
         w.check_all_used()
 
     @classmethod
-    def from_pretrained(cls, path) -> GPT2Model:
+    def from_pretrained(cls, path, dtype: Optional[str] = None) -> GPT2Model:
+        """dtype: the weight type of the matrices (pyattn.precision; None: float32, the references' own)."""
+        dtype = resolve_dtype(dtype)
         folder = Path(path)
         cfg = read_config(folder)
         with errors_name(str(folder)):
-            return cls(cfg, read_weights(folder), str(folder))
+            model = cls(cfg, read_weights(folder), str(folder))
+        return model.set_weight_storage(dtype) if dtype else model
 
     @property
     def vocab_size(self) -> int:

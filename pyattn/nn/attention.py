@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import _core
 from .. import functional as F
-from .layers import Linear, Module, as_weight
+from .layers import Linear, Module, StorageAware, as_weight, check_storage
 
 
 class KVCache:
@@ -61,7 +61,7 @@ def split_heads(x: np.ndarray, num_heads: int) -> np.ndarray:
     return x.reshape(B, L, num_heads, E // num_heads).transpose(0, 2, 1, 3)
 
 
-class MultiHeadAttention(Module):
+class MultiHeadAttention(StorageAware, Module):
     """softmax(Q K^T / sqrt(d_k) + mask) V over `num_heads` heads, then W_O.
 
     Weights in PyTorch's layout: w_q (E, E), w_k (E, kdim), w_v (E, vdim), w_o (E, E). For self-attention
@@ -109,6 +109,10 @@ class MultiHeadAttention(Module):
         )
         self._name = name
         self._packed = {}  # "q", "kv", "qkv" -> Linear, packed on first use: a layer packs only what it uses
+        self._storage = None  # the storage of projections packed later (None: float32)
+        # The storage the Q/K/V projections take when int8 is asked: a model whose attention reads LayerNorm outputs
+        # with outlier channels (BERT) keeps them finer. None: int8.
+        self.projection_int8_fallback = None
         self.out_proj = Linear(w_o, b_o, f"{name}.out_proj")
         if self.out_proj.shape != (E, E):
             raise ValueError(f"{name}: out_proj weight has shape {self.out_proj.shape}, expected {(E, E)}")
@@ -126,9 +130,22 @@ class MultiHeadAttention(Module):
                     f"{[w.shape for w in ws]}"
                 )
             bias = None if self.b_q is None else np.concatenate([getattr(self, f"b_{c}") for c in parts])
-            lin = Linear(np.concatenate(ws) if len(ws) > 1 else ws[0], bias, f"{self._name}.{which}_proj")
+            lin = Linear(
+                np.concatenate(ws) if len(ws) > 1 else ws[0],
+                bias,
+                f"{self._name}.{which}_proj",
+                self._storage,
+                self.projection_int8_fallback,
+            )
             self._packed[which] = lin
         return lin
+
+    def set_storage(self, storage: str) -> None:
+        """Q/K/V projections packed now and later are held as `storage` (out_proj is a Linear of its own)."""
+        self._storage = check_storage(storage)
+        for lin in self._packed.values():
+            lin.int8_fallback = self.projection_int8_fallback
+            lin.set_storage(storage)
 
     def project_kv(self, memory: np.ndarray) -> KVCache:
         """K and V of an encoder output (B, Lk, kdim), computed once for all decoding steps."""

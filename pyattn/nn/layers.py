@@ -9,6 +9,7 @@ import numpy as np
 
 from .. import _core
 from .. import functional as F
+from ..precision import WEIGHT_TYPES
 
 
 def as_weight(x, name: str, shape: Optional[tuple] = None) -> np.ndarray:
@@ -65,13 +66,38 @@ class Module:
                 stack.extend(v for v in items if isinstance(v, Module))
 
     def set_weight_storage(self, storage: str) -> Module:
-        """Holds every Linear weight as "float16" (half the memory, and half the bytes a decoding step streams;
-        products and sums stay float32) or "float32". Weights that are not float16 values are rounded to the
-        nearest half. Returns self."""
+        """Holds every Linear weight as `storage` (see `WEIGHT_TYPES`): "float32"; "float16" or "bfloat16" (half
+        the memory, and half the bytes a decoding step streams); "int8" (about a quarter: blocks of 32 weights
+        share a scale, and the activations are quantized the same way at each GEMM's input). Products and sums
+        stay float32 (int32 within an int8 block). Layers a model marks as sensitive keep a finer type when int8 is
+        asked (`Linear.int8_fallback`). Converting weights already rounded to a coarser type to another type is
+        an error: load the model again. Returns self."""
+        check_storage(storage)
         for m in self.modules():
-            if isinstance(m, Linear):
+            if isinstance(m, (Linear, StorageAware)):
                 m.set_storage(storage)
         return self
+
+
+def _holds_exactly(w: np.ndarray, storage: str) -> bool:
+    """Whether `storage` holds every value of w as it is (float16 weights, or float32 ones that are halves)."""
+    if storage == "float32" or w.dtype == np.float16 and storage == "float16":
+        return True
+    return storage == "float16" and bool(np.array_equal(w.astype(np.float16).astype(np.float32), w))
+
+
+def check_storage(storage) -> str:
+    if storage not in WEIGHT_TYPES:
+        raise ValueError(f"storage must be one of {', '.join(WEIGHT_TYPES)}, got {storage!r}")
+    return storage
+
+
+class StorageAware:
+    """A module that packs Linear layers of its own later (on first use) and must pack them as the model's
+    storage asks: it implements set_storage(storage)."""
+
+    def set_storage(self, storage: str) -> None:
+        raise NotImplementedError
 
 
 class Linear(Module):
@@ -80,9 +106,17 @@ class Linear(Module):
     Only the packed copy is kept (plus the bias): `weight` unpacks it on request, so a model does not hold
     its matrices twice."""
 
-    def __init__(self, weight, bias=None, name: str = "linear", storage: Optional[str] = None):
-        """storage: "float32", "float16" (see Module.set_weight_storage), or None: float16 for a float16 weight,
-        float32 otherwise."""
+    def __init__(
+        self,
+        weight,
+        bias=None,
+        name: str = "linear",
+        storage: Optional[str] = None,
+        int8_fallback: Optional[str] = None,
+    ):
+        """storage: one of WEIGHT_TYPES (see Module.set_weight_storage), or None: float16 for a float16 weight,
+        float32 otherwise. int8_fallback: the storage this layer takes when int8 is asked (a layer whose input
+        int8 blocks cannot resolve, such as a projection of a LayerNorm output with outlier channels), or None."""
         if isinstance(weight, np.ndarray) and weight.dtype == np.float16:
             w = F._c_aligned(weight)
             if not np.all(np.isfinite(w)):
@@ -91,25 +125,44 @@ class Linear(Module):
             w = as_weight(weight, f"{name}.weight")
         if w.ndim != 2:
             raise ValueError(f"weight {name}.weight must be 2-D (out_features, in_features), got {w.shape}")
-        if storage not in (None, "float32", "float16"):
-            raise ValueError(f"{name}: storage must be 'float32' or 'float16', got {storage!r}")
+        if storage is not None:
+            check_storage(storage)
+        if int8_fallback is not None:
+            check_storage(int8_fallback)
+        self.int8_fallback = int8_fallback
         self.bias = None if bias is None else as_weight(bias, f"{name}.bias", (w.shape[0],))
-        self._packed = _core.PackedLinear(w, self.bias, storage or "")
+        storage = self._effective(storage or ("float16" if w.dtype == np.float16 else "float32"))
+        self._packed = _core.PackedLinear(w, self.bias, storage)
+        # whether the packed values are the values given, from which every other storage can still be derived
+        self._exact = _holds_exactly(w, storage)
+        self._name = name
+
+    def _effective(self, storage: str) -> str:
+        return self.int8_fallback if storage == "int8" and self.int8_fallback else storage
 
     @property
     def storage(self) -> str:
         return self._packed.storage
 
     def set_storage(self, storage: str) -> None:
-        """Repacks the weight as "float16" or "float32" (a no-op when it already is)."""
-        if storage not in ("float32", "float16"):
-            raise ValueError(f"storage must be 'float32' or 'float16', got {storage!r}")
-        if storage != self.storage:
-            self._packed = _core.PackedLinear(self._packed.weight(), self.bias, storage)
+        """Repacks the weight as `storage` (a no-op when it already is). ValueError when the weight was already
+        rounded to another type: its original values are gone."""
+        storage = self._effective(check_storage(storage))
+        if storage == self.storage:
+            return
+        if not self._exact:
+            raise ValueError(
+                f"{self._name}: the weight is held as {self.storage}, rounded from its original values; "
+                f"to hold it as {storage}, load the model again with that type"
+            )
+        w = self._packed.weight()
+        self._packed = _core.PackedLinear(w, self.bias, storage)
+        self._exact = _holds_exactly(w, storage)
 
     @property
     def weight(self) -> np.ndarray:
-        """(out_features, in_features), unpacked into a new array."""
+        """(out_features, in_features), unpacked into a new array: the values the GEMM multiplies by (for int8,
+        each block's integers times its scale)."""
         return self._packed.weight()
 
     @property

@@ -22,6 +22,17 @@ struct V {
     static reg set1(float x) { return _mm256_set1_ps(x); }
     static reg load(const float* p) { return _mm256_loadu_ps(p); }
     static reg load_h(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
+    static reg load_bf16(const uint16_t* p) {
+        const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+    }
+    static reg round_bf16(reg v) {
+        const __m256i x = _mm256_castps_si256(v), hi = _mm256_set1_epi32((int)0xffff0000u);
+        const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(x, 16), _mm256_set1_epi32(1));
+        const __m256i r = _mm256_and_si256(_mm256_add_epi32(x, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lsb)), hi);
+        const __m256i q = _mm256_and_si256(_mm256_or_si256(x, _mm256_set1_epi32(0x400000)), hi);  // quiet NaN
+        return _mm256_blendv_ps(_mm256_castsi256_ps(r), _mm256_castsi256_ps(q), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    }
     static void store(float* p, reg v) { _mm256_storeu_ps(p, v); }
     static __m256i tail(int64_t n) { return _mm256_loadu_si256((const __m256i*)(kTailMask + 8 - n)); }
     static reg load_n(const float* p, int64_t n) { return _mm256_maskload_ps(p, tail(n)); }
@@ -73,7 +84,7 @@ struct V {
 KernelSet& avx2_kernel_set() {
     // MC x KC = 288 x 256 floats (288 KiB) of A in L2 (fits Zen 3 512 KiB too), KC x NR = 16 KiB panel of B in
     // L1, NC for L3. From benchmarks/gym/gemm_blocking.py on Zen 4.
-    static KernelSet ks = make_kernel_set<6, 2, 6, 2>("avx2", 288, 256, 4080);
+    static KernelSet ks = make_kernel_set<6, 2, 6, 2>("avx2", 288, 256, 4080, avx2_int8_kernels());
     return ks;
 }
 

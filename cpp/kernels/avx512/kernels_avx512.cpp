@@ -21,6 +21,17 @@ struct V {
     static reg set1(float x) { return _mm512_set1_ps(x); }
     static reg load(const float* p) { return _mm512_loadu_ps(p); }
     static reg load_h(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
+    static reg load_bf16(const uint16_t* p) {
+        const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p));
+        return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+    }
+    static reg round_bf16(reg v) {
+        const __m512i x = _mm512_castps_si512(v), hi = _mm512_set1_epi32((int)0xffff0000u);
+        const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(1));
+        const __m512i r = _mm512_and_si512(_mm512_add_epi32(x, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb)), hi);
+        const __m512i q = _mm512_and_si512(_mm512_or_si512(x, _mm512_set1_epi32(0x400000)), hi);  // quiet NaN
+        return _mm512_castsi512_ps(_mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), q));
+    }
     static void store(float* p, reg v) { _mm512_storeu_ps(p, v); }
     static __mmask16 tail(int64_t n) { return (__mmask16)((1u << n) - 1u); }
     static reg load_n(const float* p, int64_t n) { return _mm512_maskz_loadu_ps(tail(n), p); }
@@ -69,7 +80,9 @@ KernelSet& avx512_kernel_set() {
     // larger KC mostly wins (fewer passes over C), MC 192..384 is flat.
     // Tall rows kernel: 14 x 32 (28 accumulators + 2 B + 1 broadcast = 31 registers), so that 13-14 rows
     // (a short sentence) take one pass over each weight panel.
-    static KernelSet ks = make_kernel_set<12, 2, 14, 2>("avx512", 192, 512, 4096);
+    // int8: the AVX2 kernels (they run on every AVX-512 CPU) until 512-bit / VNNI ones are written and tested on
+    // a machine that has them.
+    static KernelSet ks = make_kernel_set<12, 2, 14, 2>("avx512", 192, 512, 4096, avx2_int8_kernels());
     return ks;
 }
 

@@ -20,6 +20,8 @@ struct V {
     static reg set1(float x) { return x; }
     static reg load(const float* p) { return *p; }
     static reg load_h(const uint16_t* p) { return half_to_float(*p); }
+    static reg load_bf16(const uint16_t* p) { return bf16_to_float(*p); }
+    static reg round_bf16(reg v) { return bf16_to_float(float_to_bf16(v)); }
     static void store(float* p, reg v) { *p = v; }
     static reg load_n(const float* p, int64_t n) { return n > 0 ? *p : 0.0f; }
     static void store_n(float* p, reg v, int64_t n) {
@@ -46,7 +48,7 @@ struct V {
 
 KernelSet& scalar_kernel_set() {
     // 4 x 4 tile: the reference path is about being obviously right, not fast.
-    static KernelSet ks = make_kernel_set<4, 4, 4, 4>("scalar", 64, 256, 1024);
+    static KernelSet ks = make_kernel_set<4, 4, 4, 4>("scalar", 64, 256, 1024, scalar_int8_kernels());
     return ks;
 }
 

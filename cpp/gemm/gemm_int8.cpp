@@ -1,0 +1,85 @@
+// The int8 GEMM driver: C = act(dequant(Aq Bq) + beta C + bias) for a PackedMatrix of type int8.
+//
+// The activations are quantized once, by all threads, into a shared buffer (per row kp int16 and nb block scales, see
+// Int8Kernels::quantize); then each thread walks its share of a (rows in MR groups) x (panels) grid: a block of
+// quantized rows sized for L2 against each of its panels in turn, every output summing all of K in the kernel's
+// registers. No K blocking in the driver (the kernel scales each block's int32 sums as it goes), no packing of B
+// (prepacked at load) and none of A beyond the quantization, whose row-major int16 rows the kernels read in place.
+#include <omp.h>
+
+#include <algorithm>
+
+#include "cpu/buffer.h"
+#include "cpu/cpu.h"
+#include "gemm/gemm.h"
+#include "gemm/grid.h"
+#include "gemm/packed_matrix.h"
+
+namespace pyattn::gemm {
+
+void gemm_int8(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, float* C, int64_t ldc, float beta,
+               const Epilogue& ep, int nthreads) {
+    if (M <= 0) return;
+    const kernels::KernelSet& ks = B.kernels();
+    const kernels::Int8Kernels& k8 = ks.i8;
+    const int64_t N = B.N(), K = B.K(), nb = B.nblocks(), kp = nb * kernels::kQBlock;
+    const int mr = k8.mr, nr = k8.nr;
+    const int64_t panels = (N + nr - 1) / nr;
+    int nt = nthreads > 0 ? nthreads : cpu::threads_for(2.0 * M * N * K);
+    if (omp_in_parallel()) nt = 1;
+    int16_t* q = reinterpret_cast<int16_t*>(scratch<Slot::gemm_quantized_a>(static_cast<std::size_t>(M * kp + 1) / 2));
+    float* sa = scratch<Slot::gemm_a_scales>(static_cast<std::size_t>(M * nb));
+    const Grid grid = choose_grid(nt, M, mr, panels);
+    // Rows of Aq per block: about 192 KiB, so that the block stays in L2 while the thread's panels stream past.
+    const int64_t mc = std::max<int64_t>(mr, (192 * 1024 / (kp * 2)) / mr * mr);
+    const float* bias = ep.bias;
+    const bool act = ep.act != kernels::Activation::none;
+
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+#pragma omp for schedule(static)
+        for (int64_t i0 = 0; i0 < M; i0 += 8)
+            k8.quantize(A + i0 * lda, lda, std::min<int64_t>(8, M - i0), K, q + i0 * kp, kp, sa + i0 * nb, nb);
+
+        const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+        const Grid g = nth == nt ? grid : Grid{1, 1};
+        const int ri = tid / g.tc, ci = tid % g.tc;
+        int64_t r0, r1;
+        grid_rows(M, mr, g.tr, ri, r0, r1);
+        const int64_t q0 = panels * ci / g.tc, q1 = panels * (ci + 1) / g.tc;
+        alignas(64) float tile[16 * 64];  // >= mr x nr of every kernel set
+        for (int64_t ic = r0; ic < r1; ic += mc) {
+            const int64_t ie = std::min(ic + mc, r1);
+            for (int64_t pq = q0; pq < q1; ++pq) {
+                const int8_t* b = B.panel_i8(pq);
+                const float* sw = B.panel_scales(pq);
+                const int64_t j = pq * nr, n = std::min<int64_t>(nr, N - j);
+                for (int64_t i = ic; i < ie; i += mr) {
+                    const int64_t m = std::min<int64_t>(mr, ie - i);
+                    float* c = C + i * ldc + j;
+                    if (n == nr && beta == 0.0f) {
+                        k8.tile(m, nb, q + i * kp, kp, sa + i * nb, nb, b, sw, c, ldc, bias ? bias + j : nullptr);
+                        continue;
+                    }
+                    // An edge panel (the kernel writes whole panels) or beta != 0: through the tile. The bias is
+                    // added after, by the same one add as in the kernel.
+                    k8.tile(m, nb, q + i * kp, kp, sa + i * nb, nb, b, sw, tile, nr, nullptr);
+                    for (int64_t r = 0; r < m; ++r)
+                        for (int64_t t = 0; t < n; ++t) {
+                            float v = tile[r * nr + t];
+                            if (beta != 0.0f) v = v + beta * c[r * ldc + t];
+                            if (bias) v = v + bias[j + t];
+                            c[r * ldc + t] = v;
+                        }
+                }
+            }
+            // The activation over whole row segments once the block is done (as the float driver does).
+            const int64_t j0 = q0 * nr, j1 = std::min<int64_t>(q1 * nr, N);
+            if (act && j1 > j0)
+                for (int64_t i = ic; i < ie; ++i)
+                    ks.bias_act(C + i * ldc + j0, C + i * ldc + j0, nullptr, j1 - j0, ep.act);
+        }
+    }
+}
+
+}  // namespace pyattn::gemm

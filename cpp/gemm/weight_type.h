@@ -1,0 +1,44 @@
+// Weight types: how a packed weight matrix holds its elements. One row per type in kWeightTypes; the GEMM picks
+// its path from the type's family, the kernel set supplies the (type, ISA) kernels.
+//
+//   family   types              arithmetic
+//   float    float32            float32 products and sums
+//   wide16   float16, bfloat16  16-bit elements widened to float32 in registers; bfloat16 also rounds the
+//                               activations to bfloat16 as they are read, so that every kernel set computes
+//                               the products of bfloat16 numbers (exact in float32) summed in float32
+//   int8     int8               symmetric per-output-channel scales; activations quantized per row (token) to
+//                               [-127, 127] at the GEMM's input; int32 sums, dequantized in the epilogue
+//
+// Block formats (GGUF's Q8_0, Q4_0, Q4_1) join as new rows and a new family.
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace pyattn::gemm {
+
+enum class WeightType : uint8_t { f32 = 0, f16 = 1, bf16 = 2, i8 = 3 };
+enum class WeightFamily : uint8_t { float32, wide16, int8 };
+
+struct WeightTypeInfo {
+    WeightType type;
+    const char* name;  // the name in the Python API (numpy / torch spelling)
+    int bits;          // per element, scales not counted
+    WeightFamily family;
+    bool exact;  // every float32 is held exactly (no rounding when packing)
+};
+
+inline constexpr WeightTypeInfo kWeightTypes[] = {
+    {WeightType::f32, "float32", 32, WeightFamily::float32, true},
+    {WeightType::f16, "float16", 16, WeightFamily::wide16, false},
+    {WeightType::bf16, "bfloat16", 16, WeightFamily::wide16, false},
+    {WeightType::i8, "int8", 8, WeightFamily::int8, false},
+};
+
+inline constexpr const WeightTypeInfo& info(WeightType t) { return kWeightTypes[static_cast<int>(t)]; }
+
+// The type named `name`; throws std::invalid_argument listing the names otherwise.
+WeightType parse_weight_type(const std::string& name);
+// "float32, float16, bfloat16, int8"
+std::string weight_type_names();
+
+}  // namespace pyattn::gemm

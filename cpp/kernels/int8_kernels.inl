@@ -1,0 +1,107 @@
+// int8 GEMM kernels written once against a small integer vector interface `VI` and instantiated per ISA (the
+// contract is Int8Kernels in kernels.h). Included inside an anonymous namespace of cpp/kernels/<isa>/int8_<isa>.cpp,
+// after that unit has defined `struct VI`; those units are compiled with -ffp-contract=off, so that no multiply and
+// add is fused into an FMA that one kernel set would have and another not: the only fused step is the explicit fma.
+//
+// VI provides:
+//   W                      columns per accumulator register (int32 lanes);
+//   ireg, izero()          W int32 sums;
+//   freg, fzero(), fload(p), fstore(p, v), fset1(x), fmul, fadd, cvt(ireg): W floats;
+//   fma(a, b, c)           a * b + c rounded once (the scalar set calls fmaf);
+//   breg, load_b(p)        W columns x one pair of k of the panel (2W bytes at p), widened to int16;
+//   areg, bcast_a(p)       one pair of A (two int16 at p) in every lane;
+//   madd(acc, a, b)        acc + a0 b0 + a1 b1 per lane;
+//   absmax(x, k, &finite)  max |x[p]| over p < k, and whether every x[p] is finite;
+//   quantize_row(x, k, q, inv)      q[p] = rint(clamp(x[p] * inv, -127, 127)) for p < k (NaN -> -127).
+
+template <int M, int NV>
+void int8_tile_m(int64_t nb, const int16_t* __restrict a, int64_t lda, const float* __restrict sa, int64_t ldsa,
+                 const int8_t* __restrict b, const float* __restrict sw, float* __restrict c, int64_t ldc,
+                 const float* bias) {
+    constexpr int NR = NV * VI::W, PAIRS = kQBlock / 2;
+    typename VI::freg sum[M][NV];
+#pragma GCC unroll 16
+    for (int i = 0; i < M; ++i)
+#pragma GCC unroll 8
+        for (int j = 0; j < NV; ++j) sum[i][j] = VI::fzero();
+    for (int64_t blk = 0; blk < nb; ++blk) {
+        typename VI::ireg acc[M][NV];
+#pragma GCC unroll 16
+        for (int i = 0; i < M; ++i)
+#pragma GCC unroll 8
+            for (int j = 0; j < NV; ++j) acc[i][j] = VI::izero();
+        const int16_t* ab = a + blk * kQBlock;
+#pragma GCC unroll 4
+        for (int p = 0; p < PAIRS; ++p) {
+            typename VI::breg bv[NV];
+#pragma GCC unroll 8
+            for (int j = 0; j < NV; ++j) bv[j] = VI::load_b(b + (p * NR + j * VI::W) * 2);
+#pragma GCC unroll 16
+            for (int i = 0; i < M; ++i) {
+                const typename VI::areg av = VI::bcast_a(ab + i * lda + 2 * p);
+#pragma GCC unroll 8
+                for (int j = 0; j < NV; ++j) acc[i][j] = VI::madd(acc[i][j], av, bv[j]);
+            }
+        }
+        // this block's int32 sums, scaled by sa * sw, into the float sums
+#pragma GCC unroll 8
+        for (int j = 0; j < NV; ++j) {
+            const typename VI::freg w = VI::fload(sw + j * VI::W);
+#pragma GCC unroll 16
+            for (int i = 0; i < M; ++i)
+                sum[i][j] = VI::fma(VI::cvt(acc[i][j]), VI::fmul(VI::fset1(sa[i * ldsa + blk]), w), sum[i][j]);
+        }
+        b += PAIRS * NR * 2;
+        sw += NR;
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < M; ++i)
+#pragma GCC unroll 8
+        for (int j = 0; j < NV; ++j) {
+            typename VI::freg v = sum[i][j];
+            if (bias) v = VI::fadd(v, VI::fload(bias + j * VI::W));
+            VI::fstore(c + i * ldc + j * VI::W, v);
+        }
+}
+
+template <int MR, int NV, int M = MR>
+void int8_tile(int64_t m, int64_t nb, const int16_t* a, int64_t lda, const float* sa, int64_t ldsa, const int8_t* b,
+               const float* sw, float* c, int64_t ldc, const float* bias) {
+    if constexpr (M >= 1) {
+        if (m == M) return int8_tile_m<M, NV>(nb, a, lda, sa, ldsa, b, sw, c, ldc, bias);
+        return int8_tile<MR, NV, M - 1>(m, nb, a, lda, sa, ldsa, b, sw, c, ldc, bias);
+    }
+}
+
+void int8_quantize(const float* a, int64_t lda, int64_t m, int64_t k, int16_t* q, int64_t ldq, float* scale,
+                   int64_t lds) {
+    const int64_t nb = (k + kQBlock - 1) / kQBlock;
+    for (int64_t i = 0; i < m; ++i)
+        for (int64_t blk = 0; blk < nb; ++blk) {
+            const int64_t p0 = blk * kQBlock, n = k - p0 < kQBlock ? k - p0 : kQBlock;
+            const float* x = a + i * lda + p0;
+            int16_t* y = q + i * ldq + p0;
+            bool finite = true;
+            const float amax = VI::absmax(x, n, &finite);
+            float inv = 0.0f, s = 0.0f;
+            if (!finite) {
+                s = __builtin_nanf("");
+            } else if (amax >= 0x1p-100f) {
+                inv = 127.0f / amax;
+                s = amax / 127.0f;
+            }
+            VI::quantize_row(x, n, y, inv);
+            for (int64_t p = n; p < kQBlock; ++p) y[p] = 0;
+            scale[i * lds + blk] = s;
+        }
+}
+
+template <int MR, int NV>
+Int8Kernels make_int8_kernels() {
+    Int8Kernels k{};
+    k.mr = MR;
+    k.nr = NV * VI::W;
+    k.tile = &int8_tile<MR, NV>;
+    k.quantize = &int8_quantize;
+    return k;
+}
