@@ -82,6 +82,33 @@ public:
         packed_ = std::make_unique<gemm::PackedMatrix>(type, w32, w16, K_, K_, N_, cpu::active());
     }
 
+    // An int8 weight quantized elsewhere (see PackedMatrix): q (out, in) int8, scales (out,) or (out, nblocks)
+    // float32 with w ~ q * scale.
+    static PackedLinear from_int8(const py::array& q, const py::array& scales, const py::object& bias) {
+        if (q.dtype().kind() != 'i' || q.itemsize() != 1) type_error("expected q to be int8, got " + dtype_str(q));
+        require_ndim(q, 2, "q", "(out_features, in_features)");
+        require_nonempty(q, "q");
+        require_c_contiguous(q, "q");
+        require_f32(scales, "scales");
+        require_c_contiguous(scales, "scales");
+        const int64_t N = q.shape(0), K = q.shape(1), nb = (K + kernels::kQBlock - 1) / kernels::kQBlock;
+        const int64_t ns = scales.ndim() == 1 ? 1 : scales.ndim() == 2 ? scales.shape(1) : -1;
+        if (scales.shape(0) != N || (ns != 1 && ns != nb))
+            value_error("expected scales of shape (" + std::to_string(N) + ",) or (" + std::to_string(N) + ", " +
+                        std::to_string(nb) + "), got " + shape_str(scales));
+        PackedLinear lin;
+        lin.N_ = N;
+        lin.K_ = K;
+        py::array keep;
+        const float* b = check_bias(bias, N, keep);
+        if (b) lin.bias_.assign(b, b + N);
+        const auto* qp = static_cast<const int8_t*>(q.data());
+        const float* sp = f32(scales);
+        py::gil_scoped_release nogil;
+        lin.packed_ = std::make_unique<gemm::PackedMatrix>(qp, K, sp, ns, K, N, cpu::active());
+        return lin;
+    }
+
     py::array call(const py::array& x, const std::string& activation, const py::object& out) const {
         const auto act = parse_activation(activation);
         const int64_t M = check_activations(x, K_, "x");
@@ -118,6 +145,7 @@ public:
     std::size_t nbytes() const { return packed_->size_bytes() + bias_.size() * sizeof(float); }
 
 private:
+    PackedLinear() = default;
     int64_t N_ = 0, K_ = 0;
     std::vector<float> bias_;
     std::unique_ptr<gemm::PackedMatrix> packed_;
@@ -257,6 +285,11 @@ void bind_gemm(py::module_& m) {
                              "activations quantized per row), or '' for the weight's own dtype.")
         .def(py::init<const py::array&, const py::object&, const std::string&>(), py::arg("weight"),
              py::arg("bias") = py::none(), py::arg("storage") = "")
+        .def_static("from_int8", &PackedLinear::from_int8, py::arg("q"), py::arg("scales"),
+                    py::arg("bias") = py::none(),
+                    "An int8 weight quantized elsewhere, held as given: q (out, in) int8 and scales (out,) (one per\n"
+                    "row, as CTranslate2's) or (out, ceil(in / 32)) (one per block of 32, as GGUF's Q8_0), float32,\n"
+                    "with weight ~ q * scale.")
         .def("__call__", &PackedLinear::call, py::arg("x"), py::arg("activation") = "none", py::arg("out") = py::none(),
              "act(x @ weight.T + bias) for x (..., in_features) float32 C-contiguous.")
         .def("weight", &PackedLinear::weight, "The weight (out_features, in_features), unpacked into a new array.")

@@ -153,14 +153,42 @@ void PackedMatrix::pack_wide16(const float* w32, const uint16_t* w16, int64_t ld
     }
 }
 
-void PackedMatrix::pack_int8(const float* w32, const uint16_t* w16, int64_t ldw) {
-    const auto& k8 = ks_->i8;
-    const int64_t nr = k8.nr, nb = nblocks(), kp = nb * kernels::kQBlock, panels = (N_ + nr - 1) / nr;
+void PackedMatrix::alloc_int8() {
+    const int64_t nr = ks_->i8.nr, kp = nblocks() * kernels::kQBlock, panels = (N_ + nr - 1) / nr;
     const std::size_t elems = static_cast<std::size_t>(panels * nr) * kp;
-    const std::size_t nscales = static_cast<std::size_t>(panels * nr) * nb;
+    const std::size_t nscales = static_cast<std::size_t>(panels * nr) * nblocks();
     data_ = aligned_floats((elems + 3) / 4);
     scales_ = aligned_floats(nscales);
     bytes_ = elems + nscales * sizeof(float);
+}
+
+PackedMatrix::PackedMatrix(const int8_t* q, int64_t ldq, const float* scales, int64_t nscales, int64_t K, int64_t N,
+                           const kernels::KernelSet& ks)
+    : K_(K), N_(N), ks_(&ks), type_(WeightType::i8) {
+    const int64_t nr = ks.i8.nr, nb = nblocks(), kp = nb * kernels::kQBlock, panels = (N + nr - 1) / nr;
+    if (nscales != 1 && nscales != nb)
+        throw std::invalid_argument("int8 weights need 1 scale per row or 1 per block of " +
+                                    std::to_string(kernels::kQBlock) + " (" + std::to_string(nb) + "), got " +
+                                    std::to_string(nscales));
+    alloc_int8();
+    int8_t* base = reinterpret_cast<int8_t*>(data_.get());
+    for (int64_t pq = 0; pq < panels; ++pq) {
+        int8_t* panel = base + pq * kp * nr;
+        float* ps = scales_.get() + pq * nb * nr;
+        for (int64_t jj = 0; jj < nr; ++jj) {
+            const int64_t j = pq * nr + jj;
+            for (int64_t p = 0; p < kp; ++p)
+                panel[((p / 2) * nr + jj) * 2 + (p & 1)] = j < N && p < K ? q[j * ldq + p] : int8_t{0};
+            for (int64_t blk = 0; blk < nb; ++blk)
+                ps[blk * nr + jj] = j < N ? scales[j * nscales + (nscales == 1 ? 0 : blk)] : 0.0f;
+        }
+    }
+}
+
+void PackedMatrix::pack_int8(const float* w32, const uint16_t* w16, int64_t ldw) {
+    const auto& k8 = ks_->i8;
+    const int64_t nr = k8.nr, nb = nblocks(), kp = nb * kernels::kQBlock, panels = (N_ + nr - 1) / nr;
+    alloc_int8();
     int8_t* base = reinterpret_cast<int8_t*>(data_.get());
     const int nt = cpu::threads_for(static_cast<double>(K_) * N_);
 #pragma omp parallel num_threads(nt) if (nt > 1)

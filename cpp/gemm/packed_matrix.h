@@ -24,6 +24,12 @@ public:
     PackedMatrix(gemm::WeightType type, const float* w32, const uint16_t* w16, int64_t ldw, int64_t K, int64_t N,
                  const kernels::KernelSet& ks);
 
+    // An int8 weight quantized elsewhere: q (N x K, row stride ldq) with w[j][p] ~ q[j][p] * scale, the scales one
+    // per row (nscales == 1: CTranslate2's int8) or one per block of kQBlock along K (nscales == ceil(K / kQBlock):
+    // GGUF's Q8_0), row stride nscales. Held as given: no value is quantized again.
+    PackedMatrix(const int8_t* q, int64_t ldq, const float* scales, int64_t nscales, int64_t K, int64_t N,
+                 const kernels::KernelSet& ks);
+
     int64_t K() const { return K_; }
     int64_t N() const { return N_; }
     WeightType type() const { return type_; }
@@ -58,6 +64,7 @@ private:
     int64_t offset(int64_t jc, int64_t pc) const;  // element offset of block (jc, pc)
     void pack_wide16(const float* w32, const uint16_t* w16, int64_t ldw);
     void pack_int8(const float* w32, const uint16_t* w16, int64_t ldw);
+    void alloc_int8();
 };
 
 // Packs columns [j0, j0 + nc) x rows [p0, p0 + kc) of B into panels (kc x NR each, zero-padded), the
