@@ -79,7 +79,7 @@ class BertModel(Module):
             )
             # Q/K/V read the LayerNorm'd hidden state, whose few outlier channels int8 blocks of 32 resolve too
             # coarsely (all-MiniLM-L6-v2: min cosine 0.9989 with them in int8, 0.9995 without; docs/precision.md).
-            attn.projection_int8_fallback = "float32"
+            attn.int8_fallback = "float32"
             ffn = FeedForward(
                 w.get(q + "intermediate.dense.weight"),
                 w.get(q + "intermediate.dense.bias"),

@@ -110,9 +110,9 @@ class MultiHeadAttention(StorageAware, Module):
         self._name = name
         self._packed = {}  # "q", "kv", "qkv" -> Linear, packed on first use: a layer packs only what it uses
         self._storage = None  # the storage of projections packed later (None: float32)
-        # The storage the Q/K/V projections take when int8 is asked: a model whose attention reads LayerNorm outputs
-        # with outlier channels (BERT) keeps them finer. None: int8.
-        self.projection_int8_fallback = None
+        # The storage the Q/K/V projections take when int8 is asked (StorageAware): a model whose attention reads
+        # LayerNorm outputs with outlier channels (BERT) keeps them finer. None: int8.
+        self.int8_fallback = None
         self.out_proj = Linear(w_o, b_o, f"{name}.out_proj")
         if self.out_proj.shape != (E, E):
             raise ValueError(f"{name}: out_proj weight has shape {self.out_proj.shape}, expected {(E, E)}")
@@ -135,7 +135,7 @@ class MultiHeadAttention(StorageAware, Module):
                 bias,
                 f"{self._name}.{which}_proj",
                 self._storage,
-                self.projection_int8_fallback,
+                self.int8_fallback,
             )
             self._packed[which] = lin
         return lin
@@ -144,7 +144,7 @@ class MultiHeadAttention(StorageAware, Module):
         """Q/K/V projections packed now and later are held as `storage` (out_proj is a Linear of its own)."""
         self._storage = check_storage(storage)
         for lin in self._packed.values():
-            lin.int8_fallback = self.projection_int8_fallback
+            lin.int8_fallback = self.int8_fallback
             lin.set_storage(storage)
 
     def project_kv(self, memory: np.ndarray) -> KVCache:

@@ -78,6 +78,18 @@ class Module:
                 m.set_storage(storage)
         return self
 
+    def set_int8_fallback(self, storage: Optional[str]) -> Module:
+        """Every Linear under this module (those packed later included) takes `storage` when int8 is asked (None:
+        int8). For the parts of a model where int8 costs accuracy and buys no speed. Returns self."""
+        if storage is not None:
+            check_storage(storage)
+        for m in self.modules():
+            if isinstance(m, Linear):
+                m.int8_fallback = storage
+            elif isinstance(m, StorageAware):
+                m.int8_fallback = storage
+        return self
+
 
 def _holds_exactly(w: np.ndarray, storage: str) -> bool:
     """Whether `storage` holds every value of w as it is (float16 weights, or float32 ones that are halves)."""
@@ -94,7 +106,9 @@ def check_storage(storage) -> str:
 
 class StorageAware:
     """A module that packs Linear layers of its own later (on first use) and must pack them as the model's
-    storage asks: it implements set_storage(storage)."""
+    storage asks: it implements set_storage(storage) and honours `int8_fallback` (see Linear) for them."""
+
+    int8_fallback: Optional[str] = None
 
     def set_storage(self, storage: str) -> None:
         raise NotImplementedError

