@@ -68,12 +68,18 @@ def get_isa() -> str:
 
 
 def cpu_info() -> dict:
-    """Detected CPU features, the kernel sets this CPU can run and the one in use, its GEMM blocking,
-    and the thread count."""
+    """Detected CPU features (bfloat16, VNNI and AMX support included), whether Linux granted the AMX tile state,
+    the kernel sets this CPU can run and the one in use, its GEMM blocking, the weight types, the type
+    dtype="auto" picks here, and the thread count."""
+    from .precision import WEIGHT_TYPES, auto_dtype
+
     return {
         "features": _core.cpu_features(),
+        "amx_granted": _core.amx_granted(),
         "available_isas": list(_core.available_isas()),
         "isa": _core.get_isa(),
+        "weight_types": list(WEIGHT_TYPES),
+        "auto_dtype": auto_dtype(),
         "gemm_blocking": _core.blocking(""),
         "num_threads": _core.get_num_threads(),
         "num_procs": _core.num_procs(),

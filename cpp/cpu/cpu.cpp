@@ -1,6 +1,10 @@
 #include "cpu/cpu.h"
 
 #include <omp.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include <atomic>
 #include <cstdlib>
@@ -22,6 +26,13 @@ Features detect() {
     f.avx512dq = __builtin_cpu_supports("avx512dq");
     f.avx512bw = __builtin_cpu_supports("avx512bw");
     f.avx512vl = __builtin_cpu_supports("avx512vl");
+    f.f16c = __builtin_cpu_supports("f16c");
+    f.avx_vnni = __builtin_cpu_supports("avxvnni");
+    f.avx512_vnni = __builtin_cpu_supports("avx512vnni");
+    f.avx512_bf16 = __builtin_cpu_supports("avx512bf16");
+    f.amx_tile = __builtin_cpu_supports("amx-tile");
+    f.amx_int8 = __builtin_cpu_supports("amx-int8");
+    f.amx_bf16 = __builtin_cpu_supports("amx-bf16");
 #endif
     return f;
 }
@@ -30,8 +41,8 @@ bool can_run(const std::string& isa) {
     const Features& f = features();
     if (isa == "scalar") return true;
 #if defined(PYATTN_HAVE_X86_KERNELS)
-    if (isa == "avx2") return f.avx2 && f.fma;
-    if (isa == "avx512") return f.avx512f && f.avx512dq && f.avx512bw && f.avx512vl && f.avx2 && f.fma;
+    if (isa == "avx2") return f.avx2 && f.fma && f.f16c;
+    if (isa == "avx512") return f.avx512f && f.avx512dq && f.avx512bw && f.avx512vl && f.avx2 && f.fma && f.f16c;
 #endif
     (void)f;
     return false;
@@ -75,6 +86,19 @@ void init() {
 const Features& features() {
     static const Features f = detect();
     return f;
+}
+
+bool amx_granted() {
+    static const bool granted = [] {
+#if defined(__linux__) && (defined(__x86_64__) || defined(_M_X64))
+        if (!features().amx_tile) return false;
+        constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+        return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+        return false;
+#endif
+    }();
+    return granted;
 }
 
 std::vector<std::string> available_isas() {

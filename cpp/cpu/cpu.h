@@ -10,10 +10,18 @@
 namespace pyattn::cpu {
 
 struct Features {
-    bool avx2 = false, fma = false, avx512f = false, avx512dq = false, avx512bw = false, avx512vl = false;
+    bool avx2 = false, fma = false, f16c = false, avx512f = false, avx512dq = false, avx512bw = false, avx512vl = false;
+    // reduced-precision instructions (reported; the kernels for them are yet to be written on a machine that has
+    // them, see docs/precision.md)
+    bool avx_vnni = false, avx512_vnni = false, avx512_bf16 = false, amx_tile = false, amx_int8 = false,
+         amx_bf16 = false;
 };
 
 const Features& features();
+
+// Whether the Linux kernel granted this process the AMX tile data state (arch_prctl ARCH_REQ_XCOMP_PERM), asked
+// once on first call; false on CPUs without AMX and wherever the request is refused.
+bool amx_granted();
 
 // Names of the kernel sets this CPU can run, best last ("scalar", "avx2", "avx512").
 std::vector<std::string> available_isas();
