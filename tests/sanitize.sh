@@ -30,7 +30,7 @@ if [ $# -eq 0 ]; then
   set -- tests/test_cpu.py tests/test_gemm.py tests/test_ops.py tests/test_attention.py tests/test_mha.py \
          tests/test_nn.py tests/test_scores.py tests/test_rnn.py tests/test_errors.py tests/test_properties.py \
          tests/test_numerics.py tests/test_threads.py tests/test_ct2_reader.py tests/test_fuzz_loaders.py \
-         tests/test_fuzz_functional.py
+         tests/test_fuzz_functional.py tests/test_weight_types.py
 fi
 
 asan=$(g++ -print-file-name=libasan.so)

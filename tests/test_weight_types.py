@@ -204,3 +204,15 @@ def test_dtype_names():
         resolve_dtype("fp8")
     with pytest.raises(ValueError, match="compute_type must be one of"):
         resolve_compute_type("int4")
+
+
+def test_float16_refuses_weights_out_of_its_range(rng):
+    w = rng.standard_normal((4, 8)).astype(np.float32)
+    w[1, 2] = 1e6
+    with pytest.raises(ValueError, match="do not fit float16"):
+        Linear(w, storage="float16")
+    lin = Linear(w)
+    with pytest.raises(ValueError, match="do not fit float16"):
+        lin.set_storage("float16")
+    lin.set_storage("int8")  # int8 scales any magnitude
+    assert lin.storage == "int8"

@@ -91,6 +91,12 @@ class Module:
         return self
 
 
+def _check_range(w: np.ndarray, storage: str, name: str) -> None:
+    """float16 holds magnitudes up to 65504: a larger weight would turn into inf (and the outputs into inf/NaN)."""
+    if storage == "float16" and w.dtype != np.float16 and w.size and float(np.abs(w).max()) > 65504.0:
+        raise ValueError(f"{name}: weights up to {float(np.abs(w).max()):.3g} do not fit float16 (max 65504)")
+
+
 def _holds_exactly(w: np.ndarray, storage: str) -> bool:
     """Whether `storage` holds every value of w as it is (float16 weights, or float32 ones that are halves)."""
     if storage == "float32" or w.dtype == np.float16 and storage == "float16":
@@ -146,10 +152,11 @@ class Linear(Module):
         self.int8_fallback = int8_fallback
         self.bias = None if bias is None else as_weight(bias, f"{name}.bias", (w.shape[0],))
         storage = self._effective(storage or ("float16" if w.dtype == np.float16 else "float32"))
+        self._name = name
+        _check_range(w, storage, name)
         self._packed = _core.PackedLinear(w, self.bias, storage)
         # whether the packed values are the values given, from which every other storage can still be derived
         self._exact = _holds_exactly(w, storage)
-        self._name = name
 
     def _effective(self, storage: str) -> str:
         return self.int8_fallback if storage == "int8" and self.int8_fallback else storage
@@ -170,6 +177,7 @@ class Linear(Module):
                 f"to hold it as {storage}, load the model again with that type"
             )
         w = self._packed.weight()
+        _check_range(w, storage, self._name)
         self._packed = _core.PackedLinear(w, self.bias, storage)
         self._exact = _holds_exactly(w, storage)
 
