@@ -24,12 +24,15 @@ COMPUTE_TYPES = {
 
 
 def auto_dtype() -> str:
-    """The weight type "auto" picks on this CPU: the fastest that keeps the accuracy bars of docs/precision.md.
+    """The weight type "auto" picks for the kernel set in use: the fastest that keeps the accuracy bars of
+    docs/precision.md.
 
-    int8 on every CPU pyattn has kernels for today: exact int8 products (blocks of 32 weights and activations
-    with their own scales) run at float32 speed where the GEMM is compute-bound on AVX2 and up to 4x faster where
-    the weights' bytes are the limit (decoding, small batches)."""
-    return "int8"
+    AVX2 (and the scalar reference): int8. Its exact products (blocks of 32 weights and activations with their own
+    scales) run at float32 speed where the GEMM is compute-bound and up to 3.6x faster where the weights' bytes are
+    the limit (decoding, small batches). AVX-512: float16, until int8 kernels for AVX-512 (VNNI, AMX) exist: the
+    int8 GEMM runs the AVX2 kernels there, slower than AVX-512 float32 when compute-bound, while float16 keeps the
+    AVX-512 float32 arithmetic and halves the bytes."""
+    return "float16" if _core.get_isa() == "avx512" else "int8"
 
 
 def resolve_dtype(dtype: Optional[str], what: str = "dtype") -> Optional[str]:
