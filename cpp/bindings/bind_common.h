@@ -11,9 +11,20 @@
 #include <string>
 #include <vector>
 
+#include "kernels/kernels.h"
+
+namespace pyattn::gemm {
+class PackedMatrix;
+}
+
 namespace pyattn::bind {
 
 namespace py = pybind11;
+
+// "none", "relu", "gelu", "gelu_tanh", "silu"; ValueError otherwise.
+kernels::Activation parse_activation(const std::string& s);
+// The packed weight of a PackedLinear object, and its bias (null when it has none); TypeError for anything else.
+const gemm::PackedMatrix& packed_matrix_of(const py::object& lin, const char* name, const float** bias);
 
 std::string shape_str(const py::array& a);
 std::string dtype_str(const py::array& a);
@@ -59,5 +70,6 @@ void bind_ops(py::module_& m);
 void bind_attention(py::module_& m);
 void bind_rnn(py::module_& m);
 void bind_scores(py::module_& m);
+void bind_layers(py::module_& m);
 
 }  // namespace pyattn::bind

@@ -7,7 +7,6 @@
 #include "gemm/weight_type.h"
 
 namespace pyattn::bind {
-namespace {
 
 kernels::Activation parse_activation(const std::string& s) {
     if (s == "none" || s.empty()) return kernels::Activation::none;
@@ -17,6 +16,8 @@ kernels::Activation parse_activation(const std::string& s) {
     if (s == "silu") return kernels::Activation::silu;
     value_error("unknown activation '" + s + "': expected one of none, relu, gelu, gelu_tanh, silu");
 }
+
+namespace {
 
 // Checks a bias of `n` floats (or None) and returns its data pointer (null for None).
 const float* check_bias(const py::object& bias, int64_t n, py::array& keep) {
@@ -137,6 +138,8 @@ public:
         return b;
     }
 
+    const gemm::PackedMatrix& matrix() const { return *packed_; }
+    const float* bias_data() const { return bias_.empty() ? nullptr : bias_.data(); }
     int64_t in_features() const { return K_; }
     int64_t out_features() const { return N_; }
     bool has_bias() const { return !bias_.empty(); }
@@ -262,6 +265,15 @@ py::array linear(const py::array& x, const py::array& weight, const py::object& 
 }
 
 }  // namespace
+
+const gemm::PackedMatrix& packed_matrix_of(const py::object& lin, const char* name, const float** bias) {
+    if (!py::isinstance<PackedLinear>(lin))
+        type_error(std::string("expected ") + name + " to be a pyattn PackedLinear, got " +
+                   std::string(py::str(py::type::of(lin).attr("__name__"))));
+    const PackedLinear& p = lin.cast<const PackedLinear&>();
+    *bias = p.bias_data();
+    return p.matrix();
+}
 
 void bind_gemm(py::module_& m) {
     m.def(

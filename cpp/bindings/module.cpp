@@ -242,4 +242,5 @@ PYBIND11_MODULE(_core, m) {
     pyattn::bind::bind_attention(m);
     pyattn::bind::bind_rnn(m);
     pyattn::bind::bind_scores(m);
+    pyattn::bind::bind_layers(m);
 }

@@ -6,6 +6,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from .. import _core
 from .. import functional as F
 from .attention import KVCache, MultiHeadAttention
 from .layers import Embedding, LayerNorm, Linear, Module, SinusoidalPositionalEncoding
@@ -68,7 +69,12 @@ def check_stack(layers, norm: Optional[LayerNorm], name: str) -> None:
 
 class TransformerEncoderLayer(Module):
     """x -> x + SelfAttn(x) -> x + FFN(x), each sub-layer wrapped in a residual connection and LayerNorm:
-    after it (norm_first=False, the paper) or before it (norm_first=True)."""
+    after it (norm_first=False, the paper) or before it (norm_first=True).
+
+    Without attention weights, an attn_mask or is_causal, the whole layer runs in one C++ call
+    (`_core.EncoderLayer`); `fused = False` (on the class or one layer) runs it op by op instead."""
+
+    fused = True
 
     def __init__(
         self,
@@ -85,6 +91,18 @@ class TransformerEncoderLayer(Module):
 
     def __call__(self, x, *, src_mask=None, src_key_padding_mask=None, is_causal=False, need_weights=False):
         # x: (batch, seq, d_model)
+        pad = src_key_padding_mask
+        if (
+            self.fused
+            and src_mask is None
+            and not is_causal
+            and not need_weights
+            and (pad is None or isinstance(pad, np.ndarray) and pad.dtype == np.bool_)
+            and isinstance(x, np.ndarray)
+            and x.ndim == 3
+        ):
+            # the whole layer in one C++ call (cpp/layers/encoder_layer.h): the same steps, no Python between them
+            return self._fused()(F._c_aligned(x, np.float32), None if pad is None else F._c_aligned(pad)), None
         if self.norm_first:
             a, w = self.self_attn(
                 self.norm1(x),
@@ -106,6 +124,30 @@ class TransformerEncoderLayer(Module):
             x = self.norm1(a, residual=x)
             x = self.norm2(self.ffn(x), residual=x)
         return x, w
+
+    def _fused(self) -> _core.EncoderLayer:
+        """The C++ layer over this layer's packed weights, rebuilt when a weight was repacked (set_storage)."""
+        lins = (self.self_attn._projection("qkv"), self.self_attn.out_proj, self.ffn.linear1, self.ffn.linear2)
+        key = tuple(id(lin._packed) for lin in lins) + tuple(
+            id(a) for n in (self.norm1, self.norm2) for a in (n.weight, n.bias)
+        )
+        cached = getattr(self, "_fused_layer", None)
+        if cached is None or cached[0] != key:
+            layer = _core.EncoderLayer(
+                *(lin._packed for lin in lins),
+                self.norm1.weight,
+                self.norm1.bias,
+                self.norm1.eps,
+                self.norm2.weight,
+                self.norm2.bias,
+                self.norm2.eps,
+                self.self_attn.num_heads,
+                self.ffn.activation,
+                self.norm_first,
+                self.self_attn.scale,
+            )
+            self._fused_layer = cached = (key, layer)
+        return cached[1]
 
 
 class TransformerDecoderLayer(Module):

@@ -1,0 +1,79 @@
+#include "layers/encoder_layer.h"
+
+#include "cpu/cpu.h"
+#include "gemm/gemm.h"
+#include "ops/attention.h"
+#include "ops/layer_norm.h"
+
+namespace pyattn::layers {
+namespace {
+
+void project(const Projection& p, int64_t M, const float* a, float* c, kernels::Activation act) {
+    gemm::sgemm(M, a, p.w->K(), *p.w, c, p.w->N(), 0.0f, gemm::Epilogue{p.bias, act});
+}
+
+// y += t over M rows of n (row-contiguous)
+void add_rows(float* y, const float* t, int64_t M, int64_t n) {
+    const auto& ks = cpu::active();
+    const int nt = cpu::threads_for(2.0 * M * n);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (int64_t i = 0; i < M; ++i) ks.add(y + i * n, t + i * n, n);
+}
+
+void norm(const Norm& n, int64_t M, int64_t E, const float* x, float* y, const float* residual = nullptr) {
+    ops::layer_norm(x, E, y, E, M, E, n.weight, n.bias, n.eps, residual, E);
+}
+
+// ctx (B, L, E) = softmax(scale Q K^T + padding) V, heads read in place from qkv (B, L, 3E).
+void attention(const EncoderLayer& l, int64_t B, int64_t L, int64_t E, const float* qkv, const uint8_t* key_padding,
+               float* ctx) {
+    const int64_t H = l.heads, D = E / H;
+    ops::AttentionArgs a;
+    a.B = B;
+    a.H = H;
+    a.Lq = a.Lk = L;
+    a.D = a.Dv = D;
+    a.q = ops::HeadTensor{qkv, L * 3 * E, D, 3 * E};
+    a.k = ops::HeadTensor{qkv + E, L * 3 * E, D, 3 * E};
+    a.v = ops::HeadTensor{qkv + 2 * E, L * 3 * E, D, 3 * E};
+    a.out = ctx;
+    a.out_sb = L * E;
+    a.out_sh = D;
+    a.out_sl = E;
+    if (key_padding) {
+        a.key_padding_mask.data = key_padding;
+        a.key_padding_mask.is_bool = true;
+        a.key_padding_mask.sb = L;
+    }
+    a.scale = l.scale;
+    ops::scaled_dot_product_attention(a);
+}
+
+}  // namespace
+
+void encoder_layer(const EncoderLayer& l, int64_t B, int64_t L, const float* x, const uint8_t* key_padding, float* y,
+                   const EncoderScratch& s) {
+    const int64_t M = B * L, E = l.out.w->N();
+    const auto none = kernels::Activation::none;
+    if (l.norm_first) {
+        norm(l.norm1, M, E, x, s.h);                       // LN1(x)
+        project(l.qkv, M, s.h, s.qkv, none);               // (M, 3E)
+        attention(l, B, L, E, s.qkv, key_padding, s.ctx);  // (M, E)
+        project(l.out, M, s.ctx, y, none);                 // y = W_o ctx
+        add_rows(y, x, M, E);                              // h = x + W_o ctx
+        norm(l.norm2, M, E, y, s.h);                       // LN2(h)
+        project(l.ffn1, M, s.h, s.ff, l.act);              // act(W_1 LN2(h))
+        project(l.ffn2, M, s.ff, s.h, none);               // W_2 ...
+        add_rows(y, s.h, M, E);                            // y = h + W_2 ...
+    } else {
+        project(l.qkv, M, x, s.qkv, none);
+        attention(l, B, L, E, s.qkv, key_padding, s.ctx);
+        project(l.out, M, s.ctx, s.h, none);
+        norm(l.norm1, M, E, s.h, y, x);  // h = LN1(W_o ctx + x), in y
+        project(l.ffn1, M, y, s.ff, l.act);
+        project(l.ffn2, M, s.ff, s.h, none);
+        norm(l.norm2, M, E, y, y, s.h);  // y = LN2(h + W_2 ...), in place
+    }
+}
+
+}  // namespace pyattn::layers
