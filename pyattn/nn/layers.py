@@ -218,6 +218,16 @@ class Linear(Module):
         return self._packed(F._c_aligned(x, np.float32), activation)
 
 
+def as_linear(weight, bias, name: str) -> Linear:
+    """`weight` itself when it is a Linear already built (int8 from a file, say; it carries its own bias, so `bias`
+    must be None), else a Linear of the (out_features, in_features) array and `bias`."""
+    if isinstance(weight, Linear):
+        if bias is not None:
+            raise ValueError(f"{name}: give the bias inside the Linear, not beside it")
+        return weight
+    return Linear(weight, bias, name)
+
+
 class Embedding(Module):
     """Rows of a (num_embeddings, dim) table looked up by integer ids."""
 
