@@ -58,6 +58,36 @@ def model_bin(variables, aliases=(), version=6, spec="TestSpec", revision=1) -> 
     return out
 
 
+def quantize_int8(w) -> tuple:
+    """CTranslate2's int8 quantization of a weight (its model_spec._quantize), in float32: per row (the first axis),
+    scale = 127 / max|row| (an all-zero row: 1), q = round(w * scale) (clipped to +-127, which it never reaches).
+    Returns (q int8, scale float32 of shape (rows,)); w ~ q / scale."""
+    shape = np.shape(w)
+    w = np.asarray(w, np.float32).reshape(shape[0], -1)
+    amax = np.abs(w).max(axis=1)
+    amax[amax == 0] = 127.0
+    amax = np.maximum(amax, np.float32(127) / np.finfo(np.float32).max)
+    scale = np.float32(127) / amax
+    q = np.clip(np.rint(w * scale[:, None]), -127, 127).astype(np.int8)
+    return q.reshape(shape), scale
+
+
+def quantized_file(m: CT2File, skip=("conv",)) -> bytes:
+    """The bytes of `m` converted as CTranslate2's quantization="int8" stores it: every variable whose name ends in
+    `weight` (except names containing one of `skip`) as int8 with `<name>_scale`; the rest, and the aliases, as
+    they are; variables sorted by name."""
+    variables = []
+    for name, value in m.variables.items():
+        if name.endswith("weight") and value.ndim >= 2 and not any(k in name for k in skip):
+            q, scale = quantize_int8(value)
+            variables += [(name, q, "int8"), (name + "_scale", scale, "float32")]
+        else:
+            variables.append((name, value, m.stored_dtypes[name]))
+    return model_bin(
+        sorted(variables, key=lambda v: v[0]), list(m.aliases.items()), m.binary_version, m.spec, m.revision
+    )
+
+
 def rewrite(m: CT2File) -> bytes:
     """The bytes of a parsed file, written back."""
     return model_bin(
@@ -435,6 +465,10 @@ def test_files_written_by_ctranslate2(tmp_path):
             np.testing.assert_allclose(m["dec_weight"] / scale, w, atol=0.51 / scale.min())
         else:
             np.testing.assert_array_equal(m["dec_weight"], want)
+        if quantization == "int8":  # the quantizer of these tests is CTranslate2's, bit for bit
+            q, scale = quantize_int8(w)
+            np.testing.assert_array_equal(m["dec_weight"], q)
+            np.testing.assert_array_equal(m["dec_weight_scale"], scale)
         assert rewrite(m) == (folder / "model.bin").read_bytes()
 
 

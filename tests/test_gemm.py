@@ -279,3 +279,92 @@ def test_linear_storage_switch(rng):
     exact.set_storage("float32")
     exact.set_storage("int8")
     assert exact.storage == "int8"
+
+
+# ---- int8 weights quantized elsewhere (Linear.from_int8) ---------------------------------------------------
+
+
+def int8_reference(x, q, scales, bias=None):
+    """float64 result of the int8 GEMM on q (N, K) int8 with scales (N,) or (N, ceil(K / 32)), and the sum of the
+    magnitudes of its terms: the activations quantized per block of 32 by Int8Kernels::quantize's rule (scale
+    max|block| / 127, q = rint(x * 127 / max|block|)), each block's exact integer sum times the product of the two
+    scales (rounded to float32, as the kernels do)."""
+    M, K = x.shape
+    N, nb = q.shape[0], -(-K // 32)
+    xb = np.zeros((M, nb * 32), np.float32)
+    xb[:, :K] = x
+    xb = xb.reshape(M, nb, 32)
+    qb = np.zeros((N, nb * 32))
+    qb[:, :K] = q
+    amax = np.abs(xb).max(-1)
+    tiny = amax < np.float32(2.0**-100)
+    inv = np.float32(127) / np.where(tiny, np.float32(1), amax)
+    qa = np.where(tiny[..., None], 0, np.rint(np.clip(xb * inv[..., None], -127, 127)))
+    sa = np.where(tiny, np.float32(0), amax / np.float32(127))
+    sw = np.broadcast_to(np.asarray(scales, np.float32).reshape(N, -1), (N, nb))
+    terms = np.einsum("mbk,nbk->mnb", qa, qb.reshape(N, nb, 32)) * (sa[:, None, :] * sw[None, :, :])
+    want, mag = terms.sum(-1), np.abs(terms).sum(-1)
+    if bias is not None:
+        want, mag = want + bias, mag + np.abs(bias)
+    return want, mag
+
+
+@pytest.mark.parametrize("N,K", [(1, 1), (33, 40), (70, 96), (129, 513)])
+@pytest.mark.parametrize("per_block", [False, True], ids=["per-row", "per-block"])
+def test_linear_from_int8(isa, rng, N, K, per_block):
+    """A weight quantized elsewhere is held as given: `weight` is q * scale, and the GEMM multiplies the integers
+    given (-128 included) by the scales given, on every kernel set."""
+    from pyattn.nn import Linear
+
+    nb = -(-K // 32)
+    q = rng.integers(-128, 128, (N, K)).astype(np.int8)
+    scales = (rng.random((N, nb) if per_block else N) * 0.01 + 1e-4).astype(np.float32)
+    bias = randn(rng, N)
+    lin = Linear.from_int8(q, scales, bias, name="fc")
+    assert lin.storage == "int8" and lin.shape == (N, K)
+    per_value = np.repeat(scales, 32, axis=1)[:, :K] if per_block else scales[:, None]
+    np.testing.assert_array_equal(lin.weight, q.astype(np.float32) * per_value)
+    np.testing.assert_array_equal(lin.bias, bias)
+    for M in (1, 17):
+        x = randn(rng, M, K)
+        want, mag = int8_reference(x, q, scales, bias)
+        err = np.abs(lin(x) - want)
+        assert np.all(err <= 1e-5 * mag + 1e-30), err.max()
+
+
+def test_linear_from_int8_keeps_its_type_and_refuses_bad_input(rng):
+    from pyattn.nn import Linear, Module
+
+    q = rng.integers(-127, 128, (8, 40)).astype(np.int8)
+    s = np.full(8, 0.01, np.float32)
+    lin = Linear.from_int8(q, s, name="fc")
+    lin.set_storage("int8")  # the type it has: a no-op
+    for other in ("float32", "float16", "bfloat16"):  # its float values are unknown: no other type derives from it
+        with pytest.raises(ValueError, match="fc: .*load the model again"):
+            lin.set_storage(other)
+
+    class Holder(Module):
+        def __init__(self):
+            self.fc = lin
+
+    with pytest.raises(ValueError, match="load the model again"):
+        Holder().set_weight_storage("float16")
+    assert lin.storage == "int8"
+    Linear.from_int8(q, s.astype(np.float64))  # float64 scales: converted
+    bad = [
+        (TypeError, "int8", dict(q=q.astype(np.int16))),
+        (TypeError, "int8", dict(q=q.astype(np.float32))),
+        (TypeError, "scales", dict(scales=np.ones(8, np.int32))),
+        (ValueError, "2-D", dict(q=q[0])),
+        (ValueError, "2-D", dict(q=q[:, :0])),
+        (ValueError, r"scales of shape \(8,\) or \(8, 2\)", dict(scales=np.ones(9, np.float32))),
+        (ValueError, r"scales of shape \(8,\) or \(8, 2\)", dict(scales=np.ones((8, 3), np.float32))),
+        (ValueError, "NaN or infinite", dict(scales=np.array([np.nan] + [1] * 7, np.float32))),
+        (ValueError, "NaN or infinite", dict(scales=np.array([np.inf] + [1] * 7, np.float32))),
+        (ValueError, "bias", dict(bias=np.zeros(7, np.float32))),
+    ]
+    for error, fragment, change in bad:
+        args = dict(q=q, scales=s, bias=None, name="fc")
+        args.update(change)
+        with pytest.raises(error, match=fragment):
+            Linear.from_int8(**args)

@@ -236,3 +236,76 @@ def test_papers_whole_model_with_embeddings_and_greedy_decoding(tmp_path):
     np.testing.assert_array_equal(ys, t.numpy())
     with pytest.raises(ValueError, match="go together"):
         export_torch(m.transformer, tmp_path / "x", src_embedding=m.src)
+
+
+def test_attention_with_given_projections():
+    """Projections handed over as Linears (a file that stores them fused, or int8) compute exactly what the same
+    weights given as w_q, w_k, w_v compute; the layer holds no float copy and uses only what it was given."""
+    from pyattn.nn import Linear, MultiHeadAttention
+
+    rng = np.random.default_rng(3)
+    E, H, kdim = 48, 3, 40
+    wq, wo = (rng.standard_normal((E, E)).astype(np.float32) * 0.2 for _ in range(2))
+    wk, wv = (rng.standard_normal((E, kdim)).astype(np.float32) * 0.2 for _ in range(2))
+    bq, bk, bv, bo = (rng.standard_normal(E).astype(np.float32) for _ in range(4))
+    x, mem = rng.standard_normal((2, 5, E)).astype(np.float32), rng.standard_normal((2, 7, kdim)).astype(np.float32)
+    cross = MultiHeadAttention(H, wq, wk, wv, wo, bq, bk, bv, bo)
+    given = MultiHeadAttention(
+        H,
+        w_o=Linear(wo, bo),
+        projections={"q": Linear(wq, bq), "kv": Linear(np.concatenate([wk, wv]), np.concatenate([bk, bv]))},
+    )
+    assert given.w_q is None and (given.d_model, given.kdim, given.vdim) == (E, kdim, kdim)
+    np.testing.assert_array_equal(given(x, mem)[0], cross(x, mem)[0])
+    np.testing.assert_array_equal(
+        given(x, memory_kv=given.project_kv(mem))[0], cross(x, memory_kv=cross.project_kv(mem))[0]
+    )
+    names = dict(given.named_weights("a."))
+    assert sorted(names) == [f"a.{p}_proj.{w}" for p in ("kv", "out", "q") for w in ("bias", "weight")]
+    np.testing.assert_array_equal(names["a.q_proj.weight"], wq)
+    with pytest.raises(ValueError, match="given the projections \\['kv', 'q'\\], and this call needs 'qkv'"):
+        given(x)  # self-attention: no fused QKV was given
+
+    wk, wv = (rng.standard_normal((E, E)).astype(np.float32) * 0.2 for _ in range(2))
+    self_attn = MultiHeadAttention(H, wq, wk, wv, wo, bq, bk, bv, bo)
+    qkv = Linear(np.concatenate([wq, wk, wv]), np.concatenate([bq, bk, bv]))
+    given = MultiHeadAttention(H, w_o=Linear(wo, bo), projections={"qkv": qkv})
+    np.testing.assert_array_equal(given(x, is_causal=True)[0], self_attn(x, is_causal=True)[0])
+    layer = pyattn.nn.TransformerEncoderLayer(
+        given, pyattn.nn.FeedForward(Linear(wq, bq), None, Linear(wo, bo), None), *(_norm(E) for _ in range(2))
+    )
+    assert layer(x)[0].shape == x.shape
+
+    # storage: a given float projection is repacked like any other; one held as given in int8 cannot be
+    given.set_storage("float16")
+    assert qkv.storage == "float16"
+    q8 = rng.integers(-127, 128, (3 * E, E)).astype(np.int8)
+    int8 = MultiHeadAttention(
+        H, w_o=Linear(wo, bo), projections={"qkv": Linear.from_int8(q8, np.full(3 * E, 0.01, np.float32))}
+    )
+    int8.set_storage("int8")
+    with pytest.raises(ValueError, match="load the model again"):
+        int8.set_storage("float32")
+    int8.int8_fallback = "float32"  # a finer type asked for int8 cannot be made from int8 values either
+    with pytest.raises(ValueError, match="load the model again"):
+        int8.set_storage("int8")
+
+    bad = [
+        (dict(w_q=wq, projections={"qkv": qkv}), ValueError, "not both"),
+        (dict(projections={"qkv": qkv, "k": qkv}), ValueError, "unknown projections \\['k'\\]"),
+        (dict(projections={"qkv": wq}), TypeError, "must be a pyattn.nn.Linear"),
+        (dict(projections={"q": Linear(wq, bq)}), ValueError, "'q' and 'kv'"),
+        (dict(projections=[qkv]), TypeError, "must map"),
+        (dict(projections={"qkv": Linear(wq, bq)}), ValueError, "projection 'qkv' has shape \\(48, 48\\)"),
+        (dict(projections={"q": Linear(wq, bq), "kv": Linear(wq, bq)}), ValueError, "'kv' has shape \\(48, 48\\)"),
+        (dict(projections={"qkv": qkv}, w_o=None), ValueError, "w_o"),
+        (dict(projections={"qkv": qkv}, b_o=bo), ValueError, "bias inside the Linear"),
+    ]
+    for kwargs, error, fragment in bad:
+        kwargs = {"w_o": Linear(wo, bo), **kwargs}
+        with pytest.raises(error, match=fragment):
+            MultiHeadAttention(H, **kwargs)
+
+
+def _norm(E):
+    return pyattn.nn.LayerNorm(np.ones(E, np.float32), np.zeros(E, np.float32))

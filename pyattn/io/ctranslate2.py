@@ -1,6 +1,11 @@
 """Reader for CTranslate2's `model.bin`: the variables (name -> numpy array), aliases and spec of a converted
 model, plus the `config.json` next to it. Generic: what a given family's names mean lives with that family.
 
+A weight converted with quantization="int8" is an int8 array `.../weight` [out, in] beside a float32
+`.../weight_scale` [out] with q = round(w * scale), so w ~ q / scale; an alias of the weight stands for its scale
+too. They are handed out as stored: pyattn.models.Whisper holds them as int8 (nn.Linear.from_int8, scales
+1 / scale) and checks the scales.
+
 Layout (little-endian, no padding, no alignment; see CTranslate2's python/ctranslate2/specs/model_spec.py):
 
     u32 binary version

@@ -7,7 +7,8 @@ Architecture (Radford et al. 2022), as stored by CTranslate2's WhisperSpec:
   decoder: token embedding + learned positions (448) -> pre-LN layers (masked self-attention,
            cross-attention into the encoder output, FFN) -> LayerNorm -> logits tied to the embedding.
 Every matmul runs on pyattn's packed GEMM (the convolutions as GEMMs over unfolded frames); the cross
-K/V of each layer are projected once per audio window, the self-attention K/V cached per step.
+K/V of each layer are projected once per audio window, the self-attention K/V cached per step. A file converted
+with CTranslate2's quantization="int8" keeps its int8 matrices and per-row scales (see `Whisper.__init__`).
 
 Decoding follows CTranslate2's `Whisper.generate` (which faster-whisper calls): the prompt
 <|startoftranscript|> <|notimestamps|>, the config's suppress_ids masked at every step and
@@ -50,8 +51,10 @@ def default_model_path() -> Path:
 
 
 class _Vars:
-    """Checked access to the model file's variables, converted to float32 (the stored float16 values are exact
-    in float32, so nothing is lost)."""
+    """Checked access to the model file's variables. Floating-point values are handed out as float32 (the stored
+    float16 values are exact in float32, so nothing is lost). A CTranslate2 int8 weight `.../weight` comes with
+    `.../weight_scale` (float, one per row), q = round(w * scale): `int8` hands out q and pyattn's scales
+    (1 / scale, float32, so that w ~ q * scales); `f32` dequantizes it."""
 
     def __init__(self, variables: Mapping, source: str):
         self._v, self._source = variables, source
@@ -64,15 +67,56 @@ class _Vars:
             raise ValueError(f"{self._source}: missing variable '{name}'")
         return np.asarray(self._v[name])
 
+    def _shaped(self, name: str, a: np.ndarray, shape: Optional[tuple]) -> np.ndarray:
+        if shape is not None and a.shape != tuple(shape):
+            raise ValueError(f"{self._source}: variable '{name}' has shape {a.shape}, expected {tuple(shape)}")
+        return a
+
+    def int8(self, name: str, shape: Optional[tuple] = None):
+        """(q, scales) of an int8 weight, scales (rows,) float32 with w ~ q * scales; None for a float variable."""
+        a = self._shaped(name, self.raw(name), shape)
+        if a.dtype != np.int8:
+            return None
+        scale_name = name + "_scale"
+        if not name.endswith("weight") or a.ndim < 2:
+            raise ValueError(f"{self._source}: variable '{name}' is int8 {a.shape}; only weight matrices may be")
+        if scale_name not in self._v:
+            raise ValueError(f"{self._source}: variable '{name}' is int8 but '{scale_name}' is missing")
+        s = np.asarray(self._v[scale_name])
+        if s.dtype.kind != "f":
+            raise ValueError(f"{self._source}: variable '{scale_name}' is {s.dtype}, expected floating point")
+        if s.shape != a.shape[:1]:
+            raise ValueError(
+                f"{self._source}: variable '{scale_name}' has shape {s.shape}, expected ({a.shape[0]},): one scale "
+                f"per row of '{name}' {a.shape}"
+            )
+        s = s.astype(np.float32)
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+            inv = np.float32(1) / s  # float32 division, as CTranslate2 dequantizes (x * (1.f / scale))
+        bad = ~(np.isfinite(s) & (s > 0) & np.isfinite(inv))
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise ValueError(
+                f"{self._source}: variable '{scale_name}' holds {float(s[row])} at row {row}; a scale must be finite "
+                "and > 0 (and its reciprocal finite)"
+            )
+        return F._c_aligned(a), inv
+
+    def weights(self, name: str, shape: Optional[tuple] = None) -> np.ndarray:
+        """A float weight as stored (float16 stays float16: Linear holds it so, exactly), an int8 one dequantized."""
+        a = self._shaped(name, self.raw(name), shape)
+        return F._c_aligned(a) if a.dtype in (np.float16, np.float32) else self.f32(name, shape)
+
     def f32(self, name: str, shape: Optional[tuple] = None) -> np.ndarray:
-        a = self.raw(name)
+        a = self._shaped(name, self.raw(name), shape)
+        if a.dtype == np.int8 and name.endswith("weight"):
+            q, scales = self.int8(name)
+            return q.astype(np.float32) * scales.reshape((-1,) + (1,) * (q.ndim - 1))
         if a.dtype.kind != "f":
             raise ValueError(
                 f"{self._source}: variable '{name}' is {a.dtype}, expected floating point "
-                "(int8-quantised models are not supported; convert with compute type float16/float32)"
+                "(or int8 with a scale, for a variable named '.../weight')"
             )
-        if shape is not None and a.shape != tuple(shape):
-            raise ValueError(f"{self._source}: variable '{name}' has shape {a.shape}, expected {tuple(shape)}")
         return F._c_aligned(a, np.float32)
 
     def int(self, name: str, default=None) -> int:
@@ -115,7 +159,13 @@ class Whisper(Module):
     ):
         """weight_storage: the weight type of the matrices (pyattn.precision: "float32", "float16", "bfloat16",
         "int8"); None keeps the file's precision (float16 for tiny.en: exact, and half the bytes per decoding step).
-        Computation is float32 (int32 inside an int8 block) either way."""
+        Computation is float32 (int32 inside an int8 block) either way.
+
+        A file converted with CTranslate2's quantization="int8" stores each matrix as int8 with one scale per row
+        (`.../weight_scale`): with weight_storage None or "int8" those are held as stored (Linear.from_int8, no second
+        rounding), the token embedding too (rows dequantized on lookup); a float weight_storage dequantizes them
+        first. A scale of the wrong shape, not finite or not > 0, or an int8 weight without its scale: ValueError
+        naming the variable."""
         v = _Vars(variables, source)
         weight_storage = resolve_dtype(weight_storage, "weight_storage")
         self.config = dict(config or {})
@@ -155,56 +205,59 @@ class Whisper(Module):
         def norm(p):
             return LayerNorm(v.f32(p + "gamma", (d,)), v.f32(p + "beta", (d,)), 1e-5, p.rstrip("/"))
 
-        def ffn(p):
-            return FeedForward(
-                v.f32(p + "linear_0/weight"),
-                v.f32(p + "linear_0/bias"),
-                v.f32(p + "linear_1/weight"),
-                v.f32(p + "linear_1/bias"),
-                act,
-                p.rstrip("/"),
-            )
+        # Under int8 the encoder (convolutions included) stays float32 and int8 goes where it pays: the decoder and
+        # the output projection, whose weights' bytes bound each decoding step. The encoder runs once per 30 s window
+        # and is compute-bound, where int8 is no faster than float32 on AVX2; and its int8 rounding changed
+        # transcripts: tiny.en's greedy "The weather is nice today" of tests/data/long.wav became "But when there
+        # is ice today" with the convolutions in int8 (CTranslate2 keeps those float), and fox.wav's beam-5
+        # transcript changed with the encoder's other layers in int8 (docs/precision.md). A file already in int8
+        # is held as it is everywhere: its values have no finer form.
+        def linear(p, shape, bias=True):
+            """The Linear of `p`weight and `p`bias: an int8 weight held as stored (unless a float storage is asked:
+            then its dequantized values, held as that), a float one as weight_storage asks (None: as stored)."""
+            b = v.f32(p + "bias", shape and shape[:1]) if bias else None
+            quantized = v.int8(p + "weight", shape)
+            if quantized is not None and weight_storage in (None, "int8"):
+                return Linear.from_int8(*quantized, b, p.rstrip("/"))
+            fallback = "float32" if p.startswith("encoder/") else None
+            return Linear(v.weights(p + "weight", shape), b, p.rstrip("/"), weight_storage, fallback)
 
+        def ffn(p):
+            first = linear(p + "linear_0/", None)  # (inner, d): FeedForward and the layer check the widths
+            second = linear(p + "linear_1/", (d, first.out_features))
+            return FeedForward(first, None, second, None, act, p.rstrip("/"))
+
+        # The file stores self-attention's Q, K, V fused (linear_0, (3d, d)) and cross-attention's K, V fused
+        # (linear_1, (2d, d)): the attention takes these Linears as they are.
         def fused_self(p, H):
-            w, b = v.f32(p + "linear_0/weight", (3 * d, d)), v.f32(p + "linear_0/bias", (3 * d,))
-            return MultiHeadAttention(
-                H,
-                w[:d],
-                w[d : 2 * d],
-                w[2 * d :],
-                v.f32(p + "linear_1/weight", (d, d)),
-                b[:d],
-                b[d : 2 * d],
-                b[2 * d :],
-                v.f32(p + "linear_1/bias", (d,)),
-                name=p.rstrip("/"),
+            qkv = linear(p + "linear_0/", (3 * d, d))
+            attn = MultiHeadAttention(
+                H, w_o=linear(p + "linear_1/", (d, d)), name=p.rstrip("/"), projections={"qkv": qkv}
             )
+            attn.int8_fallback = qkv.int8_fallback  # for later set_weight_storage calls
+            return attn
 
         def cross(p, H):
-            wkv, bkv = v.f32(p + "linear_1/weight", (2 * d, d)), v.f32(p + "linear_1/bias", (2 * d,))
+            q, kv = linear(p + "linear_0/", (d, d)), linear(p + "linear_1/", (2 * d, d))
             return MultiHeadAttention(
-                H,
-                v.f32(p + "linear_0/weight", (d, d)),
-                wkv[:d],
-                wkv[d:],
-                v.f32(p + "linear_2/weight", (d, d)),
-                v.f32(p + "linear_0/bias", (d,)),
-                bkv[:d],
-                bkv[d:],
-                v.f32(p + "linear_2/bias", (d,)),
-                name=p.rstrip("/"),
+                H, w_o=linear(p + "linear_2/", (d, d)), name=p.rstrip("/"), projections={"q": q, "kv": kv}
             )
 
-        # Convolutions as GEMMs: weights (out, in, k) reordered to (out, k, in) to match _unfold's rows.
+        # Convolutions as GEMMs: weights (out, in, k) reordered to (out, k, in) to match _unfold's rows (an int8 one,
+        # which CTranslate2's converter may write, dequantized).
         self.conv1 = Linear(
-            v.f32("encoder/conv1/weight").transpose(0, 2, 1).reshape(d, -1),
+            v.weights("encoder/conv1/weight").transpose(0, 2, 1).reshape(d, -1),
             v.f32("encoder/conv1/bias", (d,)),
             "encoder/conv1",
+            weight_storage,
+            int8_fallback="float32",
         )
         self.conv2 = Linear(
-            v.f32("encoder/conv2/weight", (d, d, 3)).transpose(0, 2, 1).reshape(d, -1),
+            v.weights("encoder/conv2/weight", (d, d, 3)).transpose(0, 2, 1).reshape(d, -1),
             v.f32("encoder/conv2/bias", (d,)),
             "encoder/conv2",
+            weight_storage,
+            int8_fallback="float32",
         )
         self.enc_positions = v.f32("encoder/position_encodings/encodings")
         if self.enc_positions.ndim != 2 or self.enc_positions.shape[1] != d:
@@ -234,35 +287,15 @@ class Whisper(Module):
             for i in range(n_layers("decoder"))
         ]
         self.decoder = TransformerDecoder(dec, norm("decoder/layer_norm/"))
-        # Under int8 the encoder (convolutions included) stays float32 and int8 goes where it pays: the decoder and
-        # the output projection, whose weights' bytes bound each decoding step. The encoder runs once per 30 s window
-        # and is compute-bound, where int8 is no faster than float32 on AVX2; and its int8 rounding changed
-        # transcripts: tiny.en's greedy "The weather is nice today" of tests/data/long.wav became "But when there
-        # is ice today" with the convolutions in int8 (CTranslate2 keeps those float), and fox.wav's beam-5
-        # transcript changed with the encoder's other layers in int8 (docs/precision.md).
-        for part in [self.conv1, self.conv2, *enc]:
-            part.set_int8_fallback("float32")
-        if weight_storage is None:
-            weight_storage = "float16" if emb.dtype == np.float16 else "float32"
-        for layer in enc + dec:  # pack what inference uses now, not on the first call
-            layer.self_attn._projection("qkv")
-        for layer in dec:
-            layer.cross_attn._projection("q")
-            layer.cross_attn._projection("kv")
         self.dec_positions = v.f32("decoder/position_encodings/encodings")
         if self.dec_positions.ndim != 2 or self.dec_positions.shape[1] != d:
             raise ValueError(f"{source}: decoder positions have shape {self.dec_positions.shape}, expected (n, {d})")
-        # The embedding table is kept as stored (float16 halves its memory); rows are widened on lookup.
-        self._embedding = (
-            F._c_aligned(emb) if emb.dtype in (np.float16, np.float32) else v.f32("decoder/embeddings/weight")
-        )
-        proj = "decoder/projection/weight"
-        self.proj = Linear(
-            v.f32(proj, (self.vocab_size, d)) if proj in v else v.f32("decoder/embeddings/weight"),
-            None,
-            "decoder/projection",
-        )
-        self.set_weight_storage(weight_storage)
+        # The embedding table is kept as stored (float16 halves its memory, int8 quarters it); rows are widened on
+        # lookup, and an int8 row multiplied by its scale (the values the tied projection multiplies by).
+        quantized = v.int8("decoder/embeddings/weight")
+        self._embedding, self._embedding_scales = quantized or (v.weights("decoder/embeddings/weight"), None)
+        proj = "decoder/projection/" if "decoder/projection/weight" in v else "decoder/embeddings/"
+        self.proj = linear(proj, (self.vocab_size, d), bias=False)
         self.sot = self._special("<|startoftranscript|>", 50257)
         self.eot = self._special("<|endoftext|>", 50256)
         self.no_timestamps = self._special("<|notimestamps|>", 50362)
@@ -343,7 +376,10 @@ class Whisper(Module):
             raise ValueError(f"the decoder knows {self.dec_positions.shape[0]} positions; asked for {start + T}")
         if ids.min() < 0 or ids.max() >= self.vocab_size:
             raise ValueError(f"token ids must be in [0, {self.vocab_size}), got {ids.min()}..{ids.max()}")
-        x = self._embedding[ids].astype(np.float32) + self.dec_positions[start : start + T]
+        x = self._embedding[ids].astype(np.float32)  # (B, T, d)
+        if self._embedding_scales is not None:
+            x *= self._embedding_scales[ids][..., None]
+        x += self.dec_positions[start : start + T]
         return self.proj(self.decoder(x, state=state))
 
     # ---- decoding --------------------------------------------------------------------------------------

@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Optional
 
 import numpy as np
 
 from .. import _core
 from .. import functional as F
-from .layers import Linear, Module, StorageAware, as_weight, check_storage
+from .layers import Linear, Module, StorageAware, as_linear, as_weight, check_storage
 
 
 class KVCache:
@@ -67,24 +68,60 @@ class MultiHeadAttention(StorageAware, Module):
     Weights in PyTorch's layout: w_q (E, E), w_k (E, kdim), w_v (E, vdim), w_o (E, E). For self-attention
     Q, K and V come from one fused GEMM; for cross-attention Q is projected from the decoder states and the
     fused K/V projection of the encoder output is computed once (see `project_kv`) and reused every step.
+
+    Instead of w_q, w_k, w_v (and their biases), `projections` may hand over the projections already built, as
+    Linears that carry their biases: {"qkv": (3E, E)} for self-attention, {"q": (E, E), "kv": (2E, kdim)} for
+    cross-attention, or all three. A model whose file stores them fused (CTranslate2), or quantized (int8), passes
+    them so; the layer then uses only those, and holds no float copy. w_o may likewise be a Linear (b_o None).
     """
+
+    _FUSED = ("qkv", "q", "kv")
 
     def __init__(
         self,
         num_heads: int,
-        w_q,
-        w_k,
-        w_v,
-        w_o,
+        w_q=None,
+        w_k=None,
+        w_v=None,
+        w_o=None,
         b_q=None,
         b_k=None,
         b_v=None,
         b_o=None,
         scale: Optional[float] = None,
         name: str = "attention",
+        *,
+        projections: Optional[Mapping[str, Linear]] = None,
     ):
         if isinstance(num_heads, bool) or not isinstance(num_heads, (int, np.integer)) or num_heads < 1:
             raise ValueError(f"{name}: num_heads must be a positive integer, got {num_heads!r}")
+        self._name = name
+        self._packed = {}  # "q", "kv", "qkv" -> Linear, packed on first use: a layer packs only what it uses
+        if projections is None:
+            E = self._raw_projections(num_heads, w_q, w_k, w_v, b_q, b_k, b_v, name)
+        else:
+            if any(x is not None for x in (w_q, w_k, w_v, b_q, b_k, b_v)):
+                raise ValueError(f"{name}: give w_q, w_k, w_v (and their biases) or projections, not both")
+            E = self._given_projections(projections, name)
+            self._packed = dict(projections)
+            self.w_q = self.w_k = self.w_v = self.b_q = self.b_k = self.b_v = None
+        if E % num_heads:
+            raise ValueError(f"{name}: num_heads ({num_heads}) must divide d_model ({E})")
+        self.num_heads, self.d_model = int(num_heads), E
+        self.scale = scale
+        self._storage = None  # the storage of projections packed later (None: float32)
+        # The storage the Q/K/V projections take when int8 is asked (StorageAware): a model whose attention reads
+        # LayerNorm outputs with outlier channels (BERT) keeps them finer. None: int8. It governs given projections
+        # too (set_storage).
+        self.int8_fallback = None
+        if w_o is None:
+            raise ValueError(f"missing weight {name}.w_o")
+        self.out_proj = as_linear(w_o, b_o, f"{name}.out_proj")
+        if self.out_proj.shape != (E, E):
+            raise ValueError(f"{name}: out_proj weight has shape {self.out_proj.shape}, expected {(E, E)}")
+
+    def _raw_projections(self, num_heads, w_q, w_k, w_v, b_q, b_k, b_v, name) -> int:
+        """Keeps float Q/K/V weights (and biases), from which _projection packs what is used; returns d_model."""
         w_q = as_weight(w_q, f"{name}.w_q")
         if w_q.ndim != 2:
             raise ValueError(f"{name}: w_q must be 2-D (E, E), got {w_q.shape}")
@@ -95,11 +132,10 @@ class MultiHeadAttention(StorageAware, Module):
         w_v = as_weight(w_v, f"{name}.w_v")
         if w_k.ndim != 2 or w_v.ndim != 2 or w_k.shape[0] != E or w_v.shape[0] != E:
             raise ValueError(f"{name}: w_k {w_k.shape} and w_v {w_v.shape} must have {E} rows like w_q {w_q.shape}")
-        self.num_heads, self.d_model = int(num_heads), E
-        self.scale = scale
         if w_q.shape != (E, E):
             raise ValueError(f"{name}: w_q has shape {w_q.shape}, expected {(E, E)}")
         self.w_q, self.w_k, self.w_v = w_q, w_k, w_v
+        self.kdim, self.vdim = w_k.shape[1], w_v.shape[1]
         has_bias = any(b is not None for b in (b_q, b_k, b_v))
         zeros = np.zeros(E, np.float32)
         self.b_q, self.b_k, self.b_v = (
@@ -107,21 +143,43 @@ class MultiHeadAttention(StorageAware, Module):
             if has_bias
             else (None, None, None)
         )
-        self._name = name
-        self._packed = {}  # "q", "kv", "qkv" -> Linear, packed on first use: a layer packs only what it uses
-        self._storage = None  # the storage of projections packed later (None: float32)
-        # The storage the Q/K/V projections take when int8 is asked (StorageAware): a model whose attention reads
-        # LayerNorm outputs with outlier channels (BERT) keeps them finer. None: int8.
-        self.int8_fallback = None
-        self.out_proj = Linear(w_o, b_o, f"{name}.out_proj")
-        if self.out_proj.shape != (E, E):
-            raise ValueError(f"{name}: out_proj weight has shape {self.out_proj.shape}, expected {(E, E)}")
+        return E
+
+    def _given_projections(self, projections, name) -> int:
+        """Checks prebuilt projections against each other; returns d_model."""
+        if not isinstance(projections, Mapping):
+            raise TypeError(f"{name}: projections must map 'qkv', 'q', 'kv' to Linears, got {type(projections)}")
+        unknown = [k for k in projections if k not in self._FUSED]
+        if unknown:
+            raise ValueError(f"{name}: unknown projections {unknown}, expected some of {list(self._FUSED)}")
+        for k, lin in projections.items():
+            if not isinstance(lin, Linear):
+                raise TypeError(f"{name}: projection {k!r} must be a pyattn.nn.Linear, got {type(lin).__name__}")
+        if "qkv" not in projections and not {"q", "kv"} <= set(projections):
+            raise ValueError(
+                f"{name}: projections must hold 'qkv' (self-attention), 'q' and 'kv' (cross-attention), or all "
+                f"three; got {sorted(projections)}"
+            )
+        qkv, q, kv = (projections.get(k) for k in self._FUSED)
+        E = qkv.out_features // 3 if qkv is not None else q.out_features
+        expected = {"qkv": (3 * E, E), "q": (E, E), "kv": (2 * E, kv.in_features if kv is not None else E)}
+        for k, lin in projections.items():
+            if lin.shape != expected[k]:
+                shapes = {k: v.shape for k, v in projections.items()}
+                raise ValueError(f"{name}: projection {k!r} has shape {lin.shape}, expected {expected[k]} ({shapes})")
+        self.kdim = self.vdim = kv.in_features if kv is not None else E
+        return E
 
     def _projection(self, which: str) -> Linear:
         """Q alone (cross-attention queries), K and V fused (an encoder output), or all three fused
         (self-attention: one GEMM)."""
         lin = self._packed.get(which)
         if lin is None:
+            if self.w_q is None:
+                raise ValueError(
+                    f"{self._name}: this attention was given the projections {sorted(self._packed)}, and this call "
+                    f"needs {which!r}"
+                )
             parts = which  # one letter per projection: "q", "kv" or "qkv"
             ws = [getattr(self, f"w_{c}") for c in parts]
             if len({w.shape[1] for w in ws}) != 1:
@@ -140,8 +198,16 @@ class MultiHeadAttention(StorageAware, Module):
             self._packed[which] = lin
         return lin
 
+    def named_weights(self, prefix: str = ""):
+        yield from super().named_weights(prefix)
+        if self.w_q is None:  # given projections: their weights live only in them
+            for which in self._FUSED:
+                if which in self._packed:
+                    yield from self._packed[which].named_weights(f"{prefix}{which}_proj.")
+
     def set_storage(self, storage: str) -> None:
-        """Q/K/V projections packed now and later are held as `storage` (out_proj is a Linear of its own)."""
+        """Q/K/V projections packed now and later are held as `storage` (out_proj is a Linear of its own). Given
+        projections are repacked as any Linear: one held as given in int8 raises for another storage."""
         self._storage = check_storage(storage)
         for lin in self._packed.values():
             lin.int8_fallback = self.int8_fallback

@@ -158,6 +158,37 @@ class Linear(Module):
         # whether the packed values are the values given, from which every other storage can still be derived
         self._exact = _holds_exactly(w, storage)
 
+    @classmethod
+    def from_int8(cls, q, scales, bias=None, name: str = "linear") -> Linear:
+        """A Linear holding an int8 weight quantized elsewhere, as given (no value is quantized again): q (out, in)
+        int8 and scales (out,) -- one per row, as CTranslate2's int8 -- or (out, ceil(in / 32)) -- one per block of
+        32 along `in`, as GGUF's Q8_0 --, with weight ~ q * scale (CTranslate2 stores the reciprocal: pass 1 / its
+        scale). Activations are quantized at each call as for storage "int8". The float values the weight came
+        from are unknown, so set_storage to another type raises: load the model again with that type."""
+        q = np.asarray(q)
+        if q.dtype != np.int8:
+            raise TypeError(f"weight {name}.weight: expected int8 values, got {q.dtype}")
+        if q.ndim != 2 or 0 in q.shape:
+            raise ValueError(
+                f"weight {name}.weight must be 2-D (out_features, in_features) and non-empty, got {q.shape}"
+            )
+        s = np.asarray(scales)
+        if s.dtype.kind != "f":
+            raise TypeError(f"weight {name}.weight: scales must be floating-point, got {s.dtype}")
+        s = F._c_aligned(s, np.float32)
+        if not np.all(np.isfinite(s)):
+            raise ValueError(f"weight {name}.weight: scales contain NaN or infinite values (or overflow float32)")
+        lin = cls.__new__(cls)
+        lin.int8_fallback = None
+        lin.bias = None if bias is None else as_weight(bias, f"{name}.bias", (q.shape[0],))
+        try:
+            lin._packed = _core.PackedLinear.from_int8(F._c_aligned(q), s, lin.bias)
+        except ValueError as e:
+            raise ValueError(f"weight {name}.weight {q.shape}: {e}") from None
+        lin._exact = False  # held as given: no finer values to derive another storage from
+        lin._name = name
+        return lin
+
     def _effective(self, storage: str) -> str:
         return self.int8_fallback if storage == "int8" and self.int8_fallback else storage
 
@@ -207,6 +238,16 @@ class Linear(Module):
     def __call__(self, x: np.ndarray, activation: str = "none") -> np.ndarray:
         # (..., in_features) -> (..., out_features)
         return self._packed(F._c_aligned(x, np.float32), activation)
+
+
+def as_linear(weight, bias, name: str) -> Linear:
+    """`weight` itself when it is a Linear already built (int8 from a file, say; it carries its own bias, so `bias`
+    must be None), else a Linear of the (out_features, in_features) array and `bias`."""
+    if isinstance(weight, Linear):
+        if bias is not None:
+            raise ValueError(f"{name}: give the bias inside the Linear, not beside it")
+        return weight
+    return Linear(weight, bias, name)
 
 
 class Embedding(Module):

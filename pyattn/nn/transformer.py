@@ -9,19 +9,20 @@ import numpy as np
 from .. import _core
 from .. import functional as F
 from .attention import KVCache, MultiHeadAttention
-from .layers import Embedding, LayerNorm, Linear, Module, SinusoidalPositionalEncoding
+from .layers import Embedding, LayerNorm, Linear, Module, SinusoidalPositionalEncoding, as_linear
 
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
 
 
 class FeedForward(Module):
-    """FFN(x) = act(x W1^T + b1) W2^T + b2; the activation runs fused into the first GEMM."""
+    """FFN(x) = act(x W1^T + b1) W2^T + b2; the activation runs fused into the first GEMM. w1 and w2 may be Linears
+    already built (int8 from a file, say), their biases inside them (b1, b2 None)."""
 
     def __init__(self, w1, b1, w2, b2, activation: str = "relu", name: str = "ffn"):
         if activation not in ACTIVATIONS:
             raise ValueError(f"{name}: unknown activation {activation!r}, expected one of {ACTIVATIONS}")
-        self.linear1 = Linear(w1, b1, f"{name}.linear1")
-        self.linear2 = Linear(w2, b2, f"{name}.linear2")
+        self.linear1 = as_linear(w1, b1, f"{name}.linear1")
+        self.linear2 = as_linear(w2, b2, f"{name}.linear2")
         if self.linear2.in_features != self.linear1.out_features:
             raise ValueError(
                 f"{name}: linear2.weight {self.linear2.shape} does not take linear1's "
@@ -47,12 +48,12 @@ def check_widths(d_model: int, ffn: FeedForward, norms, name: str) -> None:
 
 def check_attention_inputs(attn: MultiHeadAttention, query_width: int, key_width: Optional[int], name: str) -> None:
     """Q reads `query_width` features, K and V `key_width` (None: any width, the same for both)."""
-    kdim, vdim = attn.w_k.shape[1], attn.w_v.shape[1]
-    if attn.w_q.shape[1] != query_width or kdim != vdim or (key_width is not None and kdim != key_width):
+    kdim, vdim = attn.kdim, attn.vdim
+    if attn.d_model != query_width or kdim != vdim or (key_width is not None and kdim != key_width):
         want = f"{key_width}" if key_width is not None else "one width"
         raise ValueError(
-            f"{name}: attention weights w_q {attn.w_q.shape}, w_k {attn.w_k.shape}, w_v {attn.w_v.shape} "
-            f"do not read {query_width} query features and {want} for keys and values"
+            f"{name}: the attention reads {attn.d_model} query, {kdim} key and {vdim} value features, "
+            f"not {query_width} query features and {want} for keys and values"
         )
 
 
@@ -262,7 +263,7 @@ class TransformerDecoder(Module):
     def __init__(self, layers: List[TransformerDecoderLayer], norm: Optional[LayerNorm] = None):
         self.layers, self.norm = list(layers), norm
         check_stack(self.layers, norm, "decoder")
-        if len({layer.cross_attn.w_k.shape[1] for layer in self.layers}) > 1:
+        if len({layer.cross_attn.kdim for layer in self.layers}) > 1:
             raise ValueError("decoder: the layers' cross-attentions read memories of different widths")
 
     def init_state(self, memory: np.ndarray, memory_key_padding_mask=None) -> DecoderState:
@@ -324,10 +325,10 @@ class Transformer(Module):
         if (
             encoder.layers
             and decoder.layers
-            and decoder.layers[0].cross_attn.w_k.shape[1] != encoder.layers[0].self_attn.d_model
+            and decoder.layers[0].cross_attn.kdim != encoder.layers[0].self_attn.d_model
         ):
             raise ValueError(
-                f"transformer: the decoder's cross-attention reads {decoder.layers[0].cross_attn.w_k.shape[1]} "
+                f"transformer: the decoder's cross-attention reads {decoder.layers[0].cross_attn.kdim} "
                 f"features, the encoder gives {encoder.layers[0].self_attn.d_model}"
             )
         self.encoder, self.decoder = encoder, decoder
