@@ -7,6 +7,7 @@
 #include "bindings/bind_common.h"
 #include "cpu/buffer.h"
 #include "cpu/cpu.h"
+#include "gemm/gemm.h"
 
 namespace pyattn::bind {
 
@@ -76,6 +77,8 @@ void bind_cpu(py::module_& m) {
         },
         py::arg("name"), py::arg("mc"), py::arg("kc"), py::arg("nc"),
         "Tuning hook for benchmarks/gym: set MC, KC, NC of a kernel set (repack weights afterwards).");
+    m.def("_tune_small_m_packed", &gemm::set_small_m_packed, py::arg("m"),
+          "Tuning hook for benchmarks/gym: up to m rows, a prepacked B is read in place (the small-M path).");
     m.def("get_num_threads", &cpu::num_threads, "Threads used by parallel ops.");
     m.def(
         "set_num_threads",

@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 
 #include "cpu/buffer.h"
@@ -229,6 +230,7 @@ void run_tall(const KernelSet& ks, const Problem& P, int nt) {
 void dispatch(const KernelSet& ks, const Problem& P, int nt) {
     if (P.M <= kSmallM) return run_small_m(ks, P, nt);
     if (P.packed && P.M > ks.blocking.mr && P.M <= ks.tall_rows) return run_tall(ks, P, nt);
+    if (P.packed && P.packed->type() != WeightType::f32 && P.M <= small_m_packed()) return run_small_m(ks, P, nt);
     run_blocked(ks, P, nt);
 }
 
@@ -260,6 +262,13 @@ void run(const KernelSet& ks, const Problem& P, int nthreads) {
 }
 
 }  // namespace
+
+namespace {
+std::atomic<int64_t> g_small_m_packed{64};
+}
+
+int64_t small_m_packed() { return g_small_m_packed.load(std::memory_order_relaxed); }
+void set_small_m_packed(int64_t m) { g_small_m_packed.store(m, std::memory_order_relaxed); }
 
 void sgemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, BRef B, float* C, int64_t ldc, float beta,
            const Epilogue& ep, int nthreads) {
