@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -17,8 +16,14 @@ from ..nn import (
     TransformerEncoder,
     TransformerEncoderLayer,
 )
-from ..precision import resolve_dtype
-from .pretrained import Weights, errors_name, number, option, read_config, read_weights, require, strip_prefix
+from .pretrained import (
+    Weights,
+    load_folder,
+    number,
+    option,
+    require,
+    strip_prefix,
+)
 
 _ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu", "silu": "silu"}
 
@@ -117,14 +122,7 @@ class BertModel(Module):
     @classmethod
     def from_pretrained(cls, path, dtype: Optional[str] = None) -> BertModel:
         """dtype: the weight type of the matrices (pyattn.precision; None: float32, the references' own)."""
-        dtype = resolve_dtype(dtype)
-        folder = Path(path)
-        cfg = read_config(folder)
-        if cfg.get("model_type", "bert") != "bert":
-            raise ValueError(f"{folder}: model_type {cfg.get('model_type')!r} is not bert")
-        with errors_name(str(folder)):
-            model = cls(cfg, read_weights(folder), str(folder))
-        return model.set_weight_storage(dtype) if dtype else model
+        return load_folder(cls, path, dtype, "bert")
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, output_attentions: bool = False):
         """input_ids (B, L) ints; attention_mask (B, L) 1 = token, 0 = padding. Returns a dict with

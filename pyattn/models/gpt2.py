@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
 
 from ..nn import Embedding, FeedForward, KVCache, LayerNorm, Linear, Module, MultiHeadAttention
 from ..nn.transformer import check_widths
-from ..precision import resolve_dtype
-from .pretrained import Weights, errors_name, flag, number, option, read_config, read_weights, require, strip_prefix
+from .pretrained import (
+    Weights,
+    flag,
+    load_folder,
+    number,
+    option,
+    require,
+    strip_prefix,
+)
 
 _ACT = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu", "silu": "silu"}
 
@@ -128,12 +134,7 @@ class GPT2Model(Module):
     @classmethod
     def from_pretrained(cls, path, dtype: Optional[str] = None) -> GPT2Model:
         """dtype: the weight type of the matrices (pyattn.precision; None: float32, the references' own)."""
-        dtype = resolve_dtype(dtype)
-        folder = Path(path)
-        cfg = read_config(folder)
-        with errors_name(str(folder)):
-            model = cls(cfg, read_weights(folder), str(folder))
-        return model.set_weight_storage(dtype) if dtype else model
+        return load_folder(cls, path, dtype)
 
     @property
     def vocab_size(self) -> int:

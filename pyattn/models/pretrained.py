@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 from ..io import torch_format
 from ..io.torch_format import Weights, errors_name, read_safetensors
+from ..precision import resolve_dtype
 
 
 def read_config(folder: Path) -> dict:
@@ -26,6 +28,19 @@ def read_weights(folder: Path) -> Mapping[str, np.ndarray]:
             "transformers: AutoModel.from_pretrained(folder).save_pretrained(folder, safe_serialization=True)"
         )
     raise FileNotFoundError(f"{folder}: no model.safetensors")
+
+
+def load_folder(cls, path, dtype=None, model_type: Optional[str] = None):
+    """`cls(config, weights, source)` from a Hugging Face folder, its matrices held as `dtype` (pyattn.precision;
+    None: float32, the references' own). model_type: the config's, if it must be that (an absent one passes)."""
+    dtype = resolve_dtype(dtype)
+    folder = Path(path)
+    cfg = read_config(folder)
+    if model_type is not None and cfg.get("model_type", model_type) != model_type:
+        raise ValueError(f"{folder}: model_type {cfg.get('model_type')!r} is not {model_type}")
+    with errors_name(str(folder)):
+        model = cls(cfg, read_weights(folder), str(folder))
+    return model.set_weight_storage(dtype) if dtype else model
 
 
 def require(cfg: dict, key: str, source: str, kind=int):

@@ -5,7 +5,6 @@ LayerNorm on the embeddings and learned positions offset by 2, Marian uses fixed
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -24,8 +23,14 @@ from ..nn import (
     TransformerEncoder,
     TransformerEncoderLayer,
 )
-from ..precision import resolve_dtype
-from .pretrained import Weights, errors_name, flag, option, read_config, read_weights, require, strip_prefix
+from .pretrained import (
+    Weights,
+    flag,
+    load_folder,
+    option,
+    require,
+    strip_prefix,
+)
 
 _ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "relu": "relu", "swish": "silu", "silu": "silu"}
 # Marian's positions are computed from the config when the checkpoint does not store them: a bound on the
@@ -177,12 +182,7 @@ class Seq2SeqModel(Module):
     @classmethod
     def from_pretrained(cls, path, dtype: Optional[str] = None) -> Seq2SeqModel:
         """dtype: the weight type of the matrices (pyattn.precision; None: float32, the references' own)."""
-        dtype = resolve_dtype(dtype)
-        folder = Path(path)
-        cfg = read_config(folder)
-        with errors_name(str(folder)):
-            model = cls(cfg, read_weights(folder), str(folder))
-        return model.set_weight_storage(dtype) if dtype else model
+        return load_folder(cls, path, dtype)
 
     def _embed(self, ids: np.ndarray, start: int, table: np.ndarray, ln: Optional[LayerNorm]) -> np.ndarray:
         L = ids.shape[1]
