@@ -1,14 +1,20 @@
-"""Kernel benchmark: pyattn vs numpy (OpenBLAS) vs PyTorch, in one run, on 1 and 2 threads.
+"""Kernel benchmark: pyattn vs numpy (OpenBLAS) vs PyTorch, in one run, on 1 and 2 threads, float32 and the
+reduced-precision weight types.
 
     python benchmarks/bench_kernels.py            # full run: the numbers (several minutes)
     python benchmarks/bench_kernels.py --quick    # CI-sized subset, a few seconds
 
-Three tables per thread count, each cell the median of repeats after a warm-up call:
+Five tables per thread count, each cell the median of repeats after a warm-up call:
 
 * SGEMM y = x W^T with W (N, K) in PyTorch's layout: pyattn.functional.linear, pyattn.PackedLinear (weight
   packed once), numpy ``x @ w.T`` and torch.nn.functional.linear, in GFLOP/s and % of the FMA peak measured
   on the same threads; GEMV rows (M = 1) also give the GB/s at which the weight streams, beside the
   measured read bandwidth.
+* GEMM by weight type, y = x W^T on the transformer shapes (and GEMVs, M = 1, to a 51865-word vocabulary):
+  pyattn.PackedLinear(w, None, storage) with storage float32 / bfloat16 / int8 (blocks of 32 along K, weights
+  and activations: GGUF Q8_0 x Q8_0) against torch.nn.functional.linear on float32 and on bfloat16 tensors, in
+  GFLOP/s (2 ops per multiply-add for every type, int8 included), each with its max relative error
+  (max |y - y64| / max |y64|) against the float64 product of the same float32 x and W.
 * Attention B=1, H=12, D=64, causal and not: pyattn's fused kernel vs torch's scaled_dot_product_attention
   vs an unfused numpy version, in ms and GFLOP/s (4 B H L^2 D flops, halved when causal).
 * Single-query decode attention (Lq = 1, H = 6, D = 64), in microseconds.
@@ -18,11 +24,13 @@ Three tables per thread count, each cell the median of repeats after a warm-up c
   PyTorch seq2seq tutorial's BahdanauAttention as written (it re-projects the keys at every step) and the
   same with the keys projected once, under torch.inference_mode.
 
-``--sections additive`` (comma-separated: gemm, attention, decode, additive) runs only some tables; the
-results then go to kernels_<sections>[_quick].* so that the full results are not overwritten.
+``--sections precision`` (comma-separated: gemm, precision, attention, decode, additive) runs only some tables;
+the results then go to kernels_<sections>_<tag>[_quick].* so that the full results are not overwritten.
 
-Every row carries the max abs error of pyattn against torch. Results go to
-benchmarks/results/kernels.{json,png,txt}; --quick writes kernels_quick.* so the full results survive.
+Every row carries the max abs error of pyattn against torch (the weight-type table: against float64). The tables
+name the CPU. Results go to benchmarks/results/kernels_<machine tag>.{json,png,txt} (benchmarks/_machine.py: e.g.
+kernels_amd-epyc-avx2.json), so that one machine kind's run never overwrites another's; --quick writes
+kernels_<tag>_quick.* (gitignored), whose times mean nothing.
 """
 
 from __future__ import annotations
@@ -30,7 +38,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import platform
 import statistics
 import sys
@@ -38,6 +45,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _machine import describe as describe_machine  # benchmarks/_machine.py (the script's folder is on sys.path)
+from _machine import headline, result_paths
 
 import pyattn
 from pyattn import _core
@@ -60,18 +69,41 @@ GEMM_SHAPES = [
     (1, 384, 51865),
     (4, 512, 2048),
 ]
+# (M, K, N) of the weight-type table: the transformer shapes above (and a square one), and GEMVs (M = 1) where
+# the bytes of the weight are the limit.
+PRECISION_SHAPES = [
+    (1024, 1024, 1024),
+    (128, 384, 1152),
+    (128, 384, 1536),
+    (128, 1536, 384),
+    (2048, 384, 1152),
+    (512, 768, 3072),
+    (512, 3072, 768),
+    (4, 512, 2048),
+    (1, 384, 1536),
+    (1, 768, 3072),
+    (1, 384, 51865),
+]
+PRECISION_STORAGES = ("float32", "bfloat16", "int8")  # pyattn.PackedLinear(w, None, storage)
 ATTN_LENGTHS = [128, 512, 1024, 2048]
 DECODE_LENGTHS = [448, 1500]
 # (B, source length, hidden size) of one additive-attention decoder step
 ADDITIVE_SHAPES = [(32, 64, 512), (1, 64, 512)]
 QUICK = {
     "gemm": [(256, 256, 256), (128, 384, 1152), (1, 384, 1536)],
+    "precision": [(128, 384, 1152), (1, 384, 1536)],
     "attention": [128],
     "decode": [448],
     "additive": [(32, 64, 512)],
 }
-FULL = {"gemm": GEMM_SHAPES, "attention": ATTN_LENGTHS, "decode": DECODE_LENGTHS, "additive": ADDITIVE_SHAPES}
-SECTIONS = ("gemm", "attention", "decode", "additive")
+FULL = {
+    "gemm": GEMM_SHAPES,
+    "precision": PRECISION_SHAPES,
+    "attention": ATTN_LENGTHS,
+    "decode": DECODE_LENGTHS,
+    "additive": ADDITIVE_SHAPES,
+}
+SECTIONS = ("gemm", "precision", "attention", "decode", "additive")
 
 # Time per cell: (seconds of repeats, min repeats, max repeats).
 QUICK_TIMING = (0.03, 2, 50)
@@ -149,13 +181,8 @@ class Peers:
 def machine_info(peers: Peers) -> dict:
     torch = peers.torch
     return {
-        "platform": platform.platform(),
+        **describe_machine(),  # CPU model, vendor, kernel set, features, the tag that names the result files
         "processor": platform.processor(),
-        "python": sys.version.split()[0],
-        "cpu_count": os.cpu_count(),
-        "cpu_info": pyattn.cpu_info(),
-        "pyattn": pyattn.__version__,
-        "numpy": np.__version__,
         "torch": None if torch is None else torch.__version__,
         "numpy_threads_controlled": peers.numpy_threads_controlled,
         "thread_pools": peers.thread_pools(),
@@ -207,6 +234,54 @@ def gemm_rows(peers: Peers, shapes, threads: int, timing, peak: float) -> list[d
         row["pyattn_max_err"] = max_abs_err(impls["pyattn"](), want)
         row["pyattn_packed_max_err"] = max_abs_err(impls["pyattn_packed"](), want)
         row["max_err_vs_torch"] = max(row["pyattn_max_err"], row["pyattn_packed_max_err"])
+        rows.append(row)
+    return rows
+
+
+def precision_impls(x: np.ndarray, w: np.ndarray, torch) -> dict:
+    """y = x @ w.T with the weight held in each type, as argument-free callables returning float arrays, and the
+    bytes each holds its weight in. pyattn takes float32 activations (bfloat16 and int8 round or quantize them
+    inside the call); torch's bf16 row multiplies tensors already in bf16, as a model.to(torch.bfloat16) does."""
+    impls, nbytes = {}, {}
+    for storage in PRECISION_STORAGES:
+        packed = pyattn.PackedLinear(w, None, storage)
+        impls[f"pyattn_{storage}"] = packed
+        nbytes[f"pyattn_{storage}"] = packed.nbytes
+    calls = {name: (lambda p=p: p(x)) for name, p in impls.items()}
+    if torch is not None:
+        tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+        bx, bw = tx.to(torch.bfloat16), tw.to(torch.bfloat16)
+        calls["torch_float32"] = lambda: torch.nn.functional.linear(tx, tw)
+        calls["torch_bfloat16"] = lambda: torch.nn.functional.linear(bx, bw)
+        nbytes["torch_float32"], nbytes["torch_bfloat16"] = w.nbytes, w.size * 2
+    return calls, nbytes
+
+
+def max_rel_err(y, want: np.ndarray) -> float:
+    """max |y - want| / max |want|: the error relative to the output's scale (an elementwise ratio would blow up
+    at the outputs that happen to be near zero)."""
+    if hasattr(y, "float"):  # a torch tensor, possibly bf16
+        y = y.float().numpy()
+    return max_abs_err(y, want) / float(np.abs(want).max())
+
+
+def precision_rows(peers: Peers, shapes, threads: int, timing) -> list[dict]:
+    rng = np.random.default_rng(4)
+    rows = []
+    for M, K, N in shapes:
+        x = rng.standard_normal((M, K), dtype=np.float32)
+        w = rng.standard_normal((N, K), dtype=np.float32) / np.float32(np.sqrt(K))
+        want = x.astype(np.float64) @ w.T.astype(np.float64)
+        calls, nbytes = precision_impls(x, w, peers.torch)
+        flops = 2.0 * M * N * K  # int8 too: a multiply-add is 2 ops whatever the type
+        row = {"M": M, "K": K, "N": N, "threads": threads}
+        for name, fn in calls.items():
+            t = measure(fn, timing)
+            row[f"{name}_ms"] = t * 1e3
+            row[f"{name}_gflops"] = flops / t / 1e9
+            row[f"{name}_max_rel_err"] = max_rel_err(fn(), want)
+            if M == 1:
+                row[f"{name}_weight_GBps"] = nbytes[name] / t / 1e9
         rows.append(row)
     return rows
 
@@ -399,6 +474,32 @@ def format_gemm(rows, peak: float, bandwidth: float) -> list[str]:
     return lines
 
 
+PRECISION_SERIES = [
+    ("pyattn_float32", "pyattn f32"),
+    ("pyattn_bfloat16", "pyattn bf16"),
+    ("pyattn_int8", "pyattn int8"),
+    ("torch_float32", "torch f32"),
+    ("torch_bfloat16", "torch bf16"),
+]
+
+
+def format_precision(rows) -> list[str]:
+    lines = [
+        f"GEMM y = x W^T by weight type, GFLOP/s (median; 2 ops per multiply-add, int8 included), "
+        f"{rows[0]['threads']} thread(s); in brackets the max relative error max|y - y64| / max|y64|, y64 the "
+        "float64 product of the float32 x and W. pyattn: PackedLinear(w, None, storage) on float32 x (bf16/int8 "
+        "round/quantize x in the call); torch: F.linear, bf16 on tensors already in bf16",
+        f"{'M':>5} {'K':>5} {'N':>6} | " + " | ".join(f"{label:>16}" for _, label in PRECISION_SERIES),
+    ]
+    for r in rows:
+        cells = [
+            f"{r[f'{key}_gflops']:7.1f} ({r[f'{key}_max_rel_err']:6.0e})" if f"{key}_gflops" in r else f"{'-':>16}"
+            for key, _ in PRECISION_SERIES
+        ]
+        lines.append(f"{r['M']:>5} {r['K']:>5} {r['N']:>6} | " + " | ".join(cells))
+    return lines
+
+
 def format_attention(rows) -> list[str]:
     lines = [
         f"Attention B={ATTN_B} H={ATTN_H} D={ATTN_D}, ms (GFLOP/s), median, {rows[0]['threads']} thread(s)",
@@ -479,9 +580,15 @@ def plot(results: dict, path: Path) -> bool:
     gemm = [r for r in results["gemm"] if r["threads"] == threads]
     attn = [r for r in results["attention"] if r["threads"] == threads]
     additive = [r for r in results.get("additive", []) if r["threads"] == threads]
+    precision = [r for r in results.get("precision", []) if r["threads"] == threads]
     panels = [
         (name, rows, ratio)
-        for name, rows, ratio in (("gemm", gemm, 2), ("attention", attn, 1), ("additive", additive, 1))
+        for name, rows, ratio in (
+            ("gemm", gemm, 2),
+            ("precision", precision, 2),
+            ("attention", attn, 1),
+            ("additive", additive, 1),
+        )
         if rows
     ]
     if not panels:
@@ -494,7 +601,14 @@ def plot(results: dict, path: Path) -> bool:
         squeeze=False,
     )
     for ax, (name, rows, _) in zip(axes[0], panels):
-        {"gemm": _plot_gemm, "attention": _plot_attention, "additive": _plot_additive}[name](ax, rows, results, threads)
+        plotters = {
+            "gemm": _plot_gemm,
+            "precision": _plot_precision,
+            "attention": _plot_attention,
+            "additive": _plot_additive,
+        }
+        plotters[name](ax, rows, results, threads)
+    fig.suptitle(f"{results['machine']['cpu_model']} ({results['machine']['tag']})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -515,6 +629,21 @@ def _plot_gemm(ax_gemm, gemm, results, threads):
     ax_gemm.set_ylabel("GFLOP/s (median)")
     ax_gemm.set_title(f"SGEMM y = x W^T, {threads} thread(s)")
     ax_gemm.legend(fontsize=8, ncol=len(GEMM_SERIES) + 1, loc="upper center")  # above the bars
+
+
+def _plot_precision(ax, rows, results, threads):
+    x = np.arange(len(rows))
+    series = [(key, label) for key, label in PRECISION_SERIES if any(f"{key}_gflops" in r for r in rows)]
+    width = 0.8 / len(series)
+    for i, (key, label) in enumerate(series):
+        offset = (i - (len(series) - 1) / 2) * width
+        ax.bar(x + offset, [r.get(f"{key}_gflops", 0.0) for r in rows], width, label=label)
+    ax.set_yscale("log")
+    ax.set_xticks(x, [f"{r['M']}x{r['K']}x{r['N']}" for r in rows], rotation=45, ha="right", fontsize=8)
+    ax.set_xlabel("M x K x N")
+    ax.set_ylabel("GFLOP/s (median; 2 ops per multiply-add)")
+    ax.set_title(f"y = x W^T by weight type, {threads} thread(s)")
+    ax.legend(fontsize=8, ncol=len(series))
 
 
 def _plot_attention(ax_attn, attn, results, threads):
@@ -599,6 +728,7 @@ def main(argv=None) -> int:
         "read_bandwidth_GBps": {},
         "sections": args.sections,
         "gemm": [],
+        "precision": [],
         "attention": [],
         "decode": [],
         "additive": [],
@@ -612,8 +742,9 @@ def main(argv=None) -> int:
 
     m = results["machine"]
     emit(
+        headline(m),
         f"pyattn {m['pyattn']} ({pyattn.get_isa()} kernels), {m['cpu_count']} CPUs, numpy {m['numpy']}, "
-        f"torch {m['torch'] or 'not installed'}"
+        f"torch {m['torch'] or 'not installed'}",
     )
     if not peers.numpy_threads_controlled:
         emit("note: threadpoolctl is not installed, so numpy's (OpenBLAS) thread count was NOT controlled")
@@ -629,6 +760,10 @@ def main(argv=None) -> int:
             gemm = gemm_rows(peers, cases["gemm"], n, timing, peak)
             emit("", *format_gemm(gemm, peak, bandwidth))
             results["gemm"] += gemm
+        if "precision" in sections:
+            precision = precision_rows(peers, cases["precision"], n, timing)
+            emit("", *format_precision(precision))
+            results["precision"] += precision
         if "attention" in sections:
             attention = attention_rows(peers, cases["attention"], n, timing)
             emit("", *format_attention(attention))
@@ -642,11 +777,13 @@ def main(argv=None) -> int:
             emit("", *format_additive(additive))
             results["additive"] += additive
 
+    if args.quick:
+        emit("", "(--quick: a few repeats per cell on a shared machine; the times mean nothing)")
     args.out.mkdir(parents=True, exist_ok=True)
     # a partial run must not overwrite the full results: kernels[_<sections>][_quick].*
     partial = "" if sections == list(SECTIONS) else "_" + "_".join(sections)
-    stem = args.out / f"kernels{partial}{'_quick' if args.quick else ''}"
-    json_path, text_path, png_path = (stem.with_suffix(s) for s in (".json", ".txt", ".png"))
+    paths = result_paths(args.out, f"kernels{partial}", results["machine"], args.quick)
+    json_path, text_path, png_path = paths["json"], paths["txt"], paths["png"]
     json_path.write_text(json.dumps(results, indent=1) + "\n")
     text_path.write_text("\n".join(lines) + "\n")
     print(f"\nwrote {json_path} and {text_path}")

@@ -8,7 +8,8 @@
 * Seq2seq greedy decoding (EncoderRNN + Bahdanau AttnDecoderRNN of the PyTorch tutorial, hidden 512, target
   vocabulary 10000, source 16 tokens, 32 decoded tokens): ms per decoded token at batch 1 and 32 -- pyattn
   (keys projected once per source) vs the tutorial's decoder loop in torch. The ids are checked identical.
-Writes benchmarks/results/seq2seq[_quick].{json,txt}.
+The table names the CPU. Writes benchmarks/results/seq2seq_<machine tag>.{json,txt} (benchmarks/_machine.py;
+--quick: seq2seq_<tag>_quick.*, gitignored).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import argparse
 import datetime
 import io
 import json
-import platform
 import statistics
 import sys
 import time
@@ -25,6 +25,8 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 import numpy as np
+from _machine import describe as describe_machine  # benchmarks/_machine.py (the script's folder is on sys.path)
+from _machine import headline, result_paths
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # the tutorial's torch modules live with the tests
@@ -92,11 +94,11 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args(argv)
-    import pyattn
-
+    machine = describe_machine()
     runs = [bench(int(t), args.quick) for t in args.threads.split(",")]
     buf = io.StringIO()
     with redirect_stdout(buf):
+        print(headline(machine))
         print("GRU (hidden 512) and the tutorial's seq2seq (hidden 512, vocab 10000, source 16): median ms")
         print(f"{'case':<34} | {'thr':>3} | {'pyattn':>9} | {'torch':>9} | {'speed-up':>8}")
         for r in runs:
@@ -111,23 +113,25 @@ def main(argv=None) -> int:
                 f"{r['seq2seq_b32_identical_ids']} ({r['threads']} thread(s))"
             )
     text = buf.getvalue()
+    if args.quick:
+        text += "(--quick: a few repeats on a shared machine; the times mean nothing)\n"
     print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "seq2seq_quick" if args.quick else "seq2seq"
-    (out / f"{stem}.txt").write_text(text)
-    (out / f"{stem}.json").write_text(
+    paths = result_paths(out, "seq2seq", machine, args.quick)
+    paths["txt"].write_text(text)
+    paths["json"].write_text(
         json.dumps(
             {
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "quick": args.quick,
-                "machine": {"platform": platform.platform(), "cpu_info": pyattn.cpu_info()},
+                "machine": machine,
                 "runs": runs,
             },
             indent=1,
         )
     )
-    print(f"wrote {out / (stem + '.json')}")
+    print(f"wrote {paths['json']} and {paths['txt']}")
     return 0
 
 

@@ -1,16 +1,27 @@
-"""Whisper tiny.en benchmark: pyattn vs CTranslate2 (fp32, and int8 for reference) vs faster-whisper, one run.
+"""Whisper tiny.en benchmark: pyattn (the file's float16 weights; float32, bfloat16, int8) vs CTranslate2 (fp32,
+int8) vs faster-whisper (fp32, int8), one run.
 
     python benchmarks/bench_whisper.py            # full run: 1 and 2 threads, 5 repeats
-    python benchmarks/bench_whisper.py --quick    # CI-sized: 2 threads, 1 repeat
+    python benchmarks/bench_whisper.py --quick    # CI-sized: 2 threads, 1 repeat (its times mean nothing)
+    python benchmarks/bench_whisper.py --impls pyattn-int8,ct2-int8,ct2-fp32,pyattn-float32   # some rows
 
 Clips: espeak-ng speech from tests/data joined with 0.3 s pauses: a short clip (stella + attention, 6.6 s)
 and a long one (long + stella, 24.8 s). For each (implementation, thread count) a worker process loads the model
 and, on both clips, greedy and beam 5, measures medians of: the whole transcription (audio array in, text out,
 features included), the encoder on one 30 s window, and decoding from a precomputed encoder output (ms per
-generated token, the end token included). Peak RSS is the worker's. pyattn and CTranslate2 run the same prompt
-(<|startoftranscript|> <|notimestamps|>) and suppression options; the table says whether the transcripts
-are identical to CTranslate2 fp32's. faster-whisper runs its own `transcribe` (no timestamps, temperature 0,
-no VAD, no conditioning on previous text) for reference. Writes benchmarks/results/whisper[_quick].{json,txt,png}.
+generated token, the end token included). Peak RSS is the worker's.
+
+Rows: pyattn = Whisper.from_pretrained() with the model file's own weights (float16 for tiny.en), float32 math;
+pyattn-float32 / -bfloat16 / -int8 = Whisper.from_pretrained(compute_type=...) (int8 keeps the encoder float32:
+pyattn.models.whisper); ct2-fp32 / ct2-int8 = ctranslate2.models.Whisper(compute_type=...); faster-whisper-fp32 /
+-int8 = faster_whisper.WhisperModel(compute_type=...). The precision column is what each says it holds (pyattn's
+weight storage in encoder and decoder, CTranslate2's compute type). pyattn and CTranslate2 run the same prompt
+(<|startoftranscript|> <|notimestamps|>) and suppression options; faster-whisper runs its own `transcribe` (no
+timestamps, temperature 0, no VAD, no conditioning on previous text) for reference. Accuracy beside the times:
+whether the transcripts (greedy and beam 5) are identical to CTranslate2 fp32's and to pyattn float32's, and the
+text of every transcript that differs. A row that fails to load or run says so in the table, with its error.
+The table names the CPU. Writes benchmarks/results/whisper_<machine tag>.{json,txt,png}
+(benchmarks/_machine.py; --quick: whisper_<tag>_quick.*, gitignored).
 """
 
 from __future__ import annotations
@@ -20,24 +31,40 @@ import datetime
 import io
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import wave
 from contextlib import redirect_stdout
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
-from _rss import peak_rss_mb  # benchmarks/_rss.py (the script's folder is on sys.path)
+from _machine import describe as describe_machine  # benchmarks/_machine.py (the script's folder is on sys.path)
+from _machine import headline, package_versions, result_paths
+from _rss import peak_rss_mb
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent / "tests" / "data"
 SR = 16000
 PROMPT = [50257, 50362]  # <|startoftranscript|> <|notimestamps|> (tiny.en)
-IMPLS = ("pyattn", "ct2-fp32", "ct2-int8", "faster-whisper-fp32")
+# pyattn: the model file's own weights (float16 for tiny.en), float32 math; pyattn-<compute_type>: the weights held
+# as faster-whisper's compute_type names them (float32: the file's float16 values widened).
+IMPLS = (
+    "pyattn",
+    "pyattn-float32",
+    "pyattn-bfloat16",
+    "pyattn-int8",
+    "ct2-fp32",
+    "ct2-int8",
+    "faster-whisper-fp32",
+    "faster-whisper-int8",
+)
+REFERENCE = "ct2-fp32"  # every transcript is compared with this one's ...
+PYATTN_REFERENCE = "pyattn-float32"  # ... and with this one's
 MODES = (("greedy", 1), ("beam5", 5))
 
 
@@ -71,13 +98,21 @@ def median_ms(fn, reps: int) -> float:
 # ---------------------------------------------------------------------------------------------------
 # workers
 # ---------------------------------------------------------------------------------------------------
+def linear_storage(module) -> str:
+    """How the Linear weights under a module are held: 'float16', 'int8', ..."""
+    from pyattn.nn import Linear
+
+    return "/".join(sorted({m.storage for m in module.modules() if isinstance(m, Linear)})) or "-"
+
+
 class PyattnRunner:
-    def __init__(self, threads: int):
+    def __init__(self, threads: int, compute_type: str = "default"):
         import pyattn
         from pyattn.models import Whisper
 
         pyattn.set_num_threads(threads)
-        self.model = Whisper.from_pretrained()
+        self.model = Whisper.from_pretrained(compute_type=compute_type)
+        self.precision = f"enc {linear_storage(self.model.encoder)}, dec {linear_storage(self.model.decoder)}"
 
     def transcribe(self, audio, beam):
         return self.model.transcribe(audio, beam_size=beam)
@@ -105,6 +140,7 @@ class CT2Runner:
         self.model = ctranslate2.models.Whisper(
             str(path), device="cpu", compute_type=compute_type, intra_threads=threads
         )
+        self.precision = str(getattr(self.model, "compute_type", compute_type))
         self.fe = FeatureExtractor()
         self.tok = Tokenizer.from_file(str(path / "tokenizer.json"))
 
@@ -133,12 +169,15 @@ class CT2Runner:
 
 
 class FasterWhisperRunner:
-    def __init__(self, threads: int):
+    def __init__(self, threads: int, compute_type: str):
         from faster_whisper import WhisperModel
 
         from pyattn.models.whisper import default_model_path
 
-        self.model = WhisperModel(str(default_model_path()), device="cpu", compute_type="float32", cpu_threads=threads)
+        self.model = WhisperModel(
+            str(default_model_path()), device="cpu", compute_type=compute_type, cpu_threads=threads
+        )
+        self.precision = str(getattr(self.model.model, "compute_type", compute_type))
 
     def transcribe(self, audio, beam):
         segments, _ = self.model.transcribe(
@@ -154,13 +193,15 @@ class FasterWhisperRunner:
 
 
 def worker(impl: str, threads: int, clips: dict, reps: int) -> dict:
-    if impl == "pyattn":
-        r = PyattnRunner(threads)
-    elif impl.startswith("ct2"):
+    if impl == "pyattn" or impl.startswith("pyattn-"):
+        r = PyattnRunner(threads, impl.partition("-")[2] or "default")
+    elif impl.startswith("ct2-"):
         r = CT2Runner(threads, impl.split("-")[1].replace("fp", "float"))
+    elif impl.startswith("faster-whisper-"):
+        r = FasterWhisperRunner(threads, impl.split("-")[2].replace("fp", "float"))
     else:
-        r = FasterWhisperRunner(threads)
-    res = {"impl": impl, "threads": threads, "clips": {}}
+        raise ValueError(f"unknown implementation {impl!r}; expected one of {', '.join(IMPLS)}")
+    res = {"impl": impl, "threads": threads, "precision": r.precision, "clips": {}}
     for name, clip in clips.items():
         audio = np.load(clip["path"])
         row = {}
@@ -198,50 +239,76 @@ def run_worker(impl, threads, clips, reps) -> dict:
         str(reps),
     ]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
+    except subprocess.TimeoutExpired:
+        return {"impl": impl, "threads": threads, "error": "timed out after 3600 s"}
     line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
     if r.returncode != 0 or not line:
         print(f"  {impl}/{threads}t failed:\n{r.stderr[-2000:]}")
-        return {"impl": impl, "threads": threads, "error": r.stderr[-500:]}
+        failed = [ln for ln in r.stdout.splitlines() if ln.startswith("FAILED ")]
+        last = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        error = (
+            json.loads(failed[0][len("FAILED ") :])
+            if failed
+            else f"exit code {r.returncode}" + (f": {last[-1].strip()}" if last else "")
+        )
+        return {"impl": impl, "threads": threads, "error": error}
     return json.loads(line[0][len("RESULT ") :])
 
 
 # ---------------------------------------------------------------------------------------------------
 # driver
 # ---------------------------------------------------------------------------------------------------
+def same_text(row: dict, ref: Optional[dict], name: str) -> str:
+    """'yes' when every mode's transcript of this clip equals ref's, else the modes that differ; '-' without ref."""
+    if ref is None or "error" in ref:
+        return "-"
+    differ = [m for m, _ in MODES if row["clips"][name][f"{m}_text"] != ref["clips"][name][f"{m}_text"]]
+    return "yes" if not differ else "no: " + "+".join(differ)
+
+
 def table(results: dict, clips: dict) -> str:
     out = io.StringIO()
     with redirect_stdout(out):
+        print(headline(results["machine"]))
         for n in sorted({r["threads"] for r in results["runs"]}):
-            rows = [r for r in results["runs"] if r["threads"] == n and "error" not in r]
-            ref = next((r for r in rows if r["impl"] == "ct2-fp32"), None)
+            runs = [r for r in results["runs"] if r["threads"] == n]
+            rows = [r for r in runs if "error" not in r]
+            ref = next((r for r in rows if r["impl"] == REFERENCE), None)
+            pref = next((r for r in rows if r["impl"] == PYATTN_REFERENCE), None)
             for name, clip in clips.items():
                 print(
                     f"\nWhisper tiny.en, {clip['seconds']} s clip, {n} thread(s): median ms; decode ms/token; "
-                    f"transcript == CTranslate2 fp32"
+                    f"transcripts (greedy and beam 5) == CTranslate2 fp32's, == pyattn float32's"
                 )
                 print(
-                    f"{'impl':<20} | {'greedy':>8} | {'beam 5':>8} | {'encoder':>8} | {'dec/tok':>7} | "
-                    f"{'dec/tok b5':>10} | {'same text':>9} | {'RSS MB':>6}"
+                    f"{'impl':<20} | {'precision':<28} | {'greedy':>7} | {'beam 5':>7} | {'encoder':>7} | "
+                    f"{'dec/tok':>7} | {'dec/tok b5':>10} | {'= ct2 fp32':>12} | {'= pyattn fp32':>13} | {'RSS MB':>6}"
                 )
-                for r in rows:
+                for r in runs:
+                    if "error" in r:
+                        print(f"{r['impl']:<20} | failed: {' '.join(str(r['error']).split())[:150]}")
+                        continue
                     c = r["clips"][name]
-                    same = (
-                        "-"
-                        if ref is None
-                        else (
-                            "yes" if all(c[f"{m}_text"] == ref["clips"][name][f"{m}_text"] for m, _ in MODES) else "no"
-                        )
-                    )
                     f = lambda k, w, p: f"{c[k]:{w}.{p}f}" if k in c else f"{'-':>{w}}"  # noqa: E731
                     print(
-                        f"{r['impl']:<20} | {f('greedy_total_ms', 8, 0)} | {f('beam5_total_ms', 8, 0)} | "
-                        f"{f('encoder_ms', 8, 0)} | {f('greedy_decode_ms_per_token', 7, 2)} | "
-                        f"{f('beam5_decode_ms_per_token', 10, 2)} | {same:>9} | {r['peak_rss_mb']:6.0f}"
+                        f"{r['impl']:<20} | {r.get('precision', '-')[:28]:<28} | {f('greedy_total_ms', 7, 0)} | "
+                        f"{f('beam5_total_ms', 7, 0)} | {f('encoder_ms', 7, 0)} | "
+                        f"{f('greedy_decode_ms_per_token', 7, 2)} | {f('beam5_decode_ms_per_token', 10, 2)} | "
+                        f"{same_text(r, ref, name):>12} | {same_text(r, pref, name):>13} | {r['peak_rss_mb']:6.0f}"
                     )
             if ref is not None:
                 for name in clips:
                     print(f"  [{name}] CTranslate2 fp32 greedy: {ref['clips'][name]['greedy_text']!r}")
+            # every other transcript that differs from the references', so that a 'no' can be read
+            base = ref or pref
+            for r in rows:
+                for name in clips:
+                    for m, _ in MODES:
+                        text = r["clips"][name][f"{m}_text"]
+                        if base is not None and text != base["clips"][name][f"{m}_text"]:
+                            print(f"  [{name} {m}] {r['impl']}: {text!r}")
     return out.getvalue()
 
 
@@ -269,7 +336,7 @@ def plot(results: dict, clips: dict, path: Path) -> None:
             np.arange(len(keys)) + width * (len(impls) - 1) / 2, [f"{clips[c]['seconds']} s {m}" for c, m in keys]
         )
         ax.set_ylabel("ms (median)")
-        ax.set_title(f"Whisper tiny.en transcription, {n} thread(s)")
+        ax.set_title(f"Whisper tiny.en transcription, {n} thread(s)\n{results['machine']['cpu_model']}", fontsize=10)
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -289,12 +356,16 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     reps = args.reps or (1 if args.quick else 5)
     if args.worker:
-        res = worker(args.worker, int(args.threads), json.loads(args.clips), reps)
+        try:
+            res = worker(args.worker, int(args.threads), json.loads(args.clips), reps)
+        except Exception as e:  # noqa: BLE001 - the driver reports it in the table
+            traceback.print_exc()
+            print("FAILED " + json.dumps(f"{type(e).__name__}: {e}"))
+            return 1
         print("RESULT " + json.dumps(res))
         return 0
 
-    import pyattn
-
+    machine = describe_machine()
     threads = [int(t) for t in (args.threads or ("2" if args.quick else "1,2")).split(",")]
     impls = [i for i in args.impls.split(",") if i]
     cache = Path(tempfile.gettempdir()) / "pyattn-bench-whisper"
@@ -305,7 +376,8 @@ def main(argv=None) -> int:
         "quick": args.quick,
         "reps": reps,
         "clips": clips,
-        "machine": {"platform": platform.platform(), "cpu_info": pyattn.cpu_info(), "python": sys.version.split()[0]},
+        "machine": machine,
+        "versions": package_versions("ctranslate2", "faster-whisper", "numpy"),
         "runs": [],
     }
     for n in threads:
@@ -313,14 +385,16 @@ def main(argv=None) -> int:
             print(f"running {impl} with {n} thread(s)...", flush=True)
             results["runs"].append(run_worker(impl, n, clips, reps))
     text = table(results, clips)
+    if args.quick:
+        text += "\n(--quick: one repeat per cell on a shared machine; the times mean nothing)\n"
     print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "whisper_quick" if args.quick else "whisper"
-    (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
-    (out / f"{stem}.txt").write_text(text)
-    print(f"wrote {out / (stem + '.json')}")
-    plot(results, clips, out / f"{stem}.png")
+    paths = result_paths(out, "whisper", machine, args.quick)
+    paths["json"].write_text(json.dumps(results, indent=1))
+    paths["txt"].write_text(text)
+    print(f"wrote {paths['json']} and {paths['txt']}")
+    plot(results, clips, paths["png"])
     return 0
 
 

@@ -1,6 +1,8 @@
 """Worst error of each kernel against float64 numpy, on every kernel set this CPU runs, on the shapes the tests use.
 
-    python benchmarks/numerics.py        # prints a Markdown table, writes benchmarks/results/numerics.{md,json}
+    python benchmarks/numerics.py        # prints a Markdown table, writes benchmarks/results/numerics_<tag>.{md,json}
+
+(<tag> names the machine kind, benchmarks/_machine.py: the kernel sets it runs differ from one CPU to another.)
 
 The error of a result is max |got - ref| / max |ref| (relative to its largest entry: element-wise relative
 error is meaningless where the exact value is 0), the worst over the shapes listed; float32 epsilon is 1.2e-7.
@@ -14,6 +16,8 @@ from math import erf, sqrt
 from pathlib import Path
 
 import numpy as np
+from _machine import describe as describe_machine  # benchmarks/_machine.py (the script's folder is on sys.path)
+from _machine import headline, result_paths
 
 import pyattn
 from pyattn import _core
@@ -138,10 +142,13 @@ def main() -> int:
     print(text)
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    (out / "numerics.md").write_text(
-        "Worst max|got - ref| / max|ref| against float64 numpy (`python benchmarks/numerics.py`)\n\n" + text + "\n"
+    machine = describe_machine()
+    paths = result_paths(out, "numerics", machine, quick=False)
+    paths["txt"].with_suffix(".md").write_text(
+        "Worst max|got - ref| / max|ref| against float64 numpy (`python benchmarks/numerics.py`)\n"
+        f"{headline(machine)}\n\n{text}\n"
     )
-    (out / "numerics.json").write_text(json.dumps({"isas": isas, "errors": table}, indent=1))
+    paths["json"].write_text(json.dumps({"machine": machine, "isas": isas, "errors": table}, indent=1))
     return 0
 
 
