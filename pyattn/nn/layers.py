@@ -84,9 +84,7 @@ class Module:
         if storage is not None:
             check_storage(storage)
         for m in self.modules():
-            if isinstance(m, Linear):
-                m.int8_fallback = storage
-            elif isinstance(m, StorageAware):
+            if isinstance(m, (Linear, StorageAware)):
                 m.int8_fallback = storage
         return self
 
