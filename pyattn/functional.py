@@ -289,7 +289,9 @@ def scaled_dot_product_attention(
     """``softmax(q k^T * scale + mask) v``, fused (flash-style): the (Lq, Lk) score matrix is never formed
     unless ``return_weights``.
 
-    q (B, H, Lq, D), k (B, H, Lk, D), v (B, H, Lk, Dv); Lq may differ from Lk. ``scale`` defaults to
+    q (B, H, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv) with Hkv dividing H: grouped-query attention (query
+    head h reads K/V head h // (H // Hkv), in place; torch's ``enable_gqa=True``); Hkv = H is multi-head attention.
+    Lq may differ from Lk. ``scale`` defaults to
     1/sqrt(D). ``attn_mask``: (Lq, Lk), (B, Lq, Lk) or (B, H, Lq, Lk); ``key_padding_mask``: (B, Lk). Bool
     masks: True = masked out; float masks are added. ``is_causal``: query i sees keys j <= i (top-left
     aligned, as torch). All of them combine. A query whose keys are all masked gets a zero output (and zero
@@ -298,7 +300,7 @@ def scaled_dot_product_attention(
     q = _last_axis_contiguous(q, "q")
     k = _last_axis_contiguous(k, "k")
     v = _last_axis_contiguous(v, "v")
-    for t, name, what in ((q, "q", "(B, H, Lq, D)"), (k, "k", "(B, H, Lk, D)"), (v, "v", "(B, H, Lk, Dv)")):
+    for t, name, what in ((q, "q", "(B, H, Lq, D)"), (k, "k", "(B, Hkv, Lk, D)"), (v, "v", "(B, Hkv, Lk, Dv)")):
         if t.ndim != 4:
             raise ValueError(f"expected {name} of shape {what}, got {t.shape}")
     B, H, Lq, _ = q.shape

@@ -206,3 +206,46 @@ def test_strided_and_list_masks_are_accepted(rng):
     fm = rng.standard_normal((5, 18))[:, ::2]  # float64, strided: converted
     want, _ = ref.sdpa(q, k, v, attn_mask=fm.astype(np.float32))
     check(F.scaled_dot_product_attention(q, k, v, attn_mask=fm), want)
+
+
+@pytest.mark.parametrize("isa", pyattn.cpu_info()["available_isas"])
+@pytest.mark.parametrize("H, Hkv", [(9, 3), (8, 1), (4, 2), (6, 6)])
+@pytest.mark.parametrize("Lq, Lk, causal", [(1, 37, False), (3, 20, True), (70, 70, True), (33, 50, False)])
+def test_grouped_query_attention_against_float64(rng, isa, H, Hkv, Lq, Lk, causal):
+    """K/V with Hkv heads shared by groups of H / Hkv query heads equal K/V repeated per query head."""
+    pyattn.set_isa(isa)
+    try:
+        B, D = 2, 32
+        q = rng.standard_normal((B, H, Lq, D)).astype(np.float32)
+        k = rng.standard_normal((B, Hkv, Lk, D)).astype(np.float32)
+        v = rng.standard_normal((B, Hkv, Lk, D)).astype(np.float32)
+        pad = np.zeros((B, Lk), bool)
+        pad[1, Lk - 3 :] = True
+        offset = Lk - Lq if causal else 0
+        got = pyattn._core.scaled_dot_product_attention(
+            q, k, v, key_padding_mask=pad, is_causal=causal, causal_offset=offset
+        )
+        g = H // Hkv
+        kr, vr = (np.repeat(t.astype(np.float64), g, axis=1) for t in (k, v))
+        s = q.astype(np.float64) @ kr.transpose(0, 1, 3, 2) / np.sqrt(D)
+        s[np.broadcast_to(pad[:, None, None, :], s.shape)] = -np.inf
+        if causal:
+            s[..., np.triu(np.ones((Lq, Lk), bool), k=1 + offset)] = -np.inf
+        p = np.exp(s - s.max(-1, keepdims=True))
+        want = (p / p.sum(-1, keepdims=True)) @ vr
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5)
+        weights = pyattn._core.scaled_dot_product_attention(
+            q, k, v, key_padding_mask=pad, is_causal=causal, causal_offset=offset, return_weights=True
+        )[0]
+        np.testing.assert_allclose(weights, want, rtol=1e-4, atol=2e-5)
+    finally:
+        pyattn.set_isa(pyattn.cpu_info()["available_isas"][-1])
+
+
+def test_grouped_query_attention_refuses_a_head_count_that_does_not_divide(rng):
+    q = rng.standard_normal((1, 9, 4, 8)).astype(np.float32)
+    k = rng.standard_normal((1, 2, 4, 8)).astype(np.float32)
+    with pytest.raises(ValueError, match="Hkv dividing the 9 heads"):
+        pyattn._core.scaled_dot_product_attention(q, k, k)
+    with pytest.raises(ValueError, match=r"expected v of shape \(1, 3, 4, Dv\)"):
+        pyattn._core.scaled_dot_product_attention(q, k[:, :1].repeat(3, 1), k)

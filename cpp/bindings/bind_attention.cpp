@@ -59,16 +59,20 @@ py::object sdpa(const py::array& q, const py::array& k, const py::array& v, cons
                 const py::object& key_padding_mask, bool is_causal, int64_t causal_offset, const py::object& scale,
                 bool return_weights, const py::object& out) {
     check_head_tensor(q, "q", "(B, H, Lq, D)");
-    check_head_tensor(k, "k", "(B, H, Lk, D)");
-    check_head_tensor(v, "v", "(B, H, Lk, Dv)");
+    check_head_tensor(k, "k", "(B, Hkv, Lk, D)");
+    check_head_tensor(v, "v", "(B, Hkv, Lk, Dv)");
     const int64_t B = q.shape(0), H = q.shape(1), Lq = q.shape(2), D = q.shape(3);
     const int64_t Lk = k.shape(2), Dv = v.shape(3);
-    if (k.shape(0) != B || k.shape(1) != H || k.shape(3) != D)
-        value_error("expected k of shape (" + std::to_string(B) + ", " + std::to_string(H) + ", Lk, " +
-                    std::to_string(D) + ") to match q " + shape_str(q) + ", got " + shape_str(k));
-    if (v.shape(0) != B || v.shape(1) != H || v.shape(2) != Lk)
-        value_error("expected v of shape (" + std::to_string(B) + ", " + std::to_string(H) + ", " + std::to_string(Lk) +
-                    ", Dv) to match q " + shape_str(q) + " and k " + shape_str(k) + ", got " + shape_str(v));
+    // K/V may have fewer heads than Q (grouped-query attention): Hkv must divide H
+    const int64_t Hkv = k.shape(1);
+    if (k.shape(0) != B || k.shape(3) != D || Hkv < 1 || H % Hkv)
+        value_error("expected k of shape (" + std::to_string(B) + ", Hkv, Lk, " + std::to_string(D) +
+                    ") with Hkv dividing the " + std::to_string(H) + " heads of q " + shape_str(q) + ", got " +
+                    shape_str(k));
+    if (v.shape(0) != B || v.shape(1) != Hkv || v.shape(2) != Lk)
+        value_error("expected v of shape (" + std::to_string(B) + ", " + std::to_string(Hkv) + ", " +
+                    std::to_string(Lk) + ", Dv) to match q " + shape_str(q) + " and k " + shape_str(k) + ", got " +
+                    shape_str(v));
     float sc;
     if (scale.is_none()) {
         sc = 1.0f / std::sqrt(static_cast<float>(D));
@@ -102,6 +106,7 @@ py::object sdpa(const py::array& q, const py::array& k, const py::array& v, cons
 
     a.B = B;
     a.H = H;
+    a.kv_group = H / Hkv;
     a.Lq = Lq;
     a.Lk = Lk;
     a.D = D;
@@ -132,7 +137,8 @@ void bind_attention(py::module_& m) {
           py::arg("attn_mask") = py::none(), py::arg("key_padding_mask") = py::none(), py::arg("is_causal") = false,
           py::arg("causal_offset") = 0, py::arg("scale") = py::none(), py::arg("return_weights") = false,
           py::arg("out") = py::none(),
-          "Fused softmax(scale q k^T + mask) v. q (B, H, Lq, D), k (B, H, Lk, D), v (B, H, Lk, Dv): float32 views\n"
+          "Fused softmax(scale q k^T + mask) v. q (B, H, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv) with Hkv "
+          "dividing\nH (grouped-query attention: query head h reads K/V head h / (H / Hkv)): float32 views\n"
           "with a contiguous last axis (heads may be strided views). attn_mask (B|1, H|1, Lq|1, Lk) and\n"
           "key_padding_mask (B|1, Lk): bool (True = masked out) or float32 (added). is_causal: key j visible to\n"
           "query i iff j <= i + causal_offset. Returns out (B, H, Lq, Dv), and the weights (B, H, Lq, Lk) too when\n"

@@ -50,6 +50,10 @@ inline int64_t causal_end(const AttentionArgs& a, int64_t qi) {
 }
 
 inline const float* head(const HeadTensor& t, int64_t b, int64_t h) { return t.data + b * t.sb + h * t.sh; }
+// K or V of query head h: K/V head h / kv_group (grouped-query attention shares it among kv_group query heads).
+inline const float* kv_head(const AttentionArgs& a, const HeadTensor& t, int64_t b, int64_t h) {
+    return head(t, b, h / a.kv_group);
+}
 inline float* out_row(const AttentionArgs& a, int64_t b, int64_t h, int64_t i) {
     return a.out + b * a.out_sb + h * a.out_sh + i * a.out_sl;
 }
@@ -80,8 +84,8 @@ void attention_direct(const KernelSet& ks, const AttentionArgs& a, int nt) {
             const int64_t n = causal_end(a, i);
             if (n == 0) continue;
             const float* q = head(a.q, b, h) + i * a.q.sl;
-            const float* k = head(a.k, b, h);
-            const float* v = head(a.v, b, h);
+            const float* k = kv_head(a, a.k, b, h);
+            const float* v = kv_head(a, a.v, b, h);
             ks.dot(1, n, a.D, q, a.D, k, a.k.sl, s, n, 0.0f);
             ks.scale(s, n, a.scale);
             mask_row(ks, a, b, h, i, 0, n, s);
@@ -107,15 +111,15 @@ void attention_weights(const AttentionArgs& a, int nt) {
         const int64_t b = bh / a.H, h = bh % a.H;
         const int inner = split_heads ? 1 : nt;
         float* w = a.weights + bh * a.Lq * a.Lk;
-        gemm::sgemm(a.Lq, a.Lk, a.D, head(a.q, b, h), a.q.sl, gemm::BRef{head(a.k, b, h), a.k.sl, true}, w, a.Lk, 0.0f,
-                    {}, inner);
+        gemm::sgemm(a.Lq, a.Lk, a.D, head(a.q, b, h), a.q.sl, gemm::BRef{kv_head(a, a.k, b, h), a.k.sl, true}, w, a.Lk,
+                    0.0f, {}, inner);
         for (int64_t i = 0; i < a.Lq; ++i) {
             float* s = w + i * a.Lk;
             ks.scale(s, a.Lk, a.scale);
             mask_row(ks, a, b, h, i, 0, a.Lk, s);
             softmax_inplace(ks, s, a.Lk);
         }
-        gemm::sgemm(a.Lq, a.Dv, a.Lk, w, a.Lk, gemm::BRef{head(a.v, b, h), a.v.sl, false}, out_row(a, b, h, 0),
+        gemm::sgemm(a.Lq, a.Dv, a.Lk, w, a.Lk, gemm::BRef{kv_head(a, a.v, b, h), a.v.sl, false}, out_row(a, b, h, 0),
                     a.out_sl, 0.0f, {}, inner);
     }
 }
@@ -147,9 +151,10 @@ void attention_flash(const KernelSet& ks, const AttentionArgs& a, int nt) {
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < tasks; ++t) {
             const int64_t bh = t / qblocks, qb = t % qblocks, b = bh / a.H, h = bh % a.H;
-            if (bh != packed_bh) {
-                gemm::pack_b(ks, head(a.k, b, h), a.k.sl, true, 0, D, 0, a.Lk, nr, kp, 0, lk_pad / nr);
-                const float* v = head(a.v, b, h);
+            const int64_t kv = b * a.H + h / a.kv_group * a.kv_group;  // the same for every head of a group
+            if (kv != packed_bh) {
+                gemm::pack_b(ks, kv_head(a, a.k, b, h), a.k.sl, true, 0, D, 0, a.Lk, nr, kp, 0, lk_pad / nr);
+                const float* v = kv_head(a, a.v, b, h);
                 for (int64_t c = 0; c < v_panels; ++c) {
                     float* panel = vp + c * lk_pad * nr;
                     const int64_t w = std::min<int64_t>(nr, Dv - c * nr);
@@ -160,7 +165,7 @@ void attention_flash(const KernelSet& ks, const AttentionArgs& a, int nt) {
                         std::fill(dst + w, dst + nr, 0.0f);
                     }
                 }
-                packed_bh = bh;
+                packed_bh = kv;
             }
             const int64_t i0 = qb * mq, rows = std::min<int64_t>(mq, a.Lq - i0);
             const int64_t row_groups = (rows + mr - 1) / mr;

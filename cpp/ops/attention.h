@@ -1,6 +1,8 @@
 // Scaled dot-product attention, fused:  out = softmax(scale * Q K^T + mask) V.
 //
-// Shapes: q (B, H, Lq, D), k (B, H, Lk, D), v (B, H, Lk, Dv), out (B, H, Lq, Dv). Each is a strided view:
+// Shapes: q (B, H, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv), out (B, H, Lq, Dv), where Hkv divides H:
+// grouped-query attention (Hkv = H is multi-head attention, Hkv = 1 multi-query) -- query head h reads K/V head
+// h / (H / Hkv), in place, never a repeated copy. Each is a strided view:
 // element (b, h, l, d) at data[b * sb + h * sh + l * sl + d] (the last axis contiguous), so heads can be
 // column blocks of a (B, L, H * D) projection output and `out` can be written straight into (B, Lq, H * Dv).
 //
@@ -35,6 +37,7 @@ struct MaskRef {
 
 struct AttentionArgs {
     int64_t B, H, Lq, Lk, D, Dv;
+    int64_t kv_group = 1;  // H / Hkv: query heads per K/V head
     HeadTensor q, k, v;
     float* out;
     int64_t out_sb, out_sh, out_sl;
