@@ -30,6 +30,7 @@ Every call releases the GIL while the C++ core computes.
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import numpy as np
@@ -42,6 +43,9 @@ __all__ = [
     "softmax",
     "log_softmax",
     "layer_norm",
+    "rms_norm",
+    "rope_tables",
+    "rotary_embedding",
     "gelu",
     "relu",
     "silu",
@@ -205,6 +209,51 @@ def layer_norm(x, weight=None, bias=None, eps: float = 1e-5, *, residual=None) -
     return _core.layer_norm(
         _contiguous(x, "x"), _optional(weight, "weight"), _optional(bias, "bias"), eps, _optional(residual, "residual")
     )
+
+
+def rms_norm(x, weight=None, eps: float = 1e-6, *, residual=None) -> np.ndarray:
+    """RMS normalisation over the last axis, as ``torch.nn.functional.rms_norm(x, (n,), weight, eps)``:
+    ``x / sqrt(mean(x^2) + eps) * weight``. With ``residual`` (a float32, C-contiguous array the shape of x, the
+    pre-norm residual stream) it first adds x into it, in place, and normalises the sum: one pass for a pre-norm
+    decoder's "add the sub-layer's output, normalise for the next"."""
+    eps = _number(eps, "eps")
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    return _core.rms_norm(_contiguous(x, "x"), _optional(weight, "weight"), eps, residual)
+
+
+def rope_tables(num_positions: int, rot: int, base: float = 10000.0):
+    """cos and sin (num_positions, rot // 2) float32 of the rotary angles pos * base^(-2i / rot), computed as
+    Hugging Face's Llama does (inverse frequencies and their products with the positions in float32), the cosines
+    and sines of those float32 angles rounded once."""
+    if isinstance(rot, bool) or not isinstance(rot, (int, np.integer)) or rot < 2 or rot % 2:
+        raise ValueError(f"rot must be an even integer >= 2, got {rot!r}")
+    if isinstance(num_positions, bool) or not isinstance(num_positions, (int, np.integer)) or num_positions < 1:
+        raise ValueError(f"num_positions must be a positive integer, got {num_positions!r}")
+    base = _number(base, "base")
+    if not 1 < base < math.inf:
+        raise ValueError(f"base must be a finite number > 1, got {base}")
+    inv = (np.float32(1.0) / np.float32(base) ** (np.arange(0, rot, 2, dtype=np.float32) / np.float32(rot))).astype(
+        np.float32
+    )
+    angles = (np.arange(num_positions, dtype=np.float32)[:, None] * inv[None, :]).astype(np.float64)
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+def rotary_embedding(x: np.ndarray, positions, cos: np.ndarray, sin: np.ndarray, *, interleaved: bool = False):
+    """Rotary position embedding, in place on x (B, L, H, D) float32 with a contiguous last axis (the heads of a
+    (B, L, H * D) projection reshaped: no copy). The first 2 * cos.shape[1] dims of each head rotate by the angles
+    of `positions` (B, L) (rows of `cos` / `sin` from `rope_tables`): pairs (i, i + rot / 2), Hugging Face's
+    rotate_half, or (2i, 2i + 1) with ``interleaved`` (GGUF's Q/K, the original Llama). Returns x."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"x must be a numpy array (it is rotated in place), got {type(x).__name__}")
+    pos = np.asarray(positions)
+    if pos.dtype.kind not in "iu":
+        raise TypeError(f"positions must be integers, got {pos.dtype}")
+    _core.rope(
+        x, _c_aligned(pos, np.int64), _c_aligned(cos, np.float32), _c_aligned(sin, np.float32), bool(interleaved)
+    )
+    return x
 
 
 def gelu(x, approximate: str = "none") -> np.ndarray:

@@ -1,6 +1,8 @@
 #include "bindings/bind_common.h"
 #include "ops/activations.h"
 #include "ops/layer_norm.h"
+#include "ops/rms_norm.h"
+#include "ops/rope.h"
 #include "ops/softmax.h"
 
 namespace pyattn::bind {
@@ -62,6 +64,70 @@ py::array layer_norm(const py::array& x, const py::object& weight, const py::obj
     return y;
 }
 
+py::array rms_norm(const py::array& x, const py::object& weight, float eps, const py::object& residual) {
+    check_rows_input(x, "x");
+    if (!(eps >= 0.0f)) value_error("eps must be >= 0, got " + std::to_string(eps));
+    const int64_t n = x.shape(x.ndim() - 1), rows = static_cast<int64_t>(x.size()) / n;
+    py::array kw;
+    const float* w = optional_vector(weight, n, "weight", kw);
+    float* r = nullptr;
+    py::array kr;
+    if (!residual.is_none()) {
+        if (!py::isinstance<py::array>(residual)) type_error("expected residual to be a numpy array or None");
+        kr = residual.cast<py::array>();
+        require_out(kr, shape_of(x), "residual");  // written in place: float32, C-contiguous, writable
+        require_no_overlap(kr, x, "residual", "x");
+        r = f32_mut(kr);
+    }
+    py::array y = empty_f32(shape_of(x));
+    const float* xp = f32(x);
+    float* yp = f32_mut(y);
+    py::gil_scoped_release nogil;
+    ops::rms_norm(xp, n, yp, n, rows, n, w, eps, r, n);
+    return y;
+}
+
+void rope(const py::object& xo, const py::array& positions, const py::array& cos_table, const py::array& sin_table,
+          bool interleaved) {
+    // an object, not py::array: the caster would convert a list (or anything array-like) into a new array, and
+    // the in-place rotation would be lost
+    if (!py::isinstance<py::array>(xo)) type_error("expected x to be a numpy array (rotated in place)");
+    py::array x = xo.cast<py::array>();
+    require_f32(x, "x");
+    require_ndim(x, 4, "x", "(B, L, H, D)");
+    require_nonempty(x, "x");
+    require_last_axis_contiguous(x, "x");
+    if (!x.writeable()) value_error("x is read-only: the rotation is applied in place");
+    const int64_t B = x.shape(0), L = x.shape(1), H = x.shape(2), D = x.shape(3);
+    require_f32(cos_table, "cos");
+    require_f32(sin_table, "sin");
+    require_ndim(cos_table, 2, "cos", "(positions, rot / 2)");
+    require_c_contiguous(cos_table, "cos");
+    require_c_contiguous(sin_table, "sin");
+    if (shape_of(sin_table) != shape_of(cos_table))
+        value_error("expected sin of the shape of cos " + shape_str(cos_table) + ", got " + shape_str(sin_table));
+    const int64_t n_pos = cos_table.shape(0), half = cos_table.shape(1);
+    if (half < 1 || 2 * half > D)
+        value_error("cos / sin rotate " + std::to_string(2 * half) + " dims, heads have " + std::to_string(D));
+    if (!positions.dtype().is(py::dtype::of<int64_t>()))
+        type_error("expected positions to be int64, got " + dtype_str(positions));
+    if (positions.ndim() != 2 || positions.shape(0) != B || positions.shape(1) != L)
+        value_error("expected positions of shape (" + std::to_string(B) + ", " + std::to_string(L) + "), got " +
+                    shape_str(positions));
+    require_c_contiguous(positions, "positions");
+    const auto* pos = static_cast<const int64_t*>(positions.data());
+    for (int64_t i = 0; i < B * L; ++i)
+        if (pos[i] < 0 || pos[i] >= n_pos)
+            value_error("position " + std::to_string(pos[i]) + " is outside the " + std::to_string(n_pos) +
+                        " positions of the cos / sin tables");
+    require_no_overlap(x, cos_table, "x", "cos");
+    require_no_overlap(x, sin_table, "x", "sin");
+    float* xp = f32_mut(x);
+    const int64_t sb = estride(x, 0), sl = estride(x, 1), sh = estride(x, 2);
+    py::gil_scoped_release nogil;
+    ops::rope(xp, B, L, H, sb, sl, sh, pos, f32(cos_table), f32(sin_table), 2 * half, interleaved);
+}
+
 py::array activation(const py::array& x, const std::string& kind, const py::object& bias) {
     kernels::Activation act;
     if (kind == "relu")
@@ -98,6 +164,16 @@ void bind_ops(py::module_& m) {
     m.def(
         "log_softmax", [](const py::array& x) { return softmax(x, true); }, py::arg("x"),
         "log_softmax over the last axis of a C-contiguous float32 array; an all -inf row gives -inf.");
+    m.def("rope", &rope, py::arg("x"), py::arg("positions"), py::arg("cos"), py::arg("sin"),
+          py::arg("interleaved") = false,
+          "Rotary position embedding in place on x (B, L, H, D) (last axis contiguous; heads may be strided views):\n"
+          "the first 2 * cos.shape[1] dims of each head rotate by the angles of positions (B, L) int64, rows of the\n"
+          "cos / sin tables (n_positions, rot / 2). Pairs (i, i + rot/2) (rotate_half) or (2i, 2i+1) (interleaved).");
+    m.def(
+        "rms_norm", &rms_norm, py::arg("x"), py::arg("weight") = py::none(), py::arg("eps") = 1e-6f,
+        py::arg("residual") = py::none(),
+        "RMS normalisation over the last axis: x / sqrt(mean(x^2) + eps) * weight. With residual (float32, the shape\n"
+        "of x, C-contiguous, writable): residual += x in place first, and the sum is normalised (pre-norm step).");
     m.def("layer_norm", &layer_norm, py::arg("x"), py::arg("weight") = py::none(), py::arg("bias") = py::none(),
           py::arg("eps") = 1e-5f, py::arg("residual") = py::none(),
           "Layer normalisation over the last axis (biased variance, as torch) of x, or of x + residual.");

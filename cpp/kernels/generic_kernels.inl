@@ -334,6 +334,39 @@ void layer_norm_row(const float* x, float* y, const float* w, const float* b, in
     }
 }
 
+void rms_norm_row(const float* x, float* y, const float* w, int64_t n, float eps) {
+    typename V::reg q0 = V::zero(), q1 = V::zero();
+    int64_t j = 0;
+    for (; j + 2 * V::W <= n; j += 2 * V::W) {
+        const typename V::reg a = V::load(x + j), b = V::load(x + j + V::W);
+        q0 = V::fmadd(a, a, q0);
+        q1 = V::fmadd(b, b, q1);
+    }
+    for (; j < n; j += V::W) {  // lanes past n load 0 and add nothing
+        const int64_t r = n - j < V::W ? n - j : V::W;
+        const typename V::reg a = V::load_n(x + j, r);
+        q0 = V::fmadd(a, a, q0);
+    }
+    const float rms = 1.0f / __builtin_sqrtf(V::hsum(V::add(q0, q1)) / (float)n + eps);
+    const typename V::reg vr = V::set1(rms);
+    for (j = 0; j < n; j += V::W) {
+        const int64_t r = n - j < V::W ? n - j : V::W;
+        typename V::reg v = V::mul(V::load_n(x + j, r), vr);
+        if (w) v = V::mul(v, V::load_n(w + j, r));
+        V::store_n(y + j, v, r);
+    }
+}
+
+void rotate_pairs(float* a, float* b, const float* c, const float* s, int64_t n) {
+    for (int64_t j = 0; j < n; j += V::W) {
+        const int64_t r = n - j < V::W ? n - j : V::W;
+        const typename V::reg x = V::load_n(a + j, r), y = V::load_n(b + j, r);
+        const typename V::reg vc = V::load_n(c + j, r), vs = V::load_n(s + j, r);
+        V::store_n(a + j, V::sub(V::mul(x, vc), V::mul(y, vs)), r);
+        V::store_n(b + j, V::fmadd(x, vs, V::mul(y, vc)), r);
+    }
+}
+
 // max returns its second operand when either is NaN: x second, so that relu(NaN) is NaN (as torch), not 0.
 inline typename V::reg act_relu(typename V::reg x) { return V::max(V::zero(), x); }
 inline typename V::reg act_gelu_erf(typename V::reg x) {
@@ -515,6 +548,8 @@ KernelSet make_kernel_set(const char* name, int mc, int kc, int nc, Int8Kernels 
     ks.mask_bool = &mask_bool;
     ks.add = &add_row;
     ks.layer_norm = &layer_norm_row;
+    ks.rms_norm = &rms_norm_row;
+    ks.rotate = &rotate_pairs;
     ks.bias_act = &bias_act;
     ks.tanh_dot = &tanh_dot;
     ks.fma_loop = &fma_loop;

@@ -113,6 +113,11 @@ struct KernelSet {
     void (*add)(float* s, const float* t, int64_t n);                  // s += t
     // y = (x - mean) / sqrt(var + eps) * w + b  (w, b may be null: 1 and 0); y may alias x
     void (*layer_norm)(const float* x, float* y, const float* w, const float* b, int64_t n, float eps);
+    // y = x / sqrt(mean(x^2) + eps) * w  (w may be null: 1); y may alias x
+    void (*rms_norm)(const float* x, float* y, const float* w, int64_t n, float eps);
+    // Rotation of n pairs (a[i], b[i]) by the angles whose cos and sin are c[i], s[i]:
+    //   a' = a c - b s,  b' = a s + b c  (in place; a and b do not overlap)
+    void (*rotate)(float* a, float* b, const float* c, const float* s, int64_t n);
     // y = act(x + bias) where bias may be null; y may alias x
     void (*bias_act)(const float* x, float* y, const float* bias, int64_t n, Activation act);
     // One GRU step for one row, PyTorch's gate order (r, z, n): gi and gh hold [r | z | n] (3n floats each: the
