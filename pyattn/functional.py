@@ -46,6 +46,7 @@ __all__ = [
     "rms_norm",
     "rope_tables",
     "rotary_embedding",
+    "swiglu",
     "gelu",
     "relu",
     "silu",
@@ -254,6 +255,12 @@ def rotary_embedding(x: np.ndarray, positions, cos: np.ndarray, sin: np.ndarray,
         x, _c_aligned(pos, np.int64), _c_aligned(cos, np.float32), _c_aligned(sin, np.float32), bool(interleaved)
     )
     return x
+
+
+def swiglu(gate_up) -> np.ndarray:
+    """``silu(gate) * up`` for ``gate_up`` (..., 2 F) holding [gate | up] (a SwiGLU feed-forward's two input
+    projections computed by one GEMM); returns (..., F)."""
+    return _core.swiglu(_contiguous(gate_up, "gate_up"))
 
 
 def gelu(x, approximate: str = "none") -> np.ndarray:

@@ -119,3 +119,13 @@ def test_rope_refuses(rng):
         F.rotary_embedding(y, [[0, 1]], cos, sin)
     with pytest.raises(ValueError, match="even integer"):
         F.rope_tables(16, 7)
+
+
+@pytest.mark.parametrize("F_", [1, 7, 64, 1536])
+def test_swiglu_against_float64(isa, rng, F_):
+    gu = (rng.standard_normal((3, 4, 2 * F_)) * 4).astype(np.float32)
+    g, u = gu[..., :F_].astype(np.float64), gu[..., F_:].astype(np.float64)
+    want = g / (1 + np.exp(-g)) * u
+    np.testing.assert_allclose(F.swiglu(gu), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"\(\.\.\., 2 F\)"):
+        F.swiglu(gu[..., :-1])

@@ -128,6 +128,20 @@ void rope(const py::object& xo, const py::array& positions, const py::array& cos
     ops::rope(xp, B, L, H, sb, sl, sh, pos, f32(cos_table), f32(sin_table), 2 * half, interleaved);
 }
 
+py::array swiglu(const py::array& gu) {
+    check_rows_input(gu, "gate_up");
+    const int64_t n = gu.shape(gu.ndim() - 1), rows = static_cast<int64_t>(gu.size()) / n;
+    if (n % 2) value_error("expected gate_up of shape (..., 2 F) ([gate | up]), got " + shape_str(gu));
+    std::vector<int64_t> shape = shape_of(gu);
+    shape.back() = n / 2;
+    py::array y = empty_f32(shape);
+    const float* gp = f32(gu);
+    float* yp = f32_mut(y);
+    py::gil_scoped_release nogil;
+    ops::swiglu(gp, yp, rows, n / 2);
+    return y;
+}
+
 py::array activation(const py::array& x, const std::string& kind, const py::object& bias) {
     kernels::Activation act;
     if (kind == "relu")
@@ -164,6 +178,8 @@ void bind_ops(py::module_& m) {
     m.def(
         "log_softmax", [](const py::array& x) { return softmax(x, true); }, py::arg("x"),
         "log_softmax over the last axis of a C-contiguous float32 array; an all -inf row gives -inf.");
+    m.def("swiglu", &swiglu, py::arg("gate_up"),
+          "silu(gate) * up for gate_up (..., 2 F) = [gate | up] (the two projections of a SwiGLU FFN in one GEMM).");
     m.def("rope", &rope, py::arg("x"), py::arg("positions"), py::arg("cos"), py::arg("sin"),
           py::arg("interleaved") = false,
           "Rotary position embedding in place on x (B, L, H, D) (last axis contiguous; heads may be strided views):\n"

@@ -389,6 +389,12 @@ inline typename V::reg act_silu(typename V::reg x) {
     return V::mul(x, V::div(num, den));
 }
 
+void silu_mul(const float* g, const float* u, float* y, int64_t n) {
+    int64_t j = 0;
+    for (; j + V::W <= n; j += V::W) V::store(y + j, V::mul(act_silu(V::load(g + j)), V::load(u + j)));
+    if (j < n) V::store_n(y + j, V::mul(act_silu(V::load_n(g + j, n - j)), V::load_n(u + j, n - j)), n - j);
+}
+
 template <typename F>
 inline void bias_act_impl(const float* x, float* y, const float* bias, int64_t n, F f) {
     int64_t j = 0;
@@ -550,6 +556,7 @@ KernelSet make_kernel_set(const char* name, int mc, int kc, int nc, Int8Kernels 
     ks.layer_norm = &layer_norm_row;
     ks.rms_norm = &rms_norm_row;
     ks.rotate = &rotate_pairs;
+    ks.silu_mul = &silu_mul;
     ks.bias_act = &bias_act;
     ks.tanh_dot = &tanh_dot;
     ks.fma_loop = &fma_loop;

@@ -11,4 +11,8 @@ namespace pyattn::ops {
 void activation(const float* x, float* y, int64_t n, kernels::Activation act, const float* bias = nullptr,
                 int64_t cols = 0);
 
+// SwiGLU's gate: gu (rows, 2 F) holds [gate | up] per row (one GEMM for both projections); y (rows, F) =
+// silu(gate) * up. y must not overlap gu.
+void swiglu(const float* gu, float* y, int64_t rows, int64_t F);
+
 }  // namespace pyattn::ops
