@@ -4,6 +4,7 @@ from pathlib import Path
 
 from .bert import BertModel
 from .gpt2 import GPT2Model
+from .llama import LlamaModel
 from .pretrained import read_config
 from .rnn_seq2seq import Seq2Seq, Translation
 from .sentence import SentenceEncoder
@@ -28,6 +29,7 @@ __all__ = [
     "BertModel",
     "FAMILIES",
     "GPT2Model",
+    "LlamaModel",
     "Seq2SeqModel",
     "Seq2Seq",
     "SentenceEncoder",
