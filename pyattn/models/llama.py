@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import _core
 from .. import functional as F
-from ..io.gguf import GGUFFile, int8_blocks, read_gguf
+from ..io.gguf import GGUFFile, int8_blocks, read_gguf, tokenizer
 from ..nn import KVCache, Linear, Module
 from ..precision import resolve_dtype
 from .packages import package_folder
@@ -152,6 +152,8 @@ class LlamaModel(Module):
         }
         self._cos, self._sin = F.rope_tables(min(self.context_length, 4096), self.rot, self.rope_base)
         self.source = src
+        self.tokenizer = tokenizer(f) if f.get("tokenizer.ggml.tokens") is not None else None
+        self.chat_template = f.get("tokenizer.chat_template")
 
     @classmethod
     def from_gguf(cls, path=None, dtype: Optional[str] = None) -> LlamaModel:
@@ -162,6 +164,29 @@ class LlamaModel(Module):
     @property
     def vocab_size(self) -> int:
         return self.vocab
+
+    def encode(self, text: str) -> List[int]:
+        """Token ids of `text` (special tokens such as <|im_start|> recognised), as llama.cpp gives them."""
+        if self.tokenizer is None:
+            raise ValueError(f"{self.source}: the file has no tokenizer")
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def apply_chat_template(self, messages, add_generation_prompt: bool = True) -> str:
+        """The file's chat template (tokenizer.chat_template) applied with jinja2 as transformers applies it
+        (a sandboxed environment, trim_blocks and lstrip_blocks)."""
+        if not self.chat_template:
+            raise ValueError(f"{self.source}: the file has no chat template")
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        bos = self.tokenizer.id_to_token(self.config["bos_token_id"]) if self.config["bos_token_id"] is not None else ""
+        eos = self.tokenizer.id_to_token(self.config["eos_token_id"]) if self.config["eos_token_id"] is not None else ""
+        return env.from_string(self.chat_template).render(
+            messages=messages, add_generation_prompt=add_generation_prompt, bos_token=bos, eos_token=eos
+        )
 
     def embed(self, ids: np.ndarray) -> np.ndarray:
         if isinstance(self._embedding, tuple):
