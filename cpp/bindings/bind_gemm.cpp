@@ -110,6 +110,42 @@ public:
         return lin;
     }
 
+    // A 4-bit weight as GGUF stores it: raw (out, in / 32 * block bytes) uint8, 18 bytes per block for q4_0 and 20
+    // for q4_1 (see PackedMatrix). The bytes are checked for shape only: every nibble and half is a valid value.
+    static PackedLinear from_gguf(const py::array& raw, const std::string& type, int64_t in_features,
+                                  const py::object& bias) {
+        gemm::WeightType t;
+        if (type == "q4_0")
+            t = gemm::WeightType::q4_0;
+        else if (type == "q4_1")
+            t = gemm::WeightType::q4_1;
+        else
+            value_error("type must be 'q4_0' or 'q4_1', got '" + type + "'");
+        if (raw.dtype().kind() != 'u' || raw.itemsize() != 1)
+            type_error("expected raw to be uint8, got " + dtype_str(raw));
+        require_ndim(raw, 2, "raw", "(out_features, blocks * block bytes)");
+        require_nonempty(raw, "raw");
+        require_c_contiguous(raw, "raw");
+        if (in_features <= 0 || in_features % kernels::kQBlock)
+            value_error("in_features must be a positive multiple of " + std::to_string(kernels::kQBlock) + ", got " +
+                        std::to_string(in_features));
+        const int64_t N = raw.shape(0), rb = t == gemm::WeightType::q4_1 ? 20 : 18;
+        if (raw.shape(1) != in_features / kernels::kQBlock * rb)
+            value_error("expected raw of shape (" + std::to_string(N) + ", " +
+                        std::to_string(in_features / kernels::kQBlock * rb) + ") for " + type + " with in_features " +
+                        std::to_string(in_features) + ", got " + shape_str(raw));
+        PackedLinear lin;
+        lin.N_ = N;
+        lin.K_ = in_features;
+        py::array keep;
+        const float* b = check_bias(bias, N, keep);
+        if (b) lin.bias_.assign(b, b + N);
+        const auto* rp = static_cast<const uint8_t*>(raw.data());
+        py::gil_scoped_release nogil;
+        lin.packed_ = std::make_unique<gemm::PackedMatrix>(t, rp, in_features, N, cpu::active());
+        return lin;
+    }
+
     py::array call(const py::array& x, const std::string& activation, const py::object& out) const {
         const auto act = parse_activation(activation);
         const int64_t M = check_activations(x, K_, "x");
@@ -290,11 +326,13 @@ void bind_gemm(py::module_& m) {
     m.def("linear", &linear, py::arg("x"), py::arg("weight"), py::arg("bias") = py::none(),
           py::arg("activation") = "none", py::arg("out") = py::none(),
           "act(x @ weight.T + bias): x (..., in) C-contiguous, weight (out, in) as in torch.nn.Linear.");
-    py::class_<PackedLinear>(m, "PackedLinear",
-                             "A Linear layer whose weight is packed once for the GEMM micro-kernel (at construction),\n"
-                             "so each call packs only its activations. weight (out_features, in_features) float32 or\n"
-                             "float16; storage: 'float32', 'float16', 'bfloat16', 'int8' (per-output-channel scales,\n"
-                             "activations quantized per row), or '' for the weight's own dtype.")
+    py::class_<PackedLinear>(
+        m, "PackedLinear",
+        "A Linear layer whose weight is packed once for the GEMM micro-kernel (at construction),\n"
+        "so each call packs only its activations. weight (out_features, in_features) float32 or\n"
+        "float16; storage: 'float32', 'float16', 'bfloat16', 'int8' (blocks of 32 along in_features\n"
+        "with their own scales, activations quantized likewise), 'q4_0' / 'q4_1' (GGUF's 4-bit\n"
+        "blocks), or '' for the weight's own dtype.")
         .def(py::init<const py::array&, const py::object&, const std::string&>(), py::arg("weight"),
              py::arg("bias") = py::none(), py::arg("storage") = "")
         .def_static("from_int8", &PackedLinear::from_int8, py::arg("q"), py::arg("scales"),
@@ -302,6 +340,10 @@ void bind_gemm(py::module_& m) {
                     "An int8 weight quantized elsewhere, held as given: q (out, in) int8 and scales (out,) (one per\n"
                     "row, as CTranslate2's) or (out, ceil(in / 32)) (one per block of 32, as GGUF's Q8_0), float32,\n"
                     "with weight ~ q * scale.")
+        .def_static("from_gguf", &PackedLinear::from_gguf, py::arg("raw"), py::arg("type"), py::arg("in_features"),
+                    py::arg("bias") = py::none(),
+                    "A 4-bit weight as GGUF stores it, read as stored by the GEMM (no widening in memory): raw\n"
+                    "(out, in / 32 * bytes per block) uint8, type 'q4_0' (18-byte blocks) or 'q4_1' (20 bytes).")
         .def("__call__", &PackedLinear::call, py::arg("x"), py::arg("activation") = "none", py::arg("out") = py::none(),
              "act(x @ weight.T + bias) for x (..., in_features) float32 C-contiguous.")
         .def("weight", &PackedLinear::weight, "The weight (out_features, in_features), unpacked into a new array.")
@@ -311,7 +353,7 @@ void bind_gemm(py::module_& m) {
         .def_property_readonly("has_bias", &PackedLinear::has_bias)
         .def_property_readonly("isa", &PackedLinear::isa, "Kernel set the weight was packed for.")
         .def_property_readonly("storage", &PackedLinear::storage,
-                               "How the weight is held: 'float32', 'float16', 'bfloat16' or 'int8'.")
+                               "How the weight is held: 'float32', 'float16', 'bfloat16', 'int8', 'q4_0' or 'q4_1'.")
         .def_property_readonly("nbytes", &PackedLinear::nbytes, "Bytes held by the packed weight and bias.");
 }
 

@@ -74,6 +74,8 @@ enum class Slot : int {
     gemm_rounded_a,    // A rounded to bfloat16 for the small-M and tall paths (bfloat16 weights)
     gemm_quantized_a,  // int8: the activations quantized per row (int16 values) ...
     gemm_a_scales,     // ... and their scales
+    gemm_a_int8,       // 4-bit blocks: the activations as int8 ...
+    gemm_a_sums,       // ... and their blocks' integer sums
     attn_scores,       // attention: one row of scores (direct path)
     attn_k,            // attention: K^T of one head as GEMM panels (flash path)
     attn_v,            // attention: V of one head as GEMM panels

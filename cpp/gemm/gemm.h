@@ -53,6 +53,11 @@ void sgemm(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, float*
 void gemm_int8(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, float* C, int64_t ldc, float beta,
                const Epilogue& ep, int nthreads);
 
+// The same for a 4-bit block PackedMatrix (q4_0, q4_1): activations quantized per block of 32 to int8, the weights'
+// nibbles read as stored (Q4Kernels in kernels.h).
+void gemm_q4(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, float* C, int64_t ldc, float beta,
+             const Epilogue& ep, int nthreads);
+
 // A batch of GEMMs sharing M, N, K and strides: C_i = A_i B_i with A_i = A + a_off[i], B_i = B.data +
 // b_off[i], C_i = C + i * c_stride. Many small products run one per thread; large ones one at a time
 // with every thread inside.

@@ -1,4 +1,5 @@
-// The int8 GEMM driver: C = act(dequant(Aq Bq) + beta C + bias) for a PackedMatrix of type int8.
+// The integer GEMM drivers: C = act(dequant(Aq Bq) + beta C + bias) for a PackedMatrix of type int8 (gemm_int8)
+// or 4-bit blocks (gemm_q4).
 //
 // The activations are quantized once, by all threads, into a shared buffer (per row kp int16 and nb block scales, see
 // Int8Kernels::quantize); then each thread walks its share of a (rows in MR groups) x (panels) grid: a block of
@@ -16,6 +17,26 @@
 #include "gemm/packed_matrix.h"
 
 namespace pyattn::gemm {
+
+namespace {
+
+// C rows [i, i + m) x panel columns [j, j + n) from a kernel that writes whole panels: directly when the panel is
+// whole and beta is 0, else through `tile` (row stride nr), then beta C and the bias, each one add as in the kernel.
+template <typename Call>
+void store_panel(Call&& call, int64_t m, int64_t n, int nr, float* c, int64_t ldc, float beta, const float* bias,
+                 float* tile) {
+    if (n == nr && beta == 0.0f) return call(c, ldc, bias);
+    call(tile, static_cast<int64_t>(nr), nullptr);
+    for (int64_t r = 0; r < m; ++r)
+        for (int64_t t = 0; t < n; ++t) {
+            float v = tile[r * nr + t];
+            if (beta != 0.0f) v = v + beta * c[r * ldc + t];
+            if (bias) v = v + bias[t];
+            c[r * ldc + t] = v;
+        }
+}
+
+}  // namespace
 
 void gemm_int8(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, float* C, int64_t ldc, float beta,
                const Epilogue& ep, int nthreads) {
@@ -56,24 +77,83 @@ void gemm_int8(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, fl
                 const int64_t j = pq * nr, n = std::min<int64_t>(nr, N - j);
                 for (int64_t i = ic; i < ie; i += mr) {
                     const int64_t m = std::min<int64_t>(mr, ie - i);
-                    float* c = C + i * ldc + j;
-                    if (n == nr && beta == 0.0f) {
-                        k8.tile(m, nb, q + i * kp, kp, sa + i * nb, nb, b, sw, c, ldc, bias ? bias + j : nullptr);
-                        continue;
-                    }
-                    // An edge panel (the kernel writes whole panels) or beta != 0: through the tile. The bias is
-                    // added after, by the same one add as in the kernel.
-                    k8.tile(m, nb, q + i * kp, kp, sa + i * nb, nb, b, sw, tile, nr, nullptr);
-                    for (int64_t r = 0; r < m; ++r)
-                        for (int64_t t = 0; t < n; ++t) {
-                            float v = tile[r * nr + t];
-                            if (beta != 0.0f) v = v + beta * c[r * ldc + t];
-                            if (bias) v = v + bias[j + t];
-                            c[r * ldc + t] = v;
-                        }
+                    store_panel(
+                        [&](float* out, int64_t ld, const float* bb) {
+                            k8.tile(m, nb, q + i * kp, kp, sa + i * nb, nb, b, sw, out, ld, bb);
+                        },
+                        m, n, nr, C + i * ldc + j, ldc, beta, bias ? bias + j : nullptr, tile);
                 }
             }
             // The activation over whole row segments once the block is done (as the float driver does).
+            const int64_t j0 = q0 * nr, j1 = std::min<int64_t>(q1 * nr, N);
+            if (act && j1 > j0)
+                for (int64_t i = ic; i < ie; ++i)
+                    ks.bias_act(C + i * ldc + j0, C + i * ldc + j0, nullptr, j1 - j0, ep.act);
+        }
+    }
+}
+
+void gemm_q4(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, float* C, int64_t ldc, float beta,
+             const Epilogue& ep, int nthreads) {
+    if (M <= 0) return;
+    const kernels::KernelSet& ks = B.kernels();
+    const kernels::Q4Kernel kernel = ks.q4.tile[B.has_min() ? 1 : 0];
+    const int64_t N = B.N(), K = B.K(), nb = B.nblocks(), kp = nb * kernels::kQBlock;
+    const int mr = ks.q4.mr, nr = kernels::kQ4Cols;
+    const int64_t panels = (N + nr - 1) / nr;
+    int nt = nthreads > 0 ? nthreads : cpu::threads_for(2.0 * M * N * K);
+    if (omp_in_parallel()) nt = 1;
+    // The int8 quantizer writes int16; its rows are narrowed to int8 and each block's sum taken, by the same threads.
+    int16_t* q16 =
+        reinterpret_cast<int16_t*>(scratch<Slot::gemm_quantized_a>(static_cast<std::size_t>(M * kp + 1) / 2));
+    int8_t* q = reinterpret_cast<int8_t*>(scratch<Slot::gemm_a_int8>(static_cast<std::size_t>(M * kp + 3) / 4));
+    int32_t* ta = reinterpret_cast<int32_t*>(scratch<Slot::gemm_a_sums>(static_cast<std::size_t>(M * nb)));
+    float* sa = scratch<Slot::gemm_a_scales>(static_cast<std::size_t>(M * nb));
+    const Grid grid = choose_grid(nt, M, mr, panels);
+    const int64_t mc = std::max<int64_t>(mr, (192 * 1024 / kp) / mr * mr);  // rows of Aq per block: ~192 KiB
+    const float* bias = ep.bias;
+    const bool act = ep.act != kernels::Activation::none;
+
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+#pragma omp for schedule(static)
+        for (int64_t i0 = 0; i0 < M; i0 += 8) {
+            const int64_t m = std::min<int64_t>(8, M - i0);
+            ks.i8.quantize(A + i0 * lda, lda, m, K, q16 + i0 * kp, kp, sa + i0 * nb, nb);
+            for (int64_t r = i0; r < i0 + m; ++r)
+                for (int64_t blk = 0; blk < nb; ++blk) {
+                    const int16_t* x = q16 + r * kp + blk * kernels::kQBlock;
+                    int8_t* y = q + r * kp + blk * kernels::kQBlock;
+                    int32_t t = 0;
+                    for (int p = 0; p < kernels::kQBlock; ++p) {
+                        y[p] = static_cast<int8_t>(x[p]);
+                        t += x[p];
+                    }
+                    ta[r * nb + blk] = t;
+                }
+        }
+
+        const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+        const Grid g = nth == nt ? grid : Grid{1, 1};
+        const int ri = tid / g.tc, ci = tid % g.tc;
+        int64_t r0, r1;
+        grid_rows(M, mr, g.tr, ri, r0, r1);
+        const int64_t q0 = panels * ci / g.tc, q1 = panels * (ci + 1) / g.tc;
+        alignas(64) float tile[16 * kernels::kQ4Cols];
+        for (int64_t ic = r0; ic < r1; ic += mc) {
+            const int64_t ie = std::min(ic + mc, r1);
+            for (int64_t pq = q0; pq < q1; ++pq) {
+                const uint8_t* b = B.panel_q4(pq);
+                const int64_t j = pq * nr, n = std::min<int64_t>(nr, N - j);
+                for (int64_t i = ic; i < ie; i += mr) {
+                    const int64_t m = std::min<int64_t>(mr, ie - i);
+                    store_panel(
+                        [&](float* out, int64_t ld, const float* bb) {
+                            kernel(m, nb, q + i * kp, kp, sa + i * nb, ta + i * nb, nb, b, out, ld, bb);
+                        },
+                        m, n, nr, C + i * ldc + j, ldc, beta, bias ? bias + j : nullptr, tile);
+                }
+            }
             const int64_t j0 = q0 * nr, j1 = std::min<int64_t>(q1 * nr, N);
             if (act && j1 > j0)
                 for (int64_t i = ic; i < ie; ++i)

@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -114,6 +115,121 @@ PackedMatrix::PackedMatrix(WeightType type, const float* w32, const uint16_t* w1
         case WeightFamily::int8:
             pack_int8(w32, w16, ldw);
             return;
+        case WeightFamily::block4:
+            pack_q4(w32, w16, ldw);
+            return;
+    }
+}
+
+uint8_t* PackedMatrix::alloc_q4() {
+    const int64_t panels = (N_ + kernels::kQ4Cols - 1) / kernels::kQ4Cols;
+    const std::size_t bytes = static_cast<std::size_t>(panels * nblocks()) * kernels::q4_block_bytes(has_min());
+    data_ = aligned_floats((bytes + 3) / 4);
+    bytes_ = bytes;
+    return reinterpret_cast<uint8_t*>(data_.get());
+}
+
+namespace {
+
+// Writes column jj's block (16 GGUF nibble bytes qs, half scale d, half minimum m) into a panel block.
+void put_q4_column(uint8_t* blk, int jj, const uint8_t* qs, uint16_t d, uint16_t m, bool has_min) {
+    for (int ch = 0; ch < 4; ++ch) std::memcpy(blk + 32 * ch + 4 * jj, qs + 4 * ch, 4);
+    uint16_t* h = reinterpret_cast<uint16_t*>(blk + 16 * kernels::kQ4Cols);
+    h[jj] = d;
+    if (has_min) h[kernels::kQ4Cols + jj] = m;
+}
+
+// GGUF's reference quantizers (ggml's quantize_row_q4_0 / q4_1 rules) for one block of n <= 32 floats; the
+// elements past n are zeros. A block holding NaN or inf gets a NaN scale.
+void quantize_q4_block(const float* x, int64_t n, bool has_min, uint8_t* qs, uint16_t& dh, uint16_t& mh) {
+    float v[kernels::kQBlock] = {};
+    bool finite = true;
+    for (int64_t p = 0; p < n; ++p) {
+        v[p] = x[p];
+        finite = finite && std::isfinite(x[p]);
+    }
+    uint8_t u[kernels::kQBlock];
+    if (!finite) {
+        dh = mh = 0x7e00;  // NaN
+        std::memset(qs, 0, 16);
+        return;
+    }
+    if (!has_min) {
+        float amax = 0.0f, mx = 0.0f;  // mx: the element of largest magnitude, with its sign
+        for (int p = 0; p < kernels::kQBlock; ++p)
+            if (std::fabs(v[p]) > amax) {
+                amax = std::fabs(v[p]);
+                mx = v[p];
+            }
+        const float d = mx / -8.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        for (int p = 0; p < kernels::kQBlock; ++p)
+            u[p] = static_cast<uint8_t>(std::min(15, static_cast<int>(static_cast<int8_t>(v[p] * id + 8.5f))));
+        dh = float_to_half(d);
+        mh = 0;
+    } else {
+        float lo = v[0], hi = v[0];
+        for (int64_t p = 1; p < n; ++p) {
+            lo = std::min(lo, v[p]);
+            hi = std::max(hi, v[p]);
+        }
+        const float d = (hi - lo) / 15.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        for (int p = 0; p < kernels::kQBlock; ++p)
+            u[p] =
+                p < n
+                    ? static_cast<uint8_t>(std::min(15, static_cast<int>(static_cast<int8_t>((v[p] - lo) * id + 0.5f))))
+                    : 0;
+        dh = float_to_half(d);
+        mh = float_to_half(lo);
+    }
+    for (int p = 0; p < 16; ++p) qs[p] = static_cast<uint8_t>(u[p] | (u[p + 16] << 4));
+}
+
+}  // namespace
+
+PackedMatrix::PackedMatrix(WeightType type, const uint8_t* raw, int64_t K, int64_t N, const kernels::KernelSet& ks)
+    : K_(K), N_(N), ks_(&ks), type_(type) {
+    if (info(type).family != WeightFamily::block4) throw std::invalid_argument("expected a 4-bit block type");
+    if (K % kernels::kQBlock)
+        throw std::invalid_argument("4-bit blocks need in_features divisible by " + std::to_string(kernels::kQBlock) +
+                                    ", got " + std::to_string(K));
+    const bool mn = has_min();
+    const int64_t nb = nblocks(), rb = mn ? 20 : 18, bs = kernels::q4_block_bytes(mn);
+    uint8_t* base = alloc_q4();
+    std::memset(base, 0, bytes_);
+    for (int64_t j = 0; j < N; ++j) {
+        uint8_t* panel = base + (j / kernels::kQ4Cols) * nb * bs;
+        for (int64_t blk = 0; blk < nb; ++blk) {
+            const uint8_t* src = raw + (j * nb + blk) * rb;
+            uint16_t d, m = 0;
+            std::memcpy(&d, src, 2);
+            if (mn) std::memcpy(&m, src + 2, 2);
+            put_q4_column(panel + blk * bs, static_cast<int>(j % kernels::kQ4Cols), src + (mn ? 4 : 2), d, m, mn);
+        }
+    }
+}
+
+void PackedMatrix::pack_q4(const float* w32, const uint16_t* w16, int64_t ldw) {
+    const bool mn = has_min();
+    const int64_t nb = nblocks(), bs = kernels::q4_block_bytes(mn), K = K_;
+    uint8_t* base = alloc_q4();
+    std::memset(base, 0, bytes_);
+    const int nt = cpu::threads_for(static_cast<double>(K_) * N_);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        std::vector<float> row(K);
+#pragma omp for schedule(static)
+        for (int64_t j = 0; j < N_; ++j) {
+            const float* src = w32 ? w32 + j * ldw : row.data();
+            if (!w32) ks_->half[static_cast<int>(kernels::HalfFormat::f16)].widen(w16 + j * ldw, row.data(), K);
+            uint8_t* panel = base + (j / kernels::kQ4Cols) * nb * bs;
+            for (int64_t blk = 0; blk < nb; ++blk) {
+                uint8_t qs[16];
+                uint16_t d, m;
+                const int64_t p0 = blk * kernels::kQBlock;
+                quantize_q4_block(src + p0, std::min<int64_t>(kernels::kQBlock, K - p0), mn, qs, d, m);
+                put_q4_column(panel + blk * bs, static_cast<int>(j % kernels::kQ4Cols), qs, d, m, mn);
+            }
+        }
     }
 }
 
@@ -219,6 +335,25 @@ void PackedMatrix::pack_int8(const float* w32, const uint16_t* w16, int64_t ldw)
 }
 
 void PackedMatrix::unpack_transposed(float* w) const {
+    if (info(type_).family == WeightFamily::block4) {
+        const bool mn = has_min();
+        const int64_t bs = kernels::q4_block_bytes(mn);
+        for (int64_t j = 0; j < N_; ++j) {
+            const uint8_t* panel = panel_q4(j / kernels::kQ4Cols);
+            const int jj = static_cast<int>(j % kernels::kQ4Cols);
+            for (int64_t p = 0; p < K_; ++p) {
+                const uint8_t* blk = panel + (p / kernels::kQBlock) * bs;
+                const int k = static_cast<int>(p % kernels::kQBlock), kk = k % 16;
+                const uint8_t byte = blk[32 * (kk / 4) + 4 * jj + kk % 4];
+                const int u = k < 16 ? byte & 15 : byte >> 4;
+                const uint16_t* h = reinterpret_cast<const uint16_t*>(blk + 16 * kernels::kQ4Cols);
+                const float d = half_to_float(h[jj]);
+                w[j * K_ + p] = mn ? d * static_cast<float>(u) + half_to_float(h[kernels::kQ4Cols + jj])
+                                   : d * static_cast<float>(u - 8);
+            }
+        }
+        return;
+    }
     if (type_ == WeightType::i8) {
         const int64_t nr = ks_->i8.nr;
         for (int64_t j = 0; j < N_; ++j) {

@@ -4,6 +4,7 @@
 // Layout of float32 and 16-bit types: blocks (jc, pc) of KC x NC, stored jc-major; inside a block, ceil(nc / NR)
 // panels of kc x NR elements, each row of a panel contiguous; the last panel is zero-padded to NR columns.
 // int8: see panel_i8 (no K or N blocking: each output sums all of K in int32 before it is dequantized).
+// 4-bit blocks (q4_0, q4_1): see panel_q4 (the same, panels of kernels::kQ4Cols columns).
 #pragma once
 #include <cstdint>
 
@@ -30,6 +31,10 @@ public:
     PackedMatrix(const int8_t* q, int64_t ldq, const float* scales, int64_t nscales, int64_t K, int64_t N,
                  const kernels::KernelSet& ks);
 
+    // A 4-bit weight as GGUF stores it (type q4_0 or q4_1): N rows of K / kQBlock blocks of 18 (Q4_0: half d, 16
+    // bytes of nibbles) or 20 bytes (Q4_1: half d, half m, nibbles), rows contiguous. Held as given.
+    PackedMatrix(gemm::WeightType type, const uint8_t* raw, int64_t K, int64_t N, const kernels::KernelSet& ks);
+
     int64_t K() const { return K_; }
     int64_t N() const { return N_; }
     WeightType type() const { return type_; }
@@ -48,6 +53,11 @@ public:
         return reinterpret_cast<const int8_t*>(data_.get()) + q * nblocks() * kernels::kQBlock * ks_->i8.nr;
     }
     const float* panel_scales(int64_t q) const { return scales_.get() + q * nblocks() * ks_->i8.nr; }
+    // 4-bit blocks: panels of kQ4Cols columns, nblocks() blocks of q4_block_bytes each (kernels.h: Q4Kernels).
+    bool has_min() const { return type_ == WeightType::q4_1; }
+    const uint8_t* panel_q4(int64_t q) const {
+        return reinterpret_cast<const uint8_t*>(data_.get()) + q * nblocks() * kernels::q4_block_bytes(has_min());
+    }
     std::size_t size_bytes() const { return bytes_; }
     // Writes the matrix back in the transposed [N, K] layout (a weight's [out, in]) to w (N * K floats): the
     // values the GEMM multiplies by (for int8, q * scale).
@@ -65,6 +75,8 @@ private:
     void pack_wide16(const float* w32, const uint16_t* w16, int64_t ldw);
     void pack_int8(const float* w32, const uint16_t* w16, int64_t ldw);
     void alloc_int8();
+    uint8_t* alloc_q4();
+    void pack_q4(const float* w32, const uint16_t* w16, int64_t ldw);
 };
 
 // Packs columns [j0, j0 + nc) x rows [p0, p0 + kc) of B into panels (kc x NR each, zero-padded), the

@@ -8,16 +8,18 @@
 //                               the products of bfloat16 numbers (exact in float32) summed in float32
 //   int8     int8               symmetric per-output-channel scales; activations quantized per row (token) to
 //                               [-127, 127] at the GEMM's input; int32 sums, dequantized in the epilogue
+//   block4   q4_0, q4_1         GGUF's 4-bit blocks of 32 along K with a half scale (and, q4_1, a half minimum),
+//                               read as stored; activations quantized per block of 32 to int8 (kernels.h: Q4Kernels)
 //
-// Block formats (GGUF's Q8_0, Q4_0, Q4_1) join as new rows and a new family.
+// GGUF's Q8_0 is the int8 type with one scale per block.
 #pragma once
 #include <cstdint>
 #include <string>
 
 namespace pyattn::gemm {
 
-enum class WeightType : uint8_t { f32 = 0, f16 = 1, bf16 = 2, i8 = 3 };
-enum class WeightFamily : uint8_t { float32, wide16, int8 };
+enum class WeightType : uint8_t { f32 = 0, f16 = 1, bf16 = 2, i8 = 3, q4_0 = 4, q4_1 = 5 };
+enum class WeightFamily : uint8_t { float32, wide16, int8, block4 };
 
 struct WeightTypeInfo {
     WeightType type;
@@ -32,13 +34,15 @@ inline constexpr WeightTypeInfo kWeightTypes[] = {
     {WeightType::f16, "float16", 16, WeightFamily::wide16, false},
     {WeightType::bf16, "bfloat16", 16, WeightFamily::wide16, false},
     {WeightType::i8, "int8", 8, WeightFamily::int8, false},
+    {WeightType::q4_0, "q4_0", 4, WeightFamily::block4, false},
+    {WeightType::q4_1, "q4_1", 4, WeightFamily::block4, false},
 };
 
 inline constexpr const WeightTypeInfo& info(WeightType t) { return kWeightTypes[static_cast<int>(t)]; }
 
 // The type named `name`; throws std::invalid_argument listing the names otherwise.
 WeightType parse_weight_type(const std::string& name);
-// "float32, float16, bfloat16, int8"
+// "float32, float16, bfloat16, int8, q4_0, q4_1"
 std::string weight_type_names();
 
 }  // namespace pyattn::gemm

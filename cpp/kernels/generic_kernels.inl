@@ -526,7 +526,7 @@ float stream_sum(const float* x, int64_t n) {
 }
 
 template <int MR, int NV, int TALL, int TALL_NV>
-KernelSet make_kernel_set(const char* name, int mc, int kc, int nc, Int8Kernels i8) {
+KernelSet make_kernel_set(const char* name, int mc, int kc, int nc, Int8Kernels i8, Q4Kernels q4) {
     KernelSet ks{};
     ks.name = name;
     ks.blocking = GemmBlocking{MR, NV * V::W, mc, kc, nc};
@@ -541,6 +541,7 @@ KernelSet make_kernel_set(const char* name, int mc, int kc, int nc, Int8Kernels 
                     &widen16<FmtBF16, bf16_to_float>};
     ks.round_bf16 = &round_bf16;
     ks.i8 = i8;
+    ks.q4 = q4;
     ks.gru_gates = &gru_gates;
     ks.tall_rows = TALL;
     ks.tall_cols = TALL_NV * V::W;

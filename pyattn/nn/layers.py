@@ -68,7 +68,8 @@ class Module:
     def set_weight_storage(self, storage: str) -> Module:
         """Holds every Linear weight as `storage` (see `WEIGHT_TYPES`): "float32"; "float16" or "bfloat16" (half
         the memory, and half the bytes a decoding step streams); "int8" (about a quarter: blocks of 32 weights
-        share a scale, and the activations are quantized the same way at each GEMM's input). Products and sums
+        share a scale, and the activations are quantized the same way at each GEMM's input); "q4_0" / "q4_1"
+        (GGUF's 4-bit blocks, quantized by ggml's reference rules: about a sixth). Products and sums
         stay float32 (int32 within an int8 block). Layers a model marks as sensitive keep a finer type when int8 is
         asked (`Linear.int8_fallback`). Converting weights already rounded to a coarser type to another type is
         an error: load the model again. Returns self."""
@@ -184,6 +185,27 @@ class Linear(Module):
         except ValueError as e:
             raise ValueError(f"weight {name}.weight {q.shape}: {e}") from None
         lin._exact = False  # held as given: no finer values to derive another storage from
+        lin._name = name
+        return lin
+
+    @classmethod
+    def from_gguf(cls, raw, kind: str, in_features: int, bias=None, name: str = "linear") -> Linear:
+        """A Linear holding a 4-bit weight as a GGUF file stores it, read by the GEMM as stored (0.56 or 0.625 bytes
+        per weight, no widening in memory): raw (out, in / 32 * block bytes) uint8, kind "q4_0" (18-byte blocks: a
+        half scale d and 32 nibbles u, w = d (u - 8)) or "q4_1" (20 bytes: d, a half minimum m, w = d u + m).
+        Activations are quantized per block of 32 to int8 at each call. As for from_int8, set_storage to another
+        type raises."""
+        raw = np.asarray(raw)
+        if raw.dtype != np.uint8:
+            raise TypeError(f"weight {name}.weight: expected the blocks' bytes as uint8, got {raw.dtype}")
+        lin = cls.__new__(cls)
+        lin.int8_fallback = None
+        lin.bias = None if bias is None else as_weight(bias, f"{name}.bias", (raw.shape[0],))
+        try:
+            lin._packed = _core.PackedLinear.from_gguf(np.ascontiguousarray(raw), kind, int(in_features), lin.bias)
+        except ValueError as e:
+            raise ValueError(f"weight {name}.weight: {e}") from None
+        lin._exact = False
         lin._name = name
         return lin
 

@@ -84,7 +84,7 @@ struct V {
 KernelSet& avx2_kernel_set() {
     // MC x KC = 288 x 256 floats (288 KiB) of A in L2 (fits Zen 3 512 KiB too), KC x NR = 16 KiB panel of B in
     // L1, NC for L3. From benchmarks/gym/gemm_blocking.py on Zen 4.
-    static KernelSet ks = make_kernel_set<6, 2, 6, 2>("avx2", 288, 256, 4080, avx2_int8_kernels());
+    static KernelSet ks = make_kernel_set<6, 2, 6, 2>("avx2", 288, 256, 4080, avx2_int8_kernels(), avx2_q4_kernels());
     return ks;
 }
 

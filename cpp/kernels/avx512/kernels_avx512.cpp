@@ -80,9 +80,10 @@ KernelSet& avx512_kernel_set() {
     // larger KC mostly wins (fewer passes over C), MC 192..384 is flat.
     // Tall rows kernel: 14 x 32 (28 accumulators + 2 B + 1 broadcast = 31 registers), so that 13-14 rows
     // (a short sentence) take one pass over each weight panel.
-    // int8: the AVX2 kernels (they run on every AVX-512 CPU) until 512-bit / VNNI ones are written and tested on
-    // a machine that has them.
-    static KernelSet ks = make_kernel_set<12, 2, 14, 2>("avx512", 192, 512, 4096, avx2_int8_kernels());
+    // int8 and 4-bit blocks: the AVX2 kernels (they run on every AVX-512 CPU) until 512-bit / VNNI ones are written
+    // and tested on a machine that has them.
+    static KernelSet ks =
+        make_kernel_set<12, 2, 14, 2>("avx512", 192, 512, 4096, avx2_int8_kernels(), avx2_q4_kernels());
     return ks;
 }
 

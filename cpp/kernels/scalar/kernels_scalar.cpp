@@ -48,7 +48,8 @@ struct V {
 
 KernelSet& scalar_kernel_set() {
     // 4 x 4 tile: the reference path is about being obviously right, not fast.
-    static KernelSet ks = make_kernel_set<4, 4, 4, 4>("scalar", 64, 256, 1024, scalar_int8_kernels());
+    static KernelSet ks =
+        make_kernel_set<4, 4, 4, 4>("scalar", 64, 256, 1024, scalar_int8_kernels(), scalar_q4_kernels());
     return ks;
 }
 

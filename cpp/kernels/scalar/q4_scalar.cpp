@@ -1,0 +1,44 @@
+// Scalar 4-bit block kernels (Q4Kernels in kernels.h): the reference the vector sets must match bit for bit.
+// Compiled with -ffp-contract=off: the only fused steps are the explicit fmaf.
+#include "kernels/half.h"
+#include "kernels/kernels.h"
+
+namespace pyattn::kernels {
+namespace {
+
+template <bool kMin>
+void q4_tile(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta, int64_t ldsa,
+             const uint8_t* b, float* c, int64_t ldc, const float* bias) {
+    constexpr int64_t bs = q4_block_bytes(kMin);
+    for (int64_t i = 0; i < m; ++i)
+        for (int j = 0; j < kQ4Cols; ++j) {
+            float s = 0.0f;
+            for (int64_t blk = 0; blk < nb; ++blk) {
+                const uint8_t* nib = b + blk * bs;
+                const int8_t* x = a + i * lda + blk * kQBlock;
+                int32_t sum = 0;
+                for (int ch = 0; ch < 4; ++ch)
+                    for (int t = 0; t < 4; ++t) {
+                        const uint8_t byte = nib[32 * ch + 4 * j + t];
+                        sum += (byte & 15) * x[4 * ch + t] + (byte >> 4) * x[16 + 4 * ch + t];
+                    }
+                const uint16_t* h = reinterpret_cast<const uint16_t*>(nib + 16 * kQ4Cols);
+                const float d = half_to_float(h[j]), sab = sa[i * ldsa + blk];
+                const int32_t t = ta[i * ldsa + blk];
+                if (kMin) {
+                    s = __builtin_fmaf(half_to_float(h[kQ4Cols + j]), sab * static_cast<float>(t), s);
+                } else {
+                    sum -= 8 * t;
+                }
+                s = __builtin_fmaf(static_cast<float>(sum), sab * d, s);
+            }
+            if (bias) s = s + bias[j];
+            c[i * ldc + j] = s;
+        }
+}
+
+}  // namespace
+
+Q4Kernels scalar_q4_kernels() { return Q4Kernels{4, {&q4_tile<false>, &q4_tile<true>}}; }
+
+}  // namespace pyattn::kernels
