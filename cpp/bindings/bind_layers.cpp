@@ -1,10 +1,14 @@
 // Whole-layer steps (cpp/layers/): argument checks, scratch from the result-block cache, the GIL released.
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
 
+#include <pybind11/stl.h>
+
 #include "bindings/bind_common.h"
 #include "gemm/packed_matrix.h"
+#include "layers/decoder_layer.h"
 #include "layers/encoder_layer.h"
 
 namespace pyattn::bind {
@@ -103,9 +107,191 @@ private:
     int64_t E_ = 0, F_ = 0;
 };
 
+void want_shape(const gemm::PackedMatrix& m, int64_t k, int64_t n, const char* name) {
+    if (m.K() != k || m.N() != n)
+        value_error(std::string(name) + " maps " + std::to_string(m.K()) + " -> " + std::to_string(m.N()) +
+                    " features, expected " + std::to_string(k) + " -> " + std::to_string(n));
+}
+
+std::vector<float> vector_of(const py::array& a, int64_t n, const char* name) {
+    require_f32(a, name);
+    if (a.ndim() != 1 || a.shape(0) != n)
+        value_error(std::string("expected ") + name + " of shape (" + std::to_string(n) + ",), got " + shape_str(a));
+    require_c_contiguous(a, name);
+    return std::vector<float>(f32(a), f32(a) + n);
+}
+
+class DecoderLayer {
+public:
+    DecoderLayer(const py::object& qkv, const py::object& out, const py::object& gate_up, const py::object& down,
+                 const py::array& attn_norm, const py::array& ffn_norm, float eps, int64_t num_heads,
+                 int64_t num_kv_heads, int64_t rotary_dim, bool interleaved)
+        : refs_{qkv, out, gate_up, down} {
+        layers::DecoderLayer& l = l_;
+        l.qkv.w = &packed_matrix_of(qkv, "qkv", &l.qkv.bias);
+        l.out.w = &packed_matrix_of(out, "out", &l.out.bias);
+        l.gate_up.w = &packed_matrix_of(gate_up, "gate_up", &l.gate_up.bias);
+        l.down.w = &packed_matrix_of(down, "down", &l.down.bias);
+        const int64_t E = l.out.w->N(), F = l.down.w->K();
+        if (num_heads < 1 || num_kv_heads < 1 || num_heads % num_kv_heads || l.out.w->K() % num_heads)
+            value_error("num_kv_heads (" + std::to_string(num_kv_heads) + ") must divide num_heads (" +
+                        std::to_string(num_heads) + "), which must divide out's in_features (" +
+                        std::to_string(l.out.w->K()) + ")");
+        const int64_t D = l.out.w->K() / num_heads;
+        want_shape(*l.qkv.w, E, (num_heads + 2 * num_kv_heads) * D, "qkv");
+        want_shape(*l.gate_up.w, E, 2 * F, "gate_up");
+        want_shape(*l.down.w, F, E, "down");
+        if (rotary_dim < 0 || rotary_dim > D || rotary_dim % 2)
+            value_error("rotary_dim must be even and at most the head size " + std::to_string(D) + ", got " +
+                        std::to_string(rotary_dim));
+        if (!(eps >= 0.0f) || !std::isfinite(eps)) value_error("eps must be finite and >= 0");
+        norms_[0] = vector_of(attn_norm, E, "attn_norm");
+        norms_[1] = vector_of(ffn_norm, E, "ffn_norm");
+        l.attn_norm = norms_[0].data();
+        l.ffn_norm = norms_[1].data();
+        l.eps = eps;
+        l.heads = num_heads;
+        l.kv_heads = num_kv_heads;
+        l.head_dim = D;
+        l.rot = rotary_dim;
+        l.interleaved = interleaved;
+        l.scale = 1.0f / std::sqrt(static_cast<float>(D));
+    }
+
+    const layers::DecoderLayer& layer() const { return l_; }
+    int64_t d_model() const { return l_.out.w->N(); }
+    int64_t kv_dim() const { return l_.kv_heads * l_.head_dim; }
+
+private:
+    py::object refs_[4];  // the PackedLinear objects whose matrices l_ points into
+    std::vector<float> norms_[2];
+    layers::DecoderLayer l_{};
+};
+
+// Runs every layer over x in place (the residual stream, before the last layer's FFN output is added) and returns
+// that last output; see cpp/layers/decoder_layer.h.
+py::array decoder_stack(const std::vector<const DecoderLayer*>& stack, py::array x, const py::array& positions,
+                        const py::array& cos, const py::array& sin, const std::vector<py::object>& k_objs,
+                        const std::vector<py::object>& v_objs, int64_t past, const py::object& key_padding_mask) {
+    // the caches are written in place: numpy arrays themselves, never a converted copy
+    auto arrays = [](const std::vector<py::object>& objs) {
+        std::vector<py::array> out;
+        for (const py::object& o : objs) {
+            if (!py::isinstance<py::array>(o)) type_error("expected the caches to be numpy arrays");
+            out.push_back(o.cast<py::array>());
+        }
+        return out;
+    };
+    std::vector<py::array> cache_k = arrays(k_objs), cache_v = arrays(v_objs);
+    if (stack.empty()) value_error("expected at least one layer");
+    const layers::DecoderLayer& l0 = stack[0]->layer();
+    const int64_t E = stack[0]->d_model(), Ekv = stack[0]->kv_dim();
+    for (const DecoderLayer* d : stack) {
+        if (!d) type_error("expected DecoderLayer objects, got None");
+        const layers::DecoderLayer& l = d->layer();
+        if (d->d_model() != E || l.heads != l0.heads || l.kv_heads != l0.kv_heads || l.rot != l0.rot)
+            value_error("the layers of a stack must share d_model, heads, KV heads and rotary_dim");
+    }
+    require_f32(x, "x");
+    require_ndim(x, 3, "x", "(batch, seq, d_model)");
+    require_nonempty(x, "x");
+    require_c_contiguous(x, "x");
+    require_aligned(x, "x");
+    if (!x.writeable()) value_error("x must be writeable (it is updated in place)");
+    const int64_t B = x.shape(0), L = x.shape(1), M = B * L;
+    if (x.shape(2) != E)
+        value_error("expected x of shape (batch, seq, " + std::to_string(E) + "), got " + shape_str(x));
+    if (!positions.dtype().is(py::dtype::of<int64_t>()) || positions.ndim() != 2 || positions.shape(0) != B ||
+        positions.shape(1) != L)
+        value_error("expected int64 positions of shape (" + std::to_string(B) + ", " + std::to_string(L) + "), got " +
+                    shape_str(positions) + " " + dtype_str(positions));
+    require_c_contiguous(positions, "positions");
+    const int64_t half = l0.rot / 2;
+    for (const py::array* t : {&cos, &sin}) {
+        require_f32(*t, "cos/sin");
+        require_c_contiguous(*t, "cos/sin");
+        if (t->ndim() != 2 || t->shape(1) != half || t->shape(0) != cos.shape(0))
+            value_error("expected cos and sin tables of shape (positions, " + std::to_string(half) + "), got " +
+                        shape_str(*t));
+    }
+    const int64_t n_pos = cos.shape(0);
+    const auto* pos = static_cast<const int64_t*>(positions.data());
+    for (int64_t i = 0; i < M; ++i)
+        if (pos[i] < 0 || pos[i] >= n_pos)
+            value_error("position " + std::to_string(pos[i]) + " is outside the rotary table of " +
+                        std::to_string(n_pos) + " positions");
+    if (past < 0) value_error("past must be >= 0");
+    const std::size_t n = stack.size();
+    if (cache_k.size() != n || cache_v.size() != n)
+        value_error("expected one K and one V cache per layer (" + std::to_string(n) + "), got " +
+                    std::to_string(cache_k.size()) + " and " + std::to_string(cache_v.size()));
+    std::vector<layers::LayerCache> caches(n);
+    for (std::size_t i = 0; i < n; ++i) {
+        const py::array* kv[2] = {&cache_k[i], &cache_v[i]};
+        for (const py::array* c : kv) {
+            require_f32(*c, "cache");
+            require_c_contiguous(*c, "cache");
+            if (!c->writeable()) value_error("caches must be writeable");
+            if (c->ndim() != 3 || c->shape(0) != B || c->shape(2) != Ekv || c->shape(1) < past + L ||
+                c->shape(1) != kv[0]->shape(1))
+                value_error("expected K and V caches of shape (" + std::to_string(B) + ", >= " +
+                            std::to_string(past + L) + ", " + std::to_string(Ekv) + "), got " + shape_str(*c));
+            require_no_overlap(*c, x, "cache", "x");
+        }
+        caches[i] = layers::LayerCache{f32_mut(cache_k[i]), f32_mut(cache_v[i]), cache_k[i].shape(1)};
+    }
+    const uint8_t* kp = nullptr;
+    py::array keep;
+    if (!key_padding_mask.is_none()) {
+        keep = key_padding_mask.cast<py::array>();
+        if (!keep.dtype().is(py::dtype::of<bool>()))
+            type_error("expected key_padding_mask to be bool (True = padding), got " + dtype_str(keep));
+        if (keep.ndim() != 2 || keep.shape(0) != B || keep.shape(1) != past + L)
+            value_error("expected key_padding_mask of shape (" + std::to_string(B) + ", " + std::to_string(past + L) +
+                        "), got " + shape_str(keep));
+        require_c_contiguous(keep, "key_padding_mask");
+        kp = static_cast<const uint8_t*>(keep.data());
+    }
+    int64_t W = 0, Eq = 0, F = 0;
+    for (const DecoderLayer* d : stack) {
+        W = std::max(W, d->layer().qkv.w->N());
+        Eq = std::max(Eq, d->layer().out.w->K());
+        F = std::max(F, d->layer().down.w->K());
+    }
+    py::array pending = empty_f32({B, L, E});
+    py::array sn = empty_f32({M, E}), sqkv = empty_f32({M, W}), sctx = empty_f32({M, Eq}), sgu = empty_f32({M, 2 * F});
+    py::array sff = empty_f32({M, F});
+    const layers::DecoderScratch s{f32_mut(sn), f32_mut(sqkv), f32_mut(sctx), f32_mut(sgu), f32_mut(sff)};
+    const layers::RopeTables rope{f32(cos), f32(sin)};
+    float* xp = f32_mut(x);
+    float* pp = f32_mut(pending);
+    {
+        py::gil_scoped_release nogil;
+        for (std::size_t i = 0; i < n; ++i)
+            layers::decoder_layer(stack[i]->layer(), B, L, xp, pp, i > 0, pos, rope, caches[i], past, kp, s);
+    }
+    return pending;
+}
+
 }  // namespace
 
 void bind_layers(py::module_& m) {
+    py::class_<DecoderLayer>(m, "DecoderLayer",
+                             "A Llama-family decoder layer (cpp/layers/decoder_layer.h): pre-RMSNorm, RoPE, grouped-\n"
+                             "query attention over a KV cache, SwiGLU. qkv (E -> (H + 2 Hkv) D), out (H D -> E),\n"
+                             "gate_up (E -> 2F: gate rows, then up rows) and down (F -> E) are PackedLinear objects.")
+        .def(py::init<const py::object&, const py::object&, const py::object&, const py::object&, const py::array&,
+                      const py::array&, float, int64_t, int64_t, int64_t, bool>(),
+             py::arg("qkv"), py::arg("out"), py::arg("gate_up"), py::arg("down"), py::arg("attn_norm"),
+             py::arg("ffn_norm"), py::arg("eps"), py::arg("num_heads"), py::arg("num_kv_heads"), py::arg("rotary_dim"),
+             py::arg("interleaved"));
+    m.def("decoder_stack", &decoder_stack, py::arg("layers"), py::arg("x"), py::arg("positions"), py::arg("cos"),
+          py::arg("sin"), py::arg("cache_k"), py::arg("cache_v"), py::arg("past"),
+          py::arg("key_padding_mask") = py::none(),
+          "Runs the DecoderLayer list over x (B, L, E) in place (the residual stream) and returns the last layer's\n"
+          "FFN output (B, L, E), which the caller adds before the final norm. positions (B, L) int64 index the\n"
+          "rotary tables cos / sin (n_pos, rotary_dim / 2); cache_k / cache_v: per layer (B, capacity, Hkv D),\n"
+          "rows [past, past + L) are written; key_padding_mask (B, past + L) bool, True = padding.");
     py::class_<EncoderLayer>(m, "EncoderLayer",
                              "A whole transformer encoder layer in one call (cpp/layers/encoder_layer.h): the\n"
                              "PackedLinear projections qkv (E -> 3E), out, ffn1 (E -> F, activation fused), ffn2, two\n"

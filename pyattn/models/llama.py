@@ -234,31 +234,33 @@ class LlamaModel(Module):
                 raise ValueError(f"expected integer position_ids of shape {(B, L)}, got {positions.shape}")
         positions = np.ascontiguousarray(positions, np.int64)
         self._rope_positions(positions)
-        H, Hkv, D = self.heads, self.kv_heads, self.head_dim
-        stream = F._c_aligned(self.embed(ids), np.float32)  # (B, L, d): the residual stream
-        pending = None  # the last sub-layer's output, added into the stream by the next norm
-        for i, layer in enumerate(self.layers):
-            n = F.rms_norm(pending if pending is not None else stream, layer.attn_norm, self.eps,
-                           residual=stream if pending is not None else None)  # fmt: skip
-            qkv = layer.qkv(n)  # (B, L, (H + 2 Hkv) D)
-            q = qkv[..., : H * D].reshape(B, L, H, D)
-            k = qkv[..., H * D : (H + Hkv) * D].reshape(B, L, Hkv, D)
-            F.rotary_embedding(q, positions, self._cos, self._sin, interleaved=True)
-            F.rotary_embedding(k, positions, self._cos, self._sin, interleaved=True)
-            v = qkv[..., (H + Hkv) * D :]
-            if state is not None:
-                cache = state.caches[i]
-                cache.append(qkv[..., H * D : (H + Hkv) * D], v)
-                kh, vh = cache.heads(Hkv)
-            else:
-                kh, vh = k.transpose(0, 2, 1, 3), v.reshape(B, L, Hkv, D).transpose(0, 2, 1, 3)
-            ctx = np.empty((B, L, H, D), np.float32)
-            _core.scaled_dot_product_attention(
-                q.transpose(0, 2, 1, 3), kh, vh, key_padding_mask=pad, is_causal=True, causal_offset=past,
-                out=ctx.transpose(0, 2, 1, 3),
-            )  # fmt: skip
-            a = layer.o(ctx.reshape(B, L, H * D))
-            m = F.rms_norm(a, layer.ffn_norm, self.eps, residual=stream)  # stream += a
-            pending = layer.down(F.swiglu(layer.gate_up(m)))
+        stream = F._c_aligned(self.embed(ids), np.float32)  # (B, L, d): the residual stream (new), updated in place
+        caches = (
+            state.caches if state is not None else [KVCache(B, self.kv_heads * self.head_dim, L) for _ in self.layers]
+        )
+        for c in caches:
+            c.reserve(past + L)
+        pending = _core.decoder_stack(
+            self._fused_stack(), stream, positions, self._cos, self._sin, [c.k for c in caches], [c.v for c in caches],
+            past, pad,
+        )  # fmt: skip
+        for c in caches:
+            c.length = past + L
         h = F.rms_norm(pending, self.norm, self.eps, residual=stream)
         return {"logits": self.lm_head(h)}
+
+    def _fused_stack(self) -> list:
+        """The C++ layers (cpp/layers/decoder_layer.h) over the packed weights, rebuilt when a weight was repacked."""
+        lins = [(lr.qkv, lr.o, lr.gate_up, lr.down) for lr in self.layers]
+        key = tuple(id(lin._packed) for group in lins for lin in group)
+        cached = getattr(self, "_stack", None)
+        if cached is None or cached[0] != key:
+            stack = [
+                _core.DecoderLayer(
+                    *(lin._packed for lin in group), lr.attn_norm, lr.ffn_norm, self.eps, self.heads, self.kv_heads,
+                    self.rot, True,
+                )
+                for lr, group in zip(self.layers, lins)
+            ]  # fmt: skip
+            self._stack = cached = (key, stack)
+        return cached[1]

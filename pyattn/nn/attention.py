@@ -25,19 +25,24 @@ class KVCache:
         self.v = np.empty_like(self.k)
         self.length = 0
 
-    def append(self, k: np.ndarray, v: np.ndarray) -> None:
-        # k, v: (B, L_new, E)
-        B, L, E = k.shape
-        if B != self.k.shape[0] or E != self.k.shape[2]:
-            raise ValueError(f"KV cache holds (B={self.k.shape[0]}, E={self.k.shape[2]}), got keys {k.shape}")
-        need = self.length + L
+    def reserve(self, need: int) -> None:
+        """Room for `need` positions (capacity at least doubles when it grows: appends cost amortised O(1))."""
         if need > self.k.shape[1]:
+            B, _, E = self.k.shape
             cap = max(need, 2 * self.k.shape[1])
             for name in ("k", "v"):
                 old = getattr(self, name)
                 new = np.empty((B, cap, E), np.float32)
                 new[:, : self.length] = old[:, : self.length]
                 setattr(self, name, new)
+
+    def append(self, k: np.ndarray, v: np.ndarray) -> None:
+        # k, v: (B, L_new, E)
+        B, L, E = k.shape
+        if B != self.k.shape[0] or E != self.k.shape[2]:
+            raise ValueError(f"KV cache holds (B={self.k.shape[0]}, E={self.k.shape[2]}), got keys {k.shape}")
+        need = self.length + L
+        self.reserve(need)
         self.k[:, self.length : need] = k
         self.v[:, self.length : need] = v
         self.length = need

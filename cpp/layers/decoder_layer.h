@@ -1,0 +1,50 @@
+// One Llama-family decoder layer (pre-RMSNorm, rotary positions, grouped-query attention over a KV cache, SwiGLU) in
+// one call, and the whole stack in one call: a decoding step of a 30-layer model costs one call from Python instead
+// of about 30 x 10.
+//
+//   n = RMSNorm_attn(x)          (x += pending first: the previous layer's FFN output, added in the same pass)
+//   q, k, v = W_qkv n            one GEMM; RoPE on q and k where they lie, at the rows' positions
+//   cache[past .. past + L) = k, v
+//   x += W_o Attn(q, cache)      causal from `past`, key padding, query head h reads K/V head h / (H / Hkv)
+//   pending = W_down (silu(W_gate m) * W_up m),  m = RMSNorm_ffn(x)
+//
+// Shapes: x, pending (B, L, E) contiguous; positions (B, L); the cache of a layer is k, v (B, capacity, Hkv D), rows
+// [0, past + L) valid after the call; key_padding (B, past + L) bytes, nonzero = padding, or null. W_qkv maps E ->
+// (H + 2 Hkv) D (Q, K, V rows stacked), W_o H D -> E, W_gate_up E -> 2F (gate rows, then up rows), W_down F -> E, all
+// packed matrices of any weight type. rope tables: cos / sin (n_pos, rot / 2), positions < n_pos (the caller's check).
+#pragma once
+#include <cstdint>
+
+#include "layers/encoder_layer.h"
+
+namespace pyattn::layers {
+
+struct DecoderLayer {
+    Projection qkv, out, gate_up, down;
+    const float* attn_norm;  // E floats
+    const float* ffn_norm;
+    float eps;
+    int64_t heads, kv_heads, head_dim, rot;
+    bool interleaved;  // RoPE pairs (2i, 2i + 1) as GGUF stores Q / K, else (i, i + rot / 2) as Hugging Face
+    float scale;
+};
+
+struct RopeTables {
+    const float *cos, *sin;
+};
+
+struct LayerCache {
+    float *k, *v;
+    int64_t capacity;  // rows per batch entry
+};
+
+struct DecoderScratch {
+    float *n, *qkv, *ctx, *gu, *ff;  // (M, E), (M, (H + 2 Hkv) D), (M, H D), (M, 2F), (M, F); M = B L
+};
+
+// x (B, L, E) in place; pending: in, the previous layer's output (ignored when !has_pending), out, this layer's.
+void decoder_layer(const DecoderLayer& l, int64_t B, int64_t L, float* x, float* pending, bool has_pending,
+                   const int64_t* positions, const RopeTables& rope, const LayerCache& cache, int64_t past,
+                   const uint8_t* key_padding, const DecoderScratch& s);
+
+}  // namespace pyattn::layers

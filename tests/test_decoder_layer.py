@@ -1,0 +1,161 @@
+"""The fused Llama-family decoder stack (_core.decoder_stack, cpp/layers/decoder_layer.h) against a float64 reference
+composed in numpy from the paper-level steps, on every kernel set: prefill then cached steps, grouped-query heads,
+both rotary layouts, left padding; and its argument checks."""
+
+import numpy as np
+import pytest
+from reference import sdpa
+from test_llama_ops import rope_reference
+
+import pyattn
+from pyattn import _core
+from pyattn import functional as F
+
+ISAS = pyattn.cpu_info()["available_isas"]
+E, H, HKV, FF, ROT, BASE, EPS = 48, 6, 2, 80, 6, 10000.0, 1e-5
+D = E // H
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    old = pyattn.get_isa()
+    pyattn.set_isa(request.param)
+    yield request.param
+    pyattn.set_isa(old)
+
+
+def make_layers(rng, n=2):
+    layers = []
+    for _ in range(n):
+        layers.append(
+            dict(
+                qkv=rng.standard_normal(((H + 2 * HKV) * D, E)) / np.sqrt(E),
+                o=rng.standard_normal((E, E)) / np.sqrt(E),
+                gate_up=rng.standard_normal((2 * FF, E)) / np.sqrt(E),
+                down=rng.standard_normal((E, FF)) / np.sqrt(FF),
+                attn_norm=1 + 0.1 * rng.standard_normal(E),
+                ffn_norm=1 + 0.1 * rng.standard_normal(E),
+            )
+        )
+    return [{k: v.astype(np.float32) for k, v in lr.items()} for lr in layers]
+
+
+def reference(layers, x, positions, pad, interleaved):
+    """float64: the whole sequence at once (no cache), returning the stream with the last output added."""
+    x = x.astype(np.float64)
+    B, L, _ = x.shape
+
+    def rms(v, w):
+        return v / np.sqrt((v**2).mean(-1, keepdims=True) + EPS) * w
+
+    for lr in layers:
+        qkv = rms(x, lr["attn_norm"]) @ lr["qkv"].T.astype(np.float64)
+        q = qkv[..., : H * D].reshape(B, L, H, D)
+        k = qkv[..., H * D : (H + HKV) * D].reshape(B, L, HKV, D)
+        v = qkv[..., (H + HKV) * D :].reshape(B, L, HKV, D)
+        q = rope_reference(q, positions, ROT, BASE, interleaved)
+        k = rope_reference(k, positions, ROT, BASE, interleaved)
+        k, v = np.repeat(k, H // HKV, 2), np.repeat(v, H // HKV, 2)  # the reference repeats; the kernel does not
+        ctx, _ = sdpa(q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3),
+                      key_padding_mask=pad, is_causal=True)  # fmt: skip
+        x = x + ctx.transpose(0, 2, 1, 3).reshape(B, L, H * D) @ lr["o"].T
+        gu = rms(x, lr["ffn_norm"]) @ lr["gate_up"].T
+        g, u = gu[..., :FF], gu[..., FF:]
+        x = x + (g / (1 + np.exp(-g)) * u) @ lr["down"].T
+    return x
+
+
+def fused(layers, interleaved, storage="float32"):
+    return [
+        _core.DecoderLayer(
+            _core.PackedLinear(lr["qkv"], None, storage),
+            _core.PackedLinear(lr["o"], None, storage),
+            _core.PackedLinear(lr["gate_up"], None, storage),
+            _core.PackedLinear(lr["down"], None, storage),
+            lr["attn_norm"], lr["ffn_norm"], EPS, H, HKV, ROT, interleaved,
+        )
+        for lr in layers
+    ]  # fmt: skip
+
+
+def run(stack, x, positions, cos, sin, caches, past, pad):
+    x = x.copy()
+    pending = _core.decoder_stack(stack, x, positions, cos, sin, [c[0] for c in caches], [c[1] for c in caches],
+                                  past, pad)  # fmt: skip
+    return x + pending
+
+
+@pytest.mark.parametrize("interleaved", [True, False])
+def test_prefill_then_steps_against_float64(isa, rng, interleaved):
+    layers = make_layers(rng)
+    stack = fused(layers, interleaved)
+    B, L, P = 3, 9, 5  # prompt of 5, then 4 cached steps
+    x = rng.standard_normal((B, L, E)).astype(np.float32)
+    mask = np.ones((B, L), bool)
+    mask[1, :2] = False  # left padding
+    mask[2, :4] = False
+    pad = ~mask
+    positions = np.maximum(np.cumsum(mask, 1) - 1, 0).astype(np.int64)
+    want = reference(layers, x, positions, pad, interleaved)
+    cos, sin = F.rope_tables(64, ROT, BASE)
+    caches = [(np.zeros((B, 16, HKV * D), np.float32), np.zeros((B, 16, HKV * D), np.float32)) for _ in layers]
+    got = [run(stack, x[:, :P], positions[:, :P].copy(), cos, sin, caches, 0, pad[:, :P].copy())]
+    for t in range(P, L):
+        got.append(run(stack, x[:, t : t + 1], positions[:, t : t + 1].copy(), cos, sin, caches, t,
+                       pad[:, : t + 1].copy()))  # fmt: skip
+    got = np.concatenate(got, 1)
+    np.testing.assert_allclose(got[mask], want[mask], rtol=2e-4, atol=2e-4)
+
+
+def test_block_weight_types_stay_close(rng):
+    layers = make_layers(rng, 1)
+    x = rng.standard_normal((1, 6, E)).astype(np.float32)
+    positions = np.arange(6, dtype=np.int64)[None]
+    cos, sin = F.rope_tables(8, ROT, BASE)
+    want = reference(layers, x, positions, None, True)
+    # random Gaussian weights are 4-bit blocks' worst case: measured min cosine 0.9897 for q4_1
+    for storage, bar in (("int8", 0.999), ("q4_0", 0.98), ("q4_1", 0.98)):
+        caches = [(np.zeros((1, 6, HKV * D), np.float32), np.zeros((1, 6, HKV * D), np.float32))]
+        got = run(fused(layers, True, storage), x, positions, cos, sin, caches, 0, None)
+        cos_sim = (got * want).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(want, axis=-1)
+        assert cos_sim.min() > bar, (storage, cos_sim.min())
+
+
+def test_refuses_bad_arguments(rng):
+    layers = make_layers(rng, 1)
+    stack = fused(layers, True)
+    lr = layers[0]
+    lin = {k: _core.PackedLinear(lr[k]) for k in ("qkv", "o", "gate_up", "down")}
+    cos, sin = F.rope_tables(8, ROT, BASE)
+    x = rng.standard_normal((1, 2, E)).astype(np.float32)
+    pos = np.arange(2, dtype=np.int64)[None]
+    ck = [np.zeros((1, 4, HKV * D), np.float32)]
+    cv = [np.zeros((1, 4, HKV * D), np.float32)]
+    with pytest.raises(ValueError, match="qkv maps"):
+        _core.DecoderLayer(lin["o"], lin["o"], lin["gate_up"], lin["down"], lr["attn_norm"], lr["ffn_norm"], EPS, H,
+                           HKV, ROT, True)  # fmt: skip
+    with pytest.raises(ValueError, match="num_kv_heads"):
+        _core.DecoderLayer(*lin.values(), lr["attn_norm"], lr["ffn_norm"], EPS, H, 4, ROT, True)
+    with pytest.raises(ValueError, match="rotary_dim"):
+        _core.DecoderLayer(*lin.values(), lr["attn_norm"], lr["ffn_norm"], EPS, H, HKV, 7, True)
+    with pytest.raises(TypeError, match="PackedLinear"):
+        _core.DecoderLayer(lr["qkv"], lin["o"], lin["gate_up"], lin["down"], lr["attn_norm"], lr["ffn_norm"], EPS, H,
+                           HKV, ROT, True)  # fmt: skip
+    with pytest.raises(ValueError, match="position 8 is outside"):
+        _core.decoder_stack(stack, x.copy(), pos + 8, cos, sin, ck, cv, 0)
+    with pytest.raises(ValueError, match="caches of shape"):
+        _core.decoder_stack(stack, x.copy(), pos, cos, sin, ck, cv, 3)  # past 3 + 2 rows > capacity 4
+    with pytest.raises(ValueError, match="one K and one V cache per layer"):
+        _core.decoder_stack(stack, x.copy(), pos, cos, sin, ck * 2, cv, 0)
+    with pytest.raises(TypeError, match="numpy arrays"):
+        _core.decoder_stack(stack, x.copy(), pos, cos, sin, [ck[0].tolist()], cv, 0)
+    with pytest.raises(ValueError, match="positions"):
+        _core.decoder_stack(stack, x.copy(), pos.astype(np.int32), cos, sin, ck, cv, 0)
+    with pytest.raises(ValueError, match="x of shape"):
+        _core.decoder_stack(stack, x[..., :10].copy(), pos, cos, sin, ck, cv, 0)
+    with pytest.raises(ValueError, match="key_padding_mask of shape"):
+        _core.decoder_stack(stack, x.copy(), pos, cos, sin, ck, cv, 0, np.zeros((1, 3), bool))
+    with pytest.raises(ValueError, match="writeable"):
+        ro = x.copy()
+        ro.flags.writeable = False
+        _core.decoder_stack(stack, ro, pos, cos, sin, ck, cv, 0)
