@@ -208,10 +208,19 @@ class LlamaModel(Module):
                 min(self.context_length, max(need, 2 * self._cos.shape[0])), self.rot, self.rope_base
             )
 
-    def __call__(self, input_ids, attention_mask=None, position_ids=None, *, state: Optional[LlamaState] = None):
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        position_ids=None,
+        *,
+        state: Optional[LlamaState] = None,
+        last_only: bool = False,
+    ):
         """input_ids (B, L) -- only the new tokens when `state` (the KV cache) is given; attention_mask
         (B, past + L), 1 = token, 0 = padding (left padding); position_ids (B, L), default past .. past + L - 1.
-        Returns {"logits": (B, L, vocab)}."""
+        Returns {"logits": (B, L, vocab)}, or (B, 1, vocab) for the last position alone with last_only=True (a
+        prompt's prefill: the final norm and the output projection run on one row per sequence)."""
         ids = np.asarray(input_ids)
         if ids.ndim != 2 or ids.dtype.kind not in "iu":
             raise ValueError(f"expected integer input_ids of shape (batch, seq), got {ids.shape} {ids.dtype}")
@@ -227,7 +236,7 @@ class LlamaModel(Module):
             pad = am == 0
             pad = pad if pad.any() else None
         if position_ids is None:
-            positions = np.broadcast_to(np.arange(past, past + L, dtype=np.int64), (B, L))
+            positions = np.repeat(np.arange(past, past + L, dtype=np.int64)[None], B, 0)
         else:
             positions = np.asarray(position_ids)
             if positions.shape != (B, L) or positions.dtype.kind not in "iu":
@@ -246,6 +255,8 @@ class LlamaModel(Module):
         )  # fmt: skip
         for c in caches:
             c.length = past + L
+        if last_only:
+            pending, stream = np.ascontiguousarray(pending[:, -1:]), np.ascontiguousarray(stream[:, -1:])
         h = F.rms_norm(pending, self.norm, self.eps, residual=stream)
         return {"logits": self.lm_head(h)}
 
