@@ -115,7 +115,8 @@ def _generate(args) -> int:
         ttft = first[0] - t2
         rate = (n - 1) / (t3 - first[0]) if n > 1 else float("nan")
         print(
-            f"(model loaded in {(t1 - t0) * 1e3:.0f} ms, {model.dtype} weights; prompt {ids.shape[1]} tokens, "
+            f"(model loaded in {(t1 - t0) * 1e3:.0f} ms, {model.dtype or 'GGUF block'} weights; "
+            f"prompt {ids.shape[1]} tokens, "
             f"time to first token {ttft * 1e3:.0f} ms; {n} tokens, {rate:.1f} tokens/s after the first; "
             f"{pyattn.get_num_threads()} thread(s))",
             file=sys.stderr,
@@ -167,7 +168,12 @@ def main(argv=None) -> int:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16", "int8", "auto"])
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "float16", "bfloat16", "int8", "q4_0", "q4_1", "auto"],
+        help="weight type of the matrices (default: the file's blocks as stored, as llama.cpp reads them)",
+    )
     p.add_argument("--threads", type=int, default=0, help="OpenMP threads (default: all processors)")
     p.add_argument("--quiet", action="store_true", help="print only the text")
     p.set_defaults(fn=_generate)

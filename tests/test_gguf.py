@@ -164,7 +164,53 @@ def test_unsupported_type_is_named(tmp_path):
     w.close()
     data = bytearray(p.read_bytes())
     code = data.find(b"k") + 1 + 4 + 16  # after the name: rank (u32) and two dims (u64): the type
-    data[code : code + 4] = struct.pack("<I", 12)  # Q4_K
+    data[code : code + 4] = struct.pack("<I", 23)  # IQ4_XS
     p.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match="Q4_K, which pyattn does not read"):
+    with pytest.raises(ValueError, match="IQ4_XS, which pyattn does not read"):
         read_gguf(p)
+
+
+# where each K-quant / 5-bit block keeps its float16 scales (ggml's block structs): random bytes elsewhere are valid
+HALVES = {
+    "Q4_0": [0],
+    "Q4_1": [0, 2],
+    "Q8_0": [0],
+    "Q5_0": [0],
+    "Q5_1": [0, 2],
+    "Q2_K": [80, 82],
+    "Q3_K": [108],
+    "Q4_K": [0, 2],
+    "Q5_K": [0, 2],
+    "Q6_K": [208],
+}
+
+
+def random_blocks(rng, kind: str, rows: int, n: int) -> np.ndarray:
+    """Valid random blocks of a ggml type: random bytes, the block scales set to small finite halves."""
+    qt = Q[kind]
+    block, nbytes = gguf.GGML_QUANT_SIZES[qt]
+    raw = rng.integers(0, 256, (rows, n // block, nbytes), dtype=np.uint8)
+    for off in HALVES[kind]:
+        raw[..., off : off + 2] = (
+            (rng.uniform(2e-4, 1e-3, (rows, n // block)).astype(np.float16)).view(np.uint8).reshape(rows, n // block, 2)
+        )
+    return raw.reshape(rows, -1)
+
+
+@pytest.mark.parametrize("kind", list(HALVES))
+def test_k_quants_and_5_bit_blocks_dequantize_as_gguf_does(tmp_path, kind):
+    rng = np.random.default_rng(1)
+    raw = random_blocks(rng, kind, 3, 512)
+    p = tmp_path / "k.gguf"
+    w = gguf.GGUFWriter(str(p), "llama")
+    w.add_tensor("t", raw, raw_dtype=Q[kind])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    f = read_gguf(p)
+    assert f.tensor("t").shape == (3, 512) and f.tensor("t").type.name == kind
+    want = gguf.quants.dequantize(raw, Q[kind])
+    got = f.dequantize("t")
+    assert np.isfinite(got).all() and np.abs(got).max() > 0
+    np.testing.assert_array_equal(got, want)

@@ -183,3 +183,60 @@ def test_block_formats_agree_with_llama_cpp(path, model_f32):
         cos = (mine * want).sum(-1) / np.linalg.norm(mine, axis=-1) / np.linalg.norm(want, axis=-1)
         assert cos.min() > 0.997, cos.min()
     assert np.mean(same) >= 0.85, np.mean(same)
+
+
+def write_tiny_llama(path, matrices: dict, rng) -> dict:
+    """A 1-layer Llama GGUF (d 256, 4 heads, 2 KV heads, FFN 512, vocab 64) whose matrices are stored in the
+    ggml types `matrices` names ({"attn_q": "Q4_K", ...}; others F32). Returns every matrix as float32."""
+    gguf = pytest.importorskip("gguf")
+    from test_gguf import random_blocks
+
+    Q = gguf.GGMLQuantizationType
+    d, kv, ff, vocab = 256, 128, 512, 64
+    shapes = {"attn_q": (d, d), "attn_k": (kv, d), "attn_v": (kv, d), "attn_output": (d, d), "ffn_gate": (ff, d),
+              "ffn_up": (ff, d), "ffn_down": (d, ff)}  # fmt: skip
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_uint32("llama.block_count", 1)
+    w.add_uint32("llama.embedding_length", d)
+    w.add_uint32("llama.attention.head_count", 4)
+    w.add_uint32("llama.attention.head_count_kv", 2)
+    w.add_uint32("llama.context_length", 128)
+    values = {}
+    w.add_tensor("token_embd.weight", rng.standard_normal((vocab, d)).astype(np.float32))
+    for name, shape in shapes.items():
+        kind = matrices.get(name)
+        if kind is None:
+            x = (rng.standard_normal(shape) / 16).astype(np.float32)
+            w.add_tensor(f"blk.0.{name}.weight", x)
+            values[name] = x
+        else:
+            raw = random_blocks(rng, kind, *shape)
+            w.add_tensor(f"blk.0.{name}.weight", raw, raw_dtype=Q[kind])
+            values[name] = gguf.quants.dequantize(raw, Q[kind])
+    for name in ("blk.0.attn_norm.weight", "blk.0.ffn_norm.weight", "output_norm.weight"):
+        w.add_tensor(name, (1 + 0.1 * rng.standard_normal(d)).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return values
+
+
+@pytest.mark.parametrize("kinds", [("Q4_K", "Q6_K", "Q5_0"), ("Q2_K", "Q3_K", "Q5_K"), ("Q5_1", "Q4_0", "Q8_0")])
+def test_k_quant_files_load(tmp_path, kinds):
+    """A file of mixed types (as llama.cpp's Q4_K_M files are: Q4_K with Q6_K for some tensors) loads: float32 gives
+    the values gguf's reference dequantizer gives; the default holds the K-quants as int8 blocks, close to it."""
+    a, b, c = kinds
+    rng = np.random.default_rng(0)
+    types = {"attn_q": a, "attn_k": a, "attn_v": b, "attn_output": c, "ffn_gate": a, "ffn_up": a, "ffn_down": b}
+    values = write_tiny_llama(tmp_path / "k.gguf", types, rng)
+    ids = np.array([[1, 5, 9, 33, 2, 60]])
+    got = LlamaModel.from_gguf(tmp_path / "k.gguf", dtype="float32")
+    for name in ("attn_output", "ffn_down"):  # the dequantized values are what the model holds
+        lin = got.layers[0].o if name == "attn_output" else got.layers[0].down
+        np.testing.assert_array_equal(lin.weight, values[name])
+    default = LlamaModel.from_gguf(tmp_path / "k.gguf")
+    logits, approx = got(ids)["logits"], default(ids)["logits"]
+    assert np.isfinite(logits).all()
+    cos = (logits * approx).sum(-1) / np.linalg.norm(logits, axis=-1) / np.linalg.norm(approx, axis=-1)
+    assert cos.min() > 0.99, cos.min()

@@ -65,9 +65,18 @@ GGML_TYPES = {
     3: GGMLType("Q4_1", 32, 20),  # f16 d, f16 m, 16 bytes of nibbles: x = q d + m
     8: GGMLType("Q8_0", 32, 34),  # f16 d, 32 int8: x = q d
     30: GGMLType("BF16", 1, 2),
+    # dequantized at load by llama.cpp's own `gguf` package (gguf.quants), imported only for such files
+    6: GGMLType("Q5_0", 32, 22),
+    7: GGMLType("Q5_1", 32, 24),
+    10: GGMLType("Q2_K", 256, 84),
+    11: GGMLType("Q3_K", 256, 110),
+    12: GGMLType("Q4_K", 256, 144),
+    13: GGMLType("Q5_K", 256, 176),
+    14: GGMLType("Q6_K", 256, 210),
 }
+VIA_GGUF_PACKAGE = ("Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 _KNOWN_UNSUPPORTED = {
-    6: "Q5_0", 7: "Q5_1", 9: "Q8_1", 10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K",
+    9: "Q8_1", 15: "Q8_K",
     16: "IQ2_XXS", 17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S", 23: "IQ4_XS",
     24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64", 29: "IQ1_M",
 }  # fmt: skip
@@ -123,6 +132,19 @@ def dequantize_rows(kind: GGMLType, raw: np.ndarray, n: int) -> np.ndarray:
         return raw.view("<f2").astype(np.float32).reshape(rows, n)
     if kind.name == "BF16":
         return (raw.view("<u2").astype(np.uint32) << 16).view(np.float32).reshape(rows, n)
+    if kind.name in VIA_GGUF_PACKAGE:
+        # the K-quants' packing (6-bit sub-block scales, split high bits) is llama.cpp's to define: its own numpy
+        # reference decodes them rather than a copy of it here
+        try:
+            from gguf import GGMLQuantizationType
+            from gguf.quants import dequantize
+        except ImportError:
+            raise ValueError(
+                f"{kind.name} tensors are dequantized by llama.cpp's gguf package, which is not installed: "
+                "pip install gguf"
+            ) from None
+        out = dequantize(np.ascontiguousarray(raw), GGMLQuantizationType[kind.name])
+        return np.ascontiguousarray(out, np.float32).reshape(rows, n)
     blocks = raw.reshape(rows, n // kind.block, kind.nbytes)
     d = blocks[..., 0:2].copy().view("<f2").astype(np.float32)  # (rows, nb, 1)
     if kind.name == "Q8_0":

@@ -12,7 +12,8 @@ interleaved rotary layout: they are used as stored, with interleaved pairs.
 
 Weights (dtype=None, the default): as the file stores them -- Q4_0 and Q4_1 tensors as pyattn's q4_0 / q4_1 types
 (the GEMM reads the nibbles in place, activations quantized to int8 per block of 32, as llama.cpp computes), Q8_0
-as int8 blocks; other types are dequantized and held as int8. dtype="int8" holds every matrix as int8 blocks (Q8_0
+as int8 blocks; other types (the K-quants Q2_K..Q6_K, Q5_0, Q5_1: dequantized by llama.cpp's `gguf` package) are
+held as int8 blocks. dtype="int8" holds every matrix as int8 blocks (Q8_0
 and Q4_0 exactly, others re-quantized); dtype="float32" holds every matrix dequantized, exactly the values
 transformers' GGUF loader computes.
 """
