@@ -408,3 +408,33 @@ def test_no_tokenizer_is_a_clear_error(folders):
     model = LlamaModel.from_pretrained(folders["gqa_untied"][1])
     with pytest.raises(ValueError, match="no tokenizer"):
         model.encode("hello")
+
+
+def test_eos_list_stops_rows_like_transformers(folders):
+    """Generation stops a row on any id of an eos list (a token the model does emit, so that stopping happens)."""
+    ref, f32, _, _ = folders["gqa_untied"]
+    model = LlamaModel.from_pretrained(f32)
+    ids, mask = left_padded(PROMPTS, 0)
+    free = model.generate(ids, mask, max_new_tokens=8, eos_token_id=95)
+    eos = [95, int(free[0, ids.shape[1] + 2])]  # row 0's third new token
+    got = model.generate(ids, mask, max_new_tokens=8, eos_token_id=eos, pad_token_id=0)
+    settings = dict(max_new_tokens=8, do_sample=False, eos_token_id=eos, pad_token_id=0)
+    with torch.no_grad():
+        want = ref.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), **settings).numpy()
+    np.testing.assert_array_equal(got, want)
+    assert got[0, ids.shape[1] + 3 :].tolist() == [0] * (got.shape[1] - ids.shape[1] - 3)  # row 0 stopped
+
+
+def test_tied_checkpoint_that_also_saves_lm_head(folders, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    src = folders["mqa_tied_hd24"][1]
+    shutil.copytree(src, tmp_path / "m")
+    tensors = load_file(str(src / "model.safetensors"))
+    save_file(
+        {**tensors, "lm_head.weight": tensors["model.embed_tokens.weight"]}, str(tmp_path / "m" / "model.safetensors")
+    )
+    ids = np.array([PROMPTS[0]])
+    np.testing.assert_array_equal(
+        LlamaModel.from_pretrained(tmp_path / "m")(ids)["logits"], LlamaModel.from_pretrained(src)(ids)["logits"]
+    )

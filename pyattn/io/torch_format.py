@@ -75,6 +75,10 @@ class Weights:
     def __contains__(self, name):
         return name in self._t
 
+    def names(self):
+        """The names of every tensor, used or not."""
+        return list(self._t.keys())
+
     def check_all_used(self):
         unused = sorted(self.name(k) for k in set(self._t.keys()) - self._used)
         if unused:

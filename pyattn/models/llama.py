@@ -114,8 +114,9 @@ class LlamaWeights:
         """The float32 vector (size,) of `role`."""
         raise NotImplementedError
 
-    def finish(self) -> None:
-        """Called once every weight is read: a source may report what it holds that the model did not use."""
+    def finish(self, tied: bool = False) -> None:
+        """Called once every weight is read (`tied`: the output projection was the embedding table): a source may
+        report what it holds that the model did not use."""
 
 
 class GGUFWeights(LlamaWeights):
@@ -243,10 +244,12 @@ class HFWeights(LlamaWeights):
     def vector(self, role, size):
         return self._get(role, (size,))
 
-    def finish(self):
-        for name in list(self.w._t.keys()):
+    def finish(self, tied: bool = False):
+        for name in self.w.names():
             if name.endswith(".rotary_emb.inv_freq"):  # a buffer older checkpoints saved: recomputed here
                 self.w.get(name, buffer=True)
+        if tied and "lm_head.weight" in self.w:  # saved beside tied embeddings: transformers ties it to them
+            self.w.get("lm_head.weight", buffer=True)
         self.w.check_all_used()
 
 
@@ -340,6 +343,8 @@ def hf_config(cfg: dict, source: str, generation: Optional[dict] = None) -> Llam
     window = None
     if kind == "qwen2":
         layer_types = cfg.get("layer_types") or []
+        if not isinstance(layer_types, list):
+            raise ValueError(f"{source}: config 'layer_types' must be a list, got {layer_types!r:.60}")
         if flag(cfg, "use_sliding_window", False, source) or any(t != "full_attention" for t in layer_types):
             raise ValueError(f"{source}: Qwen2 with a sliding window (use_sliding_window) is not supported")
     if kind == "mistral" and cfg.get("sliding_window") is not None:
@@ -361,7 +366,7 @@ def hf_config(cfg: dict, source: str, generation: Optional[dict] = None) -> Llam
         rms_eps=eps,
         context_length=context,
         interleaved_rope=False,
-        tied_embeddings=flag(cfg, "tie_word_embeddings", kind != "llama" and kind != "mistral", source),
+        tied_embeddings=flag(cfg, "tie_word_embeddings", False, source),
         qkv_bias=kind == "qwen2" or attention_bias,
         o_bias=attention_bias,
         mlp_bias=flag(cfg, "mlp_bias", False, source),
@@ -419,7 +424,10 @@ def _hf_tokenizer(folder: Path):
     tc = tc if isinstance(tc, dict) else {}
     template = None
     if (folder / "chat_template.jinja").is_file():
-        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+        try:
+            template = (folder / "chat_template.jinja").read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{folder / 'chat_template.jinja'}: not valid UTF-8 ({e.reason})") from None
     elif isinstance(tc.get("chat_template"), str):
         template = tc["chat_template"]
     elif isinstance(tc.get("chat_template"), list):  # named templates: the default one
@@ -520,7 +528,7 @@ class LlamaModel(Module):
             )
         self.norm = weights.vector("norm", d)
         self.lm_head = linear(["embed" if c.tied_embeddings else "lm_head"], [(self.vocab, d)])
-        weights.finish()
+        weights.finish(c.tied_embeddings)
         eos = c.eos_token_id
         self.config = {
             "bos_token_id": c.bos_token_id,
