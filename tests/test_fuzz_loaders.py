@@ -1343,7 +1343,7 @@ def _tensors(**changes):
     """Rewrites model.safetensors with tensors replaced (None: dropped)."""
 
     def edit(folder):
-        tensors, metadata = read_tensors(folder / "model.safetensors")
+        tensors, metadata, _ = read_tensors(folder / "model.safetensors")
         for k, v in changes.items():
             k = k.replace("__", ".")
             if v is None:
@@ -1552,7 +1552,7 @@ def test_regression_predicted_tokens_can_be_embedded(name, tensor, rows):
     # was: accepted; decoding then failed with "decoder.embedding: id 3 is out of range for a table of 2 rows" when
     # the model predicted a token its embedding table does not hold
     def edit(folder):
-        tensors, metadata = read_tensors(folder / "model.safetensors")
+        tensors, metadata, _ = read_tensors(folder / "model.safetensors")
         tensors[tensor] = np.ones((rows, 8), np.float32)
         write_tensors(folder / "model.safetensors", tensors, metadata)
 
@@ -1563,7 +1563,7 @@ def test_regression_gpt2_untied_lm_head_beside_the_prefix_is_used():
     # was: a top-level lm_head.weight (GPT2LMHeadModel's name) in a "transformer."-prefixed file was ignored and the
     # head silently tied to wte
     with workspace("gpt2") as folder:
-        tensors, metadata = read_tensors(folder / "model.safetensors")
+        tensors, metadata, _ = read_tensors(folder / "model.safetensors")
         head = np.random.default_rng(0).standard_normal(tensors["transformer.wte.weight"].shape).astype(np.float32)
         write_tensors(folder / "model.safetensors", {**tensors, "lm_head.weight": head}, metadata)
         np.testing.assert_array_equal(pyattn.from_pretrained(folder).lm_head.weight, head)

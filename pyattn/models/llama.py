@@ -529,12 +529,8 @@ class LlamaModel(Module):
         self.norm = weights.vector("norm", d)
         self.lm_head = linear(["embed" if c.tied_embeddings else "lm_head"], [(self.vocab, d)])
         weights.finish(c.tied_embeddings)
-        eos = c.eos_token_id
-        self.config = {
-            "bos_token_id": c.bos_token_id,
-            "eos_token_id": eos,
-            "pad_token_id": c.pad_token_id,
-        }
+        # the token ids generation reads (eos_token_id: one id or a list)
+        self.config = {"bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_id, "pad_token_id": c.pad_token_id}
         self._cos, self._sin = self._rope_tables(min(self.context_length, 4096))
         self.source = src
         self.tokenizer = tokenizer
