@@ -41,7 +41,7 @@ def beam_search(
     forced_bos=None,
     forced_eos=None,
 ) -> np.ndarray:
-    """`model` is a generation.DecoderView; ids (B, L) the (decoder) prompt."""
+    """`model` is a generation.DecoderView; ids (B, L) the (decoder) prompt; eos_token_id None, one id or a list."""
     from .generation import force_tokens
     from .models.gpt2 import positions_from_mask
 
@@ -52,9 +52,10 @@ def beam_search(
     max_length = L + max_new_tokens
     if max_new_tokens == 0:
         return ids
-    keep = max(2, 1 + (eos_token_id is not None)) * nb
+    eos = None if eos_token_id is None else np.atleast_1d(np.asarray(eos_token_id, np.int64))
+    keep = max(2, 1 + (0 if eos is None else len(eos))) * nb  # enough candidates that nb of them do not stop
     top_nb = np.arange(keep) < nb
-    fill = (pad_token_id if pad_token_id else eos_token_id) if eos_token_id is not None else -1
+    fill = (pad_token_id if pad_token_id else int(eos[0])) if eos is not None else -1
 
     running = np.full((B, nb, max_length), fill, np.int64)
     running[:, :, :L] = ids[:, None]
@@ -84,7 +85,7 @@ def beam_search(
         cand_seq[:, :, cur] = tok
         cand_idx = _gather(run_idx, src_beam)
         cand_idx[:, :, cur - L] = src_beam + np.arange(B)[:, None] * nb
-        hits = (tok == eos_token_id) if eos_token_id is not None else np.zeros_like(tok, bool)
+        hits = np.isin(tok, eos) if eos is not None else np.zeros_like(tok, bool)
         if cur + 1 >= max_length:
             hits[:] = True
         # running beams for the next step: the best candidates that did not stop

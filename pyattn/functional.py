@@ -223,20 +223,26 @@ def rms_norm(x, weight=None, eps: float = 1e-6, *, residual=None) -> np.ndarray:
     return _core.rms_norm(_contiguous(x, "x"), _optional(weight, "weight"), eps, residual)
 
 
-def rope_tables(num_positions: int, rot: int, base: float = 10000.0):
+def rope_tables(num_positions: int, rot: int, base: float = 10000.0, *, inv_freq=None):
     """cos and sin (num_positions, rot // 2) float32 of the rotary angles pos * base^(-2i / rot), computed as
     Hugging Face's Llama does (inverse frequencies and their products with the positions in float32), the cosines
-    and sines of those float32 angles rounded once."""
+    and sines of those float32 angles rounded once. inv_freq: (rot // 2,) inverse frequencies to use instead of
+    base's (a scaled RoPE's), base then unused."""
     if isinstance(rot, bool) or not isinstance(rot, (int, np.integer)) or rot < 2 or rot % 2:
         raise ValueError(f"rot must be an even integer >= 2, got {rot!r}")
     if isinstance(num_positions, bool) or not isinstance(num_positions, (int, np.integer)) or num_positions < 1:
         raise ValueError(f"num_positions must be a positive integer, got {num_positions!r}")
-    base = _number(base, "base")
-    if not 1 < base < math.inf:
-        raise ValueError(f"base must be a finite number > 1, got {base}")
-    inv = (np.float32(1.0) / np.float32(base) ** (np.arange(0, rot, 2, dtype=np.float32) / np.float32(rot))).astype(
-        np.float32
-    )
+    if inv_freq is not None:
+        inv = np.asarray(inv_freq, np.float32)
+        if inv.shape != (rot // 2,) or not np.all(np.isfinite(inv)):
+            raise ValueError(f"inv_freq must be {rot // 2} finite numbers, got shape {inv.shape}")
+    else:
+        base = _number(base, "base")
+        if not 1 < base < math.inf:
+            raise ValueError(f"base must be a finite number > 1, got {base}")
+        inv = (np.float32(1.0) / np.float32(base) ** (np.arange(0, rot, 2, dtype=np.float32) / np.float32(rot))).astype(
+            np.float32
+        )
     angles = (np.arange(num_positions, dtype=np.float32)[:, None] * inv[None, :]).astype(np.float64)
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 

@@ -6,7 +6,7 @@ come from the model config unless given."""
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, List, Optional, Union
 
 import numpy as np
 
@@ -102,6 +102,17 @@ def _token_id(value, name: str, from_config: bool, vocab: Optional[int]) -> Opti
     return int(value)
 
 
+def _eos_ids(value, from_config: bool, vocab: Optional[int]) -> Optional[List[int]]:
+    """None, or the end-of-sequence ids: one id or a list of them (Llama 3's config lists several)."""
+    if value is None:
+        return None
+    values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value]
+    if not values:
+        where = " (from the model's config.json)" if from_config else ""
+        raise ValueError(f"eos_token_id{where} must be a token id or a non-empty list of them, got {value!r}")
+    return [_token_id(v, "eos_token_id", from_config, vocab) for v in values]
+
+
 def generate(
     model,
     input_ids,
@@ -116,7 +127,7 @@ def generate(
     num_beams: int = 1,
     length_penalty: float = 1.0,
     early_stopping=False,
-    eos_token_id: Optional[int] = None,
+    eos_token_id: Union[None, int, List[int]] = None,
     pad_token_id: Optional[int] = None,
     decoder_start_token_id: Optional[int] = None,
     forced_bos_token_id: Optional[int] = None,
@@ -137,7 +148,7 @@ def generate(
     def token(name, value):
         return _token_id(cfg.get(name) if value is None else value, name, value is None, vocab)
 
-    eos_token_id = token("eos_token_id", eos_token_id)
+    eos = _eos_ids(cfg.get("eos_token_id") if eos_token_id is None else eos_token_id, eos_token_id is None, vocab)
     pad_token_id = token("pad_token_id", pad_token_id)
     forced_bos_token_id = token("forced_bos_token_id", forced_bos_token_id)
     forced_eos_token_id = token("forced_eos_token_id", forced_eos_token_id)
@@ -152,8 +163,8 @@ def generate(
         raise ValueError(f"expected attention_mask of shape {(B, L)}, got {mask.shape}")
     if (mask.sum(1) == 0).any():
         raise ValueError("a row of attention_mask has no real token")
-    if eos_token_id is not None and pad_token_id is None:
-        pad_token_id = eos_token_id
+    if eos is not None and pad_token_id is None:
+        pad_token_id = eos[0]
     view = DecoderView(model)
     if getattr(model, "is_encoder_decoder", False):
         start = token("decoder_start_token_id", decoder_start_token_id)
@@ -177,7 +188,7 @@ def generate(
             num_beams=num_beams,
             length_penalty=length_penalty,
             early_stopping=early_stopping,
-            eos_token_id=eos_token_id,
+            eos_token_id=eos,
             pad_token_id=pad_token_id,
             **forced,
         )
@@ -200,9 +211,9 @@ def generate(
             nxt = np.minimum((np.cumsum(probs, -1) < u).sum(-1), probs.shape[-1] - 1)
         else:
             nxt = logits.argmax(-1)
-        if eos_token_id is not None:
+        if eos is not None:
             nxt = np.where(finished, pad_token_id, nxt)
-            finished |= nxt == eos_token_id
+            finished |= np.isin(nxt, eos)
         out.append(nxt[:, None])
         if callback is not None:
             callback(step, nxt.copy())

