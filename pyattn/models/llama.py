@@ -24,6 +24,8 @@ import numpy as np
 
 from .. import _core
 from .. import functional as F
+from ..generation import generate as _generate
+from ..generation.protocol import state_arguments
 from ..io.gguf import GGUFFile, int8_blocks, read_gguf, tokenizer
 from ..nn import CacheState, KVCache, Linear, Module
 from ..precision import resolve_dtype
@@ -184,14 +186,21 @@ class LlamaModel(Module):
             )
         return self._embedding[ids]
 
-    def init_state(self, batch: int) -> LlamaState:
+    def init_state(self, batch: int, memory=None, memory_mask=None) -> LlamaState:
+        """Empty KV caches (Hkv heads) for `batch` rows (the decoder protocol; no memory for a decoder-only model)."""
+        batch, _, _ = state_arguments(batch, memory, memory_mask)
         return LlamaState([KVCache(batch, self.kv_heads * self.head_dim) for _ in self.layers])
 
-    def generate(self, input_ids, attention_mask=None, **kwargs):
-        """See `pyattn.generate`: greedy, beam search or sampling with the KV cache."""
-        from ..generation import generate
+    def step(self, ids, positions, state: LlamaState, attention_mask=None) -> np.ndarray:
+        """The decoder protocol (pyattn.generation.protocol): logits (B, vocab) of the last of `ids` (B, L)."""
+        return self(ids, attention_mask, positions, state=state, last_only=True)["logits"][:, -1]
 
-        return generate(self, input_ids, attention_mask, **kwargs)
+    def generate(self, input_ids, attention_mask=None, **kwargs):
+        """See `pyattn.generate`: greedy, beam search or sampling with the KV cache; stop_strings are matched on
+        the text of the file's tokenizer unless a detokenize callable is given."""
+        if kwargs.get("stop_strings") and kwargs.get("detokenize") is None and self.tokenizer is not None:
+            kwargs["detokenize"] = self.decode
+        return _generate(self, input_ids, attention_mask, **kwargs)
 
     def _rope_positions(self, positions: np.ndarray) -> None:
         need = int(positions.max()) + 1
@@ -202,10 +211,19 @@ class LlamaModel(Module):
                 min(self.context_length, max(need, 2 * self._cos.shape[0])), self.rot, self.rope_base
             )
 
-    def __call__(self, input_ids, attention_mask=None, position_ids=None, *, state: Optional[LlamaState] = None):
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        position_ids=None,
+        *,
+        state: Optional[LlamaState] = None,
+        last_only: bool = False,
+    ):
         """input_ids (B, L) -- only the new tokens when `state` (the KV cache) is given; attention_mask
         (B, past + L), 1 = token, 0 = padding (left padding); position_ids (B, L), default past .. past + L - 1.
-        Returns {"logits": (B, L, vocab)}."""
+        Returns {"logits": (B, L, vocab)}; with last_only, the final norm and lm_head run on the last position
+        alone ((B, 1, vocab): what generation needs)."""
         ids = np.asarray(input_ids)
         if ids.ndim != 2 or ids.dtype.kind not in "iu":
             raise ValueError(f"expected integer input_ids of shape (batch, seq), got {ids.shape} {ids.dtype}")
@@ -254,5 +272,7 @@ class LlamaModel(Module):
             a = layer.o(ctx.reshape(B, L, H * D))
             m = F.rms_norm(a, layer.ffn_norm, self.eps, residual=stream)  # stream += a
             pending = layer.down(F.swiglu(layer.gate_up(m)))
+        if last_only:  # the stream is not read after the final norm: its last position alone suffices
+            pending, stream = np.ascontiguousarray(pending[:, -1:]), np.ascontiguousarray(stream[:, -1:])
         h = F.rms_norm(pending, self.norm, self.eps, residual=stream)
         return {"logits": self.lm_head(h)}

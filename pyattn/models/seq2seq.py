@@ -10,6 +10,8 @@ from typing import Optional
 import numpy as np
 
 from .. import functional as F
+from ..generation import generate as _generate
+from ..generation.protocol import state_arguments
 from ..nn import (
     DecoderState,
     Embedding,
@@ -222,9 +224,21 @@ class Seq2SeqModel(Module):
             h = self.decoder(x, memory, memory_key_padding_mask=pad if pad is not None and pad.any() else None)
         return self.lm_head(h)
 
-    def init_state(self, memory: np.ndarray, memory_mask=None) -> DecoderState:
+    def init_state(self, batch=None, memory=None, memory_mask=None) -> DecoderState:
+        """The decoder's state for the encoder output `memory` (B, S, d): each layer's cross K/V projected once,
+        empty self-attention caches (the decoder protocol; `init_state(memory, memory_mask)` works too).
+        memory_mask (B, S): 1 = token, 0 = padding."""
+        batch, memory, memory_mask = state_arguments(batch, memory, memory_mask)
+        if memory is None:
+            raise ValueError("init_state: an encoder-decoder model needs the encoder output (memory)")
         pad = None if memory_mask is None else np.asarray(memory_mask) == 0
         return self.decoder.init_state(memory, pad if pad is not None and pad.any() else None)
+
+    def step(self, ids, positions, state: DecoderState, attention_mask=None) -> np.ndarray:
+        """The decoder protocol: logits (B, vocab) of the last of the decoder ids (B, L) (positions follow the
+        state; the decoder's prompt has no padding)."""
+        x = self._embed(np.asarray(ids), state.length, self.dec_pos, self.dec_ln_emb)
+        return self.lm_head(self.decoder(x, state=state, last_only=True))[:, -1]
 
     def __call__(self, input_ids, attention_mask=None, decoder_input_ids=None):
         """Teacher-forced pass: logits (B, T, vocab) of decoder_input_ids given the source."""
@@ -235,6 +249,5 @@ class Seq2SeqModel(Module):
         return {"logits": self.decode(decoder_input_ids, self.encode(input_ids, attention_mask), attention_mask)}
 
     def generate(self, input_ids, attention_mask=None, **kwargs):
-        from ..generation import generate
-
-        return generate(self, input_ids, attention_mask, **kwargs)
+        """See `pyattn.generate`: the encoder runs once, then greedy, beam search or sampling on the decoder."""
+        return _generate(self, input_ids, attention_mask, **kwargs)

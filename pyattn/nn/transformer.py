@@ -242,21 +242,40 @@ class TransformerEncoder(Module):
 
 
 class DecoderState:
-    """Per-layer self-attention caches and projected encoder K/V for incremental decoding."""
+    """Per-layer self-attention caches and projected encoder K/V for incremental decoding.
+
+    The decoder's rows may outnumber the memory's: after `reorder` expands each row to k beams (rows repeated in
+    groups, np.repeat(np.arange(B), k)), decoder rows g*i .. g*i + g - 1 all read memory row i, and the encoder
+    K/V (and padding mask) stay B rows -- never copied per beam; the cross-attention folds a group's queries
+    into one row (MultiHeadAttention). A reorder that keeps the groups (beam search's: beams stay within their
+    input row) moves only the self-attention caches; any other copies the memory rows it needs."""
 
     def __init__(self, self_caches: List[KVCache], memory_kv: List[KVCache], memory_key_padding_mask=None):
         self.self_caches, self.memory_kv = self_caches, memory_kv
         self.memory_key_padding_mask = memory_key_padding_mask
+        self.group = 1  # decoder rows per memory row
 
     @property
     def length(self) -> int:
         return self.self_caches[0].length if self.self_caches else 0
 
     def reorder(self, index: np.ndarray) -> None:
-        for c in self.self_caches + self.memory_kv:
+        """Row i becomes row index[i] (any length, rows repeated or dropped: the decoder protocol's reorder)."""
+        index = np.asarray(index, np.int64).reshape(-1)
+        for c in self.self_caches:
             c.reorder(index)
+        if not self.memory_kv:
+            return
+        rows, n = self.memory_kv[0].k.shape[0], index.size
+        source = index // self.group  # the memory row each new decoder row reads
+        if n % rows == 0 and np.array_equal(source, np.arange(n) // (n // rows)):
+            self.group = n // rows
+            return
+        for c in self.memory_kv:
+            c.reorder(source)
         if self.memory_key_padding_mask is not None:
-            self.memory_key_padding_mask = self.memory_key_padding_mask[index]
+            self.memory_key_padding_mask = self.memory_key_padding_mask[source]
+        self.group = 1
 
 
 class TransformerDecoder(Module):
@@ -287,8 +306,10 @@ class TransformerDecoder(Module):
         tgt_is_causal=True,
         memory_key_padding_mask=None,
         output_attentions=False,
+        last_only: bool = False,
     ):
-        """Full pass (memory given) or one incremental step (state given: x holds only the new positions)."""
+        """Full pass (memory given) or one incremental step (state given: x holds only the new positions). With
+        last_only the final norm runs on (and the result holds) the last position alone: (B, 1, d)."""
         attentions = []
         for i, layer in enumerate(self.layers):
             if state is not None:
@@ -313,6 +334,8 @@ class TransformerDecoder(Module):
                     need_weights=output_attentions,
                 )
             attentions.append(w)
+        if last_only:
+            x = x[:, -1:]
         if self.norm is not None:
             x = self.norm(x)
         return (x, attentions) if output_attentions else x
