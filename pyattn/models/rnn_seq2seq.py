@@ -18,6 +18,7 @@ from typing import List, NamedTuple, Optional
 import numpy as np
 
 from .. import functional as F
+from ..generation import search
 from ..nn import GRU, Embedding, Linear, Module
 from ..nn.layers import as_weight
 from ..nn.scoring import Attention
@@ -29,6 +30,46 @@ class Translation(NamedTuple):
     ids: List[List[int]]  # per sentence, without SOS, up to and including EOS when produced
     attentions: List[np.ndarray]  # per sentence, (len(ids), source length): row t = weights of step t
     scores: List[float]  # per sentence, sum of the log-probabilities of its tokens
+
+
+class GRUState:
+    """The recurrent decoder's state: hidden (1, B, H), the source's attention keys (projected once), and per step
+    the attention weights (B, S) and log-probabilities (B, vocab), which `Seq2Seq.greedy` reports."""
+
+    def __init__(self, hidden: np.ndarray, memory: np.ndarray, prepare):
+        self.hidden, self.memory, self._prepare = hidden, memory, prepare
+        self.keys = prepare(memory)
+        self.weights: List[np.ndarray] = []
+        self.logps: List[np.ndarray] = []
+
+    def reorder(self, index: np.ndarray) -> None:
+        index = np.asarray(index, np.int64)
+        self.hidden = F._c_aligned(self.hidden[:, index])
+        self.memory = F._c_aligned(self.memory[index])
+        self.keys = self._prepare(self.memory)
+        self.weights = [w[index] for w in self.weights]
+        self.logps = [lp[index] for lp in self.logps]
+
+
+class _GRUDecoder:
+    """Seq2Seq under the decoder protocol (pyattn.generation.protocol) -- an adapter, because the model's own
+    `step(tokens, hidden, keys)` keeps the tutorial's signature. memory is what `Seq2Seq.encode` returns:
+    (encoder outputs, final hidden). The logits it returns are the log-probabilities (same argmax)."""
+
+    def __init__(self, model: Seq2Seq):
+        self.model, self.state = model, None
+
+    def init_state(self, batch: int, memory, memory_mask=None) -> GRUState:
+        outputs, hidden = memory
+        self.state = GRUState(hidden, outputs, self.model.attention.prepare)
+        return self.state
+
+    def step(self, ids, positions, state: GRUState, attention_mask=None) -> np.ndarray:
+        for t in range(ids.shape[1]):  # a recurrent decoder reads a prompt one token at a time
+            lp, state.hidden, w = self.model.step(ids[:, t], state.hidden, state.keys)
+            state.weights.append(w)
+            state.logps.append(lp)
+        return lp
 
 
 def _sub(weights: Mapping, prefix: str) -> dict:
@@ -216,32 +257,45 @@ class Seq2Seq(Module):
     # ---- decoding ------------------------------------------------------------------------------------
 
     def greedy(self, src_ids, max_length: Optional[int] = None) -> Translation:
-        """Greedy decoding from SOS, one token per step until EOS or max_length (default: the model's)."""
+        """Greedy decoding from SOS, one token per step until EOS or max_length (default: the model's), on
+        pyattn.generation's greedy search."""
         memory, hidden = self.encode(src_ids)
-        keys = self.attention.prepare(memory)
         B = memory.shape[0]
         n = self.max_length if max_length is None else int(max_length)
-        tokens = np.full(B, self.sos_id, np.int64)
-        ids, attns, scores = [[] for _ in range(B)], [[] for _ in range(B)], [0.0] * B
-        done = np.zeros(B, bool)
-        for _ in range(n):
-            lp, hidden, w = self.step(tokens, hidden, keys)
-            tokens = lp.argmax(-1)
-            for b in np.flatnonzero(~done):
-                ids[b].append(int(tokens[b]))
-                attns[b].append(w[b])
-                scores[b] += float(lp[b, tokens[b]])
-            done |= tokens == self.eos_id
-            if done.all():
-                break
-        return Translation(ids, [np.stack(a) for a in attns], scores)
+        decoder = _GRUDecoder(self)
+        sos = np.full((B, 1), self.sos_id, np.int64)
+        steps = list(
+            search.stream(
+                decoder, sos, max_new_tokens=n, memory=(memory, hidden), eos_token_ids=[self.eos_id],
+                pad_token_id=self.eos_id,
+            )
+        )  # fmt: skip
+        state = decoder.state
+        ids, attns, scores = [], [], []
+        for b in range(B):
+            row = [int(t[b]) for t in steps]
+            t_end = row.index(self.eos_id) + 1 if self.eos_id in row else len(row)  # up to and including EOS
+            ids.append(row[:t_end])
+            attns.append(np.stack([state.weights[t][b] for t in range(t_end)]))
+            score = 0.0
+            for t in range(t_end):
+                score += float(state.logps[t][b, row[t]])
+            scores.append(score)
+        return Translation(ids, attns, scores)
 
     def beam_search(
         self, src_ids, beam_size: int = 4, max_length: Optional[int] = None, length_penalty: float = 1.0
     ) -> Translation:
         """Beam search for each source sentence: the beam keeps the `beam_size` best live hypotheses by summed
         log-probability; a hypothesis ending in EOS is finished; the answer is the finished (or, at max_length,
-        live) hypothesis with the best score / length ** length_penalty. beam_size 1 is greedy decoding."""
+        live) hypothesis with the best score / length ** length_penalty. beam_size 1 is greedy decoding.
+
+        This search stays the model's own rather than pyattn.generation.beam_search: its finishing rule differs
+        from both of the engine's (every EOS candidate ranked above the beam_size-th live one finishes, not only
+        those among the best beam_size; scores accumulate in float64; a row stops once beam_size hypotheses
+        finished and the best of them beats the best live one at the current length; the EOS counts in the
+        length), and it keeps each hypothesis's attention rows, which the engine's rules do not record. Its
+        results are what this model's users and tests have; changing them would change translations."""
         if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
         ids = np.asarray(src_ids)
