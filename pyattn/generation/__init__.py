@@ -204,6 +204,7 @@ class _Plan:
             max_length=L + self.max_new_tokens,
             eos_token_ids=eos_ids,
             repetition_penalty=repetition_penalty,
+            padding=None if mask is None else np.argmax(mask != 0, axis=1),
             no_repeat_ngram_size=no_repeat_ngram_size,
             min_length=min_length,
             min_new_tokens=min_new_tokens,

@@ -136,21 +136,31 @@ class MinP:
 
 class RepetitionPenalty:
     """CTRL's penalty on every token already in the sequence (RepetitionPenaltyLogitsProcessor): a positive
-    score is divided by `penalty`, a negative one multiplied by it."""
+    score is divided by `penalty`, a negative one multiplied by it. `ignore_prefix` (B,): per input row, the
+    leading positions not counted (a left-padded prompt's padding, as transformers' generate passes it); with
+    rows = k x B (beams, grouped per input row) each entry covers k rows."""
 
-    def __init__(self, penalty: float):
+    def __init__(self, penalty: float, ignore_prefix=None):
         if not penalty > 0:
             raise ValueError(f"repetition_penalty must be > 0, got {penalty}")
         self.penalty = float(penalty)
+        self.ignore_prefix = None if ignore_prefix is None else np.asarray(ignore_prefix, np.int64).reshape(-1)
 
     def __call__(self, ids, scores):
         if self.penalty == 1.0 or ids.shape[1] == 0:
             return scores
-        seen = np.take_along_axis(scores, ids, 1)
-        seen = np.where(seen < 0, seen * np.float32(self.penalty), seen / np.float32(self.penalty))
-        out = scores.copy()
-        np.put_along_axis(out, ids, seen.astype(scores.dtype), 1)
-        return out
+        N, V = scores.shape
+        counted = ids
+        if self.ignore_prefix is not None:
+            k, rest = divmod(N, self.ignore_prefix.size)
+            if rest or not k:
+                raise ValueError(f"ignore_prefix holds {self.ignore_prefix.size} rows, the scores {N}")
+            skip = np.repeat(self.ignore_prefix, k)
+            counted = np.where(np.arange(ids.shape[1])[None] < skip[:, None], V, ids)  # V: a column dropped below
+        seen = np.zeros((N, V + 1), bool)
+        np.put_along_axis(seen, counted, True, 1)
+        penalized = np.where(scores < 0, scores * np.float32(self.penalty), scores / np.float32(self.penalty))
+        return np.where(seen[:, :V], penalized, scores).astype(scores.dtype)
 
 
 class NoRepeatNGram:
@@ -276,6 +286,7 @@ def build_processors(
     max_length: int,
     eos_token_ids: Sequence[int] = (),
     repetition_penalty: float = 1.0,
+    padding: Optional[np.ndarray] = None,
     no_repeat_ngram_size: int = 0,
     min_length: int = 0,
     min_new_tokens: int = 0,
@@ -292,10 +303,11 @@ def build_processors(
     extra: Iterable[Callable] = (),
 ) -> List[Callable]:
     """The processors `generate`'s options ask for, in transformers' order; `extra` (the caller's own) last.
-    forced_tokens maps the number of tokens generated before (0 = the first new token) to the token forced."""
+    forced_tokens maps the number of tokens generated before (0 = the first new token) to the token forced;
+    padding (B,) the left padding of each prompt row, which the repetition penalty does not count."""
     out: List[Callable] = []
     if repetition_penalty != 1.0:
-        out.append(RepetitionPenalty(repetition_penalty))
+        out.append(RepetitionPenalty(repetition_penalty, padding))
     if no_repeat_ngram_size:
         out.append(NoRepeatNGram(no_repeat_ngram_size))
     if min_length and eos_token_ids:
