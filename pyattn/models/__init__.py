@@ -2,16 +2,16 @@
 
 from pathlib import Path
 
+from .bart import BartModel, Seq2SeqModel
 from .bert import BertModel
 from .gpt2 import GPT2Model
+from .gru_seq2seq import GRUSeq2Seq, Seq2Seq, Translation
 from .llama import LlamaModel
 from .pretrained import read_config
-from .rnn_seq2seq import Seq2Seq, Translation
 from .sentence import SentenceEncoder
-from .seq2seq import Seq2SeqModel
 from .whisper import Whisper
 
-FAMILIES = {"bert": BertModel, "gpt2": GPT2Model, "bart": Seq2SeqModel, "marian": Seq2SeqModel}
+FAMILIES = {"bert": BertModel, "gpt2": GPT2Model, "bart": BartModel, "marian": BartModel}
 
 
 def from_pretrained(path, dtype=None):
@@ -26,7 +26,9 @@ def from_pretrained(path, dtype=None):
 
 
 __all__ = [
+    "BartModel",
     "BertModel",
+    "GRUSeq2Seq",
     "FAMILIES",
     "GPT2Model",
     "LlamaModel",
