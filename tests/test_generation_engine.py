@@ -390,3 +390,17 @@ def test_llama_last_only():
     assert rec.shapes == [(2, 1, 576), (2, 1, 576)]
     np.testing.assert_allclose(last[:, 0], full[:, -1], atol=1e-4)
     np.testing.assert_allclose(stepped, full[:, -1], atol=1e-4)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_gpt2_eos_list_equals_transformers(gpt2, num_beams):
+    ref, model = gpt2
+    ids, mask = prompts(6)
+    eos = [EOS, 11, 23]
+    with torch.no_grad():
+        want = ref.generate(
+            torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), max_new_tokens=12, do_sample=False,
+            pad_token_id=0, eos_token_id=eos, num_beams=num_beams,
+        ).numpy()  # fmt: skip
+    got = pyattn.generate(model, ids, mask, max_new_tokens=12, eos_token_id=eos, pad_token_id=0, num_beams=num_beams)
+    np.testing.assert_array_equal(got, want)

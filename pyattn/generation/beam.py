@@ -58,7 +58,7 @@ class TransformersRule:
         self.length_penalty, self.early_stopping, self.fill = length_penalty, early_stopping, fill
 
     def candidates(self, num_beams: int) -> int:
-        return max(2, 1 + (self.eos.size > 0)) * num_beams
+        return max(2, 1 + self.eos.size) * num_beams  # transformers: one more per end token
 
     def start(self, ids: np.ndarray, num_beams: int, max_new_tokens: int) -> None:
         B, L = ids.shape
