@@ -78,6 +78,7 @@ def _transcribe(args) -> int:
 
 def _generate(args) -> int:
     import pyattn
+    from pyattn.generation import generate_stream
     from pyattn.models import LlamaModel
 
     if args.threads:
@@ -91,23 +92,40 @@ def _generate(args) -> int:
     ids = np.array([model.encode(text)])
     out, first = [], []
     shown = ""
+    stops = args.stop or []
+    hold = max((len(s) for s in stops), default=1) - 1  # text that may still become a stop string is held back
 
-    def stream(step, tokens):
+    def show(now: str, final: bool) -> None:
         nonlocal shown
+        cut = min((i for i in (now.find(s) for s in stops) if i >= 0), default=-1)
+        if cut >= 0:  # the stop string and what follows it are not shown
+            now, final = now[:cut], True
+        end = len(now) if final else len(now) - hold
+        if end > len(shown) and now.startswith(shown):  # a multi-byte character may need the next token
+            sys.stdout.write(now[len(shown) : end])
+            sys.stdout.flush()
+            shown = now[:end]
+
+    kwargs = dict(max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty)
+    if args.no_repeat_ngram_size:
+        kwargs["no_repeat_ngram_size"] = args.no_repeat_ngram_size
+    if stops:
+        kwargs["stop_strings"] = stops
+    if args.temperature > 0:
+        kwargs.update(
+            do_sample=True, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+            seed=args.seed,
+        )  # fmt: skip
+    t2 = time.perf_counter()
+    eos = model.config["eos_token_id"]
+    for tokens in generate_stream(model, ids, detokenize=model.decode, **kwargs):
         if not first:
             first.append(time.perf_counter())
+        if int(tokens[0]) == eos:
+            break
         out.append(int(tokens[0]))
-        now = model.decode(out)
-        if now.startswith(shown):  # a multi-byte character may need the next token to complete
-            sys.stdout.write(now[len(shown) :])
-            sys.stdout.flush()
-            shown = now
-
-    kwargs = dict(max_new_tokens=args.max_new_tokens, callback=stream)
-    if args.temperature > 0:
-        kwargs.update(do_sample=True, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    t2 = time.perf_counter()
-    model.generate(ids, **kwargs)
+        show(model.decode(out), False)
+    show(model.decode(out), True)
     t3 = time.perf_counter()
     print()
     n = len(out)
@@ -167,6 +185,12 @@ def main(argv=None) -> int:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeated tokens")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=0, help="n > 0: no n-gram appears twice")
+    p.add_argument(
+        "--stop", action="append", default=None, metavar="TEXT", help="stop once the text contains TEXT (repeatable)"
+    )
     p.add_argument("--seed", type=int, default=None)
     p.add_argument(
         "--dtype",

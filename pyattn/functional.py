@@ -46,6 +46,7 @@ __all__ = [
     "rms_norm",
     "rope_tables",
     "rotary_embedding",
+    "positions_from_mask",
     "swiglu",
     "gelu",
     "relu",
@@ -261,6 +262,13 @@ def rotary_embedding(x: np.ndarray, positions, cos: np.ndarray, sin: np.ndarray,
         x, _c_aligned(pos, np.int64), _c_aligned(cos, np.float32), _c_aligned(sin, np.float32), bool(interleaved)
     )
     return x
+
+
+def positions_from_mask(attention_mask) -> np.ndarray:
+    """Position ids (B, L) int64 that count real tokens only: for a left-padded batch (attention_mask 1 = token,
+    0 = padding) each row's first real token is at position 0, as transformers' generate sets them. Padding
+    positions get 0 (their values are never attended)."""
+    return np.maximum(np.cumsum(np.asarray(attention_mask) != 0, axis=1, dtype=np.int64) - 1, 0)
 
 
 def swiglu(gate_up) -> np.ndarray:

@@ -2,21 +2,21 @@
 
 from pathlib import Path
 
+from .bart import BartModel, Seq2SeqModel
 from .bert import BertModel
 from .gpt2 import GPT2Model
+from .gru_seq2seq import GRUSeq2Seq, Seq2Seq, Translation
 from .llama import MODEL_TYPES as LLAMA_TYPES
 from .llama import LlamaModel
 from .pretrained import read_config
-from .rnn_seq2seq import Seq2Seq, Translation
 from .sentence import SentenceEncoder
-from .seq2seq import Seq2SeqModel
 from .whisper import Whisper
 
 FAMILIES = {
     "bert": BertModel,
     "gpt2": GPT2Model,
-    "bart": Seq2SeqModel,
-    "marian": Seq2SeqModel,
+    "bart": BartModel,
+    "marian": BartModel,
     **{kind: LlamaModel for kind in LLAMA_TYPES},
 }
 
@@ -33,7 +33,9 @@ def from_pretrained(path, dtype=None):
 
 
 __all__ = [
+    "BartModel",
     "BertModel",
+    "GRUSeq2Seq",
     "FAMILIES",
     "GPT2Model",
     "LlamaModel",

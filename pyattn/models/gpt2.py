@@ -6,6 +6,9 @@ from typing import Optional
 
 import numpy as np
 
+from ..functional import positions_from_mask
+from ..generation import generate as _generate
+from ..generation.protocol import state_arguments
 from ..nn import CacheState, Embedding, FeedForward, KVCache, LayerNorm, Linear, Module, MultiHeadAttention
 from ..nn.transformer import check_widths
 from .pretrained import (
@@ -36,11 +39,7 @@ class GPT2Block(Module):
 
 
 GPT2State = CacheState  # the per-layer KV caches (pyattn.nn.CacheState)
-
-
-def positions_from_mask(attention_mask: np.ndarray) -> np.ndarray:
-    """Positions that count real tokens only (left-padded batches), as transformers' generate sets them."""
-    return np.maximum(np.cumsum(np.asarray(attention_mask) != 0, axis=1) - 1, 0)
+__all__ = ["GPT2Block", "GPT2Model", "GPT2State", "positions_from_mask"]  # positions_from_mask: pyattn.functional's
 
 
 class GPT2Model(Module):
@@ -129,12 +128,16 @@ class GPT2Model(Module):
 
     def generate(self, input_ids, attention_mask=None, **kwargs):
         """See `pyattn.generate`: greedy, beam search or sampling with the KV cache."""
-        from ..generation import generate
+        return _generate(self, input_ids, attention_mask, **kwargs)
 
-        return generate(self, input_ids, attention_mask, **kwargs)
-
-    def init_state(self, batch: int) -> GPT2State:
+    def init_state(self, batch: int, memory=None, memory_mask=None) -> GPT2State:
+        """Empty KV caches for `batch` rows (the decoder protocol; a decoder-only model takes no memory)."""
+        batch, _, _ = state_arguments(batch, memory, memory_mask)
         return GPT2State([KVCache(batch, self.wte.weight.shape[1]) for _ in self.blocks])
+
+    def step(self, ids, positions, state: GPT2State, attention_mask=None) -> np.ndarray:
+        """The decoder protocol (pyattn.generation.protocol): logits (B, vocab) of the last of `ids` (B, L)."""
+        return self(ids, attention_mask, positions, state=state, last_only=True)["logits"][:, -1]
 
     def __call__(
         self,
@@ -145,12 +148,13 @@ class GPT2Model(Module):
         state: Optional[GPT2State] = None,
         output_attentions: bool = False,
         output_hidden: bool = False,
+        last_only: bool = False,
     ):
         """input_ids (B, L) -- only the new tokens when `state` (the KV cache) is given. attention_mask
         (B, past + L), 1 = token, 0 = padding (left padding for batches of different lengths). position_ids
         (B, L) default to past .. past + L - 1, as transformers' forward; generation counts real tokens only
         (see `positions_from_mask`). Returns a dict: logits (B, L, vocab), last_hidden_state / attentions on
-        request."""
+        request; with last_only, the final norm and lm_head run on the last position alone (logits (B, 1, vocab))."""
         ids = np.asarray(input_ids)
         if ids.ndim != 2:
             raise ValueError(f"expected input_ids of shape (batch, seq), got {ids.shape}")
@@ -182,6 +186,8 @@ class GPT2Model(Module):
                 need_weights=output_attentions,
             )
             attentions.append(w)
+        if last_only:
+            x = x[:, -1:]
         h = self.ln_f(x)
         out = {"logits": self.lm_head(h)}
         if output_hidden:

@@ -41,6 +41,8 @@ import numpy as np
 
 from .. import _core
 from .. import functional as F
+from ..generation import generate as _generate
+from ..generation.protocol import state_arguments
 from ..io.gguf import GGUFFile, int8_blocks, read_gguf, tokenizer
 from ..nn import CacheState, KVCache, Linear, Module
 from ..precision import resolve_dtype
@@ -653,14 +655,21 @@ class LlamaModel(Module):
             )
         return self._embedding[ids]
 
-    def init_state(self, batch: int) -> LlamaState:
+    def init_state(self, batch: int, memory=None, memory_mask=None) -> LlamaState:
+        """Empty KV caches (Hkv heads) for `batch` rows (the decoder protocol; no memory for a decoder-only model)."""
+        batch, _, _ = state_arguments(batch, memory, memory_mask)
         return LlamaState([KVCache(batch, self.kv_heads * self.head_dim) for _ in self.layers])
 
-    def generate(self, input_ids, attention_mask=None, **kwargs):
-        """See `pyattn.generate`: greedy, beam search or sampling with the KV cache."""
-        from ..generation import generate
+    def step(self, ids, positions, state: LlamaState, attention_mask=None) -> np.ndarray:
+        """The decoder protocol (pyattn.generation.protocol): logits (B, vocab) of the last of `ids` (B, L)."""
+        return self(ids, attention_mask, positions, state=state, last_only=True)["logits"][:, -1]
 
-        return generate(self, input_ids, attention_mask, **kwargs)
+    def generate(self, input_ids, attention_mask=None, **kwargs):
+        """See `pyattn.generate`: greedy, beam search or sampling with the KV cache; stop_strings are matched on
+        the text of the file's tokenizer unless a detokenize callable is given."""
+        if kwargs.get("stop_strings") and kwargs.get("detokenize") is None and self.tokenizer is not None:
+            kwargs["detokenize"] = self.decode
+        return _generate(self, input_ids, attention_mask, **kwargs)
 
     def _rope_positions(self, positions: np.ndarray, total: int) -> None:
         """Grows the rotary tables to cover `positions`; `total`: the keys attended to (cache and new, padding

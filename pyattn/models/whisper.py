@@ -10,11 +10,11 @@ Every matmul runs on pyattn's packed GEMM (the convolutions as GEMMs over unfold
 K/V of each layer are projected once per audio window, the self-attention K/V cached per step. A file converted
 with CTranslate2's quantization="int8" keeps its int8 matrices and per-row scales (see `Whisper.__init__`).
 
-Decoding follows CTranslate2's `Whisper.generate` (which faster-whisper calls): the prompt
+Decoding follows CTranslate2's `Whisper.generate` (which faster-whisper calls), on pyattn.generation: the prompt
 <|startoftranscript|> <|notimestamps|>, the config's suppress_ids masked at every step and
-suppress_ids_begin at the first, at most 224 new tokens; greedy, or beam search with CTranslate2's
-candidate rules (2 x beam candidates, finished hypotheses replaced by the next live candidate, scores
-divided by length ** length_penalty) -- so token ids match CTranslate2 on the same features.
+suppress_ids_begin at the first (logits processors), at most 224 new tokens; greedy, or beam search with
+CTranslate2's finishing rule (2 x beam candidates, finished hypotheses replaced by the next live candidate, scores
+divided by length ** length_penalty, patience) -- so token ids match CTranslate2 on the same features.
 """
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 
 from .. import functional as F
+from ..generation import search
+from ..generation.beam import CTranslate2Rule, beam_search
+from ..generation.processors import SuppressTokens, SuppressTokensAtBegin
+from ..generation.protocol import state_arguments
 from ..nn import (
     DecoderState,
     FeedForward,
@@ -363,14 +367,16 @@ class Whisper(Module):
         h += self.enc_positions[: h.shape[1]]
         return self.encoder(h)
 
-    def init_state(self, memory: np.ndarray) -> DecoderState:
-        """Cross-attention K/V of every layer, computed once per encoder output, and empty self-attention caches."""
+    def init_state(self, batch=None, memory=None, memory_mask=None) -> DecoderState:
+        """Cross-attention K/V of every layer, computed once per encoder output `memory` (B, T / 2, d), and empty
+        self-attention caches (the decoder protocol; `init_state(memory)` works too)."""
+        batch, memory, _ = state_arguments(batch, memory, memory_mask)
+        if memory is None:
+            raise ValueError("init_state: Whisper's decoder needs the encoder output (memory)")
         return self.decoder.init_state(np.asarray(memory, np.float32))
 
-    def decode(self, ids, state: DecoderState) -> np.ndarray:
-        """Logits (B, T, vocab) of the next token after each of `ids` (B, T), continuing `state`."""
+    def _embed_tokens(self, ids, start: int) -> np.ndarray:
         ids = np.asarray(ids)
-        start = state.length
         T = ids.shape[1]
         if start + T > self.dec_positions.shape[0]:
             raise ValueError(f"the decoder knows {self.dec_positions.shape[0]} positions; asked for {start + T}")
@@ -380,7 +386,15 @@ class Whisper(Module):
         if self._embedding_scales is not None:
             x *= self._embedding_scales[ids][..., None]
         x += self.dec_positions[start : start + T]
-        return self.proj(self.decoder(x, state=state))
+        return x
+
+    def decode(self, ids, state: DecoderState) -> np.ndarray:
+        """Logits (B, T, vocab) of the next token after each of `ids` (B, T), continuing `state`."""
+        return self.proj(self.decoder(self._embed_tokens(ids, state.length), state=state))
+
+    def step(self, ids, positions, state: DecoderState, attention_mask=None) -> np.ndarray:
+        """The decoder protocol: logits (B, vocab) of the last of `ids` (B, T) (positions follow the state)."""
+        return self.proj(self.decoder(self._embed_tokens(ids, state.length), state=state, last_only=True))[:, -1]
 
     # ---- decoding --------------------------------------------------------------------------------------
 
@@ -413,7 +427,12 @@ class Whisper(Module):
         """Token ids (without the prompt and the end token) for each audio window: features (B, n_mels, T) or
         an encoder output `memory` (B, T / 2, d). Options as CTranslate2's `Whisper.generate`: the prompt
         defaults to [<|startoftranscript|>, <|notimestamps|>]; suppress_tokens -1 means the config's
-        suppress_ids; suppress_blank masks the config's suppress_ids_begin at the first step."""
+        suppress_ids; suppress_blank masks the config's suppress_ids_begin at the first step.
+
+        Runs on pyattn.generation: the suppressions are logits processors (SuppressTokens, SuppressTokensAtBegin),
+        greedy decoding drops finished windows from the batch (`callback(step, tokens)` sees -1 for them), beam
+        search applies the processors before the log-softmax and CTranslate2's finishing rule (patience,
+        length_penalty; CTranslate2Rule)."""
         if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
         if not patience > 0:
@@ -433,98 +452,42 @@ class Whisper(Module):
         if max_new < 1:
             raise ValueError(f"max_length {max_length} leaves no room after a prompt of {len(prompt)} tokens")
         suppress, begin = self._suppress_lists(suppress_tokens, suppress_blank)
-        if beam_size == 1:
-            return self._greedy(memory, prompt, max_new, suppress, begin, callback)
-        return [
-            self._beam(memory[b : b + 1], prompt, max_new, suppress, begin, beam_size, patience, length_penalty)
-            for b in range(memory.shape[0])
-        ]
-
-    def _first_logits(self, memory, prompt):
-        state = self.init_state(memory)
-        ids = np.tile(np.asarray(prompt, np.int64), (memory.shape[0], 1))
-        logits = self.decode(ids, state)[:, -1]
-        return state, logits
-
-    @staticmethod
-    def _mask(logits, suppress, begin, step):
+        processors = []
         if suppress.size:
-            logits[:, suppress] = -np.inf
-        if step == 0 and begin.size:
-            logits[:, begin] = -np.inf
-        return logits
-
-    def _greedy(self, memory, prompt, max_new, suppress, begin, callback):
+            processors.append(SuppressTokens(suppress))
+        if begin.size:
+            processors.append(SuppressTokensAtBegin(begin, len(prompt)))
         B = memory.shape[0]
-        state, logits = self._first_logits(memory, prompt)
+        ids = np.tile(np.asarray(prompt, np.int64), (B, 1))
+        if beam_size > 1:
+            rule = CTranslate2Rule([self.eot], length_penalty, patience)
+            return beam_search(
+                self,
+                ids,
+                num_beams=beam_size,
+                max_new_tokens=max_new,
+                rule=rule,
+                memory=memory,
+                processors=processors,
+                renormalize=True,
+            )
         out: List[List[int]] = [[] for _ in range(B)]
-        alive = np.arange(B)
-        for step in range(max_new):
-            nxt = self._mask(logits, suppress, begin, step).argmax(-1)
-            if callback is not None:
-                full = np.full(B, -1, np.int64)
-                full[alive] = nxt
-                callback(step, full)
-            keep = []
-            for i, (row, tok) in enumerate(zip(alive, nxt)):
-                if tok == self.eot:
-                    continue
-                out[row].append(int(tok))
-                keep.append(i)
-            if not keep or step == max_new - 1:
-                break
-            if len(keep) != len(alive):
-                state.reorder(np.asarray(keep))
-                alive, nxt = alive[keep], nxt[keep]
-            logits = self.decode(nxt[:, None], state)[:, -1]
+        steps = search.stream(
+            self,
+            ids,
+            max_new_tokens=max_new,
+            memory=memory,
+            processors=processors,
+            eos_token_ids=[self.eot],
+            pad_token_id=-1,
+            drop_finished=True,
+            callback=callback,
+        )
+        for tokens in steps:
+            for row, tok in enumerate(tokens.tolist()):
+                if tok >= 0 and tok != self.eot:
+                    out[row].append(tok)
         return out
-
-    def _beam(self, memory, prompt, max_new, suppress, begin, beam, patience, length_penalty):
-        """CTranslate2's beam search for one window (its decoding.cc BeamSearch::search, re-derived)."""
-        state, logits = self._first_logits(memory, prompt)  # the first step runs on one row
-        n_cand = 2 * beam
-        max_hyps = int(round(beam * patience))
-        early_exit = length_penalty == 0
-        scores = np.zeros(1, np.float32)  # float32 sums, as CTranslate2 accumulates them
-        seqs = np.zeros((1, 0), np.int64)
-        finished: List[tuple] = []
-        top_finished = False
-        for step in range(max_new):
-            total = (F.log_softmax(self._mask(logits, suppress, begin, step)) + scores[:, None]).reshape(-1)
-            k = min(n_cand, total.size)
-            cand = np.argpartition(-total, k - 1)[:k]
-            cand = cand[np.lexsort((cand, -total[cand]))]  # best first; ties: lower flat index
-            cand_scores = total[cand]
-            origin, token = np.divmod(cand, logits.shape[-1])
-            last = step == max_new - 1
-            chosen = []
-            nxt_secondary = beam
-            for j in range(beam):
-                pick = j
-                if token[j] == self.eot or last:
-                    if j == 0:
-                        top_finished = True
-                    hyp = seqs[origin[j]].tolist() + ([] if token[j] == self.eot else [int(token[j])])
-                    finished.append((float(cand_scores[j]), hyp))
-                    for c in range(nxt_secondary, k):
-                        if token[c] != self.eot:
-                            pick, nxt_secondary = c, c + 1
-                            break
-                chosen.append(pick)
-            if last or (top_finished and len(finished) >= 1 if early_exit else len(finished) >= max_hyps):
-                break
-            chosen = np.asarray(chosen)
-            seqs = np.concatenate([seqs[origin[chosen]], token[chosen, None]], 1)
-            scores = cand_scores[chosen]
-            for c in state.self_caches:  # the beams share one audio: the cross K/V stay a single row
-                c.reorder(origin[chosen])
-            logits = self.decode(token[chosen, None], state)[:, -1]
-
-        def final(score, hyp):  # score / length ** penalty; an empty hypothesis scores -inf unless penalty is 0
-            with np.errstate(divide="ignore", invalid="ignore"):
-                return float(np.float32(score) / np.float32(len(hyp)) ** np.float32(length_penalty))
-
-        return max(finished, key=lambda sh: final(*sh))[1]
 
     # ---- audio to text ---------------------------------------------------------------------------------
 

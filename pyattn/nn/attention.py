@@ -264,17 +264,20 @@ class MultiHeadAttention(StorageAware, Module):
         B, Lq, E = query.shape
         H = self.num_heads
         offset = 0
+        rows = memory_kv.k.shape[0] if memory_kv is not None else B
         if (
-            memory_kv is not None
-            and memory_kv.k.shape[0] == 1
-            and B > 1
+            rows < B
+            and B % rows == 0
             and attn_mask is None
-            and key_padding_mask is None
+            and (key_padding_mask is None or np.shape(key_padding_mask)[0] == rows)
             and not need_weights
         ):
-            # Several rows (beams) against one shared source: fold them into the query length of a single row,
-            # so the cross K/V are read once instead of being copied per row. Unmasked, so exactly equivalent.
-            out, _ = self(query.reshape(1, B * Lq, E), memory_kv=memory_kv)
+            # Groups of B / rows consecutive rows (beams) against one source row each: fold each group into the
+            # query length of its source row, so the cross K/V are read once instead of being copied per row. Keys
+            # are never causal here and padding is per source row, so this is exactly equivalent.
+            out, _ = self(
+                query.reshape(rows, (B // rows) * Lq, E), memory_kv=memory_kv, key_padding_mask=key_padding_mask
+            )
             return out.reshape(B, Lq, E), None
         if memory_kv is not None:
             q = self._projection("q")(query)

@@ -242,21 +242,40 @@ class TransformerEncoder(Module):
 
 
 class DecoderState:
-    """Per-layer self-attention caches and projected encoder K/V for incremental decoding."""
+    """Per-layer self-attention caches and projected encoder K/V for incremental decoding.
+
+    The decoder's rows may outnumber the memory's: after `reorder` expands each row to k beams (rows repeated in
+    groups, np.repeat(np.arange(B), k)), decoder rows g*i .. g*i + g - 1 all read memory row i, and the encoder
+    K/V (and padding mask) stay B rows -- never copied per beam; the cross-attention folds a group's queries
+    into one row (MultiHeadAttention). A reorder that keeps the groups (beam search's: beams stay within their
+    input row) moves only the self-attention caches; any other copies the memory rows it needs."""
 
     def __init__(self, self_caches: List[KVCache], memory_kv: List[KVCache], memory_key_padding_mask=None):
         self.self_caches, self.memory_kv = self_caches, memory_kv
         self.memory_key_padding_mask = memory_key_padding_mask
+        self.group = 1  # decoder rows per memory row
 
     @property
     def length(self) -> int:
         return self.self_caches[0].length if self.self_caches else 0
 
     def reorder(self, index: np.ndarray) -> None:
-        for c in self.self_caches + self.memory_kv:
+        """Row i becomes row index[i] (any length, rows repeated or dropped: the decoder protocol's reorder)."""
+        index = np.asarray(index, np.int64).reshape(-1)
+        for c in self.self_caches:
             c.reorder(index)
+        if not self.memory_kv:
+            return
+        rows, n = self.memory_kv[0].k.shape[0], index.size
+        source = index // self.group  # the memory row each new decoder row reads
+        if n % rows == 0 and np.array_equal(source, np.arange(n) // (n // rows)):
+            self.group = n // rows
+            return
+        for c in self.memory_kv:
+            c.reorder(source)
         if self.memory_key_padding_mask is not None:
-            self.memory_key_padding_mask = self.memory_key_padding_mask[index]
+            self.memory_key_padding_mask = self.memory_key_padding_mask[source]
+        self.group = 1
 
 
 class TransformerDecoder(Module):
@@ -287,8 +306,10 @@ class TransformerDecoder(Module):
         tgt_is_causal=True,
         memory_key_padding_mask=None,
         output_attentions=False,
+        last_only: bool = False,
     ):
-        """Full pass (memory given) or one incremental step (state given: x holds only the new positions)."""
+        """Full pass (memory given) or one incremental step (state given: x holds only the new positions). With
+        last_only the final norm runs on (and the result holds) the last position alone: (B, 1, d)."""
         attentions = []
         for i, layer in enumerate(self.layers):
             if state is not None:
@@ -313,6 +334,8 @@ class TransformerDecoder(Module):
                     need_weights=output_attentions,
                 )
             attentions.append(w)
+        if last_only:
+            x = x[:, -1:]
         if self.norm is not None:
             x = self.norm(x)
         return (x, attentions) if output_attentions else x
@@ -405,22 +428,38 @@ class Seq2SeqTransformer(Module):
         )
         return F.log_softmax(self.generator(h))
 
+    def init_state(self, batch=None, memory=None, memory_mask=None) -> DecoderState:
+        """The decoder protocol (pyattn.generation.protocol): cross K/V of the encoder output `memory` (B, S, d)
+        projected once per layer, empty self-attention caches. memory_mask (B, S): 1 = token, 0 = padding."""
+        from ..generation.protocol import state_arguments  # see greedy_decode: this whole model sits above nn
+
+        batch, memory, memory_mask = state_arguments(batch, memory, memory_mask)
+        if memory is None:
+            raise ValueError("init_state: the decoder needs the encoder output (memory)")
+        pad = None if memory_mask is None else np.asarray(memory_mask) == 0
+        return self.transformer.decoder.init_state(memory, pad if pad is not None and pad.any() else None)
+
+    def step(self, ids, positions, state: DecoderState, attention_mask=None) -> np.ndarray:
+        """The decoder protocol: logits (B, vocab) of the last of the target ids (B, L) (positions follow the
+        state). The generator's softmax is left out: it does not change the argmax."""
+        h = self.transformer.decoder(self.embed_tgt(ids, state.length), state=state, last_only=True)
+        return self.generator(h[:, -1])
+
     def greedy_decode(self, src_ids, bos_id: int, max_len: int, eos_id=None, src_key_padding_mask=None):
         """Greedy decoding, shifted right: starts from `bos_id`, feeds each argmax back, one token per step
-        through the KV cache. Returns (B, 1 + n) ids; rows that produced `eos_id` are padded with it."""
+        through the KV cache (pyattn.generation). Returns (B, 1 + n) ids; rows that produced `eos_id` are padded
+        with it."""
+        # A whole decoding model in nn/ reaches up to generation here (io's torch loader builds it, so it stays
+        # importable from nn); its place is models/ (issue 12's renames).
+        from ..generation import search
+
         src_ids = np.asarray(src_ids)
         B = src_ids.shape[0]
         memory = self.encode(src_ids, src_key_padding_mask)
-        state = self.transformer.decoder.init_state(memory, src_key_padding_mask)
+        keep = None if src_key_padding_mask is None else (np.asarray(src_key_padding_mask) == 0).astype(np.int64)
         ys = np.full((B, 1), bos_id, np.int64)
-        done = np.zeros(B, bool)
-        for _ in range(max_len):
-            h = self.transformer.decoder(self.embed_tgt(ys[:, -1:], state.length), state=state)
-            nxt = self.generator(h[:, -1]).argmax(-1)  # softmax is monotonic: argmax of the logits
-            if eos_id is not None:
-                nxt = np.where(done, eos_id, nxt)
-                done |= nxt == eos_id
-            ys = np.concatenate([ys, nxt[:, None]], 1)
-            if eos_id is not None and done.all():
-                break
-        return ys
+        eos = [] if eos_id is None else [int(eos_id)]
+        steps = search.stream(
+            self, ys, max_new_tokens=max_len, memory=memory, memory_mask=keep, eos_token_ids=eos, pad_token_id=eos_id
+        )
+        return np.concatenate([ys] + [t[:, None] for t in steps], 1)
