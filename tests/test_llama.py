@@ -162,7 +162,8 @@ def test_cli_generate(path):
 
 
 def test_block_formats_agree_with_llama_cpp(path, model_f32):
-    """tests/data/smollm2_llamacpp_logits.json: llama.cpp's 32 largest logits at every position of PROMPTS
+    """tests/data/smollm2_llamacpp_logits.json: llama.cpp's 16 largest logits (3 decimals) at every position of
+    PROMPTS
     (llama-cpp-python 0.3.36, logits_all=True, the same Q4_1 file), written once. llama.cpp is itself an
     approximation (activations in 8-bit blocks with half-precision scales, a float16 KV cache): pyattn with the
     file's blocks as stored must be as close to it as the exact float32 model is. Measured: mean |difference| on
