@@ -11,6 +11,7 @@
 //   breg, load_b(p)        W columns x one pair of k of the panel (2W bytes at p), widened to int16;
 //   areg, bcast_a(p)       one pair of A (two int16 at p) in every lane;
 //   madd(acc, a, b)        acc + a0 b0 + a1 b1 per lane;
+//   prefetch(p, n)         hint: the n bytes at p + stream_prefetch_bytes will be read (or nothing);
 //   absmax(x, k, &finite)  max |x[p]| over p < k, and whether every x[p] is finite;
 //   quantize_row(x, k, q, inv)      q[p] = rint(clamp(x[p] * inv, -127, 127)) for p < k (NaN -> -127).
 
@@ -31,6 +32,7 @@ void int8_tile_m(int64_t nb, const int16_t* __restrict a, int64_t lda, const flo
 #pragma GCC unroll 8
             for (int j = 0; j < NV; ++j) acc[i][j] = VI::izero();
         const int16_t* ab = a + blk * kQBlock;
+        VI::prefetch(b, PAIRS * NR * 2);  // this block's panel bytes, stream_prefetch_bytes ahead
 #pragma GCC unroll 4
         for (int p = 0; p < PAIRS; ++p) {
             typename VI::breg bv[NV];

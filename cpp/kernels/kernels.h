@@ -100,6 +100,13 @@ struct Int8Kernels {
 // with s_0 = 0, products sa d and sa float(t) rounded to float; c[i][j] = s_nb (+ bias[j], one add). Every kernel
 // set computes these operations in this order: the same bits everywhere (tested).
 constexpr int kQ4Cols = 8;
+
+// How far ahead (bytes) the block kernels (int8, 4-bit) prefetch the weight panels they stream: a decoding step is a
+// GEMV whose weights come from DRAM, and with the hardware prefetcher alone one Zen 3 core read SmolLM2's q4_1
+// layers at 6.0-6.3 GB/s against 10-11 GB/s for a plain sum. benchmarks/gym/prefetch.py, helpers stopped, 1 thread:
+// layers 10.6-11.0 ms without, 7.9-8.8 ms at 2-8 KiB ahead; the int8 head 4.0-4.1 -> 3.5-3.7 ms; 2 threads 6.5-7.2
+// -> 5.7-6.2 and 2.4-3.0 -> 2.3-2.6 ms (a plateau from 2 to 16 KiB). 0 turns it off (_core._tune_prefetch).
+extern int64_t stream_prefetch_bytes;
 constexpr int q4_block_bytes(bool has_min) { return 16 * kQ4Cols + (has_min ? 4 : 2) * kQ4Cols; }
 
 using Q4Kernel = void (*)(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta,

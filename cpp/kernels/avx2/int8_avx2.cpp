@@ -24,6 +24,11 @@ struct VI {
         return _mm256_set1_epi32(v);
     }
     static ireg madd(ireg acc, areg a, breg b) { return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b)); }
+    static void prefetch(const int8_t* p, int64_t n) {
+        const int64_t ahead = stream_prefetch_bytes;
+        if (ahead <= 0) return;
+        for (int64_t o = 0; o < n; o += 64) _mm_prefetch(reinterpret_cast<const char*>(p + ahead + o), _MM_HINT_T0);
+    }
     using freg = __m256;
     static freg fzero() { return _mm256_setzero_ps(); }
     static freg fload(const float* p) { return _mm256_loadu_ps(p); }

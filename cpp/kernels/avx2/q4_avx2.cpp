@@ -24,12 +24,18 @@ void q4_tile_m(int64_t nb, const int8_t* a, int64_t lda, const float* sa, const 
                const uint8_t* b, float* c, int64_t ldc, const float* bias) {
     constexpr int64_t bs = q4_block_bytes(kMin);
     const __m256i low = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+    const int64_t ahead = stream_prefetch_bytes;
     __m256 sum[M];
 #pragma GCC unroll 8
     for (int i = 0; i < M; ++i) sum[i] = _mm256_setzero_ps();
     for (int64_t blk = 0; blk < nb; ++blk) {
         const uint8_t* nib = b + blk * bs;
         const int8_t* x = a + blk * kQBlock;
+        if (ahead > 0) {  // the block's bytes ahead; past the panel's end they are the next panel's (contiguous)
+            _mm_prefetch(reinterpret_cast<const char*>(nib + ahead), _MM_HINT_T0);
+            _mm_prefetch(reinterpret_cast<const char*>(nib + ahead + 64), _MM_HINT_T0);
+            if constexpr (bs > 128) _mm_prefetch(reinterpret_cast<const char*>(nib + ahead + 128), _MM_HINT_T0);
+        }
         __m256i acc[M];
 #pragma GCC unroll 8
         for (int i = 0; i < M; ++i) acc[i] = _mm256_setzero_si256();

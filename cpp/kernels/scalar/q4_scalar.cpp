@@ -4,6 +4,9 @@
 #include "kernels/kernels.h"
 
 namespace pyattn::kernels {
+
+int64_t stream_prefetch_bytes = 4096;
+
 namespace {
 
 template <bool kMin>
