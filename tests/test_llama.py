@@ -241,3 +241,32 @@ def test_k_quant_files_load(tmp_path, kinds):
     assert np.isfinite(logits).all()
     cos = (logits * approx).sum(-1) / np.linalg.norm(logits, axis=-1) / np.linalg.norm(approx, axis=-1)
     assert cos.min() > 0.99, cos.min()
+
+
+def test_repacked_weights_reach_the_fused_stack(tmp_path):
+    """set_weight_storage after a forward pass: the C++ layers are rebuilt over the new packed weights."""
+    write_tiny_llama(tmp_path / "t.gguf", {}, np.random.default_rng(0))
+    ids = np.array([[1, 5, 9, 33]])
+    model = LlamaModel.from_gguf(tmp_path / "t.gguf", dtype="float32")
+    before = model(ids)["logits"]
+    model.set_weight_storage("bfloat16")
+    after = model(ids)["logits"]
+    want = LlamaModel.from_gguf(tmp_path / "t.gguf", dtype="bfloat16")(ids)["logits"]
+    assert not np.array_equal(before, after)
+    np.testing.assert_array_equal(after, want)
+
+
+@pytest.mark.parametrize("dtype", [None, "float32", "bfloat16"])
+def test_tied_table_is_held_once_and_exactly(path, dtype):
+    """SmolLM2 ties its output projection to the Q8_0 embedding table: the rows are looked up in the packed
+    projection when it holds the table exactly, and the file's values come back either way."""
+    from pyattn.io.gguf import read_gguf
+
+    f = read_gguf(path)
+    table = f.dequantize("token_embd.weight")
+    f.release("token_embd.weight")  # released pages come back from the file
+    np.testing.assert_array_equal(f.dequantize("token_embd.weight"), table)
+    model = LlamaModel.from_gguf(path, dtype=dtype)
+    assert (model._embedding is None) == (dtype != "bfloat16")
+    ids = np.array([[0, 1, 49151, 504, 3458]])
+    np.testing.assert_array_equal(model.embed(ids), table[ids])

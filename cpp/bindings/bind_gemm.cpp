@@ -167,6 +167,26 @@ public:
         return w;
     }
 
+    // Rows `ids` of the weight (out_features indices), unpacked: an embedding lookup in a table held once, packed
+    // for the output projection that shares it (tied embeddings).
+    py::array rows(const py::array& ids) const {
+        if (ids.dtype().kind() != 'i' && ids.dtype().kind() != 'u')
+            type_error("expected integer ids, got " + dtype_str(ids));
+        py::array_t<int64_t, py::array::c_style | py::array::forcecast> idx(ids);
+        std::vector<int64_t> shape = shape_of(idx);
+        const int64_t n = static_cast<int64_t>(idx.size());
+        const int64_t* ip = idx.data();
+        for (int64_t i = 0; i < n; ++i)
+            if (ip[i] < 0 || ip[i] >= N_)
+                value_error("row " + std::to_string(ip[i]) + " is out of range for " + std::to_string(N_) + " rows");
+        shape.push_back(K_);
+        py::array out = empty_f32(shape);
+        float* op = f32_mut(out);
+        py::gil_scoped_release nogil;
+        for (int64_t i = 0; i < n; ++i) packed_->unpack_row(ip[i], op + i * K_);
+        return out;
+    }
+
     py::object bias() const {
         if (bias_.empty()) return py::none();
         py::array b = empty_f32({N_});
@@ -347,6 +367,9 @@ void bind_gemm(py::module_& m) {
         .def("__call__", &PackedLinear::call, py::arg("x"), py::arg("activation") = "none", py::arg("out") = py::none(),
              "act(x @ weight.T + bias) for x (..., in_features) float32 C-contiguous.")
         .def("weight", &PackedLinear::weight, "The weight (out_features, in_features), unpacked into a new array.")
+        .def("rows", &PackedLinear::rows, py::arg("ids"),
+             "Rows `ids` (any shape of integers in [0, out_features)) of the weight, unpacked: (*ids.shape,\n"
+             "in_features) float32 -- an embedding lookup in a table packed once for a tied output projection.")
         .def_property_readonly("bias", &PackedLinear::bias, "A copy of the bias, or None.")
         .def_property_readonly("in_features", &PackedLinear::in_features)
         .def_property_readonly("out_features", &PackedLinear::out_features)

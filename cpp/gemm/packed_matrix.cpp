@@ -334,56 +334,52 @@ void PackedMatrix::pack_int8(const float* w32, const uint16_t* w16, int64_t ldw)
     }
 }
 
-void PackedMatrix::unpack_transposed(float* w) const {
+void PackedMatrix::unpack_row(int64_t j, float* row) const {
     if (info(type_).family == WeightFamily::block4) {
         const bool mn = has_min();
         const int64_t bs = kernels::q4_block_bytes(mn);
-        for (int64_t j = 0; j < N_; ++j) {
-            const uint8_t* panel = panel_q4(j / kernels::kQ4Cols);
-            const int jj = static_cast<int>(j % kernels::kQ4Cols);
-            for (int64_t p = 0; p < K_; ++p) {
-                const uint8_t* blk = panel + (p / kernels::kQBlock) * bs;
-                const int k = static_cast<int>(p % kernels::kQBlock), kk = k % 16;
-                const uint8_t byte = blk[32 * (kk / 4) + 4 * jj + kk % 4];
-                const int u = k < 16 ? byte & 15 : byte >> 4;
-                const uint16_t* h = reinterpret_cast<const uint16_t*>(blk + 16 * kernels::kQ4Cols);
-                const float d = half_to_float(h[jj]);
-                w[j * K_ + p] = mn ? d * static_cast<float>(u) + half_to_float(h[kernels::kQ4Cols + jj])
-                                   : d * static_cast<float>(u - 8);
-            }
+        const uint8_t* panel = panel_q4(j / kernels::kQ4Cols);
+        const int jj = static_cast<int>(j % kernels::kQ4Cols);
+        for (int64_t p = 0; p < K_; ++p) {
+            const uint8_t* blk = panel + (p / kernels::kQBlock) * bs;
+            const int k = static_cast<int>(p % kernels::kQBlock), kk = k % 16;
+            const uint8_t byte = blk[32 * (kk / 4) + 4 * jj + kk % 4];
+            const int u = k < 16 ? byte & 15 : byte >> 4;
+            const uint16_t* h = reinterpret_cast<const uint16_t*>(blk + 16 * kernels::kQ4Cols);
+            const float d = half_to_float(h[jj]);
+            row[p] = mn ? d * static_cast<float>(u) + half_to_float(h[kernels::kQ4Cols + jj])
+                        : d * static_cast<float>(u - 8);
         }
         return;
     }
     if (type_ == WeightType::i8) {
-        const int64_t nr = ks_->i8.nr;
-        for (int64_t j = 0; j < N_; ++j) {
-            const int8_t* panel = panel_i8(j / nr);
-            const float* ps = panel_scales(j / nr);
-            const int64_t jj = j % nr;
-            for (int64_t p = 0; p < K_; ++p)
-                w[j * K_ + p] =
-                    static_cast<float>(panel[((p / 2) * nr + jj) * 2 + (p & 1)]) * ps[(p / kernels::kQBlock) * nr + jj];
-        }
+        const int64_t nr = ks_->i8.nr, jj = j % nr;
+        const int8_t* panel = panel_i8(j / nr);
+        const float* ps = panel_scales(j / nr);
+        for (int64_t p = 0; p < K_; ++p)
+            row[p] =
+                static_cast<float>(panel[((p / 2) * nr + jj) * 2 + (p & 1)]) * ps[(p / kernels::kQBlock) * nr + jj];
         return;
     }
     const auto& bl = ks_->blocking;
     const bool bf16 = type_ == WeightType::bf16;
-    for (int64_t jc = 0; jc < N_; jc += bl.nc)
-        for (int64_t pc = 0; pc < K_; pc += bl.kc) {
-            const int64_t nc = std::min<int64_t>(bl.nc, N_ - jc), kc = std::min<int64_t>(bl.kc, K_ - pc);
-            for (int64_t j = 0; j < nc; ++j) {
-                const int64_t first = (j / bl.nr) * kc * bl.nr + j % bl.nr;
-                float* row = w + (jc + j) * K_ + pc;
-                if (type_ != WeightType::f32) {
-                    const uint16_t* panel = block16(jc, pc) + first;
-                    for (int64_t p = 0; p < kc; ++p)
-                        row[p] = bf16 ? bf16_to_float(panel[p * bl.nr]) : half_to_float(panel[p * bl.nr]);
-                } else {
-                    const float* panel = block(jc, pc) + first;
-                    for (int64_t p = 0; p < kc; ++p) row[p] = panel[p * bl.nr];
-                }
-            }
+    const int64_t jc = j / bl.nc * bl.nc, jj = j - jc;
+    for (int64_t pc = 0; pc < K_; pc += bl.kc) {
+        const int64_t kc = std::min<int64_t>(bl.kc, K_ - pc);
+        const int64_t first = (jj / bl.nr) * kc * bl.nr + jj % bl.nr;
+        if (type_ != WeightType::f32) {
+            const uint16_t* panel = block16(jc, pc) + first;
+            for (int64_t p = 0; p < kc; ++p)
+                row[pc + p] = bf16 ? bf16_to_float(panel[p * bl.nr]) : half_to_float(panel[p * bl.nr]);
+        } else {
+            const float* panel = block(jc, pc) + first;
+            for (int64_t p = 0; p < kc; ++p) row[pc + p] = panel[p * bl.nr];
         }
+    }
+}
+
+void PackedMatrix::unpack_transposed(float* w) const {
+    for (int64_t j = 0; j < N_; ++j) unpack_row(j, w + j * K_);
 }
 
 int64_t PackedMatrix::offset(int64_t jc, int64_t pc) const {

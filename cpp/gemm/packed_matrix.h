@@ -62,6 +62,8 @@ public:
     // Writes the matrix back in the transposed [N, K] layout (a weight's [out, in]) to w (N * K floats): the
     // values the GEMM multiplies by (for int8, q * scale).
     void unpack_transposed(float* w) const;
+    // Row j of that layout (the weight's row j: output feature j), K floats.
+    void unpack_row(int64_t j, float* row) const;
 
 private:
     int64_t K_, N_;

@@ -122,6 +122,21 @@ class GGUFFile:
     def get(self, key: str, default=None):
         return self.metadata.get(key, default)
 
+    def release(self, name: str) -> None:
+        """Tells the kernel this process is done with tensor `name`'s bytes (madvise DONTNEED on the whole pages
+        inside it): a loader that copies each tensor into its own layout then holds the file's pages and its copy
+        only one tensor at a time, not the whole file on top of the model (peak memory). Reading the tensor again
+        still works: the pages come back from the file."""
+        advise = getattr(self._map, "madvise", None)
+        if advise is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        t = self.tensor(name)
+        start = self.data_offset + t.offset
+        first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE
+        last = (start + t.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+        if last > first:
+            advise(mmap.MADV_DONTNEED, first, last - first)
+
 
 def dequantize_rows(kind: GGMLType, raw: np.ndarray, n: int) -> np.ndarray:
     """(rows, bytes) of one ggml type -> (rows, n) float32."""

@@ -127,6 +127,9 @@ class LlamaWeights:
         """The float32 vector (size,) of `role`."""
         raise NotImplementedError
 
+    def release(self, role: str) -> None:
+        """Called once `role`'s matrix is copied into the model: a source may drop its own copy of it."""
+
     def finish(self, tied: bool = False) -> None:
         """Called once every weight is read (`tied`: the output projection was the embedding table): a source may
         report what it holds that the model did not use."""
@@ -160,6 +163,9 @@ class GGUFWeights(LlamaWeights):
             raise ValueError(f"{self.source}: {name} has shape {t.shape}, expected {tuple(shape)}")
         b = int8_blocks(t.type, self.f.raw(name), t.shape[1]) if blocks else None
         return b if b is not None else self.f.dequantize(name)
+
+    def release(self, role):
+        self.f.release(self.file_name(role))
 
     def q4(self, role, shape):
         name = self.file_name(role)
@@ -523,22 +529,30 @@ class LlamaModel(Module):
             if biases:
                 b = np.concatenate([weights.vector(f"{r}_bias", s[0]) for r, s in zip(roles, shapes)])
             name = weights.file_name(roles[0])
+            lin = build(roles, shapes, b, name)
+            for r in roles:
+                weights.release(r)
+            return lin
+
+        as_stored = set()  # the Linears holding the file's values exactly (blocks as stored)
+
+        def build(roles, shapes, b, name):
             if dtype is None:  # 4-bit blocks as stored, when every part is of the same kind
                 q4 = [weights.q4(r, s) for r, s in zip(roles, shapes)]
                 if all(q is not None for q in q4) and len({q[0] for q in q4}) == 1:
                     raw = np.concatenate([q[1] for q in q4]) if len(q4) > 1 else q4[0][1]
+                    as_stored.add(name)
                     return Linear.from_gguf(raw, q4[0][0], shapes[0][1], b, name)
             blocks = dtype in (None, "int8")
             parts = [weights.matrix(r, s, blocks=blocks) for r, s in zip(roles, shapes)]
             if blocks and all(isinstance(p, tuple) for p in parts):
                 q, scales = (np.concatenate([p[j] for p in parts]) for j in (0, 1))
+                as_stored.add(name)
                 return Linear.from_int8(q, scales, b, name)
             w = np.concatenate([_widen(p) for p in parts]) if len(parts) > 1 else _widen(parts[0])
             return Linear(w, b, name, dtype or "int8")
 
         self.vocab = c.vocab_size
-        # the table as stored when it is Q8_0 / Q4_0 (int8 blocks: a quarter of float32), rows dequantized on lookup
-        self._embedding = weights.matrix("embed", (self.vocab, d), blocks=True)
         self.layers = []
         for i in range(n_layers):
             p = f"layers.{i}."
@@ -556,6 +570,15 @@ class LlamaModel(Module):
             )
         self.norm = weights.vector("norm", d)
         self.lm_head = linear(["embed" if c.tied_embeddings else "lm_head"], [(self.vocab, d)])
+        # The embedding table: when the output projection holds it exactly (tied: the same int8 blocks, or float32),
+        # rows are looked up in the packed projection rather than held twice (SmolLM2: 32 MB; a float32 Hugging Face
+        # model: 4 bytes per weight). Otherwise the table as stored when it is Q8_0 / Q4_0 (int8 blocks: a quarter
+        # of float32), rows dequantized on lookup, or float32.
+        self._embedding = None
+        exact = self.lm_head.storage == "float32" or weights.file_name("embed") in as_stored
+        if not (c.tied_embeddings and exact):
+            self._embedding = weights.matrix("embed", (self.vocab, d), blocks=True)
+            weights.release("embed")
         weights.finish(c.tied_embeddings)
         # the token ids generation reads (eos_token_id: one id or a list)
         self.config = {"bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_id, "pad_token_id": c.pad_token_id}
@@ -647,7 +670,16 @@ class LlamaModel(Module):
             eos_token=special("eos_token"),
         )
 
+    def set_weight_storage(self, storage: str) -> LlamaModel:
+        """As Module.set_weight_storage; a table shared with the output projection is first copied out of it, so
+        that the embeddings keep their values when the projection is rounded to another type."""
+        if self._embedding is None and storage != self.lm_head.storage and self.lm_head.storage == "float32":
+            self._embedding = self.lm_head.weight
+        return super().set_weight_storage(storage)
+
     def embed(self, ids: np.ndarray) -> np.ndarray:
+        if self._embedding is None:  # tied: the rows of the packed output projection
+            return self.lm_head._packed.rows(ids)
         if isinstance(self._embedding, tuple):
             q, s = self._embedding
             return (q[ids].astype(np.float32).reshape(*ids.shape, -1, 32) * s[ids][..., None]).reshape(
@@ -736,17 +768,16 @@ class LlamaModel(Module):
         return {"logits": self.lm_head(h)}
 
     def _fused_stack(self) -> list:
-        """The C++ layers (cpp/layers/decoder_layer.h) over the packed weights, rebuilt when a weight was repacked."""
-        lins = [(lr.qkv, lr.o, lr.gate_up, lr.down) for lr in self.layers]
-        key = tuple(id(lin._packed) for group in lins for lin in group)
+        """The C++ layers (cpp/layers/decoder_layer.h) over the packed weights, rebuilt when a weight was repacked
+        (Linear.repacks moved: checking a counter, not 120 packed objects, keeps a decoding step's glue small)."""
         cached = getattr(self, "_stack", None)
-        if cached is None or cached[0] != key:
+        if cached is None or cached[0] != Linear.repacks:
             stack = [
                 _core.DecoderLayer(
-                    *(lin._packed for lin in group), lr.attn_norm, lr.ffn_norm, self.eps, self.heads, self.kv_heads,
-                    self.rot, self.interleaved,
+                    lr.qkv._packed, lr.o._packed, lr.gate_up._packed, lr.down._packed, lr.attn_norm, lr.ffn_norm,
+                    self.eps, self.heads, self.kv_heads, self.rot, self.interleaved,
                 )
-                for lr, group in zip(self.layers, lins)
+                for lr in self.layers
             ]  # fmt: skip
-            self._stack = cached = (key, stack)
+            self._stack = cached = (Linear.repacks, stack)
         return cached[1]

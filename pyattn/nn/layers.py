@@ -125,6 +125,9 @@ class Linear(Module):
     Only the packed copy is kept (plus the bias): `weight` unpacks it on request, so a model does not hold
     its matrices twice."""
 
+    # how many times any Linear was repacked (set_storage): C++ layers built over packed weights rebuild when it moves
+    repacks = 0
+
     def __init__(
         self,
         weight,
@@ -231,6 +234,7 @@ class Linear(Module):
         _check_range(w, storage, self._name)
         self._packed = _core.PackedLinear(w, self.bias, storage)
         self._exact = _holds_exactly(w, storage)
+        Linear.repacks += 1
 
     @property
     def weight(self) -> np.ndarray:
