@@ -115,7 +115,7 @@ class PyattnRunner:
         self.precision = f"enc {linear_storage(self.model.encoder)}, dec {linear_storage(self.model.decoder)}"
 
     def transcribe(self, audio, beam):
-        return self.model.transcribe(audio, beam_size=beam)
+        return self.model.transcribe_text(audio, beam_size=beam)
 
     def features(self, audio):
         return self.model.features(audio)

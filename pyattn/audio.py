@@ -1,4 +1,4 @@
-"""Whisper's audio front end: WAV loading and the log-mel spectrogram, in numpy.
+"""Whisper's audio front end: audio loading and the log-mel spectrogram, in numpy.
 
     load_audio(path or array)   -> (n_samples,) float32 mono at 16 kHz, in [-1, 1]
     log_mel_spectrogram(audio)  -> (n_mels, n_frames) float32, one frame per 10 ms
@@ -32,6 +32,12 @@ CHUNK_LENGTH = 30
 N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE  # 480000 samples in a 30 s window
 N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 frames in a 30 s window
 
+# Files PyAV is asked to read (for the CLI's folders); load_audio itself tries any file.
+AUDIO_EXTENSIONS = (
+    ".wav", ".mp3", ".m4a", ".aac", ".ogg", ".oga", ".opus", ".flac", ".webm", ".mp4", ".mkv", ".mka", ".mov",
+    ".avi", ".wma", ".aiff", ".aif", ".amr", ".3gp",
+)  # fmt: skip
+
 # Full scale of signed PCM of each sample width, in bytes. 8-bit WAV is unsigned (offset 128); 24-bit
 # samples are widened to 32 bits by shifting them into the top bytes, so they share the 32-bit scale.
 _PCM_DTYPE = {1: np.uint8, 2: np.dtype("<i2"), 3: np.dtype("<i4"), 4: np.dtype("<i4")}
@@ -42,20 +48,96 @@ def load_audio(source, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Return the audio of ``source`` as a 1-D float32 mono array in [-1, 1] at ``sample_rate`` Hz.
 
     ``source`` is either
-      * a path (str or os.PathLike) to a PCM WAV file (8, 16, 24 or 32-bit integer samples), read with the
-        standard library's ``wave``; channels are averaged to mono. A file at another rate is resampled
-        with ``soxr`` when it is installed, else refused with the command that converts it; or
+      * a path (str or os.PathLike) to an audio file. A PCM WAV file (8, 16, 24 or 32-bit integer samples) is read
+        with the standard library's ``wave``, channels averaged to mono, so the base install reads it without
+        extra packages. Any other file -- mp3, m4a/aac, ogg/opus, flac, float or compressed WAV, the audio track of
+        a video (mp4, mkv, webm, mov ...) -- and a WAV at another rate are decoded with PyAV (``pip install av``,
+        in the ``whisper`` extra; the FFmpeg libraries faster-whisper uses) and resampled to ``sample_rate`` mono
+        with its AudioResampler (16-bit, as faster-whisper's decode_audio). Without PyAV a WAV at another rate is
+        resampled with ``soxr`` when that is installed; or
       * a 1-D numpy array already at ``sample_rate``: float32/float64 samples in [-1, 1] (a float32 array
         is returned as is, not copied), or int16 samples, scaled by 1/32768.
 
-    Raises ValueError for a file that is not a PCM WAV (compressed, corrupt, truncated header), for no
-    samples, for NaN/inf, and for float samples outside [-1, 1]; TypeError for other types and dtypes.
+    Raises ValueError, naming the file, for a file that is empty, not audio, truncated (fewer samples than its
+    header declares) or that FFmpeg cannot decode, for no samples, for NaN/inf, and for float samples outside
+    [-1, 1]; FileNotFoundError for a missing file; TypeError for other types and dtypes.
     """
     if isinstance(source, np.ndarray):
         return _from_array(source)
     if isinstance(source, (str, os.PathLike)):
-        return _read_wav(os.fspath(source), sample_rate)
-    raise TypeError(f"expected a path to a WAV file or a numpy array, got {type(source).__name__}")
+        path = os.fspath(source)
+        if os.path.isdir(path):
+            raise ValueError(f"{path}: is a folder, not an audio file")
+        if os.path.getsize(path) == 0:  # FileNotFoundError for a missing file
+            what = "PCM WAV" if path.lower().endswith(".wav") else "audio"
+            raise ValueError(f"{path}: not a readable {what} file (the file is empty)")
+        with open(path, "rb") as f:
+            head = f.read(12)
+        if head[:4] == b"RIFF" and head[8:12] == b"WAVE" or path.lower().endswith(".wav"):
+            return _read_wav(path, sample_rate)
+        return _decode(path, sample_rate)
+    raise TypeError(f"expected a path to an audio file or a numpy array, got {type(source).__name__}")
+
+
+def _av():
+    try:
+        import av
+    except ImportError:
+        return None
+    return av
+
+
+def _decode(path: str, sample_rate: int, wav_reason: str = "") -> np.ndarray:
+    """Decodes the first audio stream of `path` with PyAV, resampled to `sample_rate` mono 16-bit."""
+    av = _av()
+    if av is None:
+        raise ValueError(
+            f"{path}: {wav_reason or 'not a PCM WAV file'}; reading other formats (mp3, m4a, ogg, flac, video ...) "
+            "needs PyAV: `pip install av` (or pyattn[whisper]), or convert it with "
+            f"`ffmpeg -i {path} -ar {sample_rate} -ac 1 out.wav`"
+        )
+    errors = tuple(e for e in (getattr(av, "FFmpegError", None), getattr(av, "AVError", None)) if e is not None)
+    chunks = []
+    try:
+        with av.open(path, mode="r", metadata_errors="ignore") as container:
+            if not container.streams.audio:
+                kinds = sorted({s.type for s in container.streams}) or ["no streams"]
+                raise ValueError(f"{path}: no audio stream in the file ({container.format.name}: {', '.join(kinds)})")
+            stream = container.streams.audio[0]
+            declared = _declared_seconds(stream, container)
+            resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate)
+            for frame in container.decode(stream):
+                frame.pts = None  # the resampler's own timing: a file's broken timestamps cannot stall it
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1))
+    except errors as e:
+        prefix = f"not a readable PCM WAV file ({wav_reason}), and " if wav_reason else ""
+        raise ValueError(f"{path}: {prefix}FFmpeg cannot decode it as audio: {e}") from None
+    except (EOFError, UnicodeDecodeError, RuntimeError) as e:
+        raise ValueError(f"{path}: FFmpeg cannot decode it as audio: {e}") from None
+    n = sum(c.size for c in chunks)
+    if n == 0:
+        raise ValueError(f"{path}: the file contains no audio samples")
+    seconds = n / sample_rate
+    # Encoders pad and trim a few frames (priming samples); a file cut short loses far more.
+    if declared is not None and seconds < declared - max(0.25, 0.02 * declared):
+        raise ValueError(
+            f"{path}: the file is truncated: {seconds:.2f} s of audio decoded, its header declares {declared:.2f} s"
+        )
+    x = np.concatenate(chunks).astype(np.float32)
+    x *= np.float32(1.0 / 32768.0)
+    return x
+
+
+def _declared_seconds(stream, container):
+    """The duration a file's header declares for its audio stream, or None when it declares none."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None and len(container.streams) == 1:
+        return container.duration / 1_000_000  # av.time_base: microseconds
+    return None
 
 
 def _from_array(x: np.ndarray) -> np.ndarray:
@@ -87,24 +169,35 @@ def _read_wav(path: str, sample_rate: int) -> np.ndarray:
     try:
         with wave.open(path, "rb") as f:
             channels, width, rate = f.getnchannels(), f.getsampwidth(), f.getframerate()
-            data = f.readframes(f.getnframes())
+            declared = f.getnframes()
+            data = f.readframes(declared)
     except (wave.Error, EOFError, RuntimeError) as e:
         # wave only reads uncompressed integer PCM: float, mu-law, ADPCM, WAVE_FORMAT_EXTENSIBLE (before
         # Python 3.12) and non-WAV files all end up here, as does a header cut short (EOFError) and a chunk
-        # whose size runs past the RIFF chunk holding it (wave's seek raises a bare RuntimeError).
+        # whose size runs past the RIFF chunk holding it (wave's seek raises a bare RuntimeError). PyAV, when
+        # installed, gets the file next: it reads float and compressed WAVs, and files named .wav that are not.
         if isinstance(e, RuntimeError):
             reason = "a chunk claims more bytes than the RIFF chunk holds"
         else:
-            reason = str(e) or ("the file is empty" if os.path.getsize(path) == 0 else "the header is cut short")
+            reason = str(e) or "the header is cut short"
+        if _av() is not None and not isinstance(e, EOFError):
+            return _decode(path, sample_rate, reason)
         raise ValueError(
             f"{path}: not a readable PCM WAV file ({reason}); convert it with "
-            f"`sox {path} -r {sample_rate} -c 1 -b 16 out.wav`"
+            f"`sox {path} -r {sample_rate} -c 1 -b 16 out.wav`, or `pip install av` to read other encodings"
         ) from None
     if width not in _PCM_DTYPE:
         raise ValueError(f"{path}: unsupported sample width of {width} bytes; expected 1, 2, 3 or 4")
     n = len(data) // (width * channels)  # whole frames only: the data chunk of a cut file may end mid-frame
     if n == 0:
         raise ValueError(f"{path}: the WAV file contains no audio samples")
+    # A cut file holds fewer frames than its data chunk declares. Streaming writers (ffmpeg to a pipe) declare
+    # 0xFFFFFFFF bytes, which is no promise.
+    if n < declared and declared * width * channels < 0xFFFFFF00:
+        raise ValueError(
+            f"{path}: the WAV file is truncated: {n} of the {declared} frames its header declares "
+            f"({n / rate:.2f} of {declared / rate:.2f} s)"
+        )
     raw = np.frombuffer(data, np.uint8, count=n * width * channels)
     if width == 3:
         wide = np.zeros((raw.size // 3, 4), np.uint8)  # little endian: the low byte stays zero
@@ -117,6 +210,8 @@ def _read_wav(path: str, sample_rate: int) -> np.ndarray:
     x = x.mean(axis=1) if channels > 1 else x[:, 0]
     x *= np.float32(1.0 / _PCM_SCALE[width])
     if rate != sample_rate:
+        if _av() is not None and MIN_FILE_RATE <= rate <= MAX_FILE_RATE:
+            return _decode(path, sample_rate)  # FFmpeg's resampler, as faster-whisper's decode_audio
         x = _resample(x, rate, sample_rate, path)
     return x
 
@@ -137,7 +232,7 @@ def _resample(x: np.ndarray, rate: int, sample_rate: int, path: str) -> np.ndarr
     except ImportError:
         raise ValueError(
             f"{path}: sample rate is {rate} Hz, expected {sample_rate} Hz; convert the file with "
-            f"`sox {path} -r {sample_rate} out.wav`, or `pip install soxr` to resample "
+            f"`sox {path} -r {sample_rate} out.wav`, or `pip install av` (or `pip install soxr`) to resample "
             "on load"
         ) from None
     # soxr's band-limited result can overshoot full scale by a little; clip as a 16-bit file would.

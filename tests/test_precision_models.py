@@ -57,7 +57,9 @@ def whisper_float32():
     from pyattn.models import Whisper
 
     model = Whisper.from_pretrained(compute_type="float32")
-    return {clip: (model.transcribe(DATA / clip), model.transcribe(DATA / clip, beam_size=5)) for clip in CLIPS}
+    return {
+        clip: (model.transcribe_text(DATA / clip), model.transcribe_text(DATA / clip, beam_size=5)) for clip in CLIPS
+    }
 
 
 @pytest.mark.parametrize("compute_type", ["bfloat16", "int8"])
@@ -73,8 +75,8 @@ def test_whisper_reduced_precision_same_transcripts(compute_type, whisper_float3
     assert encoder == {"float32" if compute_type == "int8" else compute_type}
     assert decoder == {compute_type}
     for clip, (greedy, beam) in whisper_float32.items():
-        assert model.transcribe(DATA / clip) == greedy, clip
-        assert model.transcribe(DATA / clip, beam_size=5) == beam, clip
+        assert model.transcribe_text(DATA / clip) == greedy, clip
+        assert model.transcribe_text(DATA / clip, beam_size=5) == beam, clip
 
 
 def test_whisper_compute_type_names():

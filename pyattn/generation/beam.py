@@ -156,7 +156,9 @@ class CTranslate2Rule:
                 self.done[b] = True
         return keep, np.take_along_axis(cand_scores, keep, 1), bool(self.done.all())
 
-    def result(self) -> List[List[int]]:
+    def best(self) -> List[tuple]:
+        """Per row, the winning hypothesis as (sum of its tokens' log-probabilities, the end token's included; its
+        generated ids): CTranslate2's result with return_scores, before the division by length ** penalty."""
         lp = np.float32(self.length_penalty)
 
         def final(entry):  # score / length ** penalty; an empty hypothesis scores -inf unless the penalty is 0
@@ -164,7 +166,10 @@ class CTranslate2Rule:
             with np.errstate(divide="ignore", invalid="ignore"):
                 return float(np.float32(score) / np.float32(len(hyp)) ** lp)
 
-        return [max(h, key=final)[1] if h else [] for h in self.hyps]
+        return [max(h, key=final) if h else (float("-inf"), []) for h in self.hyps]
+
+    def result(self) -> List[List[int]]:
+        return [hyp for _, hyp in self.best()]
 
 
 def beam_search(

@@ -26,6 +26,7 @@ from .. import functional as F
 
 __all__ = [
     "ForcedTokens",
+    "InitialTimestamp",
     "MinLength",
     "MinNewTokens",
     "MinP",
@@ -35,10 +36,14 @@ __all__ = [
     "SuppressTokens",
     "SuppressTokensAtBegin",
     "Temperature",
+    "TimestampMass",
+    "TimestampPairs",
+    "TimestampsIncrease",
     "TopK",
     "TopP",
     "apply",
     "build_processors",
+    "timestamp_rules",
 ]
 
 _NEG_INF = np.float32(-np.inf)
@@ -251,6 +256,130 @@ class ForcedTokens:
         out = np.full_like(scores, _NEG_INF)
         out[:, token] = 0.0
         return out
+
+
+# ---- Whisper's timestamp tokens ------------------------------------------------------------------------------
+#
+# Whisper marks time with tokens <|0.00|>, <|0.02|>, ... <|30.00|>: ids timestamp_begin + k for k = 0..1500, the end
+# of the vocabulary. A transcript with timestamps reads <|t0|> text <|t1|><|t1'|> text <|t2|> ... <|endoftext|>: each
+# segment opens and closes with a timestamp, so timestamps come in pairs (the close of one segment, the open of the
+# next), except a lone one before the end token. The rules below keep decoding on that grammar, as openai-whisper's
+# ApplyTimestampRules and CTranslate2's (which faster-whisper runs) do; `begin_index` is the prompt's length, the
+# position of the first generated token. Where the two references differ, CTranslate2's choice is taken (noted).
+
+
+def _generated(ids: np.ndarray, begin_index: int) -> np.ndarray:
+    return ids[:, begin_index:]
+
+
+class InitialTimestamp:
+    """The first generated token is a timestamp no later than <|timestamp_begin + max_index|> (Whisper's
+    max_initial_timestamp, 1.0 s = 50 steps of 0.02 s by default in faster-whisper): text and later timestamps are
+    banned at `begin_index`. max_index None: any timestamp."""
+
+    def __init__(self, timestamp_begin: int, begin_index: int, max_index: Optional[int] = 50):
+        self.timestamp_begin, self.begin_index = int(timestamp_begin), int(begin_index)
+        if max_index is not None and max_index < 0:
+            raise ValueError(f"max_initial_timestamp index must be >= 0, got {max_index}")
+        self.max_index = None if max_index is None else int(max_index)
+
+    def __call__(self, ids, scores):
+        if ids.shape[1] != self.begin_index:
+            return scores
+        out = scores.copy()
+        out[:, : self.timestamp_begin] = _NEG_INF
+        if self.max_index is not None:
+            out[:, self.timestamp_begin + self.max_index + 1 :] = _NEG_INF
+        return out
+
+
+class TimestampPairs:
+    """After a timestamp that closes a pair (the one before it is a timestamp too, or it is the first generated
+    token, which opens the first segment alone) text must follow: timestamps are banned. After a timestamp that
+    follows text (a segment's end) comes the next segment's start or the end token: text is banned."""
+
+    def __init__(self, timestamp_begin: int, eot: int, begin_index: int):
+        self.timestamp_begin, self.eot, self.begin_index = int(timestamp_begin), int(eot), int(begin_index)
+
+    def __call__(self, ids, scores):
+        gen = _generated(ids, self.begin_index)
+        if gen.shape[1] == 0:
+            return scores
+        last = gen[:, -1] >= self.timestamp_begin
+        before = gen[:, -2] >= self.timestamp_begin if gen.shape[1] > 1 else last
+        closing, ending = last & before, last & ~before
+        if not last.any():
+            return scores
+        out = scores.copy()
+        out[np.ix_(closing, np.arange(self.timestamp_begin, scores.shape[1]))] = _NEG_INF
+        out[np.ix_(ending, np.arange(self.eot))] = _NEG_INF
+        return out
+
+
+class TimestampsIncrease:
+    """Timestamps never go back: right after a segment's end (a timestamp after text) the next segment may start at
+    that same time, otherwise a timestamp must be later than the last one (which also keeps every segment longer
+    than zero). openai-whisper's rule, and what CTranslate2 4.8 (faster-whisper's engine) generates."""
+
+    def __init__(self, timestamp_begin: int, begin_index: int):
+        self.timestamp_begin, self.begin_index = int(timestamp_begin), int(begin_index)
+
+    def __call__(self, ids, scores):
+        gen = _generated(ids, self.begin_index)
+        tb = self.timestamp_begin
+        out = None
+        for r, row in enumerate(gen):
+            stamps = row[row >= tb]
+            if not stamps.size:
+                continue
+            segment_end = row[-1] >= tb and row.size >= 2 and row[-2] < tb
+            out = scores.copy() if out is None else out
+            out[r, tb : int(stamps[-1]) + (0 if segment_end else 1)] = _NEG_INF
+        return scores if out is None else out
+
+
+class TimestampMass:
+    """After a text token (not at the first position), when the timestamps together are more probable than the
+    most probable text token -- logsumexp(timestamp scores) > max(text scores), computed on the scores so far --
+    a timestamp must come: text is banned. Softmax shifts every score of a row equally, so logits or
+    log-probabilities give the same decision."""
+
+    def __init__(self, timestamp_begin: int, begin_index: int):
+        self.timestamp_begin, self.begin_index = int(timestamp_begin), int(begin_index)
+
+    def __call__(self, ids, scores):
+        gen = _generated(ids, self.begin_index)
+        if gen.shape[1] == 0:
+            return scores
+        tb = self.timestamp_begin
+        rows = gen[:, -1] < tb
+        if not rows.any():
+            return scores
+        stamps = scores[:, tb:].astype(np.float64)
+        top = stamps.max(-1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mass = top + np.log(np.exp(stamps - np.where(np.isfinite(top), top, 0)[:, None]).sum(-1))
+        force = rows & np.isfinite(top) & (mass > scores[:, :tb].max(-1))
+        if not force.any():
+            return scores
+        out = scores.copy()
+        out[np.ix_(force, np.arange(tb))] = _NEG_INF
+        return out
+
+
+def timestamp_rules(
+    timestamp_begin: int, eot: int, no_timestamps: int, begin_index: int, max_initial_index: Optional[int] = 50
+) -> List[Callable]:
+    """Whisper's timestamp grammar as processors, in the references' order: <|notimestamps|> never generated, the
+    first token a timestamp (InitialTimestamp), pairs (TimestampPairs), increasing (TimestampsIncrease), then the
+    probability-mass rule on the scores those left (TimestampMass)."""
+    return [
+        SuppressTokens([no_timestamps]),
+        InitialTimestamp(timestamp_begin, begin_index, max_initial_index),
+        TimestampPairs(timestamp_begin, eot, begin_index),
+        TimestampsIncrease(timestamp_begin, begin_index),
+        TimestampMass(timestamp_begin, begin_index),
+    ]
 
 
 class StopStrings:

