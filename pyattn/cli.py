@@ -1,5 +1,5 @@
 """Command line: `pyattn embed SENTENCE...`, `pyattn embed --input FILE --output OUT` (a corpus job, pyattn.jobs),
-`pyattn transcribe FILE.wav`, `pyattn generate PROMPT`, `pyattn info`."""
+`pyattn transcribe FILE.wav`, `pyattn generate PROMPT`, `pyattn info`, `pyattn --version`."""
 
 from __future__ import annotations
 
@@ -175,7 +175,10 @@ def _generate(args) -> int:
 
 
 def main(argv=None) -> int:
+    from pyattn import __version__
+
     ap = argparse.ArgumentParser(prog="pyattn", description="Fast CPU inference of attention models.")
+    ap.add_argument("--version", action="version", version=f"pyattn {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="version, CPU features, kernel set, threads")
     p.add_argument("--json", action="store_true")
