@@ -207,7 +207,7 @@ class _ParquetWriter:
         with self.pq.ParquetWriter(tmp, self.schema) as w:
             w.write_table(self.schema.empty_table())
             for part in sorted(work.glob("*.parquet")):
-                w.write_table(self.pq.read_table(part, schema=self.schema))
+                w.write_table(self.pq.ParquetFile(part).read())
         os.replace(tmp, output)
         shutil.rmtree(work)
 

@@ -237,7 +237,7 @@ def test_memory_holds_one_window(tmp_path):
     outputs = ["big.npy"] + (["big.parquet"] if importlib.util.find_spec("pyarrow") else [])
     for name in outputs:
         if name.endswith(".parquet"):
-            import pyarrow  # noqa: F401 - imported before measuring: its import is not the job's memory
+            import pyarrow.parquet  # noqa: F401 - imported before measuring: its import is not the job's memory
         tracemalloc.start()
         try:
             res = embed_file(src, tmp_path / name, encoder=enc, batch_size=32, window=2048, progress=False)
@@ -245,7 +245,7 @@ def test_memory_holds_one_window(tmp_path):
         finally:
             tracemalloc.stop()
         assert res.rows == n
-        assert peak < 5 * 2**20, f"{name}: peak {peak / 2**20:.1f} MiB"
+        assert peak < 4 * 2**20, f"{name}: peak {peak / 2**20:.1f} MiB"  # measured: 1.6 (.npy), 2.0 (.parquet)
     got = np.load(tmp_path / "big.npy", mmap_mode="r")
     assert got.shape == (n, 32) and got[12345, 0] == len(f"line 12345 {'x' * (12345 % 100)}")
 
