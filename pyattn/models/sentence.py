@@ -3,9 +3,10 @@ sentence-transformers computes for all-MiniLM-L6-v2."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Iterable, Iterator, Optional, Tuple, Union
 
 import numpy as np
 
@@ -31,6 +32,9 @@ class SentenceEncoder:
         pad_id = tokenizer.token_to_id("[PAD]")
         self.tokenizer.enable_truncation(max_length=self.max_seq_length)
         self.tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]")
+        # What the weights are, for a job that must not mix two models' vectors in one file (pyattn.jobs):
+        # set by from_pretrained; None for an encoder assembled by hand.
+        self.source: Optional[dict] = None
 
     @classmethod
     def from_pretrained(cls, path: Optional[Union[str, Path]] = None, dtype: Optional[str] = None) -> SentenceEncoder:
@@ -61,7 +65,16 @@ class SentenceEncoder:
                     raise ValueError(f"{pooling}: only mean pooling is supported")
         model = BertModel.from_pretrained(folder, dtype)
         max_len = min(max_len, model.position_embeddings.weight.shape[0])
-        return cls(model, Tokenizer.from_file(str(tok_path)), max_len, normalize)
+        enc = cls(model, Tokenizer.from_file(str(tok_path)), max_len, normalize)
+        weights = folder / "model.safetensors"
+        stat = weights.stat() if weights.is_file() else None
+        enc.source = {
+            "path": str(folder.resolve()),
+            "dtype": dtype or "float32",
+            "weights_size": stat.st_size if stat else None,
+            "weights_mtime_ns": stat.st_mtime_ns if stat else None,
+        }
+        return enc
 
     @property
     def dim(self) -> int:
@@ -91,3 +104,30 @@ class SentenceEncoder:
                 pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
             out[idx] = pooled
         return out
+
+    def encode_iter(
+        self, sentences: Iterable[str], batch_size: int = 32, window: Optional[int] = None
+    ) -> Iterator[Tuple[int, np.ndarray]]:
+        """Embeds a stream of sentences of any length, holding one window of them at a time.
+
+        Reads ``window`` sentences (default 64 x batch_size), sorts them by length inside the window so that
+        each batch pads little, encodes, and yields ``(start, vectors)``: the index of the window's first
+        sentence in the stream and its (n, dim) float32 rows, in input order. Windows come in order, so
+        ``np.concatenate([v for _, v in enc.encode_iter(s)])`` equals ``enc.encode(s)`` up to float rounding
+        (padding changes with the batches, the results do not).
+        """
+        if isinstance(sentences, str):
+            raise TypeError("encode_iter expects an iterable of strings, not a string")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        window = 64 * batch_size if window is None else int(window)
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        it = iter(sentences)
+        start = 0
+        while True:
+            chunk = list(itertools.islice(it, window))
+            if not chunk:
+                return
+            yield start, self.encode(chunk, batch_size=batch_size)
+            start += len(chunk)

@@ -1,0 +1,359 @@
+"""
+pyattn's C++ core: SIMD/OpenMP GEMM, softmax, layer norm, activations and fused attention.
+Functions here take float32 arrays as they are and refuse anything else; pyattn.functional
+is the user-facing layer that converts and documents.
+"""
+
+# Written from pybind11-stubgen's output (pybind11-stubgen pyattn._core) and checked by hand against
+# cpp/bindings/: array parameters carry the dtype the binding requires (the binding refuses any other), optional
+# arguments are Optional, and scaled_dot_product_attention's result follows return_weights.
+# tests/test_stubs.py checks that this file and the module name the same attributes.
+
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union, overload
+
+import numpy as np
+import numpy.typing as npt
+
+_F32 = npt.NDArray[np.float32]
+_Weight = npt.NDArray[Any]  # float32 or float16 (PackedLinear); the binding checks
+_Mask = npt.NDArray[Any]  # bool (True = masked out) or float32 (added to the scores)
+_I64 = npt.NDArray[np.int64]
+
+class PackedLinear:
+    """
+    A Linear layer whose weight is packed once for the GEMM micro-kernel (at construction),
+    so each call packs only its activations. weight (out_features, in_features) float32 or
+    float16; storage: 'float32', 'float16', 'bfloat16', 'int8' (blocks of 32 along in_features
+    with their own scales, activations quantized likewise), 'q4_0' / 'q4_1' (GGUF's 4-bit
+    blocks), or '' for the weight's own dtype.
+    """
+    @staticmethod
+    def from_gguf(raw: npt.NDArray[np.uint8], type: str, in_features: int, bias: Optional[_F32] = None) -> PackedLinear:
+        """
+        A 4-bit weight as GGUF stores it, read as stored by the GEMM (no widening in memory): raw
+        (out, in / 32 * bytes per block) uint8, type 'q4_0' (18-byte blocks) or 'q4_1' (20 bytes).
+        """
+    @staticmethod
+    def from_int8(q: npt.NDArray[np.int8], scales: _F32, bias: Optional[_F32] = None) -> PackedLinear:
+        """
+        An int8 weight quantized elsewhere, held as given: q (out, in) int8 and scales (out,) (one per
+        row, as CTranslate2's) or (out, ceil(in / 32)) (one per block of 32, as GGUF's Q8_0), float32,
+        with weight ~ q * scale.
+        """
+    def __call__(self, x: _F32, activation: str = "none", out: Optional[_F32] = None) -> _F32:
+        """
+        act(x @ weight.T + bias) for x (..., in_features) float32 C-contiguous.
+        """
+    def __init__(self, weight: _Weight, bias: Optional[_F32] = None, storage: str = "") -> None: ...
+    def rows(self, ids: npt.ArrayLike) -> _F32:
+        """Rows `ids` of the weight, unpacked: (*ids.shape, in_features) float32."""
+        ...
+    def weight(self) -> _F32:
+        """
+        The weight (out_features, in_features), unpacked into a new array.
+        """
+    @property
+    def bias(self) -> Optional[_F32]:
+        """
+        A copy of the bias, or None.
+        """
+    @property
+    def has_bias(self) -> bool: ...
+    @property
+    def in_features(self) -> int: ...
+    @property
+    def isa(self) -> str:
+        """
+        Kernel set the weight was packed for.
+        """
+    @property
+    def nbytes(self) -> int:
+        """
+        Bytes held by the packed weight and bias.
+        """
+    @property
+    def out_features(self) -> int: ...
+    @property
+    def storage(self) -> str:
+        """
+        How the weight is held: 'float32', 'float16', 'bfloat16', 'int8', 'q4_0' or 'q4_1'.
+        """
+
+class GRULayer:
+    """
+    One direction of one GRU layer (PyTorch's gates r, z, n), its weights packed once:
+    the input projection of every step is one GEMM, each step one packed GEMM of the
+    batch's states and the fused gate kernel.
+    """
+    def __call__(self, x: _F32, h0: Optional[_F32] = None, reverse: bool = False) -> Tuple[_F32, _F32]:
+        """
+        x (batch, seq, input_size), h0 (batch, hidden) or None -> (output (batch, seq, hidden), h_n)
+        """
+    def __init__(
+        self, weight_ih: _F32, weight_hh: _F32, bias_ih: Optional[_F32] = None, bias_hh: Optional[_F32] = None
+    ) -> None: ...
+    @property
+    def hidden_size(self) -> int: ...
+    @property
+    def input_size(self) -> int: ...
+
+class DecoderLayer:
+    """
+    A Llama-family decoder layer (cpp/layers/decoder_layer.h): pre-RMSNorm, RoPE, grouped-
+    query attention over a KV cache, SwiGLU. qkv (E -> (H + 2 Hkv) D), out (H D -> E),
+    gate_up (E -> 2F: gate rows, then up rows) and down (F -> E) are PackedLinear objects.
+    """
+    def __init__(
+        self,
+        qkv: PackedLinear,
+        out: PackedLinear,
+        gate_up: PackedLinear,
+        down: PackedLinear,
+        attn_norm: _F32,
+        ffn_norm: _F32,
+        eps: float,
+        num_heads: int,
+        num_kv_heads: int,
+        rotary_dim: int,
+        interleaved: bool,
+    ) -> None: ...
+
+class EncoderLayer:
+    """
+    A whole transformer encoder layer in one call (cpp/layers/encoder_layer.h): the
+    PackedLinear projections qkv (E -> 3E), out, ffn1 (E -> F, activation fused), ffn2, two
+    LayerNorms, post-LN (norm_first=False) or pre-LN.
+    """
+    def __call__(self, x: _F32, key_padding_mask: Optional[npt.NDArray[np.bool_]] = None) -> _F32:
+        """
+        x (B, L, E) float32 C-contiguous; key_padding_mask (B, L) bool, True = padding. Returns (B, L, E).
+        """
+    def __init__(
+        self,
+        qkv: PackedLinear,
+        out: PackedLinear,
+        ffn1: PackedLinear,
+        ffn2: PackedLinear,
+        norm1_weight: _F32,
+        norm1_bias: Optional[_F32],
+        norm1_eps: float,
+        norm2_weight: _F32,
+        norm2_bias: Optional[_F32],
+        norm2_eps: float,
+        num_heads: int,
+        activation: str,
+        norm_first: bool,
+        scale: Optional[float] = None,
+    ) -> None: ...
+
+def _tune_blocking(name: str, mc: int, kc: int, nc: int) -> None:
+    """
+    Tuning hook for benchmarks/gym: set MC, KC, NC of a kernel set (repack weights afterwards).
+    """
+
+def _tune_prefetch(bytes: int) -> None:
+    """Tuning hook for benchmarks/gym: how far ahead the int8 / 4-bit kernels prefetch weight panels (0: off)."""
+    ...
+
+def _tune_small_m_packed(m: int) -> None:
+    """
+    Tuning hook for benchmarks/gym: up to m rows, a prepacked B is read in place (the small-M path).
+    """
+
+def activation(x: _F32, kind: str, bias: Optional[_F32] = None) -> _F32:
+    """
+    Element-wise activation (relu, gelu, gelu_tanh, silu, none) of x (+ bias over the last axis).
+    """
+
+def additive_scores(qp: _F32, kp: _F32, v: _F32, v_bias: float = 0.0) -> _F32:
+    """
+    Additive (Bahdanau) attention scores, fused: scores[b, i, j] = sum_h v[h] tanh(qp[b, i, h] + kp[b, j, h])
+    + v_bias. qp (B, Lq, H) projected queries, kp (B, Lk, H) projected keys (float32 views with a
+    contiguous last axis), v (H,). Returns (B, Lq, Lk) float32; a score meeting a NaN or infinite
+    qp + kp or v is NaN.
+    """
+
+def amx_granted() -> bool:
+    """
+    Whether Linux granted this process the AMX tile state (asked once; False without AMX).
+    """
+
+def available_isas() -> List[str]:
+    """
+    Kernel sets this CPU can run, best last.
+    """
+
+def blocking(name: str = "") -> Dict[str, int]:
+    """
+    GEMM register tile and cache blocking (MR, NR, MC, KC, NC) of a kernel set.
+    """
+
+def cpu_features() -> Dict[str, bool]:
+    """
+    CPU features detected with cpuid (and OS support for the wider registers).
+    """
+
+def decoder_stack(
+    layers: Sequence[DecoderLayer],
+    x: _F32,
+    positions: _I64,
+    cos: _F32,
+    sin: _F32,
+    cache_k: Sequence[_F32],
+    cache_v: Sequence[_F32],
+    past: int,
+    key_padding_mask: Optional[npt.NDArray[np.bool_]] = None,
+) -> _F32:
+    """
+    Runs the DecoderLayer list over x (B, L, E) in place (the residual stream) and returns the last layer's
+    FFN output (B, L, E), which the caller adds before the final norm. positions (B, L) int64 index the
+    rotary tables cos / sin (n_pos, rotary_dim / 2); cache_k / cache_v: per layer (B, capacity, Hkv D),
+    rows [past, past + L) are written; key_padding_mask (B, past + L) bool, True = padding.
+    """
+
+def get_isa() -> str:
+    """
+    Name of the kernel set in use.
+    """
+
+def get_num_threads() -> int:
+    """
+    Threads used by parallel ops.
+    """
+
+def layer_norm(
+    x: _F32,
+    weight: Optional[_F32] = None,
+    bias: Optional[_F32] = None,
+    eps: float = 1e-5,
+    residual: Optional[_F32] = None,
+) -> _F32:
+    """
+    Layer normalisation over the last axis (biased variance, as torch) of x, or of x + residual.
+    """
+
+def linear(
+    x: _F32, weight: _F32, bias: Optional[_F32] = None, activation: str = "none", out: Optional[_F32] = None
+) -> _F32:
+    """
+    act(x @ weight.T + bias): x (..., in) C-contiguous, weight (out, in) as in torch.nn.Linear.
+    """
+
+def log_softmax(x: _F32) -> _F32:
+    """
+    log_softmax over the last axis of a C-contiguous float32 array; an all -inf row gives -inf.
+    """
+
+def matmul(a: _F32, b: _F32, transpose_b: bool = False, out: Optional[_F32] = None) -> _F32:
+    """
+    a (..., M, K) @ b (..., K, N) (or b (..., N, K) with transpose_b) with numpy batch broadcasting.
+    float32 only; the last axis of a and b must be contiguous; out is C-contiguous float32.
+    """
+
+def measure_fma_peak(threads: int = 1, seconds: float = 0.3) -> float:
+    """
+    Measured FMA throughput in GFLOP/s of the active kernel set on `threads` threads.
+    """
+
+def measure_read_bandwidth(threads: int = 1, mbytes: int = 256, repeats: int = 5) -> float:
+    """
+    Measured read bandwidth in GB/s (best of `repeats` sums over a buffer of `mbytes` MiB).
+    """
+
+def num_procs() -> int:
+    """
+    Processors available to this process.
+    """
+
+def release_memory() -> int:
+    """
+    Frees the cache of large result blocks (kept for reuse between calls, at most 128 MiB) and returns the
+    allocator's free pages to the system. Returns the bytes of cached blocks freed.
+    """
+
+def rms_norm(x: _F32, weight: Optional[_F32] = None, eps: float = 1e-6, residual: Optional[_F32] = None) -> _F32:
+    """
+    RMS normalisation over the last axis: x / sqrt(mean(x^2) + eps) * weight. With residual (float32, the shape
+    of x, C-contiguous, writable): residual += x in place first, and the sum is normalised (pre-norm step).
+    """
+
+def rope(x: _F32, positions: _I64, cos: _F32, sin: _F32, interleaved: bool = False) -> None:
+    """
+    Rotary position embedding in place on x (B, L, H, D) (last axis contiguous; heads may be strided views):
+    the first 2 * cos.shape[1] dims of each head rotate by the angles of positions (B, L) int64, rows of the
+    cos / sin tables (n_positions, rot / 2). Pairs (i, i + rot/2) (rotate_half) or (2i, 2i+1) (interleaved).
+    """
+
+@overload
+def scaled_dot_product_attention(
+    q: _F32,
+    k: _F32,
+    v: _F32,
+    attn_mask: Optional[_Mask] = None,
+    key_padding_mask: Optional[_Mask] = None,
+    is_causal: bool = False,
+    causal_offset: int = 0,
+    scale: Optional[float] = None,
+    return_weights: Literal[False] = False,
+    out: Optional[_F32] = None,
+) -> _F32: ...
+@overload
+def scaled_dot_product_attention(
+    q: _F32,
+    k: _F32,
+    v: _F32,
+    attn_mask: Optional[_Mask] = None,
+    key_padding_mask: Optional[_Mask] = None,
+    is_causal: bool = False,
+    causal_offset: int = 0,
+    scale: Optional[float] = None,
+    *,
+    return_weights: Literal[True],
+    out: Optional[_F32] = None,
+) -> Tuple[_F32, _F32]: ...
+@overload
+def scaled_dot_product_attention(
+    q: _F32,
+    k: _F32,
+    v: _F32,
+    attn_mask: Optional[_Mask] = None,
+    key_padding_mask: Optional[_Mask] = None,
+    is_causal: bool = False,
+    causal_offset: int = 0,
+    scale: Optional[float] = None,
+    return_weights: bool = False,
+    out: Optional[_F32] = None,
+) -> Union[_F32, Tuple[_F32, _F32]]:
+    """
+    Fused softmax(scale q k^T + mask) v. q (B, H, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv) with Hkv dividing
+    H (grouped-query attention: query head h reads K/V head h / (H / Hkv)): float32 views
+    with a contiguous last axis (heads may be strided views). attn_mask (B|1, H|1, Lq|1, Lk) and
+    key_padding_mask (B|1, Lk): bool (True = masked out) or float32 (added). is_causal: key j visible to
+    query i iff j <= i + causal_offset. Returns out (B, H, Lq, Dv), and the weights (B, H, Lq, Lk) too when
+    return_weights. A query with every key masked gets zeros.
+    """
+
+def set_isa(name: str) -> None:
+    """
+    Switch the kernel set ('scalar', 'avx2', 'avx512'); ValueError if this CPU lacks it.
+    """
+
+def set_num_threads(n: int) -> None:
+    """
+    Set the threads used by parallel ops (>= 1).
+    """
+
+def softmax(x: _F32) -> _F32:
+    """
+    softmax over the last axis of a C-contiguous float32 array; an all -inf row gives zeros.
+    """
+
+def swiglu(gate_up: _F32) -> _F32:
+    """
+    silu(gate) * up for gate_up (..., 2 F) = [gate | up] (the two projections of a SwiGLU FFN in one GEMM).
+    """
+
+def weight_types() -> List[str]:
+    """
+    Names of the weight types PackedLinear can hold.
+    """
