@@ -267,6 +267,7 @@ def test_cli_transcribes_files_and_folders_to_srt(media, tmp_path):
         text=True,
         env=dict(os.environ, OMP_NUM_THREADS="2"),
         timeout=300,
+        cwd=tmp_path,  # not the repository root, whose source tree (no extension) would shadow the installed package
     )
     assert r.returncode == 2, r.stderr  # the broken file is reported, the others written
     assert "broken.mp3" in r.stderr and "Traceback" not in r.stderr
