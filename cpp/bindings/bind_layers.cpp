@@ -14,6 +14,21 @@
 namespace pyattn::bind {
 namespace {
 
+// The layers' shared argument checks: a projection's K -> N, and a vector of n float32 copied.
+void want_shape(const gemm::PackedMatrix& m, int64_t k, int64_t n, const char* name) {
+    if (m.K() != k || m.N() != n)
+        value_error(std::string(name) + " maps " + std::to_string(m.K()) + " -> " + std::to_string(m.N()) +
+                    " features, expected " + std::to_string(k) + " -> " + std::to_string(n));
+}
+
+std::vector<float> vector_of(const py::array& a, int64_t n, const char* name) {
+    require_f32(a, name);
+    if (a.ndim() != 1 || a.shape(0) != n)
+        value_error(std::string("expected ") + name + " of shape (" + std::to_string(n) + ",), got " + shape_str(a));
+    require_c_contiguous(a, name);
+    return std::vector<float>(f32(a), f32(a) + n);
+}
+
 class EncoderLayer {
 public:
     EncoderLayer(const py::object& qkv, const py::object& out, const py::object& ffn1, const py::object& ffn2,
@@ -28,15 +43,10 @@ public:
         l.ffn2.w = &packed_matrix_of(ffn2, "ffn2", &l.ffn2.bias);
         E_ = l.out.w->N();
         F_ = l.ffn1.w->N();
-        auto want = [](const gemm::PackedMatrix& m, int64_t k, int64_t n, const char* name) {
-            if (m.K() != k || m.N() != n)
-                value_error(std::string(name) + " maps " + std::to_string(m.K()) + " -> " + std::to_string(m.N()) +
-                            " features, expected " + std::to_string(k) + " -> " + std::to_string(n));
-        };
-        want(*l.out.w, E_, E_, "out");
-        want(*l.qkv.w, E_, 3 * E_, "qkv");
-        want(*l.ffn1.w, E_, F_, "ffn1");
-        want(*l.ffn2.w, F_, E_, "ffn2");
+        want_shape(*l.out.w, E_, E_, "out");
+        want_shape(*l.qkv.w, E_, 3 * E_, "qkv");
+        want_shape(*l.ffn1.w, E_, F_, "ffn1");
+        want_shape(*l.ffn2.w, F_, E_, "ffn2");
         if (num_heads < 1 || E_ % num_heads)
             value_error("num_heads (" + std::to_string(num_heads) + ") must divide d_model (" + std::to_string(E_) +
                         ")");
@@ -88,15 +98,8 @@ public:
 private:
     layers::Norm norm(const py::array& w, const py::object& b, float eps, const char* name, std::vector<float>& wv,
                       std::vector<float>& bv) {
-        auto vec = [&](const py::array& a, std::vector<float>& v, const std::string& what) {
-            require_f32(a, what.c_str());
-            if (a.ndim() != 1 || a.shape(0) != E_)
-                value_error("expected " + what + " of shape (" + std::to_string(E_) + ",), got " + shape_str(a));
-            require_c_contiguous(a, what.c_str());
-            v.assign(f32(a), f32(a) + E_);
-        };
-        vec(w, wv, std::string(name) + "_weight");
-        if (!b.is_none()) vec(b.cast<py::array>(), bv, std::string(name) + "_bias");
+        wv = vector_of(w, E_, (std::string(name) + "_weight").c_str());
+        if (!b.is_none()) bv = vector_of(b.cast<py::array>(), E_, (std::string(name) + "_bias").c_str());
         if (!(eps >= 0.0f) || !std::isfinite(eps)) value_error(std::string(name) + "_eps must be finite and >= 0");
         return layers::Norm{wv.data(), bv.empty() ? nullptr : bv.data(), eps};
     }
@@ -106,20 +109,6 @@ private:
     layers::EncoderLayer l_{};
     int64_t E_ = 0, F_ = 0;
 };
-
-void want_shape(const gemm::PackedMatrix& m, int64_t k, int64_t n, const char* name) {
-    if (m.K() != k || m.N() != n)
-        value_error(std::string(name) + " maps " + std::to_string(m.K()) + " -> " + std::to_string(m.N()) +
-                    " features, expected " + std::to_string(k) + " -> " + std::to_string(n));
-}
-
-std::vector<float> vector_of(const py::array& a, int64_t n, const char* name) {
-    require_f32(a, name);
-    if (a.ndim() != 1 || a.shape(0) != n)
-        value_error(std::string("expected ") + name + " of shape (" + std::to_string(n) + ",), got " + shape_str(a));
-    require_c_contiguous(a, name);
-    return std::vector<float>(f32(a), f32(a) + n);
-}
 
 class DecoderLayer {
 public:
