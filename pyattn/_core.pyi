@@ -271,6 +271,13 @@ def release_memory() -> int:
     allocator's free pages to the system. Returns the bytes of cached blocks freed.
     """
 
+def trim_heap() -> bool:
+    """
+    Returns the allocator's free heap pages to the system (glibc's malloc_trim), without touching the block
+    cache. Model loaders call it: once glibc has raised its mmap threshold, a load's transient buffers come
+    from the heap and would otherwise stay resident. True if memory was released.
+    """
+
 def rms_norm(x: _F32, weight: Optional[_F32] = None, eps: float = 1e-6, residual: Optional[_F32] = None) -> _F32:
     """
     RMS normalisation over the last axis: x / sqrt(mean(x^2) + eps) * weight. With residual (float32, the shape

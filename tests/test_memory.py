@@ -117,16 +117,17 @@ LOAD_FREE = textwrap.dedent("""
     from pyattn.models import Whisper
     gc.collect()
     base = rss()
-    peaks, after = [], []
+    loaded, peaks, after = [], [], []
     for _ in range(4):
         m = Whisper.from_pretrained()
+        loaded.append(rss())
         m.encode(np.zeros((1, 80, 3000), np.float32))  # a forward pass fills the result-block cache
         peaks.append(rss())
         del m
         gc.collect()
         pyattn.release_memory()
         after.append(rss())
-    print(base, *peaks, *after)
+    print(base, *loaded, *peaks, *after)
 """)
 
 
@@ -137,11 +138,14 @@ def test_model_load_and_free_releases_memory():
     )
     assert r.returncode == 0, r.stderr
     base, *rest = map(float, r.stdout.split())
-    peaks, after = rest[:4], rest[4:]
+    loaded, peaks, after = rest[:4], rest[4:8], rest[8:]
     held = peaks[0] - base
     assert held > 80, f"the model should hold memory while loaded ({held:.0f} MB)"
     assert after[-1] - base < 0.25 * held, f"after free: {after[-1] - base:.0f} MB of {held:.0f} MB still held"
-    assert max(peaks) - peaks[0] < 40, f"repeated loads grow: {peaks}"
+    # glibc raises its mmap threshold after the first load frees its buffers; without the loaders' heap trim the
+    # second load held 57 MB more (CI saw the peaks climb 195 -> 216 -> 230 -> 238 MB).
+    assert max(loaded) - loaded[0] < 16, f"repeated loads grow: {loaded}"
+    assert max(peaks) - peaks[0] < 24, f"repeated loads grow: {peaks}"
 
 
 def test_bindings_leak_no_references(rng):

@@ -226,6 +226,14 @@ std::size_t release_cached_memory() {
     return n;
 }
 
+bool trim_heap() {
+#if defined(__GLIBC__)
+    return malloc_trim(0) != 0;
+#else
+    return false;
+#endif
+}
+
 }  // namespace pyattn::bind
 
 PYBIND11_MODULE(_core, m) {
@@ -236,6 +244,10 @@ PYBIND11_MODULE(_core, m) {
     m.def("release_memory", &pyattn::bind::release_cached_memory,
           "Frees the cache of large result blocks (kept for reuse between calls, at most 128 MiB) and returns the\n"
           "allocator's free pages to the system. Returns the bytes of cached blocks freed.");
+    m.def("trim_heap", &pyattn::bind::trim_heap,
+          "Returns the allocator's free heap pages to the system (glibc's malloc_trim), without touching the block\n"
+          "cache. Model loaders call it: once glibc has raised its mmap threshold, a load's transient buffers come\n"
+          "from the heap and would otherwise stay resident. True if memory was released.");
     pyattn::bind::bind_cpu(m);
     pyattn::bind::bind_gemm(m);
     pyattn::bind::bind_ops(m);

@@ -22,6 +22,7 @@ from ..generation import search
 from ..nn import GRU, Embedding, Linear, Module
 from ..nn.layers import as_weight
 from ..nn.scoring import Attention
+from .pretrained import trims_heap
 
 _KIND = "pyattn-seq2seq-gru-bahdanau"
 
@@ -192,6 +193,7 @@ class GRUSeq2Seq(Module):
         )
 
     @classmethod
+    @trims_heap
     def load(cls, path) -> GRUSeq2Seq:
         from ..io.torch_format import errors_name, read_config, read_safetensors
 

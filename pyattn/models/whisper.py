@@ -50,6 +50,7 @@ from ..nn import (
 )
 from ..precision import resolve_compute_type, resolve_dtype
 from .packages import package_folder
+from .pretrained import trims_heap
 
 N_MELS, N_FRAMES = 80, 3000
 _CONFIG_KEYS = ("suppress_ids", "suppress_ids_begin")
@@ -417,6 +418,7 @@ class Whisper(Module):
         return default
 
     @classmethod
+    @trims_heap
     def from_pretrained(
         cls, path=None, *, compute_type: str = "default", weight_storage: Optional[str] = None
     ) -> Whisper:
