@@ -155,6 +155,12 @@ def _tune_prefetch(bytes: int) -> None:
     """Tuning hook for benchmarks/gym: how far ahead the int8 / 4-bit kernels prefetch weight panels (0: off)."""
     ...
 
+def _tune_team_rows(rows: int) -> None:
+    """
+    Tuning hook for tests and benchmarks/gym: up to this many rows (batch x new tokens, at most 8) decoder_stack
+    runs in one parallel region; 0: always layer by layer.
+    """
+
 def _tune_small_m_packed(m: int) -> None:
     """
     Tuning hook for benchmarks/gym: up to m rows, a prepacked B is read in place (the small-M path).

@@ -121,6 +121,47 @@ def test_block_weight_types_stay_close(rng):
         assert cos_sim.min() > bar, (storage, cos_sim.min())
 
 
+@pytest.mark.parametrize("storage", ["float32", "float16", "bfloat16", "int8", "q4_0", "q4_1"])
+def test_one_region_step_equals_layer_by_layer(rng, storage):
+    """Up to 8 rows (a decoding step) the stack runs in one parallel region, each thread on its share of heads and
+    columns; it gives the layer-by-layer path's results: the same bits for the block types (integer sums, the same
+    float steps per column), within float rounding for the others, on any thread count (5 > some ops' shares)."""
+    layers = make_layers(rng, 3)
+    stack = fused(layers, True, storage)
+    B, P, L = 2, 7, 10
+    x = rng.standard_normal((B, L, E)).astype(np.float32)
+    mask = np.ones((B, L), bool)
+    mask[1, :2] = False
+    positions = np.maximum(np.cumsum(mask, 1) - 1, 0).astype(np.int64)
+    cos, sin = F.rope_tables(16, ROT, BASE)
+
+    def decode(team_rows, threads):
+        old = pyattn.get_num_threads()
+        pyattn.set_num_threads(threads)
+        _core._tune_team_rows(team_rows)
+        try:
+            caches = [(np.zeros((B, L, HKV * D), np.float32), np.zeros((B, L, HKV * D), np.float32)) for _ in layers]
+            run(stack, x[:, :P], positions[:, :P].copy(), cos, sin, caches, 0, ~mask[:, :P])  # 14 rows: layer by layer
+            steps = [
+                run(stack, x[:, t : t + 1], positions[:, t : t + 1].copy(), cos, sin, caches, t, ~mask[:, : t + 1])
+                for t in range(P, L)
+            ]
+            return np.concatenate(steps, 1), np.concatenate([c[0] for c in caches])
+        finally:
+            _core._tune_team_rows(8)
+            pyattn.set_num_threads(old)
+
+    want, want_k = decode(0, 2)
+    for threads in (1, 2, 5):
+        got, got_k = decode(8, threads)
+        if storage in ("int8", "q4_0", "q4_1"):
+            np.testing.assert_array_equal(got, want)
+            np.testing.assert_array_equal(got_k, want_k)
+        else:
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(got_k, want_k, rtol=1e-5, atol=1e-5)
+
+
 def test_refuses_bad_arguments(rng):
     layers = make_layers(rng, 1)
     stack = fused(layers, True)

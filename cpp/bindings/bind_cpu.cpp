@@ -8,6 +8,7 @@
 #include "cpu/buffer.h"
 #include "cpu/cpu.h"
 #include "gemm/gemm.h"
+#include "layers/decoder_layer.h"
 
 namespace pyattn::bind {
 
@@ -82,6 +83,10 @@ void bind_cpu(py::module_& m) {
     m.def(
         "_tune_prefetch", [](int64_t bytes) { kernels::stream_prefetch_bytes = bytes; }, py::arg("bytes"),
         "Tuning hook for benchmarks/gym: how far ahead the int8 / 4-bit kernels prefetch weight panels (0: off).");
+    m.def(
+        "_tune_team_rows", &layers::set_team_rows, py::arg("rows"),
+        "Tuning hook for tests and benchmarks/gym: up to this many rows (batch x new tokens, at most 8) decoder_stack\n"
+        "runs in one parallel region; 0: always layer by layer.");
     m.def("get_num_threads", &cpu::num_threads, "Threads used by parallel ops.");
     m.def(
         "set_num_threads",

@@ -254,10 +254,12 @@ py::array decoder_stack(const std::vector<const DecoderLayer*>& stack, py::array
     const layers::RopeTables rope{f32(cos), f32(sin)};
     float* xp = f32_mut(x);
     float* pp = f32_mut(pending);
+    std::vector<const layers::DecoderLayer*> ptrs;
+    for (const DecoderLayer* d : stack) ptrs.push_back(&d->layer());
     {
         py::gil_scoped_release nogil;
-        for (std::size_t i = 0; i < n; ++i)
-            layers::decoder_layer(stack[i]->layer(), B, L, xp, pp, i > 0, pos, rope, caches[i], past, kp, s);
+        layers::decoder_stack(ptrs.data(), static_cast<int64_t>(n), B, L, xp, pp, pos, rope, caches.data(), past, kp,
+                              s);
     }
     return pending;
 }

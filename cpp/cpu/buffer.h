@@ -83,6 +83,10 @@ enum class Slot : int {
     attn_tile,         // attention: one tile of scores
     attn_out,          // attention: running output, max and sum of the query block
     gru_hidden,        // the GRU's hidden projection of one step
+    gemm_cols_a,       // gemm_cols: this thread's quantized or rounded rows of A (int8 / 4-bit / bfloat16 B) ...
+    gemm_cols_scales,  // ... their block scales ...
+    gemm_cols_sums,    // ... and (4-bit) their blocks' integer sums
+    decoder_norm,      // a decoding step in one parallel region: this thread's normalized rows
 };
 
 template <Slot S>

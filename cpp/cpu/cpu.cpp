@@ -148,8 +148,9 @@ void set_num_threads(int n) {
 
 int threads_for(double flops) {
     const int n = num_threads();
-    // Below ~0.2 MFLOP a fork/join costs about as much as the work it would split.
-    if (n <= 1 || flops < 2e5) return 1;
+    // Below ~0.2 MFLOP a fork/join costs about as much as the work it would split. Inside a parallel region (a
+    // decoding step's team, layers/decoder_layer.cpp) the caller has already split the work: no nested team.
+    if (n <= 1 || flops < 2e5 || omp_in_parallel()) return 1;
     return n;
 }
 

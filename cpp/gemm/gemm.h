@@ -58,6 +58,17 @@ void gemm_int8(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, fl
 void gemm_q4(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, float* C, int64_t ldc, float beta,
              const Epilogue& ep, int nthreads);
 
+// Output columns [col0, col1) of the product of a few rows (M <= kSmallM) with a packed B of any weight type,
+// computed by the calling thread alone: for a caller that runs a whole decoding step in one parallel region
+// (layers/decoder_layer.cpp) and splits each product's columns over its team itself, instead of a fork and join per
+// product. The activations are quantized (int8, 4-bit) or rounded (bfloat16) into this thread's scratch. Columns
+// beyond [col0, col1) are not written, so threads may share a panel at their boundary (it is computed twice);
+// splitting at multiples of panel_cols(B) avoids that. The epilogue's bias and activation apply to the range.
+void gemm_cols(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, float* C, int64_t ldc, float beta,
+               const Epilogue& ep, int64_t col0, int64_t col1);
+// Columns per panel of B's kernel (the split granularity of gemm_cols).
+int64_t panel_cols(const PackedMatrix& B);
+
 // A batch of GEMMs sharing M, N, K and strides: C_i = A_i B_i with A_i = A + a_off[i], B_i = B.data +
 // b_off[i], C_i = C + i * c_stride. Many small products run one per thread; large ones one at a time
 // with every thread inside.

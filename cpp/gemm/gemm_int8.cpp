@@ -12,31 +12,29 @@
 
 #include "cpu/buffer.h"
 #include "cpu/cpu.h"
+#include "gemm/block_store.h"
 #include "gemm/gemm.h"
 #include "gemm/grid.h"
 #include "gemm/packed_matrix.h"
 
 namespace pyattn::gemm {
 
-namespace {
-
-// C rows [i, i + m) x panel columns [j, j + n) from a kernel that writes whole panels: directly when the panel is
-// whole and beta is 0, else through `tile` (row stride nr), then beta C and the bias, each one add as in the kernel.
-template <typename Call>
-void store_panel(Call&& call, int64_t m, int64_t n, int nr, float* c, int64_t ldc, float beta, const float* bias,
-                 float* tile) {
-    if (n == nr && beta == 0.0f) return call(c, ldc, bias);
-    call(tile, static_cast<int64_t>(nr), nullptr);
+void quantize_blocks(const kernels::KernelSet& ks, const float* A, int64_t lda, int64_t m, int64_t K, int16_t* q16,
+                     int8_t* q, float* sa, int32_t* ta) {
+    const int64_t nb = (K + kernels::kQBlock - 1) / kernels::kQBlock, kp = nb * kernels::kQBlock;
+    ks.i8.quantize(A, lda, m, K, q16, kp, sa, nb);
     for (int64_t r = 0; r < m; ++r)
-        for (int64_t t = 0; t < n; ++t) {
-            float v = tile[r * nr + t];
-            if (beta != 0.0f) v = v + beta * c[r * ldc + t];
-            if (bias) v = v + bias[t];
-            c[r * ldc + t] = v;
+        for (int64_t blk = 0; blk < nb; ++blk) {
+            const int16_t* x = q16 + r * kp + blk * kernels::kQBlock;
+            int8_t* y = q + r * kp + blk * kernels::kQBlock;
+            int32_t t = 0;
+            for (int p = 0; p < kernels::kQBlock; ++p) {
+                y[p] = static_cast<int8_t>(x[p]);
+                t += x[p];
+            }
+            ta[r * nb + blk] = t;
         }
 }
-
-}  // namespace
 
 void gemm_int8(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, float* C, int64_t ldc, float beta,
                const Epilogue& ep, int nthreads) {
@@ -119,18 +117,7 @@ void gemm_q4(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, floa
 #pragma omp for schedule(static)
         for (int64_t i0 = 0; i0 < M; i0 += 8) {
             const int64_t m = std::min<int64_t>(8, M - i0);
-            ks.i8.quantize(A + i0 * lda, lda, m, K, q16 + i0 * kp, kp, sa + i0 * nb, nb);
-            for (int64_t r = i0; r < i0 + m; ++r)
-                for (int64_t blk = 0; blk < nb; ++blk) {
-                    const int16_t* x = q16 + r * kp + blk * kernels::kQBlock;
-                    int8_t* y = q + r * kp + blk * kernels::kQBlock;
-                    int32_t t = 0;
-                    for (int p = 0; p < kernels::kQBlock; ++p) {
-                        y[p] = static_cast<int8_t>(x[p]);
-                        t += x[p];
-                    }
-                    ta[r * nb + blk] = t;
-                }
+            quantize_blocks(ks, A + i0 * lda, lda, m, K, q16 + i0 * kp, q + i0 * kp, sa + i0 * nb, ta + i0 * nb);
         }
 
         const int tid = omp_get_thread_num(), nth = omp_get_num_threads();

@@ -42,9 +42,21 @@ struct DecoderScratch {
     float *n, *qkv, *ctx, *gu, *ff;  // (M, E), (M, (H + 2 Hkv) D), (M, H D), (M, 2F), (M, F); M = B L
 };
 
+// Up to team_rows() rows (B L; default 8, at most gemm::kSmallM) decoder_stack runs as one parallel region (a
+// decoding step; decoder_layer.cpp's layer_team); above, layer by layer with each op's own threads. Tunable for tests
+// and benchmarks/gym (_core._tune_team_rows; 0: never).
+int64_t team_rows();
+void set_team_rows(int64_t rows);
+
 // x (B, L, E) in place; pending: in, the previous layer's output (ignored when !has_pending), out, this layer's.
 void decoder_layer(const DecoderLayer& l, int64_t B, int64_t L, float* x, float* pending, bool has_pending,
                    const int64_t* positions, const RopeTables& rope, const LayerCache& cache, int64_t past,
+                   const uint8_t* key_padding, const DecoderScratch& s);
+
+// The `count` layers over x (B, L, E) in place; pending: out, the last layer's FFN output (the caller adds it before
+// the final norm). Layer i reads and writes caches[i]. Layers share E (and the scratch sized for the largest).
+void decoder_stack(const DecoderLayer* const* layers, int64_t count, int64_t B, int64_t L, float* x, float* pending,
+                   const int64_t* positions, const RopeTables& rope, const LayerCache* caches, int64_t past,
                    const uint8_t* key_padding, const DecoderScratch& s);
 
 }  // namespace pyattn::layers

@@ -71,34 +71,37 @@ inline bool softmax_inplace(const KernelSet& ks, float* s, int64_t n) {
     return true;
 }
 
+// One (b, h, query i) task of the direct path: t = (b H + h) Lq + i; s: a scratch row of Lk floats.
+void direct_task(const KernelSet& ks, const AttentionArgs& a, int64_t t, float* s) {
+    const int64_t i = t % a.Lq, bh = t / a.Lq, b = bh / a.H, h = bh % a.H;
+    float* o = out_row(a, b, h, i);
+    std::fill(o, o + a.Dv, 0.0f);
+    const int64_t n = causal_end(a, i);
+    if (n == 0) return;
+    const float* q = head(a.q, b, h) + i * a.q.sl;
+    const float* k = kv_head(a, a.k, b, h);
+    const float* v = kv_head(a, a.v, b, h);
+    ks.dot(1, n, a.D, q, a.D, k, a.k.sl, s, n, 0.0f);
+    ks.scale(s, n, a.scale);
+    mask_row(ks, a, b, h, i, 0, n, s);
+    if (!softmax_inplace(ks, s, n)) return;
+    // o = p V: whole NR-wide column panels of V through the rows kernel (V read in place), the
+    // remaining columns key by key.
+    const int nr = ks.blocking.nr;
+    const int64_t full = a.Dv / nr * nr;
+    for (int64_t c = 0; c < full; c += nr) ks.rows(1, n, s, n, v + c, a.v.sl, o + c, a.Dv, 0.0f);
+    if (full < a.Dv)
+        for (int64_t j = 0; j < n; ++j)
+            if (s[j] != 0.0f) ks.axpy(o + full, v + j * a.v.sl + full, a.Dv - full, s[j]);
+}
+
 void attention_direct(const KernelSet& ks, const AttentionArgs& a, int nt) {
     const int64_t tasks = a.B * a.H * a.Lq;
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         float* s = scratch<Slot::attn_scores>(static_cast<std::size_t>(a.Lk));
 #pragma omp for schedule(static)
-        for (int64_t t = 0; t < tasks; ++t) {
-            const int64_t i = t % a.Lq, bh = t / a.Lq, b = bh / a.H, h = bh % a.H;
-            float* o = out_row(a, b, h, i);
-            std::fill(o, o + a.Dv, 0.0f);
-            const int64_t n = causal_end(a, i);
-            if (n == 0) continue;
-            const float* q = head(a.q, b, h) + i * a.q.sl;
-            const float* k = kv_head(a, a.k, b, h);
-            const float* v = kv_head(a, a.v, b, h);
-            ks.dot(1, n, a.D, q, a.D, k, a.k.sl, s, n, 0.0f);
-            ks.scale(s, n, a.scale);
-            mask_row(ks, a, b, h, i, 0, n, s);
-            if (!softmax_inplace(ks, s, n)) continue;
-            // o = p V: whole NR-wide column panels of V through the rows kernel (V read in place), the
-            // remaining columns key by key.
-            const int nr = ks.blocking.nr;
-            const int64_t full = a.Dv / nr * nr;
-            for (int64_t c = 0; c < full; c += nr) ks.rows(1, n, s, n, v + c, a.v.sl, o + c, a.Dv, 0.0f);
-            if (full < a.Dv)
-                for (int64_t j = 0; j < n; ++j)
-                    if (s[j] != 0.0f) ks.axpy(o + full, v + j * a.v.sl + full, a.Dv - full, s[j]);
-        }
+        for (int64_t t = 0; t < tasks; ++t) direct_task(ks, a, t, s);
     }
 }
 
@@ -225,6 +228,14 @@ void scaled_dot_product_attention(const AttentionArgs& a) {
     const KernelSet& ks = cpu::active();
     if (a.Lq <= kDirectMaxLq) return attention_direct(ks, a, nt);
     attention_flash(ks, a, nt);
+}
+
+void attention_rows(const AttentionArgs& a, int64_t t0, int64_t t1) {
+    const KernelSet& ks = cpu::active();
+    t1 = std::min(t1, a.B * a.H * a.Lq);
+    if (t0 >= t1) return;
+    float* s = scratch<Slot::attn_scores>(static_cast<std::size_t>(a.Lk));
+    for (int64_t t = t0; t < t1; ++t) direct_task(ks, a, t, s);
 }
 
 }  // namespace pyattn::ops

@@ -50,4 +50,9 @@ struct AttentionArgs {
 
 void scaled_dot_product_attention(const AttentionArgs& a);
 
+// Tasks [t0, t1) of B H Lq, task t = (b H + h) Lq + i being query row i of head h, computed by the calling thread
+// alone with the direct (unpacked, decoding) algorithm; a.weights must be null. For a caller that runs a decoding
+// step in one parallel region and splits the heads over its team itself.
+void attention_rows(const AttentionArgs& a, int64_t t0, int64_t t1);
+
 }  // namespace pyattn::ops

@@ -1,0 +1,31 @@
+// Shared by the block-format GEMM drivers (gemm_int8.cpp, gemm_cols.cpp).
+#pragma once
+#include <cstdint>
+
+#include "kernels/kernels.h"
+
+namespace pyattn::gemm {
+
+// C rows [i, i + m) x panel columns [j, j + n) from a kernel that writes whole panels: directly when the panel is
+// whole and beta is 0, else through `tile` (row stride nr), then beta C and the bias, each one add as in the kernel.
+template <typename Call>
+void store_panel(Call&& call, int64_t m, int64_t n, int nr, float* c, int64_t ldc, float beta, const float* bias,
+                 float* tile) {
+    if (n == nr && beta == 0.0f) return call(c, ldc, bias);
+    call(tile, static_cast<int64_t>(nr), nullptr);
+    for (int64_t r = 0; r < m; ++r)
+        for (int64_t t = 0; t < n; ++t) {
+            float v = tile[r * nr + t];
+            if (beta != 0.0f) v = v + beta * c[r * ldc + t];
+            if (bias) v = v + bias[t];
+            c[r * ldc + t] = v;
+        }
+}
+
+// The activations of a 4-bit product: m rows of A (K floats, stride lda) quantized by the int8 rule into q16 (int16,
+// row stride kp = nblocks * kQBlock), narrowed to int8 in q (same stride), with the block scales sa and the blocks'
+// integer sums ta (row stride nblocks).
+void quantize_blocks(const kernels::KernelSet& ks, const float* A, int64_t lda, int64_t m, int64_t K, int16_t* q16,
+                     int8_t* q, float* sa, int32_t* ta);
+
+}  // namespace pyattn::gemm

@@ -1,0 +1,137 @@
+// gemm_cols: a column range of a small-M product, computed by the calling thread alone (gemm.h).
+//
+// A decoding step runs ~120 GEMVs of 10-40 us each at 2 threads; a fork and join per product costs a few us of
+// that, and a barrier inside one (the shared quantization of A) a little more. Here every thread of the caller's
+// team quantizes the few rows of A itself (576-1536 values: well under a microsecond) and computes only its columns,
+// so the products of a step need no synchronisation but the caller's barriers between dependent steps.
+#include <algorithm>
+
+#include "cpu/buffer.h"
+#include "gemm/block_store.h"
+#include "gemm/gemm.h"
+#include "gemm/packed_matrix.h"
+
+namespace pyattn::gemm {
+namespace {
+
+// Columns [t0, t1) of an m-row tile (row stride nr) to C (columns relative to the tile), beta C and the bias added
+// one add each, as store_panel does.
+void store_range(const float* tile, int nr, int64_t m, int64_t t0, int64_t t1, float* c, int64_t ldc, float beta,
+                 const float* bias) {
+    for (int64_t r = 0; r < m; ++r)
+        for (int64_t t = t0; t < t1; ++t) {
+            float v = tile[r * nr + t];
+            if (beta != 0.0f) v = v + beta * c[r * ldc + t];
+            if (bias) v = v + bias[t];
+            c[r * ldc + t] = v;
+        }
+}
+
+// Walks the panels of width nr covering [col0, col1): call(q, out, ld, bias, m rows at i) computes panel q's m x nr
+// tile (+ bias when given) into out. Whole panels inside the range go through store_panel, edge ones through the tile.
+template <typename Call>
+void for_panels(int64_t M, int mr, int nr, int64_t N, int64_t col0, int64_t col1, float* C, int64_t ldc, float beta,
+                const float* bias, Call&& call) {
+    alignas(64) float tile[16 * 64];  // >= mr x nr of every kernel set
+    for (int64_t q = col0 / nr; q * nr < col1; ++q) {
+        const int64_t j = q * nr, n = std::min<int64_t>(nr, N - j);
+        const int64_t t0 = std::max<int64_t>(col0 - j, 0), t1 = std::min<int64_t>(col1 - j, n);
+        for (int64_t i = 0; i < M; i += mr) {
+            const int64_t m = std::min<int64_t>(mr, M - i);
+            float* c = C + i * ldc + j;
+            if (t0 == 0 && t1 == n) {
+                store_panel([&](float* out, int64_t ld, const float* bb) { call(q, i, m, out, ld, bb); }, m, n, nr, c,
+                            ldc, beta, bias ? bias + j : nullptr, tile);
+            } else {
+                call(q, i, m, tile, static_cast<int64_t>(nr), nullptr);
+                store_range(tile, nr, m, t0, t1, c, ldc, beta, bias ? bias + j : nullptr);
+            }
+        }
+    }
+}
+
+}  // namespace
+
+int64_t panel_cols(const PackedMatrix& B) {
+    const kernels::KernelSet& ks = B.kernels();
+    if (B.type() == WeightType::i8) return ks.i8.nr;
+    if (info(B.type()).family == WeightFamily::block4) return kernels::kQ4Cols;
+    return ks.blocking.nr;
+}
+
+void gemm_cols(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, float* C, int64_t ldc, float beta,
+               const Epilogue& ep, int64_t col0, int64_t col1) {
+    const int64_t N = B.N(), K = B.K();
+    col0 = std::max<int64_t>(col0, 0);
+    col1 = std::min(col1, N);
+    if (M <= 0 || col1 <= col0) return;
+    const kernels::KernelSet& ks = B.kernels();
+    const int64_t nb = B.nblocks(), kp = nb * kernels::kQBlock;
+    if (B.type() == WeightType::i8) {
+        int16_t* q = reinterpret_cast<int16_t*>(scratch<Slot::gemm_cols_a>(static_cast<std::size_t>(M * kp + 1) / 2));
+        float* sa = scratch<Slot::gemm_cols_scales>(static_cast<std::size_t>(M * nb));
+        ks.i8.quantize(A, lda, M, K, q, kp, sa, nb);
+        for_panels(M, ks.i8.mr, ks.i8.nr, N, col0, col1, C, ldc, beta, ep.bias,
+                   [&](int64_t pq, int64_t i, int64_t m, float* out, int64_t ld, const float* bb) {
+                       ks.i8.tile(m, nb, q + i * kp, kp, sa + i * nb, nb, B.panel_i8(pq), B.panel_scales(pq), out, ld,
+                                  bb);
+                   });
+    } else if (info(B.type()).family == WeightFamily::block4) {
+        int16_t* q16 =
+            reinterpret_cast<int16_t*>(scratch<Slot::gemm_cols_a>(static_cast<std::size_t>(M * kp * 3 + 3) / 4));
+        int8_t* q = reinterpret_cast<int8_t*>(q16 + M * kp);
+        float* sa = scratch<Slot::gemm_cols_scales>(static_cast<std::size_t>(M * nb));
+        int32_t* ta = reinterpret_cast<int32_t*>(scratch<Slot::gemm_cols_sums>(static_cast<std::size_t>(M * nb)));
+        quantize_blocks(ks, A, lda, M, K, q16, q, sa, ta);
+        const kernels::Q4Kernel kernel = ks.q4.tile[B.has_min() ? 1 : 0];
+        for_panels(M, ks.q4.mr, kernels::kQ4Cols, N, col0, col1, C, ldc, beta, ep.bias,
+                   [&](int64_t pq, int64_t i, int64_t m, float* out, int64_t ld, const float* bb) {
+                       kernel(m, nb, q + i * kp, kp, sa + i * nb, ta + i * nb, nb, B.panel_q4(pq), out, ld, bb);
+                   });
+    } else {
+        const auto bl = ks.blocking;
+        const int nr = bl.nr;
+        if (B.type() == WeightType::bf16) {  // bfloat16 weights multiply bfloat16 activations (as gemm.cpp's run)
+            float* a = scratch<Slot::gemm_cols_a>(static_cast<std::size_t>(M * K));
+            for (int64_t i = 0; i < M; ++i) ks.round_bf16(A + i * lda, a + i * K, K);
+            A = a;
+            lda = K;
+        }
+        // As run_small_m (gemm.cpp) for the panels covering the range: B's blocks read in place by the rows kernel,
+        // which takes beta itself; whole panels are written in place, edge ones through the tile.
+        alignas(64) float tile[16 * 64];
+        for (int64_t q = col0 / nr; q * nr < col1; ++q) {
+            const int64_t j = q * nr, n = std::min<int64_t>(nr, N - j);
+            const int64_t t0 = std::max<int64_t>(col0 - j, 0), t1 = std::min<int64_t>(col1 - j, n);
+            const bool whole = t0 == 0 && t1 == nr;
+            const int64_t jc = j / bl.nc * bl.nc, qq = (j - jc) / nr;
+            for (int64_t i = 0; i < M; i += bl.mr) {
+                const int64_t m = std::min<int64_t>(bl.mr, M - i);
+                float* c = C + i * ldc + j;
+                float* out = whole ? c : tile;
+                const int64_t ldo = whole ? ldc : nr;
+                for (int64_t pc = 0; pc < K; pc += bl.kc) {
+                    const int64_t kc = std::min<int64_t>(bl.kc, K - pc), off = qq * kc * nr;
+                    const float b = pc > 0 ? 1.0f : whole ? beta : 0.0f;
+                    const float* a = A + i * lda + pc;
+                    if (B.type() != WeightType::f32)
+                        ks.half[static_cast<int>(B.half_format())].rows(m, kc, a, lda, B.block16(jc, pc) + off, nr, out,
+                                                                        ldo, b);
+                    else
+                        ks.rows(m, kc, a, lda, B.block(jc, pc) + off, nr, out, ldo, b);
+                }
+                if (!whole) store_range(tile, nr, m, t0, t1, c, ldc, beta, nullptr);
+            }
+        }
+        if (ep.bias || ep.act != kernels::Activation::none)
+            for (int64_t i = 0; i < M; ++i)
+                ks.bias_act(C + i * ldc + col0, C + i * ldc + col0, ep.bias ? ep.bias + col0 : nullptr, col1 - col0,
+                            ep.act);
+        return;
+    }
+    if (ep.act != kernels::Activation::none)
+        for (int64_t i = 0; i < M; ++i)
+            ks.bias_act(C + i * ldc + col0, C + i * ldc + col0, nullptr, col1 - col0, ep.act);
+}
+
+}  // namespace pyattn::gemm
