@@ -6,10 +6,11 @@ Ray schedules, moves the data and scales out over machines; pyattn runs the mode
     from pyattn.ray import Embedder, Transcriber
 
     ds = ray.data.read_text("corpus.txt")                       # a column "text"
-    ds = ds.map_batches(Embedder, fn_constructor_kwargs={"num_threads": 1}, concurrency=2, num_cpus=1,
+    pool = ray.data.ActorPoolStrategy(size=2)                   # two actors ...
+    ds = ds.map_batches(Embedder, compute=pool, num_cpus=1,     # ... of one CPU each, so one pyattn thread each
                         batch_size=256)                         # adds "embedding": (384,) float32 per row
     audio = ray.data.read_binary_files("talks/", include_paths=True)   # columns "bytes", "path"
-    audio = audio.map_batches(Transcriber, fn_constructor_kwargs={"column": "bytes"}, concurrency=2, num_cpus=1,
+    audio = audio.map_batches(Transcriber, fn_constructor_kwargs={"column": "bytes"}, compute=pool, num_cpus=1,
                               batch_size=1)                     # adds "text", "segments", "language", "duration"
 
 (``embed_dataset`` and ``transcribe_dataset`` write those calls for you.)
@@ -317,7 +318,7 @@ class Transcriber(_ModelWorker):
         for i, value in enumerate(values):
             where = f"Transcriber: row {i} of column {s['column']!r}"
             if paths is not None:
-                where += f" (path {paths[i]!r})"
+                where += f" (path {str(paths[i])!r})"
             try:
                 samples = self._samples(value, where)
             except (ValueError, TypeError, OSError) as e:  # this audio; the model's own errors always raise
@@ -353,15 +354,16 @@ def _objects(values: list) -> np.ndarray:
     return out
 
 
-def _pool(num_cpus: float, concurrency: Optional[int]) -> int:
+def _pool(num_cpus: float, actors: Optional[int]) -> ray.data.ActorPoolStrategy:
+    """A fixed pool of ``actors`` actors (default: as many as the cluster's CPUs hold at ``num_cpus`` each)."""
     if not num_cpus > 0:
         raise ValueError(f"num_cpus must be > 0, got {num_cpus}")
-    if concurrency is None:  # as many actors as the cluster's CPUs hold
+    if actors is None:
         total = ray.cluster_resources().get("CPU", 1.0)
-        concurrency = max(1, math.floor(total / num_cpus))
-    if concurrency < 1:
-        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-    return concurrency
+        actors = max(1, math.floor(total / num_cpus))
+    if isinstance(actors, bool) or not isinstance(actors, int) or actors < 1:
+        raise ValueError(f"actors must be a positive int or None, got {actors!r}")
+    return ray.data.ActorPoolStrategy(size=actors)
 
 
 def embed_dataset(
@@ -371,7 +373,7 @@ def embed_dataset(
     column: str = "text",
     output_column: str = "embedding",
     dtype: Optional[str] = None,
-    concurrency: Optional[int] = None,
+    actors: Optional[int] = None,
     num_cpus: float = 1,
     batch_size: int = 256,
     encode_batch_size: int = 32,
@@ -379,8 +381,8 @@ def embed_dataset(
 ) -> ray.data.Dataset:
     """``ds`` with ``output_column`` added by a pool of ``Embedder`` actors (lazy, as every Ray Data transform).
 
-    concurrency actors (default: as many as the cluster's CPUs / num_cpus), each reserving ``num_cpus`` CPUs and
-    running pyattn on that many threads (floor, at least 1); batch_size rows per call. Other arguments go to
+    A pool of ``actors`` actors (default: as many as the cluster's CPUs / num_cpus), each reserving ``num_cpus``
+    CPUs and running pyattn on that many threads (floor, at least 1); batch_size rows per call. Other arguments go to
     ``map_batches`` (e.g. ``batch_format="pandas"``, ``ray_remote_args``)."""
     threads = max(1, math.floor(num_cpus))
     return ds.map_batches(
@@ -393,7 +395,7 @@ def embed_dataset(
             output_column=output_column,
             encode_batch_size=encode_batch_size,
         ),
-        concurrency=_pool(num_cpus, concurrency),
+        compute=_pool(num_cpus, actors),
         num_cpus=num_cpus,
         batch_size=batch_size,
         **map_batches_args,
@@ -406,7 +408,7 @@ def transcribe_dataset(
     *,
     column: str = "path",
     compute_type: str = "default",
-    concurrency: Optional[int] = None,
+    actors: Optional[int] = None,
     num_cpus: float = 1,
     batch_size: int = 1,
     beam_size: int = 1,
@@ -432,7 +434,7 @@ def transcribe_dataset(
             errors=errors,
             **(options or {}),
         ),
-        concurrency=_pool(num_cpus, concurrency),
+        compute=_pool(num_cpus, actors),
         num_cpus=num_cpus,
         batch_size=batch_size,
         **map_batches_args,
