@@ -355,12 +355,13 @@ def _objects(values: list) -> np.ndarray:
 
 
 def _pool(num_cpus: float, actors: Optional[int]) -> ray.data.ActorPoolStrategy:
-    """A fixed pool of ``actors`` actors (default: as many as the cluster's CPUs hold at ``num_cpus`` each)."""
+    """A fixed pool of ``actors`` actors. Default: as many as the cluster's CPUs hold at ``num_cpus`` each, less one
+    CPU left to the dataset's read tasks: a pool holding every CPU would leave a read waiting for one forever."""
     if not num_cpus > 0:
         raise ValueError(f"num_cpus must be > 0, got {num_cpus}")
     if actors is None:
         total = ray.cluster_resources().get("CPU", 1.0)
-        actors = max(1, math.floor(total / num_cpus))
+        actors = max(1, math.floor((total - 1) / num_cpus))
     if isinstance(actors, bool) or not isinstance(actors, int) or actors < 1:
         raise ValueError(f"actors must be a positive int or None, got {actors!r}")
     return ray.data.ActorPoolStrategy(size=actors)
@@ -381,9 +382,10 @@ def embed_dataset(
 ) -> ray.data.Dataset:
     """``ds`` with ``output_column`` added by a pool of ``Embedder`` actors (lazy, as every Ray Data transform).
 
-    A pool of ``actors`` actors (default: as many as the cluster's CPUs / num_cpus), each reserving ``num_cpus``
-    CPUs and running pyattn on that many threads (floor, at least 1); batch_size rows per call. Other arguments go to
-    ``map_batches`` (e.g. ``batch_format="pandas"``, ``ray_remote_args``)."""
+    A pool of ``actors`` actors, each reserving ``num_cpus`` CPUs and running pyattn on that many threads (floor, at
+    least 1); default: as many as fit in the cluster's CPUs less one, which the reads keep (with ``actors`` x
+    ``num_cpus`` = every CPU, read with ``ray_remote_args={"num_cpus": 0}``). batch_size rows per call. Other
+    arguments go to ``map_batches`` (e.g. ``batch_format="pandas"``, ``ray_remote_args``)."""
     threads = max(1, math.floor(num_cpus))
     return ds.map_batches(
         Embedder,
