@@ -66,7 +66,8 @@ def threads_for_worker(num_threads: Optional[int] = None) -> Optional[int]:
     if not ray.is_initialized():
         return None
     ctx = ray.get_runtime_context()
-    if ctx.worker.mode != ray.WORKER_MODE:  # the driver: its CPUs are not Ray's to count
+    worker = getattr(ctx, "worker", None)
+    if worker is not None and worker.mode != ray.WORKER_MODE:  # the driver: its CPUs are not Ray's to count
         return None
     cpus = ctx.get_assigned_resources().get("CPU", 0.0)
     return max(1, math.floor(cpus)) if cpus > 0 else None

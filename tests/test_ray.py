@@ -29,9 +29,10 @@ WORDS = (
 
 
 def lines(n: int, seed: int = 0) -> list:
-    """Sentences of 1 to 12 words in several scripts, an empty one and a few of spaces only among them."""
+    """Sentences of 1 to 8 words in several scripts (short: the test's time is the model's), an empty one, one of
+    spaces only and one with spaces around it."""
     r = random.Random(seed)
-    out = [" ".join(r.choice(WORDS) for _ in range(r.randint(1, 12))) for _ in range(n)]
+    out = [" ".join(r.choice(WORDS) for _ in range(r.randint(1, 8))) for _ in range(n)]
     out[7 % n], out[40 % n], out[n - 1] = "", "   ", "  trailing spaces  "
     return out
 
@@ -207,8 +208,9 @@ def test_actors_set_threads_from_their_cpus(pr, cluster):
 @needs_minilm
 def test_embed_equals_single_process(pr, cluster, embedder):
     """2,000 sentences through pr.ray.data and two actors of 1 CPU each equal SentenceEncoder.encode in this process
-    (2 threads) within 1e-6: Ray's batches group the sentences differently, so padding lengths differ, and the
-    attention's softmax and the GEMM's thread split round differently (measured: max difference 2.4e-7)."""
+    (2 threads) within 1e-6, not bit for bit: Ray's batches group the sentences differently (other padded lengths,
+    other GEMM shapes) and the actors run 1 thread, so the sums round differently (benchmarks/bench_ray.py measures
+    the largest difference: 1.1e-7 on 5,000 lines)."""
     texts = lines(N)
     ds = pr.ray.data.from_items([{"id": i, "text": t} for i, t in enumerate(texts)])
     rows = pr.embed_dataset(ds, actors=2, num_cpus=1, batch_size=200).take_all()
