@@ -130,6 +130,33 @@ def test_batches_numpy_and_pandas(embedder):
     assert embedder({"text": np.array([], dtype=object)})["embedding"].shape == (0, 384)
 
 
+def test_transcriber_reads_paths_bytes_and_samples(transcriber):
+    """A path, the file's bytes and its samples give the same row as Whisper.transcribe, in a numpy or a pandas
+    batch."""
+    import pandas as pd
+
+    from pyattn import audio
+
+    path = DATA / "student.wav"
+    ref = transcriber._model.transcribe(path)
+    want = [dict(id=s.id, start=s.start, end=s.end, text=s.text, tokens=s.tokens) for s in ref.segments]
+    values = [str(path), path.read_bytes(), audio.load_audio(path)]
+    out = transcriber({"path": _objects(values)})
+    df = transcriber(pd.DataFrame({"path": [str(path)]}))
+    assert list(df.columns) == ["path", "text", "segments", "language", "duration"]
+    for text, segments in [*zip(out["text"], out["segments"]), (df["text"][0], df["segments"][0])]:
+        assert text == ref.text == "I am a student."
+        assert [{k: s[k] for k in want[0]} for s in segments] == want
+
+
+def _objects(values: list) -> np.ndarray:
+    """A 1-D object array of the values as they are, as Ray hands a column of mixed values."""
+    out = np.empty(len(values), dtype=object)
+    for i, v in enumerate(values):
+        out[i] = v
+    return out
+
+
 def test_bad_input_is_named(pr, embedder, transcriber):
     with pytest.raises(ValueError, match=r"no column 'text' \(columns: \['sentence'\]\).*column="):
         embedder({"sentence": np.array(["x"], dtype=object)})
