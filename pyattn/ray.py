@@ -5,15 +5,17 @@ Ray schedules, moves the data and scales out over machines; pyattn runs the mode
     import ray
     from pyattn.ray import Embedder, Transcriber
 
-    ds = ray.data.read_text("corpus.txt")                       # a column "text"
+    ray.init(num_cpus=2)
+    ds = ray.data.read_text("corpus.txt", ray_remote_args={"num_cpus": 0})   # a column "text"; reads hold no CPU
     pool = ray.data.ActorPoolStrategy(size=2)                   # two actors ...
     ds = ds.map_batches(Embedder, compute=pool, num_cpus=1,     # ... of one CPU each, so one pyattn thread each
                         batch_size=256)                         # adds "embedding": (384,) float32 per row
-    audio = ray.data.read_binary_files("talks/", include_paths=True)   # columns "bytes", "path"
+    audio = ray.data.read_binary_files("talks/", include_paths=True, ray_remote_args={"num_cpus": 0})
     audio = audio.map_batches(Transcriber, fn_constructor_kwargs={"column": "bytes"}, compute=pool, num_cpus=1,
                               batch_size=1)                     # adds "text", "segments", "language", "duration"
 
-(``embed_dataset`` and ``transcribe_dataset`` write those calls for you.)
+(``embed_dataset`` and ``transcribe_dataset`` write those calls for you.) Reads run as tasks that ask for a CPU
+each: when the actors hold every CPU, as here, a read would wait forever, hence ``num_cpus: 0`` for them.
 
 - Models move by path. Ray builds each actor from the class and its constructor arguments: a model folder (or
   None: the model package installed on the worker's machine) and settings. The model loads once per actor, in
