@@ -288,7 +288,7 @@ def _serve_parser(sub) -> None:
     p.add_argument("--embed-dtype", default=None, help="the embedding model's weight type")
     p.add_argument("--whisper-dtype", default=None, help="Whisper's compute_type (faster-whisper's names)")
     p.add_argument("--llm-dtype", default=None, help="the LLM's weight type (q4_0, int8, ...)")
-    p.add_argument("--host", default=d.host, help="address to bind (default: localhost only)")
+    p.add_argument("--host", default=d.host, help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=d.port)
     p.add_argument("--threads", type=int, default=0, help="OpenMP threads (default: all processors)")
     p.add_argument(

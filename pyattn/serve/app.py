@@ -140,7 +140,8 @@ async def embeddings(server: Server, body: EmbeddingRequest) -> JSONResponse:
         )  # fmt: skip
     for i, t in enumerate(texts):
         if not t:
-            raise ApiError(400, f"input[{i}] is an empty string", param=f"input[{i}]", code="invalid_value")
+            where = "input" if isinstance(body.input, str) else f"input[{i}]"
+            raise ApiError(400, f"{where} is an empty string", param=where, code="invalid_value")
     encoder = served.model
     if body.dimensions is not None and body.dimensions != encoder.dim:
         raise _unsupported("dimensions", f"{body.dimensions} (the model's vectors have {encoder.dim})")

@@ -110,6 +110,8 @@ class EmbeddingBatcher:
         self.queued = 0  # sentences in self._jobs
         self._wake = asyncio.Event()
         self._task: Optional[asyncio.Task] = None
+        for m in (metrics.batch_size, metrics.batch_requests, metrics.batch_seconds, metrics.queue_seconds):
+            m.labels(model)  # the series exist, at zero, before the first batch
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._serve(), name=f"batcher-{self.model}")
