@@ -314,7 +314,8 @@ def _check_sampling(body, served: Served, n_prompt: int, cfg: ServeConfig) -> Tu
     if n_prompt + max_new > model.context_length:
         raise ApiError(
             400, f"the prompt is {n_prompt} tokens and max_tokens {max_new}; the model's context is "
-            f"{model.context_length} tokens", param="messages", code="context_length_exceeded",
+            f"{model.context_length} tokens", param="messages" if hasattr(body, "messages") else "prompt",
+            code="context_length_exceeded",
         )  # fmt: skip
     options: Dict[str, Any] = {"max_new_tokens": max_new, "repetition_penalty": float(body.repetition_penalty)}
     if body.temperature > 0:
@@ -438,6 +439,9 @@ async def _answer(request: Request, gen: _Generation, body, chat: bool) -> Respo
                     yield _sse({**chunk(None, None), "choices": [], "usage": gen.usage()})
             except ApiError as e:  # the status line has gone: the error travels as an event
                 yield _sse(errors.error_body(e.status, e.message, e.param, e.code))
+            except Exception as e:
+                errors.log.exception("generation failed")
+                yield _sse(errors.error_body(500, f"internal error: {type(e).__name__}: {e}", code="internal_error"))
             yield "data: [DONE]\n\n"
 
         gen.server.gates["generation"].check()  # a full queue is a 503, not an event after a 200

@@ -30,7 +30,7 @@ class ServeConfig:
 
     # dynamic batching of embeddings: requests gathered until this many sentences or this wait
     max_batch_size: int = 128
-    batch_wait_ms: float = 5.0
+    batch_wait_ms: float = 2.0
     encode_batch_size: int = 32  # sentences per forward pass inside a gathered batch (sorted by length)
     batching: bool = False  # set below: True unless max_batch_size == 0 ("one request at a time")
 
