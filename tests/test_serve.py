@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import re
 import signal
 import socket
@@ -502,6 +501,23 @@ def test_cancelled_stream_stops_generation(server, http, models):
     assert r.status_code == 200  # and the model is free for the next request
 
 
+def test_generations_queue(server, llm, models):
+    """Generations run one at a time; --max-queue-requests 2 waiting, one more is refused with 503."""
+    body = {"model": models["generation"], "prompt": "The sky is", "max_tokens": 4, "temperature": 0}
+    want = _greedy(llm, llm.encode("The sky is"), 4)
+
+    async def together():
+        async with httpx.AsyncClient(base_url=server, timeout=60) as c:
+            return await asyncio.gather(*(c.post("/v1/completions", json=body) for _ in range(4)))
+
+    answers = asyncio.run(together())
+    ok = [r for r in answers if r.status_code == 200]
+    assert len(ok) >= 3 and all(r.json()["choices"][0]["text"] == want for r in ok)
+    for r in answers:
+        if r.status_code != 200:
+            assert _is_error(r, 503)["code"] == "server_overloaded" and r.headers["retry-after"] == "1"
+
+
 @pytest.mark.parametrize(
     "change, status, param",
     [
@@ -560,14 +576,14 @@ def test_embeddings_only_server_and_graceful_shutdown(tmp_path):
             proc.wait()
 
 
-def test_serve_help_without_loading(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "pyattn", "serve", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0 and "--max-batch-size" in out.stdout and "127.0.0.1" in out.stdout
-    env = {**os.environ}
-    bad = subprocess.run(
-        [sys.executable, "-m", "pyattn", "serve", "--embed-model", str(tmp_path / "missing"), "--port", "1"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env,
-    )  # fmt: skip
-    assert bad.returncode == 2 and "missing" in bad.stderr
+def test_serve_cli(tmp_path, capsys):
+    from pyattn.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--max-batch-size" in out and "127.0.0.1" in out
+    # a model given by path must load, or the server does not start (nothing is bound)
+    assert main(["serve", "--embed-model", str(tmp_path / "missing"), "--no-whisper", "--no-llm"]) == 2
+    assert "missing" in capsys.readouterr().err

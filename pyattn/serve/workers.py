@@ -178,34 +178,44 @@ class EmbeddingBatcher:
 
     async def _serve(self) -> None:
         while True:
-            await self._gather()
-            jobs = self._take()
-            if not jobs:
-                continue
-            texts = [t for job in jobs for t in job.texts]
-            start = time.perf_counter()
-            for job in jobs:
-                self.metrics.queue_seconds.labels(self.model).observe(start - job.arrived)
             try:
-                rows = await self.thread.run(self.encoder.encode, texts, batch_size=self.encode_batch_size)
+                await self._batch()
             except asyncio.CancelledError:
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(ApiError(503, "the server is shutting down", code="shutting_down"))
                 raise
-            except Exception as e:  # the batcher outlives any batch
-                log.exception("embedding batch of %d sentences failed", len(texts))
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(e)
-                continue
-            self.metrics.batch_seconds.labels(self.model).observe(time.perf_counter() - start)
-            self.metrics.batch_size.labels(self.model).observe(len(texts))
-            self.metrics.batch_requests.labels(self.model).observe(len(jobs))
-            self.metrics.sentences.labels(self.model).inc(len(texts))
-            at = 0
+            except Exception:  # a bug here must not leave every later request waiting for its timeout
+                log.exception("the embedding batcher failed; it goes on")
+                await asyncio.sleep(0.01)
+
+    async def _batch(self) -> None:
+        """Gathers one batch, runs it on the model's thread and hands each request its rows."""
+        await self._gather()
+        jobs = self._take()
+        if not jobs:
+            return
+        texts = [t for job in jobs for t in job.texts]
+        start = time.perf_counter()
+        for job in jobs:
+            self.metrics.queue_seconds.labels(self.model).observe(start - job.arrived)
+        try:
+            rows = await self.thread.run(self.encoder.encode, texts, batch_size=self.encode_batch_size)
+        except asyncio.CancelledError:
             for job in jobs:
-                n = len(job.texts)
                 if not job.future.done():
-                    job.future.set_result(rows[at : at + n])
-                at += n
+                    job.future.set_exception(ApiError(503, "the server is shutting down", code="shutting_down"))
+            raise
+        except Exception as e:  # the batcher outlives any batch
+            log.exception("embedding batch of %d sentences failed", len(texts))
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(e)
+            return
+        self.metrics.batch_seconds.labels(self.model).observe(time.perf_counter() - start)
+        self.metrics.batch_size.labels(self.model).observe(len(texts))
+        self.metrics.batch_requests.labels(self.model).observe(len(jobs))
+        self.metrics.sentences.labels(self.model).inc(len(texts))
+        at = 0
+        for job in jobs:
+            n = len(job.texts)
+            if not job.future.done():
+                job.future.set_result(rows[at : at + n])
+            at += n
