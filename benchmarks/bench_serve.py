@@ -16,9 +16,10 @@ localhost, until the level's time or request budget is spent. Rows:
                 pool), when --peer-python names an interpreter that has them.
 
 Columns: throughput (sentences/s answered 200), p50 / p99 request latency, errors (non-200 or transport; must be 0
-below the queue limit), the server's RSS before the level and after it. The server runs in its own process; the
-load generator (httpx, asyncio) shares the machine with it, as a client on the same host would. Writes
-benchmarks/results/serve_<machine tag>.{json,txt,png} (--quick: serve_<tag>_quick.*, gitignored).
+below the queue limit), the server's RSS before the level, after it (2 s idle), and its peak so far (VmHWM). The
+server runs in its own process; the load generator (httpx, asyncio) shares the machine with it, as a client on the
+same host would. Writes benchmarks/results/serve_<machine tag>.{json,txt,png} (--quick: serve_<tag>_quick.*,
+gitignored).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from _machine import headline, package_versions, result_paths
 
 HERE = Path(__file__).resolve().parent
 MODEL = "all-MiniLM-L6-v2"
+IDLE_SECONDS = 2.0  # between a level's load and its "after" RSS
 WORDS = (
     "the a of server batch model vector token attention sentence query key value layer network request client "
     "latency throughput memory thread queue answer question language speech text search index document page "
@@ -58,10 +60,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """A process's resident memory now (VmRSS) or at its peak (VmHWM), MB."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024.0
     return float("nan")
 
@@ -178,12 +181,15 @@ def run_server(name: str, cmd: List[str], port: int, levels: List[int], args, em
         for clients in levels:
             before = rss_mb(proc.pid)
             r = asyncio.run(load(url, clients, args.seconds, args.max_requests, args.seed, args.encoding_format))
-            r.update(server=name, rss_before_mb=before, rss_after_mb=rss_mb(proc.pid))
+            time.sleep(IDLE_SECONDS)  # pyattn serve trims its heap after 1 s idle
+            r.update(
+                server=name, rss_before_mb=before, rss_after_mb=rss_mb(proc.pid), rss_peak_mb=rss_mb(proc.pid, "VmHWM")
+            )
             rows.append(r)
             emit(
                 f"{name:10s} {clients:4d} clients  {r['sentences_per_s']:8.1f} sent/s  p50 {r['p50_ms']:8.1f} ms  "
                 f"p99 {r['p99_ms']:8.1f} ms  errors {r['errors']:4d}  RSS {r['rss_before_mb']:.0f} -> "
-                f"{r['rss_after_mb']:.0f} MB  ({r['requests']} requests)"
+                f"{r['rss_after_mb']:.0f} MB, peak {r['rss_peak_mb']:.0f}  ({r['requests']} requests)"
             )
     finally:
         stop(proc)

@@ -19,11 +19,13 @@ from typing import AsyncIterator, Callable, Deque, List, Optional, TypeVar
 
 import numpy as np
 
+from .. import _core
 from .errors import ApiError, overloaded
 from .metrics import Metrics
 
 log = logging.getLogger("pyattn.serve")
 T = TypeVar("T")
+IDLE_TRIM_SECONDS = 1.0
 
 
 class ModelThread:
@@ -110,6 +112,7 @@ class EmbeddingBatcher:
         self.queued = 0  # sentences in self._jobs
         self._wake = asyncio.Event()
         self._task: Optional[asyncio.Task] = None
+        self._dirty = False  # batches ran since the heap was last trimmed
         for m in (metrics.batch_size, metrics.batch_requests, metrics.batch_seconds, metrics.queue_seconds):
             m.labels(model)  # the series exist, at zero, before the first batch
 
@@ -159,10 +162,16 @@ class EmbeddingBatcher:
         return taken
 
     async def _gather(self) -> None:
-        """Waits until work is queued, then up to the wait limit for a full batch."""
+        """Waits until work is queued, then up to the wait limit for a full batch. A model idle for
+        IDLE_TRIM_SECONDS after work returns the heap pages its batches freed to the system (the peak of a large
+        batch would otherwise stay resident)."""
         while not self._jobs:
             self._wake.clear()
-            await self._wake.wait()
+            try:
+                await asyncio.wait_for(self._wake.wait(), IDLE_TRIM_SECONDS if self._dirty else None)
+            except asyncio.TimeoutError:
+                self._dirty = False
+                await self.thread.run(_core.trim_heap)
         if not self.max_batch_size or self.wait <= 0:
             return
         deadline = time.perf_counter() + self.wait
@@ -209,6 +218,7 @@ class EmbeddingBatcher:
                 if not job.future.done():
                     job.future.set_exception(e)
             return
+        self._dirty = True
         self.metrics.batch_seconds.labels(self.model).observe(time.perf_counter() - start)
         self.metrics.batch_size.labels(self.model).observe(len(texts))
         self.metrics.batch_requests.labels(self.model).observe(len(jobs))
