@@ -187,11 +187,16 @@ def test_concurrent_requests_are_batched(http, server, encoder):
     ]
     before = http.get("/metrics").text
 
+    blocker = {"model": EMBED, "input": [" ".join(["words"] * 100)] * 16}  # keeps the model busy while the rest queue
+
     async def send_all():
         async with httpx.AsyncClient(base_url=server, timeout=60) as c:
-            return await asyncio.gather(
-                *(c.post("/v1/embeddings", json={"model": EMBED, "input": r}) for r in requests)
-            )
+            first = asyncio.ensure_future(c.post("/v1/embeddings", json=blocker))
+            await asyncio.sleep(0.02)
+            posts = (c.post("/v1/embeddings", json={"model": EMBED, "input": r}) for r in requests)
+            rest = await asyncio.gather(*posts)
+            assert (await first).status_code == 200
+            return rest
 
     answers = asyncio.run(send_all())
     after = http.get("/metrics").text
@@ -208,9 +213,9 @@ def test_concurrent_requests_are_batched(http, server, encoder):
     sentences = _metric(after, "pyattn_batch_size_sum", model=EMBED) - _metric(
         before, "pyattn_batch_size_sum", model=EMBED
     )
-    assert served == len(requests)
-    assert sentences == sum(len(r) for r in requests)
-    assert 1 <= batches < len(requests)  # some requests shared a batch
+    assert served == len(requests) + 1
+    assert sentences == sum(len(r) for r in requests) + len(blocker["input"])
+    assert 1 <= batches < len(requests)  # the requests that queued behind the blocker shared batches
 
 
 def test_truncate_or_refuse(http, encoder):
@@ -306,12 +311,12 @@ def test_slow_body_times_out(server):
 
 def test_queue_full_answers_503(server, http, encoder):
     """More sentences than --max-queue waiting: 503 with Retry-After; the accepted requests are answered."""
-    texts = [f"sentence number {i} of a long queue of requests" for i in range(64)]
+    texts = [f"sentence {i}" for i in range(64)]
 
     async def flood():
         async with httpx.AsyncClient(base_url=server, timeout=60) as c:
             return await asyncio.gather(*(c.post("/v1/embeddings", json={"model": EMBED, "input": texts})
-                                          for _ in range(12)))  # fmt: skip
+                                          for _ in range(8)))  # fmt: skip
 
     answers = asyncio.run(flood())
     codes = sorted(r.status_code for r in answers)
@@ -555,7 +560,7 @@ def test_embeddings_only_server_and_graceful_shutdown(tmp_path):
         assert "no generation model" in _is_error(r, 404)["message"]
         r = httpx.post(f"{url}/v1/audio/transcriptions", files={"file": ("a.wav", b"x")}, data={"model": "whisper-1"})
         _is_error(r, 404)
-        texts = [" ".join(["long sentence"] * 100)] * 24
+        texts = [" ".join(["long sentence"] * 100)] * 16
         result = {}
 
         def slow_request():
@@ -566,7 +571,7 @@ def test_embeddings_only_server_and_graceful_shutdown(tmp_path):
         time.sleep(0.3)  # the request is in flight
         proc.send_signal(signal.SIGTERM)
         t.join(60)
-        assert result["r"].status_code == 200 and len(result["r"].json()["data"]) == 24
+        assert result["r"].status_code == 200 and len(result["r"].json()["data"]) == 16
         assert proc.wait(timeout=30) in STOPPED
         with pytest.raises(httpx.TransportError):
             httpx.get(f"{url}/health", timeout=2)

@@ -209,7 +209,7 @@ async def _read_upload(upload: UploadFile, max_seconds: float) -> np.ndarray:
     return wav
 
 
-def _verbose(result, model_id: str) -> Dict[str, Any]:
+def _verbose(result) -> Dict[str, Any]:
     import dataclasses
 
     return {
@@ -280,7 +280,7 @@ async def transcriptions(
     if response_format == "json":
         return JSONResponse({"text": result.text})
     if response_format == "verbose_json":
-        return JSONResponse(_verbose(result, served.id))
+        return JSONResponse(_verbose(result))
     if response_format == "text":
         return PlainTextResponse(result.text + "\n")
     return PlainTextResponse(subtitles.render(result, response_format), media_type=f"text/{response_format}")
