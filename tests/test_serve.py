@@ -592,3 +592,85 @@ def test_serve_cli(tmp_path, capsys):
     # a model given by path must load, or the server does not start (nothing is bound)
     assert main(["serve", "--embed-model", str(tmp_path / "missing"), "--no-whisper", "--no-llm"]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the batcher alone, with a stand-in encoder
+# ---------------------------------------------------------------------------------------------------------
+class _Encoder:
+    """encode(texts) -> one row per text holding its length; "boom" raises; "slow" takes 0.3 s."""
+
+    def __init__(self):
+        self.calls = []
+
+    def encode(self, texts, batch_size=32):
+        self.calls.append(list(texts))
+        if "boom" in texts:
+            raise RuntimeError("boom")
+        if "slow" in texts:
+            time.sleep(0.3)
+        return np.array([[len(t)] for t in texts], np.float32)
+
+
+def _batcher(encoder, **options):
+    from pyattn.serve.metrics import Metrics
+    from pyattn.serve.workers import EmbeddingBatcher, ModelThread
+
+    settings = dict(max_batch_size=8, batch_wait_ms=1, encode_batch_size=4, max_queue=16)
+    settings.update(options)
+    return EmbeddingBatcher(encoder, ModelThread("test"), "fake", Metrics(), **settings)
+
+
+def test_batcher_outlives_failures_queue_limits_and_abandoned_requests():
+    from pyattn.serve.errors import ApiError
+
+    enc = _Encoder()
+
+    async def main():
+        b = _batcher(enc)
+        b.start()
+        try:
+            assert (await b.embed(["a", "bb"]))[:, 0].tolist() == [1, 2]
+            with pytest.raises(RuntimeError, match="boom"):
+                await b.embed(["boom"])
+            assert (await b.embed(["ccc"]))[:, 0].tolist() == [3]  # the failure killed nothing
+            slow = asyncio.ensure_future(b.embed(["slow"]))
+            await asyncio.sleep(0.1)  # the model is busy with it
+            abandoned = asyncio.ensure_future(asyncio.wait_for(b.embed(["gone"]), 0.01))
+            full = asyncio.ensure_future(b.embed(["x"] * 15))
+            await asyncio.sleep(0.05)
+            with pytest.raises(ApiError) as e:
+                await b.embed(["y"])  # 1 + 15 sentences already wait
+            assert e.value.status == 503 and e.value.headers["Retry-After"] == "1"
+            with pytest.raises(asyncio.TimeoutError):
+                await abandoned
+            assert (await full).shape == (15, 1) and (await slow)[0, 0] == 4
+            assert all("gone" not in call for call in enc.calls)  # dropped before its batch ran
+            assert ["x"] * 15 in enc.calls  # a request over max_batch_size goes alone, whole
+        finally:
+            await b.stop()
+            b.thread.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("max_batch_size, calls", [(0, 5), (64, 2)])
+def test_batcher_gathers_or_not(max_batch_size, calls):
+    enc = _Encoder()
+
+    async def main():
+        b = _batcher(enc, max_batch_size=max_batch_size, max_queue=64)
+        b.start()
+        try:
+            slow = asyncio.ensure_future(b.embed(["slow"]))
+            await asyncio.sleep(0.1)
+            rows = await asyncio.gather(*(b.embed([str(i) * (i + 1)] * 2) for i in range(4)))
+            await slow
+            return rows
+        finally:
+            await b.stop()
+            b.thread.close()
+
+    rows = asyncio.run(main())
+    assert [r[:, 0].tolist() for r in rows] == [[i + 1, i + 1] for i in range(4)]  # each request its own rows
+    assert len(enc.calls) == calls  # "slow" alone, then four requests one by one or gathered into one
