@@ -592,6 +592,8 @@ def test_serve_cli(tmp_path, capsys):
     # a model given by path must load, or the server does not start (nothing is bound)
     assert main(["serve", "--embed-model", str(tmp_path / "missing"), "--no-whisper", "--no-llm"]) == 2
     assert "missing" in capsys.readouterr().err
+    assert main(["serve", "--no-embed", "--no-whisper", "--no-llm"]) == 2
+    assert "no model to serve" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------------------

