@@ -4,9 +4,8 @@ the model loaded once, `encode` called per request in FastAPI's thread pool, no 
     python benchmarks/_st_server.py --port 8001 [--model FOLDER] [--threads N]
 
 Run with an interpreter that has sentence-transformers, torch, fastapi and uvicorn (bench_serve.py --peer-python).
+(No `from __future__ import annotations`: FastAPI must see the request model defined inside main as a class.)
 """
-
-from __future__ import annotations
 
 import argparse
 import base64

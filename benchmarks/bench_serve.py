@@ -3,7 +3,7 @@ offline `SentenceEncoder.encode` and against sentence-transformers behind a mini
 
     python benchmarks/bench_serve.py                    # full run: 1, 8, 32, 128 clients, 20 s each
     python benchmarks/bench_serve.py --quick            # CI-sized: proves it runs, its numbers mean nothing
-    python benchmarks/bench_serve.py --peer-python /work/venv-bench/bin/python   # add the sentence-transformers peer
+    python benchmarks/bench_serve.py --peer-python other-venv/bin/python   # the peer in another environment
 
 Each client sends requests of 1-32 sentences (5-40 words from a fixed vocabulary, seeded) one after another, on
 localhost, until the level's time or request budget is spent. Rows:
@@ -13,7 +13,7 @@ localhost, until the level's time or request budget is spent. Rows:
 * unbatched  -- `pyattn serve --max-batch-size 0`: one request per encode call, text-embeddings-inference's
                 batching absent;
 * peer       -- benchmarks/_st_server.py (sentence-transformers, torch, one encode per request in FastAPI's thread
-                pool), when --peer-python names an interpreter that has them.
+                pool), when this interpreter or --peer-python's has them (skipped, with the reason, otherwise).
 
 Columns: throughput (sentences/s answered 200), p50 / p99 request latency, errors (non-200 or transport; must be 0
 below the queue limit), the server's RSS before the level, after it (2 s idle), and its peak so far (VmHWM). The
@@ -237,7 +237,12 @@ def main(argv=None) -> int:
     ap.add_argument("--max-requests", type=int, default=20000, help="per level")
     ap.add_argument("--threads", type=int, default=0, help="server threads (default: all processors)")
     ap.add_argument("--encoding-format", default="float", choices=["float", "base64"])
-    ap.add_argument("--peer-python", default=None, help="an interpreter with sentence-transformers, fastapi, uvicorn")
+    ap.add_argument(
+        "--peer-python",
+        default=sys.executable,
+        help="an interpreter with sentence-transformers, torch, fastapi, uvicorn (default: this one; without them "
+        "the peer is skipped)",
+    )
     ap.add_argument("--servers", default="batched,unbatched,peer")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(HERE / "results"))
