@@ -8,7 +8,7 @@ offline `SentenceEncoder.encode` and against sentence-transformers behind a mini
 Each client sends requests of 1-32 sentences (5-40 words from a fixed vocabulary, seeded) one after another, on
 localhost, until the level's time or request budget is spent. Rows:
 
-* offline    -- SentenceEncoder.encode over the same sentence mix in this process, batch_size 32: the ceiling;
+* offline    -- SentenceEncoder.encode over the same sentence mix in a fresh process, batch_size 32: the ceiling;
 * batched    -- `pyattn serve` with its defaults (requests gathered up to --max-batch-size sentences);
 * unbatched  -- `pyattn serve --max-batch-size 0`: one request per encode call, text-embeddings-inference's
                 batching absent;
