@@ -283,7 +283,8 @@ async def transcriptions(
         return JSONResponse(_verbose(result))
     if response_format == "text":
         return PlainTextResponse(result.text + "\n")
-    return PlainTextResponse(subtitles.render(result, response_format), media_type=f"text/{response_format}")
+    media = "text/vtt" if response_format == "vtt" else "text/plain"  # SubRip has no registered type
+    return PlainTextResponse(subtitles.render(result, response_format), media_type=media)
 
 
 # ---------------------------------------------------------------------------------------------------------
