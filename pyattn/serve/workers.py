@@ -1,0 +1,231 @@
+"""Inference off the event loop: one thread per model, a bounded queue in front of each, and the dynamic batcher
+that gathers concurrent embedding requests into one encode call.
+
+The kernels release the GIL, so the event loop keeps accepting, parsing and answering while a model computes.
+Each model's calls run one after another on its own thread (its arrays and KV caches are not shared between
+threads); two models may compute at once and then share the cores."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import functools
+import logging
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable, Deque, List, Optional, TypeVar
+
+import numpy as np
+
+from .. import _core
+from .errors import ApiError, overloaded
+from .metrics import Metrics
+
+log = logging.getLogger("pyattn.serve")
+T = TypeVar("T")
+IDLE_TRIM_SECONDS = 1.0
+
+
+class ModelThread:
+    """The one thread a model computes on: `await run(fn, *args)` runs fn(*args) there and returns its result."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pyattn-{name}")
+
+    async def run(self, fn: Callable[..., T], *args, **kwargs) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+class Gate:
+    """A model that serves one request at a time (transcription, generation): the others wait in a bounded,
+    first-come queue; one more than ``limit`` waiting is refused with 503 and Retry-After."""
+
+    def __init__(self, model: str, limit: int, metrics: Metrics):
+        self.model, self.limit, self.metrics = model, limit, metrics
+        self._lock = asyncio.Lock()
+        self.waiting = 0
+
+    def check(self) -> None:
+        """503 now if the queue is full (a streamed answer checks before its status line goes out)."""
+        if self.waiting >= self.limit:
+            self.metrics.rejected.labels("queue_full").inc()
+            raise overloaded(self.model)
+
+    @asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        self.check()
+        t0 = time.perf_counter()
+        self.waiting += 1
+        self.metrics.queue_depth.labels(self.model).set(self.waiting)
+        try:
+            await self._lock.acquire()
+        finally:
+            self.waiting -= 1
+            self.metrics.queue_depth.labels(self.model).set(self.waiting)
+        self.metrics.queue_seconds.labels(self.model).observe(time.perf_counter() - t0)
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+
+@dataclass
+class _Job:
+    texts: List[str]
+    future: asyncio.Future
+    arrived: float = field(default_factory=time.perf_counter)
+
+
+class EmbeddingBatcher:
+    """Gathers the sentences of concurrent requests into one `encoder.encode` call on the model's thread.
+
+    While the model computes a batch, requests queue; when it is free it takes every waiting request up to
+    ``max_batch_size`` sentences (a single larger request goes alone). When it is free and finds the queue short of
+    a full batch it first waits up to ``batch_wait_ms`` for more. Inside the batch encode sorts the sentences by
+    length and runs forward passes of ``encode_batch_size``; each request gets its own rows back. Requests whose
+    caller gave up (timeout, disconnect) before their batch started are dropped from it. ``max_batch_size == 0``:
+    no gathering, one request per encode call (the baseline the benchmark compares with)."""
+
+    def __init__(
+        self,
+        encoder,
+        thread: ModelThread,
+        model: str,
+        metrics: Metrics,
+        *,
+        max_batch_size: int,
+        batch_wait_ms: float,
+        encode_batch_size: int,
+        max_queue: int,
+    ):
+        self.encoder, self.thread, self.model, self.metrics = encoder, thread, model, metrics
+        self.max_batch_size, self.wait = max_batch_size, batch_wait_ms / 1000
+        self.encode_batch_size, self.max_queue = encode_batch_size, max_queue
+        self._jobs: Deque[_Job] = collections.deque()
+        self.queued = 0  # sentences in self._jobs
+        self._wake = asyncio.Event()
+        self._task: Optional[asyncio.Task] = None
+        self._dirty = False  # batches ran since the heap was last trimmed
+        for m in (metrics.batch_size, metrics.batch_requests, metrics.batch_seconds, metrics.queue_seconds):
+            m.labels(model)  # the series exist, at zero, before the first batch
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._serve(), name=f"batcher-{self.model}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        while self._jobs:
+            job = self._jobs.popleft()
+            if not job.future.done():
+                job.future.set_exception(ApiError(503, "the server is shutting down", code="shutting_down"))
+
+    async def embed(self, texts: List[str]) -> np.ndarray:
+        """(len(texts), dim) float32 rows, once the batch holding them has run. 503 when the queue is full."""
+        if self.queued and self.queued + len(texts) > self.max_queue:
+            self.metrics.rejected.labels("queue_full").inc()
+            raise overloaded(self.model)
+        job = _Job(list(texts), asyncio.get_running_loop().create_future())
+        self._jobs.append(job)
+        self.queued += len(texts)
+        self.metrics.queue_depth.labels(self.model).set(self.queued)
+        self._wake.set()
+        return await job.future  # cancelling this cancels the future: the batcher then skips the job
+
+    def _take(self) -> List[_Job]:
+        taken: List[_Job] = []
+        size = 0
+        while self._jobs:
+            job = self._jobs[0]
+            if job.future.done():  # its caller is gone
+                self._jobs.popleft()
+                self.queued -= len(job.texts)
+                continue
+            if taken and (not self.max_batch_size or size + len(job.texts) > self.max_batch_size):
+                break
+            self._jobs.popleft()
+            self.queued -= len(job.texts)
+            taken.append(job)
+            size += len(job.texts)
+        self.metrics.queue_depth.labels(self.model).set(self.queued)
+        return taken
+
+    async def _gather(self) -> None:
+        """Waits until work is queued, then up to the wait limit for a full batch. A model idle for
+        IDLE_TRIM_SECONDS after work returns the heap pages its batches freed to the system (the peak of a large
+        batch would otherwise stay resident)."""
+        while not self._jobs:
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), IDLE_TRIM_SECONDS if self._dirty else None)
+            except asyncio.TimeoutError:
+                self._dirty = False
+                await self.thread.run(_core.trim_heap)
+        if not self.max_batch_size or self.wait <= 0:
+            return
+        deadline = time.perf_counter() + self.wait
+        while self.queued < self.max_batch_size:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                return
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), left)
+            except asyncio.TimeoutError:
+                return
+
+    async def _serve(self) -> None:
+        while True:
+            try:
+                await self._batch()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug here must not leave every later request waiting for its timeout
+                log.exception("the embedding batcher failed; it goes on")
+                await asyncio.sleep(0.01)
+
+    async def _batch(self) -> None:
+        """Gathers one batch, runs it on the model's thread and hands each request its rows."""
+        await self._gather()
+        jobs = self._take()
+        if not jobs:
+            return
+        texts = [t for job in jobs for t in job.texts]
+        start = time.perf_counter()
+        for job in jobs:
+            self.metrics.queue_seconds.labels(self.model).observe(start - job.arrived)
+        try:
+            rows = await self.thread.run(self.encoder.encode, texts, batch_size=self.encode_batch_size)
+        except asyncio.CancelledError:
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(ApiError(503, "the server is shutting down", code="shutting_down"))
+            raise
+        except Exception as e:  # the batcher outlives any batch
+            log.exception("embedding batch of %d sentences failed", len(texts))
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(e)
+            return
+        self._dirty = True
+        self.metrics.batch_seconds.labels(self.model).observe(time.perf_counter() - start)
+        self.metrics.batch_size.labels(self.model).observe(len(texts))
+        self.metrics.batch_requests.labels(self.model).observe(len(jobs))
+        self.metrics.sentences.labels(self.model).inc(len(texts))
+        at = 0
+        for job in jobs:
+            n = len(job.texts)
+            if not job.future.done():
+                job.future.set_result(rows[at : at + n])
+            at += n
