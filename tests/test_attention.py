@@ -27,6 +27,7 @@ SHAPES = [  # (B, H, Lq, Lk, D)
     (2, 3, 2, 17, 5),
     (1, 2, 3, 63, 16),
     (1, 1, 4, 65, 17),
+    (1, 2, 2, 100, 144),  # decoding path: head wider than 8 registers (two passes over the values, a partial one)
     (2, 2, 5, 129, 64),
     (1, 2, 7, 257, 80),
     (2, 1, 17, 3, 16),
@@ -209,7 +210,7 @@ def test_strided_and_list_masks_are_accepted(rng):
 
 
 @pytest.mark.parametrize("isa", pyattn.cpu_info()["available_isas"])
-@pytest.mark.parametrize("H, Hkv", [(9, 3), (8, 1), (4, 2), (6, 6)])
+@pytest.mark.parametrize("H, Hkv", [(9, 3), (8, 1), (20, 1), (4, 2), (6, 6)])  # 20: two passes of 16 heads
 @pytest.mark.parametrize("Lq, Lk, causal", [(1, 37, False), (3, 20, True), (70, 70, True), (33, 50, False)])
 def test_grouped_query_attention_against_float64(rng, isa, H, Hkv, Lq, Lk, causal):
     """K/V with Hkv heads shared by groups of H / Hkv query heads equal K/V repeated per query head."""

@@ -127,6 +127,13 @@ struct KernelSet {
     RowsKernel tall;
     int tall_rows, tall_cols;
     DotKernel dot;
+    // Decoding attention over a KV cache read in place (rows of stride ld), for m query rows (the query heads of a
+    // grouped-query group, which share the keys and values; row r at q + r ldq, s + r lds, p + r ldp, o + r ldo):
+    // s_r[j] = q_r . k_j for j < n (d floats each), and o_r[0, dv) = sum_{j < n} p_r[j] v_j.
+    void (*attn_scores)(int64_t m, const float* q, int64_t ldq, const float* k, int64_t ldk, int64_t n, int64_t d,
+                        float* s, int64_t lds);
+    void (*attn_values)(int64_t m, const float* p, int64_t ldp, int64_t n, const float* v, int64_t ldv, int64_t dv,
+                        float* o, int64_t ldo);
     PackTransKernel pack_bt;
     // 16-bit B panels, indexed by HalfFormat.
     HalfKernels half[2];

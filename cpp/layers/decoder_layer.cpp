@@ -100,7 +100,7 @@ void layer_team(const DecoderLayer& l, int64_t B, int64_t L, float* x, float* ou
 #pragma omp barrier
     const ops::AttentionArgs a = attention_args(l, B, L, cache, past, key_padding, s);
     int64_t t0, t1;
-    share(B * H * L, tid, nth, t0, t1);
+    share(ops::attention_tasks(a), tid, nth, t0, t1);
     ops::attention_rows(a, t0, t1);
 #pragma omp barrier
     int64_t e0, e1;

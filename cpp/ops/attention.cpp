@@ -71,35 +71,45 @@ inline bool softmax_inplace(const KernelSet& ks, float* s, int64_t n) {
     return true;
 }
 
-// One (b, h, query i) task of the direct path: t = (b H + h) Lq + i; s: a scratch row of Lk floats.
+// One task of the direct path: query row i of the kv_group query heads that share K/V head g of batch entry b,
+// t = (b Hkv + g) Lq + i. Each key and value row is read once for the whole group (attn_scores, attn_values). s:
+// min(kv_group, 16) x Lk floats of scratch.
 void direct_task(const KernelSet& ks, const AttentionArgs& a, int64_t t, float* s) {
-    const int64_t i = t % a.Lq, bh = t / a.Lq, b = bh / a.H, h = bh % a.H;
-    float* o = out_row(a, b, h, i);
-    std::fill(o, o + a.Dv, 0.0f);
+    const int64_t G = a.kv_group, Hkv = a.H / G;
+    const int64_t i = t % a.Lq, bg = t / a.Lq, b = bg / Hkv, h0 = bg % Hkv * G;
     const int64_t n = causal_end(a, i);
-    if (n == 0) return;
-    const float* q = head(a.q, b, h) + i * a.q.sl;
-    const float* k = kv_head(a, a.k, b, h);
-    const float* v = kv_head(a, a.v, b, h);
-    ks.dot(1, n, a.D, q, a.D, k, a.k.sl, s, n, 0.0f);
-    ks.scale(s, n, a.scale);
-    mask_row(ks, a, b, h, i, 0, n, s);
-    if (!softmax_inplace(ks, s, n)) return;
-    // o = p V: whole NR-wide column panels of V through the rows kernel (V read in place), the
-    // remaining columns key by key.
-    const int nr = ks.blocking.nr;
-    const int64_t full = a.Dv / nr * nr;
-    for (int64_t c = 0; c < full; c += nr) ks.rows(1, n, s, n, v + c, a.v.sl, o + c, a.Dv, 0.0f);
-    if (full < a.Dv)
-        for (int64_t j = 0; j < n; ++j)
-            if (s[j] != 0.0f) ks.axpy(o + full, v + j * a.v.sl + full, a.Dv - full, s[j]);
+    if (n == 0) {
+        for (int64_t h = h0; h < h0 + G; ++h) std::fill(out_row(a, b, h, i), out_row(a, b, h, i) + a.Dv, 0.0f);
+        return;
+    }
+    const float* k = kv_head(a, a.k, b, h0);
+    const float* v = kv_head(a, a.v, b, h0);
+    constexpr int64_t kChunk = 16;  // query heads per pass over K and V (MQA's groups can be large)
+    for (int64_t c0 = h0; c0 < h0 + G; c0 += kChunk) {
+        const int64_t m = std::min(kChunk, h0 + G - c0);
+        const float* q = head(a.q, b, c0) + i * a.q.sl;
+        ks.attn_scores(m, q, a.q.sh, k, a.k.sl, n, a.D, s, n);
+        bool dead[kChunk];  // rows whose every key is masked: zeros, whatever V holds
+        for (int64_t r = 0; r < m; ++r) {
+            float* sr = s + r * n;
+            ks.scale(sr, n, a.scale);
+            mask_row(ks, a, b, c0 + r, i, 0, n, sr);
+            dead[r] = !softmax_inplace(ks, sr, n);
+        }
+        ks.attn_values(m, s, n, n, v, a.v.sl, a.Dv, out_row(a, b, c0, i), a.out_sh);
+        for (int64_t r = 0; r < m; ++r)
+            if (dead[r]) std::fill(out_row(a, b, c0 + r, i), out_row(a, b, c0 + r, i) + a.Dv, 0.0f);
+    }
 }
 
+// Tasks of the direct path (each a group of query heads sharing K/V, one query row).
+int64_t direct_tasks(const AttentionArgs& a) { return a.B * (a.H / a.kv_group) * a.Lq; }
+
 void attention_direct(const KernelSet& ks, const AttentionArgs& a, int nt) {
-    const int64_t tasks = a.B * a.H * a.Lq;
+    const int64_t tasks = direct_tasks(a);
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-        float* s = scratch<Slot::attn_scores>(static_cast<std::size_t>(a.Lk));
+        float* s = scratch<Slot::attn_scores>(static_cast<std::size_t>(std::min<int64_t>(a.kv_group, 16) * a.Lk));
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tasks; ++t) direct_task(ks, a, t, s);
     }
@@ -230,11 +240,13 @@ void scaled_dot_product_attention(const AttentionArgs& a) {
     attention_flash(ks, a, nt);
 }
 
+int64_t attention_tasks(const AttentionArgs& a) { return direct_tasks(a); }
+
 void attention_rows(const AttentionArgs& a, int64_t t0, int64_t t1) {
     const KernelSet& ks = cpu::active();
-    t1 = std::min(t1, a.B * a.H * a.Lq);
+    t1 = std::min(t1, direct_tasks(a));
     if (t0 >= t1) return;
-    float* s = scratch<Slot::attn_scores>(static_cast<std::size_t>(a.Lk));
+    float* s = scratch<Slot::attn_scores>(static_cast<std::size_t>(std::min<int64_t>(a.kv_group, 16) * a.Lk));
     for (int64_t t = t0; t < t1; ++t) direct_task(ks, a, t, s);
 }
 

@@ -50,9 +50,11 @@ struct AttentionArgs {
 
 void scaled_dot_product_attention(const AttentionArgs& a);
 
-// Tasks [t0, t1) of B H Lq, task t = (b H + h) Lq + i being query row i of head h, computed by the calling thread
-// alone with the direct (unpacked, decoding) algorithm; a.weights must be null. For a caller that runs a decoding
-// step in one parallel region and splits the heads over its team itself.
+// The decoding (direct) algorithm's tasks: attention_tasks(a) of them, task t = (b Hkv + g) Lq + i being query row
+// i of the H / Hkv query heads that share K/V head g (they read each key and value row once). attention_rows computes
+// tasks [t0, t1) on the calling thread alone; a.weights must be null. For a caller that runs a decoding step in one
+// parallel region and splits the tasks over its team itself.
+int64_t attention_tasks(const AttentionArgs& a);
 void attention_rows(const AttentionArgs& a, int64_t t0, int64_t t1);
 
 }  // namespace pyattn::ops
