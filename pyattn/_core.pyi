@@ -213,8 +213,8 @@ def decoder_stack(
     """
     Runs the DecoderLayer list over x (B, L, E) in place (the residual stream) and returns the last layer's
     FFN output (B, L, E), which the caller adds before the final norm. positions (B, L) int64 index the
-    rotary tables cos / sin (n_pos, rotary_dim / 2); cache_k / cache_v: per layer (B, capacity, Hkv D),
-    rows [past, past + L) are written; key_padding_mask (B, past + L) bool, True = padding.
+    rotary tables cos / sin (n_pos, rotary_dim / 2); cache_k / cache_v: per layer (B, Hkv, capacity, D),
+    positions [past, past + L) are written; key_padding_mask (B, past + L) bool, True = padding.
     """
 
 def get_isa() -> str:

@@ -98,7 +98,7 @@ def test_prefill_then_steps_against_float64(isa, rng, interleaved):
     positions = np.maximum(np.cumsum(mask, 1) - 1, 0).astype(np.int64)
     want = reference(layers, x, positions, pad, interleaved)
     cos, sin = F.rope_tables(64, ROT, BASE)
-    caches = [(np.zeros((B, 16, HKV * D), np.float32), np.zeros((B, 16, HKV * D), np.float32)) for _ in layers]
+    caches = [(np.zeros((B, HKV, 16, D), np.float32), np.zeros((B, HKV, 16, D), np.float32)) for _ in layers]
     got = [run(stack, x[:, :P], positions[:, :P].copy(), cos, sin, caches, 0, pad[:, :P].copy())]
     for t in range(P, L):
         got.append(run(stack, x[:, t : t + 1], positions[:, t : t + 1].copy(), cos, sin, caches, t,
@@ -115,7 +115,7 @@ def test_block_weight_types_stay_close(rng):
     want = reference(layers, x, positions, None, True)
     # random Gaussian weights are 4-bit blocks' worst case: measured min cosine 0.9897 for q4_1
     for storage, bar in (("int8", 0.999), ("q4_0", 0.98), ("q4_1", 0.98)):
-        caches = [(np.zeros((1, 6, HKV * D), np.float32), np.zeros((1, 6, HKV * D), np.float32))]
+        caches = [(np.zeros((1, HKV, 6, D), np.float32), np.zeros((1, HKV, 6, D), np.float32))]
         got = run(fused(layers, True, storage), x, positions, cos, sin, caches, 0, None)
         cos_sim = (got * want).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(want, axis=-1)
         assert cos_sim.min() > bar, (storage, cos_sim.min())
@@ -140,7 +140,7 @@ def test_one_region_step_equals_layer_by_layer(rng, storage):
         pyattn.set_num_threads(threads)
         _core._tune_team_rows(team_rows)
         try:
-            caches = [(np.zeros((B, L, HKV * D), np.float32), np.zeros((B, L, HKV * D), np.float32)) for _ in layers]
+            caches = [(np.zeros((B, HKV, L, D), np.float32), np.zeros((B, HKV, L, D), np.float32)) for _ in layers]
             run(stack, x[:, :P], positions[:, :P].copy(), cos, sin, caches, 0, ~mask[:, :P])  # 14 rows: layer by layer
             steps = [
                 run(stack, x[:, t : t + 1], positions[:, t : t + 1].copy(), cos, sin, caches, t, ~mask[:, : t + 1])
@@ -170,8 +170,8 @@ def test_refuses_bad_arguments(rng):
     cos, sin = F.rope_tables(8, ROT, BASE)
     x = rng.standard_normal((1, 2, E)).astype(np.float32)
     pos = np.arange(2, dtype=np.int64)[None]
-    ck = [np.zeros((1, 4, HKV * D), np.float32)]
-    cv = [np.zeros((1, 4, HKV * D), np.float32)]
+    ck = [np.zeros((1, HKV, 4, D), np.float32)]
+    cv = [np.zeros((1, HKV, 4, D), np.float32)]
     with pytest.raises(ValueError, match="qkv maps"):
         _core.DecoderLayer(lin["o"], lin["o"], lin["gate_up"], lin["down"], lr["attn_norm"], lr["ffn_norm"], EPS, H,
                            HKV, ROT, True)  # fmt: skip
@@ -186,6 +186,8 @@ def test_refuses_bad_arguments(rng):
         _core.decoder_stack(stack, x.copy(), pos + 8, cos, sin, ck, cv, 0)
     with pytest.raises(ValueError, match="caches of shape"):
         _core.decoder_stack(stack, x.copy(), pos, cos, sin, ck, cv, 3)  # past 3 + 2 rows > capacity 4
+    with pytest.raises(ValueError, match="caches of shape"):  # the old row-major (B, capacity, Hkv D) layout
+        _core.decoder_stack(stack, x.copy(), pos, cos, sin, [np.zeros((1, 4, HKV * D), np.float32)], cv, 0)
     with pytest.raises(ValueError, match="one K and one V cache per layer"):
         _core.decoder_stack(stack, x.copy(), pos, cos, sin, ck * 2, cv, 0)
     with pytest.raises(TypeError, match="numpy arrays"):

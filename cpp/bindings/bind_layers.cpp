@@ -174,7 +174,7 @@ py::array decoder_stack(const std::vector<const DecoderLayer*>& stack, py::array
     std::vector<py::array> cache_k = arrays(k_objs), cache_v = arrays(v_objs);
     if (stack.empty()) value_error("expected at least one layer");
     const layers::DecoderLayer& l0 = stack[0]->layer();
-    const int64_t E = stack[0]->d_model(), Ekv = stack[0]->kv_dim();
+    const int64_t E = stack[0]->d_model();
     for (const DecoderLayer* d : stack) {
         if (!d) type_error("expected DecoderLayer objects, got None");
         const layers::DecoderLayer& l = d->layer();
@@ -221,13 +221,14 @@ py::array decoder_stack(const std::vector<const DecoderLayer*>& stack, py::array
             require_f32(*c, "cache");
             require_c_contiguous(*c, "cache");
             if (!c->writeable()) value_error("caches must be writeable");
-            if (c->ndim() != 3 || c->shape(0) != B || c->shape(2) != Ekv || c->shape(1) < past + L ||
-                c->shape(1) != kv[0]->shape(1))
-                value_error("expected K and V caches of shape (" + std::to_string(B) + ", >= " +
-                            std::to_string(past + L) + ", " + std::to_string(Ekv) + "), got " + shape_str(*c));
+            if (c->ndim() != 4 || c->shape(0) != B || c->shape(1) != l0.kv_heads || c->shape(3) != l0.head_dim ||
+                c->shape(2) < past + L || c->shape(2) != kv[0]->shape(2))
+                value_error("expected K and V caches of shape (" + std::to_string(B) + ", " +
+                            std::to_string(l0.kv_heads) + ", >= " + std::to_string(past + L) + ", " +
+                            std::to_string(l0.head_dim) + "), got " + shape_str(*c));
             require_no_overlap(*c, x, "cache", "x");
         }
-        caches[i] = layers::LayerCache{f32_mut(cache_k[i]), f32_mut(cache_v[i]), cache_k[i].shape(1)};
+        caches[i] = layers::LayerCache{f32_mut(cache_k[i]), f32_mut(cache_v[i]), cache_k[i].shape(2)};
     }
     const uint8_t* kp = nullptr;
     py::array keep;
@@ -281,8 +282,8 @@ void bind_layers(py::module_& m) {
           py::arg("key_padding_mask") = py::none(),
           "Runs the DecoderLayer list over x (B, L, E) in place (the residual stream) and returns the last layer's\n"
           "FFN output (B, L, E), which the caller adds before the final norm. positions (B, L) int64 index the\n"
-          "rotary tables cos / sin (n_pos, rotary_dim / 2); cache_k / cache_v: per layer (B, capacity, Hkv D),\n"
-          "rows [past, past + L) are written; key_padding_mask (B, past + L) bool, True = padding.");
+          "rotary tables cos / sin (n_pos, rotary_dim / 2); cache_k / cache_v: per layer (B, Hkv, capacity, D),\n"
+          "positions [past, past + L) are written; key_padding_mask (B, past + L) bool, True = padding.");
     py::class_<EncoderLayer>(m, "EncoderLayer",
                              "A whole transformer encoder layer in one call (cpp/layers/encoder_layer.h): the\n"
                              "PackedLinear projections qkv (E -> 3E), out, ffn1 (E -> F, activation fused), ffn2, two\n"

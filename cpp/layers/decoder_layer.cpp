@@ -34,8 +34,8 @@ ops::AttentionArgs attention_args(const DecoderLayer& l, int64_t B, int64_t L, c
     a.Lk = Lk;
     a.D = a.Dv = D;
     a.q = ops::HeadTensor{s.qkv, L * W, D, W};
-    a.k = ops::HeadTensor{cache.k, cache.capacity * Ekv, D, Ekv};
-    a.v = ops::HeadTensor{cache.v, cache.capacity * Ekv, D, Ekv};
+    a.k = ops::HeadTensor{cache.k, cache.capacity * Ekv, cache.capacity * D, D};
+    a.v = ops::HeadTensor{cache.v, cache.capacity * Ekv, cache.capacity * D, D};
     a.out = s.ctx;
     a.out_sb = L * Eq;
     a.out_sh = D;
@@ -49,6 +49,19 @@ ops::AttentionArgs attention_args(const DecoderLayer& l, int64_t B, int64_t L, c
     a.causal_offset = past;
     a.scale = l.scale;
     return a;
+}
+
+// K/V heads [g0, g1) of the rows in s.qkv (B, L, (H + 2 Hkv) D) into the cache at positions past .. past + L.
+void write_cache(const DecoderLayer& l, int64_t B, int64_t L, const LayerCache& cache, int64_t past, const float* qkv,
+                 int64_t g0, int64_t g1, bool values) {
+    const int64_t H = l.heads, Hkv = l.kv_heads, D = l.head_dim, W = (H + 2 * Hkv) * D;
+    const int64_t col = (H + (values ? Hkv : 0)) * D;
+    float* dst = values ? cache.v : cache.k;
+    for (int64_t b = 0; b < B; ++b)
+        for (int64_t g = g0; g < g1; ++g)
+            for (int64_t t = 0; t < L; ++t)
+                std::memcpy(dst + ((b * Hkv + g) * cache.capacity + past + t) * D, qkv + (b * L + t) * W + col + g * D,
+                            D * sizeof(float));
 }
 
 // [tid of nth] share of n units, as a half-open range.
@@ -86,17 +99,10 @@ void layer_team(const DecoderLayer& l, int64_t B, int64_t L, float* x, float* ou
         ops::rope(s.qkv + h0 * D, B, L, q1 - h0, L * W, W, D, positions, rope.cos, rope.sin, l.rot, l.interleaved);
     if (k1 > k0)
         ops::rope(s.qkv + k0 * D, B, L, k1 - k0, L * W, W, D, positions, rope.cos, rope.sin, l.rot, l.interleaved);
-    // this thread's K and V heads into the cache: columns [c0, c1) of the (K | V) block
-    const int64_t c0 = std::max<int64_t>(h0 * D - Eq, 0), c1 = std::max<int64_t>(h1 * D - Eq, 0);
-    for (int64_t b = 0; b < B; ++b)
-        for (int64_t t = 0; t < L; ++t) {
-            const float* row = s.qkv + (b * L + t) * W + Eq;
-            const int64_t at = (b * cache.capacity + past + t) * Ekv;
-            const int64_t kc0 = std::min(c0, Ekv), kc1 = std::min(c1, Ekv);
-            if (kc1 > kc0) std::memcpy(cache.k + at + kc0, row + kc0, (kc1 - kc0) * sizeof(float));
-            const int64_t vc0 = std::max(c0, Ekv), vc1 = std::max(c1, Ekv);
-            if (vc1 > vc0) std::memcpy(cache.v + at + vc0 - Ekv, row + vc0, (vc1 - vc0) * sizeof(float));
-        }
+    // this thread's K and V heads into the cache
+    if (k1 > k0) write_cache(l, B, L, cache, past, s.qkv, k0 - H, k1 - H, false);
+    const int64_t v0 = std::max(h0, H + Hkv), v1 = std::min(h1, H + 2 * Hkv);
+    if (v1 > v0) write_cache(l, B, L, cache, past, s.qkv, v0 - H - Hkv, v1 - H - Hkv, true);
 #pragma omp barrier
     const ops::AttentionArgs a = attention_args(l, B, L, cache, past, key_padding, s);
     int64_t t0, t1;
@@ -165,13 +171,8 @@ void decoder_layer(const DecoderLayer& l, int64_t B, int64_t L, float* x, float*
     project(l.qkv, M, s.n, s.qkv);  // (M, W)
     ops::rope(s.qkv, B, L, H, L * W, W, D, positions, rope.cos, rope.sin, l.rot, l.interleaved);
     ops::rope(s.qkv + Eq, B, L, Hkv, L * W, W, D, positions, rope.cos, rope.sin, l.rot, l.interleaved);
-    for (int64_t b = 0; b < B; ++b)
-        for (int64_t t = 0; t < L; ++t) {
-            const float* row = s.qkv + (b * L + t) * W;
-            const int64_t at = (b * cache.capacity + past + t) * Ekv;
-            std::memcpy(cache.k + at, row + Eq, Ekv * sizeof(float));
-            std::memcpy(cache.v + at, row + Eq + Ekv, Ekv * sizeof(float));
-        }
+    write_cache(l, B, L, cache, past, s.qkv, 0, Hkv, false);
+    write_cache(l, B, L, cache, past, s.qkv, 0, Hkv, true);
     const ops::AttentionArgs a = attention_args(l, B, L, cache, past, key_padding, s);
     ops::scaled_dot_product_attention(a);
     project(l.out, M, s.ctx, x, 1.0f);  // x += W_o ctx

@@ -44,7 +44,8 @@ from .. import functional as F
 from ..generation import generate as _generate
 from ..generation.protocol import state_arguments
 from ..io.gguf import GGUFFile, int8_blocks, read_gguf, tokenizer
-from ..nn import CacheState, KVCache, Linear, Module
+from ..nn import CacheState, Linear, Module
+from ..nn.attention import HeadKVCache
 from ..precision import resolve_dtype
 from .packages import package_folder
 from .pretrained import Weights, errors_name, flag, number, read_config, read_weights, require, trims_heap
@@ -692,7 +693,7 @@ class LlamaModel(Module):
     def init_state(self, batch: int, memory=None, memory_mask=None) -> LlamaState:
         """Empty KV caches (Hkv heads) for `batch` rows (the decoder protocol; no memory for a decoder-only model)."""
         batch, _, _ = state_arguments(batch, memory, memory_mask)
-        return LlamaState([KVCache(batch, self.kv_heads * self.head_dim) for _ in self.layers])
+        return LlamaState([HeadKVCache(batch, self.kv_heads, self.head_dim) for _ in self.layers])
 
     def step(self, ids, positions, state: LlamaState, attention_mask=None) -> np.ndarray:
         """The decoder protocol (pyattn.generation.protocol): logits (B, vocab) of the last of `ids` (B, L)."""
@@ -754,7 +755,9 @@ class LlamaModel(Module):
         self._rope_positions(positions, past + L)
         stream = F._c_aligned(self.embed(ids), np.float32)  # (B, L, d): the residual stream (new), updated in place
         caches = (
-            state.caches if state is not None else [KVCache(B, self.kv_heads * self.head_dim, L) for _ in self.layers]
+            state.caches
+            if state is not None
+            else [HeadKVCache(B, self.kv_heads, self.head_dim, L) for _ in self.layers]
         )
         for c in caches:
             c.reserve(past + L)
