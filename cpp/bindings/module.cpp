@@ -218,20 +218,18 @@ py::array_t<float> empty_f32(const std::vector<int64_t>& shape) {
     return py::array_t<float>(s, static_cast<float*>(block->ptr), owner);
 }
 
-std::size_t release_cached_memory() {
-    const std::size_t n = BlockCache::instance().clear();
-#if defined(__GLIBC__)
-    malloc_trim(0);  // hand the heap's free pages back as well (glibc keeps them after large frees)
-#endif
-    return n;
-}
-
 bool trim_heap() {
 #if defined(__GLIBC__)
-    return malloc_trim(0) != 0;
+    return malloc_trim(0) != 0;  // glibc keeps the heap's free pages after large frees
 #else
     return false;
 #endif
+}
+
+std::size_t release_cached_memory() {
+    const std::size_t n = BlockCache::instance().clear();
+    trim_heap();  // hand the heap's free pages back as well
+    return n;
 }
 
 }  // namespace pyattn::bind

@@ -1,10 +1,23 @@
-// Shared by the block-format GEMM drivers (gemm_int8.cpp, gemm_cols.cpp).
+// Storing tiles and quantizing activations, shared by the GEMM drivers (gemm.cpp, gemm_int8.cpp, gemm_cols.cpp).
 #pragma once
 #include <cstdint>
 
 #include "kernels/kernels.h"
 
 namespace pyattn::gemm {
+
+// Columns [t0, t1) of an m-row tile (row stride nr) to C (columns relative to the tile), beta C and the bias (or
+// none) added one add each.
+inline void store_range(const float* tile, int nr, int64_t m, int64_t t0, int64_t t1, float* c, int64_t ldc, float beta,
+                        const float* bias) {
+    for (int64_t r = 0; r < m; ++r)
+        for (int64_t t = t0; t < t1; ++t) {
+            float v = tile[r * nr + t];
+            if (beta != 0.0f) v = v + beta * c[r * ldc + t];
+            if (bias) v = v + bias[t];
+            c[r * ldc + t] = v;
+        }
+}
 
 // C rows [i, i + m) x panel columns [j, j + n) from a kernel that writes whole panels: directly when the panel is
 // whole and beta is 0, else through `tile` (row stride nr), then beta C and the bias, each one add as in the kernel.
@@ -13,13 +26,7 @@ void store_panel(Call&& call, int64_t m, int64_t n, int nr, float* c, int64_t ld
                  float* tile) {
     if (n == nr && beta == 0.0f) return call(c, ldc, bias);
     call(tile, static_cast<int64_t>(nr), nullptr);
-    for (int64_t r = 0; r < m; ++r)
-        for (int64_t t = 0; t < n; ++t) {
-            float v = tile[r * nr + t];
-            if (beta != 0.0f) v = v + beta * c[r * ldc + t];
-            if (bias) v = v + bias[t];
-            c[r * ldc + t] = v;
-        }
+    store_range(tile, nr, m, 0, n, c, ldc, beta, bias);
 }
 
 // The activations of a 4-bit product: m rows of A (K floats, stride lda) quantized by the int8 rule into q16 (int16,

@@ -8,6 +8,7 @@
 
 #include "cpu/buffer.h"
 #include "cpu/cpu.h"
+#include "gemm/block_store.h"
 #include "gemm/grid.h"
 #include "gemm/packed_matrix.h"
 
@@ -15,13 +16,6 @@ namespace pyattn::gemm {
 namespace {
 
 using kernels::KernelSet;
-
-// Writes an m x n corner of a full MR x NR tile computed into `tile` (row stride NR) to C.
-void store_partial(const float* tile, int nr, int64_t m, int64_t n, float* c, int64_t ldc, float beta) {
-    for (int64_t i = 0; i < m; ++i)
-        for (int64_t j = 0; j < n; ++j)
-            c[i * ldc + j] = beta == 0.0f ? tile[i * nr + j] : tile[i * nr + j] + beta * c[i * ldc + j];
-}
 
 void apply_epilogue(const KernelSet& ks, const Epilogue& ep, float* c, int64_t ldc, int64_t m, int64_t n, int64_t col) {
     if (!ep.bias && ep.act == kernels::Activation::none) return;
@@ -50,10 +44,10 @@ void macro_kernel(const KernelSet& ks, const float* ap, const float* a, int64_t 
                 ks.rows(m, kc, a + i * lda, lda, b, nr, ct, ldc, beta);
             } else if (m < mr) {
                 ks.rows(m, kc, a + i * lda, lda, b, nr, tile, nr, 0.0f);
-                store_partial(tile, nr, m, n, ct, ldc, beta);
+                store_range(tile, nr, m, 0, n, ct, ldc, beta, nullptr);
             } else {
                 ks.micro(kc, ap + i * kc, b, nr, tile, nr, 0.0f);
-                store_partial(tile, nr, m, n, ct, ldc, beta);
+                store_range(tile, nr, m, 0, n, ct, ldc, beta, nullptr);
             }
         }
     }
@@ -183,7 +177,7 @@ void run_small_m(const KernelSet& ks, const Problem& P, int nt) {
                     if (i == 0) pack_b(ks, P.B.data, P.B.ld, false, 0, K, j, n, nr, edge, 0, 1);
                     ks.rows(m, K, a, P.lda, edge, nr, out, ldo, beta0);
                 }
-                if (n != nr) store_partial(tile, nr, m, n, c, P.ldc, P.beta);
+                if (n != nr) store_range(tile, nr, m, 0, n, c, P.ldc, P.beta, nullptr);
                 apply_epilogue(ks, P.ep, c, P.ldc, m, n, j);
             }
         }
@@ -220,7 +214,7 @@ void run_tall(const KernelSet& ks, const Problem& P, int nt) {
                     else
                         ks.tall(M, kc, P.A + pc, P.lda, P.packed->block(jc, pc) + off, nr, out, ldo, beta);
                 }
-                if (n != vec) store_partial(tile, static_cast<int>(vec), M, n, c, P.ldc, P.beta);
+                if (n != vec) store_range(tile, static_cast<int>(vec), M, 0, n, c, P.ldc, P.beta, nullptr);
                 apply_epilogue(ks, P.ep, c, P.ldc, M, n, j + h);
             }
         }

@@ -14,19 +14,6 @@
 namespace pyattn::gemm {
 namespace {
 
-// Columns [t0, t1) of an m-row tile (row stride nr) to C (columns relative to the tile), beta C and the bias added
-// one add each, as store_panel does.
-void store_range(const float* tile, int nr, int64_t m, int64_t t0, int64_t t1, float* c, int64_t ldc, float beta,
-                 const float* bias) {
-    for (int64_t r = 0; r < m; ++r)
-        for (int64_t t = t0; t < t1; ++t) {
-            float v = tile[r * nr + t];
-            if (beta != 0.0f) v = v + beta * c[r * ldc + t];
-            if (bias) v = v + bias[t];
-            c[r * ldc + t] = v;
-        }
-}
-
 // Walks the panels of width nr covering [col0, col1): call(q, out, ld, bias, m rows at i) computes panel q's m x nr
 // tile (+ bias when given) into out. Whole panels inside the range go through store_panel, edge ones through the tile.
 template <typename Call>

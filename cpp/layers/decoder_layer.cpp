@@ -89,7 +89,7 @@ void layer_team(const DecoderLayer& l, int64_t B, int64_t L, float* x, float* ou
     const kernels::KernelSet& ks = cpu::active();
     const int64_t M = B * L, E = l.out.w->N(), H = l.heads, Hkv = l.kv_heads, D = l.head_dim;
     const int64_t Eq = H * D, Ekv = Hkv * D, W = Eq + 2 * Ekv, F = l.down.w->K();
-    for (int64_t r = 0; r < M; ++r) ks.rms_norm(x + r * E, n + r * E, l.attn_norm, E, l.eps);
+    ops::rms_norm(x, E, n, E, M, E, l.attn_norm, l.eps);  // one thread's call inside the team: no nested region
     int64_t h0, h1;
     share(H + 2 * Hkv, tid, nth, h0, h1);
     gemm::gemm_cols(M, n, E, *l.qkv.w, s.qkv, W, 0.0f, gemm::Epilogue{l.qkv.bias, kernels::Activation::none}, h0 * D,
@@ -113,7 +113,7 @@ void layer_team(const DecoderLayer& l, int64_t B, int64_t L, float* x, float* ou
     share_cols(E, gemm::panel_cols(*l.out.w), tid, nth, e0, e1);
     gemm::gemm_cols(M, s.ctx, Eq, *l.out.w, x, E, 1.0f, gemm::Epilogue{l.out.bias, kernels::Activation::none}, e0, e1);
 #pragma omp barrier
-    for (int64_t r = 0; r < M; ++r) ks.rms_norm(x + r * E, n + r * E, l.ffn_norm, E, l.eps);
+    ops::rms_norm(x, E, n, E, M, E, l.ffn_norm, l.eps);
     int64_t f0, f1;
     share_cols(F, gemm::panel_cols(*l.gate_up.w), tid, nth, f0, f1);
     const gemm::Epilogue gu{l.gate_up.bias, kernels::Activation::none};

@@ -102,19 +102,6 @@ void direct_task(const KernelSet& ks, const AttentionArgs& a, int64_t t, float* 
     }
 }
 
-// Tasks of the direct path (each a group of query heads sharing K/V, one query row).
-int64_t direct_tasks(const AttentionArgs& a) { return a.B * (a.H / a.kv_group) * a.Lq; }
-
-void attention_direct(const KernelSet& ks, const AttentionArgs& a, int nt) {
-    const int64_t tasks = direct_tasks(a);
-#pragma omp parallel num_threads(nt) if (nt > 1)
-    {
-        float* s = scratch<Slot::attn_scores>(static_cast<std::size_t>(std::min<int64_t>(a.kv_group, 16) * a.Lk));
-#pragma omp for schedule(static)
-        for (int64_t t = 0; t < tasks; ++t) direct_task(ks, a, t, s);
-    }
-}
-
 void attention_weights(const AttentionArgs& a, int nt) {
     const KernelSet& ks = cpu::active();
     const int64_t heads = a.B * a.H;
@@ -236,15 +223,23 @@ void scaled_dot_product_attention(const AttentionArgs& a) {
     if (omp_in_parallel()) nt = 1;
     if (a.weights) return attention_weights(a, nt);
     const KernelSet& ks = cpu::active();
-    if (a.Lq <= kDirectMaxLq) return attention_direct(ks, a, nt);
+    if (a.Lq <= kDirectMaxLq) {
+        const int64_t tasks = attention_tasks(a);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+        {
+            const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+            attention_rows(a, tasks * tid / nth, tasks * (tid + 1) / nth);
+        }
+        return;
+    }
     attention_flash(ks, a, nt);
 }
 
-int64_t attention_tasks(const AttentionArgs& a) { return direct_tasks(a); }
+int64_t attention_tasks(const AttentionArgs& a) { return a.B * (a.H / a.kv_group) * a.Lq; }
 
 void attention_rows(const AttentionArgs& a, int64_t t0, int64_t t1) {
     const KernelSet& ks = cpu::active();
-    t1 = std::min(t1, direct_tasks(a));
+    t1 = std::min(t1, attention_tasks(a));
     if (t0 >= t1) return;
     float* s = scratch<Slot::attn_scores>(static_cast<std::size_t>(std::min<int64_t>(a.kv_group, 16) * a.Lk));
     for (int64_t t = t0; t < t1; ++t) direct_task(ks, a, t, s);
