@@ -186,7 +186,7 @@ def _generate(args) -> int:
     if args.threads:
         pyattn.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    model = LlamaModel.from_gguf(args.model, dtype=args.dtype)
+    model = LlamaModel.from_gguf(args.model, dtype=args.dtype, kv_cache=args.kv_cache)
     t1 = time.perf_counter()
     text = " ".join(args.prompt)
     if args.chat:
@@ -235,7 +235,8 @@ def _generate(args) -> int:
         ttft = first[0] - t2
         rate = (n - 1) / (t3 - first[0]) if n > 1 else float("nan")
         print(
-            f"(model loaded in {(t1 - t0) * 1e3:.0f} ms, {model.dtype or 'GGUF block'} weights; "
+            f"(model loaded in {(t1 - t0) * 1e3:.0f} ms, {model.dtype or 'GGUF block'} weights, "
+            f"{model.kv_cache} KV cache; "
             f"prompt {ids.shape[1]} tokens, "
             f"time to first token {ttft * 1e3:.0f} ms; {n} tokens, {rate:.1f} tokens/s after the first; "
             f"{pyattn.get_num_threads()} thread(s))",
@@ -429,6 +430,12 @@ def main(argv=None) -> int:
         default=None,
         choices=["float32", "float16", "bfloat16", "int8", "q4_0", "q4_1", "auto"],
         help="weight type of the matrices (default: the file's blocks as stored, as llama.cpp reads them)",
+    )
+    p.add_argument(
+        "--kv-cache",
+        default=None,
+        choices=["float16", "float32"],
+        help="element type of the KV cache (default: float32 for float32 weights, else float16)",
     )
     p.add_argument("--threads", type=int, default=0, help="OpenMP threads (default: all processors)")
     p.add_argument("--quiet", action="store_true", help="print only the text")

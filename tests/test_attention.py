@@ -250,3 +250,48 @@ def test_grouped_query_attention_refuses_a_head_count_that_does_not_divide(rng):
         pyattn._core.scaled_dot_product_attention(q, k, k)
     with pytest.raises(ValueError, match=r"expected v of shape \(1, 3, 4, Dv\)"):
         pyattn._core.scaled_dot_product_attention(q, k[:, :1].repeat(3, 1), k)
+
+
+@pytest.mark.parametrize("isa", pyattn.cpu_info()["available_isas"])
+@pytest.mark.parametrize("D", [32, 20, 72])  # 20, 72: a head that ends in a partial register
+@pytest.mark.parametrize("Lq, Lk, causal", [(1, 37, False), (3, 20, True), (40, 70, True)])
+def test_float16_kv_cache_against_float64(rng, isa, D, Lq, Lk, causal):
+    """K and V in float16 (a KV cache of half the bytes), widened as the decoding path (Lq <= 4) loads them or as the
+    blocked path packs them: the attention of the float16 values, to float32's accuracy, on every kernel set; in
+    head-major cache views (capacity > Lk), grouped-query heads and key padding included."""
+    pyattn.set_isa(isa)
+    try:
+        B, H, Hkv, cap = 2, 6, 2, Lk + 5
+        q = rng.standard_normal((B, H, Lq, D)).astype(np.float32)
+        k = rng.standard_normal((B, Hkv, cap, D)).astype(np.float16)[:, :, :Lk]
+        v = rng.standard_normal((B, Hkv, cap, D)).astype(np.float16)[:, :, :Lk]
+        pad = np.zeros((B, Lk), bool)
+        pad[0, :2] = True
+        offset = Lk - Lq if causal else 0
+        got = pyattn._core.scaled_dot_product_attention(
+            q, k, v, key_padding_mask=pad, is_causal=causal, causal_offset=offset
+        )
+        as32 = pyattn._core.scaled_dot_product_attention(
+            q, k.astype(np.float32), v.astype(np.float32), key_padding_mask=pad, is_causal=causal, causal_offset=offset
+        )
+        np.testing.assert_array_equal(got, as32)  # widening is exact: the same arithmetic as float32 K and V
+        kr, vr = (np.repeat(t.astype(np.float64), H // Hkv, axis=1) for t in (k, v))
+        s = q.astype(np.float64) @ kr.transpose(0, 1, 3, 2) / np.sqrt(D)
+        s[np.broadcast_to(pad[:, None, None, :], s.shape)] = -np.inf
+        if causal:
+            s[..., np.triu(np.ones((Lq, Lk), bool), k=1 + offset)] = -np.inf
+        p = np.exp(s - s.max(-1, keepdims=True))
+        np.testing.assert_allclose(got, (p / p.sum(-1, keepdims=True)) @ vr, rtol=1e-4, atol=2e-5)
+    finally:
+        pyattn.set_isa(pyattn.cpu_info()["available_isas"][-1])
+
+
+def test_float16_kv_refuses_mixed_types_and_weights(rng):
+    q = rng.standard_normal((1, 2, 3, 8)).astype(np.float32)
+    k = rng.standard_normal((1, 2, 4, 8)).astype(np.float16)
+    with pytest.raises(TypeError, match="v to be float16 like k"):
+        pyattn._core.scaled_dot_product_attention(q, k, k.astype(np.float32))
+    with pytest.raises(TypeError, match="q"):
+        pyattn._core.scaled_dot_product_attention(q.astype(np.float16), k.astype(np.float32), k.astype(np.float32))
+    with pytest.raises(ValueError, match="return_weights needs float32"):
+        pyattn._core.scaled_dot_product_attention(q, k, k, return_weights=True)

@@ -40,8 +40,9 @@ def make_layers(rng, n=2):
     return [{k: v.astype(np.float32) for k, v in lr.items()} for lr in layers]
 
 
-def reference(layers, x, positions, pad, interleaved):
-    """float64: the whole sequence at once (no cache), returning the stream with the last output added."""
+def reference(layers, x, positions, pad, interleaved, kv_half=False):
+    """float64: the whole sequence at once (no cache), returning the stream with the last output added; kv_half:
+    K (after RoPE) and V rounded to float16, as a float16 cache holds them."""
     x = x.astype(np.float64)
     B, L, _ = x.shape
 
@@ -55,6 +56,8 @@ def reference(layers, x, positions, pad, interleaved):
         v = qkv[..., (H + HKV) * D :].reshape(B, L, HKV, D)
         q = rope_reference(q, positions, ROT, BASE, interleaved)
         k = rope_reference(k, positions, ROT, BASE, interleaved)
+        if kv_half:
+            k, v = k.astype(np.float16).astype(np.float64), v.astype(np.float16).astype(np.float64)
         k, v = np.repeat(k, H // HKV, 2), np.repeat(v, H // HKV, 2)  # the reference repeats; the kernel does not
         ctx, _ = sdpa(q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3),
                       key_padding_mask=pad, is_causal=True)  # fmt: skip
@@ -85,8 +88,11 @@ def run(stack, x, positions, cos, sin, caches, past, pad):
     return x + pending
 
 
+@pytest.mark.parametrize("cache", [np.float32, np.float16])
 @pytest.mark.parametrize("interleaved", [True, False])
-def test_prefill_then_steps_against_float64(isa, rng, interleaved):
+def test_prefill_then_steps_against_float64(isa, rng, interleaved, cache):
+    """The prompt (the blocked attention path) then one token at a time (the decoding path), over a float32 cache
+    or a float16 one (against a reference whose K and V are rounded to float16: within float32's error of it)."""
     layers = make_layers(rng)
     stack = fused(layers, interleaved)
     B, L, P = 3, 9, 5  # prompt of 5, then 4 cached steps
@@ -96,15 +102,17 @@ def test_prefill_then_steps_against_float64(isa, rng, interleaved):
     mask[2, :4] = False
     pad = ~mask
     positions = np.maximum(np.cumsum(mask, 1) - 1, 0).astype(np.int64)
-    want = reference(layers, x, positions, pad, interleaved)
+    want = reference(layers, x, positions, pad, interleaved, kv_half=cache == np.float16)
     cos, sin = F.rope_tables(64, ROT, BASE)
-    caches = [(np.zeros((B, HKV, 16, D), np.float32), np.zeros((B, HKV, 16, D), np.float32)) for _ in layers]
+    caches = [(np.zeros((B, HKV, 16, D), cache), np.zeros((B, HKV, 16, D), cache)) for _ in layers]
     got = [run(stack, x[:, :P], positions[:, :P].copy(), cos, sin, caches, 0, pad[:, :P].copy())]
     for t in range(P, L):
         got.append(run(stack, x[:, t : t + 1], positions[:, t : t + 1].copy(), cos, sin, caches, t,
                        pad[:, : t + 1].copy()))  # fmt: skip
     got = np.concatenate(got, 1)
     np.testing.assert_allclose(got[mask], want[mask], rtol=2e-4, atol=2e-4)
+    if cache == np.float16:  # and the rounding matters: a float32 reference is further away than that
+        assert np.abs(got[mask] - reference(layers, x, positions, pad, interleaved)[mask]).max() > 2e-4
 
 
 def test_block_weight_types_stay_close(rng):
@@ -121,8 +129,12 @@ def test_block_weight_types_stay_close(rng):
         assert cos_sim.min() > bar, (storage, cos_sim.min())
 
 
-@pytest.mark.parametrize("storage", ["float32", "float16", "bfloat16", "int8", "q4_0", "q4_1"])
-def test_one_region_step_equals_layer_by_layer(rng, storage):
+@pytest.mark.parametrize(
+    "storage, cache",
+    [(s, np.float32) for s in ("float32", "float16", "bfloat16", "int8", "q4_0", "q4_1")]
+    + [("float32", np.float16), ("q4_1", np.float16)],
+)
+def test_one_region_step_equals_layer_by_layer(rng, storage, cache):
     """Up to 8 rows (a decoding step) the stack runs in one parallel region, each thread on its share of heads and
     columns; it gives the layer-by-layer path's results: the same bits for the block types (integer sums, the same
     float steps per column), within float rounding for the others, on any thread count (5 > some ops' shares)."""
@@ -140,7 +152,7 @@ def test_one_region_step_equals_layer_by_layer(rng, storage):
         pyattn.set_num_threads(threads)
         _core._tune_team_rows(team_rows)
         try:
-            caches = [(np.zeros((B, HKV, L, D), np.float32), np.zeros((B, HKV, L, D), np.float32)) for _ in layers]
+            caches = [(np.zeros((B, HKV, L, D), cache), np.zeros((B, HKV, L, D), cache)) for _ in layers]
             run(stack, x[:, :P], positions[:, :P].copy(), cos, sin, caches, 0, ~mask[:, :P])  # 14 rows: layer by layer
             steps = [
                 run(stack, x[:, t : t + 1], positions[:, t : t + 1].copy(), cos, sin, caches, t, ~mask[:, : t + 1])
@@ -192,6 +204,10 @@ def test_refuses_bad_arguments(rng):
         _core.decoder_stack(stack, x.copy(), pos, cos, sin, ck * 2, cv, 0)
     with pytest.raises(TypeError, match="numpy arrays"):
         _core.decoder_stack(stack, x.copy(), pos, cos, sin, [ck[0].tolist()], cv, 0)
+    with pytest.raises(TypeError, match="every one float16"):  # K and V of one element type
+        _core.decoder_stack(stack, x.copy(), pos, cos, sin, [ck[0].astype(np.float16)], cv, 0)
+    with pytest.raises(TypeError, match="every one float16"):
+        _core.decoder_stack(stack, x.copy(), pos, cos, sin, [ck[0].astype(np.float64)], [cv[0].astype(np.float64)], 0)
     with pytest.raises(ValueError, match="positions"):
         _core.decoder_stack(stack, x.copy(), pos.astype(np.int32), cos, sin, ck, cv, 0)
     with pytest.raises(ValueError, match="x of shape"):

@@ -6,15 +6,20 @@
 namespace pyattn::bind {
 namespace {
 
-void check_head_tensor(const py::array& t, const char* name, const char* what) {
-    require_f32(t, name);
+void check_head_tensor(const py::array& t, const char* name, const char* what, bool f16 = false) {
+    if (f16) {
+        if (!t.dtype().is(py::dtype("float16")))
+            type_error(std::string("expected ") + name + " to be float16 like k, got " + dtype_str(t));
+    } else {
+        require_f32(t, name);
+    }
     require_ndim(t, 4, name, what);
     require_nonempty(t, name);
     require_last_axis_contiguous(t, name);
 }
 
-ops::HeadTensor head_tensor(const py::array& t) {
-    return ops::HeadTensor{f32(t), estride(t, 0), estride(t, 1), estride(t, 2)};
+ops::HeadTensor head_tensor(const py::array& t, bool f16 = false) {
+    return ops::HeadTensor{t.data(), estride(t, 0), estride(t, 1), estride(t, 2), f16};
 }
 
 std::string dims(std::initializer_list<int64_t> d) {
@@ -59,8 +64,10 @@ py::object sdpa(const py::array& q, const py::array& k, const py::array& v, cons
                 const py::object& key_padding_mask, bool is_causal, int64_t causal_offset, const py::object& scale,
                 bool return_weights, const py::object& out) {
     check_head_tensor(q, "q", "(B, H, Lq, D)");
-    check_head_tensor(k, "k", "(B, Hkv, Lk, D)");
-    check_head_tensor(v, "v", "(B, Hkv, Lk, Dv)");
+    const bool f16 = k.dtype().is(py::dtype("float16"));  // a float16 KV cache: k and v both
+    check_head_tensor(k, "k", "(B, Hkv, Lk, D)", f16);
+    check_head_tensor(v, "v", "(B, Hkv, Lk, Dv)", f16);
+    if (f16 && return_weights) value_error("return_weights needs float32 k and v");
     const int64_t B = q.shape(0), H = q.shape(1), Lq = q.shape(2), D = q.shape(3);
     const int64_t Lk = k.shape(2), Dv = v.shape(3);
     // K/V may have fewer heads than Q (grouped-query attention): Hkv must divide H
@@ -112,8 +119,8 @@ py::object sdpa(const py::array& q, const py::array& k, const py::array& v, cons
     a.D = D;
     a.Dv = Dv;
     a.q = head_tensor(q);
-    a.k = head_tensor(k);
-    a.v = head_tensor(v);
+    a.k = head_tensor(k, f16);
+    a.v = head_tensor(v, f16);
     a.out = f32_mut(o);
     a.out_sb = estride(o, 0);
     a.out_sh = estride(o, 1);
@@ -139,6 +146,7 @@ void bind_attention(py::module_& m) {
           py::arg("out") = py::none(),
           "Fused softmax(scale q k^T + mask) v. q (B, H, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv) with Hkv "
           "dividing\nH (grouped-query attention: query head h reads K/V head h / (H / Hkv)): float32 views\n"
+          "(k and v may both be float16: a KV cache, widened as read)\n"
           "with a contiguous last axis (heads may be strided views). attn_mask (B|1, H|1, Lq|1, Lk) and\n"
           "key_padding_mask (B|1, Lk): bool (True = masked out) or float32 (added). is_causal: key j visible to\n"
           "query i iff j <= i + causal_offset. Returns out (B, H, Lq, Dv), and the weights (B, H, Lq, Lk) too when\n"

@@ -215,10 +215,13 @@ py::array decoder_stack(const std::vector<const DecoderLayer*>& stack, py::array
         value_error("expected one K and one V cache per layer (" + std::to_string(n) + "), got " +
                     std::to_string(cache_k.size()) + " and " + std::to_string(cache_v.size()));
     std::vector<layers::LayerCache> caches(n);
+    const bool f16 = cache_k[0].dtype().is(py::dtype("float16"));
     for (std::size_t i = 0; i < n; ++i) {
         const py::array* kv[2] = {&cache_k[i], &cache_v[i]};
         for (const py::array* c : kv) {
-            require_f32(*c, "cache");
+            if (!c->dtype().is(py::dtype(f16 ? "float16" : "float32")))
+                type_error("expected every K and V cache to be float32, or every one float16; got " +
+                           dtype_str(cache_k[0]) + " and " + dtype_str(*c));
             require_c_contiguous(*c, "cache");
             if (!c->writeable()) value_error("caches must be writeable");
             if (c->ndim() != 4 || c->shape(0) != B || c->shape(1) != l0.kv_heads || c->shape(3) != l0.head_dim ||
@@ -228,7 +231,7 @@ py::array decoder_stack(const std::vector<const DecoderLayer*>& stack, py::array
                             std::to_string(l0.head_dim) + "), got " + shape_str(*c));
             require_no_overlap(*c, x, "cache", "x");
         }
-        caches[i] = layers::LayerCache{f32_mut(cache_k[i]), f32_mut(cache_v[i]), cache_k[i].shape(2)};
+        caches[i] = layers::LayerCache{cache_k[i].mutable_data(), cache_v[i].mutable_data(), cache_k[i].shape(2), f16};
     }
     const uint8_t* kp = nullptr;
     py::array keep;
@@ -283,6 +286,7 @@ void bind_layers(py::module_& m) {
           "Runs the DecoderLayer list over x (B, L, E) in place (the residual stream) and returns the last layer's\n"
           "FFN output (B, L, E), which the caller adds before the final norm. positions (B, L) int64 index the\n"
           "rotary tables cos / sin (n_pos, rotary_dim / 2); cache_k / cache_v: per layer (B, Hkv, capacity, D),\n"
+          "all float32 or all float16 (written rounded to nearest; attention widens them as it reads),\n"
           "positions [past, past + L) are written; key_padding_mask (B, past + L) bool, True = padding.");
     py::class_<EncoderLayer>(m, "EncoderLayer",
                              "A whole transformer encoder layer in one call (cpp/layers/encoder_layer.h): the\n"

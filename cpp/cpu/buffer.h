@@ -79,6 +79,7 @@ enum class Slot : int {
     attn_scores,       // attention: one row of scores (direct path)
     attn_k,            // attention: K^T of one head as GEMM panels (flash path)
     attn_v,            // attention: V of one head as GEMM panels
+    attn_k_wide,       // attention: K of one head widened from a float16 cache, before packing
     attn_q,            // attention: the query block
     attn_tile,         // attention: one tile of scores
     attn_out,          // attention: running output, max and sum of the query block

@@ -532,15 +532,32 @@ float stream_sum(const float* x, int64_t n) {
 // prefetcher the loop waits on each of them, so both kernels prefetch the rows kAheadRows keys ahead.
 constexpr int64_t kAheadRows = 16;
 
-inline void prefetch_row(const float* row, int64_t d) {
-    for (int64_t c = 0; c < d; c += 16) __builtin_prefetch(row + c);
+template <class T>
+inline void prefetch_row(const T* row, int64_t d) {
+    for (int64_t c = 0; c < d; c += 64 / static_cast<int64_t>(sizeof(T))) __builtin_prefetch(row + c);
 }
+
+// Cached K / V elements: float32, or float16 widened as they are loaded (a KV cache of half the bytes).
+struct KvF32 {
+    using T = float;
+    static typename V::reg load(const float* p) { return V::load(p); }
+    static typename V::reg load_n(const float* p, int64_t n) { return V::load_n(p, n); }
+};
+struct KvF16 {
+    using T = uint16_t;
+    static typename V::reg load(const uint16_t* p) { return V::load_h(p); }
+    static typename V::reg load_n(const uint16_t* p, int64_t n) {  // a head size that is not a multiple of W
+        uint16_t tmp[V::W] = {};
+        for (int64_t i = 0; i < n; ++i) tmp[i] = p[i];
+        return V::load_h(tmp);
+    }
+};
 
 // s_r[j] = q_r . k_j for R query rows (the heads of a group) and NK keys: R x NK accumulators, each its own FMA
 // chain (a head of 64 is 8 FMAs deep; fewer than ~8 chains leave the FMA pipes waiting), then a horizontal sum each.
-template <int R, int NK>
-inline void score_block(const float* __restrict q, int64_t ldq, const float* __restrict k, int64_t ldk, int64_t d,
-                        float* s, int64_t lds) {
+template <int R, int NK, class Kv>
+inline void score_block(const float* __restrict q, int64_t ldq, const typename Kv::T* __restrict k, int64_t ldk,
+                        int64_t d, float* s, int64_t lds) {
     typename V::reg acc[R][NK];
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r)
@@ -550,7 +567,7 @@ inline void score_block(const float* __restrict q, int64_t ldq, const float* __r
         const bool whole = p + V::W <= d;
         typename V::reg kv[NK];
 #pragma GCC unroll 8
-        for (int j = 0; j < NK; ++j) kv[j] = whole ? V::load(k + j * ldk + p) : V::load_n(k + j * ldk + p, d - p);
+        for (int j = 0; j < NK; ++j) kv[j] = whole ? Kv::load(k + j * ldk + p) : Kv::load_n(k + j * ldk + p, d - p);
 #pragma GCC unroll 4
         for (int r = 0; r < R; ++r) {
             const typename V::reg qv = whole ? V::load(q + r * ldq + p) : V::load_n(q + r * ldq + p, d - p);
@@ -564,32 +581,34 @@ inline void score_block(const float* __restrict q, int64_t ldq, const float* __r
         for (int j = 0; j < NK; ++j) s[r * lds + j] = V::hsum(acc[r][j]);
 }
 
-template <int R, int NK>
-void score_rows(const float* q, int64_t ldq, const float* k, int64_t ldk, int64_t n, int64_t d, float* s, int64_t lds) {
+template <int R, int NK, class Kv>
+void score_rows(const float* q, int64_t ldq, const typename Kv::T* k, int64_t ldk, int64_t n, int64_t d, float* s,
+                int64_t lds) {
     int64_t j = 0;
     for (; j + NK <= n; j += NK) {
         for (int u = 0; u < NK; ++u)
             if (j + kAheadRows + u < n) prefetch_row(k + (j + kAheadRows + u) * ldk, d);
-        score_block<R, NK>(q, ldq, k + j * ldk, ldk, d, s + j, lds);
+        score_block<R, NK, Kv>(q, ldq, k + j * ldk, ldk, d, s + j, lds);
     }
-    for (; j < n; ++j) score_block<R, 1>(q, ldq, k + j * ldk, ldk, d, s + j, lds);
+    for (; j < n; ++j) score_block<R, 1, Kv>(q, ldq, k + j * ldk, ldk, d, s + j, lds);
 }
 
-void attn_scores(int64_t m, const float* q, int64_t ldq, const float* k, int64_t ldk, int64_t n, int64_t d, float* s,
-                 int64_t lds) {
+template <class Kv>
+void attn_scores(int64_t m, const float* q, int64_t ldq, const typename Kv::T* k, int64_t ldk, int64_t n, int64_t d,
+                 float* s, int64_t lds) {
     int64_t r = 0;
-    for (; r + 3 <= m; r += 3) score_rows<3, 4>(q + r * ldq, ldq, k, ldk, n, d, s + r * lds, lds);
-    if (m - r == 2) score_rows<2, 4>(q + r * ldq, ldq, k, ldk, n, d, s + r * lds, lds);
-    if (m - r == 1) score_rows<1, 8>(q + r * ldq, ldq, k, ldk, n, d, s + r * lds, lds);
+    for (; r + 3 <= m; r += 3) score_rows<3, 4, Kv>(q + r * ldq, ldq, k, ldk, n, d, s + r * lds, lds);
+    if (m - r == 2) score_rows<2, 4, Kv>(q + r * ldq, ldq, k, ldk, n, d, s + r * lds, lds);
+    if (m - r == 1) score_rows<1, 8, Kv>(q + r * ldq, ldq, k, ldk, n, d, s + r * lds, lds);
 }
 
 // o_r[0, dv) = sum_j p_r[j] v_j for R query rows sharing the values (grouped-query heads): each value row is loaded
 // once for all R, and every (row, register) pair is its own FMA chain -- one row with the rows kernel has NR / W
 // chains, latency-bound at ~4 cycles a key. Every key is summed, p = 0 included (a NaN in a masked value row still
 // reaches the output, as in the GEMM the other paths use).
-template <int R, int NV>
-inline void value_cols(const float* __restrict p, int64_t ldp, int64_t n, const float* __restrict v, int64_t ldv,
-                       int64_t cols, float* __restrict o, int64_t ldo) {
+template <int R, int NV, class Kv>
+inline void value_cols(const float* __restrict p, int64_t ldp, int64_t n, const typename Kv::T* __restrict v,
+                       int64_t ldv, int64_t cols, float* __restrict o, int64_t ldo) {
     typename V::reg acc[R][NV];
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r)
@@ -597,14 +616,14 @@ inline void value_cols(const float* __restrict p, int64_t ldp, int64_t n, const 
         for (int c = 0; c < NV; ++c) acc[r][c] = V::zero();
     const bool whole = cols == NV * V::W;
     for (int64_t j = 0; j < n; ++j) {
-        const float* row = v + j * ldv;
+        const typename Kv::T* row = v + j * ldv;
         if (j + kAheadRows < n) prefetch_row(row + kAheadRows * ldv, cols);
         typename V::reg vr[NV];
 #pragma GCC unroll 8
         for (int c = 0; c < NV; ++c) {
             const int64_t left = cols - c * V::W;
-            vr[c] = whole || left >= V::W ? V::load(row + c * V::W)
-                    : left > 0            ? V::load_n(row + c * V::W, left)
+            vr[c] = whole || left >= V::W ? Kv::load(row + c * V::W)
+                    : left > 0            ? Kv::load_n(row + c * V::W, left)
                                           : V::zero();
         }
 #pragma GCC unroll 4
@@ -627,21 +646,29 @@ inline void value_cols(const float* __restrict p, int64_t ldp, int64_t n, const 
 }
 
 // R rows in column passes of NV registers.
-template <int R, int NV>
-void value_rows(const float* p, int64_t ldp, int64_t n, const float* v, int64_t ldv, int64_t dv, float* o,
+template <int R, int NV, class Kv>
+void value_rows(const float* p, int64_t ldp, int64_t n, const typename Kv::T* v, int64_t ldv, int64_t dv, float* o,
                 int64_t ldo) {
     for (int64_t c0 = 0; c0 < dv; c0 += NV * V::W) {
         const int64_t cols = dv - c0 < NV * V::W ? dv - c0 : NV * V::W;
-        value_cols<R, NV>(p, ldp, n, v + c0, ldv, cols, o + c0, ldo);
+        value_cols<R, NV, Kv>(p, ldp, n, v + c0, ldv, cols, o + c0, ldo);
     }
 }
 
-void attn_values(int64_t m, const float* p, int64_t ldp, int64_t n, const float* v, int64_t ldv, int64_t dv, float* o,
-                 int64_t ldo) {
+template <class Kv>
+void attn_values(int64_t m, const float* p, int64_t ldp, int64_t n, const typename Kv::T* v, int64_t ldv, int64_t dv,
+                 float* o, int64_t ldo) {
     int64_t r = 0;
-    for (; r + 3 <= m; r += 3) value_rows<3, 4>(p + r * ldp, ldp, n, v, ldv, dv, o + r * ldo, ldo);
-    if (m - r == 2) value_rows<2, 6>(p + r * ldp, ldp, n, v, ldv, dv, o + r * ldo, ldo);
-    if (m - r == 1) value_rows<1, 8>(p + r * ldp, ldp, n, v, ldv, dv, o + r * ldo, ldo);
+    for (; r + 3 <= m; r += 3) value_rows<3, 4, Kv>(p + r * ldp, ldp, n, v, ldv, dv, o + r * ldo, ldo);
+    if (m - r == 2) value_rows<2, 6, Kv>(p + r * ldp, ldp, n, v, ldv, dv, o + r * ldo, ldo);
+    if (m - r == 1) value_rows<1, 8, Kv>(p + r * ldp, ldp, n, v, ldv, dv, o + r * ldo, ldo);
+}
+
+// y = float16(x), round to nearest even (overflow: inf; NaN stays NaN): a row written into a float16 KV cache.
+void narrow_f16(const float* x, uint16_t* y, int64_t n) {
+    int64_t i = 0;
+    for (; i + V::W <= n; i += V::W) V::store_h(y + i, V::load(x + i));
+    for (; i < n; ++i) y[i] = float_to_half(x[i]);
 }
 
 template <int MR, int NV, int TALL, int TALL_NV>
@@ -665,8 +692,11 @@ KernelSet make_kernel_set(const char* name, int mc, int kc, int nc, Int8Kernels 
     ks.tall_rows = TALL;
     ks.tall_cols = TALL_NV * V::W;
     ks.dot = &dot_kernel;
-    ks.attn_scores = &attn_scores;
-    ks.attn_values = &attn_values;
+    ks.attn_scores = &attn_scores<KvF32>;
+    ks.attn_values = &attn_values<KvF32>;
+    ks.attn_scores_f16 = &attn_scores<KvF16>;
+    ks.attn_values_f16 = &attn_values<KvF16>;
+    ks.narrow_f16 = &narrow_f16;
     ks.pack_bt = &pack_bt;
     ks.max = &row_max;
     ks.exp_sum = &exp_sum;

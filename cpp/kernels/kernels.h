@@ -134,6 +134,13 @@ struct KernelSet {
                         float* s, int64_t lds);
     void (*attn_values)(int64_t m, const float* p, int64_t ldp, int64_t n, const float* v, int64_t ldv, int64_t dv,
                         float* o, int64_t ldo);
+    // The same over a float16 cache (each element widened as it is loaded).
+    void (*attn_scores_f16)(int64_t m, const float* q, int64_t ldq, const uint16_t* k, int64_t ldk, int64_t n,
+                            int64_t d, float* s, int64_t lds);
+    void (*attn_values_f16)(int64_t m, const float* p, int64_t ldp, int64_t n, const uint16_t* v, int64_t ldv,
+                            int64_t dv, float* o, int64_t ldo);
+    // y = float16(x), round to nearest even (F16C's conversion and float_to_half alike); overflow gives inf
+    void (*narrow_f16)(const float* x, uint16_t* y, int64_t n);
     PackTransKernel pack_bt;
     // 16-bit B panels, indexed by HalfFormat.
     HalfKernels half[2];

@@ -34,8 +34,8 @@ ops::AttentionArgs attention_args(const DecoderLayer& l, int64_t B, int64_t L, c
     a.Lk = Lk;
     a.D = a.Dv = D;
     a.q = ops::HeadTensor{s.qkv, L * W, D, W};
-    a.k = ops::HeadTensor{cache.k, cache.capacity * Ekv, cache.capacity * D, D};
-    a.v = ops::HeadTensor{cache.v, cache.capacity * Ekv, cache.capacity * D, D};
+    a.k = ops::HeadTensor{cache.k, cache.capacity * Ekv, cache.capacity * D, D, cache.f16};
+    a.v = ops::HeadTensor{cache.v, cache.capacity * Ekv, cache.capacity * D, D, cache.f16};
     a.out = s.ctx;
     a.out_sb = L * Eq;
     a.out_sh = D;
@@ -56,12 +56,18 @@ void write_cache(const DecoderLayer& l, int64_t B, int64_t L, const LayerCache& 
                  int64_t g0, int64_t g1, bool values) {
     const int64_t H = l.heads, Hkv = l.kv_heads, D = l.head_dim, W = (H + 2 * Hkv) * D;
     const int64_t col = (H + (values ? Hkv : 0)) * D;
-    float* dst = values ? cache.v : cache.k;
+    void* dst = values ? cache.v : cache.k;
+    const kernels::KernelSet& ks = cpu::active();
     for (int64_t b = 0; b < B; ++b)
         for (int64_t g = g0; g < g1; ++g)
-            for (int64_t t = 0; t < L; ++t)
-                std::memcpy(dst + ((b * Hkv + g) * cache.capacity + past + t) * D, qkv + (b * L + t) * W + col + g * D,
-                            D * sizeof(float));
+            for (int64_t t = 0; t < L; ++t) {
+                const int64_t at = ((b * Hkv + g) * cache.capacity + past + t) * D;
+                const float* src = qkv + (b * L + t) * W + col + g * D;
+                if (cache.f16)
+                    ks.narrow_f16(src, static_cast<uint16_t*>(dst) + at, D);
+                else
+                    std::memcpy(static_cast<float*>(dst) + at, src, D * sizeof(float));
+            }
 }
 
 // [tid of nth] share of n units, as a half-open range.

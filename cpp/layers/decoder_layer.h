@@ -36,9 +36,11 @@ struct RopeTables {
 
 // K and V of a layer, head-major: element (b, g, t, d) at ((b Hkv + g) capacity + t) D + d, so that each head's
 // keys are one contiguous stream (a decoding step reads them cold; rows at a stride of Hkv D measured 1.5x slower).
+// With f16 the elements are float16 (half the bytes a decoding step reads; values beyond +-65504 become inf).
 struct LayerCache {
-    float *k, *v;
+    void *k, *v;
     int64_t capacity;  // positions per (batch entry, head)
+    bool f16 = false;
 };
 
 struct DecoderScratch {

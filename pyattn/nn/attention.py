@@ -65,10 +65,15 @@ class HeadKVCache:
     """Keys and values of one layer, head-major: (B, Hkv, capacity, D) buffers, so that each head's keys are one
     contiguous stream for the decoding step that reads them (the Llama decoder stack, cpp/layers/decoder_layer.h;
     rows at a stride of Hkv D measured 1.5x slower to read cold). Written in place by the core; capacity doubles as
-    needed."""
+    needed. dtype float16 halves the bytes a decoding step reads and the cache's memory (as llama.cpp's default
+    cache does): the core rounds K and V to nearest when it writes them and widens them as attention reads them;
+    magnitudes beyond 65504 would become inf."""
 
-    def __init__(self, batch: int, heads: int, head_dim: int, capacity: int = 32):
-        self.k = np.empty((batch, heads, max(capacity, 1), head_dim), np.float32)
+    def __init__(self, batch: int, heads: int, head_dim: int, capacity: int = 32, dtype=np.float32):
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float16):
+            raise ValueError(f"a KV cache holds float32 or float16, not {dtype}")
+        self.k = np.empty((batch, heads, max(capacity, 1), head_dim), dtype)
         self.v = np.empty_like(self.k)
         self.length = 0
 
@@ -79,7 +84,7 @@ class HeadKVCache:
             cap = max(need, 2 * self.k.shape[2])
             for name in ("k", "v"):
                 old = getattr(self, name)
-                new = np.empty((B, H, cap, D), np.float32)
+                new = np.empty((B, H, cap, D), old.dtype)
                 new[:, :, : self.length] = old[:, :, : self.length]
                 setattr(self, name, new)
 

@@ -22,6 +22,9 @@ struct V {
     static reg set1(float x) { return _mm256_set1_ps(x); }
     static reg load(const float* p) { return _mm256_loadu_ps(p); }
     static reg load_h(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
+    static void store_h(uint16_t* p, reg v) {
+        _mm_storeu_si128((__m128i*)p, _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+    }
     static reg load_bf16(const uint16_t* p) {
         const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p));
         return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));

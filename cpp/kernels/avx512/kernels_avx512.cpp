@@ -21,6 +21,9 @@ struct V {
     static reg set1(float x) { return _mm512_set1_ps(x); }
     static reg load(const float* p) { return _mm512_loadu_ps(p); }
     static reg load_h(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
+    static void store_h(uint16_t* p, reg v) {
+        _mm256_storeu_si256((__m256i*)p, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+    }
     static reg load_bf16(const uint16_t* p) {
         const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p));
         return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));

@@ -20,6 +20,7 @@ struct V {
     static reg set1(float x) { return x; }
     static reg load(const float* p) { return *p; }
     static reg load_h(const uint16_t* p) { return half_to_float(*p); }
+    static void store_h(uint16_t* p, reg v) { *p = float_to_half(v); }
     static reg load_bf16(const uint16_t* p) { return bf16_to_float(*p); }
     static reg round_bf16(reg v) { return bf16_to_float(float_to_bf16(v)); }
     static void store(float* p, reg v) { *p = v; }
