@@ -222,7 +222,10 @@ def test_papers_whole_model_with_embeddings_and_greedy_decoding(tmp_path):
     m = PaperModel().eval()
     folder = export_torch(m.transformer, tmp_path / "paper", src_embedding=m.src, tgt_embedding=m.tgt, generator=m.gen)
     pm = pyattn.load(folder)
-    assert isinstance(pm, pyattn.io.Seq2SeqTransformer)
+    assert isinstance(pm, pyattn.models.Seq2SeqTransformer)  # a model: pyattn.models (pyattn.io names it too)
+    assert pyattn.io.Seq2SeqTransformer is pyattn.models.Seq2SeqTransformer
+    with pytest.warns(DeprecationWarning, match="pyattn.models.Seq2SeqTransformer"):
+        assert pyattn.nn.Seq2SeqTransformer is pyattn.models.Seq2SeqTransformer  # its old place, deprecated
     rng = np.random.default_rng(0)
     src, tgt = rng.integers(0, 1000, (2, 11)), rng.integers(0, 1000, (2, 7))
     with torch.no_grad():
@@ -309,3 +312,31 @@ def test_attention_with_given_projections():
 
 def _norm(E):
     return pyattn.nn.LayerNorm(np.ones(E, np.float32), np.zeros(E, np.float32))
+
+
+def test_attention_holds_each_weight_once():
+    """Given w_q, w_k, w_v, the layer keeps a float copy only until the projection that uses it is packed; then
+    w_q / w_k / w_v read back from the packed projection, another use still packs what it needs, and the results
+    equal a fresh layer's."""
+    from pyattn.nn import MultiHeadAttention
+
+    rng = np.random.default_rng(5)
+    E, H = 32, 4
+    wq, wk, wv, wo = (rng.standard_normal((E, E)).astype(np.float32) * 0.2 for _ in range(4))
+    bq, bk, bv, bo = (rng.standard_normal(E).astype(np.float32) for _ in range(4))
+    x, mem = rng.standard_normal((2, 5, E)).astype(np.float32), rng.standard_normal((2, 6, E)).astype(np.float32)
+    attn = MultiHeadAttention(H, wq, wk, wv, wo, bq, bk, bv, bo)
+    assert attn._raw.keys() == {"q", "k", "v"}
+    want_self = MultiHeadAttention(H, wq, wk, wv, wo, bq, bk, bv, bo)(x)[0]
+    np.testing.assert_array_equal(attn(x)[0], want_self)  # packs the fused Q/K/V ...
+    assert attn._raw == {}  # ... and drops the float copies
+    held = [v.nbytes for v in vars(attn).values() if isinstance(v, np.ndarray)]
+    assert sum(held) == 3 * E * 4  # the biases only
+    for got, want in ((attn.w_q, wq), (attn.w_k, wk), (attn.w_v, wv)):
+        np.testing.assert_array_equal(got, want)
+    names = dict(attn.named_weights())
+    assert {"w_q", "w_k", "w_v", "b_q"} <= names.keys()
+    np.testing.assert_array_equal(names["w_v"], wv)
+    # cross-attention later: Q and K/V packed from the values read back, the same results as a fresh layer
+    np.testing.assert_array_equal(attn(x, mem)[0], MultiHeadAttention(H, wq, wk, wv, wo, bq, bk, bv, bo)(x, mem)[0])
+    np.testing.assert_array_equal(attn(x)[0], want_self)

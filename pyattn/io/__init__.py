@@ -2,7 +2,6 @@
 
 from .ctranslate2 import CT2File, ModelFileError, read_model_bin
 from .torch_format import (
-    Seq2SeqTransformer,
     Transformer,
     build,
     export_torch,
@@ -25,3 +24,11 @@ __all__ = [
     "read_safetensors",
     "torch_config",
 ]
+
+
+def __getattr__(name):
+    if name == "Seq2SeqTransformer":  # what `load` returns for an exported paper model; it lives in pyattn.models
+        from ..models.transformer import Seq2SeqTransformer
+
+        return Seq2SeqTransformer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

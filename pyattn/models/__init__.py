@@ -10,6 +10,7 @@ from .llama import MODEL_TYPES as LLAMA_TYPES
 from .llama import LlamaModel
 from .pretrained import read_config
 from .sentence import SentenceEncoder
+from .transformer import Seq2SeqTransformer
 from .whisper import Whisper
 
 FAMILIES = {
@@ -40,6 +41,7 @@ __all__ = [
     "GPT2Model",
     "LlamaModel",
     "Seq2SeqModel",
+    "Seq2SeqTransformer",
     "Seq2Seq",
     "SentenceEncoder",
     "Translation",

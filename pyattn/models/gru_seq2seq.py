@@ -195,7 +195,7 @@ class GRUSeq2Seq(Module):
     @classmethod
     @trims_heap
     def load(cls, path) -> GRUSeq2Seq:
-        from ..io.torch_format import errors_name, read_config, read_safetensors
+        from ..io.model_folder import errors_name, read_config, read_safetensors
 
         folder = Path(path)
         cfg = read_config(folder, "a pyattn Seq2Seq folder")

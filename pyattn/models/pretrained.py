@@ -11,8 +11,8 @@ from typing import Optional
 import numpy as np
 
 from .. import _core
-from ..io import torch_format
-from ..io.torch_format import ShardedSafetensors, Weights, errors_name, read_safetensors
+from ..io import model_folder
+from ..io.model_folder import ShardedSafetensors, Weights, errors_name, read_safetensors
 from ..precision import resolve_dtype
 
 
@@ -35,7 +35,7 @@ def trims_heap(load):
 
 
 def read_config(folder: Path) -> dict:
-    return torch_format.read_config(folder, "a Hugging Face model folder")
+    return model_folder.read_config(folder, "a Hugging Face model folder")
 
 
 def read_weights(folder: Path) -> Mapping[str, np.ndarray]:

@@ -430,7 +430,7 @@ class Whisper(Module):
             raise ValueError("give compute_type or weight_storage, not both")
         weight_storage = resolve_compute_type(compute_type) if weight_storage is None else weight_storage
         from ..io.ctranslate2 import read_model_bin
-        from ..io.torch_format import errors_name
+        from ..io.model_folder import errors_name
 
         folder = default_model_path() if path is None else Path(path)
         if folder.is_file():

@@ -15,7 +15,6 @@ from .scoring import Attention, PreparedKeys
 from .transformer import (
     DecoderState,
     FeedForward,
-    Seq2SeqTransformer,
     Transformer,
     TransformerDecoder,
     TransformerDecoderLayer,
@@ -37,7 +36,6 @@ __all__ = [
     "Module",
     "MultiHeadAttention",
     "PreparedKeys",
-    "Seq2SeqTransformer",
     "SinusoidalPositionalEncoding",
     "Transformer",
     "TransformerDecoder",
@@ -47,3 +45,19 @@ __all__ = [
     "sinusoidal_table",
     "split_heads",
 ]
+
+
+def __getattr__(name):
+    # The paper's whole model (embeddings, generator, greedy decoding) is a model, not a module: pyattn.models.
+    if name == "Seq2SeqTransformer":
+        import warnings
+
+        warnings.warn(
+            "pyattn.nn.Seq2SeqTransformer is deprecated: the paper's model is pyattn.models.Seq2SeqTransformer",
+            DeprecationWarning,
+            2,
+        )
+        from ..models.transformer import Seq2SeqTransformer
+
+        return Seq2SeqTransformer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -127,6 +127,11 @@ class MultiHeadAttention(StorageAware, Module):
     Linears that carry their biases: {"qkv": (3E, E)} for self-attention, {"q": (E, E), "kv": (2E, kdim)} for
     cross-attention, or all three. A model whose file stores them fused (CTranslate2), or quantized (int8), passes
     them so; the layer then uses only those, and holds no float copy. w_o may likewise be a Linear (b_o None).
+
+    Given w_q, w_k, w_v, the layer packs the projection a call needs on first use (Q/K/V fused for self-attention,
+    Q and K/V for cross-attention) and then drops the float copies it packed: like a Linear it holds each weight
+    once. `w_q`, `w_k`, `w_v` read back from the packed projection when their float copy is gone (unpacked: for a
+    float32 layer the same values).
     """
 
     _FUSED = ("qkv", "q", "kv")
@@ -158,7 +163,8 @@ class MultiHeadAttention(StorageAware, Module):
                 raise ValueError(f"{name}: give w_q, w_k, w_v (and their biases) or projections, not both")
             E = self._given_projections(projections, name)
             self._packed = dict(projections)
-            self.w_q = self.w_k = self.w_v = self.b_q = self.b_k = self.b_v = None
+            self._raw = None
+            self.b_q = self.b_k = self.b_v = None
         if E % num_heads:
             raise ValueError(f"{name}: num_heads ({num_heads}) must divide d_model ({E})")
         self.num_heads, self.d_model = int(num_heads), E
@@ -188,7 +194,7 @@ class MultiHeadAttention(StorageAware, Module):
             raise ValueError(f"{name}: w_k {w_k.shape} and w_v {w_v.shape} must have {E} rows like w_q {w_q.shape}")
         if w_q.shape != (E, E):
             raise ValueError(f"{name}: w_q has shape {w_q.shape}, expected {(E, E)}")
-        self.w_q, self.w_k, self.w_v = w_q, w_k, w_v
+        self._raw = {"q": w_q, "k": w_k, "v": w_v}  # until packed (see _projection)
         self.kdim, self.vdim = w_k.shape[1], w_v.shape[1]
         has_bias = any(b is not None for b in (b_q, b_k, b_v))
         zeros = np.zeros(E, np.float32)
@@ -224,18 +230,36 @@ class MultiHeadAttention(StorageAware, Module):
         self.kdim = self.vdim = kv.in_features if kv is not None else E
         return E
 
+    def _weight(self, c: str) -> Optional[np.ndarray]:
+        """The float weight of projection c ("q", "k" or "v"): its copy until packed, then read back from the
+        packed projection holding it; None for a layer given its projections."""
+        if self._raw is None:
+            return None
+        if c in self._raw:
+            return self._raw[c]
+        for which, lin in self._packed.items():
+            if c in which:
+                i = which.index(c)
+                rows = lin.out_features // len(which)  # "q" E rows, "kv" 2 E, "qkv" 3 E (kdim = vdim = E when fused)
+                return lin.weight[i * rows : (i + 1) * rows]
+        raise AssertionError(f"{self._name}: projection {c!r} is neither held nor packed")
+
+    w_q = property(lambda self: self._weight("q"), doc="(E, E); None when the projections were given")
+    w_k = property(lambda self: self._weight("k"), doc="(E, kdim); None when the projections were given")
+    w_v = property(lambda self: self._weight("v"), doc="(E, vdim); None when the projections were given")
+
     def _projection(self, which: str) -> Linear:
         """Q alone (cross-attention queries), K and V fused (an encoder output), or all three fused
         (self-attention: one GEMM)."""
         lin = self._packed.get(which)
         if lin is None:
-            if self.w_q is None:
+            if self._raw is None:
                 raise ValueError(
                     f"{self._name}: this attention was given the projections {sorted(self._packed)}, and this call "
                     f"needs {which!r}"
                 )
             parts = which  # one letter per projection: "q", "kv" or "qkv"
-            ws = [getattr(self, f"w_{c}") for c in parts]
+            ws = [self._weight(c) for c in parts]
             if len({w.shape[1] for w in ws}) != 1:
                 raise ValueError(
                     f"{self._name}: a fused {which.upper()} projection needs equal input widths, got "
@@ -250,14 +274,19 @@ class MultiHeadAttention(StorageAware, Module):
                 self.int8_fallback,
             )
             self._packed[which] = lin
+            for c in parts:  # packed: the float copy goes (read back through w_q / w_k / w_v)
+                self._raw.pop(c, None)
         return lin
 
     def named_weights(self, prefix: str = ""):
         yield from super().named_weights(prefix)
-        if self.w_q is None:  # given projections: their weights live only in them
+        if self._raw is None:  # given projections: their weights live only in them
             for which in self._FUSED:
                 if which in self._packed:
                     yield from self._packed[which].named_weights(f"{prefix}{which}_proj.")
+        else:
+            for c in "qkv":
+                yield f"{prefix}w_{c}", self._weight(c)
 
     def set_storage(self, storage: str) -> None:
         """Q/K/V projections packed now and later are held as `storage` (out_proj is a Linear of its own). Given
