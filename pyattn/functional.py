@@ -271,6 +271,30 @@ def positions_from_mask(attention_mask) -> np.ndarray:
     return np.maximum(np.cumsum(np.asarray(attention_mask) != 0, axis=1, dtype=np.int64) - 1, 0)
 
 
+def decoder_inputs(shape, past: int, attention_mask=None, position_ids=None):
+    """A decoder-only model's call on ids of `shape` (B, L) after `past` cached positions: returns (padding, positions),
+    padding (B, past + L) bool (True = padding) or None when nothing is padded, positions (B, L) int64 C-contiguous
+    (default past .. past + L - 1, as transformers' forward). attention_mask (B, past + L), 1 = token, 0 = padding;
+    position_ids (B, L) integers. Wrong shapes or types raise ValueError."""
+    B, L = shape
+    pad = None
+    if attention_mask is not None:
+        am = np.asarray(attention_mask)
+        if am.shape != (B, past + L):
+            raise ValueError(f"expected attention_mask of shape {(B, past + L)}, got {am.shape}")
+        pad = am == 0
+        pad = pad if pad.any() else None
+    if position_ids is None:
+        positions = np.repeat(np.arange(past, past + L, dtype=np.int64)[None], B, 0)
+    else:
+        positions = np.asarray(position_ids)
+        if positions.shape != (B, L) or positions.dtype.kind not in "iu":
+            raise ValueError(
+                f"expected integer position_ids of shape {(B, L)}, got {positions.shape} {positions.dtype}"
+            )
+    return pad, np.ascontiguousarray(positions, np.int64)
+
+
 def swiglu(gate_up) -> np.ndarray:
     """``silu(gate) * up`` for ``gate_up`` (..., 2 F) holding [gate | up] (a SwiGLU feed-forward's two input
     projections computed by one GEMM); returns (..., F)."""

@@ -370,6 +370,19 @@ def _pool(num_cpus: float, actors: Optional[int]) -> ray.data.ActorPoolStrategy:
     return ray.data.ActorPoolStrategy(size=actors)
 
 
+def _map_pooled(ds, cls, settings: dict, num_cpus: float, actors, batch_size: int, map_batches_args: dict):
+    """`ds.map_batches` over a pool of `cls` actors built with `settings`, each reserving `num_cpus` CPUs and
+    running pyattn on that many threads (floor, at least 1)."""
+    return ds.map_batches(
+        cls,
+        fn_constructor_kwargs=dict(settings, num_threads=max(1, math.floor(num_cpus))),
+        compute=_pool(num_cpus, actors),
+        num_cpus=num_cpus,
+        batch_size=batch_size,
+        **map_batches_args,
+    )
+
+
 def embed_dataset(
     ds: ray.data.Dataset,
     model: Optional[PathLike] = None,
@@ -389,22 +402,10 @@ def embed_dataset(
     least 1); default: as many as fit in the cluster's CPUs less one, which the reads keep (with ``actors`` x
     ``num_cpus`` = every CPU, read with ``ray_remote_args={"num_cpus": 0}``). batch_size rows per call. Other
     arguments go to ``map_batches`` (e.g. ``batch_format="pandas"``, ``ray_remote_args``)."""
-    threads = max(1, math.floor(num_cpus))
-    return ds.map_batches(
-        Embedder,
-        fn_constructor_kwargs=dict(
-            model=model,
-            dtype=dtype,
-            num_threads=threads,
-            column=column,
-            output_column=output_column,
-            encode_batch_size=encode_batch_size,
-        ),
-        compute=_pool(num_cpus, actors),
-        num_cpus=num_cpus,
-        batch_size=batch_size,
-        **map_batches_args,
+    settings = dict(
+        model=model, dtype=dtype, column=column, output_column=output_column, encode_batch_size=encode_batch_size
     )
+    return _map_pooled(ds, Embedder, settings, num_cpus, actors, batch_size, map_batches_args)
 
 
 def transcribe_dataset(
@@ -426,21 +427,13 @@ def transcribe_dataset(
 
     One audio is seconds of work, so batch_size defaults to 1 (the actors share the files evenly). options:
     ``transcribe``'s other arguments. The rest as ``embed_dataset``."""
-    threads = max(1, math.floor(num_cpus))
-    return ds.map_batches(
-        Transcriber,
-        fn_constructor_kwargs=dict(
-            model=model,
-            compute_type=compute_type,
-            num_threads=threads,
-            column=column,
-            beam_size=beam_size,
-            segments=segments,
-            errors=errors,
-            **(options or {}),
-        ),
-        compute=_pool(num_cpus, actors),
-        num_cpus=num_cpus,
-        batch_size=batch_size,
-        **map_batches_args,
+    settings = dict(
+        model=model,
+        compute_type=compute_type,
+        column=column,
+        beam_size=beam_size,
+        segments=segments,
+        errors=errors,
+        **(options or {}),
     )
+    return _map_pooled(ds, Transcriber, settings, num_cpus, actors, batch_size, map_batches_args)

@@ -6,6 +6,7 @@ from typing import Optional
 
 import numpy as np
 
+from .. import functional as F
 from ..functional import positions_from_mask
 from ..generation import generate as _generate
 from ..generation.protocol import state_arguments
@@ -160,20 +161,7 @@ class GPT2Model(Module):
             raise ValueError(f"expected input_ids of shape (batch, seq), got {ids.shape}")
         B, L = ids.shape
         past = state.length if state is not None else 0
-        pad = None
-        if attention_mask is not None:
-            am = np.asarray(attention_mask)
-            if am.shape != (B, past + L):
-                raise ValueError(f"expected attention_mask of shape {(B, past + L)}, got {am.shape}")
-            pad = am == 0
-        if position_ids is not None:
-            positions = np.asarray(position_ids)
-            if positions.shape != (B, L) or positions.dtype.kind not in "iu":
-                raise ValueError(
-                    f"expected integer position_ids of shape {(B, L)}, got {positions.shape} {positions.dtype}"
-                )
-        else:
-            positions = np.broadcast_to(np.arange(past, past + L), (B, L))
+        pad, positions = F.decoder_inputs((B, L), past, attention_mask, position_ids)
         if positions.max() >= self.wpe.weight.shape[0]:
             raise ValueError(f"position {positions.max()} is beyond the {self.wpe.weight.shape[0]} this model knows")
         x = self.wte(ids) + self.wpe(positions)  # (B, L, d)
@@ -182,7 +170,7 @@ class GPT2Model(Module):
             x, w = block(
                 x,
                 cache=None if state is None else state.caches[i],
-                key_padding_mask=None if pad is None or not pad.any() else pad,
+                key_padding_mask=pad,
                 need_weights=output_attentions,
             )
             attentions.append(w)

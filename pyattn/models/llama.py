@@ -43,7 +43,7 @@ from .. import _core
 from .. import functional as F
 from ..generation import generate as _generate
 from ..generation.protocol import state_arguments
-from ..io.gguf import GGUFFile, int8_blocks, read_gguf, tokenizer
+from ..io.gguf import GGUFFile, int8_blocks, q4_k_as_q4_1, read_gguf, tokenizer
 from ..nn import CacheState, Linear, Module
 from ..nn.attention import HeadKVCache
 from ..precision import resolve_dtype
@@ -171,10 +171,13 @@ class GGUFWeights(LlamaWeights):
     def q4(self, role, shape):
         name = self.file_name(role)
         t = self.f.tensor(name)
-        if t.type.name not in ("Q4_0", "Q4_1"):
+        if t.type.name not in ("Q4_0", "Q4_1", "Q4_K"):
             return None
         if t.shape != tuple(shape):
             raise ValueError(f"{self.source}: {name} has shape {t.shape}, expected {tuple(shape)}")
+        if t.type.name == "Q4_K":  # its 4-bit values as Q4_1 blocks (io.gguf.q4_k_as_q4_1); None: held as int8
+            raw = q4_k_as_q4_1(self.f.raw(name), t.shape[1])
+            return None if raw is None else ("q4_1", raw)
         return t.type.name.lower(), self.f.raw(name)
 
     def vector(self, role, size):
@@ -751,20 +754,7 @@ class LlamaModel(Module):
             raise ValueError(f"token ids must be in [0, {self.vocab}), got {ids.min()}..{ids.max()}")
         B, L = ids.shape
         past = state.length if state is not None else 0
-        pad = None
-        if attention_mask is not None:
-            am = np.asarray(attention_mask)
-            if am.shape != (B, past + L):
-                raise ValueError(f"expected attention_mask of shape {(B, past + L)}, got {am.shape}")
-            pad = am == 0
-            pad = pad if pad.any() else None
-        if position_ids is None:
-            positions = np.repeat(np.arange(past, past + L, dtype=np.int64)[None], B, 0)
-        else:
-            positions = np.asarray(position_ids)
-            if positions.shape != (B, L) or positions.dtype.kind not in "iu":
-                raise ValueError(f"expected integer position_ids of shape {(B, L)}, got {positions.shape}")
-        positions = np.ascontiguousarray(positions, np.int64)
+        pad, positions = F.decoder_inputs((B, L), past, attention_mask, position_ids)
         self._rope_positions(positions, past + L)
         stream = F._c_aligned(self.embed(ids), np.float32)  # (B, L, d): the residual stream (new), updated in place
         caches = (
