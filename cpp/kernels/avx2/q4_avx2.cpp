@@ -48,6 +48,9 @@ void q4_tile_m(int64_t nb, const int8_t* a, int64_t lda, const float* sa, const 
                 const __m256i p0 = _mm256_maddubs_epi16(lo, bcast4(x + i * lda + 4 * ch));
                 const __m256i p1 = _mm256_maddubs_epi16(hi, bcast4(x + i * lda + 16 + 4 * ch));
                 acc[i] = _mm256_add_epi16(acc[i], _mm256_add_epi16(p0, p1));
+                // Keeps each row's products summed as they come: left free, GCC computed the 32 products of a block
+                // first and spilled them (53 stack accesses in the M = 4 loop).
+                asm("" : "+x"(acc[i]));
             }
         }
         const __m128i* h = reinterpret_cast<const __m128i*>(nib + 16 * kQ4Cols);
