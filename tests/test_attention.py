@@ -209,6 +209,20 @@ def test_strided_and_list_masks_are_accepted(rng):
     check(F.scaled_dot_product_attention(q, k, v, attn_mask=fm), want)
 
 
+def gqa_reference(q, k, v, pad, causal: bool, offset: int) -> np.ndarray:
+    """float64 attention of q (B, H, Lq, D) over k, v (B, Hkv, Lk, D) repeated per query head, key padding pad
+    (B, Lk) True = padding, causal with the offset."""
+    H, Lq, D = q.shape[1], q.shape[2], q.shape[3]
+    Lk = k.shape[2]
+    kr, vr = (np.repeat(t.astype(np.float64), H // k.shape[1], axis=1) for t in (k, v))
+    s = q.astype(np.float64) @ kr.transpose(0, 1, 3, 2) / np.sqrt(D)
+    s[np.broadcast_to(pad[:, None, None, :], s.shape)] = -np.inf
+    if causal:
+        s[..., np.triu(np.ones((Lq, Lk), bool), k=1 + offset)] = -np.inf
+    p = np.exp(s - s.max(-1, keepdims=True))
+    return (p / p.sum(-1, keepdims=True)) @ vr
+
+
 @pytest.mark.parametrize("isa", pyattn.cpu_info()["available_isas"])
 @pytest.mark.parametrize("H, Hkv", [(9, 3), (8, 1), (20, 1), (4, 2), (6, 6)])  # 20: two passes of 16 heads
 @pytest.mark.parametrize("Lq, Lk, causal", [(1, 37, False), (3, 20, True), (70, 70, True), (33, 50, False)])
@@ -226,14 +240,7 @@ def test_grouped_query_attention_against_float64(rng, isa, H, Hkv, Lq, Lk, causa
         got = pyattn._core.scaled_dot_product_attention(
             q, k, v, key_padding_mask=pad, is_causal=causal, causal_offset=offset
         )
-        g = H // Hkv
-        kr, vr = (np.repeat(t.astype(np.float64), g, axis=1) for t in (k, v))
-        s = q.astype(np.float64) @ kr.transpose(0, 1, 3, 2) / np.sqrt(D)
-        s[np.broadcast_to(pad[:, None, None, :], s.shape)] = -np.inf
-        if causal:
-            s[..., np.triu(np.ones((Lq, Lk), bool), k=1 + offset)] = -np.inf
-        p = np.exp(s - s.max(-1, keepdims=True))
-        want = (p / p.sum(-1, keepdims=True)) @ vr
+        want = gqa_reference(q, k, v, pad, causal, offset)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5)
         weights = pyattn._core.scaled_dot_product_attention(
             q, k, v, key_padding_mask=pad, is_causal=causal, causal_offset=offset, return_weights=True
@@ -275,13 +282,7 @@ def test_float16_kv_cache_against_float64(rng, isa, D, Lq, Lk, causal):
             q, k.astype(np.float32), v.astype(np.float32), key_padding_mask=pad, is_causal=causal, causal_offset=offset
         )
         np.testing.assert_array_equal(got, as32)  # widening is exact: the same arithmetic as float32 K and V
-        kr, vr = (np.repeat(t.astype(np.float64), H // Hkv, axis=1) for t in (k, v))
-        s = q.astype(np.float64) @ kr.transpose(0, 1, 3, 2) / np.sqrt(D)
-        s[np.broadcast_to(pad[:, None, None, :], s.shape)] = -np.inf
-        if causal:
-            s[..., np.triu(np.ones((Lq, Lk), bool), k=1 + offset)] = -np.inf
-        p = np.exp(s - s.max(-1, keepdims=True))
-        np.testing.assert_allclose(got, (p / p.sum(-1, keepdims=True)) @ vr, rtol=1e-4, atol=2e-5)
+        np.testing.assert_allclose(got, gqa_reference(q, k, v, pad, causal, offset), rtol=1e-4, atol=2e-5)
     finally:
         pyattn.set_isa(pyattn.cpu_info()["available_isas"][-1])
 
