@@ -153,6 +153,29 @@ def test_batch_invariance_with_padding(isa, rng):
         np.testing.assert_allclose(batched[i : i + 1, :, :n], alone, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("Lq, causal", [(1, False), (1, True), (3, True)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])  # float16: a Llama KV cache
+def test_left_padded_decoding_rows_equal_the_row_alone_bit_for_bit(isa, rng, Lq, causal, dtype):
+    """The decoding path (Lq <= 4) skips a row's leading key padding, so the real keys fall in the same lanes of the
+    softmax sum and of P V as without it: a left-padded row (batched or continuous generation) is exact."""
+    H, Hkv, D = 6, 2, 32
+    for n in (5, 21, 40, 130):
+        q = randn(rng, 1, H, Lq, D)
+        k, v = randn(rng, 1, Hkv, n, D).astype(dtype), randn(rng, 1, Hkv, n, D).astype(dtype)
+        off = n - Lq if causal else 0
+        alone = pyattn._core.scaled_dot_product_attention(q, k, v, is_causal=causal, causal_offset=off)
+        for pad in (1, 3, 8, 13):
+            kp, vp = (np.concatenate([randn(rng, 1, Hkv, pad, D).astype(dtype), t], 2) for t in (k, v))  # any values
+            mask = np.arange(pad + n)[None] < pad
+            got = pyattn._core.scaled_dot_product_attention(
+                q, kp, vp, key_padding_mask=mask, is_causal=causal, causal_offset=off + pad
+            )
+            np.testing.assert_array_equal(got, alone)
+        masked = np.ones((1, pad + n), bool)  # every key padding: zeros, as before
+        got = pyattn._core.scaled_dot_product_attention(q, kp, vp, key_padding_mask=masked)
+        np.testing.assert_array_equal(got, np.zeros_like(got))
+
+
 def test_threads_agree(rng, restore_threads):
     q, k, v = qkv(rng, 1, 3, 100, 300, 64)
     res = []

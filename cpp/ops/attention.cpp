@@ -77,38 +77,54 @@ inline bool softmax_inplace(const KernelSet& ks, float* s, int64_t n) {
     return true;
 }
 
+// Keys [0, j) of batch entry b that its bool key padding mask masks out, j <= n: a left-padded row's padding.
+inline int64_t leading_padding(const AttentionArgs& a, int64_t b, int64_t n) {
+    const MaskRef& m = a.key_padding_mask;
+    if (!m.data || !m.is_bool) return 0;
+    const uint8_t* row = static_cast<const uint8_t*>(m.data) + b * m.sb;
+    int64_t j = 0;
+    while (j < n && row[j]) ++j;
+    return j;
+}
+
 // One task of the direct path: query row i of the kv_group query heads that share K/V head g of batch entry b,
 // t = (b Hkv + g) Lq + i. Each key and value row is read once for the whole group (attn_scores, attn_values). s:
-// min(kv_group, 16) x Lk floats of scratch.
+// min(kv_group, 16) x Lk floats of scratch. Keys masked by the row's leading key padding are skipped, not masked:
+// they would add exact zeros, but shift which lanes of the softmax sum and of P V the real keys fall in, so a
+// left-padded row (a batch of prompts, continuous batching) computes bit for bit what the row computes alone.
 void direct_task(const KernelSet& ks, const AttentionArgs& a, int64_t t, float* s) {
     const int64_t G = a.kv_group, Hkv = a.H / G;
     const int64_t i = t % a.Lq, bg = t / a.Lq, b = bg / Hkv, h0 = bg % Hkv * G;
-    const int64_t n = causal_end(a, i);
-    if (n == 0) {
+    const int64_t end = causal_end(a, i);
+    const int64_t j0 = leading_padding(a, b, end);
+    const int64_t n = end - j0;  // keys [j0, end)
+    if (n == 0) {                // nothing visible: zeros
         for (int64_t h = h0; h < h0 + G; ++h) std::fill(out_row(a, b, h, i), out_row(a, b, h, i) + a.Dv, 0.0f);
         return;
     }
     const bool f16 = a.k.f16;
+    // the first key and value after the padding
+    const int64_t k0 = j0 * a.k.sl, v0 = j0 * a.v.sl;
     constexpr int64_t kChunk = 16;  // query heads per pass over K and V (MQA's groups can be large)
     for (int64_t c0 = h0; c0 < h0 + G; c0 += kChunk) {
         const int64_t m = std::min(kChunk, h0 + G - c0);
         const float* q = head(a.q, b, c0) + i * a.q.sl;
         if (f16)
-            ks.attn_scores_f16(m, q, a.q.sh, kv_head<uint16_t>(a, a.k, b, h0), a.k.sl, n, a.D, s, n);
+            ks.attn_scores_f16(m, q, a.q.sh, kv_head<uint16_t>(a, a.k, b, h0) + k0, a.k.sl, n, a.D, s, n);
         else
-            ks.attn_scores(m, q, a.q.sh, kv_head(a, a.k, b, h0), a.k.sl, n, a.D, s, n);
+            ks.attn_scores(m, q, a.q.sh, kv_head(a, a.k, b, h0) + k0, a.k.sl, n, a.D, s, n);
         bool dead[kChunk];  // rows whose every key is masked: zeros, whatever V holds
         for (int64_t r = 0; r < m; ++r) {
             float* sr = s + r * n;
             ks.scale(sr, n, a.scale);
-            mask_row(ks, a, b, c0 + r, i, 0, n, sr);
+            mask_row(ks, a, b, c0 + r, i, j0, n, sr);
             dead[r] = !softmax_inplace(ks, sr, n);
         }
         if (f16)
-            ks.attn_values_f16(m, s, n, n, kv_head<uint16_t>(a, a.v, b, h0), a.v.sl, a.Dv, out_row(a, b, c0, i),
+            ks.attn_values_f16(m, s, n, n, kv_head<uint16_t>(a, a.v, b, h0) + v0, a.v.sl, a.Dv, out_row(a, b, c0, i),
                                a.out_sh);
         else
-            ks.attn_values(m, s, n, n, kv_head(a, a.v, b, h0), a.v.sl, a.Dv, out_row(a, b, c0, i), a.out_sh);
+            ks.attn_values(m, s, n, n, kv_head(a, a.v, b, h0) + v0, a.v.sl, a.Dv, out_row(a, b, c0, i), a.out_sh);
         for (int64_t r = 0; r < m; ++r)
             if (dead[r]) std::fill(out_row(a, b, c0 + r, i), out_row(a, b, c0 + r, i) + a.Dv, 0.0f);
     }

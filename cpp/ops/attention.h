@@ -13,6 +13,8 @@
 //   causal: key j is visible to query i iff j <= i + causal_offset (0: torch's is_causal, top-left aligned;
 //   Lk - Lq: the bottom-right alignment of a query block appended to a KV cache).
 // A query whose keys are all masked gets a zero output row (and zero weights), not NaN.
+// Batch invariance: on the decoding path (Lq <= 4, no weights) a batch entry's leading keys masked by a bool
+// key_padding_mask are skipped, so a left-padded row's output equals, bit for bit, that of the row without them.
 //
 // Algorithm: per (b, h, block of queries), keys are visited in blocks; each block's scores are computed with
 // the GEMM micro-kernel against packed K, masked in the tile, folded into a running (online) softmax -- row
