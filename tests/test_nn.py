@@ -144,6 +144,59 @@ def test_kv_cache_grows_and_reorders():
         cache.append(np.zeros((2, 1, 8), np.float32), np.zeros((2, 1, 8), np.float32))
 
 
+@pytest.mark.parametrize("layout, dtype", [("rows", np.float32), ("heads", np.float32), ("heads", np.float16)])
+def test_caches_merge_left_padded_and_trim_left(layout, dtype):
+    """Continuous batching's state operations: merge appends the other cache's rows, the shorter side left-padded
+    with zeros; trim_left drops leading positions of every row; appends go on after both."""
+    from pyattn.nn.attention import HeadKVCache
+
+    rng = np.random.default_rng(0)
+    if layout == "rows":
+        make, axis = (lambda b: pyattn.nn.KVCache(b, 8, capacity=4)), 1
+    else:
+        make, axis = (lambda b: HeadKVCache(b, 2, 4, dtype=dtype)), 2
+
+    def filled(batch, n):
+        c = make(batch)
+        c.reserve(n)
+        shape = list(c.k.shape)
+        shape[axis] = n
+        k = rng.standard_normal(shape).astype(dtype)
+        index = [slice(None)] * k.ndim
+        index[axis] = slice(0, n)
+        c.k[tuple(index)], c.v[tuple(index)], c.length = k, -k, n
+        return c, k
+
+    def positions(a, start, stop):
+        index = [slice(None)] * a.ndim
+        index[axis] = slice(start, stop)
+        return a[tuple(index)]
+
+    for la, lb, cut in [(5, 9, 4), (9, 5, 2), (6, 6, 0), (0, 3, 1)]:
+        a, ka = filled(2, la)
+        b, kb = filled(1, lb)
+        a.merge(b)
+        n = max(la, lb)
+        assert a.length == n and a.k.shape[0] == 3 and a.k.shape[axis] >= n and a.k.dtype == dtype
+        k = positions(a.k, 0, n)
+        np.testing.assert_array_equal(positions(k[:2], n - la, n), ka)
+        np.testing.assert_array_equal(positions(k[2:], n - lb, n), kb)
+        assert not positions(k[:2], 0, n - la).any() and not positions(k[2:], 0, n - lb).any()  # zeros
+        np.testing.assert_array_equal(positions(a.v, 0, n), -k)
+        a.trim_left(cut)
+        m = n - cut
+        assert a.length == m
+        np.testing.assert_array_equal(positions(a.k, 0, m), positions(k, n - m, n))
+        a.reserve(m + 40)  # room grows, the positions stay
+        np.testing.assert_array_equal(positions(a.k, 0, m), positions(k, n - m, n))
+    with pytest.raises(ValueError, match="trim_left"):
+        a.trim_left(a.length + 1)
+    others = [HeadKVCache(1, 3, 4), HeadKVCache(1, 2, 4, dtype=np.float16 if dtype == np.float32 else np.float32)]
+    for other in others if layout == "heads" else [pyattn.nn.KVCache(1, 4)]:  # other heads, dtype or dim
+        with pytest.raises(ValueError, match="merge"):
+            a.merge(other)
+
+
 def test_attention_weights_are_returned(rng):
     m = torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True).eval()
     x = rng.standard_normal((1, 6, 32)).astype(np.float32)

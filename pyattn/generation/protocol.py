@@ -23,6 +23,21 @@ A model that generates text implements `Decoder`; greedy decoding, sampling and 
         np.repeat(np.arange(B), beams) after the prefill (so the prompt runs once per input row, not once per
         beam), then keeps the surviving beams each step; greedy decoding may drop finished rows.
 
+Optional, for continuous batching (`pyattn.generation.continuous`: requests join and leave a running batch), a
+decoder-only model's state may also offer (`MergeableState`):
+
+    state.merge(other)
+        Appends the rows of `other` -- a state of the same model, with its own prefill done -- after this state's
+        rows. Their lengths may differ: the shorter state is left-padded to the longer one's length, and the caller
+        prepends as many 0 columns to those rows of its attention mask. Positions are the caller's, per row, so a
+        row's positions (and rotary or learned position embeddings) do not change.
+
+    state.trim_left(n)
+        Drops the first `n` positions of every row: columns that the attention mask marks as padding in every row
+        (after the longest row has left), so that the state does not grow without bound.
+
+Without them, continuous batching runs one request at a time.
+
 Generation never imports a model: it sees these three methods, the model's `config` (token ids), `vocab_size`,
 `is_encoder_decoder` and, for an encoder-decoder model in `pyattn.generate`, `encode(input_ids, attention_mask)`.
 """
@@ -35,7 +50,7 @@ import numpy as np
 
 from ..functional import positions_from_mask
 
-__all__ = ["Decoder", "DecoderState", "positions_from_mask", "state_arguments"]
+__all__ = ["Decoder", "DecoderState", "MergeableState", "positions_from_mask", "state_arguments"]
 
 
 @runtime_checkable
@@ -43,6 +58,18 @@ class DecoderState(Protocol):
     """What a decoder carries between steps (KV caches, recurrent state). Generation only reorders it."""
 
     def reorder(self, index: np.ndarray) -> None: ...
+
+
+@runtime_checkable
+class MergeableState(Protocol):
+    """A state whose rows can join (`merge`) and whose all-padding columns can go (`trim_left`): continuous batching
+    (see the module's docstring)."""
+
+    def reorder(self, index: np.ndarray) -> None: ...
+
+    def merge(self, other: Any) -> None: ...
+
+    def trim_left(self, n: int) -> None: ...
 
 
 @runtime_checkable

@@ -13,28 +13,86 @@ from .. import functional as F
 from .layers import Linear, Module, StorageAware, as_linear, as_weight, check_storage
 
 
-class KVCache:
+class _PositionCache:
+    """What the two cache layouts share: keys and values `k`, `v` with the batch rows on axis 0 and the positions on
+    axis `AXIS`, of which the first `length` are filled and the rest is room to append. Rows are reordered (beam
+    search), merged with another cache's rows and trimmed at the left (continuous batching)."""
+
+    AXIS = 1
+
+    def _shape(self, rows: int, capacity: int) -> tuple:
+        shape = list(self.k.shape)
+        shape[0], shape[self.AXIS] = rows, capacity
+        return tuple(shape)
+
+    def _positions(self, a: np.ndarray, start: int, stop: int) -> np.ndarray:
+        """a[..., start:stop, ...] on the position axis."""
+        index = [slice(None)] * a.ndim
+        index[self.AXIS] = slice(start, stop)
+        return a[tuple(index)]
+
+    def reserve(self, need: int) -> None:
+        """Room for `need` positions (capacity at least doubles when it grows: appends cost amortised O(1))."""
+        if need > self.k.shape[self.AXIS]:
+            shape = self._shape(self.k.shape[0], max(need, 2 * self.k.shape[self.AXIS]))
+            for name in ("k", "v"):
+                new = np.empty(shape, self.k.dtype)
+                self._positions(new, 0, self.length)[...] = self._positions(getattr(self, name), 0, self.length)
+                setattr(self, name, new)
+
+    def reorder(self, index: np.ndarray) -> None:
+        """Keeps batch rows `index` (beam search): row i of the new cache is row index[i] of the old."""
+        self.k = F._c_aligned(self.k[index])
+        self.v = F._c_aligned(self.v[index])
+
+    def merge(self, other: _PositionCache) -> None:
+        """Appends the rows of `other` (a cache of the same layout and heads) after these. The shorter of the two is
+        left-padded with zeros to the longer one's length: the caller's attention mask marks those positions 0."""
+        if type(other) is not type(self) or self._shape(0, 0) != other._shape(0, 0) or self.k.dtype != other.k.dtype:
+            raise ValueError(
+                f"merge: expected a {self.k.dtype} {type(self).__name__} like {self.k.shape} (any rows and positions), "
+                f"got a {other.k.dtype} {type(other).__name__} of shape {other.k.shape}"
+            )
+        n = max(self.length, other.length)
+        rows = self.k.shape[0]
+        shape = self._shape(rows + other.k.shape[0], max(n, self.k.shape[self.AXIS], other.k.shape[self.AXIS]))
+        for name in ("k", "v"):
+            new = np.empty(shape, self.k.dtype)
+            for part, cache in ((new[:rows], self), (new[rows:], other)):
+                pad = n - cache.length
+                self._positions(part, 0, pad)[...] = 0.0
+                self._positions(part, pad, n)[...] = self._positions(getattr(cache, name), 0, cache.length)
+            setattr(self, name, new)
+        self.length = n
+
+    def trim_left(self, n: int) -> None:
+        """Drops the first `n` positions of every row (columns that are padding in every row), keeping the
+        capacity."""
+        if not 0 <= n <= self.length:
+            raise ValueError(f"trim_left: n must be in [0, {self.length}], got {n}")
+        if n == 0:
+            return
+        for name in ("k", "v"):
+            old = getattr(self, name)
+            new = np.empty_like(old)
+            self._positions(new, 0, self.length - n)[...] = self._positions(old, n, self.length)
+            setattr(self, name, new)
+        self.length -= n
+
+
+class KVCache(_PositionCache):
     """Keys and values of the positions seen so far, for one attention layer.
 
     Stored as (B, capacity, E) buffers so that appending a step is a contiguous copy, and the heads are
     strided (B, H, length, d) views that the attention kernel reads in place. Capacity doubles as needed.
     """
 
+    AXIS = 1
+
     def __init__(self, batch: int, dim: int, capacity: int = 32):
         self.k = np.empty((batch, max(capacity, 1), dim), np.float32)
         self.v = np.empty_like(self.k)
         self.length = 0
-
-    def reserve(self, need: int) -> None:
-        """Room for `need` positions (capacity at least doubles when it grows: appends cost amortised O(1))."""
-        if need > self.k.shape[1]:
-            B, _, E = self.k.shape
-            cap = max(need, 2 * self.k.shape[1])
-            for name in ("k", "v"):
-                old = getattr(self, name)
-                new = np.empty((B, cap, E), np.float32)
-                new[:, : self.length] = old[:, : self.length]
-                setattr(self, name, new)
 
     def append(self, k: np.ndarray, v: np.ndarray) -> None:
         # k, v: (B, L_new, E)
@@ -55,19 +113,16 @@ class KVCache:
         v = self.v[:, : self.length].reshape(B, self.length, num_heads, d).transpose(0, 2, 1, 3)
         return k, v
 
-    def reorder(self, index: np.ndarray) -> None:
-        """Keeps batch rows `index` (beam search): row i of the new cache is row index[i] of the old."""
-        self.k = F._c_aligned(self.k[index])
-        self.v = F._c_aligned(self.v[index])
 
-
-class HeadKVCache:
+class HeadKVCache(_PositionCache):
     """Keys and values of one layer, head-major: (B, Hkv, capacity, D) buffers, so that each head's keys are one
     contiguous stream for the decoding step that reads them (the Llama decoder stack, cpp/layers/decoder_layer.h;
     rows at a stride of Hkv D measured 1.5x slower to read cold). Written in place by the core; capacity doubles as
     needed. dtype float16 halves the bytes a decoding step reads and the cache's memory (as llama.cpp's default
     cache does): the core rounds K and V to nearest when it writes them and widens them as attention reads them;
     magnitudes beyond 65504 would become inf."""
+
+    AXIS = 2
 
     def __init__(self, batch: int, heads: int, head_dim: int, capacity: int = 32, dtype=np.float32):
         dtype = np.dtype(dtype)
@@ -77,37 +132,40 @@ class HeadKVCache:
         self.v = np.empty_like(self.k)
         self.length = 0
 
-    def reserve(self, need: int) -> None:
-        """Room for `need` positions (capacity at least doubles when it grows: appends cost amortised O(1))."""
-        if need > self.k.shape[2]:
-            B, H, _, D = self.k.shape
-            cap = max(need, 2 * self.k.shape[2])
-            for name in ("k", "v"):
-                old = getattr(self, name)
-                new = np.empty((B, H, cap, D), old.dtype)
-                new[:, :, : self.length] = old[:, :, : self.length]
-                setattr(self, name, new)
-
-    def reorder(self, index: np.ndarray) -> None:
-        """Keeps batch rows `index` (beam search): row i of the new cache is row index[i] of the old."""
-        self.k = F._c_aligned(self.k[index])
-        self.v = F._c_aligned(self.v[index])
-
 
 class CacheState:
     """The per-layer KV caches of a decoder-only model's batch being decoded (GPT-2, Llama): what generation steps
-    through (its `length`, and `reorder` for beam search)."""
+    through (its `length`, `reorder` for beam search, `merge` and `trim_left` for continuous batching; see
+    pyattn.generation.protocol)."""
 
-    def __init__(self, caches: List[KVCache]):
+    def __init__(self, caches: List[_PositionCache]):
         self.caches = caches
 
     @property
     def length(self) -> int:
         return self.caches[0].length
 
+    @property
+    def batch(self) -> int:
+        return self.caches[0].k.shape[0]
+
     def reorder(self, index: np.ndarray) -> None:
         for c in self.caches:
             c.reorder(index)
+
+    def merge(self, other: CacheState) -> None:
+        """Appends the rows of `other` (a state of the same model) after these; the shorter state is left-padded
+        to the longer one's length (zeros, which the caller's attention mask marks as padding)."""
+        if not isinstance(other, CacheState) or len(other.caches) != len(self.caches):
+            n = len(other.caches) if isinstance(other, CacheState) else type(other).__name__
+            raise ValueError(f"merge: expected a CacheState of {len(self.caches)} layers, got {n}")
+        for mine, theirs in zip(self.caches, other.caches):
+            mine.merge(theirs)
+
+    def trim_left(self, n: int) -> None:
+        """Drops the first `n` positions of every row and layer (padding in every row)."""
+        for c in self.caches:
+            c.trim_left(n)
 
 
 def split_heads(x: np.ndarray, num_heads: int) -> np.ndarray:
