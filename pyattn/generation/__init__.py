@@ -13,8 +13,9 @@ forced and suppressed tokens included); sampling draws from numpy's generator se
 
 Modules: `protocol` (the Decoder / DecoderState protocols, positions_from_mask), `processors` (logits processors,
 stop strings), `plan` (generate's options checked and turned into processors and stopping rules), `search` (greedy /
-sampling as a stream of steps), `beam` (beam search and its finishing rules). Generation imports no model; models
-import it.
+sampling as a stream of steps), `beam` (beam search and its finishing rules), `continuous` (continuous batching:
+requests joining and leaving a running batch between steps, each with its own options). Generation imports no
+model; models import it.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from typing import Iterator
 
 import numpy as np
 
-from . import beam, plan, processors, protocol, search
+from . import beam, continuous, plan, processors, protocol, search
 from .beam import CTranslate2Rule, TransformersRule, beam_search
+from .continuous import ContinuousBatcher
 from .plan import Plan
 from .processors import (
     ForcedTokens,
@@ -46,6 +48,7 @@ from .protocol import Decoder, DecoderState, positions_from_mask
 
 __all__ = [
     "CTranslate2Rule",
+    "ContinuousBatcher",
     "Decoder",
     "DecoderState",
     "ForcedTokens",
@@ -66,6 +69,7 @@ __all__ = [
     "beam",
     "beam_search",
     "build_processors",
+    "continuous",
     "generate",
     "generate_stream",
     "plan",
