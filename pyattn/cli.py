@@ -256,6 +256,7 @@ def _serve(args) -> int:
         dtype=args.dtype, embed_dtype=args.embed_dtype, whisper_dtype=args.whisper_dtype, llm_dtype=args.llm_dtype,
         host=args.host, port=args.port, threads=args.threads,
         max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms, encode_batch_size=args.encode_batch_size,
+        max_concurrent_generations=args.max_concurrent_generations,
         max_queue=args.max_queue, max_queue_requests=args.max_queue_requests, max_inputs=args.max_inputs,
         auto_truncate=args.auto_truncate, max_body_bytes=int(args.max_body_mb * 2**20),
         max_upload_bytes=int(args.max_upload_mb * 2**20), max_audio_seconds=args.max_audio_seconds,
@@ -304,12 +305,18 @@ def _serve_parser(sub) -> None:
     p.add_argument(
         "--encode-batch-size", type=int, default=d.encode_batch_size, help="sentences per forward pass inside a batch"
     )
+    p.add_argument(
+        "--max-concurrent-generations",
+        type=int,
+        default=d.max_concurrent_generations,
+        help="generations decoded together, one token each per step (continuous batching); 1: one at a time",
+    )
     p.add_argument("--max-queue", type=int, default=d.max_queue, help="embedding sentences waiting; more: 503")
     p.add_argument(
         "--max-queue-requests",
         type=int,
         default=d.max_queue_requests,
-        help="transcriptions or generations waiting for their model; more: 503",
+        help="transcriptions waiting for their model, or generations for a place in the batch; more: 503",
     )
     p.add_argument("--max-inputs", type=int, default=d.max_inputs, help="inputs per embeddings request")
     p.add_argument(

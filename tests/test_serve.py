@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import re
 import signal
 import socket
@@ -92,7 +93,7 @@ def server(tmp_path_factory):
     proc, url = _start(
         tmp_path_factory.mktemp("serve"),
         "--max-inputs", "64", "--max-queue", "256", "--max-queue-requests", "2", "--max-body-mb", "1",
-        "--body-timeout", "1", "--max-audio-seconds", "20", "--max-tokens", "200",
+        "--body-timeout", "1", "--max-audio-seconds", "20", "--max-tokens", "200", "--max-concurrent-generations", "4",
     )  # fmt: skip
     yield url
     assert _stop(proc) in STOPPED, proc.stdout.read()
@@ -506,18 +507,103 @@ def test_cancelled_stream_stops_generation(server, http, models):
     assert r.status_code == 200  # and the model is free for the next request
 
 
+def test_concurrent_generations_share_decoding_steps(server, http, llm, models):
+    """Four chat requests at once (different prompts and lengths, one streamed) are decoded together -- the
+    generation batch-size histogram sees steps of more than one row -- and each gets the greedy text of its own
+    request alone."""
+    name = models["generation"]
+    questions = ["Tell me a story about a dragon.", "What is 2 + 2?", "Name a colour.", "Why is the sky blue?"]
+    lengths = [24, 8, 12, 16]
+    wants = [
+        _greedy(llm, llm.encode(llm.apply_chat_template([{"role": "user", "content": q}])), n)
+        for q, n in zip(questions, lengths)
+    ]
+    label = {"model": name}
+    before = http.get("/metrics").text
+
+    async def together():
+        async with httpx.AsyncClient(base_url=server, timeout=60) as c:
+
+            async def ask(q, n, stream):
+                body = {"model": name, "messages": [{"role": "user", "content": q}], "max_tokens": n,
+                        "temperature": 0, "stream": stream}  # fmt: skip
+                if not stream:
+                    r = await c.post("/v1/chat/completions", json=body)
+                    assert r.status_code == 200, r.text
+                    return r.json()["choices"][0]["message"]["content"]
+                parts = []
+                async with c.stream("POST", "/v1/chat/completions", json=body) as r:
+                    assert r.status_code == 200
+                    async for line in r.aiter_lines():
+                        if line.startswith("data: {"):
+                            delta = json.loads(line[6:])["choices"][0]["delta"]
+                            parts.append(delta.get("content") or "")
+                return "".join(parts)
+
+            return await asyncio.gather(*(ask(q, n, i == 1) for i, (q, n) in enumerate(zip(questions, lengths))))
+
+    got = asyncio.run(together())
+    assert got == wants and all(wants)
+    after = http.get("/metrics").text
+    steps = _metric(after, "pyattn_generation_batch_size_count", **label) - _metric(
+        before, "pyattn_generation_batch_size_count", **label
+    )
+    single = _metric(after, "pyattn_generation_batch_size_bucket", le="1.0", **label) - _metric(
+        before, "pyattn_generation_batch_size_bucket", le="1.0", **label
+    )
+    rows = _metric(after, "pyattn_generation_batch_size_sum", **label) - _metric(
+        before, "pyattn_generation_batch_size_sum", **label
+    )
+    assert steps - single > 0 and rows > steps  # steps that decoded more than one request
+
+
+def test_a_cancelled_stream_leaves_the_batch_and_the_others_go_on(server, http, llm, models):
+    """A streamed generation whose client leaves drops out of the batch at the next step (the rows decoded
+    afterwards are the other request's alone), and the request decoded beside it still gets its greedy text."""
+    name = models["generation"]
+    label = {"model": name}
+    prompt = "The history of the city began"
+    want = _greedy(llm, llm.encode(prompt), 30)
+    before = http.get("/metrics").text
+
+    async def main():
+        async with httpx.AsyncClient(base_url=server, timeout=60) as c:
+            long = {"model": name, "prompt": "Once upon a time", "max_tokens": 200, "stream": True, "temperature": 0,
+                    "repetition_penalty": 1.3}  # fmt: skip
+            async with c.stream("POST", "/v1/completions", json=long) as r:
+                assert r.status_code == 200
+                lines = r.aiter_lines()
+                for _ in range(6):
+                    await lines.__anext__()
+                other = asyncio.ensure_future(
+                    c.post(
+                        "/v1/completions", json={"model": name, "prompt": prompt, "max_tokens": 30, "temperature": 0}
+                    )
+                )
+                await asyncio.sleep(0.3)  # the other request joins the batch
+            return await other
+
+    r = asyncio.run(main())
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] == want
+    rows = _metric(http.get("/metrics").text, "pyattn_generation_batch_size_sum", **label) - _metric(
+        before, "pyattn_generation_batch_size_sum", **label
+    )
+    assert rows < 150  # the 200-token request stopped soon after its client left (it would add ~200 rows)
+
+
 def test_generations_queue(server, llm, models):
-    """Generations run one at a time; --max-queue-requests 2 waiting, one more is refused with 503."""
+    """--max-concurrent-generations 4 decode together and --max-queue-requests 2 wait for a row: of 10 requests at
+    once, those beyond 6 in flight are refused with 503; every answer is the greedy text."""
     body = {"model": models["generation"], "prompt": "The sky is", "max_tokens": 4, "temperature": 0}
     want = _greedy(llm, llm.encode("The sky is"), 4)
 
     async def together():
         async with httpx.AsyncClient(base_url=server, timeout=60) as c:
-            return await asyncio.gather(*(c.post("/v1/completions", json=body) for _ in range(4)))
+            return await asyncio.gather(*(c.post("/v1/completions", json=body) for _ in range(10)))
 
     answers = asyncio.run(together())
     ok = [r for r in answers if r.status_code == 200]
-    assert len(ok) >= 3 and all(r.json()["choices"][0]["text"] == want for r in ok)
+    assert len(ok) >= 6 and all(r.json()["choices"][0]["text"] == want for r in ok)
     for r in answers:
         if r.status_code != 200:
             assert _is_error(r, 503)["code"] == "server_overloaded" and r.headers["retry-after"] == "1"
@@ -588,7 +674,7 @@ def test_serve_cli(tmp_path, capsys):
         main(["serve", "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    assert "--max-batch-size" in out and "127.0.0.1" in out
+    assert "--max-batch-size" in out and "--max-concurrent-generations" in out and "127.0.0.1" in out
     # a model given by path must load, or the server does not start (nothing is bound)
     assert main(["serve", "--embed-model", str(tmp_path / "missing"), "--no-whisper", "--no-llm"]) == 2
     assert "missing" in capsys.readouterr().err
@@ -676,3 +762,100 @@ def test_batcher_gathers_or_not(max_batch_size, calls):
     rows = asyncio.run(main())
     assert [r[:, 0].tolist() for r in rows] == [[i + 1, i + 1] for i in range(4)]  # each request its own rows
     assert len(enc.calls) == calls  # "slow" alone, then four requests one by one or gathered into one
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the generation batcher alone, with a stand-in model
+# ---------------------------------------------------------------------------------------------------------
+class _Rows:
+    """The stand-in's state: only its rows (its logits need no cache); it merges, so requests share steps."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def reorder(self, index):
+        self.n = len(index)
+
+    def merge(self, other):
+        self.n += other.n
+
+    def trim_left(self, n):
+        pass
+
+
+class _Decoder:
+    """Next-token logits from a fixed table row picked by the last token, plus a term of the position; each step
+    takes 20 ms; token 11 in a prompt raises."""
+
+    is_encoder_decoder = False
+
+    def __init__(self, vocab=12, eos=3):
+        self.table = (np.random.default_rng(0).standard_normal((vocab, vocab)) * 2).astype(np.float32)
+        self.vocab_size, self.config, self.rows = vocab, {"eos_token_id": eos}, []
+
+    def init_state(self, batch, memory=None, memory_mask=None):
+        return _Rows(batch)
+
+    def step(self, ids, positions, state, attention_mask=None):
+        if (ids == 11).any():
+            raise ValueError("token 11")
+        time.sleep(0.02)
+        self.rows.append(ids.shape[0])
+        return self.table[ids[:, -1]] + np.float32(0.3) * positions[:, -1:].astype(np.float32)
+
+
+def test_generation_batcher_streams_each_request_its_tokens():
+    import pyattn
+    from pyattn.serve.errors import ApiError
+    from pyattn.serve.metrics import Metrics
+    from pyattn.serve.workers import GenerationBatcher, ModelThread
+
+    model = _Decoder()
+
+    async def tokens(queue):
+        out = []
+        while True:
+            token, ended, error = await queue.get()
+            if error is not None:
+                raise error
+            if token is not None:
+                out.append(token)
+            if ended:
+                return out
+
+    async def main():
+        metrics = Metrics()
+        g = GenerationBatcher(model, ModelThread("test"), "fake", metrics, max_batch_size=2, max_queue=1)
+        g.start()
+        try:
+            prompts = [[1, 2], [4, 5, 6], [7]]
+            subs = [g.submit(p, {"max_new_tokens": 8, "eos_token_id": []}) for p in prompts]
+            with pytest.raises(ApiError) as e:  # two run, one waits for a row: the queue (1) is full
+                g.submit([8], {"max_new_tokens": 8})
+            assert e.value.status == 503 and e.value.headers["Retry-After"] == "1"
+            got = await asyncio.gather(*(tokens(q) for _, q in subs))
+            for p, t in zip(prompts, got):
+                assert (
+                    t == pyattn.generate(model, np.array([p]), max_new_tokens=8, eos_token_id=[])[0, len(p) :].tolist()
+                )
+            assert max(model.rows) == 2  # two requests per decoding step
+            bad, queue = g.submit([11], {"max_new_tokens": 4})
+            with pytest.raises(ValueError, match="token 11"):
+                await tokens(queue)
+            long, queue = g.submit([1], {"max_new_tokens": 200, "eos_token_id": []})
+            await queue.get()
+            g.cancel(long)
+            await asyncio.sleep(0.1)
+            assert long.finish_reason == "cancelled" and len(long.tokens) < 10 and not g.batcher.busy
+            waiting, queue = g.submit([2], {"max_new_tokens": 200, "eos_token_id": []})
+        finally:
+            await g.stop()
+            g.thread.close()
+        with pytest.raises(ApiError, match="shutting down"):
+            await tokens(queue)
+        page = __import__("prometheus_client").generate_latest(metrics.registry).decode()
+        assert _metric(page, "pyattn_generation_batch_size_bucket", le="2.0", model="fake") > _metric(
+            page, "pyattn_generation_batch_size_bucket", le="1.0", model="fake"
+        )
+
+    asyncio.run(main())

@@ -147,6 +147,11 @@ class ContinuousBatcher:
         return len(self._waiting)
 
     @property
+    def backlog(self) -> int:
+        """Waiting requests beyond those the next step admits: the ones waiting for a row to free."""
+        return max(0, len(self._waiting) - self._room())
+
+    @property
     def columns(self) -> int:
         """Positions the batch's state holds per row, left padding included (0 when the batch is empty)."""
         return 0 if self._mask is None else self._mask.shape[1]

@@ -2,7 +2,7 @@
 
 POST /v1/embeddings             dynamic batching (workers.EmbeddingBatcher)
 POST /v1/audio/transcriptions   multipart upload; json, text, srt, vtt, verbose_json
-POST /v1/chat/completions       the chat template, then generation; SSE streaming
+POST /v1/chat/completions       the chat template, then generation (continuous batching); SSE streaming
 POST /v1/completions            plain-text prompt; SSE streaming
 GET  /v1/models, /v1/models/{id}, /health, /metrics
 """
@@ -32,7 +32,7 @@ from .limits import BodyLimit
 from .metrics import Metrics
 from .models import Registry, Served
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from .workers import EmbeddingBatcher, Gate, ModelThread
+from .workers import EmbeddingBatcher, Gate, GenerationBatcher, ModelThread
 
 ROUTES = (
     "/v1/embeddings", "/v1/audio/transcriptions", "/v1/chat/completions", "/v1/completions", "/v1/models",
@@ -76,6 +76,7 @@ class Server:
         self.cfg, self.registry, self.metrics = cfg, registry, Metrics()
         self.threads = {s.kind: ModelThread(s.kind) for s in registry}
         self.batcher: Optional[EmbeddingBatcher] = None
+        self.generation: Optional[GenerationBatcher] = None
         self.gates: Dict[str, Gate] = {}
         self.counter = None
         embed = registry.get("embedding")
@@ -97,14 +98,22 @@ class Server:
                 encode_batch_size=cfg.encode_batch_size, max_queue=max(cfg.max_queue, cfg.max_inputs),
             )  # fmt: skip
             self.batcher.start()
-        for kind in ("transcription", "generation"):
-            s = self.registry.get(kind)
-            if s is not None:
-                self.gates[kind] = Gate(s.id, self.cfg.max_queue_requests, self.metrics)
+        speech = self.registry.get("transcription")
+        if speech is not None:
+            self.gates["transcription"] = Gate(speech.id, self.cfg.max_queue_requests, self.metrics)
+        llm = self.registry.get("generation")
+        if llm is not None:
+            self.generation = GenerationBatcher(
+                llm.model, self.threads["generation"], llm.id, self.metrics,
+                max_batch_size=self.cfg.max_concurrent_generations, max_queue=self.cfg.max_queue_requests,
+            )  # fmt: skip
+            self.generation.start()
 
     async def stop(self) -> None:
         if self.batcher is not None:
             await self.batcher.stop()
+        if self.generation is not None:
+            await self.generation.stop()
         for t in self.threads.values():
             await asyncio.to_thread(t.close)
 
@@ -333,43 +342,64 @@ def _check_sampling(body, served: Served, n_prompt: int, cfg: ServeConfig) -> Tu
 
 
 class _Generation:
-    """One request's decoding, a token per step on the model's thread: `async for delta in gen.run()` yields the
-    new text of each step (held back while it may still become a stop string or is half a character)."""
+    """One request's decoding, a row of the continuous batch (workers.GenerationBatcher): `async for delta in
+    gen.run()` yields the new text of each step as the batch decodes it (held back while it may still become a stop
+    string or is half a character). The request joins the batch when `run` starts and leaves it when `run` ends,
+    whichever way (its last token, an error, a timeout, the client gone)."""
 
     def __init__(self, server: Server, served: Served, ids: List[int], max_new: int, options: Dict[str, Any]):
-        from ..generation import generate_stream
+        from ..generation import Plan
 
         self.server, self.served, self.ids, self.max_new = server, served, ids, max_new
         model = served.model
         self.stops: List[str] = options.get("stop_strings", [])
         try:
-            self.steps = generate_stream(model, np.array([ids], np.int64), **options)
+            Plan(model, np.array([ids], np.int64), **options)  # the options checked now: 400 before any answer
         except ValueError as e:
             raise ApiError(400, str(e), code="invalid_value") from None
+        self.options = options
         eos = model.config.get("eos_token_id")
         self.eos = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
         self.tokens: List[int] = []
         self.finish_reason = "length"
         self.deadline = time.perf_counter() + server.cfg.request_timeout
+        self.request = None  # the batcher's, once submitted
+
+    def cancel(self) -> None:
+        """Leaves the batch (or its queue) unless it has ended."""
+        if self.request is not None and not self.request.done:
+            self.server.generation.cancel(self.request)
+
+    async def _tokens(self) -> AsyncIterator[int]:
+        """The request's tokens as the batch produces them, up to and with the one that ended it."""
+        batcher, cfg = self.server.generation, self.server.cfg
+        try:
+            self.request, steps = batcher.submit(self.ids, self.options)
+        except ValueError as e:
+            raise ApiError(400, str(e), code="invalid_value") from None
+        while True:
+            left = self.deadline - time.perf_counter()
+            try:
+                token, ended, error = await asyncio.wait_for(steps.get(), max(left, 0.0))
+            except asyncio.TimeoutError:
+                raise ApiError(504, f"no answer within {cfg.request_timeout:g} s", code="timeout") from None
+            if error is not None:
+                if isinstance(error, ValueError):
+                    raise ApiError(400, str(error), code="invalid_value") from None
+                raise error
+            if token is not None:
+                yield token
+            if ended:
+                return
 
     async def run(self) -> AsyncIterator[str]:
         server, model = self.server, self.served.model
         hold = max((len(s) for s in self.stops), default=1) - 1
         shown = ""
         first: Optional[float] = None
-        async with server.gates["generation"].turn():
-            thread = server.threads["generation"]
-            while True:
-                if time.perf_counter() > self.deadline:
-                    raise ApiError(504, f"no answer within {server.cfg.request_timeout:g} s", code="timeout")
-                try:
-                    step = await thread.run(next, self.steps, None)
-                except ValueError as e:
-                    raise ApiError(400, str(e), code="invalid_value") from None
-                if step is None:
-                    break
+        try:
+            async for token in self._tokens():
                 first = first or time.perf_counter()
-                token = int(step[0])
                 if token in self.eos:
                     self.finish_reason = "stop"
                     break
@@ -390,12 +420,14 @@ class _Generation:
                 if end > len(shown) and text.startswith(shown):
                     yield text[len(shown) : end]
                     shown = text[:end]
-            text = model.decode(self.tokens)
-            if len(text) > len(shown) and text.startswith(shown):
-                yield text[len(shown) :]
-            if first is not None and len(self.tokens) > 1:
-                rate = (len(self.tokens) - 1) / max(time.perf_counter() - first, 1e-9)
-                server.metrics.tokens_per_second.labels(self.served.id).observe(rate)
+        finally:
+            self.cancel()
+        text = model.decode(self.tokens)
+        if len(text) > len(shown) and text.startswith(shown):
+            yield text[len(shown) :]
+        if first is not None and len(self.tokens) > 1:
+            rate = (len(self.tokens) - 1) / max(time.perf_counter() - first, 1e-9)
+            server.metrics.tokens_per_second.labels(self.served.id).observe(rate)
 
     def usage(self) -> Dict[str, int]:
         n = len(self.tokens)
@@ -443,9 +475,11 @@ async def _answer(request: Request, gen: _Generation, body, chat: bool) -> Respo
             except Exception as e:
                 errors.log.exception("generation failed")
                 yield _sse(errors.error_body(500, f"internal error: {type(e).__name__}: {e}", code="internal_error"))
+            finally:
+                gen.cancel()
             yield "data: [DONE]\n\n"
 
-        gen.server.gates["generation"].check()  # a full queue is a 503, not an event after a 200
+        gen.server.generation.check()  # a full queue is a 503, not an event after a 200
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     parts: List[str] = []
@@ -460,7 +494,8 @@ async def _answer(request: Request, gen: _Generation, body, chat: bool) -> Respo
         done, _ = await asyncio.wait({job, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         gone.cancel()
-    if job not in done:  # the client left: stop decoding at the next step
+    if job not in done:  # the client left: its row leaves the batch before the next step
+        gen.cancel()
         job.cancel()
         try:
             await job

@@ -34,9 +34,12 @@ class ServeConfig:
     encode_batch_size: int = 32  # sentences per forward pass inside a gathered batch (sorted by length)
     batching: bool = False  # set below: True unless max_batch_size == 0 ("one request at a time")
 
+    # continuous batching of generations: requests decoded together, one token each per step; 1: one at a time
+    max_concurrent_generations: int = 8
+
     # limits
     max_queue: int = 4096  # embedding sentences waiting; more: 503 with Retry-After
-    max_queue_requests: int = 16  # transcriptions or generations waiting for their model; more: 503
+    max_queue_requests: int = 16  # transcriptions waiting for their model, generations for a row; more: 503
     max_inputs: int = 2048  # inputs per embeddings request (OpenAI's limit)
     auto_truncate: bool = False  # inputs longer than the model's max length: truncated, else 400
     max_body_bytes: int = 4 * 2**20  # JSON bodies
@@ -49,7 +52,8 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         self.batching = self.max_batch_size > 0
-        for name in ("max_queue", "max_queue_requests", "max_inputs", "max_body_bytes", "max_upload_bytes"):
+        for name in ("max_queue", "max_queue_requests", "max_inputs", "max_body_bytes", "max_upload_bytes",
+                     "max_concurrent_generations"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("max_audio_seconds", "request_timeout", "body_timeout", "max_tokens", "encode_batch_size"):

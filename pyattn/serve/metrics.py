@@ -39,6 +39,10 @@ class Metrics:
         self.sentences = Counter("pyattn_embedded_sentences", "Sentences embedded", ["model"], registry=r)
         self.prompt_tokens = Counter("pyattn_prompt_tokens", "Input tokens processed", ["model"], registry=r)
         self.generated_tokens = Counter("pyattn_generated_tokens", "Tokens generated", ["model"], registry=r)
+        self.generation_batch_size = Histogram(
+            "pyattn_generation_batch_size", "Generations decoded together per step (continuous batching)", ["model"],
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64), registry=r,
+        )  # fmt: skip
         self.tokens_per_second = Histogram(
             "pyattn_generation_tokens_per_second", "Decoding speed per request, after its first token", ["model"],
             buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500), registry=r,

@@ -1,5 +1,6 @@
-"""Inference off the event loop: one thread per model, a bounded queue in front of each, and the dynamic batcher
-that gathers concurrent embedding requests into one encode call.
+"""Inference off the event loop: one thread per model, a bounded queue in front of each, the dynamic batcher that
+gathers concurrent embedding requests into one encode call, and the continuous batcher whose decoding steps
+concurrent generations share.
 
 The kernels release the GIL, so the event loop keeps accepting, parsing and answering while a model computes.
 Each model's calls run one after another on its own thread (its arrays and KV caches are not shared between
@@ -15,11 +16,12 @@ import logging
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable, Deque, List, Optional, TypeVar
+from typing import AsyncIterator, Callable, Deque, Dict, List, Optional, Tuple, TypeVar
 
 import numpy as np
 
 from .. import _core
+from ..generation.continuous import ContinuousBatcher, Request
 from .errors import ApiError, overloaded
 from .metrics import Metrics
 
@@ -44,7 +46,7 @@ class ModelThread:
 
 
 class Gate:
-    """A model that serves one request at a time (transcription, generation): the others wait in a bounded,
+    """A model that serves one request at a time (transcription): the others wait in a bounded,
     first-come queue; one more than ``limit`` waiting is refused with 503 and Retry-After."""
 
     def __init__(self, model: str, limit: int, metrics: Metrics):
@@ -229,3 +231,95 @@ class EmbeddingBatcher:
             if not job.future.done():
                 job.future.set_result(rows[at : at + n])
             at += n
+
+
+class GenerationBatcher:
+    """Continuous batching of generations (pyattn.generation.continuous) on the model's thread: one loop steps the
+    batch, every running request gets a token per step, requests waiting join at the next step while fewer than
+    ``max_batch_size`` run, and each request receives its tokens through its own asyncio queue as they come.
+
+    ``submit`` queues a request (503 when ``max_queue`` already wait for a row to free); ``cancel`` drops it (a
+    client that left, a timeout): a waiting one at once, a running one before the next step. ``max_batch_size == 1``
+    serves one generation at a time, in arrival order (the baseline the benchmark compares with)."""
+
+    def __init__(self, model, thread: ModelThread, name: str, metrics: Metrics, *, max_batch_size: int, max_queue: int):
+        self.batcher = ContinuousBatcher(model, max_batch_size)
+        self.thread, self.model, self.metrics, self.max_queue = thread, name, metrics, max_queue
+        self._queues: Dict[Request, asyncio.Queue] = {}  # requests not yet ended: where their tokens go
+        self._arrived: Dict[Request, float] = {}  # requests not yet started: when they came
+        self._wake = asyncio.Event()
+        self._task: Optional[asyncio.Task] = None
+        for m in (metrics.generation_batch_size, metrics.queue_seconds):
+            m.labels(name)  # the series exist, at zero, before the first step
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._serve(), name=f"generation-{self.model}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        gone = ApiError(503, "the server is shutting down", code="shutting_down")
+        for request, queue in list(self._queues.items()):
+            self.batcher.cancel(request)
+            queue.put_nowait((None, True, gone))
+        self._queues.clear()
+
+    def check(self) -> None:
+        """503 now if the queue is full: ``max_queue`` requests wait for a row beyond those the next step admits (a
+        streamed answer checks before its status line goes out)."""
+        if self.batcher.backlog >= self.max_queue:
+            self.metrics.rejected.labels("queue_full").inc()
+            raise overloaded(self.model)
+
+    def submit(self, ids: List[int], options: dict) -> Tuple[Request, asyncio.Queue]:
+        """Queues a generation; returns it and the queue of its steps: (token or None, ended, error or None)
+        tuples. ValueError for options the model refuses, 503 when the queue is full."""
+        self.check()
+        request = self.batcher.submit(np.asarray(ids, np.int64), **options)
+        queue: asyncio.Queue = asyncio.Queue()
+        self._queues[request], self._arrived[request] = queue, time.perf_counter()
+        self.metrics.queue_depth.labels(self.model).set(self.batcher.waiting)
+        self._wake.set()
+        return request, queue
+
+    def cancel(self, request: Request) -> None:
+        self.batcher.cancel(request)
+        self._queues.pop(request, None)
+        self._arrived.pop(request, None)
+        self.metrics.queue_depth.labels(self.model).set(self.batcher.waiting)
+
+    async def _serve(self) -> None:
+        while True:
+            if not self.batcher.busy:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            try:
+                events = await self.thread.run(self.batcher.step)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug here must not leave every request waiting for its timeout
+                log.exception("the generation batcher failed; it goes on")
+                await asyncio.sleep(0.01)
+                continue
+            self._deliver(events)
+
+    def _deliver(self, events) -> None:
+        now = time.perf_counter()
+        if self.batcher.last_rows:
+            self.metrics.generation_batch_size.labels(self.model).observe(self.batcher.last_rows)
+        for request, token in events:
+            arrived = self._arrived.pop(request, None)
+            if arrived is not None:
+                self.metrics.queue_seconds.labels(self.model).observe(now - arrived)
+            queue = self._queues.get(request)
+            if queue is None:  # cancelled meanwhile
+                continue
+            queue.put_nowait((token, request.done, request.error))
+            if request.done:
+                del self._queues[request]
+        self.metrics.queue_depth.labels(self.model).set(self.batcher.waiting)
