@@ -1,12 +1,18 @@
-"""Server benchmark: `pyattn serve` under N concurrent embedding clients, with and without dynamic batching, against
-offline `SentenceEncoder.encode` and against sentence-transformers behind a minimal FastAPI endpoint.
+"""Server benchmark: `pyattn serve` under N concurrent clients. Two loads:
+
+* embeddings (default): with and without dynamic batching, against offline `SentenceEncoder.encode` and against
+  sentence-transformers behind a minimal FastAPI endpoint;
+* generation (--task generation): chat completions with continuous batching (concurrent requests share decoding
+  steps) against the same server serving one generation at a time.
 
     python benchmarks/bench_serve.py                    # full run: 1, 8, 32, 128 clients, 20 s each
     python benchmarks/bench_serve.py --quick            # CI-sized: proves it runs, its numbers mean nothing
     python benchmarks/bench_serve.py --peer-python other-venv/bin/python   # the peer in another environment
+    python benchmarks/bench_serve.py --task generation  # 1, 4, 8 chat clients, 30 s each
+    python benchmarks/bench_serve.py --task generation --quick
 
-Each client sends requests of 1-32 sentences (5-40 words from a fixed vocabulary, seeded) one after another, on
-localhost, until the level's time or request budget is spent. Rows:
+Embeddings: each client sends requests of 1-32 sentences (5-40 words from a fixed vocabulary, seeded) one after
+another, on localhost, until the level's time or request budget is spent. Rows:
 
 * offline    -- SentenceEncoder.encode over the same sentence mix in a fresh process, batch_size 32: the ceiling;
 * batched    -- `pyattn serve` with its defaults (requests gathered up to --max-batch-size sentences);
@@ -16,10 +22,22 @@ localhost, until the level's time or request budget is spent. Rows:
                 pool), when this interpreter or --peer-python's has them (skipped, with the reason, otherwise).
 
 Columns: throughput (sentences/s answered 200), p50 / p99 request latency, errors (non-200 or transport; must be 0
-below the queue limit), the server's RSS before the level, after it (2 s idle), and its peak so far (VmHWM). The
-server runs in its own process; the load generator (httpx, asyncio) shares the machine with it, as a client on the
-same host would. Writes benchmarks/results/serve_<machine tag>.{json,txt,png} (--quick: serve_<tag>_quick.*,
-gitignored).
+below the queue limit), the server's RSS before the level, after it (2 s idle), and its peak so far (VmHWM).
+
+Generation: each client sends chat completions one after another -- a question drawn (seeded) from a fixed list
+that asks for a long answer, greedy, --max-tokens-per-request (32) new tokens -- to the default LLM. Rows:
+
+* continuous -- `pyattn serve` with its defaults (up to --max-concurrent-generations 8 requests decoded together,
+                one token each per step, joining and leaving between steps);
+* queued     -- `pyattn serve --max-concurrent-generations 1`: one generation at a time, the others wait (what the
+                server did before continuous batching).
+
+Columns: aggregate generated tokens/s (usage.completion_tokens of the answers, over the level's wall time), p50 /
+p99 request latency, errors, requests.
+
+The server runs in its own process; the load generator (httpx, asyncio) shares the machine with it, as a client on
+the same host would. Writes benchmarks/results/serve_<machine tag>.{json,txt,png} (generation:
+serve_generation_<tag>.*; --quick: *_quick.*, gitignored).
 """
 
 from __future__ import annotations
@@ -42,12 +60,29 @@ from _machine import headline, package_versions, result_paths
 
 HERE = Path(__file__).resolve().parent
 MODEL = "all-MiniLM-L6-v2"
+LLM = "SmolLM2-135M-Instruct"
 IDLE_SECONDS = 2.0  # between a level's load and its "after" RSS
 WORDS = (
     "the a of server batch model vector token attention sentence query key value layer network request client "
     "latency throughput memory thread queue answer question language speech text search index document page "
     "quick brown fox jumps over lazy dog river mountain city night morning student teacher paper result"
 ).split()
+
+
+QUESTIONS = [
+    "Write a short story about a lighthouse keeper who finds a message in a bottle.",
+    "Explain how a bicycle works, part by part.",
+    "Describe a walk through a forest in autumn.",
+    "Why do cities grow near rivers? Give several reasons.",
+    "Tell me about the life of a honey bee, from egg to adult.",
+    "Write a letter to a friend about a trip to the mountains.",
+    "Explain what a computer does when you press a key.",
+    "Describe the history of the printing press.",
+    "List ten things to pack for a week of camping, and say why.",
+    "Write a poem about the sea at night.",
+    "How does rain form? Explain step by step.",
+    "Describe your favourite meal and how to cook it.",
+]
 
 
 def sentences(rng: np.random.Generator, n: int) -> List[str]:
@@ -146,6 +181,54 @@ async def load(url: str, clients: int, seconds: float, max_requests: int, seed: 
     }
 
 
+async def load_generation(
+    url: str, clients: int, seconds: float, max_requests: int, seed: int, max_tokens: int
+) -> dict:
+    """`clients` loops sending one chat completion at a time until `seconds` or `max_requests` in all."""
+    import httpx
+
+    latencies: List[float] = []
+    errors: List[str] = []
+    done = [0, 0]  # requests sent, tokens generated
+    deadline = time.perf_counter() + seconds
+
+    async def client(c: httpx.AsyncClient, i: int) -> None:
+        r = np.random.default_rng(seed * 1000 + i)
+        while time.perf_counter() < deadline and done[0] < max_requests:
+            done[0] += 1
+            question = QUESTIONS[int(r.integers(0, len(QUESTIONS)))]
+            body = {"model": LLM, "messages": [{"role": "user", "content": question}], "max_tokens": max_tokens,
+                    "temperature": 0}  # fmt: skip
+            t0 = time.perf_counter()
+            try:
+                resp = await c.post(f"{url}/v1/chat/completions", json=body)
+                if resp.status_code == 200:
+                    done[1] += resp.json()["usage"]["completion_tokens"]
+                else:
+                    errors.append(f"{resp.status_code}")
+            except httpx.HTTPError as e:
+                errors.append(type(e).__name__)
+            latencies.append(time.perf_counter() - t0)
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as c:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(c, i) for i in range(clients)))
+        elapsed = time.perf_counter() - t0
+    lat = sorted(latencies) or [float("nan")]
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "tokens": done[1],
+        "seconds": elapsed,
+        "tokens_per_s": done[1] / elapsed,
+        "p50_ms": statistics.median(lat) * 1e3,
+        "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1e3,
+        "errors": len(errors),
+        "error_kinds": sorted(set(errors)),
+    }
+
+
 def offline(n: int, seed: int, threads: int) -> dict:
     """SentenceEncoder.encode over the same sentence mix, in a fresh process (no server beside it)."""
     cmd = [sys.executable, __file__, "--offline-worker", str(n), "--seed", str(seed), "--threads", str(threads)]
@@ -168,7 +251,9 @@ def offline_worker(n: int, seed: int, threads: int) -> None:
     print(json.dumps({"sentences": n, "seconds": dt, "sentences_per_s": n / dt}))
 
 
-def run_server(name: str, cmd: List[str], port: int, levels: List[int], args, emit) -> List[dict]:
+def run_server(name: str, cmd: List[str], port: int, levels: List[int], emit, warm_up, measure, show) -> List[dict]:
+    """Starts a server, warms it up (warm_up(url)), then loads it at each level (measure(url, clients) -> row) and
+    emits show(row) with its RSS before, after (2 s idle) and at its peak."""
     rows = []
     try:
         proc = start(cmd, port)
@@ -177,23 +262,98 @@ def run_server(name: str, cmd: List[str], port: int, levels: List[int], args, em
         return [{"server": name, "error": str(e)}]
     try:
         url = f"http://127.0.0.1:{port}"
-        asyncio.run(load(url, 2, min(1.0, args.seconds), 20, args.seed, args.encoding_format))  # warm-up
+        warm_up(url)
         for clients in levels:
             before = rss_mb(proc.pid)
-            r = asyncio.run(load(url, clients, args.seconds, args.max_requests, args.seed, args.encoding_format))
+            r = measure(url, clients)
             time.sleep(IDLE_SECONDS)  # pyattn serve trims its heap after 1 s idle
             r.update(
                 server=name, rss_before_mb=before, rss_after_mb=rss_mb(proc.pid), rss_peak_mb=rss_mb(proc.pid, "VmHWM")
             )
             rows.append(r)
             emit(
-                f"{name:10s} {clients:4d} clients  {r['sentences_per_s']:8.1f} sent/s  p50 {r['p50_ms']:8.1f} ms  "
-                f"p99 {r['p99_ms']:8.1f} ms  errors {r['errors']:4d}  RSS {r['rss_before_mb']:.0f} -> "
-                f"{r['rss_after_mb']:.0f} MB, peak {r['rss_peak_mb']:.0f}  ({r['requests']} requests)"
+                f"{name:10s} {clients:4d} clients  {show(r)}  p50 {r['p50_ms']:8.1f} ms  p99 {r['p99_ms']:8.1f} ms  "
+                f"errors {r['errors']:4d}  RSS {r['rss_before_mb']:.0f} -> {r['rss_after_mb']:.0f} MB, peak "
+                f"{r['rss_peak_mb']:.0f}  ({r['requests']} requests)"
             )
     finally:
         stop(proc)
     return rows
+
+
+def embedding_servers(args, levels: List[int], results: dict, emit) -> None:
+    """The embedding rows: offline, batched, unbatched, peer; then each level's ratios."""
+
+    def warm_up(url):
+        asyncio.run(load(url, 2, min(1.0, args.seconds), 20, args.seed, args.encoding_format))
+
+    def measure(url, clients):
+        return asyncio.run(load(url, clients, args.seconds, args.max_requests, args.seed, args.encoding_format))
+
+    def show(r):
+        return f"{r['sentences_per_s']:8.1f} sent/s"
+
+    results["offline"] = offline(512 if args.quick else 4096, args.seed, args.threads)
+    emit(f"{'offline':10s}              {results['offline']['sentences_per_s']:8.1f} sent/s  (encode, batch_size 32)")
+    threads = ["--threads", str(args.threads)] if args.threads else []
+    base = [sys.executable, "-m", "pyattn", "serve", "--no-whisper", "--no-llm", "--log-level", "warning", *threads]
+    wanted = args.servers.split(",")
+    for name, extra in (("batched", []), ("unbatched", ["--max-batch-size", "0"])):
+        if name in wanted:
+            port = free_port()
+            cmd = base + ["--port", str(port), *extra]
+            results["rows"] += run_server(name, cmd, port, levels, emit, warm_up, measure, show)
+    if "peer" in wanted:
+        why = peer_ready(args.peer_python)
+        if why:
+            emit(f"{'peer':10s} skipped: {why}")
+            results["peer_skipped"] = why
+        else:
+            port = free_port()
+            cmd = [args.peer_python, str(HERE / "_st_server.py"), "--port", str(port), *threads]
+            results["rows"] += run_server("peer", cmd, port, levels, emit, warm_up, measure, show)
+    by = {(r["server"], r.get("clients")): r for r in results["rows"] if "error" not in r}
+    for clients in levels:
+        b, u, p = by.get(("batched", clients)), by.get(("unbatched", clients)), by.get(("peer", clients))
+        if b:
+            parts = [f"{clients} clients: batched = {b['sentences_per_s'] / results['offline']['sentences_per_s']:.0%}"
+                     " of offline"]  # fmt: skip
+            if u:
+                parts.append(f"{b['sentences_per_s'] / u['sentences_per_s']:.2f}x unbatched")
+            if p:
+                parts.append(f"{b['sentences_per_s'] / p['sentences_per_s']:.2f}x the peer")
+            emit(", ".join(parts))
+
+
+def generation_servers(args, levels: List[int], results: dict, emit) -> None:
+    """The generation rows: continuous batching and one generation at a time; then each level's ratios."""
+    n = args.max_tokens_per_request
+
+    def warm_up(url):
+        asyncio.run(load_generation(url, 2, 60.0, 2, args.seed, n))
+
+    def measure(url, clients):
+        return asyncio.run(load_generation(url, clients, args.seconds, args.max_requests, args.seed, n))
+
+    def show(r):
+        return f"{r['tokens_per_s']:8.1f} tok/s"
+
+    threads = ["--threads", str(args.threads)] if args.threads else []
+    base = [sys.executable, "-m", "pyattn", "serve", "--no-embed", "--no-whisper", "--log-level", "warning",
+            "--max-tokens", str(n), *threads]  # fmt: skip
+    for name, extra in (("continuous", []), ("queued", ["--max-concurrent-generations", "1"])):
+        if name in args.servers.split(","):
+            port = free_port()
+            cmd = base + ["--port", str(port), *extra]
+            results["rows"] += run_server(name, cmd, port, levels, emit, warm_up, measure, show)
+    by = {(r["server"], r.get("clients")): r for r in results["rows"] if "error" not in r}
+    for clients in levels:
+        c, q = by.get(("continuous", clients)), by.get(("queued", clients))
+        if c and q:
+            emit(
+                f"{clients} clients: continuous = {c['tokens_per_s'] / q['tokens_per_s']:.2f}x the tokens/s of queued, "
+                f"p50 latency {c['p50_ms'] / q['p50_ms']:.2f}x"
+            )
 
 
 def peer_ready(python: Optional[str]) -> Optional[str]:
@@ -212,14 +372,19 @@ def plot(results: dict, path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
+    generation = results["settings"]["task"] == "generation"
+    names = ("continuous", "queued") if generation else ("batched", "unbatched", "peer")
+    rate, unit = ("tokens_per_s", "generated tokens / s") if generation else ("sentences_per_s", "sentences / s")
+    latency = "p50_ms" if generation else "p99_ms"
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    for name in ("batched", "unbatched", "peer"):
+    for name in names:
         rows = [r for r in results["rows"] if r.get("server") == name and "error" not in r]
         if rows:
-            a.plot([r["clients"] for r in rows], [r["sentences_per_s"] for r in rows], "o-", label=name)
-            b.plot([r["clients"] for r in rows], [r["p99_ms"] for r in rows], "o-", label=name)
-    a.axhline(results["offline"]["sentences_per_s"], ls="--", c="gray", label="offline encode")
-    for ax, label in ((a, "sentences / s"), (b, "p99 latency, ms")):
+            a.plot([r["clients"] for r in rows], [r[rate] for r in rows], "o-", label=name)
+            b.plot([r["clients"] for r in rows], [r[latency] for r in rows], "o-", label=name)
+    if "offline" in results:
+        a.axhline(results["offline"]["sentences_per_s"], ls="--", c="gray", label="offline encode")
+    for ax, label in ((a, unit), (b, f"{latency[:3]} latency, ms")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("concurrent clients")
         ax.set_ylabel(label)
@@ -231,19 +396,21 @@ def plot(results: dict, path: Path) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", default="embeddings", choices=["embeddings", "generation"])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--clients", default="1,8,32,128", help="comma-separated concurrency levels")
-    ap.add_argument("--seconds", type=float, default=20.0, help="per level")
+    ap.add_argument("--clients", default=None, help="comma-separated concurrency levels (1,8,32,128; generation 1,4,8)")
+    ap.add_argument("--seconds", type=float, default=None, help="per level (20; generation 30)")
     ap.add_argument("--max-requests", type=int, default=20000, help="per level")
     ap.add_argument("--threads", type=int, default=0, help="server threads (default: all processors)")
     ap.add_argument("--encoding-format", default="float", choices=["float", "base64"])
+    ap.add_argument("--max-tokens-per-request", type=int, default=32, help="generation: max_tokens of each request")
     ap.add_argument(
         "--peer-python",
         default=sys.executable,
         help="an interpreter with sentence-transformers, torch, fastapi, uvicorn (default: this one; without them "
         "the peer is skipped)",
     )
-    ap.add_argument("--servers", default="batched,unbatched,peer")
+    ap.add_argument("--servers", default=None, help="batched,unbatched,peer; generation: continuous,queued")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--offline-worker", type=int, default=0, help=argparse.SUPPRESS)
@@ -251,9 +418,13 @@ def main(argv=None) -> int:
     if args.offline_worker:
         offline_worker(args.offline_worker, args.seed, args.threads)
         return 0
+    generation = args.task == "generation"
+    args.clients = args.clients or ("1,4,8" if generation else "1,8,32,128")
+    args.seconds = args.seconds or (30.0 if generation else 20.0)
+    args.servers = args.servers or ("continuous,queued" if generation else "batched,unbatched,peer")
     levels = [int(x) for x in args.clients.split(",")]
     if args.quick:
-        levels, args.seconds, args.max_requests = [1, 8], 2.0, 200
+        levels, args.seconds, args.max_requests = ([1, 4], 5.0, 8) if generation else ([1, 8], 2.0, 200)
     machine = describe_machine()
     lines: List[str] = []
 
@@ -264,7 +435,10 @@ def main(argv=None) -> int:
 
     versions = package_versions("pyattn", "fastapi", "uvicorn", "httpx", "numpy")
     emit(headline(machine), "versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
-    emit(f"levels {levels}, {args.seconds:g} s or {args.max_requests} requests each, 1-32 sentences per request")
+    per_request = (
+        f"chat completions of {args.max_tokens_per_request} tokens (greedy)" if generation else "1-32 sentences"
+    )
+    emit(f"levels {levels}, {args.seconds:g} s or {args.max_requests} requests each, {per_request} per request")
     results = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine,
@@ -272,36 +446,8 @@ def main(argv=None) -> int:
         "settings": {k: v for k, v in vars(args).items() if k != "out"} | {"levels": levels},
         "rows": [],
     }
-    results["offline"] = offline(512 if args.quick else 4096, args.seed, args.threads)
-    emit(f"{'offline':10s}              {results['offline']['sentences_per_s']:8.1f} sent/s  (encode, batch_size 32)")
-    threads = ["--threads", str(args.threads)] if args.threads else []
-    base = [sys.executable, "-m", "pyattn", "serve", "--no-whisper", "--no-llm", "--log-level", "warning", *threads]
-    wanted = args.servers.split(",")
-    for name, extra in (("batched", []), ("unbatched", ["--max-batch-size", "0"])):
-        if name in wanted:
-            port = free_port()
-            results["rows"] += run_server(name, base + ["--port", str(port), *extra], port, levels, args, emit)
-    if "peer" in wanted:
-        why = peer_ready(args.peer_python)
-        if why:
-            emit(f"{'peer':10s} skipped: {why}")
-            results["peer_skipped"] = why
-        else:
-            port = free_port()
-            cmd = [args.peer_python, str(HERE / "_st_server.py"), "--port", str(port), *threads]
-            results["rows"] += run_server("peer", cmd, port, levels, args, emit)
-    by = {(r["server"], r.get("clients")): r for r in results["rows"] if "error" not in r}
-    for clients in levels:
-        b, u, p = by.get(("batched", clients)), by.get(("unbatched", clients)), by.get(("peer", clients))
-        if b:
-            parts = [f"{clients} clients: batched = {b['sentences_per_s'] / results['offline']['sentences_per_s']:.0%}"
-                     " of offline"]  # fmt: skip
-            if u:
-                parts.append(f"{b['sentences_per_s'] / u['sentences_per_s']:.2f}x unbatched")
-            if p:
-                parts.append(f"{b['sentences_per_s'] / p['sentences_per_s']:.2f}x the peer")
-            emit(", ".join(parts))
-    paths = result_paths(Path(args.out), "serve", machine, args.quick)
+    (generation_servers if generation else embedding_servers)(args, levels, results, emit)
+    paths = result_paths(Path(args.out), "serve_generation" if generation else "serve", machine, args.quick)
     paths["json"].parent.mkdir(parents=True, exist_ok=True)
     paths["json"].write_text(json.dumps(results, indent=1))
     paths["txt"].write_text("\n".join(lines) + "\n")
