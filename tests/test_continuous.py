@@ -216,8 +216,10 @@ class TableModel:
 
     def step(self, ids, positions, state, attention_mask=None):
         self.calls.append(ids.shape)
-        if self.fail_on is not None and (ids == self.fail_on).any():
+        if isinstance(self.fail_on, int) and (ids == self.fail_on).any():
             raise RuntimeError("boom")
+        if self.fail_on == "decode" and ids.shape[1] == 1:
+            raise RuntimeError("the batch's step")
         return self.table[ids[:, -1]] + np.float32(0.3) * positions[:, -1:].astype(np.float32)
 
 
@@ -241,6 +243,14 @@ def test_failures_end_their_requests_and_the_batcher_goes_on():
     while b.busy:
         b.step()
     assert ok.tokens == alone(m, [1, 2], max_new_tokens=5)
+    m.fail_on = "decode"  # the batch's step fails: its request ends, the one waiting starts afresh
+    running, waiting = b.submit([1, 2], max_new_tokens=5), b.submit([4, 5], max_new_tokens=1)
+    assert b.step() == [(running, running.tokens[0])]
+    assert b.step() == [(running, None)] and b.last_rows == 0
+    assert running.finish_reason == "error" and "batch's step" in str(running.error) and len(running.tokens) == 1
+    assert b.step() == [(waiting, waiting.tokens[0])] and b.last_rows == 1 and not b.busy
+    assert waiting.tokens == alone(m, [4, 5], max_new_tokens=1)
+    m.fail_on = None
     zero = b.submit([1], max_new_tokens=0)
     assert b.step() == [(zero, None)] and zero.finish_reason == "length" and not zero.tokens
     with pytest.raises(ValueError, match="beam"):

@@ -165,19 +165,24 @@ class ContinuousBatcher:
     def step(self) -> List[Event]:
         """One decoding step for the batch, with the waiting requests that fit joining it. Returns (request, token)
         for each row that produced a token, in the batch's order; a request that ended has its finish_reason
-        (and a request that failed, or had max_new_tokens 0, comes with token None)."""
-        self._leave()  # the cancelled
+        (and a request that failed, or had max_new_tokens 0, comes with token None). A prompt or a processor that
+        fails ends its own request; a failure of the batch's step (the state may be half-written) ends every
+        request in the batch, and the next step starts afresh."""
         events: List[Event] = []
-        logits = []
-        if self._rows:
-            try:
-                logits.append(self._decode())
-            except Exception as e:  # the state may be half-written: the batch fails, later requests start afresh
-                events += [(r, None) for r in self._rows]
-                for r in self._rows:
+        self.last_rows = 0
+        try:
+            self._step(events)
+        except Exception as e:
+            for r in self._rows:
+                if not r.done:
                     r._finish("error", e)
-                self._reset()
-                logits = []
+                    events.append((r, None))
+            self._reset()
+        return events
+
+    def _step(self, events: List[Event]) -> None:
+        self._leave()  # the cancelled
+        logits = [self._decode()] if self._rows else []
         logits += self._admit(events)
         rows = self._rows
         self.last_rows = len(rows)
@@ -193,7 +198,6 @@ class ContinuousBatcher:
                 self._feed[i] = token
                 events.append((r, token))
         self._leave()
-        return events
 
     def _decode(self) -> np.ndarray:
         """Every row's next token through the model in one call: logits (B, V)."""
