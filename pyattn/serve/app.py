@@ -384,9 +384,12 @@ class _Generation:
             except asyncio.TimeoutError:
                 raise ApiError(504, f"no answer within {cfg.request_timeout:g} s", code="timeout") from None
             if error is not None:
-                if isinstance(error, ValueError):
+                if isinstance(error, ApiError):  # the server is shutting down
+                    raise error
+                if isinstance(error, ValueError):  # what the model refused (a position beyond its context, say)
                     raise ApiError(400, str(error), code="invalid_value") from None
-                raise error
+                errors.log.error("generation failed: %s: %s", type(error).__name__, error)
+                raise ApiError(500, f"internal error: {type(error).__name__}: {error}", code="internal_error")
             if token is not None:
                 yield token
             if ended:
