@@ -859,3 +859,23 @@ def test_generation_batcher_streams_each_request_its_tokens():
         )
 
     asyncio.run(main())
+
+
+def test_a_request_over_its_time_gets_504_and_the_server_goes_on(tmp_path):
+    """--request-timeout: a generation still running when its time is up answers 504 in the OpenAI error shape (its
+    row leaves the batch), and the next request is served."""
+    proc, url = _start(tmp_path, "--no-embed", "--no-whisper", "--request-timeout", "1", "--max-tokens", "400")
+    try:
+        with httpx.Client(base_url=url, timeout=60) as c:
+            model = c.get("/v1/models").json()["data"][0]["id"]
+            ask = "Write the numbers from 1 to 200, one per line."
+            body = {"model": model, "messages": [{"role": "user", "content": ask}], "temperature": 0}
+            # greedy, this prompt runs to max_tokens without an end token: 400 tokens, seconds at ~6-15 ms a token
+            r = c.post("/v1/chat/completions", json={**body, "max_tokens": 400})
+            assert r.status_code == 504, r.text
+            assert r.json()["error"]["code"] == "timeout"
+            r = c.post("/v1/chat/completions", json={**body, "max_tokens": 2})
+            assert r.status_code == 200, r.text
+            assert r.json()["usage"]["completion_tokens"] == 2
+    finally:
+        assert _stop(proc) in STOPPED, proc.stdout.read()
