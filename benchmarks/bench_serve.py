@@ -131,6 +131,33 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+async def run_clients(client, clients: int, timeout: float) -> float:
+    """Runs `client(c, i)` for i < clients concurrently over one connection pool; returns the seconds they took."""
+    import httpx
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=timeout, limits=limits) as c:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(c, i) for i in range(clients)))
+        return time.perf_counter() - t0
+
+
+def summary(clients: int, latencies: List[float], errors: List[str], elapsed: float, unit: str, count: int) -> dict:
+    """One level's row: requests, `count` of `unit` answered (and per second), p50 / p99 latency, errors."""
+    lat = sorted(latencies) or [float("nan")]
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        unit: count,
+        "seconds": elapsed,
+        f"{unit}_per_s": count / elapsed,
+        "p50_ms": statistics.median(lat) * 1e3,
+        "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1e3,
+        "errors": len(errors),
+        "error_kinds": sorted(set(errors)),
+    }
+
+
 async def load(url: str, clients: int, seconds: float, max_requests: int, seed: int, fmt: str) -> dict:
     """`clients` loops sending 1-32 sentences per request until `seconds` or `max_requests` in all."""
     import httpx
@@ -162,23 +189,8 @@ async def load(url: str, clients: int, seconds: float, max_requests: int, seed: 
             if ok:
                 done[1] += k
 
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as c:
-        t0 = time.perf_counter()
-        await asyncio.gather(*(client(c, i) for i in range(clients)))
-        elapsed = time.perf_counter() - t0
-    lat = sorted(latencies) or [float("nan")]
-    return {
-        "clients": clients,
-        "requests": len(latencies),
-        "sentences": done[1],
-        "seconds": elapsed,
-        "sentences_per_s": done[1] / elapsed,
-        "p50_ms": statistics.median(lat) * 1e3,
-        "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1e3,
-        "errors": len(errors),
-        "error_kinds": sorted(set(errors)),
-    }
+    elapsed = await run_clients(client, clients, 120)
+    return summary(clients, latencies, errors, elapsed, "sentences", done[1])
 
 
 async def load_generation(
@@ -210,23 +222,8 @@ async def load_generation(
                 errors.append(type(e).__name__)
             latencies.append(time.perf_counter() - t0)
 
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(timeout=300, limits=limits) as c:
-        t0 = time.perf_counter()
-        await asyncio.gather(*(client(c, i) for i in range(clients)))
-        elapsed = time.perf_counter() - t0
-    lat = sorted(latencies) or [float("nan")]
-    return {
-        "clients": clients,
-        "requests": len(latencies),
-        "tokens": done[1],
-        "seconds": elapsed,
-        "tokens_per_s": done[1] / elapsed,
-        "p50_ms": statistics.median(lat) * 1e3,
-        "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1e3,
-        "errors": len(errors),
-        "error_kinds": sorted(set(errors)),
-    }
+    elapsed = await run_clients(client, clients, 300)
+    return summary(clients, latencies, errors, elapsed, "tokens", done[1])
 
 
 def offline(n: int, seed: int, threads: int) -> dict:

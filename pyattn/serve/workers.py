@@ -30,6 +30,16 @@ T = TypeVar("T")
 IDLE_TRIM_SECONDS = 1.0
 
 
+async def _cancelled(task: Optional[asyncio.Task]) -> None:
+    """Cancels a batcher's loop task (if started) and waits until it has ended."""
+    if task is not None:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+
 class ModelThread:
     """The one thread a model computes on: `await run(fn, *args)` runs fn(*args) there and returns its result."""
 
@@ -122,12 +132,7 @@ class EmbeddingBatcher:
         self._task = asyncio.get_running_loop().create_task(self._serve(), name=f"batcher-{self.model}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await _cancelled(self._task)
         while self._jobs:
             job = self._jobs.popleft()
             if not job.future.done():
@@ -256,12 +261,7 @@ class GenerationBatcher:
         self._task = asyncio.get_running_loop().create_task(self._serve(), name=f"generation-{self.model}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await _cancelled(self._task)
         gone = ApiError(503, "the server is shutting down", code="shutting_down")
         for request, queue in list(self._queues.items()):
             self.batcher.cancel(request)
