@@ -61,7 +61,7 @@ void gemm_cols(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, fl
         for_panels(M, ks.i8.mr, ks.i8.nr, N, col0, col1, C, ldc, beta, ep.bias,
                    [&](int64_t pq, int64_t i, int64_t m, float* out, int64_t ld, const float* bb) {
                        ks.i8.tile(m, nb, q + i * kp, kp, sa + i * nb, nb, B.panel_i8(pq), B.panel_scales(pq), out, ld,
-                                  bb);
+                                  bb, i == 0 ? kernels::stream_prefetch_bytes : 0);
                    });
     } else if (info(B.type()).family == WeightFamily::block4) {
         int16_t* q16 =
@@ -73,7 +73,8 @@ void gemm_cols(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, fl
         const kernels::Q4Kernel kernel = ks.q4.tile[B.has_min() ? 1 : 0];
         for_panels(M, ks.q4.mr, kernels::kQ4Cols, N, col0, col1, C, ldc, beta, ep.bias,
                    [&](int64_t pq, int64_t i, int64_t m, float* out, int64_t ld, const float* bb) {
-                       kernel(m, nb, q + i * kp, kp, sa + i * nb, ta + i * nb, nb, B.panel_q4(pq), out, ld, bb);
+                       kernel(m, nb, q + i * kp, kp, sa + i * nb, ta + i * nb, nb, B.panel_q4(pq), out, ld, bb,
+                              i == 0 ? kernels::stream_prefetch_bytes : 0);
                    });
     } else {
         const auto bl = ks.blocking;

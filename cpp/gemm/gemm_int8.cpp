@@ -52,6 +52,7 @@ void gemm_int8(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, fl
     // Rows of Aq per block: about 192 KiB, so that the block stays in L2 while the thread's panels stream past.
     const int64_t mc = std::max<int64_t>(mr, (192 * 1024 / (kp * 2)) / mr * mr);
     const float* bias = ep.bias;
+    const int64_t ahead = kernels::stream_prefetch_bytes;  // for a panel's first row tile (kernels.h)
     const bool act = ep.act != kernels::Activation::none;
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -77,7 +78,7 @@ void gemm_int8(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, fl
                     const int64_t m = std::min<int64_t>(mr, ie - i);
                     store_panel(
                         [&](float* out, int64_t ld, const float* bb) {
-                            k8.tile(m, nb, q + i * kp, kp, sa + i * nb, nb, b, sw, out, ld, bb);
+                            k8.tile(m, nb, q + i * kp, kp, sa + i * nb, nb, b, sw, out, ld, bb, i == ic ? ahead : 0);
                         },
                         m, n, nr, C + i * ldc + j, ldc, beta, bias ? bias + j : nullptr, tile);
                 }
@@ -110,6 +111,7 @@ void gemm_q4(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, floa
     const Grid grid = choose_grid(nt, M, mr, panels);
     const int64_t mc = std::max<int64_t>(mr, (192 * 1024 / kp) / mr * mr);  // rows of Aq per block: ~192 KiB
     const float* bias = ep.bias;
+    const int64_t ahead = kernels::stream_prefetch_bytes;  // for a panel's first row tile (kernels.h)
     const bool act = ep.act != kernels::Activation::none;
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -136,7 +138,8 @@ void gemm_q4(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, floa
                     const int64_t m = std::min<int64_t>(mr, ie - i);
                     store_panel(
                         [&](float* out, int64_t ld, const float* bb) {
-                            kernel(m, nb, q + i * kp, kp, sa + i * nb, ta + i * nb, nb, b, out, ld, bb);
+                            kernel(m, nb, q + i * kp, kp, sa + i * nb, ta + i * nb, nb, b, out, ld, bb,
+                                   i == ic ? ahead : 0);
                         },
                         m, n, nr, C + i * ldc + j, ldc, beta, bias ? bias + j : nullptr, tile);
                 }

@@ -11,14 +11,15 @@
 //   breg, load_b(p)        W columns x one pair of k of the panel (2W bytes at p), widened to int16;
 //   areg, bcast_a(p)       one pair of A (two int16 at p) in every lane;
 //   madd(acc, a, b)        acc + a0 b0 + a1 b1 per lane;
-//   prefetch(p, n)         hint: the n bytes at p + stream_prefetch_bytes will be read (or nothing);
+//   pin(acc)               keeps acc in a register where it is (an empty asm on the vector sets, nothing on scalar);
+//   prefetch(p, n, ahead)  hint: the n bytes at p + ahead will be read (or nothing; ahead 0: nothing);
 //   absmax(x, k, &finite)  max |x[p]| over p < k, and whether every x[p] is finite;
 //   quantize_row(x, k, q, inv)      q[p] = rint(clamp(x[p] * inv, -127, 127)) for p < k (NaN -> -127).
 
 template <int M, int NV>
 void int8_tile_m(int64_t nb, const int16_t* __restrict a, int64_t lda, const float* __restrict sa, int64_t ldsa,
                  const int8_t* __restrict b, const float* __restrict sw, float* __restrict c, int64_t ldc,
-                 const float* bias) {
+                 const float* bias, int64_t ahead) {
     constexpr int NR = NV * VI::W, PAIRS = kQBlock / 2;
     typename VI::freg sum[M][NV];
 #pragma GCC unroll 16
@@ -32,8 +33,8 @@ void int8_tile_m(int64_t nb, const int16_t* __restrict a, int64_t lda, const flo
 #pragma GCC unroll 8
             for (int j = 0; j < NV; ++j) acc[i][j] = VI::izero();
         const int16_t* ab = a + blk * kQBlock;
-        VI::prefetch(b, PAIRS * NR * 2);  // this block's panel bytes, stream_prefetch_bytes ahead
-#pragma GCC unroll 4
+        VI::prefetch(b, PAIRS * NR * 2, ahead);  // this block's panel bytes, `ahead` bytes on
+#pragma GCC unroll 16
         for (int p = 0; p < PAIRS; ++p) {
             typename VI::breg bv[NV];
 #pragma GCC unroll 8
@@ -42,7 +43,10 @@ void int8_tile_m(int64_t nb, const int16_t* __restrict a, int64_t lda, const flo
             for (int i = 0; i < M; ++i) {
                 const typename VI::areg av = VI::bcast_a(ab + i * lda + 2 * p);
 #pragma GCC unroll 8
-                for (int j = 0; j < NV; ++j) acc[i][j] = VI::madd(acc[i][j], av, bv[j]);
+                for (int j = 0; j < NV; ++j) {
+                    acc[i][j] = VI::madd(acc[i][j], av, bv[j]);
+                    VI::pin(acc[i][j]);
+                }
             }
         }
         // this block's int32 sums, scaled by sa * sw, into the float sums
@@ -68,10 +72,10 @@ void int8_tile_m(int64_t nb, const int16_t* __restrict a, int64_t lda, const flo
 
 template <int MR, int NV, int M = MR>
 void int8_tile(int64_t m, int64_t nb, const int16_t* a, int64_t lda, const float* sa, int64_t ldsa, const int8_t* b,
-               const float* sw, float* c, int64_t ldc, const float* bias) {
+               const float* sw, float* c, int64_t ldc, const float* bias, int64_t ahead) {
     if constexpr (M >= 1) {
-        if (m == M) return int8_tile_m<M, NV>(nb, a, lda, sa, ldsa, b, sw, c, ldc, bias);
-        return int8_tile<MR, NV, M - 1>(m, nb, a, lda, sa, ldsa, b, sw, c, ldc, bias);
+        if (m == M) return int8_tile_m<M, NV>(nb, a, lda, sa, ldsa, b, sw, c, ldc, bias, ahead);
+        return int8_tile<MR, NV, M - 1>(m, nb, a, lda, sa, ldsa, b, sw, c, ldc, bias, ahead);
     }
 }
 

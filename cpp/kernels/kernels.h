@@ -72,7 +72,7 @@ struct HalfKernels {
 constexpr int kQBlock = 32;
 
 using Int8Kernel = void (*)(int64_t m, int64_t nb, const int16_t* a, int64_t lda, const float* sa, int64_t ldsa,
-                            const int8_t* b, const float* sw, float* c, int64_t ldc, const float* bias);
+                            const int8_t* b, const float* sw, float* c, int64_t ldc, const float* bias, int64_t ahead);
 
 struct Int8Kernels {
     int mr, nr;       // register tile: up to mr rows of A by one nr-column panel
@@ -106,11 +106,14 @@ constexpr int kQ4Cols = 8;
 // layers at 6.0-6.3 GB/s against 10-11 GB/s for a plain sum. benchmarks/gym/prefetch.py, helpers stopped, 1 thread:
 // layers 10.6-11.0 ms without, 7.9-8.8 ms at 2-8 KiB ahead; the int8 head 4.0-4.1 -> 3.5-3.7 ms; 2 threads 6.5-7.2
 // -> 5.7-6.2 and 2.4-3.0 -> 2.3-2.6 ms (a plateau from 2 to 16 KiB). 0 turns it off (_core._tune_prefetch).
+// The kernels take the distance as their last argument (`ahead`): the drivers pass stream_prefetch_bytes to the first
+// row tile of a panel, which reads the panel from memory, and 0 to the others, which find it in cache (prefetching
+// there cost 5-15% at M = 512, 1 thread).
 extern int64_t stream_prefetch_bytes;
 constexpr int q4_block_bytes(bool has_min) { return 16 * kQ4Cols + (has_min ? 4 : 2) * kQ4Cols; }
 
 using Q4Kernel = void (*)(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta,
-                          int64_t ldsa, const uint8_t* b, float* c, int64_t ldc, const float* bias);
+                          int64_t ldsa, const uint8_t* b, float* c, int64_t ldc, const float* bias, int64_t ahead);
 
 struct Q4Kernels {
     int mr;            // up to mr rows of A by one kQ4Cols-column panel per call

@@ -1,9 +1,9 @@
-// AVX2 int8 kernels (compiled with -mavx2 -mfma -ffp-contract=off). The panel's 16 columns as two 8-column halves
+// AVX2 int8 kernels (compiled with -mavx2 -mfma -ffp-contract=off). The panel's 32 columns as four 8-column quarters
 // (16 bytes each, sign-extended to int16 with vpmovsxbw), A's pair broadcast, one vpmaddwd + vpaddd per 8 columns
 // and pair: 16 multiply-adds, exact (pmaddubsw's u8 x s8 pairs can saturate int16; int16 x int16 pairs cannot).
-// Measured on Zen 3 (2 vector ops per cycle for FMA, vpmaddwd and vpaddd alike): vpmaddwd + vpaddd does 16
-// multiply-adds in 2 ops, an FMA 8 in 1, so int8 matches float32 when compute-bound; it wins where the weights'
-// bytes are the limit (decoding, small batches): 1.125 bytes per weight instead of 4.
+// On Zen 3 vpmaddwd + vpaddd does 16 multiply-adds in 2 ops where an FMA does 8 in 1; with the sums held in
+// registers (pin, below) it measured 1.05-1.6x float32's GEMM at M = 512-4096, and where the weights' bytes
+// are the limit (decoding, small batches) it reads 1.125 bytes per weight instead of 4.
 #include <immintrin.h>
 
 #include "kernels/kernels.h"
@@ -24,8 +24,9 @@ struct VI {
         return _mm256_set1_epi32(v);
     }
     static ireg madd(ireg acc, areg a, breg b) { return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b)); }
-    static void prefetch(const int8_t* p, int64_t n) {
-        const int64_t ahead = stream_prefetch_bytes;
+    // Keeps each sum where it is as the products come: left free, GCC computed a row's products first and spilled them
+    static void pin(ireg& acc) { asm("" : "+x"(acc)); }
+    static void prefetch(const int8_t* p, int64_t n, int64_t ahead) {
         if (ahead <= 0) return;
         for (int64_t o = 0; o < n; o += 64) _mm_prefetch(reinterpret_cast<const char*>(p + ahead + o), _MM_HINT_T0);
     }
@@ -94,6 +95,11 @@ struct VI {
 
 }  // namespace
 
-Int8Kernels avx2_int8_kernels() { return make_int8_kernels<6, 2>(); }
+// 2 rows x 32 columns: 8 int32 sums, 4 panel registers and A's broadcast pair (13 of 16 ymm; the 8 float sums, used
+// once per block, live on the stack). Measured on Zen 3, 1 thread, the kernel alone (a /tmp probe, one binary,
+// interleaved, best of 5) at M = 504 with K x N = 576 x 3072, 1536 x 576, 3072 x 768 and M = 4092 with 384 x 1152:
+// 6 x 2 unpinned (the previous tile) 53-75 GFLOP/s, 4 x 2 pinned 93-116, 2 x 3 pinned 111-120, 2 x 4 pinned 104-120.
+// The p loop unrolled 16 rather than 4 was worth another 1.2-1.5x.
+Int8Kernels avx2_int8_kernels() { return make_int8_kernels<2, 4>(); }
 
 }  // namespace pyattn::kernels

@@ -21,10 +21,9 @@ inline __m256i bcast4(const int8_t* p) {
 
 template <int M, bool kMin>
 void q4_tile_m(int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta, int64_t ldsa,
-               const uint8_t* b, float* c, int64_t ldc, const float* bias) {
+               const uint8_t* b, float* c, int64_t ldc, const float* bias, int64_t ahead) {
     constexpr int64_t bs = q4_block_bytes(kMin);
     const __m256i low = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
-    const int64_t ahead = stream_prefetch_bytes;
     __m256 sum[M];
 #pragma GCC unroll 8
     for (int i = 0; i < M; ++i) sum[i] = _mm256_setzero_ps();
@@ -80,10 +79,10 @@ void q4_tile_m(int64_t nb, const int8_t* a, int64_t lda, const float* sa, const 
 
 template <bool kMin, int M = 4>
 void q4_tile(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta, int64_t ldsa,
-             const uint8_t* b, float* c, int64_t ldc, const float* bias) {
+             const uint8_t* b, float* c, int64_t ldc, const float* bias, int64_t ahead) {
     if constexpr (M >= 1) {
-        if (m == M) return q4_tile_m<M, kMin>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
-        return q4_tile<kMin, M - 1>(m, nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
+        if (m == M) return q4_tile_m<M, kMin>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias, ahead);
+        return q4_tile<kMin, M - 1>(m, nb, a, lda, sa, ta, ldsa, b, c, ldc, bias, ahead);
     }
 }
 

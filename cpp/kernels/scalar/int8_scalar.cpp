@@ -17,7 +17,8 @@ struct VI {
     static breg load_b(const int8_t* p) { return {p[0], p[1]}; }
     static areg bcast_a(const int16_t* p) { return {p[0], p[1]}; }
     static ireg madd(ireg acc, areg a, breg b) { return acc + (a.a0 * b.b0 + a.a1 * b.b1); }
-    static void prefetch(const int8_t*, int64_t) {}
+    static void pin(ireg&) {}
+    static void prefetch(const int8_t*, int64_t, int64_t) {}
     using freg = float;
     static freg fzero() { return 0.0f; }
     static freg fload(const float* p) { return *p; }

@@ -11,7 +11,7 @@ namespace {
 
 template <bool kMin>
 void q4_tile(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta, int64_t ldsa,
-             const uint8_t* b, float* c, int64_t ldc, const float* bias) {
+             const uint8_t* b, float* c, int64_t ldc, const float* bias, int64_t) {
     constexpr int64_t bs = q4_block_bytes(kMin);
     for (int64_t i = 0; i < m; ++i)
         for (int j = 0; j < kQ4Cols; ++j) {
