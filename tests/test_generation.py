@@ -108,13 +108,14 @@ def test_streaming_callback_and_sampling(gpt2):
 
 
 def test_top_p_keeps_the_nucleus():
-    from pyattn.generation import _sample_filter
+    from pyattn.generation import Temperature, TopK, TopP, apply
+
+    def kept(top_k, top_p):  # the sampling processors in generate's order
+        return np.isfinite(apply([Temperature(1.0), TopK(top_k), TopP(top_p)], None, logits))
 
     logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]], np.float32))
-    kept = np.isfinite(_sample_filter(logits, 1.0, 0, 0.7))
-    np.testing.assert_array_equal(kept, [[True, True, False, False]])
-    kept = np.isfinite(_sample_filter(logits, 1.0, 3, 1.0))
-    np.testing.assert_array_equal(kept, [[True, True, True, False]])
+    np.testing.assert_array_equal(kept(0, 0.7), [[True, True, False, False]])
+    np.testing.assert_array_equal(kept(3, 1.0), [[True, True, True, False]])
 
 
 def test_generation_errors(gpt2):

@@ -283,6 +283,27 @@ def test_repacked_weights_reach_the_fused_stack(tmp_path):
     np.testing.assert_array_equal(after, want)
 
 
+def test_replaced_weights_reach_the_fused_stack(tmp_path):
+    """A projection and a norm weight assigned after a forward pass: the C++ layers are rebuilt over them, and give
+    what a model given them before its first pass gives. Calls alone never rebuild."""
+    from pyattn.nn import Linear
+
+    write_tiny_llama(tmp_path / "t.gguf", {}, np.random.default_rng(0))
+    ids = np.array([[1, 5, 9, 33]])
+    used, fresh = (LlamaModel.from_gguf(tmp_path / "t.gguf", dtype="float32") for _ in range(2))
+    before = used(ids)["logits"]
+    stack = used._fused_stack()
+    used(ids)
+    assert used._fused_stack() is stack
+    for m in (used, fresh):
+        layer = m.layers[0]
+        layer.down = Linear(layer.down.weight * 0.5, None, storage="float32")
+        layer.ffn_norm = layer.ffn_norm * 2.0
+    after = used(ids)["logits"]
+    assert not np.array_equal(before, after)
+    np.testing.assert_array_equal(after, fresh(ids)["logits"])
+
+
 @pytest.mark.parametrize("dtype", [None, "float32", "bfloat16"])
 def test_tied_table_is_held_once_and_exactly(path, dtype):
     """SmolLM2 ties its output projection to the Q8_0 embedding table: the rows are looked up in the packed

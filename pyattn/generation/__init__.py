@@ -80,11 +80,6 @@ __all__ = [
 ]
 
 
-def _sample_filter(logits: np.ndarray, temperature: float, top_k: int, top_p: float) -> np.ndarray:
-    """Temperature, then top-k, then top-p filtering (removed entries -inf): the sampling processors in order."""
-    return apply([Temperature(temperature), TopK(top_k), TopP(top_p)], None, logits)
-
-
 def generate(model, input_ids, attention_mask=None, **options) -> np.ndarray:
     """Continues `input_ids` (B, L) -- left-padded with `attention_mask` (B, L) when rows differ in length -- with
     any model implementing the decoder protocol.

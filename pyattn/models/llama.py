@@ -776,10 +776,10 @@ class LlamaModel(Module):
         return {"logits": self.lm_head(h)}
 
     def _fused_stack(self) -> list:
-        """The C++ layers (cpp/layers/decoder_layer.h) over the packed weights, rebuilt when a weight was repacked
-        (Linear.repacks moved: checking a counter, not 120 packed objects, keeps a decoding step's glue small)."""
+        """The C++ layers (cpp/layers/decoder_layer.h) over the packed weights, rebuilt when a weight was repacked or
+        replaced (Module.revision moved)."""
         cached = getattr(self, "_stack", None)
-        if cached is None or cached[0] != Linear.repacks:
+        if cached is None or cached[0] != Module.revision:
             stack = [
                 _core.DecoderLayer(
                     lr.qkv._packed, lr.o._packed, lr.gate_up._packed, lr.down._packed, lr.attn_norm, lr.ffn_norm,
@@ -787,5 +787,5 @@ class LlamaModel(Module):
                 )
                 for lr in self.layers
             ]  # fmt: skip
-            self._stack = cached = (Linear.repacks, stack)
+            self._stack = cached = (Module.revision, stack)
         return cached[1]

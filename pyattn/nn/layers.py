@@ -30,6 +30,17 @@ def as_weight(x, name: str, shape: Optional[tuple] = None) -> np.ndarray:
 class Module:
     """Base class: a callable holding numpy weights. `named_weights()` lists them (a state dict)."""
 
+    # Bumped whenever any module's weights change hands: a Linear repacked (set_storage), or a module, array, list or
+    # tuple assigned to a public attribute (a projection replaced, a norm's weight swapped). C++ layers built over
+    # packed weights and arrays (LlamaModel's fused stack) rebuild when it moves; checking one counter, not 120
+    # objects, keeps a decoding step's glue small. Assigning into a list in place (layers[3] = ...) is not seen.
+    revision = 0
+
+    def __setattr__(self, name: str, value) -> None:
+        if not name.startswith("_") and isinstance(value, (Module, np.ndarray, list, tuple)):
+            Module.revision += 1
+        object.__setattr__(self, name, value)
+
     def named_weights(self, prefix: str = ""):
         for name, value in vars(self).items():
             if name.startswith("_"):
@@ -124,9 +135,6 @@ class Linear(Module):
 
     Only the packed copy is kept (plus the bias): `weight` unpacks it on request, so a model does not hold
     its matrices twice."""
-
-    # how many times any Linear was repacked (set_storage): C++ layers built over packed weights rebuild when it moves
-    repacks = 0
 
     def __init__(
         self,
@@ -234,7 +242,7 @@ class Linear(Module):
         _check_range(w, storage, self._name)
         self._packed = _core.PackedLinear(w, self.bias, storage)
         self._exact = _holds_exactly(w, storage)
-        Linear.repacks += 1
+        Module.revision += 1
 
     @property
     def weight(self) -> np.ndarray:
