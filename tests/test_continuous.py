@@ -264,3 +264,26 @@ def test_failures_end_their_requests_and_the_batcher_goes_on():
     m.is_encoder_decoder = True
     with pytest.raises(ValueError, match="decoder-only"):
         ContinuousBatcher(m)
+
+
+def test_logprobs_are_the_models_log_softmax(llm):
+    """Request.logprobs[i]: the chosen token's log-probability under the step's logits and the k likeliest tokens,
+    in decreasing order, for a request in a batch with another; refused for what is not a count."""
+    seen = []
+    batcher = ContinuousBatcher(llm, max_batch_size=4)
+    prompts = [llm.encode(t) for t in TEXTS[:2]]
+    a = batcher.submit(prompts[0], max_new_tokens=6, logprobs=4, logits_processors=[recorder(seen)])
+    b = batcher.submit(prompts[1], max_new_tokens=9)
+    while batcher.busy:
+        batcher.step()
+    assert len(a.logprobs) == len(a.tokens) == len(seen) and b.logprobs == []
+    for (lp, ids, lps), scores, token in zip(a.logprobs, seen, a.tokens):
+        x = scores[0].astype(np.float64)
+        want = x - x.max() - np.log(np.exp(x - x.max()).sum())
+        assert lp == pytest.approx(want[token], abs=1e-9)
+        np.testing.assert_array_equal(ids, np.argsort(-want, kind="stable")[:4])
+        np.testing.assert_allclose(lps, want[ids], atol=1e-9)
+        assert ids[0] == token  # greedy
+    for bad in (-1, True, 2.5):
+        with pytest.raises(ValueError, match="logprobs"):
+            batcher.submit(prompts[0], logprobs=bad)

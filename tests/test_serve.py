@@ -491,6 +491,62 @@ def test_stop_strings(client, models):
     assert res.choices[0].finish_reason == "stop"
 
 
+def test_n_choices(client, models):
+    """n choices decode together: greedy ones equal the single answer; sampled ones with a seed are draws seeded
+    seed, seed + 1, ... (choice 0 is the single request's); streamed chunks name their choice."""
+    kw = dict(model=models["generation"], messages=MESSAGES, max_tokens=10)
+    one = client.chat.completions.create(temperature=0, **kw)
+    two = client.chat.completions.create(temperature=0, n=2, **kw)
+    assert [c.index for c in two.choices] == [0, 1]
+    assert [c.message.content for c in two.choices] == [one.choices[0].message.content] * 2
+    assert two.usage.prompt_tokens == one.usage.prompt_tokens
+    assert two.usage.completion_tokens == 2 * one.usage.completion_tokens
+    draws = [client.chat.completions.create(temperature=1.0, n=3, seed=7, **kw) for _ in range(2)]
+    texts = [[c.message.content for c in r.choices] for r in draws]
+    assert texts[0] == texts[1] and len(set(texts[0])) > 1, texts
+    assert texts[0][0] == client.chat.completions.create(temperature=1.0, seed=7, **kw).choices[0].message.content
+    got = {0: "", 1: ""}
+    finish = {}
+    for c in client.chat.completions.create(temperature=0, n=2, stream=True, **kw):
+        for ch in c.choices:
+            got[ch.index] += ch.delta.content or ""
+            finish[ch.index] = ch.finish_reason or finish.get(ch.index)
+    assert got == {0: one.choices[0].message.content, 1: one.choices[0].message.content}
+    assert finish == {0: one.choices[0].finish_reason, 1: one.choices[0].finish_reason}
+    res = client.completions.create(model=models["generation"], prompt="Once upon a time", n=2, max_tokens=5)
+    assert [c.index for c in res.choices] == [0, 1]
+
+
+def test_logprobs(client, llm, models):
+    """Each token's log-probability under the model (its log-softmax) and the likeliest alternatives, in the chat
+    and completions shapes, streamed or not."""
+    kw = dict(model=models["generation"], messages=MESSAGES, max_tokens=8, temperature=0)
+    res = client.chat.completions.create(logprobs=True, top_logprobs=3, **kw)
+    content = res.choices[0].logprobs.content
+    assert len(content) == res.usage.completion_tokens
+    assert "".join(t.token for t in content) == res.choices[0].message.content
+    for t in content:
+        top = [a.logprob for a in t.top_logprobs]
+        assert len(top) == 3 and top == sorted(top, reverse=True) and t.logprob <= 0
+        assert (t.top_logprobs[0].token, t.top_logprobs[0].logprob) == (t.token, t.logprob)  # greedy: the likeliest
+        assert bytes(t.bytes).decode() == t.token
+    ids = llm.encode(llm.apply_chat_template(MESSAGES))
+    x = llm(np.array([ids]))["logits"][0, -1].astype(np.float64)
+    want = x - x.max() - np.log(np.exp(x - x.max()).sum())
+    assert abs(content[0].logprob - want.max()) < 1e-3
+    assert abs(content[0].top_logprobs[1].logprob - np.sort(want)[-2]) < 1e-3
+    chunks = client.chat.completions.create(stream=True, logprobs=True, top_logprobs=3, **kw)
+    streamed = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    assert [(t.token, t.logprob) for t in streamed] == [(t.token, t.logprob) for t in content]
+    assert client.chat.completions.create(**kw).choices[0].logprobs is None
+    prompt = "The three primary colours are"
+    comp = client.completions.create(model=models["generation"], prompt=prompt, max_tokens=6, temperature=0, logprobs=2)
+    lp = comp.choices[0].logprobs
+    assert "".join(lp.tokens) == comp.choices[0].text
+    assert lp.text_offset == [len("".join(lp.tokens[:i])) for i in range(len(lp.tokens))]
+    assert all(len(d) == 2 and max(d.values()) == p for d, p in zip(lp.top_logprobs, lp.token_logprobs))
+
+
 def test_cancelled_stream_stops_generation(server, http, models):
     before = _metric(http.get("/metrics").text, "pyattn_generated_tokens_total", model=models["generation"])
     body = {"model": models["generation"], "prompt": "Once upon a time", "max_tokens": 200, "stream": True,
@@ -612,7 +668,11 @@ def test_generations_queue(server, llm, models):
 @pytest.mark.parametrize(
     "change, status, param",
     [
-        ({"n": 2}, 400, "n"),
+        ({"n": 17}, 400, "n"),
+        ({"n": 0}, 400, "n"),
+        ({"top_logprobs": 2}, 400, "top_logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, 400, "top_logprobs"),
+        ({"logprobs": 3}, 400, "logprobs"),
         ({"max_tokens": 100000}, 400, "max_tokens"),
         ({"messages": []}, 400, "messages"),
         ({"messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages[0].role"),

@@ -8,6 +8,8 @@
             ...
     a.tokens, a.finish_reason                   # what generate_stream gives for that request alone
 
+    c = batcher.submit(prompt_ids, logprobs=5)  # c.logprobs[i]: token i's log-probability and the 5 likeliest
+
 One `step`:
 1. rows whose request was cancelled leave the batch;
 2. every row of the running batch decodes one token in ONE `model.step` call (ids (B, 1), each row at its own
@@ -47,9 +49,13 @@ class Request:
     """One generation in a `ContinuousBatcher`: its prompt and options, the tokens generated so far (the one that
     ended it included, as `generate` returns it) and how it ended: `finish_reason` "stop" (an end token or a stop
     string), "length" (max_new_tokens), "cancelled", or "error" (then `error` holds the exception); None while it
-    runs or waits."""
+    runs or waits.
 
-    def __init__(self, plan: Plan):
+    With `top_logprobs` k (not None), `logprobs[i]` is (log p(tokens[i]), ids (k,), log-probabilities (k,)) under the
+    model's distribution at that step -- the log-softmax of its logits, before temperature, penalties and filters
+    (vLLM's default) -- the k likeliest tokens in decreasing order (ties: lower id first)."""
+
+    def __init__(self, plan: Plan, top_logprobs: Optional[int] = None):
         self.plan = plan
         self.prompt = plan.ids[0]  # (L,) int64
         L = self.prompt.size
@@ -62,6 +68,8 @@ class Request:
         self.cancelled = False
         self.rng = np.random.default_rng(plan.seed) if plan.do_sample else None
         self._eos = frozenset(plan.eos_ids)
+        self.top_logprobs = top_logprobs
+        self.logprobs: List[Tuple[float, np.ndarray, np.ndarray]] = []
 
     @property
     def done(self) -> bool:
@@ -77,6 +85,8 @@ class Request:
         plan = self.plan
         scores = apply(plan.processors, self.ids[None, :n], logits) if plan.processors else logits
         token = int(sample(scores, self.rng)[0] if plan.do_sample else scores[0].argmax())
+        if self.top_logprobs is not None:
+            self.logprobs.append(_logprobs(logits[0], token, self.top_logprobs))
         self.ids[n] = token
         self.tokens.append(token)
         if token in self._eos or any(bool(np.asarray(c(self.ids[None, : n + 1]))[0]) for c in plan.stopping):
@@ -84,6 +94,17 @@ class Request:
         elif len(self.tokens) >= self.max_new_tokens:
             self._finish("length")
         return token
+
+
+def _logprobs(logits: np.ndarray, token: int, k: int) -> Tuple[float, np.ndarray, np.ndarray]:
+    """(log p(token), the k likeliest ids, their log-probabilities) of the log-softmax of one row of logits (V,),
+    computed in float64."""
+    x = logits.astype(np.float64)
+    lp = x - (x.max() + np.log(np.exp(x - x.max()).sum()))
+    k = min(k, lp.size)
+    part = np.argpartition(-lp, k - 1)[:k] if k else np.zeros(0, np.int64)
+    top = part[np.lexsort((part, -lp[part]))]
+    return float(lp[token]), top.astype(np.int64), lp[top]
 
 
 Event = Tuple[Request, Optional[int]]
@@ -114,10 +135,15 @@ class ContinuousBatcher:
         self._positions = np.zeros(0, np.int64)  # (B,) each row's position for that token
 
     # ---- from any thread -------------------------------------------------------------------------------------
-    def submit(self, input_ids, **options) -> Request:
+    def submit(self, input_ids, logprobs: Optional[int] = None, **options) -> Request:
         """Queues a request: `input_ids` a prompt (L,) of token ids, `options` as `generate` takes them (greedy or
         sampling; max_new_tokens, temperature, top_p, seed, repetition_penalty, stop_strings with detokenize...).
+        `logprobs` k >= 0: record each token's log-probability and the k likeliest alternatives (Request.logprobs).
         ValueError for a bad prompt or option, before anything runs."""
+        if logprobs is not None and (
+            isinstance(logprobs, bool) or not isinstance(logprobs, (int, np.integer)) or logprobs < 0
+        ):
+            raise ValueError(f"logprobs must be None or an integer >= 0, got {logprobs!r}")
         ids = np.asarray(input_ids)
         if ids.ndim != 1:
             raise ValueError(f"expected a prompt of shape (L,), got {ids.shape}")
@@ -125,7 +151,7 @@ class ContinuousBatcher:
             raise ValueError("continuous batching decodes greedily or by sampling, not by beam search (num_beams=1)")
         if options.get("callback") is not None:
             raise ValueError("callback: the tokens of each step are what `step` returns")
-        request = Request(Plan(self.model, ids[None], **options))
+        request = Request(Plan(self.model, ids[None], **options), None if logprobs is None else int(logprobs))
         with self._lock:
             self._waiting.append(request)
         return request
@@ -150,6 +176,11 @@ class ContinuousBatcher:
     def backlog(self) -> int:
         """Waiting requests beyond those the next step admits: the ones waiting for a row to free."""
         return max(0, len(self._waiting) - self._room())
+
+    @property
+    def room(self) -> int:
+        """Rows free for waiting requests at the next step."""
+        return self._room()
 
     @property
     def columns(self) -> int:

@@ -307,12 +307,18 @@ def _message_text(content) -> str:
     return "".join(part.text for part in content)
 
 
+def _top_logprobs(body, chat: bool) -> Optional[int]:
+    """How many alternatives each token's log-probability comes with, or None for no log-probabilities: chat's
+    logprobs (bool) and top_logprobs (0-20), completions' logprobs (0-5)."""
+    if not chat:
+        return body.logprobs
+    if body.top_logprobs is not None and not body.logprobs:
+        raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value")
+    return (body.top_logprobs or 0) if body.logprobs else None
+
+
 def _check_sampling(body, served: Served, n_prompt: int, cfg: ServeConfig) -> Tuple[int, Dict[str, Any]]:
     """max_new_tokens and generate's options of a request; 400 for what cannot be served."""
-    if body.n != 1:
-        raise _unsupported("n", f"{body.n} choices (n = 1 only)")
-    if body.logprobs:
-        raise _unsupported("logprobs", "log-probabilities")
     if body.presence_penalty or body.frequency_penalty:
         raise _unsupported("presence_penalty", "presence and frequency penalties (use repetition_penalty)")
     model = served.model
@@ -345,12 +351,22 @@ class _Generation:
     """One request's decoding, a row of the continuous batch (workers.GenerationBatcher): `async for delta in
     gen.run()` yields the new text of each step as the batch decodes it (held back while it may still become a stop
     string or is half a character). The request joins the batch when `run` starts and leaves it when `run` ends,
-    whichever way (its last token, an error, a timeout, the client gone)."""
+    whichever way (its last token, an error, a timeout, the client gone). With `top_logprobs` (not None) each
+    token's log-probability and its likeliest alternatives are recorded (`chat_logprobs`, `completion_logprobs`)."""
 
-    def __init__(self, server: Server, served: Served, ids: List[int], max_new: int, options: Dict[str, Any]):
+    def __init__(
+        self,
+        server: Server,
+        served: Served,
+        ids: List[int],
+        max_new: int,
+        options: Dict[str, Any],
+        top_logprobs: Optional[int] = None,
+    ):
         from ..generation import Plan
 
         self.server, self.served, self.ids, self.max_new = server, served, ids, max_new
+        self.top_logprobs = top_logprobs
         model = served.model
         self.stops: List[str] = options.get("stop_strings", [])
         try:
@@ -361,9 +377,20 @@ class _Generation:
         eos = model.config.get("eos_token_id")
         self.eos = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
         self.tokens: List[int] = []
+        self.offsets: List[int] = []  # where each token's text starts in the completion's text
         self.finish_reason = "length"
         self.deadline = time.perf_counter() + server.cfg.request_timeout
         self.request = None  # the batcher's, once submitted
+        self._steps: Optional[asyncio.Queue] = None
+
+    def submit(self) -> None:
+        """Joins the batcher's queue (400 for options it refuses, 503 when the queue is full). `run` submits if
+        this was not called; a request of n choices submits them all before any of them runs."""
+        options = self.options if self.top_logprobs is None else {**self.options, "logprobs": self.top_logprobs}
+        try:
+            self.request, self._steps = self.server.generation.submit(self.ids, options)
+        except ValueError as e:
+            raise ApiError(400, str(e), code="invalid_value") from None
 
     def cancel(self) -> None:
         """Leaves the batch (or its queue) unless it has ended."""
@@ -372,11 +399,10 @@ class _Generation:
 
     async def _tokens(self) -> AsyncIterator[int]:
         """The request's tokens as the batch produces them, up to and with the one that ended it."""
-        batcher, cfg = self.server.generation, self.server.cfg
-        try:
-            self.request, steps = batcher.submit(self.ids, self.options)
-        except ValueError as e:
-            raise ApiError(400, str(e), code="invalid_value") from None
+        cfg = self.server.cfg
+        if self.request is None:
+            self.submit()
+        steps = self._steps
         while True:
             left = self.deadline - time.perf_counter()
             try:
@@ -395,10 +421,12 @@ class _Generation:
             if ended:
                 return
 
-    async def run(self) -> AsyncIterator[str]:
+    async def run(self) -> AsyncIterator[Tuple[str, int]]:
+        """(new text, tokens covered so far): the text shown after each step, and how many of `tokens` it has
+        shown (their log-probabilities go with it). With log-probabilities the last piece may be empty text."""
         server, model = self.server, self.served.model
         hold = max((len(s) for s in self.stops), default=1) - 1
-        shown = ""
+        shown, text = "", ""
         first: Optional[float] = None
         try:
             async for token in self._tokens():
@@ -407,6 +435,7 @@ class _Generation:
                     self.finish_reason = "stop"
                     break
                 self.tokens.append(token)
+                self.offsets.append(len(text))
                 server.metrics.generated_tokens.labels(self.served.id).inc()
                 text = model.decode(self.tokens)
                 cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
@@ -414,23 +443,61 @@ class _Generation:
                     shown_before = shown
                     shown = text[:cut]
                     self.finish_reason = "stop"
-                    if len(shown) > len(shown_before):
-                        yield shown[len(shown_before) :]
+                    if len(shown) > len(shown_before) or self.top_logprobs is not None:
+                        yield shown[len(shown_before) :], len(self.tokens)
                     return
                 end = len(text) - hold
                 while end > len(shown) and text[end - 1] == "\ufffd":  # half a character: wait for the rest
                     end -= 1
                 if end > len(shown) and text.startswith(shown):
-                    yield text[len(shown) : end]
+                    yield text[len(shown) : end], len(self.tokens)
                     shown = text[:end]
         finally:
             self.cancel()
         text = model.decode(self.tokens)
-        if len(text) > len(shown) and text.startswith(shown):
-            yield text[len(shown) :]
+        rest = text[len(shown) :] if len(text) > len(shown) and text.startswith(shown) else ""
+        if rest or self.top_logprobs is not None:
+            yield rest, len(self.tokens)
         if first is not None and len(self.tokens) > 1:
             rate = (len(self.tokens) - 1) / max(time.perf_counter() - first, 1e-9)
             server.metrics.tokens_per_second.labels(self.served.id).observe(rate)
+
+    def _token_text(self, token: int) -> str:
+        return self.served.model.decode([int(token)])
+
+    def _entries(self, a: int, b: int) -> List[Tuple[str, float, List[Tuple[str, float]]]]:
+        """tokens[a:b] as (text, log-probability, [(text, log-probability) of the likeliest])."""
+        out = []
+        for i in range(a, min(b, len(self.tokens))):
+            lp, ids, lps = self.request.logprobs[i]
+            out.append(
+                (self._token_text(self.tokens[i]), lp, [(self._token_text(t), float(v)) for t, v in zip(ids, lps)])
+            )
+        return out
+
+    def chat_logprobs(self, a: int, b: int) -> Optional[Dict[str, Any]]:
+        """The chat `logprobs` object of tokens[a:b] (None without log-probabilities). A token's text is its own
+        decoding, so a token holding part of a character shows U+FFFD; `bytes` are that text's UTF-8."""
+        if self.top_logprobs is None:
+            return None
+
+        def item(text: str, lp: float) -> Dict[str, Any]:
+            return {"token": text, "logprob": lp, "bytes": list(text.encode("utf-8"))}
+
+        content = [{**item(t, lp), "top_logprobs": [item(u, v) for u, v in top]} for t, lp, top in self._entries(a, b)]
+        return {"content": content, "refusal": None}
+
+    def completion_logprobs(self, a: int, b: int) -> Optional[Dict[str, Any]]:
+        """The legacy completions `logprobs` object of tokens[a:b] (None without log-probabilities)."""
+        if self.top_logprobs is None:
+            return None
+        entries = self._entries(a, b)
+        return {
+            "tokens": [t for t, _, _ in entries],
+            "token_logprobs": [lp for _, lp, _ in entries],
+            "top_logprobs": [dict(top) for _, _, top in entries],
+            "text_offset": self.offsets[a : a + len(entries)],
+        }
 
     def usage(self) -> Dict[str, int]:
         n = len(self.tokens)
@@ -441,82 +508,151 @@ def _sse(obj) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-async def _answer(request: Request, gen: _Generation, body, chat: bool) -> Response:
-    """The response of a generation: one JSON body, or a stream of server-sent events."""
+async def _answer(request: Request, gens: List[_Generation], body, chat: bool) -> Response:
+    """The response of a generation of len(gens) choices (n): one JSON body, or a stream of server-sent events
+    whose chunks name their choice's index. The choices decode together, rows of the same continuous batch."""
     rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
     created = int(time.time())
-    model_id = gen.served.id
-    gen.server.metrics.prompt_tokens.labels(model_id).inc(len(gen.ids))
+    server, model_id = gens[0].server, gens[0].served.id
+    server.metrics.prompt_tokens.labels(model_id).inc(len(gens[0].ids) * len(gens))
 
-    def chunk(delta: Optional[str], finish: Optional[str], first: bool = False) -> Dict[str, Any]:
+    def logprobs(gen: _Generation, a: int, b: int) -> Optional[Dict[str, Any]]:
+        return gen.chat_logprobs(a, b) if chat else gen.completion_logprobs(a, b)
+
+    def chunk(choices: List[Dict[str, Any]]) -> Dict[str, Any]:
+        kind = "chat.completion.chunk" if chat else "text_completion"
+        return {"id": rid, "object": kind, "created": created, "model": model_id, "choices": choices}
+
+    def piece(index: int, delta: Optional[str], finish: Optional[str], lp=None, first: bool = False):
         if chat:
             d: Dict[str, Any] = {} if delta is None else {"content": delta}
             if first:
                 d["role"] = "assistant"
-            choice = {"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}
-            kind = "chat.completion.chunk"
-        else:
-            choice = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}
-            kind = "text_completion"
-        return {"id": rid, "object": kind, "created": created, "model": model_id, "choices": [choice]}
+            return {"index": index, "delta": d, "logprobs": lp, "finish_reason": finish}
+        return {"index": index, "text": delta or "", "logprobs": lp, "finish_reason": finish}
+
+    def usage() -> Dict[str, int]:
+        done = sum(len(g.tokens) for g in gens)
+        prompt = len(gens[0].ids)
+        return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
+
+    def submit_all() -> None:
+        try:
+            for g in gens:
+                g.submit()
+        except BaseException:
+            for g in gens:
+                g.cancel()
+            raise
 
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
 
         async def events() -> AsyncIterator[str]:
             # a cancelled client connection cancels this generator at its next await: decoding stops there
+            out: asyncio.Queue = asyncio.Queue()
+
+            async def pump(i: int, g: _Generation) -> None:
+                try:
+                    async for delta, upto in g.run():
+                        out.put_nowait((i, delta, upto, None))
+                    out.put_nowait((i, None, 0, None))
+                except Exception as e:
+                    out.put_nowait((i, None, 0, e))
+
+            tasks: List[asyncio.Task] = []
             try:
+                submit_all()
+                tasks = [asyncio.ensure_future(pump(i, g)) for i, g in enumerate(gens)]
                 if chat:
-                    yield _sse(chunk("", None, first=True))
-                async for delta in gen.run():
-                    yield _sse(chunk(delta, None))
-                yield _sse(chunk(None, gen.finish_reason))
+                    yield _sse(chunk([piece(i, "", None, first=True) for i in range(len(gens))]))
+                covered, running = [0] * len(gens), len(gens)
+                while running:
+                    i, delta, upto, error = await out.get()
+                    if error is not None:
+                        raise error
+                    if delta is None:
+                        running -= 1
+                        yield _sse(chunk([piece(i, None, gens[i].finish_reason)]))
+                        continue
+                    lp = logprobs(gens[i], covered[i], upto)
+                    covered[i] = upto
+                    yield _sse(chunk([piece(i, delta, None, lp)]))
                 if include_usage:
-                    yield _sse({**chunk(None, None), "choices": [], "usage": gen.usage()})
+                    yield _sse({**chunk([]), "usage": usage()})
             except ApiError as e:  # the status line has gone: the error travels as an event
                 yield _sse(errors.error_body(e.status, e.message, e.param, e.code))
             except Exception as e:
                 errors.log.exception("generation failed")
                 yield _sse(errors.error_body(500, f"internal error: {type(e).__name__}: {e}", code="internal_error"))
             finally:
-                gen.cancel()
+                for t in tasks:
+                    t.cancel()
+                for g in gens:
+                    g.cancel()
             yield "data: [DONE]\n\n"
 
-        gen.server.generation.check()  # a full queue is a 503, not an event after a 200
+        server.generation.check(len(gens))  # a full queue is a 503, not an event after a 200
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-    parts: List[str] = []
+    parts: List[List[str]] = [[] for _ in gens]
 
-    async def collect() -> None:
-        async for delta in gen.run():
-            parts.append(delta)
+    async def collect(i: int, g: _Generation) -> None:
+        async for delta, _ in g.run():
+            parts[i].append(delta)
 
-    job = asyncio.ensure_future(collect())
+    server.generation.check(len(gens))
+    submit_all()
+    jobs = [asyncio.ensure_future(collect(i, g)) for i, g in enumerate(gens)]
     gone = asyncio.ensure_future(_disconnected(request))
     try:
-        done, _ = await asyncio.wait({job, gone}, return_when=asyncio.FIRST_COMPLETED)
+        pending = set(jobs)
+        while pending:
+            done, pending = await asyncio.wait(pending | {gone}, return_when=asyncio.FIRST_COMPLETED)
+            failed = [j for j in done if j is not gone and j.exception() is not None]
+            if gone in done or failed:
+                break
+            pending.discard(gone)
     finally:
         gone.cancel()
-    if job not in done:  # the client left: its row leaves the batch before the next step
-        gen.cancel()
-        job.cancel()
-        try:
-            await job
-        except (asyncio.CancelledError, ApiError):
-            pass
+    unfinished = [j for j in jobs if not j.done()]
+    failed = [j for j in jobs if j.done() and j.exception() is not None]
+    if unfinished or failed:  # the client left, or a choice failed: every row leaves the batch before the next step
+        for g in gens:
+            g.cancel()
+        for j in unfinished:
+            j.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
+        if failed:
+            raise failed[0].exception()
         return Response(status_code=499)
-    job.result()
-    text = "".join(parts)
-    if chat:
-        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                  "finish_reason": gen.finish_reason}  # fmt: skip
-        kind = "chat.completion"
-    else:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": gen.finish_reason}
-        kind = "text_completion"
+    choices = []
+    for i, g in enumerate(gens):
+        text = "".join(parts[i])
+        lp = logprobs(g, 0, len(g.tokens))
+        if chat:
+            choices.append({"index": i, "message": {"role": "assistant", "content": text}, "logprobs": lp,
+                            "finish_reason": g.finish_reason})  # fmt: skip
+        else:
+            choices.append({"index": i, "text": text, "logprobs": lp, "finish_reason": g.finish_reason})
+    kind = "chat.completion" if chat else "text_completion"
     return JSONResponse(
-        {"id": rid, "object": kind, "created": created, "model": model_id, "choices": [choice], "usage": gen.usage()}
+        {"id": rid, "object": kind, "created": created, "model": model_id, "choices": choices, "usage": usage()}
     )
+
+
+def _choices(server: Server, served: Served, ids: List[int], body, chat: bool) -> List[_Generation]:
+    """The request's n generations: the same prompt and options; sampled ones seeded seed, seed + 1, ... when a
+    seed is given (n draws, not n copies of one)."""
+    max_new, options = _check_sampling(body, served, len(ids), server.cfg)
+    top = _top_logprobs(body, chat)
+    gens = []
+    for i in range(body.n):
+        opts = dict(options)
+        if i and opts.get("seed") is not None:
+            opts["seed"] = opts["seed"] + i
+        gens.append(_Generation(server, served, ids, max_new, opts, top))
+    return gens
 
 
 async def chat_completions(server: Server, request: Request, body: ChatCompletionRequest) -> Response:
@@ -534,8 +670,7 @@ async def chat_completions(server: Server, request: Request, body: ChatCompletio
         raise ApiError(400, f"the chat template refused the messages: {e}", param="messages",
                        code="invalid_value") from None  # fmt: skip
     ids = model.encode(prompt)
-    max_new, options = _check_sampling(body, served, len(ids), server.cfg)
-    return await _answer(request, _Generation(server, served, ids, max_new, options), body, chat=True)
+    return await _answer(request, _choices(server, served, ids, body, chat=True), body, chat=True)
 
 
 async def completions(server: Server, request: Request, body: CompletionRequest) -> Response:
@@ -561,8 +696,7 @@ async def completions(server: Server, request: Request, body: CompletionRequest)
         ids = model.encode(prompt)
     if not ids:
         raise ApiError(400, "prompt must not be empty", param="prompt", code="invalid_value")
-    max_new, options = _check_sampling(body, served, len(ids), server.cfg)
-    return await _answer(request, _Generation(server, served, ids, max_new, options), body, chat=False)
+    return await _answer(request, _choices(server, served, ids, body, chat=False), body, chat=False)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -45,14 +45,13 @@ class _Sampling(_Body):
     max_tokens: Optional[StrictInt] = Field(default=None, ge=0)
     temperature: Number = Field(default=1.0, ge=0, le=2)
     top_p: Number = Field(default=1.0, gt=0, le=1)
-    n: StrictInt = 1
+    n: StrictInt = Field(default=1, ge=1, le=16)
     stream: StrictBool = False
     stream_options: Optional[StreamOptions] = None
     stop: Union[StrictStr, List[StrictStr], None] = None
     seed: Optional[StrictInt] = None
     presence_penalty: Number = Field(default=0.0, ge=-2, le=2)
     frequency_penalty: Number = Field(default=0.0, ge=-2, le=2)
-    logprobs: Optional[Any] = None
     user: Optional[StrictStr] = None
     # llama.cpp server's extensions
     top_k: StrictInt = Field(default=0, ge=0)
@@ -63,6 +62,8 @@ class _Sampling(_Body):
 class ChatCompletionRequest(_Sampling):
     messages: List[ChatMessage] = Field(min_length=1)
     max_completion_tokens: Optional[StrictInt] = Field(default=None, ge=0)
+    logprobs: Optional[StrictBool] = None
+    top_logprobs: Optional[StrictInt] = Field(default=None, ge=0, le=20)
     tools: Optional[List[Dict[str, Any]]] = None
     response_format: Optional[Dict[str, Any]] = None
 
@@ -70,6 +71,7 @@ class ChatCompletionRequest(_Sampling):
 class CompletionRequest(_Sampling):
     prompt: Union[StrictStr, List[StrictStr], List[StrictInt]]
     max_tokens: Optional[StrictInt] = Field(default=16, ge=0)  # OpenAI's default for completions
+    logprobs: Optional[StrictInt] = Field(default=None, ge=0, le=5)
     echo: StrictBool = False
     suffix: Optional[StrictStr] = None
     best_of: Optional[StrictInt] = None

@@ -268,16 +268,18 @@ class GenerationBatcher:
             queue.put_nowait((None, True, gone))
         self._queues.clear()
 
-    def check(self) -> None:
-        """503 now if the queue is full: ``max_queue`` requests wait for a row beyond those the next step admits (a
-        streamed answer checks before its status line goes out)."""
-        if self.batcher.backlog >= self.max_queue:
+    def check(self, n: int = 1) -> None:
+        """503 now if the queue cannot take `n` more: ``max_queue`` requests already wait for a row beyond those the
+        next step admits, or would with these (a streamed answer checks before its status line goes out)."""
+        b = self.batcher
+        if b.backlog >= self.max_queue or b.waiting + n - b.room > self.max_queue:
             self.metrics.rejected.labels("queue_full").inc()
             raise overloaded(self.model)
 
     def submit(self, ids: List[int], options: dict) -> Tuple[Request, asyncio.Queue]:
         """Queues a generation; returns it and the queue of its steps: (token or None, ended, error or None)
-        tuples. ValueError for options the model refuses, 503 when the queue is full."""
+        tuples. `options`: generate's, and `logprobs` (ContinuousBatcher.submit). ValueError for options the model
+        refuses, 503 when the queue is full."""
         self.check()
         request = self.batcher.submit(np.asarray(ids, np.int64), **options)
         queue: asyncio.Queue = asyncio.Queue()
