@@ -256,7 +256,7 @@ def _serve(args) -> int:
         dtype=args.dtype, embed_dtype=args.embed_dtype, whisper_dtype=args.whisper_dtype, llm_dtype=args.llm_dtype,
         host=args.host, port=args.port, threads=args.threads,
         max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms, encode_batch_size=args.encode_batch_size,
-        max_concurrent_generations=args.max_concurrent_generations,
+        max_concurrent_generations=args.max_concurrent_generations, prefill_chunk=args.prefill_chunk,
         max_queue=args.max_queue, max_queue_requests=args.max_queue_requests, max_inputs=args.max_inputs,
         auto_truncate=args.auto_truncate, max_body_bytes=int(args.max_body_mb * 2**20),
         max_upload_bytes=int(args.max_upload_mb * 2**20), max_audio_seconds=args.max_audio_seconds,
@@ -310,6 +310,13 @@ def _serve_parser(sub) -> None:
         type=int,
         default=d.max_concurrent_generations,
         help="generations decoded together, one token each per step (continuous batching); 1: one at a time",
+    )
+    p.add_argument(
+        "--prefill-chunk",
+        type=int,
+        default=d.prefill_chunk,
+        help="prompt tokens a step prefills while generations decode (a longer prompt joins over several steps); "
+        "0: whole prompts",
     )
     p.add_argument("--max-queue", type=int, default=d.max_queue, help="embedding sentences waiting; more: 503")
     p.add_argument(

@@ -287,3 +287,26 @@ def test_logprobs_are_the_models_log_softmax(llm):
     for bad in (-1, True, 2.5):
         with pytest.raises(ValueError, match="logprobs"):
             batcher.submit(prompts[0], logprobs=bad)
+
+
+def test_chunked_prefill_keeps_the_running_rows_going(llm):
+    """A 63-token prompt joining a running request with prefill_chunk 16 is prefilled over 4 steps, one chunk per
+    step after the running row's token, which gets a token every step; both end with their greedy ids alone."""
+    short, long = llm.encode(TEXTS[2]), llm.encode(TEXTS[3] + ". " + TEXTS[1])
+    batcher = ContinuousBatcher(llm, max_batch_size=4, prefill_chunk=16)
+    a = batcher.submit(short, max_new_tokens=20)
+    batcher.step()  # a alone: its prompt prefilled whole
+    b = batcher.submit(long, max_new_tokens=6)
+    chunked = 0
+    while not b.tokens:
+        n = len(a.tokens)
+        batcher.step()
+        assert len(a.tokens) == n + 1
+        chunked += batcher.prefilling is b
+    assert len(long) > 48 and chunked == (len(long) - 1) // 16
+    while batcher.busy:
+        batcher.step()
+    assert a.tokens == alone(llm, short, max_new_tokens=20)
+    assert b.tokens == alone(llm, long, max_new_tokens=6)
+    with pytest.raises(ValueError, match="prefill_chunk"):
+        ContinuousBatcher(llm, prefill_chunk=0)

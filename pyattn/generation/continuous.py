@@ -16,7 +16,9 @@ One `step`:
    position, an attention mask marking the left padding of each row);
 3. requests waiting join, up to `max_batch_size` rows in all: each prompt runs alone (its prefill), then its state
    is merged into the batch's (`state.merge`, protocol.MergeableState): the shorter side is left-padded and its mask
-   columns are 0, while positions stay per row, so a row computes what it would alone;
+   columns are 0, while positions stay per row, so a row computes what it would alone. While rows are decoding,
+   a step prefills at most `prefill_chunk` prompt tokens: a longer prompt is prefilled over several steps (chunked
+   prefill), so that the running rows get a token every step instead of waiting for the whole prompt;
 4. each row picks its token from its own row of the logits with its own logits processors, sampling generator
    (seeded per request) and stopping rules: the ids of `generate_stream` for that request alone;
 5. rows that ended (an end token, a stop string, max_new_tokens) leave (`state.reorder`), and columns that are
@@ -112,14 +114,22 @@ Event = Tuple[Request, Optional[int]]
 
 class ContinuousBatcher:
     """Decodes many requests together, one token each per `step`, admitting new ones as rows free up (see the
-    module's docstring). `max_batch_size`: rows decoded together at most; 1 serves one request at a time."""
+    module's docstring). `max_batch_size`: rows decoded together at most; 1 serves one request at a time.
+    `prefill_chunk`: prompt tokens prefilled per step while rows decode (None: whole prompts)."""
 
-    def __init__(self, model, max_batch_size: int = 8):
+    def __init__(self, model, max_batch_size: int = 8, prefill_chunk: Optional[int] = 128):
         if getattr(model, "is_encoder_decoder", False):
             raise ValueError("continuous batching runs decoder-only models; this one is an encoder-decoder")
         if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, (int, np.integer)) or max_batch_size < 1:
             raise ValueError(f"max_batch_size must be a positive integer, got {max_batch_size!r}")
+        if prefill_chunk is not None and (
+            isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, (int, np.integer)) or prefill_chunk < 1
+        ):
+            raise ValueError(f"prefill_chunk must be None or a positive integer, got {prefill_chunk!r}")
         self.model, self.max_batch_size = model, int(max_batch_size)
+        self.prefill_chunk = None if prefill_chunk is None else int(prefill_chunk)
+        # a prompt being prefilled over several steps: (request, its state, tokens done)
+        self._partial: Optional[Tuple[Request, object, int]] = None
         self._lock = threading.Lock()
         self._waiting: Deque[Request] = collections.deque()
         self._mergeable: Optional[bool] = None  # known after the first prefill
@@ -169,6 +179,11 @@ class ContinuousBatcher:
         return len(self._rows)
 
     @property
+    def prefilling(self) -> Optional[Request]:
+        """The request whose prompt is being prefilled over several steps, if any."""
+        return self._partial[0] if self._partial is not None else None
+
+    @property
     def waiting(self) -> int:
         return len(self._waiting)
 
@@ -190,7 +205,7 @@ class ContinuousBatcher:
     @property
     def busy(self) -> bool:
         """Requests run or wait: `step` has work."""
-        return bool(self._rows or self._waiting)
+        return bool(self._rows or self._waiting or self._partial)
 
     # ---- on the model's thread -------------------------------------------------------------------------------
     def step(self) -> List[Event]:
@@ -246,18 +261,28 @@ class ContinuousBatcher:
             return self._waiting.popleft() if self._waiting else None
 
     def _room(self) -> int:
+        """Rows free for requests not yet started (the one being prefilled holds one)."""
+        taken = len(self._rows) + (self._partial is not None)
         if self._mergeable is False:
-            return 0 if self._rows else 1
-        return self.max_batch_size - len(self._rows)
+            return 0 if taken else 1
+        return self.max_batch_size - taken
 
     def _admit(self, events: List[Event]) -> List[np.ndarray]:
         """Prefills waiting requests while rows are free and merges them into the batch; their logits (1, V)
-        each, in the order they joined."""
+        each, in the order they joined. With rows decoding, at most `prefill_chunk` prompt tokens per step: a
+        prompt cut there goes on at the next step (`_partial`), and the requests after it wait behind it."""
         logits = []
-        while self._room() > 0:
-            r = self._take()
-            if r is None:
-                break
+        budget = self.prefill_chunk if self._rows and self.prefill_chunk is not None else None
+        while budget is None or budget > 0:
+            if self._partial is not None:
+                r, state, done = self._partial
+                self._partial = None
+            else:
+                if self._room() <= 0:
+                    break
+                r, state, done = self._take(), None, 0
+                if r is None:
+                    break
             if r.cancelled:
                 r._finish("cancelled")
                 continue
@@ -266,13 +291,22 @@ class ContinuousBatcher:
                 events.append((r, None))
                 continue
             L = r.prompt.size
+            n = L - done if budget is None else min(L - done, budget)
             try:
-                state = self.model.init_state(1)
-                first = self.model.step(r.prompt[None], np.arange(L, dtype=np.int64)[None], state)
+                if state is None:
+                    state = self.model.init_state(1)
+                first = self.model.step(
+                    r.prompt[None, done : done + n], np.arange(done, done + n, dtype=np.int64)[None], state
+                )
             except Exception as e:  # this prompt failed (beyond the context, say): the batch goes on without it
                 r._finish("error", e)
                 events.append((r, None))
                 continue
+            if budget is not None:
+                budget -= n
+            if done + n < L:
+                self._partial = (r, state, done + n)
+                break
             if self._mergeable is None:
                 self._mergeable = isinstance(state, MergeableState)
             self._join(r, state)

@@ -106,6 +106,7 @@ class Server:
             self.generation = GenerationBatcher(
                 llm.model, self.threads["generation"], llm.id, self.metrics,
                 max_batch_size=self.cfg.max_concurrent_generations, max_queue=self.cfg.max_queue_requests,
+                prefill_chunk=self.cfg.prefill_chunk or None,
             )  # fmt: skip
             self.generation.start()
 

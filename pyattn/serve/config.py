@@ -36,6 +36,7 @@ class ServeConfig:
 
     # continuous batching of generations: requests decoded together, one token each per step; 1: one at a time
     max_concurrent_generations: int = 8
+    prefill_chunk: int = 128  # prompt tokens a step prefills while generations decode (chunked prefill); 0: whole
 
     # limits
     max_queue: int = 4096  # embedding sentences waiting; more: 503 with Retry-After
@@ -59,5 +60,7 @@ class ServeConfig:
         for name in ("max_audio_seconds", "request_timeout", "body_timeout", "max_tokens", "encode_batch_size"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.prefill_chunk < 0:
+            raise ValueError(f"prefill_chunk must be >= 0, got {self.prefill_chunk}")
         if self.max_batch_size < 0 or self.batch_wait_ms < 0:
             raise ValueError("max_batch_size and batch_wait_ms must be >= 0")

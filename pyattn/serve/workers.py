@@ -247,8 +247,18 @@ class GenerationBatcher:
     client that left, a timeout): a waiting one at once, a running one before the next step. ``max_batch_size == 1``
     serves one generation at a time, in arrival order (the baseline the benchmark compares with)."""
 
-    def __init__(self, model, thread: ModelThread, name: str, metrics: Metrics, *, max_batch_size: int, max_queue: int):
-        self.batcher = ContinuousBatcher(model, max_batch_size)
+    def __init__(
+        self,
+        model,
+        thread: ModelThread,
+        name: str,
+        metrics: Metrics,
+        *,
+        max_batch_size: int,
+        max_queue: int,
+        prefill_chunk: Optional[int] = 128,
+    ):
+        self.batcher = ContinuousBatcher(model, max_batch_size, prefill_chunk)
         self.thread, self.model, self.metrics, self.max_queue = thread, name, metrics, max_queue
         self._queues: Dict[Request, asyncio.Queue] = {}  # requests not yet ended: where their tokens go
         self._arrived: Dict[Request, float] = {}  # requests not yet started: when they came
