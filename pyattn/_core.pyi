@@ -44,7 +44,9 @@ class PackedLinear:
         """
         act(x @ weight.T + bias) for x (..., in_features) float32 C-contiguous.
         """
-    def __init__(self, weight: _Weight, bias: Optional[_F32] = None, storage: str = "") -> None: ...
+    def __init__(
+        self, weight: _Weight, bias: Optional[_F32] = None, storage: str = "", input_scale: Optional[_F32] = None
+    ) -> None: ...
     def rows(self, ids: npt.ArrayLike) -> _F32:
         """Rows `ids` of the weight, unpacked: (*ids.shape, in_features) float32."""
         ...

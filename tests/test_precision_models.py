@@ -45,10 +45,26 @@ def test_minilm_reduced_precision(dtype, minilm_float32):
 
     enc = SentenceEncoder.from_pretrained(dtype=dtype)
     cos = (enc.encode(SENTENCES) * minilm_float32).sum(1)
-    # BERT keeps its Q/K/V projections (packed on first use) in float16 under int8: their input has outlier channels
+    # under int8 BERT's Q/K/V projections run int8 too, their input's outlier channels scaled down (_smooth_qkv)
     storages = {m.storage for m in enc.model.modules() if hasattr(m, "storage")}
-    assert storages == ({"int8", "float16"} if dtype == "int8" else {dtype})
+    assert storages == {dtype}
+    scaled = [layer.self_attn._projection("qkv").input_scale for layer in enc.model.encoder.layers]
+    assert all((s is not None) == (dtype == "int8") for s in scaled)
     assert cos.min() >= BARS[dtype], dict(zip(SENTENCES, cos.round(6)))
+
+
+def test_minilm_int8_without_the_input_scales_misses_the_bar(minilm_float32):
+    """What the Q/K/V input scales buy: all-MiniLM-L6-v2 in int8 with Q/K/V quantized unscaled falls below the bar."""
+    from pyattn.models import SentenceEncoder
+    from pyattn.models.bert import BertModel
+
+    enc = SentenceEncoder.from_pretrained()
+    for layer in enc.model.encoder.layers:
+        layer.self_attn.int8_fallback = None
+    super(BertModel, enc.model).set_weight_storage("int8")  # int8 without the calibration
+    assert all(layer.self_attn._projection("qkv").input_scale is None for layer in enc.model.encoder.layers)
+    cos = (enc.encode(SENTENCES) * minilm_float32).sum(1)
+    assert cos.min() < BARS["int8"]
 
 
 @pytest.fixture(scope="module")

@@ -109,6 +109,30 @@ def test_int8_is_the_same_bits_on_every_kernel_set(shape, rng):
     assert np.abs(want - ref).max() <= 0.03 * np.abs(x).max() * np.abs(w).max() * np.sqrt(k)
 
 
+@pytest.mark.parametrize("shape", [(1, 7, 5), (5, 33, 33), (13, 100, 48), (64, 384, 65)])
+def test_int8_input_scale_is_the_int8_gemm_of_the_scaled_operands(shape, rng):
+    """input_scale a: the int8 GEMM of x * a (rounded to float32) and of w / a, bit for bit on every kernel set and at
+    every M (the small-M path included), and the weight read back as (w / a)'s int8 values times a."""
+    m, k, n = shape
+    x, w, b = data(rng, m, k, n)
+    x[:, 3 % k] *= 50.0  # an outlier feature
+    a = rng.uniform(0.05, 2.0, k).astype(np.float32)
+    wa = (w / a).astype(np.float32)
+    want = int8_model((x * a).astype(np.float32), wa, b)
+    for isa in ISAS:
+        pyattn.set_isa(isa)
+        lin = _core.PackedLinear(w, b, "int8", input_scale=a)
+        np.testing.assert_array_equal(lin(x), want, err_msg=f"kernel set {isa}")
+        for i in range(m):  # one row at a time: the decoding path
+            np.testing.assert_array_equal(lin(x[i : i + 1])[0], want[i], err_msg=f"kernel set {isa}, row {i}")
+    np.testing.assert_array_equal(lin.weight(), _core.PackedLinear(wa, None, "int8").weight() * a)
+    for bad, err in (([1.0] * (k + 1), ValueError), ([0.0] * k, ValueError), ([np.inf] * k, ValueError)):
+        with pytest.raises(err, match="input_scale"):
+            _core.PackedLinear(w, b, "int8", input_scale=np.array(bad, np.float32))
+    with pytest.raises(ValueError, match="int8"):
+        _core.PackedLinear(w, b, "float32", input_scale=a)
+
+
 def test_int8_does_not_depend_on_the_thread_count(rng):
     x, w, b = data(rng, 200, 384, 300)
     lin = _core.PackedLinear(w, b, "int8")

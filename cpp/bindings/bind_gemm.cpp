@@ -58,7 +58,10 @@ class PackedLinear {
 public:
     // weight: float32 or float16 (out_features, in_features). storage: a weight type's name (weight_type.h), or ""
     // for the weight's own dtype. Every type computes in float32 (int8: int32 sums, dequantized in the epilogue).
-    PackedLinear(const py::array& weight, const py::object& bias, const std::string& storage) {
+    // input_scale (int8 only): in_features positive floats a; the weight is quantized as W / a (per input channel)
+    // and the activations are multiplied by a before they are quantized (PackedMatrix::set_input_scale).
+    PackedLinear(const py::array& weight, const py::object& bias, const std::string& storage,
+                 const py::object& input_scale) {
         const bool w_half = weight.dtype().kind() == 'f' && weight.itemsize() == 2;
         if (!w_half) require_f32(weight, "weight");
         require_ndim(weight, 2, "weight", "(out_features, in_features)");
@@ -79,6 +82,26 @@ public:
         if (b) bias_.assign(b, b + N_);
         const auto* w16 = w_half ? static_cast<const uint16_t*>(weight.data()) : nullptr;
         const float* w32 = w_half ? nullptr : f32(weight);
+        if (!input_scale.is_none()) {
+            if (type != gemm::WeightType::i8) value_error("input_scale needs storage 'int8', got '" + storage + "'");
+            if (w_half) type_error("input_scale needs a float32 weight");
+            py::array a = input_scale.cast<py::array>();
+            require_f32(a, "input_scale");
+            require_c_contiguous(a, "input_scale");
+            if (a.ndim() != 1 || a.shape(0) != K_)
+                value_error("expected input_scale of shape (" + std::to_string(K_) + ",), got " + shape_str(a));
+            const float* ap = f32(a);
+            for (int64_t p = 0; p < K_; ++p)
+                if (!(ap[p] > 0.0f && ap[p] <= 3.40282347e38f))
+                    value_error("input_scale must be positive and finite (index " + std::to_string(p) + ")");
+            std::vector<float> divided(static_cast<std::size_t>(N_ * K_));
+            for (int64_t j = 0; j < N_; ++j)
+                for (int64_t p = 0; p < K_; ++p) divided[j * K_ + p] = w32[j * K_ + p] / ap[p];
+            py::gil_scoped_release nogil;
+            packed_ = std::make_unique<gemm::PackedMatrix>(type, divided.data(), nullptr, K_, K_, N_, cpu::active());
+            packed_->set_input_scale(ap);
+            return;
+        }
         py::gil_scoped_release nogil;
         packed_ = std::make_unique<gemm::PackedMatrix>(type, w32, w16, K_, K_, N_, cpu::active());
     }
@@ -352,9 +375,11 @@ void bind_gemm(py::module_& m) {
         "so each call packs only its activations. weight (out_features, in_features) float32 or\n"
         "float16; storage: 'float32', 'float16', 'bfloat16', 'int8' (blocks of 32 along in_features\n"
         "with their own scales, activations quantized likewise), 'q4_0' / 'q4_1' (GGUF's 4-bit\n"
-        "blocks), or '' for the weight's own dtype.")
-        .def(py::init<const py::array&, const py::object&, const std::string&>(), py::arg("weight"),
-             py::arg("bias") = py::none(), py::arg("storage") = "")
+        "blocks), or '' for the weight's own dtype. input_scale (int8, float32 weight): in_features\n"
+        "positive floats a; the weight is quantized as weight / a per input feature and each x * a before\n"
+        "it is quantized, so that outlier features of x do not take every block's int8 range.")
+        .def(py::init<const py::array&, const py::object&, const std::string&, const py::object&>(), py::arg("weight"),
+             py::arg("bias") = py::none(), py::arg("storage") = "", py::arg("input_scale") = py::none())
         .def_static("from_int8", &PackedLinear::from_int8, py::arg("q"), py::arg("scales"),
                     py::arg("bias") = py::none(),
                     "An int8 weight quantized elsewhere, held as given: q (out, in) int8 and scales (out,) (one per\n"

@@ -88,6 +88,7 @@ enum class Slot : int {
     gemm_cols_scales,  // ... their block scales ...
     gemm_cols_sums,    // ... and (4-bit) their blocks' integer sums
     decoder_norm,      // a decoding step in one parallel region: this thread's normalized rows
+    gemm_scaled_a,     // int8 with an input scale: this thread's rows of A times the scale, before quantizing
 };
 
 template <Slot S>

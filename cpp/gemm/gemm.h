@@ -53,6 +53,10 @@ void sgemm(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, float*
 void gemm_int8(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, float* C, int64_t ldc, float beta,
                const Epilogue& ep, int nthreads);
 
+// A (m x K, row stride lda) times B's input scale, if it has one, into this thread's scratch (ld = K); else A
+// itself (ld = lda). The int8 drivers quantize what it returns.
+const float* scaled_input(const PackedMatrix& B, const float* A, int64_t lda, int64_t m, int64_t& ld);
+
 // The same for a 4-bit block PackedMatrix (q4_0, q4_1): activations quantized per block of 32 to int8, the weights'
 // nibbles read as stored (Q4Kernels in kernels.h).
 void gemm_q4(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, float* C, int64_t ldc, float beta,

@@ -57,7 +57,9 @@ void gemm_cols(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, fl
     if (B.type() == WeightType::i8) {
         int16_t* q = reinterpret_cast<int16_t*>(scratch<Slot::gemm_cols_a>(static_cast<std::size_t>(M * kp + 1) / 2));
         float* sa = scratch<Slot::gemm_cols_scales>(static_cast<std::size_t>(M * nb));
-        ks.i8.quantize(A, lda, M, K, q, kp, sa, nb);
+        int64_t ld;
+        const float* a = scaled_input(B, A, lda, M, ld);
+        ks.i8.quantize(a, ld, M, K, q, kp, sa, nb);
         for_panels(M, ks.i8.mr, ks.i8.nr, N, col0, col1, C, ldc, beta, ep.bias,
                    [&](int64_t pq, int64_t i, int64_t m, float* out, int64_t ld, const float* bb) {
                        ks.i8.tile(m, nb, q + i * kp, kp, sa + i * nb, nb, B.panel_i8(pq), B.panel_scales(pq), out, ld,

@@ -36,6 +36,18 @@ void quantize_blocks(const kernels::KernelSet& ks, const float* A, int64_t lda, 
         }
 }
 
+const float* scaled_input(const PackedMatrix& B, const float* A, int64_t lda, int64_t m, int64_t& ld) {
+    const float* a = B.input_scale();
+    ld = lda;
+    if (a == nullptr) return A;
+    const int64_t K = B.K();
+    float* t = scratch<Slot::gemm_scaled_a>(static_cast<std::size_t>(m * K));
+    for (int64_t i = 0; i < m; ++i)
+        for (int64_t p = 0; p < K; ++p) t[i * K + p] = A[i * lda + p] * a[p];
+    ld = K;
+    return t;
+}
+
 void gemm_int8(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, float* C, int64_t ldc, float beta,
                const Epilogue& ep, int nthreads) {
     if (M <= 0) return;
@@ -58,8 +70,12 @@ void gemm_int8(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, fl
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
 #pragma omp for schedule(static)
-        for (int64_t i0 = 0; i0 < M; i0 += 8)
-            k8.quantize(A + i0 * lda, lda, std::min<int64_t>(8, M - i0), K, q + i0 * kp, kp, sa + i0 * nb, nb);
+        for (int64_t i0 = 0; i0 < M; i0 += 8) {
+            const int64_t m = std::min<int64_t>(8, M - i0);
+            int64_t ld;
+            const float* a = scaled_input(B, A + i0 * lda, lda, m, ld);
+            k8.quantize(a, ld, m, K, q + i0 * kp, kp, sa + i0 * nb, nb);
+        }
 
         const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
         const Grid g = nth == nt ? grid : Grid{1, 1};

@@ -359,6 +359,8 @@ void PackedMatrix::unpack_row(int64_t j, float* row) const {
         for (int64_t p = 0; p < K_; ++p)
             row[p] =
                 static_cast<float>(panel[((p / 2) * nr + jj) * 2 + (p & 1)]) * ps[(p / kernels::kQBlock) * nr + jj];
+        if (!in_scale_.empty())
+            for (int64_t p = 0; p < K_; ++p) row[p] *= in_scale_[p];
         return;
     }
     const auto& bl = ks_->blocking;
@@ -376,6 +378,14 @@ void PackedMatrix::unpack_row(int64_t j, float* row) const {
             for (int64_t p = 0; p < kc; ++p) row[pc + p] = panel[p * bl.nr];
         }
     }
+}
+
+void PackedMatrix::set_input_scale(const float* a) {
+    if (type_ != WeightType::i8) throw std::invalid_argument("an input scale needs an int8 weight");
+    for (int64_t p = 0; p < K_; ++p)
+        if (!(a[p] > 0.0f && a[p] <= 3.40282347e38f))
+            throw std::invalid_argument("input scales must be positive and finite");
+    in_scale_.assign(a, a + K_);
 }
 
 void PackedMatrix::unpack_transposed(float* w) const {

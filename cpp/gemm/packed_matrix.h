@@ -7,6 +7,7 @@
 // 4-bit blocks (q4_0, q4_1): see panel_q4 (the same, panels of kernels::kQ4Cols columns).
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "cpu/buffer.h"
 #include "gemm/weight_type.h"
@@ -58,7 +59,13 @@ public:
     const uint8_t* panel_q4(int64_t q) const {
         return reinterpret_cast<const uint8_t*>(data_.get()) + q * nblocks() * kernels::q4_block_bytes(has_min());
     }
-    std::size_t size_bytes() const { return bytes_; }
+    // int8 only: a per-input-channel scale a (K positive finite floats) the activations are multiplied by before they
+    // are quantized: the GEMM computes (A diag(a)) Bq, so a weight packed as W / a (per input channel) gives A W^T
+    // with the outlier channels of A shrunk to the range of the others (SmoothQuant's migration of the activations'
+    // range into the weights). The weight as unpacked is the stored one times a. Unset: none (nullptr).
+    void set_input_scale(const float* a);
+    const float* input_scale() const { return in_scale_.empty() ? nullptr : in_scale_.data(); }
+    std::size_t size_bytes() const { return bytes_ + in_scale_.size() * sizeof(float); }
     // Writes the matrix back in the transposed [N, K] layout (a weight's [out, in]) to w (N * K floats): the
     // values the GEMM multiplies by (for int8, q * scale).
     void unpack_transposed(float* w) const;
@@ -69,9 +76,10 @@ private:
     int64_t K_, N_;
     const kernels::KernelSet* ks_;
     WeightType type_ = WeightType::f32;
-    std::size_t bytes_ = 0;  // of data_ and scales_
-    AlignedPtr data_;        // elements of type_ in the layout above, in float-sized storage
-    AlignedPtr scales_;      // int8 only
+    std::size_t bytes_ = 0;        // of data_ and scales_
+    AlignedPtr data_;              // elements of type_ in the layout above, in float-sized storage
+    AlignedPtr scales_;            // int8 only
+    std::vector<float> in_scale_;  // int8 only, optional: see set_input_scale
 
     int64_t offset(int64_t jc, int64_t pc) const;  // element offset of block (jc, pc)
     void pack_wide16(const float* w32, const uint16_t* w16, int64_t ldw);

@@ -232,6 +232,9 @@ class MultiHeadAttention(StorageAware, Module):
         # LayerNorm outputs with outlier channels (BERT) keeps them finer. None: int8. It governs given projections
         # too (set_storage).
         self.int8_fallback = None
+        # int8 only: the fused Q/K/V projection's input scale (Linear's input_scale), set by a model that calibrated
+        # its inputs' outlier features (BertModel). None: none.
+        self.int8_input_scale: Optional[np.ndarray] = None
         if w_o is None:
             raise ValueError(f"missing weight {name}.w_o")
         self.out_proj = as_linear(w_o, b_o, f"{name}.out_proj")
@@ -330,6 +333,7 @@ class MultiHeadAttention(StorageAware, Module):
                 f"{self._name}.{which}_proj",
                 self._storage,
                 self.int8_fallback,
+                self.int8_input_scale if which == "qkv" else None,
             )
             self._packed[which] = lin
             for c in parts:  # packed: the float copy goes (read back through w_q / w_k / w_v)
@@ -350,8 +354,10 @@ class MultiHeadAttention(StorageAware, Module):
         """Q/K/V projections packed now and later are held as `storage` (out_proj is a Linear of its own). Given
         projections are repacked as any Linear: one held as given in int8 raises for another storage."""
         self._storage = check_storage(storage)
-        for lin in self._packed.values():
+        for which, lin in self._packed.items():
             lin.int8_fallback = self.int8_fallback
+            if which == "qkv":
+                lin.input_scale = self.int8_input_scale
             lin.set_storage(storage)
 
     def project_kv(self, memory: np.ndarray) -> KVCache:

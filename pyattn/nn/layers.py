@@ -143,10 +143,13 @@ class Linear(Module):
         name: str = "linear",
         storage: Optional[str] = None,
         int8_fallback: Optional[str] = None,
+        input_scale: Optional[np.ndarray] = None,
     ):
         """storage: one of WEIGHT_TYPES (see Module.set_weight_storage), or None: float16 for a float16 weight,
         float32 otherwise. int8_fallback: the storage this layer takes when int8 is asked (a layer whose input
-        int8 blocks cannot resolve, such as a projection of a LayerNorm output with outlier channels), or None."""
+        int8 blocks cannot resolve, such as a projection of a LayerNorm output with outlier channels), or None.
+        input_scale: (in_features,) positive floats a for int8 storage: the weight is quantized as W / a and each
+        input x * a, so that outlier input features do not take every block's range (SmoothQuant); None: none."""
         if isinstance(weight, np.ndarray) and weight.dtype == np.float16:
             w = F._c_aligned(weight)
             if not np.all(np.isfinite(w)):
@@ -160,11 +163,12 @@ class Linear(Module):
         if int8_fallback is not None:
             check_storage(int8_fallback)
         self.int8_fallback = int8_fallback
+        self.input_scale = input_scale
         self.bias = None if bias is None else as_weight(bias, f"{name}.bias", (w.shape[0],))
         storage = self._effective(storage or ("float16" if w.dtype == np.float16 else "float32"))
         self._name = name
         _check_range(w, storage, name)
-        self._packed = _core.PackedLinear(w, self.bias, storage)
+        self._packed = self._pack(w, storage)
         # whether the packed values are the values given, from which every other storage can still be derived
         self._exact = _holds_exactly(w, storage)
 
@@ -189,7 +193,7 @@ class Linear(Module):
         if not np.all(np.isfinite(s)):
             raise ValueError(f"weight {name}.weight: scales contain NaN or infinite values (or overflow float32)")
         lin = cls.__new__(cls)
-        lin.int8_fallback = None
+        lin.int8_fallback = lin.input_scale = None
         lin.bias = None if bias is None else as_weight(bias, f"{name}.bias", (q.shape[0],))
         try:
             lin._packed = _core.PackedLinear.from_int8(F._c_aligned(q), s, lin.bias)
@@ -210,7 +214,7 @@ class Linear(Module):
         if raw.dtype != np.uint8:
             raise TypeError(f"weight {name}.weight: expected the blocks' bytes as uint8, got {raw.dtype}")
         lin = cls.__new__(cls)
-        lin.int8_fallback = None
+        lin.int8_fallback = lin.input_scale = None
         lin.bias = None if bias is None else as_weight(bias, f"{name}.bias", (raw.shape[0],))
         try:
             lin._packed = _core.PackedLinear.from_gguf(np.ascontiguousarray(raw), kind, int(in_features), lin.bias)
@@ -219,6 +223,12 @@ class Linear(Module):
         lin._exact = False
         lin._name = name
         return lin
+
+    def _pack(self, w: np.ndarray, storage: str) -> _core.PackedLinear:
+        if storage == "int8" and self.input_scale is not None:
+            scale = np.ascontiguousarray(self.input_scale, np.float32)
+            return _core.PackedLinear(np.ascontiguousarray(w, np.float32), self.bias, storage, input_scale=scale)
+        return _core.PackedLinear(w, self.bias, storage)
 
     def _effective(self, storage: str) -> str:
         return self.int8_fallback if storage == "int8" and self.int8_fallback else storage
@@ -240,7 +250,7 @@ class Linear(Module):
             )
         w = self._packed.weight()
         _check_range(w, storage, self._name)
-        self._packed = _core.PackedLinear(w, self.bias, storage)
+        self._packed = self._pack(w, storage)
         self._exact = _holds_exactly(w, storage)
         Module.revision += 1
 
