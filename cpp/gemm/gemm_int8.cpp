@@ -54,7 +54,9 @@ void gemm_int8(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, fl
     const kernels::KernelSet& ks = B.kernels();
     const kernels::Int8Kernels& k8 = ks.i8;
     const int64_t N = B.N(), K = B.K(), nb = B.nblocks(), kp = nb * kernels::kQBlock;
-    const int mr = k8.mr, nr = k8.nr;
+    const bool tall = M <= k8.tall_mr;  // a few rows: the tall tile, one pass over each panel for all of them
+    const int mr = tall ? k8.tall_mr : k8.mr, nr = k8.nr;
+    const kernels::Int8Kernel kernel = tall ? k8.tall : k8.tile;
     const int64_t panels = (N + nr - 1) / nr;
     int nt = nthreads > 0 ? nthreads : cpu::threads_for(2.0 * M * N * K);
     if (omp_in_parallel()) nt = 1;
@@ -94,7 +96,7 @@ void gemm_int8(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, fl
                     const int64_t m = std::min<int64_t>(mr, ie - i);
                     store_panel(
                         [&](float* out, int64_t ld, const float* bb) {
-                            k8.tile(m, nb, q + i * kp, kp, sa + i * nb, nb, b, sw, out, ld, bb, i == ic ? ahead : 0);
+                            kernel(m, nb, q + i * kp, kp, sa + i * nb, nb, b, sw, out, ld, bb, i == ic ? ahead : 0);
                         },
                         m, n, nr, C + i * ldc + j, ldc, beta, bias ? bias + j : nullptr, tile);
                 }

@@ -100,6 +100,7 @@ struct VI {
 // interleaved, best of 5) at M = 504 with K x N = 576 x 3072, 1536 x 576, 3072 x 768 and M = 4092 with 384 x 1152:
 // 6 x 2 unpinned (the previous tile) 53-75 GFLOP/s, 4 x 2 pinned 93-116, 2 x 3 pinned 111-120, 2 x 4 pinned 104-120.
 // The p loop unrolled 16 rather than 4 was worth another 1.2-1.5x.
-Int8Kernels avx2_int8_kernels() { return make_int8_kernels<2, 4>(); }
+// The tall tile (products of up to 6 rows: decoding batches, beams): 6 x 16 slices of the 32-column panel.
+Int8Kernels avx2_int8_kernels() { return make_int8_kernels<2, 4, 6, 2>(); }
 
 }  // namespace pyattn::kernels
