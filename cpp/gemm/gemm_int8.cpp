@@ -54,7 +54,8 @@ void gemm_int8(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, fl
     const kernels::KernelSet& ks = B.kernels();
     const kernels::Int8Kernels& k8 = ks.i8;
     const int64_t N = B.N(), K = B.K(), nb = B.nblocks(), kp = nb * kernels::kQBlock;
-    const bool tall = M <= k8.tall_mr;  // a few rows: the tall tile, one pass over each panel for all of them
+    // More rows than one tile holds, but few: the tall tile, one pass over each panel for all of them.
+    const bool tall = M > k8.mr && M <= k8.tall_mr;
     const int mr = tall ? k8.tall_mr : k8.mr, nr = k8.nr;
     const kernels::Int8Kernel kernel = tall ? k8.tall : k8.tile;
     const int64_t panels = (N + nr - 1) / nr;

@@ -77,8 +77,8 @@ using Int8Kernel = void (*)(int64_t m, int64_t nb, const int16_t* a, int64_t lda
 struct Int8Kernels {
     int mr, nr;       // register tile: up to mr rows of A by one nr-column panel
     Int8Kernel tile;  // 1 <= m <= mr rows, all nr columns
-    int tall_mr;      // the tall tile: up to tall_mr rows by one whole panel, for products of that few rows (their
-    Int8Kernel tall;  // panels come from memory: one pass over them for all rows); the same bits as tile
+    int tall_mr;      // the tall tile: up to tall_mr rows by one whole panel, for products of mr < M <= tall_mr rows
+    Int8Kernel tall;  // (their panels come from memory: one pass over them for all rows); the same bits as tile
     // Per row i < m of a (k floats, row stride lda) and block b < nb = ceil(k / kQBlock): amax = max |a[i][p]| over
     // the block; scale[i][b] = amax / 127 and q[i][p] = rint(a[i][p] * (127 / amax)) (p < k; 0 for p in [k, kp)).
     // A block whose amax is 0 or below 2^-100 (where 127 / amax would overflow) gets scale 0 and zeros; a block
