@@ -91,9 +91,7 @@ public:
             if (a.ndim() != 1 || a.shape(0) != K_)
                 value_error("expected input_scale of shape (" + std::to_string(K_) + ",), got " + shape_str(a));
             const float* ap = f32(a);
-            for (int64_t p = 0; p < K_; ++p)
-                if (!(ap[p] > 0.0f && ap[p] <= 3.40282347e38f))
-                    value_error("input_scale must be positive and finite (index " + std::to_string(p) + ")");
+            gemm::PackedMatrix::check_input_scale(ap, K_);  // before the packing it would waste
             std::vector<float> divided(static_cast<std::size_t>(N_ * K_));
             for (int64_t j = 0; j < N_; ++j)
                 for (int64_t p = 0; p < K_; ++p) divided[j * K_ + p] = w32[j * K_ + p] / ap[p];

@@ -60,7 +60,7 @@ void gemm_cols(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, fl
         int64_t ld;
         const float* a = scaled_input(B, A, lda, M, ld);
         ks.i8.quantize(a, ld, M, K, q, kp, sa, nb);
-        const bool tall = M > ks.i8.mr && M <= ks.i8.tall_mr;  // one pass over each panel for all rows
+        const bool tall = ks.i8.tall_for(M);  // one pass over each panel for all rows
         const kernels::Int8Kernel tile = tall ? ks.i8.tall : ks.i8.tile;
         for_panels(M, tall ? ks.i8.tall_mr : ks.i8.mr, ks.i8.nr, N, col0, col1, C, ldc, beta, ep.bias,
                    [&](int64_t pq, int64_t i, int64_t m, float* out, int64_t ld, const float* bb) {

@@ -54,8 +54,7 @@ void gemm_int8(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, fl
     const kernels::KernelSet& ks = B.kernels();
     const kernels::Int8Kernels& k8 = ks.i8;
     const int64_t N = B.N(), K = B.K(), nb = B.nblocks(), kp = nb * kernels::kQBlock;
-    // More rows than one tile holds, but few: the tall tile, one pass over each panel for all of them.
-    const bool tall = M > k8.mr && M <= k8.tall_mr;
+    const bool tall = k8.tall_for(M);  // more rows than a tile holds, but few: one pass over each panel for all
     const int mr = tall ? k8.tall_mr : k8.mr, nr = k8.nr;
     const kernels::Int8Kernel kernel = tall ? k8.tall : k8.tile;
     const int64_t panels = (N + nr - 1) / nr;

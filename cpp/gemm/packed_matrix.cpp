@@ -382,10 +382,14 @@ void PackedMatrix::unpack_row(int64_t j, float* row) const {
 
 void PackedMatrix::set_input_scale(const float* a) {
     if (type_ != WeightType::i8) throw std::invalid_argument("an input scale needs an int8 weight");
-    for (int64_t p = 0; p < K_; ++p)
-        if (!(a[p] > 0.0f && a[p] <= 3.40282347e38f))
-            throw std::invalid_argument("input scales must be positive and finite");
+    check_input_scale(a, K_);
     in_scale_.assign(a, a + K_);
+}
+
+void PackedMatrix::check_input_scale(const float* a, int64_t K) {
+    for (int64_t p = 0; p < K; ++p)
+        if (!(a[p] > 0.0f && a[p] <= 3.40282347e38f))
+            throw std::invalid_argument("input_scale must be positive and finite (index " + std::to_string(p) + ")");
 }
 
 void PackedMatrix::unpack_transposed(float* w) const {

@@ -64,6 +64,8 @@ public:
     // with the outlier channels of A shrunk to the range of the others (SmoothQuant's migration of the activations'
     // range into the weights). The weight as unpacked is the stored one times a. Unset: none (nullptr).
     void set_input_scale(const float* a);
+    // std::invalid_argument naming the first of a[0, K) that is not positive and finite.
+    static void check_input_scale(const float* a, int64_t K);
     const float* input_scale() const { return in_scale_.empty() ? nullptr : in_scale_.data(); }
     std::size_t size_bytes() const { return bytes_ + in_scale_.size() * sizeof(float); }
     // Writes the matrix back in the transposed [N, K] layout (a weight's [out, in]) to w (N * K floats): the

@@ -79,6 +79,7 @@ struct Int8Kernels {
     Int8Kernel tile;  // 1 <= m <= mr rows, all nr columns
     int tall_mr;      // the tall tile: up to tall_mr rows by one whole panel, for products of mr < M <= tall_mr rows
     Int8Kernel tall;  // (their panels come from memory: one pass over them for all rows); the same bits as tile
+    bool tall_for(int64_t M) const { return M > mr && M <= tall_mr; }
     // Per row i < m of a (k floats, row stride lda) and block b < nb = ceil(k / kQBlock): amax = max |a[i][p]| over
     // the block; scale[i][b] = amax / 127 and q[i][p] = rint(a[i][p] * (127 / amax)) (p < k; 0 for p in [k, kp)).
     // A block whose amax is 0 or below 2^-100 (where 127 / amax would overflow) gets scale 0 and zeros; a block
