@@ -98,6 +98,11 @@ class Request:
         return token
 
 
+def _count(value, least: int) -> bool:
+    """Whether `value` is an integer (a bool is not) of at least `least`."""
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= least
+
+
 def _logprobs(logits: np.ndarray, token: int, k: int) -> Tuple[float, np.ndarray, np.ndarray]:
     """(log p(token), the k likeliest ids, their log-probabilities) of the log-softmax of one row of logits (V,),
     computed in float64."""
@@ -120,11 +125,9 @@ class ContinuousBatcher:
     def __init__(self, model, max_batch_size: int = 8, prefill_chunk: Optional[int] = 128):
         if getattr(model, "is_encoder_decoder", False):
             raise ValueError("continuous batching runs decoder-only models; this one is an encoder-decoder")
-        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, (int, np.integer)) or max_batch_size < 1:
+        if not _count(max_batch_size, 1):
             raise ValueError(f"max_batch_size must be a positive integer, got {max_batch_size!r}")
-        if prefill_chunk is not None and (
-            isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, (int, np.integer)) or prefill_chunk < 1
-        ):
+        if prefill_chunk is not None and not _count(prefill_chunk, 1):
             raise ValueError(f"prefill_chunk must be None or a positive integer, got {prefill_chunk!r}")
         self.model, self.max_batch_size = model, int(max_batch_size)
         self.prefill_chunk = None if prefill_chunk is None else int(prefill_chunk)
@@ -150,9 +153,7 @@ class ContinuousBatcher:
         sampling; max_new_tokens, temperature, top_p, seed, repetition_penalty, stop_strings with detokenize...).
         `logprobs` k >= 0: record each token's log-probability and the k likeliest alternatives (Request.logprobs).
         ValueError for a bad prompt or option, before anything runs."""
-        if logprobs is not None and (
-            isinstance(logprobs, bool) or not isinstance(logprobs, (int, np.integer)) or logprobs < 0
-        ):
+        if logprobs is not None and not _count(logprobs, 0):
             raise ValueError(f"logprobs must be None or an integer >= 0, got {logprobs!r}")
         ids = np.asarray(input_ids)
         if ids.ndim != 1:

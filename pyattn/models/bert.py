@@ -149,12 +149,11 @@ class BertModel(Module):
             attn = layer.self_attn
             amax = np.abs(x).max(axis=(0, 1)).astype(np.float64)
             w = np.abs(attn._projection("qkv").weight).max(axis=0).astype(np.float64)
-            if not (np.all(amax > 0) and np.all(w > 0) and np.all(np.isfinite(amax))):
-                x, _ = layer(x)
-                continue  # a feature never seen, or a zero weight column: no scale to derive; the fallback stays
-            s = amax**self._ALPHA / w ** (1 - self._ALPHA)
-            attn.int8_input_scale = (np.median(s) / s).astype(np.float32)
-            attn.int8_fallback = None
+            # a feature never seen, or a zero weight column: no scale to derive, and the float16 fallback stays
+            if np.all(amax > 0) and np.all(w > 0) and np.all(np.isfinite(amax)):
+                s = amax**self._ALPHA / w ** (1 - self._ALPHA)
+                attn.int8_input_scale = (np.median(s) / s).astype(np.float32)
+                attn.int8_fallback = None
             x, _ = layer(x)
 
     @classmethod

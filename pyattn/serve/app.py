@@ -349,11 +349,12 @@ def _check_sampling(body, served: Served, n_prompt: int, cfg: ServeConfig) -> Tu
 
 
 class _Generation:
-    """One request's decoding, a row of the continuous batch (workers.GenerationBatcher): `async for delta in
-    gen.run()` yields the new text of each step as the batch decodes it (held back while it may still become a stop
-    string or is half a character). The request joins the batch when `run` starts and leaves it when `run` ends,
-    whichever way (its last token, an error, a timeout, the client gone). With `top_logprobs` (not None) each
-    token's log-probability and its likeliest alternatives are recorded (`chat_logprobs`, `completion_logprobs`)."""
+    """One request's decoding, a row of the continuous batch (workers.GenerationBatcher): after `gen.submit()`,
+    `async for delta, upto in gen.run()` yields the new text of each step as the batch decodes it (held back while it
+    may still become a stop string or is half a character). The request joins the batch's queue at `submit` and
+    leaves the batch when `run` ends, whichever way (its last token, an error, a timeout, the client gone). With
+    `top_logprobs` (not None) each token's log-probability and its likeliest alternatives are recorded
+    (`chat_logprobs`, `completion_logprobs`)."""
 
     def __init__(
         self,
@@ -385,8 +386,8 @@ class _Generation:
         self._steps: Optional[asyncio.Queue] = None
 
     def submit(self) -> None:
-        """Joins the batcher's queue (400 for options it refuses, 503 when the queue is full). `run` submits if
-        this was not called; a request of n choices submits them all before any of them runs."""
+        """Joins the batcher's queue (400 for options it refuses, 503 when the queue is full), before `run`: a
+        request of n choices submits them all before any of them runs (_answer)."""
         options = self.options if self.top_logprobs is None else {**self.options, "logprobs": self.top_logprobs}
         try:
             self.request, self._steps = self.server.generation.submit(self.ids, options)
@@ -400,10 +401,7 @@ class _Generation:
 
     async def _tokens(self) -> AsyncIterator[int]:
         """The request's tokens as the batch produces them, up to and with the one that ended it."""
-        cfg = self.server.cfg
-        if self.request is None:
-            self.submit()
-        steps = self._steps
+        cfg, steps = self.server.cfg, self._steps
         while True:
             left = self.deadline - time.perf_counter()
             try:
