@@ -176,6 +176,29 @@ def test_left_padded_decoding_rows_equal_the_row_alone_bit_for_bit(isa, rng, Lq,
         np.testing.assert_array_equal(got, np.zeros_like(got))
 
 
+@pytest.mark.parametrize("Lq", [2, 5, 16])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])  # float16: Whisper's cross K/V under int8
+def test_rows_sharing_their_keys_equal_each_row_alone_bit_for_bit(isa, rng, Lq, dtype):
+    """Multi-head attention without the causal mask, up to 16 query rows (Whisper's beams folded against one encoder
+    output): the rows of a head share one pass over K and V, and each row computes exactly what it computes alone
+    (Lq = 1), under key padding and a per-row mask too; and matches the float64 reference."""
+    B, H, Lk, D = 2, 3, 150, 20
+    q = randn(rng, B, H, Lq, D)
+    k, v = randn(rng, B, H, Lk, D).astype(dtype), randn(rng, B, H, Lk, D).astype(dtype)
+    pad = np.zeros((B, Lk), bool)
+    pad[0, :7] = True  # leading padding (skipped) and
+    pad[1, 40:45] = True  # padding in the middle (masked)
+    am = rng.standard_normal((B, H, Lq, Lk)).astype(np.float32)
+    for kw in ({}, {"key_padding_mask": pad}, {"key_padding_mask": pad, "attn_mask": am}):
+        got = pyattn._core.scaled_dot_product_attention(q, k, v, **kw)
+        for i in range(Lq):
+            one = {n: (m[:, :, i : i + 1] if n == "attn_mask" else m) for n, m in kw.items()}
+            alone = pyattn._core.scaled_dot_product_attention(q[:, :, i : i + 1], k, v, **one)
+            np.testing.assert_array_equal(got[:, :, i : i + 1], alone)
+        want, _ = ref.sdpa(q, k, v, **kw)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5)
+
+
 def test_threads_agree(rng, restore_threads):
     q, k, v = qkv(rng, 1, 3, 100, 300, 64)
     res = []

@@ -21,8 +21,10 @@ constexpr int f16_format = static_cast<int>(kernels::HalfFormat::f16);
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // Queries handled by the direct (unpacked) path: packing K and V per head costs as much as a GEMV over
-// them, so for a few query rows (decoding) the scores are plain dot products instead.
+// them, so for a few query rows (decoding) the scores are plain dot products instead. Rows that share their keys
+// (direct_rows) take it up to kDirectMaxLqShared rows: one pass over K and V serves them all.
 constexpr int64_t kDirectMaxLq = 4;
+constexpr int64_t kDirectMaxLqShared = 16;
 
 inline void apply_mask(const KernelSet& ks, const MaskRef& m, int64_t b, int64_t h, int64_t qi, int64_t j0, int64_t n,
                        float* s) {
@@ -87,47 +89,65 @@ inline int64_t leading_padding(const AttentionArgs& a, int64_t b, int64_t n) {
     return j;
 }
 
-// One task of the direct path: query row i of the kv_group query heads that share K/V head g of batch entry b,
-// t = (b Hkv + g) Lq + i. Each key and value row is read once for the whole group (attn_scores, attn_values). s:
-// min(kv_group, 16) x Lk floats of scratch. Keys masked by the row's leading key padding are skipped, not masked:
-// they would add exact zeros, but shift which lanes of the softmax sum and of P V the real keys fall in, so a
-// left-padded row (a batch of prompts, continuous batching) computes bit for bit what the row computes alone.
+// Queries handled together by one task of the direct path: kv_group query heads that share a K/V head (grouped-query
+// attention), or, for multi-head attention without the causal mask, up to this many query rows of one head (every
+// row sees the same keys: Whisper's beams folded against their one encoder output). Each key and value row is then
+// read once for all of them.
+constexpr int64_t kDirectMaxRows = 16;
+
+// Query rows per direct task: a block of rows where they share their keys, else one.
+inline int64_t direct_rows(const AttentionArgs& a) {
+    return a.kv_group == 1 && !a.causal ? std::min(a.Lq, kDirectMaxRows) : 1;
+}
+
+// m query vectors against keys [j0, j0 + n) of K/V head (b, kv head of h): vector r is query head h + r dh, row
+// i + r di (dh = 1, di = 0: the heads of a group; dh = 0, di = 1: rows of one head). s: m x n floats of scratch.
+void direct_block(const KernelSet& ks, const AttentionArgs& a, int64_t b, int64_t h, int64_t i, int64_t dh, int64_t di,
+                  int64_t m, int64_t j0, int64_t n, float* s) {
+    const bool f16 = a.k.f16;
+    const int64_t ldq = dh * a.q.sh + di * a.q.sl, ldo = dh * a.out_sh + di * a.out_sl;
+    const float* q = head(a.q, b, h) + i * a.q.sl;
+    const int64_t k0 = j0 * a.k.sl, v0 = j0 * a.v.sl;  // the first key and value after the padding
+    if (f16)
+        ks.attn_scores_f16(m, q, ldq, kv_head<uint16_t>(a, a.k, b, h) + k0, a.k.sl, n, a.D, s, n);
+    else
+        ks.attn_scores(m, q, ldq, kv_head(a, a.k, b, h) + k0, a.k.sl, n, a.D, s, n);
+    bool dead[kDirectMaxRows];  // rows whose every key is masked: zeros, whatever V holds
+    for (int64_t r = 0; r < m; ++r) {
+        float* sr = s + r * n;
+        ks.scale(sr, n, a.scale);
+        mask_row(ks, a, b, h + r * dh, i + r * di, j0, n, sr);
+        dead[r] = !softmax_inplace(ks, sr, n);
+    }
+    float* o = out_row(a, b, h, i);
+    if (f16)
+        ks.attn_values_f16(m, s, n, n, kv_head<uint16_t>(a, a.v, b, h) + v0, a.v.sl, a.Dv, o, ldo);
+    else
+        ks.attn_values(m, s, n, n, kv_head(a, a.v, b, h) + v0, a.v.sl, a.Dv, o, ldo);
+    for (int64_t r = 0; r < m; ++r)
+        if (dead[r]) std::fill(o + r * ldo, o + r * ldo + a.Dv, 0.0f);
+}
+
+// One task of the direct path, t = (b Hkv + g) ceil(Lq / R) + block, R = direct_rows(a): query rows [block R,
+// block R + R) of the kv_group query heads that share K/V head g of batch entry b. Keys masked by the row's leading
+// key padding are skipped, not masked: they would add exact zeros, but shift which lanes of the softmax sum and of
+// P V the real keys fall in, so a left-padded row (a batch of prompts, continuous batching) computes bit for bit
+// what the row computes alone. How many rows or heads share a pass changes no bits: each score and each output
+// element is summed in the same order whatever the others are.
 void direct_task(const KernelSet& ks, const AttentionArgs& a, int64_t t, float* s) {
-    const int64_t G = a.kv_group, Hkv = a.H / G;
-    const int64_t i = t % a.Lq, bg = t / a.Lq, b = bg / Hkv, h0 = bg % Hkv * G;
-    const int64_t end = causal_end(a, i);
+    const int64_t G = a.kv_group, Hkv = a.H / G, R = direct_rows(a), blocks = (a.Lq + R - 1) / R;
+    const int64_t i = t % blocks * R, rows = std::min(R, a.Lq - i), bg = t / blocks, b = bg / Hkv, h0 = bg % Hkv * G;
+    const int64_t end = causal_end(a, i);  // the same for every row of a block (rows > 1: no causal mask)
     const int64_t j0 = leading_padding(a, b, end);
     const int64_t n = end - j0;  // keys [j0, end)
     if (n == 0) {                // nothing visible: zeros
-        for (int64_t h = h0; h < h0 + G; ++h) std::fill(out_row(a, b, h, i), out_row(a, b, h, i) + a.Dv, 0.0f);
+        for (int64_t h = h0; h < h0 + G; ++h)
+            for (int64_t r = i; r < i + rows; ++r) std::fill(out_row(a, b, h, r), out_row(a, b, h, r) + a.Dv, 0.0f);
         return;
     }
-    const bool f16 = a.k.f16;
-    // the first key and value after the padding
-    const int64_t k0 = j0 * a.k.sl, v0 = j0 * a.v.sl;
-    constexpr int64_t kChunk = 16;  // query heads per pass over K and V (MQA's groups can be large)
-    for (int64_t c0 = h0; c0 < h0 + G; c0 += kChunk) {
-        const int64_t m = std::min(kChunk, h0 + G - c0);
-        const float* q = head(a.q, b, c0) + i * a.q.sl;
-        if (f16)
-            ks.attn_scores_f16(m, q, a.q.sh, kv_head<uint16_t>(a, a.k, b, h0) + k0, a.k.sl, n, a.D, s, n);
-        else
-            ks.attn_scores(m, q, a.q.sh, kv_head(a, a.k, b, h0) + k0, a.k.sl, n, a.D, s, n);
-        bool dead[kChunk];  // rows whose every key is masked: zeros, whatever V holds
-        for (int64_t r = 0; r < m; ++r) {
-            float* sr = s + r * n;
-            ks.scale(sr, n, a.scale);
-            mask_row(ks, a, b, c0 + r, i, j0, n, sr);
-            dead[r] = !softmax_inplace(ks, sr, n);
-        }
-        if (f16)
-            ks.attn_values_f16(m, s, n, n, kv_head<uint16_t>(a, a.v, b, h0) + v0, a.v.sl, a.Dv, out_row(a, b, c0, i),
-                               a.out_sh);
-        else
-            ks.attn_values(m, s, n, n, kv_head(a, a.v, b, h0) + v0, a.v.sl, a.Dv, out_row(a, b, c0, i), a.out_sh);
-        for (int64_t r = 0; r < m; ++r)
-            if (dead[r]) std::fill(out_row(a, b, c0 + r, i), out_row(a, b, c0 + r, i) + a.Dv, 0.0f);
-    }
+    if (rows > 1) return direct_block(ks, a, b, h0, i, 0, 1, rows, j0, n, s);
+    for (int64_t c0 = h0; c0 < h0 + G; c0 += kDirectMaxRows)  // MQA's groups can be large
+        direct_block(ks, a, b, c0, i, 1, 0, std::min(kDirectMaxRows, h0 + G - c0), j0, n, s);
 }
 
 void attention_weights(const AttentionArgs& a, int nt) {
@@ -267,7 +287,7 @@ void scaled_dot_product_attention(const AttentionArgs& a) {
         return attention_weights(a, nt);
     }
     const KernelSet& ks = cpu::active();
-    if (a.Lq <= kDirectMaxLq) {
+    if (a.Lq <= kDirectMaxLq || (direct_rows(a) > 1 && a.Lq <= kDirectMaxLqShared)) {
         const int64_t tasks = attention_tasks(a);
 #pragma omp parallel num_threads(nt) if (nt > 1)
         {
@@ -279,13 +299,17 @@ void scaled_dot_product_attention(const AttentionArgs& a) {
     attention_flash(ks, a, nt);
 }
 
-int64_t attention_tasks(const AttentionArgs& a) { return a.B * (a.H / a.kv_group) * a.Lq; }
+int64_t attention_tasks(const AttentionArgs& a) {
+    const int64_t R = direct_rows(a);
+    return a.B * (a.H / a.kv_group) * ((a.Lq + R - 1) / R);
+}
 
 void attention_rows(const AttentionArgs& a, int64_t t0, int64_t t1) {
     const KernelSet& ks = cpu::active();
     t1 = std::min(t1, attention_tasks(a));
     if (t0 >= t1) return;
-    float* s = scratch<Slot::attn_scores>(static_cast<std::size_t>(std::min<int64_t>(a.kv_group, 16) * a.Lk));
+    const int64_t m = std::max(std::min(a.kv_group, kDirectMaxRows), direct_rows(a));  // query vectors per pass
+    float* s = scratch<Slot::attn_scores>(static_cast<std::size_t>(m * a.Lk));
     for (int64_t t = t0; t < t1; ++t) direct_task(ks, a, t, s);
 }
 

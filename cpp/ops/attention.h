@@ -13,8 +13,11 @@
 //   causal: key j is visible to query i iff j <= i + causal_offset (0: torch's is_causal, top-left aligned;
 //   Lk - Lq: the bottom-right alignment of a query block appended to a KV cache).
 // A query whose keys are all masked gets a zero output row (and zero weights), not NaN.
-// Batch invariance: on the decoding path (Lq <= 4, no weights) a batch entry's leading keys masked by a bool
-// key_padding_mask are skipped, so a left-padded row's output equals, bit for bit, that of the row without them.
+// The direct path (no weights; Lq <= 4, or Lq <= 16 for multi-head attention without the causal mask) computes
+// plain dot products over K and V in place, one pass over a K/V head for the query heads that share it, or for up to
+// 16 rows of one head when every row sees the same keys. Each row's result is the same bits however many share the
+// pass. Batch invariance: there, a batch entry's leading keys masked by a bool key_padding_mask are skipped, so a
+// left-padded row's output equals, bit for bit, that of the row without them.
 //
 // Algorithm: per (b, h, block of queries), keys are visited in blocks; each block's scores are computed with
 // the GEMM micro-kernel against packed K, masked in the tile, folded into a running (online) softmax -- row
@@ -57,7 +60,8 @@ struct AttentionArgs {
 void scaled_dot_product_attention(const AttentionArgs& a);
 
 // The decoding (direct) algorithm's tasks: attention_tasks(a) of them, task t = (b Hkv + g) Lq + i being query row
-// i of the H / Hkv query heads that share K/V head g (they read each key and value row once). attention_rows computes
+// i of the H / Hkv query heads that share K/V head g (they read each key and value row once), or, for multi-head
+// attention without the causal mask, a block of up to 16 rows of head g. attention_rows computes
 // tasks [t0, t1) on the calling thread alone; a.weights must be null. For a caller that runs a decoding step in one
 // parallel region and splits the tasks over its team itself.
 int64_t attention_tasks(const AttentionArgs& a);
