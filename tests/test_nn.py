@@ -294,6 +294,33 @@ def test_papers_whole_model_with_embeddings_and_greedy_decoding(tmp_path):
         export_torch(m.transformer, tmp_path / "x", src_embedding=m.src)
 
 
+def test_projected_memory_kv_float32_and_float16():
+    """project_kv holds the encoder output's K/V head-major, as float32 (the same outputs as attending to the memory
+    itself) or float16 (the values rounded once to nearest: the same outputs as float32 K/V holding those values);
+    K/V beyond float16's range stay float32 rather than becoming inf."""
+    from pyattn.nn import MultiHeadAttention
+
+    rng = np.random.default_rng(5)
+    E, H, kdim = 48, 3, 40
+    w = [rng.standard_normal((E, d)).astype(np.float32) * 0.2 for d in (E, kdim, kdim, E)]
+    attn = MultiHeadAttention(H, *w)
+    x, mem = rng.standard_normal((2, 5, E)).astype(np.float32), rng.standard_normal((2, 7, kdim)).astype(np.float32)
+    kv32 = attn.project_kv(mem)
+    assert kv32.k.dtype == np.float32 and kv32.k.shape == (2, H, 7, E // H) and kv32.k.flags.c_contiguous
+    np.testing.assert_allclose(attn(x, memory_kv=kv32)[0], attn(x, mem)[0], rtol=1e-5, atol=1e-6)
+    kv16 = attn.project_kv(mem, "float16")
+    assert kv16.k.dtype == np.float16 and kv16.length == 7
+    np.testing.assert_array_equal(kv16.k, kv32.k.astype(np.float16))
+    rounded = attn.project_kv(mem)
+    rounded.k, rounded.v = kv16.k.astype(np.float32), kv16.v.astype(np.float32)
+    np.testing.assert_array_equal(attn(x, memory_kv=kv16)[0], attn(x, memory_kv=rounded)[0])
+    assert not np.array_equal(attn(x, memory_kv=kv16)[0], attn(x, memory_kv=kv32)[0])
+    big = attn.project_kv(mem * 1e5, "float16")
+    assert big.k.dtype == np.float32 and np.isfinite(big.k).all()
+    with pytest.raises(ValueError, match="float32 or float16"):
+        attn.project_kv(mem, "int8")
+
+
 def test_attention_with_given_projections():
     """Projections handed over as Linears (a file that stores them fused, or int8) compute exactly what the same
     weights given as w_q, w_k, w_v compute; the layer holds no float copy and uses only what it was given."""

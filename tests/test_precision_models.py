@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import pathlib
 
+import numpy as np
 import pytest
 
 DATA = pathlib.Path(__file__).parent / "data"
@@ -90,6 +91,9 @@ def test_whisper_reduced_precision_same_transcripts(compute_type, whisper_float3
     decoder = {m.storage for part in (model.decoder, model.proj) for m in part.modules() if hasattr(m, "storage")}
     assert encoder == {"float32" if compute_type == "int8" else compute_type}
     assert decoder == {compute_type}
+    # the cross-attention K/V every step reads are float16 under both (Whisper's kv_cache default)
+    state = model.init_state(memory=model.encode(model.features(DATA / CLIPS[0])))
+    assert {kv.k.dtype for kv in state.memory_kv} == {np.dtype(np.float16)}
     for clip, (greedy, beam) in whisper_float32.items():
         assert model.transcribe_text(DATA / clip) == greedy, clip
         assert model.transcribe_text(DATA / clip, beam_size=5) == beam, clip

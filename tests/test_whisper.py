@@ -312,6 +312,26 @@ def test_float32_and_float16_storage_agree(model, features):
     assert m32.generate(feats, beam_size=5) == model.generate(feats, beam_size=5)
 
 
+def test_kv_cache_choice(model, features):
+    """The cross-attention K/V are float32 with the file's own weights (exact against CTranslate2) and float16 when
+    asked (or by default under int8 / bfloat16 weights): the same ids on fox.wav, logits within float16's rounding."""
+    feats = features["fox.wav"]
+    memory = model.encode(feats)
+    assert {kv.k.dtype for kv in model.init_state(memory=memory).memory_kv} == {np.dtype(np.float32)}
+    m16 = Whisper.from_pretrained(kv_cache="float16")
+    state16, state32 = m16.init_state(memory=memory), model.init_state(memory=memory)
+    assert {kv.k.dtype for kv in state16.memory_kv} == {np.dtype(np.float16)}
+    prompt = np.array([[model.sot]])
+    l16, l32 = m16.step(prompt, None, state16), model.step(prompt, None, state32)
+    assert 0 < np.abs(l16 - l32).max() < 0.05
+    assert m16.generate(feats, beam_size=5) == model.generate(feats, beam_size=5)
+    assert Whisper.from_pretrained(compute_type="int8", kv_cache="float32").init_state(memory=memory).memory_kv[
+        0
+    ].k.dtype == np.dtype(np.float32)
+    with pytest.raises(ValueError, match="kv_cache must be"):
+        Whisper.from_pretrained(kv_cache="int8")
+
+
 # ---- a CTranslate2 int8 file ---------------------------------------------------------------------------
 
 

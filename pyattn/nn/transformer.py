@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import _core
 from .. import functional as F
-from .attention import KVCache, MultiHeadAttention
+from .attention import HeadKVCache, KVCache, MultiHeadAttention
 from .layers import LayerNorm, Module, as_linear
 
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
@@ -179,7 +179,7 @@ class TransformerDecoderLayer(Module):
         x,
         memory=None,
         *,
-        memory_kv: Optional[KVCache] = None,
+        memory_kv: Optional[HeadKVCache] = None,
         cache: Optional[KVCache] = None,
         tgt_mask=None,
         tgt_key_padding_mask=None,
@@ -250,7 +250,7 @@ class DecoderState:
     into one row (MultiHeadAttention). A reorder that keeps the groups (beam search's: beams stay within their
     input row) moves only the self-attention caches; any other copies the memory rows it needs."""
 
-    def __init__(self, self_caches: List[KVCache], memory_kv: List[KVCache], memory_key_padding_mask=None):
+    def __init__(self, self_caches: List[KVCache], memory_kv: List[HeadKVCache], memory_key_padding_mask=None):
         self.self_caches, self.memory_kv = self_caches, memory_kv
         self.memory_key_padding_mask = memory_key_padding_mask
         self.group = 1  # decoder rows per memory row
@@ -285,13 +285,14 @@ class TransformerDecoder(Module):
         if len({layer.cross_attn.kdim for layer in self.layers}) > 1:
             raise ValueError("decoder: the layers' cross-attentions read memories of different widths")
 
-    def init_state(self, memory: np.ndarray, memory_key_padding_mask=None) -> DecoderState:
-        """Projects the encoder output once per layer; each decoding step then costs O(current length)."""
+    def init_state(self, memory: np.ndarray, memory_key_padding_mask=None, memory_kv_dtype="float32") -> DecoderState:
+        """Projects the encoder output once per layer (K/V held as memory_kv_dtype, float32 or float16); each
+        decoding step then costs O(current length)."""
         B = memory.shape[0]
         d = self.layers[0].self_attn.d_model
         return DecoderState(
             [KVCache(B, d) for _ in self.layers],
-            [layer.cross_attn.project_kv(memory) for layer in self.layers],
+            [layer.cross_attn.project_kv(memory, memory_kv_dtype) for layer in self.layers],
             memory_key_padding_mask,
         )
 
