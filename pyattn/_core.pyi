@@ -368,6 +368,12 @@ def swiglu(gate_up: _F32) -> _F32:
     silu(gate) * up for gate_up (..., 2 F) = [gate | up] (the two projections of a SwiGLU FFN in one GEMM).
     """
 
+def topk(x: _F32, k: int) -> Tuple[_F32, _I64]:
+    """
+    (values, indices) of the k largest entries over the last axis of a C-contiguous float32 array, largest
+    first; ties keep the lower index first, NaN ranks below every number.
+    """
+
 def weight_types() -> List[str]:
     """
     Names of the weight types PackedLinear can hold.

@@ -420,3 +420,25 @@ def test_attention_holds_each_weight_once():
     # cross-attention later: Q and K/V packed from the values read back, the same results as a fresh layer
     np.testing.assert_array_equal(attn(x, mem)[0], MultiHeadAttention(H, wq, wk, wv, wo, bq, bk, bv, bo)(x, mem)[0])
     np.testing.assert_array_equal(attn(x)[0], want_self)
+
+
+@pytest.mark.parametrize("head_major", [False, True])
+def test_cache_reorder_copies_the_written_positions(head_major):
+    """reorder keeps rows `index` (repeated, dropped, permuted) of the positions written so far; the identity keeps
+    the buffers as they are."""
+    from pyattn.nn.attention import HeadKVCache, KVCache
+
+    rng = np.random.default_rng(0)
+    cache = HeadKVCache(3, 2, 4, capacity=16) if head_major else KVCache(3, 8, capacity=16)
+    filled = (slice(None), slice(None), slice(0, 5)) if head_major else (slice(None), slice(0, 5))
+    cache.k[filled] = rng.standard_normal(cache.k[filled].shape)
+    cache.v[filled] = rng.standard_normal(cache.v[filled].shape)
+    cache.length = 5
+    k, v = cache.k[filled].copy(), cache.v[filled].copy()
+    same = cache.k
+    cache.reorder(np.arange(3))
+    assert cache.k is same
+    cache.reorder(np.array([2, 0, 2, 1]))
+    assert cache.k.shape[0] == 4 and cache.length == 5
+    np.testing.assert_array_equal(cache.k[filled], k[[2, 0, 2, 1]])
+    np.testing.assert_array_equal(cache.v[filled], v[[2, 0, 2, 1]])

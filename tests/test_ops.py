@@ -111,3 +111,45 @@ def test_silu_far_negative_is_zero_on_every_isa(isa):
     y = F.silu(x)
     np.testing.assert_allclose(y, ref.silu(x), atol=1e-30)
     assert np.all(y <= 0) and np.abs(y[:3]).max() == 0.0
+
+
+def topk_reference(x: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest per row, largest first, ties by lower index, NaN after every number."""
+    rows = x.reshape(-1, x.shape[-1])
+    out = [sorted(range(r.size), key=lambda j: (np.isnan(r[j]), 0.0 if np.isnan(r[j]) else -r[j], j))[:k] for r in rows]
+    return np.array(out, np.int64).reshape(x.shape[:-1] + (k,))
+
+
+@pytest.mark.parametrize("k", [0, 1, 5, 37])
+def test_topk_against_a_sort(rng, k):
+    from pyattn import _core
+
+    x = rng.standard_normal((2, 3, 37)).astype(np.float32)
+    x[0, 0] = np.round(x[0, 0])  # ties
+    x[0, 1, ::3] = -np.inf
+    x[0, 2, [4, 9, 30]] = np.nan
+    x[1, 0] = np.nan  # nothing but NaN
+    x[1, 1, :] = 2.0  # one value throughout
+    x[1, 2, 20:] = np.inf
+    values, indices = _core.topk(x, k)
+    want = topk_reference(x, k)
+    np.testing.assert_array_equal(indices, want)
+    np.testing.assert_array_equal(values, np.take_along_axis(x, want, -1))
+    assert values.dtype == np.float32 and indices.dtype == np.int64 and indices.shape == (2, 3, k)
+
+
+def test_topk_large_rows_and_bad_input(rng):
+    from pyattn import _core
+
+    x = rng.standard_normal((5, 51864)).astype(np.float32)
+    np.testing.assert_array_equal(_core.topk(x, 10)[1], np.argsort(-x, axis=1, kind="stable")[:, :10])
+    with pytest.raises(ValueError, match=r"k must be in \[0, 51864\], got 51865"):
+        _core.topk(x, 51865)
+    with pytest.raises(ValueError, match="k must be in"):
+        _core.topk(x, -1)
+    with pytest.raises(TypeError, match="float32"):
+        _core.topk(x.astype(np.float64), 3)
+    with pytest.raises(ValueError, match="contiguous"):
+        _core.topk(x[:, ::2], 3)
+    with pytest.raises(ValueError):
+        _core.topk(np.zeros((2, 0), np.float32), 0)

@@ -4,6 +4,7 @@
 #include "ops/rms_norm.h"
 #include "ops/rope.h"
 #include "ops/softmax.h"
+#include "ops/topk.h"
 
 namespace pyattn::bind {
 namespace {
@@ -24,6 +25,24 @@ py::array softmax(const py::array& x, bool log) {
     py::gil_scoped_release nogil;
     (log ? ops::log_softmax : ops::softmax)(xp, n, yp, n, rows, n);
     return y;
+}
+
+py::tuple topk(const py::array& x, int64_t k) {
+    check_rows_input(x, "x");
+    const int64_t n = x.shape(x.ndim() - 1), rows = static_cast<int64_t>(x.size()) / n;
+    if (k < 0 || k > n) value_error("k must be in [0, " + std::to_string(n) + "], got " + std::to_string(k));
+    std::vector<int64_t> shape = shape_of(x);
+    shape.back() = k;
+    py::array values = empty_f32(shape);
+    py::array_t<int64_t> indices(shape);
+    const float* xp = f32(x);
+    float* vp = f32_mut(values);
+    int64_t* ip = indices.mutable_data();
+    {
+        py::gil_scoped_release nogil;
+        ops::topk(xp, n, rows, n, k, vp, ip);
+    }
+    return py::make_tuple(values, indices);
 }
 
 const float* optional_vector(const py::object& v, int64_t n, const char* name, py::array& keep) {
@@ -178,6 +197,9 @@ void bind_ops(py::module_& m) {
     m.def(
         "log_softmax", [](const py::array& x) { return softmax(x, true); }, py::arg("x"),
         "log_softmax over the last axis of a C-contiguous float32 array; an all -inf row gives -inf.");
+    m.def("topk", &topk, py::arg("x"), py::arg("k"),
+          "(values, indices) of the k largest entries over the last axis of a C-contiguous float32 array, largest\n"
+          "first; ties keep the lower index first, NaN ranks below every number.");
     m.def("swiglu", &swiglu, py::arg("gate_up"),
           "silu(gate) * up for gate_up (..., 2 F) = [gate | up] (the two projections of a SwiGLU FFN in one GEMM).");
     m.def("rope", &rope, py::arg("x"), py::arg("positions"), py::arg("cos"), py::arg("sin"),

@@ -24,6 +24,7 @@ from typing import Callable, Iterable, List, Optional, Sequence
 
 import numpy as np
 
+from .. import _core
 from .. import functional as F
 from .processors import apply
 from .search import prompt_positions
@@ -32,7 +33,9 @@ _NEG = np.float32(-1.0e9)
 
 
 def _topk(x: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest entries of each row, largest first (ties: lower index first)."""
+    """Indices of the k largest entries of each row, largest first (ties: lower index first; NaN last)."""
+    if x.dtype == np.float32:  # one pass in the core: argpartition took 1.2 ms a step over Whisper's 5 x 51864
+        return _core.topk(np.ascontiguousarray(x), k)[1]
     if k < x.shape[1]:
         part = np.argpartition(-x, k - 1, axis=1)[:, :k]
     else:

@@ -41,9 +41,18 @@ class _PositionCache:
                 setattr(self, name, new)
 
     def reorder(self, index: np.ndarray) -> None:
-        """Keeps batch rows `index` (beam search): row i of the new cache is row index[i] of the old."""
-        self.k = F._c_aligned(self.k[index])
-        self.v = F._c_aligned(self.v[index])
+        """Keeps batch rows `index` (beam search): row i of the new cache is row index[i] of the old. Only the
+        positions written so far are copied, not the capacity beyond them."""
+        index = np.asarray(index, np.int64).reshape(-1)
+        if index.size == self.k.shape[0] and np.array_equal(index, np.arange(index.size)):
+            return  # every row stays
+        for name in ("k", "v"):
+            old = getattr(self, name)
+            new = np.empty(self._shape(index.size, old.shape[self.AXIS]), old.dtype)
+            filled = tuple(slice(0, self.length) if a == self.AXIS else slice(None) for a in range(1, old.ndim))
+            for i, j in enumerate(index.tolist()):  # row by row, each a contiguous copy (np.take into the
+                new[i][filled] = old[j][filled]  # strided part measured slower than copying the whole capacity)
+            setattr(self, name, new)
 
     def merge(self, other: _PositionCache) -> None:
         """Appends the rows of `other` (a cache of the same layout and heads) after these. The shorter of the two is
