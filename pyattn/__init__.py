@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os as _os
 
+from ._checks import is_int
+
 # OpenMP workers of libgomp spin for a while after each parallel region before they sleep. With two
 # runtimes in one process (PyTorch ships its own libgomp) or another busy process, spinning workers steal
 # the cores the others need. Keep the spin short; libgomp reads this when it loads, i.e. with _core below.
@@ -38,7 +40,7 @@ if _isa:
 
 def set_num_threads(n: int) -> None:
     """Set the number of threads used by pyattn's parallel ops (default: OMP_NUM_THREADS or the cores)."""
-    if isinstance(n, bool) or not isinstance(n, int):
+    if not is_int(n):
         raise TypeError(f"num_threads must be an int, got {type(n).__name__}")
     _core.set_num_threads(n)
 

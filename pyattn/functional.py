@@ -36,6 +36,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from . import _core
+from ._checks import is_int
 
 __all__ = [
     "matmul",
@@ -146,7 +147,7 @@ def _number(x, name: str) -> float:
 
 
 def _axis(x: np.ndarray, axis: int) -> int:
-    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+    if not is_int(axis):
         raise TypeError(f"axis must be an int, got {type(axis).__name__}")
     if not -x.ndim <= axis < x.ndim:
         raise ValueError(f"axis {axis} is out of range for an array of shape {x.shape}")
@@ -229,9 +230,9 @@ def rope_tables(num_positions: int, rot: int, base: float = 10000.0, *, inv_freq
     Hugging Face's Llama does (inverse frequencies and their products with the positions in float32), the cosines
     and sines of those float32 angles rounded once. inv_freq: (rot // 2,) inverse frequencies to use instead of
     base's (a scaled RoPE's), base then unused."""
-    if isinstance(rot, bool) or not isinstance(rot, (int, np.integer)) or rot < 2 or rot % 2:
+    if not is_int(rot) or rot < 2 or rot % 2:
         raise ValueError(f"rot must be an even integer >= 2, got {rot!r}")
-    if isinstance(num_positions, bool) or not isinstance(num_positions, (int, np.integer)) or num_positions < 1:
+    if not is_int(num_positions) or num_positions < 1:
         raise ValueError(f"num_positions must be a positive integer, got {num_positions!r}")
     if inv_freq is not None:
         inv = np.asarray(inv_freq, np.float32)
@@ -455,7 +456,7 @@ def multi_head_attention(
     unless ``need_weights``: (B, Lq, Lk) averaged over heads, or (B, H, Lq, Lk) with
     ``average_attn_weights=False``. Unlike torch, a fully masked query row gives zeros, not NaN.
     """
-    if isinstance(num_heads, bool) or not isinstance(num_heads, (int, np.integer)) or num_heads < 1:
+    if not is_int(num_heads) or num_heads < 1:
         raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
     query = _as_float32(query, "query")
     key = query if key is query else _as_float32(key, "key")

@@ -11,6 +11,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ._checks import is_int
+
 __all__ = ["attention"]
 
 _CELL_INCHES = 0.3  # one token's row / column
@@ -26,7 +28,7 @@ def _matplotlib():
 
 
 def _index(i, n: int, name: str, shape) -> int:
-    if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+    if not is_int(i):
         raise TypeError(f"{name} must be an int, got {type(i).__name__}")
     if not -n <= i < n:
         raise IndexError(f"{name} {i} is out of range for weights of shape {shape}")

@@ -41,6 +41,8 @@ from typing import Any, Dict, Optional, Union
 
 import numpy as np
 
+from ._checks import is_int
+
 try:
     import ray
 except ImportError:
@@ -62,7 +64,7 @@ def threads_for_worker(num_threads: Optional[int] = None) -> Optional[int]:
     actor or task (rounded down, at least 1), else None (not in a Ray worker, or no CPUs assigned: leave pyattn's
     default, OMP_NUM_THREADS or the cores)."""
     if num_threads is not None:
-        if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+        if not is_int(num_threads) or num_threads < 1:
             raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
         return num_threads
     if not ray.is_initialized():
@@ -365,7 +367,7 @@ def _pool(num_cpus: float, actors: Optional[int]) -> ray.data.ActorPoolStrategy:
     if actors is None:
         total = ray.cluster_resources().get("CPU", 1.0)
         actors = max(1, math.floor((total - 1) / num_cpus))
-    if isinstance(actors, bool) or not isinstance(actors, int) or actors < 1:
+    if not is_int(actors) or actors < 1:
         raise ValueError(f"actors must be a positive int or None, got {actors!r}")
     return ray.data.ActorPoolStrategy(size=actors)
 

@@ -39,6 +39,7 @@ from typing import Deque, List, Optional, Tuple
 
 import numpy as np
 
+from .._checks import is_int
 from .plan import Plan
 from .processors import apply
 from .protocol import MergeableState
@@ -100,7 +101,7 @@ class Request:
 
 def _count(value, least: int) -> bool:
     """Whether `value` is an integer (a bool is not) of at least `least`."""
-    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= least
+    return is_int(value) and value >= least
 
 
 def _logprobs(logits: np.ndarray, token: int, k: int) -> Tuple[float, np.ndarray, np.ndarray]:

@@ -8,6 +8,7 @@ from typing import Callable, Dict, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from .._checks import is_int
 from . import search
 from .beam import TransformersRule, beam_search
 from .processors import StopStrings, build_processors
@@ -28,12 +29,7 @@ def _token_id(value, name: str, from_config: bool, vocab: Optional[int]) -> Opti
     """None, or a token id in [0, vocab): the ids generation reads from the config are checked like arguments."""
     if value is None:
         return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, np.integer))
-        or value < 0
-        or (vocab is not None and value >= vocab)
-    ):
+    if not is_int(value) or value < 0 or (vocab is not None and value >= vocab):
         where = " (from the model's config.json)" if from_config else ""
         raise ValueError(
             f"{name}{where} must be a token id in [0, {vocab if vocab is not None else 'vocab'}), got {value!r}"

@@ -23,6 +23,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 import numpy as np
 
 from .. import functional as F
+from .._checks import is_int
 
 __all__ = [
     "ForcedTokens",
@@ -88,7 +89,7 @@ class TopK:
     """Keeps the k highest scores (ties with the k-th kept), the rest -inf (TopKLogitsWarper)."""
 
     def __init__(self, k: int):
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+        if not is_int(k) or k < 0:
             raise ValueError(f"top_k must be an integer >= 0, got {k!r}")
         self.k = int(k)
 
@@ -172,7 +173,7 @@ class NoRepeatNGram:
     """Bans every token that would repeat an n-gram of the sequence (NoRepeatNGramLogitsProcessor)."""
 
     def __init__(self, n: int):
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        if not is_int(n) or n < 1:
             raise ValueError(f"no_repeat_ngram_size must be a positive integer, got {n!r}")
         self.n = int(n)
 

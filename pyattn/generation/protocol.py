@@ -48,6 +48,7 @@ from typing import Any, Optional, Protocol, Tuple, runtime_checkable
 
 import numpy as np
 
+from .._checks import is_int
 from ..functional import positions_from_mask
 
 __all__ = ["Decoder", "DecoderState", "MergeableState", "positions_from_mask", "state_arguments"]
@@ -100,6 +101,6 @@ def state_arguments(batch, memory, memory_mask) -> Tuple[Optional[int], Any, Opt
         if batch is not None and int(batch) != rows:
             raise ValueError(f"init_state: batch {batch} does not match the memory's {rows} rows {memory.shape}")
         batch = rows
-    if batch is not None and (isinstance(batch, bool) or int(batch) < 1):
+    if batch is not None and (not is_int(batch) or batch < 1):
         raise ValueError(f"init_state: batch must be a positive integer, got {batch!r}")
     return (None if batch is None else int(batch)), memory, memory_mask

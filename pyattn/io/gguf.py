@@ -26,6 +26,8 @@ from typing import Any, Dict, Tuple
 
 import numpy as np
 
+from .._checks import is_int
+
 MAGIC = b"GGUF"
 
 # metadata value types: code -> (name, struct format or None for string / array)
@@ -359,7 +361,7 @@ def read_gguf(path) -> GGUFFile:
         code, offset = cur.unpack("<IQ", f"the type and offset of tensor {name!r}")
         infos.append((name, ne, code, offset))
     alignment = metadata.get("general.alignment", 32)
-    if isinstance(alignment, bool) or not isinstance(alignment, int) or not 1 <= alignment <= 1 << 20:
+    if not is_int(alignment) or not 1 <= alignment <= 1 << 20:
         raise ValueError(f"{path}: general.alignment {alignment!r} is not a positive integer up to 2^20")
     data_offset = -(-cur.pos // alignment) * alignment
     data_size = len(buf) - data_offset

@@ -14,6 +14,8 @@ from typing import Dict
 
 import numpy as np
 
+from .._checks import is_int
+
 __all__ = ["ShardedSafetensors", "SafetensorsFile", "Weights", "errors_name", "read_config", "read_safetensors"]
 
 
@@ -118,7 +120,7 @@ class SafetensorsFile(Mapping):
 
 
 def _whole_numbers(v) -> bool:
-    return isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
+    return isinstance(v, list) and all(is_int(x) and x >= 0 for x in v)
 
 
 def _bf16_entries(path: Path, names) -> Dict[str, tuple]:

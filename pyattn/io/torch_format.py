@@ -14,6 +14,7 @@ from typing import Dict
 
 import numpy as np
 
+from .._checks import is_int, is_number
 from ..nn import (
     FeedForward,
     LayerNorm,
@@ -133,7 +134,7 @@ def _check_config(c: dict, kind: str, source: str) -> None:
 
     def positive_int(key):
         v = c[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        if not is_int(v) or v <= 0:
             raise ValueError(f"{source}: config '{key}' must be a positive integer, got {v!r}")
 
     def boolean(key):
@@ -151,7 +152,7 @@ def _check_config(c: dict, kind: str, source: str) -> None:
         raise ValueError(f"{source}: config 'activation' must be one of {_ACTIVATIONS}, got {c['activation']!r}")
     boolean("norm_first")
     eps = c["layer_norm_eps"]
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < math.inf:
+    if not is_number(eps) or not 0 <= eps < math.inf:
         raise ValueError(f"{source}: config 'layer_norm_eps' must be a finite number >= 0, got {eps!r}")
 
 

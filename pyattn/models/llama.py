@@ -41,6 +41,7 @@ import numpy as np
 
 from .. import _core
 from .. import functional as F
+from .._checks import is_int, is_number
 from ..generation import generate as _generate
 from ..generation.protocol import state_arguments
 from ..io.gguf import GGUFFile, int8_blocks, q4_k_as_q4_1, read_gguf, tokenizer
@@ -95,7 +96,7 @@ class LlamaConfig:
     def check(self, source: str) -> None:
         for key in ("num_layers", "d_model", "num_heads", "num_kv_heads", "head_dim", "ffn_dim", "vocab_size"):
             v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+            if not is_int(v) or v <= 0:
                 raise ValueError(f"{source}: {key} must be a positive integer, got {v!r}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"{source}: {self.num_kv_heads} KV heads must divide the {self.num_heads} heads")
@@ -199,9 +200,9 @@ def gguf_config(f: GGUFFile) -> LlamaConfig:
         v = f.get(f"llama.{key}", default)
         if v is None:
             raise ValueError(f"{src}: metadata has no llama.{key}")
-        if kind is int and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0):
+        if kind is int and (not is_int(v) or v <= 0):
             raise ValueError(f"{src}: llama.{key} must be a positive integer, got {v!r}")
-        if kind is float and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < np.inf):
+        if kind is float and (not is_number(v) or not 0 < v < np.inf):
             raise ValueError(f"{src}: llama.{key} must be a positive number, got {v!r}")
         return kind(v)
 
@@ -306,7 +307,7 @@ def _rope_settings(cfg: dict, source: str) -> Tuple[float, Optional[dict]]:
         scaling = cfg.get("rope_scaling")
         if scaling is not None and not isinstance(scaling, dict):
             raise ValueError(f"{source}: config 'rope_scaling' must be null or an object, got {scaling!r:.60}")
-    if isinstance(base, bool) or not isinstance(base, (int, float)) or not 1 < base < math.inf:
+    if not is_number(base) or not 1 < base < math.inf:
         raise ValueError(f"{source}: config 'rope_theta' must be a finite number > 1, got {base!r}")
     kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
     if kind not in ROPE_TYPES:
@@ -319,7 +320,7 @@ def _rope_settings(cfg: dict, source: str) -> Tuple[float, Optional[dict]]:
 
     def positive(key, default=None):
         v = scaling.get(key, default)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
+        if not is_number(v) or not 0 < v < math.inf:
             raise ValueError(f"{source}: rope_scaling '{key}' must be a positive number, got {v!r}")
         return float(v)
 
@@ -342,7 +343,7 @@ def _token_ids(cfg: dict, key: str, source: str, many: bool = False):
     if many and isinstance(v, list) and v:
         ids = [_token_ids({key: x}, key, source) for x in v]
         return ids if len(ids) > 1 else ids[0]
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+    if not is_int(v) or v < 0:
         raise ValueError(f"{source}: config '{key}' must be a token id{' or a list of them' * many}, got {v!r:.60}")
     return v
 

@@ -11,6 +11,7 @@ from typing import Optional
 import numpy as np
 
 from .. import _core
+from .._checks import is_int, is_number
 from ..io import model_folder
 from ..io.model_folder import ShardedSafetensors, Weights, errors_name, read_safetensors
 from ..precision import resolve_dtype
@@ -72,7 +73,7 @@ def require(cfg: dict, key: str, source: str, kind=int):
     if key not in cfg:
         raise ValueError(f"{source}: config.json has no '{key}'")
     value = cfg[key]
-    if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+    if kind is int and (not is_int(value) or value <= 0):
         raise ValueError(f"{source}: config '{key}' must be a positive integer, got {value!r}")
     return value
 
@@ -88,7 +89,7 @@ def option(cfg: dict, key: str, default: str, choices, source: str) -> str:
 def number(cfg: dict, key: str, default: float, source: str) -> float:
     """A finite, non-negative number setting (an epsilon)."""
     value = cfg.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+    if not is_number(value) or not 0 <= value < math.inf:
         raise ValueError(f"{source}: config '{key}' must be a finite number >= 0, got {value!r}")
     return float(value)
 

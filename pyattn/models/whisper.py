@@ -32,6 +32,7 @@ from typing import Callable, Iterator, List, NamedTuple, Optional, Sequence, Tup
 import numpy as np
 
 from .. import functional as F
+from .._checks import is_int
 from ..generation import search
 from ..generation.beam import CTranslate2Rule, beam_search
 from ..generation.processors import SuppressTokens, SuppressTokensAtBegin, timestamp_rules
@@ -282,7 +283,7 @@ class Whisper(Module):
         self.config = dict(config or {})
         for key in _CONFIG_KEYS:
             ids = self.config.get(key, [])
-            if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            if not isinstance(ids, list) or not all(is_int(i) for i in ids):
                 raise ValueError(f"{source}: config.json '{key}' must be a list of token ids, got {ids!r}")
         self.tokenizer = tokenizer
         emb = v.raw("decoder/embeddings/weight")

@@ -10,6 +10,7 @@ import numpy as np
 
 from .. import _core
 from .. import functional as F
+from .._checks import is_int
 from .layers import Linear, Module, StorageAware, as_linear, as_weight, check_storage
 
 
@@ -225,7 +226,7 @@ class MultiHeadAttention(StorageAware, Module):
         *,
         projections: Optional[Mapping[str, Linear]] = None,
     ):
-        if isinstance(num_heads, bool) or not isinstance(num_heads, (int, np.integer)) or num_heads < 1:
+        if not is_int(num_heads) or num_heads < 1:
             raise ValueError(f"{name}: num_heads must be a positive integer, got {num_heads!r}")
         self._name = name
         self._packed = {}  # "q", "kv", "qkv" -> Linear, packed on first use: a layer packs only what it uses
