@@ -147,6 +147,12 @@ class EncoderLayer:
         norm_first: bool,
         scale: Optional[float] = None,
     ) -> None: ...
+    def packed(self, x: _F32, offsets: _I64) -> _F32:
+        """
+        x (T, E) float32 C-contiguous: sequences packed without padding, sequence b the rows
+        [offsets[b], offsets[b + 1]) (offsets int64, from 0 to T, non-decreasing); each attends to itself.
+        Returns (T, E).
+        """
 
 def _tune_blocking(name: str, mc: int, kc: int, nc: int) -> None:
     """

@@ -51,6 +51,49 @@ def test_fused_encoder_layer_equals_the_op_by_op_layer(rng, norm_first, activati
         )
 
 
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("storage", ["float32", "int8"])
+@pytest.mark.parametrize("fused", [True, False])
+def test_packed_sequences_equal_each_sequence_alone(rng, norm_first, storage, fused):
+    """Sequences packed without padding (lengths 1 to 70, an empty one among them): each sequence's rows equal the
+    layer run on that sequence alone; the fused layer packs, the op-by-op one pads and masks."""
+    layer = make_layer(rng, norm_first=norm_first)
+    layer.set_weight_storage(storage)
+    lengths = [9, 1, 0, 70, 3, 17]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    x = randn(rng, int(offsets[-1]), 48)
+    if not fused:
+        layer.fused = False
+    try:
+        got = layer.packed(x, offsets)
+    finally:
+        layer.__dict__.pop("fused", None)
+    assert got.shape == x.shape and got.dtype == np.float32
+    for b, n in enumerate(lengths):
+        if n:
+            rows = slice(offsets[b], offsets[b + 1])
+            alone = op_by_op(layer, x[None, rows], None)[0]
+            np.testing.assert_allclose(got[rows], alone, rtol=2e-5, atol=2e-5, err_msg=f"sequence {b}")
+
+
+def test_packed_binding_checks(rng):
+    fused = make_layer(rng)._fused()
+    x = randn(rng, 10, 48)
+    assert fused.packed(np.zeros((0, 48), np.float32), np.zeros(1, np.int64)).shape == (0, 48)
+    with pytest.raises(ValueError, match="start at 0 and end at the 10 rows"):
+        fused.packed(x, np.array([0, 4, 9], np.int64))
+    with pytest.raises(ValueError, match="must not decrease"):
+        fused.packed(x, np.array([0, 6, 4, 10], np.int64))
+    with pytest.raises(TypeError, match="int64"):
+        fused.packed(x, np.array([0, 10], np.int32))
+    with pytest.raises(ValueError, match="at least one entry"):
+        fused.packed(x, np.zeros(0, np.int64))
+    with pytest.raises(ValueError, match=r"expected x of shape \(tokens, 48\)"):
+        fused.packed(randn(rng, 10, 40), np.array([0, 10], np.int64))
+    with pytest.raises(TypeError, match="float32"):
+        fused.packed(x.astype(np.float64), np.array([0, 10], np.int64))
+
+
 def test_fused_layer_follows_repacking(rng):
     layer = make_layer(rng)
     x = randn(rng, 2, 5, 48)

@@ -174,6 +174,26 @@ def test_minilm_order_and_batching(minilm):
         minilm.encode([1, 2])
 
 
+def test_bert_packed_equals_the_padded_batch(minilm):
+    """BertModel.packed (the sentences' tokens one after another, no padding; what encode runs) gives each token the
+    hidden state the padded, masked batch gives it; bad offsets are refused."""
+    enc = minilm.tokenizer.encode_batch(SENTENCES)
+    ids = np.array([e.ids for e in enc], np.int64)
+    mask = np.array([e.attention_mask for e in enc], np.int64)
+    padded = minilm.model(ids, mask)["last_hidden_state"]
+    lengths = mask.sum(1)
+    assert lengths.min() < lengths.max()  # mixed lengths: the padded batch holds padding
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    got = minilm.model.packed(ids[mask == 1], offsets)
+    np.testing.assert_allclose(got, padded[mask == 1], rtol=1e-5, atol=2e-5)
+    with pytest.raises(ValueError, match="offsets must run from 0"):
+        minilm.model.packed(ids[mask == 1], offsets[:-1])
+    with pytest.raises(ValueError, match="longer than the 512 positions"):
+        minilm.model.packed(np.ones(600, np.int64), np.array([0, 600]))
+    with pytest.raises(ValueError, match="token_type_ids of shape"):
+        minilm.model.packed(ids[mask == 1], offsets, np.zeros(3, np.int64))
+
+
 def test_cli(tmp_path):
     cwd = Path(__file__).parent  # outside the source tree: the installed package
     r = subprocess.run([sys.executable, "-m", "pyattn", "info"], capture_output=True, text=True, cwd=cwd, timeout=120)

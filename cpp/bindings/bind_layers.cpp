@@ -30,6 +30,18 @@ std::vector<float> vector_of(const py::array& a, int64_t n, const char* name) {
 }
 
 class EncoderLayer {
+    // scratch from the block cache: recently freed blocks are reused, so a model run faults few pages
+    struct Scratch {
+        py::array qkv, ctx, h, ff;
+        layers::EncoderScratch views;
+        Scratch(int64_t M, int64_t E, int64_t F)
+            : qkv(empty_f32({M, 3 * E})),
+              ctx(empty_f32({M, E})),
+              h(empty_f32({M, E})),
+              ff(empty_f32({M, F})),
+              views{f32_mut(qkv), f32_mut(ctx), f32_mut(h), f32_mut(ff)} {}
+    };
+
 public:
     EncoderLayer(const py::object& qkv, const py::object& out, const py::object& ffn1, const py::object& ffn2,
                  const py::array& norm1_weight, const py::object& norm1_bias, float norm1_eps,
@@ -82,15 +94,43 @@ public:
             kp = static_cast<const uint8_t*>(keep.data());
         }
         py::array y = empty_f32({B, L, E_});
-        // scratch from the block cache: recently freed blocks are reused, so a model run faults few pages
-        py::array qkv = empty_f32({M, 3 * E_}), ctx = empty_f32({M, E_}), h = empty_f32({M, E_});
-        py::array ff = empty_f32({M, F_});
-        const layers::EncoderScratch s{f32_mut(qkv), f32_mut(ctx), f32_mut(h), f32_mut(ff)};
+        Scratch s(M, E_, F_);
         const float* xp = f32(x);
         float* yp = f32_mut(y);
         {
             py::gil_scoped_release nogil;
-            layers::encoder_layer(l_, B, L, xp, kp, yp, s);
+            layers::encoder_layer(l_, B, L, xp, kp, yp, s.views);
+        }
+        return y;
+    }
+
+    py::array packed(const py::array& x, const py::array& offsets) const {
+        require_f32(x, "x");
+        require_ndim(x, 2, "x", "(tokens, d_model)");
+        require_c_contiguous(x, "x");
+        const int64_t T = x.shape(0);
+        if (x.shape(1) != E_)
+            value_error("expected x of shape (tokens, " + std::to_string(E_) + "), got " + shape_str(x));
+        if (!offsets.dtype().is(py::dtype::of<int64_t>()))
+            type_error("expected offsets to be int64, got " + dtype_str(offsets));
+        require_ndim(offsets, 1, "offsets", "(sequences + 1,)");
+        require_c_contiguous(offsets, "offsets");
+        const int64_t B = offsets.shape(0) - 1;
+        if (B < 0) value_error("offsets must hold at least one entry (0)");
+        const int64_t* off = static_cast<const int64_t*>(offsets.data());
+        if (off[0] != 0 || off[B] != T)
+            value_error("offsets must start at 0 and end at the " + std::to_string(T) + " rows of x, got " +
+                        std::to_string(off[0]) + " ... " + std::to_string(off[B]));
+        for (int64_t b = 0; b < B; ++b)
+            if (off[b + 1] < off[b]) value_error("offsets must not decrease (entry " + std::to_string(b + 1) + ")");
+        py::array y = empty_f32({T, E_});
+        if (T == 0) return y;
+        Scratch s(T, E_, F_);
+        const float* xp = f32(x);
+        float* yp = f32_mut(y);
+        {
+            py::gil_scoped_release nogil;
+            layers::encoder_layer_packed(l_, B, off, xp, yp, s.views);
         }
         return y;
     }
@@ -300,7 +340,11 @@ void bind_layers(py::module_& m) {
              py::arg("norm2_eps"), py::arg("num_heads"), py::arg("activation"), py::arg("norm_first"),
              py::arg("scale") = py::none())
         .def("__call__", &EncoderLayer::call, py::arg("x"), py::arg("key_padding_mask") = py::none(),
-             "x (B, L, E) float32 C-contiguous; key_padding_mask (B, L) bool, True = padding. Returns (B, L, E).");
+             "x (B, L, E) float32 C-contiguous; key_padding_mask (B, L) bool, True = padding. Returns (B, L, E).")
+        .def("packed", &EncoderLayer::packed, py::arg("x"), py::arg("offsets"),
+             "x (T, E) float32 C-contiguous: sequences packed without padding, sequence b the rows\n"
+             "[offsets[b], offsets[b + 1]) (offsets int64, from 0 to T, non-decreasing); each attends to itself.\n"
+             "Returns (T, E).");
 }
 
 }  // namespace pyattn::bind

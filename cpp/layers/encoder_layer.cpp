@@ -49,31 +49,77 @@ void attention(const EncoderLayer& l, int64_t B, int64_t L, int64_t E, const flo
     ops::scaled_dot_product_attention(a);
 }
 
-}  // namespace
+// ctx (T, E) of B sequences packed one after another (sequence b: rows [offsets[b], offsets[b + 1])), each attending
+// to itself only. One task per (sequence, head), each a one-head attention call on one thread: no padding is computed
+// and no mask is needed.
+void attention_packed(const EncoderLayer& l, int64_t B, const int64_t* offsets, int64_t E, const float* qkv,
+                      float* ctx) {
+    const int64_t H = l.heads, D = E / H;
+    double flops = 0.0;
+    for (int64_t b = 0; b < B; ++b) {
+        const double n = static_cast<double>(offsets[b + 1] - offsets[b]);
+        flops += 4.0 * n * n * static_cast<double>(E);
+    }
+    const int nt = cpu::threads_for(flops);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
+    for (int64_t t = 0; t < B * H; ++t) {
+        const int64_t b = t / H, h = t % H, row = offsets[b], n = offsets[b + 1] - row;
+        if (n == 0) continue;
+        ops::AttentionArgs a;
+        a.B = a.H = 1;
+        a.Lq = a.Lk = n;
+        a.D = a.Dv = D;
+        const float* base = qkv + row * 3 * E + h * D;
+        a.q = ops::HeadTensor{base, 0, 0, 3 * E};
+        a.k = ops::HeadTensor{base + E, 0, 0, 3 * E};
+        a.v = ops::HeadTensor{base + 2 * E, 0, 0, 3 * E};
+        a.out = ctx + row * E + h * D;
+        a.out_sb = a.out_sh = 0;
+        a.out_sl = E;
+        a.scale = l.scale;
+        ops::scaled_dot_product_attention(a);  // one thread inside the team
+    }
+}
 
-void encoder_layer(const EncoderLayer& l, int64_t B, int64_t L, const float* x, const uint8_t* key_padding, float* y,
-                   const EncoderScratch& s) {
-    const int64_t M = B * L, E = l.out.w->N();
+// The layer's sub-layers over M rows; attend(qkv, ctx) is the attention between them.
+template <class Attend>
+void run_layer(const EncoderLayer& l, int64_t M, const float* x, float* y, const EncoderScratch& s, Attend attend) {
+    const int64_t E = l.out.w->N();
     const auto none = kernels::Activation::none;
     if (l.norm_first) {
-        norm(l.norm1, M, E, x, s.h);                       // LN1(x)
-        project(l.qkv, M, s.h, s.qkv, none);               // (M, 3E)
-        attention(l, B, L, E, s.qkv, key_padding, s.ctx);  // (M, E)
-        project(l.out, M, s.ctx, y, none);                 // y = W_o ctx
-        add_rows(y, x, M, E);                              // h = x + W_o ctx
-        norm(l.norm2, M, E, y, s.h);                       // LN2(h)
-        project(l.ffn1, M, s.h, s.ff, l.act);              // act(W_1 LN2(h))
-        project(l.ffn2, M, s.ff, s.h, none);               // W_2 ...
-        add_rows(y, s.h, M, E);                            // y = h + W_2 ...
+        norm(l.norm1, M, E, x, s.h);           // LN1(x)
+        project(l.qkv, M, s.h, s.qkv, none);   // (M, 3E)
+        attend(s.qkv, s.ctx);                  // (M, E)
+        project(l.out, M, s.ctx, y, none);     // y = W_o ctx
+        add_rows(y, x, M, E);                  // h = x + W_o ctx
+        norm(l.norm2, M, E, y, s.h);           // LN2(h)
+        project(l.ffn1, M, s.h, s.ff, l.act);  // act(W_1 LN2(h))
+        project(l.ffn2, M, s.ff, s.h, none);   // W_2 ...
+        add_rows(y, s.h, M, E);                // y = h + W_2 ...
     } else {
         project(l.qkv, M, x, s.qkv, none);
-        attention(l, B, L, E, s.qkv, key_padding, s.ctx);
+        attend(s.qkv, s.ctx);
         project(l.out, M, s.ctx, s.h, none);
         norm(l.norm1, M, E, s.h, y, x);  // h = LN1(W_o ctx + x), in y
         project(l.ffn1, M, y, s.ff, l.act);
         project(l.ffn2, M, s.ff, s.h, none);
         norm(l.norm2, M, E, y, y, s.h);  // y = LN2(h + W_2 ...), in place
     }
+}
+
+}  // namespace
+
+void encoder_layer(const EncoderLayer& l, int64_t B, int64_t L, const float* x, const uint8_t* key_padding, float* y,
+                   const EncoderScratch& s) {
+    const int64_t E = l.out.w->N();
+    run_layer(l, B * L, x, y, s, [&](const float* qkv, float* ctx) { attention(l, B, L, E, qkv, key_padding, ctx); });
+}
+
+void encoder_layer_packed(const EncoderLayer& l, int64_t B, const int64_t* offsets, const float* x, float* y,
+                          const EncoderScratch& s) {
+    const int64_t E = l.out.w->N();
+    run_layer(l, offsets[B], x, y, s,
+              [&](const float* qkv, float* ctx) { attention_packed(l, B, offsets, E, qkv, ctx); });
 }
 
 }  // namespace pyattn::layers

@@ -45,4 +45,10 @@ struct EncoderScratch {
 void encoder_layer(const EncoderLayer& l, int64_t B, int64_t L, const float* x, const uint8_t* key_padding, float* y,
                    const EncoderScratch& s);
 
+// The same over B sequences packed without padding: x, y (T, E), sequence b the rows [offsets[b], offsets[b + 1]),
+// offsets[0] = 0, non-decreasing, offsets[B] = T; each sequence attends to itself only. The scratch holds T rows. A
+// batch of mixed lengths costs its real tokens, not B times the longest (text-embeddings-inference serves this way).
+void encoder_layer_packed(const EncoderLayer& l, int64_t B, const int64_t* offsets, const float* x, float* y,
+                          const EncoderScratch& s);
+
 }  // namespace pyattn::layers

@@ -169,6 +169,34 @@ class BertModel(Module):
             x = x + self.token_type_embeddings(tt)
         return self.embeddings_norm(x)
 
+    def packed(self, input_ids, offsets, token_type_ids=None) -> np.ndarray:
+        """The last hidden state (T, d) of sequences packed without padding: input_ids (T,) holds sequence b's
+        tokens at [offsets[b], offsets[b + 1]) (offsets (B + 1,) from 0 to T, non-decreasing), token_type_ids
+        likewise (default 0). Each sequence is computed as alone, positions counted from its start; a batch of
+        mixed lengths costs its real tokens, not B times the longest."""
+        ids = np.asarray(input_ids)
+        offsets = np.asarray(offsets, np.int64)
+        if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+            raise ValueError(f"expected input_ids of shape (tokens,) of integers, got {ids.dtype} {ids.shape}")
+        if offsets.ndim != 1 or offsets.size < 1 or offsets[0] != 0 or offsets[-1] != ids.size:
+            raise ValueError(f"offsets must run from 0 to the {ids.size} tokens, got {offsets[:3]}...{offsets[-1:]}")
+        lengths = np.diff(offsets)
+        if (lengths < 0).any():
+            raise ValueError("offsets must not decrease")
+        max_pos = self.position_embeddings.weight.shape[0]
+        if lengths.size and lengths.max() > max_pos:
+            raise ValueError(
+                f"a sequence of {lengths.max()} tokens is longer than the {max_pos} positions this model knows"
+            )
+        positions = np.arange(ids.size) - np.repeat(offsets[:-1], lengths)
+        x = self.word_embeddings(ids) + self.position_embeddings.weight[positions]
+        if self.token_type_embeddings is not None:
+            tt = np.zeros_like(ids) if token_type_ids is None else np.asarray(token_type_ids)
+            if tt.shape != ids.shape:
+                raise ValueError(f"expected token_type_ids of shape {ids.shape}, got {tt.shape}")
+            x = x + self.token_type_embeddings(tt)
+        return self.encoder.packed(self.embeddings_norm(x), offsets)
+
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, output_attentions: bool = False):
         """input_ids (B, L) ints; attention_mask (B, L) 1 = token, 0 = padding. Returns a dict with
         last_hidden_state (B, L, d), pooler_output (B, d) if the checkpoint has a pooler, attentions."""

@@ -94,12 +94,14 @@ class SentenceEncoder:
         for start in range(0, len(sentences), batch_size):
             idx = order[start : start + batch_size]
             enc = self.tokenizer.encode_batch([sentences[i] for i in idx])
-            ids = np.array([e.ids for e in enc], dtype=np.int64)
-            mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
-            types = np.array([e.type_ids for e in enc], dtype=np.int64)
-            hidden = self.model(ids, mask, types)["last_hidden_state"]  # (b, L, d)
-            m = mask[..., None].astype(np.float32)
-            pooled = (hidden * m).sum(1) / np.maximum(m.sum(1), 1e-9)  # mean over real tokens
+            lengths = np.array([sum(e.attention_mask) for e in enc], np.int64)  # real tokens (no padding)
+            ids = np.fromiter((t for e, n in zip(enc, lengths) for t in e.ids[:n]), np.int64, int(lengths.sum()))
+            types = np.fromiter((t for e, n in zip(enc, lengths) for t in e.type_ids[:n]), np.int64, ids.size)
+            offsets = np.concatenate([[0], np.cumsum(lengths)])
+            hidden = self.model.packed(ids, offsets, types)  # (tokens, d): no padding computed
+            pooled = np.zeros((len(idx), hidden.shape[1]), np.float32)
+            some = lengths > 0
+            pooled[some] = np.add.reduceat(hidden, offsets[:-1][some], axis=0) / lengths[some, None]  # mean
             if self.normalize:
                 pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
             out[idx] = pooled

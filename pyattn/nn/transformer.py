@@ -126,6 +126,17 @@ class TransformerEncoderLayer(Module):
             x = self.norm2(self.ffn(x), residual=x)
         return x, w
 
+    def packed(self, x: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """x (T, E): sequences packed one after another without padding, sequence b the rows [offsets[b],
+        offsets[b + 1]), each attending to itself only; returns (T, E). A batch of mixed lengths then costs its real
+        tokens. One C++ call when fused; otherwise op by op on the padded batch, masked."""
+        offsets = np.ascontiguousarray(offsets, np.int64)
+        if self.fused and isinstance(x, np.ndarray):
+            return self._fused().packed(F._c_aligned(x, np.float32), offsets)
+        padded, pad = pad_packed(x, offsets)
+        y, _ = self(padded, src_key_padding_mask=pad)
+        return np.ascontiguousarray(y[~pad])
+
     def _fused(self) -> _core.EncoderLayer:
         """The C++ layer over this layer's packed weights, rebuilt when a weight was repacked (set_storage)."""
         lins = (self.self_attn._projection("qkv"), self.self_attn.out_proj, self.ffn.linear1, self.ffn.linear2)
@@ -220,10 +231,35 @@ class TransformerDecoderLayer(Module):
         return x, (w_self, w_cross)
 
 
+def pad_packed(x: np.ndarray, offsets: np.ndarray):
+    """Packed rows x (T, ...) of len(offsets) - 1 sequences -> (padded (B, Lmax, ...), padding mask (B, Lmax) bool,
+    True = padding); `padded[~mask]` gives x back."""
+    x, offsets = np.asarray(x), np.asarray(offsets, np.int64)
+    if (
+        offsets.ndim != 1
+        or offsets.size < 1
+        or offsets[0] != 0
+        or offsets[-1] != len(x)
+        or (np.diff(offsets) < 0).any()
+    ):
+        raise ValueError(f"offsets must run from 0 to the {len(x)} rows without decreasing, got {offsets}")
+    lengths = np.diff(offsets)
+    pad = np.arange(lengths.max(initial=0))[None, :] >= lengths[:, None]
+    padded = np.zeros(pad.shape + x.shape[1:], x.dtype)
+    padded[~pad] = x
+    return padded, pad
+
+
 class TransformerEncoder(Module):
     def __init__(self, layers: List[TransformerEncoderLayer], norm: Optional[LayerNorm] = None):
         self.layers, self.norm = list(layers), norm
         check_stack(self.layers, norm, "encoder")
+
+    def packed(self, x: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """The stack over sequences packed without padding (TransformerEncoderLayer.packed): x (T, E) -> (T, E)."""
+        for layer in self.layers:
+            x = layer.packed(x, offsets)
+        return x if self.norm is None else self.norm(x)
 
     def __call__(self, x, *, mask=None, src_key_padding_mask=None, is_causal=False, output_attentions=False):
         attentions = []
