@@ -226,20 +226,21 @@ async def load_generation(
     return summary(clients, latencies, errors, elapsed, "tokens", done[1])
 
 
-def offline(n: int, seed: int, threads: int) -> dict:
+def offline(n: int, seed: int, threads: int, dtype: Optional[str]) -> dict:
     """SentenceEncoder.encode over the same sentence mix, in a fresh process (no server beside it)."""
     cmd = [sys.executable, __file__, "--offline-worker", str(n), "--seed", str(seed), "--threads", str(threads)]
+    cmd += ["--dtype", dtype] if dtype else []
     out = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def offline_worker(n: int, seed: int, threads: int) -> None:
+def offline_worker(n: int, seed: int, threads: int, dtype: Optional[str]) -> None:
     import pyattn
     from pyattn.models import SentenceEncoder
 
     if threads:
         pyattn.set_num_threads(threads)
-    enc = SentenceEncoder.from_pretrained()
+    enc = SentenceEncoder.from_pretrained(dtype=dtype)
     s = sentences(np.random.default_rng(seed), n)
     enc.encode(s[:64])  # warm-up
     t0 = time.perf_counter()
@@ -290,10 +291,11 @@ def embedding_servers(args, levels: List[int], results: dict, emit) -> None:
     def show(r):
         return f"{r['sentences_per_s']:8.1f} sent/s"
 
-    results["offline"] = offline(512 if args.quick else 4096, args.seed, args.threads)
+    results["offline"] = offline(512 if args.quick else 4096, args.seed, args.threads, args.dtype)
     emit(f"{'offline':10s}              {results['offline']['sentences_per_s']:8.1f} sent/s  (encode, batch_size 32)")
     threads = ["--threads", str(args.threads)] if args.threads else []
     base = [sys.executable, "-m", "pyattn", "serve", "--no-whisper", "--no-llm", "--log-level", "warning", *threads]
+    base += ["--dtype", args.dtype] if args.dtype else []
     wanted = args.servers.split(",")
     for name, extra in (("batched", []), ("unbatched", ["--max-batch-size", "0"])):
         if name in wanted:
@@ -409,11 +411,16 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--servers", default=None, help="batched,unbatched,peer; generation: continuous,queued")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--dtype",
+        default=None,
+        help="embeddings: pyattn's weight type (offline and served; the peer stays float32); results named serve_DTYPE",
+    )
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--offline-worker", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.offline_worker:
-        offline_worker(args.offline_worker, args.seed, args.threads)
+        offline_worker(args.offline_worker, args.seed, args.threads, args.dtype)
         return 0
     generation = args.task == "generation"
     args.clients = args.clients or ("1,4,8" if generation else "1,8,32,128")
@@ -444,7 +451,8 @@ def main(argv=None) -> int:
         "rows": [],
     }
     (generation_servers if generation else embedding_servers)(args, levels, results, emit)
-    paths = result_paths(Path(args.out), "serve_generation" if generation else "serve", machine, args.quick)
+    name = "serve_generation" if generation else "serve" + (f"_{args.dtype}" if args.dtype else "")
+    paths = result_paths(Path(args.out), name, machine, args.quick)
     paths["json"].parent.mkdir(parents=True, exist_ok=True)
     paths["json"].write_text(json.dumps(results, indent=1))
     paths["txt"].write_text("\n".join(lines) + "\n")
