@@ -81,7 +81,7 @@ class SentenceEncoder:
         return self.model.word_embeddings.weight.shape[1]
 
     def encode(self, sentences: Union[str, Iterable[str]], batch_size: int = 32) -> np.ndarray:
-        """(n, dim) float32 embeddings, in the order given. Sentences are batched by length (less padding)."""
+        """(n, dim) float32 embeddings, in the order given. Each batch of `batch_size` runs packed (no padding)."""
         if isinstance(sentences, str):
             sentences = [sentences]
         sentences = list(sentences)
