@@ -24,13 +24,14 @@ void norm(const Norm& n, int64_t M, int64_t E, const float* x, float* y, const f
     ops::layer_norm(x, E, y, E, M, E, n.weight, n.bias, n.eps, residual, E);
 }
 
-// ctx (B, L, E) = softmax(scale Q K^T + padding) V, heads read in place from qkv (B, L, 3E).
-void attention(const EncoderLayer& l, int64_t B, int64_t L, int64_t E, const float* qkv, const uint8_t* key_padding,
-               float* ctx) {
-    const int64_t H = l.heads, D = E / H;
+// The attention of B sequences of L rows over `heads` heads of E / l.heads columns, read in place from qkv (rows of
+// 3E: Q, K, V) and written into ctx (rows of E), both pointing at the first head.
+ops::AttentionArgs self_attention(const EncoderLayer& l, int64_t B, int64_t L, int64_t E, int64_t heads,
+                                  const float* qkv, float* ctx) {
+    const int64_t D = E / l.heads;
     ops::AttentionArgs a;
     a.B = B;
-    a.H = H;
+    a.H = heads;
     a.Lq = a.Lk = L;
     a.D = a.Dv = D;
     a.q = ops::HeadTensor{qkv, L * 3 * E, D, 3 * E};
@@ -40,12 +41,19 @@ void attention(const EncoderLayer& l, int64_t B, int64_t L, int64_t E, const flo
     a.out_sb = L * E;
     a.out_sh = D;
     a.out_sl = E;
+    a.scale = l.scale;
+    return a;
+}
+
+// ctx (B, L, E) = softmax(scale Q K^T + padding) V, heads read in place from qkv (B, L, 3E).
+void attention(const EncoderLayer& l, int64_t B, int64_t L, int64_t E, const float* qkv, const uint8_t* key_padding,
+               float* ctx) {
+    ops::AttentionArgs a = self_attention(l, B, L, E, l.heads, qkv, ctx);
     if (key_padding) {
         a.key_padding_mask.data = key_padding;
         a.key_padding_mask.is_bool = true;
         a.key_padding_mask.sb = L;
     }
-    a.scale = l.scale;
     ops::scaled_dot_product_attention(a);
 }
 
@@ -65,19 +73,9 @@ void attention_packed(const EncoderLayer& l, int64_t B, const int64_t* offsets, 
     for (int64_t t = 0; t < B * H; ++t) {
         const int64_t b = t / H, h = t % H, row = offsets[b], n = offsets[b + 1] - row;
         if (n == 0) continue;
-        ops::AttentionArgs a;
-        a.B = a.H = 1;
-        a.Lq = a.Lk = n;
-        a.D = a.Dv = D;
-        const float* base = qkv + row * 3 * E + h * D;
-        a.q = ops::HeadTensor{base, 0, 0, 3 * E};
-        a.k = ops::HeadTensor{base + E, 0, 0, 3 * E};
-        a.v = ops::HeadTensor{base + 2 * E, 0, 0, 3 * E};
-        a.out = ctx + row * E + h * D;
-        a.out_sb = a.out_sh = 0;
-        a.out_sl = E;
-        a.scale = l.scale;
-        ops::scaled_dot_product_attention(a);  // one thread inside the team
+        // one thread inside the team
+        ops::scaled_dot_product_attention(
+            self_attention(l, 1, n, E, 1, qkv + row * 3 * E + h * D, ctx + row * E + h * D));
     }
 }
 

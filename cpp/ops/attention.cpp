@@ -22,9 +22,8 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // Queries handled by the direct (unpacked) path: packing K and V per head costs as much as a GEMV over
 // them, so for a few query rows (decoding) the scores are plain dot products instead. Rows that share their keys
-// (direct_rows) take it up to kDirectMaxLqShared rows: one pass over K and V serves them all.
+// (direct_rows) take it up to kDirectMaxRows rows: one pass over K and V serves them all.
 constexpr int64_t kDirectMaxLq = 4;
-constexpr int64_t kDirectMaxLqShared = 16;
 
 inline void apply_mask(const KernelSet& ks, const MaskRef& m, int64_t b, int64_t h, int64_t qi, int64_t j0, int64_t n,
                        float* s) {
@@ -95,10 +94,12 @@ inline int64_t leading_padding(const AttentionArgs& a, int64_t b, int64_t n) {
 // read once for all of them.
 constexpr int64_t kDirectMaxRows = 16;
 
+// Whether every query row of a head sees the same keys and a task can take a block of them: multi-head attention
+// (no group of heads to share the pass with) without the causal mask.
+inline bool shares_keys(const AttentionArgs& a) { return a.kv_group == 1 && !a.causal; }
+
 // Query rows per direct task: a block of rows where they share their keys, else one.
-inline int64_t direct_rows(const AttentionArgs& a) {
-    return a.kv_group == 1 && !a.causal ? std::min(a.Lq, kDirectMaxRows) : 1;
-}
+inline int64_t direct_rows(const AttentionArgs& a) { return shares_keys(a) ? std::min(a.Lq, kDirectMaxRows) : 1; }
 
 // m query vectors against keys [j0, j0 + n) of K/V head (b, kv head of h): vector r is query head h + r dh, row
 // i + r di (dh = 1, di = 0: the heads of a group; dh = 0, di = 1: rows of one head). s: m x n floats of scratch.
@@ -287,7 +288,7 @@ void scaled_dot_product_attention(const AttentionArgs& a) {
         return attention_weights(a, nt);
     }
     const KernelSet& ks = cpu::active();
-    if (a.Lq <= kDirectMaxLq || (direct_rows(a) > 1 && a.Lq <= kDirectMaxLqShared)) {
+    if (a.Lq <= kDirectMaxLq || (shares_keys(a) && a.Lq <= kDirectMaxRows)) {
         const int64_t tasks = attention_tasks(a);
 #pragma omp parallel num_threads(nt) if (nt > 1)
         {

@@ -1,7 +1,5 @@
 #include "ops/topk.h"
 
-#include <omp.h>
-
 #include <cmath>
 
 #include "cpu/cpu.h"
@@ -9,7 +7,7 @@
 namespace pyattn::ops {
 namespace {
 
-// a (at index ia) ranks before b (at a larger index): a greater number, or any number against NaN.
+// a ranks before b, which came earlier in the row: a greater number, or any number against NaN.
 inline bool before(float a, float b) { return a > b || (std::isnan(b) && !std::isnan(a)); }
 
 void topk_row(const float* x, int64_t n, int64_t k, float* v, int64_t* idx) {

@@ -1,5 +1,5 @@
-// The k largest entries of each row of a (rows, n) float32 matrix, largest first: beam search's candidates among
-// beams x vocabulary scores, a top-k sampling filter. Ties keep the lower index first; NaN ranks below every number
+// The k largest entries of each row of a (rows, n) float32 matrix, largest first (beam search's candidates among
+// beams x vocabulary scores). Ties keep the lower index first; NaN ranks below every number
 // (-inf included), so it is chosen only when fewer than k numbers are left. One pass over the row, k kept in order:
 // an entry costs one comparison unless it enters the top k. numpy's argpartition over Whisper's 5 x 51864 beam
 // scores took 1.2 ms a step.

@@ -16,6 +16,7 @@ from ..nn import (
     TransformerEncoder,
     TransformerEncoderLayer,
 )
+from ..nn.transformer import packed_lengths
 from .pretrained import (
     Weights,
     load_folder,
@@ -178,11 +179,7 @@ class BertModel(Module):
         offsets = np.asarray(offsets, np.int64)
         if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
             raise ValueError(f"expected input_ids of shape (tokens,) of integers, got {ids.dtype} {ids.shape}")
-        if offsets.ndim != 1 or offsets.size < 1 or offsets[0] != 0 or offsets[-1] != ids.size:
-            raise ValueError(f"offsets must run from 0 to the {ids.size} tokens, got {offsets[:3]}...{offsets[-1:]}")
-        lengths = np.diff(offsets)
-        if (lengths < 0).any():
-            raise ValueError("offsets must not decrease")
+        lengths = packed_lengths(offsets, ids.size, "tokens")
         max_pos = self.position_embeddings.weight.shape[0]
         if lengths.size and lengths.max() > max_pos:
             raise ValueError(

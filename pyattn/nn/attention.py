@@ -385,14 +385,19 @@ class MultiHeadAttention(StorageAware, Module):
         kv = self._projection("kv")(memory)  # (B, Lk, 2E)
         B, Lk, _ = kv.shape
         H, E = self.num_heads, self.d_model
-        cache = HeadKVCache(B, H, E // H, Lk, dtype)
-        with np.errstate(over="ignore"):  # checked below
-            cache.k[:, :, :Lk] = split_heads(kv[..., :E], H)
-            cache.v[:, :, :Lk] = split_heads(kv[..., E:], H)
-        cache.length = Lk
-        if cache.k.dtype == np.float16 and not (np.isfinite(cache.k).all() and np.isfinite(cache.v).all()):
-            if np.isfinite(kv).all():  # beyond float16's 65504: held as float32 instead of as inf
-                return self.project_kv(memory, "float32")
+
+        def held(as_type) -> HeadKVCache:
+            cache = HeadKVCache(B, H, E // H, Lk, as_type)
+            with np.errstate(over="ignore"):  # an overflow is checked below
+                cache.k[:, :, :Lk] = split_heads(kv[..., :E], H)
+                cache.v[:, :, :Lk] = split_heads(kv[..., E:], H)
+            cache.length = Lk
+            return cache
+
+        cache = held(dtype)
+        overflow = cache.k.dtype == np.float16 and not all(np.isfinite(t).all() for t in cache.heads())
+        if overflow and np.isfinite(kv).all():  # beyond float16's 65504: held as float32 instead of as inf
+            cache = held("float32")
         return cache
 
     def __call__(

@@ -231,19 +231,21 @@ class TransformerDecoderLayer(Module):
         return x, (w_self, w_cross)
 
 
+def packed_lengths(offsets: np.ndarray, rows: int, what: str = "rows") -> np.ndarray:
+    """The sequence lengths of packed offsets (B + 1,) over `rows` rows: ValueError unless they run from 0 to `rows`
+    without decreasing."""
+    offsets = np.asarray(offsets)
+    lengths = np.diff(offsets) if offsets.ndim == 1 else None
+    if lengths is None or offsets.size < 1 or offsets[0] != 0 or offsets[-1] != rows or (lengths < 0).any():
+        raise ValueError(f"offsets must run from 0 to the {rows} {what} without decreasing, got {offsets}")
+    return lengths
+
+
 def pad_packed(x: np.ndarray, offsets: np.ndarray):
     """Packed rows x (T, ...) of len(offsets) - 1 sequences -> (padded (B, Lmax, ...), padding mask (B, Lmax) bool,
     True = padding); `padded[~mask]` gives x back."""
-    x, offsets = np.asarray(x), np.asarray(offsets, np.int64)
-    if (
-        offsets.ndim != 1
-        or offsets.size < 1
-        or offsets[0] != 0
-        or offsets[-1] != len(x)
-        or (np.diff(offsets) < 0).any()
-    ):
-        raise ValueError(f"offsets must run from 0 to the {len(x)} rows without decreasing, got {offsets}")
-    lengths = np.diff(offsets)
+    x = np.asarray(x)
+    lengths = packed_lengths(offsets, len(x))
     pad = np.arange(lengths.max(initial=0))[None, :] >= lengths[:, None]
     padded = np.zeros(pad.shape + x.shape[1:], x.dtype)
     padded[~pad] = x
