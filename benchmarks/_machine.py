@@ -59,9 +59,10 @@ def model_words(model_name: str) -> list[str]:
 
 
 def features_word(cpu: dict) -> str:
-    """The kernel set pyattn uses, and AMX or AVX512-BF16 where the CPU has them: 'avx2', 'avx512-amx'."""
+    """The vector width of the kernel set pyattn uses, and AMX or AVX512-BF16 where the CPU has them: 'avx2',
+    'avx512-bf16', 'avx512-amx' (the avx512_vnni and avx512_bf16 sets name the machine as avx512 does)."""
     feats = cpu.get("features", {})
-    word = cpu.get("isa", "unknown")
+    word = cpu.get("isa", "unknown").split("_")[0]
     if feats.get("amx_tile"):
         word += "-amx"
     elif feats.get("avx512_bf16"):

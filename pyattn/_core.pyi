@@ -356,7 +356,7 @@ def scaled_dot_product_attention(
 
 def set_isa(name: str) -> None:
     """
-    Switch the kernel set ('scalar', 'avx2', 'avx512'); ValueError if this CPU lacks it.
+    Switch the kernel set ('scalar', 'avx2', 'avx512', 'avx512_vnni', 'avx512_bf16'); ValueError if this CPU lacks it.
     """
 
 def set_num_threads(n: int) -> None:

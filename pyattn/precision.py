@@ -29,9 +29,9 @@ def auto_dtype() -> str:
 
     AVX2 (and the scalar reference): int8. Its exact products (blocks of 32 weights and activations with their own
     scales) run at float32 speed where the GEMM is compute-bound and up to 3.6x faster where the weights' bytes are
-    the limit (decoding, small batches). AVX-512: float16, until int8 kernels for AVX-512 (VNNI, AMX) exist: the
-    int8 GEMM runs the AVX2 kernels there, slower than AVX-512 float32 when compute-bound, while float16 keeps the
-    AVX-512 float32 arithmetic and halves the bytes."""
+    the limit (decoding, small batches). AVX512-VNNI: int8, whose vpdpbusd kernels run 2-4x float32's GEMM. AVX-512
+    without VNNI: float16: the int8 GEMM runs the AVX2 kernels there, slower than AVX-512 float32 when
+    compute-bound, while float16 keeps the AVX-512 float32 arithmetic and halves the bytes."""
     return "float16" if _core.get_isa() == "avx512" else "int8"
 
 

@@ -96,6 +96,25 @@ def test_float16_and_bfloat16_against_float64(isa, shape, rng):
         assert np.all(np.abs(got - ref) <= bound), (storage, np.abs(got - ref).max())
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("shape", [(65, 33, 17), (100, 385, 97), (130, 1025, 70), (300, 64, 64)])
+def test_bfloat16_blocked_path_against_float64(isa, shape, rng):
+    """More rows than the small-M path takes: the blocked GEMM (on avx512_bf16, the vdpbf16ps pair kernel: A and B
+    regrouped into pairs of k, an odd K block (1025 = 2 x 512 + 1) ending in a half-empty pair, edge rows and
+    columns through the tile), with the bias and an activation in the epilogue."""
+    m, k, n = shape
+    x, w, b = data(rng, m, k, n)
+    xr, wr = bf16(x), bf16(w)
+    pyattn.set_isa(isa)
+    lin = _core.PackedLinear(w, b, "bfloat16")
+    got = lin(x)
+    ref = xr.astype(np.float64) @ wr.T.astype(np.float64) + b
+    bound = 4 * k * np.finfo(np.float32).eps * (np.abs(xr) @ np.abs(wr).T + np.abs(b)) + 1e-30
+    assert np.all(np.abs(got - ref) <= bound), np.abs(got - ref).max()
+    relu = lin(x, activation="relu")
+    np.testing.assert_array_equal(relu, np.maximum(got, 0))
+
+
 @pytest.mark.parametrize("shape", SHAPES + [(6, 1536, 40), (100, 384, 65)])
 def test_int8_is_the_same_bits_on_every_kernel_set(shape, rng):
     m, k, n = shape

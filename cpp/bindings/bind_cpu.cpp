@@ -47,7 +47,9 @@ void bind_cpu(py::module_& m) {
                 value_error(e.what());
             }
         },
-        py::arg("name"), "Switch the kernel set ('scalar', 'avx2', 'avx512'); ValueError if this CPU lacks it.");
+        py::arg("name"),
+        "Switch the kernel set ('scalar', 'avx2', 'avx512', 'avx512_vnni', 'avx512_bf16'); ValueError if this CPU "
+        "lacks it.");
     m.def(
         "blocking",
         [](const std::string& name) {

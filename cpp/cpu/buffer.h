@@ -72,10 +72,9 @@ enum class Slot : int {
     gemm_a,            // this thread's packed block of A
     gemm_tile,         // an edge panel of B, or an output tile
     gemm_rounded_a,    // A rounded to bfloat16 for the small-M and tall paths (bfloat16 weights)
-    gemm_quantized_a,  // int8: the activations quantized per row (int16 values) ...
-    gemm_a_scales,     // ... and their scales
-    gemm_a_int8,       // 4-bit blocks: the activations as int8 ...
-    gemm_a_sums,       // ... and their blocks' integer sums
+    gemm_quantized_a,  // int8 and 4-bit blocks: the activations quantized per row (int16 or int8 values) ...
+    gemm_a_scales,     // ... their scales ...
+    gemm_a_sums,       // ... and (int8 values) their blocks' integer sums
     attn_scores,       // attention: one row of scores (direct path)
     attn_k,            // attention: K^T of one head as GEMM panels (flash path)
     attn_v,            // attention: V of one head as GEMM panels
@@ -86,7 +85,7 @@ enum class Slot : int {
     gru_hidden,        // the GRU's hidden projection of one step
     gemm_cols_a,       // gemm_cols: this thread's quantized or rounded rows of A (int8 / 4-bit / bfloat16 B) ...
     gemm_cols_scales,  // ... their block scales ...
-    gemm_cols_sums,    // ... and (4-bit) their blocks' integer sums
+    gemm_cols_sums,    // ... and (int8 values) their blocks' integer sums
     decoder_norm,      // a decoding step in one parallel region: this thread's normalized rows
     gemm_scaled_a,     // int8 with an input scale: this thread's rows of A times the scale, before quantizing
 };

@@ -6,8 +6,10 @@
 #include <unistd.h>
 #endif
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <iterator>
 #include <mutex>
 #include <stdexcept>
 #include <thread>
@@ -43,6 +45,8 @@ bool can_run(const std::string& isa) {
 #if defined(PYATTN_HAVE_X86_KERNELS)
     if (isa == "avx2") return f.avx2 && f.fma && f.f16c;
     if (isa == "avx512") return f.avx512f && f.avx512dq && f.avx512bw && f.avx512vl && f.avx2 && f.fma && f.f16c;
+    if (isa == "avx512_vnni") return can_run("avx512") && f.avx512_vnni;
+    if (isa == "avx512_bf16") return can_run("avx512_vnni") && f.avx512_bf16;
 #endif
     (void)f;
     return false;
@@ -52,6 +56,8 @@ kernels::KernelSet& lookup(const std::string& isa) {
 #if defined(PYATTN_HAVE_X86_KERNELS)
     if (isa == "avx2") return kernels::avx2_kernel_set();
     if (isa == "avx512") return kernels::avx512_kernel_set();
+    if (isa == "avx512_vnni") return kernels::avx512_vnni_kernel_set();
+    if (isa == "avx512_bf16") return kernels::avx512_bf16_kernel_set();
 #endif
     return kernels::scalar_kernel_set();
 }
@@ -103,14 +109,16 @@ bool amx_granted() {
 
 std::vector<std::string> available_isas() {
     std::vector<std::string> out{"scalar"};
-    for (const char* isa : {"avx2", "avx512"})
+    for (const char* isa : {"avx2", "avx512", "avx512_vnni", "avx512_bf16"})
         if (can_run(isa)) out.emplace_back(isa);
     return out;
 }
 
 const kernels::KernelSet& kernel_set(const std::string& name) {
-    if (name != "scalar" && name != "avx2" && name != "avx512")
-        throw std::invalid_argument("unknown ISA '" + name + "': expected one of scalar, avx2, avx512");
+    static const char* const kNames[] = {"scalar", "avx2", "avx512", "avx512_vnni", "avx512_bf16"};
+    if (std::none_of(std::begin(kNames), std::end(kNames), [&](const char* n) { return name == n; }))
+        throw std::invalid_argument("unknown ISA '" + name +
+                                    "': expected one of scalar, avx2, avx512, avx512_vnni, avx512_bf16");
     if (!can_run(name)) throw std::invalid_argument("this CPU cannot run the '" + name + "' kernels");
     return lookup(name);
 }

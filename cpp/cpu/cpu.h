@@ -23,7 +23,7 @@ const Features& features();
 // once on first call; false on CPUs without AMX and wherever the request is refused.
 bool amx_granted();
 
-// Names of the kernel sets this CPU can run, best last ("scalar", "avx2", "avx512").
+// Names of the kernel sets this CPU can run, best last ("scalar", "avx2", "avx512", "avx512_vnni", "avx512_bf16").
 std::vector<std::string> available_isas();
 
 // The active kernel set: chosen at first use from PYATTN_ISA (if set) or the best available one.

@@ -29,10 +29,11 @@ void store_panel(Call&& call, int64_t m, int64_t n, int nr, float* c, int64_t ld
     store_range(tile, nr, m, 0, n, c, ldc, beta, bias);
 }
 
-// The activations of a 4-bit product: m rows of A (K floats, stride lda) quantized by the int8 rule into q16 (int16,
-// row stride kp = nblocks * kQBlock), narrowed to int8 in q (same stride), with the block scales sa and the blocks'
-// integer sums ta (row stride nblocks).
-void quantize_blocks(const kernels::KernelSet& ks, const float* A, int64_t lda, int64_t m, int64_t K, int16_t* q16,
-                     int8_t* q, float* sa, int32_t* ta);
+// The activations of an integer product quantized as its kernels read them (Int8Kernels in kernels.h): m rows of A
+// (K floats, stride lda) into q, row stride kp = nblocks * kQBlock, as int8 with the blocks' integer sums ta (int8 is
+// true: the 4-bit kernels and the int8 kernels whose kgroup is 4) or as int16 (ta unused); the block scales in sa.
+// ta and sa have row stride nblocks.
+void quantize_rows(const kernels::KernelSet& ks, bool int8, const float* A, int64_t lda, int64_t m, int64_t K, void* q,
+                   float* sa, int32_t* ta);
 
 }  // namespace pyattn::gemm

@@ -125,6 +125,96 @@ void run_blocked(const KernelSet& ks, const Problem& P, int nt) {
     }
 }
 
+// bfloat16 weights on a kernel set with a pair micro-kernel (Bf16PairKernels, kernels.h): run_blocked's loops, with
+// the packed bfloat16 block regrouped into pairs of k (shared by the threads, as run_blocked widens it) and A packed
+// into pairs. A holds bfloat16 values already (run rounds it), so a pair is the high halves of two floats.
+uint32_t bf16_pair(float lo, float hi) {
+    uint32_t l, h;
+    std::memcpy(&l, &lo, sizeof l);
+    std::memcpy(&h, &hi, sizeof h);
+    return (l >> 16) | (h & 0xffff0000u);
+}
+
+void pair_a(const float* a, int64_t lda, int64_t mc, int64_t kc, int mr, uint32_t* dst) {
+    const int64_t pairs = (kc + 1) / 2;
+    for (int64_t i0 = 0; i0 < mc; i0 += mr, dst += pairs * mr)
+        for (int i = 0; i < mr; ++i) {
+            if (i0 + i >= mc) {
+                for (int64_t p = 0; p < pairs; ++p) dst[p * mr + i] = 0;
+                continue;
+            }
+            const float* r = a + (i0 + i) * lda;
+            for (int64_t p = 0; p < kc / 2; ++p) dst[p * mr + i] = bf16_pair(r[2 * p], r[2 * p + 1]);
+            if (kc & 1) dst[(pairs - 1) * mr + i] = bf16_pair(r[kc - 1], 0.0f);
+        }
+}
+
+void pair_b(const uint16_t* src, int64_t kc, int nr, uint32_t* dst) {
+    for (int64_t p = 0; p < kc / 2; ++p)
+        for (int j = 0; j < nr; ++j)
+            dst[p * nr + j] = src[2 * p * nr + j] | static_cast<uint32_t>(src[(2 * p + 1) * nr + j]) << 16;
+    if (kc & 1)
+        for (int j = 0; j < nr; ++j) dst[(kc / 2) * nr + j] = src[(kc - 1) * nr + j];
+}
+
+void run_blocked_bf16(const KernelSet& ks, const Problem& P, int nt) {
+    const auto bl = ks.blocking;
+    const int mr = bl.mr, nr = bl.nr;
+    const int64_t M = P.M, N = P.N, K = P.K;
+    const int64_t b_panels_max = (std::min<int64_t>(bl.nc, N) + nr - 1) / nr;
+    const int64_t max_pairs = (bl.kc + 1) / 2;
+    const Grid grid = choose_grid(nt, M, mr, b_panels_max);
+    uint32_t* shared_b =
+        reinterpret_cast<uint32_t*>(scratch<Slot::gemm_b>(static_cast<std::size_t>(b_panels_max * nr * max_pairs)));
+
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+        const Grid g = nth == nt ? grid : Grid{1, 1};
+        const int ri = tid / g.tc, ci = tid % g.tc;
+        int64_t r0, r1;
+        grid_rows(M, mr, g.tr, ri, r0, r1);
+        uint32_t* ap =
+            reinterpret_cast<uint32_t*>(scratch<Slot::gemm_a>(static_cast<std::size_t>((bl.mc + mr) * max_pairs)));
+        alignas(64) float tile[16 * 64];
+        for (int64_t jc = 0; jc < N; jc += bl.nc) {
+            const int64_t nc = std::min<int64_t>(bl.nc, N - jc);
+            const int64_t panels = (nc + nr - 1) / nr;
+            const int64_t q0 = panels * ci / g.tc, q1 = panels * (ci + 1) / g.tc;
+            for (int64_t pc = 0; pc < K; pc += bl.kc) {
+                const int64_t kc = std::min<int64_t>(bl.kc, K - pc), pairs = (kc + 1) / 2;
+                const uint16_t* src = P.packed->block16(jc, pc);
+                for (int64_t q = panels * tid / nth; q < panels * (tid + 1) / nth; ++q)
+                    pair_b(src + q * kc * nr, kc, nr, shared_b + q * pairs * nr);
+#pragma omp barrier
+                const float beta = pc == 0 ? P.beta : 1.0f;
+                for (int64_t ic = r0; ic < r1; ic += bl.mc) {
+                    const int64_t mcb = std::min<int64_t>(bl.mc, r1 - ic);
+                    pair_a(P.A + ic * P.lda + pc, P.lda, mcb, kc, mr, ap);
+                    for (int64_t q = q0; q < q1; ++q) {
+                        const int64_t j = q * nr, n = std::min<int64_t>(nr, nc - j);
+                        const uint32_t* b = shared_b + q * pairs * nr;
+                        for (int64_t i = 0; i < mcb; i += mr) {
+                            const int64_t m = std::min<int64_t>(mr, mcb - i);
+                            float* ct = P.C + (ic + i) * P.ldc + jc + j;
+                            if (m == mr && n == nr) {
+                                ks.bf16pairs.micro(pairs, ap + i * pairs, b, ct, P.ldc, beta);
+                            } else {
+                                ks.bf16pairs.micro(pairs, ap + i * pairs, b, tile, nr, 0.0f);
+                                store_range(tile, nr, m, 0, n, ct, P.ldc, beta, nullptr);
+                            }
+                        }
+                    }
+                    const int64_t j0 = q0 * nr, j1 = std::min<int64_t>(q1 * nr, nc);
+                    if (pc + kc >= K && j1 > j0)
+                        apply_epilogue(ks, P.ep, P.C + ic * P.ldc + jc + j0, P.ldc, mcb, j1 - j0, jc + j0);
+                }
+#pragma omp barrier
+            }
+        }
+    }
+}
+
 // M <= kSmallM: no packing of A; B streams once through the rows kernel (prepacked or row-major B) or the
 // dot kernel (B given transposed, i.e. weights [N, K]).
 void run_small_m(const KernelSet& ks, const Problem& P, int nt) {
@@ -225,6 +315,7 @@ void dispatch(const KernelSet& ks, const Problem& P, int nt) {
     if (P.M <= kSmallM) return run_small_m(ks, P, nt);
     if (P.packed && P.M > ks.blocking.mr && P.M <= ks.tall_rows) return run_tall(ks, P, nt);
     if (P.packed && P.packed->type() != WeightType::f32 && P.M <= small_m_packed()) return run_small_m(ks, P, nt);
+    if (P.packed && P.packed->type() == WeightType::bf16 && ks.bf16pairs.micro) return run_blocked_bf16(ks, P, nt);
     run_blocked(ks, P, nt);
 }
 

@@ -54,32 +54,33 @@ void gemm_cols(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, fl
     if (M <= 0 || col1 <= col0) return;
     const kernels::KernelSet& ks = B.kernels();
     const int64_t nb = B.nblocks(), kp = nb * kernels::kQBlock;
-    if (B.type() == WeightType::i8) {
-        int16_t* q = reinterpret_cast<int16_t*>(scratch<Slot::gemm_cols_a>(static_cast<std::size_t>(M * kp + 1) / 2));
-        float* sa = scratch<Slot::gemm_cols_scales>(static_cast<std::size_t>(M * nb));
-        int64_t ld;
-        const float* a = scaled_input(B, A, lda, M, ld);
-        ks.i8.quantize(a, ld, M, K, q, kp, sa, nb);
-        const bool tall = ks.i8.tall_for(M);  // one pass over each panel for all rows
-        const kernels::Int8Kernel tile = tall ? ks.i8.tall : ks.i8.tile;
-        for_panels(M, tall ? ks.i8.tall_mr : ks.i8.mr, ks.i8.nr, N, col0, col1, C, ldc, beta, ep.bias,
-                   [&](int64_t pq, int64_t i, int64_t m, float* out, int64_t ld, const float* bb) {
-                       tile(m, nb, q + i * kp, kp, sa + i * nb, nb, B.panel_i8(pq), B.panel_scales(pq), out, ld, bb,
-                            i == 0 ? kernels::stream_prefetch_bytes : 0);
-                   });
-    } else if (info(B.type()).family == WeightFamily::block4) {
-        int16_t* q16 =
-            reinterpret_cast<int16_t*>(scratch<Slot::gemm_cols_a>(static_cast<std::size_t>(M * kp * 3 + 3) / 4));
-        int8_t* q = reinterpret_cast<int8_t*>(q16 + M * kp);
+    if (B.type() == WeightType::i8 || info(B.type()).family == WeightFamily::block4) {
+        const bool i8 = B.type() == WeightType::i8, int8 = !i8 || ks.i8.int8_a();
+        const int64_t abytes = int8 ? 1 : 2;
+        char* q =
+            reinterpret_cast<char*>(scratch<Slot::gemm_cols_a>(static_cast<std::size_t>(M * kp * abytes + 3) / 4));
         float* sa = scratch<Slot::gemm_cols_scales>(static_cast<std::size_t>(M * nb));
         int32_t* ta = reinterpret_cast<int32_t*>(scratch<Slot::gemm_cols_sums>(static_cast<std::size_t>(M * nb)));
-        quantize_blocks(ks, A, lda, M, K, q16, q, sa, ta);
-        const kernels::Q4Kernel kernel = ks.q4.tile[B.has_min() ? 1 : 0];
-        for_panels(M, ks.q4.mr, kernels::kQ4Cols, N, col0, col1, C, ldc, beta, ep.bias,
-                   [&](int64_t pq, int64_t i, int64_t m, float* out, int64_t ld, const float* bb) {
-                       kernel(m, nb, q + i * kp, kp, sa + i * nb, ta + i * nb, nb, B.panel_q4(pq), out, ld, bb,
-                              i == 0 ? kernels::stream_prefetch_bytes : 0);
-                   });
+        int64_t ld = lda;
+        const float* a = i8 ? scaled_input(B, A, lda, M, ld) : A;
+        quantize_rows(ks, int8, a, ld, M, K, q, sa, ta);
+        if (i8) {
+            const bool tall = ks.i8.tall_for(M);  // one pass over each panel for all rows
+            const kernels::Int8Kernel tile = tall ? ks.i8.tall : ks.i8.tile;
+            for_panels(M, tall ? ks.i8.tall_mr : ks.i8.mr, ks.i8.nr, N, col0, col1, C, ldc, beta, ep.bias,
+                       [&](int64_t pq, int64_t i, int64_t m, float* out, int64_t ld, const float* bb) {
+                           tile(m, nb, q + i * kp * abytes, kp, sa + i * nb, ta + i * nb, nb, B.panel_i8(pq),
+                                B.panel_scales(pq), out, ld, bb, i == 0 ? kernels::stream_prefetch_bytes : 0);
+                       });
+        } else {
+            const kernels::Q4Kernel kernel = ks.q4.tile[B.has_min() ? 1 : 0];
+            const int8_t* q8 = reinterpret_cast<const int8_t*>(q);
+            for_panels(M, ks.q4.mr, kernels::kQ4Cols, N, col0, col1, C, ldc, beta, ep.bias,
+                       [&](int64_t pq, int64_t i, int64_t m, float* out, int64_t ld, const float* bb) {
+                           kernel(m, nb, q8 + i * kp, kp, sa + i * nb, ta + i * nb, nb, B.panel_q4(pq), out, ld, bb,
+                                  i == 0 ? kernels::stream_prefetch_bytes : 0);
+                       });
+        }
     } else {
         const auto bl = ks.blocking;
         const int nr = bl.nr;

@@ -19,21 +19,13 @@
 
 namespace pyattn::gemm {
 
-void quantize_blocks(const kernels::KernelSet& ks, const float* A, int64_t lda, int64_t m, int64_t K, int16_t* q16,
-                     int8_t* q, float* sa, int32_t* ta) {
+void quantize_rows(const kernels::KernelSet& ks, bool int8, const float* A, int64_t lda, int64_t m, int64_t K, void* q,
+                   float* sa, int32_t* ta) {
     const int64_t nb = (K + kernels::kQBlock - 1) / kernels::kQBlock, kp = nb * kernels::kQBlock;
-    ks.i8.quantize(A, lda, m, K, q16, kp, sa, nb);
-    for (int64_t r = 0; r < m; ++r)
-        for (int64_t blk = 0; blk < nb; ++blk) {
-            const int16_t* x = q16 + r * kp + blk * kernels::kQBlock;
-            int8_t* y = q + r * kp + blk * kernels::kQBlock;
-            int32_t t = 0;
-            for (int p = 0; p < kernels::kQBlock; ++p) {
-                y[p] = static_cast<int8_t>(x[p]);
-                t += x[p];
-            }
-            ta[r * nb + blk] = t;
-        }
+    if (int8)
+        ks.i8.quantize8(A, lda, m, K, static_cast<int8_t*>(q), kp, sa, ta, nb);
+    else
+        ks.i8.quantize(A, lda, m, K, static_cast<int16_t*>(q), kp, sa, nb);
 }
 
 const float* scaled_input(const PackedMatrix& B, const float* A, int64_t lda, int64_t m, int64_t& ld) {
@@ -60,11 +52,16 @@ void gemm_int8(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, fl
     const int64_t panels = (N + nr - 1) / nr;
     int nt = nthreads > 0 ? nthreads : cpu::threads_for(2.0 * M * N * K);
     if (omp_in_parallel()) nt = 1;
-    int16_t* q = reinterpret_cast<int16_t*>(scratch<Slot::gemm_quantized_a>(static_cast<std::size_t>(M * kp + 1) / 2));
+    const bool int8 = k8.int8_a();
+    const int64_t abytes = int8 ? 1 : 2;  // per quantized value of A
+    char* q =
+        reinterpret_cast<char*>(scratch<Slot::gemm_quantized_a>(static_cast<std::size_t>(M * kp * abytes + 3) / 4));
     float* sa = scratch<Slot::gemm_a_scales>(static_cast<std::size_t>(M * nb));
+    int32_t* ta =
+        int8 ? reinterpret_cast<int32_t*>(scratch<Slot::gemm_a_sums>(static_cast<std::size_t>(M * nb))) : nullptr;
     const Grid grid = choose_grid(nt, M, mr, panels);
     // Rows of Aq per block: about 192 KiB, so that the block stays in L2 while the thread's panels stream past.
-    const int64_t mc = std::max<int64_t>(mr, (192 * 1024 / (kp * 2)) / mr * mr);
+    const int64_t mc = std::max<int64_t>(mr, (192 * 1024 / (kp * abytes)) / mr * mr);
     const float* bias = ep.bias;
     const int64_t ahead = kernels::stream_prefetch_bytes;  // for a panel's first row tile (kernels.h)
     const bool act = ep.act != kernels::Activation::none;
@@ -76,7 +73,7 @@ void gemm_int8(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, fl
             const int64_t m = std::min<int64_t>(8, M - i0);
             int64_t ld;
             const float* a = scaled_input(B, A + i0 * lda, lda, m, ld);
-            k8.quantize(a, ld, m, K, q + i0 * kp, kp, sa + i0 * nb, nb);
+            quantize_rows(ks, int8, a, ld, m, K, q + i0 * kp * abytes, sa + i0 * nb, int8 ? ta + i0 * nb : nullptr);
         }
 
         const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
@@ -96,7 +93,8 @@ void gemm_int8(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, fl
                     const int64_t m = std::min<int64_t>(mr, ie - i);
                     store_panel(
                         [&](float* out, int64_t ld, const float* bb) {
-                            kernel(m, nb, q + i * kp, kp, sa + i * nb, nb, b, sw, out, ld, bb, i == ic ? ahead : 0);
+                            kernel(m, nb, q + i * kp * abytes, kp, sa + i * nb, int8 ? ta + i * nb : nullptr, nb, b, sw,
+                                   out, ld, bb, i == ic ? ahead : 0);
                         },
                         m, n, nr, C + i * ldc + j, ldc, beta, bias ? bias + j : nullptr, tile);
                 }
@@ -120,10 +118,7 @@ void gemm_q4(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, floa
     const int64_t panels = (N + nr - 1) / nr;
     int nt = nthreads > 0 ? nthreads : cpu::threads_for(2.0 * M * N * K);
     if (omp_in_parallel()) nt = 1;
-    // The int8 quantizer writes int16; its rows are narrowed to int8 and each block's sum taken, by the same threads.
-    int16_t* q16 =
-        reinterpret_cast<int16_t*>(scratch<Slot::gemm_quantized_a>(static_cast<std::size_t>(M * kp + 1) / 2));
-    int8_t* q = reinterpret_cast<int8_t*>(scratch<Slot::gemm_a_int8>(static_cast<std::size_t>(M * kp + 3) / 4));
+    int8_t* q = reinterpret_cast<int8_t*>(scratch<Slot::gemm_quantized_a>(static_cast<std::size_t>(M * kp + 3) / 4));
     int32_t* ta = reinterpret_cast<int32_t*>(scratch<Slot::gemm_a_sums>(static_cast<std::size_t>(M * nb)));
     float* sa = scratch<Slot::gemm_a_scales>(static_cast<std::size_t>(M * nb));
     const Grid grid = choose_grid(nt, M, mr, panels);
@@ -137,7 +132,7 @@ void gemm_q4(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, floa
 #pragma omp for schedule(static)
         for (int64_t i0 = 0; i0 < M; i0 += 8) {
             const int64_t m = std::min<int64_t>(8, M - i0);
-            quantize_blocks(ks, A + i0 * lda, lda, m, K, q16 + i0 * kp, q + i0 * kp, sa + i0 * nb, ta + i0 * nb);
+            quantize_rows(ks, true, A + i0 * lda, lda, m, K, q + i0 * kp, sa + i0 * nb, ta + i0 * nb);
         }
 
         const int tid = omp_get_thread_num(), nth = omp_get_num_threads();

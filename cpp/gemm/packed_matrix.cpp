@@ -294,7 +294,7 @@ PackedMatrix::PackedMatrix(const int8_t* q, int64_t ldq, const float* scales, in
         for (int64_t jj = 0; jj < nr; ++jj) {
             const int64_t j = pq * nr + jj;
             for (int64_t p = 0; p < kp; ++p)
-                panel[((p / 2) * nr + jj) * 2 + (p & 1)] = j < N && p < K ? q[j * ldq + p] : int8_t{0};
+                panel[int8_offset(p, jj, nr, ks.i8.kgroup)] = j < N && p < K ? q[j * ldq + p] : int8_t{0};
             for (int64_t blk = 0; blk < nb; ++blk)
                 ps[blk * nr + jj] = j < N ? scales[j * nscales + (nscales == 1 ? 0 : blk)] : 0.0f;
         }
@@ -327,7 +327,7 @@ void PackedMatrix::pack_int8(const float* w32, const uint16_t* w16, int64_t ldw)
                     std::fill(q.begin(), q.end(), int16_t{0});
                     std::fill(rs.begin(), rs.end(), 0.0f);
                 }
-                for (int64_t p = 0; p < kp; ++p) panel[((p / 2) * nr + jj) * 2 + (p & 1)] = static_cast<int8_t>(q[p]);
+                for (int64_t p = 0; p < kp; ++p) panel[int8_offset(p, jj, nr, k8.kgroup)] = static_cast<int8_t>(q[p]);
                 for (int64_t blk = 0; blk < nb; ++blk) ps[blk * nr + jj] = rs[blk];
             }
         }
@@ -357,8 +357,8 @@ void PackedMatrix::unpack_row(int64_t j, float* row) const {
         const int8_t* panel = panel_i8(j / nr);
         const float* ps = panel_scales(j / nr);
         for (int64_t p = 0; p < K_; ++p)
-            row[p] =
-                static_cast<float>(panel[((p / 2) * nr + jj) * 2 + (p & 1)]) * ps[(p / kernels::kQBlock) * nr + jj];
+            row[p] = static_cast<float>(panel[int8_offset(p, jj, nr, ks_->i8.kgroup)]) *
+                     ps[(p / kernels::kQBlock) * nr + jj];
         if (!in_scale_.empty())
             for (int64_t p = 0; p < K_; ++p) row[p] *= in_scale_[p];
         return;

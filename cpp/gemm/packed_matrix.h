@@ -15,6 +15,11 @@
 
 namespace pyattn::gemm {
 
+// Where k = p of column jj sits in an int8 panel of nr columns grouping kgroup consecutive k (Int8Kernels, kernels.h)
+inline int64_t int8_offset(int64_t p, int64_t jj, int64_t nr, int kgroup) {
+    return ((p / kgroup) * nr + jj) * kgroup + p % kgroup;
+}
+
 class PackedMatrix {
 public:
     // Packs B (element (p, j) = b[p * ldb + j], or b[j * ldb + p] when trans) as float32 for kernel set `ks`.

@@ -77,17 +77,17 @@ void int8_tile_m(int64_t nb, const int16_t* __restrict a, int64_t lda, const flo
 // come from memory: one pass over the weights for every row. 5 x 384 x 51840 from DRAM, kernel alone: 6-row slices
 // 3.77-3.96 ms against 4.46-4.72 for 2-row tiles (/tmp probe).
 template <int TM, int TV, int NV, int M = TM>
-void int8_tall(int64_t m, int64_t nb, const int16_t* a, int64_t lda, const float* sa, int64_t ldsa, const int8_t* b,
-               const float* sw, float* c, int64_t ldc, const float* bias, int64_t ahead) {
+void int8_tall(int64_t m, int64_t nb, const void* a, int64_t lda, const float* sa, const int32_t* ta, int64_t ldsa,
+               const int8_t* b, const float* sw, float* c, int64_t ldc, const float* bias, int64_t ahead) {
     if constexpr (M >= 1) {
         if (m == M) {
             for (int s = 0; s < NV / TV; ++s)
-                int8_tile_m<M, TV, NV>(nb, a, lda, sa, ldsa, b + s * TV * VI::W * 2, sw + s * TV * VI::W,
-                                       c + s * TV * VI::W, ldc, bias ? bias + s * TV * VI::W : nullptr,
-                                       s == 0 ? ahead : 0);
+                int8_tile_m<M, TV, NV>(nb, static_cast<const int16_t*>(a), lda, sa, ldsa, b + s * TV * VI::W * 2,
+                                       sw + s * TV * VI::W, c + s * TV * VI::W, ldc,
+                                       bias ? bias + s * TV * VI::W : nullptr, s == 0 ? ahead : 0);
             return;
         }
-        return int8_tall<TM, TV, NV, M - 1>(m, nb, a, lda, sa, ldsa, b, sw, c, ldc, bias, ahead);
+        return int8_tall<TM, TV, NV, M - 1>(m, nb, a, lda, sa, ta, ldsa, b, sw, c, ldc, bias, ahead);
     }
 }
 
@@ -114,15 +114,35 @@ void int8_quantize(const float* a, int64_t lda, int64_t m, int64_t k, int16_t* q
         }
 }
 
+// int8_quantize's values narrowed to int8, with each block's sum (a block's int16 values at a time, on the stack).
+void int8_quantize8(const float* a, int64_t lda, int64_t m, int64_t k, int8_t* q, int64_t ldq, float* scale,
+                    int32_t* sum, int64_t lds) {
+    const int64_t nb = (k + kQBlock - 1) / kQBlock;
+    int16_t t[kQBlock];
+    for (int64_t i = 0; i < m; ++i)
+        for (int64_t blk = 0; blk < nb; ++blk) {
+            const int64_t p0 = blk * kQBlock, n = k - p0 < kQBlock ? k - p0 : kQBlock;
+            int8_quantize(a + i * lda + p0, lda, 1, n, t, kQBlock, scale + i * lds + blk, lds);
+            int32_t s = 0;
+            for (int p = 0; p < kQBlock; ++p) {
+                q[i * ldq + p0 + p] = static_cast<int8_t>(t[p]);
+                s += t[p];
+            }
+            sum[i * lds + blk] = s;
+        }
+}
+
 template <int MR, int NV, int TM = MR, int TV = NV>
 Int8Kernels make_int8_kernels() {
     static_assert(NV % TV == 0, "the tall tile's slices must divide the panel");
     Int8Kernels k{};
     k.mr = MR;
     k.nr = NV * VI::W;
+    k.kgroup = 2;
     k.tile = &int8_tall<MR, NV, NV>;
     k.tall_mr = TM;
     k.tall = &int8_tall<TM, TV, NV>;
     k.quantize = &int8_quantize;
+    k.quantize8 = &int8_quantize8;
     return k;
 }

@@ -58,12 +58,14 @@ struct HalfKernels {
 // ---- int8 ----
 // C = dequant(Aq Bq), both quantized symmetrically in blocks of kQBlock consecutive k (GGUF's Q8_0 x Q8_0, as
 // llama.cpp computes it): B per (column, block), A per (row, block) at the GEMM's input. k is padded with zeros to
-// kp = nb * kQBlock.
-//   a:  int16 values in [-127, 127], row-major with row stride lda (elements); the kernels multiply and add the
-//       pairs (2p, 2p + 1) in one step (pmaddwd, vpdpwssd);
-//   sa: per row, nb block scales (row stride ldsa);
-//   b:  one packed panel of nr columns: per block, kQBlock / 2 pairs of nr columns of 2 bytes: byte (p, j, t) at
-//       b[(p * nr + j) * 2 + t] = Bq[2p + t][j] (p counting pairs from the panel's start);
+// kp = nb * kQBlock. The panel groups kgroup consecutive k of a column (2 or 4, the kernel set's choice):
+//   a:  the quantized rows of A, values in [-127, 127], row stride lda (elements): int16 when kgroup is 2 (the
+//       kernels multiply and add the pairs (2p, 2p + 1) in one step: pmaddwd, vpdpwssd), int8 when it is 4
+//       (vpdpbusd: four u8 x s8 products per int32 lane);
+//   sa: per row, nb block scales (row stride ldsa); ta: per row, the nb blocks' integer sums sum_k Aq[i][k] (same
+//       stride), read by the int8-A kernels only;
+//   b:  one packed panel of nr columns: per block, kQBlock / kgroup groups of nr columns of kgroup bytes: byte
+//       (p, j, t) at b[(p * nr + j) * kgroup + t] = Bq[kgroup p + t][j] (p counting groups from the panel's start);
 //   sw: the panel's scales, nb x nr floats (block-major);
 //   c[i][j] = s_nb, where s_0 = 0 and s_{b+1} = fma(float(sum_{k in b} Aq[i][k] Bq[k][j]), sa[i][b] * sw[b][j], s_b);
 //   then c[i][j] + bias[j] (one add) when bias is non-null.
@@ -71,21 +73,27 @@ struct HalfKernels {
 // kernel set (the scalar one calls fmaf), so every kernel set gives the same bits (tested).
 constexpr int kQBlock = 32;
 
-using Int8Kernel = void (*)(int64_t m, int64_t nb, const int16_t* a, int64_t lda, const float* sa, int64_t ldsa,
-                            const int8_t* b, const float* sw, float* c, int64_t ldc, const float* bias, int64_t ahead);
+using Int8Kernel = void (*)(int64_t m, int64_t nb, const void* a, int64_t lda, const float* sa, const int32_t* ta,
+                            int64_t ldsa, const int8_t* b, const float* sw, float* c, int64_t ldc, const float* bias,
+                            int64_t ahead);
 
 struct Int8Kernels {
     int mr, nr;       // register tile: up to mr rows of A by one nr-column panel
+    int kgroup;       // consecutive k of a column in the panel: 2 (int16 A) or 4 (int8 A with block sums)
     Int8Kernel tile;  // 1 <= m <= mr rows, all nr columns
     int tall_mr;      // the tall tile: up to tall_mr rows by one whole panel, for products of mr < M <= tall_mr rows
     Int8Kernel tall;  // (their panels come from memory: one pass over them for all rows); the same bits as tile
     bool tall_for(int64_t M) const { return M > mr && M <= tall_mr; }
+    bool int8_a() const { return kgroup == 4; }
     // Per row i < m of a (k floats, row stride lda) and block b < nb = ceil(k / kQBlock): amax = max |a[i][p]| over
     // the block; scale[i][b] = amax / 127 and q[i][p] = rint(a[i][p] * (127 / amax)) (p < k; 0 for p in [k, kp)).
     // A block whose amax is 0 or below 2^-100 (where 127 / amax would overflow) gets scale 0 and zeros; a block
     // holding NaN or inf gets scale NaN (its row's outputs are NaN) and zeros.
     void (*quantize)(const float* a, int64_t lda, int64_t m, int64_t k, int16_t* q, int64_t ldq, float* scale,
                      int64_t lds);
+    // The same values as int8, with each block's sum sum[i][b] (row stride lds, as scale).
+    void (*quantize8)(const float* a, int64_t lda, int64_t m, int64_t k, int8_t* q, int64_t ldq, float* scale,
+                      int32_t* sum, int64_t lds);
 };
 
 // ---- 4-bit blocks (GGUF's Q4_0 and Q4_1), read without widening in memory ----
@@ -123,6 +131,17 @@ struct Q4Kernels {
     Q4Kernel tile[2];  // [0]: Q4_0, [1]: Q4_1; 1 <= m <= mr
 };
 
+// ---- bfloat16 pairs (AVX512_BF16's vdpbf16ps) ----
+// The blocked GEMM of bfloat16 weights on a CPU that multiplies bfloat16 pairs (gemm.cpp's run_blocked_bf16): A's
+// MR-row panel and B's NR-column panel hold pairs of consecutive k in one uint32 (k = 2p in the low half, 2p + 1 in
+// the high half; an odd kc ends in a pair whose high halves are 0):  a[p * MR + i] = pair p of row i,
+// b[p * NR + j] = pair p of column j.  micro: C (MR x NR) = sum_p a_p . b_p (+ beta C), each pair's two products
+// (exact: 8-bit significands) added to the lane's float sum by vdpbf16ps, round to nearest even, denormals flushed:
+// the same quantity as the widening path (bfloat16 A times bfloat16 B), summed in a different order.
+struct Bf16PairKernels {
+    void (*micro)(int64_t pairs, const uint32_t* a, const uint32_t* b, float* c, int64_t ldc, float beta);
+};
+
 struct KernelSet {
     const char* name;
     GemmBlocking blocking;
@@ -154,6 +173,7 @@ struct KernelSet {
     void (*round_bf16)(const float* x, float* y, int64_t n);
     Int8Kernels i8;
     Q4Kernels q4;
+    Bf16PairKernels bf16pairs;  // null where the CPU has no bfloat16 pair instructions
 
     // ---- row primitives (length n) ----
     float (*max)(const float* x, int64_t n);  // -inf for n == 0
@@ -202,6 +222,8 @@ Q4Kernels avx2_q4_kernels();
 KernelSet& avx2_kernel_set();
 KernelSet& avx512_kernel_set();
 Int8Kernels avx2_int8_kernels();
+KernelSet& avx512_vnni_kernel_set();
+KernelSet& avx512_bf16_kernel_set();
 #endif
 
 }  // namespace pyattn::kernels

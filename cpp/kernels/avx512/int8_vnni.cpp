@@ -1,0 +1,168 @@
+// AVX512-VNNI int8 kernels and the kernel set that uses them (compiled with -mavx512f -mavx512bw -mavx512vl
+// -mavx512vnni -ffp-contract=off).
+//
+// vpdpbusd multiplies four unsigned bytes by four signed bytes and adds the four products to an int32 lane: 64
+// multiply-adds per zmm instruction, where vpdpwssd on int16 pairs (the layout of the other kernel sets) does 32.
+// So this set packs its int8 panels in groups of 4 consecutive k per column (Int8Kernels::kgroup = 4), reads A as
+// int8 with each block's sum, and makes B unsigned by flipping its sign bit (b + 128, one vpxord per panel register,
+// shared by every row): sum (b + 128) a = sum a b + 128 sum a, so each block's int32 sums start at -128 sum a. The
+// sums stay exact (|sum| < 2^31 by far), and the float steps are those of int8_kernels.inl in the same order: the
+// same bits as every other kernel set (tested).
+#include <immintrin.h>
+
+#include "kernels/kernels.h"
+
+namespace pyattn::kernels {
+namespace {
+
+constexpr int kGroups = kQBlock / 4;  // groups of 4 k per block
+
+inline __m512i bcast4(const int8_t* p) {
+    int32_t v;
+    __builtin_memcpy(&v, p, sizeof v);
+    return _mm512_set1_epi32(v);
+}
+
+// M rows by NV registers (16 columns each) of one panel NV * 16 columns wide.
+template <int M, int NV>
+void vnni_tile_m(int64_t nb, const int8_t* __restrict a, int64_t lda, const float* __restrict sa,
+                 const int32_t* __restrict ta, int64_t ldsa, const int8_t* __restrict b, const float* __restrict sw,
+                 float* __restrict c, int64_t ldc, const float* bias, int64_t ahead) {
+    constexpr int NR = NV * 16;
+    constexpr int64_t kBlockBytes = kGroups * NR * 4;
+    const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+    __m512 sum[M][NV];
+#pragma GCC unroll 16
+    for (int i = 0; i < M; ++i)
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; ++j) sum[i][j] = _mm512_setzero_ps();
+    for (int64_t blk = 0; blk < nb; ++blk) {
+        __m512i acc[M][NV];
+#pragma GCC unroll 16
+        for (int i = 0; i < M; ++i) {
+            const __m512i t = _mm512_set1_epi32(-128 * ta[i * ldsa + blk]);
+#pragma GCC unroll 4
+            for (int j = 0; j < NV; ++j) acc[i][j] = t;
+        }
+        if (ahead > 0)  // this block's panel bytes, `ahead` bytes on (kernels.h: stream_prefetch_bytes)
+            for (int64_t o = 0; o < kBlockBytes; o += 64)
+                _mm_prefetch(reinterpret_cast<const char*>(b + ahead + o), _MM_HINT_T0);
+        const int8_t* ab = a + blk * kQBlock;
+#pragma GCC unroll 8
+        for (int g = 0; g < kGroups; ++g) {
+            __m512i bv[NV];
+#pragma GCC unroll 4
+            for (int j = 0; j < NV; ++j) bv[j] = _mm512_xor_si512(_mm512_loadu_si512(b + (g * NR + j * 16) * 4), flip);
+#pragma GCC unroll 16
+            for (int i = 0; i < M; ++i) {
+                const __m512i av = bcast4(ab + i * lda + 4 * g);
+#pragma GCC unroll 4
+                for (int j = 0; j < NV; ++j) {
+                    acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], bv[j], av);
+                    asm("" : "+v"(acc[i][j]));  // as int8_kernels.inl's pin: no products computed first and spilled
+                }
+            }
+        }
+        // this block's int32 sums, scaled by sa * sw, into the float sums (int8_kernels.inl's order)
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; ++j) {
+            const __m512 w = _mm512_loadu_ps(sw + j * 16);
+#pragma GCC unroll 16
+            for (int i = 0; i < M; ++i)
+                sum[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][j]),
+                                            _mm512_mul_ps(_mm512_set1_ps(sa[i * ldsa + blk]), w), sum[i][j]);
+        }
+        b += kBlockBytes;
+        sw += NR;
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < M; ++i)
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; ++j) {
+            __m512 v = sum[i][j];
+            if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + j * 16));
+            _mm512_storeu_ps(c + i * ldc + j * 16, v);
+        }
+}
+
+template <int MR, int NV, int M = MR>
+void vnni_tile(int64_t m, int64_t nb, const void* a, int64_t lda, const float* sa, const int32_t* ta, int64_t ldsa,
+               const int8_t* b, const float* sw, float* c, int64_t ldc, const float* bias, int64_t ahead) {
+    if constexpr (M >= 1) {
+        if (m == M)
+            return vnni_tile_m<M, NV>(nb, static_cast<const int8_t*>(a), lda, sa, ta, ldsa, b, sw, c, ldc, bias, ahead);
+        return vnni_tile<MR, NV, M - 1>(m, nb, a, lda, sa, ta, ldsa, b, sw, c, ldc, bias, ahead);
+    }
+}
+
+// Int8Kernels::quantize8 with 512-bit registers: per block two masked loads, max |x| and a finiteness check (x * 0 is
+// NaN once x is inf or NaN), q = clamp(cvt(x * 127 / amax)) rounded to nearest even (MXCSR's default, as rintf; NaN
+// converts to INT_MIN and clamps to -127, as the other sets), narrowed with vpmovdb.
+void vnni_quantize8(const float* x, int64_t lda, int64_t m, int64_t k, int8_t* q, int64_t ldq, float* scale,
+                    int32_t* sum, int64_t lds) {
+    const int64_t nb = (k + kQBlock - 1) / kQBlock;
+    const __m512 sign = _mm512_set1_ps(-0.0f), zero = _mm512_setzero_ps();
+    const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+    for (int64_t i = 0; i < m; ++i)
+        for (int64_t blk = 0; blk < nb; ++blk) {
+            const int64_t p0 = blk * kQBlock, n = k - p0 < kQBlock ? k - p0 : kQBlock;
+            const float* xb = x + i * lda + p0;
+            const __mmask16 m0 = n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1u);
+            const __mmask16 m1 = n >= 32 ? __mmask16(0xffff) : n > 16 ? __mmask16((1u << (n - 16)) - 1u) : 0;
+            const __m512 x0 = _mm512_maskz_loadu_ps(m0, xb), x1 = _mm512_maskz_loadu_ps(m1, xb + 16);
+            const __m512 chk = _mm512_add_ps(_mm512_mul_ps(x0, zero), _mm512_mul_ps(x1, zero));
+            const bool finite = _mm512_cmp_ps_mask(chk, chk, _CMP_UNORD_Q) == 0;
+            const float amax =
+                _mm512_reduce_max_ps(_mm512_max_ps(_mm512_andnot_ps(sign, x0), _mm512_andnot_ps(sign, x1)));
+            float inv = 0.0f, s = 0.0f;
+            if (!finite) {
+                s = __builtin_nanf("");
+            } else if (amax >= 0x1p-100f) {
+                inv = 127.0f / amax;
+                s = amax / 127.0f;
+            }
+            const __m512 vi = _mm512_set1_ps(inv);
+            __m512i a0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, vi)), a1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, vi));
+            a0 = _mm512_min_epi32(_mm512_max_epi32(a0, lo), hi);
+            a1 = _mm512_min_epi32(_mm512_max_epi32(a1, lo), hi);
+            // the padding past k quantizes to 0 (masked loads give 0, and 0 * inv is 0)
+            a0 = _mm512_maskz_mov_epi32(m0, a0);
+            a1 = _mm512_maskz_mov_epi32(m1, a1);
+            int8_t* y = q + i * ldq + p0;
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(y), _mm512_cvtepi32_epi8(a0));
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(y + 16), _mm512_cvtepi32_epi8(a1));
+            scale[i * lds + blk] = s;
+            sum[i * lds + blk] = _mm512_reduce_add_epi32(_mm512_add_epi32(a0, a1));
+        }
+}
+
+}  // namespace
+
+// 6 rows x 32 columns: 12 int32 sums and 12 float sums in registers, 2 panel registers and A's broadcast quad (27 of
+// 32 zmm). A product of up to 6 rows (a decoding batch, beams) takes one pass over each panel, so no tall tile.
+// quantize: the int16 quantizer, for weights at load (the same values as quantize8's, so as every set's).
+Int8Kernels avx512_vnni_int8_kernels() {
+    Int8Kernels k{};
+    k.mr = 6;
+    k.nr = 32;
+    k.kgroup = 4;
+    k.tile = &vnni_tile<6, 2>;
+    k.tall_mr = 6;
+    k.tall = &vnni_tile<6, 2>;
+    k.quantize = avx2_int8_kernels().quantize;
+    k.quantize8 = &vnni_quantize8;
+    return k;
+}
+
+// The AVX-512 set with these int8 kernels: everything else is avx512's.
+KernelSet& avx512_vnni_kernel_set() {
+    static KernelSet ks = [] {
+        KernelSet k = avx512_kernel_set();
+        k.name = "avx512_vnni";
+        k.i8 = avx512_vnni_int8_kernels();
+        return k;
+    }();
+    return ks;
+}
+
+}  // namespace pyattn::kernels
