@@ -162,7 +162,11 @@ void run_blocked_bf16(const KernelSet& ks, const Problem& P, int nt) {
     const int mr = bl.mr, nr = bl.nr;
     const int64_t M = P.M, N = P.N, K = P.K;
     const int64_t b_panels_max = (std::min<int64_t>(bl.nc, N) + nr - 1) / nr;
-    const int64_t max_pairs = (bl.kc + 1) / 2;
+    // A pair holds two k in the bytes of one float: K steps of two packed blocks (when kc is even, so that pairs do
+    // not straddle them) keep the panels' bytes those of the float path and halve the passes over C. 4096 x 1536 x
+    // 384, 1 thread: 149 GFLOP/s in steps of one block.
+    const int64_t step = bl.kc % 2 == 0 ? 2 * bl.kc : bl.kc;
+    const int64_t max_pairs = (step + 1) / 2;
     const Grid grid = choose_grid(nt, M, mr, b_panels_max);
     uint32_t* shared_b =
         reinterpret_cast<uint32_t*>(scratch<Slot::gemm_b>(static_cast<std::size_t>(b_panels_max * nr * max_pairs)));
@@ -181,11 +185,14 @@ void run_blocked_bf16(const KernelSet& ks, const Problem& P, int nt) {
             const int64_t nc = std::min<int64_t>(bl.nc, N - jc);
             const int64_t panels = (nc + nr - 1) / nr;
             const int64_t q0 = panels * ci / g.tc, q1 = panels * (ci + 1) / g.tc;
-            for (int64_t pc = 0; pc < K; pc += bl.kc) {
-                const int64_t kc = std::min<int64_t>(bl.kc, K - pc), pairs = (kc + 1) / 2;
-                const uint16_t* src = P.packed->block16(jc, pc);
+            for (int64_t pc = 0; pc < K; pc += step) {
+                const int64_t kc = std::min<int64_t>(step, K - pc), pairs = (kc + 1) / 2;
                 for (int64_t q = panels * tid / nth; q < panels * (tid + 1) / nth; ++q)
-                    pair_b(src + q * kc * nr, kc, nr, shared_b + q * pairs * nr);
+                    for (int64_t sub = pc, done = 0; sub < pc + kc; sub += bl.kc) {  // the packed blocks of the step
+                        const int64_t skc = std::min<int64_t>(bl.kc, K - sub);
+                        pair_b(P.packed->block16(jc, sub) + q * skc * nr, skc, nr, shared_b + (q * pairs + done) * nr);
+                        done += (skc + 1) / 2;
+                    }
 #pragma omp barrier
                 const float beta = pc == 0 ? P.beta : 1.0f;
                 for (int64_t ic = r0; ic < r1; ic += bl.mc) {
