@@ -81,8 +81,10 @@ def data(rng, m, k, n):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", SHAPES + [(3, 1025, 33), (14, 1100, 64)])
 def test_float16_and_bfloat16_against_float64(isa, shape, rng):
+    """Every path of few rows (small-M, tall; on avx512_bf16 the pair rows kernel, K blocks of 512 included, the last
+    one odd) against float64."""
     m, k, n = shape
     x, w, b = data(rng, m, k, n)
     for storage, xr, wr in (

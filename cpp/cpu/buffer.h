@@ -71,7 +71,8 @@ enum class Slot : int {
     gemm_b,            // the shared block of B, packed from a plain B or widened from 16 bits
     gemm_a,            // this thread's packed block of A
     gemm_tile,         // an edge panel of B, or an output tile
-    gemm_rounded_a,    // A rounded to bfloat16 for the small-M and tall paths (bfloat16 weights)
+    gemm_rounded_a,    // A rounded to bfloat16 for the small-M and tall paths (bfloat16 weights) ...
+    gemm_pairs_a,      // ... and as pairs, for the pair rows kernel
     gemm_quantized_a,  // int8 and 4-bit blocks: the activations quantized per row (int16 or int8 values) ...
     gemm_a_scales,     // ... their scales ...
     gemm_a_sums,       // ... and (int8 values) their blocks' integer sums
@@ -86,6 +87,7 @@ enum class Slot : int {
     gemm_cols_a,       // gemm_cols: this thread's quantized or rounded rows of A (int8 / 4-bit / bfloat16 B) ...
     gemm_cols_scales,  // ... their block scales ...
     gemm_cols_sums,    // ... and (int8 values) their blocks' integer sums
+    gemm_cols_pairs,   // gemm_cols: this thread's bfloat16 rows of A as pairs
     decoder_norm,      // a decoding step in one parallel region: this thread's normalized rows
     gemm_scaled_a,     // int8 with an input scale: this thread's rows of A times the scale, before quantizing
 };

@@ -1,6 +1,7 @@
 // Storing tiles and quantizing activations, shared by the GEMM drivers (gemm.cpp, gemm_int8.cpp, gemm_cols.cpp).
 #pragma once
 #include <cstdint>
+#include <cstring>
 
 #include "kernels/kernels.h"
 
@@ -27,6 +28,32 @@ void store_panel(Call&& call, int64_t m, int64_t n, int nr, float* c, int64_t ld
     if (n == nr && beta == 0.0f) return call(c, ldc, bias);
     call(tile, static_cast<int64_t>(nr), nullptr);
     store_range(tile, nr, m, 0, n, c, ldc, beta, bias);
+}
+
+// A pair of bfloat16 values (Bf16PairKernels, kernels.h) from two floats that hold bfloat16 values already: their
+// high halves, lo's in the low half.
+inline uint32_t bf16_pair(float lo, float hi) {
+    uint32_t l, h;
+    std::memcpy(&l, &lo, sizeof l);
+    std::memcpy(&h, &hi, sizeof h);
+    return (l >> 16) | (h & 0xffff0000u);
+}
+
+// m rows of k such floats (row stride lda) as pairs, row i's pair q at dst[i * ldd + q]; an odd k ends in (x, 0).
+inline void pack_pairs(const float* a, int64_t lda, int64_t m, int64_t k, uint32_t* dst, int64_t ldd) {
+    for (int64_t i = 0; i < m; ++i) {
+        const float* r = a + i * lda;
+        for (int64_t q = 0; q < k / 2; ++q) dst[i * ldd + q] = bf16_pair(r[2 * q], r[2 * q + 1]);
+        if (k & 1) dst[i * ldd + k / 2] = bf16_pair(r[k - 1], 0.0f);
+    }
+}
+
+// Whether the small-M and tall paths of bfloat16 weights run the pair rows kernel: the set has one for its panel width
+// and row counts, and packed K blocks start on even k (their pairs are A's pairs).
+inline bool pair_rows(const kernels::KernelSet& ks) {
+    const auto& bl = ks.blocking;
+    return ks.bf16pairs.rows && bl.kc % 2 == 0 && bl.nr == 32 && ks.tall_cols == 32 && ks.bf16pairs.rows_max >= bl.mr &&
+           ks.bf16pairs.rows_max >= ks.tall_rows;
 }
 
 // The activations of an integer product quantized as its kernels read them (Int8Kernels in kernels.h): m rows of A

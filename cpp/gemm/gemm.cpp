@@ -67,6 +67,8 @@ struct Problem {
     int64_t ldc;
     float beta;
     Epilogue ep;
+    const uint32_t* A2 = nullptr;  // bfloat16 weights on the pair rows kernel: A as pairs (Bf16PairKernels::rows) ...
+    int64_t lda2 = 0;              // ... and their row stride (pairs)
 };
 
 void run_blocked(const KernelSet& ks, const Problem& P, int nt) {
@@ -128,13 +130,6 @@ void run_blocked(const KernelSet& ks, const Problem& P, int nt) {
 // bfloat16 weights on a kernel set with a pair micro-kernel (Bf16PairKernels, kernels.h): run_blocked's loops, with
 // the packed bfloat16 block regrouped into pairs of k (shared by the threads, as run_blocked widens it) and A packed
 // into pairs. A holds bfloat16 values already (run rounds it), so a pair is the high halves of two floats.
-uint32_t bf16_pair(float lo, float hi) {
-    uint32_t l, h;
-    std::memcpy(&l, &lo, sizeof l);
-    std::memcpy(&h, &hi, sizeof h);
-    return (l >> 16) | (h & 0xffff0000u);
-}
-
 void pair_a(const float* a, int64_t lda, int64_t mc, int64_t kc, int mr, uint32_t* dst) {
     const int64_t pairs = (kc + 1) / 2;
     for (int64_t i0 = 0; i0 < mc; i0 += mr, dst += pairs * mr)
@@ -262,7 +257,10 @@ void run_small_m(const KernelSet& ks, const Problem& P, int nt) {
                         const int64_t kc = std::min<int64_t>(bl.kc, K - pc);
                         const int64_t off = qq * kc * nr;
                         const float beta = pc == 0 ? beta0 : 1.0f;
-                        if (P.packed->type() != WeightType::f32)
+                        if (P.A2)
+                            ks.bf16pairs.rows(m, kc, P.A2 + i * P.lda2 + pc / 2, P.lda2,
+                                              P.packed->block16(jc, pc) + off, nr, out, ldo, beta);
+                        else if (P.packed->type() != WeightType::f32)
                             ks.half[static_cast<int>(P.packed->half_format())].rows(
                                 m, kc, a + pc, P.lda, P.packed->block16(jc, pc) + off, nr, out, ldo, beta);
                         else
@@ -305,7 +303,10 @@ void run_tall(const KernelSet& ks, const Problem& P, int nt) {
                     const int64_t kc = std::min<int64_t>(bl.kc, K - pc);
                     const int64_t off = qq * kc * nr + h;
                     const float beta = pc == 0 ? (n == vec ? P.beta : 0.0f) : 1.0f;
-                    if (P.packed->type() != WeightType::f32)
+                    if (P.A2)
+                        ks.bf16pairs.rows(M, kc, P.A2 + pc / 2, P.lda2, P.packed->block16(jc, pc) + off, nr, out, ldo,
+                                          beta);
+                    else if (P.packed->type() != WeightType::f32)
                         ks.half[static_cast<int>(P.packed->half_format())].tall(
                             M, kc, P.A + pc, P.lda, P.packed->block16(jc, pc) + off, nr, out, ldo, beta);
                     else
@@ -316,6 +317,12 @@ void run_tall(const KernelSet& ks, const Problem& P, int nt) {
             }
         }
     }
+}
+
+// Whether P goes to the small-M or the tall path (dispatch), where B streams once through a rows kernel.
+bool rows_path(const KernelSet& ks, const Problem& P) {
+    return P.M <= kSmallM || (P.packed && P.M > ks.blocking.mr && P.M <= ks.tall_rows) ||
+           (P.packed && P.packed->type() != WeightType::f32 && P.M <= small_m_packed());
 }
 
 void dispatch(const KernelSet& ks, const Problem& P, int nt) {
@@ -348,6 +355,13 @@ void run(const KernelSet& ks, const Problem& P, int nthreads) {
         Problem R = P;
         R.A = a;
         R.lda = P.K;
+        if (pair_rows(ks) && rows_path(ks, R)) {
+            R.lda2 = (P.K + 1) / 2;
+            uint32_t* a2 =
+                reinterpret_cast<uint32_t*>(scratch<Slot::gemm_pairs_a>(static_cast<std::size_t>(P.M * R.lda2)));
+            pack_pairs(a, P.K, P.M, P.K, a2, R.lda2);
+            R.A2 = a2;
+        }
         return dispatch(ks, R, nt);
     }
     dispatch(ks, P, nt);

@@ -84,11 +84,19 @@ void gemm_cols(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, fl
     } else {
         const auto bl = ks.blocking;
         const int nr = bl.nr;
+        const uint32_t* a2 = nullptr;  // A as pairs, for the pair rows kernel
+        const int64_t lda2 = (K + 1) / 2;
         if (B.type() == WeightType::bf16) {  // bfloat16 weights multiply bfloat16 activations (as gemm.cpp's run)
             float* a = scratch<Slot::gemm_cols_a>(static_cast<std::size_t>(M * K));
             for (int64_t i = 0; i < M; ++i) ks.round_bf16(A + i * lda, a + i * K, K);
             A = a;
             lda = K;
+            if (pair_rows(ks)) {
+                uint32_t* p =
+                    reinterpret_cast<uint32_t*>(scratch<Slot::gemm_cols_pairs>(static_cast<std::size_t>(M * lda2)));
+                pack_pairs(a, K, M, K, p, lda2);
+                a2 = p;
+            }
         }
         // As run_small_m (gemm.cpp) for the panels covering the range: B's blocks read in place by the rows kernel,
         // which takes beta itself; whole panels are written in place, edge ones through the tile.
@@ -107,7 +115,10 @@ void gemm_cols(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, fl
                     const int64_t kc = std::min<int64_t>(bl.kc, K - pc), off = qq * kc * nr;
                     const float b = pc > 0 ? 1.0f : whole ? beta : 0.0f;
                     const float* a = A + i * lda + pc;
-                    if (B.type() != WeightType::f32)
+                    if (a2)
+                        ks.bf16pairs.rows(m, kc, a2 + i * lda2 + pc / 2, lda2, B.block16(jc, pc) + off, nr, out, ldo,
+                                          b);
+                    else if (B.type() != WeightType::f32)
                         ks.half[static_cast<int>(B.half_format())].rows(m, kc, a, lda, B.block16(jc, pc) + off, nr, out,
                                                                         ldo, b);
                     else

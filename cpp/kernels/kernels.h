@@ -138,8 +138,14 @@ struct Q4Kernels {
 // b[p * NR + j] = pair p of column j.  micro: C (MR x NR) = sum_p a_p . b_p (+ beta C), each pair's two products
 // (exact: 8-bit significands) added to the lane's float sum by vdpbf16ps, round to nearest even, denormals flushed:
 // the same quantity as the widening path (bfloat16 A times bfloat16 B), summed in a different order.
+// rows: the small-M kernel on the packed bfloat16 panel as it is stored (b[p * ldb + j], 16 bits), its rows p and
+// p + 1 interleaved into pairs in registers: C (m x 32) = A B (+ beta C) for m <= rows_max rows of A given as pairs
+// (row i's pair q at a[i * lda + q]); k consecutive k of the panel (an odd k ends in a half-empty pair).
 struct Bf16PairKernels {
     void (*micro)(int64_t pairs, const uint32_t* a, const uint32_t* b, float* c, int64_t ldc, float beta);
+    void (*rows)(int64_t m, int64_t k, const uint32_t* a, int64_t lda, const uint16_t* b, int64_t ldb, float* c,
+                 int64_t ldc, float beta);
+    int rows_max;
 };
 
 struct KernelSet {

@@ -49,6 +49,62 @@ void bf16_micro(int64_t pairs, const uint32_t* __restrict a, const uint32_t* __r
         }
 }
 
+// Columns of the pair registers after vpunpck{l,h}wd of two panel rows, per 128-bit lane L: lo holds columns
+// 8L .. 8L + 3, hi 8L + 4 .. 8L + 7. These indices (into lo:hi) put them back in order, 16 columns at a time.
+alignas(64) constexpr int32_t kUnzip[2][16] = {{0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23},
+                                               {8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31}};
+
+template <int M>
+void bf16_rows_m(int64_t k, const uint32_t* __restrict a, int64_t lda, const uint16_t* __restrict b, int64_t ldb,
+                 float* __restrict c, int64_t ldc, float beta) {
+    __m512 lo[M], hi[M];
+#pragma GCC unroll 16
+    for (int i = 0; i < M; ++i) lo[i] = hi[i] = _mm512_setzero_ps();
+    const int64_t full = k / 2;
+    for (int64_t p = 0; p <= full; ++p) {
+        __m512i r0, r1;
+        if (p < full) {
+            r0 = _mm512_loadu_si512(b + 2 * p * ldb);
+            r1 = _mm512_loadu_si512(b + (2 * p + 1) * ldb);
+        } else if (k & 1) {
+            r0 = _mm512_loadu_si512(b + 2 * p * ldb);
+            r1 = _mm512_setzero_si512();
+        } else {
+            break;
+        }
+        const __m512bh bl = (__m512bh)_mm512_unpacklo_epi16(r0, r1), bh = (__m512bh)_mm512_unpackhi_epi16(r0, r1);
+#pragma GCC unroll 16
+        for (int i = 0; i < M; ++i) {
+            const __m512bh av = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[i * lda + p]));
+            lo[i] = _mm512_dpbf16_ps(lo[i], av, bl);
+            hi[i] = _mm512_dpbf16_ps(hi[i], av, bh);
+        }
+    }
+    const __m512i u0 = _mm512_load_si512(kUnzip[0]), u1 = _mm512_load_si512(kUnzip[1]);
+    const __m512 vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 16
+    for (int i = 0; i < M; ++i) {
+        __m512 v[2] = {_mm512_permutex2var_ps(lo[i], u0, hi[i]), _mm512_permutex2var_ps(lo[i], u1, hi[i])};
+        for (int j = 0; j < 2; ++j) {
+            float* o = c + i * ldc + 16 * j;
+            if (beta == 1.0f)
+                v[j] = _mm512_add_ps(v[j], _mm512_loadu_ps(o));
+            else if (beta != 0.0f)
+                v[j] = _mm512_fmadd_ps(vb, _mm512_loadu_ps(o), v[j]);
+            _mm512_storeu_ps(o, v[j]);
+        }
+    }
+}
+
+template <int M = 14>
+void bf16_rows(int64_t m, int64_t k, const uint32_t* a, int64_t lda, const uint16_t* b, int64_t ldb, float* c,
+               int64_t ldc, float beta) {
+    if constexpr (M >= 1) {
+        if (m == M) return bf16_rows_m<M>(k, a, lda, b, ldb, c, ldc, beta);
+        return bf16_rows<M - 1>(m, k, a, lda, b, ldb, c, ldc, beta);
+    }
+}
+
 }  // namespace
 
 // The AVX512-VNNI set with this micro-kernel for bfloat16 weights.
@@ -56,7 +112,12 @@ KernelSet& avx512_bf16_kernel_set() {
     static KernelSet ks = [] {
         KernelSet k = avx512_vnni_kernel_set();
         k.name = "avx512_bf16";
-        if (k.blocking.mr == 12 && k.blocking.nr == 32) k.bf16pairs.micro = &bf16_micro<12, 2>;
+        if (k.blocking.mr == 12 && k.blocking.nr == 32) {
+            k.bf16pairs.micro = &bf16_micro<12, 2>;
+            // up to 14 rows (28 sums, 2 panel registers, the broadcast): the small-M and tall paths
+            k.bf16pairs.rows = &bf16_rows<14>;
+            k.bf16pairs.rows_max = 14;
+        }
         return k;
     }();
     return ks;
