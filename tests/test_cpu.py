@@ -21,6 +21,10 @@ def test_cpu_info():
         assert feats["avx512f"] and feats["avx2"] and feats["fma"]
     if "avx2" in info["available_isas"]:
         assert feats["avx2"] and feats["fma"]
+    # the VNNI and BF16 sets extend AVX-512: offered exactly where the CPU has their instructions
+    avx512 = "avx512" in info["available_isas"]
+    assert ("avx512_vnni" in info["available_isas"]) == (avx512 and feats["avx512_vnni"])
+    assert ("avx512_bf16" in info["available_isas"]) == (avx512 and feats["avx512_vnni"] and feats["avx512_bf16"])
 
 
 def test_default_isa_is_the_best_available():
