@@ -39,12 +39,15 @@ inline uint32_t bf16_pair(float lo, float hi) {
     return (l >> 16) | (h & 0xffff0000u);
 }
 
-// m rows of k such floats (row stride lda) as pairs, row i's pair q at dst[i * ldd + q]; an odd k ends in (x, 0).
-inline void pack_pairs(const float* a, int64_t lda, int64_t m, int64_t k, uint32_t* dst, int64_t ldd) {
+// m rows of k floats (row stride lda) rounded to bfloat16 (ks.round_bf16, a row at a time through tmp: k floats) and
+// stored as pairs, row i's pair q at dst[i * ldd + q * step]; an odd k ends in (x, 0).
+inline void pack_pairs(const kernels::KernelSet& ks, const float* a, int64_t lda, int64_t m, int64_t k, uint32_t* dst,
+                       int64_t ldd, int64_t step, float* tmp) {
     for (int64_t i = 0; i < m; ++i) {
-        const float* r = a + i * lda;
-        for (int64_t q = 0; q < k / 2; ++q) dst[i * ldd + q] = bf16_pair(r[2 * q], r[2 * q + 1]);
-        if (k & 1) dst[i * ldd + k / 2] = bf16_pair(r[k - 1], 0.0f);
+        ks.round_bf16(a + i * lda, tmp, k);
+        uint32_t* d = dst + i * ldd;
+        for (int64_t q = 0; q < k / 2; ++q) d[q * step] = bf16_pair(tmp[2 * q], tmp[2 * q + 1]);
+        if (k & 1) d[(k / 2) * step] = bf16_pair(tmp[k - 1], 0.0f);
     }
 }
 

@@ -128,20 +128,17 @@ void run_blocked(const KernelSet& ks, const Problem& P, int nt) {
 }
 
 // bfloat16 weights on a kernel set with a pair micro-kernel (Bf16PairKernels, kernels.h): run_blocked's loops, with
-// the packed bfloat16 block regrouped into pairs of k (shared by the threads, as run_blocked widens it) and A packed
-// into pairs. A holds bfloat16 values already (run rounds it), so a pair is the high halves of two floats.
-void pair_a(const float* a, int64_t lda, int64_t mc, int64_t kc, int mr, uint32_t* dst) {
+// the packed bfloat16 block regrouped into pairs of k (shared by the threads, as run_blocked widens it) and A rounded
+// and packed into MR-row panels of pairs (rows past mc zero).
+void pair_a(const KernelSet& ks, const float* a, int64_t lda, int64_t mc, int64_t kc, int mr, uint32_t* dst,
+            float* tmp) {
     const int64_t pairs = (kc + 1) / 2;
-    for (int64_t i0 = 0; i0 < mc; i0 += mr, dst += pairs * mr)
-        for (int i = 0; i < mr; ++i) {
-            if (i0 + i >= mc) {
-                for (int64_t p = 0; p < pairs; ++p) dst[p * mr + i] = 0;
-                continue;
-            }
-            const float* r = a + (i0 + i) * lda;
-            for (int64_t p = 0; p < kc / 2; ++p) dst[p * mr + i] = bf16_pair(r[2 * p], r[2 * p + 1]);
-            if (kc & 1) dst[(pairs - 1) * mr + i] = bf16_pair(r[kc - 1], 0.0f);
-        }
+    for (int64_t i0 = 0; i0 < mc; i0 += mr, dst += pairs * mr) {
+        const int64_t rows = std::min<int64_t>(mr, mc - i0);
+        pack_pairs(ks, a + i0 * lda, lda, rows, kc, dst, 1, mr, tmp);
+        for (int64_t i = rows; i < mr; ++i)
+            for (int64_t p = 0; p < pairs; ++p) dst[p * mr + i] = 0;
+    }
 }
 
 void pair_b(const uint16_t* src, int64_t kc, int nr, uint32_t* dst) {
@@ -175,6 +172,7 @@ void run_blocked_bf16(const KernelSet& ks, const Problem& P, int nt) {
         grid_rows(M, mr, g.tr, ri, r0, r1);
         uint32_t* ap =
             reinterpret_cast<uint32_t*>(scratch<Slot::gemm_a>(static_cast<std::size_t>((bl.mc + mr) * max_pairs)));
+        float* row = scratch<Slot::gemm_rounded_a>(static_cast<std::size_t>(step));  // one row of A, rounded
         alignas(64) float tile[16 * 64];
         for (int64_t jc = 0; jc < N; jc += bl.nc) {
             const int64_t nc = std::min<int64_t>(bl.nc, N - jc);
@@ -192,7 +190,7 @@ void run_blocked_bf16(const KernelSet& ks, const Problem& P, int nt) {
                 const float beta = pc == 0 ? P.beta : 1.0f;
                 for (int64_t ic = r0; ic < r1; ic += bl.mc) {
                     const int64_t mcb = std::min<int64_t>(bl.mc, r1 - ic);
-                    pair_a(P.A + ic * P.lda + pc, P.lda, mcb, kc, mr, ap);
+                    pair_a(ks, P.A + ic * P.lda + pc, P.lda, mcb, kc, mr, ap, row);
                     for (int64_t q = q0; q < q1; ++q) {
                         const int64_t j = q * nr, n = std::min<int64_t>(nr, nc - j);
                         const uint32_t* b = shared_b + q * pairs * nr;
@@ -329,7 +327,6 @@ void dispatch(const KernelSet& ks, const Problem& P, int nt) {
     if (P.M <= kSmallM) return run_small_m(ks, P, nt);
     if (P.packed && P.M > ks.blocking.mr && P.M <= ks.tall_rows) return run_tall(ks, P, nt);
     if (P.packed && P.packed->type() != WeightType::f32 && P.M <= small_m_packed()) return run_small_m(ks, P, nt);
-    if (P.packed && P.packed->type() == WeightType::bf16 && ks.bf16pairs.micro) return run_blocked_bf16(ks, P, nt);
     run_blocked(ks, P, nt);
 }
 
@@ -349,18 +346,22 @@ void run(const KernelSet& ks, const Problem& P, int nthreads) {
     if (omp_in_parallel()) nt = 1;
     if (P.packed && P.packed->type() == WeightType::bf16) {
         // bfloat16 weights multiply bfloat16 activations (what AMX and AVX512_BF16 compute, and so every kernel set
-        // here): a rounded copy of A. (O(M K) next to the O(M N K) product.)
-        float* a = scratch<Slot::gemm_rounded_a>(static_cast<std::size_t>(P.M * P.K));
-        for (int64_t i = 0; i < P.M; ++i) ks.round_bf16(P.A + i * P.lda, a + i * P.K, P.K);
+        // here): A rounded as the pair kernels pack it, else a rounded copy. (O(M K) next to the O(M N K) product.)
+        const bool rows = rows_path(ks, P);
+        if (!rows && ks.bf16pairs.micro) return run_blocked_bf16(ks, P, nt);
         Problem R = P;
-        R.A = a;
-        R.lda = P.K;
-        if (pair_rows(ks) && rows_path(ks, R)) {
+        if (rows && pair_rows(ks)) {
             R.lda2 = (P.K + 1) / 2;
             uint32_t* a2 =
                 reinterpret_cast<uint32_t*>(scratch<Slot::gemm_pairs_a>(static_cast<std::size_t>(P.M * R.lda2)));
-            pack_pairs(a, P.K, P.M, P.K, a2, R.lda2);
+            pack_pairs(ks, P.A, P.lda, P.M, P.K, a2, R.lda2, 1,
+                       scratch<Slot::gemm_rounded_a>(static_cast<std::size_t>(P.K)));
             R.A2 = a2;
+        } else {
+            float* a = scratch<Slot::gemm_rounded_a>(static_cast<std::size_t>(P.M * P.K));
+            for (int64_t i = 0; i < P.M; ++i) ks.round_bf16(P.A + i * P.lda, a + i * P.K, P.K);
+            R.A = a;
+            R.lda = P.K;
         }
         return dispatch(ks, R, nt);
     }

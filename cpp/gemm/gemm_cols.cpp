@@ -86,17 +86,16 @@ void gemm_cols(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, fl
         const int nr = bl.nr;
         const uint32_t* a2 = nullptr;  // A as pairs, for the pair rows kernel
         const int64_t lda2 = (K + 1) / 2;
-        if (B.type() == WeightType::bf16) {  // bfloat16 weights multiply bfloat16 activations (as gemm.cpp's run)
+        if (B.type() == WeightType::bf16 && pair_rows(ks)) {  // bfloat16 A (as gemm.cpp's run), as pairs
+            uint32_t* p =
+                reinterpret_cast<uint32_t*>(scratch<Slot::gemm_cols_pairs>(static_cast<std::size_t>(M * lda2)));
+            pack_pairs(ks, A, lda, M, K, p, lda2, 1, scratch<Slot::gemm_cols_a>(static_cast<std::size_t>(K)));
+            a2 = p;
+        } else if (B.type() == WeightType::bf16) {  // ... or a rounded copy
             float* a = scratch<Slot::gemm_cols_a>(static_cast<std::size_t>(M * K));
             for (int64_t i = 0; i < M; ++i) ks.round_bf16(A + i * lda, a + i * K, K);
             A = a;
             lda = K;
-            if (pair_rows(ks)) {
-                uint32_t* p =
-                    reinterpret_cast<uint32_t*>(scratch<Slot::gemm_cols_pairs>(static_cast<std::size_t>(M * lda2)));
-                pack_pairs(a, K, M, K, p, lda2);
-                a2 = p;
-            }
         }
         // As run_small_m (gemm.cpp) for the panels covering the range: B's blocks read in place by the rows kernel,
         // which takes beta itself; whole panels are written in place, edge ones through the tile.
