@@ -19,22 +19,13 @@ inline __m256i bcast4(const int8_t* p) {
     return _mm256_set1_epi32(v);
 }
 
-template <int M, bool kMin>
-void q4_tile_m(int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta, int64_t ldsa,
-               const uint8_t* b, float* c, int64_t ldc, const float* bias, int64_t ahead) {
-    constexpr int64_t bs = q4_block_bytes(kMin);
-    const __m256i low = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
-    __m256 sum[M];
-#pragma GCC unroll 8
-    for (int i = 0; i < M; ++i) sum[i] = _mm256_setzero_ps();
-    for (int64_t blk = 0; blk < nb; ++blk) {
-        const uint8_t* nib = b + blk * bs;
-        const int8_t* x = a + blk * kQBlock;
-        if (ahead > 0) {  // the block's bytes ahead; past the panel's end they are the next panel's (contiguous)
-            _mm_prefetch(reinterpret_cast<const char*>(nib + ahead), _MM_HINT_T0);
-            _mm_prefetch(reinterpret_cast<const char*>(nib + ahead + 64), _MM_HINT_T0);
-            if constexpr (bs > 128) _mm_prefetch(reinterpret_cast<const char*>(nib + ahead + 128), _MM_HINT_T0);
-        }
+// One block's sums: per 32-byte chunk, the low and high nibbles times A's four bytes (pmaddubsw), added in int16
+// lanes, then pmaddwd by ones to int32.
+struct Q4SumsAvx2 {
+    static constexpr int kMR = 4;
+    template <int M>
+    static void sums(const uint8_t* nib, const int8_t* x, int64_t lda, __m256i (&s32)[M]) {
+        const __m256i low = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
         __m256i acc[M];
 #pragma GCC unroll 8
         for (int i = 0; i < M; ++i) acc[i] = _mm256_setzero_si256();
@@ -52,42 +43,15 @@ void q4_tile_m(int64_t nb, const int8_t* a, int64_t lda, const float* sa, const 
                 asm("" : "+x"(acc[i]));
             }
         }
-        const __m128i* h = reinterpret_cast<const __m128i*>(nib + 16 * kQ4Cols);
-        const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(h));
-        __m256 mn;
-        if constexpr (kMin) mn = _mm256_cvtph_ps(_mm_loadu_si128(h + 1));
 #pragma GCC unroll 8
-        for (int i = 0; i < M; ++i) {
-            __m256i s32 = _mm256_madd_epi16(acc[i], ones);
-            const float sab = sa[i * ldsa + blk];
-            const int32_t t = ta[i * ldsa + blk];
-            if constexpr (kMin) {
-                sum[i] = _mm256_fmadd_ps(mn, _mm256_set1_ps(sab * static_cast<float>(t)), sum[i]);
-            } else {
-                s32 = _mm256_sub_epi32(s32, _mm256_set1_epi32(8 * t));
-            }
-            sum[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), _mm256_mul_ps(_mm256_set1_ps(sab), d), sum[i]);
-        }
+        for (int i = 0; i < M; ++i) s32[i] = _mm256_madd_epi16(acc[i], ones);
     }
-#pragma GCC unroll 8
-    for (int i = 0; i < M; ++i) {
-        __m256 v = sum[i];
-        if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias));
-        _mm256_storeu_ps(c + i * ldc, v);
-    }
-}
+};
 
-template <bool kMin, int M = 4>
-void q4_tile(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta, int64_t ldsa,
-             const uint8_t* b, float* c, int64_t ldc, const float* bias, int64_t ahead) {
-    if constexpr (M >= 1) {
-        if (m == M) return q4_tile_m<M, kMin>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias, ahead);
-        return q4_tile<kMin, M - 1>(m, nb, a, lda, sa, ta, ldsa, b, c, ldc, bias, ahead);
-    }
-}
+#include "kernels/q4_kernels.inl"
 
 }  // namespace
 
-Q4Kernels avx2_q4_kernels() { return Q4Kernels{4, {&q4_tile<false>, &q4_tile<true>}}; }
+Q4Kernels avx2_q4_kernels() { return make_q4_kernels<Q4SumsAvx2>(); }
 
 }  // namespace pyattn::kernels

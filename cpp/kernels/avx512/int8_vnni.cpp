@@ -140,26 +140,17 @@ void vnni_quantize8(const float* x, int64_t lda, int64_t m, int64_t k, int8_t* q
 // 32 c + 4 j + s holds k = 4 c + s (low nibble) and 16 + 4 c + s (high) of column j, so each int32 lane of a 256-bit
 // load, masked or shifted, is four consecutive k of one column: one vpdpbusd per half-chunk and row, against A's four
 // int8 broadcast, sums them exactly in int32 (where the AVX2 kernel needs pmaddubsw, an int16 add and pmaddwd by
-// ones). The float steps are avx2/q4_avx2.cpp's, in its order: the same bits.
-template <int M, bool kMin, int C = (M == 1 ? 4 : 2)>
-void q4_vnni_m(int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta, int64_t ldsa,
-               const uint8_t* b, float* c, int64_t ldc, const float* bias, int64_t ahead) {
-    constexpr int64_t bs = q4_block_bytes(kMin);
-    const __m256i low = _mm256_set1_epi8(15);
-    __m256 sum[M];
-#pragma GCC unroll 8
-    for (int i = 0; i < M; ++i) sum[i] = _mm256_setzero_ps();
-    for (int64_t blk = 0; blk < nb; ++blk) {
-        const uint8_t* nib = b + blk * bs;
-        const int8_t* x = a + blk * kQBlock;
-        if (ahead > 0) {  // the block's bytes ahead; past the panel's end they are the next panel's (contiguous)
-            _mm_prefetch(reinterpret_cast<const char*>(nib + ahead), _MM_HINT_T0);
-            _mm_prefetch(reinterpret_cast<const char*>(nib + ahead + 64), _MM_HINT_T0);
-            if constexpr (bs > 128) _mm_prefetch(reinterpret_cast<const char*>(nib + ahead + 128), _MM_HINT_T0);
-        }
-        // C independent chains of sums per row, added at the end (vpdpbusd waits for its sum, several cycles). Measured
-        // through heavy noise only: SmolLM2 decode at 2 threads was 0.43x and 0.46x llama.cpp's in two bench_llm runs
-        // with these chains, 0.51x in one run with one chain per row; GEMVs alone could not tell them apart.
+// ones). The tile around it, its float steps included, is q4_kernels.inl, shared with the AVX2 set: the same bits.
+struct Q4SumsVnni {
+    static constexpr int kMR = 6;  // 6 int32 and 6 float sums, 3 registers of the panel's chunk
+    template <int M>
+    static void sums(const uint8_t* nib, const int8_t* x, int64_t lda, __m256i (&s32)[M]) {
+        // C independent chains of sums per row, added at the end (vpdpbusd waits for its sum, several cycles).
+        // Measured through heavy noise only: SmolLM2 decode at 2 threads was 0.43x and 0.46x llama.cpp's in two
+        // bench_llm runs with these chains, 0.51x in one run with one chain per row; GEMVs alone could not tell them
+        // apart.
+        constexpr int C = M == 1 ? 4 : 2;
+        const __m256i low = _mm256_set1_epi8(15);
         __m256i acc[M][C];
 #pragma GCC unroll 8
         for (int i = 0; i < M; ++i)
@@ -171,52 +162,25 @@ void q4_vnni_m(int64_t nb, const int8_t* a, int64_t lda, const float* sa, const 
             const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
 #pragma GCC unroll 8
             for (int i = 0; i < M; ++i) {
+                __m256i& a0 = acc[i][(2 * ch) % C];
+                __m256i& a1 = acc[i][(2 * ch + 1) % C];
                 int32_t x0, x1;
                 __builtin_memcpy(&x0, x + i * lda + 4 * ch, sizeof x0);
                 __builtin_memcpy(&x1, x + i * lda + 16 + 4 * ch, sizeof x1);
-                __m256i& a0 = acc[i][(2 * ch) % C];
-                __m256i& a1 = acc[i][(2 * ch + 1) % C];
                 a0 = _mm256_dpbusd_epi32(a0, lo, _mm256_set1_epi32(x0));
                 a1 = _mm256_dpbusd_epi32(a1, hi, _mm256_set1_epi32(x1));
             }
         }
 #pragma GCC unroll 8
-        for (int i = 0; i < M; ++i)
-#pragma GCC unroll 4
-            for (int q = 1; q < C; ++q) acc[i][0] = _mm256_add_epi32(acc[i][0], acc[i][q]);
-        const __m128i* h = reinterpret_cast<const __m128i*>(nib + 16 * kQ4Cols);
-        const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(h));
-        __m256 mn;
-        if constexpr (kMin) mn = _mm256_cvtph_ps(_mm_loadu_si128(h + 1));
-#pragma GCC unroll 8
         for (int i = 0; i < M; ++i) {
-            __m256i s32 = acc[i][0];
-            const float sab = sa[i * ldsa + blk];
-            const int32_t t = ta[i * ldsa + blk];
-            if constexpr (kMin) {
-                sum[i] = _mm256_fmadd_ps(mn, _mm256_set1_ps(sab * static_cast<float>(t)), sum[i]);
-            } else {
-                s32 = _mm256_sub_epi32(s32, _mm256_set1_epi32(8 * t));
-            }
-            sum[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), _mm256_mul_ps(_mm256_set1_ps(sab), d), sum[i]);
+            s32[i] = acc[i][0];
+#pragma GCC unroll 4
+            for (int q = 1; q < C; ++q) s32[i] = _mm256_add_epi32(s32[i], acc[i][q]);
         }
     }
-#pragma GCC unroll 8
-    for (int i = 0; i < M; ++i) {
-        __m256 v = sum[i];
-        if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias));
-        _mm256_storeu_ps(c + i * ldc, v);
-    }
-}
+};
 
-template <bool kMin, int M = 6>
-void q4_vnni(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta, int64_t ldsa,
-             const uint8_t* b, float* c, int64_t ldc, const float* bias, int64_t ahead) {
-    if constexpr (M >= 1) {
-        if (m == M) return q4_vnni_m<M, kMin>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias, ahead);
-        return q4_vnni<kMin, M - 1>(m, nb, a, lda, sa, ta, ldsa, b, c, ldc, bias, ahead);
-    }
-}
+#include "kernels/q4_kernels.inl"
 
 }  // namespace
 
@@ -242,8 +206,7 @@ KernelSet& avx512_vnni_kernel_set() {
         KernelSet k = avx512_kernel_set();
         k.name = "avx512_vnni";
         k.i8 = avx512_vnni_int8_kernels();
-        // 4-bit: up to 6 rows of 8 columns per call (6 int32 and 6 float sums, 3 registers of the panel's chunk)
-        k.q4 = Q4Kernels{6, {&q4_vnni<false>, &q4_vnni<true>}};
+        k.q4 = make_q4_kernels<Q4SumsVnni>();  // 4-bit: up to 6 rows of 8 columns per call
         return k;
     }();
     return ks;
