@@ -39,6 +39,9 @@ Features detect() {
     return f;
 }
 
+// Every kernel set, best last.
+constexpr const char* kIsaNames[] = {"scalar", "avx2", "avx512", "avx512_vnni", "avx512_bf16"};
+
 bool can_run(const std::string& isa) {
     const Features& f = features();
     if (isa == "scalar") return true;
@@ -108,17 +111,18 @@ bool amx_granted() {
 }
 
 std::vector<std::string> available_isas() {
-    std::vector<std::string> out{"scalar"};
-    for (const char* isa : {"avx2", "avx512", "avx512_vnni", "avx512_bf16"})
+    std::vector<std::string> out;
+    for (const char* isa : kIsaNames)
         if (can_run(isa)) out.emplace_back(isa);
     return out;
 }
 
 const kernels::KernelSet& kernel_set(const std::string& name) {
-    static const char* const kNames[] = {"scalar", "avx2", "avx512", "avx512_vnni", "avx512_bf16"};
-    if (std::none_of(std::begin(kNames), std::end(kNames), [&](const char* n) { return name == n; }))
-        throw std::invalid_argument("unknown ISA '" + name +
-                                    "': expected one of scalar, avx2, avx512, avx512_vnni, avx512_bf16");
+    if (std::none_of(std::begin(kIsaNames), std::end(kIsaNames), [&](const char* n) { return name == n; })) {
+        std::string known;
+        for (const char* n : kIsaNames) known += (known.empty() ? "" : ", ") + std::string(n);
+        throw std::invalid_argument("unknown ISA '" + name + "': expected one of " + known);
+    }
     if (!can_run(name)) throw std::invalid_argument("this CPU cannot run the '" + name + "' kernels");
     return lookup(name);
 }
