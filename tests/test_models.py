@@ -174,12 +174,30 @@ def test_minilm_order_and_batching(minilm):
         minilm.encode([1, 2])
 
 
+def test_minilm_tokenized_once(minilm):
+    """encode_tokens over tokenize's encodings (what the server does: it counts the tokens first) gives encode's
+    rows; tokenize truncates to max_seq_length and marks what it cut; a longer encoding is refused."""
+    long = "word " * 400
+    enc = minilm.tokenize(SENTENCES + [long])
+    assert [len(e.ids) for e in enc[:-1]] == [len(minilm.tokenizer.encode(s).ids) for s in SENTENCES]
+    assert len(enc[-1].ids) == minilm.max_seq_length and enc[-1].overflowing and not enc[0].overflowing
+    np.testing.assert_array_equal(minilm.encode_tokens(enc, batch_size=3), minilm.encode(SENTENCES + [long], 3))
+    counter = minilm.tokenizer.__class__.from_str(minilm.tokenizer.to_str())
+    counter.no_truncation()
+    with pytest.raises(ValueError, match="at most 256"):
+        minilm.encode_tokens([counter.encode(long)])
+    with pytest.raises(ValueError, match="batch_size"):
+        minilm.encode_tokens(enc, batch_size=0)
+    assert minilm.encode_tokens([]).shape == (0, 384)
+
+
 def test_bert_packed_equals_the_padded_batch(minilm):
     """BertModel.packed (the sentences' tokens one after another, no padding; what encode runs) gives each token the
     hidden state the padded, masked batch gives it; bad offsets are refused."""
-    enc = minilm.tokenizer.encode_batch(SENTENCES)
-    ids = np.array([e.ids for e in enc], np.int64)
-    mask = np.array([e.attention_mask for e in enc], np.int64)
+    enc = minilm.tokenize(SENTENCES)
+    width = max(len(e.ids) for e in enc)
+    ids = np.array([e.ids + [0] * (width - len(e.ids)) for e in enc], np.int64)  # [PAD] is 0
+    mask = np.array([[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in enc], np.int64)
     padded = minilm.model(ids, mask)["last_hidden_state"]
     lengths = mask.sum(1)
     assert lengths.min() < lengths.max()  # mixed lengths: the padded batch holds padding

@@ -746,12 +746,13 @@ def test_serve_cli(tmp_path, capsys):
 # the batcher alone, with a stand-in encoder
 # ---------------------------------------------------------------------------------------------------------
 class _Encoder:
-    """encode(texts) -> one row per text holding its length; "boom" raises; "slow" takes 0.3 s."""
+    """encode_tokens(items) -> one row per item holding its length (the batcher passes on what it was given: here
+    strings, not encodings); "boom" raises; "slow" takes 0.3 s."""
 
     def __init__(self):
         self.calls = []
 
-    def encode(self, texts, batch_size=32):
+    def encode_tokens(self, texts, batch_size=32):
         self.calls.append(list(texts))
         if "boom" in texts:
             raise RuntimeError("boom")

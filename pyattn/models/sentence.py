@@ -29,9 +29,9 @@ class SentenceEncoder:
         self.model, self.tokenizer = model, tokenizer
         self.max_seq_length = int(max_seq_length)
         self.normalize = bool(normalize)
-        pad_id = tokenizer.token_to_id("[PAD]")
+        # Sentences run packed (no padding): the tokenizer only truncates, adding the model's special tokens
         self.tokenizer.enable_truncation(max_length=self.max_seq_length)
-        self.tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]")
+        self.tokenizer.no_padding()
         # What the weights are, for a job that must not mix two models' vectors in one file (pyattn.jobs):
         # set by from_pretrained; None for an encoder assembled by hand.
         self.source: Optional[dict] = None
@@ -80,28 +80,44 @@ class SentenceEncoder:
     def dim(self) -> int:
         return self.model.word_embeddings.weight.shape[1]
 
-    def encode(self, sentences: Union[str, Iterable[str]], batch_size: int = 32) -> np.ndarray:
-        """(n, dim) float32 embeddings, in the order given. Each batch of `batch_size` runs packed (no padding)."""
+    def tokenize(self, sentences: Union[str, Iterable[str]]) -> list:
+        """The tokenizer's `Encoding` of each sentence, as `encode` embeds it: special tokens added, truncated to
+        `max_seq_length` (a truncated one has its rest in `.overflowing`), not padded. For a caller that needs the
+        token counts before embedding (a server's limits and usage): `encode_tokens` then embeds them without
+        tokenizing again."""
         if isinstance(sentences, str):
             sentences = [sentences]
         sentences = list(sentences)
         if not all(isinstance(s, str) for s in sentences):
             raise TypeError("encode expects a string or a list of strings")
+        return self.tokenizer.encode_batch(sentences)
+
+    def encode(self, sentences: Union[str, Iterable[str]], batch_size: int = 32) -> np.ndarray:
+        """(n, dim) float32 embeddings, in the order given. Each batch of `batch_size` runs packed (no padding)."""
+        return self.encode_tokens(self.tokenize(sentences), batch_size)
+
+    def encode_tokens(self, encodings, batch_size: int = 32) -> np.ndarray:
+        """`encode` of sentences already tokenized by `tokenize` (objects with `.ids` and `.type_ids`): batches of
+        `batch_size` by decreasing length, packed."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        out = np.empty((len(sentences), self.dim), np.float32)
-        order = np.argsort([-len(s) for s in sentences], kind="stable")
-        for start in range(0, len(sentences), batch_size):
+        encodings = list(encodings)
+        lengths = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
+        if lengths.size and lengths.max() > self.max_seq_length:
+            i = int(lengths.argmax())
+            raise ValueError(f"sentence {i} is {lengths[i]} tokens; the model reads at most {self.max_seq_length}")
+        out = np.empty((len(encodings), self.dim), np.float32)
+        order = np.argsort(-lengths, kind="stable")
+        for start in range(0, len(encodings), batch_size):
             idx = order[start : start + batch_size]
-            enc = self.tokenizer.encode_batch([sentences[i] for i in idx])
-            lengths = np.array([sum(e.attention_mask) for e in enc], np.int64)  # real tokens (no padding)
-            ids = np.fromiter((t for e, n in zip(enc, lengths) for t in e.ids[:n]), np.int64, int(lengths.sum()))
-            types = np.fromiter((t for e, n in zip(enc, lengths) for t in e.type_ids[:n]), np.int64, ids.size)
-            offsets = np.concatenate([[0], np.cumsum(lengths)])
+            n = lengths[idx]
+            ids = np.fromiter(itertools.chain.from_iterable(encodings[i].ids for i in idx), np.int64, int(n.sum()))
+            types = np.fromiter(itertools.chain.from_iterable(encodings[i].type_ids for i in idx), np.int64, ids.size)
+            offsets = np.concatenate([[0], np.cumsum(n)])
             hidden = self.model.packed(ids, offsets, types)  # (tokens, d): no padding computed
             pooled = np.zeros((len(idx), hidden.shape[1]), np.float32)
-            some = lengths > 0
-            pooled[some] = np.add.reduceat(hidden, offsets[:-1][some], axis=0) / lengths[some, None]  # mean
+            some = n > 0
+            pooled[some] = np.add.reduceat(hidden, offsets[:-1][some], axis=0) / n[some, None]  # mean
             if self.normalize:
                 pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
             out[idx] = pooled

@@ -82,7 +82,7 @@ class Server:
         self.counter = None
         embed = registry.get("embedding")
         if embed is not None:
-            # a copy of the encoder's tokenizer that neither truncates nor pads: token counts for usage and limits
+            # a copy of the encoder's tokenizer that does not truncate: the length of a too long input, for its error
             from tokenizers import Tokenizer
 
             self.counter = Tokenizer.from_str(embed.model.tokenizer.to_str())
@@ -119,8 +119,8 @@ class Server:
         for t in self.threads.values():
             await asyncio.to_thread(t.close)
 
-    def token_counts(self, texts: List[str]) -> List[int]:
-        return [len(e.ids) for e in self.counter.encode_batch(texts)]
+    def token_count(self, text: str) -> int:
+        return len(self.counter.encode(text).ids)
 
 
 async def _disconnected(request: Request, every: float = 0.25) -> None:
@@ -158,17 +158,19 @@ async def embeddings(server: Server, body: EmbeddingRequest) -> JSONResponse:
         raise _unsupported("dimensions", f"{body.dimensions} (the model's vectors have {encoder.dim})")
     truncate = cfg.auto_truncate if body.truncate is None else body.truncate
     limit = encoder.max_seq_length
-    counts = await asyncio.to_thread(server.token_counts, texts)
+    # Tokenized once, here (off the event loop): the counts for the limits and usage, and the ids the batch embeds
+    encodings = await asyncio.to_thread(encoder.tokenize, texts)
     if not truncate:
-        long = next((i for i, n in enumerate(counts) if n > limit), None)
+        long = next((i for i, e in enumerate(encodings) if e.overflowing), None)
         if long is not None:
+            n = await asyncio.to_thread(server.token_count, texts[long])
             raise ApiError(
-                400, f"input[{long}] is {counts[long]} tokens; the model reads at most {limit} (send \"truncate\": "
+                400, f"input[{long}] is {n} tokens; the model reads at most {limit} (send \"truncate\": "
                 "true to embed its beginning)", param="input", code="context_length_exceeded",
             )  # fmt: skip
-    tokens = sum(min(n, limit) for n in counts)
+    tokens = sum(len(e.ids) for e in encodings)
     try:
-        rows = await asyncio.wait_for(server.batcher.embed(texts), cfg.request_timeout)
+        rows = await asyncio.wait_for(server.batcher.embed(encodings), cfg.request_timeout)
     except asyncio.TimeoutError:
         raise ApiError(504, f"no answer within {cfg.request_timeout:g} s", code="timeout") from None
     server.metrics.prompt_tokens.labels(served.id).inc(tokens)

@@ -90,17 +90,18 @@ class Gate:
 
 @dataclass
 class _Job:
-    texts: List[str]
+    texts: list  # the sentences, tokenized (SentenceEncoder.tokenize)
     future: asyncio.Future
     arrived: float = field(default_factory=time.perf_counter)
 
 
 class EmbeddingBatcher:
-    """Gathers the sentences of concurrent requests into one `encoder.encode` call on the model's thread.
+    """Gathers the sentences of concurrent requests (tokenized by the request handler) into one
+    `encoder.encode_tokens` call on the model's thread.
 
     While the model computes a batch, requests queue; when it is free it takes every waiting request up to
     ``max_batch_size`` sentences (a single larger request goes alone). When it is free and finds the queue short of
-    a full batch it first waits up to ``batch_wait_ms`` for more. Inside the batch encode sorts the sentences by
+    a full batch it first waits up to ``batch_wait_ms`` for more. Inside the batch encode_tokens sorts the sentences by
     length and runs forward passes of ``encode_batch_size``; each request gets its own rows back. Requests whose
     caller gave up (timeout, disconnect) before their batch started are dropped from it. ``max_batch_size == 0``:
     no gathering, one request per encode call (the baseline the benchmark compares with)."""
@@ -138,8 +139,9 @@ class EmbeddingBatcher:
             if not job.future.done():
                 job.future.set_exception(ApiError(503, "the server is shutting down", code="shutting_down"))
 
-    async def embed(self, texts: List[str]) -> np.ndarray:
-        """(len(texts), dim) float32 rows, once the batch holding them has run. 503 when the queue is full."""
+    async def embed(self, texts: list) -> np.ndarray:
+        """(len(texts), dim) float32 rows, once the batch holding them has run; texts: sentences tokenized by
+        the encoder's `tokenize`. 503 when the queue is full."""
         if self.queued and self.queued + len(texts) > self.max_queue:
             self.metrics.rejected.labels("queue_full").inc()
             raise overloaded(self.model)
@@ -213,7 +215,7 @@ class EmbeddingBatcher:
         for job in jobs:
             self.metrics.queue_seconds.labels(self.model).observe(start - job.arrived)
         try:
-            rows = await self.thread.run(self.encoder.encode, texts, batch_size=self.encode_batch_size)
+            rows = await self.thread.run(self.encoder.encode_tokens, texts, batch_size=self.encode_batch_size)
         except asyncio.CancelledError:
             for job in jobs:
                 if not job.future.done():
