@@ -13,6 +13,7 @@ case "$main_cmd" in
 esac
 
 venv=$(mktemp -d)/venv
+trap 'rm -rf "$(dirname "$venv")"' EXIT  # removed however the check ends
 python3 -m venv "$venv"
 # shellcheck disable=SC1091
 source "$venv/bin/activate"
