@@ -44,8 +44,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import datetime
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -104,6 +106,13 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time so far (user + system, all its threads), seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start(cmd: List[str], port: int, timeout: float = 180.0) -> subprocess.Popen:
     import httpx
 
@@ -158,6 +167,13 @@ def summary(clients: int, latencies: List[float], errors: List[str], elapsed: fl
     }
 
 
+def vectors(data: list, fmt: str) -> List[np.ndarray]:
+    """The response's vectors as the client would use them (base64: decoded, as the openai client does)."""
+    if fmt == "base64":
+        return [np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in data]
+    return [np.asarray(d["embedding"], np.float32) for d in data]
+
+
 async def load(url: str, clients: int, seconds: float, max_requests: int, seed: int, fmt: str) -> dict:
     """`clients` loops sending 1-32 sentences per request until `seconds` or `max_requests` in all."""
     import httpx
@@ -179,7 +195,7 @@ async def load(url: str, clients: int, seconds: float, max_requests: int, seed: 
             t0 = time.perf_counter()
             try:
                 resp = await c.post(f"{url}/v1/embeddings", json=body)
-                ok = resp.status_code == 200 and len(resp.json()["data"]) == k
+                ok = resp.status_code == 200 and len(vectors(resp.json()["data"], fmt)) == k
                 if not ok:
                     errors.append(f"{resp.status_code}")
             except httpx.HTTPError as e:
@@ -263,7 +279,13 @@ def run_server(name: str, cmd: List[str], port: int, levels: List[int], emit, wa
         warm_up(url)
         for clients in levels:
             before = rss_mb(proc.pid)
+            cpu0, own0 = cpu_seconds(proc.pid), sum(os.times()[:2])
             r = measure(url, clients)
+            # where the cores went: the server's CPU time and the load generator's (this process), per second
+            r.update(
+                server_cores=(cpu_seconds(proc.pid) - cpu0) / r["seconds"],
+                client_cores=(sum(os.times()[:2]) - own0) / r["seconds"],
+            )
             time.sleep(IDLE_SECONDS)  # pyattn serve trims its heap after 1 s idle
             r.update(
                 server=name, rss_before_mb=before, rss_after_mb=rss_mb(proc.pid), rss_peak_mb=rss_mb(proc.pid, "VmHWM")
@@ -272,7 +294,8 @@ def run_server(name: str, cmd: List[str], port: int, levels: List[int], emit, wa
             emit(
                 f"{name:10s} {clients:4d} clients  {show(r)}  p50 {r['p50_ms']:8.1f} ms  p99 {r['p99_ms']:8.1f} ms  "
                 f"errors {r['errors']:4d}  RSS {r['rss_before_mb']:.0f} -> {r['rss_after_mb']:.0f} MB, peak "
-                f"{r['rss_peak_mb']:.0f}  ({r['requests']} requests)"
+                f"{r['rss_peak_mb']:.0f}  ({r['requests']} requests; cores busy: server {r['server_cores']:.2f}, "
+                f"clients {r['client_cores']:.2f})"
             )
     finally:
         stop(proc)
