@@ -135,9 +135,10 @@ def test_block_weight_types_stay_close(rng):
     + [("float32", np.float16), ("q4_1", np.float16)],
 )
 def test_one_region_step_equals_layer_by_layer(rng, storage, cache):
-    """Up to 8 rows (a decoding step) the stack runs in one parallel region, each thread on its share of heads and
-    columns; it gives the layer-by-layer path's results: the same bits for the block types (integer sums, the same
-    float steps per column), within float rounding for the others, on any thread count (5 > some ops' shares)."""
+    """Up to 8 rows (a decoding step) the stack runs in one parallel region, the threads sharing heads and chunks of
+    columns (each its own range, then the others' ends); it gives the layer-by-layer path's results: the same bits
+    for the block types (integer sums, the same float steps per column), within float rounding for the others, on
+    any thread count (5 > some ops' shares) and chunk size (one panel a chunk; 0: no stealing)."""
     layers = make_layers(rng, 3)
     stack = fused(layers, True, storage)
     B, P, L = 2, 7, 10
@@ -147,10 +148,11 @@ def test_one_region_step_equals_layer_by_layer(rng, storage, cache):
     positions = np.maximum(np.cumsum(mask, 1) - 1, 0).astype(np.int64)
     cos, sin = F.rope_tables(16, ROT, BASE)
 
-    def decode(team_rows, threads):
+    def decode(team_rows, threads, chunk=16384):
         old = pyattn.get_num_threads()
         pyattn.set_num_threads(threads)
         _core._tune_team_rows(team_rows)
+        _core._tune_team_chunk(chunk)
         try:
             caches = [(np.zeros((B, HKV, L, D), cache), np.zeros((B, HKV, L, D), cache)) for _ in layers]
             run(stack, x[:, :P], positions[:, :P].copy(), cos, sin, caches, 0, ~mask[:, :P])  # 14 rows: layer by layer
@@ -161,11 +163,12 @@ def test_one_region_step_equals_layer_by_layer(rng, storage, cache):
             return np.concatenate(steps, 1), np.concatenate([c[0] for c in caches])
         finally:
             _core._tune_team_rows(8)
+            _core._tune_team_chunk(16384)
             pyattn.set_num_threads(old)
 
     want, want_k = decode(0, 2)
-    for threads in (1, 2, 5):
-        got, got_k = decode(8, threads)
+    for threads, chunk in [(1, 16384), (2, 16384), (5, 16384), (2, 1), (5, 1), (2, 0)]:
+        got, got_k = decode(8, threads, chunk)
         if storage in ("int8", "q4_0", "q4_1"):
             np.testing.assert_array_equal(got, want)
             np.testing.assert_array_equal(got_k, want_k)

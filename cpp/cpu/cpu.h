@@ -44,4 +44,18 @@ void set_num_threads(int n);  // n >= 1, else std::invalid_argument
 // waking a team would cost more than it saves.
 int threads_for(double flops);
 
+// body(r) for r in [0, n), over nt threads (a static schedule), or in the calling thread without any parallel region
+// when nt <= 1: `omp parallel ... if (false)` still enters libgomp, about a microsecond a call, which a decoding step's
+// team (layers/decoder_layer.cpp) paid for every norm and RoPE it ran inside its own region (RoPE per head: 17 us a
+// layer of SmolLM2, 1 thread, Zen 3).
+template <typename Body>
+void parallel_rows(int nt, int64_t n, Body&& body) {
+    if (nt <= 1) {
+        for (int64_t r = 0; r < n; ++r) body(r);
+        return;
+    }
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t r = 0; r < n; ++r) body(r);
+}
+
 }  // namespace pyattn::cpu

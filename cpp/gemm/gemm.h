@@ -72,6 +72,27 @@ void gemm_cols(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, fl
                const Epilogue& ep, int64_t col0, int64_t col1);
 // Columns per panel of B's kernel (the split granularity of gemm_cols).
 int64_t panel_cols(const PackedMatrix& B);
+// Whole panels of B holding about `bytes` of weights (at least one panel): a chunk of columns for threads that claim
+// a product's columns as they go (layers/decoder_layer.cpp).
+int64_t chunk_cols(const PackedMatrix& B, int64_t bytes);
+
+// gemm_cols in two steps, for a thread that computes several column ranges of one product: ColsInput holds A's
+// rows made ready for B once (quantized for int8 and 4-bit B, times B's input scale if it has one; as pairs or
+// rounded for bfloat16), in this thread's scratch, valid until the thread's next ColsInput or gemm_cols.
+struct ColsInput {
+    int64_t M = 0;
+    const float* A = nullptr;  // the rows (float32 / float16 B; bfloat16 B: rounded)
+    int64_t lda = 0;
+    const void* q = nullptr;  // int8 / 4-bit B: the quantized rows (kp per row), their block scales and sums
+    const float* sa = nullptr;
+    const int32_t* ta = nullptr;
+    int64_t kp = 0;
+    const uint32_t* a2 = nullptr;  // bfloat16 B on a CPU with the pair rows kernel: the rows as pairs
+    int64_t lda2 = 0;
+};
+ColsInput cols_input(int64_t M, const float* A, int64_t lda, const PackedMatrix& B);
+void gemm_cols(const ColsInput& in, const PackedMatrix& B, float* C, int64_t ldc, float beta, const Epilogue& ep,
+               int64_t col0, int64_t col1);
 
 // A batch of GEMMs sharing M, N, K and strides: C_i = A_i B_i with A_i = A + a_off[i], B_i = B.data +
 // b_off[i], C_i = C + i * c_stride. Many small products run one per thread; large ones one at a time

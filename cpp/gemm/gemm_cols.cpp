@@ -46,57 +46,84 @@ int64_t panel_cols(const PackedMatrix& B) {
     return ks.blocking.nr;
 }
 
-void gemm_cols(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, float* C, int64_t ldc, float beta,
-               const Epilogue& ep, int64_t col0, int64_t col1) {
-    const int64_t N = B.N(), K = B.K();
-    col0 = std::max<int64_t>(col0, 0);
-    col1 = std::min(col1, N);
-    if (M <= 0 || col1 <= col0) return;
+int64_t chunk_cols(const PackedMatrix& B, int64_t bytes) {
+    const int64_t unit = panel_cols(B), panels = (B.N() + unit - 1) / unit;
+    const int64_t panel_bytes =
+        std::max<int64_t>(static_cast<int64_t>(B.size_bytes()) / std::max<int64_t>(panels, 1), 1);
+    return std::max<int64_t>(bytes / panel_bytes, 1) * unit;
+}
+
+ColsInput cols_input(int64_t M, const float* A, int64_t lda, const PackedMatrix& B) {
+    ColsInput in;
+    in.M = M;
+    in.A = A;
+    in.lda = lda;
+    if (M <= 0) return in;
     const kernels::KernelSet& ks = B.kernels();
-    const int64_t nb = B.nblocks(), kp = nb * kernels::kQBlock;
+    const int64_t K = B.K();
     if (B.type() == WeightType::i8 || info(B.type()).family == WeightFamily::block4) {
         const bool i8 = B.type() == WeightType::i8, int8 = !i8 || ks.i8.int8_a();
-        const int64_t abytes = int8 ? 1 : 2;
-        char* q =
-            reinterpret_cast<char*>(scratch<Slot::gemm_cols_a>(static_cast<std::size_t>(M * kp * abytes + 3) / 4));
+        const int64_t nb = B.nblocks(), kp = nb * kernels::kQBlock, abytes = int8 ? 1 : 2;
+        void* q = scratch<Slot::gemm_cols_a>(static_cast<std::size_t>(M * kp * abytes + 3) / 4);
         float* sa = scratch<Slot::gemm_cols_scales>(static_cast<std::size_t>(M * nb));
         int32_t* ta = reinterpret_cast<int32_t*>(scratch<Slot::gemm_cols_sums>(static_cast<std::size_t>(M * nb)));
         int64_t ld = lda;
         const float* a = i8 ? scaled_input(B, A, lda, M, ld) : A;
         quantize_rows(ks, int8, a, ld, M, K, q, sa, ta);
-        if (i8) {
-            const bool tall = ks.i8.tall_for(M);  // one pass over each panel for all rows
-            const kernels::Int8Kernel tile = tall ? ks.i8.tall : ks.i8.tile;
-            for_panels(M, tall ? ks.i8.tall_mr : ks.i8.mr, ks.i8.nr, N, col0, col1, C, ldc, beta, ep.bias,
-                       [&](int64_t pq, int64_t i, int64_t m, float* out, int64_t ld, const float* bb) {
-                           tile(m, nb, q + i * kp * abytes, kp, sa + i * nb, ta + i * nb, nb, B.panel_i8(pq),
-                                B.panel_scales(pq), out, ld, bb, i == 0 ? kernels::stream_prefetch_bytes : 0);
-                       });
-        } else {
-            const kernels::Q4Kernel kernel = ks.q4.tile[B.has_min() ? 1 : 0];
-            const int8_t* q8 = reinterpret_cast<const int8_t*>(q);
-            for_panels(M, ks.q4.mr, kernels::kQ4Cols, N, col0, col1, C, ldc, beta, ep.bias,
-                       [&](int64_t pq, int64_t i, int64_t m, float* out, int64_t ld, const float* bb) {
-                           kernel(m, nb, q8 + i * kp, kp, sa + i * nb, ta + i * nb, nb, B.panel_q4(pq), out, ld, bb,
-                                  i == 0 ? kernels::stream_prefetch_bytes : 0);
-                       });
-        }
+        in.q = q;
+        in.sa = sa;
+        in.ta = ta;
+        in.kp = kp;
+    } else if (B.type() == WeightType::bf16 && pair_rows(ks)) {  // bfloat16 A (as gemm.cpp's run), as pairs
+        in.lda2 = (K + 1) / 2;
+        uint32_t* p =
+            reinterpret_cast<uint32_t*>(scratch<Slot::gemm_cols_pairs>(static_cast<std::size_t>(M * in.lda2)));
+        pack_pairs(ks, A, lda, M, K, p, in.lda2, 1, scratch<Slot::gemm_cols_a>(static_cast<std::size_t>(K)));
+        in.a2 = p;
+    } else if (B.type() == WeightType::bf16) {  // ... or a rounded copy
+        float* a = scratch<Slot::gemm_cols_a>(static_cast<std::size_t>(M * K));
+        for (int64_t i = 0; i < M; ++i) ks.round_bf16(A + i * lda, a + i * K, K);
+        in.A = a;
+        in.lda = K;
+    }
+    return in;
+}
+
+void gemm_cols(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, float* C, int64_t ldc, float beta,
+               const Epilogue& ep, int64_t col0, int64_t col1) {
+    if (M <= 0 || std::min(col1, B.N()) <= std::max<int64_t>(col0, 0)) return;
+    gemm_cols(cols_input(M, A, lda, B), B, C, ldc, beta, ep, col0, col1);
+}
+
+void gemm_cols(const ColsInput& in, const PackedMatrix& B, float* C, int64_t ldc, float beta, const Epilogue& ep,
+               int64_t col0, int64_t col1) {
+    const int64_t N = B.N(), K = B.K(), M = in.M;
+    col0 = std::max<int64_t>(col0, 0);
+    col1 = std::min(col1, N);
+    if (M <= 0 || col1 <= col0) return;
+    const kernels::KernelSet& ks = B.kernels();
+    const int64_t nb = B.nblocks(), kp = in.kp;
+    if (B.type() == WeightType::i8) {
+        const int64_t abytes = ks.i8.int8_a() ? 1 : 2;
+        const char* q = static_cast<const char*>(in.q);
+        const bool tall = ks.i8.tall_for(M);  // one pass over each panel for all rows
+        const kernels::Int8Kernel tile = tall ? ks.i8.tall : ks.i8.tile;
+        for_panels(M, tall ? ks.i8.tall_mr : ks.i8.mr, ks.i8.nr, N, col0, col1, C, ldc, beta, ep.bias,
+                   [&](int64_t pq, int64_t i, int64_t m, float* out, int64_t ld, const float* bb) {
+                       tile(m, nb, q + i * kp * abytes, kp, in.sa + i * nb, in.ta + i * nb, nb, B.panel_i8(pq),
+                            B.panel_scales(pq), out, ld, bb, i == 0 ? kernels::stream_prefetch_bytes : 0);
+                   });
+    } else if (info(B.type()).family == WeightFamily::block4) {
+        const kernels::Q4Kernel kernel = ks.q4.tile[B.has_min() ? 1 : 0];
+        const int8_t* q8 = static_cast<const int8_t*>(in.q);
+        for_panels(M, ks.q4.mr, kernels::kQ4Cols, N, col0, col1, C, ldc, beta, ep.bias,
+                   [&](int64_t pq, int64_t i, int64_t m, float* out, int64_t ld, const float* bb) {
+                       kernel(m, nb, q8 + i * kp, kp, in.sa + i * nb, in.ta + i * nb, nb, B.panel_q4(pq), out, ld, bb,
+                              i == 0 ? kernels::stream_prefetch_bytes : 0);
+                   });
     } else {
         const auto bl = ks.blocking;
         const int nr = bl.nr;
-        const uint32_t* a2 = nullptr;  // A as pairs, for the pair rows kernel
-        const int64_t lda2 = (K + 1) / 2;
-        if (B.type() == WeightType::bf16 && pair_rows(ks)) {  // bfloat16 A (as gemm.cpp's run), as pairs
-            uint32_t* p =
-                reinterpret_cast<uint32_t*>(scratch<Slot::gemm_cols_pairs>(static_cast<std::size_t>(M * lda2)));
-            pack_pairs(ks, A, lda, M, K, p, lda2, 1, scratch<Slot::gemm_cols_a>(static_cast<std::size_t>(K)));
-            a2 = p;
-        } else if (B.type() == WeightType::bf16) {  // ... or a rounded copy
-            float* a = scratch<Slot::gemm_cols_a>(static_cast<std::size_t>(M * K));
-            for (int64_t i = 0; i < M; ++i) ks.round_bf16(A + i * lda, a + i * K, K);
-            A = a;
-            lda = K;
-        }
         // As run_small_m (gemm.cpp) for the panels covering the range: B's blocks read in place by the rows kernel,
         // which takes beta itself; whole panels are written in place, edge ones through the tile.
         alignas(64) float tile[16 * 64];
@@ -113,15 +140,15 @@ void gemm_cols(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, fl
                 for (int64_t pc = 0; pc < K; pc += bl.kc) {
                     const int64_t kc = std::min<int64_t>(bl.kc, K - pc), off = qq * kc * nr;
                     const float b = pc > 0 ? 1.0f : whole ? beta : 0.0f;
-                    const float* a = A + i * lda + pc;
-                    if (a2)
-                        ks.bf16pairs.rows(m, kc, a2 + i * lda2 + pc / 2, lda2, B.block16(jc, pc) + off, nr, out, ldo,
-                                          b);
+                    const float* a = in.A + i * in.lda + pc;
+                    if (in.a2)
+                        ks.bf16pairs.rows(m, kc, in.a2 + i * in.lda2 + pc / 2, in.lda2, B.block16(jc, pc) + off, nr,
+                                          out, ldo, b);
                     else if (B.type() != WeightType::f32)
-                        ks.half[static_cast<int>(B.half_format())].rows(m, kc, a, lda, B.block16(jc, pc) + off, nr, out,
-                                                                        ldo, b);
+                        ks.half[static_cast<int>(B.half_format())].rows(m, kc, a, in.lda, B.block16(jc, pc) + off, nr,
+                                                                        out, ldo, b);
                     else
-                        ks.rows(m, kc, a, lda, B.block(jc, pc) + off, nr, out, ldo, b);
+                        ks.rows(m, kc, a, in.lda, B.block(jc, pc) + off, nr, out, ldo, b);
                 }
                 if (!whole) store_range(tile, nr, m, t0, t1, c, ldc, beta, nullptr);
             }

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <memory>
+#include <vector>
 
 #include "cpu/buffer.h"
 #include "cpu/cpu.h"
@@ -70,68 +72,99 @@ void write_cache(const DecoderLayer& l, int64_t B, int64_t L, const LayerCache& 
             }
 }
 
-// [tid of nth] share of n units, as a half-open range.
-inline void share(int64_t n, int tid, int nth, int64_t& lo, int64_t& hi) {
-    lo = n * tid / nth;
-    hi = n * (tid + 1) / nth;
+// Units [0, n) of one step of a layer, shared by the team: each thread owns a contiguous range (as a static split)
+// and takes its units from the front; a thread whose range is empty takes the others' units from their back ends.
+// The two threads of a decoding step do not share the memory bandwidth evenly: split in halves, one waited for the
+// other 28-57 us of a 240-270 us layer (SmolLM2 q4_1, 2 threads, Zen 3; timers around each barrier, a /tmp probe).
+// Handing out every chunk to whoever asks balanced the waits but made the work itself 1.35x slower: each thread's
+// reads jumped every chunk instead of running through its range, and the hardware prefetcher lost the stream.
+// One atomic word per range: units taken from the front (high half) and from the back (low half), zero at first.
+struct Steal {
+    std::atomic<uint64_t>* taken;  // one per thread of the team, zeros
+    int tid, nth;
+
+    bool steal = true;  // false: each thread its own range alone (the static split; _core._tune_team_chunk(0))
+
+    template <typename Work>
+    void run(int64_t n, Work&& work) const {
+        for (int k = 0; k < (steal ? nth : 1); ++k) {
+            const int owner = (tid + k) % nth;
+            const int64_t lo = n * owner / nth, hi = n * (owner + 1) / nth;
+            std::atomic<uint64_t>& t = taken[owner];
+            uint64_t v = t.load(std::memory_order_relaxed);
+            for (;;) {
+                const int64_t front = static_cast<int64_t>(v >> 32), back = static_cast<int64_t>(v & 0xffffffffu);
+                if (lo + front >= hi - back) break;
+                const uint64_t next = k == 0 ? v + (uint64_t{1} << 32) : v + 1;
+                if (!t.compare_exchange_weak(v, next, std::memory_order_relaxed)) continue;  // v reloaded
+                work(k == 0 ? lo + front : hi - 1 - back);
+                v = t.load(std::memory_order_relaxed);
+            }
+        }
+    }
+};
+
+// A product's columns in chunks of about team_chunk_bytes() of weights (whole panels): small enough that the threads
+// finish within a chunk of each other, large enough that each chunk streams.
+std::atomic<int64_t> g_chunk_bytes{16384};  // 0: 16 KiB, no stealing (for benchmarks/gym)
+template <typename Work>
+void steal_cols(const Steal& st, const gemm::PackedMatrix& w, int64_t n, Work&& work) {
+    const int64_t bytes = g_chunk_bytes.load(std::memory_order_relaxed),
+                  chunk = gemm::chunk_cols(w, bytes ? bytes : 16384);
+    st.run((n + chunk - 1) / chunk, [&](int64_t u) { work(u * chunk, std::min(n, (u + 1) * chunk)); });
 }
 
-// Columns [c0, c1) of n, shared at multiples of `unit` (a GEMM's panel width, so no panel is computed twice).
-inline void share_cols(int64_t n, int64_t unit, int tid, int nth, int64_t& c0, int64_t& c1) {
-    const int64_t units = (n + unit - 1) / unit;
-    share(units, tid, nth, c0, c1);
-    c0 = std::min(c0 * unit, n);
-    c1 = std::min(c1 * unit, n);
-}
-
-// One layer as one thread of a team (the rows are few: a decoding step). Between the team's barriers each thread
-// works on its own share: the Q/K/V heads (RoPE and the cache write of its own heads follow in the same pass), the
-// query heads of the attention, the columns of W_o and W_down (added to x in the GEMM's epilogue, beta = 1, instead
-// of in the next norm), and a range of the FFN width (its gate and up columns, then SwiGLU on them). The norms are
-// computed by every thread into its own buffer. Five barriers per layer; nothing else synchronises.
+// One layer as one thread of a team (the rows are few: a decoding step). Between the team's barriers the threads
+// share the step's units (`steps`, five per layer; Steal): the Q/K/V heads (a head's RoPE and cache write follow its
+// columns), the attention's tasks, chunks of the columns of W_o and W_down (added to x in the GEMM's epilogue,
+// beta = 1, instead of in the next norm), and chunks of the FFN width (gate and up columns, then SwiGLU on them). The
+// norms are computed by every thread into its own buffer, and each thread quantizes a product's input once for all
+// the chunks it takes. Five barriers per layer; nothing else synchronises.
 void layer_team(const DecoderLayer& l, int64_t B, int64_t L, float* x, float* out, float beta_out,
                 const int64_t* positions, const RopeTables& rope, const LayerCache& cache, int64_t past,
-                const uint8_t* key_padding, const DecoderScratch& s, float* n, int tid, int nth) {
+                const uint8_t* key_padding, const DecoderScratch& s, float* n, const Steal* steps) {
     const kernels::KernelSet& ks = cpu::active();
     const int64_t M = B * L, E = l.out.w->N(), H = l.heads, Hkv = l.kv_heads, D = l.head_dim;
-    const int64_t Eq = H * D, Ekv = Hkv * D, W = Eq + 2 * Ekv, F = l.down.w->K();
+    const int64_t Eq = H * D, W = Eq + 2 * Hkv * D, F = l.down.w->K();
     ops::rms_norm(x, E, n, E, M, E, l.attn_norm, l.eps);  // one thread's call inside the team: no nested region
-    int64_t h0, h1;
-    share(H + 2 * Hkv, tid, nth, h0, h1);
-    gemm::gemm_cols(M, n, E, *l.qkv.w, s.qkv, W, 0.0f, gemm::Epilogue{l.qkv.bias, kernels::Activation::none}, h0 * D,
-                    h1 * D);
-    const int64_t q1 = std::min(h1, H), k0 = std::max(h0, H), k1 = std::min(h1, H + Hkv);
-    if (q1 > h0)
-        ops::rope(s.qkv + h0 * D, B, L, q1 - h0, L * W, W, D, positions, rope.cos, rope.sin, l.rot, l.interleaved);
-    if (k1 > k0)
-        ops::rope(s.qkv + k0 * D, B, L, k1 - k0, L * W, W, D, positions, rope.cos, rope.sin, l.rot, l.interleaved);
-    // this thread's K and V heads into the cache
-    if (k1 > k0) write_cache(l, B, L, cache, past, s.qkv, k0 - H, k1 - H, false);
-    const int64_t v0 = std::max(h0, H + Hkv), v1 = std::min(h1, H + 2 * Hkv);
-    if (v1 > v0) write_cache(l, B, L, cache, past, s.qkv, v0 - H - Hkv, v1 - H - Hkv, true);
+    const gemm::ColsInput nq = gemm::cols_input(M, n, E, *l.qkv.w);
+    const gemm::Epilogue qkv_ep{l.qkv.bias, kernels::Activation::none};
+    // The heads' columns first, then their RoPE and cache writes: between two chunks of a product, other work lets
+    // the weights' stream from memory drain (per head, 1 thread: 53 -> 66 us a layer).
+    thread_local std::vector<int64_t> heads;
+    heads.clear();
+    steps[0].run(H + 2 * Hkv, [&](int64_t h) {
+        gemm::gemm_cols(nq, *l.qkv.w, s.qkv, W, 0.0f, qkv_ep, h * D, (h + 1) * D);
+        heads.push_back(h);
+    });
+    for (const int64_t h : heads) {
+        if (h < H + Hkv)  // a query or key head: rotated in place
+            ops::rope(s.qkv + h * D, B, L, 1, L * W, W, D, positions, rope.cos, rope.sin, l.rot, l.interleaved);
+        if (h >= H) write_cache(l, B, L, cache, past, s.qkv, (h - H) % Hkv, (h - H) % Hkv + 1, h >= H + Hkv);
+    }
 #pragma omp barrier
     const ops::AttentionArgs a = attention_args(l, B, L, cache, past, key_padding, s);
-    int64_t t0, t1;
-    share(ops::attention_tasks(a), tid, nth, t0, t1);
-    ops::attention_rows(a, t0, t1);
+    steps[1].run(ops::attention_tasks(a), [&](int64_t t) { ops::attention_rows(a, t, t + 1); });
 #pragma omp barrier
-    int64_t e0, e1;
-    share_cols(E, gemm::panel_cols(*l.out.w), tid, nth, e0, e1);
-    gemm::gemm_cols(M, s.ctx, Eq, *l.out.w, x, E, 1.0f, gemm::Epilogue{l.out.bias, kernels::Activation::none}, e0, e1);
+    const gemm::ColsInput cq = gemm::cols_input(M, s.ctx, Eq, *l.out.w);
+    const gemm::Epilogue out_ep{l.out.bias, kernels::Activation::none};
+    steal_cols(steps[2], *l.out.w, E,
+               [&](int64_t c0, int64_t c1) { gemm::gemm_cols(cq, *l.out.w, x, E, 1.0f, out_ep, c0, c1); });
 #pragma omp barrier
     ops::rms_norm(x, E, n, E, M, E, l.ffn_norm, l.eps);
-    int64_t f0, f1;
-    share_cols(F, gemm::panel_cols(*l.gate_up.w), tid, nth, f0, f1);
+    const gemm::ColsInput gq = gemm::cols_input(M, n, E, *l.gate_up.w);
     const gemm::Epilogue gu{l.gate_up.bias, kernels::Activation::none};
-    gemm::gemm_cols(M, n, E, *l.gate_up.w, s.gu, 2 * F, 0.0f, gu, f0, f1);
-    gemm::gemm_cols(M, n, E, *l.gate_up.w, s.gu, 2 * F, 0.0f, gu, F + f0, F + f1);
-    if (f1 > f0)
+    steal_cols(steps[3], *l.gate_up.w, F, [&](int64_t f0, int64_t f1) {
+        gemm::gemm_cols(gq, *l.gate_up.w, s.gu, 2 * F, 0.0f, gu, f0, f1);
+        gemm::gemm_cols(gq, *l.gate_up.w, s.gu, 2 * F, 0.0f, gu, F + f0, F + f1);
         for (int64_t r = 0; r < M; ++r)
             ks.silu_mul(s.gu + r * 2 * F + f0, s.gu + r * 2 * F + F + f0, s.ff + r * F + f0, f1 - f0);
+    });
 #pragma omp barrier
-    share_cols(E, gemm::panel_cols(*l.down.w), tid, nth, e0, e1);
-    gemm::gemm_cols(M, s.ff, F, *l.down.w, out, E, beta_out, gemm::Epilogue{l.down.bias, kernels::Activation::none}, e0,
-                    e1);
+    const gemm::ColsInput fq = gemm::cols_input(M, s.ff, F, *l.down.w);
+    const gemm::Epilogue down_ep{l.down.bias, kernels::Activation::none};
+    steal_cols(steps[4], *l.down.w, E,
+               [&](int64_t c0, int64_t c1) { gemm::gemm_cols(fq, *l.down.w, out, E, beta_out, down_ep, c0, c1); });
 #pragma omp barrier
 }
 
@@ -140,6 +173,10 @@ std::atomic<int64_t> g_team_rows{8};
 }  // namespace
 
 int64_t team_rows() { return g_team_rows.load(std::memory_order_relaxed); }
+int64_t team_chunk_bytes() { return g_chunk_bytes.load(std::memory_order_relaxed); }
+void set_team_chunk_bytes(int64_t bytes) {
+    g_chunk_bytes.store(std::max<int64_t>(bytes, 0), std::memory_order_relaxed);
+}
 void set_team_rows(int64_t rows) {
     g_team_rows.store(std::clamp<int64_t>(rows, 0, gemm::kSmallM), std::memory_order_relaxed);
 }
@@ -155,14 +192,19 @@ void decoder_stack(const DecoderLayer* const* layers, int64_t count, int64_t B, 
     }
     const int64_t E = layers[0]->out.w->N();
     const int nt = omp_in_parallel() ? 1 : cpu::num_threads();
+    // the ranges of every step of every layer, per thread (count x 5 x nt words, zeros)
+    std::unique_ptr<std::atomic<uint64_t>[]> taken(new std::atomic<uint64_t>[count * 5 * nt]());
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-        const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
         float* n = scratch<Slot::decoder_norm>(static_cast<std::size_t>(M * E));
+        const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+        const bool steal = team_chunk_bytes() > 0;
         for (int64_t i = 0; i < count; ++i) {
             const bool last = i + 1 == count;  // the last layer's FFN output goes to `pending`, the others into x
+            Steal steps[5];
+            for (int k = 0; k < 5; ++k) steps[k] = Steal{taken.get() + (5 * i + k) * nt, tid, nth, steal};
             layer_team(*layers[i], B, L, x, last ? pending : x, last ? 0.0f : 1.0f, positions, rope, caches[i], past,
-                       key_padding, s, n, tid, nth);
+                       key_padding, s, n, steps);
         }
     }
 }

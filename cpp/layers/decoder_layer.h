@@ -52,6 +52,10 @@ struct DecoderScratch {
 // and benchmarks/gym (_core._tune_team_rows; 0: never).
 int64_t team_rows();
 void set_team_rows(int64_t rows);
+// Bytes of weights per chunk of a product's columns that the team's threads share (decoder_layer.cpp's Steal);
+// tunable for benchmarks/gym (_core._tune_team_chunk).
+int64_t team_chunk_bytes();
+void set_team_chunk_bytes(int64_t bytes);
 
 // x (B, L, E) in place; pending: in, the previous layer's output (ignored when !has_pending), out, this layer's.
 void decoder_layer(const DecoderLayer& l, int64_t B, int64_t L, float* x, float* pending, bool has_pending,

@@ -8,9 +8,7 @@ void rope(float* x, int64_t B, int64_t L, int64_t H, int64_t sb, int64_t sl, int
           const float* cos_table, const float* sin_table, int64_t rot, bool interleaved) {
     const auto& ks = cpu::active();
     const int64_t half = rot / 2, rows = B * L;
-    const int nt = cpu::threads_for(6.0 * rows * H * rot);
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-    for (int64_t r = 0; r < rows; ++r) {
+    cpu::parallel_rows(cpu::threads_for(6.0 * rows * H * rot), rows, [&](int64_t r) {
         const int64_t b = r / L, l = r % L;
         const float* c = cos_table + positions[r] * half;
         const float* s = sin_table + positions[r] * half;
@@ -26,7 +24,7 @@ void rope(float* x, int64_t B, int64_t L, int64_t H, int64_t sb, int64_t sl, int
                 v[2 * i + 1] = a * s[i] + e * c[i];
             }
         }
-    }
+    });
 }
 
 }  // namespace pyattn::ops
