@@ -169,6 +169,11 @@ def _tune_team_rows(rows: int) -> None:
     runs in one parallel region; 0: always layer by layer.
     """
 
+def _tune_team_chunk(bytes: int) -> None:
+    """
+    Tuning hook for benchmarks/gym: bytes of weights per chunk of columns the threads of a decoding step share.
+    """
+
 def _tune_small_m_packed(m: int) -> None:
     """
     Tuning hook for benchmarks/gym: up to m rows, a prepacked B is read in place (the small-M path).
