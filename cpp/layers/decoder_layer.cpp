@@ -115,11 +115,11 @@ void steal_cols(const Steal& st, const gemm::PackedMatrix& w, int64_t n, Work&& 
 }
 
 // One layer as one thread of a team (the rows are few: a decoding step). Between the team's barriers the threads
-// share the step's units (`steps`, five per layer; Steal): the Q/K/V heads (a head's RoPE and cache write follow its
-// columns), the attention's tasks, chunks of the columns of W_o and W_down (added to x in the GEMM's epilogue,
-// beta = 1, instead of in the next norm), and chunks of the FFN width (gate and up columns, then SwiGLU on them). The
-// norms are computed by every thread into its own buffer, and each thread quantizes a product's input once for all
-// the chunks it takes. Five barriers per layer; nothing else synchronises.
+// share the step's units (`steps`, five per layer; Steal): the Q/K/V heads (RoPE and the cache writes of a thread's
+// heads follow their columns), the attention's tasks, chunks of the columns of W_o and W_down (added to x in the GEMM's
+// epilogue, beta = 1, instead of in the next norm), and chunks of the FFN width (gate and up columns, then SwiGLU on
+// them). The norms are computed by every thread into its own buffer, and each thread quantizes a product's input once
+// for all the chunks it takes. Five barriers per layer; nothing else synchronises.
 void layer_team(const DecoderLayer& l, int64_t B, int64_t L, float* x, float* out, float beta_out,
                 const int64_t* positions, const RopeTables& rope, const LayerCache& cache, int64_t past,
                 const uint8_t* key_padding, const DecoderScratch& s, float* n, const Steal* steps) {
@@ -129,8 +129,9 @@ void layer_team(const DecoderLayer& l, int64_t B, int64_t L, float* x, float* ou
     ops::rms_norm(x, E, n, E, M, E, l.attn_norm, l.eps);  // one thread's call inside the team: no nested region
     const gemm::ColsInput nq = gemm::cols_input(M, n, E, *l.qkv.w);
     const gemm::Epilogue qkv_ep{l.qkv.bias, kernels::Activation::none};
-    // The heads' columns first, then their RoPE and cache writes: between two chunks of a product, other work lets
-    // the weights' stream from memory drain (per head, 1 thread: 53 -> 66 us a layer).
+    // The heads' columns first, then their RoPE and cache writes, so that the weights stream without a pause. (RoPE
+    // per head had made this step 53 -> 66 us a layer at 1 thread, but that was its parallel region, since removed:
+    // cpu::parallel_rows. Whether the order still matters was not measured.)
     thread_local std::vector<int64_t> heads;
     heads.clear();
     steps[0].run(H + 2 * Hkv, [&](int64_t h) {
