@@ -64,21 +64,12 @@ void gemm_q4(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, floa
 
 // Output columns [col0, col1) of the product of a few rows (M <= kSmallM) with a packed B of any weight type,
 // computed by the calling thread alone: for a caller that runs a whole decoding step in one parallel region
-// (layers/decoder_layer.cpp) and splits each product's columns over its team itself, instead of a fork and join per
-// product. The activations are quantized (int8, 4-bit) or rounded (bfloat16) into this thread's scratch. Columns
-// beyond [col0, col1) are not written, so threads may share a panel at their boundary (it is computed twice);
-// splitting at multiples of panel_cols(B) avoids that. The epilogue's bias and activation apply to the range.
-void gemm_cols(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, float* C, int64_t ldc, float beta,
-               const Epilogue& ep, int64_t col0, int64_t col1);
-// Columns per panel of B's kernel (the split granularity of gemm_cols).
-int64_t panel_cols(const PackedMatrix& B);
-// Whole panels of B holding about `bytes` of weights (at least one panel): a chunk of columns for threads that claim
-// a product's columns as they go (layers/decoder_layer.cpp).
-int64_t chunk_cols(const PackedMatrix& B, int64_t bytes);
-
-// gemm_cols in two steps, for a thread that computes several column ranges of one product: ColsInput holds A's
-// rows made ready for B once (quantized for int8 and 4-bit B, times B's input scale if it has one; as pairs or
-// rounded for bfloat16), in this thread's scratch, valid until the thread's next ColsInput or gemm_cols.
+// (layers/decoder_layer.cpp) and shares each product's columns over its team itself, instead of a fork and join per
+// product. In two steps, for a thread that computes several column ranges of one product: ColsInput holds A's rows
+// made ready for B once (quantized for int8 and 4-bit B, times B's input scale if it has one; as pairs or rounded
+// for bfloat16), in this thread's scratch, valid until the thread's next ColsInput. Columns beyond [col0, col1) are
+// not written, so threads may share a panel at their boundary (it is computed twice); chunks of chunk_cols(B, ...)
+// avoid that. The epilogue's bias and activation apply to the range.
 struct ColsInput {
     int64_t M = 0;
     const float* A = nullptr;  // the rows (float32 / float16 B; bfloat16 B: rounded)
@@ -93,6 +84,9 @@ struct ColsInput {
 ColsInput cols_input(int64_t M, const float* A, int64_t lda, const PackedMatrix& B);
 void gemm_cols(const ColsInput& in, const PackedMatrix& B, float* C, int64_t ldc, float beta, const Epilogue& ep,
                int64_t col0, int64_t col1);
+// Whole panels of B's kernel holding about `bytes` of weights (at least one panel): a chunk of columns for threads
+// that share a product's columns.
+int64_t chunk_cols(const PackedMatrix& B, int64_t bytes);
 
 // A batch of GEMMs sharing M, N, K and strides: C_i = A_i B_i with A_i = A + a_off[i], B_i = B.data +
 // b_off[i], C_i = C + i * c_stride. Many small products run one per thread; large ones one at a time

@@ -37,14 +37,15 @@ void for_panels(int64_t M, int mr, int nr, int64_t N, int64_t col0, int64_t col1
     }
 }
 
-}  // namespace
-
+// Columns per panel of B's kernel.
 int64_t panel_cols(const PackedMatrix& B) {
     const kernels::KernelSet& ks = B.kernels();
     if (B.type() == WeightType::i8) return ks.i8.nr;
     if (info(B.type()).family == WeightFamily::block4) return kernels::kQ4Cols;
     return ks.blocking.nr;
 }
+
+}  // namespace
 
 int64_t chunk_cols(const PackedMatrix& B, int64_t bytes) {
     const int64_t unit = panel_cols(B), panels = (B.N() + unit - 1) / unit;
@@ -87,12 +88,6 @@ ColsInput cols_input(int64_t M, const float* A, int64_t lda, const PackedMatrix&
         in.lda = K;
     }
     return in;
-}
-
-void gemm_cols(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, float* C, int64_t ldc, float beta,
-               const Epilogue& ep, int64_t col0, int64_t col1) {
-    if (M <= 0 || std::min(col1, B.N()) <= std::max<int64_t>(col0, 0)) return;
-    gemm_cols(cols_input(M, A, lda, B), B, C, ldc, beta, ep, col0, col1);
 }
 
 void gemm_cols(const ColsInput& in, const PackedMatrix& B, float* C, int64_t ldc, float beta, const Epilogue& ep,

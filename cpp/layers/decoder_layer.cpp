@@ -106,11 +106,12 @@ struct Steal {
 
 // A product's columns in chunks of about team_chunk_bytes() of weights (whole panels): small enough that the threads
 // finish within a chunk of each other, large enough that each chunk streams.
-std::atomic<int64_t> g_chunk_bytes{16384};  // 0: 16 KiB, no stealing (for benchmarks/gym)
+constexpr int64_t kChunkBytes = 16384;
+std::atomic<int64_t> g_chunk_bytes{kChunkBytes};  // 0: kChunkBytes, no stealing (for benchmarks/gym)
 template <typename Work>
 void steal_cols(const Steal& st, const gemm::PackedMatrix& w, int64_t n, Work&& work) {
     const int64_t bytes = g_chunk_bytes.load(std::memory_order_relaxed),
-                  chunk = gemm::chunk_cols(w, bytes ? bytes : 16384);
+                  chunk = gemm::chunk_cols(w, bytes ? bytes : kChunkBytes);
     st.run((n + chunk - 1) / chunk, [&](int64_t u) { work(u * chunk, std::min(n, (u + 1) * chunk)); });
 }
 
