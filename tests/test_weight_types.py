@@ -191,6 +191,29 @@ def test_activation_and_edge_rows(isa, rng):
     np.testing.assert_array_equal(lin(tiny), b[None])
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("m", [9, 70])
+def test_bfloat16_rounding_of_special_activations(isa, m, rng):
+    """Activations rounded to bfloat16 as they are paired (on avx512_bf16 by vcvtne2ps2bf16, row-major for the rows
+    path at m = 9, turned into MR-row panels for the blocked path at m = 70; an odd K): NaN and inf poison their own
+    rows, a float that rounds past bfloat16's largest becomes inf, ties go to even, every other row is the float64
+    product of the rounded operands."""
+    x, w, b = data(rng, m, 37, 21)
+    x[1, 36] = np.nan
+    x[3, 0] = np.inf
+    x[5, 17] = 3.4e38  # above the midpoint between bfloat16's largest and 2^128: inf
+    x[7] = np.float32(1 + 2**-8)  # halfway between two bfloat16: to the even one, 1
+    y = packed(isa, w, b, "bfloat16")(x)
+    assert np.isnan(y[1]).all()
+    assert not np.isfinite(y[3]).any() and not np.isfinite(y[5]).any()
+    rest = np.delete(np.arange(m), [1, 3, 5])
+    xr, wr = bf16(x[rest]), bf16(w)
+    assert np.all(xr[rest == 7] == 1)
+    ref = xr.astype(np.float64) @ wr.T.astype(np.float64) + b
+    bound = 4 * 37 * np.finfo(np.float32).eps * (np.abs(xr) @ np.abs(wr).T + np.abs(b))
+    assert np.all(np.abs(y[rest] - ref) <= bound)
+
+
 def test_storage_sizes_and_names(rng):
     _, w, b = data(rng, 1, 384, 1536)
     sizes = {s: _core.PackedLinear(w, None, s).nbytes for s in _core.weight_types()}

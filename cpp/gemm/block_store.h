@@ -39,10 +39,13 @@ inline uint32_t bf16_pair(float lo, float hi) {
     return (l >> 16) | (h & 0xffff0000u);
 }
 
-// m rows of k floats (row stride lda) rounded to bfloat16 (ks.round_bf16, a row at a time through tmp: k floats) and
-// stored as pairs, row i's pair q at dst[i * ldd + q * step]; an odd k ends in (x, 0).
+// m rows of k floats (row stride lda) rounded to bfloat16 and stored as pairs, row i's pair q at
+// dst[i * ldd + q * step]; an odd k ends in (x, 0). The set's pack kernel where it takes the layout, else
+// ks.round_bf16 a row at a time through tmp (k floats) and the pairs built one by one.
 inline void pack_pairs(const kernels::KernelSet& ks, const float* a, int64_t lda, int64_t m, int64_t k, uint32_t* dst,
                        int64_t ldd, int64_t step, float* tmp) {
+    if (ks.bf16pairs.pack && (step == 1 || (ldd == 1 && m <= 16)))
+        return ks.bf16pairs.pack(a, lda, m, k, dst, ldd, step);
     for (int64_t i = 0; i < m; ++i) {
         ks.round_bf16(a + i * lda, tmp, k);
         uint32_t* d = dst + i * ldd;

@@ -141,11 +141,15 @@ struct Q4Kernels {
 // rows: the small-M kernel on the packed bfloat16 panel as it is stored (b[p * ldb + j], 16 bits), its rows p and
 // p + 1 interleaved into pairs in registers: C (m x 32) = A B (+ beta C) for m <= rows_max rows of A given as pairs
 // (row i's pair q at a[i * lda + q]); k consecutive k of the panel (an odd k ends in a half-empty pair).
+// pack: m rows of k floats (row stride lda) rounded to bfloat16 and stored as pairs, row i's pair q at
+// dst[i * ldd + q * step]; an odd k ends in (x, 0). Either row-major (step 1) or an A panel (ldd 1, step = MR,
+// m <= 16). Denormal floats may become zero (vcvtne2ps2bf16), as the pair instructions read them.
 struct Bf16PairKernels {
     void (*micro)(int64_t pairs, const uint32_t* a, const uint32_t* b, float* c, int64_t ldc, float beta);
     void (*rows)(int64_t m, int64_t k, const uint32_t* a, int64_t lda, const uint16_t* b, int64_t ldb, float* c,
                  int64_t ldc, float beta);
     int rows_max;
+    void (*pack)(const float* a, int64_t lda, int64_t m, int64_t k, uint32_t* dst, int64_t ldd, int64_t step);
 };
 
 struct KernelSet {
