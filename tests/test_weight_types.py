@@ -130,6 +130,25 @@ def test_int8_is_the_same_bits_on_every_kernel_set(shape, rng):
     assert np.abs(want - ref).max() <= 0.03 * np.abs(x).max() * np.abs(w).max() * np.sqrt(k)
 
 
+@pytest.mark.parametrize("storage", ["int8", "q4_0", "q4_1"])
+@pytest.mark.parametrize("shape", [(700, 96, 100), (24, 64, 1000)])
+def test_integer_gemm_is_the_same_bits_on_any_thread_count(storage, shape, rng, restore_threads):
+    """The integer drivers cut the rows (700: many row blocks) or, for few rows, the panels (24 x 1000) into units that
+    the threads share, a thread that runs out taking the others' last ones (cpu::Steal; 5 threads on fewer cores get
+    descheduled, and do). Every output is still summed by one kernel call in one order: the same bits, the activation
+    applied once."""
+    m, k, n = shape
+    x, w, b = data(rng, m, k, n)
+    lin = _core.PackedLinear(w, b, storage)
+    pyattn.set_num_threads(1)
+    want, gelu = lin(x), lin(x, "gelu")
+    for threads in (2, 3, 5):
+        pyattn.set_num_threads(threads)
+        for _ in range(3):
+            np.testing.assert_array_equal(lin(x), want, err_msg=f"{threads} threads")
+            np.testing.assert_array_equal(lin(x, "gelu"), gelu, err_msg=f"{threads} threads, gelu")
+
+
 @pytest.mark.parametrize("shape", [(1, 7, 5), (5, 33, 33), (13, 100, 48), (64, 384, 65)])
 def test_int8_input_scale_is_the_int8_gemm_of_the_scaled_operands(shape, rng):
     """input_scale a: the int8 GEMM of x * a (rounded to float32) and of w / a, bit for bit on every kernel set and at

@@ -10,6 +10,7 @@
 
 #include "cpu/buffer.h"
 #include "cpu/cpu.h"
+#include "cpu/steal.h"
 #include "gemm/gemm.h"
 #include "ops/activations.h"
 #include "ops/attention.h"
@@ -72,37 +73,10 @@ void write_cache(const DecoderLayer& l, int64_t B, int64_t L, const LayerCache& 
             }
 }
 
-// Units [0, n) of one step of a layer, shared by the team: each thread owns a contiguous range (as a static split)
-// and takes its units from the front; a thread whose range is empty takes the others' units from their back ends.
-// The two threads of a decoding step do not share the memory bandwidth evenly: split in halves, one waited for the
-// other 28-57 us of a 240-270 us layer (SmolLM2 q4_1, 2 threads, Zen 3; timers around each barrier, a /tmp probe).
-// Handing out every chunk to whoever asks balanced the waits but made the work itself 1.35x slower: each thread's
-// reads jumped every chunk instead of running through its range, and the hardware prefetcher lost the stream.
-// One atomic word per range: units taken from the front (high half) and from the back (low half), zero at first.
-struct Steal {
-    std::atomic<uint64_t>* taken;  // one per thread of the team, zeros
-    int tid, nth;
-
-    bool steal = true;  // false: each thread its own range alone (the static split; _core._tune_team_chunk(0))
-
-    template <typename Work>
-    void run(int64_t n, Work&& work) const {
-        for (int k = 0; k < (steal ? nth : 1); ++k) {
-            const int owner = (tid + k) % nth;
-            const int64_t lo = n * owner / nth, hi = n * (owner + 1) / nth;
-            std::atomic<uint64_t>& t = taken[owner];
-            uint64_t v = t.load(std::memory_order_relaxed);
-            for (;;) {
-                const int64_t front = static_cast<int64_t>(v >> 32), back = static_cast<int64_t>(v & 0xffffffffu);
-                if (lo + front >= hi - back) break;
-                const uint64_t next = k == 0 ? v + (uint64_t{1} << 32) : v + 1;
-                if (!t.compare_exchange_weak(v, next, std::memory_order_relaxed)) continue;  // v reloaded
-                work(k == 0 ? lo + front : hi - 1 - back);
-                v = t.load(std::memory_order_relaxed);
-            }
-        }
-    }
-};
+// The threads of a step share its units by cpu::Steal. The two threads of a decoding step do not share the memory
+// bandwidth evenly: split in halves, one waited for the other 28-57 us of a 240-270 us layer (SmolLM2 q4_1, 2 threads,
+// Zen 3; timers around each barrier, a /tmp probe).
+using cpu::Steal;
 
 // A product's columns in chunks of about team_chunk_bytes() of weights (whole panels): small enough that the threads
 // finish within a chunk of each other, large enough that each chunk streams.
@@ -195,7 +169,7 @@ void decoder_stack(const DecoderLayer* const* layers, int64_t count, int64_t B, 
     const int64_t E = layers[0]->out.w->N();
     const int nt = omp_in_parallel() ? 1 : cpu::num_threads();
     // the ranges of every step of every layer, per thread (count x 5 x nt words, zeros)
-    std::unique_ptr<std::atomic<uint64_t>[]> taken(new std::atomic<uint64_t>[count * 5 * nt]());
+    const auto taken = cpu::steal_words(count * 5, nt);
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         float* n = scratch<Slot::decoder_norm>(static_cast<std::size_t>(M * E));
