@@ -22,7 +22,10 @@ another, on localhost, until the level's time or request budget is spent. Rows:
                 pool), when this interpreter or --peer-python's has them (skipped, with the reason, otherwise).
 
 Columns: throughput (sentences/s answered 200), p50 / p99 request latency, errors (non-200 or transport; must be 0
-below the queue limit), the server's RSS before the level, after it (2 s idle), and its peak so far (VmHWM).
+below the queue limit), the server's RSS before the level, after it (2 s idle), and its peak so far (VmHWM); the
+cores the server process and the load generator kept busy, and the share of the level's time pyattn's model thread
+spent computing batches (its /metrics: near 100%, the gap to offline is compute slowed by what shares its cores, not
+the batcher waiting).
 
 Generation: each client sends chat completions one after another -- a question drawn (seeded) from a fixed list
 that asks for a long answer, greedy, --max-tokens-per-request (32) new tokens -- to the default LLM. Rows:
@@ -111,6 +114,27 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def model_seconds(url: str) -> Optional[float]:
+    """pyattn serve's compute time on embedding batches so far (the sum of its pyattn_batch_seconds histogram), or
+    None from a server without it (the peer)."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        r = httpx.get(f"{url}/metrics", timeout=5)
+    except httpx.TransportError:
+        return None
+    if r.status_code != 200:
+        return None
+    sums = [
+        s.value
+        for fam in text_string_to_metric_families(r.text)
+        for s in fam.samples
+        if s.name == "pyattn_batch_seconds_sum"
+    ]
+    return sum(sums) if sums else None
 
 
 def start(cmd: List[str], port: int, timeout: float = 180.0) -> subprocess.Popen:
@@ -279,12 +303,16 @@ def run_server(name: str, cmd: List[str], port: int, levels: List[int], emit, wa
         warm_up(url)
         for clients in levels:
             before = rss_mb(proc.pid)
-            cpu0, own0 = cpu_seconds(proc.pid), sum(os.times()[:2])
+            cpu0, own0, busy0 = cpu_seconds(proc.pid), sum(os.times()[:2]), model_seconds(url)
             r = measure(url, clients)
-            # where the cores went: the server's CPU time and the load generator's (this process), per second
+            # where the cores went: the server's CPU time and the load generator's (this process), per second; and
+            # the share of the time pyattn's model thread was computing batches (near 1: no gaps between batches,
+            # and a rate below offline is the compute itself slowed by what shares its cores)
+            busy1 = model_seconds(url)
             r.update(
                 server_cores=(cpu_seconds(proc.pid) - cpu0) / r["seconds"],
                 client_cores=(sum(os.times()[:2]) - own0) / r["seconds"],
+                model_busy=(busy1 - busy0) / r["seconds"] if busy0 is not None and busy1 else None,
             )
             time.sleep(IDLE_SECONDS)  # pyattn serve trims its heap after 1 s idle
             r.update(
@@ -295,7 +323,9 @@ def run_server(name: str, cmd: List[str], port: int, levels: List[int], emit, wa
                 f"{name:10s} {clients:4d} clients  {show(r)}  p50 {r['p50_ms']:8.1f} ms  p99 {r['p99_ms']:8.1f} ms  "
                 f"errors {r['errors']:4d}  RSS {r['rss_before_mb']:.0f} -> {r['rss_after_mb']:.0f} MB, peak "
                 f"{r['rss_peak_mb']:.0f}  ({r['requests']} requests; cores busy: server {r['server_cores']:.2f}, "
-                f"clients {r['client_cores']:.2f})"
+                f"clients {r['client_cores']:.2f}"
+                + (f"; model thread computing {r['model_busy']:.0%} of the time" if r["model_busy"] else "")
+                + ")"
             )
     finally:
         stop(proc)
