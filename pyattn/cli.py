@@ -300,7 +300,10 @@ def _serve_parser(sub) -> None:
         help="sentences gathered into one embedding batch; 0: no batching, one request at a time",
     )
     p.add_argument(
-        "--batch-wait-ms", type=float, default=d.batch_wait_ms, help="how long an idle model waits for a batch to fill"
+        "--batch-wait-ms",
+        type=float,
+        default=d.batch_wait_ms,
+        help="how long an idle model waits for requests on their way in",
     )
     p.add_argument(
         "--encode-batch-size", type=int, default=d.encode_batch_size, help="sentences per forward pass inside a batch"

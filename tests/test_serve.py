@@ -825,6 +825,36 @@ def test_batcher_gathers_or_not(max_batch_size, calls):
     assert len(enc.calls) == calls  # "slow" alone, then four requests one by one or gathered into one
 
 
+def test_batcher_waits_only_while_a_request_in_hand_is_not_queued():
+    """A free model short of a batch waits (up to the wait limit, 5 s here) while a request inside `handling` has not
+    been submitted (being tokenized, say), and takes it into the same batch; when every request is queued (a lone
+    one), it starts at once."""
+    enc = _Encoder()
+
+    async def main():
+        b = _batcher(enc, batch_wait_ms=5000, max_queue=64)
+        b.start()
+        try:
+            t0 = time.perf_counter()
+            with b.handling():
+                assert (await b.embed(["a"]))[:, 0].tolist() == [1]
+            lone = time.perf_counter() - t0
+            with b.handling():
+                first = b.submit(["bb"])
+                with b.handling():
+                    await asyncio.sleep(0.2)  # the model is free, and waits for this request
+                    second = b.submit(["ccc"])
+                    return lone, (await first)[:, 0].tolist(), (await second)[:, 0].tolist()
+        finally:
+            await b.stop()
+            b.thread.close()
+
+    lone, first, second = asyncio.run(main())
+    assert lone < 2.5  # not the 5 s wait
+    assert (first, second) == ([2], [3])
+    assert enc.calls == [["a"], ["bb", "ccc"]]  # the two requests in one batch
+
+
 # ---------------------------------------------------------------------------------------------------------
 # the generation batcher alone, with a stand-in model
 # ---------------------------------------------------------------------------------------------------------

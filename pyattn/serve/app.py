@@ -157,7 +157,12 @@ async def embeddings(server: Server, body: EmbeddingRequest) -> JSONResponse:
     if body.dimensions is not None and body.dimensions != encoder.dim:
         raise _unsupported("dimensions", f"{body.dimensions} (the model's vectors have {encoder.dim})")
     truncate = cfg.auto_truncate if body.truncate is None else body.truncate
-    limit = encoder.max_seq_length
+    with server.batcher.handling():  # a free model short of a batch waits while this request is not queued
+        return await _embed(server, served, encoder, texts, truncate, body.encoding_format)
+
+
+async def _embed(server: Server, served, encoder, texts: list, truncate: bool, encoding_format: str) -> Response:
+    cfg, limit = server.cfg, encoder.max_seq_length
     # Tokenized once, here (off the event loop): the counts for the limits and usage, and the ids the batch embeds
     encodings = await asyncio.to_thread(encoder.tokenize, texts)
     if not truncate:
@@ -170,11 +175,11 @@ async def embeddings(server: Server, body: EmbeddingRequest) -> JSONResponse:
             )  # fmt: skip
     tokens = sum(len(e.ids) for e in encodings)
     try:
-        rows = await asyncio.wait_for(server.batcher.embed(encodings), cfg.request_timeout)
+        rows = await asyncio.wait_for(server.batcher.submit(encodings), cfg.request_timeout)
     except asyncio.TimeoutError:
         raise ApiError(504, f"no answer within {cfg.request_timeout:g} s", code="timeout") from None
     server.metrics.prompt_tokens.labels(served.id).inc(tokens)
-    if body.encoding_format == "base64":
+    if encoding_format == "base64":
         data = [base64.b64encode(r.astype("<f4").tobytes()).decode("ascii") for r in rows]
     else:
         data = list(np.ascontiguousarray(rows, np.float32))
