@@ -52,8 +52,8 @@ constexpr int64_t kUnitsPerThread = 8;
 
 // The threads' work after the quantization: the grid's split dimension cut into units (rows in MR groups, at most mc
 // per unit; or panels), shared by cpu::Steal. A unit walks blocks of up to mc rows against each of its panels in turn;
-// tile(i, m, pq, ahead) computes rows [i, i + m) of panel pq (ahead: the panel's first row tile of a block, which
-// reads it from memory), then the activation runs over the block's row segments.
+// tile(i, m, pq, first) computes rows [i, i + m) of panel pq (first: the panel's first row tile of a block, which
+// reads it from memory and may prefetch ahead), then the activation runs over the block's row segments.
 template <class Tile>
 void run_units(const kernels::KernelSet& ks, int64_t M, int64_t N, int mr, int nr, int64_t mc, int nt,
                const Epilogue& ep, float* C, int64_t ldc, std::atomic<uint64_t>* taken, Tile&& tile) {
