@@ -94,7 +94,7 @@ class Gate:
 
 @dataclass
 class _Job:
-    texts: list  # the sentences, tokenized (SentenceEncoder.tokenize)
+    encodings: list  # the request's sentences, tokenized (SentenceEncoder.tokenize)
     future: asyncio.Future
     arrived: float = field(default_factory=time.perf_counter)
 
@@ -161,23 +161,23 @@ class EmbeddingBatcher:
             self.active -= 1
             self._wake.set()  # the gatherer looks again
 
-    def submit(self, texts: list) -> asyncio.Future:
+    def submit(self, encodings: list) -> asyncio.Future:
         """Queues sentences tokenized by the encoder's `tokenize` (503 when the queue is full); the future gets their
-        (len(texts), dim) float32 rows once the batch holding them has run. Cancelling it (a timeout, a client gone)
+        (len(encodings), dim) float32 rows once the batch holding them has run. Cancelling it (a timeout, a client gone)
         drops them if their batch has not started."""
-        if self.queued and self.queued + len(texts) > self.max_queue:
+        if self.queued and self.queued + len(encodings) > self.max_queue:
             self.metrics.rejected.labels("queue_full").inc()
             raise overloaded(self.model)
-        job = _Job(list(texts), asyncio.get_running_loop().create_future())
+        job = _Job(list(encodings), asyncio.get_running_loop().create_future())
         self._jobs.append(job)
-        self.queued += len(texts)
+        self.queued += len(encodings)
         self.metrics.queue_depth.labels(self.model).set(self.queued)
         self._wake.set()
         return job.future
 
-    async def embed(self, texts: list) -> np.ndarray:
+    async def embed(self, encodings: list) -> np.ndarray:
         """`submit`, then its rows."""
-        return await self.submit(texts)  # cancelling this cancels the future: the batcher then skips the job
+        return await self.submit(encodings)  # cancelling this cancels the future: the batcher then skips the job
 
     def _take(self) -> List[_Job]:
         taken: List[_Job] = []
@@ -186,14 +186,14 @@ class EmbeddingBatcher:
             job = self._jobs[0]
             if job.future.done():  # its caller is gone
                 self._jobs.popleft()
-                self.queued -= len(job.texts)
+                self.queued -= len(job.encodings)
                 continue
-            if taken and (not self.max_batch_size or size + len(job.texts) > self.max_batch_size):
+            if taken and (not self.max_batch_size or size + len(job.encodings) > self.max_batch_size):
                 break
             self._jobs.popleft()
-            self.queued -= len(job.texts)
+            self.queued -= len(job.encodings)
             taken.append(job)
-            size += len(job.texts)
+            size += len(job.encodings)
         self.metrics.queue_depth.labels(self.model).set(self.queued)
         return taken
 
@@ -237,31 +237,31 @@ class EmbeddingBatcher:
         jobs = self._take()
         if not jobs:
             return
-        texts = [t for job in jobs for t in job.texts]
+        encodings = [e for job in jobs for e in job.encodings]
         start = time.perf_counter()
         for job in jobs:
             self.metrics.queue_seconds.labels(self.model).observe(start - job.arrived)
         try:
-            rows = await self.thread.run(self.encoder.encode_tokens, texts, batch_size=self.encode_batch_size)
+            rows = await self.thread.run(self.encoder.encode_tokens, encodings, batch_size=self.encode_batch_size)
         except asyncio.CancelledError:
             for job in jobs:
                 if not job.future.done():
                     job.future.set_exception(ApiError(503, "the server is shutting down", code="shutting_down"))
             raise
         except Exception as e:  # the batcher outlives any batch
-            log.exception("embedding batch of %d sentences failed", len(texts))
+            log.exception("embedding batch of %d sentences failed", len(encodings))
             for job in jobs:
                 if not job.future.done():
                     job.future.set_exception(e)
             return
         self._dirty = True
         self.metrics.batch_seconds.labels(self.model).observe(time.perf_counter() - start)
-        self.metrics.batch_size.labels(self.model).observe(len(texts))
+        self.metrics.batch_size.labels(self.model).observe(len(encodings))
         self.metrics.batch_requests.labels(self.model).observe(len(jobs))
-        self.metrics.sentences.labels(self.model).inc(len(texts))
+        self.metrics.sentences.labels(self.model).inc(len(encodings))
         at = 0
         for job in jobs:
-            n = len(job.texts)
+            n = len(job.encodings)
             if not job.future.done():
                 job.future.set_result(rows[at : at + n])
             at += n
