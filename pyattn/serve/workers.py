@@ -107,11 +107,10 @@ class EmbeddingBatcher:
     ``max_batch_size`` sentences (a single larger request goes alone). When it is free and finds the queue short of
     a full batch while requests being handled have not all been queued (``handling``), it first waits up to
     ``batch_wait_ms`` for more; when every request in the handler is already queued it starts at once (a lone client
-    never waits). Inside
-    the batch encode_tokens sorts the sentences by length and runs forward passes of ``encode_batch_size``; each
-    request gets its own rows back. Requests whose caller gave up (timeout, disconnect) before their batch started
-    are dropped from it. ``max_batch_size == 0``: no gathering, one request per encode call (the baseline the
-    benchmark compares with)."""
+    never waits). Inside the batch encode_tokens sorts the sentences by length and runs forward passes of
+    ``encode_batch_size``; each request gets its own rows back. Requests whose caller gave up (timeout, disconnect)
+    before their batch started are dropped from it. ``max_batch_size == 0``: no gathering, one request per encode
+    call (the baseline the benchmark compares with)."""
 
     def __init__(
         self,

@@ -105,6 +105,9 @@ void bf16_rows(int64_t m, int64_t k, const uint32_t* a, int64_t lda, const uint1
     }
 }
 
+// The first c of 16 lanes (none for c <= 0, all for c >= 16).
+inline __mmask16 first_lanes(int64_t c) { return (__mmask16)(c >= 16 ? 0xffffu : c <= 0 ? 0u : (1u << c) - 1u); }
+
 // Pairs q0 .. q0 + 15 of a row of k floats, rounded to bfloat16 (vcvtne2ps2bf16: nearest even, NaN kept quiet,
 // denormals to zero) into one register, pair j in lane j; the floats past k read as 0.
 inline __m512i pairs16(const float* a, int64_t k, int64_t q0) {
@@ -114,9 +117,8 @@ inline __m512i pairs16(const float* a, int64_t k, int64_t q0) {
         lo = _mm512_loadu_ps(a + 2 * q0);
         hi = _mm512_loadu_ps(a + 2 * q0 + 16);
     } else {
-        const auto mask = [](int64_t c) { return (__mmask16)(c >= 16 ? 0xffffu : c <= 0 ? 0u : (1u << c) - 1u); };
-        lo = _mm512_maskz_loadu_ps(mask(n), a + 2 * q0);
-        hi = _mm512_maskz_loadu_ps(mask(n - 16), a + 2 * q0 + 16);
+        lo = _mm512_maskz_loadu_ps(first_lanes(n), a + 2 * q0);
+        hi = _mm512_maskz_loadu_ps(first_lanes(n - 16), a + 2 * q0 + 16);
     }
     return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);  // bfloat16 e from lo's e for e < 16: pair j = (k 2j, k 2j + 1)
 }
@@ -150,14 +152,13 @@ inline void transpose16(__m512i (&r)[16]) {
 // around in registers and stored 16 pairs of m rows at a time (the scalar pairing cost 7% of a bfloat16 MiniLM).
 void pack_pairs(const float* a, int64_t lda, int64_t m, int64_t k, uint32_t* dst, int64_t ldd, int64_t step) {
     const int64_t pairs = (k + 1) / 2;
-    const auto first = [](int64_t c) { return (__mmask16)(c >= 16 ? 0xffffu : (1u << c) - 1u); };
     if (step == 1) {
         for (int64_t i = 0; i < m; ++i)
             for (int64_t q = 0; q < pairs; q += 16)
-                _mm512_mask_storeu_epi32(dst + i * ldd + q, first(pairs - q), pairs16(a + i * lda, k, q));
+                _mm512_mask_storeu_epi32(dst + i * ldd + q, first_lanes(pairs - q), pairs16(a + i * lda, k, q));
         return;
     }
-    const __mmask16 rows = first(m);
+    const __mmask16 rows = first_lanes(m);
     for (int64_t q = 0; q < pairs; q += 16) {
         __m512i r[16];
         for (int i = 0; i < 16; ++i) r[i] = i < m ? pairs16(a + i * lda, k, q) : _mm512_setzero_si512();
