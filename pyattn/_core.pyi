@@ -322,6 +322,7 @@ def scaled_dot_product_attention(
     scale: Optional[float] = None,
     return_weights: Literal[False] = False,
     out: Optional[_F32] = None,
+    precision: str = "float32",
 ) -> _F32: ...
 @overload
 def scaled_dot_product_attention(
@@ -336,6 +337,7 @@ def scaled_dot_product_attention(
     *,
     return_weights: Literal[True],
     out: Optional[_F32] = None,
+    precision: str = "float32",
 ) -> Tuple[_F32, _F32]: ...
 @overload
 def scaled_dot_product_attention(
@@ -349,6 +351,7 @@ def scaled_dot_product_attention(
     scale: Optional[float] = None,
     return_weights: bool = False,
     out: Optional[_F32] = None,
+    precision: str = "float32",
 ) -> Union[_F32, Tuple[_F32, _F32]]:
     """
     Fused softmax(scale q k^T + mask) v. q (B, H, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv) with Hkv dividing

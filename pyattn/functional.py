@@ -380,6 +380,7 @@ def scaled_dot_product_attention(
     scale: Optional[float] = None,
     return_weights: bool = False,
     out: Optional[np.ndarray] = None,
+    precision: str = "float32",
 ):
     """``softmax(q k^T * scale + mask) v``, fused (flash-style): the (Lq, Lk) score matrix is never formed
     unless ``return_weights``.
@@ -391,7 +392,14 @@ def scaled_dot_product_attention(
     masks: True = masked out; float masks are added. ``is_causal``: query i sees keys j <= i (top-left
     aligned, as torch). All of them combine. A query whose keys are all masked gets a zero output (and zero
     weights) instead of NaN. Returns out (B, H, Lq, Dv), or (out, weights (B, H, Lq, Lk)).
+
+    ``precision="bfloat16"`` allows ``q k^T`` and ``p v`` on bfloat16 roundings of q, k, the probabilities and
+    v (products exact, sums in float32: about 3 significant digits per element) where the CPU multiplies
+    bfloat16 pairs (AVX512_BF16) and the blocked path runs (more than 16 query rows, float32 k and v, no
+    weights returned); float32 elsewhere. The softmax stays float32. bfloat16 models use it.
     """
+    if precision not in ("float32", "bfloat16"):
+        raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
     q = _last_axis_contiguous(q, "q")
     k = _last_axis_contiguous(k, "k")
     v = _last_axis_contiguous(v, "v")
@@ -412,6 +420,7 @@ def scaled_dot_product_attention(
         scale=_scale(scale),
         return_weights=bool(return_weights),
         out=out,
+        precision=precision,
     )
 
 

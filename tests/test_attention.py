@@ -342,3 +342,78 @@ def test_float16_kv_refuses_mixed_types_and_weights(rng):
         pyattn._core.scaled_dot_product_attention(q.astype(np.float16), k.astype(np.float32), k.astype(np.float32))
     with pytest.raises(ValueError, match="return_weights needs float32"):
         pyattn._core.scaled_dot_product_attention(q, k, k, return_weights=True)
+
+
+def bf16(x):
+    """float32 -> the nearest bfloat16 (ties to even), as float64."""
+    u = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+    return u.astype(np.uint32).view(np.float32).astype(np.float64)
+
+
+def bf16_reference(q, k, v, pad, causal, offset, scale):
+    """The quantity precision='bfloat16' computes, in float64: bfloat16 roundings of scale q, k and v, exact scores,
+    probabilities exp(s - max) rounded to bfloat16 before P V, divided by the sum of the unrounded ones. Also returns
+    how far rounding the probabilities can move each output: 2^-8 sum_j p_j |v_j| / sum_j p_j."""
+    H, Lq, Lk = q.shape[1], q.shape[2], k.shape[2]
+    qr = bf16(q.astype(np.float32) * np.float32(scale))
+    kr, vr = (np.repeat(bf16(t), H // k.shape[1], axis=1) for t in (k, v))
+    s = qr @ kr.transpose(0, 1, 3, 2)
+    s[np.broadcast_to(pad[:, None, None, :], s.shape)] = -np.inf
+    if causal:
+        s[..., np.triu(np.ones((Lq, Lk), bool), k=1 + offset)] = -np.inf
+    e = np.exp(s - s.max(-1, keepdims=True))
+    total = e.sum(-1, keepdims=True)
+    return bf16(e) @ vr / total, 2.0**-8 * (e @ np.abs(vr)) / total
+
+
+@pytest.mark.parametrize(
+    "B, H, Hkv, Lq, Lk, D, Dv, causal",
+    [
+        (2, 3, 3, 37, 300, 32, 32, False),  # two key blocks, the second partial
+        (1, 4, 2, 50, 50, 64, 64, True),  # grouped-query heads, causal prefill
+        (2, 2, 2, 17, 17, 33, 20, False),  # odd D (a half pair), Dv under a panel
+        (1, 1, 1, 129, 531, 80, 40, True),  # causal with an offset over three key blocks
+        (3, 12, 12, 128, 128, 32, 32, False),  # MiniLM's heads
+    ],
+)
+def test_bfloat16_precision_against_its_float64_quantity(isa, rng, B, H, Hkv, Lq, Lk, D, Dv, causal):
+    """precision='bfloat16' computes the attention of the bfloat16 roundings of scale q, k, the probabilities and v
+    (within what rounding the probabilities near a tie can move) where the kernel set multiplies bfloat16 pairs; on
+    every other kernel set it is float32's attention, bit for bit."""
+    q = randn(rng, B, H, Lq, D)
+    k, v = randn(rng, B, Hkv, Lk, D), randn(rng, B, Hkv, Lk, Dv)
+    pad = np.zeros((B, Lk), bool)
+    pad[-1, -3:] = True
+    offset = Lk - Lq if causal else 0
+    args = dict(key_padding_mask=pad, is_causal=causal, causal_offset=offset)
+    got = pyattn._core.scaled_dot_product_attention(q, k, v, precision="bfloat16", **args)
+    as32 = pyattn._core.scaled_dot_product_attention(q, k, v, **args)
+    if isa != "avx512_bf16":
+        np.testing.assert_array_equal(got, as32)
+        return
+    want, moved = bf16_reference(q, k, v, pad, causal, offset, 1 / np.sqrt(D))
+    assert np.all(np.abs(got - want) <= moved + 1e-5)
+    assert np.abs(got - as32).max() > 1e-4  # it did round
+    # the decoding path (few query rows) stays float32
+    np.testing.assert_array_equal(
+        pyattn._core.scaled_dot_product_attention(q[:, :, :3], k, v, precision="bfloat16", key_padding_mask=pad),
+        pyattn._core.scaled_dot_product_attention(q[:, :, :3], k, v, key_padding_mask=pad),
+    )
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_bfloat16_precision_keeps_masked_rows_and_nan(isa, rng, causal):
+    """A query with every key masked gets zeros, a NaN key poisons the rows that see it, as in float32."""
+    q, k, v = qkv(rng, 2, 2, 40, 40, 16)
+    pad = np.zeros((2, 40), bool)
+    pad[1] = True
+    k[0, 1, 5, 3] = np.nan
+    got = F.scaled_dot_product_attention(q, k, v, key_padding_mask=pad, is_causal=causal, precision="bfloat16")
+    assert np.all(got[1] == 0)
+    assert np.all(np.isnan(got[0, 1, 5 if causal else 0 :]))
+    if causal:
+        assert not np.any(np.isnan(got[0, 1, :5]))
+    assert not np.any(np.isnan(got[0, 0]))
+    with pytest.raises(ValueError, match="precision must be"):
+        F.scaled_dot_product_attention(q, k, v, precision="float16")

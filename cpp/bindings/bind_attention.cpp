@@ -62,12 +62,14 @@ ops::MaskRef check_mask(const py::object& obj, const std::vector<int64_t>& want,
 
 py::object sdpa(const py::array& q, const py::array& k, const py::array& v, const py::object& attn_mask,
                 const py::object& key_padding_mask, bool is_causal, int64_t causal_offset, const py::object& scale,
-                bool return_weights, const py::object& out) {
+                bool return_weights, const py::object& out, const std::string& precision) {
     check_head_tensor(q, "q", "(B, H, Lq, D)");
     const bool f16 = k.dtype().is(py::dtype("float16"));  // a float16 KV cache: k and v both
     check_head_tensor(k, "k", "(B, Hkv, Lk, D)", f16);
     check_head_tensor(v, "v", "(B, Hkv, Lk, Dv)", f16);
     if (f16 && return_weights) value_error("return_weights needs float32 k and v");
+    if (precision != "float32" && precision != "bfloat16")
+        value_error("precision must be 'float32' or 'bfloat16', got '" + precision + "'");
     const int64_t B = q.shape(0), H = q.shape(1), Lq = q.shape(2), D = q.shape(3);
     const int64_t Lk = k.shape(2), Dv = v.shape(3);
     // K/V may have fewer heads than Q (grouped-query attention): Hkv must divide H
@@ -129,6 +131,7 @@ py::object sdpa(const py::array& q, const py::array& k, const py::array& v, cons
     a.causal_offset = causal_offset;
     a.scale = sc;
     a.weights = return_weights ? f32_mut(w) : nullptr;
+    a.bf16 = precision == "bfloat16";
     {
         py::gil_scoped_release nogil;
         ops::scaled_dot_product_attention(a);
@@ -143,14 +146,16 @@ void bind_attention(py::module_& m) {
     m.def("scaled_dot_product_attention", &sdpa, py::arg("q"), py::arg("k"), py::arg("v"),
           py::arg("attn_mask") = py::none(), py::arg("key_padding_mask") = py::none(), py::arg("is_causal") = false,
           py::arg("causal_offset") = 0, py::arg("scale") = py::none(), py::arg("return_weights") = false,
-          py::arg("out") = py::none(),
+          py::arg("out") = py::none(), py::arg("precision") = "float32",
           "Fused softmax(scale q k^T + mask) v. q (B, H, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv) with Hkv "
           "dividing\nH (grouped-query attention: query head h reads K/V head h / (H / Hkv)): float32 views\n"
           "(k and v may both be float16: a KV cache, widened as read)\n"
           "with a contiguous last axis (heads may be strided views). attn_mask (B|1, H|1, Lq|1, Lk) and\n"
           "key_padding_mask (B|1, Lk): bool (True = masked out) or float32 (added). is_causal: key j visible to\n"
           "query i iff j <= i + causal_offset. Returns out (B, H, Lq, Dv), and the weights (B, H, Lq, Lk) too when\n"
-          "return_weights. A query with every key masked gets zeros.");
+          "return_weights. A query with every key masked gets zeros. precision='bfloat16' allows q k^T and p v on\n"
+          "bfloat16 roundings of q, k, the probabilities and v (float32 sums), where the CPU multiplies bfloat16\n"
+          "pairs (AVX512_BF16) and more than 16 query rows take the blocked path; float32 elsewhere.");
 }
 
 }  // namespace pyattn::bind

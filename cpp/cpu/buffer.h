@@ -83,6 +83,7 @@ enum class Slot : int {
     attn_q,            // attention: the query block
     attn_tile,         // attention: one tile of scores
     attn_out,          // attention: running output, max and sum of the query block
+    attn_pairs,        // attention (bfloat16): the probabilities of one tile as pairs
     gru_hidden,        // the GRU's hidden projection of one step
     gemm_cols_a,       // gemm_cols: this thread's quantized or rounded rows of A (int8 / 4-bit / bfloat16 B) ...
     gemm_cols_scales,  // ... their block scales ...

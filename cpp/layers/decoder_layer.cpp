@@ -50,6 +50,7 @@ ops::AttentionArgs attention_args(const DecoderLayer& l, int64_t B, int64_t L, c
     a.causal = true;
     a.causal_offset = past;
     a.scale = l.scale;
+    a.bf16 = l.qkv.w->type() == gemm::WeightType::bf16;  // a bfloat16 model's prefill products in bfloat16 too
     return a;
 }
 

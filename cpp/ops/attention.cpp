@@ -173,6 +173,39 @@ void attention_weights(const AttentionArgs& a, int nt) {
     }
 }
 
+// The flash paths' online softmax over one tile of scores: rows [i0, i0 + rows) of head (b, h) against keys
+// [j0, j0 + n), st[i * ldt + j]. Masks the scores, turns them into exp(s - running max) in place, and rescales the
+// running output rows o[i * ldo, + ldo) and sums lrow when the row's max grows.
+void online_softmax(const KernelSet& ks, const AttentionArgs& a, int64_t b, int64_t h, int64_t i0, int64_t rows,
+                    int64_t j0, int64_t n, float* st, int64_t ldt, float* o, int64_t ldo, float* mrow, float* lrow) {
+    for (int64_t i = 0; i < rows; ++i) {
+        float* s = st + i * ldt;
+        mask_row(ks, a, b, h, i0 + i, j0, n, s);
+        const float m_new = std::max(mrow[i], ks.max(s, n));
+        if (m_new == kNegInf) {  // nothing visible yet in this row (or only NaN: poisons the row)
+            if (any_nan(s, n)) lrow[i] = std::numeric_limits<float>::quiet_NaN();
+            std::fill(s, s + n, 0.0f);
+            continue;
+        }
+        const float alpha = std::exp(mrow[i] - m_new);  // 0 on the first visible block
+        lrow[i] = lrow[i] * alpha + ks.exp_sum(s, s, n, m_new);
+        // (on the first visible block o holds the zeros of P V over nothing visible, or NaN: scaling keeps it)
+        if (alpha != 1.0f && mrow[i] != kNegInf) ks.scale(o + i * ldo, ldo, alpha);
+        mrow[i] = m_new;
+    }
+}
+
+// The flash paths' last step: output rows [i0, i0 + rows) of head (b, h) = running output / running sum.
+void write_rows(const KernelSet& ks, const AttentionArgs& a, int64_t b, int64_t h, int64_t i0, int64_t rows,
+                const float* o, int64_t ldo, const float* lrow) {
+    for (int64_t i = 0; i < rows; ++i) {
+        float* dst = out_row(a, b, h, i0 + i);
+        const float inv = lrow[i] == 0.0f ? 0.0f : 1.0f / lrow[i];  // 0: every key masked; NaN stays NaN
+        std::copy(o + i * ldo, o + i * ldo + a.Dv, dst);
+        ks.scale(dst, a.Dv, inv);
+    }
+}
+
 void attention_flash(const KernelSet& ks, const AttentionArgs& a, int nt) {
     const int mr = ks.blocking.mr, nr = ks.blocking.nr;
     const int64_t mq = mr * std::max(1, 48 / mr);              // query rows per block
@@ -245,35 +278,108 @@ void attention_flash(const KernelSet& ks, const AttentionArgs& a, int nt) {
                     for (int64_t r = 0; r < row_groups; ++r)
                         ks.micro(D, qp + r * D * mr, kp + (j0 / nr + q) * D * nr, nr, st + r * mr * nkb + q * nr, nkb,
                                  0.0f);
-                // Online softmax, row by row.
-                for (int64_t i = 0; i < rows; ++i) {
-                    float* s = st + i * nkb;
-                    mask_row(ks, a, b, h, i0 + i, j0, n, s);
-                    const float m_new = std::max(mrow[i], ks.max(s, n));
-                    if (m_new == kNegInf) {  // nothing visible yet in this row (or only NaN: poisons the row)
-                        if (any_nan(s, n)) lrow[i] = std::numeric_limits<float>::quiet_NaN();
-                        std::fill(s, s + n, 0.0f);
-                        continue;
-                    }
-                    const float alpha = std::exp(mrow[i] - m_new);  // 0 on the first visible block
-                    lrow[i] = lrow[i] * alpha + ks.exp_sum(s, s, n, m_new);
-                    if (alpha != 1.0f) ks.scale(o + i * dv_pad, dv_pad, alpha);
-                    mrow[i] = m_new;
-                }
+                online_softmax(ks, a, b, h, i0, rows, j0, n, st, nkb, o, dv_pad, mrow, lrow);
                 // O += P V: P is read in place (row stride nkb) by the rows kernel -- no packing pass.
                 for (int64_t c = 0; c < v_panels; ++c)
                     for (int64_t r = 0; r < row_groups; ++r)
                         ks.rows(std::min<int64_t>(mr, rows - r * mr), n, st + r * mr * nkb, nkb,
                                 vp + c * lk_pad * nr + j0 * nr, nr, o + r * mr * dv_pad + c * nr, dv_pad, 1.0f);
             }
-            for (int64_t i = 0; i < rows; ++i) {
-                float* dst = out_row(a, b, h, i0 + i);
-                const float inv = lrow[i] == 0.0f ? 0.0f : 1.0f / lrow[i];  // 0: every key masked; NaN stays NaN
-                const float* src = o + i * dv_pad;
-                for (int64_t d = 0; d < Dv; ++d) dst[d] = src[d] * inv;
-            }
+            write_rows(ks, a, b, h, i0, rows, o, dv_pad, lrow);
         }
     }
+}
+
+// The flash path with the products on bfloat16 pairs (AttentionArgs::bf16): S = (scale Q) K^T by the pair
+// micro-kernel of the blocked GEMM (Q's rows as its A panel, K^T as its B panel: a key's D floats are its column's
+// pairs), and O += P V by the pair rows kernel (P's rows as pairs, V's rows in bfloat16 as stored panels of 32
+// columns). The same blocks, online softmax and order of keys as attention_flash.
+void attention_flash_bf16(const KernelSet& ks, const AttentionArgs& a, int nt) {
+    const kernels::Bf16PairKernels& bp = ks.bf16pairs;
+    const int64_t mr = ks.blocking.mr, nr = ks.blocking.nr;  // the pair micro-kernel's tile; nr = 32, the rows kernel's
+    const int64_t mq = mr * std::max<int64_t>(1, 48 / mr);   // query rows per block
+    const int64_t nkb = std::max<int64_t>(nr, 256 / nr * nr);  // keys per block (even)
+    const int64_t D = a.D, Dv = a.Dv, dp = (D + 1) / 2;        // dp pairs per query and key row
+    const int64_t lk_pad = (a.Lk + nr - 1) / nr * nr;
+    const int64_t v_panels = (Dv + nr - 1) / nr, dv_pad = v_panels * nr;
+    const int64_t qblocks = (a.Lq + mq - 1) / mq;
+    const int64_t tasks = a.B * a.H * qblocks;
+
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        // Per thread: K^T of the current head as pair panels (nr keys each: pair p of key j at p nr + j), V as
+        // bfloat16 panels of nr columns (key j's row at j nr), the query block scaled and as pairs, the scores and
+        // their pairs, and the running output / max / sum.
+        auto* kp = reinterpret_cast<uint32_t*>(scratch<Slot::attn_k>(static_cast<std::size_t>(lk_pad * dp)));
+        auto* vp = reinterpret_cast<uint16_t*>(scratch<Slot::attn_v>(static_cast<std::size_t>(lk_pad * dv_pad / 2)));
+        float* qs = scratch<Slot::attn_q>(static_cast<std::size_t>(mq * (D + dp)));
+        auto* qp = reinterpret_cast<uint32_t*>(qs + mq * D);
+        float* st = scratch<Slot::attn_tile>(static_cast<std::size_t>(mq * nkb));
+        auto* pp = reinterpret_cast<uint32_t*>(scratch<Slot::attn_pairs>(static_cast<std::size_t>(mq * nkb / 2)));
+        float* o = scratch<Slot::attn_out>(static_cast<std::size_t>(mq * dv_pad + 2 * mq));
+        float* mrow = o + mq * dv_pad;
+        float* lrow = mrow + mq;
+        int64_t packed_bh = -1;
+
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < tasks; ++t) {
+            const int64_t bh = t / qblocks, qb = t % qblocks, b = bh / a.H, h = bh % a.H;
+            const int64_t kv = b * a.H + h / a.kv_group * a.kv_group;  // the same for every head of a group
+            if (kv != packed_bh) {
+                const float* k = kv_head(a, a.k, b, h);
+                const float* v = kv_head(a, a.v, b, h);
+                if (a.Lk % nr) std::fill(kp + (lk_pad - nr) * dp, kp + lk_pad * dp, 0u);  // the last panel's tail
+                for (int64_t j = 0; j < a.Lk; j += 16)  // 16 keys per call: their pairs turned into columns
+                    bp.pack(k + j * a.k.sl, a.k.sl, std::min<int64_t>(16, a.Lk - j), D, kp + j / nr * nr * dp + j % nr,
+                            1, nr);
+                for (int64_t c = 0; c < v_panels; ++c) {
+                    uint16_t* panel = vp + c * lk_pad * nr;
+                    const int64_t w = std::min<int64_t>(nr, Dv - c * nr);
+                    if (w < nr) std::fill(panel, panel + a.Lk * nr, uint16_t{0});
+                    // a row of w floats as pairs is the row in bfloat16, in memory order
+                    bp.pack(v + c * nr, a.v.sl, a.Lk, w, reinterpret_cast<uint32_t*>(panel), nr / 2, 1);
+                }
+                packed_bh = kv;
+            }
+            const int64_t i0 = qb * mq, rows = std::min<int64_t>(mq, a.Lq - i0);
+            const int64_t row_groups = (rows + mr - 1) / mr;
+            for (int64_t i = 0; i < rows; ++i) {
+                const float* q = head(a.q, b, h) + (i0 + i) * a.q.sl;
+                std::copy(q, q + D, qs + i * D);
+                ks.scale(qs + i * D, D, a.scale);
+            }
+            if (rows % mr) std::fill(qp + (row_groups - 1) * mr * dp, qp + row_groups * mr * dp, 0u);
+            for (int64_t r = 0; r < row_groups; ++r)
+                bp.pack(qs + r * mr * D, D, std::min(mr, rows - r * mr), D, qp + r * mr * dp, 1, mr);
+            std::fill(o, o + row_groups * mr * dv_pad, 0.0f);
+            std::fill(mrow, mrow + mq, kNegInf);
+            std::fill(lrow, lrow + mq, 0.0f);
+
+            const int64_t j_end = causal_end(a, i0 + rows - 1);
+            for (int64_t j0 = 0; j0 < j_end; j0 += nkb) {
+                const int64_t n = std::min<int64_t>(nkb, j_end - j0);
+                const int64_t panels = (n + nr - 1) / nr;
+                for (int64_t q = 0; q < panels; ++q)
+                    for (int64_t r = 0; r < row_groups; ++r)
+                        bp.micro(dp, qp + r * mr * dp, kp + (j0 / nr + q) * nr * dp, st + r * mr * nkb + q * nr, nkb,
+                                 0.0f);
+                online_softmax(ks, a, b, h, i0, rows, j0, n, st, nkb, o, dv_pad, mrow, lrow);
+                bp.pack(st, nkb, rows, n, pp, nkb / 2, 1);
+                for (int64_t c = 0; c < v_panels; ++c)
+                    for (int64_t r = 0; r < row_groups; ++r)
+                        bp.rows(std::min(mr, rows - r * mr), n, pp + r * mr * nkb / 2, nkb / 2,
+                                vp + c * lk_pad * nr + j0 * nr, nr, o + r * mr * dv_pad + c * nr, dv_pad, 1.0f);
+            }
+            write_rows(ks, a, b, h, i0, rows, o, dv_pad, lrow);
+        }
+    }
+}
+
+// Whether attention_flash_bf16 runs a: asked for, float32 K and V, and the pair kernels with the tile it assumes.
+bool flash_bf16(const KernelSet& ks, const AttentionArgs& a) {
+    const kernels::Bf16PairKernels& bp = ks.bf16pairs;
+    return a.bf16 && !a.k.f16 && !a.v.f16 && bp.micro && bp.rows && bp.pack && ks.blocking.nr == 32 &&
+           bp.rows_max >= ks.blocking.mr;
 }
 
 }  // namespace
@@ -297,6 +403,7 @@ void scaled_dot_product_attention(const AttentionArgs& a) {
         }
         return;
     }
+    if (flash_bf16(ks, a)) return attention_flash_bf16(ks, a, nt);
     attention_flash(ks, a, nt);
 }
 

@@ -55,6 +55,10 @@ struct AttentionArgs {
     int64_t causal_offset = 0;
     float scale;
     float* weights = nullptr;
+    // Allows Q K^T and P V on bfloat16 roundings of Q, K, the probabilities and V, summed in float32, where the CPU
+    // multiplies bfloat16 pairs (KernelSet::bf16pairs) and the flash path runs; float32 otherwise. Softmax, its
+    // running max and sum, and the output stay float32. Float32 K and V only.
+    bool bf16 = false;
 };
 
 void scaled_dot_product_attention(const AttentionArgs& a);
