@@ -58,8 +58,9 @@ def get_num_threads() -> int:
 
 
 def set_isa(name: str) -> None:
-    """Switch the kernel set ('scalar', 'avx2', 'avx512', 'avx512_vnni', 'avx512_bf16'); ValueError if this CPU
-    cannot run it.
+    """Switch the kernel set ('scalar', 'avx2', 'avx512', 'avx512_vnni', 'avx512_bf16', 'amx'); ValueError if this
+    CPU cannot run it. 'amx_emulated' (for tests: the amx set's tile loops on software tiles, slow) runs wherever
+    'avx512_bf16' does.
 
     Weights packed before the switch (``PackedLinear``) keep the layout of the set they were packed for.
     """

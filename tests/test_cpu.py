@@ -3,6 +3,7 @@
 import threading
 
 import numpy as np
+import pytest
 
 import pyattn
 from pyattn import _core
@@ -25,6 +26,17 @@ def test_cpu_info():
     avx512 = "avx512" in info["available_isas"]
     assert ("avx512_vnni" in info["available_isas"]) == (avx512 and feats["avx512_vnni"])
     assert ("avx512_bf16" in info["available_isas"]) == (avx512 and feats["avx512_vnni"] and feats["avx512_bf16"])
+    # AMX: only where Linux granted the tile state (the instructions fault otherwise)
+    if "amx" in info["available_isas"]:
+        assert info["amx_granted"] and feats["amx_bf16"] and "avx512_bf16" in info["available_isas"]
+    else:
+        with pytest.raises(ValueError, match="cannot run the 'amx' kernels"):
+            pyattn.set_isa("amx")
+    # the emulated AMX set is for tests: never listed, selectable where avx512_bf16 is
+    assert "amx_emulated" not in info["available_isas"]
+    if "avx512_bf16" not in info["available_isas"]:
+        with pytest.raises(ValueError, match="cannot run the 'amx_emulated' kernels"):
+            pyattn.set_isa("amx_emulated")
 
 
 def test_default_isa_is_the_best_available():

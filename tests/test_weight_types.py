@@ -117,6 +117,30 @@ def test_bfloat16_blocked_path_against_float64(isa, shape, rng):
     np.testing.assert_array_equal(relu, np.maximum(got, 0))
 
 
+@pytest.mark.skipif("avx512_bf16" not in ISAS, reason="the emulated AMX set runs on the avx512_bf16 kernels")
+@pytest.mark.parametrize("shape", [(65, 33, 17), (100, 2100, 97), (130, 1025, 70), (64 * 3 + 5, 384, 33)])
+def test_amx_tile_loops_on_software_tiles_against_float64(shape, rng, threads):
+    """The amx set's tile loops (16 x 16 tiles in a 2 x 2 block: A as rows of pairs, B's panels at a stride of 128
+    bytes, both padded with zero pairs to whole tiles) on a software model of the tiles, so that they are tested
+    where the CPU has no AMX: edge rows and columns through the scratch tile, whole blocks of later K steps read from
+    C (K = 2100: three steps), odd K, rows split between threads, the bias and an activation."""
+    m, k, n = shape
+    x, w, b = data(rng, m, k, n)
+    xr, wr = bf16(x), bf16(w)
+    before = pyattn.get_isa()
+    try:
+        lin = packed("amx_emulated", w, b, "bfloat16")
+        assert "amx_emulated" not in _core.available_isas()
+        got = lin(x)
+        relu = lin(x, activation="relu")
+    finally:
+        pyattn.set_isa(before)
+    ref = xr.astype(np.float64) @ wr.T.astype(np.float64) + b
+    bound = 4 * k * np.finfo(np.float32).eps * (np.abs(xr) @ np.abs(wr).T + np.abs(b)) + 1e-30
+    assert np.all(np.abs(got - ref) <= bound), np.abs(got - ref).max()
+    np.testing.assert_array_equal(relu, np.maximum(got, 0))
+
+
 @pytest.mark.parametrize("shape", SHAPES + [(6, 1536, 40), (100, 384, 65)])
 def test_int8_is_the_same_bits_on_every_kernel_set(shape, rng):
     m, k, n = shape

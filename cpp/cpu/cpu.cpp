@@ -40,7 +40,10 @@ Features detect() {
 }
 
 // Every kernel set, best last.
-constexpr const char* kIsaNames[] = {"scalar", "avx2", "avx512", "avx512_vnni", "avx512_bf16"};
+constexpr const char* kIsaNames[] = {"scalar", "avx2", "avx512", "avx512_vnni", "avx512_bf16", "amx"};
+// Sets for tests only: accepted by set_isa where the CPU can run them, never listed nor picked by default.
+// amx_emulated: the amx set's tile loops on software tiles (slow).
+constexpr const char* kTestIsaNames[] = {"amx_emulated"};
 
 bool can_run(const std::string& isa) {
     const Features& f = features();
@@ -50,6 +53,11 @@ bool can_run(const std::string& isa) {
     if (isa == "avx512") return f.avx512f && f.avx512dq && f.avx512bw && f.avx512vl && f.avx2 && f.fma && f.f16c;
     if (isa == "avx512_vnni") return can_run("avx512") && f.avx512_vnni;
     if (isa == "avx512_bf16") return can_run("avx512_vnni") && f.avx512_bf16;
+    if (isa == "amx_emulated") return can_run("avx512_bf16");
+#if defined(PYATTN_HAVE_AMX_KERNELS)
+    // the tile instructions fault unless Linux granted the tile state (asked here, once)
+    if (isa == "amx") return can_run("avx512_bf16") && f.amx_tile && f.amx_bf16 && amx_granted();
+#endif
 #endif
     (void)f;
     return false;
@@ -61,6 +69,10 @@ kernels::KernelSet& lookup(const std::string& isa) {
     if (isa == "avx512") return kernels::avx512_kernel_set();
     if (isa == "avx512_vnni") return kernels::avx512_vnni_kernel_set();
     if (isa == "avx512_bf16") return kernels::avx512_bf16_kernel_set();
+    if (isa == "amx_emulated") return kernels::amx_emulated_kernel_set();
+#if defined(PYATTN_HAVE_AMX_KERNELS)
+    if (isa == "amx") return kernels::amx_kernel_set();
+#endif
 #endif
     return kernels::scalar_kernel_set();
 }
@@ -118,7 +130,9 @@ std::vector<std::string> available_isas() {
 }
 
 const kernels::KernelSet& kernel_set(const std::string& name) {
-    if (std::none_of(std::begin(kIsaNames), std::end(kIsaNames), [&](const char* n) { return name == n; })) {
+    const auto is = [&](const char* n) { return name == n; };
+    if (std::none_of(std::begin(kIsaNames), std::end(kIsaNames), is) &&
+        std::none_of(std::begin(kTestIsaNames), std::end(kTestIsaNames), is)) {
         std::string known;
         for (const char* n : kIsaNames) known += (known.empty() ? "" : ", ") + std::string(n);
         throw std::invalid_argument("unknown ISA '" + name + "': expected one of " + known);

@@ -158,7 +158,11 @@ void run_blocked_bf16(const KernelSet& ks, const Problem& P, int nt) {
     // not straddle them) keep the panels' bytes those of the float path and halve the passes over C. 4096 x 1536 x
     // 384, 1 thread: 149 GFLOP/s in steps of one block.
     const int64_t step = bl.kc % 2 == 0 ? 2 * bl.kc : bl.kc;
-    const int64_t max_pairs = (step + 1) / 2;
+    // AMX tiles (Bf16PairKernels::tiles) take A as rows of pairs, and both A's rows and B's panels padded with zero
+    // pairs to a multiple of 16 (a tile's row), A's rows to a multiple of 32 (two tiles)
+    const auto tiles = ks.bf16pairs.tiles;
+    const auto pad = [&](int64_t pairs) { return tiles ? (pairs + 15) / 16 * 16 : pairs; };
+    const int64_t max_pairs = pad((step + 1) / 2);
     const Grid grid = choose_grid(nt, M, mr, b_panels_max);
     uint32_t* shared_b =
         reinterpret_cast<uint32_t*>(scratch<Slot::gemm_b>(static_cast<std::size_t>(b_panels_max * nr * max_pairs)));
@@ -170,8 +174,8 @@ void run_blocked_bf16(const KernelSet& ks, const Problem& P, int nt) {
         const int ri = tid / g.tc, ci = tid % g.tc;
         int64_t r0, r1;
         grid_rows(M, mr, g.tr, ri, r0, r1);
-        uint32_t* ap =
-            reinterpret_cast<uint32_t*>(scratch<Slot::gemm_a>(static_cast<std::size_t>((bl.mc + mr) * max_pairs)));
+        uint32_t* ap = reinterpret_cast<uint32_t*>(
+            scratch<Slot::gemm_a>(static_cast<std::size_t>((bl.mc + std::max(mr, 32)) * max_pairs)));
         float* row = scratch<Slot::gemm_rounded_a>(static_cast<std::size_t>(step));  // one row of A, rounded
         alignas(64) float tile[16 * 64];
         for (int64_t jc = 0; jc < N; jc += bl.nc) {
@@ -179,19 +183,32 @@ void run_blocked_bf16(const KernelSet& ks, const Problem& P, int nt) {
             const int64_t panels = (nc + nr - 1) / nr;
             const int64_t q0 = panels * ci / g.tc, q1 = panels * (ci + 1) / g.tc;
             for (int64_t pc = 0; pc < K; pc += step) {
-                const int64_t kc = std::min<int64_t>(step, K - pc), pairs = (kc + 1) / 2;
-                for (int64_t q = panels * tid / nth; q < panels * (tid + 1) / nth; ++q)
-                    for (int64_t sub = pc, done = 0; sub < pc + kc; sub += bl.kc) {  // the packed blocks of the step
+                const int64_t kc = std::min<int64_t>(step, K - pc), pairs = pad((kc + 1) / 2);
+                for (int64_t q = panels * tid / nth; q < panels * (tid + 1) / nth; ++q) {
+                    int64_t done = 0;
+                    for (int64_t sub = pc; sub < pc + kc; sub += bl.kc) {  // the packed blocks of the step
                         const int64_t skc = std::min<int64_t>(bl.kc, K - sub);
                         pair_b(P.packed->block16(jc, sub) + q * skc * nr, skc, nr, shared_b + (q * pairs + done) * nr);
                         done += (skc + 1) / 2;
                     }
+                    std::fill(shared_b + (q * pairs + done) * nr, shared_b + (q + 1) * pairs * nr, 0u);
+                }
 #pragma omp barrier
                 const float beta = pc == 0 ? P.beta : 1.0f;
                 for (int64_t ic = r0; ic < r1; ic += bl.mc) {
                     const int64_t mcb = std::min<int64_t>(bl.mc, r1 - ic);
-                    pair_a(ks, P.A + ic * P.lda + pc, P.lda, mcb, kc, mr, ap, row);
-                    for (int64_t q = q0; q < q1; ++q) {
+                    if (tiles) {
+                        const int64_t used = (kc + 1) / 2, padded_rows = (mcb + 31) / 32 * 32;
+                        pack_pairs(ks, P.A + ic * P.lda + pc, P.lda, mcb, kc, ap, pairs, 1, row);
+                        for (int64_t i = 0; i < padded_rows; ++i)
+                            std::fill(ap + i * pairs + (i < mcb ? used : 0), ap + (i + 1) * pairs, 0u);
+                        if (q1 > q0)
+                            tiles(mcb, std::min<int64_t>(q1 * nr, nc) - q0 * nr, pairs, ap, pairs,
+                                  shared_b + q0 * pairs * nr, P.C + ic * P.ldc + jc + q0 * nr, P.ldc, beta);
+                    } else {
+                        pair_a(ks, P.A + ic * P.lda + pc, P.lda, mcb, kc, mr, ap, row);
+                    }
+                    for (int64_t q = tiles ? q1 : q0; q < q1; ++q) {
                         const int64_t j = q * nr, n = std::min<int64_t>(nr, nc - j);
                         const uint32_t* b = shared_b + q * pairs * nr;
                         for (int64_t i = 0; i < mcb; i += mr) {

@@ -144,12 +144,18 @@ struct Q4Kernels {
 // pack: m rows of k floats (row stride lda) rounded to bfloat16 and stored as pairs, row i's pair q at
 // dst[i * ldd + q * step]; an odd k ends in (x, 0). Either row-major (step 1) or an A panel (ldd 1, step = MR,
 // m <= 16). Denormal floats may become zero (vcvtne2ps2bf16), as the pair instructions read them.
+// tiles (AMX sets only, else null): C (m x n) = A B (+ beta C) on 16 x 16 tiles for the blocked GEMM. pairs is a
+// multiple of 16 (the driver pads A's rows and B's panels with zero pairs); A row-major pairs, row i's pair p at
+// a[i * lda + p], with its rows readable up to m rounded up to 32; B the micro's panels of 32 columns (pair p of
+// column j at b[p * 32 + j]), panel q at b + q * 32 * pairs.
 struct Bf16PairKernels {
     void (*micro)(int64_t pairs, const uint32_t* a, const uint32_t* b, float* c, int64_t ldc, float beta);
     void (*rows)(int64_t m, int64_t k, const uint32_t* a, int64_t lda, const uint16_t* b, int64_t ldb, float* c,
                  int64_t ldc, float beta);
     int rows_max;
     void (*pack)(const float* a, int64_t lda, int64_t m, int64_t k, uint32_t* dst, int64_t ldd, int64_t step);
+    void (*tiles)(int64_t m, int64_t n, int64_t pairs, const uint32_t* a, int64_t lda, const uint32_t* b, float* c,
+                  int64_t ldc, float beta);
 };
 
 struct KernelSet {
@@ -234,6 +240,10 @@ KernelSet& avx512_kernel_set();
 Int8Kernels avx2_int8_kernels();
 KernelSet& avx512_vnni_kernel_set();
 KernelSet& avx512_bf16_kernel_set();
+#if defined(PYATTN_HAVE_AMX_KERNELS)
+KernelSet& amx_kernel_set();
+#endif
+KernelSet& amx_emulated_kernel_set();
 #endif
 
 }  // namespace pyattn::kernels

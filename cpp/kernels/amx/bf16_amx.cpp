@@ -1,0 +1,71 @@
+// The `amx` kernel set: AMX-BF16 tiles for the blocked GEMM of bfloat16 weights (compiled with -mamx-tile
+// -mamx-bf16 and the AVX-512 flags). The dispatcher picks it only where cpuid reports AMX-BF16 and Linux granted the
+// tile state (cpu::amx_granted). The loops are amx_tiles.inl's, tested on every AVX512_BF16 CPU through the software
+// tiles of bf16_amx_emulated.cpp; these instructions only where the CPU has them.
+#include <immintrin.h>
+
+#include "kernels/kernels.h"
+
+namespace pyattn::kernels {
+namespace {
+
+#include "kernels/amx/amx_tiles.inl"
+
+// The tile configuration (palette 1): byte 0 the palette, bytes 16 + 2 t the bytes per row of tile t (16 bits),
+// byte 48 + t its rows. Loaded per call: another library in the thread (oneDNN) may have configured others.
+struct HwTiles {
+    HwTiles() {
+        alignas(64) unsigned char cfg[64] = {};
+        cfg[0] = 1;
+        for (int t = 0; t < 8; ++t) {
+            cfg[16 + 2 * t] = 64;
+            cfg[48 + t] = 16;
+        }
+        _tile_loadconfig(cfg);
+    }
+    ~HwTiles() { _tile_release(); }
+    HwTiles(const HwTiles&) = delete;
+    HwTiles& operator=(const HwTiles&) = delete;
+    // GCC's tile intrinsics paste their register numbers into the instruction's text: literals, one per case.
+#define PYATTN_EACH_TILE(F) F(0) F(1) F(2) F(3) F(4) F(5) F(6) F(7)
+    template <int T>
+    void zero() {
+#define PYATTN_ZERO(n) \
+    if constexpr (T == n) _tile_zero(n);
+        PYATTN_EACH_TILE(PYATTN_ZERO)
+#undef PYATTN_ZERO
+    }
+    template <int T>
+    void load(const void* p, int64_t stride) {
+#define PYATTN_LOAD(n) \
+    if constexpr (T == n) _tile_loadd(n, p, stride);
+        PYATTN_EACH_TILE(PYATTN_LOAD)
+#undef PYATTN_LOAD
+    }
+    template <int T>
+    void store(void* p, int64_t stride) {
+#define PYATTN_STORE(n) \
+    if constexpr (T == n) _tile_stored(n, p, stride);
+        PYATTN_EACH_TILE(PYATTN_STORE)
+#undef PYATTN_STORE
+    }
+#undef PYATTN_EACH_TILE
+    // the four products of amx_tiles.inl's 2 x 2 block
+    template <int C, int A, int B>
+    void dot() {
+        static_assert(A == 4 + C / 2 && B == 6 + C % 2, "a product of amx_tiles.inl's block");
+        if constexpr (C == 0) _tile_dpbf16ps(0, 4, 6);
+        if constexpr (C == 1) _tile_dpbf16ps(1, 4, 7);
+        if constexpr (C == 2) _tile_dpbf16ps(2, 5, 6);
+        if constexpr (C == 3) _tile_dpbf16ps(3, 5, 7);
+    }
+};
+
+}  // namespace
+
+KernelSet& amx_kernel_set() {
+    static KernelSet ks = amx_set<HwTiles>("amx");
+    return ks;
+}
+
+}  // namespace pyattn::kernels
