@@ -179,6 +179,11 @@ def _tune_small_m_packed(m: int) -> None:
     Tuning hook for benchmarks/gym: up to m rows, a prepacked B is read in place (the small-M path).
     """
 
+def _tune_epilogue_cols(n: int) -> None:
+    """
+    Tuning hook for benchmarks/gym: columns of C the blocked bfloat16 path computes before their epilogue.
+    """
+
 def activation(x: _F32, kind: str, bias: Optional[_F32] = None) -> _F32:
     """
     Element-wise activation (relu, gelu, gelu_tanh, silu, none) of x (+ bias over the last axis).

@@ -99,11 +99,12 @@ def test_float16_and_bfloat16_against_float64(isa, shape, rng):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("shape", [(65, 33, 17), (100, 385, 97), (130, 1025, 70), (300, 64, 64)])
+@pytest.mark.parametrize("shape", [(65, 33, 17), (100, 385, 97), (130, 1025, 70), (300, 64, 64), (100, 1025, 300)])
 def test_bfloat16_blocked_path_against_float64(isa, shape, rng):
     """More rows than the small-M path takes: the blocked GEMM (on avx512_bf16, the vdpbf16ps pair kernel: A and B
     regrouped into pairs of k, an odd K block (1025 = 2 x 512 + 1) ending in a half-empty pair, edge rows and
-    columns through the tile), with the bias and an activation in the epilogue."""
+    columns through the tile), with the bias and an activation in the epilogue (N = 300: applied per group of
+    columns, the last one partial, after the last K step only)."""
     m, k, n = shape
     x, w, b = data(rng, m, k, n)
     xr, wr = bf16(x), bf16(w)
@@ -118,7 +119,7 @@ def test_bfloat16_blocked_path_against_float64(isa, shape, rng):
 
 
 @pytest.mark.skipif("avx512_bf16" not in ISAS, reason="the emulated AMX set runs on the avx512_bf16 kernels")
-@pytest.mark.parametrize("shape", [(65, 33, 17), (100, 2100, 97), (130, 1025, 70), (64 * 3 + 5, 384, 33)])
+@pytest.mark.parametrize("shape", [(65, 33, 17), (100, 2100, 97), (130, 1025, 70), (64 * 3 + 5, 384, 300)])
 def test_amx_tile_loops_on_software_tiles_against_float64(shape, rng, threads):
     """The amx set's tile loops (16 x 16 tiles in a 2 x 2 block: A as rows of pairs, B's panels at a stride of 128
     bytes, both padded with zero pairs to whole tiles) on a software model of the tiles, so that they are tested

@@ -82,6 +82,8 @@ void bind_cpu(py::module_& m) {
         "Tuning hook for benchmarks/gym: set MC, KC, NC of a kernel set (repack weights afterwards).");
     m.def("_tune_small_m_packed", &gemm::set_small_m_packed, py::arg("m"),
           "Tuning hook for benchmarks/gym: up to m rows, a prepacked B is read in place (the small-M path).");
+    m.def("_tune_epilogue_cols", &gemm::set_epilogue_cols, py::arg("n"),
+          "Tuning hook for benchmarks/gym: columns of C the blocked bfloat16 path computes before their epilogue.");
     m.def(
         "_tune_prefetch", [](int64_t bytes) { kernels::stream_prefetch_bytes = bytes; }, py::arg("bytes"),
         "Tuning hook for benchmarks/gym: how far ahead the int8 / 4-bit kernels prefetch weight panels (0: off).");

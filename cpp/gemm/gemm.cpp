@@ -17,6 +17,11 @@ namespace {
 
 using kernels::KernelSet;
 
+// Columns of C per epilogue pass of the blocked bfloat16 path (gemm.h: epilogue_cols): an MC-row block of them stays
+// in L2 from its products to its bias and activation (192 x 128 floats: 96 KiB), and the rows are long enough that
+// the calls cost little.
+std::atomic<int64_t> g_epilogue_cols{128};
+
 void apply_epilogue(const KernelSet& ks, const Epilogue& ep, float* c, int64_t ldc, int64_t m, int64_t n, int64_t col) {
     if (!ep.bias && ep.act == kernels::Activation::none) return;
     const float* bias = ep.bias ? ep.bias + col : nullptr;
@@ -166,6 +171,7 @@ void run_blocked_bf16(const KernelSet& ks, const Problem& P, int nt) {
     const Grid grid = choose_grid(nt, M, mr, b_panels_max);
     uint32_t* shared_b =
         reinterpret_cast<uint32_t*>(scratch<Slot::gemm_b>(static_cast<std::size_t>(b_panels_max * nr * max_pairs)));
+    const int64_t epilogue_panels = std::max<int64_t>(1, epilogue_cols() / nr);
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
@@ -202,29 +208,33 @@ void run_blocked_bf16(const KernelSet& ks, const Problem& P, int nt) {
                         pack_pairs(ks, P.A + ic * P.lda + pc, P.lda, mcb, kc, ap, pairs, 1, row);
                         for (int64_t i = 0; i < padded_rows; ++i)
                             std::fill(ap + i * pairs + (i < mcb ? used : 0), ap + (i + 1) * pairs, 0u);
-                        if (q1 > q0)
-                            tiles(mcb, std::min<int64_t>(q1 * nr, nc) - q0 * nr, pairs, ap, pairs,
-                                  shared_b + q0 * pairs * nr, P.C + ic * P.ldc + jc + q0 * nr, P.ldc, beta);
                     } else {
                         pair_a(ks, P.A + ic * P.lda + pc, P.lda, mcb, kc, mr, ap, row);
                     }
-                    for (int64_t q = tiles ? q1 : q0; q < q1; ++q) {
-                        const int64_t j = q * nr, n = std::min<int64_t>(nr, nc - j);
-                        const uint32_t* b = shared_b + q * pairs * nr;
-                        for (int64_t i = 0; i < mcb; i += mr) {
-                            const int64_t m = std::min<int64_t>(mr, mcb - i);
-                            float* ct = P.C + (ic + i) * P.ldc + jc + j;
-                            if (m == mr && n == nr) {
-                                ks.bf16pairs.micro(pairs, ap + i * pairs, b, ct, P.ldc, beta);
-                            } else {
-                                ks.bf16pairs.micro(pairs, ap + i * pairs, b, tile, nr, 0.0f);
-                                store_range(tile, nr, m, 0, n, ct, P.ldc, beta, nullptr);
+                    // The panels in groups of kEpilogueCols columns, each group's bias and activation applied as
+                    // soon as its last K step is in, while its block of C is still in L2.
+                    for (int64_t g0 = q0; g0 < q1; g0 += epilogue_panels) {
+                        const int64_t g1 = std::min(q1, g0 + epilogue_panels);
+                        const int64_t j0 = g0 * nr, j1 = std::min<int64_t>(g1 * nr, nc);
+                        float* cg = P.C + ic * P.ldc + jc;
+                        if (tiles)
+                            tiles(mcb, j1 - j0, pairs, ap, pairs, shared_b + g0 * pairs * nr, cg + j0, P.ldc, beta);
+                        for (int64_t q = tiles ? g1 : g0; q < g1; ++q) {
+                            const int64_t j = q * nr, n = std::min<int64_t>(nr, nc - j);
+                            const uint32_t* b = shared_b + q * pairs * nr;
+                            for (int64_t i = 0; i < mcb; i += mr) {
+                                const int64_t m = std::min<int64_t>(mr, mcb - i);
+                                float* ct = cg + i * P.ldc + j;
+                                if (m == mr && n == nr) {
+                                    ks.bf16pairs.micro(pairs, ap + i * pairs, b, ct, P.ldc, beta);
+                                } else {
+                                    ks.bf16pairs.micro(pairs, ap + i * pairs, b, tile, nr, 0.0f);
+                                    store_range(tile, nr, m, 0, n, ct, P.ldc, beta, nullptr);
+                                }
                             }
                         }
+                        if (pc + kc >= K) apply_epilogue(ks, P.ep, cg + j0, P.ldc, mcb, j1 - j0, jc + j0);
                     }
-                    const int64_t j0 = q0 * nr, j1 = std::min<int64_t>(q1 * nr, nc);
-                    if (pc + kc >= K && j1 > j0)
-                        apply_epilogue(ks, P.ep, P.C + ic * P.ldc + jc + j0, P.ldc, mcb, j1 - j0, jc + j0);
                 }
 #pragma omp barrier
             }
@@ -392,6 +402,8 @@ std::atomic<int64_t> g_small_m_packed{64};
 }
 
 int64_t small_m_packed() { return g_small_m_packed.load(std::memory_order_relaxed); }
+int64_t epilogue_cols() { return g_epilogue_cols.load(std::memory_order_relaxed); }
+void set_epilogue_cols(int64_t n) { g_epilogue_cols.store(std::max<int64_t>(n, 1), std::memory_order_relaxed); }
 void set_small_m_packed(int64_t m) { g_small_m_packed.store(m, std::memory_order_relaxed); }
 
 void sgemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, BRef B, float* C, int64_t ldc, float beta,

@@ -39,6 +39,11 @@ constexpr int64_t kSmallM = 8;
 // benchmarks/gym (_core._tune_small_m_packed).
 int64_t small_m_packed();
 void set_small_m_packed(int64_t m);
+// Columns of C (default 128) that the blocked bfloat16 path computes before applying their bias and activation, so
+// that the block is still in L2 when the epilogue reads it back. Tunable for benchmarks/gym
+// (_core._tune_epilogue_cols).
+int64_t epilogue_cols();
+void set_epilogue_cols(int64_t n);
 
 // C (M x N, row stride ldc) = act(A (M x K, row stride lda) B + beta C + bias).
 // nthreads = 0: choose from the active thread count and the size of the work.
