@@ -15,7 +15,9 @@ Embeddings: each client sends requests of 1-32 sentences (5-40 words from a fixe
 another, on localhost, until the level's time or request budget is spent. Rows:
 
 * offline    -- SentenceEncoder.encode over the same sentence mix in a fresh process, batch_size 32: the ceiling;
-* batched    -- `pyattn serve` with its defaults (requests gathered up to --max-batch-size sentences);
+* batched    -- `pyattn serve` with its defaults (requests gathered up to --max-batch-size sentences, one lane of
+                batches per thread);
+* batched-1lane -- the same with `--embed-lanes 1`: one batch at a time on all the threads (not in the default set);
 * unbatched  -- `pyattn serve --max-batch-size 0`: one request per encode call, text-embeddings-inference's
                 batching absent;
 * peer       -- benchmarks/_st_server.py (sentence-transformers, torch, one encode per request in FastAPI's thread
@@ -23,7 +25,7 @@ another, on localhost, until the level's time or request budget is spent. Rows:
 
 Columns: throughput (sentences/s answered 200), p50 / p99 request latency, errors (non-200 or transport; must be 0
 below the queue limit), the server's RSS before the level, after it (2 s idle), and its peak so far (VmHWM); the
-cores the server process and the load generator kept busy, and the share of the level's time pyattn's model thread
+cores the server process and the load generator kept busy, and the share of the level's time pyattn's model lanes
 spent computing batches (its /metrics: near 100%, the gap to offline is compute slowed by what shares its cores, not
 the batcher waiting).
 
@@ -117,8 +119,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 def model_seconds(url: str) -> Optional[float]:
-    """pyattn serve's compute time on embedding batches so far (the sum of its pyattn_batch_seconds histogram), or
-    None from a server without it (the peer)."""
+    """pyattn serve's compute time on embedding batches so far (the sum of its pyattn_batch_seconds histogram) per
+    lane (pyattn_embedding_lanes: batches computed at once), or None from a server without it (the peer)."""
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -128,13 +130,10 @@ def model_seconds(url: str) -> Optional[float]:
         return None
     if r.status_code != 200:
         return None
-    sums = [
-        s.value
-        for fam in text_string_to_metric_families(r.text)
-        for s in fam.samples
-        if s.name == "pyattn_batch_seconds_sum"
-    ]
-    return sum(sums) if sums else None
+    samples = [s for fam in text_string_to_metric_families(r.text) for s in fam.samples]
+    sums = [s.value for s in samples if s.name == "pyattn_batch_seconds_sum"]
+    lanes = sum(s.value for s in samples if s.name == "pyattn_embedding_lanes") or 1
+    return sum(sums) / lanes if sums else None
 
 
 def start(cmd: List[str], port: int, timeout: float = 180.0) -> subprocess.Popen:
@@ -324,7 +323,7 @@ def run_server(name: str, cmd: List[str], port: int, levels: List[int], emit, wa
                 f"errors {r['errors']:4d}  RSS {r['rss_before_mb']:.0f} -> {r['rss_after_mb']:.0f} MB, peak "
                 f"{r['rss_peak_mb']:.0f}  ({r['requests']} requests; cores busy: server {r['server_cores']:.2f}, "
                 f"clients {r['client_cores']:.2f}"
-                + (f"; model thread computing {r['model_busy']:.0%} of the time" if r["model_busy"] else "")
+                + (f"; model lanes computing {r['model_busy']:.0%} of the time" if r["model_busy"] else "")
                 + ")"
             )
     finally:
@@ -350,7 +349,11 @@ def embedding_servers(args, levels: List[int], results: dict, emit) -> None:
     base = [sys.executable, "-m", "pyattn", "serve", "--no-whisper", "--no-llm", "--log-level", "warning", *threads]
     base += ["--dtype", args.dtype] if args.dtype else []
     wanted = args.servers.split(",")
-    for name, extra in (("batched", []), ("unbatched", ["--max-batch-size", "0"])):
+    for name, extra in (
+        ("batched", []),
+        ("batched-1lane", ["--embed-lanes", "1"]),
+        ("unbatched", ["--max-batch-size", "0"]),
+    ):
         if name in wanted:
             port = free_port()
             cmd = base + ["--port", str(port), *extra]
@@ -462,7 +465,11 @@ def main(argv=None) -> int:
         help="an interpreter with sentence-transformers, torch, fastapi, uvicorn (default: this one; without them "
         "the peer is skipped)",
     )
-    ap.add_argument("--servers", default=None, help="batched,unbatched,peer; generation: continuous,queued")
+    ap.add_argument(
+        "--servers",
+        default=None,
+        help="batched,unbatched,peer (and batched-1lane: one embedding lane); generation: continuous,queued",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--dtype",

@@ -245,6 +245,11 @@ def get_num_threads() -> int:
     Threads used by parallel ops.
     """
 
+def get_thread_limit() -> int:
+    """
+    The calling thread's cap on the threads of its parallel ops (0: none).
+    """
+
 def layer_norm(
     x: _F32,
     weight: Optional[_F32] = None,
@@ -375,6 +380,11 @@ def set_isa(name: str) -> None:
 def set_num_threads(n: int) -> None:
     """
     Set the threads used by parallel ops (>= 1).
+    """
+
+def set_thread_limit(n: int) -> None:
+    """
+    Cap the threads of the parallel ops the calling thread starts (0: no cap).
     """
 
 def softmax(x: _F32) -> _F32:

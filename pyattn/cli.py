@@ -256,6 +256,7 @@ def _serve(args) -> int:
         dtype=args.dtype, embed_dtype=args.embed_dtype, whisper_dtype=args.whisper_dtype, llm_dtype=args.llm_dtype,
         host=args.host, port=args.port, threads=args.threads,
         max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms, encode_batch_size=args.encode_batch_size,
+        embed_lanes=args.embed_lanes,
         max_concurrent_generations=args.max_concurrent_generations, prefill_chunk=args.prefill_chunk,
         max_queue=args.max_queue, max_queue_requests=args.max_queue_requests, max_inputs=args.max_inputs,
         auto_truncate=args.auto_truncate, max_body_bytes=int(args.max_body_mb * 2**20),
@@ -307,6 +308,12 @@ def _serve_parser(sub) -> None:
     )
     p.add_argument(
         "--encode-batch-size", type=int, default=d.encode_batch_size, help="sentences per forward pass inside a batch"
+    )
+    p.add_argument(
+        "--embed-lanes",
+        type=int,
+        default=d.embed_lanes,
+        help="embedding batches computed at once, each with its share of the threads (default: one per thread)",
     )
     p.add_argument(
         "--max-concurrent-generations",

@@ -94,3 +94,24 @@ def test_calls_release_the_gil(rng, restore_threads):
         done.wait(0.001)
     t.join()
     assert steps_during_call > 5
+
+
+def test_thread_limit_caps_the_calling_thread_only(restore_threads):
+    """set_thread_limit caps the threads of the ops the calling thread starts (the server's embedding lanes);
+    other threads keep pyattn's count; 0 lifts the cap; a negative limit is refused."""
+    pyattn.set_num_threads(2)
+    seen = {}
+
+    def lane():
+        _core.set_thread_limit(1)
+        seen["limited"] = pyattn.get_num_threads(), _core.get_thread_limit()
+        _core.set_thread_limit(0)
+        seen["lifted"] = pyattn.get_num_threads()
+
+    t = threading.Thread(target=lane)
+    t.start()
+    t.join()
+    assert seen == {"limited": (1, 1), "lifted": 2}
+    assert pyattn.get_num_threads() == 2 and _core.get_thread_limit() == 0
+    with pytest.raises(ValueError, match="thread limit must be >= 0"):
+        _core.set_thread_limit(-1)

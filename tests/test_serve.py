@@ -27,6 +27,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 pytest.importorskip("prometheus_client")
 
+import pyattn  # noqa: E402
 from pyattn.models import sentence  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
@@ -311,13 +312,14 @@ def test_slow_body_times_out(server):
 
 
 def test_queue_full_answers_503(server, http, encoder):
-    """More sentences than --max-queue waiting: 503 with Retry-After; the accepted requests are answered."""
+    """More sentences than --max-queue waiting: 503 with Retry-After; the accepted requests are answered. (16 x 64
+    sentences: more than the 256 the queue holds beside the batches of up to 128 that each lane may have taken.)"""
     texts = [f"sentence {i}" for i in range(64)]
 
     async def flood():
         async with httpx.AsyncClient(base_url=server, timeout=60) as c:
             return await asyncio.gather(*(c.post("/v1/embeddings", json={"model": EMBED, "input": texts})
-                                          for _ in range(8)))  # fmt: skip
+                                          for _ in range(16)))  # fmt: skip
 
     answers = asyncio.run(flood())
     codes = sorted(r.status_code for r in answers)
@@ -751,9 +753,11 @@ class _Encoder:
 
     def __init__(self):
         self.calls = []
+        self.threads = []  # pyattn's thread count as each call saw it
 
     def encode_tokens(self, texts, batch_size=32):
         self.calls.append(list(texts))
+        self.threads.append(pyattn.get_num_threads())
         if "boom" in texts:
             raise RuntimeError("boom")
         if "slow" in texts:
@@ -853,6 +857,40 @@ def test_batcher_waits_only_while_a_request_in_hand_is_not_queued():
     assert lone < 2.5  # not the 5 s wait
     assert (first, second) == ([2], [3])
     assert enc.calls == [["a"], ["bb", "ccc"]]  # the two requests in one batch
+
+
+def test_batcher_lanes_run_wide_alone_and_narrow_side_by_side(restore_threads):
+    """Two lanes on 2 threads: a lone request runs "wide" (2 threads); two batches' worth queued at once run "narrow"
+    (1 thread each), side by side: the fast one is answered while the slow one still computes."""
+    from pyattn.serve.metrics import Metrics
+    from pyattn.serve.workers import EmbeddingBatcher, ModelThread
+
+    pyattn.set_num_threads(2)
+    enc = _Encoder()
+
+    async def main():
+        lanes = [ModelThread("lane-0"), ModelThread("lane-1")]
+        b = EmbeddingBatcher(enc, lanes, "fake", Metrics(), max_batch_size=1, batch_wait_ms=0, encode_batch_size=4,
+                             max_queue=64, threads=2)  # fmt: skip
+        b.start()
+        try:
+            lone = (await b.embed(["x"]))[:, 0].tolist()
+            slow = b.submit(["slow"])  # both queued before either lane looks: two batches of one sentence
+            fast = b.submit(["ab"])
+            t0 = time.perf_counter()
+            fast = (await fast)[:, 0].tolist()
+            took = time.perf_counter() - t0
+            assert not slow.done()
+            return lone, fast, took, (await slow)[:, 0].tolist()
+        finally:
+            await b.stop()
+            for lane in lanes:
+                lane.close()
+
+    lone, fast, took, slow = asyncio.run(main())
+    assert (lone, fast, slow) == ([1], [2], [4]) and took < 0.2
+    assert enc.threads == [2, 1, 1]  # wide, then narrow side by side
+    assert pyattn.get_num_threads() == 2  # the caller's own count is untouched
 
 
 # ---------------------------------------------------------------------------------------------------------

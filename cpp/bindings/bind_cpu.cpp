@@ -102,6 +102,15 @@ void bind_cpu(py::module_& m) {
             cpu::set_num_threads(n);
         },
         py::arg("n"), "Set the threads used by parallel ops (>= 1).");
+    m.def("get_thread_limit", &cpu::thread_limit,
+          "The calling thread's cap on the threads of its parallel ops (0: none).");
+    m.def(
+        "set_thread_limit",
+        [](int n) {
+            if (n < 0) value_error("thread limit must be >= 0, got " + std::to_string(n));
+            cpu::set_thread_limit(n);
+        },
+        py::arg("n"), "Cap the threads of the parallel ops the calling thread starts (0: no cap).");
     m.def("num_procs", [] { return omp_get_num_procs(); }, "Processors available to this process.");
     m.def(
         "measure_fma_peak",

@@ -161,9 +161,19 @@ void tune_blocking(const std::string& name, int mc, int kc, int nc) {
     ks.blocking.nc = nc;
 }
 
+thread_local int t_limit = 0;
+
 int num_threads() {
     init();
-    return g_threads.load(std::memory_order_relaxed);
+    const int n = g_threads.load(std::memory_order_relaxed);
+    return t_limit > 0 && t_limit < n ? t_limit : n;
+}
+
+int thread_limit() { return t_limit; }
+
+void set_thread_limit(int n) {
+    if (n < 0) throw std::invalid_argument("thread limit must be >= 0, got " + std::to_string(n));
+    t_limit = n;
 }
 
 void set_num_threads(int n) {

@@ -38,8 +38,13 @@ const kernels::KernelSet& kernel_set(const std::string& name);
 void tune_blocking(const std::string& name, int mc, int kc, int nc);
 
 // Threads used by every parallel op. Defaults to OMP_NUM_THREADS when set, else the number of cores.
+// num_threads() is that, capped by the calling thread's limit if it set one.
 int num_threads();
 void set_num_threads(int n);  // n >= 1, else std::invalid_argument
+// A cap on the threads of the parallel ops this (calling) thread starts, 0 for none: lets several threads run
+// models side by side, each with a share of the cores (the server's embedding lanes), without oversubscribing them.
+int thread_limit();
+void set_thread_limit(int n);  // n >= 0, else std::invalid_argument
 // Threads to use for work of `flops` floating-point operations: small ops stay on one thread, where
 // waking a team would cost more than it saves.
 int threads_for(double flops);

@@ -26,6 +26,7 @@ import orjson
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
+from .. import get_num_threads
 from . import errors
 from .config import ServeConfig
 from .errors import ApiError
@@ -76,6 +77,7 @@ class Server:
     def __init__(self, cfg: ServeConfig, registry: Registry):
         self.cfg, self.registry, self.metrics = cfg, registry, Metrics()
         self.threads = {s.kind: ModelThread(s.kind) for s in registry}
+        self.lane_threads: List[ModelThread] = []  # the embedding lanes after the first (start)
         self.batcher: Optional[EmbeddingBatcher] = None
         self.generation: Optional[GenerationBatcher] = None
         self.gates: Dict[str, Gate] = {}
@@ -93,10 +95,16 @@ class Server:
         embed = self.registry.get("embedding")
         if embed is not None:
             cfg = self.cfg
+            threads = get_num_threads()
+            n = cfg.lanes(threads)
+            lanes = [self.threads["embedding"]]
+            if n > 1:  # lanes of batches, each on its share of the threads under load (EmbeddingBatcher)
+                self.lane_threads = [ModelThread(f"embedding-{i}") for i in range(1, n)]
+                lanes += self.lane_threads
             self.batcher = EmbeddingBatcher(
-                embed.model, self.threads["embedding"], embed.id, self.metrics,
+                embed.model, lanes, embed.id, self.metrics,
                 max_batch_size=cfg.max_batch_size, batch_wait_ms=cfg.batch_wait_ms,
-                encode_batch_size=cfg.encode_batch_size, max_queue=max(cfg.max_queue, cfg.max_inputs),
+                encode_batch_size=cfg.encode_batch_size, max_queue=max(cfg.max_queue, cfg.max_inputs), threads=threads,
             )  # fmt: skip
             self.batcher.start()
         speech = self.registry.get("transcription")
@@ -116,7 +124,7 @@ class Server:
             await self.batcher.stop()
         if self.generation is not None:
             await self.generation.stop()
-        for t in self.threads.values():
+        for t in list(self.threads.values()) + self.lane_threads:
             await asyncio.to_thread(t.close)
 
     def token_count(self, text: str) -> int:

@@ -32,6 +32,7 @@ class ServeConfig:
     max_batch_size: int = 128
     batch_wait_ms: float = 2.0
     encode_batch_size: int = 32  # sentences per forward pass inside a gathered batch (sorted by length)
+    embed_lanes: int = 0  # embedding batches computed at once, each on its share of the threads; 0: auto (lanes)
     batching: bool = False  # set below: True unless max_batch_size == 0 ("one request at a time")
 
     # continuous batching of generations: requests decoded together, one token each per step; 1: one at a time
@@ -64,3 +65,12 @@ class ServeConfig:
             raise ValueError(f"prefill_chunk must be >= 0, got {self.prefill_chunk}")
         if self.max_batch_size < 0 or self.batch_wait_ms < 0:
             raise ValueError("max_batch_size and batch_wait_ms must be >= 0")
+        if self.embed_lanes < 0:
+            raise ValueError(f"embed_lanes must be >= 0, got {self.embed_lanes}")
+
+    def lanes(self, threads: int) -> int:
+        """Embedding lanes for a server of `threads` threads: as given (at most one per thread), or, for 0, one per
+        thread when batching (a lane of one thread shares no barrier with another), else one."""
+        if self.embed_lanes:
+            return max(1, min(self.embed_lanes, threads))
+        return threads if self.batching else 1

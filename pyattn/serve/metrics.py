@@ -36,6 +36,9 @@ class Metrics:
         self.batch_seconds = Histogram(
             "pyattn_batch_seconds", "Compute time per embedding batch", ["model"], buckets=_LATENCY, registry=r
         )
+        self.lanes = Gauge(
+            "pyattn_embedding_lanes", "Embedding batches computed at once (lanes)", ["model"], registry=r
+        )
         self.sentences = Counter("pyattn_embedded_sentences", "Sentences embedded", ["model"], registry=r)
         self.prompt_tokens = Counter("pyattn_prompt_tokens", "Input tokens processed", ["model"], registry=r)
         self.generated_tokens = Counter("pyattn_generated_tokens", "Tokens generated", ["model"], registry=r)

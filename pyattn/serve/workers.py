@@ -45,11 +45,17 @@ async def _cancelled(task: Optional[asyncio.Task]) -> None:
 
 
 class ModelThread:
-    """The one thread a model computes on: `await run(fn, *args)` runs fn(*args) there and returns its result."""
+    """The one thread a model computes on: `await run(fn, *args)` runs fn(*args) there and returns its result.
+    ``thread_limit``: at most that many threads for the parallel ops it starts (0: pyattn's thread count)."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, thread_limit: int = 0):
         self.name = name
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pyattn-{name}")
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix=f"pyattn-{name}",
+            initializer=_core.set_thread_limit,
+            initargs=(thread_limit,),
+        )
 
     async def run(self, fn: Callable[..., T], *args, **kwargs) -> T:
         loop = asyncio.get_running_loop()
@@ -101,7 +107,7 @@ class _Job:
 
 class EmbeddingBatcher:
     """Gathers the sentences of concurrent requests (tokenized by the request handler) into one
-    `encoder.encode_tokens` call on the model's thread.
+    `encoder.encode_tokens` call on the model's thread, or, with several lanes, on the first free lane's thread.
 
     While the model computes a batch, requests queue; when it is free it takes every waiting request up to
     ``max_batch_size`` sentences (a single larger request goes alone). When it is free and finds the queue short of
@@ -110,12 +116,22 @@ class EmbeddingBatcher:
     never waits). Inside the batch encode_tokens sorts the sentences by length and runs forward passes of
     ``encode_batch_size``; each request gets its own rows back. Requests whose caller gave up (timeout, disconnect)
     before their batch started are dropped from it. ``max_batch_size == 0``: no gathering, one request per encode
-    call (the baseline the benchmark compares with)."""
+    call (the baseline the benchmark compares with).
+
+    ``thread`` may be a list of threads, the lanes. A batch that finds no other batch computing and nothing left in
+    the queue runs "wide", on all of ``threads`` threads (a lone client's request, quickly), and the other lanes wait
+    for it. Otherwise it runs "narrow", on ``threads // lanes``, and the other lanes take the rest of the queue into
+    their own batches beside it: under load each lane computes its batch on its share of the cores. Only the first
+    lane starts work when none is running (so that light load stays on one thread's team of OpenMP workers: each
+    lane's thread has its own, and alternating between them cost 9% at 1 and 8 clients). A team of
+    threads waits at every barrier for its slowest member, and in a server the slowest is the one whose core the
+    clients' and the event loop's work took; lanes of one thread share no barrier (docs/serve.md: 10-15% more
+    sentences per second at 32 clients on 2 cores)."""
 
     def __init__(
         self,
         encoder,
-        thread: ModelThread,
+        thread,
         model: str,
         metrics: Metrics,
         *,
@@ -123,18 +139,26 @@ class EmbeddingBatcher:
         batch_wait_ms: float,
         encode_batch_size: int,
         max_queue: int,
+        threads: int = 0,
     ):
-        self.encoder, self.thread, self.model, self.metrics = encoder, thread, model, metrics
+        self.lanes: List[ModelThread] = list(thread) if isinstance(thread, (list, tuple)) else [thread]
+        self.thread = self.lanes[0]  # where the heap is trimmed
+        self.encoder, self.model, self.metrics = encoder, model, metrics
         self.max_batch_size, self.wait = max_batch_size, batch_wait_ms / 1000
         self.encode_batch_size, self.max_queue = encode_batch_size, max_queue
         self._jobs: Deque[_Job] = collections.deque()
         self.queued = 0  # sentences in self._jobs
         self.active = 0  # requests inside `handling`
+        self.computing = 0  # requests in batches being computed (by other lanes, when one gathers)
+        self.running = 0  # batches being computed
+        self.wide = False  # one of them on all the threads: the other lanes wait
+        self.threads = threads or _core.get_num_threads()
         self._wake = asyncio.Event()
         self._task: Optional[asyncio.Task] = None
         self._dirty = False  # batches ran since the heap was last trimmed
         for m in (metrics.batch_size, metrics.batch_requests, metrics.batch_seconds, metrics.queue_seconds):
             m.labels(model)  # the series exist, at zero, before the first batch
+        metrics.lanes.labels(model).set(len(self.lanes))
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._serve(), name=f"batcher-{self.model}")
@@ -196,21 +220,22 @@ class EmbeddingBatcher:
         self.metrics.queue_depth.labels(self.model).set(self.queued)
         return taken
 
-    async def _gather(self) -> None:
+    async def _gather(self, lane: int = 0) -> None:
         """Waits until work is queued, then up to the wait limit for a full batch. A model idle for
         IDLE_TRIM_SECONDS after work returns the heap pages its batches freed to the system (the peak of a large
         batch would otherwise stay resident)."""
-        while not self._jobs:
+        while not self._jobs or self.wide or (lane > 0 and not self.running):
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), IDLE_TRIM_SECONDS if self._dirty else None)
             except asyncio.TimeoutError:
-                self._dirty = False
-                await self.thread.run(_core.trim_heap)
+                if self._dirty:  # (another lane may have trimmed meanwhile)
+                    self._dirty = False
+                    await self.thread.run(_core.trim_heap)
         if not self.max_batch_size or self.wait <= 0:
             return
         deadline = time.perf_counter() + self.wait
-        while self.queued < self.max_batch_size and self.active > len(self._jobs):
+        while self.queued < self.max_batch_size and self.active - self.computing > len(self._jobs):
             left = deadline - time.perf_counter()
             if left <= 0:
                 return
@@ -220,19 +245,37 @@ class EmbeddingBatcher:
             except asyncio.TimeoutError:
                 return
 
+    def _encode(self, encodings: list, threads: int) -> np.ndarray:
+        """On a lane's thread: the batch on `threads` threads (0: the thread's own setting)."""
+        if threads:
+            _core.set_thread_limit(threads)
+        return self.encoder.encode_tokens(encodings, batch_size=self.encode_batch_size)
+
     async def _serve(self) -> None:
+        """One loop per lane, gathering from the one queue; cancelled together."""
+        lanes = [asyncio.ensure_future(self._lane(i)) for i in range(len(self.lanes))]
+        try:
+            await asyncio.gather(*lanes)
+        finally:
+            for lane in lanes:
+                lane.cancel()
+            await asyncio.wait(lanes)
+
+    async def _lane(self, lane: int) -> None:
         while True:
             try:
-                await self._batch()
+                await self._batch(lane)
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug here must not leave every later request waiting for its timeout
                 log.exception("the embedding batcher failed; it goes on")
                 await asyncio.sleep(0.01)
 
-    async def _batch(self) -> None:
-        """Gathers one batch, runs it on the model's thread and hands each request its rows."""
-        await self._gather()
+    async def _batch(self, lane: int) -> None:
+        """Gathers one batch, runs it on the lane's thread and hands each request its rows."""
+        await self._gather(lane)
+        if self.wide:  # another lane started a batch on all the threads while this one gathered
+            return
         jobs = self._take()
         if not jobs:
             return
@@ -240,8 +283,15 @@ class EmbeddingBatcher:
         start = time.perf_counter()
         for job in jobs:
             self.metrics.queue_seconds.labels(self.model).observe(start - job.arrived)
+        wide = len(self.lanes) == 1 or (self.running == 0 and not self._jobs)
+        threads = self.threads if wide else max(1, self.threads // len(self.lanes))
+        self.computing += len(jobs)
+        self.running += 1
+        self.wide = wide
+        if not wide:
+            self._wake.set()  # the other lanes may start beside it
         try:
-            rows = await self.thread.run(self.encoder.encode_tokens, encodings, batch_size=self.encode_batch_size)
+            rows = await self.lanes[lane].run(self._encode, encodings, 0 if len(self.lanes) == 1 else threads)
         except asyncio.CancelledError:
             for job in jobs:
                 if not job.future.done():
@@ -253,6 +303,11 @@ class EmbeddingBatcher:
                 if not job.future.done():
                     job.future.set_exception(e)
             return
+        finally:
+            self.computing -= len(jobs)
+            self.running -= 1
+            self.wide = False
+            self._wake.set()  # lanes waiting for a wide batch go on
         self._dirty = True
         self.metrics.batch_seconds.labels(self.model).observe(time.perf_counter() - start)
         self.metrics.batch_size.labels(self.model).observe(len(encodings))
