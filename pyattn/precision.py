@@ -23,6 +23,14 @@ COMPUTE_TYPES = {
 }
 
 
+def attention_precision(storage: str) -> str:
+    """The precision of an encoder's self-attention products (scaled_dot_product_attention's `precision`) for
+    projections held as `storage`: "bfloat16" for bfloat16 weights and for those that round more coarsely (int8,
+    4-bit), "float32" otherwise. The fused encoder layer applies the same rule (gemm::bf16_attention); decoders keep
+    float32 attention for int8 and 4-bit weights (over 30 layers of SmolLM2 it cost logit accuracy)."""
+    return "bfloat16" if storage in ("bfloat16", "int8", "q4_0", "q4_1") else "float32"
+
+
 def auto_dtype() -> str:
     """The weight type "auto" picks for the kernel set in use: the fastest that keeps the accuracy bars of
     docs/precision.md.

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from conftest import randn
 
+import pyattn
 from pyattn import _core
 from pyattn.nn import FeedForward, LayerNorm, MultiHeadAttention, TransformerEncoderLayer
 
@@ -69,11 +70,15 @@ def test_packed_sequences_equal_each_sequence_alone(rng, norm_first, storage, fu
     finally:
         layer.__dict__.pop("fused", None)
     assert got.shape == x.shape and got.dtype == np.float32
+    # Op by op, the sequences are padded to the longest (70 rows), which takes the blocked attention path, in
+    # bfloat16 for int8 weights (precision.attention_precision) on CPUs with the pair kernels, where a short sequence
+    # alone takes the float32 path of few rows. The fused layer runs each sequence as it would alone.
+    tol = 3e-2 if storage == "int8" and not fused and pyattn.get_isa() in ("avx512_bf16", "amx") else 2e-5
     for b, n in enumerate(lengths):
         if n:
             rows = slice(offsets[b], offsets[b + 1])
             alone = op_by_op(layer, x[None, rows], None)[0]
-            np.testing.assert_allclose(got[rows], alone, rtol=2e-5, atol=2e-5, err_msg=f"sequence {b}")
+            np.testing.assert_allclose(got[rows], alone, rtol=tol, atol=tol, err_msg=f"sequence {b}")
 
 
 def test_packed_binding_checks(rng):

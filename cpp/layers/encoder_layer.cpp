@@ -42,7 +42,7 @@ ops::AttentionArgs self_attention(const EncoderLayer& l, int64_t B, int64_t L, i
     a.out_sh = D;
     a.out_sl = E;
     a.scale = l.scale;
-    a.bf16 = l.qkv.w->type() == gemm::WeightType::bf16;  // a bfloat16 model's attention products in bfloat16 too
+    a.bf16 = gemm::bf16_attention(l.qkv.w->type());
     return a;
 }
 

@@ -11,6 +11,7 @@ import numpy as np
 from .. import _core
 from .. import functional as F
 from .._checks import is_int
+from ..precision import attention_precision
 from .layers import Linear, Module, StorageAware, as_linear, as_weight, check_storage
 
 
@@ -423,6 +424,7 @@ class MultiHeadAttention(StorageAware, Module):
         B, Lq, E = query.shape
         H = self.num_heads
         offset = 0
+        precision = "float32"
         rows = memory_kv.k.shape[0] if memory_kv is not None else B
         if (
             rows < B
@@ -442,8 +444,11 @@ class MultiHeadAttention(StorageAware, Module):
             q = self._projection("q")(query)
             k, v = memory_kv.heads(H)
         elif key is None or key is query:
-            qkv = self._projection("qkv")(query)  # (B, Lq, 3E): one GEMM for Q, K and V
+            projection = self._projection("qkv")
+            qkv = projection(query)  # (B, Lq, 3E): one GEMM for Q, K and V
             q = qkv[..., :E]
+            if cache is None and not is_causal:  # an encoder's self-attention: as the fused layer runs it
+                precision = attention_precision(projection.storage)
             if cache is not None:
                 offset = cache.length
                 cache.append(qkv[..., E : 2 * E], qkv[..., 2 * E :])
@@ -469,6 +474,7 @@ class MultiHeadAttention(StorageAware, Module):
             scale=self.scale,
             return_weights=bool(need_weights),
             out=concat.transpose(0, 2, 1, 3),
+            precision=precision,
         )
         out = self.out_proj(concat.reshape(B, Lq, E))
         return out, (res[1] if need_weights else None)
