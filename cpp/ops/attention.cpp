@@ -206,119 +206,181 @@ void write_rows(const KernelSet& ks, const AttentionArgs& a, int64_t b, int64_t 
     }
 }
 
-void attention_flash(const KernelSet& ks, const AttentionArgs& a, int nt) {
-    const int mr = ks.blocking.mr, nr = ks.blocking.nr;
-    const int64_t mq = mr * std::max(1, 48 / mr);              // query rows per block
-    const int64_t nkb = std::max<int64_t>(nr, 256 / nr * nr);  // keys per block
-    const int64_t D = a.D, Dv = a.Dv;
-    const int64_t lk_pad = (a.Lk + nr - 1) / nr * nr;
-    const int64_t dv_pad = (Dv + nr - 1) / nr * nr;
-    const int64_t v_panels = dv_pad / nr;
-    const int64_t qblocks = (a.Lq + mq - 1) / mq;
-    const int64_t tasks = a.B * a.H * qblocks;
+// The flash path's geometry, the same for both precisions: query blocks of mq rows (whole MR groups of the tile),
+// key blocks of nkb keys (whole NR panels), V's columns padded to whole panels.
+struct FlashShape {
+    int64_t mr, nr, mq, nkb, lk_pad, v_panels, dv_pad;
+    FlashShape(const KernelSet& ks, const AttentionArgs& a)
+        : mr(ks.blocking.mr),
+          nr(ks.blocking.nr),
+          mq(mr * std::max<int64_t>(1, 48 / mr)),
+          nkb(std::max<int64_t>(nr, 256 / nr * nr)),
+          lk_pad((a.Lk + nr - 1) / nr * nr),
+          v_panels((a.Dv + nr - 1) / nr),
+          dv_pad(v_panels * nr) {}
+};
 
-#pragma omp parallel num_threads(nt) if (nt > 1)
-    {
-        // Per thread: K^T and V of the current head packed as GEMM B panels, the query block, one tile of
-        // scores (then probabilities, in place), and the running output / max / sum.
-        float* kp = scratch<Slot::attn_k>(static_cast<std::size_t>(lk_pad * D));
-        float* vp = scratch<Slot::attn_v>(static_cast<std::size_t>(lk_pad * dv_pad));
-        float* qp = scratch<Slot::attn_q>(static_cast<std::size_t>(mq * D));
-        float* st = scratch<Slot::attn_tile>(static_cast<std::size_t>(mq * nkb));
-        float* o = scratch<Slot::attn_out>(static_cast<std::size_t>(mq * dv_pad + 2 * mq));
-        float* kw = a.k.f16 ? scratch<Slot::attn_k_wide>(static_cast<std::size_t>(a.Lk * D)) : nullptr;
-        float* mrow = o + mq * dv_pad;
-        float* lrow = mrow + mq;
-        int64_t packed_bh = -1;
+// Float32 products for flash_attention: K^T and V of a head packed as GEMM B panels (a float16 cache widened first),
+// the query block as A panels with the scale folded in; S by the micro-kernel, O += P V by the rows kernel reading P
+// in place (row stride nkb) -- no packing pass.
+struct FloatProducts {
+    const KernelSet& ks;
+    const AttentionArgs& a;
+    const FlashShape& f;
+    float *kp, *vp, *qp, *kw;
 
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t t = 0; t < tasks; ++t) {
-            const int64_t bh = t / qblocks, qb = t % qblocks, b = bh / a.H, h = bh % a.H;
-            const int64_t kv = b * a.H + h / a.kv_group * a.kv_group;  // the same for every head of a group
-            if (kv != packed_bh) {
-                const float* k = kw;
-                int64_t ldk = D;
-                if (a.k.f16) {  // the head's keys widened, then packed as float32 ones
-                    const uint16_t* k16 = kv_head<uint16_t>(a, a.k, b, h);
-                    for (int64_t j = 0; j < a.Lk; ++j) ks.half[f16_format].widen(k16 + j * a.k.sl, kw + j * D, D);
+    FloatProducts(const KernelSet& ks_, const AttentionArgs& a_, const FlashShape& f_)
+        : ks(ks_),
+          a(a_),
+          f(f_),
+          kp(scratch<Slot::attn_k>(static_cast<std::size_t>(f.lk_pad * a.D))),
+          vp(scratch<Slot::attn_v>(static_cast<std::size_t>(f.lk_pad * f.dv_pad))),
+          qp(scratch<Slot::attn_q>(static_cast<std::size_t>(f.mq * a.D))),
+          kw(a.k.f16 ? scratch<Slot::attn_k_wide>(static_cast<std::size_t>(a.Lk * a.D)) : nullptr) {}
+
+    void pack_kv(int64_t b, int64_t h) {
+        const int64_t D = a.D, nr = f.nr;
+        const float* k = kw;
+        int64_t ldk = D;
+        if (a.k.f16) {  // the head's keys widened, then packed as float32 ones
+            const uint16_t* k16 = kv_head<uint16_t>(a, a.k, b, h);
+            for (int64_t j = 0; j < a.Lk; ++j) ks.half[f16_format].widen(k16 + j * a.k.sl, kw + j * D, D);
+        } else {
+            k = kv_head(a, a.k, b, h);
+            ldk = a.k.sl;
+        }
+        gemm::pack_b(ks, k, ldk, true, 0, D, 0, a.Lk, static_cast<int>(nr), kp, 0, f.lk_pad / nr);
+        for (int64_t c = 0; c < f.v_panels; ++c) {
+            float* panel = vp + c * f.lk_pad * nr;
+            const int64_t w = std::min<int64_t>(nr, a.Dv - c * nr);
+            for (int64_t j = 0; j < a.Lk; ++j) {
+                float* dst = panel + j * nr;
+                if (a.v.f16) {
+                    ks.half[f16_format].widen(kv_head<uint16_t>(a, a.v, b, h) + j * a.v.sl + c * nr, dst, w);
                 } else {
-                    k = kv_head(a, a.k, b, h);
-                    ldk = a.k.sl;
+                    const float* src = kv_head(a, a.v, b, h) + j * a.v.sl + c * nr;
+                    std::copy(src, src + w, dst);
                 }
-                gemm::pack_b(ks, k, ldk, true, 0, D, 0, a.Lk, nr, kp, 0, lk_pad / nr);
-                for (int64_t c = 0; c < v_panels; ++c) {
-                    float* panel = vp + c * lk_pad * nr;
-                    const int64_t w = std::min<int64_t>(nr, Dv - c * nr);
-                    for (int64_t j = 0; j < a.Lk; ++j) {
-                        float* dst = panel + j * nr;
-                        if (a.v.f16) {
-                            ks.half[f16_format].widen(kv_head<uint16_t>(a, a.v, b, h) + j * a.v.sl + c * nr, dst, w);
-                        } else {
-                            const float* src = kv_head(a, a.v, b, h) + j * a.v.sl + c * nr;
-                            std::copy(src, src + w, dst);
-                        }
-                        std::fill(dst + w, dst + nr, 0.0f);
-                    }
-                }
-                packed_bh = kv;
+                std::fill(dst + w, dst + nr, 0.0f);
             }
-            const int64_t i0 = qb * mq, rows = std::min<int64_t>(mq, a.Lq - i0);
-            const int64_t row_groups = (rows + mr - 1) / mr;
-            gemm::pack_a(head(a.q, b, h) + i0 * a.q.sl, a.q.sl, rows, D, mr, qp, a.scale);
-            std::fill(o, o + row_groups * mr * dv_pad, 0.0f);
-            std::fill(mrow, mrow + mq, kNegInf);
-            std::fill(lrow, lrow + mq, 0.0f);
-
-            const int64_t j_end = causal_end(a, i0 + rows - 1);
-            for (int64_t j0 = 0; j0 < j_end; j0 += nkb) {
-                const int64_t n = std::min<int64_t>(nkb, j_end - j0);
-                const int64_t panels = (n + nr - 1) / nr;
-                // S = (scale Q) K^T for this tile: rows x n (full micro-tiles, extra columns ignored).
-                for (int64_t q = 0; q < panels; ++q)
-                    for (int64_t r = 0; r < row_groups; ++r)
-                        ks.micro(D, qp + r * D * mr, kp + (j0 / nr + q) * D * nr, nr, st + r * mr * nkb + q * nr, nkb,
-                                 0.0f);
-                online_softmax(ks, a, b, h, i0, rows, j0, n, st, nkb, o, dv_pad, mrow, lrow);
-                // O += P V: P is read in place (row stride nkb) by the rows kernel -- no packing pass.
-                for (int64_t c = 0; c < v_panels; ++c)
-                    for (int64_t r = 0; r < row_groups; ++r)
-                        ks.rows(std::min<int64_t>(mr, rows - r * mr), n, st + r * mr * nkb, nkb,
-                                vp + c * lk_pad * nr + j0 * nr, nr, o + r * mr * dv_pad + c * nr, dv_pad, 1.0f);
-            }
-            write_rows(ks, a, b, h, i0, rows, o, dv_pad, lrow);
         }
     }
-}
 
-// The flash path with the products on bfloat16 pairs (AttentionArgs::bf16): S = (scale Q) K^T by the pair
-// micro-kernel of the blocked GEMM (Q's rows as its A panel, K^T as its B panel: a key's D floats are its column's
-// pairs), and O += P V by the pair rows kernel (P's rows as pairs, V's rows in bfloat16 as stored panels of 32
-// columns). The same blocks, online softmax and order of keys as attention_flash.
-void attention_flash_bf16(const KernelSet& ks, const AttentionArgs& a, int nt) {
-    const kernels::Bf16PairKernels& bp = ks.bf16pairs;
-    const int64_t mr = ks.blocking.mr, nr = ks.blocking.nr;  // the pair micro-kernel's tile; nr = 32, the rows kernel's
-    const int64_t mq = mr * std::max<int64_t>(1, 48 / mr);   // query rows per block
-    const int64_t nkb = std::max<int64_t>(nr, 256 / nr * nr);  // keys per block (even)
-    const int64_t D = a.D, Dv = a.Dv, dp = (D + 1) / 2;        // dp pairs per query and key row
-    const int64_t lk_pad = (a.Lk + nr - 1) / nr * nr;
-    const int64_t v_panels = (Dv + nr - 1) / nr, dv_pad = v_panels * nr;
-    const int64_t qblocks = (a.Lq + mq - 1) / mq;
+    void pack_q(int64_t b, int64_t h, int64_t i0, int64_t rows) {
+        gemm::pack_a(head(a.q, b, h) + i0 * a.q.sl, a.q.sl, rows, a.D, static_cast<int>(f.mr), qp, a.scale);
+    }
+
+    // S = (scale Q) K^T for keys [j0, j0 + n): rows x n at st (full micro-tiles, extra columns ignored)
+    void scores(int64_t j0, int64_t n, int64_t rows, float* st) {
+        const int64_t D = a.D, mr = f.mr, nr = f.nr, row_groups = (rows + mr - 1) / mr;
+        for (int64_t q = 0; q < (n + nr - 1) / nr; ++q)
+            for (int64_t r = 0; r < row_groups; ++r)
+                ks.micro(D, qp + r * D * mr, kp + (j0 / nr + q) * D * nr, nr, st + r * mr * f.nkb + q * nr, f.nkb,
+                         0.0f);
+    }
+
+    // O += P V for keys [j0, j0 + n), P the probabilities in st
+    void values(int64_t j0, int64_t n, int64_t rows, const float* st, float* o) {
+        const int64_t mr = f.mr, nr = f.nr, row_groups = (rows + mr - 1) / mr;
+        for (int64_t c = 0; c < f.v_panels; ++c)
+            for (int64_t r = 0; r < row_groups; ++r)
+                ks.rows(std::min<int64_t>(mr, rows - r * mr), n, st + r * mr * f.nkb, f.nkb,
+                        vp + c * f.lk_pad * nr + j0 * nr, nr, o + r * mr * f.dv_pad + c * nr, f.dv_pad, 1.0f);
+    }
+};
+
+// Products on bfloat16 pairs for flash_attention (AttentionArgs::bf16): S = (scale Q) K^T by the pair micro-kernel
+// of the blocked GEMM (Q's rows as its A panel, K^T as its B panel: a key's D floats are its column's pairs), and
+// O += P V by the pair rows kernel (P's rows as pairs, V's rows in bfloat16 as stored panels of 32 columns).
+struct PairProducts {
+    const KernelSet& ks;
+    const kernels::Bf16PairKernels& bp;
+    const AttentionArgs& a;
+    const FlashShape& f;
+    const int64_t dp;  // pairs per query and key row
+    // K^T as pair panels (nr keys each: pair p of key j at p nr + j), V as bfloat16 panels of nr columns (key j's row
+    // at j nr), the query block scaled and as pairs, the probabilities of a tile as pairs
+    uint32_t* kp;
+    uint16_t* vp;
+    float* qs;
+    uint32_t *qp, *pp;
+
+    PairProducts(const KernelSet& ks_, const AttentionArgs& a_, const FlashShape& f_)
+        : ks(ks_),
+          bp(ks_.bf16pairs),
+          a(a_),
+          f(f_),
+          dp((a.D + 1) / 2),
+          kp(reinterpret_cast<uint32_t*>(scratch<Slot::attn_k>(static_cast<std::size_t>(f.lk_pad * dp)))),
+          vp(reinterpret_cast<uint16_t*>(scratch<Slot::attn_v>(static_cast<std::size_t>(f.lk_pad * f.dv_pad / 2)))),
+          qs(scratch<Slot::attn_q>(static_cast<std::size_t>(f.mq * (a.D + dp)))),
+          qp(reinterpret_cast<uint32_t*>(qs + f.mq * a.D)),
+          pp(reinterpret_cast<uint32_t*>(scratch<Slot::attn_pairs>(static_cast<std::size_t>(f.mq * f.nkb / 2)))) {}
+
+    void pack_kv(int64_t b, int64_t h) {
+        const int64_t nr = f.nr;
+        const float* k = kv_head(a, a.k, b, h);
+        const float* v = kv_head(a, a.v, b, h);
+        if (a.Lk % nr) std::fill(kp + (f.lk_pad - nr) * dp, kp + f.lk_pad * dp, 0u);  // the last panel's tail
+        for (int64_t j = 0; j < a.Lk; j += 16)  // 16 keys per call: their pairs turned into columns
+            bp.pack(k + j * a.k.sl, a.k.sl, std::min<int64_t>(16, a.Lk - j), a.D, kp + j / nr * nr * dp + j % nr, 1,
+                    nr);
+        for (int64_t c = 0; c < f.v_panels; ++c) {
+            uint16_t* panel = vp + c * f.lk_pad * nr;
+            const int64_t w = std::min<int64_t>(nr, a.Dv - c * nr);
+            if (w < nr) std::fill(panel, panel + a.Lk * nr, uint16_t{0});
+            // a row of w floats as pairs is the row in bfloat16, in memory order
+            bp.pack(v + c * nr, a.v.sl, a.Lk, w, reinterpret_cast<uint32_t*>(panel), nr / 2, 1);
+        }
+    }
+
+    void pack_q(int64_t b, int64_t h, int64_t i0, int64_t rows) {
+        const int64_t D = a.D, mr = f.mr, row_groups = (rows + mr - 1) / mr;
+        for (int64_t i = 0; i < rows; ++i) {
+            const float* q = head(a.q, b, h) + (i0 + i) * a.q.sl;
+            std::copy(q, q + D, qs + i * D);
+            ks.scale(qs + i * D, D, a.scale);
+        }
+        if (rows % mr) std::fill(qp + (row_groups - 1) * mr * dp, qp + row_groups * mr * dp, 0u);
+        for (int64_t r = 0; r < row_groups; ++r)
+            bp.pack(qs + r * mr * D, D, std::min(mr, rows - r * mr), D, qp + r * mr * dp, 1, mr);
+    }
+
+    void scores(int64_t j0, int64_t n, int64_t rows, float* st) {
+        const int64_t mr = f.mr, nr = f.nr, row_groups = (rows + mr - 1) / mr;
+        for (int64_t q = 0; q < (n + nr - 1) / nr; ++q)
+            for (int64_t r = 0; r < row_groups; ++r)
+                bp.micro(dp, qp + r * mr * dp, kp + (j0 / nr + q) * nr * dp, st + r * mr * f.nkb + q * nr, f.nkb, 0.0f);
+    }
+
+    void values(int64_t j0, int64_t n, int64_t rows, const float* st, float* o) {
+        const int64_t mr = f.mr, nr = f.nr, nkb = f.nkb, row_groups = (rows + mr - 1) / mr;
+        bp.pack(st, nkb, rows, n, pp, nkb / 2, 1);
+        for (int64_t c = 0; c < f.v_panels; ++c)
+            for (int64_t r = 0; r < row_groups; ++r)
+                bp.rows(std::min(mr, rows - r * mr), n, pp + r * mr * nkb / 2, nkb / 2,
+                        vp + c * f.lk_pad * nr + j0 * nr, nr, o + r * mr * f.dv_pad + c * nr, f.dv_pad, 1.0f);
+    }
+};
+
+// The flash path: tasks of (batch entry, head, block of mq query rows), split dynamically over the threads. Each
+// thread packs K and V once per K/V head it meets (Products::pack_kv), then per task its query block (pack_q), and
+// over blocks of nkb keys the scores (scores), their online softmax, and O += P V (values); then O / sum.
+template <class Products>
+void flash_attention(const KernelSet& ks, const AttentionArgs& a, int nt) {
+    const FlashShape f(ks, a);
+    const int64_t qblocks = (a.Lq + f.mq - 1) / f.mq;
     const int64_t tasks = a.B * a.H * qblocks;
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-        // Per thread: K^T of the current head as pair panels (nr keys each: pair p of key j at p nr + j), V as
-        // bfloat16 panels of nr columns (key j's row at j nr), the query block scaled and as pairs, the scores and
-        // their pairs, and the running output / max / sum.
-        auto* kp = reinterpret_cast<uint32_t*>(scratch<Slot::attn_k>(static_cast<std::size_t>(lk_pad * dp)));
-        auto* vp = reinterpret_cast<uint16_t*>(scratch<Slot::attn_v>(static_cast<std::size_t>(lk_pad * dv_pad / 2)));
-        float* qs = scratch<Slot::attn_q>(static_cast<std::size_t>(mq * (D + dp)));
-        auto* qp = reinterpret_cast<uint32_t*>(qs + mq * D);
-        float* st = scratch<Slot::attn_tile>(static_cast<std::size_t>(mq * nkb));
-        auto* pp = reinterpret_cast<uint32_t*>(scratch<Slot::attn_pairs>(static_cast<std::size_t>(mq * nkb / 2)));
-        float* o = scratch<Slot::attn_out>(static_cast<std::size_t>(mq * dv_pad + 2 * mq));
-        float* mrow = o + mq * dv_pad;
-        float* lrow = mrow + mq;
+        // Per thread: the packed operands, one tile of scores (then probabilities, in place), and the running
+        // output / max / sum.
+        Products p(ks, a, f);
+        float* st = scratch<Slot::attn_tile>(static_cast<std::size_t>(f.mq * f.nkb));
+        float* o = scratch<Slot::attn_out>(static_cast<std::size_t>(f.mq * f.dv_pad + 2 * f.mq));
+        float* mrow = o + f.mq * f.dv_pad;
+        float* lrow = mrow + f.mq;
         int64_t packed_bh = -1;
 
 #pragma omp for schedule(dynamic, 1)
@@ -326,56 +388,29 @@ void attention_flash_bf16(const KernelSet& ks, const AttentionArgs& a, int nt) {
             const int64_t bh = t / qblocks, qb = t % qblocks, b = bh / a.H, h = bh % a.H;
             const int64_t kv = b * a.H + h / a.kv_group * a.kv_group;  // the same for every head of a group
             if (kv != packed_bh) {
-                const float* k = kv_head(a, a.k, b, h);
-                const float* v = kv_head(a, a.v, b, h);
-                if (a.Lk % nr) std::fill(kp + (lk_pad - nr) * dp, kp + lk_pad * dp, 0u);  // the last panel's tail
-                for (int64_t j = 0; j < a.Lk; j += 16)  // 16 keys per call: their pairs turned into columns
-                    bp.pack(k + j * a.k.sl, a.k.sl, std::min<int64_t>(16, a.Lk - j), D, kp + j / nr * nr * dp + j % nr,
-                            1, nr);
-                for (int64_t c = 0; c < v_panels; ++c) {
-                    uint16_t* panel = vp + c * lk_pad * nr;
-                    const int64_t w = std::min<int64_t>(nr, Dv - c * nr);
-                    if (w < nr) std::fill(panel, panel + a.Lk * nr, uint16_t{0});
-                    // a row of w floats as pairs is the row in bfloat16, in memory order
-                    bp.pack(v + c * nr, a.v.sl, a.Lk, w, reinterpret_cast<uint32_t*>(panel), nr / 2, 1);
-                }
+                p.pack_kv(b, h);
                 packed_bh = kv;
             }
-            const int64_t i0 = qb * mq, rows = std::min<int64_t>(mq, a.Lq - i0);
-            const int64_t row_groups = (rows + mr - 1) / mr;
-            for (int64_t i = 0; i < rows; ++i) {
-                const float* q = head(a.q, b, h) + (i0 + i) * a.q.sl;
-                std::copy(q, q + D, qs + i * D);
-                ks.scale(qs + i * D, D, a.scale);
-            }
-            if (rows % mr) std::fill(qp + (row_groups - 1) * mr * dp, qp + row_groups * mr * dp, 0u);
-            for (int64_t r = 0; r < row_groups; ++r)
-                bp.pack(qs + r * mr * D, D, std::min(mr, rows - r * mr), D, qp + r * mr * dp, 1, mr);
-            std::fill(o, o + row_groups * mr * dv_pad, 0.0f);
-            std::fill(mrow, mrow + mq, kNegInf);
-            std::fill(lrow, lrow + mq, 0.0f);
+            const int64_t i0 = qb * f.mq, rows = std::min<int64_t>(f.mq, a.Lq - i0);
+            const int64_t row_groups = (rows + f.mr - 1) / f.mr;
+            p.pack_q(b, h, i0, rows);
+            std::fill(o, o + row_groups * f.mr * f.dv_pad, 0.0f);
+            std::fill(mrow, mrow + f.mq, kNegInf);
+            std::fill(lrow, lrow + f.mq, 0.0f);
 
             const int64_t j_end = causal_end(a, i0 + rows - 1);
-            for (int64_t j0 = 0; j0 < j_end; j0 += nkb) {
-                const int64_t n = std::min<int64_t>(nkb, j_end - j0);
-                const int64_t panels = (n + nr - 1) / nr;
-                for (int64_t q = 0; q < panels; ++q)
-                    for (int64_t r = 0; r < row_groups; ++r)
-                        bp.micro(dp, qp + r * mr * dp, kp + (j0 / nr + q) * nr * dp, st + r * mr * nkb + q * nr, nkb,
-                                 0.0f);
-                online_softmax(ks, a, b, h, i0, rows, j0, n, st, nkb, o, dv_pad, mrow, lrow);
-                bp.pack(st, nkb, rows, n, pp, nkb / 2, 1);
-                for (int64_t c = 0; c < v_panels; ++c)
-                    for (int64_t r = 0; r < row_groups; ++r)
-                        bp.rows(std::min(mr, rows - r * mr), n, pp + r * mr * nkb / 2, nkb / 2,
-                                vp + c * lk_pad * nr + j0 * nr, nr, o + r * mr * dv_pad + c * nr, dv_pad, 1.0f);
+            for (int64_t j0 = 0; j0 < j_end; j0 += f.nkb) {
+                const int64_t n = std::min<int64_t>(f.nkb, j_end - j0);
+                p.scores(j0, n, rows, st);
+                online_softmax(ks, a, b, h, i0, rows, j0, n, st, f.nkb, o, f.dv_pad, mrow, lrow);
+                p.values(j0, n, rows, st, o);
             }
-            write_rows(ks, a, b, h, i0, rows, o, dv_pad, lrow);
+            write_rows(ks, a, b, h, i0, rows, o, f.dv_pad, lrow);
         }
     }
 }
 
-// Whether attention_flash_bf16 runs a: asked for, float32 K and V, and the pair kernels with the tile it assumes.
+// Whether the pair products run a: asked for, float32 K and V, and the pair kernels with the tile it assumes.
 bool flash_bf16(const KernelSet& ks, const AttentionArgs& a) {
     const kernels::Bf16PairKernels& bp = ks.bf16pairs;
     return a.bf16 && !a.k.f16 && !a.v.f16 && bp.micro && bp.rows && bp.pack && ks.blocking.nr == 32 &&
@@ -403,8 +438,8 @@ void scaled_dot_product_attention(const AttentionArgs& a) {
         }
         return;
     }
-    if (flash_bf16(ks, a)) return attention_flash_bf16(ks, a, nt);
-    attention_flash(ks, a, nt);
+    if (flash_bf16(ks, a)) return flash_attention<PairProducts>(ks, a, nt);
+    flash_attention<FloatProducts>(ks, a, nt);
 }
 
 int64_t attention_tasks(const AttentionArgs& a) {
