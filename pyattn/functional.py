@@ -398,8 +398,6 @@ def scaled_dot_product_attention(
     bfloat16 pairs (AVX512_BF16) and the blocked path runs (more than 16 query rows, float32 k and v, no
     weights returned); float32 elsewhere. The softmax stays float32. bfloat16 models use it.
     """
-    if precision not in ("float32", "bfloat16"):
-        raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
     q = _last_axis_contiguous(q, "q")
     k = _last_axis_contiguous(k, "k")
     v = _last_axis_contiguous(v, "v")

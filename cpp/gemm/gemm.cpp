@@ -211,7 +211,7 @@ void run_blocked_bf16(const KernelSet& ks, const Problem& P, int nt) {
                     } else {
                         pair_a(ks, P.A + ic * P.lda + pc, P.lda, mcb, kc, mr, ap, row);
                     }
-                    // The panels in groups of kEpilogueCols columns, each group's bias and activation applied as
+                    // The panels in groups of epilogue_cols() columns, each group's bias and activation applied as
                     // soon as its last K step is in, while its block of C is still in L2.
                     for (int64_t g0 = q0; g0 < q1; g0 += epilogue_panels) {
                         const int64_t g1 = std::min(q1, g0 + epilogue_panels);

@@ -45,17 +45,11 @@ async def _cancelled(task: Optional[asyncio.Task]) -> None:
 
 
 class ModelThread:
-    """The one thread a model computes on: `await run(fn, *args)` runs fn(*args) there and returns its result.
-    ``thread_limit``: at most that many threads for the parallel ops it starts (0: pyattn's thread count)."""
+    """The one thread a model computes on: `await run(fn, *args)` runs fn(*args) there and returns its result."""
 
-    def __init__(self, name: str, thread_limit: int = 0):
+    def __init__(self, name: str):
         self.name = name
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1,
-            thread_name_prefix=f"pyattn-{name}",
-            initializer=_core.set_thread_limit,
-            initargs=(thread_limit,),
-        )
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pyattn-{name}")
 
     async def run(self, fn: Callable[..., T], *args, **kwargs) -> T:
         loop = asyncio.get_running_loop()
