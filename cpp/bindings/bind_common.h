@@ -3,8 +3,12 @@
 // argument, what was expected and what arrived. The documented conversions (float64 -> float32,
 // non-contiguous -> copy) happen in pyattn/functional.py, in Python, where the user can see them.
 #pragma once
+// stl.h in every binding unit: a unit that converts a std::vector or std::string container without it compiles
+// pybind11's generic caster for that type, and which unit's caster the linker keeps is then luck (an ODR violation: a
+// RelWithDebInfo build's `weight_types()` raised 'Unregistered type: std::vector<std::string>').
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <cstdint>
 #include <limits>

@@ -1,5 +1,4 @@
 #include <omp.h>
-#include <pybind11/stl.h>
 
 #include <chrono>
 #include <stdexcept>

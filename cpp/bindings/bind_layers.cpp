@@ -4,8 +4,6 @@
 #include <string>
 #include <vector>
 
-#include <pybind11/stl.h>
-
 #include "bindings/bind_common.h"
 #include "gemm/packed_matrix.h"
 #include "layers/decoder_layer.h"
