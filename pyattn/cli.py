@@ -233,12 +233,17 @@ def _generate(args) -> int:
     n = len(out)
     if first and not args.quiet:
         ttft = first[0] - t2
-        rate = (n - 1) / (t3 - first[0]) if n > 1 else float("nan")
+        if n > 1:
+            count = f"{n} tokens, {(n - 1) / (t3 - first[0]):.1f} tokens/s after the first"
+        elif n == 1:
+            count = "1 token"
+        else:  # no rate to give: the first token ended the text
+            count = "0 tokens: the first was the end of the text"
         print(
             f"(model loaded in {(t1 - t0) * 1e3:.0f} ms, {model.dtype or 'GGUF block'} weights, "
             f"{model.kv_cache} KV cache; "
             f"prompt {ids.shape[1]} tokens, "
-            f"time to first token {ttft * 1e3:.0f} ms; {n} tokens, {rate:.1f} tokens/s after the first; "
+            f"time to first token {ttft * 1e3:.0f} ms; {count}; "
             f"{pyattn.get_num_threads()} thread(s))",
             file=sys.stderr,
         )

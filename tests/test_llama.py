@@ -185,6 +185,30 @@ def test_cli_generate(path):
     assert r.stdout.rstrip("\n") == model.decode(ids[0, prompt:])  # the streamed text is the greedy continuation
 
 
+@pytest.mark.parametrize(
+    "prompt, max_new, count",
+    [
+        # llama.cpp on the same file: the end of the text (id 2) leads the first step's logits, 21.19 against 20.87
+        ("Write a haiku about CPUs.", "8", "0 tokens: the first was the end of the text"),
+        ("The capital of France is", "1", "1 token;"),
+    ],
+)
+def test_cli_generate_reports_no_rate_without_two_tokens(path, prompt, max_new, count):
+    import pathlib
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "pyattn", "generate", prompt, "--max-new-tokens", max_new],
+        capture_output=True,
+        text=True,
+        cwd=pathlib.Path(__file__).parent,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert count in r.stderr and "nan" not in r.stderr and "tokens/s" not in r.stderr
+
+
 def test_block_formats_agree_with_llama_cpp(path, model_f32):
     """tests/data/smollm2_llamacpp_logits.json: llama.cpp's 16 largest logits (3 decimals) at every position of
     PROMPTS
