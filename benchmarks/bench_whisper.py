@@ -12,9 +12,10 @@ features included), the encoder on one 30 s window, and decoding from a precompu
 generated token, the end token included). Peak RSS is the worker's.
 
 Rows: pyattn = Whisper.from_pretrained() with the model file's own weights (float16 for tiny.en), float32 math;
-pyattn-float32 / -bfloat16 / -int8 = Whisper.from_pretrained(compute_type=...) (int8 keeps the encoder float32:
-pyattn.models.whisper); ct2-fp32 / ct2-int8 = ctranslate2.models.Whisper(compute_type=...); faster-whisper-fp32 /
--int8 = faster_whisper.WhisperModel(compute_type=...). The precision column is what each says it holds (pyattn's
+pyattn-float32 / -bfloat16 / -int8 = Whisper.from_pretrained(compute_type=...) (int8 keeps the encoder float32, or
+bfloat16 on a CPU with bfloat16 pair instructions: pyattn.models.whisper); ct2-fp32 / ct2-int8 =
+ctranslate2.models.Whisper(compute_type=...); faster-whisper-fp32 / -int8 = faster_whisper.WhisperModel(compute_type=
+...). The precision column is what each says it holds (pyattn's
 weight storage in encoder and decoder, CTranslate2's compute type). pyattn and CTranslate2 run the same prompt
 (<|startoftranscript|> <|notimestamps|>) and suppression options; faster-whisper runs its own `transcribe` (no
 timestamps, temperature 0, no VAD, no conditioning on previous text) for reference. Accuracy beside the times:

@@ -235,6 +235,12 @@ def decoder_stack(
     positions [past, past + L) are written; key_padding_mask (B, past + L) bool, True = padding.
     """
 
+def multiplies_bf16_pairs() -> bool:
+    """
+    Whether the kernel set in use multiplies bfloat16 pairs in hardware (AVX512_BF16's vdpbf16ps, AMX tiles):
+    where bfloat16 GEMMs run at about twice float32's speed.
+    """
+
 def get_isa() -> str:
     """
     Name of the kernel set in use.

