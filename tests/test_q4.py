@@ -14,6 +14,9 @@ import pyattn
 from pyattn import _core
 
 SHAPES = [(1, 32, 1), (1, 64, 5), (2, 96, 17), (3, 32, 16), (4, 320, 9), (5, 64, 33), (8, 576, 100), (13, 160, 48)]
+# 16 rows and more: the wide tile where the set has one (avx512_vnni: 6 x 32 on unpacked panels), with columns past
+# the last whole group of 32 (70, 33) and rows past the last whole tile
+SHAPES += [(16, 64, 40), (37, 96, 70), (200, 576, 33)]
 
 
 @pytest.fixture(autouse=True)
@@ -98,6 +101,18 @@ def test_the_same_bits_on_every_kernel_set(kind, shape, rng):
     # and it is the product it stands for: within the quantization error of both operands
     ref = x.astype(np.float64) @ w.T.astype(np.float64) + b
     assert np.abs(want - ref).max() <= 0.15 * np.abs(x).max() * np.abs(w).max() * np.sqrt(k)
+
+
+@pytest.mark.parametrize("kind", ["q4_0", "q4_1"])
+def test_many_rows_give_each_row_the_bits_it_gets_alone(kind, rng):
+    """A prompt's prefill (many rows: the wide tile on sets that have one) and decoding (one row at a time: the
+    8-column tile) give each row the same bits."""
+    x, w, b = data(rng, 45, 320, 100)
+    for isa in ISAS:
+        pyattn.set_isa(isa)
+        lin = _core.PackedLinear(w, b, kind)
+        rows = np.concatenate([lin(x[i : i + 1]) for i in range(x.shape[0])])
+        np.testing.assert_array_equal(lin(x), rows, err_msg=f"kernel set {isa}")
 
 
 def test_q4_0_is_the_int8_gemm_of_its_values(rng):

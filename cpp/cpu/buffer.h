@@ -91,6 +91,7 @@ enum class Slot : int {
     gemm_cols_pairs,   // gemm_cols: this thread's bfloat16 rows of A as pairs
     decoder_norm,      // a decoding step in one parallel region: this thread's normalized rows
     gemm_scaled_a,     // int8 with an input scale: this thread's rows of A times the scale, before quantizing
+    gemm_q4_wide,      // 4-bit blocks, many rows: this thread's panel unpacked for the wide tile
 };
 
 template <Slot S>

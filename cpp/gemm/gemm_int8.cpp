@@ -9,6 +9,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "cpu/buffer.h"
 #include "cpu/cpu.h"
@@ -17,6 +18,7 @@
 #include "gemm/gemm.h"
 #include "gemm/grid.h"
 #include "gemm/packed_matrix.h"
+#include "kernels/half.h"
 
 namespace pyattn::gemm {
 
@@ -137,13 +139,62 @@ void gemm_int8(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, fl
     }
 }
 
+namespace {
+
+// Panels [wp q, wp q + wp) of a 4-bit matrix (wp = kQ4Wide / kQ4Cols; panels past its columns: zeros) as the wide
+// tile's panel (kernels.h: Q4Kernels::wide): each block's nibbles spread into bytes, its halves widened.
+void unpack_wide(const PackedMatrix& B, int64_t q, uint8_t* dst) {
+    using kernels::kQ4Cols;
+    using kernels::kQ4Wide;
+    constexpr int64_t wp = kQ4Wide / kQ4Cols, groups = kernels::kQBlock / 4;
+    const int64_t nb = B.nblocks(), panels = (B.N() + kQ4Cols - 1) / kQ4Cols;
+    const bool has_min = B.has_min();
+    const int64_t bs = kernels::q4_block_bytes(has_min);
+    for (int64_t blk = 0; blk < nb; ++blk) {
+        uint8_t* o = dst + blk * kernels::kQ4WideBlockBytes;
+        float* d = reinterpret_cast<float*>(o + kernels::kQBlock * kQ4Wide);
+        float* mn = d + kQ4Wide;
+        for (int64_t p = 0; p < wp; ++p) {
+            const int64_t src_panel = q * wp + p;
+            if (src_panel >= panels) {
+                for (int64_t g = 0; g < groups; ++g) std::fill(o + g * 128 + p * 32, o + g * 128 + p * 32 + 32, 0);
+                std::fill(d + p * kQ4Cols, d + (p + 1) * kQ4Cols, 0.0f);
+                std::fill(mn + p * kQ4Cols, mn + (p + 1) * kQ4Cols, 0.0f);
+                continue;
+            }
+            const uint8_t* src = B.panel_q4(src_panel) + blk * bs;
+            // byte 32 c + e of the panel: k = 4 c + e % 4 (low nibble) and 16 + 4 c + e % 4 (high) of column e / 4,
+            // which land at byte e of group c and of group 4 + c, at this panel's 32 bytes of the group
+            for (int64_t c = 0; c < 4; ++c)
+                for (int64_t e = 0; e < 32; ++e) {
+                    const uint8_t v = src[32 * c + e];
+                    o[c * 128 + p * 32 + e] = v & 15;
+                    o[(4 + c) * 128 + p * 32 + e] = v >> 4;
+                }
+            uint16_t h[2 * kQ4Cols];
+            std::memcpy(h, src + 16 * kQ4Cols, (has_min ? 4 : 2) * kQ4Cols);
+            for (int64_t j = 0; j < kQ4Cols; ++j) {
+                d[p * kQ4Cols + j] = half_to_float(h[j]);
+                mn[p * kQ4Cols + j] = has_min ? half_to_float(h[kQ4Cols + j]) : 0.0f;
+            }
+        }
+    }
+}
+
+// Rows from which gemm_q4 takes the wide tile where the set has one: the unpacking of a panel is then shared by at
+// least this many rows.
+constexpr int64_t kWideRows = 16;
+
+}  // namespace
+
 void gemm_q4(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, float* C, int64_t ldc, float beta,
              const Epilogue& ep, int nthreads) {
     if (M <= 0) return;
     const kernels::KernelSet& ks = B.kernels();
     const kernels::Q4Kernel kernel = ks.q4.tile[B.has_min() ? 1 : 0];
+    const kernels::Q4WideKernel wide = M >= kWideRows ? ks.q4.wide[B.has_min() ? 1 : 0] : nullptr;
     const int64_t N = B.N(), K = B.K(), nb = B.nblocks(), kp = nb * kernels::kQBlock;
-    const int mr = ks.q4.mr, nr = kernels::kQ4Cols;
+    const int mr = wide ? ks.q4.wide_mr : ks.q4.mr, nr = wide ? kernels::kQ4Wide : kernels::kQ4Cols;
     int nt = nthreads > 0 ? nthreads : cpu::threads_for(2.0 * M * N * K);
     if (omp_in_parallel()) nt = 1;
     int8_t* q = reinterpret_cast<int8_t*>(scratch<Slot::gemm_quantized_a>(static_cast<std::size_t>(M * kp + 3) / 4));
@@ -160,17 +211,24 @@ void gemm_q4(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, floa
             quantize_rows(ks, true, A + i0 * lda, lda, m, K, q + i0 * kp, sa + i0 * nb, ta + i0 * nb);
         });
 #pragma omp barrier
-        alignas(64) float tile[16 * kernels::kQ4Cols];
-        run_units(
-            ks, M, N, mr, nr, mc, nt, ep, C, ldc, taken.get() + nt, [&](int64_t i, int64_t m, int64_t pq, bool first) {
-                const uint8_t* b = B.panel_q4(pq);
-                const int64_t j = pq * nr, n = std::min<int64_t>(nr, N - j);
-                store_panel(
-                    [&](float* out, int64_t ld, const float* bb) {
-                        kernel(m, nb, q + i * kp, kp, sa + i * nb, ta + i * nb, nb, b, out, ld, bb, first ? ahead : 0);
-                    },
-                    m, n, nr, C + i * ldc + j, ldc, beta, bias ? bias + j : nullptr, tile);
-            });
+        alignas(64) float tile[16 * kernels::kQ4Wide];
+        uint8_t* unpacked = wide ? reinterpret_cast<uint8_t*>(scratch<Slot::gemm_q4_wide>(
+                                       static_cast<std::size_t>(nb * kernels::kQ4WideBlockBytes / 4)))
+                                 : nullptr;
+        run_units(ks, M, N, mr, nr, mc, nt, ep, C, ldc, taken.get() + nt,
+                  [&](int64_t i, int64_t m, int64_t pq, bool first) {
+                      const int64_t j = pq * nr, n = std::min<int64_t>(nr, N - j);
+                      if (wide && first) unpack_wide(B, pq, unpacked);  // once per block of rows
+                      store_panel(
+                          [&](float* out, int64_t ld, const float* bb) {
+                              if (wide)
+                                  wide(m, nb, q + i * kp, kp, sa + i * nb, ta + i * nb, nb, unpacked, out, ld, bb);
+                              else
+                                  kernel(m, nb, q + i * kp, kp, sa + i * nb, ta + i * nb, nb, B.panel_q4(pq), out, ld,
+                                         bb, first ? ahead : 0);
+                          },
+                          m, n, nr, C + i * ldc + j, ldc, beta, bias ? bias + j : nullptr, tile);
+                  });
     }
 }
 

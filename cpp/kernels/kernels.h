@@ -126,9 +126,21 @@ constexpr int q4_block_bytes(bool has_min) { return 16 * kQ4Cols + (has_min ? 4 
 using Q4Kernel = void (*)(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta,
                           int64_t ldsa, const uint8_t* b, float* c, int64_t ldc, const float* bias, int64_t ahead);
 
+// The wide tile (optional; null where the set has none): for products of many rows (a prompt's prefill), where the
+// panels are read from cache once per row tile, not from memory. The driver unpacks kQ4Wide / kQ4Cols panels into one
+// wide panel per block of rows: per block (kQ4WideBlockBytes), the nibbles as bytes, 4 consecutive k of a column in
+// 4 bytes (byte (g kQ4Wide + j) 4 + t = u[4 g + t][j], g < kQBlock / 4), then kQ4Wide floats d, then kQ4Wide floats
+// m (Q4_1; zeros for Q4_0). The float steps are the formulas above, in their order: the same bits as tile.
+constexpr int kQ4Wide = 32;
+constexpr int64_t kQ4WideBlockBytes = kQBlock * kQ4Wide + 2 * kQ4Wide * 4;
+using Q4WideKernel = void (*)(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta,
+                              int64_t ldsa, const uint8_t* b, float* c, int64_t ldc, const float* bias);
+
 struct Q4Kernels {
-    int mr;            // up to mr rows of A by one kQ4Cols-column panel per call
-    Q4Kernel tile[2];  // [0]: Q4_0, [1]: Q4_1; 1 <= m <= mr
+    int mr;                  // up to mr rows of A by one kQ4Cols-column panel per call
+    Q4Kernel tile[2];        // [0]: Q4_0, [1]: Q4_1; 1 <= m <= mr
+    int wide_mr = 0;         // the wide tile: up to wide_mr rows by kQ4Wide columns ...
+    Q4WideKernel wide[2]{};  // ... [0]: Q4_0, [1]: Q4_1
 };
 
 // ---- bfloat16 pairs (AVX512_BF16's vdpbf16ps) ----

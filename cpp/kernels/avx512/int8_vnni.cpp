@@ -182,6 +182,68 @@ struct Q4SumsVnni {
 
 #include "kernels/q4_kernels.inl"
 
+// The wide 4-bit tile (Q4Kernels::wide): M rows by 32 columns of an unpacked panel, whose nibbles are bytes in
+// [0, 15] already, so vpdpbusd takes them as its unsigned operand as they are (no sign flip, no correction). Per
+// block, the float steps of q4_kernels.inl in their order, on 16 lanes: the same bits as the 8-column tile.
+template <int M, bool kMin>
+void q4_wide_m(int64_t nb, const int8_t* __restrict a, int64_t lda, const float* __restrict sa,
+               const int32_t* __restrict ta, int64_t ldsa, const uint8_t* __restrict b, float* __restrict c,
+               int64_t ldc, const float* bias) {
+    __m512 sum[M][2];
+#pragma GCC unroll 8
+    for (int i = 0; i < M; ++i) sum[i][0] = sum[i][1] = _mm512_setzero_ps();
+    for (int64_t blk = 0; blk < nb; ++blk, b += kQ4WideBlockBytes) {
+        __m512i acc[M][2];
+#pragma GCC unroll 8
+        for (int i = 0; i < M; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_si512();
+        const int8_t* ab = a + blk * kQBlock;
+#pragma GCC unroll 8
+        for (int g = 0; g < kGroups; ++g) {
+            const __m512i b0 = _mm512_loadu_si512(b + g * 128), b1 = _mm512_loadu_si512(b + g * 128 + 64);
+#pragma GCC unroll 8
+            for (int i = 0; i < M; ++i) {
+                const __m512i av = bcast4(ab + i * lda + 4 * g);
+                acc[i][0] = _mm512_dpbusd_epi32(acc[i][0], b0, av);
+                acc[i][1] = _mm512_dpbusd_epi32(acc[i][1], b1, av);
+                asm("" : "+v"(acc[i][0]), "+v"(acc[i][1]));
+            }
+        }
+        const float* f = reinterpret_cast<const float*>(b + kQBlock * kQ4Wide);
+        const __m512 d[2] = {_mm512_loadu_ps(f), _mm512_loadu_ps(f + 16)};
+        __m512 mn[2];
+        if constexpr (kMin) mn[0] = _mm512_loadu_ps(f + 32), mn[1] = _mm512_loadu_ps(f + 48);
+#pragma GCC unroll 8
+        for (int i = 0; i < M; ++i) {
+            const float sab = sa[i * ldsa + blk];
+            const int32_t t = ta[i * ldsa + blk];
+            for (int h = 0; h < 2; ++h) {
+                if constexpr (kMin)
+                    sum[i][h] = _mm512_fmadd_ps(mn[h], _mm512_set1_ps(sab * static_cast<float>(t)), sum[i][h]);
+                else
+                    acc[i][h] = _mm512_sub_epi32(acc[i][h], _mm512_set1_epi32(8 * t));
+                sum[i][h] =
+                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][h]), _mm512_mul_ps(_mm512_set1_ps(sab), d[h]), sum[i][h]);
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < M; ++i)
+        for (int h = 0; h < 2; ++h) {
+            __m512 v = sum[i][h];
+            if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + 16 * h));
+            _mm512_storeu_ps(c + i * ldc + 16 * h, v);
+        }
+}
+
+template <bool kMin, int M = 6>
+void q4_wide(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta, int64_t ldsa,
+             const uint8_t* b, float* c, int64_t ldc, const float* bias) {
+    if constexpr (M >= 1) {
+        if (m == M) return q4_wide_m<M, kMin>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
+        return q4_wide<kMin, M - 1>(m, nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
+    }
+}
+
 }  // namespace
 
 // 6 rows x 32 columns: 12 int32 sums and 12 float sums in registers, 2 panel registers and A's broadcast quad (27 of
@@ -207,6 +269,10 @@ KernelSet& avx512_vnni_kernel_set() {
         k.name = "avx512_vnni";
         k.i8 = avx512_vnni_int8_kernels();
         k.q4 = make_q4_kernels<Q4SumsVnni>();  // 4-bit: up to 6 rows of 8 columns per call
+        // and, for many rows, 6 x 32 on unpacked panels (12 int32 and 12 float sums, 2 panel registers: 27 of 32 zmm)
+        k.q4.wide_mr = 6;
+        k.q4.wide[0] = &q4_wide<false>;
+        k.q4.wide[1] = &q4_wide<true>;
         return k;
     }();
     return ks;
