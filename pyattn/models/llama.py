@@ -130,7 +130,9 @@ class LlamaWeights:
         raise NotImplementedError
 
     def release(self, role: str) -> None:
-        """Called once `role`'s matrix is copied into the model: a source may drop its own copy of it."""
+        """Called once the model has read `role`'s matrix (possibly before it has copied it: arrays the source
+        handed out must stay readable, as a released memory map's pages come back from the file): a source may drop
+        its own copy of it."""
 
     def finish(self, tied: bool = False) -> None:
         """Called once every weight is read (`tied`: the output projection was the embedding table): a source may
@@ -560,8 +562,13 @@ class LlamaModel(Module):
                     return Linear.from_gguf(raw, q4[0][0], shapes[0][1], b, name)
             blocks = dtype in (None, "int8")
             parts = [weights.matrix(r, s, blocks=blocks) for r, s in zip(roles, shapes)]
+            # The parts are copies (or views that stay readable): the file's pages can go before the packed copy is
+            # made, and one part is not copied again. SmolLM2's tied table (Q8_0, 33 MB in the file, 28 MB as int8)
+            # had the load's peak at 250 MiB of RSS for 145 after it; now about 60 MiB less.
+            for r in roles:
+                weights.release(r)
             if blocks and all(isinstance(p, tuple) for p in parts):
-                q, scales = (np.concatenate([p[j] for p in parts]) for j in (0, 1))
+                q, scales = parts[0] if len(parts) == 1 else (np.concatenate([p[j] for p in parts]) for j in (0, 1))
                 as_stored.add(name)
                 return Linear.from_int8(q, scales, b, name)
             w = np.concatenate([_widen(p) for p in parts]) if len(parts) > 1 else _widen(parts[0])
