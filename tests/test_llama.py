@@ -227,7 +227,10 @@ def test_loading_the_gguf_keeps_its_peak_memory_near_what_it_holds(path):
         "s = open('/proc/self/status').read()\n"
         "print(*(int(re.search(k + r':\\s+(\\d+)', s).group(1)) for k in ('VmRSS', 'VmHWM')))\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    # cwd: the tests folder, so that the installed package is imported and not the source tree
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=os.path.dirname(__file__)
+    )
     assert r.returncode == 0, r.stderr
     rss, peak = (int(v) / 1024 for v in r.stdout.split())
     assert peak - rss < 75, (rss, peak)
