@@ -545,28 +545,30 @@ class LlamaModel(Module):
             b = None
             if biases:
                 b = np.concatenate([weights.vector(f"{r}_bias", s[0]) for r, s in zip(roles, shapes)])
-            name = weights.file_name(roles[0])
-            lin = build(roles, shapes, b, name)
-            for r in roles:
-                weights.release(r)
-            return lin
+            return build(roles, shapes, b, weights.file_name(roles[0]))
 
         as_stored = set()  # the Linears holding the file's values exactly (blocks as stored)
 
+        def release(roles):
+            for r in roles:
+                weights.release(r)
+
         def build(roles, shapes, b, name):
+            """The Linear of the roles' matrices; the source releases each matrix once it is read."""
             if dtype is None:  # 4-bit blocks as stored, when every part is of the same kind
                 q4 = [weights.q4(r, s) for r, s in zip(roles, shapes)]
                 if all(q is not None for q in q4) and len({q[0] for q in q4}) == 1:
                     raw = np.concatenate([q[1] for q in q4]) if len(q4) > 1 else q4[0][1]
                     as_stored.add(name)
-                    return Linear.from_gguf(raw, q4[0][0], shapes[0][1], b, name)
+                    lin = Linear.from_gguf(raw, q4[0][0], shapes[0][1], b, name)  # raw may be the file's bytes
+                    release(roles)
+                    return lin
             blocks = dtype in (None, "int8")
             parts = [weights.matrix(r, s, blocks=blocks) for r, s in zip(roles, shapes)]
             # The parts are copies (or views that stay readable): the file's pages can go before the packed copy is
             # made, and one part is not copied again. SmolLM2's tied table (Q8_0, 33 MB in the file, 28 MB as int8)
             # had the load's peak at 250 MiB of RSS for 145 after it; now about 60 MiB less.
-            for r in roles:
-                weights.release(r)
+            release(roles)
             if blocks and all(isinstance(p, tuple) for p in parts):
                 q, scales = parts[0] if len(parts) == 1 else (np.concatenate([p[j] for p in parts]) for j in (0, 1))
                 as_stored.add(name)
