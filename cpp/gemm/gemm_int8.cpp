@@ -146,7 +146,8 @@ namespace {
 void unpack_wide(const PackedMatrix& B, int64_t q, uint8_t* dst) {
     using kernels::kQ4Cols;
     using kernels::kQ4Wide;
-    constexpr int64_t wp = kQ4Wide / kQ4Cols, groups = kernels::kQBlock / 4;
+    // wp panels per wide panel; a group (4 k) of the wide panel holds gs bytes, ps of them from each panel
+    constexpr int64_t wp = kQ4Wide / kQ4Cols, groups = kernels::kQBlock / 4, gs = kQ4Wide * 4, ps = kQ4Cols * 4;
     const int64_t nb = B.nblocks(), panels = (B.N() + kQ4Cols - 1) / kQ4Cols;
     const bool has_min = B.has_min();
     const int64_t bs = kernels::q4_block_bytes(has_min);
@@ -157,19 +158,19 @@ void unpack_wide(const PackedMatrix& B, int64_t q, uint8_t* dst) {
         for (int64_t p = 0; p < wp; ++p) {
             const int64_t src_panel = q * wp + p;
             if (src_panel >= panels) {
-                for (int64_t g = 0; g < groups; ++g) std::fill(o + g * 128 + p * 32, o + g * 128 + p * 32 + 32, 0);
+                for (int64_t g = 0; g < groups; ++g) std::fill(o + g * gs + p * ps, o + g * gs + (p + 1) * ps, 0);
                 std::fill(d + p * kQ4Cols, d + (p + 1) * kQ4Cols, 0.0f);
                 std::fill(mn + p * kQ4Cols, mn + (p + 1) * kQ4Cols, 0.0f);
                 continue;
             }
             const uint8_t* src = B.panel_q4(src_panel) + blk * bs;
-            // byte 32 c + e of the panel: k = 4 c + e % 4 (low nibble) and 16 + 4 c + e % 4 (high) of column e / 4,
-            // which land at byte e of group c and of group 4 + c, at this panel's 32 bytes of the group
+            // byte ps c + e of the panel: k = 4 c + e % 4 (low nibble) and 16 + 4 c + e % 4 (high) of column e / 4,
+            // which land at byte e of group c and of group 4 + c, at this panel's ps bytes of the group
             for (int64_t c = 0; c < 4; ++c)
-                for (int64_t e = 0; e < 32; ++e) {
-                    const uint8_t v = src[32 * c + e];
-                    o[c * 128 + p * 32 + e] = v & 15;
-                    o[(4 + c) * 128 + p * 32 + e] = v >> 4;
+                for (int64_t e = 0; e < ps; ++e) {
+                    const uint8_t v = src[ps * c + e];
+                    o[c * gs + p * ps + e] = v & 15;
+                    o[(4 + c) * gs + p * ps + e] = v >> 4;
                 }
             uint16_t h[2 * kQ4Cols];
             std::memcpy(h, src + 16 * kQ4Cols, (has_min ? 4 : 2) * kQ4Cols);
