@@ -120,7 +120,7 @@ void run_blocked(const KernelSet& ks, const Problem& P, int nt) {
                 const bool last = pc + kc >= K;
                 for (int64_t ic = r0; ic < r1; ic += bl.mc) {
                     const int64_t mcb = std::min<int64_t>(bl.mc, r1 - ic);
-                    pack_a(P.A + ic * P.lda + pc, P.lda, mcb, kc, bl.mr, ap);
+                    ks.pack_a(P.A + ic * P.lda + pc, P.lda, mcb, kc, bl.mr, ap, 1.0f);
                     macro_kernel(ks, ap, P.A + ic * P.lda + pc, P.lda, bp, mcb, kc, nc, q0, q1, P.C + ic * P.ldc + jc,
                                  P.ldc, beta, last, P.ep, jc);
                 }

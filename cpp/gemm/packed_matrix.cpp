@@ -33,27 +33,6 @@ void pack_b(const kernels::KernelSet& ks, const float* b, int64_t ldb, bool tran
     }
 }
 
-void pack_a(const float* a, int64_t lda, int64_t mc, int64_t kc, int mr, float* dst, float scale) {
-    constexpr int kMaxMr = 16;
-    const float* rows[kMaxMr];
-    for (int64_t r = 0; r * mr < mc; ++r) {
-        float* panel = dst + r * kc * mr;
-        const int64_t m = std::min<int64_t>(mr, mc - r * mr);
-        for (int64_t i = 0; i < m; ++i) rows[i] = a + (r * mr + i) * lda;
-        // p-outer: each step writes one contiguous MR-float column of the panel; the MR source rows
-        // stream in parallel. Missing rows of the last panel are zeros.
-        if (m == mr && scale == 1.0f) {
-            for (int64_t p = 0; p < kc; ++p)
-                for (int i = 0; i < mr; ++i) panel[p * mr + i] = rows[i][p];
-        } else {
-            for (int64_t p = 0; p < kc; ++p) {
-                for (int64_t i = 0; i < m; ++i) panel[p * mr + i] = scale * rows[i][p];
-                for (int64_t i = m; i < mr; ++i) panel[p * mr + i] = 0.0f;
-            }
-        }
-    }
-}
-
 namespace {
 
 struct Job {

@@ -102,8 +102,6 @@ private:
 void pack_b(const kernels::KernelSet& ks, const float* b, int64_t ldb, bool trans, int64_t p0, int64_t kc, int64_t j0,
             int64_t nc, int nr, float* dst, int64_t panel_begin, int64_t panel_end);
 
-// Packs rows [0, mc) x cols [0, kc) of A (row stride lda) into MR-row panels: element (i, p) of panel r
-// at dst[r * kc * MR + p * MR + i]; rows past mc are zero-filled up to a whole panel.
-void pack_a(const float* a, int64_t lda, int64_t mc, int64_t kc, int mr, float* dst, float scale = 1.0f);
+// A is packed by the kernel set's pack_a (kernels.h).
 
 }  // namespace pyattn::gemm

@@ -220,6 +220,35 @@ void pack_bt(const float* w, int64_t ldw, int64_t kc, int64_t cols, int nr, floa
         for (int64_t j = cols; j < nr; ++j) panel[q * nr + j] = 0.0f;
 }
 
+// Packing A into MR-row panels (kernels.h: pack_a). A whole panel goes 8 k at a time through register transposes of
+// 8 rows (4 where MR < 8), the last group of rows overlapping its predecessor when MR is not a multiple of the group
+// (MR 12: rows 0-7 and 4-11); the rest, and a last partial panel, element by element.
+void pack_a(const float* a, int64_t lda, int64_t mc, int64_t kc, int mr, float* dst, float scale) {
+    for (int64_t r = 0; r * mr < mc; ++r) {
+        float* panel = dst + r * kc * mr;
+        const float* rows = a + r * mr * lda;
+        const int64_t m = mc - r * mr < mr ? mc - r * mr : mr;
+        int64_t p = 0;
+        if constexpr (V::kTranspose8) {
+            if (m == mr && mr >= 4) {
+                const int g = mr >= 8 ? 8 : 4;
+                for (; p + 8 <= kc; p += 8)
+                    for (int i0 = 0; i0 < mr; i0 += g) {
+                        const int i = i0 + g <= mr ? i0 : mr - g;
+                        if (g == 8)
+                            transpose8x8(rows + i * lda + p, lda, panel + p * mr + i, mr, scale);
+                        else
+                            transpose4x8(rows + i * lda + p, lda, panel + p * mr + i, mr, scale);
+                    }
+            }
+        }
+        for (; p < kc; ++p) {
+            for (int64_t i = 0; i < m; ++i) panel[p * mr + i] = scale * rows[i * lda + p];
+            for (int64_t i = m; i < mr; ++i) panel[p * mr + i] = 0.0f;
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Row primitives.
 // ---------------------------------------------------------------------------------------------
@@ -698,6 +727,7 @@ KernelSet make_kernel_set(const char* name, int mc, int kc, int nc, Int8Kernels 
     ks.attn_values_f16 = &attn_values<KvF16>;
     ks.narrow_f16 = &narrow_f16;
     ks.pack_bt = &pack_bt;
+    ks.pack_a = &pack_a;
     ks.max = &row_max;
     ks.exp_sum = &exp_sum;
     ks.scale = &scale_row;

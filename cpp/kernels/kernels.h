@@ -195,6 +195,9 @@ struct KernelSet {
     // y = float16(x), round to nearest even (F16C's conversion and float_to_half alike); overflow gives inf
     void (*narrow_f16)(const float* x, uint16_t* y, int64_t n);
     PackTransKernel pack_bt;
+    // Packs rows [0, mc) x cols [0, kc) of A (row stride lda), times scale, into MR-row panels: element (i, p) of
+    // panel r at dst[r * kc * mr + p * mr + i]; rows past mc are zero-filled up to a whole panel.
+    void (*pack_a)(const float* a, int64_t lda, int64_t mc, int64_t kc, int mr, float* dst, float scale);
     // 16-bit B panels, indexed by HalfFormat.
     HalfKernels half[2];
     // y = float(bfloat16(x)), round to nearest even; NaN stays NaN; y may alias x

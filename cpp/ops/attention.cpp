@@ -267,7 +267,7 @@ struct FloatProducts {
     }
 
     void pack_q(int64_t b, int64_t h, int64_t i0, int64_t rows) {
-        gemm::pack_a(head(a.q, b, h) + i0 * a.q.sl, a.q.sl, rows, a.D, static_cast<int>(f.mr), qp, a.scale);
+        ks.pack_a(head(a.q, b, h) + i0 * a.q.sl, a.q.sl, rows, a.D, static_cast<int>(f.mr), qp, a.scale);
     }
 
     // S = (scale Q) K^T for keys [j0, j0 + n): rows x n at st (full micro-tiles, extra columns ignored)

@@ -15,7 +15,7 @@ alignas(32) const int32_t kTailMask[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0,
 
 struct V {
     using reg = __m256;
-    static constexpr bool kTranspose8 = true;  // transpose8x8 available
+    static constexpr bool kTranspose8 = true;  // transpose8x8 and transpose4x8 available
     static constexpr int kDotRows = 6;         // rows of A per pass of the dot kernel
     static constexpr int W = 8;
     static reg zero() { return _mm256_setzero_ps(); }

@@ -14,7 +14,7 @@ namespace {
 
 struct V {
     using reg = __m512;
-    static constexpr bool kTranspose8 = true;  // transpose8x8 available
+    static constexpr bool kTranspose8 = true;  // transpose8x8 and transpose4x8 available
     static constexpr int kDotRows = 8;         // rows of A per pass of the dot kernel
     static constexpr int W = 16;
     static reg zero() { return _mm512_setzero_ps(); }

@@ -8,12 +8,13 @@
 namespace pyattn::kernels {
 namespace {
 
-// Never called (kTranspose8 is false); declared so the generic pack compiles.
-inline void transpose8x8(const float*, int64_t, float*, int64_t) {}
+// Never called (kTranspose8 is false); declared so the generic packs compile.
+inline void transpose8x8(const float*, int64_t, float*, int64_t, float = 1.0f) {}
+inline void transpose4x8(const float*, int64_t, float*, int64_t, float = 1.0f) {}
 
 struct V {
     using reg = float;
-    static constexpr bool kTranspose8 = false;  // transpose8x8 available
+    static constexpr bool kTranspose8 = false;  // transpose8x8 and transpose4x8 available
     static constexpr int kDotRows = 2;          // rows of A per pass of the dot kernel
     static constexpr int W = 1;
     static reg zero() { return 0.0f; }
