@@ -191,7 +191,7 @@ def _generate(args) -> int:
     text = " ".join(args.prompt)
     if args.chat:
         text = model.apply_chat_template([{"role": "user", "content": text}])
-    ids = np.array([model.encode(text)])
+    ids = np.array([model.encode_prompt(text)])
     out, first = [], []
     shown = ""
     stops = args.stop or []

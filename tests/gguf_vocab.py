@@ -46,10 +46,10 @@ def smollm2_path():
     return found[0] if found else None
 
 
-def write_vocab_gguf(src, dst, pre: str) -> None:
+def write_vocab_gguf(src, dst, pre: str, add_bos=False) -> None:
     """dst: a GGUF of architecture llama (1 layer, width 8, random float32 weights) with src's tokenizer.ggml.*
     vocabulary, merges and token types (and EXTRA_TOKENS / EXTRA_MERGES after them), and `pre` as its
-    pre-tokenizer name."""
+    pre-tokenizer name; tokenizer.ggml.add_bos_token = add_bos (None: no such key)."""
     import gguf
 
     from pyattn.io.gguf import read_gguf
@@ -77,7 +77,8 @@ def write_vocab_gguf(src, dst, pre: str) -> None:
     w.add_token_types([int(t) for t in types])
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
-    w.add_add_bos_token(False)
+    if add_bos is not None:
+        w.add_add_bos_token(add_bos)
     w.add_tensor("token_embd.weight", rng.standard_normal((len(tokens), d)).astype(np.float32))
     for name, shape in [
         ("attn_q", (d, d)),

@@ -50,3 +50,17 @@ def test_unknown_name_is_refused(source, tmp_path):
     gguf_vocab.write_vocab_gguf(source, path, "no-such-pre")
     with pytest.raises(ValueError, match="pre-tokenizer 'no-such-pre' is not supported"):
         LlamaModel.from_gguf(path)
+
+
+@pytest.mark.parametrize(
+    "pre, key, adds",  # llama.cpp 0.3.36's tokenize(add_bos=True) on these files: BOS for llama3 without the key
+    [("llama-bpe", None, True), ("llama-bpe", False, False), ("qwen2", None, False), ("smollm", True, True)],
+)
+def test_prompt_starts_with_bos_as_llama_cpp_decides(source, tmp_path, pre, key, adds):
+    path = tmp_path / "m.gguf"
+    gguf_vocab.write_vocab_gguf(source, path, pre, add_bos=key)
+    model = LlamaModel.from_gguf(path)
+    assert model.add_bos is adds
+    text = "Hello, world!"
+    assert model.encode_prompt(text) == [1] * adds + model.encode(text)
+    assert model.encode_prompt("<|im_start|>" + text) == model.encode("<|im_start|>" + text)  # id 1 is BOS here

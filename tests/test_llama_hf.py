@@ -371,7 +371,7 @@ TEMPLATE = (
 
 
 def test_tokenizer_and_chat_template(folders, tmp_path):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     folder = tmp_path / "m"
     shutil.copytree(folders["gqa_untied"][1], folder)
@@ -402,6 +402,14 @@ def test_tokenizer_and_chat_template(folders, tmp_path):
     assert model.apply_chat_template(messages) == ref.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=True
     )
+    # a prompt's ids: BOS first only where the tokenizer's post-processing adds it (Llama's does), once
+    assert model.encode_prompt(text) == model.encode(text) == ref(text).input_ids
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok.save(str(folder / "tokenizer.json"))
+    model = pyattn.from_pretrained(folder)
+    ref = transformers.AutoTokenizer.from_pretrained(str(folder))
+    assert model.encode_prompt(text) == ref(text).input_ids == [1] + model.encode(text)
+    assert model.encode_prompt("<s>" + text) == [1] + model.encode(text)  # not twice (transformers: twice)
 
 
 def test_no_tokenizer_is_a_clear_error(folders):

@@ -240,11 +240,12 @@ class _PreTokenizer:
     splits: Tuple[str, ...] = ()  # regexes splitting the text first, each match its own piece
     gpt2_regex: bool = True  # then GPT-2's own regex (byte-level's use_regex); False where a split replaces it
     ignore_merges: bool = False  # a piece that is a whole token is that token, without merges (llama.cpp's llama3)
+    add_bos: bool = False  # a prompt starts with BOS unless tokenizer.ggml.add_bos_token says otherwise
 
 
 # llama.cpp's pre-tokenizer names (tokenizer.ggml.pre) and what each does before the byte-level BPE. The names that
 # llama.cpp maps to one behaviour map here to the same one; tests/test_gguf_pre.py holds each to llama.cpp's ids.
-_LLAMA3 = _PreTokenizer((_LLAMA3_SPLIT,), gpt2_regex=False, ignore_merges=True)
+_LLAMA3 = _PreTokenizer((_LLAMA3_SPLIT,), gpt2_regex=False, ignore_merges=True, add_bos=True)
 _QWEN2 = _PreTokenizer((_QWEN2_SPLIT,), gpt2_regex=False)
 _PRE_TOKENIZERS = {
     "default": _PreTokenizer(),
@@ -256,6 +257,16 @@ _PRE_TOKENIZERS = {
     "qwen2": _QWEN2,  # Qwen2, Qwen2.5
     "deepseek-r1-qwen": _QWEN2,  # DeepSeek-R1's distillations into Qwen2.5
 }
+
+
+def adds_bos(f: GGUFFile) -> bool:
+    """Whether a prompt starts with BOS, as llama.cpp decides: tokenizer.ggml.add_bos_token where the file has it,
+    else the pre-tokenizer's default (true for Llama 3's names, false for the others)."""
+    v = f.get("tokenizer.ggml.add_bos_token")
+    if v is not None:
+        return bool(v)
+    how = _PRE_TOKENIZERS.get(f.get("tokenizer.ggml.pre", "default"))
+    return how is not None and how.add_bos
 
 
 def tokenizer(f: GGUFFile):

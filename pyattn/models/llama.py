@@ -44,7 +44,7 @@ from .. import functional as F
 from .._checks import is_int, is_number
 from ..generation import generate as _generate
 from ..generation.protocol import state_arguments
-from ..io.gguf import GGUFFile, int8_blocks, q4_k_as_q4_1, read_gguf, tokenizer
+from ..io.gguf import GGUFFile, adds_bos, int8_blocks, q4_k_as_q4_1, read_gguf, tokenizer
 from ..nn import CacheState, Linear, Module
 from ..nn.attention import HeadKVCache
 from ..precision import resolve_dtype
@@ -486,6 +486,14 @@ def rope_frequencies(rot: int, base: float, scaling: Optional[dict]) -> np.ndarr
     return np.where(between, blended, scaled).astype(f32)
 
 
+def _tokenizer_adds_bos(tok, bos: Optional[int]) -> bool:
+    """Whether a Hugging Face tokenizer's post-processing puts BOS first (Llama's does, Qwen2's does not)."""
+    if tok is None or bos is None:
+        return False
+    ids = tok.encode("a", add_special_tokens=True).ids
+    return len(ids) > len(tok.encode("a", add_special_tokens=False).ids) and ids[0] == bos
+
+
 def _read_json(path: Path):
     try:
         return json.loads(path.read_bytes().decode("utf-8-sig"))
@@ -569,6 +577,7 @@ class LlamaModel(Module):
         chat_template: Optional[str] = None,
         special_tokens: Optional[dict] = None,
         kv_cache: Optional[str] = None,
+        add_bos: Optional[bool] = None,
     ):
         src = weights.source
         c = config
@@ -660,6 +669,8 @@ class LlamaModel(Module):
         self.tokenizer = tokenizer
         self.chat_template = chat_template
         self.special_tokens = dict(special_tokens or {})
+        # whether a prompt starts with BOS (encode_prompt); None: as the tokenizer's own post-processing does
+        self.add_bos = bool(add_bos) if add_bos is not None else _tokenizer_adds_bos(tokenizer, c.bos_token_id)
 
     @classmethod
     @trims_heap
@@ -676,6 +687,7 @@ class LlamaModel(Module):
             tokenizer=tokenizer(f) if f.get("tokenizer.ggml.tokens") is not None else None,
             chat_template=f.get("tokenizer.chat_template"),
             kv_cache=kv_cache,
+            add_bos=adds_bos(f),
         )
 
     @classmethod
@@ -722,6 +734,18 @@ class LlamaModel(Module):
         """Token ids of `text` (special tokens such as <|im_start|> recognised), as llama.cpp gives them; no BOS
         is added (transformers' tokenizer(text, add_special_tokens=False))."""
         return self._require_tokenizer().encode(text, add_special_tokens=False).ids
+
+    def encode_prompt(self, text: str) -> List[int]:
+        """The ids of a prompt: `encode(text)` after the BOS token where the model asks for one (`add_bos`: GGUF's
+        tokenizer.ggml.add_bos_token, or llama.cpp's default for the pre-tokenizer, true for Llama 3's; a Hugging
+        Face tokenizer that adds it), as llama.cpp and transformers tokenize a prompt -- except that a text already
+        starting with BOS (a chat template's {{ bos_token }}) does not get a second one, where llama.cpp adds it
+        and warns."""
+        ids = self.encode(text)
+        bos = self.config["bos_token_id"]
+        if self.add_bos and bos is not None and (not ids or ids[0] != bos):
+            ids = [bos] + ids
+        return ids
 
     def decode(self, ids) -> str:
         return self._require_tokenizer().decode([int(i) for i in ids], skip_special_tokens=True)

@@ -686,7 +686,7 @@ async def chat_completions(server: Server, request: Request, body: ChatCompletio
     except Exception as e:  # jinja2's TemplateError and the template's own raise_exception
         raise ApiError(400, f"the chat template refused the messages: {e}", param="messages",
                        code="invalid_value") from None  # fmt: skip
-    ids = model.encode(prompt)
+    ids = model.encode_prompt(prompt)
     return await _answer(request, _choices(server, served, ids, body, chat=True), body, chat=True)
 
 
@@ -710,7 +710,7 @@ async def completions(server: Server, request: Request, body: CompletionRequest)
             if len(prompt) != 1:
                 raise _unsupported("prompt", f"a list of {len(prompt)} prompts (send one)")
             prompt = prompt[0]
-        ids = model.encode(prompt)
+        ids = model.encode_prompt(prompt)
     if not ids:
         raise ApiError(400, "prompt must not be empty", param="prompt", code="invalid_value")
     return await _answer(request, _choices(server, served, ids, body, chat=False), body, chat=False)
