@@ -220,10 +220,11 @@ def _generate(args) -> int:
         )  # fmt: skip
     t2 = time.perf_counter()
     eos = model.config["eos_token_id"]
+    ends = set(eos if isinstance(eos, list) else [eos])  # one id or several (eos, end of turn, end of text)
     for tokens in generate_stream(model, ids, detokenize=model.decode, **kwargs):
         if not first:
             first.append(time.perf_counter())
-        if int(tokens[0]) == eos:
+        if int(tokens[0]) in ends:
             break
         out.append(int(tokens[0]))
         show(model.decode(out), False)

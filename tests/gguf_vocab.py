@@ -46,10 +46,11 @@ def smollm2_path():
     return found[0] if found else None
 
 
-def write_vocab_gguf(src, dst, pre: str, add_bos=False) -> None:
+def write_vocab_gguf(src, dst, pre: str, add_bos=False, rename=None) -> None:
     """dst: a GGUF of architecture llama (1 layer, width 8, random float32 weights) with src's tokenizer.ggml.*
     vocabulary, merges and token types (and EXTRA_TOKENS / EXTRA_MERGES after them), and `pre` as its
-    pre-tokenizer name; tokenizer.ggml.add_bos_token = add_bos (None: no such key)."""
+    pre-tokenizer name; tokenizer.ggml.add_bos_token = add_bos (None: no such key); `rename` {id: text} replaces
+    tokens' texts."""
     import gguf
 
     from pyattn.io.gguf import read_gguf
@@ -57,6 +58,8 @@ def write_vocab_gguf(src, dst, pre: str, add_bos=False) -> None:
     f = read_gguf(src)
     tokens, merges, types = (list(f.get(f"tokenizer.ggml.{k}")) for k in ("tokens", "merges", "token_type"))
     tokens += EXTRA_TOKENS
+    for i, text in (rename or {}).items():
+        tokens[i] = text
     merges += EXTRA_MERGES
     types += [1] * len(EXTRA_TOKENS)
     rng = np.random.default_rng(0)

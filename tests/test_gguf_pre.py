@@ -64,3 +64,30 @@ def test_prompt_starts_with_bos_as_llama_cpp_decides(source, tmp_path, pre, key,
     text = "Hello, world!"
     assert model.encode_prompt(text) == [1] * adds + model.encode(text)
     assert model.encode_prompt("<|im_start|>" + text) == model.encode("<|im_start|>" + text)  # id 1 is BOS here
+
+
+# Control tokens of SmolLM2's vocabulary (ids 0-16) renamed to other models' markers, and the ids llama.cpp
+# (llama-cpp-python 0.3.36, llama_vocab_is_eog) ended generation on: eos (2), the markers, and also 4 (<reponame>)
+# and 11 (<|file_sep|>), fill-in-the-middle separators pyattn leaves out; not <|end|> (6), nor an unknown 0.
+RENAMED = {0: "<|weird|>", 3: "<|eot_id|>", 5: "<|eom_id|>", 6: "<|end|>", 7: "<end_of_turn>", 8: "<EOT>"}
+RENAMED.update({9: "<|end_of_text|>", 10: "<|endoftext|>", 11: "<|file_sep|>", 12: "<|return|>", 13: "<|call|>"})
+LLAMA_CPP_ENDS = {2, 3, 4, 5, 7, 8, 9, 10, 11, 12, 13}
+
+
+def test_generation_ends_where_llama_cpp_ends(source, tmp_path):
+    path = tmp_path / "m.gguf"
+    gguf_vocab.write_vocab_gguf(source, path, "llama-bpe", rename=RENAMED)
+    ends = LlamaModel.from_gguf(path).config["eos_token_id"]
+    assert ends[0] == 2 and set(ends) == LLAMA_CPP_ENDS - {4, 11}
+    smollm2 = LlamaModel.from_gguf(source).config["eos_token_id"]
+    assert smollm2 == [2, 0]  # <|im_end|>, then <|endoftext|> (llama.cpp: also 4, <reponame>)
+
+
+def test_llama_cpps_ends_are_as_recorded(source, tmp_path):
+    """LLAMA_CPP_ENDS, checked where llama-cpp-python is installed (the bench extra)."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is in the bench extra, not the test one")
+    path = tmp_path / "m.gguf"
+    gguf_vocab.write_vocab_gguf(source, path, "llama-bpe", rename=RENAMED)
+    llm = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    assert {i for i in range(20) if llama_cpp.llama_vocab_is_eog(vocab, i)} == LLAMA_CPP_ENDS

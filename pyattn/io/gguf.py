@@ -259,6 +259,30 @@ _PRE_TOKENIZERS = {
 }
 
 
+# Control tokens that end generation by their text, beside the file's eos / eot / eom ids: the end-of-turn and
+# end-of-text markers llama.cpp 0.3.36 counted as end of generation in a test vocabulary (tests/test_gguf_pre.py).
+# Left out: the fill-in-the-middle separators it also counts (<|file_sep|>, <reponame>, ...), and <|end|>, which it
+# took as end of turn but not as end of generation.
+_END_TEXTS = frozenset(
+    ["<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<end_of_turn>", "<EOT>", "<|end_of_text|>", "<|endoftext|>"]
+    + ["<|return|>", "<|call|>"]
+)
+
+
+def end_ids(f: GGUFFile) -> list:
+    """The ids that end generation: tokenizer.ggml.eos_token_id first, then eot_token_id, eom_token_id and the
+    control tokens named in _END_TEXTS (in id order)."""
+    ids = [f.get(f"tokenizer.ggml.{k}_token_id") for k in ("eos", "eot", "eom")]
+    tokens, types = f.get("tokenizer.ggml.tokens"), f.get("tokenizer.ggml.token_type")
+    if isinstance(tokens, list) and types is not None and len(types) == len(tokens):
+        ids += [i for i, (t, kind) in enumerate(zip(tokens, types)) if kind == 3 and t in _END_TEXTS]
+    out = []
+    for i in ids:
+        if is_int(i) and 0 <= i and i not in out:
+            out.append(int(i))
+    return out
+
+
 def adds_bos(f: GGUFFile) -> bool:
     """Whether a prompt starts with BOS, as llama.cpp decides: tokenizer.ggml.add_bos_token where the file has it,
     else the pre-tokenizer's default (true for Llama 3's names, false for the others)."""

@@ -44,7 +44,7 @@ from .. import functional as F
 from .._checks import is_int, is_number
 from ..generation import generate as _generate
 from ..generation.protocol import state_arguments
-from ..io.gguf import GGUFFile, adds_bos, int8_blocks, q4_k_as_q4_1, read_gguf, tokenizer
+from ..io.gguf import GGUFFile, adds_bos, end_ids, int8_blocks, q4_k_as_q4_1, read_gguf, tokenizer
 from ..nn import CacheState, Linear, Module
 from ..nn.attention import HeadKVCache
 from ..precision import resolve_dtype
@@ -267,6 +267,7 @@ def gguf_config(f: GGUFFile) -> LlamaConfig:
         if not (np.isfinite(factors).all() and (factors > 0).all()):
             raise ValueError(f"{src}: rope_freqs.weight holds factors that are not finite positive numbers")
         scaling = {"rope_type": "factors", "factors": tuple(float(x) for x in factors)}
+    ends = end_ids(f)
     return LlamaConfig(
         num_layers=n_layers,
         d_model=d,
@@ -285,7 +286,7 @@ def gguf_config(f: GGUFFile) -> LlamaConfig:
         qkv_bias=biases["q"],
         o_bias=biases["output"],
         bos_token_id=f.get("tokenizer.ggml.bos_token_id"),
-        eos_token_id=f.get("tokenizer.ggml.eos_token_id"),
+        eos_token_id=(ends if len(ends) > 1 else ends[0]) if ends else None,  # every end of generation
         pad_token_id=f.get("tokenizer.ggml.padding_token_id", f.get("tokenizer.ggml.eos_token_id")),
     )
 
