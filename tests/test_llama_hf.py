@@ -412,6 +412,45 @@ def test_tokenizer_and_chat_template(folders, tmp_path):
     assert model.encode_prompt("<s>" + text) == [1] + model.encode(text)  # not twice (transformers: twice)
 
 
+# What transformers' template environment has beyond plain jinja2: raise_exception, strftime_now, a tojson that keeps
+# non-ASCII and HTML characters, {% break %}, the {% generation %} block, and keyword arguments such as tools.
+RICH_TEMPLATE = (
+    "{{ bos_token }}{% if tools %}Tools: {{ tools | tojson }}\n{% endif %}"
+    "Date: {{ strftime_now('%Y-%m-%d') }}\n"
+    "{% for m in messages %}"
+    "{% if m.role == 'user' and loop.index0 % 2 == 1 %}{{ raise_exception('roles must alternate') }}{% endif %}"
+    "{% if m.role == 'stop' %}{% break %}{% endif %}"
+    "<|{{ m.role }}|>{% if m.role == 'assistant' %}{% generation %}{{ m.content }}{% endgeneration %}"
+    "{% else %}{{ m.content | tojson }}{% endif %}\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def test_chat_template_environment_as_transformers(folders, tmp_path):
+    import jinja2
+    from tokenizers import Tokenizer, models
+
+    folder = tmp_path / "m"
+    shutil.copytree(folders["gqa_untied"][1], folder)
+    tok = Tokenizer(models.BPE(vocab={"<unk>": 0, "<s>": 1, "</s>": 2}, merges=[], unk_token="<unk>"))
+    tok.save(str(folder / "tokenizer.json"))
+    config = {"bos_token": "<s>", "eos_token": "</s>", "chat_template": RICH_TEMPLATE}
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "PreTrainedTokenizerFast"}))
+    model = pyattn.from_pretrained(folder)
+    ref = transformers.AutoTokenizer.from_pretrained(str(folder))
+    tools = [{"name": "météo", "description": "a < b & 'c'"}]
+    messages = [{"role": "user", "content": "héllo <b> & 'x'"}, {"role": "assistant", "content": "ok"}]
+    messages += [{"role": "stop", "content": ""}, {"role": "user", "content": "after the break"}]
+    for kw in ({}, {"tools": tools}):
+        want = ref.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kw)
+        assert model.apply_chat_template(messages, **kw) == want
+    bad = [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}]
+    with pytest.raises(jinja2.TemplateError, match="roles must alternate"):
+        ref.apply_chat_template(bad, tokenize=False)
+    with pytest.raises(jinja2.TemplateError, match="roles must alternate"):
+        model.apply_chat_template(bad)
+
+
 def test_no_tokenizer_is_a_clear_error(folders):
     model = LlamaModel.from_pretrained(folders["gqa_untied"][1])
     with pytest.raises(ValueError, match="no tokenizer"):

@@ -487,6 +487,40 @@ def rope_frequencies(rot: int, base: float, scaling: Optional[dict]) -> np.ndarr
     return np.where(between, blended, scaled).astype(f32)
 
 
+def chat_template_environment():
+    """A jinja2 environment that renders chat templates as transformers does: sandboxed, trim_blocks and
+    lstrip_blocks, loop controls ({% break %}), the {% generation %} block (rendered as its body: it only marks the
+    assistant's text for training), `raise_exception(message)` (jinja2.TemplateError), `strftime_now(format)` (the
+    local time, as Llama 3.x templates date their system prompt) and a `tojson` that keeps non-ASCII text and does
+    not escape HTML."""
+    import datetime
+
+    import jinja2
+    from jinja2 import nodes
+    from jinja2.ext import Extension, loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class Generation(Extension):
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return nodes.Scope(body, lineno=lineno)
+
+    def raise_exception(message):
+        raise jinja2.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+    return env
+
+
 def _tokenizer_adds_bos(tok, bos: Optional[int]) -> bool:
     """Whether a Hugging Face tokenizer's post-processing puts BOS first (Llama's does, Qwen2's does not)."""
     if tok is None or bos is None:
@@ -751,14 +785,11 @@ class LlamaModel(Module):
     def decode(self, ids) -> str:
         return self._require_tokenizer().decode([int(i) for i in ids], skip_special_tokens=True)
 
-    def apply_chat_template(self, messages, add_generation_prompt: bool = True) -> str:
+    def apply_chat_template(self, messages, add_generation_prompt: bool = True, **kwargs) -> str:
         """The file's chat template (tokenizer.chat_template) applied with jinja2 as transformers applies it
-        (a sandboxed environment, trim_blocks and lstrip_blocks)."""
+        (chat_template_environment); `kwargs` (tools=..., a template's own switches) are passed to the template."""
         if not self.chat_template:
             raise ValueError(f"{self.source}: the file has no chat template")
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
 
         def special(key):  # the tokenizer config's string, else the token of the (first) id
             if key in self.special_tokens:
@@ -767,11 +798,16 @@ class LlamaModel(Module):
             i = i[0] if isinstance(i, list) else i
             return (self.tokenizer.id_to_token(i) or "") if i is not None and self.tokenizer is not None else ""
 
-        return env.from_string(self.chat_template).render(
-            messages=messages,
-            add_generation_prompt=add_generation_prompt,
-            bos_token=special("bos_token"),
-            eos_token=special("eos_token"),
+        return (
+            chat_template_environment()
+            .from_string(self.chat_template)
+            .render(
+                **kwargs,
+                messages=messages,
+                add_generation_prompt=add_generation_prompt,
+                bos_token=special("bos_token"),
+                eos_token=special("eos_token"),
+            )
         )
 
     def set_weight_storage(self, storage: str) -> LlamaModel:
