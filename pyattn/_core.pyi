@@ -24,14 +24,15 @@ class PackedLinear:
     A Linear layer whose weight is packed once for the GEMM micro-kernel (at construction),
     so each call packs only its activations. weight (out_features, in_features) float32 or
     float16; storage: 'float32', 'float16', 'bfloat16', 'int8' (blocks of 32 along in_features
-    with their own scales, activations quantized likewise), 'q4_0' / 'q4_1' (GGUF's 4-bit
-    blocks), or '' for the weight's own dtype.
+    with their own scales, activations quantized likewise), 'q4_0' / 'q4_1' / 'q5_0' / 'q5_1'
+    (GGUF's 4- and 5-bit blocks), or '' for the weight's own dtype.
     """
     @staticmethod
     def from_gguf(raw: npt.NDArray[np.uint8], type: str, in_features: int, bias: Optional[_F32] = None) -> PackedLinear:
         """
-        A 4-bit weight as GGUF stores it, read as stored by the GEMM (no widening in memory): raw
-        (out, in / 32 * bytes per block) uint8, type 'q4_0' (18-byte blocks) or 'q4_1' (20 bytes).
+        A 4- or 5-bit weight as GGUF stores it, read as stored by the GEMM (no widening in memory):
+        raw (out, in / 32 * bytes per block) uint8, type 'q4_0' (18-byte blocks), 'q4_1' (20 bytes),
+        'q5_0' (22) or 'q5_1' (24).
         """
     @staticmethod
     def from_int8(q: npt.NDArray[np.int8], scales: _F32, bias: Optional[_F32] = None) -> PackedLinear:
@@ -78,7 +79,7 @@ class PackedLinear:
     @property
     def storage(self) -> str:
         """
-        How the weight is held: 'float32', 'float16', 'bfloat16', 'int8', 'q4_0' or 'q4_1'.
+        How the weight is held: 'float32', 'float16', 'bfloat16', 'int8', 'q4_0', 'q4_1', 'q5_0' or 'q5_1'.
         """
 
 class GRULayer:

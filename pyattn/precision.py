@@ -6,7 +6,7 @@ from typing import Optional
 
 from . import _core
 
-WEIGHT_TYPES = tuple(_core.weight_types())  # ("float32", "float16", "bfloat16", "int8", "q4_0", "q4_1")
+WEIGHT_TYPES = tuple(_core.weight_types())  # float32, float16, bfloat16, int8, q4_0, q4_1, q5_0, q5_1
 
 # faster-whisper / CTranslate2 compute types -> pyattn weight types. pyattn always computes in float32 (int32 inside
 # an int8 block), so the part after "int8_" names nothing pyattn does differently.
@@ -26,9 +26,9 @@ COMPUTE_TYPES = {
 def attention_precision(storage: str) -> str:
     """The precision of an encoder's self-attention products (scaled_dot_product_attention's `precision`) for
     projections held as `storage`: "bfloat16" for bfloat16 weights and for those that round more coarsely (int8,
-    4-bit), "float32" otherwise. The fused encoder layer applies the same rule (gemm::bf16_attention); decoders keep
-    float32 attention for int8 and 4-bit weights (over 30 layers of SmolLM2 it cost logit accuracy)."""
-    return "bfloat16" if storage in ("bfloat16", "int8", "q4_0", "q4_1") else "float32"
+    4- and 5-bit), "float32" otherwise. The fused encoder layer applies the same rule (gemm::bf16_attention);
+    decoders keep float32 attention for int8 and 4-bit weights (over 30 layers of SmolLM2 it cost logit accuracy)."""
+    return "bfloat16" if storage in ("bfloat16", "int8", "q4_0", "q4_1", "q5_0", "q5_1") else "float32"
 
 
 def auto_dtype() -> str:

@@ -301,8 +301,8 @@ def write_tiny_llama(path, matrices: dict, rng) -> dict:
 @pytest.mark.parametrize("kinds", [("Q4_K", "Q6_K", "Q5_0"), ("Q2_K", "Q3_K", "Q5_K"), ("Q5_1", "Q4_0", "Q8_0")])
 def test_k_quant_files_load(tmp_path, kinds):
     """A file of mixed types (as llama.cpp's Q4_K_M files are: Q4_K with Q6_K for some tensors) loads: float32 gives
-    the values gguf's reference dequantizer gives; the default holds Q4_K as 4-bit blocks and the other K-quants as
-    int8 blocks, close to it."""
+    the values gguf's reference dequantizer gives; the default holds Q4_K / Q5_K as 4- / 5-bit blocks, Q5_0 / Q5_1 as
+    stored, and the other K-quants as int8 blocks, close to it."""
     a, b, c = kinds
     rng = np.random.default_rng(0)
     types = {"attn_q": a, "attn_k": a, "attn_v": b, "attn_output": c, "ffn_gate": a, "ffn_up": a, "ffn_down": b}
@@ -313,8 +313,16 @@ def test_k_quant_files_load(tmp_path, kinds):
         lin = got.layers[0].o if name == "attn_output" else got.layers[0].down
         np.testing.assert_array_equal(lin.weight, values[name])
     default = LlamaModel.from_gguf(tmp_path / "k.gguf")
-    if a == "Q4_K":  # its 4-bit values read in place by the 4-bit GEMM, as Q4_1 blocks (io.gguf.q4_k_as_q4_1)
-        assert default.layers[0].gate_up.storage == "q4_1"  # (Q/K/V is int8: V is Q6_K)
+    layer = default.layers[0]
+    # Q4_K / Q5_K: their values read in place by the block GEMM, as Q4_1 / Q5_1 blocks (io.gguf.q4_k_as_q4_1, ...)
+    stored = {"Q4_K": "q4_1", "Q5_K": "q5_1", "Q5_0": "q5_0", "Q5_1": "q5_1", "Q4_0": "q4_0"}
+    assert layer.gate_up.storage == stored.get(a, "int8")  # (Q/K/V mixes a and b: int8 unless both agree)
+    assert layer.o.storage == stored.get(c, "int8")
+    if c in ("Q5_0", "Q4_0"):  # held as stored: exactly the file's values
+        np.testing.assert_array_equal(layer.o.weight, values["attn_output"])
+    if c == "Q5_K":  # sub-block scales rounded to float16: within 2^-11 of each, relative
+        want = values["attn_output"]
+        assert 0 < np.abs(layer.o.weight - want).max() <= 2.0**-10 * np.abs(want).max()
     logits, approx = got(ids)["logits"], default(ids)["logits"]
     assert np.isfinite(logits).all()
     cos = (logits * approx).sum(-1) / np.linalg.norm(logits, axis=-1) / np.linalg.norm(approx, axis=-1)

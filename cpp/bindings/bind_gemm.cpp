@@ -131,17 +131,19 @@ public:
         return lin;
     }
 
-    // A 4-bit weight as GGUF stores it: raw (out, in / 32 * block bytes) uint8, 18 bytes per block for q4_0 and 20
-    // for q4_1 (see PackedMatrix). The bytes are checked for shape only: every nibble and half is a valid value.
+    // A 4- or 5-bit weight as GGUF stores it: raw (out, in / 32 * block bytes) uint8, 18, 20, 22 or 24 bytes per
+    // block for q4_0, q4_1, q5_0, q5_1 (see PackedMatrix). The bytes are checked for shape only: every nibble, bit and
+    // half is a valid value.
     static PackedLinear from_gguf(const py::array& raw, const std::string& type, int64_t in_features,
                                   const py::object& bias) {
-        gemm::WeightType t;
-        if (type == "q4_0")
-            t = gemm::WeightType::q4_0;
-        else if (type == "q4_1")
-            t = gemm::WeightType::q4_1;
-        else
-            value_error("type must be 'q4_0' or 'q4_1', got '" + type + "'");
+        gemm::WeightType t = gemm::WeightType::f32;
+        bool block = false;
+        try {
+            t = gemm::parse_weight_type(type);
+            block = gemm::info(t).family == gemm::WeightFamily::block;
+        } catch (const std::invalid_argument&) {
+        }
+        if (!block) value_error("type must be 'q4_0', 'q4_1', 'q5_0' or 'q5_1', got '" + type + "'");
         if (raw.dtype().kind() != 'u' || raw.itemsize() != 1)
             type_error("expected raw to be uint8, got " + dtype_str(raw));
         require_ndim(raw, 2, "raw", "(out_features, blocks * block bytes)");
@@ -150,7 +152,7 @@ public:
         if (in_features <= 0 || in_features % kernels::kQBlock)
             value_error("in_features must be a positive multiple of " + std::to_string(kernels::kQBlock) + ", got " +
                         std::to_string(in_features));
-        const int64_t N = raw.shape(0), rb = t == gemm::WeightType::q4_1 ? 20 : 18;
+        const int64_t N = raw.shape(0), rb = gemm::gguf_block_bytes(t);
         if (raw.shape(1) != in_features / kernels::kQBlock * rb)
             value_error("expected raw of shape (" + std::to_string(N) + ", " +
                         std::to_string(in_features / kernels::kQBlock * rb) + ") for " + type + " with in_features " +
@@ -372,10 +374,11 @@ void bind_gemm(py::module_& m) {
         "A Linear layer whose weight is packed once for the GEMM micro-kernel (at construction),\n"
         "so each call packs only its activations. weight (out_features, in_features) float32 or\n"
         "float16; storage: 'float32', 'float16', 'bfloat16', 'int8' (blocks of 32 along in_features\n"
-        "with their own scales, activations quantized likewise), 'q4_0' / 'q4_1' (GGUF's 4-bit\n"
-        "blocks), or '' for the weight's own dtype. input_scale (int8, float32 weight): in_features\n"
-        "positive floats a; the weight is quantized as weight / a per input feature and each x * a before\n"
-        "it is quantized, so that outlier features of x do not take every block's int8 range.")
+        "with their own scales, activations quantized likewise), 'q4_0' / 'q4_1' / 'q5_0' / 'q5_1'\n"
+        "(GGUF's 4- and 5-bit blocks), or '' for the weight's own dtype. input_scale (int8, float32\n"
+        "weight): in_features positive floats a; the weight is quantized as weight / a per input feature\n"
+        "and each x * a before it is quantized, so that outlier features of x do not take every block's\n"
+        "int8 range.")
         .def(py::init<const py::array&, const py::object&, const std::string&, const py::object&>(), py::arg("weight"),
              py::arg("bias") = py::none(), py::arg("storage") = "", py::arg("input_scale") = py::none())
         .def_static("from_int8", &PackedLinear::from_int8, py::arg("q"), py::arg("scales"),
@@ -385,8 +388,9 @@ void bind_gemm(py::module_& m) {
                     "with weight ~ q * scale.")
         .def_static("from_gguf", &PackedLinear::from_gguf, py::arg("raw"), py::arg("type"), py::arg("in_features"),
                     py::arg("bias") = py::none(),
-                    "A 4-bit weight as GGUF stores it, read as stored by the GEMM (no widening in memory): raw\n"
-                    "(out, in / 32 * bytes per block) uint8, type 'q4_0' (18-byte blocks) or 'q4_1' (20 bytes).")
+                    "A 4- or 5-bit weight as GGUF stores it, read as stored by the GEMM (no widening in memory):\n"
+                    "raw (out, in / 32 * bytes per block) uint8, type 'q4_0' (18-byte blocks), 'q4_1' (20 bytes),\n"
+                    "'q5_0' (22) or 'q5_1' (24).")
         .def("__call__", &PackedLinear::call, py::arg("x"), py::arg("activation") = "none", py::arg("out") = py::none(),
              "act(x @ weight.T + bias) for x (..., in_features) float32 C-contiguous.")
         .def("weight", &PackedLinear::weight, "The weight (out_features, in_features), unpacked into a new array.")
@@ -398,8 +402,10 @@ void bind_gemm(py::module_& m) {
         .def_property_readonly("out_features", &PackedLinear::out_features)
         .def_property_readonly("has_bias", &PackedLinear::has_bias)
         .def_property_readonly("isa", &PackedLinear::isa, "Kernel set the weight was packed for.")
-        .def_property_readonly("storage", &PackedLinear::storage,
-                               "How the weight is held: 'float32', 'float16', 'bfloat16', 'int8', 'q4_0' or 'q4_1'.")
+        .def_property_readonly(
+            "storage", &PackedLinear::storage,
+            "How the weight is held: 'float32', 'float16', 'bfloat16', 'int8', 'q4_0', 'q4_1', 'q5_0'\n"
+            "or 'q5_1'.")
         .def_property_readonly("nbytes", &PackedLinear::nbytes, "Bytes held by the packed weight and bias.");
 }
 

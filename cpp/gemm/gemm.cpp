@@ -414,7 +414,7 @@ void sgemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, BRef B,
 void sgemm(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, float* C, int64_t ldc, float beta,
            const Epilogue& ep, int nthreads) {
     if (B.type() == WeightType::i8) return gemm_int8(M, A, lda, B, C, ldc, beta, ep, nthreads);
-    if (info(B.type()).family == WeightFamily::block4) return gemm_q4(M, A, lda, B, C, ldc, beta, ep, nthreads);
+    if (info(B.type()).family == WeightFamily::block) return gemm_q4(M, A, lda, B, C, ldc, beta, ep, nthreads);
     run(B.kernels(), Problem{M, B.N(), B.K(), A, lda, BRef{nullptr, 0, false}, &B, C, ldc, beta, ep}, nthreads);
 }
 

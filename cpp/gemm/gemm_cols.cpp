@@ -41,7 +41,7 @@ void for_panels(int64_t M, int mr, int nr, int64_t N, int64_t col0, int64_t col1
 int64_t panel_cols(const PackedMatrix& B) {
     const kernels::KernelSet& ks = B.kernels();
     if (B.type() == WeightType::i8) return ks.i8.nr;
-    if (info(B.type()).family == WeightFamily::block4) return kernels::kQ4Cols;
+    if (info(B.type()).family == WeightFamily::block) return kernels::kQ4Cols;
     return ks.blocking.nr;
 }
 
@@ -62,7 +62,7 @@ ColsInput cols_input(int64_t M, const float* A, int64_t lda, const PackedMatrix&
     if (M <= 0) return in;
     const kernels::KernelSet& ks = B.kernels();
     const int64_t K = B.K();
-    if (B.type() == WeightType::i8 || info(B.type()).family == WeightFamily::block4) {
+    if (B.type() == WeightType::i8 || info(B.type()).family == WeightFamily::block) {
         const bool i8 = B.type() == WeightType::i8, int8 = !i8 || ks.i8.int8_a();
         const int64_t nb = B.nblocks(), kp = nb * kernels::kQBlock, abytes = int8 ? 1 : 2;
         void* q = scratch<Slot::gemm_cols_a>(static_cast<std::size_t>(M * kp * abytes + 3) / 4);
@@ -108,8 +108,8 @@ void gemm_cols(const ColsInput& in, const PackedMatrix& B, float* C, int64_t ldc
                        tile(m, nb, q + i * kp * abytes, kp, in.sa + i * nb, in.ta + i * nb, nb, B.panel_i8(pq),
                             B.panel_scales(pq), out, ld, bb, i == 0 ? kernels::stream_prefetch_bytes : 0);
                    });
-    } else if (info(B.type()).family == WeightFamily::block4) {
-        const kernels::Q4Kernel kernel = ks.q4.tile[B.has_min() ? 1 : 0];
+    } else if (info(B.type()).family == WeightFamily::block) {
+        const kernels::Q4Kernel kernel = ks.q4.tile[B.q4_kind()];
         const int8_t* q8 = static_cast<const int8_t*>(in.q);
         for_panels(M, ks.q4.mr, kernels::kQ4Cols, N, col0, col1, C, ldc, beta, ep.bias,
                    [&](int64_t pq, int64_t i, int64_t m, float* out, int64_t ld, const float* bb) {

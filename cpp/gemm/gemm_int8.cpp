@@ -9,6 +9,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 
 #include "cpu/buffer.h"
@@ -141,16 +142,27 @@ void gemm_int8(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, fl
 
 namespace {
 
-// Panels [wp q, wp q + wp) of a 4-bit matrix (wp = kQ4Wide / kQ4Cols; panels past its columns: zeros) as the wide
-// tile's panel (kernels.h: Q4Kernels::wide): each block's nibbles spread into bytes, its halves widened.
+// 16 in byte i of entry m where bit i of m is set (little-endian): a mask byte of fifth bits spread over 8 bytes.
+constexpr std::array<uint64_t, 256> fifth_bits_table() {
+    std::array<uint64_t, 256> t{};
+    for (int m = 0; m < 256; ++m)
+        for (int i = 0; i < 8; ++i)
+            if (m >> i & 1) t[m] |= uint64_t{16} << (8 * i);
+    return t;
+}
+constexpr std::array<uint64_t, 256> kFifthBits = fifth_bits_table();
+
+// Panels [wp q, wp q + wp) of a 4- or 5-bit matrix (wp = kQ4Wide / kQ4Cols; panels past its columns: zeros) as the
+// wide tile's panel (kernels.h: Q4Kernels::wide): each block's nibbles (with their fifth bits) spread into bytes, its
+// halves widened.
 void unpack_wide(const PackedMatrix& B, int64_t q, uint8_t* dst) {
     using kernels::kQ4Cols;
     using kernels::kQ4Wide;
     // wp panels per wide panel; a group (4 k) of the wide panel holds gs bytes, ps of them from each panel
     constexpr int64_t wp = kQ4Wide / kQ4Cols, groups = kernels::kQBlock / 4, gs = kQ4Wide * 4, ps = kQ4Cols * 4;
     const int64_t nb = B.nblocks(), panels = (B.N() + kQ4Cols - 1) / kQ4Cols;
-    const bool has_min = B.has_min();
-    const int64_t bs = kernels::q4_block_bytes(has_min);
+    const bool has_min = B.has_min(), five = B.five();
+    const int64_t bs = B.q4_block_bytes();
     for (int64_t blk = 0; blk < nb; ++blk) {
         uint8_t* o = dst + blk * kernels::kQ4WideBlockBytes;
         float* d = reinterpret_cast<float*>(o + kernels::kQBlock * kQ4Wide);
@@ -167,13 +179,24 @@ void unpack_wide(const PackedMatrix& B, int64_t q, uint8_t* dst) {
             // byte ps c + e of the panel: k = 4 c + e % 4 (low nibble) and 16 + 4 c + e % 4 (high) of column e / 4,
             // which land at byte e of group c and of group 4 + c, at this panel's ps bytes of the group
             for (int64_t c = 0; c < 4; ++c)
-                for (int64_t e = 0; e < ps; ++e) {
+                for (int64_t e = 0; e < ps; ++e) {  // (a loop the compiler vectorizes: keep it plain)
                     const uint8_t v = src[ps * c + e];
                     o[c * gs + p * ps + e] = v & 15;
                     o[(4 + c) * gs + p * ps + e] = v >> 4;
                 }
+            if (five)  // the fifth bits (kernels.h): each mask byte ORs 16 into 8 bytes at once
+                for (int64_t c = 0; c < 4; ++c)
+                    for (int64_t half = 0; half < 2; ++half) {
+                        uint8_t* row = o + (4 * half + c) * gs + p * ps;
+                        for (int64_t byte = 0; byte < ps / 8; ++byte) {
+                            uint64_t v;
+                            std::memcpy(&v, row + 8 * byte, 8);
+                            v |= kFifthBits[src[16 * kQ4Cols + 8 * c + 4 * half + byte]];
+                            std::memcpy(row + 8 * byte, &v, 8);
+                        }
+                    }
             uint16_t h[2 * kQ4Cols];
-            std::memcpy(h, src + 16 * kQ4Cols, (has_min ? 4 : 2) * kQ4Cols);
+            std::memcpy(h, src + kernels::q4_halves(five), (has_min ? 4 : 2) * kQ4Cols);
             for (int64_t j = 0; j < kQ4Cols; ++j) {
                 d[p * kQ4Cols + j] = half_to_float(h[j]);
                 mn[p * kQ4Cols + j] = has_min ? half_to_float(h[kQ4Cols + j]) : 0.0f;
@@ -192,8 +215,8 @@ void gemm_q4(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, floa
              const Epilogue& ep, int nthreads) {
     if (M <= 0) return;
     const kernels::KernelSet& ks = B.kernels();
-    const kernels::Q4Kernel kernel = ks.q4.tile[B.has_min() ? 1 : 0];
-    const kernels::Q4WideKernel wide = M >= kWideRows ? ks.q4.wide[B.has_min() ? 1 : 0] : nullptr;
+    const kernels::Q4Kernel kernel = ks.q4.tile[B.q4_kind()];
+    const kernels::Q4WideKernel wide = M >= kWideRows ? ks.q4.wide[B.q4_kind()] : nullptr;
     const int64_t N = B.N(), K = B.K(), nb = B.nblocks(), kp = nb * kernels::kQBlock;
     const int mr = wide ? ks.q4.wide_mr : ks.q4.mr, nr = wide ? kernels::kQ4Wide : kernels::kQ4Cols;
     int nt = nthreads > 0 ? nthreads : cpu::threads_for(2.0 * M * N * K);

@@ -94,7 +94,7 @@ PackedMatrix::PackedMatrix(WeightType type, const float* w32, const uint16_t* w1
         case WeightFamily::int8:
             pack_int8(w32, w16, ldw);
             return;
-        case WeightFamily::block4:
+        case WeightFamily::block:
             pack_q4(w32, w16, ldw);
             return;
     }
@@ -102,7 +102,7 @@ PackedMatrix::PackedMatrix(WeightType type, const float* w32, const uint16_t* w1
 
 uint8_t* PackedMatrix::alloc_q4() {
     const int64_t panels = (N_ + kernels::kQ4Cols - 1) / kernels::kQ4Cols;
-    const std::size_t bytes = static_cast<std::size_t>(panels * nblocks()) * kernels::q4_block_bytes(has_min());
+    const std::size_t bytes = static_cast<std::size_t>(panels * nblocks() * q4_block_bytes());
     data_ = aligned_floats((bytes + 3) / 4);
     bytes_ = bytes;
     return reinterpret_cast<uint8_t*>(data_.get());
@@ -110,17 +110,28 @@ uint8_t* PackedMatrix::alloc_q4() {
 
 namespace {
 
-// Writes column jj's block (16 GGUF nibble bytes qs, half scale d, half minimum m) into a panel block.
-void put_q4_column(uint8_t* blk, int jj, const uint8_t* qs, uint16_t d, uint16_t m, bool has_min) {
+// Writes column jj's block (16 GGUF nibble bytes qs, 5-bit: the fifth bits qh, bit k of weight k; half scale d,
+// half minimum m) into a panel block (kernels.h: Q4Kernels).
+void put_q4_column(uint8_t* blk, int jj, const uint8_t* qs, const uint32_t* qh, uint16_t d, uint16_t m, bool has_min) {
     for (int ch = 0; ch < 4; ++ch) std::memcpy(blk + 32 * ch + 4 * jj, qs + 4 * ch, 4);
-    uint16_t* h = reinterpret_cast<uint16_t*>(blk + 16 * kernels::kQ4Cols);
+    if (qh) {
+        uint32_t* masks = reinterpret_cast<uint32_t*>(blk + 16 * kernels::kQ4Cols);
+        for (int ch = 0; ch < 4; ++ch)
+            for (int s = 0; s < 4; ++s) {
+                masks[2 * ch] |= ((*qh >> (4 * ch + s)) & 1u) << (4 * jj + s);           // u[4 ch + s]
+                masks[2 * ch + 1] |= ((*qh >> (16 + 4 * ch + s)) & 1u) << (4 * jj + s);  // u[16 + 4 ch + s]
+            }
+    }
+    uint16_t* h = reinterpret_cast<uint16_t*>(blk + kernels::q4_halves(qh != nullptr));
     h[jj] = d;
     if (has_min) h[kernels::kQ4Cols + jj] = m;
 }
 
-// GGUF's reference quantizers (ggml's quantize_row_q4_0 / q4_1 rules) for one block of n <= 32 floats; the
-// elements past n are zeros. A block holding NaN or inf gets a NaN scale.
-void quantize_q4_block(const float* x, int64_t n, bool has_min, uint8_t* qs, uint16_t& dh, uint16_t& mh) {
+// GGUF's reference quantizers (ggml's quantize_row_q4_0 / q4_1 / q5_0 / q5_1 rules) for one block of n <= 32 floats;
+// the elements past n are zeros. A block holding NaN or inf gets a NaN scale. qs: the low 4 bits (weight p in the
+// low nibble of byte p, p + 16 in its high nibble), qh: the fifth bits (5-bit only).
+void quantize_q4_block(const float* x, int64_t n, bool has_min, bool five, uint8_t* qs, uint32_t& qh, uint16_t& dh,
+                       uint16_t& mh) {
     float v[kernels::kQBlock] = {};
     bool finite = true;
     for (int64_t p = 0; p < n; ++p) {
@@ -128,11 +139,13 @@ void quantize_q4_block(const float* x, int64_t n, bool has_min, uint8_t* qs, uin
         finite = finite && std::isfinite(x[p]);
     }
     uint8_t u[kernels::kQBlock];
+    qh = 0;
     if (!finite) {
         dh = mh = 0x7e00;  // NaN
         std::memset(qs, 0, 16);
         return;
     }
+    const int top = five ? 31 : 15;  // the largest u
     if (!has_min) {
         float amax = 0.0f, mx = 0.0f;  // mx: the element of largest magnitude, with its sign
         for (int p = 0; p < kernels::kQBlock; ++p)
@@ -140,9 +153,10 @@ void quantize_q4_block(const float* x, int64_t n, bool has_min, uint8_t* qs, uin
                 amax = std::fabs(v[p]);
                 mx = v[p];
             }
-        const float d = mx / -8.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        const float half = five ? 16.0f : 8.0f;
+        const float d = mx / -half, id = d != 0.0f ? 1.0f / d : 0.0f;
         for (int p = 0; p < kernels::kQBlock; ++p)
-            u[p] = static_cast<uint8_t>(std::min(15, static_cast<int>(static_cast<int8_t>(v[p] * id + 8.5f))));
+            u[p] = static_cast<uint8_t>(std::min(top, static_cast<int>(static_cast<int8_t>(v[p] * id + half + 0.5f))));
         dh = float_to_half(d);
         mh = 0;
     } else {
@@ -151,45 +165,49 @@ void quantize_q4_block(const float* x, int64_t n, bool has_min, uint8_t* qs, uin
             lo = std::min(lo, v[p]);
             hi = std::max(hi, v[p]);
         }
-        const float d = (hi - lo) / 15.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        const float d = (hi - lo) / static_cast<float>(top), id = d != 0.0f ? 1.0f / d : 0.0f;
         for (int p = 0; p < kernels::kQBlock; ++p)
-            u[p] =
-                p < n
-                    ? static_cast<uint8_t>(std::min(15, static_cast<int>(static_cast<int8_t>((v[p] - lo) * id + 0.5f))))
-                    : 0;
+            u[p] = p < n ? static_cast<uint8_t>(
+                               std::min(top, static_cast<int>(static_cast<int8_t>((v[p] - lo) * id + 0.5f))))
+                         : 0;
         dh = float_to_half(d);
         mh = float_to_half(lo);
     }
-    for (int p = 0; p < 16; ++p) qs[p] = static_cast<uint8_t>(u[p] | (u[p + 16] << 4));
+    for (int p = 0; p < 16; ++p) qs[p] = static_cast<uint8_t>((u[p] & 15) | ((u[p + 16] & 15) << 4));
+    for (int p = 0; p < kernels::kQBlock; ++p) qh |= static_cast<uint32_t>(u[p] >> 4) << p;
 }
 
 }  // namespace
 
 PackedMatrix::PackedMatrix(WeightType type, const uint8_t* raw, int64_t K, int64_t N, const kernels::KernelSet& ks)
     : K_(K), N_(N), ks_(&ks), type_(type) {
-    if (info(type).family != WeightFamily::block4) throw std::invalid_argument("expected a 4-bit block type");
+    if (info(type).family != WeightFamily::block) throw std::invalid_argument("expected a 4- or 5-bit block type");
     if (K % kernels::kQBlock)
-        throw std::invalid_argument("4-bit blocks need in_features divisible by " + std::to_string(kernels::kQBlock) +
-                                    ", got " + std::to_string(K));
-    const bool mn = has_min();
-    const int64_t nb = nblocks(), rb = mn ? 20 : 18, bs = kernels::q4_block_bytes(mn);
+        throw std::invalid_argument("4- and 5-bit blocks need in_features divisible by " +
+                                    std::to_string(kernels::kQBlock) + ", got " + std::to_string(K));
+    const bool mn = has_min(), five5 = five();
+    const int64_t nb = nblocks(), rb = gguf_block_bytes(type), bs = q4_block_bytes();
     uint8_t* base = alloc_q4();
     std::memset(base, 0, bytes_);
     for (int64_t j = 0; j < N; ++j) {
         uint8_t* panel = base + (j / kernels::kQ4Cols) * nb * bs;
         for (int64_t blk = 0; blk < nb; ++blk) {
-            const uint8_t* src = raw + (j * nb + blk) * rb;
+            const uint8_t* src = raw + (j * nb + blk) * rb;  // d, (m), (qh), qs
             uint16_t d, m = 0;
+            uint32_t qh = 0;
             std::memcpy(&d, src, 2);
             if (mn) std::memcpy(&m, src + 2, 2);
-            put_q4_column(panel + blk * bs, static_cast<int>(j % kernels::kQ4Cols), src + (mn ? 4 : 2), d, m, mn);
+            const int64_t at = mn ? 4 : 2;
+            if (five5) std::memcpy(&qh, src + at, 4);
+            put_q4_column(panel + blk * bs, static_cast<int>(j % kernels::kQ4Cols), src + at + (five5 ? 4 : 0),
+                          five5 ? &qh : nullptr, d, m, mn);
         }
     }
 }
 
 void PackedMatrix::pack_q4(const float* w32, const uint16_t* w16, int64_t ldw) {
-    const bool mn = has_min();
-    const int64_t nb = nblocks(), bs = kernels::q4_block_bytes(mn), K = K_;
+    const bool mn = has_min(), five5 = five();
+    const int64_t nb = nblocks(), bs = q4_block_bytes(), K = K_;
     uint8_t* base = alloc_q4();
     std::memset(base, 0, bytes_);
     const int nt = cpu::threads_for(static_cast<double>(K_) * N_);
@@ -203,10 +221,12 @@ void PackedMatrix::pack_q4(const float* w32, const uint16_t* w16, int64_t ldw) {
             uint8_t* panel = base + (j / kernels::kQ4Cols) * nb * bs;
             for (int64_t blk = 0; blk < nb; ++blk) {
                 uint8_t qs[16];
+                uint32_t qh;
                 uint16_t d, m;
                 const int64_t p0 = blk * kernels::kQBlock;
-                quantize_q4_block(src + p0, std::min<int64_t>(kernels::kQBlock, K - p0), mn, qs, d, m);
-                put_q4_column(panel + blk * bs, static_cast<int>(j % kernels::kQ4Cols), qs, d, m, mn);
+                quantize_q4_block(src + p0, std::min<int64_t>(kernels::kQBlock, K - p0), mn, five5, qs, qh, d, m);
+                put_q4_column(panel + blk * bs, static_cast<int>(j % kernels::kQ4Cols), qs, five5 ? &qh : nullptr, d, m,
+                              mn);
             }
         }
     }
@@ -314,20 +334,25 @@ void PackedMatrix::pack_int8(const float* w32, const uint16_t* w16, int64_t ldw)
 }
 
 void PackedMatrix::unpack_row(int64_t j, float* row) const {
-    if (info(type_).family == WeightFamily::block4) {
-        const bool mn = has_min();
-        const int64_t bs = kernels::q4_block_bytes(mn);
+    if (info(type_).family == WeightFamily::block) {
+        const bool mn = has_min(), five5 = five();
+        const int64_t bs = q4_block_bytes();
         const uint8_t* panel = panel_q4(j / kernels::kQ4Cols);
         const int jj = static_cast<int>(j % kernels::kQ4Cols);
         for (int64_t p = 0; p < K_; ++p) {
             const uint8_t* blk = panel + (p / kernels::kQBlock) * bs;
             const int k = static_cast<int>(p % kernels::kQBlock), kk = k % 16;
             const uint8_t byte = blk[32 * (kk / 4) + 4 * jj + kk % 4];
-            const int u = k < 16 ? byte & 15 : byte >> 4;
-            const uint16_t* h = reinterpret_cast<const uint16_t*>(blk + 16 * kernels::kQ4Cols);
+            int u = k < 16 ? byte & 15 : byte >> 4;
+            if (five5) {
+                uint32_t mask;
+                std::memcpy(&mask, blk + 16 * kernels::kQ4Cols + 8 * (kk / 4) + (k < 16 ? 0 : 4), 4);
+                u |= static_cast<int>((mask >> (4 * jj + kk % 4)) & 1u) << 4;
+            }
+            const uint16_t* h = reinterpret_cast<const uint16_t*>(blk + kernels::q4_halves(five5));
             const float d = half_to_float(h[jj]);
             row[p] = mn ? d * static_cast<float>(u) + half_to_float(h[kernels::kQ4Cols + jj])
-                        : d * static_cast<float>(u - 8);
+                        : d * static_cast<float>(u - (five5 ? 16 : 8));
         }
         return;
     }

@@ -4,7 +4,7 @@
 // Layout of float32 and 16-bit types: blocks (jc, pc) of KC x NC, stored jc-major; inside a block, ceil(nc / NR)
 // panels of kc x NR elements, each row of a panel contiguous; the last panel is zero-padded to NR columns.
 // int8: see panel_i8 (no K or N blocking: each output sums all of K in int32 before it is dequantized).
-// 4-bit blocks (q4_0, q4_1): see panel_q4 (the same, panels of kernels::kQ4Cols columns).
+// 4- and 5-bit blocks (q4_0, q4_1, q5_0, q5_1): see panel_q4 (the same, panels of kernels::kQ4Cols columns).
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -37,8 +37,10 @@ public:
     PackedMatrix(const int8_t* q, int64_t ldq, const float* scales, int64_t nscales, int64_t K, int64_t N,
                  const kernels::KernelSet& ks);
 
-    // A 4-bit weight as GGUF stores it (type q4_0 or q4_1): N rows of K / kQBlock blocks of 18 (Q4_0: half d, 16
-    // bytes of nibbles) or 20 bytes (Q4_1: half d, half m, nibbles), rows contiguous. Held as given.
+    // A 4- or 5-bit weight as GGUF stores it (type q4_0, q4_1, q5_0 or q5_1): N rows of K / kQBlock blocks of
+    // gguf_block_bytes(type) -- Q4_0: half d, 16 bytes of nibbles; Q4_1: half d, half m, nibbles; Q5_0: half d, 4 bytes
+    // of fifth bits (bit k of weight k), nibbles; Q5_1: half d, half m, fifth bits, nibbles -- rows contiguous. Held
+    // as given.
     PackedMatrix(gemm::WeightType type, const uint8_t* raw, int64_t K, int64_t N, const kernels::KernelSet& ks);
 
     int64_t K() const { return K_; }
@@ -59,10 +61,13 @@ public:
         return reinterpret_cast<const int8_t*>(data_.get()) + q * nblocks() * kernels::kQBlock * ks_->i8.nr;
     }
     const float* panel_scales(int64_t q) const { return scales_.get() + q * nblocks() * ks_->i8.nr; }
-    // 4-bit blocks: panels of kQ4Cols columns, nblocks() blocks of q4_block_bytes each (kernels.h: Q4Kernels).
-    bool has_min() const { return type_ == WeightType::q4_1; }
+    // 4- and 5-bit blocks: panels of kQ4Cols columns, nblocks() blocks of q4_block_bytes each (kernels.h: Q4Kernels).
+    bool has_min() const { return type_ == WeightType::q4_1 || type_ == WeightType::q5_1; }
+    bool five() const { return type_ == WeightType::q5_0 || type_ == WeightType::q5_1; }
+    int q4_kind() const { return kernels::q4_kind(has_min(), five()); }
+    int64_t q4_block_bytes() const { return kernels::q4_block_bytes(has_min(), five()); }
     const uint8_t* panel_q4(int64_t q) const {
-        return reinterpret_cast<const uint8_t*>(data_.get()) + q * nblocks() * kernels::q4_block_bytes(has_min());
+        return reinterpret_cast<const uint8_t*>(data_.get()) + q * nblocks() * q4_block_bytes();
     }
     // int8 only: a per-input-channel scale a (K positive finite floats) the activations are multiplied by before they
     // are quantized: the GEMM computes (A diag(a)) Bq, so a weight packed as W / a (per input channel) gives A W^T

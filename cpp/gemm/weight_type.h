@@ -8,8 +8,9 @@
 //                               the products of bfloat16 numbers (exact in float32) summed in float32
 //   int8     int8               symmetric per-output-channel scales; activations quantized per row (token) to
 //                               [-127, 127] at the GEMM's input; int32 sums, dequantized in the epilogue
-//   block4   q4_0, q4_1         GGUF's 4-bit blocks of 32 along K with a half scale (and, q4_1, a half minimum),
-//                               read as stored; activations quantized per block of 32 to int8 (kernels.h: Q4Kernels)
+//   block    q4_0, q4_1,        GGUF's 4- and 5-bit blocks of 32 along K with a half scale (and, q4_1 / q5_1, a
+//            q5_0, q5_1         half minimum), read as stored; activations quantized per block of 32 to int8
+//                               (kernels.h: Q4Kernels)
 //
 // GGUF's Q8_0 is the int8 type with one scale per block.
 #pragma once
@@ -18,8 +19,8 @@
 
 namespace pyattn::gemm {
 
-enum class WeightType : uint8_t { f32 = 0, f16 = 1, bf16 = 2, i8 = 3, q4_0 = 4, q4_1 = 5 };
-enum class WeightFamily : uint8_t { float32, wide16, int8, block4 };
+enum class WeightType : uint8_t { f32 = 0, f16 = 1, bf16 = 2, i8 = 3, q4_0 = 4, q4_1 = 5, q5_0 = 6, q5_1 = 7 };
+enum class WeightFamily : uint8_t { float32, wide16, int8, block };
 
 struct WeightTypeInfo {
     WeightType type;
@@ -34,11 +35,19 @@ inline constexpr WeightTypeInfo kWeightTypes[] = {
     {WeightType::f16, "float16", 16, WeightFamily::wide16, false},
     {WeightType::bf16, "bfloat16", 16, WeightFamily::wide16, false},
     {WeightType::i8, "int8", 8, WeightFamily::int8, false},
-    {WeightType::q4_0, "q4_0", 4, WeightFamily::block4, false},
-    {WeightType::q4_1, "q4_1", 4, WeightFamily::block4, false},
+    {WeightType::q4_0, "q4_0", 4, WeightFamily::block, false},
+    {WeightType::q4_1, "q4_1", 4, WeightFamily::block, false},
+    {WeightType::q5_0, "q5_0", 5, WeightFamily::block, false},
+    {WeightType::q5_1, "q5_1", 5, WeightFamily::block, false},
 };
 
 inline constexpr const WeightTypeInfo& info(WeightType t) { return kWeightTypes[static_cast<int>(t)]; }
+
+// Bytes of one GGUF block (32 weights) of a block type: Q4_0 18, Q4_1 20, Q5_0 22, Q5_1 24.
+inline constexpr int gguf_block_bytes(WeightType t) {
+    return 18 + (t == WeightType::q4_1 || t == WeightType::q5_1 ? 2 : 0) +
+           (t == WeightType::q5_0 || t == WeightType::q5_1 ? 4 : 0);
+}
 
 // Whether an encoder with weights of type t may run its attention's products (Q K^T, P V) in bfloat16
 // (ops::AttentionArgs::bf16): its weights are bfloat16 or round more coarsely than bfloat16 does (int8, 4-bit), so
@@ -48,7 +57,7 @@ inline constexpr bool bf16_attention(WeightType t) { return t == WeightType::bf1
 
 // The type named `name`; throws std::invalid_argument listing the names otherwise.
 WeightType parse_weight_type(const std::string& name);
-// "float32, float16, bfloat16, int8, q4_0, q4_1"
+// "float32, float16, bfloat16, int8, q4_0, q4_1, q5_0, q5_1"
 std::string weight_type_names();
 
 }  // namespace pyattn::gemm

@@ -96,18 +96,22 @@ struct Int8Kernels {
                       int32_t* sum, int64_t lds);
 };
 
-// ---- 4-bit blocks (GGUF's Q4_0 and Q4_1), read without widening in memory ----
-// B: per column j and block b of kQBlock k, unsigned 4-bit u in [0, 15], an IEEE-half scale d and, for Q4_1, an
-// IEEE-half minimum m:   W[k][j] = d (u - 8)  (Q4_0)   or   d u + m  (Q4_1).
+// ---- 4- and 5-bit blocks (GGUF's Q4_0, Q4_1, Q5_0 and Q5_1), read without widening in memory ----
+// B: per column j and block b of kQBlock k, unsigned u in [0, 15] (4-bit) or [0, 31] (5-bit), an IEEE-half scale d
+// and, for Q4_1 / Q5_1, an IEEE-half minimum m:
+//   W[k][j] = d (u - 8)  (Q4_0),   d (u - 16)  (Q5_0)   or   d u + m  (Q4_1, Q5_1).
 // A: int8 in [-127, 127] per (row, block) by Int8Kernels::quantize's rule, with the block's scale sa and the block's
 // integer sum t = sum_k Aq[i][k] (row stride ldsa for both).
 // A panel holds kQ4Cols columns. Per block (q4_block_bytes), 128 bytes of nibbles, then 8 halves d, then (Q4_1) 8
 // halves m: byte 32 c + 4 j + s (chunk c < 4, column j < 8, s < 4) holds u[4c + s][j] in its low nibble and
 // u[16 + 4c + s][j] in its high nibble -- for each column, GGUF's own 16 bytes in four groups of 4, so that one
 // 32-byte load gives 8 columns x 4 k of low nibbles and 8 x 4 of high ones (pmaddubsw: u8 x s8 pairs, at most
-// 2 * 15 * 127 per pair and 16 * 15 * 127 = 30480 per int16 lane over a block: never saturated).
+// 2 * 15 * 127 per pair and 16 * 15 * 127 = 30480 per int16 lane over a block: never saturated). 5-bit blocks hold
+// u's low 4 bits so, then 32 bytes of fifth bits before the halves: per chunk c, a 32-bit mask of the chunk's low
+// nibbles (bit 4 j + s: u[4c + s][j] >= 16) at byte 8 c and one of its high nibbles (u[16 + 4c + s][j]) at 8 c + 4.
 //   Q4_0: s_{b+1} = fma(float(sum_k Aq[i][k] u[k][j] - 8 t), sa d, s_b)          (= the int8 GEMM of d (u - 8))
-//   Q4_1: s_{b+1} = fma(float(sum_k Aq[i][k] u[k][j]), sa d, fma(m, sa float(t), s_b))
+//   Q5_0: the same with 16 t
+//   Q4_1, Q5_1: s_{b+1} = fma(float(sum_k Aq[i][k] u[k][j]), sa d, fma(m, sa float(t), s_b))
 // with s_0 = 0, products sa d and sa float(t) rounded to float; c[i][j] = s_nb (+ bias[j], one add). Every kernel
 // set computes these operations in this order: the same bits everywhere (tested).
 constexpr int kQ4Cols = 8;
@@ -121,7 +125,11 @@ constexpr int kQ4Cols = 8;
 // row tile of a panel, which reads the panel from memory, and 0 to the others, which find it in cache (prefetching
 // there cost 5-15% at M = 512, 1 thread).
 extern int64_t stream_prefetch_bytes;
-constexpr int q4_block_bytes(bool has_min) { return 16 * kQ4Cols + (has_min ? 4 : 2) * kQ4Cols; }
+// A panel block's bytes, and the offset of its halves (after the nibbles and, 5-bit, the fifth bits).
+constexpr int q4_halves(bool five) { return 16 * kQ4Cols + (five ? 4 * kQ4Cols : 0); }
+constexpr int q4_block_bytes(bool has_min, bool five = false) { return q4_halves(five) + (has_min ? 4 : 2) * kQ4Cols; }
+// The index of a block type's kernels in Q4Kernels::tile and wide: Q4_0, Q4_1, Q5_0, Q5_1.
+constexpr int q4_kind(bool has_min, bool five) { return (has_min ? 1 : 0) + (five ? 2 : 0); }
 
 using Q4Kernel = void (*)(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta,
                           int64_t ldsa, const uint8_t* b, float* c, int64_t ldc, const float* bias, int64_t ahead);
@@ -130,7 +138,7 @@ using Q4Kernel = void (*)(int64_t m, int64_t nb, const int8_t* a, int64_t lda, c
 // panels are read from cache once per row tile, not from memory. The driver unpacks kQ4Wide / kQ4Cols panels into one
 // wide panel per block of rows: per block (kQ4WideBlockBytes), the nibbles as bytes, 4 consecutive k of a column in
 // 4 bytes (byte (g kQ4Wide + j) 4 + t = u[4 g + t][j], g < kQBlock / 4), then kQ4Wide floats d, then kQ4Wide floats
-// m (Q4_1; zeros for Q4_0). The float steps are the formulas above, in their order: the same bits as tile.
+// m (Q4_1 / Q5_1; zeros otherwise). The float steps are the formulas above, in their order: the same bits as tile.
 constexpr int kQ4Wide = 32;
 constexpr int64_t kQ4WideBlockBytes = kQBlock * kQ4Wide + 2 * kQ4Wide * 4;
 using Q4WideKernel = void (*)(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta,
@@ -138,9 +146,9 @@ using Q4WideKernel = void (*)(int64_t m, int64_t nb, const int8_t* a, int64_t ld
 
 struct Q4Kernels {
     int mr;                  // up to mr rows of A by one kQ4Cols-column panel per call
-    Q4Kernel tile[2];        // [0]: Q4_0, [1]: Q4_1; 1 <= m <= mr
+    Q4Kernel tile[4];        // by q4_kind: Q4_0, Q4_1, Q5_0, Q5_1; 1 <= m <= mr
     int wide_mr = 0;         // the wide tile: up to wide_mr rows by kQ4Wide columns ...
-    Q4WideKernel wide[2]{};  // ... [0]: Q4_0, [1]: Q4_1
+    Q4WideKernel wide[4]{};  // ... by q4_kind
 };
 
 // ---- bfloat16 pairs (AVX512_BF16's vdpbf16ps) ----

@@ -1,16 +1,17 @@
-// 4-bit block kernels (Q4Kernels in kernels.h) written once against a policy S that sums one block, and
+// 4- and 5-bit block kernels (Q4Kernels in kernels.h) written once against a policy S that sums one block, and
 // instantiated by avx2/q4_avx2.cpp (pmaddubsw) and avx512/int8_vnni.cpp (vpdpbusd). Included inside an anonymous
 // namespace of those units, after S is defined; both are compiled with -ffp-contract=off, so the float steps below
 // are the same operations in the same order in each: the same bits (tested against the scalar set and numpy).
 //
-// S::sums<M>(nib, x, lda, s32): for M rows of A (int8, the block's kQBlock values at x + i lda) and the 8 columns of a
-// block's nibbles (nib, kernels.h's layout), s32[i] = the exact int32 sums sum_k Aq[i][k] u[k][j], one lane a column.
-// S::kMR: the most rows per call.
+// S::sums<M, kFive>(nib, x, lda, s32): for M rows of A (int8, the block's kQBlock values at x + i lda) and the 8
+// columns of a block's nibbles (nib, kernels.h's layout; kFive: with the fifth bits after them), s32[i] = the exact
+// int32 sums sum_k Aq[i][k] u[k][j], one lane a column. S::kMR: the most rows per call.
 
-template <class S, int M, bool kMin>
+template <class S, int M, bool kMin, bool kFive>
 void q4_tile_m(int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta, int64_t ldsa,
                const uint8_t* b, float* c, int64_t ldc, const float* bias, int64_t ahead) {
-    constexpr int64_t bs = q4_block_bytes(kMin);
+    constexpr int64_t bs = q4_block_bytes(kMin, kFive);
+    constexpr int32_t kOffset = kFive ? 16 : 8;  // of Q4_0 / Q5_0
     __m256 sum[M];
 #pragma GCC unroll 8
     for (int i = 0; i < M; ++i) sum[i] = _mm256_setzero_ps();
@@ -22,8 +23,8 @@ void q4_tile_m(int64_t nb, const int8_t* a, int64_t lda, const float* sa, const 
             if constexpr (bs > 128) _mm_prefetch(reinterpret_cast<const char*>(nib + ahead + 128), _MM_HINT_T0);
         }
         __m256i s32[M];
-        S::template sums<M>(nib, a + blk * kQBlock, lda, s32);
-        const __m128i* h = reinterpret_cast<const __m128i*>(nib + 16 * kQ4Cols);
+        S::template sums<M, kFive>(nib, a + blk * kQBlock, lda, s32);
+        const __m128i* h = reinterpret_cast<const __m128i*>(nib + q4_halves(kFive));
         const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(h));
         __m256 mn;
         if constexpr (kMin) mn = _mm256_cvtph_ps(_mm_loadu_si128(h + 1));
@@ -34,7 +35,7 @@ void q4_tile_m(int64_t nb, const int8_t* a, int64_t lda, const float* sa, const 
             if constexpr (kMin) {
                 sum[i] = _mm256_fmadd_ps(mn, _mm256_set1_ps(sab * static_cast<float>(t)), sum[i]);
             } else {
-                s32[i] = _mm256_sub_epi32(s32[i], _mm256_set1_epi32(8 * t));
+                s32[i] = _mm256_sub_epi32(s32[i], _mm256_set1_epi32(kOffset * t));
             }
             sum[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[i]), _mm256_mul_ps(_mm256_set1_ps(sab), d), sum[i]);
         }
@@ -47,16 +48,18 @@ void q4_tile_m(int64_t nb, const int8_t* a, int64_t lda, const float* sa, const 
     }
 }
 
-template <class S, bool kMin, int M = S::kMR>
+template <class S, bool kMin, bool kFive, int M = S::kMR>
 void q4_tile(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta, int64_t ldsa,
              const uint8_t* b, float* c, int64_t ldc, const float* bias, int64_t ahead) {
     if constexpr (M >= 1) {
-        if (m == M) return q4_tile_m<S, M, kMin>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias, ahead);
-        return q4_tile<S, kMin, M - 1>(m, nb, a, lda, sa, ta, ldsa, b, c, ldc, bias, ahead);
+        if (m == M) return q4_tile_m<S, M, kMin, kFive>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias, ahead);
+        return q4_tile<S, kMin, kFive, M - 1>(m, nb, a, lda, sa, ta, ldsa, b, c, ldc, bias, ahead);
     }
 }
 
 template <class S>
 Q4Kernels make_q4_kernels() {
-    return Q4Kernels{S::kMR, {&q4_tile<S, false>, &q4_tile<S, true>}};
+    return Q4Kernels{
+        S::kMR,
+        {&q4_tile<S, false, false>, &q4_tile<S, true, false>, &q4_tile<S, false, true>, &q4_tile<S, true, true>}};
 }

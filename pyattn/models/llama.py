@@ -16,13 +16,13 @@ stored), with a `LlamaConfig` saying what the model is. A GGUF of architecture l
 the interleaved rotary layout: they are used as stored, with interleaved pairs; qwen2 GGUFs and Hugging Face
 checkpoints rotate halves (`LlamaConfig.interleaved_rope`).
 
-Weights from GGUF (dtype=None, the default): as the file stores them -- Q4_0 and Q4_1 tensors as pyattn's q4_0 /
-q4_1 types (the GEMM reads the nibbles in place, activations quantized to int8 per block of 32, as llama.cpp
-computes), Q8_0 as int8 blocks; other types (the K-quants Q2_K..Q6_K, Q5_0, Q5_1: dequantized by llama.cpp's `gguf`
-package) are held as int8 blocks. dtype="int8" holds every matrix as int8 blocks (Q8_0 and Q4_0 exactly, others
-re-quantized); dtype="float32" holds every matrix dequantized, exactly the values transformers' GGUF loader
-computes. Weights from a Hugging Face folder (float32, float16 or bfloat16 safetensors) are widened to float32
-exactly and held as `dtype` asks (float32 by default).
+Weights from GGUF (dtype=None, the default): as the file stores them -- Q4_0, Q4_1, Q5_0 and Q5_1 tensors as
+pyattn's q4_0 / q4_1 / q5_0 / q5_1 types (the GEMM reads the nibbles and fifth bits in place, activations quantized to
+int8 per block of 32, as llama.cpp computes), Q4_K and Q5_K re-laid as q4_1 / q5_1 blocks, Q8_0 as int8 blocks;
+other types (Q2_K, Q3_K, Q6_K: dequantized by llama.cpp's `gguf` package) are held as int8 blocks. dtype="int8"
+holds every matrix as int8 blocks (Q8_0 and Q4_0 exactly, others re-quantized); dtype="float32" holds every matrix
+dequantized, exactly the values transformers' GGUF loader computes. Weights from a Hugging Face folder (float32,
+float16 or bfloat16 safetensors) are widened to float32 exactly and held as `dtype` asks (float32 by default).
 
 A forward pass is one call into the core for all layers (`_core.decoder_stack`, cpp/layers/decoder_layer.h), then
 the final norm and the output projection.
@@ -44,7 +44,7 @@ from .. import functional as F
 from .._checks import is_int, is_number
 from ..generation import generate as _generate
 from ..generation.protocol import state_arguments
-from ..io.gguf import GGUFFile, adds_bos, end_ids, int8_blocks, q4_k_as_q4_1, read_gguf, tokenizer
+from ..io.gguf import GGUFFile, adds_bos, end_ids, int8_blocks, q4_k_as_q4_1, q5_k_as_q5_1, read_gguf, tokenizer
 from ..nn import CacheState, Linear, Module
 from ..nn.attention import HeadKVCache
 from ..precision import resolve_dtype
@@ -122,8 +122,9 @@ class LlamaWeights:
         raise NotImplementedError
 
     def q4(self, role: str, shape: Tuple[int, int]):
-        """("q4_0" | "q4_1", raw (rows, bytes) uint8) when the file holds `role` in a 4-bit block format that pyattn
-        reads as stored (GGUF's Q4_0 / Q4_1), else None."""
+        """("q4_0" | "q4_1" | "q5_0" | "q5_1", raw (rows, bytes) uint8) when the file holds `role` in a 4- or 5-bit
+        block format that pyattn reads as stored (GGUF's Q4_0 / Q4_1 / Q5_0 / Q5_1, and Q4_K / Q5_K re-laid as
+        Q4_1 / Q5_1), else None."""
         return None
 
     def vector(self, role: str, size: int) -> np.ndarray:
@@ -193,13 +194,17 @@ class GGUFWeights(LlamaWeights):
     def q4(self, role, shape):
         name = self.file_name(role)
         t = self.f.tensor(name)
-        if t.type.name not in ("Q4_0", "Q4_1", "Q4_K"):
+        if t.type.name not in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K"):
             return None
         if t.shape != tuple(shape):
             raise ValueError(f"{self.source}: {name} has shape {t.shape}, expected {tuple(shape)}")
-        if t.type.name == "Q4_K":  # its 4-bit values as Q4_1 blocks (io.gguf.q4_k_as_q4_1); None: held as int8
+        # Q4_K / Q5_K: their values as Q4_1 / Q5_1 blocks (io.gguf.q4_k_as_q4_1, q5_k_as_q5_1); None: held as int8
+        if t.type.name == "Q4_K":
             raw = q4_k_as_q4_1(self.f.raw(name), t.shape[1])
             return None if raw is None else ("q4_1", raw)
+        if t.type.name == "Q5_K":
+            raw = q5_k_as_q5_1(self.f.raw(name), t.shape[1])
+            return None if raw is None else ("q5_1", raw)
         return t.type.name.lower(), self.f.raw(name)
 
     def vector(self, role, size):

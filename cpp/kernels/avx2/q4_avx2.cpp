@@ -1,4 +1,4 @@
-// AVX2 4-bit block kernels (Q4Kernels in kernels.h; compiled with -mavx2 -mfma -mf16c -ffp-contract=off).
+// AVX2 4- and 5-bit block kernels (Q4Kernels in kernels.h; compiled with -mavx2 -mfma -mf16c -ffp-contract=off).
 // Per block and 8-column panel: four 32-byte loads of nibbles, each split into low and high halves (and, shift, and),
 // then per row of A two pmaddubsw (unsigned nibbles x signed activations, A's 4 bytes broadcast) summed in int16
 // lanes, one pmaddwd by ones to int32 per column, and the block's float step. 32 multiply-adds per pmaddubsw where
@@ -19,11 +19,24 @@ inline __m256i bcast4(const int8_t* p) {
     return _mm256_set1_epi32(v);
 }
 
-// One block's sums: per 32-byte chunk, the low and high nibbles times A's four bytes (pmaddubsw), added in int16
-// lanes, then pmaddwd by ones to int32.
+// 32 bytes from a 32-bit mask (kernels.h's fifth bits): 16 where bit i is set, 0 elsewhere -- the mask in every
+// lane, each byte picking the mask byte that holds its bit, then tested against its own bit.
+inline __m256i fifth_bits(const uint8_t* p) {
+    int32_t m;
+    std::memcpy(&m, p, sizeof m);
+    const __m256i pick = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3,
+                                          3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201ull));
+    const __m256i x = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(m), pick), bit);
+    return _mm256_and_si256(_mm256_cmpeq_epi8(x, bit), _mm256_set1_epi8(16));
+}
+
+// One block's sums: per 32-byte chunk, the low and high nibbles (with their fifth bits, 5-bit) times A's four bytes
+// (pmaddubsw), added in int16 lanes, then pmaddwd by ones to int32. 5-bit values reach 31: 16 * 31 * 127 would
+// overflow an int16 lane over a block, so each chunk's pair (at most 4 * 31 * 127 = 15748) goes to int32 at once.
 struct Q4SumsAvx2 {
     static constexpr int kMR = 4;
-    template <int M>
+    template <int M, bool kFive>
     static void sums(const uint8_t* nib, const int8_t* x, int64_t lda, __m256i (&s32)[M]) {
         const __m256i low = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
         __m256i acc[M];
@@ -32,19 +45,26 @@ struct Q4SumsAvx2 {
 #pragma GCC unroll 4
         for (int ch = 0; ch < 4; ++ch) {
             const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + 32 * ch));
-            const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+            __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+            if constexpr (kFive) {
+                lo = _mm256_or_si256(lo, fifth_bits(nib + 16 * kQ4Cols + 8 * ch));
+                hi = _mm256_or_si256(hi, fifth_bits(nib + 16 * kQ4Cols + 8 * ch + 4));
+            }
 #pragma GCC unroll 8
             for (int i = 0; i < M; ++i) {
                 const __m256i p0 = _mm256_maddubs_epi16(lo, bcast4(x + i * lda + 4 * ch));
                 const __m256i p1 = _mm256_maddubs_epi16(hi, bcast4(x + i * lda + 16 + 4 * ch));
-                acc[i] = _mm256_add_epi16(acc[i], _mm256_add_epi16(p0, p1));
+                if constexpr (kFive)
+                    acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(_mm256_add_epi16(p0, p1), ones));
+                else
+                    acc[i] = _mm256_add_epi16(acc[i], _mm256_add_epi16(p0, p1));
                 // Keeps each row's products summed as they come: left free, GCC computed the 32 products of a block
                 // first and spilled them (53 stack accesses in the M = 4 loop).
                 asm("" : "+x"(acc[i]));
             }
         }
 #pragma GCC unroll 8
-        for (int i = 0; i < M; ++i) s32[i] = _mm256_madd_epi16(acc[i], ones);
+        for (int i = 0; i < M; ++i) s32[i] = kFive ? acc[i] : _mm256_madd_epi16(acc[i], ones);
     }
 };
 

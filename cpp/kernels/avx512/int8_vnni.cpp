@@ -143,7 +143,7 @@ void vnni_quantize8(const float* x, int64_t lda, int64_t m, int64_t k, int8_t* q
 // ones). The tile around it, its float steps included, is q4_kernels.inl, shared with the AVX2 set: the same bits.
 struct Q4SumsVnni {
     static constexpr int kMR = 6;  // 6 int32 and 6 float sums, 3 registers of the panel's chunk
-    template <int M>
+    template <int M, bool kFive>
     static void sums(const uint8_t* nib, const int8_t* x, int64_t lda, __m256i (&s32)[M]) {
         // C independent chains of sums per row, added at the end (vpdpbusd waits for its sum, several cycles).
         // Measured through heavy noise only: SmolLM2 decode at 2 threads was 0.43x and 0.46x llama.cpp's in two
@@ -159,7 +159,15 @@ struct Q4SumsVnni {
 #pragma GCC unroll 4
         for (int ch = 0; ch < 4; ++ch) {
             const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + 32 * ch));
-            const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+            __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+            if constexpr (kFive) {  // 16 added to the bytes whose fifth bit (kernels.h) is set
+                uint32_t ml, mh;
+                __builtin_memcpy(&ml, nib + 16 * kQ4Cols + 8 * ch, 4);
+                __builtin_memcpy(&mh, nib + 16 * kQ4Cols + 8 * ch + 4, 4);
+                const __m256i sixteen = _mm256_set1_epi8(16);
+                lo = _mm256_mask_add_epi8(lo, static_cast<__mmask32>(ml), lo, sixteen);
+                hi = _mm256_mask_add_epi8(hi, static_cast<__mmask32>(mh), hi, sixteen);
+            }
 #pragma GCC unroll 8
             for (int i = 0; i < M; ++i) {
                 __m256i& a0 = acc[i][(2 * ch) % C];
@@ -182,10 +190,11 @@ struct Q4SumsVnni {
 
 #include "kernels/q4_kernels.inl"
 
-// The wide 4-bit tile (Q4Kernels::wide): M rows by 32 columns of an unpacked panel, whose nibbles are bytes in
-// [0, 15] already, so vpdpbusd takes them as its unsigned operand as they are (no sign flip, no correction). Per
-// block, the float steps of q4_kernels.inl in their order, on 16 lanes: the same bits as the 8-column tile.
-template <int M, bool kMin>
+// The wide 4- and 5-bit tile (Q4Kernels::wide): M rows by 32 columns of an unpacked panel, whose values are bytes in
+// [0, 31] already, so vpdpbusd takes them as its unsigned operand as they are (no sign flip, no correction). Per
+// block, the float steps of q4_kernels.inl in their order, on 16 lanes: the same bits as the 8-column tile. kOffset:
+// Q4_0's 8 or Q5_0's 16 (unused with a minimum).
+template <int M, bool kMin, int kOffset>
 void q4_wide_m(int64_t nb, const int8_t* __restrict a, int64_t lda, const float* __restrict sa,
                const int32_t* __restrict ta, int64_t ldsa, const uint8_t* __restrict b, float* __restrict c,
                int64_t ldc, const float* bias) {
@@ -220,7 +229,7 @@ void q4_wide_m(int64_t nb, const int8_t* __restrict a, int64_t lda, const float*
                 if constexpr (kMin)
                     sum[i][h] = _mm512_fmadd_ps(mn[h], _mm512_set1_ps(sab * static_cast<float>(t)), sum[i][h]);
                 else
-                    acc[i][h] = _mm512_sub_epi32(acc[i][h], _mm512_set1_epi32(8 * t));
+                    acc[i][h] = _mm512_sub_epi32(acc[i][h], _mm512_set1_epi32(kOffset * t));
                 sum[i][h] =
                     _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][h]), _mm512_mul_ps(_mm512_set1_ps(sab), d[h]), sum[i][h]);
             }
@@ -235,12 +244,12 @@ void q4_wide_m(int64_t nb, const int8_t* __restrict a, int64_t lda, const float*
         }
 }
 
-template <bool kMin, int M = 6>
+template <bool kMin, int kOffset, int M = 6>
 void q4_wide(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta, int64_t ldsa,
              const uint8_t* b, float* c, int64_t ldc, const float* bias) {
     if constexpr (M >= 1) {
-        if (m == M) return q4_wide_m<M, kMin>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
-        return q4_wide<kMin, M - 1>(m, nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
+        if (m == M) return q4_wide_m<M, kMin, kOffset>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
+        return q4_wide<kMin, kOffset, M - 1>(m, nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
     }
 }
 
@@ -271,8 +280,10 @@ KernelSet& avx512_vnni_kernel_set() {
         k.q4 = make_q4_kernels<Q4SumsVnni>();  // 4-bit: up to 6 rows of 8 columns per call
         // and, for many rows, 6 x 32 on unpacked panels (12 int32 and 12 float sums, 2 panel registers: 27 of 32 zmm)
         k.q4.wide_mr = 6;
-        k.q4.wide[0] = &q4_wide<false>;
-        k.q4.wide[1] = &q4_wide<true>;
+        k.q4.wide[q4_kind(false, false)] = &q4_wide<false, 8>;
+        k.q4.wide[q4_kind(true, false)] = &q4_wide<true, 0>;
+        k.q4.wide[q4_kind(false, true)] = &q4_wide<false, 16>;
+        k.q4.wide[q4_kind(true, true)] = &q4_wide<true, 0>;  // unpacked, 5-bit values are bytes as 4-bit ones
         return k;
     }();
     return ks;

@@ -1,5 +1,7 @@
-// Scalar 4-bit block kernels (Q4Kernels in kernels.h): the reference the vector sets must match bit for bit.
+// Scalar 4- and 5-bit block kernels (Q4Kernels in kernels.h): the reference the vector sets must match bit for bit.
 // Compiled with -ffp-contract=off: the only fused steps are the explicit fmaf.
+#include <cstring>
+
 #include "kernels/half.h"
 #include "kernels/kernels.h"
 
@@ -9,10 +11,10 @@ int64_t stream_prefetch_bytes = 4096;
 
 namespace {
 
-template <bool kMin>
+template <bool kMin, bool kFive>
 void q4_tile(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta, int64_t ldsa,
              const uint8_t* b, float* c, int64_t ldc, const float* bias, int64_t) {
-    constexpr int64_t bs = q4_block_bytes(kMin);
+    constexpr int64_t bs = q4_block_bytes(kMin, kFive);
     for (int64_t i = 0; i < m; ++i)
         for (int j = 0; j < kQ4Cols; ++j) {
             float s = 0.0f;
@@ -23,15 +25,22 @@ void q4_tile(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* s
                 for (int ch = 0; ch < 4; ++ch)
                     for (int t = 0; t < 4; ++t) {
                         const uint8_t byte = nib[32 * ch + 4 * j + t];
-                        sum += (byte & 15) * x[4 * ch + t] + (byte >> 4) * x[16 + 4 * ch + t];
+                        int lo = byte & 15, hi = byte >> 4;
+                        if (kFive) {  // the fifth bits (kernels.h): bit 4 j + t of the chunk's two masks
+                            uint32_t masks[2];
+                            std::memcpy(masks, nib + 16 * kQ4Cols + 8 * ch, sizeof masks);
+                            lo |= static_cast<int>((masks[0] >> (4 * j + t)) & 1u) << 4;
+                            hi |= static_cast<int>((masks[1] >> (4 * j + t)) & 1u) << 4;
+                        }
+                        sum += lo * x[4 * ch + t] + hi * x[16 + 4 * ch + t];
                     }
-                const uint16_t* h = reinterpret_cast<const uint16_t*>(nib + 16 * kQ4Cols);
+                const uint16_t* h = reinterpret_cast<const uint16_t*>(nib + q4_halves(kFive));
                 const float d = half_to_float(h[j]), sab = sa[i * ldsa + blk];
                 const int32_t t = ta[i * ldsa + blk];
                 if (kMin) {
                     s = __builtin_fmaf(half_to_float(h[kQ4Cols + j]), sab * static_cast<float>(t), s);
                 } else {
-                    sum -= 8 * t;
+                    sum -= (kFive ? 16 : 8) * t;
                 }
                 s = __builtin_fmaf(static_cast<float>(sum), sab * d, s);
             }
@@ -42,6 +51,8 @@ void q4_tile(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* s
 
 }  // namespace
 
-Q4Kernels scalar_q4_kernels() { return Q4Kernels{4, {&q4_tile<false>, &q4_tile<true>}}; }
+Q4Kernels scalar_q4_kernels() {
+    return Q4Kernels{4, {&q4_tile<false, false>, &q4_tile<true, false>, &q4_tile<false, true>, &q4_tile<true, true>}};
+}
 
 }  // namespace pyattn::kernels
