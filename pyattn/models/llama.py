@@ -30,6 +30,7 @@ the final norm and the output projection.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -492,6 +493,13 @@ def rope_frequencies(rot: int, base: float, scaling: Optional[dict]) -> np.ndarr
     return np.where(between, blended, scaled).astype(f32)
 
 
+@functools.lru_cache(maxsize=16)
+def compiled_chat_template(source: str):
+    """`source` compiled in chat_template_environment(), once per template (a server renders one per request)."""
+    return chat_template_environment().from_string(source)
+
+
+@functools.lru_cache(maxsize=1)
 def chat_template_environment():
     """A jinja2 environment that renders chat templates as transformers does: sandboxed, trim_blocks and
     lstrip_blocks, loop controls ({% break %}), the {% generation %} block (rendered as its body: it only marks the
@@ -803,16 +811,12 @@ class LlamaModel(Module):
             i = i[0] if isinstance(i, list) else i
             return (self.tokenizer.id_to_token(i) or "") if i is not None and self.tokenizer is not None else ""
 
-        return (
-            chat_template_environment()
-            .from_string(self.chat_template)
-            .render(
-                **kwargs,
-                messages=messages,
-                add_generation_prompt=add_generation_prompt,
-                bos_token=special("bos_token"),
-                eos_token=special("eos_token"),
-            )
+        return compiled_chat_template(self.chat_template).render(
+            **kwargs,
+            messages=messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=special("bos_token"),
+            eos_token=special("eos_token"),
         )
 
     def set_weight_storage(self, storage: str) -> LlamaModel:
