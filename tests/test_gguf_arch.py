@@ -144,6 +144,11 @@ def test_tensors_the_model_would_leave_out_are_refused(tmp_path):
     write_gguf(ref, tmp_path / "m.gguf", "qwen2", {"blk.0.attn_q_norm.weight": np.ones(16, np.float32)})
     with pytest.raises(ValueError, match="tensors the 'qwen2' model does not use: blk.0.attn_q_norm.weight"):
         LlamaModel.from_gguf(tmp_path / "m.gguf")
+    # saved rotary frequencies are recomputed, not refused
+    write_gguf(ref, tmp_path / "r.gguf", "qwen2", {"blk.1.attn_rot_embd": np.ones(8, np.float32)})
+    want = logits(ref, [PROMPTS[0]])
+    got = LlamaModel.from_gguf(tmp_path / "r.gguf", dtype="float32")(np.array([PROMPTS[0]]))["logits"]
+    assert np.abs(got - want).max() < 1e-4
 
 
 @pytest.mark.parametrize("name", list(CASES))

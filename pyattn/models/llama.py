@@ -173,7 +173,8 @@ class GGUFWeights(LlamaWeights):
         return name
 
     def finish(self, tied: bool = False):
-        unused = sorted(set(self.f.tensors) - self.used)
+        # blk.N.attn_rot_embd: rotary frequencies some converters saved per layer (llama.cpp skips them): recomputed
+        unused = sorted(n for n in set(self.f.tensors) - self.used if not n.endswith(".attn_rot_embd"))
         if unused:  # weights the model would silently leave out (a bias, an extra norm): another architecture
             more = f" and {len(unused) - 5} more" if len(unused) > 5 else ""
             raise ValueError(
