@@ -83,6 +83,13 @@ def test_q8_0_and_q4_0_are_exact_int8_blocks(written, name):
     np.testing.assert_array_equal(lin.weight(), f.dequantize(name))
 
 
+def test_q5_0_is_exact_int8_blocks():
+    raw = random_blocks(np.random.default_rng(3), "Q5_0", 3, 96)
+    q, scales = int8_blocks(GGML_TYPES[6], raw, 96)
+    assert q.dtype == np.int8 and scales.shape == (3, 3) and q.min() < -8 and q.max() > 7  # the fifth bits are there
+    np.testing.assert_array_equal(q * np.repeat(scales, 32, 1), gguf.quants.dequantize(raw, Q.Q5_0))
+
+
 def test_smollm2_file_matches_the_gguf_package():
     path = smollm2_path()
     f = read_gguf(path)

@@ -178,9 +178,10 @@ def dequantize_rows(kind: GGMLType, raw: np.ndarray, n: int) -> np.ndarray:
 
 
 def int8_blocks(kind: GGMLType, raw: np.ndarray, n: int):
-    """Q8_0 and Q4_0 rows as pyattn's int8 blocks of 32, exactly: (q (rows, n) int8, scales (rows, n / 32) float32)
-    with x = q * scale (Q4_0's q - 8 fits int8). None for other types."""
-    if kind.name not in ("Q8_0", "Q4_0"):
+    """Q8_0, Q4_0 and Q5_0 rows as pyattn's int8 blocks of 32, exactly: (q (rows, n) int8, scales (rows, n / 32)
+    float32) with x = q * scale (Q4_0's q - 8 and Q5_0's q - 16 fit int8). None for other types. (A fused
+    projection whose parts differ in type, such as Q5_0 Q/K with a Q8_0 V, is held so, without rounding again.)"""
+    if kind.name not in ("Q8_0", "Q4_0", "Q5_0"):
         return None
     rows = raw.shape[0]
     blocks = raw.reshape(rows, n // 32, kind.nbytes)
@@ -188,8 +189,12 @@ def int8_blocks(kind: GGMLType, raw: np.ndarray, n: int):
     if kind.name == "Q8_0":
         q = blocks[..., 2:].view(np.int8)
     else:
-        qs = blocks[..., 2:]
-        q = (np.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(np.int16) - 8).astype(np.int8)
+        qs = blocks[..., -16:]  # Q4_0: d, nibbles; Q5_0: d, 4 bytes of fifth bits (bit i: weight i), nibbles
+        u = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(np.int16)
+        if kind.name == "Q5_0":
+            qh = blocks[..., 2:6].copy().view("<u4")  # (rows, nb, 1)
+            u |= (((qh >> np.arange(32, dtype=np.uint32)) & 1) << 4).astype(np.int16)
+        q = (u - (16 if kind.name == "Q5_0" else 8)).astype(np.int8)
     return np.ascontiguousarray(q.reshape(rows, n)), np.ascontiguousarray(d)
 
 
