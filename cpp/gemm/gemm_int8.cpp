@@ -191,7 +191,7 @@ void unpack_wide(const PackedMatrix& B, int64_t q, uint8_t* dst) {
                         for (int64_t byte = 0; byte < ps / 8; ++byte) {
                             uint64_t v;
                             std::memcpy(&v, row + 8 * byte, 8);
-                            v |= kFifthBits[src[16 * kQ4Cols + 8 * c + 4 * half + byte]];
+                            v |= kFifthBits[src[kernels::q4_fifth_bits(c, half) + byte]];
                             std::memcpy(row + 8 * byte, &v, 8);
                         }
                     }

@@ -115,7 +115,7 @@ namespace {
 void put_q4_column(uint8_t* blk, int jj, const uint8_t* qs, const uint32_t* qh, uint16_t d, uint16_t m, bool has_min) {
     for (int ch = 0; ch < 4; ++ch) std::memcpy(blk + 32 * ch + 4 * jj, qs + 4 * ch, 4);
     if (qh) {
-        uint32_t* masks = reinterpret_cast<uint32_t*>(blk + 16 * kernels::kQ4Cols);
+        uint32_t* masks = reinterpret_cast<uint32_t*>(blk + kernels::q4_fifth_bits(0, 0));
         for (int ch = 0; ch < 4; ++ch)
             for (int s = 0; s < 4; ++s) {
                 masks[2 * ch] |= ((*qh >> (4 * ch + s)) & 1u) << (4 * jj + s);           // u[4 ch + s]
@@ -346,7 +346,7 @@ void PackedMatrix::unpack_row(int64_t j, float* row) const {
             int u = k < 16 ? byte & 15 : byte >> 4;
             if (five5) {
                 uint32_t mask;
-                std::memcpy(&mask, blk + 16 * kernels::kQ4Cols + 8 * (kk / 4) + (k < 16 ? 0 : 4), 4);
+                std::memcpy(&mask, blk + kernels::q4_fifth_bits(kk / 4, k < 16 ? 0 : 1), 4);
                 u |= static_cast<int>((mask >> (4 * jj + kk % 4)) & 1u) << 4;
             }
             const uint16_t* h = reinterpret_cast<const uint16_t*>(blk + kernels::q4_halves(five5));

@@ -125,7 +125,9 @@ constexpr int kQ4Cols = 8;
 // row tile of a panel, which reads the panel from memory, and 0 to the others, which find it in cache (prefetching
 // there cost 5-15% at M = 512, 1 thread).
 extern int64_t stream_prefetch_bytes;
-// A panel block's bytes, and the offset of its halves (after the nibbles and, 5-bit, the fifth bits).
+// A panel block's bytes, and the offsets of its parts: the 32-bit fifth-bit mask of chunk ch's low (high = 0) or high
+// (high = 1) nibbles (5-bit only), and the halves (after the nibbles and, 5-bit, the fifth bits).
+constexpr int q4_fifth_bits(int ch, int high) { return 16 * kQ4Cols + 8 * ch + 4 * high; }
 constexpr int q4_halves(bool five) { return 16 * kQ4Cols + (five ? 4 * kQ4Cols : 0); }
 constexpr int q4_block_bytes(bool has_min, bool five = false) { return q4_halves(five) + (has_min ? 4 : 2) * kQ4Cols; }
 // The index of a block type's kernels in Q4Kernels::tile and wide: Q4_0, Q4_1, Q5_0, Q5_1.

@@ -47,8 +47,8 @@ struct Q4SumsAvx2 {
             const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + 32 * ch));
             __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
             if constexpr (kFive) {
-                lo = _mm256_or_si256(lo, fifth_bits(nib + 16 * kQ4Cols + 8 * ch));
-                hi = _mm256_or_si256(hi, fifth_bits(nib + 16 * kQ4Cols + 8 * ch + 4));
+                lo = _mm256_or_si256(lo, fifth_bits(nib + q4_fifth_bits(ch, 0)));
+                hi = _mm256_or_si256(hi, fifth_bits(nib + q4_fifth_bits(ch, 1)));
             }
 #pragma GCC unroll 8
             for (int i = 0; i < M; ++i) {

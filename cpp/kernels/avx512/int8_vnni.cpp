@@ -162,8 +162,8 @@ struct Q4SumsVnni {
             __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
             if constexpr (kFive) {  // 16 added to the bytes whose fifth bit (kernels.h) is set
                 uint32_t ml, mh;
-                __builtin_memcpy(&ml, nib + 16 * kQ4Cols + 8 * ch, 4);
-                __builtin_memcpy(&mh, nib + 16 * kQ4Cols + 8 * ch + 4, 4);
+                __builtin_memcpy(&ml, nib + q4_fifth_bits(ch, 0), 4);
+                __builtin_memcpy(&mh, nib + q4_fifth_bits(ch, 1), 4);
                 const __m256i sixteen = _mm256_set1_epi8(16);
                 lo = _mm256_mask_add_epi8(lo, static_cast<__mmask32>(ml), lo, sixteen);
                 hi = _mm256_mask_add_epi8(hi, static_cast<__mmask32>(mh), hi, sixteen);

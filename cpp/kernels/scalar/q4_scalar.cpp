@@ -28,7 +28,7 @@ void q4_tile(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* s
                         int lo = byte & 15, hi = byte >> 4;
                         if (kFive) {  // the fifth bits (kernels.h): bit 4 j + t of the chunk's two masks
                             uint32_t masks[2];
-                            std::memcpy(masks, nib + 16 * kQ4Cols + 8 * ch, sizeof masks);
+                            std::memcpy(masks, nib + q4_fifth_bits(ch, 0), sizeof masks);
                             lo |= static_cast<int>((masks[0] >> (4 * j + t)) & 1u) << 4;
                             hi |= static_cast<int>((masks[1] >> (4 * j + t)) & 1u) << 4;
                         }
