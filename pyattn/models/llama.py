@@ -160,6 +160,8 @@ class GGUFWeights(LlamaWeights):
         "ffn_norm": "blk.{i}.ffn_norm.weight",
         **{f"{p}_bias": f"blk.{{i}}.attn_{n}.bias" for p, n in (("q", "q"), ("k", "k"), ("v", "v"), ("o", "output"))},
     }
+    # K-quants whose values are re-laid as the blocks pyattn reads in place (None from the function: held as int8)
+    RELAID = {"Q4_K": (q4_k_as_q4_1, "q4_1"), "Q5_K": (q5_k_as_q5_1, "q5_1")}
     # read by gguf_config, not as a weight: Llama 3.x's rotary frequency factors
     CONFIG_TENSORS = ("rope_freqs.weight",)
 
@@ -196,17 +198,14 @@ class GGUFWeights(LlamaWeights):
     def q4(self, role, shape):
         name = self.file_name(role)
         t = self.f.tensor(name)
-        if t.type.name not in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K"):
+        if t.type.name not in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", *self.RELAID):
             return None
         if t.shape != tuple(shape):
             raise ValueError(f"{self.source}: {name} has shape {t.shape}, expected {tuple(shape)}")
-        # Q4_K / Q5_K: their values as Q4_1 / Q5_1 blocks (io.gguf.q4_k_as_q4_1, q5_k_as_q5_1); None: held as int8
-        if t.type.name == "Q4_K":
-            raw = q4_k_as_q4_1(self.f.raw(name), t.shape[1])
-            return None if raw is None else ("q4_1", raw)
-        if t.type.name == "Q5_K":
-            raw = q5_k_as_q5_1(self.f.raw(name), t.shape[1])
-            return None if raw is None else ("q5_1", raw)
+        if t.type.name in self.RELAID:
+            relay, kind = self.RELAID[t.type.name]
+            raw = relay(self.f.raw(name), t.shape[1])
+            return None if raw is None else (kind, raw)
         return t.type.name.lower(), self.f.raw(name)
 
     def vector(self, role, size):
@@ -245,9 +244,7 @@ def gguf_config(f: GGUFFile) -> LlamaConfig:
     n_layers, d = meta("block_count"), meta("embedding_length")
     H = meta("attention.head_count")
     Hkv = meta("attention.head_count_kv", H)
-    if H % Hkv:
-        raise ValueError(f"{src}: {H} heads must divide embedding_length {d}, and {Hkv} KV heads divide {H}")
-    if f.get(f"{arch}.attention.key_length") is None and d % H:  # the head size is d / H unless the file says
+    if H % Hkv or (f.get(f"{arch}.attention.key_length") is None and d % H):  # head size d / H unless the file says
         raise ValueError(f"{src}: {H} heads must divide embedding_length {d}, and {Hkv} KV heads divide {H}")
     D = meta("attention.key_length", d // H)
     if meta("attention.value_length", D) != D:
