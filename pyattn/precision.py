@@ -28,7 +28,7 @@ def attention_precision(storage: str) -> str:
     projections held as `storage`: "bfloat16" for bfloat16 weights and for those that round more coarsely (int8,
     4- and 5-bit), "float32" otherwise. The fused encoder layer applies the same rule (gemm::bf16_attention);
     decoders keep float32 attention for int8 and 4-bit weights (over 30 layers of SmolLM2 it cost logit accuracy)."""
-    return "bfloat16" if storage in ("bfloat16", "int8", "q4_0", "q4_1", "q5_0", "q5_1") else "float32"
+    return "float32" if storage in ("float32", "float16") else "bfloat16"  # as gemm::bf16_attention: bits < 16 or bf16
 
 
 def auto_dtype() -> str:
