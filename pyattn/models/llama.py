@@ -169,8 +169,9 @@ class GGUFWeights(LlamaWeights):
         self.f, self.source = f, f.path
         self.used = set(self.CONFIG_TENSORS)
 
-    def file_name(self, role: str) -> str:
-        name = super().file_name(role)
+    def _read(self, role: str) -> str:
+        """The file's name of `role`, counted as used by the model (finish reports the others)."""
+        name = self.file_name(role)
         self.used.add(name)
         return name
 
@@ -185,7 +186,7 @@ class GGUFWeights(LlamaWeights):
             )
 
     def matrix(self, role, shape, blocks=False):
-        name = self.file_name(role)
+        name = self._read(role)
         t = self.f.tensor(name)
         if t.shape != tuple(shape):
             raise ValueError(f"{self.source}: {name} has shape {t.shape}, expected {tuple(shape)}")
@@ -196,7 +197,7 @@ class GGUFWeights(LlamaWeights):
         self.f.release(self.file_name(role))
 
     def q4(self, role, shape):
-        name = self.file_name(role)
+        name = self._read(role)
         t = self.f.tensor(name)
         if t.type.name not in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", *self.RELAID):
             return None
@@ -209,7 +210,7 @@ class GGUFWeights(LlamaWeights):
         return t.type.name.lower(), self.f.raw(name)
 
     def vector(self, role, size):
-        name = self.file_name(role)
+        name = self._read(role)
         t = self.f.tensor(name)
         if t.shape != (size,):
             raise ValueError(f"{self.source}: {name} has shape {t.shape}, expected ({size},)")
