@@ -104,7 +104,8 @@ class DecoderLayer:
     """
     A Llama-family decoder layer (cpp/layers/decoder_layer.h): pre-RMSNorm, RoPE, grouped-
     query attention over a KV cache, SwiGLU. qkv (E -> (H + 2 Hkv) D), out (H D -> E),
-    gate_up (E -> 2F: gate rows, then up rows) and down (F -> E) are PackedLinear objects.
+    gate_up (E -> 2F: gate rows, then up rows) and down (F -> E) are PackedLinear objects;
+    q_norm / k_norm (D,): an RMSNorm of each query / key head before RoPE (Qwen3), or None.
     """
     def __init__(
         self,
@@ -119,6 +120,8 @@ class DecoderLayer:
         num_kv_heads: int,
         rotary_dim: int,
         interleaved: bool,
+        q_norm: Optional[_F32] = None,
+        k_norm: Optional[_F32] = None,
     ) -> None: ...
 
 class EncoderLayer:

@@ -24,7 +24,8 @@ def isa(request):
     pyattn.set_isa(old)
 
 
-def make_layers(rng, n=2):
+def make_layers(rng, n=2, head_norms=False):
+    """n layers' float32 weights; head_norms: with Qwen3's q_norm / k_norm (D,) too."""
     layers = []
     for _ in range(n):
         layers.append(
@@ -37,6 +38,8 @@ def make_layers(rng, n=2):
                 ffn_norm=1 + 0.1 * rng.standard_normal(E),
             )
         )
+        if head_norms:
+            layers[-1].update(q_norm=1 + 0.3 * rng.standard_normal(D), k_norm=1 + 0.3 * rng.standard_normal(D))
     return [{k: v.astype(np.float32) for k, v in lr.items()} for lr in layers]
 
 
@@ -54,6 +57,8 @@ def reference(layers, x, positions, pad, interleaved, kv_half=False):
         q = qkv[..., : H * D].reshape(B, L, H, D)
         k = qkv[..., H * D : (H + HKV) * D].reshape(B, L, HKV, D)
         v = qkv[..., (H + HKV) * D :].reshape(B, L, HKV, D)
+        if "q_norm" in lr:  # each head normalised over its D values, before RoPE
+            q, k = rms(q, lr["q_norm"]), rms(k, lr["k_norm"])
         q = rope_reference(q, positions, ROT, BASE, interleaved)
         k = rope_reference(k, positions, ROT, BASE, interleaved)
         if kv_half:
@@ -75,7 +80,7 @@ def fused(layers, interleaved, storage="float32"):
             _core.PackedLinear(lr["o"], None, storage),
             _core.PackedLinear(lr["gate_up"], None, storage),
             _core.PackedLinear(lr["down"], None, storage),
-            lr["attn_norm"], lr["ffn_norm"], EPS, H, HKV, ROT, interleaved,
+            lr["attn_norm"], lr["ffn_norm"], EPS, H, HKV, ROT, interleaved, lr.get("q_norm"), lr.get("k_norm"),
         )
         for lr in layers
     ]  # fmt: skip
@@ -88,12 +93,15 @@ def run(stack, x, positions, cos, sin, caches, past, pad):
     return x + pending
 
 
-@pytest.mark.parametrize("cache", [np.float32, np.float16])
-@pytest.mark.parametrize("interleaved", [True, False])
-def test_prefill_then_steps_against_float64(isa, rng, interleaved, cache):
+@pytest.mark.parametrize(
+    "cache, interleaved, head_norms",
+    [(c, i, False) for c in (np.float32, np.float16) for i in (True, False)] + [(np.float32, False, True)],
+)
+def test_prefill_then_steps_against_float64(isa, rng, interleaved, cache, head_norms):
     """The prompt (the blocked attention path) then one token at a time (the decoding path), over a float32 cache
-    or a float16 one (against a reference whose K and V are rounded to float16: within float32's error of it)."""
-    layers = make_layers(rng)
+    or a float16 one (against a reference whose K and V are rounded to float16: within float32's error of it);
+    head_norms: Qwen3's RMSNorm of each query and key head before RoPE."""
+    layers = make_layers(rng, head_norms=head_norms)
     stack = fused(layers, interleaved)
     B, L, P = 3, 9, 5  # prompt of 5, then 4 cached steps
     x = rng.standard_normal((B, L, E)).astype(np.float32)
@@ -130,16 +138,16 @@ def test_block_weight_types_stay_close(rng):
 
 
 @pytest.mark.parametrize(
-    "storage, cache",
-    [(s, np.float32) for s in ("float32", "float16", "bfloat16", "int8", "q4_0", "q4_1")]
-    + [("float32", np.float16), ("q4_1", np.float16)],
+    "storage, cache, head_norms",
+    [(s, np.float32, False) for s in ("float32", "float16", "bfloat16", "int8", "q4_0", "q4_1")]
+    + [("float32", np.float16, False), ("q4_1", np.float16, False), ("int8", np.float32, True)],
 )
-def test_one_region_step_equals_layer_by_layer(rng, storage, cache):
+def test_one_region_step_equals_layer_by_layer(rng, storage, cache, head_norms):
     """Up to 8 rows (a decoding step) the stack runs in one parallel region, the threads sharing heads and chunks of
     columns (each its own range, then the others' ends); it gives the layer-by-layer path's results: the same bits
     for the block types (integer sums, the same float steps per column), within float rounding for the others, on
     any thread count (5 > some ops' shares) and chunk size (one panel a chunk; 0: no stealing)."""
-    layers = make_layers(rng, 3)
+    layers = make_layers(rng, 3, head_norms)
     stack = fused(layers, True, storage)
     B, P, L = 2, 7, 10
     x = rng.standard_normal((B, L, E)).astype(np.float32)
@@ -194,6 +202,9 @@ def test_refuses_bad_arguments(rng):
         _core.DecoderLayer(*lin.values(), lr["attn_norm"], lr["ffn_norm"], EPS, H, 4, ROT, True)
     with pytest.raises(ValueError, match="rotary_dim"):
         _core.DecoderLayer(*lin.values(), lr["attn_norm"], lr["ffn_norm"], EPS, H, HKV, 7, True)
+    with pytest.raises(ValueError, match="k_norm"):  # a head's D values, not d_model's
+        _core.DecoderLayer(*lin.values(), lr["attn_norm"], lr["ffn_norm"], EPS, H, HKV, ROT, True,
+                           np.ones(D, np.float32), np.ones(E, np.float32))  # fmt: skip
     with pytest.raises(TypeError, match="PackedLinear"):
         _core.DecoderLayer(lr["qkv"], lin["o"], lin["gate_up"], lin["down"], lr["attn_norm"], lr["ffn_norm"], EPS, H,
                            HKV, ROT, True)  # fmt: skip

@@ -1,6 +1,7 @@
 """GGUF files of small random Hugging Face models written as llama.cpp's converter (convert_hf_to_gguf.py) writes
 them -- llama with Q/K rows permuted for interleaved rotary pairs and Llama 3.x's rope_freqs.weight, qwen2 as stored
-with its Q/K/V biases -- loaded by LlamaModel.from_gguf against transformers running the same weights."""
+with its Q/K/V biases, qwen3 with its norms of each Q/K head -- loaded by LlamaModel.from_gguf against transformers
+running the same weights."""
 
 from __future__ import annotations
 
@@ -86,6 +87,9 @@ def write_gguf(model, path, arch: str, extra: dict | None = None) -> None:
         p = f"model.layers.{i}."
         tensors[f"blk.{i}.attn_norm.weight"] = sd[p + "input_layernorm.weight"]
         tensors[f"blk.{i}.ffn_norm.weight"] = sd[p + "post_attention_layernorm.weight"]
+        for part in ("q", "k"):  # qwen3's norm of each head
+            if f"{p}self_attn.{part}_norm.weight" in sd:
+                tensors[f"blk.{i}.attn_{part}_norm.weight"] = sd[f"{p}self_attn.{part}_norm.weight"]
         for ours, theirs, heads in (("q", "q", H), ("k", "k", Hkv), ("v", "v", None), ("output", "o", None)):
             for kind in ("weight", "bias"):
                 t = sd.get(f"{p}self_attn.{theirs}_proj.{kind}")
@@ -107,6 +111,7 @@ CASES = {
     "qwen2_untied_mqa": ("qwen2", dict(num_key_value_heads=1, tie_word_embeddings=False)),
     "llama3_rope": ("llama", CONFIGS["llama3_rope"]),  # Llama 3.1's rope scaling
     "llama_attention_bias_hd24": ("llama", dict(num_key_value_heads=2, head_dim=24, attention_bias=True)),
+    "qwen3_tied_hd24": ("qwen3", dict(num_key_value_heads=2, head_dim=24, tie_word_embeddings=True)),
 }
 
 

@@ -70,6 +70,7 @@ def build(kind: str, cfg: dict, seed: int = 0):
         "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
         "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
         "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+        "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
     }
     config_cls, model_cls = classes[kind]
     cfg = dict(cfg)
@@ -213,9 +214,12 @@ def test_sharded_checkpoint(folders, tmp_path):
         ("mistral", dict(num_key_value_heads=2, sliding_window=64, head_dim=32)),
         ("qwen2", dict(num_key_value_heads=2, rope_theta=1000000.0, tie_word_embeddings=True)),
         ("qwen2", dict(num_key_value_heads=1, tie_word_embeddings=False, eos_token_id=[2, 3])),
+        # a norm of each query and key head; head_dim 24, not hidden / heads (Qwen3-0.6B: 128 of 1024 / 16)
+        ("qwen3", dict(num_key_value_heads=2, head_dim=24, tie_word_embeddings=True)),
+        ("qwen3", dict(num_key_value_heads=1, head_dim=16, rope_theta=1000000.0, tie_word_embeddings=False)),
     ],
 )
-def test_mistral_and_qwen2(tmp_path, kind, extra):
+def test_mistral_and_qwen(tmp_path, kind, extra):
     ref = build(kind, {**BASE, **extra})
     save(ref, tmp_path)
     model = pyattn.from_pretrained(tmp_path, dtype="float32")

@@ -152,7 +152,8 @@ class DecoderLayer {
 public:
     DecoderLayer(const py::object& qkv, const py::object& out, const py::object& gate_up, const py::object& down,
                  const py::array& attn_norm, const py::array& ffn_norm, float eps, int64_t num_heads,
-                 int64_t num_kv_heads, int64_t rotary_dim, bool interleaved)
+                 int64_t num_kv_heads, int64_t rotary_dim, bool interleaved, const py::object& q_norm,
+                 const py::object& k_norm)
         : refs_{qkv, out, gate_up, down} {
         layers::DecoderLayer& l = l_;
         l.qkv.w = &packed_matrix_of(qkv, "qkv", &l.qkv.bias);
@@ -176,6 +177,12 @@ public:
         norms_[1] = vector_of(ffn_norm, E, "ffn_norm");
         l.attn_norm = norms_[0].data();
         l.ffn_norm = norms_[1].data();
+        const py::object* head_norms[2] = {&q_norm, &k_norm};
+        for (int i = 0; i < 2; ++i) {
+            if (head_norms[i]->is_none()) continue;
+            norms_[2 + i] = vector_of(head_norms[i]->cast<py::array>(), D, i ? "k_norm" : "q_norm");
+            (i ? l.k_norm : l.q_norm) = norms_[2 + i].data();
+        }
         l.eps = eps;
         l.heads = num_heads;
         l.kv_heads = num_kv_heads;
@@ -190,8 +197,8 @@ public:
     int64_t kv_dim() const { return l_.kv_heads * l_.head_dim; }
 
 private:
-    py::object refs_[4];  // the PackedLinear objects whose matrices l_ points into
-    std::vector<float> norms_[2];
+    py::object refs_[4];           // the PackedLinear objects whose matrices l_ points into
+    std::vector<float> norms_[4];  // attn_norm, ffn_norm, q_norm, k_norm
     layers::DecoderLayer l_{};
 };
 
@@ -312,12 +319,13 @@ void bind_layers(py::module_& m) {
     py::class_<DecoderLayer>(m, "DecoderLayer",
                              "A Llama-family decoder layer (cpp/layers/decoder_layer.h): pre-RMSNorm, RoPE, grouped-\n"
                              "query attention over a KV cache, SwiGLU. qkv (E -> (H + 2 Hkv) D), out (H D -> E),\n"
-                             "gate_up (E -> 2F: gate rows, then up rows) and down (F -> E) are PackedLinear objects.")
+                             "gate_up (E -> 2F: gate rows, then up rows) and down (F -> E) are PackedLinear objects;\n"
+                             "q_norm / k_norm (D,): an RMSNorm of each query / key head before RoPE (Qwen3), or None.")
         .def(py::init<const py::object&, const py::object&, const py::object&, const py::object&, const py::array&,
-                      const py::array&, float, int64_t, int64_t, int64_t, bool>(),
+                      const py::array&, float, int64_t, int64_t, int64_t, bool, const py::object&, const py::object&>(),
              py::arg("qkv"), py::arg("out"), py::arg("gate_up"), py::arg("down"), py::arg("attn_norm"),
              py::arg("ffn_norm"), py::arg("eps"), py::arg("num_heads"), py::arg("num_kv_heads"), py::arg("rotary_dim"),
-             py::arg("interleaved"));
+             py::arg("interleaved"), py::arg("q_norm") = py::none(), py::arg("k_norm") = py::none());
     m.def("decoder_stack", &decoder_stack, py::arg("layers"), py::arg("x"), py::arg("positions"), py::arg("cos"),
           py::arg("sin"), py::arg("cache_k"), py::arg("cache_v"), py::arg("past"),
           py::arg("key_padding_mask") = py::none(),

