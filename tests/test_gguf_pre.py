@@ -1,6 +1,7 @@
 """The pre-tokenizers named by GGUF files (tokenizer.ggml.pre) against llama.cpp's ids: SmolLM2's vocabulary, with a
-few tokens added that tell the names apart, written under each name (tests/gguf_vocab.py); llama.cpp's ids for the
-same files are in tests/data/llamacpp_pre_ids.json (tests/data/make_llamacpp_pre_ids.py)."""
+few tokens added that tell the names apart, written under each name (tests/gguf_vocab.py); and SentencePiece
+vocabularies (tokenizer model "llama"), made from it. llama.cpp's ids for the same files are in
+tests/data/llamacpp_pre_ids.json (tests/data/make_llamacpp_pre_ids.py)."""
 
 import json
 import pathlib
@@ -32,6 +33,36 @@ def test_ids_equal_llama_cpps(source, tmp_path, pre):
         assert model.encode(text) == ids, text
         if "<|" not in text:  # decode leaves the special tokens out
             assert model.decode(ids) == text
+
+
+@pytest.mark.parametrize("prefix", ["default", "no_space_prefix"])
+def test_sentencepiece_ids_equal_llama_cpps(source, tmp_path, prefix):
+    """tokenizer.ggml.model "llama" (Llama 2, Mistral, TinyLlama, Phi-3): joins by score, byte fallback, the space
+    put before the text and after special tokens unless tokenizer.ggml.add_space_prefix is false; a prompt starts
+    with BOS (llama.cpp's default for these vocabularies). decode gives the text back."""
+    path = tmp_path / "spm.gguf"
+    gguf_vocab.write_vocab_gguf(
+        source, path, None, add_bos=None, spm=True, space_prefix=None if prefix == "default" else False
+    )
+    model = LlamaModel.from_gguf(path)
+    want = WANT["spm"][prefix]
+    assert list(want) == gguf_vocab.TEXTS
+    for text, ids in want.items():
+        assert model.encode(text) == ids, text
+        if "<" not in text and "\u2581" not in text:  # special tokens are left out, U+2581 comes back a space
+            assert model.decode(ids) == text
+    assert model.add_bos is WANT["spm_adds_bos"] is True
+    assert model.encode_prompt("Hello") == [1] + model.encode("Hello")
+
+
+def test_sentencepiece_fixture_tells_the_rules_apart():
+    """Where a tokenizer that skipped a rule would differ from llama.cpp's ids: the byte fallback (<0xXX> ids
+    3..258), the space after a special token (<|im_end|>, id 261), and the space prefix itself."""
+    default, bare = WANT["spm"]["default"], WANT["spm"]["no_space_prefix"]
+    assert any(3 <= i < 259 for i in default["我是一个学生"])
+    hi = default["Hi<|im_end|>there"]
+    assert hi[hi.index(261) + 1] != bare["Hi<|im_end|>there"][hi.index(261) + 1]
+    assert default["Hello, world!"] != bare["Hello, world!"]
 
 
 def test_the_names_differ_where_llama_cpp_differs():

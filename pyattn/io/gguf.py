@@ -326,24 +326,33 @@ def end_ids(f: GGUFFile) -> list:
 
 def adds_bos(f: GGUFFile) -> bool:
     """Whether a prompt starts with BOS, as llama.cpp decides: tokenizer.ggml.add_bos_token where the file has it,
-    else the pre-tokenizer's default (true for Llama 3's names, false for the others)."""
+    else true for a SentencePiece vocabulary (tokenizer model "llama") and, for byte-level BPE, the pre-tokenizer's
+    default (true for Llama 3's names, false for the others)."""
     v = f.get("tokenizer.ggml.add_bos_token")
     if v is not None:
         return bool(v)
+    if f.get("tokenizer.ggml.model") == "llama":
+        return True
     how = _PRE_TOKENIZERS.get(f.get("tokenizer.ggml.pre", "default"))
     return how is not None and how.add_bos
 
 
 def tokenizer(f: GGUFFile):
-    """A `tokenizers.Tokenizer` from the file's metadata (tokenizer.ggml.*): byte-level BPE with its vocabulary,
-    merges, the pre-tokenizer `tokenizer.ggml.pre` names, and the control tokens as special tokens. It gives
-    llama.cpp's ids on the same file (tests/test_llama.py compares them on a varied text set). Other tokenizer
-    models (SentencePiece "llama", ...) and pre-tokenizers: ValueError naming them."""
+    """A `tokenizers.Tokenizer` from the file's metadata (tokenizer.ggml.*): byte-level BPE ("gpt2") with its
+    vocabulary, merges, the pre-tokenizer `tokenizer.ggml.pre` names, and the control tokens as special tokens; or a
+    SentencePiece vocabulary ("llama": Llama 2, Mistral, TinyLlama, Phi-3; _spm_tokenizer). It gives llama.cpp's ids
+    on the same file (tests/test_llama.py and tests/test_gguf_pre.py compare them on a varied text set). Other
+    tokenizer models and pre-tokenizers: ValueError naming them."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
     kind = f.get("tokenizer.ggml.model")
+    if kind == "llama":
+        return _spm_tokenizer(f)
     if kind != "gpt2":
-        raise ValueError(f"{f.path}: tokenizer model {kind!r} is not supported (byte-level BPE, 'gpt2', is)")
+        raise ValueError(
+            f"{f.path}: tokenizer model {kind!r} is not supported (byte-level BPE, 'gpt2', and SentencePiece, "
+            "'llama', are)"
+        )
     pre = f.get("tokenizer.ggml.pre", "default")
     if pre not in _PRE_TOKENIZERS:
         raise ValueError(f"{f.path}: pre-tokenizer {pre!r} is not supported ({sorted(_PRE_TOKENIZERS)} are)")
@@ -368,6 +377,54 @@ def tokenizer(f: GGUFFile):
     if types is not None and len(types) == len(tokens):
         control = [AddedToken(t, special=True, normalized=False) for t, kind in zip(tokens, types) if kind == 3]
         tok.add_special_tokens(control)
+    return tok
+
+
+def _spm_tokenizer(f: GGUFFile):
+    """A SentencePiece vocabulary (tokenizer.ggml.model "llama": tokens, scores, token types) as llama.cpp
+    tokenizes with it: spaces written as U+2581 and one put before the text, and before the text after each special
+    token (tokenizer.ggml.add_space_prefix, default true); starting from the characters, the adjacent pair whose
+    concatenation is the highest-scored token is joined first, the leftmost of equal ones; a character left outside
+    the vocabulary becomes its UTF-8 bytes' tokens <0xXX>. As `tokenizers` BPE: a merge for every split of a token
+    into two tokens, ranked by the token's score."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
+
+    tokens, scores, types = (f.get(f"tokenizer.ggml.{k}") for k in ("tokens", "scores", "token_type"))
+    if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
+        raise ValueError(f"{f.path}: tokenizer.ggml.tokens missing or not a list of strings")
+    n = len(tokens)
+    if scores is None or len(scores) != n or types is None or len(types) != n:
+        raise ValueError(f"{f.path}: tokenizer.ggml.scores and token_type must hold one entry per token ({n})")
+    scores = np.asarray(scores, np.float64)
+    if not np.isfinite(scores).all():
+        raise ValueError(f"{f.path}: tokenizer.ggml.scores holds a value that is not finite")
+    vocab = {}
+    for i, t in enumerate(tokens):
+        vocab.setdefault(t, i)  # a text held twice is the first id's, as llama.cpp's lookup gives
+    ranked = []
+    for t, i in vocab.items():
+        if types[i] != 1:  # joins make normal tokens only (not control, byte or user-defined ones)
+            continue
+        for k in range(1, len(t)):
+            if t[:k] in vocab and t[k:] in vocab:
+                ranked.append((-scores[i], i, k))
+    ranked.sort()
+    merges = [(tokens[i][:k], tokens[i][k:]) for _, i, k in ranked]
+    unk = f.get("tokenizer.ggml.unknown_token_id", 0)
+    unk_text = tokens[unk] if is_int(unk) and 0 <= unk < n else None
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unk_text, byte_fallback=True, fuse_unk=True))
+    prefix = bool(f.get("tokenizer.ggml.add_space_prefix", True))
+    space = [normalizers.Replace(" ", "\u2581")]
+    tok.normalizer = normalizers.Sequence(([normalizers.Prepend("\u2581")] if prefix else []) + space)
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+        + ([decoders.Strip(" ", 1, 0)] if prefix else [])
+    )
+    # llama.cpp takes control and unknown tokens' texts as those tokens (special=True) and user-defined ones always
+    tok.add_special_tokens(
+        [AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types) if k in (2, 3)]
+    )
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, types) if k == 4])
     return tok
 
 
