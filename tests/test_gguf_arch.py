@@ -1,7 +1,7 @@
 """GGUF files of small random Hugging Face models written as llama.cpp's converter (convert_hf_to_gguf.py) writes
 them -- llama with Q/K rows permuted for interleaved rotary pairs and Llama 3.x's rope_freqs.weight, qwen2 as stored
-with its Q/K/V biases, qwen3 with its norms of each Q/K head -- loaded by LlamaModel.from_gguf against transformers
-running the same weights."""
+with its Q/K/V biases, qwen3 with its norms of each Q/K head, phi3 with Q/K/V and gate/up fused -- loaded by
+LlamaModel.from_gguf against transformers running the same weights."""
 
 from __future__ import annotations
 
@@ -67,7 +67,9 @@ def write_gguf(model, path, arch: str, extra: dict | None = None) -> None:
         w.add_uint32(f"{arch}.attention.key_length", D)
         w.add_uint32(f"{arch}.attention.value_length", D)
     w.add_float32(f"{arch}.rope.freq_base", float(cfg.rope_parameters["rope_theta"]))
-    w.add_uint32(f"{arch}.rope.dimension_count", D)
+    w.add_uint32(f"{arch}.rope.dimension_count", int(D * getattr(cfg, "partial_rotary_factor", 1.0)))
+    if getattr(cfg, "sliding_window", None):
+        w.add_uint32(f"{arch}.attention.sliding_window", cfg.sliding_window)
     w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", cfg.rms_norm_eps)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
@@ -90,6 +92,12 @@ def write_gguf(model, path, arch: str, extra: dict | None = None) -> None:
         for part in ("q", "k"):  # qwen3's norm of each head
             if f"{p}self_attn.{part}_norm.weight" in sd:
                 tensors[f"blk.{i}.attn_{part}_norm.weight"] = sd[f"{p}self_attn.{part}_norm.weight"]
+        if arch == "phi3":  # Q/K/V in one tensor, gate and up in one (ffn_up)
+            tensors[f"blk.{i}.attn_qkv.weight"] = sd[p + "self_attn.qkv_proj.weight"]
+            tensors[f"blk.{i}.attn_output.weight"] = sd[p + "self_attn.o_proj.weight"]
+            tensors[f"blk.{i}.ffn_up.weight"] = sd[p + "mlp.gate_up_proj.weight"]
+            tensors[f"blk.{i}.ffn_down.weight"] = sd[p + "mlp.down_proj.weight"]
+            continue
         for ours, theirs, heads in (("q", "q", H), ("k", "k", Hkv), ("v", "v", None), ("output", "o", None)):
             for kind in ("weight", "bias"):
                 t = sd.get(f"{p}self_attn.{theirs}_proj.{kind}")
@@ -112,6 +120,7 @@ CASES = {
     "llama3_rope": ("llama", CONFIGS["llama3_rope"]),  # Llama 3.1's rope scaling
     "llama_attention_bias_hd24": ("llama", dict(num_key_value_heads=2, head_dim=24, attention_bias=True)),
     "qwen3_tied_hd24": ("qwen3", dict(num_key_value_heads=2, head_dim=24, tie_word_embeddings=True)),
+    "phi3_partial_rope": ("phi3", dict(num_key_value_heads=2, partial_rotary_factor=0.75, sliding_window=64)),
 }
 
 
@@ -154,6 +163,15 @@ def test_tensors_the_model_would_leave_out_are_refused(tmp_path):
     want = logits(ref, [PROMPTS[0]])
     got = LlamaModel.from_gguf(tmp_path / "r.gguf", dtype="float32")(np.array([PROMPTS[0]]))["logits"]
     assert np.abs(got - want).max() < 1e-4
+
+
+def test_longrope_is_refused(tmp_path):
+    """Phi-3 128k / Phi-3.5's LongRoPE factors would rotate positions differently: refused by name, not run."""
+    ref = build("phi3", {**BASE, "num_key_value_heads": 2})
+    factors = {f"rope_factors_{k}.weight": np.ones(8, np.float32) for k in ("long", "short")}
+    write_gguf(ref, tmp_path / "m.gguf", "phi3", factors)
+    with pytest.raises(ValueError, match="LongRoPE"):
+        LlamaModel.from_gguf(tmp_path / "m.gguf")
 
 
 @pytest.mark.parametrize("name", list(CASES))

