@@ -458,7 +458,7 @@ def main(argv=None) -> int:
     p.add_argument(
         "--dtype",
         default=None,
-        choices=["float32", "float16", "bfloat16", "int8", "q4_0", "q4_1", "q5_0", "q5_1", "auto"],
+        choices=["float32", "float16", "bfloat16", "int8", "q4_0", "q4_1", "q5_0", "q5_1", "q6_k", "auto"],
         help="weight type of the matrices (default: the file's blocks as stored, as llama.cpp reads them)",
     )
     p.add_argument(

@@ -6,7 +6,7 @@ from typing import Optional
 
 from . import _core
 
-WEIGHT_TYPES = tuple(_core.weight_types())  # float32, float16, bfloat16, int8, q4_0, q4_1, q5_0, q5_1
+WEIGHT_TYPES = tuple(_core.weight_types())  # float32, float16, bfloat16, int8, q4_0, ..., q6_k
 
 # faster-whisper / CTranslate2 compute types -> pyattn weight types. pyattn always computes in float32 (int32 inside
 # an int8 block), so the part after "int8_" names nothing pyattn does differently.

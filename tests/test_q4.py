@@ -8,7 +8,7 @@ from GGUF bytes can be checked against each other.
 
 import numpy as np
 import pytest
-from test_weight_types import ISAS, data, int8_model, quantize_blocks
+from test_weight_types import ISAS, data, int8_model, on_one_and_two_threads, quantize_blocks
 
 import pyattn
 from pyattn import _core
@@ -151,15 +151,7 @@ def test_threads_edges_activation_and_sizes(rng):
         lin = _core.PackedLinear(w, b, kind)
         assert lin.storage == kind
         assert lin.nbytes == 8 * 8 * block_bytes[kind] + 61 * 4  # 8 panels x 8 blocks, the bias
-        n = pyattn.get_num_threads()
-        try:
-            pyattn.set_num_threads(1)
-            one = lin(x)
-            pyattn.set_num_threads(2)
-            two = lin(x)
-        finally:
-            pyattn.set_num_threads(n)
-        np.testing.assert_array_equal(one, two)
+        np.testing.assert_array_equal(*on_one_and_two_threads(lambda: lin(x)))
         pre = lin(x)
         np.testing.assert_array_equal(lin(x, "relu"), np.maximum(pre, 0))
         y = x.copy()
@@ -175,7 +167,7 @@ def test_from_gguf_refuses_bad_input(rng):
         _core.PackedLinear.from_gguf(raw, "q4_1", 32)
     with pytest.raises(ValueError, match="multiple of 32"):
         _core.PackedLinear.from_gguf(raw, "q4_0", 16)
-    with pytest.raises(ValueError, match="'q4_0', 'q4_1', 'q5_0' or 'q5_1'"):
+    with pytest.raises(ValueError, match="'q4_0', 'q4_1', 'q5_0', 'q5_1' or 'q6_k'"):
         _core.PackedLinear.from_gguf(raw, "q8_0", 32)
     with pytest.raises(ValueError, match=r"expected raw of shape \(4, 22\)"):
         _core.PackedLinear.from_gguf(raw, "q5_0", 32)

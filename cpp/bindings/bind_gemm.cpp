@@ -131,9 +131,9 @@ public:
         return lin;
     }
 
-    // A 4- or 5-bit weight as GGUF stores it: raw (out, in / 32 * block bytes) uint8, 18, 20, 22 or 24 bytes per
-    // block for q4_0, q4_1, q5_0, q5_1 (see PackedMatrix). The bytes are checked for shape only: every nibble, bit and
-    // half is a valid value.
+    // A 4-, 5- or 6-bit weight as GGUF stores it: raw (out, in / 32 * block bytes) uint8, 18, 20, 22, 24 or 28 bytes
+    // per block for q4_0, q4_1, q5_0, q5_1, q6_k (see PackedMatrix). The bytes are checked for shape only: every
+    // nibble, bit, sub-scale and half is a valid value.
     static PackedLinear from_gguf(const py::array& raw, const std::string& type, int64_t in_features,
                                   const py::object& bias) {
         gemm::WeightType t = gemm::WeightType::f32;
@@ -143,7 +143,7 @@ public:
             block = gemm::info(t).family == gemm::WeightFamily::block;
         } catch (const std::invalid_argument&) {
         }
-        if (!block) value_error("type must be 'q4_0', 'q4_1', 'q5_0' or 'q5_1', got '" + type + "'");
+        if (!block) value_error("type must be 'q4_0', 'q4_1', 'q5_0', 'q5_1' or 'q6_k', got '" + type + "'");
         if (raw.dtype().kind() != 'u' || raw.itemsize() != 1)
             type_error("expected raw to be uint8, got " + dtype_str(raw));
         require_ndim(raw, 2, "raw", "(out_features, blocks * block bytes)");
@@ -375,7 +375,8 @@ void bind_gemm(py::module_& m) {
         "so each call packs only its activations. weight (out_features, in_features) float32 or\n"
         "float16; storage: 'float32', 'float16', 'bfloat16', 'int8' (blocks of 32 along in_features\n"
         "with their own scales, activations quantized likewise), 'q4_0' / 'q4_1' / 'q5_0' / 'q5_1'\n"
-        "(GGUF's 4- and 5-bit blocks), or '' for the weight's own dtype. input_scale (int8, float32\n"
+        "(GGUF's 4- and 5-bit blocks), 'q6_k' (6-bit, GGUF's Q6_K values), or '' for the weight's own dtype. "
+        "input_scale (int8, float32\n"
         "weight): in_features positive floats a; the weight is quantized as weight / a per input feature\n"
         "and each x * a before it is quantized, so that outlier features of x do not take every block's\n"
         "int8 range.")
@@ -388,9 +389,10 @@ void bind_gemm(py::module_& m) {
                     "with weight ~ q * scale.")
         .def_static("from_gguf", &PackedLinear::from_gguf, py::arg("raw"), py::arg("type"), py::arg("in_features"),
                     py::arg("bias") = py::none(),
-                    "A 4- or 5-bit weight as GGUF stores it, read as stored by the GEMM (no widening in memory):\n"
-                    "raw (out, in / 32 * bytes per block) uint8, type 'q4_0' (18-byte blocks), 'q4_1' (20 bytes),\n"
-                    "'q5_0' (22) or 'q5_1' (24).")
+                    "A 4-, 5- or 6-bit weight as GGUF stores it, read as stored by the GEMM (no widening in\n"
+                    "memory): raw (out, in / 32 * bytes per block) uint8, type 'q4_0' (18-byte blocks), 'q4_1'\n"
+                    "(20 bytes), 'q5_0' (22), 'q5_1' (24) or 'q6_k' (28: Q6_K's values re-laid per 32 by\n"
+                    "pyattn.io.gguf.q6_k_as_q6).")
         .def("__call__", &PackedLinear::call, py::arg("x"), py::arg("activation") = "none", py::arg("out") = py::none(),
              "act(x @ weight.T + bias) for x (..., in_features) float32 C-contiguous.")
         .def("weight", &PackedLinear::weight, "The weight (out_features, in_features), unpacked into a new array.")
@@ -404,8 +406,8 @@ void bind_gemm(py::module_& m) {
         .def_property_readonly("isa", &PackedLinear::isa, "Kernel set the weight was packed for.")
         .def_property_readonly(
             "storage", &PackedLinear::storage,
-            "How the weight is held: 'float32', 'float16', 'bfloat16', 'int8', 'q4_0', 'q4_1', 'q5_0'\n"
-            "or 'q5_1'.")
+            "How the weight is held: 'float32', 'float16', 'bfloat16', 'int8', 'q4_0', 'q4_1', 'q5_0',\n"
+            "'q5_1' or 'q6_k'.")
         .def_property_readonly("nbytes", &PackedLinear::nbytes, "Bytes held by the packed weight and bias.");
 }
 

@@ -65,8 +65,9 @@ inline bool pair_rows(const kernels::KernelSet& ks) {
 // The activations of an integer product quantized as its kernels read them (Int8Kernels in kernels.h): m rows of A
 // (K floats, stride lda) into q, row stride kp = nblocks * kQBlock, as int8 with the blocks' integer sums ta (int8 is
 // true: the 4-bit kernels and the int8 kernels whose kgroup is 4) or as int16 (ta unused); the block scales in sa.
-// ta and sa have row stride nblocks.
+// ta and sa have row stride nblocks. halves (int8 only; the 6-bit kernels, kernels.h): each block's ta is its two
+// halves' sums instead, t_0 in the low 16 bits and t_1 in the high 16 (each at most 16 * 127 in size).
 void quantize_rows(const kernels::KernelSet& ks, bool int8, const float* A, int64_t lda, int64_t m, int64_t K, void* q,
-                   float* sa, int32_t* ta);
+                   float* sa, int32_t* ta, bool halves = false);
 
 }  // namespace pyattn::gemm

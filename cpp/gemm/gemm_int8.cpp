@@ -24,12 +24,20 @@
 namespace pyattn::gemm {
 
 void quantize_rows(const kernels::KernelSet& ks, bool int8, const float* A, int64_t lda, int64_t m, int64_t K, void* q,
-                   float* sa, int32_t* ta) {
+                   float* sa, int32_t* ta, bool halves) {
     const int64_t nb = (K + kernels::kQBlock - 1) / kernels::kQBlock, kp = nb * kernels::kQBlock;
-    if (int8)
-        ks.i8.quantize8(A, lda, m, K, static_cast<int8_t*>(q), kp, sa, ta, nb);
-    else
-        ks.i8.quantize(A, lda, m, K, static_cast<int16_t*>(q), kp, sa, nb);
+    if (!int8) return ks.i8.quantize(A, lda, m, K, static_cast<int16_t*>(q), kp, sa, nb);
+    ks.i8.quantize8(A, lda, m, K, static_cast<int8_t*>(q), kp, sa, ta, nb);
+    if (!halves) return;
+    for (int64_t i = 0; i < m; ++i)
+        for (int64_t b = 0; b < nb; ++b) {
+            const int8_t* x = static_cast<const int8_t*>(q) + i * kp + b * kernels::kQBlock;
+            int32_t t0 = 0;
+            for (int k = 0; k < kernels::kQBlock / 2; ++k) t0 += x[k];
+            const int32_t t1 = ta[i * nb + b] - t0;
+            ta[i * nb + b] =
+                static_cast<int32_t>((static_cast<uint32_t>(t0) & 0xFFFFu) | (static_cast<uint32_t>(t1) << 16));
+        }
 }
 
 const float* scaled_input(const PackedMatrix& B, const float* A, int64_t lda, int64_t m, int64_t& ld) {
@@ -152,16 +160,16 @@ constexpr std::array<uint64_t, 256> fifth_bits_table() {
 }
 constexpr std::array<uint64_t, 256> kFifthBits = fifth_bits_table();
 
-// Panels [wp q, wp q + wp) of a 4- or 5-bit matrix (wp = kQ4Wide / kQ4Cols; panels past its columns: zeros) as the
-// wide tile's panel (kernels.h: Q4Kernels::wide): each block's nibbles (with their fifth bits) spread into bytes, its
-// halves widened.
+// Panels [wp q, wp q + wp) of a 4-, 5- or 6-bit matrix (wp = kQ4Wide / kQ4Cols; panels past its columns: zeros) as
+// the wide tile's panel (kernels.h: Q4Kernels::wide): each block's nibbles (with their fifth and sixth bits) spread
+// into bytes, its halves widened (6-bit: its sub-scales packed as the minima's int32, sc_0 low, sc_1 high).
 void unpack_wide(const PackedMatrix& B, int64_t q, uint8_t* dst) {
     using kernels::kQ4Cols;
     using kernels::kQ4Wide;
     // wp panels per wide panel; a group (4 k) of the wide panel holds gs bytes, ps of them from each panel
     constexpr int64_t wp = kQ4Wide / kQ4Cols, groups = kernels::kQBlock / 4, gs = kQ4Wide * 4, ps = kQ4Cols * 4;
     const int64_t nb = B.nblocks(), panels = (B.N() + kQ4Cols - 1) / kQ4Cols;
-    const bool has_min = B.has_min(), five = B.five();
+    const bool has_min = B.has_min(), five = B.five() || B.six(), six = B.six();
     const int64_t bs = B.q4_block_bytes();
     for (int64_t blk = 0; blk < nb; ++blk) {
         uint8_t* o = dst + blk * kernels::kQ4WideBlockBytes;
@@ -184,7 +192,7 @@ void unpack_wide(const PackedMatrix& B, int64_t q, uint8_t* dst) {
                     o[c * gs + p * ps + e] = v & 15;
                     o[(4 + c) * gs + p * ps + e] = v >> 4;
                 }
-            if (five)  // the fifth bits (kernels.h): each mask byte ORs 16 into 8 bytes at once
+            if (five)  // the fifth (and sixth) bits (kernels.h): each mask byte ORs 16 (32) into 8 bytes at once
                 for (int64_t c = 0; c < 4; ++c)
                     for (int64_t half = 0; half < 2; ++half) {
                         uint8_t* row = o + (4 * half + c) * gs + p * ps;
@@ -192,14 +200,24 @@ void unpack_wide(const PackedMatrix& B, int64_t q, uint8_t* dst) {
                             uint64_t v;
                             std::memcpy(&v, row + 8 * byte, 8);
                             v |= kFifthBits[src[kernels::q4_fifth_bits(c, half) + byte]];
+                            if (six) v |= kFifthBits[src[kernels::q6_sixth_bits(c, half) + byte]] << 1;
                             std::memcpy(row + 8 * byte, &v, 8);
                         }
                     }
             uint16_t h[2 * kQ4Cols];
-            std::memcpy(h, src + kernels::q4_halves(five), (has_min ? 4 : 2) * kQ4Cols);
+            std::memcpy(h, src + (six ? kernels::q6_halves() : kernels::q4_halves(five)), (has_min ? 4 : 2) * kQ4Cols);
             for (int64_t j = 0; j < kQ4Cols; ++j) {
                 d[p * kQ4Cols + j] = half_to_float(h[j]);
                 mn[p * kQ4Cols + j] = has_min ? half_to_float(h[kQ4Cols + j]) : 0.0f;
+                if (six) {
+                    const auto sc0 = static_cast<uint8_t>(src[kernels::q6_scales(0) + j]);
+                    const auto sc1 = static_cast<uint8_t>(src[kernels::q6_scales(1) + j]);
+                    // sign-extended to 16 bits each: the tile recovers them with an arithmetic shift
+                    const uint32_t packed = static_cast<uint16_t>(static_cast<int16_t>(static_cast<int8_t>(sc0))) |
+                                            static_cast<uint32_t>(static_cast<uint16_t>(static_cast<int8_t>(sc1)))
+                                                << 16;
+                    std::memcpy(mn + p * kQ4Cols + j, &packed, 4);
+                }
             }
         }
     }
@@ -232,7 +250,7 @@ void gemm_q4(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, floa
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         quantize_units(M, taken.get(), [&](int64_t i0, int64_t m) {
-            quantize_rows(ks, true, A + i0 * lda, lda, m, K, q + i0 * kp, sa + i0 * nb, ta + i0 * nb);
+            quantize_rows(ks, true, A + i0 * lda, lda, m, K, q + i0 * kp, sa + i0 * nb, ta + i0 * nb, B.six());
         });
 #pragma omp barrier
         alignas(64) float tile[16 * kernels::kQ4Wide];

@@ -110,21 +110,88 @@ uint8_t* PackedMatrix::alloc_q4() {
 
 namespace {
 
+// Column jj's bits (bit k of weight k) into a panel block's masks at `at` (the fifth or sixth bits, kernels.h).
+void put_bits(uint8_t* blk, int at, int jj, uint32_t bits) {
+    uint32_t* masks = reinterpret_cast<uint32_t*>(blk + at);
+    for (int ch = 0; ch < 4; ++ch)
+        for (int s = 0; s < 4; ++s) {
+            masks[2 * ch] |= ((bits >> (4 * ch + s)) & 1u) << (4 * jj + s);           // u[4 ch + s]
+            masks[2 * ch + 1] |= ((bits >> (16 + 4 * ch + s)) & 1u) << (4 * jj + s);  // u[16 + 4 ch + s]
+        }
+}
+
 // Writes column jj's block (16 GGUF nibble bytes qs, 5-bit: the fifth bits qh, bit k of weight k; half scale d,
 // half minimum m) into a panel block (kernels.h: Q4Kernels).
 void put_q4_column(uint8_t* blk, int jj, const uint8_t* qs, const uint32_t* qh, uint16_t d, uint16_t m, bool has_min) {
     for (int ch = 0; ch < 4; ++ch) std::memcpy(blk + 32 * ch + 4 * jj, qs + 4 * ch, 4);
-    if (qh) {
-        uint32_t* masks = reinterpret_cast<uint32_t*>(blk + kernels::q4_fifth_bits(0, 0));
-        for (int ch = 0; ch < 4; ++ch)
-            for (int s = 0; s < 4; ++s) {
-                masks[2 * ch] |= ((*qh >> (4 * ch + s)) & 1u) << (4 * jj + s);           // u[4 ch + s]
-                masks[2 * ch + 1] |= ((*qh >> (16 + 4 * ch + s)) & 1u) << (4 * jj + s);  // u[16 + 4 ch + s]
-            }
-    }
+    if (qh) put_bits(blk, kernels::q4_fifth_bits(0, 0), jj, *qh);
     uint16_t* h = reinterpret_cast<uint16_t*>(blk + kernels::q4_halves(qh != nullptr));
     h[jj] = d;
     if (has_min) h[kernels::kQ4Cols + jj] = m;
+}
+
+// Column jj's 6-bit block as the q6_k raw block holds it (d, sc_0, sc_1, fifth bits, sixth bits, nibbles) into a
+// panel block.
+void put_q6_column(uint8_t* blk, int jj, const uint8_t* raw) {
+    uint32_t b5, b6;
+    std::memcpy(&b5, raw + 4, 4);
+    std::memcpy(&b6, raw + 8, 4);
+    for (int ch = 0; ch < 4; ++ch) std::memcpy(blk + 32 * ch + 4 * jj, raw + 12 + 4 * ch, 4);
+    put_bits(blk, kernels::q4_fifth_bits(0, 0), jj, b5);
+    put_bits(blk, kernels::q6_sixth_bits(0, 0), jj, b6);
+    std::memcpy(blk + kernels::q6_halves() + 2 * jj, raw, 2);
+    blk[kernels::q6_scales(0) + jj] = raw[2];
+    blk[kernels::q6_scales(1) + jj] = raw[3];
+}
+
+// pyattn's own 6-bit rule (not ggml's search) for one block of n <= 32 floats, as a q6_k raw block: per half of 16, a
+// scale s_h = (the element of largest magnitude) / -32; d = max |s_h| / 127 as a half; sc_h = s_h / d rounded away
+// from zero (at most 127 in size), so that the step d sc_h is never below |s_h| and the largest element is not
+// clipped; u = round(x / (d sc_h)) + 32 in [0, 63] (32 where d sc_h is 0). A block holding NaN or inf gets d NaN.
+void quantize_q6_block(const float* x, int64_t n, uint8_t* raw) {
+    float v[kernels::kQBlock] = {};
+    bool finite = true;
+    for (int64_t p = 0; p < n; ++p) {
+        v[p] = x[p];
+        finite = finite && std::isfinite(x[p]);
+    }
+    std::memset(raw, 0, gguf_block_bytes(WeightType::q6_k));
+    if (!finite) {
+        const uint16_t nan = 0x7e00;
+        std::memcpy(raw, &nan, 2);
+        return;
+    }
+    float sub[2];
+    for (int h = 0; h < 2; ++h) {
+        float amax = 0.0f, mx = 0.0f;
+        for (int p = 16 * h; p < 16 * h + 16; ++p)
+            if (std::fabs(v[p]) > amax) {
+                amax = std::fabs(v[p]);
+                mx = v[p];
+            }
+        sub[h] = mx / -32.0f;
+    }
+    const uint16_t dh = float_to_half(std::max(std::fabs(sub[0]), std::fabs(sub[1])) / 127.0f);
+    const float d = half_to_float(dh);
+    std::memcpy(raw, &dh, 2);
+    uint8_t u[kernels::kQBlock];
+    uint32_t b5 = 0, b6 = 0;
+    for (int h = 0; h < 2; ++h) {
+        const int mag = d > 0.0f ? std::min(127, static_cast<int>(std::ceil(std::fabs(sub[h]) / d))) : 0;
+        const int sc = sub[h] < 0.0f ? -mag : mag;
+        raw[2 + h] = static_cast<uint8_t>(static_cast<int8_t>(sc));
+        const float step = d * static_cast<float>(sc);
+        for (int p = 16 * h; p < 16 * h + 16; ++p)
+            u[p] = static_cast<uint8_t>(
+                step != 0.0f ? std::clamp(static_cast<int>(std::lround(v[p] / step)) + 32, 0, 63) : 32);
+    }
+    for (int p = 0; p < kernels::kQBlock; ++p) {
+        b5 |= static_cast<uint32_t>((u[p] >> 4) & 1) << p;
+        b6 |= static_cast<uint32_t>(u[p] >> 5) << p;
+    }
+    std::memcpy(raw + 4, &b5, 4);
+    std::memcpy(raw + 8, &b6, 4);
+    for (int p = 0; p < 16; ++p) raw[12 + p] = static_cast<uint8_t>((u[p] & 15) | ((u[p + 16] & 15) << 4));
 }
 
 // GGUF's reference quantizers (ggml's quantize_row_q4_0 / q4_1 / q5_0 / q5_1 rules) for one block of n <= 32 floats;
@@ -193,6 +260,10 @@ PackedMatrix::PackedMatrix(WeightType type, const uint8_t* raw, int64_t K, int64
         uint8_t* panel = base + (j / kernels::kQ4Cols) * nb * bs;
         for (int64_t blk = 0; blk < nb; ++blk) {
             const uint8_t* src = raw + (j * nb + blk) * rb;  // d, (m), (qh), qs
+            if (six()) {
+                put_q6_column(panel + blk * bs, static_cast<int>(j % kernels::kQ4Cols), src);
+                continue;
+            }
             uint16_t d, m = 0;
             uint32_t qh = 0;
             std::memcpy(&d, src, 2);
@@ -224,6 +295,12 @@ void PackedMatrix::pack_q4(const float* w32, const uint16_t* w16, int64_t ldw) {
                 uint32_t qh;
                 uint16_t d, m;
                 const int64_t p0 = blk * kernels::kQBlock;
+                if (six()) {
+                    uint8_t block[28];
+                    quantize_q6_block(src + p0, std::min<int64_t>(kernels::kQBlock, K - p0), block);
+                    put_q6_column(panel + blk * bs, static_cast<int>(j % kernels::kQ4Cols), block);
+                    continue;
+                }
                 quantize_q4_block(src + p0, std::min<int64_t>(kernels::kQBlock, K - p0), mn, five5, qs, qh, d, m);
                 put_q4_column(panel + blk * bs, static_cast<int>(j % kernels::kQ4Cols), qs, five5 ? &qh : nullptr, d, m,
                               mn);
@@ -344,10 +421,19 @@ void PackedMatrix::unpack_row(int64_t j, float* row) const {
             const int k = static_cast<int>(p % kernels::kQBlock), kk = k % 16;
             const uint8_t byte = blk[32 * (kk / 4) + 4 * jj + kk % 4];
             int u = k < 16 ? byte & 15 : byte >> 4;
-            if (five5) {
-                uint32_t mask;
+            const int bit = 4 * jj + kk % 4;
+            uint32_t mask;
+            if (five5 || six()) {
                 std::memcpy(&mask, blk + kernels::q4_fifth_bits(kk / 4, k < 16 ? 0 : 1), 4);
-                u |= static_cast<int>((mask >> (4 * jj + kk % 4)) & 1u) << 4;
+                u |= static_cast<int>((mask >> bit) & 1u) << 4;
+            }
+            if (six()) {
+                std::memcpy(&mask, blk + kernels::q6_sixth_bits(kk / 4, k < 16 ? 0 : 1), 4);
+                u |= static_cast<int>((mask >> bit) & 1u) << 5;
+                const int sc = static_cast<int8_t>(blk[kernels::q6_scales(k < 16 ? 0 : 1) + jj]);
+                const uint16_t* h = reinterpret_cast<const uint16_t*>(blk + kernels::q6_halves());
+                row[p] = half_to_float(h[jj]) * static_cast<float>(sc * (u - 32));  // exact: 11 x 13 bits
+                continue;
             }
             const uint16_t* h = reinterpret_cast<const uint16_t*>(blk + kernels::q4_halves(five5));
             const float d = half_to_float(h[jj]);

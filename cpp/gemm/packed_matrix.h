@@ -40,7 +40,8 @@ public:
     // A 4- or 5-bit weight as GGUF stores it (type q4_0, q4_1, q5_0 or q5_1): N rows of K / kQBlock blocks of
     // gguf_block_bytes(type) -- Q4_0: half d, 16 bytes of nibbles; Q4_1: half d, half m, nibbles; Q5_0: half d, 4 bytes
     // of fifth bits (bit k of weight k), nibbles; Q5_1: half d, half m, fifth bits, nibbles -- rows contiguous. Held
-    // as given.
+    // as given. q6_k: half d, int8 sc_0 (weights 0-15), int8 sc_1 (16-31), fifth bits, sixth bits (4 bytes each,
+    // bit k of weight k), nibbles (u = the 6-bit value, w = d sc (u - 32); pyattn.io.gguf re-lays GGUF's Q6_K so).
     PackedMatrix(gemm::WeightType type, const uint8_t* raw, int64_t K, int64_t N, const kernels::KernelSet& ks);
 
     int64_t K() const { return K_; }
@@ -64,8 +65,11 @@ public:
     // 4- and 5-bit blocks: panels of kQ4Cols columns, nblocks() blocks of q4_block_bytes each (kernels.h: Q4Kernels).
     bool has_min() const { return type_ == WeightType::q4_1 || type_ == WeightType::q5_1; }
     bool five() const { return type_ == WeightType::q5_0 || type_ == WeightType::q5_1; }
-    int q4_kind() const { return kernels::q4_kind(has_min(), five()); }
-    int64_t q4_block_bytes() const { return kernels::q4_block_bytes(has_min(), five()); }
+    bool six() const { return type_ == WeightType::q6_k; }
+    int q4_kind() const { return six() ? kernels::kQ6Kind : kernels::q4_kind(has_min(), five()); }
+    int64_t q4_block_bytes() const {
+        return six() ? kernels::q6_block_bytes() : kernels::q4_block_bytes(has_min(), five());
+    }
     const uint8_t* panel_q4(int64_t q) const {
         return reinterpret_cast<const uint8_t*>(data_.get()) + q * nblocks() * q4_block_bytes();
     }

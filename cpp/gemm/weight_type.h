@@ -9,8 +9,9 @@
 //   int8     int8               symmetric per-output-channel scales; activations quantized per row (token) to
 //                               [-127, 127] at the GEMM's input; int32 sums, dequantized in the epilogue
 //   block    q4_0, q4_1,        GGUF's 4- and 5-bit blocks of 32 along K with a half scale (and, q4_1 / q5_1, a
-//            q5_0, q5_1         half minimum), read as stored; activations quantized per block of 32 to int8
-//                               (kernels.h: Q4Kernels)
+//            q5_0, q5_1,        half minimum), read as stored; q6_k: GGUF's Q6_K values (6 bits, a half scale per
+//            q6_k               256, an int8 one per 16) in blocks of 32; activations quantized per block of 32 to
+//                               int8 (kernels.h: Q4Kernels)
 //
 // GGUF's Q8_0 is the int8 type with one scale per block.
 #pragma once
@@ -19,7 +20,17 @@
 
 namespace pyattn::gemm {
 
-enum class WeightType : uint8_t { f32 = 0, f16 = 1, bf16 = 2, i8 = 3, q4_0 = 4, q4_1 = 5, q5_0 = 6, q5_1 = 7 };
+enum class WeightType : uint8_t {
+    f32 = 0,
+    f16 = 1,
+    bf16 = 2,
+    i8 = 3,
+    q4_0 = 4,
+    q4_1 = 5,
+    q5_0 = 6,
+    q5_1 = 7,
+    q6_k = 8
+};
 enum class WeightFamily : uint8_t { float32, wide16, int8, block };
 
 struct WeightTypeInfo {
@@ -39,12 +50,15 @@ inline constexpr WeightTypeInfo kWeightTypes[] = {
     {WeightType::q4_1, "q4_1", 4, WeightFamily::block, false},
     {WeightType::q5_0, "q5_0", 5, WeightFamily::block, false},
     {WeightType::q5_1, "q5_1", 5, WeightFamily::block, false},
+    {WeightType::q6_k, "q6_k", 6, WeightFamily::block, false},
 };
 
 inline constexpr const WeightTypeInfo& info(WeightType t) { return kWeightTypes[static_cast<int>(t)]; }
 
-// Bytes of one GGUF block (32 weights) of a block type: Q4_0 18, Q4_1 20, Q5_0 22, Q5_1 24.
+// Bytes of one GGUF block (32 weights) of a block type: Q4_0 18, Q4_1 20, Q5_0 22, Q5_1 24; q6_k 28, a block of 32 of
+// Q6_K's values as pyattn takes them (PackedMatrix: half d, two int8 sub-scales, fifth and sixth bits, nibbles).
 inline constexpr int gguf_block_bytes(WeightType t) {
+    if (t == WeightType::q6_k) return 28;
     return 18 + (t == WeightType::q4_1 || t == WeightType::q5_1 ? 2 : 0) +
            (t == WeightType::q5_0 || t == WeightType::q5_1 ? 4 : 0);
 }
@@ -57,7 +71,7 @@ inline constexpr bool bf16_attention(WeightType t) { return t == WeightType::bf1
 
 // The type named `name`; throws std::invalid_argument listing the names otherwise.
 WeightType parse_weight_type(const std::string& name);
-// "float32, float16, bfloat16, int8, q4_0, q4_1, q5_0, q5_1"
+// "float32, float16, bfloat16, int8, q4_0, q4_1, q5_0, q5_1, q6_k"
 std::string weight_type_names();
 
 }  // namespace pyattn::gemm

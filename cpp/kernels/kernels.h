@@ -114,6 +114,12 @@ struct Int8Kernels {
 //   Q4_1, Q5_1: s_{b+1} = fma(float(sum_k Aq[i][k] u[k][j]), sa d, fma(m, sa float(t), s_b))
 // with s_0 = 0, products sa d and sa float(t) rounded to float; c[i][j] = s_nb (+ bias[j], one add). Every kernel
 // set computes these operations in this order: the same bits everywhere (tested).
+// 6-bit blocks (q6_k: GGUF's Q6_K, its sub-blocks of 16 two to a block of 32): u in [0, 63], a half d and two int8
+// sub-scales, sc_0 for k < 16 and sc_1 for k >= 16: W[k][j] = d sc_h (u - 32). The panel block holds the 5-bit layout's
+// nibbles and fifth bits, then the sixth bits in the fifth bits' layout (q6_sixth_bits), then 8 halves d, then the 8
+// columns' sc_0 and their 8 sc_1 (int8). With t_h = sum over the half's k of Aq[i][k] (given packed in the block's
+// ta: t_0 in the low 16 bits, t_1 in the high 16) and I_h = sum over the half's k of Aq[i][k] u[k][j]:
+//   Q6_K: s_{b+1} = fma(float(sc_0 (I_0 - 32 t_0) + sc_1 (I_1 - 32 t_1)), sa d, s_b)   (int32: at most 2^24 in size)
 constexpr int kQ4Cols = 8;
 
 // How far ahead (bytes) the block kernels (int8, 4-bit) prefetch the weight panels they stream: a decoding step is a
@@ -130,8 +136,14 @@ extern int64_t stream_prefetch_bytes;
 constexpr int q4_fifth_bits(int ch, int high) { return 16 * kQ4Cols + 8 * ch + 4 * high; }
 constexpr int q4_halves(bool five) { return 16 * kQ4Cols + (five ? 4 * kQ4Cols : 0); }
 constexpr int q4_block_bytes(bool has_min, bool five = false) { return q4_halves(five) + (has_min ? 4 : 2) * kQ4Cols; }
-// The index of a block type's kernels in Q4Kernels::tile and wide: Q4_0, Q4_1, Q5_0, Q5_1.
+// The index of a block type's kernels in Q4Kernels::tile and wide: Q4_0, Q4_1, Q5_0, Q5_1, then Q6_K (kQ6Kind).
 constexpr int q4_kind(bool has_min, bool five) { return (has_min ? 1 : 0) + (five ? 2 : 0); }
+constexpr int kQ6Kind = 4;
+// A 6-bit panel block's sixth-bit masks (as q4_fifth_bits), its halves d, its sub-scales sc_h (8 int8 each), its size.
+constexpr int q6_sixth_bits(int ch, int high) { return q4_fifth_bits(ch, high) + 4 * kQ4Cols; }
+constexpr int q6_halves() { return 16 * kQ4Cols + 8 * kQ4Cols; }
+constexpr int q6_scales(int high) { return q6_halves() + 2 * kQ4Cols + high * kQ4Cols; }
+constexpr int q6_block_bytes() { return q6_scales(1) + kQ4Cols; }
 
 using Q4Kernel = void (*)(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta,
                           int64_t ldsa, const uint8_t* b, float* c, int64_t ldc, const float* bias, int64_t ahead);
@@ -140,7 +152,8 @@ using Q4Kernel = void (*)(int64_t m, int64_t nb, const int8_t* a, int64_t lda, c
 // panels are read from cache once per row tile, not from memory. The driver unpacks kQ4Wide / kQ4Cols panels into one
 // wide panel per block of rows: per block (kQ4WideBlockBytes), the nibbles as bytes, 4 consecutive k of a column in
 // 4 bytes (byte (g kQ4Wide + j) 4 + t = u[4 g + t][j], g < kQBlock / 4), then kQ4Wide floats d, then kQ4Wide floats
-// m (Q4_1 / Q5_1; zeros otherwise). The float steps are the formulas above, in their order: the same bits as tile.
+// m (Q4_1 / Q5_1; zeros otherwise; Q6_K: each column's sc_0 and sc_1 as int16 in the low and high halves of an
+// int32). The float steps are the formulas above, in their order: the same bits as tile.
 constexpr int kQ4Wide = 32;
 constexpr int64_t kQ4WideBlockBytes = kQBlock * kQ4Wide + 2 * kQ4Wide * 4;
 using Q4WideKernel = void (*)(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta,
@@ -148,9 +161,9 @@ using Q4WideKernel = void (*)(int64_t m, int64_t nb, const int8_t* a, int64_t ld
 
 struct Q4Kernels {
     int mr;                  // up to mr rows of A by one kQ4Cols-column panel per call
-    Q4Kernel tile[4];        // by q4_kind: Q4_0, Q4_1, Q5_0, Q5_1; 1 <= m <= mr
+    Q4Kernel tile[5];        // by q4_kind: Q4_0, Q4_1, Q5_0, Q5_1, Q6_K; 1 <= m <= mr
     int wide_mr = 0;         // the wide tile: up to wide_mr rows by kQ4Wide columns ...
-    Q4WideKernel wide[4]{};  // ... by q4_kind
+    Q4WideKernel wide[5]{};  // ... by q4_kind
 };
 
 // ---- bfloat16 pairs (AVX512_BF16's vdpbf16ps) ----

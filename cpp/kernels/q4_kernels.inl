@@ -1,4 +1,4 @@
-// 4- and 5-bit block kernels (Q4Kernels in kernels.h) written once against a policy S that sums one block, and
+// 4-, 5- and 6-bit block kernels (Q4Kernels in kernels.h) written once against a policy S that sums one block, and
 // instantiated by avx2/q4_avx2.cpp (pmaddubsw) and avx512/int8_vnni.cpp (vpdpbusd). Included inside an anonymous
 // namespace of those units, after S is defined; both are compiled with -ffp-contract=off, so the float steps below
 // are the same operations in the same order in each: the same bits (tested against the scalar set and numpy).
@@ -57,9 +57,61 @@ void q4_tile(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* s
     }
 }
 
+// A block's two half sums, packed by the driver (kernels.h: Q6_K).
+inline void q6_half_sums(int32_t packed, int32_t& t0, int32_t& t1) {
+    t0 = static_cast<int16_t>(packed & 0xFFFF);
+    t1 = packed >> 16;
+}
+
+// S::sums6<M>(nib, x, lda, s0, s1): the 6-bit block's sums I_0 (k < 16) and I_1 (k >= 16), one lane a column.
+template <class S, int M>
+void q6_tile_m(int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta, int64_t ldsa,
+               const uint8_t* b, float* c, int64_t ldc, const float* bias, int64_t ahead) {
+    constexpr int64_t bs = q6_block_bytes();
+    __m256 sum[M];
+#pragma GCC unroll 8
+    for (int i = 0; i < M; ++i) sum[i] = _mm256_setzero_ps();
+    for (int64_t blk = 0; blk < nb; ++blk) {
+        const uint8_t* nib = b + blk * bs;
+        if (ahead > 0)
+            for (int64_t line = 0; line < bs; line += 64)
+                _mm_prefetch(reinterpret_cast<const char*>(nib + ahead + line), _MM_HINT_T0);
+        __m256i s0[M], s1[M];
+        S::template sums6<M>(nib, a + blk * kQBlock, lda, s0, s1);
+        const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(nib + q6_halves())));
+        const __m256i sc0 = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(nib + q6_scales(0))));
+        const __m256i sc1 = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(nib + q6_scales(1))));
+#pragma GCC unroll 8
+        for (int i = 0; i < M; ++i) {
+            int32_t t0, t1;
+            q6_half_sums(ta[i * ldsa + blk], t0, t1);
+            const __m256i v =
+                _mm256_add_epi32(_mm256_mullo_epi32(sc0, _mm256_sub_epi32(s0[i], _mm256_set1_epi32(32 * t0))),
+                                 _mm256_mullo_epi32(sc1, _mm256_sub_epi32(s1[i], _mm256_set1_epi32(32 * t1))));
+            sum[i] =
+                _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), _mm256_mul_ps(_mm256_set1_ps(sa[i * ldsa + blk]), d), sum[i]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < M; ++i) {
+        __m256 v = sum[i];
+        if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias));
+        _mm256_storeu_ps(c + i * ldc, v);
+    }
+}
+
+template <class S, int M = S::kMR>
+void q6_tile(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta, int64_t ldsa,
+             const uint8_t* b, float* c, int64_t ldc, const float* bias, int64_t ahead) {
+    if constexpr (M >= 1) {
+        if (m == M) return q6_tile_m<S, M>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias, ahead);
+        return q6_tile<S, M - 1>(m, nb, a, lda, sa, ta, ldsa, b, c, ldc, bias, ahead);
+    }
+}
+
 template <class S>
 Q4Kernels make_q4_kernels() {
-    return Q4Kernels{
-        S::kMR,
-        {&q4_tile<S, false, false>, &q4_tile<S, true, false>, &q4_tile<S, false, true>, &q4_tile<S, true, true>}};
+    return Q4Kernels{S::kMR,
+                     {&q4_tile<S, false, false>, &q4_tile<S, true, false>, &q4_tile<S, false, true>,
+                      &q4_tile<S, true, true>, &q6_tile<S>}};
 }

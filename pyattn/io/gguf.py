@@ -266,6 +266,34 @@ def q5_k_as_q5_1(raw: np.ndarray, n: int):
     return _with_min_blocks(q, d, dmin, sc, mn, five=True)
 
 
+def q6_k_as_q6(raw: np.ndarray, n: int) -> np.ndarray:
+    """Q6_K rows (rows, n / 256 * 210 bytes) as pyattn's q6_k rows (rows, n / 32 * 28 bytes) of the same values, so
+    that the 6-bit GEMM reads them in place (0.875 bytes per weight, against 1.0625 as int8 blocks, which would also
+    round them again).
+
+    A Q6_K super-block of 256 weights holds 128 bytes ql of low 4 bits, 64 bytes qh of high 2 bits, 16 int8 scales
+    (one per 16 weights, in order) and a float16 d; weight = d sc (q - 32). In each half h of 128 weights, value l <
+    32 of its four runs of 32 takes the low nibble of ql[64 h + l] (run 0), of ql[64 h + 32 + l] (run 1), their high
+    nibbles (runs 2, 3), and bits 0-1, 2-3, 4-5, 6-7 of qh[32 h + l] as its top two bits. As q6_k, per block of 32:
+    d, the scales of its two halves, its fifth and sixth bits (bit k of weight k), its low 4 bits (k in the low
+    nibble of byte k, 16 + k in its high one) -- nothing rounded."""
+    rows, nsb = raw.shape[0], n // 256
+    blk = raw.reshape(rows, nsb, 210)
+    ql, qh = blk[..., :128].reshape(rows, nsb, 2, 2, 32), blk[..., 128:192].reshape(rows, nsb, 2, 1, 32)
+    low = np.stack([ql & 15, ql >> 4], 3).reshape(rows, nsb, 2, 4, 32)  # runs: low nibbles of both, then high
+    high = (qh >> (2 * np.arange(4, dtype=np.uint8))[:, None]) & 3  # (rows, nsb, 2, 4, 32)
+    q = (low | (high << 4)).reshape(rows, n // 32, 32)
+    out = np.empty((rows, n // 32, 28), np.uint8)
+    out[..., 0:2] = np.repeat(blk[..., 208:210], 8, axis=1)  # the super-block's d in each of its blocks
+    out[..., 2:4] = blk[..., 192:208].reshape(rows, n // 32, 2)
+    bits = (q[..., None] >> np.array([4, 5], np.uint8)) & 1  # (rows, nb, 32, 2)
+    masks = (bits.astype(np.uint32) << np.arange(32, dtype=np.uint32)[:, None]).sum(2).astype("<u4")  # (rows, nb, 2)
+    out[..., 4:12] = masks.view(np.uint8).reshape(rows, n // 32, 8)
+    q = q & 15
+    out[..., 12:] = q[..., :16] | (q[..., 16:] << 4)
+    return out.reshape(rows, -1)
+
+
 # The pre-tokenizer regexes of Llama 3 and Qwen2 (as their tokenizer.json files and llama.cpp's llama-vocab.cpp
 # have them): contractions in either case, letters with one leading non-letter, digits in runs of up to 3 (Llama 3)
 # or one by one (Qwen2), punctuation runs with their line breaks, whitespace.

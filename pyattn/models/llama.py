@@ -18,8 +18,9 @@ checkpoints rotate halves (`LlamaConfig.interleaved_rope`).
 
 Weights from GGUF (dtype=None, the default): as the file stores them -- Q4_0, Q4_1, Q5_0 and Q5_1 tensors as
 pyattn's q4_0 / q4_1 / q5_0 / q5_1 types (the GEMM reads the nibbles and fifth bits in place, activations quantized to
-int8 per block of 32, as llama.cpp computes), Q4_K and Q5_K re-laid as q4_1 / q5_1 blocks, Q8_0 as int8 blocks;
-other types (Q2_K, Q3_K, Q6_K: dequantized by llama.cpp's `gguf` package) are held as int8 blocks. dtype="int8"
+int8 per block of 32, as llama.cpp computes), Q4_K and Q5_K re-laid as q4_1 / q5_1 blocks, Q6_K as q6_k (its values
+and scales re-laid per block of 32, nothing rounded), Q8_0 as int8 blocks; other types (Q2_K, Q3_K: dequantized by
+llama.cpp's `gguf` package) are held as int8 blocks, and so is a fused Q/K/V whose parts differ in type. dtype="int8"
 holds every matrix as int8 blocks (Q8_0 and Q4_0 exactly, others re-quantized); dtype="float32" holds every matrix
 dequantized, exactly the values transformers' GGUF loader computes. Weights from a Hugging Face folder (float32,
 float16 or bfloat16 safetensors) are widened to float32 exactly and held as `dtype` asks (float32 by default).
@@ -45,7 +46,17 @@ from .. import functional as F
 from .._checks import is_int, is_number
 from ..generation import generate as _generate
 from ..generation.protocol import state_arguments
-from ..io.gguf import GGUFFile, adds_bos, end_ids, int8_blocks, q4_k_as_q4_1, q5_k_as_q5_1, read_gguf, tokenizer
+from ..io.gguf import (
+    GGUFFile,
+    adds_bos,
+    end_ids,
+    int8_blocks,
+    q4_k_as_q4_1,
+    q5_k_as_q5_1,
+    q6_k_as_q6,
+    read_gguf,
+    tokenizer,
+)
 from ..nn import CacheState, Linear, Module
 from ..nn.attention import HeadKVCache
 from ..precision import resolve_dtype
@@ -126,9 +137,9 @@ class LlamaWeights:
         raise NotImplementedError
 
     def q4(self, role: str, shape: Tuple[int, int]):
-        """("q4_0" | "q4_1" | "q5_0" | "q5_1", raw (rows, bytes) uint8) when the file holds `role` in a 4- or 5-bit
-        block format that pyattn reads as stored (GGUF's Q4_0 / Q4_1 / Q5_0 / Q5_1, and Q4_K / Q5_K re-laid as
-        Q4_1 / Q5_1), else None."""
+        """("q4_0" | "q4_1" | "q5_0" | "q5_1" | "q6_k", raw (rows, bytes) uint8) when the file holds `role` in a 4-, 5-
+        or 6-bit block format that pyattn reads as stored (GGUF's Q4_0 / Q4_1 / Q5_0 / Q5_1, Q4_K / Q5_K re-laid as
+        Q4_1 / Q5_1, Q6_K re-laid per 32), else None."""
         return None
 
     def vector(self, role: str, size: int) -> np.ndarray:
@@ -168,7 +179,7 @@ class GGUFWeights(LlamaWeights):
         **{f"{p}_bias": f"blk.{{i}}.attn_{n}.bias" for p, n in (("q", "q"), ("k", "k"), ("v", "v"), ("o", "output"))},
     }
     # K-quants whose values are re-laid as the blocks pyattn reads in place (None from the function: held as int8)
-    RELAID = {"Q4_K": (q4_k_as_q4_1, "q4_1"), "Q5_K": (q5_k_as_q5_1, "q5_1")}
+    RELAID = {"Q4_K": (q4_k_as_q4_1, "q4_1"), "Q5_K": (q5_k_as_q5_1, "q5_1"), "Q6_K": (q6_k_as_q6, "q6_k")}
     # read by gguf_config, not as a weight: Llama 3.x's rotary frequency factors
     CONFIG_TENSORS = ("rope_freqs.weight",)
 

@@ -19,16 +19,16 @@ inline __m256i bcast4(const int8_t* p) {
     return _mm256_set1_epi32(v);
 }
 
-// 32 bytes from a 32-bit mask (kernels.h's fifth bits): 16 where bit i is set, 0 elsewhere -- the mask in every
-// lane, each byte picking the mask byte that holds its bit, then tested against its own bit.
-inline __m256i fifth_bits(const uint8_t* p) {
+// 32 bytes from a 32-bit mask (kernels.h's fifth or sixth bits): `value` where bit i is set, 0 elsewhere -- the mask
+// in every lane, each byte picking the mask byte that holds its bit, then tested against its own bit.
+inline __m256i mask_bytes(const uint8_t* p, char value) {
     int32_t m;
     std::memcpy(&m, p, sizeof m);
     const __m256i pick = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3,
                                           3, 3, 3, 3, 3, 3);
     const __m256i bit = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201ull));
     const __m256i x = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(m), pick), bit);
-    return _mm256_and_si256(_mm256_cmpeq_epi8(x, bit), _mm256_set1_epi8(16));
+    return _mm256_and_si256(_mm256_cmpeq_epi8(x, bit), _mm256_set1_epi8(value));
 }
 
 // One block's sums: per 32-byte chunk, the low and high nibbles (with their fifth bits, 5-bit) times A's four bytes
@@ -47,8 +47,8 @@ struct Q4SumsAvx2 {
             const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + 32 * ch));
             __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
             if constexpr (kFive) {
-                lo = _mm256_or_si256(lo, fifth_bits(nib + q4_fifth_bits(ch, 0)));
-                hi = _mm256_or_si256(hi, fifth_bits(nib + q4_fifth_bits(ch, 1)));
+                lo = _mm256_or_si256(lo, mask_bytes(nib + q4_fifth_bits(ch, 0), 16));
+                hi = _mm256_or_si256(hi, mask_bytes(nib + q4_fifth_bits(ch, 1), 16));
             }
 #pragma GCC unroll 8
             for (int i = 0; i < M; ++i) {
@@ -65,6 +65,31 @@ struct Q4SumsAvx2 {
         }
 #pragma GCC unroll 8
         for (int i = 0; i < M; ++i) s32[i] = kFive ? acc[i] : _mm256_madd_epi16(acc[i], ones);
+    }
+
+    // The 6-bit block's halves apart (k < 16 from the low nibbles, k >= 16 from the high ones), each chunk's
+    // pmaddubsw (at most 2 * 63 * 127 per int16 lane) to int32 at once.
+    template <int M>
+    static void sums6(const uint8_t* nib, const int8_t* x, int64_t lda, __m256i (&s0)[M], __m256i (&s1)[M]) {
+        const __m256i low = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+#pragma GCC unroll 8
+        for (int i = 0; i < M; ++i) s0[i] = s1[i] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+        for (int ch = 0; ch < 4; ++ch) {
+            const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + 32 * ch));
+            __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+            lo = _mm256_or_si256(_mm256_or_si256(lo, mask_bytes(nib + q4_fifth_bits(ch, 0), 16)),
+                                 mask_bytes(nib + q6_sixth_bits(ch, 0), 32));
+            hi = _mm256_or_si256(_mm256_or_si256(hi, mask_bytes(nib + q4_fifth_bits(ch, 1), 16)),
+                                 mask_bytes(nib + q6_sixth_bits(ch, 1), 32));
+#pragma GCC unroll 8
+            for (int i = 0; i < M; ++i) {
+                s0[i] = _mm256_add_epi32(
+                    s0[i], _mm256_madd_epi16(_mm256_maddubs_epi16(lo, bcast4(x + i * lda + 4 * ch)), ones));
+                s1[i] = _mm256_add_epi32(
+                    s1[i], _mm256_madd_epi16(_mm256_maddubs_epi16(hi, bcast4(x + i * lda + 16 + 4 * ch)), ones));
+            }
+        }
     }
 };
 

@@ -10,6 +10,8 @@
 // same bits as every other kernel set (tested).
 #include <immintrin.h>
 
+#include <algorithm>
+
 #include "kernels/kernels.h"
 
 namespace pyattn::kernels {
@@ -186,9 +188,49 @@ struct Q4SumsVnni {
             for (int q = 1; q < C; ++q) s32[i] = _mm256_add_epi32(s32[i], acc[i][q]);
         }
     }
+
+    // The 6-bit block's halves apart: 16 and 32 added to the bytes whose fifth and sixth bits are set.
+    template <int M>
+    static void sums6(const uint8_t* nib, const int8_t* x, int64_t lda, __m256i (&s0)[M], __m256i (&s1)[M]) {
+        const __m256i low = _mm256_set1_epi8(15), sixteen = _mm256_set1_epi8(16), thirty_two = _mm256_set1_epi8(32);
+#pragma GCC unroll 8
+        for (int i = 0; i < M; ++i) s0[i] = s1[i] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+        for (int ch = 0; ch < 4; ++ch) {
+            const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + 32 * ch));
+            __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+            uint32_t m5[2], m6[2];
+            __builtin_memcpy(m5, nib + q4_fifth_bits(ch, 0), sizeof m5);
+            __builtin_memcpy(m6, nib + q6_sixth_bits(ch, 0), sizeof m6);
+            lo = _mm256_mask_add_epi8(lo, static_cast<__mmask32>(m5[0]), lo, sixteen);
+            hi = _mm256_mask_add_epi8(hi, static_cast<__mmask32>(m5[1]), hi, sixteen);
+            lo = _mm256_mask_add_epi8(lo, static_cast<__mmask32>(m6[0]), lo, thirty_two);
+            hi = _mm256_mask_add_epi8(hi, static_cast<__mmask32>(m6[1]), hi, thirty_two);
+#pragma GCC unroll 8
+            for (int i = 0; i < M; ++i) {
+                int32_t x0, x1;
+                __builtin_memcpy(&x0, x + i * lda + 4 * ch, sizeof x0);
+                __builtin_memcpy(&x1, x + i * lda + 16 + 4 * ch, sizeof x1);
+                s0[i] = _mm256_dpbusd_epi32(s0[i], lo, _mm256_set1_epi32(x0));
+                s1[i] = _mm256_dpbusd_epi32(s1[i], hi, _mm256_set1_epi32(x1));
+            }
+        }
+    }
 };
 
 #include "kernels/q4_kernels.inl"
+
+// A wide tile's M x 32 sums (+ bias) into C.
+template <int M>
+inline void store_wide(const __m512 (&sum)[M][2], float* c, int64_t ldc, const float* bias) {
+#pragma GCC unroll 8
+    for (int i = 0; i < M; ++i)
+        for (int h = 0; h < 2; ++h) {
+            __m512 v = sum[i][h];
+            if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + 16 * h));
+            _mm512_storeu_ps(c + i * ldc + 16 * h, v);
+        }
+}
 
 // The wide 4- and 5-bit tile (Q4Kernels::wide): M rows by 32 columns of an unpacked panel, whose values are bytes in
 // [0, 31] already, so vpdpbusd takes them as its unsigned operand as they are (no sign flip, no correction). Per
@@ -235,13 +277,74 @@ void q4_wide_m(int64_t nb, const int8_t* __restrict a, int64_t lda, const float*
             }
         }
     }
+    store_wide<M>(sum, c, ldc, bias);
+}
+
+// The wide 6-bit tile: as q4_wide_m with each block's k halves summed apart (groups 0-3 and 4-7), combined with the
+// sub-scales in int32 and one float step, kernels.h's Q6_K formula on 16 lanes: the same bits as the 8-column tile. The
+// unpacked panel holds the sub-scales in the minima's place (gemm_int8.cpp's unpack_wide). At most 3 rows: 12 int32
+// sums, 6 float sums.
+template <int M>
+void q6_wide_m(int64_t nb, const int8_t* __restrict a, int64_t lda, const float* __restrict sa,
+               const int32_t* __restrict ta, int64_t ldsa, const uint8_t* __restrict b, float* __restrict c,
+               int64_t ldc, const float* bias) {
+    __m512 sum[M][2];
 #pragma GCC unroll 8
-    for (int i = 0; i < M; ++i)
-        for (int h = 0; h < 2; ++h) {
-            __m512 v = sum[i][h];
-            if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + 16 * h));
-            _mm512_storeu_ps(c + i * ldc + 16 * h, v);
+    for (int i = 0; i < M; ++i) sum[i][0] = sum[i][1] = _mm512_setzero_ps();
+    for (int64_t blk = 0; blk < nb; ++blk, b += kQ4WideBlockBytes) {
+        __m512i acc[M][2][2];  // row, column half, k half
+#pragma GCC unroll 8
+        for (int i = 0; i < M; ++i)
+            for (int h = 0; h < 2; ++h) acc[i][h][0] = acc[i][h][1] = _mm512_setzero_si512();
+        const int8_t* ab = a + blk * kQBlock;
+#pragma GCC unroll 8
+        for (int g = 0; g < kGroups; ++g) {
+            const __m512i b0 = _mm512_loadu_si512(b + g * 128), b1 = _mm512_loadu_si512(b + g * 128 + 64);
+#pragma GCC unroll 8
+            for (int i = 0; i < M; ++i) {
+                const __m512i av = bcast4(ab + i * lda + 4 * g);
+                acc[i][0][g / 4] = _mm512_dpbusd_epi32(acc[i][0][g / 4], b0, av);
+                acc[i][1][g / 4] = _mm512_dpbusd_epi32(acc[i][1][g / 4], b1, av);
+            }
         }
+        const float* f = reinterpret_cast<const float*>(b + kQBlock * kQ4Wide);
+        const __m512 d[2] = {_mm512_loadu_ps(f), _mm512_loadu_ps(f + 16)};
+        const __m512i packed[2] = {_mm512_loadu_si512(f + 32), _mm512_loadu_si512(f + 48)};
+        const __m512i sc0[2] = {_mm512_srai_epi32(_mm512_slli_epi32(packed[0], 16), 16),
+                                _mm512_srai_epi32(_mm512_slli_epi32(packed[1], 16), 16)};
+        const __m512i sc1[2] = {_mm512_srai_epi32(packed[0], 16), _mm512_srai_epi32(packed[1], 16)};
+#pragma GCC unroll 8
+        for (int i = 0; i < M; ++i) {
+            const float sab = sa[i * ldsa + blk];
+            const auto t = static_cast<uint32_t>(ta[i * ldsa + blk]);  // the halves' sums, packed (kernels.h)
+            const __m512i t0 = _mm512_set1_epi32(32 * static_cast<int16_t>(t & 0xFFFFu));
+            const __m512i t1 = _mm512_set1_epi32(32 * static_cast<int16_t>(t >> 16));
+            for (int h = 0; h < 2; ++h) {
+                const __m512i v = _mm512_add_epi32(_mm512_mullo_epi32(sc0[h], _mm512_sub_epi32(acc[i][h][0], t0)),
+                                                   _mm512_mullo_epi32(sc1[h], _mm512_sub_epi32(acc[i][h][1], t1)));
+                sum[i][h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), _mm512_mul_ps(_mm512_set1_ps(sab), d[h]), sum[i][h]);
+            }
+        }
+    }
+    store_wide<M>(sum, c, ldc, bias);
+}
+
+// Up to 6 rows (the set's wide_mr) as tiles of at most 3.
+void q6_wide(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta, int64_t ldsa,
+             const uint8_t* b, float* c, int64_t ldc, const float* bias) {
+    for (int64_t i = 0; i < m; i += 3) {
+        const int64_t r = std::min<int64_t>(3, m - i);
+        const int8_t* ai = a + i * lda;
+        const float* si = sa + i * ldsa;
+        const int32_t* ti = ta + i * ldsa;
+        float* ci = c + i * ldc;
+        if (r == 3)
+            q6_wide_m<3>(nb, ai, lda, si, ti, ldsa, b, ci, ldc, bias);
+        else if (r == 2)
+            q6_wide_m<2>(nb, ai, lda, si, ti, ldsa, b, ci, ldc, bias);
+        else
+            q6_wide_m<1>(nb, ai, lda, si, ti, ldsa, b, ci, ldc, bias);
+    }
 }
 
 template <bool kMin, int kOffset, int M = 6>
@@ -284,6 +387,7 @@ KernelSet& avx512_vnni_kernel_set() {
         k.q4.wide[q4_kind(true, false)] = &q4_wide<true, 0>;
         k.q4.wide[q4_kind(false, true)] = &q4_wide<false, 16>;
         k.q4.wide[q4_kind(true, true)] = &q4_wide<true, 0>;  // unpacked, 5-bit values are bytes as 4-bit ones
+        k.q4.wide[kQ6Kind] = &q6_wide;
         return k;
     }();
     return ks;

@@ -1,4 +1,4 @@
-// Scalar 4- and 5-bit block kernels (Q4Kernels in kernels.h): the reference the vector sets must match bit for bit.
+// Scalar 4-, 5- and 6-bit block kernels (Q4Kernels in kernels.h): the reference the vector sets must match bit for bit.
 // Compiled with -ffp-contract=off: the only fused steps are the explicit fmaf.
 #include <cstring>
 
@@ -49,10 +49,48 @@ void q4_tile(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* s
         }
 }
 
+// kernels.h's Q6_K formula: both halves' sums apart, then the int32 combination and one float step per block.
+void q6_tile(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta, int64_t ldsa,
+             const uint8_t* b, float* c, int64_t ldc, const float* bias, int64_t) {
+    constexpr int64_t bs = q6_block_bytes();
+    for (int64_t i = 0; i < m; ++i)
+        for (int j = 0; j < kQ4Cols; ++j) {
+            float s = 0.0f;
+            for (int64_t blk = 0; blk < nb; ++blk) {
+                const uint8_t* nib = b + blk * bs;
+                const int8_t* x = a + i * lda + blk * kQBlock;
+                int32_t sum[2] = {0, 0};
+                for (int ch = 0; ch < 4; ++ch)
+                    for (int k = 0; k < 4; ++k) {
+                        uint32_t m5[2], m6[2];
+                        std::memcpy(m5, nib + q4_fifth_bits(ch, 0), sizeof m5);
+                        std::memcpy(m6, nib + q6_sixth_bits(ch, 0), sizeof m6);
+                        const uint8_t byte = nib[32 * ch + 4 * j + k];
+                        const int bit = 4 * j + k;
+                        const int lo = (byte & 15) | static_cast<int>((m5[0] >> bit) & 1u) << 4 |
+                                       static_cast<int>((m6[0] >> bit) & 1u) << 5;
+                        const int hi = (byte >> 4) | static_cast<int>((m5[1] >> bit) & 1u) << 4 |
+                                       static_cast<int>((m6[1] >> bit) & 1u) << 5;
+                        sum[0] += lo * x[4 * ch + k];
+                        sum[1] += hi * x[16 + 4 * ch + k];
+                    }
+                const uint32_t packed = static_cast<uint32_t>(ta[i * ldsa + blk]);  // the halves' sums of A
+                const int32_t t[2] = {static_cast<int16_t>(packed & 0xFFFFu), static_cast<int16_t>(packed >> 16)};
+                const int8_t* sc = reinterpret_cast<const int8_t*>(nib + q6_scales(0));
+                const int32_t v = sc[j] * (sum[0] - 32 * t[0]) + sc[kQ4Cols + j] * (sum[1] - 32 * t[1]);
+                const float d = half_to_float(reinterpret_cast<const uint16_t*>(nib + q6_halves())[j]);
+                s = __builtin_fmaf(static_cast<float>(v), sa[i * ldsa + blk] * d, s);
+            }
+            if (bias) s = s + bias[j];
+            c[i * ldc + j] = s;
+        }
+}
+
 }  // namespace
 
 Q4Kernels scalar_q4_kernels() {
-    return Q4Kernels{4, {&q4_tile<false, false>, &q4_tile<true, false>, &q4_tile<false, true>, &q4_tile<true, true>}};
+    return Q4Kernels{
+        4, {&q4_tile<false, false>, &q4_tile<true, false>, &q4_tile<false, true>, &q4_tile<true, true>, &q6_tile}};
 }
 
 }  // namespace pyattn::kernels
