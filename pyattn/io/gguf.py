@@ -276,21 +276,25 @@ def q6_k_as_q6(raw: np.ndarray, n: int) -> np.ndarray:
     32 of its four runs of 32 takes the low nibble of ql[64 h + l] (run 0), of ql[64 h + 32 + l] (run 1), their high
     nibbles (runs 2, 3), and bits 0-1, 2-3, 4-5, 6-7 of qh[32 h + l] as its top two bits. As q6_k, per block of 32:
     d, the scales of its two halves, its fifth and sixth bits (bit k of weight k), its low 4 bits (k in the low
-    nibble of byte k, 16 + k in its high one) -- nothing rounded."""
+    nibble of byte k, 16 + k in its high one) -- nothing rounded. Rows are re-laid a slice at a time, so that a large
+    table (Llama 3.2's 128256 x 2048 embeddings) needs little memory beyond its result."""
     rows, nsb = raw.shape[0], n // 256
-    blk = raw.reshape(rows, nsb, 210)
-    ql, qh = blk[..., :128].reshape(rows, nsb, 2, 2, 32), blk[..., 128:192].reshape(rows, nsb, 2, 1, 32)
-    low = np.stack([ql & 15, ql >> 4], 3).reshape(rows, nsb, 2, 4, 32)  # runs: low nibbles of both, then high
-    high = (qh >> (2 * np.arange(4, dtype=np.uint8))[:, None]) & 3  # (rows, nsb, 2, 4, 32)
-    q = (low | (high << 4)).reshape(rows, n // 32, 32)
     out = np.empty((rows, n // 32, 28), np.uint8)
-    out[..., 0:2] = np.repeat(blk[..., 208:210], 8, axis=1)  # the super-block's d in each of its blocks
-    out[..., 2:4] = blk[..., 192:208].reshape(rows, n // 32, 2)
-    bits = (q[..., None] >> np.array([4, 5], np.uint8)) & 1  # (rows, nb, 32, 2)
-    masks = (bits.astype(np.uint32) << np.arange(32, dtype=np.uint32)[:, None]).sum(2).astype("<u4")  # (rows, nb, 2)
-    out[..., 4:12] = masks.view(np.uint8).reshape(rows, n // 32, 8)
-    q = q & 15
-    out[..., 12:] = q[..., :16] | (q[..., 16:] << 4)
+    step = max(1, (1 << 22) // max(n, 1))  # rows per slice: about 4M weights
+    shifts = (2 * np.arange(4, dtype=np.uint8))[:, None]
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        blk = raw[r0:r1].reshape(r1 - r0, nsb, 210)
+        ql = blk[..., :128].reshape(r1 - r0, nsb, 2, 2, 32)
+        qh = blk[..., 128:192].reshape(r1 - r0, nsb, 2, 1, 32)
+        low = np.stack([ql & 15, ql >> 4], 3).reshape(r1 - r0, nsb, 2, 4, 32)  # runs: both low nibbles, then high
+        q = (low | (((qh >> shifts) & 3) << 4)).reshape(r1 - r0, n // 32, 32)
+        o = out[r0:r1]
+        o[..., 0:2] = np.repeat(blk[..., 208:210], 8, axis=1)  # the super-block's d in each of its blocks
+        o[..., 2:4] = blk[..., 192:208].reshape(r1 - r0, n // 32, 2)
+        o[..., 4:8] = np.packbits((q >> 4) & 1, axis=-1, bitorder="little")  # bit k: weight k's fifth bit
+        o[..., 8:12] = np.packbits(q >> 5, axis=-1, bitorder="little")
+        o[..., 12:] = (q[..., :16] & 15) | ((q[..., 16:] & 15) << 4)
     return out.reshape(rows, -1)
 
 

@@ -282,15 +282,15 @@ void q4_wide_m(int64_t nb, const int8_t* __restrict a, int64_t lda, const float*
 
 // The wide 6-bit tile: as q4_wide_m with each block's k halves summed apart (groups 0-3 and 4-7), combined with the
 // sub-scales in int32 and one float step, kernels.h's Q6_K formula on 16 lanes: the same bits as the 8-column tile. The
-// unpacked panel holds the sub-scales in the minima's place (gemm_int8.cpp's unpack_wide). At most 3 rows: 12 int32
-// sums, 6 float sums.
+// unpacked panel holds the sub-scales in the minima's place (gemm_int8.cpp's unpack_wide). The float sums live in C
+// (L1: M rows of 32 floats), not in registers, so that 6 rows' 24 int32 sums fit: B's groups are read once per 6 rows.
 template <int M>
 void q6_wide_m(int64_t nb, const int8_t* __restrict a, int64_t lda, const float* __restrict sa,
                const int32_t* __restrict ta, int64_t ldsa, const uint8_t* __restrict b, float* __restrict c,
                int64_t ldc, const float* bias) {
-    __m512 sum[M][2];
 #pragma GCC unroll 8
-    for (int i = 0; i < M; ++i) sum[i][0] = sum[i][1] = _mm512_setzero_ps();
+    for (int i = 0; i < M; ++i)
+        for (int h = 0; h < 2; ++h) _mm512_storeu_ps(c + i * ldc + 16 * h, _mm512_setzero_ps());
     for (int64_t blk = 0; blk < nb; ++blk, b += kQ4WideBlockBytes) {
         __m512i acc[M][2][2];  // row, column half, k half
 #pragma GCC unroll 8
@@ -308,42 +308,42 @@ void q6_wide_m(int64_t nb, const int8_t* __restrict a, int64_t lda, const float*
             }
         }
         const float* f = reinterpret_cast<const float*>(b + kQBlock * kQ4Wide);
-        const __m512 d[2] = {_mm512_loadu_ps(f), _mm512_loadu_ps(f + 16)};
-        const __m512i packed[2] = {_mm512_loadu_si512(f + 32), _mm512_loadu_si512(f + 48)};
-        const __m512i sc0[2] = {_mm512_srai_epi32(_mm512_slli_epi32(packed[0], 16), 16),
-                                _mm512_srai_epi32(_mm512_slli_epi32(packed[1], 16), 16)};
-        const __m512i sc1[2] = {_mm512_srai_epi32(packed[0], 16), _mm512_srai_epi32(packed[1], 16)};
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; ++h) {
+            const __m512 d = _mm512_loadu_ps(f + 16 * h);
+            const __m512i packed = _mm512_loadu_si512(f + 32 + 16 * h);
+            const __m512i sc0 = _mm512_srai_epi32(_mm512_slli_epi32(packed, 16), 16), sc1 = _mm512_srai_epi32(packed, 16);
 #pragma GCC unroll 8
-        for (int i = 0; i < M; ++i) {
-            const float sab = sa[i * ldsa + blk];
-            const auto t = static_cast<uint32_t>(ta[i * ldsa + blk]);  // the halves' sums, packed (kernels.h)
-            const __m512i t0 = _mm512_set1_epi32(32 * static_cast<int16_t>(t & 0xFFFFu));
-            const __m512i t1 = _mm512_set1_epi32(32 * static_cast<int16_t>(t >> 16));
-            for (int h = 0; h < 2; ++h) {
-                const __m512i v = _mm512_add_epi32(_mm512_mullo_epi32(sc0[h], _mm512_sub_epi32(acc[i][h][0], t0)),
-                                                   _mm512_mullo_epi32(sc1[h], _mm512_sub_epi32(acc[i][h][1], t1)));
-                sum[i][h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), _mm512_mul_ps(_mm512_set1_ps(sab), d[h]), sum[i][h]);
+            for (int i = 0; i < M; ++i) {
+                const auto t = static_cast<uint32_t>(ta[i * ldsa + blk]);  // the halves' sums, packed (kernels.h)
+                const __m512i t0 = _mm512_set1_epi32(32 * static_cast<int16_t>(t & 0xFFFFu));
+                const __m512i t1 = _mm512_set1_epi32(32 * static_cast<int16_t>(t >> 16));
+                const __m512i v = _mm512_add_epi32(_mm512_mullo_epi32(sc0, _mm512_sub_epi32(acc[i][h][0], t0)),
+                                                   _mm512_mullo_epi32(sc1, _mm512_sub_epi32(acc[i][h][1], t1)));
+                float* out = c + i * ldc + 16 * h;
+                _mm512_storeu_ps(out, _mm512_fmadd_ps(_mm512_cvtepi32_ps(v),
+                                                      _mm512_mul_ps(_mm512_set1_ps(sa[i * ldsa + blk]), d),
+                                                      _mm512_loadu_ps(out)));
             }
         }
     }
-    store_wide<M>(sum, c, ldc, bias);
+    if (bias)
+#pragma GCC unroll 8
+        for (int i = 0; i < M; ++i)
+            for (int h = 0; h < 2; ++h)
+                _mm512_storeu_ps(c + i * ldc + 16 * h,
+                                 _mm512_add_ps(_mm512_loadu_ps(c + i * ldc + 16 * h), _mm512_loadu_ps(bias + 16 * h)));
 }
 
-// Up to 6 rows (the set's wide_mr) as tiles of at most 3.
 void q6_wide(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta, int64_t ldsa,
              const uint8_t* b, float* c, int64_t ldc, const float* bias) {
-    for (int64_t i = 0; i < m; i += 3) {
-        const int64_t r = std::min<int64_t>(3, m - i);
-        const int8_t* ai = a + i * lda;
-        const float* si = sa + i * ldsa;
-        const int32_t* ti = ta + i * ldsa;
-        float* ci = c + i * ldc;
-        if (r == 3)
-            q6_wide_m<3>(nb, ai, lda, si, ti, ldsa, b, ci, ldc, bias);
-        else if (r == 2)
-            q6_wide_m<2>(nb, ai, lda, si, ti, ldsa, b, ci, ldc, bias);
-        else
-            q6_wide_m<1>(nb, ai, lda, si, ti, ldsa, b, ci, ldc, bias);
+    switch (m) {
+        case 6: return q6_wide_m<6>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
+        case 5: return q6_wide_m<5>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
+        case 4: return q6_wide_m<4>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
+        case 3: return q6_wide_m<3>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
+        case 2: return q6_wide_m<2>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
+        default: return q6_wide_m<1>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
     }
 }
 
