@@ -5,7 +5,9 @@
     python benchmarks/bench_llm.py            # every implementation, 1 and 2 threads, 4 alternating blocks
     python benchmarks/bench_llm.py --quick    # CI-sized: 2 threads, 1 block, short runs (its times mean nothing)
     python benchmarks/bench_llm.py --requantize Q4_K_M   # the same model as llama.cpp re-quantizes it (see below)
-    python benchmarks/bench_llm.py --model FILE.gguf     # another llama / qwen2 GGUF
+    python benchmarks/bench_llm.py --model FILE.gguf     # another llama / qwen2 / qwen3 / phi3 GGUF
+    python benchmarks/synthetic_gguf.py OUT.gguf         # a Llama-3.2-1B-shaped model (random weights) as Q4_K_M,
+    python benchmarks/bench_llm.py --model OUT.gguf --impls pyattn,llama.cpp   # ... against llama.cpp
 
 Every (implementation, threads) cell runs in its own process, one after the other, the cells alternating in blocks
 (a cell's idle worker threads never steal the cores of another's). Per cell:
@@ -245,15 +247,14 @@ def main(argv=None) -> int:
         print("RESULT " + json.dumps(res))
         return 0
 
-    from pyattn.models import LlamaModel
+    from pyattn.io.gguf import read_gguf, tokenizer
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_llm_"))
     if args.model and args.requantize:
         raise SystemExit("--model or --requantize, not both")
     model = Path(args.model) if args.model else requantized(args.requantize, tmp) if args.requantize else model_file()
     label = model.stem if args.model else args.requantize.upper() if args.requantize else None
-    tok = LlamaModel.from_gguf(model, dtype="float32")
-    ids = tok.encode(TEXT * 8)
+    ids = tokenizer(read_gguf(model)).encode(TEXT * 8, add_special_tokens=False).ids  # the file's own tokenizer
     prompts = {"128": ids[:128], "512": ids[:512]}
     threads_list = [2] if args.quick else [int(t) for t in args.threads_list.split(",")]
     blocks = 1 if args.quick else args.blocks
