@@ -312,7 +312,8 @@ void q6_wide_m(int64_t nb, const int8_t* __restrict a, int64_t lda, const float*
         for (int h = 0; h < 2; ++h) {
             const __m512 d = _mm512_loadu_ps(f + 16 * h);
             const __m512i packed = _mm512_loadu_si512(f + 32 + 16 * h);
-            const __m512i sc0 = _mm512_srai_epi32(_mm512_slli_epi32(packed, 16), 16), sc1 = _mm512_srai_epi32(packed, 16);
+            const __m512i sc0 = _mm512_srai_epi32(_mm512_slli_epi32(packed, 16), 16),
+                          sc1 = _mm512_srai_epi32(packed, 16);
 #pragma GCC unroll 8
             for (int i = 0; i < M; ++i) {
                 const auto t = static_cast<uint32_t>(ta[i * ldsa + blk]);  // the halves' sums, packed (kernels.h)
@@ -321,9 +322,9 @@ void q6_wide_m(int64_t nb, const int8_t* __restrict a, int64_t lda, const float*
                 const __m512i v = _mm512_add_epi32(_mm512_mullo_epi32(sc0, _mm512_sub_epi32(acc[i][h][0], t0)),
                                                    _mm512_mullo_epi32(sc1, _mm512_sub_epi32(acc[i][h][1], t1)));
                 float* out = c + i * ldc + 16 * h;
-                _mm512_storeu_ps(out, _mm512_fmadd_ps(_mm512_cvtepi32_ps(v),
-                                                      _mm512_mul_ps(_mm512_set1_ps(sa[i * ldsa + blk]), d),
-                                                      _mm512_loadu_ps(out)));
+                _mm512_storeu_ps(
+                    out, _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), _mm512_mul_ps(_mm512_set1_ps(sa[i * ldsa + blk]), d),
+                                         _mm512_loadu_ps(out)));
             }
         }
     }
@@ -338,12 +339,18 @@ void q6_wide_m(int64_t nb, const int8_t* __restrict a, int64_t lda, const float*
 void q6_wide(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta, int64_t ldsa,
              const uint8_t* b, float* c, int64_t ldc, const float* bias) {
     switch (m) {
-        case 6: return q6_wide_m<6>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
-        case 5: return q6_wide_m<5>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
-        case 4: return q6_wide_m<4>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
-        case 3: return q6_wide_m<3>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
-        case 2: return q6_wide_m<2>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
-        default: return q6_wide_m<1>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
+        case 6:
+            return q6_wide_m<6>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
+        case 5:
+            return q6_wide_m<5>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
+        case 4:
+            return q6_wide_m<4>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
+        case 3:
+            return q6_wide_m<3>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
+        case 2:
+            return q6_wide_m<2>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
+        default:
+            return q6_wide_m<1>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
     }
 }
 
