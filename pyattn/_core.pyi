@@ -106,12 +106,13 @@ class DecoderLayer:
     """
     A Llama-family decoder layer (cpp/layers/decoder_layer.h): pre-RMSNorm, RoPE, grouped-
     query attention over a KV cache, SwiGLU. qkv (E -> (H + 2 Hkv) D), out (H D -> E),
-    gate_up (E -> 2F: gate rows, then up rows) and down (F -> E) are PackedLinear objects;
+    gate_up (E -> 2F: gate rows, then up rows) and down (F -> E) are PackedLinear objects
+    (qkv may be three: Q, K and V apart, each of its own weight type);
     q_norm / k_norm (D,): an RMSNorm of each query / key head before RoPE (Qwen3), or None.
     """
     def __init__(
         self,
-        qkv: PackedLinear,
+        qkv: Union[PackedLinear, Sequence[PackedLinear]],
         out: PackedLinear,
         gate_up: PackedLinear,
         down: PackedLinear,

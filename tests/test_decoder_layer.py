@@ -74,12 +74,20 @@ def reference(layers, x, positions, pad, interleaved, kv_half=False):
 
 
 def fused(layers, interleaved, storage="float32"):
+    """The C++ layers; storage: one weight type, or three (Q, K, V held apart, each of its type)."""
+
+    def qkv(w):
+        if isinstance(storage, str):
+            return _core.PackedLinear(w, None, storage)
+        rows = np.split(w, [H * D, (H + HKV) * D])
+        return [_core.PackedLinear(np.ascontiguousarray(r), None, t) for r, t in zip(rows, storage)]
+
     return [
         _core.DecoderLayer(
-            _core.PackedLinear(lr["qkv"], None, storage),
-            _core.PackedLinear(lr["o"], None, storage),
-            _core.PackedLinear(lr["gate_up"], None, storage),
-            _core.PackedLinear(lr["down"], None, storage),
+            qkv(lr["qkv"]),
+            _core.PackedLinear(lr["o"], None, storage if isinstance(storage, str) else storage[0]),
+            _core.PackedLinear(lr["gate_up"], None, storage if isinstance(storage, str) else storage[0]),
+            _core.PackedLinear(lr["down"], None, storage if isinstance(storage, str) else storage[0]),
             lr["attn_norm"], lr["ffn_norm"], EPS, H, HKV, ROT, interleaved, lr.get("q_norm"), lr.get("k_norm"),
         )
         for lr in layers
@@ -94,15 +102,16 @@ def run(stack, x, positions, cos, sin, caches, past, pad):
 
 
 @pytest.mark.parametrize(
-    "cache, interleaved, head_norms",
-    [(c, i, False) for c in (np.float32, np.float16) for i in (True, False)] + [(np.float32, False, True)],
+    "cache, interleaved, head_norms, storage",
+    [(c, i, False, "float32") for c in (np.float32, np.float16) for i in (True, False)]
+    + [(np.float32, False, True, "float32"), (np.float32, True, False, ("float32",) * 3)],
 )
-def test_prefill_then_steps_against_float64(isa, rng, interleaved, cache, head_norms):
+def test_prefill_then_steps_against_float64(isa, rng, interleaved, cache, head_norms, storage):
     """The prompt (the blocked attention path) then one token at a time (the decoding path), over a float32 cache
     or a float16 one (against a reference whose K and V are rounded to float16: within float32's error of it);
-    head_norms: Qwen3's RMSNorm of each query and key head before RoPE."""
+    head_norms: Qwen3's RMSNorm of each query and key head before RoPE; three storages: Q, K and V held apart."""
     layers = make_layers(rng, head_norms=head_norms)
-    stack = fused(layers, interleaved)
+    stack = fused(layers, interleaved, storage)
     B, L, P = 3, 9, 5  # prompt of 5, then 4 cached steps
     x = rng.standard_normal((B, L, E)).astype(np.float32)
     mask = np.ones((B, L), bool)
@@ -130,7 +139,8 @@ def test_block_weight_types_stay_close(rng):
     cos, sin = F.rope_tables(8, ROT, BASE)
     want = reference(layers, x, positions, None, True)
     # random Gaussian weights are 4-bit blocks' worst case: measured min cosine 0.9897 for q4_1
-    for storage, bar in (("int8", 0.999), ("q4_0", 0.98), ("q4_1", 0.98)):
+    kinds = [("int8", 0.999), ("q4_0", 0.98), ("q4_1", 0.98), ("q6_k", 0.995), (("q4_1", "q5_0", "q6_k"), 0.98)]
+    for storage, bar in kinds:
         caches = [(np.zeros((1, HKV, 6, D), np.float32), np.zeros((1, HKV, 6, D), np.float32))]
         got = run(fused(layers, True, storage), x, positions, cos, sin, caches, 0, None)
         cos_sim = (got * want).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(want, axis=-1)
@@ -139,8 +149,9 @@ def test_block_weight_types_stay_close(rng):
 
 @pytest.mark.parametrize(
     "storage, cache, head_norms",
-    [(s, np.float32, False) for s in ("float32", "float16", "bfloat16", "int8", "q4_0", "q4_1")]
-    + [("float32", np.float16, False), ("q4_1", np.float16, False), ("int8", np.float32, True)],
+    [(s, np.float32, False) for s in ("float32", "float16", "bfloat16", "int8", "q4_0", "q4_1", "q6_k")]
+    + [("float32", np.float16, False), ("q4_1", np.float16, False), ("int8", np.float32, True)]
+    + [(("q4_1", "q4_1", "q6_k"), np.float32, False), (("q5_0", "q5_0", "int8"), np.float16, True)],
 )
 def test_one_region_step_equals_layer_by_layer(rng, storage, cache, head_norms):
     """Up to 8 rows (a decoding step) the stack runs in one parallel region, the threads sharing heads and chunks of
@@ -177,7 +188,7 @@ def test_one_region_step_equals_layer_by_layer(rng, storage, cache, head_norms):
     want, want_k = decode(0, 2)
     for threads, chunk in [(1, 16384), (2, 16384), (5, 16384), (2, 1), (5, 1), (2, 0)]:
         got, got_k = decode(8, threads, chunk)
-        if storage in ("int8", "q4_0", "q4_1"):
+        if storage in ("int8", "q4_0", "q4_1", "q6_k") or not isinstance(storage, str):
             np.testing.assert_array_equal(got, want)
             np.testing.assert_array_equal(got_k, want_k)
         else:

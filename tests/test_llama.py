@@ -316,7 +316,12 @@ def test_k_quant_files_load(tmp_path, kinds):
     layer = default.layers[0]
     # Q4_K / Q5_K: their values read in place by the block GEMM, as Q4_1 / Q5_1 blocks (io.gguf.q4_k_as_q4_1, ...)
     stored = {"Q4_K": "q4_1", "Q5_K": "q5_1", "Q5_0": "q5_0", "Q5_1": "q5_1", "Q4_0": "q4_0", "Q6_K": "q6_k"}
-    assert layer.gate_up.storage == stored.get(a, "int8")  # (Q/K/V mixes a and b: int8 unless both agree)
+    assert layer.gate_up.storage == stored.get(a, "int8")
+    if a in stored and b in stored:  # Q, K of one type and V of another: three matrices, each as stored
+        assert [q.storage for q in layer.qkv] == [stored[a], stored[a], stored[b]]
+        np.testing.assert_array_equal(layer.qkv[2].weight, values["attn_v"])  # Q6_K / Q4_0: the file's values
+    else:
+        assert layer.qkv.storage == "int8"
     assert layer.o.storage == stored.get(c, "int8")
     assert layer.down.storage == stored.get(b, "int8")
     if b == "Q6_K":  # its values and sub-scales re-laid, nothing rounded (io.gguf.q6_k_as_q6)

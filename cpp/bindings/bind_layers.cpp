@@ -154,9 +154,18 @@ public:
                  const py::array& attn_norm, const py::array& ffn_norm, float eps, int64_t num_heads,
                  int64_t num_kv_heads, int64_t rotary_dim, bool interleaved, const py::object& q_norm,
                  const py::object& k_norm)
-        : refs_{qkv, out, gate_up, down} {
+        : refs_{py::isinstance<py::list>(qkv) || py::isinstance<py::tuple>(qkv) ? py::object(py::tuple(qkv)) : qkv, out,
+                gate_up, down} {
         layers::DecoderLayer& l = l_;
-        l.qkv.w = &packed_matrix_of(qkv, "qkv", &l.qkv.bias);
+        if (py::isinstance<py::tuple>(refs_[0])) {  // Q, K and V apart
+            const py::tuple parts = refs_[0].cast<py::tuple>();
+            if (parts.size() != 3)
+                value_error("expected qkv as one PackedLinear or three (Q, K, V), got " + std::to_string(parts.size()));
+            l.qkv_parts = 3;
+            for (int p = 0; p < 3; ++p) l.qkv[p].w = &packed_matrix_of(parts[p], "qkv", &l.qkv[p].bias);
+        } else {
+            l.qkv[0].w = &packed_matrix_of(qkv, "qkv", &l.qkv[0].bias);
+        }
         l.out.w = &packed_matrix_of(out, "out", &l.out.bias);
         l.gate_up.w = &packed_matrix_of(gate_up, "gate_up", &l.gate_up.bias);
         l.down.w = &packed_matrix_of(down, "down", &l.down.bias);
@@ -166,7 +175,13 @@ public:
                         std::to_string(num_heads) + "), which must divide out's in_features (" +
                         std::to_string(l.out.w->K()) + ")");
         const int64_t D = l.out.w->K() / num_heads;
-        want_shape(*l.qkv.w, E, (num_heads + 2 * num_kv_heads) * D, "qkv");
+        if (l.qkv_parts == 1) {
+            want_shape(*l.qkv[0].w, E, (num_heads + 2 * num_kv_heads) * D, "qkv");
+        } else {
+            want_shape(*l.qkv[0].w, E, num_heads * D, "q");
+            want_shape(*l.qkv[1].w, E, num_kv_heads * D, "k");
+            want_shape(*l.qkv[2].w, E, num_kv_heads * D, "v");
+        }
         want_shape(*l.gate_up.w, E, 2 * F, "gate_up");
         want_shape(*l.down.w, F, E, "down");
         if (rotary_dim < 0 || rotary_dim > D || rotary_dim % 2)
@@ -195,6 +210,7 @@ public:
     const layers::DecoderLayer& layer() const { return l_; }
     int64_t d_model() const { return l_.out.w->N(); }
     int64_t kv_dim() const { return l_.kv_heads * l_.head_dim; }
+    int64_t qkv_width() const { return (l_.heads + 2 * l_.kv_heads) * l_.head_dim; }
 
 private:
     py::object refs_[4];           // the PackedLinear objects whose matrices l_ points into
@@ -292,7 +308,7 @@ py::array decoder_stack(const std::vector<const DecoderLayer*>& stack, py::array
     }
     int64_t W = 0, Eq = 0, F = 0;
     for (const DecoderLayer* d : stack) {
-        W = std::max(W, d->layer().qkv.w->N());
+        W = std::max(W, d->qkv_width());
         Eq = std::max(Eq, d->layer().out.w->K());
         F = std::max(F, d->layer().down.w->K());
     }
@@ -319,7 +335,8 @@ void bind_layers(py::module_& m) {
     py::class_<DecoderLayer>(m, "DecoderLayer",
                              "A Llama-family decoder layer (cpp/layers/decoder_layer.h): pre-RMSNorm, RoPE, grouped-\n"
                              "query attention over a KV cache, SwiGLU. qkv (E -> (H + 2 Hkv) D), out (H D -> E),\n"
-                             "gate_up (E -> 2F: gate rows, then up rows) and down (F -> E) are PackedLinear objects;\n"
+                             "gate_up (E -> 2F: gate rows, then up rows) and down (F -> E) are PackedLinear objects\n"
+                             "(qkv may be three: Q, K and V apart, each of its own weight type);\n"
                              "q_norm / k_norm (D,): an RMSNorm of each query / key head before RoPE (Qwen3), or None.")
         .def(py::init<const py::object&, const py::object&, const py::object&, const py::object&, const py::array&,
                       const py::array&, float, int64_t, int64_t, int64_t, bool, const py::object&, const py::object&>(),

@@ -19,8 +19,18 @@
 namespace pyattn::layers {
 namespace {
 
-void project(const Projection& p, int64_t M, const float* a, float* c, float beta = 0.0f) {
-    gemm::sgemm(M, a, p.w->K(), *p.w, c, p.w->N(), beta, gemm::Epilogue{p.bias, kernels::Activation::none});
+void project(const Projection& p, int64_t M, const float* a, float* c, float beta = 0.0f, int64_t ldc = 0) {
+    gemm::sgemm(M, a, p.w->K(), *p.w, c, ldc ? ldc : p.w->N(), beta, gemm::Epilogue{p.bias, kernels::Activation::none});
+}
+
+// The heads of W_qkv's part p (all of Q, K and V when it is one matrix) and the first of them.
+int64_t part_heads(const DecoderLayer& l, int p, int64_t& first) {
+    if (l.qkv_parts == 1) {
+        first = 0;
+        return l.heads + 2 * l.kv_heads;
+    }
+    first = p == 0 ? 0 : l.heads + (p - 1) * l.kv_heads;
+    return p == 0 ? l.heads : l.kv_heads;
 }
 
 // The attention arguments of layer l over its cache for the rows in s.qkv.
@@ -52,7 +62,7 @@ ops::AttentionArgs attention_args(const DecoderLayer& l, int64_t B, int64_t L, c
     a.scale = l.scale;
     // a bfloat16 model's prefill products in bfloat16 too; not an int8 or 4-bit one's (gemm::bf16_attention): over 30
     // layers of SmolLM2 that took the min logit cosine to float32 from 0.987 to 0.969 (tests/test_llama.py)
-    a.bf16 = l.qkv.w->type() == gemm::WeightType::bf16;
+    a.bf16 = l.qkv[0].w->type() == gemm::WeightType::bf16;
     return a;
 }
 
@@ -101,12 +111,16 @@ void steal_cols(const Steal& st, const gemm::PackedMatrix& w, int64_t n, Work&& 
     st.run((n + chunk - 1) / chunk, [&](int64_t u) { work(u * chunk, std::min(n, (u + 1) * chunk)); });
 }
 
+// The team's shared steps per layer: W_qkv's parts (up to 3), attention, W_o, the FFN width, W_down.
+constexpr int kSteps = 7;
+
 // One layer as one thread of a team (the rows are few: a decoding step). Between the team's barriers the threads
-// share the step's units (`steps`, five per layer; Steal): the Q/K/V heads (RoPE and the cache writes of a thread's
-// heads follow their columns), the attention's tasks, chunks of the columns of W_o and W_down (added to x in the GEMM's
-// epilogue, beta = 1, instead of in the next norm), and chunks of the FFN width (gate and up columns, then SwiGLU on
-// them). The norms are computed by every thread into its own buffer, and each thread quantizes a product's input once
-// for all the chunks it takes. Five barriers per layer; nothing else synchronises.
+// share the step's units (`steps`, kSteps per layer; Steal): the Q/K/V heads (a part's after the previous part's) (RoPE
+// and the cache writes of a thread's heads follow their columns), the attention's tasks, chunks of the columns of W_o
+// and W_down (added to x in the GEMM's epilogue, beta = 1, instead of in the next norm), and chunks of the FFN width
+// (gate and up columns, then SwiGLU on them). The norms are computed by every thread into its own buffer, and each
+// thread quantizes a product's input once for all the chunks it takes. Five barriers per layer; nothing else
+// synchronises.
 void layer_team(const DecoderLayer& l, int64_t B, int64_t L, float* x, float* out, float beta_out,
                 const int64_t* positions, const RopeTables& rope, const LayerCache& cache, int64_t past,
                 const uint8_t* key_padding, const DecoderScratch& s, float* n, const Steal* steps) {
@@ -114,17 +128,25 @@ void layer_team(const DecoderLayer& l, int64_t B, int64_t L, float* x, float* ou
     const int64_t M = B * L, E = l.out.w->N(), H = l.heads, Hkv = l.kv_heads, D = l.head_dim;
     const int64_t Eq = H * D, W = Eq + 2 * Hkv * D, F = l.down.w->K();
     ops::rms_norm(x, E, n, E, M, E, l.attn_norm, l.eps);  // one thread's call inside the team: no nested region
-    const gemm::ColsInput nq = gemm::cols_input(M, n, E, *l.qkv.w);
-    const gemm::Epilogue qkv_ep{l.qkv.bias, kernels::Activation::none};
     // The heads' columns first, then their RoPE and cache writes, so that the weights stream without a pause. (RoPE
     // per head had made this step 53 -> 66 us a layer at 1 thread, but that was its parallel region, since removed:
-    // cpu::parallel_rows. Whether the order still matters was not measured.)
+    // cpu::parallel_rows. Whether the order still matters was not measured.) A part's input is made ready (quantized
+    // for its type) by a thread once it takes one of the part's heads.
     thread_local std::vector<int64_t> heads;
     heads.clear();
-    steps[0].run(H + 2 * Hkv, [&](int64_t h) {
-        gemm::gemm_cols(nq, *l.qkv.w, s.qkv, W, 0.0f, qkv_ep, h * D, (h + 1) * D);
-        heads.push_back(h);
-    });
+    for (int p = 0; p < l.qkv_parts; ++p) {
+        int64_t first;
+        const int64_t count = part_heads(l, p, first);
+        const Projection& w = l.qkv[p];
+        const gemm::Epilogue ep{w.bias, kernels::Activation::none};
+        gemm::ColsInput nq;
+        bool ready = false;
+        steps[p].run(count, [&](int64_t h) {
+            if (!ready) nq = gemm::cols_input(M, n, E, *w.w), ready = true;
+            gemm::gemm_cols(nq, *w.w, s.qkv + first * D, W, 0.0f, ep, h * D, (h + 1) * D);
+            heads.push_back(first + h);
+        });
+    }
     for (const int64_t h : heads) {
         norm_heads(l, M, s.qkv, h, h + 1);
         if (h < H + Hkv)  // a query or key head: rotated in place
@@ -133,17 +155,17 @@ void layer_team(const DecoderLayer& l, int64_t B, int64_t L, float* x, float* ou
     }
 #pragma omp barrier
     const ops::AttentionArgs a = attention_args(l, B, L, cache, past, key_padding, s);
-    steps[1].run(ops::attention_tasks(a), [&](int64_t t) { ops::attention_rows(a, t, t + 1); });
+    steps[3].run(ops::attention_tasks(a), [&](int64_t t) { ops::attention_rows(a, t, t + 1); });
 #pragma omp barrier
     const gemm::ColsInput cq = gemm::cols_input(M, s.ctx, Eq, *l.out.w);
     const gemm::Epilogue out_ep{l.out.bias, kernels::Activation::none};
-    steal_cols(steps[2], *l.out.w, E,
+    steal_cols(steps[4], *l.out.w, E,
                [&](int64_t c0, int64_t c1) { gemm::gemm_cols(cq, *l.out.w, x, E, 1.0f, out_ep, c0, c1); });
 #pragma omp barrier
     ops::rms_norm(x, E, n, E, M, E, l.ffn_norm, l.eps);
     const gemm::ColsInput gq = gemm::cols_input(M, n, E, *l.gate_up.w);
     const gemm::Epilogue gu{l.gate_up.bias, kernels::Activation::none};
-    steal_cols(steps[3], *l.gate_up.w, F, [&](int64_t f0, int64_t f1) {
+    steal_cols(steps[5], *l.gate_up.w, F, [&](int64_t f0, int64_t f1) {
         gemm::gemm_cols(gq, *l.gate_up.w, s.gu, 2 * F, 0.0f, gu, f0, f1);
         gemm::gemm_cols(gq, *l.gate_up.w, s.gu, 2 * F, 0.0f, gu, F + f0, F + f1);
         for (int64_t r = 0; r < M; ++r)
@@ -152,7 +174,7 @@ void layer_team(const DecoderLayer& l, int64_t B, int64_t L, float* x, float* ou
 #pragma omp barrier
     const gemm::ColsInput fq = gemm::cols_input(M, s.ff, F, *l.down.w);
     const gemm::Epilogue down_ep{l.down.bias, kernels::Activation::none};
-    steal_cols(steps[4], *l.down.w, E,
+    steal_cols(steps[6], *l.down.w, E,
                [&](int64_t c0, int64_t c1) { gemm::gemm_cols(fq, *l.down.w, out, E, beta_out, down_ep, c0, c1); });
 #pragma omp barrier
 }
@@ -181,8 +203,8 @@ void decoder_stack(const DecoderLayer* const* layers, int64_t count, int64_t B, 
     }
     const int64_t E = layers[0]->out.w->N();
     const int nt = omp_in_parallel() ? 1 : cpu::num_threads();
-    // the ranges of every step of every layer, per thread (count x 5 x nt words, zeros)
-    const auto taken = cpu::steal_words(count * 5, nt);
+    // the ranges of every step of every layer, per thread (count x kSteps x nt words, zeros)
+    const auto taken = cpu::steal_words(count * kSteps, nt);
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         float* n = scratch<Slot::decoder_norm>(static_cast<std::size_t>(M * E));
@@ -190,8 +212,8 @@ void decoder_stack(const DecoderLayer* const* layers, int64_t count, int64_t B, 
         const bool steal = team_chunk_bytes() > 0;
         for (int64_t i = 0; i < count; ++i) {
             const bool last = i + 1 == count;  // the last layer's FFN output goes to `pending`, the others into x
-            Steal steps[5];
-            for (int k = 0; k < 5; ++k) steps[k] = Steal{taken.get() + (5 * i + k) * nt, tid, nth, steal};
+            Steal steps[kSteps];
+            for (int k = 0; k < kSteps; ++k) steps[k] = Steal{taken.get() + (kSteps * i + k) * nt, tid, nth, steal};
             layer_team(*layers[i], B, L, x, last ? pending : x, last ? 0.0f : 1.0f, positions, rope, caches[i], past,
                        key_padding, s, n, steps);
         }
@@ -205,7 +227,11 @@ void decoder_layer(const DecoderLayer& l, int64_t B, int64_t L, float* x, float*
     const int64_t Eq = H * D, Ekv = Hkv * D, W = Eq + 2 * Ekv, F = l.down.w->K();
     // n = RMSNorm(x (+= pending))
     ops::rms_norm(has_pending ? pending : x, E, s.n, E, M, E, l.attn_norm, l.eps, has_pending ? x : nullptr, E);
-    project(l.qkv, M, s.n, s.qkv);  // (M, W)
+    for (int p = 0; p < l.qkv_parts; ++p) {  // (M, W)
+        int64_t first;
+        part_heads(l, p, first);
+        project(l.qkv[p], M, s.n, s.qkv + first * D, 0.0f, W);
+    }
     norm_heads(l, M, s.qkv, 0, H + Hkv);
     ops::rope(s.qkv, B, L, H, L * W, W, D, positions, rope.cos, rope.sin, l.rot, l.interleaved);
     ops::rope(s.qkv + Eq, B, L, Hkv, L * W, W, D, positions, rope.cos, rope.sin, l.rot, l.interleaved);

@@ -9,11 +9,11 @@
 //   x += W_o Attn(q, cache)      causal from `past`, key padding, query head h reads K/V head h / (H / Hkv)
 //   pending = W_down (silu(W_gate m) * W_up m),  m = RMSNorm_ffn(x)
 //
-// Shapes: x, pending (B, L, E) contiguous; positions (B, L); the cache of a layer is k, v (B, Hkv, capacity, D),
-// positions [0, past + L) valid after the call; key_padding (B, past + L) bytes, nonzero = padding, or null. W_qkv maps
-// E -> (H + 2 Hkv) D (Q, K, V rows stacked), W_o H D -> E, W_gate_up E -> 2F (gate rows, then up rows), W_down F -> E,
-// all packed matrices of any weight type. rope tables: cos / sin (n_pos, rot / 2), positions < n_pos (the caller's
-// check).
+// Shapes (W_qkv may be three matrices, DecoderLayer::qkv): x, pending (B, L, E) contiguous; positions (B, L); the cache
+// of a layer is k, v (B, Hkv, capacity, D), positions [0, past + L) valid after the call; key_padding (B, past + L)
+// bytes, nonzero = padding, or null. W_qkv maps E -> (H + 2 Hkv) D (Q, K, V rows stacked), W_o H D -> E, W_gate_up E ->
+// 2F (gate rows, then up rows), W_down F -> E, all packed matrices of any weight type. rope tables: cos / sin (n_pos,
+// rot / 2), positions < n_pos (the caller's check).
 #pragma once
 #include <cstdint>
 
@@ -22,7 +22,11 @@
 namespace pyattn::layers {
 
 struct DecoderLayer {
-    Projection qkv, out, gate_up, down;
+    // W_qkv as one matrix (qkv_parts 1) or as three, Q, K and V (GGUF files whose V is of another block type than Q and
+    // K: each part read as stored), the rows of qkv[0 .. qkv_parts) in that order.
+    Projection qkv[3];
+    int qkv_parts = 1;
+    Projection out, gate_up, down;
     const float* attn_norm;  // E floats
     const float* ffn_norm;
     const float* q_norm = nullptr;  // D floats, or null: no norm of the query heads (Qwen3 has one, Llama not)

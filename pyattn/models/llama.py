@@ -656,7 +656,7 @@ class LlamaLayer(Module):
         self, qkv: Linear, o: Linear, gate_up: Linear, down: Linear, attn_norm, ffn_norm, heads, kv_heads,
         q_norm=None, k_norm=None,
     ):  # fmt: skip
-        self.qkv, self.o, self.gate_up, self.down = qkv, o, gate_up, down
+        self.qkv, self.o, self.gate_up, self.down = qkv, o, gate_up, down  # qkv: a Linear, or (Q, K, V) Linears
         self.attn_norm, self.ffn_norm = attn_norm, ffn_norm
         self.q_norm, self.k_norm = q_norm, k_norm  # (head_dim,) each, or None (Qwen3's per-head norms)
         self.heads, self.kv_heads = heads, kv_heads
@@ -717,13 +717,22 @@ class LlamaModel(Module):
         self.kv_cache = kv_cache
 
         def linear(roles, shapes, biases=False):
-            """One Linear of the roles' matrices stacked by rows (Q, K, V or gate and up: one GEMM)."""
+            """One Linear of the roles' matrices stacked by rows (Q, K, V or gate and up: one GEMM); Q, K and V of
+            block formats that differ, with the file's blocks as stored (dtype None), as three Linears instead."""
             b = None
             if biases:
                 b = np.concatenate([weights.vector(f"{r}_bias", s[0]) for r, s in zip(roles, shapes)])
             return build(roles, shapes, b, weights.file_name(roles[0]))
 
         as_stored = set()  # the Linears holding the file's values exactly (blocks as stored)
+
+        def stored(roles, shapes, q4, b, name):
+            """The Linear of the roles' blocks of one kind, as stored (q4: weights.q4 of each role)."""
+            raw = np.concatenate([q[1] for q in q4]) if len(q4) > 1 else q4[0][1]
+            as_stored.add(name)
+            lin = Linear.from_gguf(raw, q4[0][0], shapes[0][1], b, name)  # raw may be the file's bytes
+            release(roles)
+            return lin
 
         def release(roles):
             for r in roles:
@@ -733,12 +742,20 @@ class LlamaModel(Module):
             """The Linear of the roles' matrices; the source releases each matrix once it is read."""
             if dtype is None:  # 4-bit blocks as stored, when every part is of the same kind
                 q4 = [weights.q4(r, s) for r, s in zip(roles, shapes)]
-                if all(q is not None for q in q4) and len({q[0] for q in q4}) == 1:
-                    raw = np.concatenate([q[1] for q in q4]) if len(q4) > 1 else q4[0][1]
-                    as_stored.add(name)
-                    lin = Linear.from_gguf(raw, q4[0][0], shapes[0][1], b, name)  # raw may be the file's bytes
-                    release(roles)
-                    return lin
+                kinds = {q[0] if q is not None else None for q in q4}
+                if None not in kinds and len(kinds) == 1:
+                    return stored(roles, shapes, q4, b, name)
+                if len(roles) == 3 and len(kinds) > 1:
+                    # Q, K, V of different types (Q4_K_M: Q4_K with a Q6_K V in half the layers; SmolLM2's Q5_0 with
+                    # Q8_0): each held as its own type, read as stored, rather than all three as int8 blocks
+                    # (rounded again unless Q8_0 / Q4_0 / Q5_0). The C++ layer takes three matrices.
+                    bias = np.split(b, np.cumsum([s[0] for s in shapes])[:-1]) if b is not None else [None] * 3
+                    return tuple(
+                        stored([r], [s], [q], bp, weights.file_name(r))
+                        if q is not None
+                        else build([r], [s], bp, weights.file_name(r))
+                        for r, s, q, bp in zip(roles, shapes, q4, bias)
+                    )
             blocks = dtype in (None, "int8")
             parts = [weights.matrix(r, s, blocks=blocks) for r, s in zip(roles, shapes)]
             # The parts are copies (or views that stay readable): the file's pages can go before the packed copy is
@@ -989,7 +1006,8 @@ class LlamaModel(Module):
         if cached is None or cached[0] != Module.revision:
             stack = [
                 _core.DecoderLayer(
-                    lr.qkv._packed, lr.o._packed, lr.gate_up._packed, lr.down._packed, lr.attn_norm, lr.ffn_norm,
+                    tuple(q._packed for q in lr.qkv) if isinstance(lr.qkv, tuple) else lr.qkv._packed,
+                    lr.o._packed, lr.gate_up._packed, lr.down._packed, lr.attn_norm, lr.ffn_norm,
                     self.eps, self.heads, self.kv_heads, self.rot, self.interleaved, lr.q_norm, lr.k_norm,
                 )
                 for lr in self.layers
