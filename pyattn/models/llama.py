@@ -20,7 +20,8 @@ Weights from GGUF (dtype=None, the default): as the file stores them -- Q4_0, Q4
 pyattn's q4_0 / q4_1 / q5_0 / q5_1 types (the GEMM reads the nibbles and fifth bits in place, activations quantized to
 int8 per block of 32, as llama.cpp computes), Q4_K and Q5_K re-laid as q4_1 / q5_1 blocks, Q6_K as q6_k (its values
 and scales re-laid per block of 32, nothing rounded), Q8_0 as int8 blocks; other types (Q2_K, Q3_K: dequantized by
-llama.cpp's `gguf` package) are held as int8 blocks, and so is a fused Q/K/V whose parts differ in type. dtype="int8"
+llama.cpp's `gguf` package) are held as int8 blocks; Q, K and V of different types are three matrices, each as stored
+(LlamaLayer.qkv a tuple). dtype="int8"
 holds every matrix as int8 blocks (Q8_0 and Q4_0 exactly, others re-quantized); dtype="float32" holds every matrix
 dequantized, exactly the values transformers' GGUF loader computes. Weights from a Hugging Face folder (float32,
 float16 or bfloat16 safetensors) are widened to float32 exactly and held as `dtype` asks (float32 by default).
