@@ -26,7 +26,10 @@ namespace pyattn::gemm {
 void quantize_rows(const kernels::KernelSet& ks, bool int8, const float* A, int64_t lda, int64_t m, int64_t K, void* q,
                    float* sa, int32_t* ta, bool halves) {
     const int64_t nb = (K + kernels::kQBlock - 1) / kernels::kQBlock, kp = nb * kernels::kQBlock;
-    if (!int8) return ks.i8.quantize(A, lda, m, K, static_cast<int16_t*>(q), kp, sa, nb);
+    if (!int8) {
+        ks.i8.quantize(A, lda, m, K, static_cast<int16_t*>(q), kp, sa, nb);
+        return;
+    }
     ks.i8.quantize8(A, lda, m, K, static_cast<int8_t*>(q), kp, sa, ta, nb);
     if (!halves) return;
     for (int64_t i = 0; i < m; ++i)

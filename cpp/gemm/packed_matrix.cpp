@@ -248,10 +248,10 @@ void quantize_q4_block(const float* x, int64_t n, bool has_min, bool five, uint8
 
 PackedMatrix::PackedMatrix(WeightType type, const uint8_t* raw, int64_t K, int64_t N, const kernels::KernelSet& ks)
     : K_(K), N_(N), ks_(&ks), type_(type) {
-    if (info(type).family != WeightFamily::block) throw std::invalid_argument("expected a 4- or 5-bit block type");
+    if (info(type).family != WeightFamily::block) throw std::invalid_argument("expected a block type (q4_0 ... q6_k)");
     if (K % kernels::kQBlock)
-        throw std::invalid_argument("4- and 5-bit blocks need in_features divisible by " +
-                                    std::to_string(kernels::kQBlock) + ", got " + std::to_string(K));
+        throw std::invalid_argument("block types need in_features divisible by " + std::to_string(kernels::kQBlock) +
+                                    ", got " + std::to_string(K));
     const bool mn = has_min(), five5 = five();
     const int64_t nb = nblocks(), rb = gguf_block_bytes(type), bs = q4_block_bytes();
     uint8_t* base = alloc_q4();

@@ -142,7 +142,10 @@ void layer_team(const DecoderLayer& l, int64_t B, int64_t L, float* x, float* ou
         gemm::ColsInput nq;
         bool ready = false;
         steps[p].run(count, [&](int64_t h) {
-            if (!ready) nq = gemm::cols_input(M, n, E, *w.w), ready = true;
+            if (!ready) {
+                nq = gemm::cols_input(M, n, E, *w.w);
+                ready = true;
+            }
             gemm::gemm_cols(nq, *w.w, s.qkv + first * D, W, 0.0f, ep, h * D, (h + 1) * D);
             heads.push_back(first + h);
         });
