@@ -37,9 +37,7 @@ void quantize_rows(const kernels::KernelSet& ks, bool int8, const float* A, int6
             const int8_t* x = static_cast<const int8_t*>(q) + i * kp + b * kernels::kQBlock;
             int32_t t0 = 0;
             for (int k = 0; k < kernels::kQBlock / 2; ++k) t0 += x[k];
-            const int32_t t1 = ta[i * nb + b] - t0;
-            ta[i * nb + b] =
-                static_cast<int32_t>((static_cast<uint32_t>(t0) & 0xFFFFu) | (static_cast<uint32_t>(t1) << 16));
+            ta[i * nb + b] = kernels::pack16(t0, ta[i * nb + b] - t0);
         }
 }
 
@@ -212,13 +210,10 @@ void unpack_wide(const PackedMatrix& B, int64_t q, uint8_t* dst) {
             for (int64_t j = 0; j < kQ4Cols; ++j) {
                 d[p * kQ4Cols + j] = half_to_float(h[j]);
                 mn[p * kQ4Cols + j] = has_min ? half_to_float(h[kQ4Cols + j]) : 0.0f;
-                if (six) {
-                    const auto sc0 = static_cast<uint8_t>(src[kernels::q6_scales(0) + j]);
-                    const auto sc1 = static_cast<uint8_t>(src[kernels::q6_scales(1) + j]);
-                    // sign-extended to 16 bits each: the tile recovers them with an arithmetic shift
-                    const uint32_t packed = static_cast<uint16_t>(static_cast<int16_t>(static_cast<int8_t>(sc0))) |
-                                            static_cast<uint32_t>(static_cast<uint16_t>(static_cast<int8_t>(sc1)))
-                                                << 16;
+                if (six) {  // the tile recovers them with arithmetic shifts
+                    const auto* sc = reinterpret_cast<const int8_t*>(src);
+                    const int32_t packed =
+                        kernels::pack16(sc[kernels::q6_scales(0) + j], sc[kernels::q6_scales(1) + j]);
                     std::memcpy(mn + p * kQ4Cols + j, &packed, 4);
                 }
             }

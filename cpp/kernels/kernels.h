@@ -144,6 +144,13 @@ constexpr int q6_sixth_bits(int ch, int high) { return q4_fifth_bits(ch, high) +
 constexpr int q6_halves() { return 16 * kQ4Cols + 8 * kQ4Cols; }
 constexpr int q6_scales(int high) { return q6_halves() + 2 * kQ4Cols + high * kQ4Cols; }
 constexpr int q6_block_bytes() { return q6_scales(1) + kQ4Cols; }
+// Two signed numbers of at most 16 bits in one int32, lo in the low half and hi in the high half: the 6-bit kernels'
+// half sums of A (ta) and the wide tile's sub-scales.
+constexpr int32_t pack16(int32_t lo, int32_t hi) {
+    return static_cast<int32_t>((static_cast<uint32_t>(lo) & 0xFFFFu) | (static_cast<uint32_t>(hi) << 16));
+}
+constexpr int32_t low16(int32_t packed) { return static_cast<int16_t>(static_cast<uint32_t>(packed) & 0xFFFFu); }
+constexpr int32_t high16(int32_t packed) { return static_cast<int16_t>(static_cast<uint32_t>(packed) >> 16); }
 
 using Q4Kernel = void (*)(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta,
                           int64_t ldsa, const uint8_t* b, float* c, int64_t ldc, const float* bias, int64_t ahead);

@@ -7,6 +7,17 @@
 // columns of a block's nibbles (nib, kernels.h's layout; kFive: with the fifth bits after them), s32[i] = the exact
 // int32 sums sum_k Aq[i][k] u[k][j], one lane a column. S::kMR: the most rows per call.
 
+// A tile's M x 8 sums (+ bias) into C.
+template <int M>
+inline void store_tile(const __m256 (&sum)[M], float* c, int64_t ldc, const float* bias) {
+#pragma GCC unroll 8
+    for (int i = 0; i < M; ++i) {
+        __m256 v = sum[i];
+        if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias));
+        _mm256_storeu_ps(c + i * ldc, v);
+    }
+}
+
 template <class S, int M, bool kMin, bool kFive>
 void q4_tile_m(int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta, int64_t ldsa,
                const uint8_t* b, float* c, int64_t ldc, const float* bias, int64_t ahead) {
@@ -40,12 +51,7 @@ void q4_tile_m(int64_t nb, const int8_t* a, int64_t lda, const float* sa, const 
             sum[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[i]), _mm256_mul_ps(_mm256_set1_ps(sab), d), sum[i]);
         }
     }
-#pragma GCC unroll 8
-    for (int i = 0; i < M; ++i) {
-        __m256 v = sum[i];
-        if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias));
-        _mm256_storeu_ps(c + i * ldc, v);
-    }
+    store_tile<M>(sum, c, ldc, bias);
 }
 
 template <class S, bool kMin, bool kFive, int M = S::kMR>
@@ -55,12 +61,6 @@ void q4_tile(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* s
         if (m == M) return q4_tile_m<S, M, kMin, kFive>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias, ahead);
         return q4_tile<S, kMin, kFive, M - 1>(m, nb, a, lda, sa, ta, ldsa, b, c, ldc, bias, ahead);
     }
-}
-
-// A block's two half sums, packed by the driver (kernels.h: Q6_K).
-inline void q6_half_sums(int32_t packed, int32_t& t0, int32_t& t1) {
-    t0 = static_cast<int16_t>(packed & 0xFFFF);
-    t1 = packed >> 16;
 }
 
 // S::sums6<M>(nib, x, lda, s0, s1): the 6-bit block's sums I_0 (k < 16) and I_1 (k >= 16), one lane a column.
@@ -83,21 +83,15 @@ void q6_tile_m(int64_t nb, const int8_t* a, int64_t lda, const float* sa, const 
         const __m256i sc1 = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(nib + q6_scales(1))));
 #pragma GCC unroll 8
         for (int i = 0; i < M; ++i) {
-            int32_t t0, t1;
-            q6_half_sums(ta[i * ldsa + blk], t0, t1);
+            const int32_t t = ta[i * ldsa + blk];  // the halves' sums, packed (kernels.h)
             const __m256i v =
-                _mm256_add_epi32(_mm256_mullo_epi32(sc0, _mm256_sub_epi32(s0[i], _mm256_set1_epi32(32 * t0))),
-                                 _mm256_mullo_epi32(sc1, _mm256_sub_epi32(s1[i], _mm256_set1_epi32(32 * t1))));
+                _mm256_add_epi32(_mm256_mullo_epi32(sc0, _mm256_sub_epi32(s0[i], _mm256_set1_epi32(32 * low16(t)))),
+                                 _mm256_mullo_epi32(sc1, _mm256_sub_epi32(s1[i], _mm256_set1_epi32(32 * high16(t)))));
             sum[i] =
                 _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), _mm256_mul_ps(_mm256_set1_ps(sa[i * ldsa + blk]), d), sum[i]);
         }
     }
-#pragma GCC unroll 8
-    for (int i = 0; i < M; ++i) {
-        __m256 v = sum[i];
-        if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias));
-        _mm256_storeu_ps(c + i * ldc, v);
-    }
+    store_tile<M>(sum, c, ldc, bias);
 }
 
 template <class S, int M = S::kMR>

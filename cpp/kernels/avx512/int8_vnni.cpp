@@ -316,9 +316,8 @@ void q6_wide_m(int64_t nb, const int8_t* __restrict a, int64_t lda, const float*
                           sc1 = _mm512_srai_epi32(packed, 16);
 #pragma GCC unroll 8
             for (int i = 0; i < M; ++i) {
-                const auto t = static_cast<uint32_t>(ta[i * ldsa + blk]);  // the halves' sums, packed (kernels.h)
-                const __m512i t0 = _mm512_set1_epi32(32 * static_cast<int16_t>(t & 0xFFFFu));
-                const __m512i t1 = _mm512_set1_epi32(32 * static_cast<int16_t>(t >> 16));
+                const int32_t t = ta[i * ldsa + blk];  // the halves' sums, packed (kernels.h)
+                const __m512i t0 = _mm512_set1_epi32(32 * low16(t)), t1 = _mm512_set1_epi32(32 * high16(t));
                 const __m512i v = _mm512_add_epi32(_mm512_mullo_epi32(sc0, _mm512_sub_epi32(acc[i][h][0], t0)),
                                                    _mm512_mullo_epi32(sc1, _mm512_sub_epi32(acc[i][h][1], t1)));
                 float* out = c + i * ldc + 16 * h;

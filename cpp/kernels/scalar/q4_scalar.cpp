@@ -74,8 +74,7 @@ void q6_tile(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* s
                         sum[0] += lo * x[4 * ch + k];
                         sum[1] += hi * x[16 + 4 * ch + k];
                     }
-                const uint32_t packed = static_cast<uint32_t>(ta[i * ldsa + blk]);  // the halves' sums of A
-                const int32_t t[2] = {static_cast<int16_t>(packed & 0xFFFFu), static_cast<int16_t>(packed >> 16)};
+                const int32_t t[2] = {low16(ta[i * ldsa + blk]), high16(ta[i * ldsa + blk])};  // A's half sums
                 const int8_t* sc = reinterpret_cast<const int8_t*>(nib + q6_scales(0));
                 const int32_t v = sc[j] * (sum[0] - 32 * t[0]) + sc[kQ4Cols + j] * (sum[1] - 32 * t[1]);
                 const float d = half_to_float(reinterpret_cast<const uint16_t*>(nib + q6_halves())[j]);
