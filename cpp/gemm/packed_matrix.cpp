@@ -418,18 +418,9 @@ void PackedMatrix::unpack_row(int64_t j, float* row) const {
         const int jj = static_cast<int>(j % kernels::kQ4Cols);
         for (int64_t p = 0; p < K_; ++p) {
             const uint8_t* blk = panel + (p / kernels::kQBlock) * bs;
-            const int k = static_cast<int>(p % kernels::kQBlock), kk = k % 16;
-            const uint8_t byte = blk[32 * (kk / 4) + 4 * jj + kk % 4];
-            int u = k < 16 ? byte & 15 : byte >> 4;
-            const int bit = 4 * jj + kk % 4;
-            uint32_t mask;
-            if (five5 || six()) {
-                std::memcpy(&mask, blk + kernels::q4_fifth_bits(kk / 4, k < 16 ? 0 : 1), 4);
-                u |= static_cast<int>((mask >> bit) & 1u) << 4;
-            }
+            const int k = static_cast<int>(p % kernels::kQBlock);
+            const int u = kernels::block_value(blk, jj, k, info(type_).bits);
             if (six()) {
-                std::memcpy(&mask, blk + kernels::q6_sixth_bits(kk / 4, k < 16 ? 0 : 1), 4);
-                u |= static_cast<int>((mask >> bit) & 1u) << 5;
                 const int sc = static_cast<int8_t>(blk[kernels::q6_scales(k < 16 ? 0 : 1) + jj]);
                 const uint16_t* h = reinterpret_cast<const uint16_t*>(blk + kernels::q6_halves());
                 row[p] = half_to_float(h[jj]) * static_cast<float>(sc * (u - 32));  // exact: 11 x 13 bits

@@ -64,8 +64,8 @@ public:
     const float* panel_scales(int64_t q) const { return scales_.get() + q * nblocks() * ks_->i8.nr; }
     // 4- and 5-bit blocks: panels of kQ4Cols columns, nblocks() blocks of q4_block_bytes each (kernels.h: Q4Kernels).
     bool has_min() const { return type_ == WeightType::q4_1 || type_ == WeightType::q5_1; }
-    bool five() const { return type_ == WeightType::q5_0 || type_ == WeightType::q5_1; }
-    bool six() const { return type_ == WeightType::q6_k; }
+    bool five() const { return info(type_).bits == 5; }
+    bool six() const { return info(type_).bits == 6; }
     int q4_kind() const { return six() ? kernels::kQ6Kind : kernels::q4_kind(has_min(), five()); }
     int64_t q4_block_bytes() const {
         return six() ? kernels::q6_block_bytes() : kernels::q4_block_bytes(has_min(), five());

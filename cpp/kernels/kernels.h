@@ -8,6 +8,7 @@
 //   * functions documented "y may alias x" work in place.
 #pragma once
 #include <cstdint>
+#include <cstring>
 
 namespace pyattn::kernels {
 
@@ -151,6 +152,23 @@ constexpr int32_t pack16(int32_t lo, int32_t hi) {
 }
 constexpr int32_t low16(int32_t packed) { return static_cast<int16_t>(static_cast<uint32_t>(packed) & 0xFFFFu); }
 constexpr int32_t high16(int32_t packed) { return static_cast<int16_t>(static_cast<uint32_t>(packed) >> 16); }
+// Value u[k][j] (k < kQBlock, j < kQ4Cols) of a panel block of `bits` bits (4, 5 or 6): its nibble, and its fifth and
+// sixth bits from the masks -- the layout above read one value at a time (the scalar kernels, unpacking).
+inline int block_value(const uint8_t* blk, int j, int k, int bits) {
+    const int kk = k % 16, high = k / 16, ch = kk / 4, bit = 4 * j + kk % 4;
+    const uint8_t byte = blk[32 * ch + bit];
+    int u = high ? byte >> 4 : byte & 15;
+    uint32_t mask;
+    if (bits >= 5) {
+        std::memcpy(&mask, blk + q4_fifth_bits(ch, high), sizeof mask);
+        u |= static_cast<int>((mask >> bit) & 1u) << 4;
+    }
+    if (bits == 6) {
+        std::memcpy(&mask, blk + q6_sixth_bits(ch, high), sizeof mask);
+        u |= static_cast<int>((mask >> bit) & 1u) << 5;
+    }
+    return u;
+}
 
 using Q4Kernel = void (*)(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta,
                           int64_t ldsa, const uint8_t* b, float* c, int64_t ldc, const float* bias, int64_t ahead);

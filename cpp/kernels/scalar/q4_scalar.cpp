@@ -1,7 +1,5 @@
 // Scalar 4-, 5- and 6-bit block kernels (Q4Kernels in kernels.h): the reference the vector sets must match bit for bit.
 // Compiled with -ffp-contract=off: the only fused steps are the explicit fmaf.
-#include <cstring>
-
 #include "kernels/half.h"
 #include "kernels/kernels.h"
 
@@ -22,18 +20,7 @@ void q4_tile(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* s
                 const uint8_t* nib = b + blk * bs;
                 const int8_t* x = a + i * lda + blk * kQBlock;
                 int32_t sum = 0;
-                for (int ch = 0; ch < 4; ++ch)
-                    for (int t = 0; t < 4; ++t) {
-                        const uint8_t byte = nib[32 * ch + 4 * j + t];
-                        int lo = byte & 15, hi = byte >> 4;
-                        if (kFive) {  // the fifth bits (kernels.h): bit 4 j + t of the chunk's two masks
-                            uint32_t masks[2];
-                            std::memcpy(masks, nib + q4_fifth_bits(ch, 0), sizeof masks);
-                            lo |= static_cast<int>((masks[0] >> (4 * j + t)) & 1u) << 4;
-                            hi |= static_cast<int>((masks[1] >> (4 * j + t)) & 1u) << 4;
-                        }
-                        sum += lo * x[4 * ch + t] + hi * x[16 + 4 * ch + t];
-                    }
+                for (int k = 0; k < kQBlock; ++k) sum += block_value(nib, j, k, kFive ? 5 : 4) * x[k];
                 const uint16_t* h = reinterpret_cast<const uint16_t*>(nib + q4_halves(kFive));
                 const float d = half_to_float(h[j]), sab = sa[i * ldsa + blk];
                 const int32_t t = ta[i * ldsa + blk];
@@ -60,20 +47,7 @@ void q6_tile(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* s
                 const uint8_t* nib = b + blk * bs;
                 const int8_t* x = a + i * lda + blk * kQBlock;
                 int32_t sum[2] = {0, 0};
-                for (int ch = 0; ch < 4; ++ch)
-                    for (int k = 0; k < 4; ++k) {
-                        uint32_t m5[2], m6[2];
-                        std::memcpy(m5, nib + q4_fifth_bits(ch, 0), sizeof m5);
-                        std::memcpy(m6, nib + q6_sixth_bits(ch, 0), sizeof m6);
-                        const uint8_t byte = nib[32 * ch + 4 * j + k];
-                        const int bit = 4 * j + k;
-                        const int lo = (byte & 15) | static_cast<int>((m5[0] >> bit) & 1u) << 4 |
-                                       static_cast<int>((m6[0] >> bit) & 1u) << 5;
-                        const int hi = (byte >> 4) | static_cast<int>((m5[1] >> bit) & 1u) << 4 |
-                                       static_cast<int>((m6[1] >> bit) & 1u) << 5;
-                        sum[0] += lo * x[4 * ch + k];
-                        sum[1] += hi * x[16 + 4 * ch + k];
-                    }
+                for (int k = 0; k < kQBlock; ++k) sum[k / 16] += block_value(nib, j, k, 6) * x[k];
                 const int32_t t[2] = {low16(ta[i * ldsa + blk]), high16(ta[i * ldsa + blk])};  // A's half sums
                 const int8_t* sc = reinterpret_cast<const int8_t*>(nib + q6_scales(0));
                 const int32_t v = sc[j] * (sum[0] - 32 * t[0]) + sc[kQ4Cols + j] * (sum[1] - 32 * t[1]);
