@@ -209,6 +209,17 @@ def _k_sub_blocks(blk: np.ndarray):
     return d, dmin, sc, mn
 
 
+def _nibbles(q: np.ndarray) -> np.ndarray:
+    """The low 4 bits of blocks of 32 values (..., 32) as GGUF stores them: value k in the low nibble of byte k, k + 16
+    in its high one (..., 16)."""
+    return (q[..., :16] & 15) | ((q[..., 16:] & 15) << 4)
+
+
+def _bit_mask(q: np.ndarray, bit: int) -> np.ndarray:
+    """Bit `bit` of blocks of 32 values (..., 32) as a little-endian uint32 per block, bit k for value k (..., 4)."""
+    return np.packbits((q >> bit) & 1, axis=-1, bitorder="little")
+
+
 def _with_min_blocks(q: np.ndarray, d, dmin, sc, mn, five: bool):
     """Sub-blocks of 32 values q (rows, nb32, 32) in [0, 15] or [0, 31], with weight = d sc_s q - dmin m_s, as GGUF
     Q4_1 / Q5_1 rows (d' = d sc_s and m' = -dmin m_s rounded to float16); None when one overflows float16."""
@@ -221,11 +232,9 @@ def _with_min_blocks(q: np.ndarray, d, dmin, sc, mn, five: bool):
     out = np.empty((rows, nb32, 24 if five else 20), np.uint8)
     out[..., 0:2] = scale.view(np.uint8)
     out[..., 2:4] = low.view(np.uint8)
-    if five:  # Q5_1's fifth bits: bit i of a little-endian uint32 for weight i
-        qh = ((q >> 4).astype(np.uint32) << np.arange(32, dtype=np.uint32)).sum(-1).astype("<u4")
-        out[..., 4:8] = qh.view(np.uint8).reshape(rows, nb32, 4)
-    q = q & 15
-    out[..., -16:] = q[..., :16] | (q[..., 16:] << 4)  # weight i in the low nibble of byte i, i + 16 in the high
+    if five:  # Q5_1's fifth bits
+        out[..., 4:8] = _bit_mask(q, 4)
+    out[..., -16:] = _nibbles(q)
     return out.reshape(rows, -1)
 
 
@@ -292,9 +301,9 @@ def q6_k_as_q6(raw: np.ndarray, n: int) -> np.ndarray:
         o = out[r0:r1]
         o[..., 0:2] = np.repeat(blk[..., 208:210], 8, axis=1)  # the super-block's d in each of its blocks
         o[..., 2:4] = blk[..., 192:208].reshape(r1 - r0, n // 32, 2)
-        o[..., 4:8] = np.packbits((q >> 4) & 1, axis=-1, bitorder="little")  # bit k: weight k's fifth bit
-        o[..., 8:12] = np.packbits(q >> 5, axis=-1, bitorder="little")
-        o[..., 12:] = (q[..., :16] & 15) | ((q[..., 16:] & 15) << 4)
+        o[..., 4:8] = _bit_mask(q, 4)
+        o[..., 8:12] = _bit_mask(q, 5)
+        o[..., 12:] = _nibbles(q)
     return out.reshape(rows, -1)
 
 
