@@ -186,7 +186,9 @@ def _generate(args) -> int:
     if args.threads:
         pyattn.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    model = LlamaModel.from_gguf(args.model, dtype=args.dtype, kv_cache=args.kv_cache)
+    model = LlamaModel.from_gguf(
+        args.model, dtype=args.dtype, kv_cache=args.kv_cache, context_length=args.context_length
+    )
     t1 = time.perf_counter()
     text = " ".join(args.prompt)
     if args.chat:
@@ -208,7 +210,10 @@ def _generate(args) -> int:
             sys.stdout.flush()
             shown = now[:end]
 
-    kwargs = dict(max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty)
+    room = model.context_length - ids.shape[1]  # generation stops when the context is full, as llama.cpp's server
+    if room <= 0:
+        raise ValueError(f"the prompt's {ids.shape[1]} tokens fill the context of {model.context_length}")
+    kwargs = dict(max_new_tokens=min(args.max_new_tokens, room), repetition_penalty=args.repetition_penalty)
     if args.no_repeat_ngram_size:
         kwargs["no_repeat_ngram_size"] = args.no_repeat_ngram_size
     if stops:
@@ -240,6 +245,8 @@ def _generate(args) -> int:
             count = "1 token"
         else:  # no rate to give: the first token ended the text
             count = "0 tokens: the first was the end of the text"
+        if n == room < args.max_new_tokens:
+            count += f"; stopped: the context of {model.context_length} tokens is full"
         print(
             f"(model loaded in {(t1 - t0) * 1e3:.0f} ms, {model.dtype or 'GGUF block'} weights, "
             f"{model.kv_cache} KV cache; "
@@ -466,6 +473,14 @@ def main(argv=None) -> int:
         default=None,
         choices=["float16", "float32"],
         help="element type of the KV cache (default: float32 for float32 weights, else float16)",
+    )
+    p.add_argument(
+        "--context-length",
+        type=int,
+        default=None,
+        metavar="N",
+        help="most tokens, prompt and generated, a sequence may take (default: the model's own; LongRoPE models: the "
+        "original context, a longer one takes the long factors)",
     )
     p.add_argument("--threads", type=int, default=0, help="OpenMP threads (default: all processors)")
     p.add_argument("--quiet", action="store_true", help="print only the text")

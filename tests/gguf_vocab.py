@@ -33,13 +33,19 @@ TEXTS = [
     "a<unk>b",
     "\u2581already \u2581",
     "über-naïve ǅ 𝔘",
+    # GPT-4o's words: an upper-case run then a lower-case one, or the reverse; a '/' after line breaks
+    "HelloWorld getHTTPResponse ÉCOLE ǅungla WE'LL I'M",
+    "path:\n/usr/bin a/b\n\n//x",
 ]
 
 # Tokens added to SmolLM2's vocabulary (which splits every digit) so that the names differ on them: digit runs that
 # merge under llama3's runs of up to 3 digits and not under qwen2's single digits, and a word ("zzq") with no merges
-# that reaches it, which only a tokenizer that looks a whole word up first (llama.cpp's ignore_merges) emits as one.
-EXTRA_TOKENS = ["12", "123", "45", "456", "zzq"]
-EXTRA_MERGES = ["1 2", "12 3", "4 5", "45 6"]
+# that reaches it, which only a tokenizer that looks a whole word up first (llama.cpp's ignore_merges) emits as one;
+# and tokens that cross the pieces of one pre-tokenizer and not another's: GPT-4o's words split at case changes
+# ("HelloWorld" and "getHTTP" join under llama3 only), its contractions as suffixes ("ĠWE'LL" under GPT-4o only, "'LL"
+# on its own under llama3), its '/' after a line break ("Ċ/").
+EXTRA_TOKENS = ["12", "123", "45", "456", "zzq", "HelloWorld", "getHTTP", "Ċ/", "'LL", "ĠWE'LL"]
+EXTRA_MERGES = ["1 2", "12 3", "4 5", "45 6", "Hello World", "get HTTP", "Ċ /", "' LL", "ĠWE 'LL"]
 
 
 def smollm2_path():

@@ -10,7 +10,9 @@ import math
 import numpy as np
 import pytest
 
+from pyattn.io.gguf import read_gguf
 from pyattn.models import LlamaModel
+from pyattn.models.llama import GGUFWeights, gguf_config
 
 gguf = pytest.importorskip("gguf")
 torch = pytest.importorskip("torch")
@@ -83,8 +85,16 @@ def write_gguf(model, path, arch: str, extra: dict | None = None) -> None:
     tensors = {"token_embd.weight": sd["model.embed_tokens.weight"], "output_norm.weight": sd["model.norm.weight"]}
     if not cfg.tie_word_embeddings:
         tensors["output.weight"] = sd["lm_head.weight"]
-    if cfg.rope_parameters.get("rope_type") == "llama3":
+    rope = cfg.rope_parameters
+    if rope.get("rope_type") == "llama3":
         tensors["rope_freqs.weight"] = llama3_factors(cfg)
+    if rope.get("rope_type") == "longrope":  # as the converter writes Phi-3.5's: two factor sets, the scale of cos/sin
+        old = rope["original_max_position_embeddings"]
+        w.add_uint32(f"{arch}.rope.scaling.original_context_length", old)
+        scale = math.sqrt(1 + math.log(cfg.max_position_embeddings / old) / math.log(old))
+        w.add_float32(f"{arch}.rope.scaling.attn_factor", scale)
+        tensors["rope_factors_long.weight"] = np.array(rope["long_factor"], np.float32)
+        tensors["rope_factors_short.weight"] = np.array(rope["short_factor"], np.float32)
     for i in range(cfg.num_hidden_layers):
         p = f"model.layers.{i}."
         tensors[f"blk.{i}.attn_norm.weight"] = sd[p + "input_layernorm.weight"]
@@ -114,6 +124,17 @@ def write_gguf(model, path, arch: str, extra: dict | None = None) -> None:
     w.close()
 
 
+LONGROPE = dict(
+    num_key_value_heads=2,
+    partial_rotary_factor=0.75,  # 12 of 16 dims rotate: 6 factors
+    max_position_embeddings=2048,
+    original_max_position_embeddings=512,
+    rope_scaling=dict(
+        rope_type="longrope",
+        short_factor=[1.0, 1.3, 1.9, 2.6, 3.1, 3.9],
+        long_factor=[2.0, 5.0, 9.0, 14.0, 18.0, 22.0],
+    ),
+)
 CASES = {
     "qwen2_tied": ("qwen2", dict(num_key_value_heads=2, rope_theta=1000000.0, tie_word_embeddings=True)),
     "qwen2_untied_mqa": ("qwen2", dict(num_key_value_heads=1, tie_word_embeddings=False)),
@@ -121,7 +142,10 @@ CASES = {
     "llama_attention_bias_hd24": ("llama", dict(num_key_value_heads=2, head_dim=24, attention_bias=True)),
     "qwen3_tied_hd24": ("qwen3", dict(num_key_value_heads=2, head_dim=24, tie_word_embeddings=True)),
     "phi3_partial_rope": ("phi3", dict(num_key_value_heads=2, partial_rotary_factor=0.75, sliding_window=64)),
+    # Phi-3.5 / Phi-4-mini's LongRoPE: the short factors within the original context (llama.cpp pads n_ctx 64 to 256)
+    "phi3_longrope": ("phi3", LONGROPE),
 }
+LONG_PROMPT = [1] + [int(x) for x in np.random.default_rng(1).integers(3, 96, 529)]  # beyond the original 512
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -165,12 +189,56 @@ def test_tensors_the_model_would_leave_out_are_refused(tmp_path):
     assert np.abs(got - want).max() < 1e-4
 
 
-def test_longrope_is_refused(tmp_path):
-    """Phi-3 128k / Phi-3.5's LongRoPE factors would rotate positions differently: refused by name, not run."""
+@pytest.fixture(scope="module")
+def longrope(tmp_path_factory):
+    """(transformers Phi-3 with LongRoPE, its GGUF, its Hugging Face folder)."""
+    tmp = tmp_path_factory.mktemp("longrope")
+    ref = build("phi3", {**BASE, **LONGROPE})
+    write_gguf(ref, tmp / "m.gguf", "phi3")
+    ref.save_pretrained(str(tmp / "hf"))
+    return ref, tmp / "m.gguf", tmp / "hf"
+
+
+def test_longrope_takes_the_long_factors_for_a_longer_context(longrope):
+    """A context beyond the original 512 takes the long factors for every position, as transformers does for a
+    forward pass that long (and llama.cpp for an n_ctx that long); without asking, the context is the original one."""
+    ref, path, folder = longrope
+    want = logits(ref, [LONG_PROMPT])
+    for model in (
+        LlamaModel.from_gguf(path, dtype="float32", context_length=1024),
+        LlamaModel.from_pretrained(folder, context_length=1024),
+    ):
+        assert model.long_rope and model.context_length == 1024
+        got = model(np.array([LONG_PROMPT]))["logits"]
+        assert np.abs(got - want).max() < 1e-4, np.abs(got - want).max()
+    model = LlamaModel.from_gguf(path, dtype="float32")
+    assert not model.long_rope and model.context_length == 512
+    with pytest.raises(ValueError, match="beyond the 512"):
+        model(np.array([LONG_PROMPT]))
+    with pytest.raises(ValueError, match="context_length must be a positive integer up to 2048"):
+        LlamaModel.from_gguf(path, context_length=4096)
+
+
+def test_longrope_factors_and_scale_are_needed(longrope):
+    """The long factors on a short prompt, or cos and sin not scaled, give other logits than transformers': the
+    tests above would see a reader that ignored either."""
+    ref, path, _ = longrope
+    want = logits(ref, [PROMPTS[0]])
+    good = LlamaModel.from_gguf(path, dtype="float32")
+    assert good.rope_scaling["attention_factor"] == pytest.approx(math.sqrt(1 + math.log(4) / math.log(512)))
+    assert np.abs(good(np.array([PROMPTS[0]]))["logits"] - want).max() < 1e-4
+    got = LlamaModel.from_gguf(path, dtype="float32", context_length=1024)(np.array([PROMPTS[0]]))["logits"]
+    assert np.abs(got - want).max() > 1e-2
+    config = gguf_config(read_gguf(path))
+    config.rope_scaling["attention_factor"] = 1.0
+    got = LlamaModel(config, GGUFWeights(read_gguf(path)), "float32")(np.array([PROMPTS[0]]))["logits"]
+    assert np.abs(got - want).max() > 1e-2
+
+
+def test_longrope_needs_both_factor_sets(tmp_path):
     ref = build("phi3", {**BASE, "num_key_value_heads": 2})
-    factors = {f"rope_factors_{k}.weight": np.ones(8, np.float32) for k in ("long", "short")}
-    write_gguf(ref, tmp_path / "m.gguf", "phi3", factors)
-    with pytest.raises(ValueError, match="LongRoPE"):
+    write_gguf(ref, tmp_path / "m.gguf", "phi3", {"rope_factors_long.weight": np.ones(8, np.float32)})
+    with pytest.raises(ValueError, match="LongRoPE needs rope_factors_long and rope_factors_short"):
         LlamaModel.from_gguf(tmp_path / "m.gguf")
 
 
@@ -192,3 +260,16 @@ def test_llama_cpp_reads_the_same_files_alike(tmp_path, name):
         theirs = np.array(llm.scores[: len(p)])
         assert np.abs(theirs - logits(ref, [p])[0]).max() < 1e-4
         assert np.abs(theirs - model(np.array([p]))["logits"][0]).max() < 1e-4
+
+
+def test_llama_cpp_takes_the_long_factors_alike(longrope):
+    """llama.cpp with an n_ctx beyond the original context rotates with the long factors: its logits are
+    transformers' (one forward pass over 530 tokens) and pyattn's with that context_length."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is in the bench extra, not the test one")
+    ref, path, _ = longrope
+    llm = llama_cpp.Llama(str(path), logits_all=True, n_ctx=1024, n_threads=1, type_k=0, type_v=0, verbose=False)
+    llm.eval(LONG_PROMPT)
+    theirs = np.array(llm.scores[: len(LONG_PROMPT)])
+    model = LlamaModel.from_gguf(path, dtype="float32", context_length=1024)
+    assert np.abs(theirs - logits(ref, [LONG_PROMPT])[0]).max() < 1e-4
+    assert np.abs(theirs - model(np.array([LONG_PROMPT]))["logits"][0]).max() < 1e-4

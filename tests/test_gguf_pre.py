@@ -66,14 +66,18 @@ def test_sentencepiece_fixture_tells_the_rules_apart():
 
 
 def test_the_names_differ_where_llama_cpp_differs():
-    """The fixture itself tells llama3's digit runs and whole-word lookup apart from qwen2's single digits: a
-    pre-tokenizer mapped to the wrong behaviour fails test_ids_equal_llama_cpps."""
+    """The fixture itself tells llama3's digit runs and whole-word lookup apart from qwen2's single digits, and
+    GPT-4o's words from llama3's: a pre-tokenizer mapped to the wrong behaviour fails test_ids_equal_llama_cpps."""
     ids = WANT["pre"]
     text = "zzq 123456 4567 zzqzzq"
     assert ids["llama-bpe"][text] != ids["qwen2"][text]
     assert ids["qwen2"] != ids["smollm"]  # line breaks: "end.\r\n\r\nnext !!!..."
     assert ids["llama-bpe"] == ids["llama3"] == ids["llama-v3"]
     assert ids["qwen2"] == ids["deepseek-r1-qwen"]
+    # GPT-4o's case-split words, suffix contractions and '/' after line breaks
+    for text in ("HelloWorld getHTTPResponse ÉCOLE ǅungla WE'LL I'M", "path:\n/usr/bin a/b\n\n//x"):
+        assert ids["gpt-4o"][text] != ids["llama3"][text]
+    assert ids["gpt-4o"] == ids["llama4"]
 
 
 def test_unknown_name_is_refused(source, tmp_path):

@@ -209,6 +209,24 @@ def test_cli_generate_reports_no_rate_without_two_tokens(path, prompt, max_new, 
     assert count in r.stderr and "nan" not in r.stderr and "tokens/s" not in r.stderr
 
 
+def test_generate_command_keeps_to_the_context_length(path):
+    """--context-length limits prompt and generated tokens together: generation stops when it is full, and a prompt
+    that fills it is a clear error."""
+    import pathlib
+    import subprocess
+    import sys
+
+    def run(n):
+        cmd = [sys.executable, "-m", "pyattn", "generate", "The capital of France is", "--context-length", n]
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=pathlib.Path(__file__).parent, timeout=300)
+
+    prompt = len(LlamaModel.from_gguf(path).encode_prompt("The capital of France is"))
+    r = run(str(prompt + 3))
+    assert r.returncode == 0 and "3 tokens, " in r.stderr and "the context of" in r.stderr, r.stderr
+    r = run(str(prompt))
+    assert r.returncode == 2 and f"the prompt's {prompt} tokens fill the context of {prompt}" in r.stderr, r.stderr
+
+
 def test_loading_the_gguf_keeps_its_peak_memory_near_what_it_holds(path):
     """The loader holds a tensor's file pages, its read-out copy and its packed copy at once only as long as it must:
     the peak resident memory of loading SmolLM2 (VmHWM, in a fresh process) stays within 75 MiB of what the loaded

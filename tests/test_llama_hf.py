@@ -223,6 +223,16 @@ def test_sharded_checkpoint(folders, tmp_path):
         # Q/K/V in one matrix, gate and up in one; Phi-4-mini rotates 3/4 of each head
         ("phi3", dict(num_key_value_heads=2)),
         ("phi3", dict(num_key_value_heads=4, partial_rotary_factor=0.75, sliding_window=64)),
+        # Phi-3.5's LongRoPE, within the original context: the short factors, cos and sin scaled
+        (
+            "phi3",
+            dict(
+                num_key_value_heads=2,
+                max_position_embeddings=1024,
+                original_max_position_embeddings=128,
+                rope_scaling=dict(rope_type="longrope", short_factor=[1.5] * 4 + [3.0] * 4, long_factor=[9.0] * 8),
+            ),
+        ),
     ],
 )
 def test_mistral_and_qwen(tmp_path, kind, extra):
@@ -291,12 +301,41 @@ def test_unknown_model_type(folder):
     [
         dict(rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0}),
         dict(rope_parameters=None, rope_theta=10000.0, rope_scaling={"type": "dynamic", "factor": 2.0}),
-        dict(rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0}),
     ],
 )
 def test_unsupported_rope_scaling(folder, changes):
     edit_config(folder, **changes)
-    with pytest.raises(ValueError, match=r"rope_scaling type '(yarn|dynamic|longrope)' is not supported"):
+    with pytest.raises(ValueError, match=r"rope_scaling type '(yarn|dynamic)' is not supported"):
+        pyattn.from_pretrained(folder)
+
+
+@pytest.mark.parametrize(
+    "scaling, match",
+    [
+        ({"rope_type": "longrope", "rope_theta": 10000.0}, "original_max_position_embeddings must be an integer"),
+        ({"rope_type": "longrope", "original_max_position_embeddings": 64}, "'long_factor' must be a list"),
+        (
+            {"rope_type": "longrope", "original_max_position_embeddings": 64, "long_factor": [1.0] * 8},
+            "'short_factor' must be a list",
+        ),
+        (
+            {"type": "su", "original_max_position_embeddings": 64, "long_factor": [1.0] * 8, "short_factor": [0.0] * 8},
+            "'short_factor' must be a list of positive numbers",
+        ),
+        (
+            {
+                "type": "longrope",
+                "original_max_position_embeddings": 64,
+                "long_factor": [1] * 7,
+                "short_factor": [2] * 7,
+            },
+            "'long_factor' holds 7 factors, expected 8",
+        ),
+    ],
+)
+def test_malformed_longrope_is_refused(folder, scaling, match):
+    edit_config(folder, rope_parameters=None, rope_theta=10000.0, rope_scaling=scaling)
+    with pytest.raises(ValueError, match=match):
         pyattn.from_pretrained(folder)
 
 

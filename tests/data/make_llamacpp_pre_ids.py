@@ -16,7 +16,7 @@ sys.path.insert(0, str(HERE.parent))
 import gguf_vocab  # noqa: E402
 import llama_cpp  # noqa: E402
 
-NAMES = ["smollm", "llama-bpe", "llama3", "llama-v3", "qwen2", "deepseek-r1-qwen"]
+NAMES = ["smollm", "llama-bpe", "llama3", "llama-v3", "qwen2", "deepseek-r1-qwen", "gpt-4o", "llama4"]
 
 
 def main() -> None:
