@@ -108,7 +108,12 @@ class DecoderLayer:
     query attention over a KV cache, SwiGLU. qkv (E -> (H + 2 Hkv) D), out (H D -> E),
     gate_up (E -> 2F: gate rows, then up rows) and down (F -> E) are PackedLinear objects
     (qkv may be three: Q, K and V apart, each of its own weight type);
-    q_norm / k_norm (D,): an RMSNorm of each query / key head before RoPE (Qwen3), or None.
+    q_norm / k_norm (D,): an RMSNorm of each query / key head before RoPE (Qwen3, Gemma 3),
+    or None; post_attn_norm / post_ffn_norm (E,): RMSNorms of the attention's and the FFN's
+    outputs before the residual add (Gemma), or None; scale: of the attention's scores
+    (None: 1 / sqrt(D)); window: a sliding window of keys (0: none); activation: of the
+    FFN's gate ('silu': SwiGLU, 'gelu_tanh': GeGLU); rope_table: which of decoder_stack's
+    rotary tables the layer reads.
     """
     def __init__(
         self,
@@ -125,6 +130,12 @@ class DecoderLayer:
         interleaved: bool,
         q_norm: Optional[_F32] = None,
         k_norm: Optional[_F32] = None,
+        post_attn_norm: Optional[_F32] = None,
+        post_ffn_norm: Optional[_F32] = None,
+        scale: Optional[float] = None,
+        window: int = 0,
+        activation: str = "silu",
+        rope_table: int = 0,
     ) -> None: ...
 
 class EncoderLayer:
@@ -228,8 +239,8 @@ def decoder_stack(
     layers: Sequence[DecoderLayer],
     x: _F32,
     positions: _I64,
-    cos: _F32,
-    sin: _F32,
+    cos: Union[_F32, Sequence[_F32]],
+    sin: Union[_F32, Sequence[_F32]],
     cache_k: Sequence[_F32],
     cache_v: Sequence[_F32],
     past: int,
@@ -238,7 +249,8 @@ def decoder_stack(
     """
     Runs the DecoderLayer list over x (B, L, E) in place (the residual stream) and returns the last layer's
     FFN output (B, L, E), which the caller adds before the final norm. positions (B, L) int64 index the
-    rotary tables cos / sin (n_pos, rotary_dim / 2); cache_k / cache_v: per layer (B, Hkv, capacity, D),
+    rotary tables cos / sin (n_pos, rotary_dim / 2), or lists of such tables that the layers pick from
+    (rope_table); cache_k / cache_v: per layer (B, Hkv, capacity, D),
     positions [past, past + L) are written; key_padding_mask (B, past + L) bool, True = padding.
     """
 
@@ -405,9 +417,10 @@ def softmax(x: _F32) -> _F32:
     softmax over the last axis of a C-contiguous float32 array; an all -inf row gives zeros.
     """
 
-def swiglu(gate_up: _F32) -> _F32:
+def swiglu(gate_up: _F32, activation: str = "silu") -> _F32:
     """
-    silu(gate) * up for gate_up (..., 2 F) = [gate | up] (the two projections of a SwiGLU FFN in one GEMM).
+    act(gate) * up for gate_up (..., 2 F) = [gate | up] (the two projections of a gated FFN in one GEMM):
+    activation 'silu' (SwiGLU, Llama), 'gelu_tanh' (GeGLU, Gemma), or another of activation()'s.
     """
 
 def topk(x: _F32, k: int) -> Tuple[_F32, _I64]:

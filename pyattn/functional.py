@@ -49,6 +49,7 @@ __all__ = [
     "rotary_embedding",
     "positions_from_mask",
     "swiglu",
+    "geglu",
     "gelu",
     "relu",
     "silu",
@@ -300,6 +301,12 @@ def swiglu(gate_up) -> np.ndarray:
     """``silu(gate) * up`` for ``gate_up`` (..., 2 F) holding [gate | up] (a SwiGLU feed-forward's two input
     projections computed by one GEMM); returns (..., F)."""
     return _core.swiglu(_contiguous(gate_up, "gate_up"))
+
+
+def geglu(gate_up) -> np.ndarray:
+    """``gelu(gate, approximate="tanh") * up`` for ``gate_up`` (..., 2 F) holding [gate | up] (Gemma's gated
+    feed-forward); returns (..., F)."""
+    return _core.swiglu(_contiguous(gate_up, "gate_up"), "gelu_tanh")
 
 
 def gelu(x, approximate: str = "none") -> np.ndarray:

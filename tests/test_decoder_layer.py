@@ -1,6 +1,7 @@
 """The fused Llama-family decoder stack (_core.decoder_stack, cpp/layers/decoder_layer.h) against a float64 reference
 composed in numpy from the paper-level steps, on every kernel set: prefill then cached steps, grouped-query heads,
-both rotary layouts, left padding; and its argument checks."""
+both rotary layouts, left padding, Gemma 3's layers (sandwich norms, GeGLU, a sliding window with rotary tables of
+its own, the scores' own scale); and its argument checks."""
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from pyattn import functional as F
 ISAS = pyattn.cpu_info()["available_isas"]
 E, H, HKV, FF, ROT, BASE, EPS = 48, 6, 2, 80, 6, 10000.0, 1e-5
 D = E // H
+LOCAL_BASE, WINDOW, SCALE = 100.0, 3, 0.3  # Gemma-style layers: the windowed ones' rotary base, the window, the scale
 
 
 @pytest.fixture(params=ISAS)
@@ -24,8 +26,10 @@ def isa(request):
     pyattn.set_isa(old)
 
 
-def make_layers(rng, n=2, head_norms=False):
-    """n layers' float32 weights; head_norms: with Qwen3's q_norm / k_norm (D,) too."""
+def make_layers(rng, n=2, head_norms=False, gemma=False):
+    """n layers' float32 weights; head_norms: with Qwen3's q_norm / k_norm (D,) too; gemma: as Gemma 3's, with
+    q_norm / k_norm and post-norms (E,), GeGLU, the scores scaled by SCALE, and every other layer (the first) windowed
+    with rotary tables of base LOCAL_BASE."""
     layers = []
     for _ in range(n):
         layers.append(
@@ -38,9 +42,24 @@ def make_layers(rng, n=2, head_norms=False):
                 ffn_norm=1 + 0.1 * rng.standard_normal(E),
             )
         )
-        if head_norms:
+        if head_norms or gemma:
             layers[-1].update(q_norm=1 + 0.3 * rng.standard_normal(D), k_norm=1 + 0.3 * rng.standard_normal(D))
-    return [{k: v.astype(np.float32) for k, v in lr.items()} for lr in layers]
+        if gemma:
+            layers[-1].update(post_attn_norm=1 + 0.3 * rng.standard_normal(E), post_ffn_norm=0.5 + rng.random(E))
+    layers = [{k: v.astype(np.float32) for k, v in lr.items()} for lr in layers]
+    if gemma:
+        for i, lr in enumerate(layers):
+            lr.update(scale=SCALE, activation="gelu_tanh", window=WINDOW if i % 2 == 0 else 0)
+    return layers
+
+
+def rope_tables(n, gemma=False):
+    """(cos, sin) of the stack: one pair, or for Gemma-style layers [global, local] each."""
+    cos, sin = F.rope_tables(n, ROT, BASE)
+    if not gemma:
+        return cos, sin
+    local = F.rope_tables(n, ROT, LOCAL_BASE)
+    return [cos, local[0]], [sin, local[1]]
 
 
 def reference(layers, x, positions, pad, interleaved, kv_half=False):
@@ -53,23 +72,32 @@ def reference(layers, x, positions, pad, interleaved, kv_half=False):
         return v / np.sqrt((v**2).mean(-1, keepdims=True) + EPS) * w
 
     for lr in layers:
+        window = lr.get("window", 0)
+        base = LOCAL_BASE if window else BASE
         qkv = rms(x, lr["attn_norm"]) @ lr["qkv"].T.astype(np.float64)
         q = qkv[..., : H * D].reshape(B, L, H, D)
         k = qkv[..., H * D : (H + HKV) * D].reshape(B, L, HKV, D)
         v = qkv[..., (H + HKV) * D :].reshape(B, L, HKV, D)
         if "q_norm" in lr:  # each head normalised over its D values, before RoPE
             q, k = rms(q, lr["q_norm"]), rms(k, lr["k_norm"])
-        q = rope_reference(q, positions, ROT, BASE, interleaved)
-        k = rope_reference(k, positions, ROT, BASE, interleaved)
+        q = rope_reference(q, positions, ROT, base, interleaved)
+        k = rope_reference(k, positions, ROT, base, interleaved)
         if kv_half:
             k, v = k.astype(np.float16).astype(np.float64), v.astype(np.float16).astype(np.float64)
         k, v = np.repeat(k, H // HKV, 2), np.repeat(v, H // HKV, 2)  # the reference repeats; the kernel does not
-        ctx, _ = sdpa(q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3),
-                      key_padding_mask=pad, is_causal=True)  # fmt: skip
-        x = x + ctx.transpose(0, 2, 1, 3).reshape(B, L, H * D) @ lr["o"].T
+        far = np.subtract.outer(np.arange(L), np.arange(L)) >= window if window else None  # key j <= i - window
+        ctx, _ = sdpa(q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), attn_mask=far,
+                      key_padding_mask=pad, is_causal=True, scale=lr.get("scale"))  # fmt: skip
+        attn = ctx.transpose(0, 2, 1, 3).reshape(B, L, H * D) @ lr["o"].T
+        x = x + (rms(attn, lr["post_attn_norm"]) if "post_attn_norm" in lr else attn)
         gu = rms(x, lr["ffn_norm"]) @ lr["gate_up"].T
         g, u = gu[..., :FF], gu[..., FF:]
-        x = x + (g / (1 + np.exp(-g)) * u) @ lr["down"].T
+        if lr.get("activation") == "gelu_tanh":
+            g = 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g**3)))
+        else:
+            g = g / (1 + np.exp(-g))
+        ffn = (g * u) @ lr["down"].T
+        x = x + (rms(ffn, lr["post_ffn_norm"]) if "post_ffn_norm" in lr else ffn)
     return x
 
 
@@ -89,6 +117,8 @@ def fused(layers, interleaved, storage="float32"):
             _core.PackedLinear(lr["gate_up"], None, storage if isinstance(storage, str) else storage[0]),
             _core.PackedLinear(lr["down"], None, storage if isinstance(storage, str) else storage[0]),
             lr["attn_norm"], lr["ffn_norm"], EPS, H, HKV, ROT, interleaved, lr.get("q_norm"), lr.get("k_norm"),
+            lr.get("post_attn_norm"), lr.get("post_ffn_norm"), lr.get("scale"), lr.get("window", 0),
+            lr.get("activation", "silu"), int(lr.get("window", 0) > 0),
         )
         for lr in layers
     ]  # fmt: skip
@@ -104,13 +134,16 @@ def run(stack, x, positions, cos, sin, caches, past, pad):
 @pytest.mark.parametrize(
     "cache, interleaved, head_norms, storage",
     [(c, i, False, "float32") for c in (np.float32, np.float16) for i in (True, False)]
-    + [(np.float32, False, True, "float32"), (np.float32, True, False, ("float32",) * 3)],
+    + [(np.float32, False, True, "float32"), (np.float32, True, False, ("float32",) * 3)]
+    + [(c, False, "gemma", "float32") for c in (np.float32, np.float16)],
 )
 def test_prefill_then_steps_against_float64(isa, rng, interleaved, cache, head_norms, storage):
     """The prompt (the blocked attention path) then one token at a time (the decoding path), over a float32 cache
     or a float16 one (against a reference whose K and V are rounded to float16: within float32's error of it);
-    head_norms: Qwen3's RMSNorm of each query and key head before RoPE; three storages: Q, K and V held apart."""
-    layers = make_layers(rng, head_norms=head_norms)
+    head_norms: Qwen3's RMSNorm of each query and key head before RoPE ("gemma": Gemma 3's layers, the window of 3
+    keys shorter than the prompt and the steps); three storages: Q, K and V held apart."""
+    gemma = head_norms == "gemma"
+    layers = make_layers(rng, head_norms=head_norms, gemma=gemma)
     stack = fused(layers, interleaved, storage)
     B, L, P = 3, 9, 5  # prompt of 5, then 4 cached steps
     x = rng.standard_normal((B, L, E)).astype(np.float32)
@@ -120,7 +153,7 @@ def test_prefill_then_steps_against_float64(isa, rng, interleaved, cache, head_n
     pad = ~mask
     positions = np.maximum(np.cumsum(mask, 1) - 1, 0).astype(np.int64)
     want = reference(layers, x, positions, pad, interleaved, kv_half=cache == np.float16)
-    cos, sin = F.rope_tables(64, ROT, BASE)
+    cos, sin = rope_tables(64, gemma)
     caches = [(np.zeros((B, HKV, 16, D), cache), np.zeros((B, HKV, 16, D), cache)) for _ in layers]
     got = [run(stack, x[:, :P], positions[:, :P].copy(), cos, sin, caches, 0, pad[:, :P].copy())]
     for t in range(P, L):
@@ -151,21 +184,22 @@ def test_block_weight_types_stay_close(rng):
     "storage, cache, head_norms",
     [(s, np.float32, False) for s in ("float32", "float16", "bfloat16", "int8", "q4_0", "q4_1", "q6_k")]
     + [("float32", np.float16, False), ("q4_1", np.float16, False), ("int8", np.float32, True)]
-    + [(("q4_1", "q4_1", "q6_k"), np.float32, False), (("q5_0", "q5_0", "int8"), np.float16, True)],
+    + [(("q4_1", "q4_1", "q6_k"), np.float32, False), (("q5_0", "q5_0", "int8"), np.float16, True)]
+    + [("q4_1", np.float16, "gemma"), ("float32", np.float32, "gemma")],
 )
 def test_one_region_step_equals_layer_by_layer(rng, storage, cache, head_norms):
     """Up to 8 rows (a decoding step) the stack runs in one parallel region, the threads sharing heads and chunks of
     columns (each its own range, then the others' ends); it gives the layer-by-layer path's results: the same bits
     for the block types (integer sums, the same float steps per column), within float rounding for the others, on
     any thread count (5 > some ops' shares) and chunk size (one panel a chunk; 0: no stealing)."""
-    layers = make_layers(rng, 3, head_norms)
+    layers = make_layers(rng, 3, head_norms, gemma=head_norms == "gemma")
     stack = fused(layers, True, storage)
     B, P, L = 2, 7, 10
     x = rng.standard_normal((B, L, E)).astype(np.float32)
     mask = np.ones((B, L), bool)
     mask[1, :2] = False
     positions = np.maximum(np.cumsum(mask, 1) - 1, 0).astype(np.int64)
-    cos, sin = F.rope_tables(16, ROT, BASE)
+    cos, sin = rope_tables(16, head_norms == "gemma")
 
     def decode(team_rows, threads, chunk=16384):
         old = pyattn.get_num_threads()

@@ -51,11 +51,30 @@ def llama3_factors(cfg) -> np.ndarray:
     return np.array(out, np.float32)
 
 
+# the norms as the converter names them: Llama's (and Qwen3's norms of each head), Gemma 3's (its
+# post_attention_layernorm follows the attention, where Llama's is the FFN's pre-norm)
+HEAD_NORMS = {"self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}
+NORMS = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", **HEAD_NORMS}
+GEMMA_NORMS = {
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "post_attention_norm",
+    "pre_feedforward_layernorm": "ffn_norm",
+    "post_feedforward_layernorm": "post_ffw_norm",
+    **HEAD_NORMS,
+}
+
+
 def write_gguf(model, path, arch: str, extra: dict | None = None) -> None:
     """`model`'s float32 weights as a GGUF of architecture `arch`, with a vocabulary of placeholder tokens (so that
-    llama.cpp, which needs one, loads the file too); `extra` tensors are added as they are."""
+    llama.cpp, which needs one, loads the file too); `extra` tensors are added as they are. gemma3: the norms stored
+    as 1 + w, the global layers' rotary settings and the window in the metadata (the local layers' base and the
+    layer pattern are llama.cpp's own rules)."""
     cfg = model.config
     sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    gemma = arch == "gemma3"
+    if gemma:  # the converter's 1 + w
+        sd = {k: v + 1 if "norm" in k else v for k, v in sd.items()}
+    rope = cfg.rope_parameters.get("full_attention", cfg.rope_parameters)  # Gemma 3's are per layer type
     H, Hkv, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.hidden_size
     D = getattr(cfg, "head_dim", None) or d // H
     w = gguf.GGUFWriter(str(path), arch)
@@ -65,10 +84,13 @@ def write_gguf(model, path, arch: str, extra: dict | None = None) -> None:
     w.add_uint32(f"{arch}.feed_forward_length", cfg.intermediate_size)
     w.add_uint32(f"{arch}.attention.head_count", H)
     w.add_uint32(f"{arch}.attention.head_count_kv", Hkv)
-    if D != d // H:
+    if D != d // H or gemma:
         w.add_uint32(f"{arch}.attention.key_length", D)
         w.add_uint32(f"{arch}.attention.value_length", D)
-    w.add_float32(f"{arch}.rope.freq_base", float(cfg.rope_parameters["rope_theta"]))
+    w.add_float32(f"{arch}.rope.freq_base", float(rope["rope_theta"]))
+    if rope.get("rope_type") == "linear":
+        w.add_string(f"{arch}.rope.scaling.type", "linear")
+        w.add_float32(f"{arch}.rope.scaling.factor", float(rope["factor"]))
     w.add_uint32(f"{arch}.rope.dimension_count", int(D * getattr(cfg, "partial_rotary_factor", 1.0)))
     if getattr(cfg, "sliding_window", None):
         w.add_uint32(f"{arch}.attention.sliding_window", cfg.sliding_window)
@@ -79,13 +101,12 @@ def write_gguf(model, path, arch: str, extra: dict | None = None) -> None:
     w.add_token_list(tokens)
     w.add_token_merges(["<t3> <t4>"])
     w.add_token_types([3 if i < 3 else 1 for i in range(cfg.vocab_size)])
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
+    w.add_bos_token_id(cfg.bos_token_id)
+    w.add_eos_token_id(cfg.eos_token_id)
     interleave = arch == "llama"
     tensors = {"token_embd.weight": sd["model.embed_tokens.weight"], "output_norm.weight": sd["model.norm.weight"]}
     if not cfg.tie_word_embeddings:
         tensors["output.weight"] = sd["lm_head.weight"]
-    rope = cfg.rope_parameters
     if rope.get("rope_type") == "llama3":
         tensors["rope_freqs.weight"] = llama3_factors(cfg)
     if rope.get("rope_type") == "longrope":  # as the converter writes Phi-3.5's: two factor sets, the scale of cos/sin
@@ -97,11 +118,9 @@ def write_gguf(model, path, arch: str, extra: dict | None = None) -> None:
         tensors["rope_factors_short.weight"] = np.array(rope["short_factor"], np.float32)
     for i in range(cfg.num_hidden_layers):
         p = f"model.layers.{i}."
-        tensors[f"blk.{i}.attn_norm.weight"] = sd[p + "input_layernorm.weight"]
-        tensors[f"blk.{i}.ffn_norm.weight"] = sd[p + "post_attention_layernorm.weight"]
-        for part in ("q", "k"):  # qwen3's norm of each head
-            if f"{p}self_attn.{part}_norm.weight" in sd:
-                tensors[f"blk.{i}.attn_{part}_norm.weight"] = sd[f"{p}self_attn.{part}_norm.weight"]
+        for theirs, ours in (GEMMA_NORMS if gemma else NORMS).items():
+            if f"{p}{theirs}.weight" in sd:
+                tensors[f"blk.{i}.{ours}.weight"] = sd[f"{p}{theirs}.weight"]
         if arch == "phi3":  # Q/K/V in one tensor, gate and up in one (ffn_up)
             tensors[f"blk.{i}.attn_qkv.weight"] = sd[p + "self_attn.qkv_proj.weight"]
             tensors[f"blk.{i}.attn_output.weight"] = sd[p + "self_attn.o_proj.weight"]
@@ -247,17 +266,12 @@ def test_llama_cpp_reads_the_same_files_alike(tmp_path, name):
     """The files are what llama.cpp's converter writes: llama.cpp (llama-cpp-python, the bench extra; float32 KV
     cache) gives transformers' logits on them, and so pyattn's. Measured with 0.3.36: within 4.2e-6 of transformers
     and 5.3e-6 of pyattn, logits of standard deviation 1.2-1.3."""
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is in the bench extra, not the test one")
     arch, extra = CASES[name]
     ref = build(arch, {**BASE, **extra})
     path = tmp_path / "m.gguf"
     write_gguf(ref, path, arch)
-    llm = llama_cpp.Llama(str(path), logits_all=True, n_ctx=64, n_threads=1, type_k=0, type_v=0, verbose=False)
     model = LlamaModel.from_gguf(path, dtype="float32")
-    for p in PROMPTS:
-        llm.reset()
-        llm.eval(p)
-        theirs = np.array(llm.scores[: len(p)])
+    for p, theirs in zip(PROMPTS, llama_cpp_logits(path, PROMPTS)):
         assert np.abs(theirs - logits(ref, [p])[0]).max() < 1e-4
         assert np.abs(theirs - model(np.array([p]))["logits"][0]).max() < 1e-4
 
@@ -265,11 +279,21 @@ def test_llama_cpp_reads_the_same_files_alike(tmp_path, name):
 def test_llama_cpp_takes_the_long_factors_alike(longrope):
     """llama.cpp with an n_ctx beyond the original context rotates with the long factors: its logits are
     transformers' (one forward pass over 530 tokens) and pyattn's with that context_length."""
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is in the bench extra, not the test one")
     ref, path, _ = longrope
-    llm = llama_cpp.Llama(str(path), logits_all=True, n_ctx=1024, n_threads=1, type_k=0, type_v=0, verbose=False)
-    llm.eval(LONG_PROMPT)
-    theirs = np.array(llm.scores[: len(LONG_PROMPT)])
+    (theirs,) = llama_cpp_logits(path, [LONG_PROMPT], n_ctx=1024)
     model = LlamaModel.from_gguf(path, dtype="float32", context_length=1024)
     assert np.abs(theirs - logits(ref, [LONG_PROMPT])[0]).max() < 1e-4
     assert np.abs(theirs - model(np.array([LONG_PROMPT]))["logits"][0]).max() < 1e-4
+
+
+def llama_cpp_logits(path, prompts, n_ctx: int = 64) -> list:
+    """llama.cpp's logits (L, vocab) of each prompt on the GGUF at `path` (float32 KV cache, 1 thread); skips the
+    test without llama-cpp-python."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is in the bench extra, not the test one")
+    llm = llama_cpp.Llama(str(path), logits_all=True, n_ctx=n_ctx, n_threads=1, type_k=0, type_v=0, verbose=False)
+    out = []
+    for p in prompts:
+        llm.reset()
+        llm.eval(p)
+        out.append(np.array(llm.scores[: len(p)]))
+    return out

@@ -129,3 +129,14 @@ def test_swiglu_against_float64(isa, rng, F_):
     np.testing.assert_allclose(F.swiglu(gu), want, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match=r"\(\.\.\., 2 F\)"):
         F.swiglu(gu[..., :-1])
+
+
+@pytest.mark.parametrize("F_", [1, 7, 64, 1536])
+def test_geglu_against_float64(isa, rng, F_):
+    """Gemma's gate: gelu with the tanh approximation (transformers' gelu_pytorch_tanh), times up."""
+    gu = (rng.standard_normal((3, 4, 2 * F_)) * 4).astype(np.float32)
+    g, u = gu[..., :F_].astype(np.float64), gu[..., F_:].astype(np.float64)
+    want = 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g**3))) * u
+    np.testing.assert_allclose(F.geglu(gu), want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown activation 'swish'"):
+        _core.swiglu(gu, "swish")

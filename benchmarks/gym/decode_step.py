@@ -48,7 +48,7 @@ def main() -> None:
 
         def run():
             stream = emb.copy()
-            _core.decoder_stack(stack, stream, pos, m._cos, m._sin, [c.k for c in caches], [c.v for c in caches],
+            _core.decoder_stack(stack, stream, pos, *m._ropes, [c.k for c in caches], [c.v for c in caches],
                                 ctx, None)  # fmt: skip
 
         return state, run

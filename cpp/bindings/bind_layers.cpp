@@ -153,7 +153,8 @@ public:
     DecoderLayer(const py::object& qkv, const py::object& out, const py::object& gate_up, const py::object& down,
                  const py::array& attn_norm, const py::array& ffn_norm, float eps, int64_t num_heads,
                  int64_t num_kv_heads, int64_t rotary_dim, bool interleaved, const py::object& q_norm,
-                 const py::object& k_norm)
+                 const py::object& k_norm, const py::object& post_attn_norm, const py::object& post_ffn_norm,
+                 const py::object& scale, int64_t window, const std::string& activation, int rope_table)
         : refs_{py::isinstance<py::list>(qkv) || py::isinstance<py::tuple>(qkv) ? py::object(py::tuple(qkv)) : qkv, out,
                 gate_up, down} {
         layers::DecoderLayer& l = l_;
@@ -192,12 +193,20 @@ public:
         norms_[1] = vector_of(ffn_norm, E, "ffn_norm");
         l.attn_norm = norms_[0].data();
         l.ffn_norm = norms_[1].data();
-        const py::object* head_norms[2] = {&q_norm, &k_norm};
-        for (int i = 0; i < 2; ++i) {
-            if (head_norms[i]->is_none()) continue;
-            norms_[2 + i] = vector_of(head_norms[i]->cast<py::array>(), D, i ? "k_norm" : "q_norm");
-            (i ? l.k_norm : l.q_norm) = norms_[2 + i].data();
+        // the optional vectors: the per-head norms (D floats), the post-norms (E floats)
+        const py::object* optional[4] = {&q_norm, &k_norm, &post_attn_norm, &post_ffn_norm};
+        const char* names[4] = {"q_norm", "k_norm", "post_attn_norm", "post_ffn_norm"};
+        const float** slots[4] = {&l.q_norm, &l.k_norm, &l.post_attn_norm, &l.post_ffn_norm};
+        for (int i = 0; i < 4; ++i) {
+            if (optional[i]->is_none()) continue;
+            norms_[2 + i] = vector_of(optional[i]->cast<py::array>(), i < 2 ? D : E, names[i]);
+            *slots[i] = norms_[2 + i].data();
         }
+        if (window < 0) value_error("window must be >= 0 (0: none), got " + std::to_string(window));
+        if (rope_table < 0) value_error("rope_table must be >= 0, got " + std::to_string(rope_table));
+        l.window = window;
+        l.act = parse_activation(activation);
+        l.rope = rope_table;
         l.eps = eps;
         l.heads = num_heads;
         l.kv_heads = num_kv_heads;
@@ -205,6 +214,10 @@ public:
         l.rot = rotary_dim;
         l.interleaved = interleaved;
         l.scale = 1.0f / std::sqrt(static_cast<float>(D));
+        if (!scale.is_none()) {
+            l.scale = scale.cast<float>();
+            if (!(l.scale > 0.0f) || !std::isfinite(l.scale)) value_error("scale must be a finite number > 0");
+        }
     }
 
     const layers::DecoderLayer& layer() const { return l_; }
@@ -214,14 +227,14 @@ public:
 
 private:
     py::object refs_[4];           // the PackedLinear objects whose matrices l_ points into
-    std::vector<float> norms_[4];  // attn_norm, ffn_norm, q_norm, k_norm
+    std::vector<float> norms_[6];  // attn_norm, ffn_norm, q_norm, k_norm, post_attn_norm, post_ffn_norm
     layers::DecoderLayer l_{};
 };
 
 // Runs every layer over x in place (the residual stream, before the last layer's FFN output is added) and returns
 // that last output; see cpp/layers/decoder_layer.h.
 py::array decoder_stack(const std::vector<const DecoderLayer*>& stack, py::array x, const py::array& positions,
-                        const py::array& cos, const py::array& sin, const std::vector<py::object>& k_objs,
+                        const py::object& cos_obj, const py::object& sin_obj, const std::vector<py::object>& k_objs,
                         const std::vector<py::object>& v_objs, int64_t past, const py::object& key_padding_mask) {
     // the caches are written in place: numpy arrays themselves, never a converted copy
     auto arrays = [](const std::vector<py::object>& objs) {
@@ -256,15 +269,38 @@ py::array decoder_stack(const std::vector<const DecoderLayer*>& stack, py::array
         value_error("expected int64 positions of shape (" + std::to_string(B) + ", " + std::to_string(L) + "), got " +
                     shape_str(positions) + " " + dtype_str(positions));
     require_c_contiguous(positions, "positions");
+    // one pair of rotary tables, or a list of them that the layers pick from (DecoderLayer's rope_table)
+    auto tables = [](const py::object& o) {
+        std::vector<py::array> out;
+        if (py::isinstance<py::list>(o) || py::isinstance<py::tuple>(o)) {
+            for (const py::handle h : o) out.push_back(h.cast<py::array>());
+        } else {
+            out.push_back(o.cast<py::array>());
+        }
+        return out;
+    };
+    const std::vector<py::array> cos = tables(cos_obj), sin = tables(sin_obj);
+    if (cos.empty() || cos.size() != sin.size())
+        value_error("expected as many sin tables as cos tables, at least one; got " + std::to_string(cos.size()) +
+                    " and " + std::to_string(sin.size()));
     const int64_t half = l0.rot / 2;
-    for (const py::array* t : {&cos, &sin}) {
-        require_f32(*t, "cos/sin");
-        require_c_contiguous(*t, "cos/sin");
-        if (t->ndim() != 2 || t->shape(1) != half || t->shape(0) != cos.shape(0))
-            value_error("expected cos and sin tables of shape (positions, " + std::to_string(half) + "), got " +
-                        shape_str(*t));
+    int64_t n_pos = cos[0].shape(0);
+    std::vector<layers::RopeTables> ropes;
+    for (std::size_t i = 0; i < cos.size(); ++i) {
+        for (const py::array* t : {&cos[i], &sin[i]}) {
+            require_f32(*t, "cos/sin");
+            require_c_contiguous(*t, "cos/sin");
+            if (t->ndim() != 2 || t->shape(1) != half || t->shape(0) != cos[i].shape(0))
+                value_error("expected cos and sin tables of shape (positions, " + std::to_string(half) + "), got " +
+                            shape_str(*t));
+        }
+        n_pos = std::min(n_pos, cos[i].shape(0));
+        ropes.push_back(layers::RopeTables{f32(cos[i]), f32(sin[i])});
     }
-    const int64_t n_pos = cos.shape(0);
+    for (const DecoderLayer* d : stack)
+        if (d->layer().rope >= static_cast<int>(ropes.size()))
+            value_error("a layer reads rotary table " + std::to_string(d->layer().rope) + " of " +
+                        std::to_string(ropes.size()));
     const auto* pos = static_cast<const int64_t*>(positions.data());
     for (int64_t i = 0; i < M; ++i)
         if (pos[i] < 0 || pos[i] >= n_pos)
@@ -307,24 +343,26 @@ py::array decoder_stack(const std::vector<const DecoderLayer*>& stack, py::array
         kp = static_cast<const uint8_t*>(keep.data());
     }
     int64_t W = 0, Eq = 0, F = 0;
+    bool post = false;
     for (const DecoderLayer* d : stack) {
         W = std::max(W, d->qkv_width());
         Eq = std::max(Eq, d->layer().out.w->K());
         F = std::max(F, d->layer().down.w->K());
+        post = post || d->layer().post_attn_norm || d->layer().post_ffn_norm;
     }
     py::array pending = empty_f32({B, L, E});
     py::array sn = empty_f32({M, E}), sqkv = empty_f32({M, W}), sctx = empty_f32({M, Eq}), sgu = empty_f32({M, 2 * F});
-    py::array sff = empty_f32({M, F});
-    const layers::DecoderScratch s{f32_mut(sn), f32_mut(sqkv), f32_mut(sctx), f32_mut(sgu), f32_mut(sff)};
-    const layers::RopeTables rope{f32(cos), f32(sin)};
+    py::array sff = empty_f32({M, F}), so = empty_f32({post ? M : 1, E});
+    const layers::DecoderScratch s{f32_mut(sn),  f32_mut(sqkv), f32_mut(sctx),
+                                   f32_mut(sgu), f32_mut(sff),  post ? f32_mut(so) : nullptr};
     float* xp = f32_mut(x);
     float* pp = f32_mut(pending);
     std::vector<const layers::DecoderLayer*> ptrs;
     for (const DecoderLayer* d : stack) ptrs.push_back(&d->layer());
     {
         py::gil_scoped_release nogil;
-        layers::decoder_stack(ptrs.data(), static_cast<int64_t>(n), B, L, xp, pp, pos, rope, caches.data(), past, kp,
-                              s);
+        layers::decoder_stack(ptrs.data(), static_cast<int64_t>(n), B, L, xp, pp, pos, ropes.data(), caches.data(),
+                              past, kp, s);
     }
     return pending;
 }
@@ -337,18 +375,28 @@ void bind_layers(py::module_& m) {
                              "query attention over a KV cache, SwiGLU. qkv (E -> (H + 2 Hkv) D), out (H D -> E),\n"
                              "gate_up (E -> 2F: gate rows, then up rows) and down (F -> E) are PackedLinear objects\n"
                              "(qkv may be three: Q, K and V apart, each of its own weight type);\n"
-                             "q_norm / k_norm (D,): an RMSNorm of each query / key head before RoPE (Qwen3), or None.")
+                             "q_norm / k_norm (D,): an RMSNorm of each query / key head before RoPE (Qwen3, Gemma 3),\n"
+                             "or None; post_attn_norm / post_ffn_norm (E,): RMSNorms of the attention's and the FFN's\n"
+                             "outputs before the residual add (Gemma), or None; scale: of the attention's scores\n"
+                             "(None: 1 / sqrt(D)); window: a sliding window of keys (0: none); activation: of the\n"
+                             "FFN's gate ('silu': SwiGLU, 'gelu_tanh': GeGLU); rope_table: which of decoder_stack's\n"
+                             "rotary tables the layer reads.")
         .def(py::init<const py::object&, const py::object&, const py::object&, const py::object&, const py::array&,
-                      const py::array&, float, int64_t, int64_t, int64_t, bool, const py::object&, const py::object&>(),
+                      const py::array&, float, int64_t, int64_t, int64_t, bool, const py::object&, const py::object&,
+                      const py::object&, const py::object&, const py::object&, int64_t, const std::string&, int>(),
              py::arg("qkv"), py::arg("out"), py::arg("gate_up"), py::arg("down"), py::arg("attn_norm"),
              py::arg("ffn_norm"), py::arg("eps"), py::arg("num_heads"), py::arg("num_kv_heads"), py::arg("rotary_dim"),
-             py::arg("interleaved"), py::arg("q_norm") = py::none(), py::arg("k_norm") = py::none());
+             py::arg("interleaved"), py::arg("q_norm") = py::none(), py::arg("k_norm") = py::none(),
+             py::arg("post_attn_norm") = py::none(), py::arg("post_ffn_norm") = py::none(),
+             py::arg("scale") = py::none(), py::arg("window") = 0, py::arg("activation") = "silu",
+             py::arg("rope_table") = 0);
     m.def("decoder_stack", &decoder_stack, py::arg("layers"), py::arg("x"), py::arg("positions"), py::arg("cos"),
           py::arg("sin"), py::arg("cache_k"), py::arg("cache_v"), py::arg("past"),
           py::arg("key_padding_mask") = py::none(),
           "Runs the DecoderLayer list over x (B, L, E) in place (the residual stream) and returns the last layer's\n"
           "FFN output (B, L, E), which the caller adds before the final norm. positions (B, L) int64 index the\n"
-          "rotary tables cos / sin (n_pos, rotary_dim / 2); cache_k / cache_v: per layer (B, Hkv, capacity, D),\n"
+          "rotary tables cos / sin (n_pos, rotary_dim / 2), or lists of such tables that the layers pick from\n"
+          "(rope_table); cache_k / cache_v: per layer (B, Hkv, capacity, D),\n"
           "all float32 or all float16 (written rounded to nearest; attention widens them as it reads),\n"
           "positions [past, past + L) are written; key_padding_mask (B, past + L) bool, True = padding.");
     py::class_<EncoderLayer>(m, "EncoderLayer",

@@ -147,7 +147,8 @@ void rope(const py::object& xo, const py::array& positions, const py::array& cos
     ops::rope(xp, B, L, H, sb, sl, sh, pos, f32(cos_table), f32(sin_table), 2 * half, interleaved);
 }
 
-py::array swiglu(const py::array& gu) {
+py::array swiglu(const py::array& gu, const std::string& activation) {
+    const kernels::Activation act = parse_activation(activation);
     check_rows_input(gu, "gate_up");
     const int64_t n = gu.shape(gu.ndim() - 1), rows = static_cast<int64_t>(gu.size()) / n;
     if (n % 2) value_error("expected gate_up of shape (..., 2 F) ([gate | up]), got " + shape_str(gu));
@@ -157,24 +158,12 @@ py::array swiglu(const py::array& gu) {
     const float* gp = f32(gu);
     float* yp = f32_mut(y);
     py::gil_scoped_release nogil;
-    ops::swiglu(gp, yp, rows, n / 2);
+    ops::swiglu(gp, yp, rows, n / 2, act);
     return y;
 }
 
 py::array activation(const py::array& x, const std::string& kind, const py::object& bias) {
-    kernels::Activation act;
-    if (kind == "relu")
-        act = kernels::Activation::relu;
-    else if (kind == "gelu")
-        act = kernels::Activation::gelu_erf;
-    else if (kind == "gelu_tanh")
-        act = kernels::Activation::gelu_tanh;
-    else if (kind == "silu")
-        act = kernels::Activation::silu;
-    else if (kind == "none")
-        act = kernels::Activation::none;
-    else
-        value_error("unknown activation '" + kind + "': expected one of relu, gelu, gelu_tanh, silu, none");
+    const kernels::Activation act = parse_activation(kind);
     check_rows_input(x, "x");
     const int64_t n = x.shape(x.ndim() - 1);
     py::array kb;
@@ -200,8 +189,9 @@ void bind_ops(py::module_& m) {
     m.def("topk", &topk, py::arg("x"), py::arg("k"),
           "(values, indices) of the k largest entries over the last axis of a C-contiguous float32 array, largest\n"
           "first; ties keep the lower index first, NaN ranks below every number.");
-    m.def("swiglu", &swiglu, py::arg("gate_up"),
-          "silu(gate) * up for gate_up (..., 2 F) = [gate | up] (the two projections of a SwiGLU FFN in one GEMM).");
+    m.def("swiglu", &swiglu, py::arg("gate_up"), py::arg("activation") = "silu",
+          "act(gate) * up for gate_up (..., 2 F) = [gate | up] (the two projections of a gated FFN in one GEMM):\n"
+          "activation 'silu' (SwiGLU, Llama), 'gelu_tanh' (GeGLU, Gemma), or another of activation()'s.");
     m.def("rope", &rope, py::arg("x"), py::arg("positions"), py::arg("cos"), py::arg("sin"),
           py::arg("interleaved") = false,
           "Rotary position embedding in place on x (B, L, H, D) (last axis contiguous; heads may be strided views):\n"

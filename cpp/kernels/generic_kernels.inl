@@ -418,10 +418,26 @@ inline typename V::reg act_silu(typename V::reg x) {
     return V::mul(x, V::div(num, den));
 }
 
-void silu_mul(const float* g, const float* u, float* y, int64_t n) {
+template <typename F>
+inline void gate_mul_impl(const float* g, const float* u, float* y, int64_t n, F f) {
     int64_t j = 0;
-    for (; j + V::W <= n; j += V::W) V::store(y + j, V::mul(act_silu(V::load(g + j)), V::load(u + j)));
-    if (j < n) V::store_n(y + j, V::mul(act_silu(V::load_n(g + j, n - j)), V::load_n(u + j, n - j)), n - j);
+    for (; j + V::W <= n; j += V::W) V::store(y + j, V::mul(f(V::load(g + j)), V::load(u + j)));
+    if (j < n) V::store_n(y + j, V::mul(f(V::load_n(g + j, n - j)), V::load_n(u + j, n - j)), n - j);
+}
+
+void gate_mul(const float* g, const float* u, float* y, int64_t n, Activation act) {
+    switch (act) {
+        case Activation::none:
+            return gate_mul_impl(g, u, y, n, [](typename V::reg v) { return v; });
+        case Activation::relu:
+            return gate_mul_impl(g, u, y, n, act_relu);
+        case Activation::gelu_erf:
+            return gate_mul_impl(g, u, y, n, act_gelu_erf);
+        case Activation::gelu_tanh:
+            return gate_mul_impl(g, u, y, n, act_gelu_tanh);
+        case Activation::silu:
+            return gate_mul_impl(g, u, y, n, act_silu);
+    }
 }
 
 template <typename F>
@@ -738,7 +754,7 @@ KernelSet make_kernel_set(const char* name, int mc, int kc, int nc, Int8Kernels 
     ks.layer_norm = &layer_norm_row;
     ks.rms_norm = &rms_norm_row;
     ks.rotate = &rotate_pairs;
-    ks.silu_mul = &silu_mul;
+    ks.gate_mul = &gate_mul;
     ks.bias_act = &bias_act;
     ks.tanh_dot = &tanh_dot;
     ks.fma_loop = &fma_loop;

@@ -267,8 +267,9 @@ struct KernelSet {
     void (*layer_norm)(const float* x, float* y, const float* w, const float* b, int64_t n, float eps);
     // y = x / sqrt(mean(x^2) + eps) * w  (w may be null: 1); y may alias x
     void (*rms_norm)(const float* x, float* y, const float* w, int64_t n, float eps);
-    // y = silu(g) * u over n floats (SwiGLU's gate times up); y may alias g or u
-    void (*silu_mul)(const float* g, const float* u, float* y, int64_t n);
+    // y = act(g) * u over n floats (a gated FFN's gate times up: silu for SwiGLU, gelu_tanh for GeGLU); y may alias g
+    // or u
+    void (*gate_mul)(const float* g, const float* u, float* y, int64_t n, Activation act);
     // Rotation of n pairs (a[i], b[i]) by the angles whose cos and sin are c[i], s[i]:
     //   a' = a c - b s,  b' = a s + b c  (in place; a and b do not overlap)
     void (*rotate)(float* a, float* b, const float* c, const float* s, int64_t n);

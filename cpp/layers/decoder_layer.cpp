@@ -59,6 +59,7 @@ ops::AttentionArgs attention_args(const DecoderLayer& l, int64_t B, int64_t L, c
     }
     a.causal = true;
     a.causal_offset = past;
+    a.window = l.window;
     a.scale = l.scale;
     // a bfloat16 model's prefill products in bfloat16 too; not an int8 or 4-bit one's (gemm::bf16_attention): over 30
     // layers of SmolLM2 that took the min logit cosine to float32 from 0.987 to 0.969 (tests/test_llama.py)
@@ -73,6 +74,16 @@ void norm_heads(const DecoderLayer& l, int64_t M, float* qkv, int64_t h0, int64_
     for (int64_t h = h0; h < std::min(h1, l.heads + l.kv_heads); ++h) {
         const float* w = h < l.heads ? l.q_norm : l.k_norm;
         if (w) ops::rms_norm(qkv + h * D, W, qkv + h * D, W, M, D, w, l.eps);
+    }
+}
+
+// A post-norm (Gemma's sandwich): x (M, E) += RMSNorm(o) with weight w, or x = RMSNorm(o) when !add; o is
+// normalised in place.
+void post_norm(float* x, float* o, int64_t M, int64_t E, const float* w, float eps, bool add = true) {
+    const kernels::KernelSet& ks = cpu::active();
+    for (int64_t r = 0; r < M; ++r) {
+        ks.rms_norm(o + r * E, add ? o + r * E : x + r * E, w, E, eps);
+        if (add) ks.add(x + r * E, o + r * E, E);
     }
 }
 
@@ -120,7 +131,8 @@ constexpr int kSteps = 7;
 // and W_down (added to x in the GEMM's epilogue, beta = 1, instead of in the next norm), and chunks of the FFN width
 // (gate and up columns, then SwiGLU on them). The norms are computed by every thread into its own buffer, and each
 // thread quantizes a product's input once for all the chunks it takes. Five barriers per layer; nothing else
-// synchronises.
+// synchronises. A layer with post-norms (Gemma) writes W_o's and W_down's outputs to s.o instead, and one thread
+// normalises and adds them once all columns are there: two barriers more.
 void layer_team(const DecoderLayer& l, int64_t B, int64_t L, float* x, float* out, float beta_out,
                 const int64_t* positions, const RopeTables& rope, const LayerCache& cache, int64_t past,
                 const uint8_t* key_padding, const DecoderScratch& s, float* n, const Steal* steps) {
@@ -162,9 +174,15 @@ void layer_team(const DecoderLayer& l, int64_t B, int64_t L, float* x, float* ou
 #pragma omp barrier
     const gemm::ColsInput cq = gemm::cols_input(M, s.ctx, Eq, *l.out.w);
     const gemm::Epilogue out_ep{l.out.bias, kernels::Activation::none};
-    steal_cols(steps[4], *l.out.w, E,
-               [&](int64_t c0, int64_t c1) { gemm::gemm_cols(cq, *l.out.w, x, E, 1.0f, out_ep, c0, c1); });
+    float* attn_out = l.post_attn_norm ? s.o : x;  // x += W_o ctx in the epilogue unless a post-norm comes between
+    steal_cols(steps[4], *l.out.w, E, [&](int64_t c0, int64_t c1) {
+        gemm::gemm_cols(cq, *l.out.w, attn_out, E, l.post_attn_norm ? 0.0f : 1.0f, out_ep, c0, c1);
+    });
 #pragma omp barrier
+    if (l.post_attn_norm) {
+#pragma omp single
+        post_norm(x, s.o, M, E, l.post_attn_norm, l.eps);  // (the single's barrier follows)
+    }
     ops::rms_norm(x, E, n, E, M, E, l.ffn_norm, l.eps);
     const gemm::ColsInput gq = gemm::cols_input(M, n, E, *l.gate_up.w);
     const gemm::Epilogue gu{l.gate_up.bias, kernels::Activation::none};
@@ -172,14 +190,20 @@ void layer_team(const DecoderLayer& l, int64_t B, int64_t L, float* x, float* ou
         gemm::gemm_cols(gq, *l.gate_up.w, s.gu, 2 * F, 0.0f, gu, f0, f1);
         gemm::gemm_cols(gq, *l.gate_up.w, s.gu, 2 * F, 0.0f, gu, F + f0, F + f1);
         for (int64_t r = 0; r < M; ++r)
-            ks.silu_mul(s.gu + r * 2 * F + f0, s.gu + r * 2 * F + F + f0, s.ff + r * F + f0, f1 - f0);
+            ks.gate_mul(s.gu + r * 2 * F + f0, s.gu + r * 2 * F + F + f0, s.ff + r * F + f0, f1 - f0, l.act);
     });
 #pragma omp barrier
     const gemm::ColsInput fq = gemm::cols_input(M, s.ff, F, *l.down.w);
     const gemm::Epilogue down_ep{l.down.bias, kernels::Activation::none};
+    float* ffn_out = l.post_ffn_norm ? s.o : out;
+    const float beta = l.post_ffn_norm ? 0.0f : beta_out;
     steal_cols(steps[6], *l.down.w, E,
-               [&](int64_t c0, int64_t c1) { gemm::gemm_cols(fq, *l.down.w, out, E, beta_out, down_ep, c0, c1); });
+               [&](int64_t c0, int64_t c1) { gemm::gemm_cols(fq, *l.down.w, ffn_out, E, beta, down_ep, c0, c1); });
 #pragma omp barrier
+    if (l.post_ffn_norm) {
+#pragma omp single
+        post_norm(out, s.o, M, E, l.post_ffn_norm, l.eps, beta_out != 0.0f);  // the last layer's output alone
+    }
 }
 
 std::atomic<int64_t> g_team_rows{8};
@@ -196,12 +220,13 @@ void set_team_rows(int64_t rows) {
 }
 
 void decoder_stack(const DecoderLayer* const* layers, int64_t count, int64_t B, int64_t L, float* x, float* pending,
-                   const int64_t* positions, const RopeTables& rope, const LayerCache* caches, int64_t past,
+                   const int64_t* positions, const RopeTables* ropes, const LayerCache* caches, int64_t past,
                    const uint8_t* key_padding, const DecoderScratch& s) {
     const int64_t M = B * L;
     if (M > team_rows()) {
         for (int64_t i = 0; i < count; ++i)
-            decoder_layer(*layers[i], B, L, x, pending, i > 0, positions, rope, caches[i], past, key_padding, s);
+            decoder_layer(*layers[i], B, L, x, pending, i > 0, positions, ropes[layers[i]->rope], caches[i], past,
+                          key_padding, s);
         return;
     }
     const int64_t E = layers[0]->out.w->N();
@@ -217,8 +242,8 @@ void decoder_stack(const DecoderLayer* const* layers, int64_t count, int64_t B, 
             const bool last = i + 1 == count;  // the last layer's FFN output goes to `pending`, the others into x
             Steal steps[kSteps];
             for (int k = 0; k < kSteps; ++k) steps[k] = Steal{taken.get() + (kSteps * i + k) * nt, tid, nth, steal};
-            layer_team(*layers[i], B, L, x, last ? pending : x, last ? 0.0f : 1.0f, positions, rope, caches[i], past,
-                       key_padding, s, n, steps);
+            layer_team(*layers[i], B, L, x, last ? pending : x, last ? 0.0f : 1.0f, positions, ropes[layers[i]->rope],
+                       caches[i], past, key_padding, s, n, steps);
         }
     }
 }
@@ -242,11 +267,17 @@ void decoder_layer(const DecoderLayer& l, int64_t B, int64_t L, float* x, float*
     write_cache(l, B, L, cache, past, s.qkv, 0, Hkv, true);
     const ops::AttentionArgs a = attention_args(l, B, L, cache, past, key_padding, s);
     ops::scaled_dot_product_attention(a);
-    project(l.out, M, s.ctx, x, 1.0f);  // x += W_o ctx
+    if (l.post_attn_norm) {
+        project(l.out, M, s.ctx, s.o);
+        post_norm(x, s.o, M, E, l.post_attn_norm, l.eps);  // x += RMSNorm_post(W_o ctx)
+    } else {
+        project(l.out, M, s.ctx, x, 1.0f);  // x += W_o ctx
+    }
     ops::rms_norm(x, E, s.n, E, M, E, l.ffn_norm, l.eps);
     project(l.gate_up, M, s.n, s.gu);  // (M, 2F)
-    ops::swiglu(s.gu, s.ff, M, F);
+    ops::swiglu(s.gu, s.ff, M, F, l.act);
     project(l.down, M, s.ff, pending);
+    if (l.post_ffn_norm) ops::rms_norm(pending, E, pending, E, M, E, l.post_ffn_norm, l.eps);
 }
 
 }  // namespace pyattn::layers

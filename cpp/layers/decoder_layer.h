@@ -6,8 +6,13 @@
 //   q, k, v = W_qkv n            one GEMM; RoPE on q and k where they lie, at the rows' positions (after an RMSNorm of
 //                                each q and k head over its D values where the layer has q_norm / k_norm: Qwen3)
 //   cache[past .. past + L) = k, v
-//   x += W_o Attn(q, cache)      causal from `past`, key padding, query head h reads K/V head h / (H / Hkv)
-//   pending = W_down (silu(W_gate m) * W_up m),  m = RMSNorm_ffn(x)
+//   x += W_o Attn(q, cache)      causal from `past` (within a sliding window where the layer has one: Gemma's local
+//                                layers), key padding, query head h reads K/V head h / (H / Hkv)
+//   pending = W_down (act(W_gate m) * W_up m),  m = RMSNorm_ffn(x); act silu (SwiGLU) or gelu_tanh (GeGLU: Gemma)
+//
+// Gemma's sandwich norms: where the layer has post_attn_norm / post_ffn_norm, the attention's and the FFN's outputs
+// are each RMS-normalised before they are added to the residual stream (x += RMSNorm_post(W_o Attn(...)), pending =
+// RMSNorm_post_ffn(W_down ...)).
 //
 // Shapes (W_qkv may be three matrices, DecoderLayer::qkv): x, pending (B, L, E) contiguous; positions (B, L); the cache
 // of a layer is k, v (B, Hkv, capacity, D), positions [0, past + L) valid after the call; key_padding (B, past + L)
@@ -29,12 +34,17 @@ struct DecoderLayer {
     Projection out, gate_up, down;
     const float* attn_norm;  // E floats
     const float* ffn_norm;
-    const float* q_norm = nullptr;  // D floats, or null: no norm of the query heads (Qwen3 has one, Llama not)
-    const float* k_norm = nullptr;  // D floats, or null: of the key heads
+    const float* q_norm = nullptr;          // D floats, or null: no norm of the query heads (Qwen3 has one, Llama not)
+    const float* k_norm = nullptr;          // D floats, or null: of the key heads
+    const float* post_attn_norm = nullptr;  // E floats, or null: the attention's output added as it is
+    const float* post_ffn_norm = nullptr;   // E floats, or null: the FFN's output added as it is
     float eps;
     int64_t heads, kv_heads, head_dim, rot;
-    bool interleaved;  // RoPE pairs (2i, 2i + 1) as GGUF stores Q / K, else (i, i + rot / 2) as Hugging Face
-    float scale;
+    bool interleaved;    // RoPE pairs (2i, 2i + 1) as GGUF stores Q / K, else (i, i + rot / 2) as Hugging Face
+    float scale;         // of the attention's scores
+    int64_t window = 0;  // a sliding window: keys a query sees at most (0: all before it)
+    kernels::Activation act = kernels::Activation::silu;  // of the FFN's gate
+    int rope = 0;                                         // the rotary tables of the stack this layer reads
 };
 
 struct RopeTables {
@@ -52,6 +62,7 @@ struct LayerCache {
 
 struct DecoderScratch {
     float *n, *qkv, *ctx, *gu, *ff;  // (M, E), (M, (H + 2 Hkv) D), (M, H D), (M, 2F), (M, F); M = B L
+    float* o;                        // (M, E): a sub-layer's output before its post-norm (layers with post-norms)
 };
 
 // Up to team_rows() rows (B L; default 8, at most gemm::kSmallM) decoder_stack runs as one parallel region (a
@@ -70,9 +81,10 @@ void decoder_layer(const DecoderLayer& l, int64_t B, int64_t L, float* x, float*
                    const uint8_t* key_padding, const DecoderScratch& s);
 
 // The `count` layers over x (B, L, E) in place; pending: out, the last layer's FFN output (the caller adds it before
-// the final norm). Layer i reads and writes caches[i]. Layers share E (and the scratch sized for the largest).
+// the final norm). Layer i reads and writes caches[i] and rotates with ropes[layers[i]->rope] (Gemma's local and
+// global layers have tables of their own). Layers share E (and the scratch sized for the largest).
 void decoder_stack(const DecoderLayer* const* layers, int64_t count, int64_t B, int64_t L, float* x, float* pending,
-                   const int64_t* positions, const RopeTables& rope, const LayerCache* caches, int64_t past,
+                   const int64_t* positions, const RopeTables* ropes, const LayerCache* caches, int64_t past,
                    const uint8_t* key_padding, const DecoderScratch& s);
 
 }  // namespace pyattn::layers

