@@ -959,6 +959,21 @@ class LlamaModel(Module):
             return Linear(w, b, name, dtype or "int8")
 
         self.vocab = c.vocab_size
+        self.norm = weights.vector("norm", d)
+        # The output table first: it is the largest matrix (Gemma 3 1B's Q8_0 table, 320 MB), and its read-out copy
+        # and packed copy are held at once while it is packed; before the layers, that peak does not add to theirs.
+        # The load's peak resident memory, built after the layers -> first (benchmarks/synthetic_gguf.py files,
+        # Q4_K_M): Gemma-3-1B-shaped 1268 -> 950 MiB, Llama-3.2-1B-shaped 1382 -> 977, for 925 and 920 held.
+        self.lm_head = linear(["embed" if c.tied_embeddings else "lm_head"], [(self.vocab, d)])
+        # The embedding table: when the output projection holds it exactly (tied: the same int8 blocks, or float32),
+        # rows are looked up in the packed projection rather than held twice (SmolLM2: 32 MB; a float32 Hugging Face
+        # model: 4 bytes per weight). Otherwise the table as stored when it is Q8_0 / Q4_0 (int8 blocks: a quarter
+        # of float32), rows dequantized on lookup, or float32.
+        self._embedding = None
+        exact = self.lm_head.storage == "float32" or weights.file_name("embed") in as_stored
+        if not (c.tied_embeddings and exact):
+            self._embedding = weights.matrix("embed", (self.vocab, d), blocks=True)
+            weights.release("embed")
         self.layers = []
         windows = c.layer_windows or (False,) * n_layers
         for i in range(n_layers):
@@ -991,17 +1006,6 @@ class LlamaModel(Module):
                     window=c.sliding_window if windows[i] else 0,
                 )  # fmt: skip
             )
-        self.norm = weights.vector("norm", d)
-        self.lm_head = linear(["embed" if c.tied_embeddings else "lm_head"], [(self.vocab, d)])
-        # The embedding table: when the output projection holds it exactly (tied: the same int8 blocks, or float32),
-        # rows are looked up in the packed projection rather than held twice (SmolLM2: 32 MB; a float32 Hugging Face
-        # model: 4 bytes per weight). Otherwise the table as stored when it is Q8_0 / Q4_0 (int8 blocks: a quarter
-        # of float32), rows dequantized on lookup, or float32.
-        self._embedding = None
-        exact = self.lm_head.storage == "float32" or weights.file_name("embed") in as_stored
-        if not (c.tied_embeddings and exact):
-            self._embedding = weights.matrix("embed", (self.vocab, d), blocks=True)
-            weights.release("embed")
         weights.finish(c.tied_embeddings)
         # the token ids generation reads (eos_token_id: one id or a list)
         self.config = {"bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_id, "pad_token_id": c.pad_token_id}
