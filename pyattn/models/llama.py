@@ -290,10 +290,22 @@ ARCHITECTURES = {
     "gemma3_text": Architecture(gguf=False, head_norms=True, gemma=True),
 }
 GGUF_ARCHITECTURES = tuple(a for a, how in ARCHITECTURES.items() if how.gguf)
-GEMMA_WINDOW_PATTERN = (
-    6  # Gemma 3: every sixth layer global, the others windowed (llama.cpp's and transformers' default)
-)
+# Gemma 3: every sixth layer global, the others windowed (llama.cpp's and transformers' default); their rotary base
+GEMMA_WINDOW_PATTERN = 6
 GEMMA_LOCAL_ROPE_BASE = 10000.0
+
+
+def gemma_fields(windowed, d: int, attn_scale: float, local_rope_base: float) -> dict:
+    """LlamaConfig's Gemma 3 fields, whichever file they come from: the layers with a sliding window (`windowed`, one
+    bool each) and their rotary base, the scores' scale, embeddings times sqrt(d), sandwich norms, GeGLU."""
+    return dict(
+        layer_windows=tuple(windowed),
+        local_rope_base=local_rope_base,
+        embed_scale=math.sqrt(d),
+        post_norms=True,
+        activation="gelu_tanh",
+        attn_scale=attn_scale,
+    )
 
 
 def gguf_config(f: GGUFFile) -> LlamaConfig:
@@ -382,14 +394,8 @@ def gguf_config(f: GGUFFile) -> LlamaConfig:
         if window is None:
             raise ValueError(f"{src}: metadata has no {arch}.attention.sliding_window")
         pattern = meta("attention.sliding_window_pattern", GEMMA_WINDOW_PATTERN)
-        gemma = dict(
-            layer_windows=tuple(bool((i + 1) % pattern) for i in range(n_layers)),
-            local_rope_base=GEMMA_LOCAL_ROPE_BASE,
-            embed_scale=math.sqrt(d),
-            post_norms=True,
-            activation="gelu_tanh",
-            attn_scale=1 / math.sqrt(d / H if n_layers == 62 else D),
-        )
+        windowed = [bool((i + 1) % pattern) for i in range(n_layers)]
+        gemma = gemma_fields(windowed, d, 1 / math.sqrt(d / H if n_layers == 62 else D), GEMMA_LOCAL_ROPE_BASE)
     return LlamaConfig(
         num_layers=n_layers,
         d_model=d,
@@ -438,11 +444,17 @@ class HFWeights(LlamaWeights):
         **{p: f"model.layers.{{i}}.mlp.{p}_proj.weight" for p in ("gate", "up", "down")},
         **{f"{p}_bias": f"model.layers.{{i}}.mlp.{p}_proj.bias" for p in ("gate", "up", "down")},
     }
+    # Gemma 3's names of the norms around the FFN (its post_attention_layernorm follows the attention)
+    GEMMA_NAMES = {
+        "ffn_norm": "model.layers.{i}.pre_feedforward_layernorm.weight",
+        "post_attn_norm": "model.layers.{i}.post_attention_layernorm.weight",
+        "post_ffn_norm": "model.layers.{i}.post_feedforward_layernorm.weight",
+    }
 
     def __init__(self, tensors, source: str, gemma: bool = False):
         self.w, self.source = Weights(tensors, source), source
         self.gemma = gemma
-        if gemma:  # Gemma's names of the norms around the FFN (its post_attention_layernorm follows the attention)
+        if gemma:
             self.NAMES = {**self.NAMES, **self.GEMMA_NAMES}
 
     def _get(self, role, shape) -> np.ndarray:
@@ -453,12 +465,6 @@ class HFWeights(LlamaWeights):
         if tuple(t.shape) != tuple(shape):
             raise ValueError(f"{self.source}: tensor '{name}' has shape {tuple(t.shape)}, expected {tuple(shape)}")
         return np.ascontiguousarray(t, np.float32)
-
-    GEMMA_NAMES = {
-        "ffn_norm": "model.layers.{i}.pre_feedforward_layernorm.weight",
-        "post_attn_norm": "model.layers.{i}.post_attention_layernorm.weight",
-        "post_ffn_norm": "model.layers.{i}.post_feedforward_layernorm.weight",
-    }
 
     def matrix(self, role, shape, blocks=False):
         return self._get(role, shape)
@@ -548,12 +554,12 @@ def _rope_settings(cfg: dict, source: str) -> Tuple[float, Optional[dict]]:
     return float(base), out
 
 
-def _gemma_settings(cfg: dict, source: str, n_layers: int) -> dict:
-    """Gemma 3's LlamaConfig fields from its config.json (model_type gemma3_text), with "window" and "global_rope" (a
-    config whose rope settings are the global layers', for _rope_settings) to be taken out: the sliding window and
-    which layers have it (layer_types, or every sliding_window_pattern-th layer global), the local layers' rotary
-    base (transformers >= 5: rope_parameters per layer type; before: rope_local_base_freq), the scores' scale
-    (query_pre_attn_scalar ** -0.5). Soft-capping (Gemma 2's) and bidirectional attention are refused."""
+def _gemma_settings(cfg: dict, source: str, n_layers: int) -> Tuple[dict, int, dict]:
+    """Gemma 3's config.json (model_type gemma3_text) as (a config holding the global layers' rope settings, for
+    _rope_settings; the sliding window; LlamaConfig's Gemma fields: which layers have the window (layer_types, or
+    every sliding_window_pattern-th layer global), the local layers' rotary base (transformers >= 5: rope_parameters
+    per layer type; before: rope_local_base_freq), the scores' scale (query_pre_attn_scalar ** -0.5), ...).
+    Soft-capping (Gemma 2's) and bidirectional attention are refused."""
     for key in ("attn_logit_softcapping", "final_logit_softcapping"):
         if cfg.get(key) is not None:
             raise ValueError(f"{source}: {key} is not supported (Gemma 2's soft-capping)")
@@ -585,16 +591,9 @@ def _gemma_settings(cfg: dict, source: str, n_layers: int) -> dict:
     scalar = cfg.get("query_pre_attn_scalar", 256)
     if not is_number(scalar) or not 0 < scalar < math.inf:
         raise ValueError(f"{source}: config 'query_pre_attn_scalar' must be a positive number, got {scalar!r}")
-    return dict(
-        window=require(cfg, "sliding_window", source),
-        global_rope=global_rope,
-        layer_windows=tuple(t == "sliding_attention" for t in types),
-        local_rope_base=float(local_base),
-        embed_scale=math.sqrt(require(cfg, "hidden_size", source)),
-        post_norms=True,
-        activation="gelu_tanh",
-        attn_scale=float(scalar) ** -0.5,
-    )
+    windowed = [t == "sliding_attention" for t in types]
+    fields = gemma_fields(windowed, require(cfg, "hidden_size", source), float(scalar) ** -0.5, float(local_base))
+    return global_rope, require(cfg, "sliding_window", source), fields
 
 
 def _token_ids(cfg: dict, key: str, source: str, many: bool = False):
@@ -642,22 +641,17 @@ def hf_config(cfg: dict, source: str, generation: Optional[dict] = None) -> Llam
         if not arch.partial_rotary or not is_number(partial) or not 0 < partial < 1 or int(D * partial) % 2:
             raise ValueError(f"{source}: partial_rotary_factor {partial!r} is not supported for {kind}")
         rot = int(D * partial)
-    gemma = _gemma_settings(cfg, source, require(cfg, "num_hidden_layers", source)) if arch.gemma else {}
-    if arch.gemma:  # the global layers' rotary settings; the local ones' base in gemma["local_rope_base"]
-        base, scaling = _rope_settings(gemma.pop("global_rope"), source)
-    else:
-        base, scaling = _rope_settings(cfg, source)
+    # Gemma 3: the global layers' rotary settings here, the local layers' base among its fields
+    rope_cfg, window, gemma = _gemma_settings(cfg, source, n_layers) if arch.gemma else (cfg, None, {})
+    base, scaling = _rope_settings(rope_cfg, source)
     context = require(cfg, "max_position_embeddings", source) if "max_position_embeddings" in cfg else 2048
-    window = None
-    if arch.gemma:
-        window = gemma.pop("window")
-    elif not arch.window:  # Qwen2 / Qwen3 configs say whether their sliding_window is used
+    if not (arch.window or arch.gemma):  # Qwen2 / Qwen3 configs say whether their sliding_window is used
         layer_types = cfg.get("layer_types") or []
         if not isinstance(layer_types, list):
             raise ValueError(f"{source}: config 'layer_types' must be a list, got {layer_types!r:.60}")
         if flag(cfg, "use_sliding_window", False, source) or any(t != "full_attention" for t in layer_types):
             raise ValueError(f"{source}: {kind} with a sliding window (use_sliding_window) is not supported")
-    elif cfg.get("sliding_window") is not None:
+    elif arch.window and cfg.get("sliding_window") is not None:
         window = require(cfg, "sliding_window", source)
     eps = number(cfg, "rms_norm_eps", 1e-6, source)
     ids = dict(cfg)
