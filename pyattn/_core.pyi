@@ -113,7 +113,8 @@ class DecoderLayer:
     outputs before the residual add (Gemma), or None; scale: of the attention's scores
     (None: 1 / sqrt(D)); window: a sliding window of keys (0: none); activation: of the
     FFN's gate ('silu': SwiGLU, 'gelu_tanh': GeGLU); rope_table: which of decoder_stack's
-    rotary tables the layer reads.
+    rotary tables the layer reads; softcap: the scores soft-capped by tanh (Gemma 2), 0:
+    not.
     """
     def __init__(
         self,
@@ -136,6 +137,7 @@ class DecoderLayer:
         window: int = 0,
         activation: str = "silu",
         rope_table: int = 0,
+        softcap: float = 0.0,
     ) -> None: ...
 
 class EncoderLayer:

@@ -89,14 +89,17 @@ def attention_bias(B, H, Lq, Lk, attn_mask=None, key_padding_mask=None, is_causa
     return bias
 
 
-def sdpa(q, k, v, attn_mask=None, key_padding_mask=None, is_causal=False, scale=None, three_d="batch"):
-    """Returns (out, weights) in float64; a fully masked query row gives zeros in both."""
+def sdpa(q, k, v, attn_mask=None, key_padding_mask=None, is_causal=False, scale=None, three_d="batch", softcap=None):
+    """Returns (out, weights) in float64; a fully masked query row gives zeros in both. softcap: the scaled scores
+    become softcap tanh(s / softcap) before the masks (Gemma 2)."""
     q, k, v = f64(q), f64(k), f64(v)
     B, H, Lq, D = q.shape
     Lk = k.shape[2]
     scale = 1.0 / np.sqrt(D) if scale is None else scale
     with np.errstate(invalid="ignore"):
         s = q @ np.swapaxes(k, -1, -2) * scale
+        if softcap:
+            s = softcap * np.tanh(s / softcap)
         # bool masks and the causal mask replace a hidden score by -inf (whatever it was, NaN included, as torch's
         # masked_fill); float masks are added
         floats = [m if m is not None and np.asarray(m).dtype != bool else None for m in (attn_mask, key_padding_mask)]

@@ -15,7 +15,8 @@ from pyattn import functional as F
 ISAS = pyattn.cpu_info()["available_isas"]
 E, H, HKV, FF, ROT, BASE, EPS = 48, 6, 2, 80, 6, 10000.0, 1e-5
 D = E // H
-LOCAL_BASE, WINDOW, SCALE = 100.0, 3, 0.3  # Gemma-style layers: the windowed ones' rotary base, the window, the scale
+# Gemma-style layers: the windowed ones' rotary base, the window, the scale, the global ones' soft cap (Gemma 2's)
+LOCAL_BASE, WINDOW, SCALE, SOFTCAP = 100.0, 3, 0.3, 1.5
 
 
 @pytest.fixture(params=ISAS)
@@ -29,7 +30,7 @@ def isa(request):
 def make_layers(rng, n=2, head_norms=False, gemma=False):
     """n layers' float32 weights; head_norms: with Qwen3's q_norm / k_norm (D,) too; gemma: as Gemma 3's, with
     q_norm / k_norm and post-norms (E,), GeGLU, the scores scaled by SCALE, and every other layer (the first) windowed
-    with rotary tables of base LOCAL_BASE."""
+    with rotary tables of base LOCAL_BASE, the others' scores soft-capped at SOFTCAP (as Gemma 2's)."""
     layers = []
     for _ in range(n):
         layers.append(
@@ -50,6 +51,8 @@ def make_layers(rng, n=2, head_norms=False, gemma=False):
     if gemma:
         for i, lr in enumerate(layers):
             lr.update(scale=SCALE, activation="gelu_tanh", window=WINDOW if i % 2 == 0 else 0)
+            if i % 2:
+                lr["softcap"] = SOFTCAP
     return layers
 
 
@@ -86,8 +89,9 @@ def reference(layers, x, positions, pad, interleaved, kv_half=False):
             k, v = k.astype(np.float16).astype(np.float64), v.astype(np.float16).astype(np.float64)
         k, v = np.repeat(k, H // HKV, 2), np.repeat(v, H // HKV, 2)  # the reference repeats; the kernel does not
         far = np.subtract.outer(np.arange(L), np.arange(L)) >= window if window else None  # key j <= i - window
-        ctx, _ = sdpa(q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), attn_mask=far,
-                      key_padding_mask=pad, is_causal=True, scale=lr.get("scale"))  # fmt: skip
+        q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
+        ctx, _ = sdpa(q, k, v, attn_mask=far, key_padding_mask=pad, is_causal=True, scale=lr.get("scale"),
+                      softcap=lr.get("softcap"))  # fmt: skip
         attn = ctx.transpose(0, 2, 1, 3).reshape(B, L, H * D) @ lr["o"].T
         x = x + (rms(attn, lr["post_attn_norm"]) if "post_attn_norm" in lr else attn)
         gu = rms(x, lr["ffn_norm"]) @ lr["gate_up"].T
@@ -118,7 +122,7 @@ def fused(layers, interleaved, storage="float32"):
             _core.PackedLinear(lr["down"], None, storage if isinstance(storage, str) else storage[0]),
             lr["attn_norm"], lr["ffn_norm"], EPS, H, HKV, ROT, interleaved, lr.get("q_norm"), lr.get("k_norm"),
             lr.get("post_attn_norm"), lr.get("post_ffn_norm"), lr.get("scale"), lr.get("window", 0),
-            lr.get("activation", "silu"), int(lr.get("window", 0) > 0),
+            lr.get("activation", "silu"), int(lr.get("window", 0) > 0), lr.get("softcap", 0.0),
         )
         for lr in layers
     ]  # fmt: skip

@@ -66,12 +66,12 @@ GEMMA_NORMS = {
 
 def write_gguf(model, path, arch: str, extra: dict | None = None) -> None:
     """`model`'s float32 weights as a GGUF of architecture `arch`, with a vocabulary of placeholder tokens (so that
-    llama.cpp, which needs one, loads the file too); `extra` tensors are added as they are. gemma3: the norms stored
-    as 1 + w, the global layers' rotary settings and the window in the metadata (the local layers' base and the
-    layer pattern are llama.cpp's own rules)."""
+    llama.cpp, which needs one, loads the file too); `extra` tensors are added as they are. gemma2 / gemma3: the norms
+    stored as 1 + w, the global layers' rotary settings, the window and the soft caps in the metadata (the local
+    layers' base and the layer pattern are llama.cpp's own rules)."""
     cfg = model.config
     sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
-    gemma = arch == "gemma3"
+    gemma = arch in ("gemma2", "gemma3")
     if gemma:  # the converter's 1 + w
         sd = {k: v + 1 if "norm" in k else v for k, v in sd.items()}
     rope = cfg.rope_parameters.get("full_attention", cfg.rope_parameters)  # Gemma 3's are per layer type
@@ -91,6 +91,9 @@ def write_gguf(model, path, arch: str, extra: dict | None = None) -> None:
     if rope.get("rope_type") == "linear":
         w.add_string(f"{arch}.rope.scaling.type", "linear")
         w.add_float32(f"{arch}.rope.scaling.factor", float(rope["factor"]))
+    for key in ("attn_logit_softcapping", "final_logit_softcapping"):  # Gemma 2's
+        if getattr(cfg, key, None):
+            w.add_float32(f"{arch}.{key}", float(getattr(cfg, key)))
     w.add_uint32(f"{arch}.rope.dimension_count", int(D * getattr(cfg, "partial_rotary_factor", 1.0)))
     if getattr(cfg, "sliding_window", None):
         w.add_uint32(f"{arch}.attention.sliding_window", cfg.sliding_window)

@@ -154,7 +154,7 @@ public:
                  const py::array& attn_norm, const py::array& ffn_norm, float eps, int64_t num_heads,
                  int64_t num_kv_heads, int64_t rotary_dim, bool interleaved, const py::object& q_norm,
                  const py::object& k_norm, const py::object& post_attn_norm, const py::object& post_ffn_norm,
-                 const py::object& scale, int64_t window, const std::string& activation, int rope_table)
+                 const py::object& scale, int64_t window, const std::string& activation, int rope_table, float softcap)
         : refs_{py::isinstance<py::list>(qkv) || py::isinstance<py::tuple>(qkv) ? py::object(py::tuple(qkv)) : qkv, out,
                 gate_up, down} {
         layers::DecoderLayer& l = l_;
@@ -204,7 +204,9 @@ public:
         }
         if (window < 0) value_error("window must be >= 0 (0: none), got " + std::to_string(window));
         if (rope_table < 0) value_error("rope_table must be >= 0, got " + std::to_string(rope_table));
+        if (!(softcap >= 0.0f) || !std::isfinite(softcap)) value_error("softcap must be finite and >= 0 (0: none)");
         l.window = window;
+        l.softcap = softcap;
         l.act = parse_activation(activation);
         l.rope = rope_table;
         l.eps = eps;
@@ -380,16 +382,18 @@ void bind_layers(py::module_& m) {
                              "outputs before the residual add (Gemma), or None; scale: of the attention's scores\n"
                              "(None: 1 / sqrt(D)); window: a sliding window of keys (0: none); activation: of the\n"
                              "FFN's gate ('silu': SwiGLU, 'gelu_tanh': GeGLU); rope_table: which of decoder_stack's\n"
-                             "rotary tables the layer reads.")
+                             "rotary tables the layer reads; softcap: the scores soft-capped by tanh (Gemma 2), 0:\n"
+                             "not.")
         .def(py::init<const py::object&, const py::object&, const py::object&, const py::object&, const py::array&,
                       const py::array&, float, int64_t, int64_t, int64_t, bool, const py::object&, const py::object&,
-                      const py::object&, const py::object&, const py::object&, int64_t, const std::string&, int>(),
+                      const py::object&, const py::object&, const py::object&, int64_t, const std::string&, int,
+                      float>(),
              py::arg("qkv"), py::arg("out"), py::arg("gate_up"), py::arg("down"), py::arg("attn_norm"),
              py::arg("ffn_norm"), py::arg("eps"), py::arg("num_heads"), py::arg("num_kv_heads"), py::arg("rotary_dim"),
              py::arg("interleaved"), py::arg("q_norm") = py::none(), py::arg("k_norm") = py::none(),
              py::arg("post_attn_norm") = py::none(), py::arg("post_ffn_norm") = py::none(),
              py::arg("scale") = py::none(), py::arg("window") = 0, py::arg("activation") = "silu",
-             py::arg("rope_table") = 0);
+             py::arg("rope_table") = 0, py::arg("softcap") = 0.0f);
     m.def("decoder_stack", &decoder_stack, py::arg("layers"), py::arg("x"), py::arg("positions"), py::arg("cos"),
           py::arg("sin"), py::arg("cache_k"), py::arg("cache_v"), py::arg("past"),
           py::arg("key_padding_mask") = py::none(),

@@ -294,6 +294,14 @@ void scale_row(float* x, int64_t n, float s) {
     if (j < n) V::store_n(x + j, V::mul(V::load_n(x + j, n - j), vs), n - j);
 }
 
+void softcap_row(float* x, int64_t n, float cap) {
+    const typename V::reg vc = V::set1(cap), vi = V::set1(1.0f / cap);
+    for (int64_t j = 0; j < n; j += V::W) {
+        const int64_t r = n - j < V::W ? n - j : V::W;
+        V::store_n(x + j, V::mul(V::tanh(V::mul(V::load_n(x + j, r), vi)), vc), r);
+    }
+}
+
 void add_scalar(const float* x, float* y, int64_t n, float s) {
     const typename V::reg vs = V::set1(s);
     int64_t j = 0;
@@ -747,6 +755,7 @@ KernelSet make_kernel_set(const char* name, int mc, int kc, int nc, Int8Kernels 
     ks.max = &row_max;
     ks.exp_sum = &exp_sum;
     ks.scale = &scale_row;
+    ks.softcap = &softcap_row;
     ks.add_scalar = &add_scalar;
     ks.axpy = &axpy;
     ks.mask_bool = &mask_bool;

@@ -259,6 +259,7 @@ struct KernelSet {
     // y = exp(x - shift); returns sum(y); y may alias x
     float (*exp_sum)(const float* x, float* y, int64_t n, float shift);
     void (*scale)(float* x, int64_t n, float s);                       // x *= s
+    void (*softcap)(float* x, int64_t n, float cap);                   // x = cap tanh(x / cap) (Gemma 2's scores)
     void (*add_scalar)(const float* x, float* y, int64_t n, float s);  // y = x + s; y may alias x
     void (*axpy)(float* y, const float* x, int64_t n, float a);        // y += a * x
     void (*mask_bool)(float* s, const uint8_t* masked, int64_t n);     // s[j] = -inf where masked[j] != 0

@@ -60,6 +60,7 @@ ops::AttentionArgs attention_args(const DecoderLayer& l, int64_t B, int64_t L, c
     a.causal = true;
     a.causal_offset = past;
     a.window = l.window;
+    a.softcap = l.softcap;
     a.scale = l.scale;
     // a bfloat16 model's prefill products in bfloat16 too; not an int8 or 4-bit one's (gemm::bf16_attention): over 30
     // layers of SmolLM2 that took the min logit cosine to float32 from 0.987 to 0.969 (tests/test_llama.py)

@@ -43,6 +43,7 @@ struct DecoderLayer {
     bool interleaved;    // RoPE pairs (2i, 2i + 1) as GGUF stores Q / K, else (i, i + rot / 2) as Hugging Face
     float scale;         // of the attention's scores
     int64_t window = 0;  // a sliding window: keys a query sees at most (0: all before it)
+    float softcap = 0;   // the scores soft-capped by tanh to (-softcap, softcap) (Gemma 2), 0: not
     kernels::Activation act = kernels::Activation::silu;  // of the FFN's gate
     int rope = 0;                                         // the rotary tables of the stack this layer reads
 };

