@@ -157,3 +157,14 @@ def test_llama_cpp_reads_the_same_files_alike(gemma):
     for p, theirs in zip(PROMPTS, llama_cpp_logits(path, PROMPTS)):
         assert np.abs(theirs - logits(ref, [p])[0]).max() < 2e-2
         assert np.abs(theirs - model(np.array([p]))["logits"][0]).max() < 2e-2
+
+
+def test_a_gemma2_gguf_without_caps_takes_llama_cpps(tmp_path):
+    """llama.cpp soft-caps Gemma 2 at 50 (scores) and 30 (logits) when the file does not say (Gemma 2's own)."""
+    from pyattn.io.gguf import read_gguf
+    from pyattn.models.llama import gguf_config
+
+    ref = build("gemma2", {**GEMMA, "attn_logit_softcapping": None, "final_logit_softcapping": None})
+    write_gguf(ref, tmp_path / "m.gguf", "gemma2")
+    config = gguf_config(read_gguf(tmp_path / "m.gguf"))
+    assert (config.attn_softcap, config.final_softcap) == (50.0, 30.0)

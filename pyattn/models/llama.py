@@ -300,6 +300,7 @@ GGUF_ARCHITECTURES = tuple(a for a, how in ARCHITECTURES.items() if how.gguf)
 GEMMA_WINDOW_PATTERN = {2: 2, 3: 6}
 GEMMA_LOCAL_ROPE_BASE = 10000.0
 GEMMA_27B_LAYERS = {2: 46, 3: 62}
+GEMMA2_SOFTCAPS = {"attn": 50.0, "final": 30.0}  # llama.cpp's for a gemma2 file without the keys (Gemma 2's own)
 
 
 def gemma_fields(windowed, d: int, attn_scale: float, local_rope_base, attn_softcap=None, final_softcap=None) -> dict:
@@ -409,10 +410,9 @@ def gguf_config(f: GGUFFile) -> LlamaConfig:
         pattern = meta("attention.sliding_window_pattern", GEMMA_WINDOW_PATTERN[generation])
         windowed = [bool((i + 1) % pattern) for i in range(n_layers)]
         scale = 1 / math.sqrt(d / H if n_layers == GEMMA_27B_LAYERS[generation] else D)
-        caps = [f.get(f"{arch}.{k}_logit_softcapping") for k in ("attn", "final")]
-        for key, cap in zip(("attn", "final"), caps):
-            if cap is not None and (not is_number(cap) or not 0 < cap < math.inf):
-                raise ValueError(f"{src}: {arch}.{key}_logit_softcapping must be a positive number, got {cap!r}")
+        caps = [None, None]  # llama.cpp soft-caps Gemma 2 only
+        if generation == 2:
+            caps = [meta(f"{k}_logit_softcapping", cap, float) for k, cap in GEMMA2_SOFTCAPS.items()]
         local = GEMMA_LOCAL_ROPE_BASE if generation == 3 else None
         gemma = gemma_fields(windowed, d, scale, local, *caps)
     return LlamaConfig(
