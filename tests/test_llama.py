@@ -320,7 +320,7 @@ def write_tiny_llama(path, matrices: dict, rng) -> dict:
 def test_k_quant_files_load(tmp_path, kinds):
     """A file of mixed types (as llama.cpp's Q4_K_M files are: Q4_K with Q6_K for some tensors) loads: float32 gives
     the values gguf's reference dequantizer gives; the default holds Q4_K / Q5_K as 4- / 5-bit blocks, Q5_0 / Q5_1 as
-    stored, Q6_K as q6_k, and the other K-quants as int8 blocks, close to it."""
+    stored, Q6_K and Q3_K as q6_k, and Q2_K as int8 blocks, close to it."""
     a, b, c = kinds
     rng = np.random.default_rng(0)
     types = {"attn_q": a, "attn_k": a, "attn_v": b, "attn_output": c, "ffn_gate": a, "ffn_up": a, "ffn_down": b}
@@ -334,15 +334,17 @@ def test_k_quant_files_load(tmp_path, kinds):
     layer = default.layers[0]
     # Q4_K / Q5_K: their values read in place by the block GEMM, as Q4_1 / Q5_1 blocks (io.gguf.q4_k_as_q4_1, ...)
     stored = {"Q4_K": "q4_1", "Q5_K": "q5_1", "Q5_0": "q5_0", "Q5_1": "q5_1", "Q4_0": "q4_0", "Q6_K": "q6_k"}
+    stored["Q3_K"] = "q6_k"
     assert layer.gate_up.storage == stored.get(a, "int8")
-    if a in stored and b in stored:  # Q, K of one type and V of another: three matrices, each as stored
-        assert [q.storage for q in layer.qkv] == [stored[a], stored[a], stored[b]]
-        np.testing.assert_array_equal(layer.qkv[2].weight, values["attn_v"])  # Q6_K / Q4_0: the file's values
+    if a in stored or b in stored:  # Q, K of one type and V of another: three matrices, each as stored
+        assert [q.storage for q in layer.qkv] == [stored.get(a, "int8")] * 2 + [stored.get(b, "int8")]
+        if b in stored:  # Q6_K / Q3_K / Q4_0: the file's values
+            np.testing.assert_array_equal(layer.qkv[2].weight, values["attn_v"])
     else:
         assert layer.qkv.storage == "int8"
     assert layer.o.storage == stored.get(c, "int8")
     assert layer.down.storage == stored.get(b, "int8")
-    if b == "Q6_K":  # its values and sub-scales re-laid, nothing rounded (io.gguf.q6_k_as_q6)
+    if b in ("Q6_K", "Q3_K"):  # their values and sub-scales re-laid, nothing rounded (io.gguf.q6_k_as_q6, q3_k_as_q6)
         np.testing.assert_array_equal(layer.down.weight, values["ffn_down"])
     if c in ("Q5_0", "Q4_0"):  # held as stored: exactly the file's values
         np.testing.assert_array_equal(layer.o.weight, values["attn_output"])

@@ -1,5 +1,6 @@
 """q6_k: GGUF's Q6_K values (6 bits, a float16 scale per 256 weights and an int8 one per 16) as a weight type of
-PackedLinear, re-laid per block of 32 by pyattn.io.gguf.q6_k_as_q6 and read by the GEMM in place.
+PackedLinear, re-laid per block of 32 by pyattn.io.gguf.q6_k_as_q6 (and Q3_K's by q3_k_as_q6) and read by the GEMM
+in place.
 
 `q6_model` is kernels.h's Q6_K formula in numpy: activations quantized per block of 32 as for int8, each half's exact
 integer sums, their int32 combination with the sub-scales, one float step per block -- every kernel set must give its
@@ -11,7 +12,7 @@ from test_weight_types import ISAS, data, on_one_and_two_threads, quantize_block
 
 import pyattn
 from pyattn import _core
-from pyattn.io.gguf import q6_k_as_q6
+from pyattn.io.gguf import q3_k_as_q6, q6_k_as_q6
 
 gguf = pytest.importorskip("gguf")
 
@@ -75,6 +76,25 @@ def test_relaid_bytes_hold_ggufs_values(rng):
     assert out.shape == (rows, n // 32 * 28) and out.dtype == np.uint8
     u, d, sc = q6_values(out, n)
     assert u.min() == 0 and u.max() == 63
+    values = d[..., None] * (np.repeat(sc, 16, -1) * (u - 32)).astype(np.float32)
+    np.testing.assert_array_equal(values.reshape(rows, n), want)
+    for isa in ISAS:
+        pyattn.set_isa(isa)
+        np.testing.assert_array_equal(_core.PackedLinear.from_gguf(out, "q6_k", n).weight(), want)
+
+
+def test_q3_k_relaid_as_q6_k_holds_ggufs_values(rng):
+    """Q3_K's 3-bit values (v in [-4, 3]) and 6-bit scales (sc - 32) are q6_k values u = v + 32 and int8 sub-scales:
+    the same weights as gguf's dequantizer, on every kernel set."""
+    rows, n = 7, 768
+    raw = rng.integers(0, 256, (rows, n // 256, 110), dtype=np.uint8)
+    d = (rng.uniform(2e-4, 1e-3, (rows, n // 256)) * rng.choice([-1, 1], (rows, n // 256))).astype(np.float16)
+    raw[..., 108:110] = d.view(np.uint8).reshape(rows, n // 256, 2)
+    raw = raw.reshape(rows, -1)
+    want = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType.Q3_K).reshape(rows, n)
+    out = q3_k_as_q6(raw, n)
+    u, d, sc = q6_values(out, n)
+    assert (u.min(), u.max(), sc.min(), sc.max()) == (28, 35, -32, 31)  # every value and scale drawn
     values = d[..., None] * (np.repeat(sc, 16, -1) * (u - 32)).astype(np.float32)
     np.testing.assert_array_equal(values.reshape(rows, n), want)
     for isa in ISAS:

@@ -283,24 +283,69 @@ def q6_k_as_q6(raw: np.ndarray, n: int) -> np.ndarray:
     A Q6_K super-block of 256 weights holds 128 bytes ql of low 4 bits, 64 bytes qh of high 2 bits, 16 int8 scales
     (one per 16 weights, in order) and a float16 d; weight = d sc (q - 32). In each half h of 128 weights, value l <
     32 of its four runs of 32 takes the low nibble of ql[64 h + l] (run 0), of ql[64 h + 32 + l] (run 1), their high
-    nibbles (runs 2, 3), and bits 0-1, 2-3, 4-5, 6-7 of qh[32 h + l] as its top two bits. As q6_k, per block of 32:
-    d, the scales of its two halves, its fifth and sixth bits (bit k of weight k), its low 4 bits (k in the low
-    nibble of byte k, 16 + k in its high one) -- nothing rounded. Rows are re-laid a slice at a time, so that a large
-    table (Llama 3.2's 128256 x 2048 embeddings) needs little memory beyond its result."""
+    nibbles (runs 2, 3), and bits 0-1, 2-3, 4-5, 6-7 of qh[32 h + l] as its top two bits. Re-laid by _as_q6 --
+    nothing rounded."""
+    shifts = (2 * np.arange(4, dtype=np.uint8))[:, None]
+
+    def values(blk):  # (rows, nsb, 210) -> the 6-bit values (rows, nsb, 256), d's bytes, the int8 scales' bytes
+        rows, nsb = blk.shape[:2]
+        ql = blk[..., :128].reshape(rows, nsb, 2, 2, 32)
+        qh = blk[..., 128:192].reshape(rows, nsb, 2, 1, 32)
+        low = np.stack([ql & 15, ql >> 4], 3).reshape(rows, nsb, 2, 4, 32)  # runs: both low nibbles, then high
+        return (low | (((qh >> shifts) & 3) << 4)).reshape(rows, nsb, 256), blk[..., 208:210], blk[..., 192:208]
+
+    return _as_q6(raw, n, 210, values)
+
+
+def q3_k_as_q6(raw: np.ndarray, n: int) -> np.ndarray:
+    """Q3_K rows (rows, n / 256 * 110 bytes) as pyattn's q6_k rows (rows, n / 32 * 28 bytes) of the same values
+    (0.875 bytes per weight, against 1.0625 as int8 blocks, which would also round them again).
+
+    A Q3_K super-block of 256 weights holds 32 bytes hmask of high bits, 64 bytes qs of low 2 bits, 12 bytes of 16
+    6-bit scales (one per 16 weights) and a float16 d; weight = d (sc - 32) v, v = (low 2 bits) - (4 unless the high
+    bit is set), in [-4, 3]. In each half h of 128 weights, value k < 32 of its four runs j of 32 takes bits 2j, 2j + 1
+    of qs[32 h + k] and bit 4 h + j of hmask[k]. Scale i < 4 is the low nibble of byte i with bits 0-1 of byte 8 + i
+    on top, scales 4 + i bits 2-3 with byte 4 + i's low nibble, 8 + i and 12 + i the high nibbles of bytes i and 4 + i
+    with bits 4-5 and 6-7. Re-laid by _as_q6 with u = v + 32 (in [28, 35]) and the int8 sub-scale sc - 32 --
+    nothing rounded."""
+    runs = (2 * np.arange(4, dtype=np.uint8))[:, None]  # the low bits' shift per run
+
+    def values(blk):
+        rows, nsb = blk.shape[:2]
+        hm = blk[..., :32].reshape(rows, nsb, 1, 1, 32)
+        qs = blk[..., 32:96].reshape(rows, nsb, 2, 1, 32)
+        high = (hm >> (4 * np.arange(2, dtype=np.uint8)[:, None, None] + np.arange(4, dtype=np.uint8)[:, None])) & 1
+        v = ((qs >> runs) & 3).astype(np.int16) - 4 * (1 - high.astype(np.int16))  # (rows, nsb, 2, 4, 32)
+        b = blk[..., 96:108].astype(np.int16)
+        top = [(b[..., 8:12] >> s) & 3 for s in (0, 2, 4, 6)]
+        sc = np.concatenate(
+            [(b[..., 0:4] & 15) | top[0] << 4, (b[..., 4:8] & 15) | top[1] << 4]
+            + [(b[..., 0:4] >> 4) | top[2] << 4, (b[..., 4:8] >> 4) | top[3] << 4],
+            -1,
+        )
+        u = (v + 32).astype(np.uint8).reshape(rows, nsb, 256)
+        return u, blk[..., 108:110], (sc - 32).astype(np.int8).view(np.uint8)
+
+    return _as_q6(raw, n, 110, values)
+
+
+def _as_q6(raw: np.ndarray, n: int, block_bytes: int, values) -> np.ndarray:
+    """GGUF super-blocks of 256 weights, `block_bytes` each, whose weight is d sc (u - 32) for a float16 d per
+    super-block, an int8 sc per 16 weights and 6-bit u, as pyattn's q6_k rows: per block of 32, d, the scales of its
+    two halves, its fifth and sixth bits (bit k of weight k), its low 4 bits (k in the low nibble of byte k, 16 + k in
+    its high one). values(blocks (rows, nsb, block_bytes)) -> (u (rows, nsb, 256), d's bytes (rows, nsb, 2), the
+    scales' bytes (rows, nsb, 16)). Rows are re-laid a slice at a time, so that a large table (Llama 3.2's 128256 x
+    2048 embeddings) needs little memory beyond its result."""
     rows, nsb = raw.shape[0], n // 256
     out = np.empty((rows, n // 32, 28), np.uint8)
     step = max(1, (1 << 22) // max(n, 1))  # rows per slice: about 4M weights
-    shifts = (2 * np.arange(4, dtype=np.uint8))[:, None]
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
-        blk = raw[r0:r1].reshape(r1 - r0, nsb, 210)
-        ql = blk[..., :128].reshape(r1 - r0, nsb, 2, 2, 32)
-        qh = blk[..., 128:192].reshape(r1 - r0, nsb, 2, 1, 32)
-        low = np.stack([ql & 15, ql >> 4], 3).reshape(r1 - r0, nsb, 2, 4, 32)  # runs: both low nibbles, then high
-        q = (low | (((qh >> shifts) & 3) << 4)).reshape(r1 - r0, n // 32, 32)
+        u, d, sc = values(raw[r0:r1].reshape(r1 - r0, nsb, block_bytes))
+        q = u.reshape(r1 - r0, n // 32, 32)
         o = out[r0:r1]
-        o[..., 0:2] = np.repeat(blk[..., 208:210], 8, axis=1)  # the super-block's d in each of its blocks
-        o[..., 2:4] = blk[..., 192:208].reshape(r1 - r0, n // 32, 2)
+        o[..., 0:2] = np.repeat(d, 8, axis=1)  # the super-block's d in each of its blocks
+        o[..., 2:4] = sc.reshape(r1 - r0, n // 32, 2)
         o[..., 4:8] = _bit_mask(q, 4)
         o[..., 8:12] = _bit_mask(q, 5)
         o[..., 12:] = _nibbles(q)

@@ -23,9 +23,9 @@ checkpoints rotate halves (`LlamaConfig.interleaved_rope`).
 
 Weights from GGUF (dtype=None, the default): as the file stores them -- Q4_0, Q4_1, Q5_0 and Q5_1 tensors as
 pyattn's q4_0 / q4_1 / q5_0 / q5_1 types (the GEMM reads the nibbles and fifth bits in place, activations quantized to
-int8 per block of 32, as llama.cpp computes), Q4_K and Q5_K re-laid as q4_1 / q5_1 blocks, Q6_K as q6_k (its values
-and scales re-laid per block of 32, nothing rounded), Q8_0 as int8 blocks; other types (Q2_K, Q3_K: dequantized by
-llama.cpp's `gguf` package) are held as int8 blocks; Q, K and V of different types are three matrices, each as stored
+int8 per block of 32, as llama.cpp computes), Q4_K and Q5_K re-laid as q4_1 / q5_1 blocks, Q6_K and Q3_K as q6_k
+(their values and scales re-laid per block of 32, nothing rounded), Q8_0 as int8 blocks; Q2_K (dequantized by
+llama.cpp's `gguf` package) is held as int8 blocks; Q, K and V of different types are three matrices, each as stored
 (LlamaLayer.qkv a tuple). dtype="int8"
 holds every matrix as int8 blocks (Q8_0 and Q4_0 exactly, others re-quantized); dtype="float32" holds every matrix
 dequantized, exactly the values transformers' GGUF loader computes. Weights from a Hugging Face folder (float32,
@@ -57,6 +57,7 @@ from ..io.gguf import (
     adds_bos,
     end_ids,
     int8_blocks,
+    q3_k_as_q6,
     q4_k_as_q4_1,
     q5_k_as_q5_1,
     q6_k_as_q6,
@@ -206,7 +207,12 @@ class GGUFWeights(LlamaWeights):
         **{f"{p}_bias": f"blk.{{i}}.attn_{n}.bias" for p, n in (("q", "q"), ("k", "k"), ("v", "v"), ("o", "output"))},
     }
     # K-quants whose values are re-laid as the blocks pyattn reads in place (None from the function: held as int8)
-    RELAID = {"Q4_K": (q4_k_as_q4_1, "q4_1"), "Q5_K": (q5_k_as_q5_1, "q5_1"), "Q6_K": (q6_k_as_q6, "q6_k")}
+    RELAID = {
+        "Q3_K": (q3_k_as_q6, "q6_k"),
+        "Q4_K": (q4_k_as_q4_1, "q4_1"),
+        "Q5_K": (q5_k_as_q5_1, "q5_1"),
+        "Q6_K": (q6_k_as_q6, "q6_k"),
+    }
     # read by gguf_config, not as weights: Llama 3.x's rotary frequency factors, LongRoPE's two sets
     CONFIG_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
 
