@@ -5,6 +5,7 @@ LlamaModel.from_gguf against transformers running the same weights."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -164,6 +165,8 @@ CASES = {
     "llama_attention_bias_hd24": ("llama", dict(num_key_value_heads=2, head_dim=24, attention_bias=True)),
     "qwen3_tied_hd24": ("qwen3", dict(num_key_value_heads=2, head_dim=24, tie_word_embeddings=True)),
     "phi3_partial_rope": ("phi3", dict(num_key_value_heads=2, partial_rotary_factor=0.75, sliding_window=64)),
+    # the window shorter than the prompts: in every layer, as transformers runs Phi-3 (not llama.cpp: test below)
+    "phi3_window": ("phi3", dict(num_key_value_heads=2, sliding_window=4)),
     # Phi-3.5 / Phi-4-mini's LongRoPE: the short factors within the original context (llama.cpp pads n_ctx 64 to 256)
     "phi3_longrope": ("phi3", LONGROPE),
 }
@@ -264,7 +267,7 @@ def test_longrope_needs_both_factor_sets(tmp_path):
         LlamaModel.from_gguf(tmp_path / "m.gguf")
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", [n for n in CASES if n != "phi3_window"])
 def test_llama_cpp_reads_the_same_files_alike(tmp_path, name):
     """The files are what llama.cpp's converter writes: llama.cpp (llama-cpp-python, the bench extra; float32 KV
     cache) gives transformers' logits on them, and so pyattn's. Measured with 0.3.36: within 4.2e-6 of transformers
@@ -277,6 +280,20 @@ def test_llama_cpp_reads_the_same_files_alike(tmp_path, name):
     for p, theirs in zip(PROMPTS, llama_cpp_logits(path, PROMPTS)):
         assert np.abs(theirs - logits(ref, [p])[0]).max() < 1e-4
         assert np.abs(theirs - model(np.array([p]))["logits"][0]).max() < 1e-4
+
+
+def test_llama_cpp_runs_phi3_without_its_window(tmp_path):
+    """llama.cpp 0.3.36 runs a phi3 GGUF with full attention (its log says Phi SWA is disabled): beyond the window it
+    gives the logits of pyattn without the window, not transformers' (which pyattn gives, test above)."""
+    arch, extra = CASES["phi3_window"]
+    ref = build(arch, {**BASE, **extra})
+    path = tmp_path / "m.gguf"
+    write_gguf(ref, path, arch)
+    (theirs,) = llama_cpp_logits(path, PROMPTS[:1])
+    config = gguf_config(read_gguf(path))
+    full = LlamaModel(dataclasses.replace(config, sliding_window=None), GGUFWeights(read_gguf(path)), "float32")
+    assert np.abs(theirs - full(np.array(PROMPTS[:1]))["logits"][0]).max() < 1e-4
+    assert np.abs(theirs - logits(ref, PROMPTS[:1])[0]).max() > 1e-2
 
 
 def test_llama_cpp_takes_the_long_factors_alike(longrope):

@@ -4,6 +4,7 @@ with transformers, saved in float32 and bfloat16, against transformers running t
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import shutil
 
@@ -12,6 +13,8 @@ import pytest
 
 import pyattn
 from pyattn.models import LlamaModel
+from pyattn.models.llama import HFWeights
+from pyattn.models.pretrained import read_weights
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -253,12 +256,22 @@ def test_mistral_and_qwen(tmp_path, kind, extra):
     np.testing.assert_array_equal(model.generate(ids, mask, max_new_tokens=20, pad_token_id=2), want)
 
 
-def test_mistral_sliding_window_is_a_length_limit(tmp_path):
-    save(build("mistral", {**BASE, "num_key_value_heads": 2, "sliding_window": 8}), tmp_path)
+@pytest.mark.parametrize("kind", ["mistral", "phi3"])
+def test_sliding_window_beyond_its_length_matches_transformers(tmp_path, kind):
+    """Mistral's and Phi-3's sliding window in every layer (the fused attention kernel's window): prompts and cached
+    decoding longer than it give transformers' logits and ids; without the window they would not."""
+    ref = build(kind, {**BASE, "num_key_value_heads": 2, "sliding_window": 4})
+    save(ref, tmp_path)
     model = LlamaModel.from_pretrained(tmp_path)
-    model(np.array([PROMPTS[0][:8]]))
-    with pytest.raises(ValueError, match="sliding window of 8"):
-        model(np.array([PROMPTS[0]]))
+    for p in PROMPTS:
+        got, want = model(np.array([p]))["logits"], logits(ref, [p])
+        assert np.abs(got - want).max() < 1e-4, np.abs(got - want).max()
+    with torch.no_grad():
+        want = ref.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=16, do_sample=False, pad_token_id=2).numpy()
+    np.testing.assert_array_equal(model.generate(np.array([PROMPTS[0]]), max_new_tokens=16, pad_token_id=2), want)
+    full = LlamaModel(dataclasses.replace(model.llama_config, sliding_window=None), HFWeights(read_weights(tmp_path),
+                      str(tmp_path)), "float32")  # fmt: skip
+    assert np.abs(full(np.array([PROMPTS[0]]))["logits"] - logits(ref, [PROMPTS[0]])).max() > 1e-2
 
 
 # ----------------------------------------------------------------------------------------------------

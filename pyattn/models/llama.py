@@ -111,8 +111,9 @@ class LlamaConfig:
     mlp_bias: bool = False  # gate, up and down projections with a bias (Llama's mlp_bias)
     head_norms: bool = False  # an RMSNorm of each query and key head before RoPE (Qwen3's q_norm / k_norm)
     fused: bool = False  # Q, K, V stored as one matrix (role qkv) and gate, up as one (gate_up; Phi-3)
-    sliding_window: Optional[int] = None  # keys further back than this are not seen (Mistral): a length limit here
-    # unless layer_windows says which layers have it: a sliding window in those layers' attention (Gemma 3)
+    # keys further back than this are not seen (Mistral, Phi-3, Gemma): in every layer's attention unless
+    # layer_windows says which layers have the window (Gemma)
+    sliding_window: Optional[int] = None
     layer_windows: Optional[Tuple[bool, ...]] = None
     local_rope_base: Optional[float] = None  # the windowed layers' rotary base, unscaled (Gemma 3's local layers)
     embed_scale: Optional[float] = None  # the embeddings multiplied by this (Gemma: sqrt(d_model))
@@ -279,7 +280,7 @@ class Architecture:
     head_norms: bool = False  # an RMSNorm of each Q and K head before RoPE (Qwen3)
     fused: bool = False  # Q/K/V stored as one matrix and gate/up as one (Phi-3)
     partial_rotary: bool = False  # config.json's partial_rotary_factor honoured (Phi-4-mini rotates 3/4 of a head)
-    window: bool = False  # config.json's sliding_window honoured as a limit on the length (Mistral, Phi-3)
+    window: bool = False  # config.json's sliding_window honoured in every layer (Mistral, Phi-3)
     hf: bool = True  # a Hugging Face model_type too
     # Gemma's generation (0: not Gemma). 2 and 3: embeddings scaled by sqrt(d), sandwich norms, GeGLU, layers over a
     # sliding window (Gemma 2: every other one, its scores and logits soft-capped; Gemma 3: five in six, with a rotary
@@ -328,8 +329,9 @@ def gemma_fields(windowed, d: int, attn_scale: float, local_rope_base, attn_soft
 def gguf_config(f: GGUFFile) -> LlamaConfig:
     """The LlamaConfig of a GGUF file of architecture llama, qwen2, qwen3, phi3, gemma2 or gemma3 (its {arch}.*
     metadata; Q/K/V/O biases where the file has them; rope.scaling.type linear; Llama 3.x's frequency factors,
-    rope_freqs.weight, and LongRoPE's as a rope scaling; phi3's sliding window as a limit on the length; Gemma's as
-    the window of every other layer (gemma2) or five in six (gemma3), with llama.cpp's other Gemma rules)."""
+    rope_freqs.weight, and LongRoPE's as a rope scaling; phi3's sliding window in every layer, as transformers runs
+    Phi-3 (llama.cpp 0.3.36 does not: they differ beyond the window); Gemma's as the window of every other layer
+    (gemma2) or five in six (gemma3), with llama.cpp's other Gemma rules)."""
     src = f.path
     arch = f.get("general.architecture")
     if arch not in GGUF_ARCHITECTURES:
@@ -641,8 +643,8 @@ def _token_ids(cfg: dict, key: str, source: str, many: bool = False):
 def hf_config(cfg: dict, source: str, generation: Optional[dict] = None) -> LlamaConfig:
     """The LlamaConfig of a Hugging Face config.json of a model_type in ARCHITECTURES (llama, mistral, qwen2, qwen3,
     phi3, gemma2, gemma3_text; their differences are its rows). A sliding window in use (Qwen's use_sliding_window,
-    layer_types) is refused; Mistral's and Phi-3's sliding_window is honoured as a limit on the length, Gemma's in
-    its windowed layers' attention. `generation`:
+    layer_types) is refused; Mistral's and Phi-3's sliding_window is honoured in every layer's attention, Gemma's in
+    its windowed layers'. `generation`:
     generation_config.json, whose token ids win (as in transformers)."""
     kind = cfg.get("model_type")
     if kind not in MODEL_TYPES:
@@ -917,8 +919,7 @@ class LlamaModel(Module):
         # LongRoPE's long factors for a context beyond the original one, for every position (llama.cpp's choice
         # by n_ctx; transformers' for a forward pass of that length)
         self.long_rope = original is not None and limit > original
-        limited = c.sliding_window is not None and c.layer_windows is None  # a window run as a length limit
-        self.context_length = min(limit, c.sliding_window) if limited else limit
+        self.context_length = limit
         self.interleaved = c.interleaved_rope
         self.heads, self.kv_heads, self.head_dim, self.d_model = H, Hkv, D, d
         dtype = resolve_dtype(dtype)
@@ -999,7 +1000,7 @@ class LlamaModel(Module):
             self._embedding = weights.matrix("embed", (self.vocab, d), blocks=True)
             weights.release("embed")
         self.layers = []
-        windows = c.layer_windows or (False,) * n_layers
+        windows = c.layer_windows or (c.sliding_window is not None,) * n_layers
         for i in range(n_layers):
             p = f"layers.{i}."
             if c.fused:  # one matrix each, as stored
@@ -1201,12 +1202,8 @@ class LlamaModel(Module):
             kwargs["detokenize"] = self.decode
         return _generate(self, input_ids, attention_mask, **kwargs)
 
-    def _rope_positions(self, positions: np.ndarray, total: int) -> None:
-        """Grows the rotary tables to cover `positions`; `total`: the keys attended to (cache and new, padding
-        included), which a sliding window (Mistral) limits."""
-        window = self.llama_config.sliding_window
-        if window is not None and self.llama_config.layer_windows is None and total > window:
-            raise ValueError(f"{total} tokens exceed the sliding window of {window} (longer inputs are not supported)")
+    def _rope_positions(self, positions: np.ndarray) -> None:
+        """Grows the rotary tables to cover `positions`."""
         need = int(positions.max()) + 1
         have = self._ropes[0][0].shape[0]
         if need > have:
@@ -1235,7 +1232,7 @@ class LlamaModel(Module):
         B, L = ids.shape
         past = state.length if state is not None else 0
         pad, positions = F.decoder_inputs((B, L), past, attention_mask, position_ids)
-        self._rope_positions(positions, past + L)
+        self._rope_positions(positions)
         stream = F._c_aligned(self.embed(ids), np.float32)  # (B, L, d): the residual stream (new), updated in place
         if self.llama_config.embed_scale is not None:  # Gemma's, in float32 as transformers and llama.cpp
             stream *= np.float32(self.llama_config.embed_scale)
