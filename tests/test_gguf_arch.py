@@ -283,7 +283,7 @@ def test_llama_cpp_reads_the_same_files_alike(tmp_path, name):
 
 
 def test_llama_cpp_runs_phi3_without_its_window(tmp_path):
-    """llama.cpp 0.3.36 runs a phi3 GGUF with full attention (its log says Phi SWA is disabled): beyond the window it
+    """llama.cpp 0.3.36 runs a phi3 GGUF with full attention (measured here, not looked up): beyond the window it
     gives the logits of pyattn without the window, not transformers' (which pyattn gives, test above)."""
     arch, extra = CASES["phi3_window"]
     ref = build(arch, {**BASE, **extra})

@@ -148,9 +148,10 @@ void direct_task(const KernelSet& ks, const AttentionArgs& a, int64_t t, float* 
     const int64_t G = a.kv_group, Hkv = a.H / G, R = direct_rows(a), blocks = (a.Lq + R - 1) / R;
     const int64_t i = t % blocks * R, rows = std::min(R, a.Lq - i), bg = t / blocks, b = bg / Hkv, h0 = bg % Hkv * G;
     const int64_t end = causal_end(a, i);  // the same for every row of a block (rows > 1: no causal mask)
-    const int64_t j0 = std::max(window_start(a, i), leading_padding(a, b, end));  // keys before either: skipped
-    const int64_t n = end - j0;                                                   // keys [j0, end)
-    if (n == 0) {                                                                 // nothing visible: zeros
+    // keys before the sliding window or the row's leading padding are skipped
+    const int64_t j0 = std::max(window_start(a, i), leading_padding(a, b, end));
+    const int64_t n = end - j0;  // keys [j0, end)
+    if (n == 0) {                // nothing visible: zeros
         for (int64_t h = h0; h < h0 + G; ++h)
             for (int64_t r = i; r < i + rows; ++r) std::fill(out_row(a, b, h, r), out_row(a, b, h, r) + a.Dv, 0.0f);
         return;
