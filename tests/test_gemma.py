@@ -23,7 +23,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from test_gguf_arch import llama_cpp_logits, write_gguf  # noqa: E402
-from test_llama_hf import BASE, PROMPTS, build, left_padded, logits  # noqa: E402
+from test_llama_hf import BASE, PROMPTS, assert_matches, build, left_padded, logits  # noqa: E402
 
 GEMMA = dict(
     BASE,
@@ -87,13 +87,8 @@ def loaded(gemma):
 def test_logits_and_greedy_ids_match_transformers(gemma):
     ref = gemma[0]
     for kind, model in loaded(gemma).items():
-        assert model.llama_config.layer_windows == WINDOWED[ref.config.model_type]
-        for p in PROMPTS:
-            got, want = model(np.array([p]))["logits"], logits(ref, [p])
-            assert np.abs(got - want).max() < 1e-4, (kind, np.abs(got - want).max())
-        with torch.no_grad():
-            want = ref.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=24, do_sample=False, pad_token_id=0)
-        np.testing.assert_array_equal(model.generate(np.array([PROMPTS[0]]), max_new_tokens=24, pad_token_id=0), want)
+        assert model.llama_config.layer_windows == WINDOWED[ref.config.model_type], kind
+        assert_matches(model, ref, steps=24, pad=0)
 
 
 def test_left_padded_batch_matches_transformers(gemma):

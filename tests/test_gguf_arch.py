@@ -19,7 +19,7 @@ gguf = pytest.importorskip("gguf")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from test_llama_hf import BASE, CONFIGS, PROMPTS, build, logits  # noqa: E402  (the same small random models)
+from test_llama_hf import BASE, CONFIGS, PROMPTS, assert_matches, build, logits  # noqa: E402  (the same small random models)
 
 
 def permute(w: np.ndarray, heads: int) -> np.ndarray:
@@ -178,13 +178,7 @@ def test_logits_and_greedy_ids_match_transformers(tmp_path, name):
     arch, extra = CASES[name]
     ref = build(arch, {**BASE, **extra})
     write_gguf(ref, tmp_path / "m.gguf", arch)
-    model = LlamaModel.from_gguf(tmp_path / "m.gguf", dtype="float32")
-    for p in PROMPTS:
-        got, want = model(np.array([p]))["logits"], logits(ref, [p])
-        assert np.abs(got - want).max() < 1e-4, np.abs(got - want).max()
-    with torch.no_grad():
-        want = ref.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=24, do_sample=False, pad_token_id=2).numpy()
-    np.testing.assert_array_equal(model.generate(np.array([PROMPTS[0]]), max_new_tokens=24, pad_token_id=2), want)
+    assert_matches(LlamaModel.from_gguf(tmp_path / "m.gguf", dtype="float32"), ref, steps=24)
 
 
 def test_layout_and_factors_are_needed(tmp_path):
@@ -228,14 +222,12 @@ def test_longrope_takes_the_long_factors_for_a_longer_context(longrope):
     """A context beyond the original 512 takes the long factors for every position, as transformers does for a
     forward pass that long (and llama.cpp for an n_ctx that long); without asking, the context is the original one."""
     ref, path, folder = longrope
-    want = logits(ref, [LONG_PROMPT])
     for model in (
         LlamaModel.from_gguf(path, dtype="float32", context_length=1024),
         LlamaModel.from_pretrained(folder, context_length=1024),
     ):
         assert model.long_rope and model.context_length == 1024
-        got = model(np.array([LONG_PROMPT]))["logits"]
-        assert np.abs(got - want).max() < 1e-4, np.abs(got - want).max()
+        assert_matches(model, ref, [LONG_PROMPT])
     model = LlamaModel.from_gguf(path, dtype="float32")
     assert not model.long_rope and model.context_length == 512
     with pytest.raises(ValueError, match="beyond the 512"):

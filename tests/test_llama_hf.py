@@ -115,6 +115,19 @@ def logits(model, ids, mask=None):
         return model(torch.tensor(ids), **kw).logits.numpy()
 
 
+def assert_matches(model, ref, prompts=PROMPTS, steps: int = 0, pad: int = 2) -> None:
+    """pyattn's `model` gives transformers' `ref`'s logits within 1e-4 on each prompt and, for `steps` > 0, its greedy
+    ids for that many new tokens after the first prompt (pad: the pad_token_id both generate with)."""
+    for p in prompts:
+        got, want = model(np.array([p]))["logits"], logits(ref, [p])
+        assert np.abs(got - want).max() < 1e-4, np.abs(got - want).max()
+    if steps:
+        with torch.no_grad():
+            want = ref.generate(torch.tensor([prompts[0]]), max_new_tokens=steps, do_sample=False, pad_token_id=pad)
+        got = model.generate(np.array([prompts[0]]), max_new_tokens=steps, pad_token_id=pad)
+        np.testing.assert_array_equal(got, want.numpy())
+
+
 def left_padded(prompts, pad):
     L = max(map(len, prompts))
     ids = np.array([[pad] * (L - len(p)) + p for p in prompts])
@@ -126,10 +139,7 @@ def left_padded(prompts, pad):
 def test_float32_file_matches_transformers(folders, name):
     ref, f32, _, _ = folders[name]
     model = LlamaModel.from_pretrained(f32, dtype="float32")
-    for p in PROMPTS:
-        want = logits(ref, [p])
-        got = model(np.array([p]))["logits"]
-        assert np.abs(got - want).max() < 1e-4, np.abs(got - want).max()
+    assert_matches(model, ref)
     # a left-padded batch: each row as alone (positions count real tokens only)
     ids, mask = left_padded(PROMPTS, 0)
     got = model(ids, mask, np.maximum(np.cumsum(mask, 1) - 1, 0))["logits"]
@@ -140,10 +150,7 @@ def test_float32_file_matches_transformers(folders, name):
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_bfloat16_file_equals_transformers_upcast(folders, name):
     _, _, bf16, ref16 = folders[name]
-    model = LlamaModel.from_pretrained(bf16, dtype="float32")
-    for p in PROMPTS:
-        got, want = model(np.array([p]))["logits"], logits(ref16, [p])
-        assert np.abs(got - want).max() < 1e-4, np.abs(got - want).max()
+    assert_matches(LlamaModel.from_pretrained(bf16, dtype="float32"), ref16)
 
 
 def test_bfloat16_values_are_widened_exactly(folders):
@@ -245,9 +252,7 @@ def test_mistral_and_qwen(tmp_path, kind, extra):
     save(ref, tmp_path)
     model = pyattn.from_pretrained(tmp_path, dtype="float32")
     assert isinstance(model, LlamaModel)
-    for p in PROMPTS:
-        got, want = model(np.array([p]))["logits"], logits(ref, [p])
-        assert np.abs(got - want).max() < 1e-4, np.abs(got - want).max()
+    assert_matches(model, ref)
     ids, mask = left_padded(PROMPTS, 2)
     with torch.no_grad():
         want = ref.generate(
@@ -263,12 +268,7 @@ def test_sliding_window_beyond_its_length_matches_transformers(tmp_path, kind):
     ref = build(kind, {**BASE, "num_key_value_heads": 2, "sliding_window": 4})
     save(ref, tmp_path)
     model = LlamaModel.from_pretrained(tmp_path)
-    for p in PROMPTS:
-        got, want = model(np.array([p]))["logits"], logits(ref, [p])
-        assert np.abs(got - want).max() < 1e-4, np.abs(got - want).max()
-    with torch.no_grad():
-        want = ref.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=16, do_sample=False, pad_token_id=2).numpy()
-    np.testing.assert_array_equal(model.generate(np.array([PROMPTS[0]]), max_new_tokens=16, pad_token_id=2), want)
+    assert_matches(model, ref, steps=16)
     full = LlamaModel(dataclasses.replace(model.llama_config, sliding_window=None), HFWeights(read_weights(tmp_path),
                       str(tmp_path)), "float32")  # fmt: skip
     assert np.abs(full(np.array([PROMPTS[0]]))["logits"] - logits(ref, [PROMPTS[0]])).max() > 1e-2
