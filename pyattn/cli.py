@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from .precision import COMPUTE_TYPES
+from .precision import COMPUTE_TYPES, WEIGHT_TYPES
 
 
 def _info(args) -> int:
@@ -465,7 +465,7 @@ def main(argv=None) -> int:
     p.add_argument(
         "--dtype",
         default=None,
-        choices=["float32", "float16", "bfloat16", "int8", "q4_0", "q4_1", "q5_0", "q5_1", "q6_k", "auto"],
+        choices=[*WEIGHT_TYPES, "auto"],
         help="weight type of the matrices (default: the file's blocks as stored, as llama.cpp reads them)",
     )
     p.add_argument(

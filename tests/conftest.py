@@ -30,6 +30,14 @@ def threads(request):
 
 
 @pytest.fixture
+def restore_isa():
+    """For tests that loop over kernel sets themselves (pyattn.set_isa): the previous one restored."""
+    before = pyattn.get_isa()
+    yield
+    pyattn.set_isa(before)
+
+
+@pytest.fixture
 def restore_threads():
     before = pyattn.get_num_threads()
     yield

@@ -8,7 +8,13 @@ from GGUF bytes can be checked against each other.
 
 import numpy as np
 import pytest
-from test_weight_types import ISAS, data, int8_model, on_one_and_two_threads, quantize_blocks
+from test_weight_types import (
+    ISAS,
+    check_threads_activation_nan,
+    data,
+    int8_model,
+    quantize_blocks,
+)
 
 import pyattn
 from pyattn import _core
@@ -28,11 +34,7 @@ def offset(kind):  # of the kinds without a minimum: W = d (u - offset)
     return 16 if kind == "q5_0" else 8
 
 
-@pytest.fixture(autouse=True)
-def restore_isa():
-    isa = pyattn.get_isa()
-    yield
-    pyattn.set_isa(isa)
+pytestmark = pytest.mark.usefixtures("restore_isa")  # (conftest.py)
 
 
 def gguf_blocks(w: np.ndarray, kind: str):
@@ -151,13 +153,7 @@ def test_threads_edges_activation_and_sizes(rng):
         lin = _core.PackedLinear(w, b, kind)
         assert lin.storage == kind
         assert lin.nbytes == 8 * 8 * block_bytes[kind] + 61 * 4  # 8 panels x 8 blocks, the bias
-        np.testing.assert_array_equal(*on_one_and_two_threads(lambda: lin(x)))
-        pre = lin(x)
-        np.testing.assert_array_equal(lin(x, "relu"), np.maximum(pre, 0))
-        y = x.copy()
-        y[3, 40] = np.nan
-        out = lin(y)
-        assert np.isnan(out[3]).all() and np.isfinite(np.delete(out, 3, 0)).all()
+        check_threads_activation_nan(lin, x)
 
 
 def test_from_gguf_refuses_bad_input(rng):
@@ -167,7 +163,7 @@ def test_from_gguf_refuses_bad_input(rng):
         _core.PackedLinear.from_gguf(raw, "q4_1", 32)
     with pytest.raises(ValueError, match="multiple of 32"):
         _core.PackedLinear.from_gguf(raw, "q4_0", 16)
-    with pytest.raises(ValueError, match="'q4_0', 'q4_1', 'q5_0', 'q5_1' or 'q6_k'"):
+    with pytest.raises(ValueError, match="'q4_0', 'q4_1', 'q5_0', 'q5_1', 'q6_k', 'q4_k' or 'q5_k'"):
         _core.PackedLinear.from_gguf(raw, "q8_0", 32)
     with pytest.raises(ValueError, match=r"expected raw of shape \(4, 22\)"):
         _core.PackedLinear.from_gguf(raw, "q5_0", 32)

@@ -8,7 +8,7 @@ bits. The re-laid bytes must hold the values the `gguf` package (llama.cpp's rea
 
 import numpy as np
 import pytest
-from test_weight_types import ISAS, data, on_one_and_two_threads, quantize_blocks
+from test_weight_types import ISAS, check_raw_blocks, check_threads_activation_nan, data, quantize_blocks
 
 import pyattn
 from pyattn import _core
@@ -19,11 +19,7 @@ gguf = pytest.importorskip("gguf")
 SHAPES = [(1, 256, 1), (1, 512, 9), (3, 256, 16), (6, 768, 40), (7, 256, 33), (16, 512, 24), (40, 256, 70)]
 
 
-@pytest.fixture(autouse=True)
-def restore_isa():
-    isa = pyattn.get_isa()
-    yield
-    pyattn.set_isa(isa)
+pytestmark = pytest.mark.usefixtures("restore_isa")  # (conftest.py)
 
 
 def random_q6_k(rng, rows: int, n: int) -> np.ndarray:
@@ -109,15 +105,7 @@ def test_the_same_bits_on_every_kernel_set(shape, rng):
     raw = q6_k_as_q6(random_q6_k(rng, n, k), k)
     u, d, sc = q6_values(raw, k)
     want = q6_model(x, u, d, sc, b)
-    for isa in ISAS:
-        pyattn.set_isa(isa)
-        lin = _core.PackedLinear.from_gguf(raw, "q6_k", k, b)
-        np.testing.assert_array_equal(lin(x), want, err_msg=f"kernel set {isa}")
-        rows = np.concatenate([lin(x[i : i + 1]) for i in range(m)])  # one row at a time (decoding): the same
-        np.testing.assert_array_equal(rows, want, err_msg=f"kernel set {isa}, row by row")
-    w = lin.weight().astype(np.float64)  # and it is the product it stands for, within the activations' rounding
-    ref = x.astype(np.float64) @ w.T + b
-    assert np.abs(want - ref).max() <= 0.02 * np.abs(x).max() * np.abs(w).max() * np.sqrt(k)
+    check_raw_blocks(raw, "q6_k", x, b, want)
 
 
 @pytest.mark.parametrize("k", [32, 96, 320])
@@ -147,11 +135,7 @@ def test_edges_threads_nan_and_sizes(rng):
     x, _, b = data(rng, 150, 512, 61)  # a partial last panel of 8 columns
     lin = _core.PackedLinear.from_gguf(q6_k_as_q6(random_q6_k(rng, 61, 512), 512), "q6_k", 512, b)
     assert lin.nbytes == 8 * 16 * 224 + 61 * 4  # 8 panels x 16 blocks of 224 bytes (8 columns), the bias
-    np.testing.assert_array_equal(*on_one_and_two_threads(lambda: lin(x)))
-    y = x.copy()
-    y[3, 40] = np.nan
-    out = lin(y)
-    assert np.isnan(out[3]).all() and np.isfinite(np.delete(out, 3, 0)).all()
+    check_threads_activation_nan(lin, x)
     w = rng.standard_normal((4, 64)).astype(np.float32)
     w[1, 5] = np.inf  # a weight block holding inf: that output is NaN, the others are not
     out = _core.PackedLinear(w, None, "q6_k")(x[:2, :64].copy())

@@ -17,11 +17,7 @@ ISAS = pyattn.cpu_info()["available_isas"]
 SHAPES = [(1, 1, 1), (1, 7, 5), (2, 31, 17), (3, 32, 16), (5, 33, 33), (8, 64, 100), (13, 100, 48), (37, 385, 97)]
 
 
-@pytest.fixture(autouse=True)
-def restore_isa():
-    isa = pyattn.get_isa()
-    yield
-    pyattn.set_isa(isa)
+pytestmark = pytest.mark.usefixtures("restore_isa")  # (conftest.py)
 
 
 def bf16(x: np.ndarray) -> np.ndarray:
@@ -198,6 +194,32 @@ def test_int8_input_scale_is_the_int8_gemm_of_the_scaled_operands(shape, rng):
         _core.PackedLinear(w, b, "float32", input_scale=a)
 
 
+def check_raw_blocks(raw, kind, x, b, want):
+    """GGUF blocks `raw` of `kind` read in place: on every kernel set the GEMM gives `want` (its numpy model's bits),
+    for all rows at once and for one row at a time (decoding), and that is the product of the weight it holds within
+    the activations' rounding."""
+    for isa in ISAS:
+        pyattn.set_isa(isa)
+        lin = _core.PackedLinear.from_gguf(raw, kind, x.shape[1], b)
+        np.testing.assert_array_equal(lin(x), want, err_msg=f"kernel set {isa}")
+        rows = np.concatenate([lin(x[i : i + 1]) for i in range(x.shape[0])])
+        np.testing.assert_array_equal(rows, want, err_msg=f"kernel set {isa}, row by row")
+    w = lin.weight().astype(np.float64)
+    ref = x.astype(np.float64) @ w.T + b
+    assert np.abs(want - ref).max() <= 0.02 * np.abs(x).max() * np.abs(w).max() * np.sqrt(x.shape[1])
+
+
+def check_threads_activation_nan(lin, x):
+    """A packed Linear of a quantized type on many rows: the same bits on 1 and 2 threads, the ReLU epilogue is the
+    ReLU of its output, and a NaN in row 3 of x gives that row NaN and no other."""
+    np.testing.assert_array_equal(*on_one_and_two_threads(lambda: lin(x)))
+    np.testing.assert_array_equal(lin(x, "relu"), np.maximum(lin(x), 0))
+    y = x.copy()
+    y[3, 40] = np.nan
+    out = lin(y)
+    assert np.isnan(out[3]).all() and np.isfinite(np.delete(out, 3, 0)).all()
+
+
 def on_one_and_two_threads(fn):
     """(fn() on 1 thread, fn() on 2 threads), the thread count restored."""
     n = pyattn.get_num_threads()
@@ -263,10 +285,11 @@ def test_bfloat16_rounding_of_special_activations(isa, m, rng):
 
 
 def test_storage_sizes_and_names(rng):
-    _, w, b = data(rng, 1, 384, 1536)
+    _, w, b = data(rng, 1, 512, 1536)
     sizes = {s: _core.PackedLinear(w, None, s).nbytes for s in _core.weight_types()}
     assert sizes["float16"] == sizes["bfloat16"] == sizes["float32"] // 2
-    assert sizes["int8"] == 384 * 1536 * (1 + 4 / 32)  # a float32 scale per 32 weights
+    assert sizes["int8"] == 512 * 1536 * (1 + 4 / 32)  # a float32 scale per 32 weights
+    assert sizes["q4_k"] == 512 * 1536 * 1184 // 2048  # 1184 bytes per 256 x 8 weights (kernels.h)
     assert _core.PackedLinear(w.astype(np.float16)).storage == "float16"
     with pytest.raises(ValueError, match="storage must be one of float32, float16, bfloat16, int8"):
         _core.PackedLinear(w, None, "int4")

@@ -163,14 +163,15 @@ constexpr std::array<uint64_t, 256> kFifthBits = fifth_bits_table();
 
 // Panels [wp q, wp q + wp) of a 4-, 5- or 6-bit matrix (wp = kQ4Wide / kQ4Cols; panels past its columns: zeros) as
 // the wide tile's panel (kernels.h: Q4Kernels::wide): each block's nibbles (with their fifth and sixth bits) spread
-// into bytes, its halves widened (6-bit: its sub-scales packed as the minima's int32, sc_0 low, sc_1 high).
+// into bytes, its halves widened (6-bit: its sub-scales packed as the minima's int32, sc_0 low, sc_1 high; K-quants:
+// ds and -dm as Q4_1's d and m).
 void unpack_wide(const PackedMatrix& B, int64_t q, uint8_t* dst) {
     using kernels::kQ4Cols;
     using kernels::kQ4Wide;
     // wp panels per wide panel; a group (4 k) of the wide panel holds gs bytes, ps of them from each panel
     constexpr int64_t wp = kQ4Wide / kQ4Cols, groups = kernels::kQBlock / 4, gs = kQ4Wide * 4, ps = kQ4Cols * 4;
     const int64_t nb = B.nblocks(), panels = (B.N() + kQ4Cols - 1) / kQ4Cols;
-    const bool has_min = B.has_min(), five = B.five() || B.six(), six = B.six();
+    const bool has_min = B.has_min(), five = B.five() || B.six(), six = B.six(), kquant = B.super_blocks();
     const int64_t bs = B.q4_block_bytes();
     for (int64_t blk = 0; blk < nb; ++blk) {
         uint8_t* o = dst + blk * kernels::kQ4WideBlockBytes;
@@ -184,7 +185,11 @@ void unpack_wide(const PackedMatrix& B, int64_t q, uint8_t* dst) {
                 std::fill(mn + p * kQ4Cols, mn + (p + 1) * kQ4Cols, 0.0f);
                 continue;
             }
-            const uint8_t* src = B.panel_q4(src_panel) + blk * bs;
+            // the block's values (and, but for K-quants, its scales after them)
+            const uint8_t* panel = B.panel_q4(src_panel);
+            const uint8_t* sup = kquant ? panel + blk / kernels::kQKSuper * kernels::q4k_super_bytes(five) : nullptr;
+            const uint8_t* src =
+                kquant ? sup + kernels::q4k_values(five, static_cast<int>(blk % kernels::kQKSuper)) : panel + blk * bs;
             // byte ps c + e of the panel: k = 4 c + e % 4 (low nibble) and 16 + 4 c + e % 4 (high) of column e / 4,
             // which land at byte e of group c and of group 4 + c, at this panel's ps bytes of the group
             for (int64_t c = 0; c < 4; ++c)
@@ -205,6 +210,15 @@ void unpack_wide(const PackedMatrix& B, int64_t q, uint8_t* dst) {
                             std::memcpy(row + 8 * byte, &v, 8);
                         }
                     }
+            if (kquant) {  // ds and -dm (kernels.h), exact
+                const auto* h = reinterpret_cast<const uint16_t*>(sup + kernels::q4k_halves(five));
+                const uint8_t* sc = sup + kernels::q4k_scales(five, static_cast<int>(blk % kernels::kQKSuper));
+                for (int64_t j = 0; j < kQ4Cols; ++j) {
+                    d[p * kQ4Cols + j] = half_to_float(h[j]) * static_cast<float>(sc[j]);
+                    mn[p * kQ4Cols + j] = -(half_to_float(h[kQ4Cols + j]) * static_cast<float>(sc[kQ4Cols + j]));
+                }
+                continue;
+            }
             uint16_t h[2 * kQ4Cols];
             std::memcpy(h, src + (six ? kernels::q6_halves() : kernels::q4_halves(five)), (has_min ? 4 : 2) * kQ4Cols);
             for (int64_t j = 0; j < kQ4Cols; ++j) {

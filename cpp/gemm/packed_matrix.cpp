@@ -120,14 +120,118 @@ void put_bits(uint8_t* blk, int at, int jj, uint32_t bits) {
         }
 }
 
-// Writes column jj's block (16 GGUF nibble bytes qs, 5-bit: the fifth bits qh, bit k of weight k; half scale d,
-// half minimum m) into a panel block (kernels.h: Q4Kernels).
-void put_q4_column(uint8_t* blk, int jj, const uint8_t* qs, const uint32_t* qh, uint16_t d, uint16_t m, bool has_min) {
+// Writes column jj's values of a block (16 GGUF nibble bytes qs, 5-bit: the fifth bits qh, bit k of weight k) into a
+// panel block (kernels.h: Q4Kernels).
+void put_values(uint8_t* blk, int jj, const uint8_t* qs, const uint32_t* qh) {
     for (int ch = 0; ch < 4; ++ch) std::memcpy(blk + 32 * ch + 4 * jj, qs + 4 * ch, 4);
     if (qh) put_bits(blk, kernels::q4_fifth_bits(0, 0), jj, *qh);
+}
+
+// ... with its half scale d and half minimum m.
+void put_q4_column(uint8_t* blk, int jj, const uint8_t* qs, const uint32_t* qh, uint16_t d, uint16_t m, bool has_min) {
+    put_values(blk, jj, qs, qh);
     uint16_t* h = reinterpret_cast<uint16_t*>(blk + kernels::q4_halves(qh != nullptr));
     h[jj] = d;
     if (has_min) h[kernels::kQ4Cols + jj] = m;
+}
+
+// Column jj's K-quant super-block (u: 256 values in [0, 15] or [0, 31]; the blocks' scales sc and minima m; halves d
+// and dmin) into a panel super-block (kernels.h).
+void put_qk_column(uint8_t* sup, int jj, bool five, const uint8_t* u, const uint8_t* sc, const uint8_t* m, uint16_t d,
+                   uint16_t dmin) {
+    for (int b = 0; b < kernels::kQKSuper; ++b) {
+        const uint8_t* v = u + b * kernels::kQBlock;
+        uint8_t qs[16];
+        uint32_t qh = 0;
+        for (int p = 0; p < 16; ++p) qs[p] = static_cast<uint8_t>((v[p] & 15) | ((v[p + 16] & 15) << 4));
+        for (int p = 0; p < kernels::kQBlock; ++p) qh |= static_cast<uint32_t>((v[p] >> 4) & 1) << p;
+        put_values(sup + kernels::q4k_values(five, b), jj, qs, five ? &qh : nullptr);
+        sup[kernels::q4k_scales(five, b) + jj] = sc[b];
+        sup[kernels::q4k_scales(five, b) + kernels::kQ4Cols + jj] = m[b];
+    }
+    uint16_t* h = reinterpret_cast<uint16_t*>(sup + kernels::q4k_halves(five));
+    h[jj] = d;
+    h[kernels::kQ4Cols + jj] = dmin;
+}
+
+// A GGUF Q4_K (144 bytes) or Q5_K (176) super-block into column jj of a panel super-block. Both start with half d,
+// half dmin and twelve bytes of 6-bit scales and minima (block b < 4: the low six bits of bytes b and b + 4; b >= 4:
+// the low and high nibbles of byte b + 4 under the top two bits of bytes b - 4 and b); Q5_K then has 32 bytes qh
+// (value l of block b: bit b of qh[l] is its fifth bit); then 128 bytes of nibbles, blocks 2c and 2c + 1 in the low
+// and high nibbles of bytes [32 c, 32 c + 32).
+void put_gguf_qk_column(uint8_t* sup, int jj, bool five, const uint8_t* raw) {
+    uint16_t d, dmin;
+    std::memcpy(&d, raw, 2);
+    std::memcpy(&dmin, raw + 2, 2);
+    const uint8_t* q = raw + 4;
+    uint8_t sc[kernels::kQKSuper], m[kernels::kQKSuper], u[kSuperBlock];
+    for (int b = 0; b < kernels::kQKSuper; ++b) {
+        sc[b] = b < 4 ? q[b] & 63 : static_cast<uint8_t>((q[b + 4] & 15) | ((q[b - 4] >> 6) << 4));
+        m[b] = b < 4 ? q[b + 4] & 63 : static_cast<uint8_t>((q[b + 4] >> 4) | ((q[b] >> 6) << 4));
+    }
+    const uint8_t* qh = raw + 16;
+    const uint8_t* qs = raw + (five ? 48 : 16);
+    for (int b = 0; b < kernels::kQKSuper; ++b)
+        for (int l = 0; l < kernels::kQBlock; ++l) {
+            int v = (qs[32 * (b / 2) + l] >> (4 * (b % 2))) & 15;
+            if (five) v |= ((qh[l] >> b) & 1) << 4;
+            u[b * kernels::kQBlock + l] = static_cast<uint8_t>(v);
+        }
+    put_qk_column(sup, jj, five, u, sc, m, d, dmin);
+}
+
+// The smallest half h with float(h) >= x (x >= 0 and finite; 0x7c00, inf, past the halves' range).
+uint16_t half_at_least(float x) {
+    uint16_t h = float_to_half(x);
+    if (half_to_float(h) < x) ++h;  // positive halves are ordered as their bits
+    return h;
+}
+
+// pyattn's own K-quant rule (not ggml's search) for 256 floats: per block b of 32, its minimum clamped to at most 0
+// gives the offset o_b = -min(0, min x) >= 0; dmin = max o_b / 63 as a half no smaller, m_b = round(o_b / dmin). The
+// range above the offset held, r_b = max(0, max x + dmin m_b) / top (top = 15 or 31), gives d = max r_b / 63 as a
+// half no smaller and sc_b = ceil(r_b / d) <= 63, so that the step d sc_b is at least r_b and the largest element is
+// not clipped; u = round((x + dmin m_b) / (d sc_b)) in [0, top] (0 where d sc_b is 0). Every element is within half a
+// step of its value, or of 0 when m_b's rounding put the offset below it (at most dmin / 2). A super-block holding NaN
+// or inf gets d NaN.
+void quantize_qk_super(const float* x, bool five, uint8_t* u, uint8_t* sc, uint8_t* m, uint16_t& dh, uint16_t& dminh) {
+    constexpr int nb = kernels::kQKSuper, bl = kernels::kQBlock;
+    const int top = five ? 31 : 15;
+    std::memset(u, 0, kSuperBlock);
+    std::memset(sc, 0, nb);
+    std::memset(m, 0, nb);
+    float off[nb], hi[nb], omax = 0.0f;
+    for (int b = 0; b < nb; ++b) {
+        float lo = 0.0f, h = x[b * bl];
+        for (int p = b * bl; p < (b + 1) * bl; ++p) {
+            if (!std::isfinite(x[p])) {
+                dh = dminh = 0x7e00;  // NaN
+                return;
+            }
+            lo = std::min(lo, x[p]);
+            h = std::max(h, x[p]);
+        }
+        off[b] = -lo;
+        hi[b] = h;
+        omax = std::max(omax, off[b]);
+    }
+    dminh = half_at_least(omax / 63.0f);
+    const float dmin = half_to_float(dminh);
+    float r[nb], rmax = 0.0f;
+    for (int b = 0; b < nb; ++b) {
+        m[b] = static_cast<uint8_t>(dmin > 0.0f ? std::min(63L, std::lround(off[b] / dmin)) : 0);
+        r[b] = std::max(0.0f, hi[b] + dmin * static_cast<float>(m[b])) / static_cast<float>(top);
+        rmax = std::max(rmax, r[b]);
+    }
+    dh = half_at_least(rmax / 63.0f);
+    const float d = half_to_float(dh);
+    for (int b = 0; b < nb; ++b) {
+        sc[b] = static_cast<uint8_t>(d > 0.0f ? std::min(63.0f, std::ceil(r[b] / d)) : 0.0f);
+        const float step = d * static_cast<float>(sc[b]), o = dmin * static_cast<float>(m[b]);
+        if (step > 0.0f)
+            for (int p = b * bl; p < (b + 1) * bl; ++p)
+                u[p] = static_cast<uint8_t>(std::clamp(static_cast<int>(std::lround((x[p] + o) / step)), 0, top));
+    }
 }
 
 // Column jj's 6-bit block as the q6_k raw block holds it (d, sc_0, sc_1, fifth bits, sixth bits, nibbles) into a
@@ -248,14 +352,23 @@ void quantize_q4_block(const float* x, int64_t n, bool has_min, bool five, uint8
 
 PackedMatrix::PackedMatrix(WeightType type, const uint8_t* raw, int64_t K, int64_t N, const kernels::KernelSet& ks)
     : K_(K), N_(N), ks_(&ks), type_(type) {
-    if (info(type).family != WeightFamily::block) throw std::invalid_argument("expected a block type (q4_0 ... q6_k)");
+    if (info(type).family != WeightFamily::block) throw std::invalid_argument("expected a block type (q4_0 ... q5_k)");
     if (K % kernels::kQBlock)
         throw std::invalid_argument("block types need in_features divisible by " + std::to_string(kernels::kQBlock) +
                                     ", got " + std::to_string(K));
+    check_super_blocks();
     const bool mn = has_min(), five5 = five();
     const int64_t nb = nblocks(), rb = gguf_block_bytes(type), bs = q4_block_bytes();
     uint8_t* base = alloc_q4();
     std::memset(base, 0, bytes_);
+    if (super_blocks()) {
+        const int64_t ns = K / kSuperBlock, ss = kernels::q4k_super_bytes(five5), rs = gguf_super_bytes(type);
+        for (int64_t j = 0; j < N; ++j)
+            for (int64_t s = 0; s < ns; ++s)
+                put_gguf_qk_column(base + (j / kernels::kQ4Cols) * nb * bs + s * ss,
+                                   static_cast<int>(j % kernels::kQ4Cols), five5, raw + (j * ns + s) * rs);
+        return;
+    }
     for (int64_t j = 0; j < N; ++j) {
         uint8_t* panel = base + (j / kernels::kQ4Cols) * nb * bs;
         for (int64_t blk = 0; blk < nb; ++blk) {
@@ -276,7 +389,14 @@ PackedMatrix::PackedMatrix(WeightType type, const uint8_t* raw, int64_t K, int64
     }
 }
 
+void PackedMatrix::check_super_blocks() const {
+    if (super_blocks() && K_ % kSuperBlock)
+        throw std::invalid_argument(std::string(info(type_).name) + " needs in_features divisible by " +
+                                    std::to_string(kSuperBlock) + ", got " + std::to_string(K_));
+}
+
 void PackedMatrix::pack_q4(const float* w32, const uint16_t* w16, int64_t ldw) {
+    check_super_blocks();
     const bool mn = has_min(), five5 = five();
     const int64_t nb = nblocks(), bs = q4_block_bytes(), K = K_;
     uint8_t* base = alloc_q4();
@@ -290,6 +410,16 @@ void PackedMatrix::pack_q4(const float* w32, const uint16_t* w16, int64_t ldw) {
             const float* src = w32 ? w32 + j * ldw : row.data();
             if (!w32) ks_->half[static_cast<int>(kernels::HalfFormat::f16)].widen(w16 + j * ldw, row.data(), K);
             uint8_t* panel = base + (j / kernels::kQ4Cols) * nb * bs;
+            if (super_blocks()) {
+                const int64_t ss = kernels::q4k_super_bytes(five5);
+                for (int64_t s = 0; s < K / kSuperBlock; ++s) {
+                    uint8_t u[kSuperBlock], sc[kernels::kQKSuper], m[kernels::kQKSuper];
+                    uint16_t d, dmin;
+                    quantize_qk_super(src + s * kSuperBlock, five5, u, sc, m, d, dmin);
+                    put_qk_column(panel + s * ss, static_cast<int>(j % kernels::kQ4Cols), five5, u, sc, m, d, dmin);
+                }
+                continue;
+            }
             for (int64_t blk = 0; blk < nb; ++blk) {
                 uint8_t qs[16];
                 uint32_t qh;
@@ -416,6 +546,22 @@ void PackedMatrix::unpack_row(int64_t j, float* row) const {
         const int64_t bs = q4_block_bytes();
         const uint8_t* panel = panel_q4(j / kernels::kQ4Cols);
         const int jj = static_cast<int>(j % kernels::kQ4Cols);
+        if (super_blocks()) {
+            const int64_t ss = kernels::q4k_super_bytes(five5);
+            for (int64_t p = 0; p < K_; ++p) {
+                const uint8_t* sup = panel + p / kSuperBlock * ss;
+                const int b = static_cast<int>(p % kSuperBlock / kernels::kQBlock);
+                const int u = kernels::block_value(sup + kernels::q4k_values(five5, b), jj,
+                                                   static_cast<int>(p % kernels::kQBlock), info(type_).bits);
+                const uint16_t* h = reinterpret_cast<const uint16_t*>(sup + kernels::q4k_halves(five5));
+                const uint8_t* sc = sup + kernels::q4k_scales(five5, b);
+                const float ds = half_to_float(h[jj]) * static_cast<float>(sc[jj]);  // exact: 11 x 6 bits
+                const float dm =
+                    half_to_float(h[kernels::kQ4Cols + jj]) * static_cast<float>(sc[kernels::kQ4Cols + jj]);
+                row[p] = ds * static_cast<float>(u) - dm;  // one rounding: ds u is exact
+            }
+            return;
+        }
         for (int64_t p = 0; p < K_; ++p) {
             const uint8_t* blk = panel + (p / kernels::kQBlock) * bs;
             const int k = static_cast<int>(p % kernels::kQBlock);

@@ -4,7 +4,7 @@
 // Layout of float32 and 16-bit types: blocks (jc, pc) of KC x NC, stored jc-major; inside a block, ceil(nc / NR)
 // panels of kc x NR elements, each row of a panel contiguous; the last panel is zero-padded to NR columns.
 // int8: see panel_i8 (no K or N blocking: each output sums all of K in int32 before it is dequantized).
-// 4- and 5-bit blocks (q4_0, q4_1, q5_0, q5_1): see panel_q4 (the same, panels of kernels::kQ4Cols columns).
+// 4-, 5- and 6-bit blocks (q4_0 ... q6_k, q4_k, q5_k): see panel_q4 (the same, panels of kernels::kQ4Cols columns).
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -42,6 +42,7 @@ public:
     // of fifth bits (bit k of weight k), nibbles; Q5_1: half d, half m, fifth bits, nibbles -- rows contiguous. Held
     // as given. q6_k: half d, int8 sc_0 (weights 0-15), int8 sc_1 (16-31), fifth bits, sixth bits (4 bytes each,
     // bit k of weight k), nibbles (u = the 6-bit value, w = d sc (u - 32); pyattn.io.gguf re-lays GGUF's Q6_K so).
+    // q4_k, q5_k: GGUF's Q4_K and Q5_K super-blocks (K / 256 per row, 144 and 176 bytes).
     PackedMatrix(gemm::WeightType type, const uint8_t* raw, int64_t K, int64_t N, const kernels::KernelSet& ks);
 
     int64_t K() const { return K_; }
@@ -62,12 +63,19 @@ public:
         return reinterpret_cast<const int8_t*>(data_.get()) + q * nblocks() * kernels::kQBlock * ks_->i8.nr;
     }
     const float* panel_scales(int64_t q) const { return scales_.get() + q * nblocks() * ks_->i8.nr; }
-    // 4- and 5-bit blocks: panels of kQ4Cols columns, nblocks() blocks of q4_block_bytes each (kernels.h: Q4Kernels).
-    bool has_min() const { return type_ == WeightType::q4_1 || type_ == WeightType::q5_1; }
+    // 4- and 5-bit blocks: panels of kQ4Cols columns, nblocks() blocks of q4_block_bytes each (kernels.h: Q4Kernels;
+    // K-quant super-blocks: nblocks() / kQKSuper of q4k_super_bytes, q4_block_bytes on average).
+    bool super_blocks() const { return gemm::super_blocks(type_); }
+    bool has_min() const { return type_ == WeightType::q4_1 || type_ == WeightType::q5_1 || super_blocks(); }
     bool five() const { return info(type_).bits == 5; }
     bool six() const { return info(type_).bits == 6; }
-    int q4_kind() const { return six() ? kernels::kQ6Kind : kernels::q4_kind(has_min(), five()); }
+    int q4_kind() const {
+        return six()            ? kernels::kQ6Kind
+               : super_blocks() ? kernels::q4k_kind(five())
+                                : kernels::q4_kind(has_min(), five());
+    }
     int64_t q4_block_bytes() const {
+        if (super_blocks()) return kernels::q4k_super_bytes(five()) / kernels::kQKSuper;
         return six() ? kernels::q6_block_bytes() : kernels::q4_block_bytes(has_min(), five());
     }
     const uint8_t* panel_q4(int64_t q) const {
@@ -103,6 +111,7 @@ private:
     void alloc_int8();
     uint8_t* alloc_q4();
     void pack_q4(const float* w32, const uint16_t* w16, int64_t ldw);
+    void check_super_blocks() const;  // K a multiple of kSuperBlock for q4_k and q5_k
 };
 
 // Packs columns [j0, j0 + nc) x rows [p0, p0 + kc) of B into panels (kc x NR each, zero-padded), the

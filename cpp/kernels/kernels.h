@@ -121,6 +121,14 @@ struct Int8Kernels {
 // columns' sc_0 and their 8 sc_1 (int8). With t_h = sum over the half's k of Aq[i][k] (given packed in the block's
 // ta: t_0 in the low 16 bits, t_1 in the high 16) and I_h = sum over the half's k of Aq[i][k] u[k][j]:
 //   Q6_K: s_{b+1} = fma(float(sc_0 (I_0 - 32 t_0) + sc_1 (I_1 - 32 t_1)), sa d, s_b)   (int32: at most 2^24 in size)
+// K-quant super-blocks (q4_k, q5_k: GGUF's Q4_K and Q5_K, read as stored up to the order of their bytes): per column
+// and super-block of kQKSuper blocks (256 k), a half scale d and a half minimum dmin, and per block a 6-bit scale sc
+// and a 6-bit minimum m: W[k][j] = d sc u - dmin m, u 4- or 5-bit. The panel holds, per super-block (q4k_super_bytes),
+// its blocks' values in the 4- or 5-bit layout above (q4_halves(five) bytes each: nibbles, fifth bits), then per block
+// the 8 columns' sc and their 8 m (uint8), then 8 halves d and 8 halves dmin: 0.578 bytes per weight for q4_k
+// (GGUF's 0.5625, with the sub-scales as bytes rather than 6-bit fields), 0.703 for q5_k. ds = d sc and dm = dmin m
+// are exact in float32 (11 + 6 bits), and each block takes Q4_1's step with d = ds and m = -dm:
+//   Q4_K, Q5_K: s_{b+1} = fma(float(sum_k Aq[i][k] u[k][j]), sa ds, fma(-dm, sa float(t), s_b))
 constexpr int kQ4Cols = 8;
 
 // How far ahead (bytes) the block kernels (int8, 4-bit) prefetch the weight panels they stream: a decoding step is a
@@ -139,12 +147,21 @@ constexpr int q4_halves(bool five) { return 16 * kQ4Cols + (five ? 4 * kQ4Cols :
 constexpr int q4_block_bytes(bool has_min, bool five = false) { return q4_halves(five) + (has_min ? 4 : 2) * kQ4Cols; }
 // The index of a block type's kernels in Q4Kernels::tile and wide: Q4_0, Q4_1, Q5_0, Q5_1, then Q6_K (kQ6Kind).
 constexpr int q4_kind(bool has_min, bool five) { return (has_min ? 1 : 0) + (five ? 2 : 0); }
-constexpr int kQ6Kind = 4;
+constexpr int kQ6Kind = 4;  // (q4k_kind: Q4_K 5, Q5_K 6)
 // A 6-bit panel block's sixth-bit masks (as q4_fifth_bits), its halves d, its sub-scales sc_h (8 int8 each), its size.
 constexpr int q6_sixth_bits(int ch, int high) { return q4_fifth_bits(ch, high) + 4 * kQ4Cols; }
 constexpr int q6_halves() { return 16 * kQ4Cols + 8 * kQ4Cols; }
 constexpr int q6_scales(int high) { return q6_halves() + 2 * kQ4Cols + high * kQ4Cols; }
 constexpr int q6_block_bytes() { return q6_scales(1) + kQ4Cols; }
+// A K-quant super-block of the panel: its blocks of 32, the offsets of block b's values, of its sub-scales sc (m at
+// + kQ4Cols) and of the halves d (dmin at + 2 kQ4Cols), its size; the index of its kernels in Q4Kernels.
+constexpr int kQKSuper = 8;
+constexpr int q4k_values(bool five, int b) { return b * q4_halves(five); }
+constexpr int q4k_scales(bool five, int b) { return kQKSuper * q4_halves(five) + 2 * kQ4Cols * b; }
+constexpr int q4k_halves(bool five) { return q4k_scales(five, kQKSuper); }
+constexpr int q4k_super_bytes(bool five) { return q4k_halves(five) + 4 * kQ4Cols; }
+constexpr int q4k_kind(bool five) { return 5 + (five ? 1 : 0); }
+constexpr int kQ4Kinds = 7;
 // Two signed numbers of at most 16 bits in one int32, lo in the low half and hi in the high half: the 6-bit kernels'
 // half sums of A (ta) and the wide tile's sub-scales.
 constexpr int32_t pack16(int32_t lo, int32_t hi) {
@@ -178,17 +195,18 @@ using Q4Kernel = void (*)(int64_t m, int64_t nb, const int8_t* a, int64_t lda, c
 // wide panel per block of rows: per block (kQ4WideBlockBytes), the nibbles as bytes, 4 consecutive k of a column in
 // 4 bytes (byte (g kQ4Wide + j) 4 + t = u[4 g + t][j], g < kQBlock / 4), then kQ4Wide floats d, then kQ4Wide floats
 // m (Q4_1 / Q5_1; zeros otherwise; Q6_K: each column's sc_0 and sc_1 as int16 in the low and high halves of an
-// int32). The float steps are the formulas above, in their order: the same bits as tile.
+// int32; Q4_K / Q5_K: ds and -dm, so that Q4_1's wide tile computes their step). The float steps are the formulas
+// above, in their order: the same bits as tile.
 constexpr int kQ4Wide = 32;
 constexpr int64_t kQ4WideBlockBytes = kQBlock * kQ4Wide + 2 * kQ4Wide * 4;
 using Q4WideKernel = void (*)(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta,
                               int64_t ldsa, const uint8_t* b, float* c, int64_t ldc, const float* bias);
 
 struct Q4Kernels {
-    int mr;                  // up to mr rows of A by one kQ4Cols-column panel per call
-    Q4Kernel tile[5];        // by q4_kind: Q4_0, Q4_1, Q5_0, Q5_1, Q6_K; 1 <= m <= mr
-    int wide_mr = 0;         // the wide tile: up to wide_mr rows by kQ4Wide columns ...
-    Q4WideKernel wide[5]{};  // ... by q4_kind
+    int mr;                         // up to mr rows of A by one kQ4Cols-column panel per call
+    Q4Kernel tile[kQ4Kinds];        // by kind: Q4_0, Q4_1, Q5_0, Q5_1, Q6_K, Q4_K, Q5_K; 1 <= m <= mr
+    int wide_mr = 0;                // the wide tile: up to wide_mr rows by kQ4Wide columns ...
+    Q4WideKernel wide[kQ4Kinds]{};  // ... by kind
 };
 
 // ---- bfloat16 pairs (AVX512_BF16's vdpbf16ps) ----

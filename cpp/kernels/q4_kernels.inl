@@ -1,7 +1,8 @@
-// 4-, 5- and 6-bit block kernels (Q4Kernels in kernels.h) written once against a policy S that sums one block, and
-// instantiated by avx2/q4_avx2.cpp (pmaddubsw) and avx512/int8_vnni.cpp (vpdpbusd). Included inside an anonymous
-// namespace of those units, after S is defined; both are compiled with -ffp-contract=off, so the float steps below
-// are the same operations in the same order in each: the same bits (tested against the scalar set and numpy).
+// 4-, 5- and 6-bit block kernels and the K-quant super-blocks' (Q4Kernels in kernels.h) written once against a policy S
+// that sums one block, and instantiated by avx2/q4_avx2.cpp (pmaddubsw) and avx512/int8_vnni.cpp (vpdpbusd). Included
+// inside an anonymous namespace of those units, after S is defined; both are compiled with -ffp-contract=off, so the
+// float steps below are the same operations in the same order in each: the same bits (tested against the scalar set and
+// numpy).
 //
 // S::sums<M, kFive>(nib, x, lda, s32): for M rows of A (int8, the block's kQBlock values at x + i lda) and the 8
 // columns of a block's nibbles (nib, kernels.h's layout; kFive: with the fifth bits after them), s32[i] = the exact
@@ -103,9 +104,53 @@ void q6_tile(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* s
     }
 }
 
+// K-quant super-blocks: per block, the 4- or 5-bit sums of q4_tile_m and Q4_1's float step with the block's exact
+// ds = d sc and dm = dmin m (kernels.h), computed once for the M rows.
+template <class S, int M, bool kFive>
+void qk_tile_m(int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta, int64_t ldsa,
+               const uint8_t* b, float* c, int64_t ldc, const float* bias, int64_t ahead) {
+    constexpr int64_t ss = q4k_super_bytes(kFive), per_block = ss / kQKSuper;
+    __m256 sum[M];
+#pragma GCC unroll 8
+    for (int i = 0; i < M; ++i) sum[i] = _mm256_setzero_ps();
+    for (int64_t sb = 0; sb < nb / kQKSuper; ++sb) {
+        const uint8_t* sup = b + sb * ss;
+        const __m128i* h = reinterpret_cast<const __m128i*>(sup + q4k_halves(kFive));
+        const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(h)), dmin = _mm256_cvtph_ps(_mm_loadu_si128(h + 1));
+        for (int q = 0; q < kQKSuper; ++q) {
+            if (ahead > 0)  // a block's share of the super-block's bytes ahead, three lines from its start
+                for (int64_t line = 0; line < 192; line += 64)
+                    _mm_prefetch(reinterpret_cast<const char*>(sup + ahead + q * per_block + line), _MM_HINT_T0);
+            const int64_t blk = sb * kQKSuper + q;
+            __m256i s32[M];
+            S::template sums<M, kFive>(sup + q4k_values(kFive, q), a + blk * kQBlock, lda, s32);
+            const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(sup + q4k_scales(kFive, q)));
+            const __m256 ds = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sc)));
+            const __m256 dm = _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(sc, 8))));
+#pragma GCC unroll 8
+            for (int i = 0; i < M; ++i) {
+                const float sab = sa[i * ldsa + blk];
+                const int32_t t = ta[i * ldsa + blk];
+                sum[i] = _mm256_fnmadd_ps(dm, _mm256_set1_ps(sab * static_cast<float>(t)), sum[i]);
+                sum[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[i]), _mm256_mul_ps(_mm256_set1_ps(sab), ds), sum[i]);
+            }
+        }
+    }
+    store_tile<M>(sum, c, ldc, bias);
+}
+
+template <class S, bool kFive, int M = S::kMR>
+void qk_tile(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta, int64_t ldsa,
+             const uint8_t* b, float* c, int64_t ldc, const float* bias, int64_t ahead) {
+    if constexpr (M >= 1) {
+        if (m == M) return qk_tile_m<S, M, kFive>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias, ahead);
+        return qk_tile<S, kFive, M - 1>(m, nb, a, lda, sa, ta, ldsa, b, c, ldc, bias, ahead);
+    }
+}
+
 template <class S>
 Q4Kernels make_q4_kernels() {
     return Q4Kernels{S::kMR,
                      {&q4_tile<S, false, false>, &q4_tile<S, true, false>, &q4_tile<S, false, true>,
-                      &q4_tile<S, true, true>, &q6_tile<S>}};
+                      &q4_tile<S, true, true>, &q6_tile<S>, &qk_tile<S, false>, &qk_tile<S, true>}};
 }

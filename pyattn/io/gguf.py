@@ -198,17 +198,6 @@ def int8_blocks(kind: GGMLType, raw: np.ndarray, n: int):
     return np.ascontiguousarray(q.reshape(rows, n)), np.ascontiguousarray(d)
 
 
-def _k_sub_blocks(blk: np.ndarray):
-    """A K-quant super-block's float16 d and dmin and its eight sub-blocks' 6-bit scales sc_s and mins m_s (Q4_K's
-    and Q5_K's packing): (d, dmin) (rows, nb, 1) float32, (sc, mn) (rows, nb, 8)."""
-    d = blk[..., 0:2].copy().view("<f2").astype(np.float32)
-    dmin = blk[..., 2:4].copy().view("<f2").astype(np.float32)
-    b = blk[..., 4:16]
-    sc = np.concatenate([b[..., 0:4] & 63, (b[..., 8:12] & 0x0F) | ((b[..., 0:4] >> 6) << 4)], -1)
-    mn = np.concatenate([b[..., 4:8] & 63, (b[..., 8:12] >> 4) | ((b[..., 4:8] >> 6) << 4)], -1)
-    return d, dmin, sc, mn
-
-
 def _nibbles(q: np.ndarray) -> np.ndarray:
     """The low 4 bits of blocks of 32 values (..., 32) as GGUF stores them: value k in the low nibble of byte k, k + 16
     in its high one (..., 16)."""
@@ -218,61 +207,6 @@ def _nibbles(q: np.ndarray) -> np.ndarray:
 def _bit_mask(q: np.ndarray, bit: int) -> np.ndarray:
     """Bit `bit` of blocks of 32 values (..., 32) as a little-endian uint32 per block, bit k for value k (..., 4)."""
     return np.packbits((q >> bit) & 1, axis=-1, bitorder="little")
-
-
-def _with_min_blocks(q: np.ndarray, d, dmin, sc, mn, five: bool):
-    """Sub-blocks of 32 values q (rows, nb32, 32) in [0, 15] or [0, 31], with weight = d sc_s q - dmin m_s, as GGUF
-    Q4_1 / Q5_1 rows (d' = d sc_s and m' = -dmin m_s rounded to float16); None when one overflows float16."""
-    rows, nb32 = q.shape[:2]
-    with np.errstate(over="ignore"):
-        scale = (d * sc).astype(np.float16).reshape(rows, nb32, 1)
-        low = (-dmin * mn).astype(np.float16).reshape(rows, nb32, 1)
-    if not (np.isfinite(scale).all() and np.isfinite(low).all()):
-        return None
-    out = np.empty((rows, nb32, 24 if five else 20), np.uint8)
-    out[..., 0:2] = scale.view(np.uint8)
-    out[..., 2:4] = low.view(np.uint8)
-    if five:  # Q5_1's fifth bits
-        out[..., 4:8] = _bit_mask(q, 4)
-    out[..., -16:] = _nibbles(q)
-    return out.reshape(rows, -1)
-
-
-def q4_k_as_q4_1(raw: np.ndarray, n: int):
-    """Q4_K rows (rows, n / 256 * 144 bytes) as GGUF Q4_1 rows (rows, n / 32 * 20 bytes) of the same 4-bit values, so
-    that the 4-bit GEMM reads them in place (0.625 bytes per weight, against 1.0625 as int8 blocks). None when a scale
-    overflows float16.
-
-    A Q4_K super-block of 256 weights holds float16 d and dmin, twelve bytes of 6-bit scales sc_s and mins m_s of its
-    eight sub-blocks of 32 (for s < 4 the low six bits of bytes s and s + 4; for s >= 4 the nibbles of byte s + 4 with
-    the top two bits of bytes s - 4 and s as their high bits), then 128 bytes of nibbles: sub-blocks 2c and 2c + 1
-    are the low and high nibbles of bytes [32 c, 32 c + 32). Weight = d sc_s q - dmin m_s. As Q4_1 (weight = d' q + m')
-    each sub-block gets d' = d sc_s and m' = -dmin m_s rounded to float16: exact products in float32 (11 + 6 bits),
-    then a relative error below 2^-11 on each, against a 4-bit step of 1/15 of the sub-block's range."""
-    rows = raw.shape[0]
-    blk = raw.reshape(rows, n // 256, 144)
-    d, dmin, sc, mn = _k_sub_blocks(blk)
-    qs = blk[..., 16:].reshape(rows, n // 256, 4, 32)
-    q = np.stack([qs & 0x0F, qs >> 4], 3).reshape(rows, n // 32, 32)  # sub-block 2c: low nibbles, 2c + 1: high
-    return _with_min_blocks(q, d, dmin, sc, mn, five=False)
-
-
-def q5_k_as_q5_1(raw: np.ndarray, n: int):
-    """Q5_K rows (rows, n / 256 * 176 bytes) as GGUF Q5_1 rows (rows, n / 32 * 24 bytes) of the same 5-bit values
-    (0.75 bytes per weight, against 1.0625 as int8 blocks); None when a scale overflows float16.
-
-    A Q5_K super-block is Q4_K's (d, dmin, the twelve bytes of sub-block scales and mins), then 32 bytes qh of fifth
-    bits, then the 128 bytes of nibbles: value l of sub-block s (l < 32) has the nibble of Q4_K's layout and, as its
-    fifth bit, bit s of qh[l]. The scales become float16 as in q4_k_as_q4_1."""
-    rows = raw.shape[0]
-    blk = raw.reshape(rows, n // 256, 176)
-    d, dmin, sc, mn = _k_sub_blocks(blk)
-    qh = blk[..., 16:48]  # (rows, nb, 32)
-    qs = blk[..., 48:].reshape(rows, n // 256, 4, 32)
-    low = np.stack([qs & 0x0F, qs >> 4], 3).reshape(rows, n // 256, 8, 32)
-    fifth = (qh[..., None, :] >> np.arange(8, dtype=np.uint8)[:, None]) & 1  # (rows, nb, 8 sub-blocks, 32)
-    q = (low | (fifth << 4)).reshape(rows, n // 32, 32)
-    return _with_min_blocks(q, d, dmin, sc, mn, five=True)
 
 
 def q6_k_as_q6(raw: np.ndarray, n: int) -> np.ndarray:
@@ -655,8 +589,6 @@ __all__ = [
     "GGMLType",
     "TensorInfo",
     "dequantize_rows",
-    "q4_k_as_q4_1",
-    "q5_k_as_q5_1",
     "int8_blocks",
     "read_gguf",
     "tokenizer",

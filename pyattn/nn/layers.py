@@ -81,9 +81,10 @@ class Module:
         the memory, and half the bytes a decoding step streams); "int8" (about a quarter: blocks of 32 weights
         share a scale, and the activations are quantized the same way at each GEMM's input); "q4_0" / "q4_1"
         (GGUF's 4-bit blocks, quantized by ggml's reference rules: about a sixth); "q5_0" / "q5_1" (5-bit: about a
-        fifth); "q6_k" (6-bit, two int8 sub-scales per block of 32, pyattn's own rounding: about a fifth). Products
-        and sums
-        stay float32 (int32 within an int8 block). Layers a model marks as sensitive keep a finer type when int8 is
+        fifth); "q6_k" (6-bit, two int8 sub-scales per block of 32, pyattn's own rounding: about a fifth); "q4_k" /
+        "q5_k" (GGUF's K-quant super-blocks of 256 with 6-bit sub-scales and minima per 32, pyattn's own rounding:
+        about 0.58 / 0.70 bytes per weight; in_features a multiple of 256). Products and sums stay float32 (int32
+        within an int8 block). Layers a model marks as sensitive keep a finer type when int8 is
         asked (`Linear.int8_fallback`). Converting weights already rounded to a coarser type to another type is
         an error: load the model again. Returns self."""
         check_storage(storage)
@@ -210,9 +211,10 @@ class Linear(Module):
         """A Linear holding a 4-, 5- or 6-bit weight as a GGUF file stores it, read by the GEMM as stored (0.56 to 0.875
         bytes per weight, no widening in memory): raw (out, in / 32 * block bytes) uint8, kind "q4_0" (18-byte blocks:
         a half scale d and 32 nibbles u, w = d (u - 8)), "q4_1" (20 bytes: d, a half minimum m, w = d u + m), "q5_0"
-        (22 bytes: d, 32 fifth bits, nibbles; w = d (u - 16)), "q5_1" (24 bytes: d, m, fifth bits, nibbles) or
+        (22 bytes: d, 32 fifth bits, nibbles; w = d (u - 16)), "q5_1" (24 bytes: d, m, fifth bits, nibbles),
         "q6_k" (28 bytes: d, int8 sc_0 and sc_1, fifth bits, sixth bits, nibbles; w = d sc_h (u - 32), h the half of
-        the block; pyattn.io.gguf.q6_k_as_q6 re-lays GGUF's Q6_K so).
+        the block; pyattn.io.gguf.q6_k_as_q6 re-lays GGUF's Q6_K so) or "q4_k" / "q5_k" (GGUF's Q4_K / Q5_K: 144 / 176
+        bytes per 256 weights, w = d sc u - dmin m; in_features a multiple of 256).
         Activations are quantized per block of 32 to int8 at each call. As for from_int8, set_storage to another
         type raises."""
         raw = np.asarray(raw)

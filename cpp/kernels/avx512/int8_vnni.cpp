@@ -394,6 +394,8 @@ KernelSet& avx512_vnni_kernel_set() {
         k.q4.wide[q4_kind(false, true)] = &q4_wide<false, 16>;
         k.q4.wide[q4_kind(true, true)] = &q4_wide<true, 0>;  // unpacked, 5-bit values are bytes as 4-bit ones
         k.q4.wide[kQ6Kind] = &q6_wide;
+        k.q4.wide[q4k_kind(false)] = &q4_wide<true, 0>;  // unpacked with ds and -dm as Q4_1's d and m
+        k.q4.wide[q4k_kind(true)] = &q4_wide<true, 0>;
         return k;
     }();
     return ks;

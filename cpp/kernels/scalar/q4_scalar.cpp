@@ -59,11 +59,40 @@ void q6_tile(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* s
         }
 }
 
+// kernels.h's K-quant step: Q4_1's with the block's exact ds = d sc and dm = dmin m.
+template <bool kFive>
+void qk_tile(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta, int64_t ldsa,
+             const uint8_t* b, float* c, int64_t ldc, const float* bias, int64_t) {
+    constexpr int64_t ss = q4k_super_bytes(kFive);
+    for (int64_t i = 0; i < m; ++i)
+        for (int j = 0; j < kQ4Cols; ++j) {
+            float s = 0.0f;
+            for (int64_t blk = 0; blk < nb; ++blk) {
+                const uint8_t* sup = b + blk / kQKSuper * ss;
+                const int q = static_cast<int>(blk % kQKSuper);
+                const int8_t* x = a + i * lda + blk * kQBlock;
+                int32_t sum = 0;
+                for (int k = 0; k < kQBlock; ++k)
+                    sum += block_value(sup + q4k_values(kFive, q), j, k, kFive ? 5 : 4) * x[k];
+                const uint16_t* h = reinterpret_cast<const uint16_t*>(sup + q4k_halves(kFive));
+                const uint8_t* sc = sup + q4k_scales(kFive, q);
+                const float ds = half_to_float(h[j]) * static_cast<float>(sc[j]);
+                const float dm = half_to_float(h[kQ4Cols + j]) * static_cast<float>(sc[kQ4Cols + j]);
+                const float sab = sa[i * ldsa + blk];
+                s = __builtin_fmaf(-dm, sab * static_cast<float>(ta[i * ldsa + blk]), s);
+                s = __builtin_fmaf(static_cast<float>(sum), sab * ds, s);
+            }
+            if (bias) s = s + bias[j];
+            c[i * ldc + j] = s;
+        }
+}
+
 }  // namespace
 
 Q4Kernels scalar_q4_kernels() {
-    return Q4Kernels{
-        4, {&q4_tile<false, false>, &q4_tile<true, false>, &q4_tile<false, true>, &q4_tile<true, true>, &q6_tile}};
+    return Q4Kernels{4,
+                     {&q4_tile<false, false>, &q4_tile<true, false>, &q4_tile<false, true>, &q4_tile<true, true>,
+                      &q6_tile, &qk_tile<false>, &qk_tile<true>}};
 }
 
 }  // namespace pyattn::kernels
