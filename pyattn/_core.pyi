@@ -25,8 +25,9 @@ class PackedLinear:
     so each call packs only its activations. weight (out_features, in_features) float32 or
     float16; storage: 'float32', 'float16', 'bfloat16', 'int8' (blocks of 32 along in_features
     with their own scales, activations quantized likewise), 'q4_0' / 'q4_1' / 'q5_0' / 'q5_1'
-    (GGUF's 4- and 5-bit blocks), 'q6_k' (6-bit, GGUF's Q6_K values), 'q4_k' / 'q5_k' (GGUF's Q4_K /
-    Q5_K: super-blocks of 256, in_features a multiple of 256), or '' for the weight's own dtype.
+    (GGUF's 4- and 5-bit blocks), 'q6_k' (6-bit, GGUF's Q6_K values), 'q4_k' / 'q5_k' / 'q2_k' /
+    'q3_k' (GGUF's K-quants: super-blocks of 256, in_features a multiple of 256), or '' for the
+    weight's own dtype.
     """
     @staticmethod
     def from_gguf(raw: npt.NDArray[np.uint8], type: str, in_features: int, bias: Optional[_F32] = None) -> PackedLinear:
@@ -34,7 +35,8 @@ class PackedLinear:
         A 4-, 5- or 6-bit weight as GGUF stores it, read as stored by the GEMM (no widening in
         memory): raw (out, in / 32 * bytes per block) uint8, type 'q4_0' (18-byte blocks), 'q4_1'
         (20 bytes), 'q5_0' (22), 'q5_1' (24), 'q6_k' (28: Q6_K's values re-laid per 32 by
-        pyattn.io.gguf.q6_k_as_q6), 'q4_k' (144 bytes per 256) or 'q5_k' (176 per 256).
+        pyattn.io.gguf.q6_k_as_q6), 'q4_k' (144 bytes per 256), 'q5_k' (176), 'q2_k' (84) or
+        'q3_k' (110).
         """
     @staticmethod
     def from_int8(q: npt.NDArray[np.int8], scales: _F32, bias: Optional[_F32] = None) -> PackedLinear:
@@ -82,7 +84,7 @@ class PackedLinear:
     def storage(self) -> str:
         """
         How the weight is held: 'float32', 'float16', 'bfloat16', 'int8', 'q4_0', 'q4_1', 'q5_0',
-        'q5_1', 'q6_k', 'q4_k' or 'q5_k'.
+        'q5_1', 'q6_k', 'q4_k', 'q5_k', 'q2_k' or 'q3_k'.
         """
 
 class GRULayer:

@@ -319,8 +319,8 @@ def write_tiny_llama(path, matrices: dict, rng) -> dict:
 @pytest.mark.parametrize("kinds", [("Q4_K", "Q6_K", "Q5_0"), ("Q2_K", "Q3_K", "Q5_K"), ("Q5_1", "Q4_0", "Q8_0")])
 def test_k_quant_files_load(tmp_path, kinds):
     """A file of mixed types (as llama.cpp's Q4_K_M files are: Q4_K with Q6_K for some tensors) loads: float32 gives
-    the values gguf's reference dequantizer gives; the default holds Q4_K / Q5_K, Q5_0 / Q5_1 as
-    stored, Q6_K and Q3_K as q6_k, and Q2_K as int8 blocks, close to it."""
+    the values gguf's reference dequantizer gives; the default holds every block type but Q8_0 as a type of its own
+    read in place (Q6_K re-laid per 32), with exactly those values, and Q8_0 as int8 blocks."""
     a, b, c = kinds
     rng = np.random.default_rng(0)
     types = {"attn_q": a, "attn_k": a, "attn_v": b, "attn_output": c, "ffn_gate": a, "ffn_up": a, "ffn_down": b}
@@ -332,24 +332,17 @@ def test_k_quant_files_load(tmp_path, kinds):
         np.testing.assert_array_equal(lin.weight, values[name])
     default = LlamaModel.from_gguf(tmp_path / "k.gguf")
     layer = default.layers[0]
-    # Q4_K / Q5_K: their super-blocks read in place by the block GEMM
-    stored = {"Q4_K": "q4_k", "Q5_K": "q5_k", "Q5_0": "q5_0", "Q5_1": "q5_1", "Q4_0": "q4_0", "Q6_K": "q6_k"}
-    stored["Q3_K"] = "q6_k"
-    assert layer.gate_up.storage == stored.get(a, "int8")
-    if a in stored or b in stored:  # Q, K of one type and V of another: three matrices, each as stored
-        assert [q.storage for q in layer.qkv] == [stored.get(a, "int8")] * 2 + [stored.get(b, "int8")]
-        if b in stored:  # Q6_K / Q3_K / Q4_0: the file's values
-            np.testing.assert_array_equal(layer.qkv[2].weight, values["attn_v"])
-    else:
-        assert layer.qkv.storage == "int8"
-    assert layer.o.storage == stored.get(c, "int8")
-    assert layer.down.storage == stored.get(b, "int8")
-    if b in ("Q6_K", "Q3_K"):  # their values and sub-scales re-laid, nothing rounded (io.gguf.q6_k_as_q6, q3_k_as_q6)
-        np.testing.assert_array_equal(layer.down.weight, values["ffn_down"])
-    if c in ("Q5_0", "Q4_0", "Q5_K"):  # held as stored: exactly the file's values
-        np.testing.assert_array_equal(layer.o.weight, values["attn_output"])
-    if a == "Q4_K":
-        np.testing.assert_array_equal(layer.gate_up.weight[: values["ffn_gate"].shape[0]], values["ffn_gate"])
+
+    def stored(kind):
+        return "int8" if kind == "Q8_0" else kind.lower()
+
+    assert layer.gate_up.storage == stored(a)
+    assert [q.storage for q in layer.qkv] == [stored(a)] * 2 + [stored(b)]  # of two types: three matrices
+    assert (layer.o.storage, layer.down.storage) == (stored(c), stored(b))
+    held = {"attn_v": layer.qkv[2].weight, "ffn_down": layer.down.weight, "attn_output": layer.o.weight}
+    held["ffn_gate"] = layer.gate_up.weight[: values["ffn_gate"].shape[0]]
+    for name, weight in held.items():
+        np.testing.assert_array_equal(weight, values[name], err_msg=name)
     logits, approx = got(ids)["logits"], default(ids)["logits"]
     assert np.isfinite(logits).all()
     cos = (logits * approx).sum(-1) / np.linalg.norm(logits, axis=-1) / np.linalg.norm(approx, axis=-1)

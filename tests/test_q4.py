@@ -163,7 +163,7 @@ def test_from_gguf_refuses_bad_input(rng):
         _core.PackedLinear.from_gguf(raw, "q4_1", 32)
     with pytest.raises(ValueError, match="multiple of 32"):
         _core.PackedLinear.from_gguf(raw, "q4_0", 16)
-    with pytest.raises(ValueError, match="'q4_0', 'q4_1', 'q5_0', 'q5_1', 'q6_k', 'q4_k' or 'q5_k'"):
+    with pytest.raises(ValueError, match="one of q4_0, q4_1, q5_0, q5_1, q6_k, q4_k, q5_k, q2_k, q3_k, got 'q8_0'"):
         _core.PackedLinear.from_gguf(raw, "q8_0", 32)
     with pytest.raises(ValueError, match=r"expected raw of shape \(4, 22\)"):
         _core.PackedLinear.from_gguf(raw, "q5_0", 32)

@@ -1,5 +1,5 @@
 """q6_k: GGUF's Q6_K values (6 bits, a float16 scale per 256 weights and an int8 one per 16) as a weight type of
-PackedLinear, re-laid per block of 32 by pyattn.io.gguf.q6_k_as_q6 (and Q3_K's by q3_k_as_q6) and read by the GEMM
+PackedLinear, re-laid per block of 32 by pyattn.io.gguf.q6_k_as_q6 and read by the GEMM
 in place.
 
 `q6_model` is kernels.h's Q6_K formula in numpy: activations quantized per block of 32 as for int8, each half's exact
@@ -12,7 +12,7 @@ from test_weight_types import ISAS, check_raw_blocks, check_threads_activation_n
 
 import pyattn
 from pyattn import _core
-from pyattn.io.gguf import q3_k_as_q6, q6_k_as_q6
+from pyattn.io.gguf import q6_k_as_q6
 
 gguf = pytest.importorskip("gguf")
 
@@ -47,6 +47,14 @@ def q6_values(raw: np.ndarray, n: int):
 
 def q6_model(x, u, d, sc, bias=None):
     """What the 6-bit GEMM computes, bit for bit (kernels.h: Q6_K)."""
+    return half_block_model(x, u, d, sc, 32, bias=bias)
+
+
+def half_block_model(x, u, d, sc, offset, dmin=None, m=None, bias=None):
+    """The kernels with sub-scales per half-block of 16 (kernels.h: Q6_K, Q3_K, Q2_K), bit for bit: per block of 32,
+    each half's exact sums I_h and t_h, v = sc_0 (I_0 - offset t_0) + sc_1 (I_1 - offset t_1) in int32, and one float
+    step with sa d; with minima (Q2_K) first a step of -(m_0 t_0 + m_1 t_1) with sa dmin. u (n, nb, 32); d, dmin
+    (n, nb); sc, m (n, nb, 2)."""
     qx, sx = quantize_blocks(x)
     out = np.zeros((x.shape[0], u.shape[0]), np.float32)
     with np.errstate(invalid="ignore"):
@@ -54,8 +62,12 @@ def q6_model(x, u, d, sc, bias=None):
             q = qx[:, b]
             i0, i1 = q[:, :16] @ u[:, b, :16].T, q[:, 16:] @ u[:, b, 16:].T
             t0, t1 = q[:, :16].sum(1)[:, None], q[:, 16:].sum(1)[:, None]
-            v = sc[None, :, b, 0] * (i0 - 32 * t0) + sc[None, :, b, 1] * (i1 - 32 * t1)
+            v = sc[None, :, b, 0] * (i0 - offset * t0) + sc[None, :, b, 1] * (i1 - offset * t1)
             assert np.abs(v).max() <= 2**24  # exact in float32 as well
+            if m is not None:
+                w = m[None, :, b, 0] * t0 + m[None, :, b, 1] * t1
+                mscale = (sx[:, b][:, None] * dmin[None, :, b]).astype(np.float32)
+                out = (-w.astype(np.float64) * mscale + out).astype(np.float32)
             scale = (sx[:, b][:, None] * d[None, :, b]).astype(np.float32)
             out = (v.astype(np.float64) * scale + out).astype(np.float32)
         if bias is not None:
@@ -72,25 +84,6 @@ def test_relaid_bytes_hold_ggufs_values(rng):
     assert out.shape == (rows, n // 32 * 28) and out.dtype == np.uint8
     u, d, sc = q6_values(out, n)
     assert u.min() == 0 and u.max() == 63
-    values = d[..., None] * (np.repeat(sc, 16, -1) * (u - 32)).astype(np.float32)
-    np.testing.assert_array_equal(values.reshape(rows, n), want)
-    for isa in ISAS:
-        pyattn.set_isa(isa)
-        np.testing.assert_array_equal(_core.PackedLinear.from_gguf(out, "q6_k", n).weight(), want)
-
-
-def test_q3_k_relaid_as_q6_k_holds_ggufs_values(rng):
-    """Q3_K's 3-bit values (v in [-4, 3]) and 6-bit scales (sc - 32) are q6_k values u = v + 32 and int8 sub-scales:
-    the same weights as gguf's dequantizer, on every kernel set."""
-    rows, n = 7, 768
-    raw = rng.integers(0, 256, (rows, n // 256, 110), dtype=np.uint8)
-    d = (rng.uniform(2e-4, 1e-3, (rows, n // 256)) * rng.choice([-1, 1], (rows, n // 256))).astype(np.float16)
-    raw[..., 108:110] = d.view(np.uint8).reshape(rows, n // 256, 2)
-    raw = raw.reshape(rows, -1)
-    want = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType.Q3_K).reshape(rows, n)
-    out = q3_k_as_q6(raw, n)
-    u, d, sc = q6_values(out, n)
-    assert (u.min(), u.max(), sc.min(), sc.max()) == (28, 35, -32, 31)  # every value and scale drawn
     values = d[..., None] * (np.repeat(sc, 16, -1) * (u - 32)).astype(np.float32)
     np.testing.assert_array_equal(values.reshape(rows, n), want)
     for isa in ISAS:

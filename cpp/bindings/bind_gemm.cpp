@@ -132,7 +132,8 @@ public:
     }
 
     // A 4-, 5- or 6-bit weight as GGUF stores it: raw (out, in / 32 * block bytes) uint8, 18, 20, 22, 24 or 28 bytes
-    // per block for q4_0, q4_1, q5_0, q5_1, q6_k, 144 or 176 per 256 for q4_k, q5_k (see PackedMatrix). The bytes are
+    // per block for q4_0, q4_1, q5_0, q5_1, q6_k, 144, 176, 84 or 110 per 256 for q4_k, q5_k, q2_k, q3_k (see
+    // PackedMatrix). The bytes are
     // checked for shape only: every nibble, bit, sub-scale and half is a valid value.
     static PackedLinear from_gguf(const py::array& raw, const std::string& type, int64_t in_features,
                                   const py::object& bias) {
@@ -143,8 +144,12 @@ public:
             block = gemm::info(t).family == gemm::WeightFamily::block;
         } catch (const std::invalid_argument&) {
         }
-        if (!block)
-            value_error("type must be 'q4_0', 'q4_1', 'q5_0', 'q5_1', 'q6_k', 'q4_k' or 'q5_k', got '" + type + "'");
+        if (!block) {
+            std::string names;
+            for (const auto& w : gemm::kWeightTypes)
+                if (w.family == gemm::WeightFamily::block) names += (names.empty() ? "" : ", ") + std::string(w.name);
+            value_error("type must be one of " + names + ", got '" + type + "'");
+        }
         if (raw.dtype().kind() != 'u' || raw.itemsize() != 1)
             type_error("expected raw to be uint8, got " + dtype_str(raw));
         require_ndim(raw, 2, "raw", "(out_features, blocks * block bytes)");
@@ -154,11 +159,10 @@ public:
         if (in_features <= 0 || in_features % unit)
             value_error("in_features must be a positive multiple of " + std::to_string(unit) + " for " + type +
                         ", got " + std::to_string(in_features));
-        const int64_t N = raw.shape(0), rb = gemm::gguf_block_bytes(t);
-        if (raw.shape(1) != in_features / kernels::kQBlock * rb)
-            value_error("expected raw of shape (" + std::to_string(N) + ", " +
-                        std::to_string(in_features / kernels::kQBlock * rb) + ") for " + type + " with in_features " +
-                        std::to_string(in_features) + ", got " + shape_str(raw));
+        const int64_t N = raw.shape(0), row = gemm::gguf_row_bytes(t, in_features);
+        if (raw.shape(1) != row)
+            value_error("expected raw of shape (" + std::to_string(N) + ", " + std::to_string(row) + ") for " + type +
+                        " with in_features " + std::to_string(in_features) + ", got " + shape_str(raw));
         PackedLinear lin;
         lin.N_ = N;
         lin.K_ = in_features;
@@ -377,8 +381,9 @@ void bind_gemm(py::module_& m) {
         "so each call packs only its activations. weight (out_features, in_features) float32 or\n"
         "float16; storage: 'float32', 'float16', 'bfloat16', 'int8' (blocks of 32 along in_features\n"
         "with their own scales, activations quantized likewise), 'q4_0' / 'q4_1' / 'q5_0' / 'q5_1'\n"
-        "(GGUF's 4- and 5-bit blocks), 'q6_k' (6-bit, GGUF's Q6_K values), 'q4_k' / 'q5_k' (GGUF's Q4_K /\n"
-        "Q5_K: super-blocks of 256, in_features a multiple of 256), or '' for the weight's own dtype.\n"
+        "(GGUF's 4- and 5-bit blocks), 'q6_k' (6-bit, GGUF's Q6_K values), 'q4_k' / 'q5_k' / 'q2_k' /\n"
+        "'q3_k' (GGUF's K-quants: super-blocks of 256, in_features a multiple of 256), or '' for the\n"
+        "weight's own dtype.\n"
         "input_scale (int8, float32\n"
         "weight): in_features positive floats a; the weight is quantized as weight / a per input feature\n"
         "and each x * a before it is quantized, so that outlier features of x do not take every block's\n"
@@ -395,7 +400,8 @@ void bind_gemm(py::module_& m) {
                     "A 4-, 5- or 6-bit weight as GGUF stores it, read as stored by the GEMM (no widening in\n"
                     "memory): raw (out, in / 32 * bytes per block) uint8, type 'q4_0' (18-byte blocks), 'q4_1'\n"
                     "(20 bytes), 'q5_0' (22), 'q5_1' (24), 'q6_k' (28: Q6_K's values re-laid per 32 by\n"
-                    "pyattn.io.gguf.q6_k_as_q6), 'q4_k' (144 bytes per 256) or 'q5_k' (176 per 256).")
+                    "pyattn.io.gguf.q6_k_as_q6), 'q4_k' (144 bytes per 256), 'q5_k' (176), 'q2_k' (84) or\n"
+                    "'q3_k' (110).")
         .def("__call__", &PackedLinear::call, py::arg("x"), py::arg("activation") = "none", py::arg("out") = py::none(),
              "act(x @ weight.T + bias) for x (..., in_features) float32 C-contiguous.")
         .def("weight", &PackedLinear::weight, "The weight (out_features, in_features), unpacked into a new array.")
@@ -410,7 +416,7 @@ void bind_gemm(py::module_& m) {
         .def_property_readonly(
             "storage", &PackedLinear::storage,
             "How the weight is held: 'float32', 'float16', 'bfloat16', 'int8', 'q4_0', 'q4_1', 'q5_0',\n"
-            "'q5_1', 'q6_k', 'q4_k' or 'q5_k'.")
+            "'q5_1', 'q6_k', 'q4_k', 'q5_k', 'q2_k' or 'q3_k'.")
         .def_property_readonly("nbytes", &PackedLinear::nbytes, "Bytes held by the packed weight and bias.");
 }
 

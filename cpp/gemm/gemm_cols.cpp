@@ -70,7 +70,7 @@ ColsInput cols_input(int64_t M, const float* A, int64_t lda, const PackedMatrix&
         int32_t* ta = reinterpret_cast<int32_t*>(scratch<Slot::gemm_cols_sums>(static_cast<std::size_t>(M * nb)));
         int64_t ld = lda;
         const float* a = i8 ? scaled_input(B, A, lda, M, ld) : A;
-        quantize_rows(ks, int8, a, ld, M, K, q, sa, ta, B.six());
+        quantize_rows(ks, int8, a, ld, M, K, q, sa, ta, B.half_sums());
         in.q = q;
         in.sa = sa;
         in.ta = ta;

@@ -262,7 +262,7 @@ void gemm_q4(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, floa
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         quantize_units(M, taken.get(), [&](int64_t i0, int64_t m) {
-            quantize_rows(ks, true, A + i0 * lda, lda, m, K, q + i0 * kp, sa + i0 * nb, ta + i0 * nb, B.six());
+            quantize_rows(ks, true, A + i0 * lda, lda, m, K, q + i0 * kp, sa + i0 * nb, ta + i0 * nb, B.half_sums());
         });
 #pragma omp barrier
         alignas(64) float tile[16 * kernels::kQ4Wide];

@@ -187,23 +187,80 @@ uint16_t half_at_least(float x) {
     return h;
 }
 
-// pyattn's own K-quant rule (not ggml's search) for 256 floats: per block b of 32, its minimum clamped to at most 0
-// gives the offset o_b = -min(0, min x) >= 0; dmin = max o_b / 63 as a half no smaller, m_b = round(o_b / dmin). The
-// range above the offset held, r_b = max(0, max x + dmin m_b) / top (top = 15 or 31), gives d = max r_b / 63 as a
-// half no smaller and sc_b = ceil(r_b / d) <= 63, so that the step d sc_b is at least r_b and the largest element is
-// not clipped; u = round((x + dmin m_b) / (d sc_b)) in [0, top] (0 where d sc_b is 0). Every element is within half a
-// step of its value, or of 0 when m_b's rounding put the offset below it (at most dmin / 2). A super-block holding NaN
-// or inf gets d NaN.
-void quantize_qk_super(const float* x, bool five, uint8_t* u, uint8_t* sc, uint8_t* m, uint16_t& dh, uint16_t& dminh) {
-    constexpr int nb = kernels::kQKSuper, bl = kernels::kQBlock;
-    const int top = five ? 31 : 15;
+// Column jj's low-bit super-block (u: 256 values in [0, 3] or [0, 7]; per half-block of 16 its scale byte, Q2_K:
+// sc | m << 4, Q3_K: int8 sc; halves d and, Q2_K, dmin) into a panel super-block (kernels.h).
+void put_low_column(uint8_t* sup, int jj, bool three, const uint8_t* u, const uint8_t* scales, uint16_t d,
+                    uint16_t dmin) {
+    for (int b = 0; b < kernels::kQKSuper; ++b) {
+        uint8_t* blk = sup + kernels::q2k_values(three, b);
+        for (int k = 0; k < kernels::kQBlock; ++k) {
+            const int h = k / 16, f = k % 16 / 4, bit = 4 * jj + k % 4, v = u[b * kernels::kQBlock + k];
+            blk[32 * h + bit] |= static_cast<uint8_t>((v & 3) << (2 * f));
+            if (three && (v & 4)) {
+                uint32_t mask;
+                std::memcpy(&mask, blk + kernels::q2k_third_bits(h, f), 4);
+                mask |= 1u << bit;
+                std::memcpy(blk + kernels::q2k_third_bits(h, f), &mask, 4);
+            }
+        }
+        for (int h = 0; h < 2; ++h) sup[kernels::q2k_scales(three, b) + kernels::kQ4Cols * h + jj] = scales[2 * b + h];
+    }
+    uint16_t* hv = reinterpret_cast<uint16_t*>(sup + kernels::q2k_halves(three));
+    hv[jj] = d;
+    if (!three) hv[kernels::kQ4Cols + jj] = dmin;
+}
+
+// A GGUF Q2_K (84 bytes) or Q3_K (110) super-block into column jj of a panel super-block. Q2_K: 16 scale bytes
+// (sub-block i of 16: sc | m << 4, as the panel holds them), 64 bytes qs, half d, half dmin; weight p = 128 n + 32 j +
+// l (l < 32) has the bits 2 j, 2 j + 1 of qs[32 n + l]. Q3_K: 32 bytes hmask, 64 bytes qs, 12 bytes of 16 6-bit
+// scales, half d; weight p's low two bits as Q2_K's (from qs), its third bit bit 4 n + j of hmask[l]; scale i < 4 is
+// the low nibble of byte i under bits 0-1 of byte 8 + i, 4 + i byte 4 + i's low nibble under bits 2-3, 8 + i and
+// 12 + i the high nibbles of bytes i and 4 + i under bits 4-5 and 6-7; the sub-scale is the scale - 32.
+void put_gguf_low_column(uint8_t* sup, int jj, bool three, const uint8_t* raw) {
+    const uint8_t* qs = raw + (three ? 32 : 16);
+    uint8_t u[kSuperBlock], scales[16];
+    for (int p = 0; p < kSuperBlock; ++p) {
+        const int n = p / 128, j = p % 128 / 32, l = p % 32;
+        int v = (qs[32 * n + l] >> (2 * j)) & 3;
+        if (three) v |= ((raw[l] >> (4 * n + j)) & 1) << 2;
+        u[p] = static_cast<uint8_t>(v);
+    }
+    uint16_t d, dmin = 0;
+    if (three) {
+        const uint8_t* b = raw + 96;
+        for (int i = 0; i < 4; ++i) {
+            const int top[4] = {b[8 + i] & 3, (b[8 + i] >> 2) & 3, (b[8 + i] >> 4) & 3, b[8 + i] >> 6};
+            const int sc[4] = {(b[i] & 15) | top[0] << 4, (b[4 + i] & 15) | top[1] << 4, (b[i] >> 4) | top[2] << 4,
+                               (b[4 + i] >> 4) | top[3] << 4};
+            for (int r = 0; r < 4; ++r) scales[4 * r + i] = static_cast<uint8_t>(static_cast<int8_t>(sc[r] - 32));
+        }
+        std::memcpy(&d, raw + 108, 2);
+    } else {
+        std::memcpy(scales, raw, 16);
+        std::memcpy(&d, raw + 80, 2);
+        std::memcpy(&dmin, raw + 82, 2);
+    }
+    put_low_column(sup, jj, three, u, scales, d, dmin);
+}
+
+// pyattn's own rule (not ggml's search) for 256 floats in sub-blocks of n (32: q4_k / q5_k, 16: q2_k) with a scale
+// and a minimum each, at most smax (63, or 15 for Q2_K's 4-bit fields), and values u up to top: per sub-block b its
+// minimum clamped to at most 0 gives the offset o_b = -min(0, min x) >= 0; dmin = max o_b / smax as a half no
+// smaller, m_b = round(o_b / dmin). The range above the offset held, r_b = max(0, max x + dmin m_b) / top, gives
+// d = max r_b / smax as a half no smaller and sc_b = ceil(r_b / d) <= smax, so that the step d sc_b is at least r_b
+// and the largest element is not clipped; u = round((x + dmin m_b) / (d sc_b)) in [0, top] (0 where d sc_b is 0).
+// Every element is within half a step of its value, or of 0 when m_b's rounding put the offset below it (at most
+// dmin / 2). A super-block holding NaN or inf gets d NaN.
+void quantize_min_super(const float* x, int n, int smax, int top, uint8_t* u, uint8_t* sc, uint8_t* m, uint16_t& dh,
+                        uint16_t& dminh) {
+    const int nb = kSuperBlock / n;
     std::memset(u, 0, kSuperBlock);
     std::memset(sc, 0, nb);
     std::memset(m, 0, nb);
-    float off[nb], hi[nb], omax = 0.0f;
+    float off[16], hi[16], omax = 0.0f;
     for (int b = 0; b < nb; ++b) {
-        float lo = 0.0f, h = x[b * bl];
-        for (int p = b * bl; p < (b + 1) * bl; ++p) {
+        float lo = 0.0f, h = x[b * n];
+        for (int p = b * n; p < (b + 1) * n; ++p) {
             if (!std::isfinite(x[p])) {
                 dh = dminh = 0x7e00;  // NaN
                 return;
@@ -215,22 +272,83 @@ void quantize_qk_super(const float* x, bool five, uint8_t* u, uint8_t* sc, uint8
         hi[b] = h;
         omax = std::max(omax, off[b]);
     }
-    dminh = half_at_least(omax / 63.0f);
+    const float fmax = static_cast<float>(smax);
+    dminh = half_at_least(omax / fmax);
     const float dmin = half_to_float(dminh);
-    float r[nb], rmax = 0.0f;
+    float r[16], rmax = 0.0f;
     for (int b = 0; b < nb; ++b) {
-        m[b] = static_cast<uint8_t>(dmin > 0.0f ? std::min(63L, std::lround(off[b] / dmin)) : 0);
+        m[b] = static_cast<uint8_t>(dmin > 0.0f ? std::min<long>(smax, std::lround(off[b] / dmin)) : 0);
         r[b] = std::max(0.0f, hi[b] + dmin * static_cast<float>(m[b])) / static_cast<float>(top);
         rmax = std::max(rmax, r[b]);
     }
-    dh = half_at_least(rmax / 63.0f);
+    dh = half_at_least(rmax / fmax);
     const float d = half_to_float(dh);
     for (int b = 0; b < nb; ++b) {
-        sc[b] = static_cast<uint8_t>(d > 0.0f ? std::min(63.0f, std::ceil(r[b] / d)) : 0.0f);
+        sc[b] = static_cast<uint8_t>(d > 0.0f ? std::min(fmax, std::ceil(r[b] / d)) : 0.0f);
         const float step = d * static_cast<float>(sc[b]), o = dmin * static_cast<float>(m[b]);
         if (step > 0.0f)
-            for (int p = b * bl; p < (b + 1) * bl; ++p)
+            for (int p = b * n; p < (b + 1) * n; ++p)
                 u[p] = static_cast<uint8_t>(std::clamp(static_cast<int>(std::lround((x[p] + o) / step)), 0, top));
+    }
+}
+
+// pyattn's own Q3_K rule for 256 floats (not ggml's search), as quantize_q6_block's with Q3_K's ranges: per
+// sub-block of 16, s_b = (the element of largest magnitude) / -4; d = max |s_b| / 31 as a half no smaller; sc_b = s_b
+// / d rounded away from zero (at most 31 in size), so that the step d |sc_b| is at least |s_b|; u = round(x / (d sc_b))
+// + 4 in [0, 7] (4 where the step is 0): the largest element maps to 0 exactly and the others lie within half a step,
+// but those of the other sign beyond 3.5 steps, which take 7 (one step at most). A super-block holding NaN or inf
+// gets d NaN. scales: the int8 sub-scales' bytes.
+void quantize_q3_super(const float* x, uint8_t* u, uint8_t* scales, uint16_t& dh) {
+    std::memset(u, 4, kSuperBlock);
+    std::memset(scales, 0, 16);
+    float sub[16], smax = 0.0f;
+    for (int b = 0; b < 16; ++b) {
+        float amax = 0.0f, mx = 0.0f;
+        for (int p = 16 * b; p < 16 * b + 16; ++p) {
+            if (!std::isfinite(x[p])) {
+                dh = 0x7e00;  // NaN
+                return;
+            }
+            if (std::fabs(x[p]) > amax) {
+                amax = std::fabs(x[p]);
+                mx = x[p];
+            }
+        }
+        sub[b] = mx / -4.0f;
+        smax = std::max(smax, std::fabs(sub[b]));
+    }
+    dh = half_at_least(smax / 31.0f);
+    const float d = half_to_float(dh);
+    for (int b = 0; b < 16; ++b) {
+        const int mag = d > 0.0f ? std::min(31, static_cast<int>(std::ceil(std::fabs(sub[b]) / d))) : 0;
+        const int sc = sub[b] < 0.0f ? -mag : mag;
+        scales[b] = static_cast<uint8_t>(static_cast<int8_t>(sc));
+        const float step = d * static_cast<float>(sc);
+        if (step != 0.0f)
+            for (int p = 16 * b; p < 16 * b + 16; ++p)
+                u[p] = static_cast<uint8_t>(std::clamp(static_cast<int>(std::lround(x[p] / step)) + 4, 0, 7));
+    }
+}
+
+// One super-block of 256 floats of a K-quant type (q4_k, q5_k, q2_k, q3_k) packed by the rules above into column jj
+// of a panel super-block.
+void pack_super_column(WeightType type, const float* x, uint8_t* sup, int jj) {
+    uint8_t u[kSuperBlock], sc[16], m[16];
+    uint16_t d, dmin = 0;
+    const bool five = type == WeightType::q5_k;
+    switch (type) {
+        case WeightType::q3_k:
+            quantize_q3_super(x, u, sc, d);
+            put_low_column(sup, jj, true, u, sc, d, 0);
+            return;
+        case WeightType::q2_k:
+            quantize_min_super(x, 16, 15, 3, u, sc, m, d, dmin);
+            for (int b = 0; b < 16; ++b) sc[b] = static_cast<uint8_t>(sc[b] | m[b] << 4);
+            put_low_column(sup, jj, false, u, sc, d, dmin);
+            return;
+        default:
+            quantize_min_super(x, kernels::kQBlock, 63, five ? 31 : 15, u, sc, m, d, dmin);
+            put_qk_column(sup, jj, five, u, sc, m, d, dmin);
     }
 }
 
@@ -362,11 +480,16 @@ PackedMatrix::PackedMatrix(WeightType type, const uint8_t* raw, int64_t K, int64
     uint8_t* base = alloc_q4();
     std::memset(base, 0, bytes_);
     if (super_blocks()) {
-        const int64_t ns = K / kSuperBlock, ss = kernels::q4k_super_bytes(five5), rs = gguf_super_bytes(type);
+        const int64_t ns = K / kSuperBlock, ss = bs * kernels::kQKSuper, rs = gguf_super_bytes(type);
         for (int64_t j = 0; j < N; ++j)
-            for (int64_t s = 0; s < ns; ++s)
-                put_gguf_qk_column(base + (j / kernels::kQ4Cols) * nb * bs + s * ss,
-                                   static_cast<int>(j % kernels::kQ4Cols), five5, raw + (j * ns + s) * rs);
+            for (int64_t s = 0; s < ns; ++s) {
+                uint8_t* sup = base + (j / kernels::kQ4Cols) * nb * bs + s * ss;
+                const int jj = static_cast<int>(j % kernels::kQ4Cols);
+                if (low_bits())
+                    put_gguf_low_column(sup, jj, three(), raw + (j * ns + s) * rs);
+                else
+                    put_gguf_qk_column(sup, jj, five5, raw + (j * ns + s) * rs);
+            }
         return;
     }
     for (int64_t j = 0; j < N; ++j) {
@@ -411,13 +534,9 @@ void PackedMatrix::pack_q4(const float* w32, const uint16_t* w16, int64_t ldw) {
             if (!w32) ks_->half[static_cast<int>(kernels::HalfFormat::f16)].widen(w16 + j * ldw, row.data(), K);
             uint8_t* panel = base + (j / kernels::kQ4Cols) * nb * bs;
             if (super_blocks()) {
-                const int64_t ss = kernels::q4k_super_bytes(five5);
-                for (int64_t s = 0; s < K / kSuperBlock; ++s) {
-                    uint8_t u[kSuperBlock], sc[kernels::kQKSuper], m[kernels::kQKSuper];
-                    uint16_t d, dmin;
-                    quantize_qk_super(src + s * kSuperBlock, five5, u, sc, m, d, dmin);
-                    put_qk_column(panel + s * ss, static_cast<int>(j % kernels::kQ4Cols), five5, u, sc, m, d, dmin);
-                }
+                for (int64_t s = 0; s < K / kSuperBlock; ++s)
+                    pack_super_column(type_, src + s * kSuperBlock, panel + s * bs * kernels::kQKSuper,
+                                      static_cast<int>(j % kernels::kQ4Cols));
                 continue;
             }
             for (int64_t blk = 0; blk < nb; ++blk) {
@@ -546,6 +665,24 @@ void PackedMatrix::unpack_row(int64_t j, float* row) const {
         const int64_t bs = q4_block_bytes();
         const uint8_t* panel = panel_q4(j / kernels::kQ4Cols);
         const int jj = static_cast<int>(j % kernels::kQ4Cols);
+        if (low_bits()) {
+            const int64_t ss = bs * kernels::kQKSuper;
+            const bool three3 = three();
+            for (int64_t p = 0; p < K_; ++p) {
+                const uint8_t* sup = panel + p / kSuperBlock * ss;
+                const int b = static_cast<int>(p % kSuperBlock / kernels::kQBlock), k = static_cast<int>(p % 32);
+                const int u = kernels::low_value(sup + kernels::q2k_values(three3, b), jj, k, info(type_).bits);
+                const uint8_t sc = sup[kernels::q2k_scales(three3, b) + kernels::kQ4Cols * (k / 16) + jj];
+                const uint16_t* h = reinterpret_cast<const uint16_t*>(sup + kernels::q2k_halves(three3));
+                const float d = half_to_float(h[jj]);
+                if (three3)  // exact: 11 x 8 bits
+                    row[p] = d * static_cast<float>(static_cast<int8_t>(sc) * (u - 4));
+                else  // d sc u and dmin m exact, one rounding
+                    row[p] = d * static_cast<float>((sc & 15) * u) -
+                             half_to_float(h[kernels::kQ4Cols + jj]) * static_cast<float>(sc >> 4);
+            }
+            return;
+        }
         if (super_blocks()) {
             const int64_t ss = kernels::q4k_super_bytes(five5);
             for (int64_t p = 0; p < K_; ++p) {

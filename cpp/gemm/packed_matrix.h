@@ -42,7 +42,8 @@ public:
     // of fifth bits (bit k of weight k), nibbles; Q5_1: half d, half m, fifth bits, nibbles -- rows contiguous. Held
     // as given. q6_k: half d, int8 sc_0 (weights 0-15), int8 sc_1 (16-31), fifth bits, sixth bits (4 bytes each,
     // bit k of weight k), nibbles (u = the 6-bit value, w = d sc (u - 32); pyattn.io.gguf re-lays GGUF's Q6_K so).
-    // q4_k, q5_k: GGUF's Q4_K and Q5_K super-blocks (K / 256 per row, 144 and 176 bytes).
+    // q4_k, q5_k, q2_k, q3_k: GGUF's Q4_K, Q5_K, Q2_K and Q3_K super-blocks (K / 256 per row, 144, 176, 84 and 110
+    // bytes).
     PackedMatrix(gemm::WeightType type, const uint8_t* raw, int64_t K, int64_t N, const kernels::KernelSet& ks);
 
     int64_t K() const { return K_; }
@@ -66,15 +67,20 @@ public:
     // 4- and 5-bit blocks: panels of kQ4Cols columns, nblocks() blocks of q4_block_bytes each (kernels.h: Q4Kernels;
     // K-quant super-blocks: nblocks() / kQKSuper of q4k_super_bytes, q4_block_bytes on average).
     bool super_blocks() const { return gemm::super_blocks(type_); }
+    bool low_bits() const { return gemm::low_bits(type_); }  // q2_k, q3_k
     bool has_min() const { return type_ == WeightType::q4_1 || type_ == WeightType::q5_1 || super_blocks(); }
+    bool three() const { return info(type_).bits == 3; }
     bool five() const { return info(type_).bits == 5; }
     bool six() const { return info(type_).bits == 6; }
+    // The kernels take A's block sums per half of 16 (kernels.h: Q6_K, Q2_K, Q3_K).
+    bool half_sums() const { return six() || low_bits(); }
     int q4_kind() const {
-        return six()            ? kernels::kQ6Kind
-               : super_blocks() ? kernels::q4k_kind(five())
-                                : kernels::q4_kind(has_min(), five());
+        if (low_bits()) return kernels::q2k_kind(three());
+        if (super_blocks()) return kernels::q4k_kind(five());
+        return six() ? kernels::kQ6Kind : kernels::q4_kind(has_min(), five());
     }
     int64_t q4_block_bytes() const {
+        if (low_bits()) return kernels::q2k_super_bytes(three()) / kernels::kQKSuper;
         if (super_blocks()) return kernels::q4k_super_bytes(five()) / kernels::kQKSuper;
         return six() ? kernels::q6_block_bytes() : kernels::q4_block_bytes(has_min(), five());
     }
@@ -111,7 +117,7 @@ private:
     void alloc_int8();
     uint8_t* alloc_q4();
     void pack_q4(const float* w32, const uint16_t* w16, int64_t ldw);
-    void check_super_blocks() const;  // K a multiple of kSuperBlock for q4_k and q5_k
+    void check_super_blocks() const;  // K a multiple of kSuperBlock for the K-quant types
 };
 
 // Packs columns [j0, j0 + nc) x rows [p0, p0 + kc) of B into panels (kc x NR each, zero-padded), the

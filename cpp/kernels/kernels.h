@@ -129,6 +129,16 @@ struct Int8Kernels {
 // (GGUF's 0.5625, with the sub-scales as bytes rather than 6-bit fields), 0.703 for q5_k. ds = d sc and dm = dmin m
 // are exact in float32 (11 + 6 bits), and each block takes Q4_1's step with d = ds and m = -dm:
 //   Q4_K, Q5_K: s_{b+1} = fma(float(sum_k Aq[i][k] u[k][j]), sa ds, fma(-dm, sa float(t), s_b))
+// Low-bit K-quant super-blocks (q2_k, q3_k: GGUF's Q2_K and Q3_K): u of 2 or 3 bits, per column and super-block a half
+// scale d (and, Q2_K, a half minimum dmin), per half-block of 16 a sub-scale sc_h (Q2_K: 4-bit, with a 4-bit minimum
+// m_h; Q3_K: int8 in [-32, 31]): W[k][j] = d sc_h u - dmin m_h (Q2_K), d sc_h (u - 4) (Q3_K). The panel holds, per
+// super-block (q2k_super_bytes), its 8 blocks' values (q2k_block_bytes each): 64 bytes, byte 32 h + 4 j + s holding
+// u[16 h + 4 f + s][j]'s low two bits at bits 2 f (f < 4: one 32-byte load and a shift give 8 columns x 4 k of a
+// half), then (Q3_K) their third bits as eight 32-bit masks, mask 4 h + f's bit 4 j + s; then per block 16 bytes of
+// sub-scales (half 0's 8 columns, then half 1's; Q2_K: sc_h | m_h << 4, Q3_K: int8 sc_h); then 8 halves d (and 8
+// dmin): 0.328 bytes per weight for q2_k (GGUF's own), 0.445 for q3_k (GGUF's 0.430). With I_h and t_h as for Q6_K:
+//   Q3_K: s_{b+1} = fma(float(sc_0 (I_0 - 4 t_0) + sc_1 (I_1 - 4 t_1)), sa d, s_b)
+//   Q2_K: s_{b+1} = fma(float(sc_0 I_0 + sc_1 I_1), sa d, fma(-float(m_0 t_0 + m_1 t_1), sa dmin, s_b))
 constexpr int kQ4Cols = 8;
 
 // How far ahead (bytes) the block kernels (int8, 4-bit) prefetch the weight panels they stream: a decoding step is a
@@ -161,7 +171,17 @@ constexpr int q4k_scales(bool five, int b) { return kQKSuper * q4_halves(five) +
 constexpr int q4k_halves(bool five) { return q4k_scales(five, kQKSuper); }
 constexpr int q4k_super_bytes(bool five) { return q4k_halves(five) + 4 * kQ4Cols; }
 constexpr int q4k_kind(bool five) { return 5 + (five ? 1 : 0); }
-constexpr int kQ4Kinds = 7;
+// A low-bit super-block (q2_k, q3_k): a block's bytes of values, block b's values, its third-bit mask for (half h,
+// field f), block b's sub-scales (half h's at + kQ4Cols h), the halves d (dmin at + kQ4Cols), the super-block's size,
+// the kind.
+constexpr int q2k_block_bytes(bool three) { return 64 + (three ? 32 : 0); }
+constexpr int q2k_values(bool three, int b) { return b * q2k_block_bytes(three); }
+constexpr int q2k_third_bits(int h, int f) { return 64 + 4 * (4 * h + f); }
+constexpr int q2k_scales(bool three, int b) { return kQKSuper * q2k_block_bytes(three) + 2 * kQ4Cols * b; }
+constexpr int q2k_halves(bool three) { return q2k_scales(three, kQKSuper); }
+constexpr int q2k_super_bytes(bool three) { return q2k_halves(three) + (three ? 2 : 4) * kQ4Cols; }
+constexpr int q2k_kind(bool three) { return 7 + (three ? 1 : 0); }
+constexpr int kQ4Kinds = 9;
 // Two signed numbers of at most 16 bits in one int32, lo in the low half and hi in the high half: the 6-bit kernels'
 // half sums of A (ta) and the wide tile's sub-scales.
 constexpr int32_t pack16(int32_t lo, int32_t hi) {
@@ -171,6 +191,17 @@ constexpr int32_t low16(int32_t packed) { return static_cast<int16_t>(static_cas
 constexpr int32_t high16(int32_t packed) { return static_cast<int16_t>(static_cast<uint32_t>(packed) >> 16); }
 // Value u[k][j] (k < kQBlock, j < kQ4Cols) of a panel block of `bits` bits (4, 5 or 6): its nibble, and its fifth and
 // sixth bits from the masks -- the layout above read one value at a time (the scalar kernels, unpacking).
+// Value u[k][j] of a low-bit block (q2k_values, 2 or 3 bits).
+inline int low_value(const uint8_t* blk, int j, int k, int bits) {
+    const int h = k / 16, f = k % 16 / 4, bit = 4 * j + k % 4;
+    int u = (blk[32 * h + bit] >> (2 * f)) & 3;
+    if (bits == 3) {
+        uint32_t mask;
+        std::memcpy(&mask, blk + q2k_third_bits(h, f), sizeof mask);
+        u |= static_cast<int>((mask >> bit) & 1u) << 2;
+    }
+    return u;
+}
 inline int block_value(const uint8_t* blk, int j, int k, int bits) {
     const int kk = k % 16, high = k / 16, ch = kk / 4, bit = 4 * j + kk % 4;
     const uint8_t byte = blk[32 * ch + bit];
@@ -204,7 +235,7 @@ using Q4WideKernel = void (*)(int64_t m, int64_t nb, const int8_t* a, int64_t ld
 
 struct Q4Kernels {
     int mr;                         // up to mr rows of A by one kQ4Cols-column panel per call
-    Q4Kernel tile[kQ4Kinds];        // by kind: Q4_0, Q4_1, Q5_0, Q5_1, Q6_K, Q4_K, Q5_K; 1 <= m <= mr
+    Q4Kernel tile[kQ4Kinds];        // by kind: Q4_0, Q4_1, Q5_0, Q5_1, Q6_K, Q4_K, Q5_K, Q2_K, Q3_K; 1 <= m <= mr
     int wide_mr = 0;                // the wide tile: up to wide_mr rows by kQ4Wide columns ...
     Q4WideKernel wide[kQ4Kinds]{};  // ... by kind
 };

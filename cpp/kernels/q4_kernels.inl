@@ -148,9 +148,76 @@ void qk_tile(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* s
     }
 }
 
+// Low-bit super-blocks: per block, S::sums2<M, kThree>(values, x, lda, s0, s1), the halves' sums I_0 and I_1 (as
+// sums6), and kernels.h's Q2_K / Q3_K step.
+template <class S, int M, bool kThree>
+void q2k_tile_m(int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta, int64_t ldsa,
+                const uint8_t* b, float* c, int64_t ldc, const float* bias, int64_t ahead) {
+    constexpr int64_t ss = q2k_super_bytes(kThree), per_block = ss / kQKSuper;
+    __m256 sum[M];
+#pragma GCC unroll 8
+    for (int i = 0; i < M; ++i) sum[i] = _mm256_setzero_ps();
+    for (int64_t sb = 0; sb < nb / kQKSuper; ++sb) {
+        const uint8_t* sup = b + sb * ss;
+        const __m128i* h = reinterpret_cast<const __m128i*>(sup + q2k_halves(kThree));
+        const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(h));
+        __m256 dmin;
+        if constexpr (!kThree) dmin = _mm256_cvtph_ps(_mm_loadu_si128(h + 1));
+        for (int q = 0; q < kQKSuper; ++q) {
+            if (ahead > 0)  // a block's share of the super-block's bytes ahead, two lines from its start
+                for (int64_t line = 0; line < 128; line += 64)
+                    _mm_prefetch(reinterpret_cast<const char*>(sup + ahead + q * per_block + line), _MM_HINT_T0);
+            const int64_t blk = sb * kQKSuper + q;
+            __m256i s0[M], s1[M];
+            S::template sums2<M, kThree>(sup + q2k_values(kThree, q), a + blk * kQBlock, lda, s0, s1);
+            const uint8_t* scp = sup + q2k_scales(kThree, q);
+            __m256i sc0, sc1, m0, m1;
+            if constexpr (kThree) {
+                sc0 = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(scp)));
+                sc1 = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(scp + kQ4Cols)));
+            } else {  // sc_h | m_h << 4
+                const __m256i p0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(scp)));
+                const __m256i p1 =
+                    _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(scp + kQ4Cols)));
+                const __m256i low = _mm256_set1_epi32(15);
+                sc0 = _mm256_and_si256(p0, low), m0 = _mm256_srli_epi32(p0, 4);
+                sc1 = _mm256_and_si256(p1, low), m1 = _mm256_srli_epi32(p1, 4);
+            }
+#pragma GCC unroll 8
+            for (int i = 0; i < M; ++i) {
+                const int32_t t = ta[i * ldsa + blk];  // the halves' sums, packed (kernels.h)
+                const __m256 sab = _mm256_set1_ps(sa[i * ldsa + blk]);
+                __m256i v;
+                if constexpr (kThree) {
+                    v = _mm256_add_epi32(
+                        _mm256_mullo_epi32(sc0, _mm256_sub_epi32(s0[i], _mm256_set1_epi32(4 * low16(t)))),
+                        _mm256_mullo_epi32(sc1, _mm256_sub_epi32(s1[i], _mm256_set1_epi32(4 * high16(t)))));
+                } else {
+                    v = _mm256_add_epi32(_mm256_mullo_epi32(sc0, s0[i]), _mm256_mullo_epi32(sc1, s1[i]));
+                    const __m256i w = _mm256_add_epi32(_mm256_mullo_epi32(m0, _mm256_set1_epi32(low16(t))),
+                                                       _mm256_mullo_epi32(m1, _mm256_set1_epi32(high16(t))));
+                    sum[i] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(w), _mm256_mul_ps(sab, dmin), sum[i]);
+                }
+                sum[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), _mm256_mul_ps(sab, d), sum[i]);
+            }
+        }
+    }
+    store_tile<M>(sum, c, ldc, bias);
+}
+
+template <class S, bool kThree, int M = S::kMR>
+void q2k_tile(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta, int64_t ldsa,
+              const uint8_t* b, float* c, int64_t ldc, const float* bias, int64_t ahead) {
+    if constexpr (M >= 1) {
+        if (m == M) return q2k_tile_m<S, M, kThree>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias, ahead);
+        return q2k_tile<S, kThree, M - 1>(m, nb, a, lda, sa, ta, ldsa, b, c, ldc, bias, ahead);
+    }
+}
+
 template <class S>
 Q4Kernels make_q4_kernels() {
-    return Q4Kernels{S::kMR,
-                     {&q4_tile<S, false, false>, &q4_tile<S, true, false>, &q4_tile<S, false, true>,
-                      &q4_tile<S, true, true>, &q6_tile<S>, &qk_tile<S, false>, &qk_tile<S, true>}};
+    return Q4Kernels{
+        S::kMR,
+        {&q4_tile<S, false, false>, &q4_tile<S, true, false>, &q4_tile<S, false, true>, &q4_tile<S, true, true>,
+         &q6_tile<S>, &qk_tile<S, false>, &qk_tile<S, true>, &q2k_tile<S, false>, &q2k_tile<S, true>}};
 }

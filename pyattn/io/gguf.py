@@ -231,38 +231,6 @@ def q6_k_as_q6(raw: np.ndarray, n: int) -> np.ndarray:
     return _as_q6(raw, n, 210, values)
 
 
-def q3_k_as_q6(raw: np.ndarray, n: int) -> np.ndarray:
-    """Q3_K rows (rows, n / 256 * 110 bytes) as pyattn's q6_k rows (rows, n / 32 * 28 bytes) of the same values
-    (0.875 bytes per weight, against 1.0625 as int8 blocks, which would also round them again).
-
-    A Q3_K super-block of 256 weights holds 32 bytes hmask of high bits, 64 bytes qs of low 2 bits, 12 bytes of 16
-    6-bit scales (one per 16 weights) and a float16 d; weight = d (sc - 32) v, v = (low 2 bits) - (4 unless the high
-    bit is set), in [-4, 3]. In each half h of 128 weights, value k < 32 of its four runs j of 32 takes bits 2j, 2j + 1
-    of qs[32 h + k] and bit 4 h + j of hmask[k]. Scale i < 4 is the low nibble of byte i with bits 0-1 of byte 8 + i
-    on top, scales 4 + i bits 2-3 with byte 4 + i's low nibble, 8 + i and 12 + i the high nibbles of bytes i and 4 + i
-    with bits 4-5 and 6-7. Re-laid by _as_q6 with u = v + 32 (in [28, 35]) and the int8 sub-scale sc - 32 --
-    nothing rounded."""
-    runs = (2 * np.arange(4, dtype=np.uint8))[:, None]  # the low bits' shift per run
-
-    def values(blk):
-        rows, nsb = blk.shape[:2]
-        hm = blk[..., :32].reshape(rows, nsb, 1, 1, 32)
-        qs = blk[..., 32:96].reshape(rows, nsb, 2, 1, 32)
-        high = (hm >> (4 * np.arange(2, dtype=np.uint8)[:, None, None] + np.arange(4, dtype=np.uint8)[:, None])) & 1
-        v = ((qs >> runs) & 3).astype(np.int16) - 4 * (1 - high.astype(np.int16))  # (rows, nsb, 2, 4, 32)
-        b = blk[..., 96:108].astype(np.int16)
-        top = [(b[..., 8:12] >> s) & 3 for s in (0, 2, 4, 6)]
-        sc = np.concatenate(
-            [(b[..., 0:4] & 15) | top[0] << 4, (b[..., 4:8] & 15) | top[1] << 4]
-            + [(b[..., 0:4] >> 4) | top[2] << 4, (b[..., 4:8] >> 4) | top[3] << 4],
-            -1,
-        )
-        u = (v + 32).astype(np.uint8).reshape(rows, nsb, 256)
-        return u, blk[..., 108:110], (sc - 32).astype(np.int8).view(np.uint8)
-
-    return _as_q6(raw, n, 110, values)
-
-
 def _as_q6(raw: np.ndarray, n: int, block_bytes: int, values) -> np.ndarray:
     """GGUF super-blocks of 256 weights, `block_bytes` each, whose weight is d sc (u - 32) for a float16 d per
     super-block, an int8 sc per 16 weights and 6-bit u, as pyattn's q6_k rows: per block of 32, d, the scales of its

@@ -21,12 +21,11 @@ stored), with a `LlamaConfig` saying what the model is. A GGUF of architecture l
 the interleaved rotary layout: they are used as stored, with interleaved pairs; qwen2 GGUFs and Hugging Face
 checkpoints rotate halves (`LlamaConfig.interleaved_rope`).
 
-Weights from GGUF (dtype=None, the default): as the file stores them -- Q4_0, Q4_1, Q5_0, Q5_1, Q4_K and Q5_K tensors
-as pyattn's q4_0 / q4_1 / q5_0 / q5_1 / q4_k / q5_k types (the GEMM reads the nibbles and fifth bits in place,
-activations quantized to int8 per block of 32, as llama.cpp computes), Q6_K and Q3_K as q6_k (their values and scales
-re-laid per block of 32, nothing rounded), Q8_0 as int8 blocks; Q2_K (dequantized by llama.cpp's `gguf` package) is
-held as int8 blocks; Q, K and V of different types are three matrices, each as stored (LlamaLayer.qkv a tuple).
-dtype="int8"
+Weights from GGUF (dtype=None, the default): as the file stores them -- Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q2_K and
+Q3_K tensors as pyattn's q4_0 / q4_1 / q5_0 / q5_1 / q4_k / q5_k / q2_k / q3_k types (the GEMM reads their bits in
+place, activations quantized to int8 per block of 32, as llama.cpp computes), Q6_K as q6_k (its values and scales
+re-laid per block of 32, nothing rounded), Q8_0 as int8 blocks; Q, K and V of different types are three matrices,
+each as stored (LlamaLayer.qkv a tuple). dtype="int8"
 holds every matrix as int8 blocks (Q8_0 and Q4_0 exactly, others re-quantized); dtype="float32" holds every matrix
 dequantized, exactly the values transformers' GGUF loader computes. Weights from a Hugging Face folder (float32,
 float16 or bfloat16 safetensors) are widened to float32 exactly and held as `dtype` asks (float32 by default).
@@ -57,7 +56,6 @@ from ..io.gguf import (
     adds_bos,
     end_ids,
     int8_blocks,
-    q3_k_as_q6,
     q6_k_as_q6,
     read_gguf,
     tokenizer,
@@ -162,9 +160,8 @@ class LlamaWeights:
         raise NotImplementedError
 
     def q4(self, role: str, shape: Tuple[int, int]):
-        """("q4_0" | "q4_1" | "q5_0" | "q5_1" | "q4_k" | "q5_k" | "q6_k", raw (rows, bytes) uint8) when the file
-        holds `role` in a 4-, 5- or 6-bit block format that pyattn reads as stored (GGUF's Q4_0 / Q4_1 / Q5_0 / Q5_1 /
-        Q4_K / Q5_K, Q6_K and Q3_K re-laid per 32), else None."""
+        """(a block type's name, raw (rows, bytes) uint8) when the file holds `role` in a block format that pyattn
+        reads as stored (GGUF's Q4_0, Q4_1, Q5_0, Q5_1 and K-quants but Q8_K; Q6_K re-laid per 32), else None."""
         return None
 
     def vector(self, role: str, size: int) -> np.ndarray:
@@ -206,8 +203,8 @@ class GGUFWeights(LlamaWeights):
         **{f"{p}_bias": f"blk.{{i}}.attn_{n}.bias" for p, n in (("q", "q"), ("k", "k"), ("v", "v"), ("o", "output"))},
     }
     # K-quants whose values are re-laid as the blocks pyattn reads in place (None from the function: held as int8)
-    RELAID = {"Q3_K": (q3_k_as_q6, "q6_k"), "Q6_K": (q6_k_as_q6, "q6_k")}
-    AS_STORED = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K")  # the GEMM reads their bytes
+    RELAID = {"Q6_K": (q6_k_as_q6, "q6_k")}
+    AS_STORED = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q2_K", "Q3_K")  # the GEMM reads their bytes
     # read by gguf_config, not as weights: Llama 3.x's rotary frequency factors, LongRoPE's two sets
     CONFIG_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
 

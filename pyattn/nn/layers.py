@@ -83,9 +83,10 @@ class Module:
         (GGUF's 4-bit blocks, quantized by ggml's reference rules: about a sixth); "q5_0" / "q5_1" (5-bit: about a
         fifth); "q6_k" (6-bit, two int8 sub-scales per block of 32, pyattn's own rounding: about a fifth); "q4_k" /
         "q5_k" (GGUF's K-quant super-blocks of 256 with 6-bit sub-scales and minima per 32, pyattn's own rounding:
-        about 0.58 / 0.70 bytes per weight; in_features a multiple of 256). Products and sums stay float32 (int32
-        within an int8 block). Layers a model marks as sensitive keep a finer type when int8 is
-        asked (`Linear.int8_fallback`). Converting weights already rounded to a coarser type to another type is
+        about 0.58 / 0.70 bytes per weight; in_features a multiple of 256); "q3_k" / "q2_k" (GGUF's 3- and 2-bit
+        K-quants, sub-scales per 16: 0.45 / 0.33 bytes per weight; coarse, for models too large otherwise). Products
+        and sums stay float32 (int32 within an int8 block). Layers a model marks as sensitive keep a finer type when
+        int8 is asked (`Linear.int8_fallback`). Converting weights already rounded to a coarser type to another type is
         an error: load the model again. Returns self."""
         check_storage(storage)
         for m in self.modules():
@@ -214,7 +215,8 @@ class Linear(Module):
         (22 bytes: d, 32 fifth bits, nibbles; w = d (u - 16)), "q5_1" (24 bytes: d, m, fifth bits, nibbles),
         "q6_k" (28 bytes: d, int8 sc_0 and sc_1, fifth bits, sixth bits, nibbles; w = d sc_h (u - 32), h the half of
         the block; pyattn.io.gguf.q6_k_as_q6 re-lays GGUF's Q6_K so) or "q4_k" / "q5_k" (GGUF's Q4_K / Q5_K: 144 / 176
-        bytes per 256 weights, w = d sc u - dmin m; in_features a multiple of 256).
+        bytes per 256 weights, w = d sc u - dmin m; in_features a multiple of 256), "q2_k" (84 bytes per 256: 4-bit sc
+        and m per 16, 2-bit u) or "q3_k" (110 bytes per 256: 6-bit sc per 16, 3-bit u, w = d sc (u - 4)).
         Activations are quantized per block of 32 to int8 at each call. As for from_int8, set_storage to another
         type raises."""
         raw = np.asarray(raw)

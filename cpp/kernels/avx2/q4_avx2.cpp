@@ -91,6 +91,30 @@ struct Q4SumsAvx2 {
             }
         }
     }
+
+    // A low-bit block's halves apart (kernels.h): each field's values (at most 7) by pmaddubsw, the half's four
+    // fields added in int16 lanes (at most 4 * 2 * 7 * 127 = 7112), then pmaddwd by ones.
+    template <int M, bool kThree>
+    static void sums2(const uint8_t* v, const int8_t* x, int64_t lda, __m256i (&s0)[M], __m256i (&s1)[M]) {
+        const __m256i three = _mm256_set1_epi8(3), ones = _mm256_set1_epi16(1);
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; ++h) {
+            const __m256i all = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + 32 * h));
+            __m256i acc[M];
+#pragma GCC unroll 8
+            for (int i = 0; i < M; ++i) acc[i] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+            for (int f = 0; f < 4; ++f) {
+                __m256i u = _mm256_and_si256(f ? _mm256_srli_epi16(all, 2 * f) : all, three);
+                if constexpr (kThree) u = _mm256_or_si256(u, mask_bytes(v + q2k_third_bits(h, f), 4));
+#pragma GCC unroll 8
+                for (int i = 0; i < M; ++i)
+                    acc[i] = _mm256_add_epi16(acc[i], _mm256_maddubs_epi16(u, bcast4(x + i * lda + 16 * h + 4 * f)));
+            }
+#pragma GCC unroll 8
+            for (int i = 0; i < M; ++i) (h ? s1 : s0)[i] = _mm256_madd_epi16(acc[i], ones);
+        }
+    }
 };
 
 #include "kernels/q4_kernels.inl"

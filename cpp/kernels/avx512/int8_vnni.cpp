@@ -189,6 +189,35 @@ struct Q4SumsVnni {
         }
     }
 
+    // A low-bit block's halves apart (kernels.h): per half one 32-byte load, each field f shifted down and masked to
+    // 8 columns x 4 k (3-bit: 4 added to the bytes whose third bit is set).
+    template <int M, bool kThree>
+    static void sums2(const uint8_t* v, const int8_t* x, int64_t lda, __m256i (&s0)[M], __m256i (&s1)[M]) {
+        const __m256i three = _mm256_set1_epi8(3), four = _mm256_set1_epi8(4);
+#pragma GCC unroll 8
+        for (int i = 0; i < M; ++i) s0[i] = s1[i] = _mm256_setzero_si256();
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; ++h) {
+            const __m256i all = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + 32 * h));
+#pragma GCC unroll 4
+            for (int f = 0; f < 4; ++f) {
+                __m256i u = _mm256_and_si256(f ? _mm256_srli_epi16(all, 2 * f) : all, three);
+                if constexpr (kThree) {
+                    uint32_t m;
+                    __builtin_memcpy(&m, v + q2k_third_bits(h, f), 4);
+                    u = _mm256_mask_add_epi8(u, static_cast<__mmask32>(m), u, four);
+                }
+#pragma GCC unroll 8
+                for (int i = 0; i < M; ++i) {
+                    int32_t xq;
+                    __builtin_memcpy(&xq, x + i * lda + 16 * h + 4 * f, sizeof xq);
+                    __m256i& acc = h ? s1[i] : s0[i];
+                    acc = _mm256_dpbusd_epi32(acc, u, _mm256_set1_epi32(xq));
+                }
+            }
+        }
+    }
+
     // The 6-bit block's halves apart: 16 and 32 added to the bytes whose fifth and sixth bits are set.
     template <int M>
     static void sums6(const uint8_t* nib, const int8_t* x, int64_t lda, __m256i (&s0)[M], __m256i (&s1)[M]) {
