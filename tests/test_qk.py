@@ -3,9 +3,9 @@
 minimum dmin, per 32 a 6-bit scale sc and minimum m, weight = d sc u - dmin m. Q2_K: the same per 16 with 4-bit sc and
 m and 2-bit u. Q3_K: per 16 a 6-bit scale (sc - 32 signed), weight = d sc (u - 4) with 3-bit u.
 
-`qk_model` and test_q6's `half_block_model` are kernels.h's steps in numpy: activations quantized per block of 32 as for int8, exact
-integer sums, then the float steps -- every kernel set must give their bits. The weights held must be the ones the
-`gguf` package (llama.cpp's reader) dequantizes, exactly."""
+`qk_model` and test_q6's `half_block_model` are kernels.h's steps in numpy: activations quantized per block of 32 as
+for int8, exact integer sums, then the float steps -- every kernel set must give their bits. The weights held must be
+the ones the `gguf` package (llama.cpp's reader) dequantizes, exactly."""
 
 import numpy as np
 import pytest
