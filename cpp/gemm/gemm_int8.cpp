@@ -162,7 +162,7 @@ constexpr std::array<uint64_t, 256> fifth_bits_table() {
 constexpr std::array<uint64_t, 256> kFifthBits = fifth_bits_table();
 
 // Panels [wp q, wp q + wp) of a 4-, 5- or 6-bit matrix (wp = kQ4Wide / kQ4Cols; panels past its columns: zeros) as
-// the wide tile's panel (kernels.h: Q4Kernels::wide): each block's nibbles (with their fifth and sixth bits) spread
+// the wide tile's panel (kernels.h: Q4Kernels::wide): each block's nibbles (with their fifth or top two bits) spread
 // into bytes, its halves widened (6-bit: its sub-scales packed as the minima's int32, sc_0 low, sc_1 high; K-quants:
 // ds and -dm as Q4_1's d and m).
 void unpack_wide(const PackedMatrix& B, int64_t q, uint8_t* dst) {
@@ -198,7 +198,7 @@ void unpack_wide(const PackedMatrix& B, int64_t q, uint8_t* dst) {
                     o[c * gs + p * ps + e] = v & 15;
                     o[(4 + c) * gs + p * ps + e] = v >> 4;
                 }
-            if (five)  // the fifth (and sixth) bits (kernels.h): each mask byte ORs 16 (32) into 8 bytes at once
+            if (five && !six)  // the fifth bits (kernels.h): each mask byte ORs 16 into 8 bytes at once
                 for (int64_t c = 0; c < 4; ++c)
                     for (int64_t half = 0; half < 2; ++half) {
                         uint8_t* row = o + (4 * half + c) * gs + p * ps;
@@ -206,9 +206,16 @@ void unpack_wide(const PackedMatrix& B, int64_t q, uint8_t* dst) {
                             uint64_t v;
                             std::memcpy(&v, row + 8 * byte, 8);
                             v |= kFifthBits[src[kernels::q4_fifth_bits(c, half) + byte]];
-                            if (six) v |= kFifthBits[src[kernels::q6_sixth_bits(c, half) + byte]] << 1;
                             std::memcpy(row + 8 * byte, &v, 8);
                         }
+                    }
+            if (six)  // the top two bits from their fields (kernels.h)
+                for (int64_t c = 0; c < 4; ++c)
+                    for (int half = 0; half < 2; ++half) {
+                        uint8_t* row = o + (4 * half + c) * gs + p * ps;
+                        const uint8_t* top = src + kernels::q6_high_bits(static_cast<int>(c));
+                        const int shift = 2 * kernels::q6_high_field(static_cast<int>(c), half);
+                        for (int64_t e = 0; e < ps; ++e) row[e] |= static_cast<uint8_t>(((top[e] >> shift) & 3) << 4);
                     }
             if (kquant) {  // ds and -dm (kernels.h), exact
                 const auto* h = reinterpret_cast<const uint16_t*>(sup + kernels::q4k_halves(five));

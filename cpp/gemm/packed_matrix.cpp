@@ -353,14 +353,17 @@ void pack_super_column(WeightType type, const float* x, uint8_t* sup, int jj) {
 }
 
 // Column jj's 6-bit block as the q6_k raw block holds it (d, sc_0, sc_1, fifth bits, sixth bits, nibbles) into a
-// panel block.
+// panel block (kernels.h: the top two bits in their fields).
 void put_q6_column(uint8_t* blk, int jj, const uint8_t* raw) {
     uint32_t b5, b6;
     std::memcpy(&b5, raw + 4, 4);
     std::memcpy(&b6, raw + 8, 4);
     for (int ch = 0; ch < 4; ++ch) std::memcpy(blk + 32 * ch + 4 * jj, raw + 12 + 4 * ch, 4);
-    put_bits(blk, kernels::q4_fifth_bits(0, 0), jj, b5);
-    put_bits(blk, kernels::q6_sixth_bits(0, 0), jj, b6);
+    for (int k = 0; k < kernels::kQBlock; ++k) {
+        const int high = k / 16, ch = k % 16 / 4, top = static_cast<int>(((b5 >> k) & 1u) | ((b6 >> k) & 1u) << 1);
+        blk[kernels::q6_high_bits(ch) + 4 * jj + k % 4] |=
+            static_cast<uint8_t>(top << (2 * kernels::q6_high_field(ch, high)));
+    }
     std::memcpy(blk + kernels::q6_halves() + 2 * jj, raw, 2);
     blk[kernels::q6_scales(0) + jj] = raw[2];
     blk[kernels::q6_scales(1) + jj] = raw[3];

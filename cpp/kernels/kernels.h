@@ -116,9 +116,11 @@ struct Int8Kernels {
 // with s_0 = 0, products sa d and sa float(t) rounded to float; c[i][j] = s_nb (+ bias[j], one add). Every kernel
 // set computes these operations in this order: the same bits everywhere (tested).
 // 6-bit blocks (q6_k: GGUF's Q6_K, its sub-blocks of 16 two to a block of 32): u in [0, 63], a half d and two int8
-// sub-scales, sc_0 for k < 16 and sc_1 for k >= 16: W[k][j] = d sc_h (u - 32). The panel block holds the 5-bit layout's
-// nibbles and fifth bits, then the sixth bits in the fifth bits' layout (q6_sixth_bits), then 8 halves d, then the 8
-// columns' sc_0 and their 8 sc_1 (int8). With t_h = sum over the half's k of Aq[i][k] (given packed in the block's
+// sub-scales, sc_0 for k < 16 and sc_1 for k >= 16: W[k][j] = d sc_h (u - 32). The panel block holds the 4-bit
+// layout's nibbles, then u's top two bits in two 32-byte vectors: chunk c's (low nibbles: h = 0, high: h = 1) in vector
+// c / 2 (q6_high_bits) at bits 2 f, 2 f + 1 of byte 4 j + s, f = 2 (c % 2) + h (q6_high_field) -- one shift and one
+// and put them at bits 4-5 of 32 bytes, over the nibbles -- then 8 halves d, then the 8 columns' sc_0 and their 8 sc_1
+// (int8). With t_h = sum over the half's k of Aq[i][k] (given packed in the block's
 // ta: t_0 in the low 16 bits, t_1 in the high 16) and I_h = sum over the half's k of Aq[i][k] u[k][j]:
 //   Q6_K: s_{b+1} = fma(float(sc_0 (I_0 - 32 t_0) + sc_1 (I_1 - 32 t_1)), sa d, s_b)   (int32: at most 2^24 in size)
 // K-quant super-blocks (q4_k, q5_k: GGUF's Q4_K and Q5_K, read as stored up to the order of their bytes): per column
@@ -158,8 +160,10 @@ constexpr int q4_block_bytes(bool has_min, bool five = false) { return q4_halves
 // The index of a block type's kernels in Q4Kernels::tile and wide: Q4_0, Q4_1, Q5_0, Q5_1, then Q6_K (kQ6Kind).
 constexpr int q4_kind(bool has_min, bool five) { return (has_min ? 1 : 0) + (five ? 2 : 0); }
 constexpr int kQ6Kind = 4;  // (q4k_kind: Q4_K 5, Q5_K 6)
-// A 6-bit panel block's sixth-bit masks (as q4_fifth_bits), its halves d, its sub-scales sc_h (8 int8 each), its size.
-constexpr int q6_sixth_bits(int ch, int high) { return q4_fifth_bits(ch, high) + 4 * kQ4Cols; }
+// A 6-bit panel block's vector of the top two bits of chunk ch, their field for the chunk's low (high = 0) or high
+// nibbles, its halves d, its sub-scales sc_h (8 int8 each), its size.
+constexpr int q6_high_bits(int ch) { return 16 * kQ4Cols + 32 * (ch / 2); }
+constexpr int q6_high_field(int ch, int high) { return 2 * (ch % 2) + high; }
 constexpr int q6_halves() { return 16 * kQ4Cols + 8 * kQ4Cols; }
 constexpr int q6_scales(int high) { return q6_halves() + 2 * kQ4Cols + high * kQ4Cols; }
 constexpr int q6_block_bytes() { return q6_scales(1) + kQ4Cols; }
@@ -189,8 +193,6 @@ constexpr int32_t pack16(int32_t lo, int32_t hi) {
 }
 constexpr int32_t low16(int32_t packed) { return static_cast<int16_t>(static_cast<uint32_t>(packed) & 0xFFFFu); }
 constexpr int32_t high16(int32_t packed) { return static_cast<int16_t>(static_cast<uint32_t>(packed) >> 16); }
-// Value u[k][j] (k < kQBlock, j < kQ4Cols) of a panel block of `bits` bits (4, 5 or 6): its nibble, and its fifth and
-// sixth bits from the masks -- the layout above read one value at a time (the scalar kernels, unpacking).
 // Value u[k][j] of a low-bit block (q2k_values, 2 or 3 bits).
 inline int low_value(const uint8_t* blk, int j, int k, int bits) {
     const int h = k / 16, f = k % 16 / 4, bit = 4 * j + k % 4;
@@ -202,19 +204,19 @@ inline int low_value(const uint8_t* blk, int j, int k, int bits) {
     }
     return u;
 }
+// Value u[k][j] (k < kQBlock, j < kQ4Cols) of a panel block of `bits` bits (4, 5 or 6): its nibble, and its fifth bit
+// from the masks (5-bit) or its top two bits from their fields (6-bit) -- the layouts above read one value at a time
+// (the scalar kernels, unpacking).
 inline int block_value(const uint8_t* blk, int j, int k, int bits) {
     const int kk = k % 16, high = k / 16, ch = kk / 4, bit = 4 * j + kk % 4;
     const uint8_t byte = blk[32 * ch + bit];
     int u = high ? byte >> 4 : byte & 15;
-    uint32_t mask;
-    if (bits >= 5) {
+    if (bits == 5) {
+        uint32_t mask;
         std::memcpy(&mask, blk + q4_fifth_bits(ch, high), sizeof mask);
         u |= static_cast<int>((mask >> bit) & 1u) << 4;
     }
-    if (bits == 6) {
-        std::memcpy(&mask, blk + q6_sixth_bits(ch, high), sizeof mask);
-        u |= static_cast<int>((mask >> bit) & 1u) << 5;
-    }
+    if (bits == 6) u |= ((blk[q6_high_bits(ch) + bit] >> (2 * q6_high_field(ch, high))) & 3) << 4;
     return u;
 }
 

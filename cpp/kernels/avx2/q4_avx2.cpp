@@ -13,6 +13,8 @@
 namespace pyattn::kernels {
 namespace {
 
+#include "kernels/x86_q6_top.inl"
+
 inline __m256i bcast4(const int8_t* p) {
     int32_t v;
     std::memcpy(&v, p, sizeof v);
@@ -67,8 +69,8 @@ struct Q4SumsAvx2 {
         for (int i = 0; i < M; ++i) s32[i] = kFive ? acc[i] : _mm256_madd_epi16(acc[i], ones);
     }
 
-    // The 6-bit block's halves apart (k < 16 from the low nibbles, k >= 16 from the high ones), each chunk's
-    // pmaddubsw (at most 2 * 63 * 127 per int16 lane) to int32 at once.
+    // The 6-bit block's halves apart (k < 16 from the low nibbles, k >= 16 from the high ones; the top two bits ORed
+    // over them, x86_q6_top.inl), each chunk's pmaddubsw (at most 2 * 63 * 127 per int16 lane) to int32 at once.
     template <int M>
     static void sums6(const uint8_t* nib, const int8_t* x, int64_t lda, __m256i (&s0)[M], __m256i (&s1)[M]) {
         const __m256i low = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
@@ -77,11 +79,10 @@ struct Q4SumsAvx2 {
 #pragma GCC unroll 4
         for (int ch = 0; ch < 4; ++ch) {
             const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + 32 * ch));
-            __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-            lo = _mm256_or_si256(_mm256_or_si256(lo, mask_bytes(nib + q4_fifth_bits(ch, 0), 16)),
-                                 mask_bytes(nib + q6_sixth_bits(ch, 0), 32));
-            hi = _mm256_or_si256(_mm256_or_si256(hi, mask_bytes(nib + q4_fifth_bits(ch, 1), 16)),
-                                 mask_bytes(nib + q6_sixth_bits(ch, 1), 32));
+            const __m256i top = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + q6_high_bits(ch)));
+            const __m256i lo = _mm256_or_si256(_mm256_and_si256(v, low), q6_top(top, q6_high_field(ch, 0)));
+            const __m256i hi =
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), low), q6_top(top, q6_high_field(ch, 1)));
 #pragma GCC unroll 8
             for (int i = 0; i < M; ++i) {
                 s0[i] = _mm256_add_epi32(

@@ -17,6 +17,8 @@
 namespace pyattn::kernels {
 namespace {
 
+#include "kernels/x86_q6_top.inl"
+
 constexpr int kGroups = kQBlock / 4;  // groups of 4 k per block
 
 inline __m512i bcast4(const int8_t* p) {
@@ -218,23 +220,19 @@ struct Q4SumsVnni {
         }
     }
 
-    // The 6-bit block's halves apart: 16 and 32 added to the bytes whose fifth and sixth bits are set.
+    // The 6-bit block's halves apart: each chunk's top two bits ORed over its nibbles (x86_q6_top.inl).
     template <int M>
     static void sums6(const uint8_t* nib, const int8_t* x, int64_t lda, __m256i (&s0)[M], __m256i (&s1)[M]) {
-        const __m256i low = _mm256_set1_epi8(15), sixteen = _mm256_set1_epi8(16), thirty_two = _mm256_set1_epi8(32);
+        const __m256i low = _mm256_set1_epi8(15);
 #pragma GCC unroll 8
         for (int i = 0; i < M; ++i) s0[i] = s1[i] = _mm256_setzero_si256();
 #pragma GCC unroll 4
         for (int ch = 0; ch < 4; ++ch) {
             const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + 32 * ch));
-            __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-            uint32_t m5[2], m6[2];
-            __builtin_memcpy(m5, nib + q4_fifth_bits(ch, 0), sizeof m5);
-            __builtin_memcpy(m6, nib + q6_sixth_bits(ch, 0), sizeof m6);
-            lo = _mm256_mask_add_epi8(lo, static_cast<__mmask32>(m5[0]), lo, sixteen);
-            hi = _mm256_mask_add_epi8(hi, static_cast<__mmask32>(m5[1]), hi, sixteen);
-            lo = _mm256_mask_add_epi8(lo, static_cast<__mmask32>(m6[0]), lo, thirty_two);
-            hi = _mm256_mask_add_epi8(hi, static_cast<__mmask32>(m6[1]), hi, thirty_two);
+            const __m256i top = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + q6_high_bits(ch)));
+            const __m256i lo = _mm256_or_si256(_mm256_and_si256(v, low), q6_top(top, q6_high_field(ch, 0)));
+            const __m256i hi =
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), low), q6_top(top, q6_high_field(ch, 1)));
 #pragma GCC unroll 8
             for (int i = 0; i < M; ++i) {
                 int32_t x0, x1;
