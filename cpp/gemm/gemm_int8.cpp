@@ -9,7 +9,6 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <array>
 #include <cstring>
 
 #include "cpu/buffer.h"
@@ -151,16 +150,6 @@ void gemm_int8(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, fl
 
 namespace {
 
-// 16 in byte i of entry m where bit i of m is set (little-endian): a mask byte of fifth bits spread over 8 bytes.
-constexpr std::array<uint64_t, 256> fifth_bits_table() {
-    std::array<uint64_t, 256> t{};
-    for (int m = 0; m < 256; ++m)
-        for (int i = 0; i < 8; ++i)
-            if (m >> i & 1) t[m] |= uint64_t{16} << (8 * i);
-    return t;
-}
-constexpr std::array<uint64_t, 256> kFifthBits = fifth_bits_table();
-
 // Panels [wp q, wp q + wp) of a 4-, 5- or 6-bit matrix (wp = kQ4Wide / kQ4Cols; panels past its columns: zeros) as
 // the wide tile's panel (kernels.h: Q4Kernels::wide): each block's nibbles (with their fifth or top two bits) spread
 // into bytes, its halves widened (6-bit: its sub-scales packed as the minima's int32, sc_0 low, sc_1 high; K-quants:
@@ -198,24 +187,15 @@ void unpack_wide(const PackedMatrix& B, int64_t q, uint8_t* dst) {
                     o[c * gs + p * ps + e] = v & 15;
                     o[(4 + c) * gs + p * ps + e] = v >> 4;
                 }
-            if (five && !six)  // the fifth bits (kernels.h): each mask byte ORs 16 into 8 bytes at once
-                for (int64_t c = 0; c < 4; ++c)
-                    for (int64_t half = 0; half < 2; ++half) {
-                        uint8_t* row = o + (4 * half + c) * gs + p * ps;
-                        for (int64_t byte = 0; byte < ps / 8; ++byte) {
-                            uint64_t v;
-                            std::memcpy(&v, row + 8 * byte, 8);
-                            v |= kFifthBits[src[kernels::q4_fifth_bits(c, half) + byte]];
-                            std::memcpy(row + 8 * byte, &v, 8);
-                        }
-                    }
-            if (six)  // the top two bits from their fields (kernels.h)
-                for (int64_t c = 0; c < 4; ++c)
+            if (five)  // the fifth or top two bits from their fields (kernels.h), at bit 4
+                for (int c = 0; c < 4; ++c)
                     for (int half = 0; half < 2; ++half) {
                         uint8_t* row = o + (4 * half + c) * gs + p * ps;
-                        const uint8_t* top = src + kernels::q6_high_bits(static_cast<int>(c));
-                        const int shift = 2 * kernels::q6_high_field(static_cast<int>(c), half);
-                        for (int64_t e = 0; e < ps; ++e) row[e] |= static_cast<uint8_t>(((top[e] >> shift) & 3) << 4);
+                        const uint8_t* bits = src + (six ? kernels::q6_high_bits(c) : kernels::q4_fifth_bits());
+                        const int shift = six ? 2 * kernels::q6_high_field(c, half) : kernels::q4_fifth_field(c, half);
+                        const int keep = six ? 3 : 1;
+                        for (int64_t e = 0; e < ps; ++e)
+                            row[e] |= static_cast<uint8_t>(((bits[e] >> shift) & keep) << 4);
                     }
             if (kquant) {  // ds and -dm (kernels.h), exact
                 const auto* h = reinterpret_cast<const uint16_t*>(sup + kernels::q4k_halves(five));

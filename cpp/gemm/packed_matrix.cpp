@@ -110,21 +110,18 @@ uint8_t* PackedMatrix::alloc_q4() {
 
 namespace {
 
-// Column jj's bits (bit k of weight k) into a panel block's masks at `at` (the fifth or sixth bits, kernels.h).
-void put_bits(uint8_t* blk, int at, int jj, uint32_t bits) {
-    uint32_t* masks = reinterpret_cast<uint32_t*>(blk + at);
-    for (int ch = 0; ch < 4; ++ch)
-        for (int s = 0; s < 4; ++s) {
-            masks[2 * ch] |= ((bits >> (4 * ch + s)) & 1u) << (4 * jj + s);           // u[4 ch + s]
-            masks[2 * ch + 1] |= ((bits >> (16 + 4 * ch + s)) & 1u) << (4 * jj + s);  // u[16 + 4 ch + s]
-        }
+// Column jj's fifth bits (bit k of weight k) into a panel block's fields (kernels.h).
+void put_fifth_bits(uint8_t* blk, int jj, uint32_t bits) {
+    for (int k = 0; k < kernels::kQBlock; ++k)
+        blk[kernels::q4_fifth_bits() + 4 * jj + k % 4] |=
+            static_cast<uint8_t>(((bits >> k) & 1u) << kernels::q4_fifth_field(k % 16 / 4, k / 16));
 }
 
 // Writes column jj's values of a block (16 GGUF nibble bytes qs, 5-bit: the fifth bits qh, bit k of weight k) into a
 // panel block (kernels.h: Q4Kernels).
 void put_values(uint8_t* blk, int jj, const uint8_t* qs, const uint32_t* qh) {
     for (int ch = 0; ch < 4; ++ch) std::memcpy(blk + 32 * ch + 4 * jj, qs + 4 * ch, 4);
-    if (qh) put_bits(blk, kernels::q4_fifth_bits(0, 0), jj, *qh);
+    if (qh) put_fifth_bits(blk, jj, *qh);
 }
 
 // ... with its half scale d and half minimum m.
@@ -196,12 +193,8 @@ void put_low_column(uint8_t* sup, int jj, bool three, const uint8_t* u, const ui
         for (int k = 0; k < kernels::kQBlock; ++k) {
             const int h = k / 16, f = k % 16 / 4, bit = 4 * jj + k % 4, v = u[b * kernels::kQBlock + k];
             blk[32 * h + bit] |= static_cast<uint8_t>((v & 3) << (2 * f));
-            if (three && (v & 4)) {
-                uint32_t mask;
-                std::memcpy(&mask, blk + kernels::q2k_third_bits(h, f), 4);
-                mask |= 1u << bit;
-                std::memcpy(blk + kernels::q2k_third_bits(h, f), &mask, 4);
-            }
+            if (three && (v & 4))
+                blk[kernels::q2k_third_bits() + bit] |= static_cast<uint8_t>(1 << kernels::q2k_third_field(h, f));
         }
         for (int h = 0; h < 2; ++h) sup[kernels::q2k_scales(three, b) + kernels::kQ4Cols * h + jj] = scales[2 * b + h];
     }

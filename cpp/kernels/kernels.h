@@ -108,8 +108,9 @@ struct Int8Kernels {
 // u[16 + 4c + s][j] in its high nibble -- for each column, GGUF's own 16 bytes in four groups of 4, so that one
 // 32-byte load gives 8 columns x 4 k of low nibbles and 8 x 4 of high ones (pmaddubsw: u8 x s8 pairs, at most
 // 2 * 15 * 127 per pair and 16 * 15 * 127 = 30480 per int16 lane over a block: never saturated). 5-bit blocks hold
-// u's low 4 bits so, then 32 bytes of fifth bits before the halves: per chunk c, a 32-bit mask of the chunk's low
-// nibbles (bit 4 j + s: u[4c + s][j] >= 16) at byte 8 c and one of its high nibbles (u[16 + 4c + s][j]) at 8 c + 4.
+// u's low 4 bits so, then 32 bytes of fifth bits before the halves: bit 2 c + h of byte 4 j + s is u[16 h + 4 c +
+// s][j]'s (q4_fifth_field), so that one shift and one and of those 32 bytes put chunk c's fifth bits at bit 4, over its
+// nibbles (x86_fields.inl).
 //   Q4_0: s_{b+1} = fma(float(sum_k Aq[i][k] u[k][j] - 8 t), sa d, s_b)          (= the int8 GEMM of d (u - 8))
 //   Q5_0: the same with 16 t
 //   Q4_1, Q5_1: s_{b+1} = fma(float(sum_k Aq[i][k] u[k][j]), sa d, fma(m, sa float(t), s_b))
@@ -136,9 +137,10 @@ struct Int8Kernels {
 // m_h; Q3_K: int8 in [-32, 31]): W[k][j] = d sc_h u - dmin m_h (Q2_K), d sc_h (u - 4) (Q3_K). The panel holds, per
 // super-block (q2k_super_bytes), its 8 blocks' values (q2k_block_bytes each): 64 bytes, byte 32 h + 4 j + s holding
 // u[16 h + 4 f + s][j]'s low two bits at bits 2 f (f < 4: one 32-byte load and a shift give 8 columns x 4 k of a
-// half), then (Q3_K) their third bits as eight 32-bit masks, mask 4 h + f's bit 4 j + s; then per block 16 bytes of
-// sub-scales (half 0's 8 columns, then half 1's; Q2_K: sc_h | m_h << 4, Q3_K: int8 sc_h); then 8 halves d (and 8
-// dmin): 0.328 bytes per weight for q2_k (GGUF's own), 0.445 for q3_k (GGUF's 0.430). With I_h and t_h as for Q6_K:
+// half), then (Q3_K) their third bits in 32 bytes, bit 4 h + f of byte 4 j + s (q2k_third_field); then per block 16
+// bytes of sub-scales (half 0's 8 columns, then half 1's; Q2_K: sc_h | m_h << 4, Q3_K: int8 sc_h); then 8 halves d
+// (and 8 dmin): 0.328 bytes per weight for q2_k (GGUF's own), 0.445 for q3_k (GGUF's 0.430). With I_h and t_h as for
+// Q6_K:
 //   Q3_K: s_{b+1} = fma(float(sc_0 (I_0 - 4 t_0) + sc_1 (I_1 - 4 t_1)), sa d, s_b)
 //   Q2_K: s_{b+1} = fma(float(sc_0 I_0 + sc_1 I_1), sa d, fma(-float(m_0 t_0 + m_1 t_1), sa dmin, s_b))
 constexpr int kQ4Cols = 8;
@@ -154,7 +156,8 @@ constexpr int kQ4Cols = 8;
 extern int64_t stream_prefetch_bytes;
 // A panel block's bytes, and the offsets of its parts: the 32-bit fifth-bit mask of chunk ch's low (high = 0) or high
 // (high = 1) nibbles (5-bit only), and the halves (after the nibbles and, 5-bit, the fifth bits).
-constexpr int q4_fifth_bits(int ch, int high) { return 16 * kQ4Cols + 8 * ch + 4 * high; }
+constexpr int q4_fifth_bits() { return 16 * kQ4Cols; }
+constexpr int q4_fifth_field(int ch, int high) { return 2 * ch + high; }
 constexpr int q4_halves(bool five) { return 16 * kQ4Cols + (five ? 4 * kQ4Cols : 0); }
 constexpr int q4_block_bytes(bool has_min, bool five = false) { return q4_halves(five) + (has_min ? 4 : 2) * kQ4Cols; }
 // The index of a block type's kernels in Q4Kernels::tile and wide: Q4_0, Q4_1, Q5_0, Q5_1, then Q6_K (kQ6Kind).
@@ -175,12 +178,13 @@ constexpr int q4k_scales(bool five, int b) { return kQKSuper * q4_halves(five) +
 constexpr int q4k_halves(bool five) { return q4k_scales(five, kQKSuper); }
 constexpr int q4k_super_bytes(bool five) { return q4k_halves(five) + 4 * kQ4Cols; }
 constexpr int q4k_kind(bool five) { return 5 + (five ? 1 : 0); }
-// A low-bit super-block (q2_k, q3_k): a block's bytes of values, block b's values, its third-bit mask for (half h,
-// field f), block b's sub-scales (half h's at + kQ4Cols h), the halves d (dmin at + kQ4Cols), the super-block's size,
-// the kind.
+// A low-bit super-block (q2_k, q3_k): a block's bytes of values, block b's values, its third bits and their field for
+// (half h, field f), block b's sub-scales (half h's at + kQ4Cols h), the halves d (dmin at + kQ4Cols), the
+// super-block's size, the kind.
 constexpr int q2k_block_bytes(bool three) { return 64 + (three ? 32 : 0); }
 constexpr int q2k_values(bool three, int b) { return b * q2k_block_bytes(three); }
-constexpr int q2k_third_bits(int h, int f) { return 64 + 4 * (4 * h + f); }
+constexpr int q2k_third_bits() { return 64; }
+constexpr int q2k_third_field(int h, int f) { return 4 * h + f; }
 constexpr int q2k_scales(bool three, int b) { return kQKSuper * q2k_block_bytes(three) + 2 * kQ4Cols * b; }
 constexpr int q2k_halves(bool three) { return q2k_scales(three, kQKSuper); }
 constexpr int q2k_super_bytes(bool three) { return q2k_halves(three) + (three ? 2 : 4) * kQ4Cols; }
@@ -197,25 +201,17 @@ constexpr int32_t high16(int32_t packed) { return static_cast<int16_t>(static_ca
 inline int low_value(const uint8_t* blk, int j, int k, int bits) {
     const int h = k / 16, f = k % 16 / 4, bit = 4 * j + k % 4;
     int u = (blk[32 * h + bit] >> (2 * f)) & 3;
-    if (bits == 3) {
-        uint32_t mask;
-        std::memcpy(&mask, blk + q2k_third_bits(h, f), sizeof mask);
-        u |= static_cast<int>((mask >> bit) & 1u) << 2;
-    }
+    if (bits == 3) u |= ((blk[q2k_third_bits() + bit] >> q2k_third_field(h, f)) & 1) << 2;
     return u;
 }
 // Value u[k][j] (k < kQBlock, j < kQ4Cols) of a panel block of `bits` bits (4, 5 or 6): its nibble, and its fifth bit
-// from the masks (5-bit) or its top two bits from their fields (6-bit) -- the layouts above read one value at a time
+// (5-bit) or its top two bits (6-bit) from their fields -- the layouts above read one value at a time
 // (the scalar kernels, unpacking).
 inline int block_value(const uint8_t* blk, int j, int k, int bits) {
     const int kk = k % 16, high = k / 16, ch = kk / 4, bit = 4 * j + kk % 4;
     const uint8_t byte = blk[32 * ch + bit];
     int u = high ? byte >> 4 : byte & 15;
-    if (bits == 5) {
-        uint32_t mask;
-        std::memcpy(&mask, blk + q4_fifth_bits(ch, high), sizeof mask);
-        u |= static_cast<int>((mask >> bit) & 1u) << 4;
-    }
+    if (bits == 5) u |= ((blk[q4_fifth_bits() + bit] >> q4_fifth_field(ch, high)) & 1) << 4;
     if (bits == 6) u |= ((blk[q6_high_bits(ch) + bit] >> (2 * q6_high_field(ch, high))) & 3) << 4;
     return u;
 }

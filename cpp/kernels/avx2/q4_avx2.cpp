@@ -13,24 +13,12 @@
 namespace pyattn::kernels {
 namespace {
 
-#include "kernels/x86_q6_top.inl"
+#include "kernels/x86_fields.inl"
 
 inline __m256i bcast4(const int8_t* p) {
     int32_t v;
     std::memcpy(&v, p, sizeof v);
     return _mm256_set1_epi32(v);
-}
-
-// 32 bytes from a 32-bit mask (kernels.h's fifth or sixth bits): `value` where bit i is set, 0 elsewhere -- the mask
-// in every lane, each byte picking the mask byte that holds its bit, then tested against its own bit.
-inline __m256i mask_bytes(const uint8_t* p, char value) {
-    int32_t m;
-    std::memcpy(&m, p, sizeof m);
-    const __m256i pick = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3,
-                                          3, 3, 3, 3, 3, 3);
-    const __m256i bit = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201ull));
-    const __m256i x = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(m), pick), bit);
-    return _mm256_and_si256(_mm256_cmpeq_epi8(x, bit), _mm256_set1_epi8(value));
 }
 
 // One block's sums: per 32-byte chunk, the low and high nibbles (with their fifth bits, 5-bit) times A's four bytes
@@ -49,8 +37,9 @@ struct Q4SumsAvx2 {
             const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + 32 * ch));
             __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
             if constexpr (kFive) {
-                lo = _mm256_or_si256(lo, mask_bytes(nib + q4_fifth_bits(ch, 0), 16));
-                hi = _mm256_or_si256(hi, mask_bytes(nib + q4_fifth_bits(ch, 1), 16));
+                const __m256i f = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + q4_fifth_bits()));
+                lo = _mm256_or_si256(lo, fifth_bits(f, ch, 0));
+                hi = _mm256_or_si256(hi, fifth_bits(f, ch, 1));
             }
 #pragma GCC unroll 8
             for (int i = 0; i < M; ++i) {
@@ -70,7 +59,7 @@ struct Q4SumsAvx2 {
     }
 
     // The 6-bit block's halves apart (k < 16 from the low nibbles, k >= 16 from the high ones; the top two bits ORed
-    // over them, x86_q6_top.inl), each chunk's pmaddubsw (at most 2 * 63 * 127 per int16 lane) to int32 at once.
+    // over them, x86_fields.inl), each chunk's pmaddubsw (at most 2 * 63 * 127 per int16 lane) to int32 at once.
     template <int M>
     static void sums6(const uint8_t* nib, const int8_t* x, int64_t lda, __m256i (&s0)[M], __m256i (&s1)[M]) {
         const __m256i low = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
@@ -80,9 +69,8 @@ struct Q4SumsAvx2 {
         for (int ch = 0; ch < 4; ++ch) {
             const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + 32 * ch));
             const __m256i top = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + q6_high_bits(ch)));
-            const __m256i lo = _mm256_or_si256(_mm256_and_si256(v, low), q6_top(top, q6_high_field(ch, 0)));
-            const __m256i hi =
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), low), q6_top(top, q6_high_field(ch, 1)));
+            const __m256i lo = _mm256_or_si256(_mm256_and_si256(v, low), top_bits(top, ch, 0));
+            const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), low), top_bits(top, ch, 1));
 #pragma GCC unroll 8
             for (int i = 0; i < M; ++i) {
                 s0[i] = _mm256_add_epi32(
@@ -107,7 +95,10 @@ struct Q4SumsAvx2 {
 #pragma GCC unroll 4
             for (int f = 0; f < 4; ++f) {
                 __m256i u = _mm256_and_si256(f ? _mm256_srli_epi16(all, 2 * f) : all, three);
-                if constexpr (kThree) u = _mm256_or_si256(u, mask_bytes(v + q2k_third_bits(h, f), 4));
+                if constexpr (kThree)
+                    u = _mm256_or_si256(
+                        u,
+                        third_bits(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + q2k_third_bits())), h, f));
 #pragma GCC unroll 8
                 for (int i = 0; i < M; ++i)
                     acc[i] = _mm256_add_epi16(acc[i], _mm256_maddubs_epi16(u, bcast4(x + i * lda + 16 * h + 4 * f)));

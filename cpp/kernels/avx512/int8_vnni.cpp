@@ -17,7 +17,7 @@
 namespace pyattn::kernels {
 namespace {
 
-#include "kernels/x86_q6_top.inl"
+#include "kernels/x86_fields.inl"
 
 constexpr int kGroups = kQBlock / 4;  // groups of 4 k per block
 
@@ -164,13 +164,10 @@ struct Q4SumsVnni {
         for (int ch = 0; ch < 4; ++ch) {
             const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + 32 * ch));
             __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-            if constexpr (kFive) {  // 16 added to the bytes whose fifth bit (kernels.h) is set
-                uint32_t ml, mh;
-                __builtin_memcpy(&ml, nib + q4_fifth_bits(ch, 0), 4);
-                __builtin_memcpy(&mh, nib + q4_fifth_bits(ch, 1), 4);
-                const __m256i sixteen = _mm256_set1_epi8(16);
-                lo = _mm256_mask_add_epi8(lo, static_cast<__mmask32>(ml), lo, sixteen);
-                hi = _mm256_mask_add_epi8(hi, static_cast<__mmask32>(mh), hi, sixteen);
+            if constexpr (kFive) {  // the fifth bits (kernels.h) ORed over the nibbles
+                const __m256i f = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + q4_fifth_bits()));
+                lo = _mm256_or_si256(lo, fifth_bits(f, ch, 0));
+                hi = _mm256_or_si256(hi, fifth_bits(f, ch, 1));
             }
 #pragma GCC unroll 8
             for (int i = 0; i < M; ++i) {
@@ -192,10 +189,10 @@ struct Q4SumsVnni {
     }
 
     // A low-bit block's halves apart (kernels.h): per half one 32-byte load, each field f shifted down and masked to
-    // 8 columns x 4 k (3-bit: 4 added to the bytes whose third bit is set).
+    // 8 columns x 4 k (3-bit: the third bits ORed over them).
     template <int M, bool kThree>
     static void sums2(const uint8_t* v, const int8_t* x, int64_t lda, __m256i (&s0)[M], __m256i (&s1)[M]) {
-        const __m256i three = _mm256_set1_epi8(3), four = _mm256_set1_epi8(4);
+        const __m256i three = _mm256_set1_epi8(3);
 #pragma GCC unroll 8
         for (int i = 0; i < M; ++i) s0[i] = s1[i] = _mm256_setzero_si256();
 #pragma GCC unroll 2
@@ -204,11 +201,10 @@ struct Q4SumsVnni {
 #pragma GCC unroll 4
             for (int f = 0; f < 4; ++f) {
                 __m256i u = _mm256_and_si256(f ? _mm256_srli_epi16(all, 2 * f) : all, three);
-                if constexpr (kThree) {
-                    uint32_t m;
-                    __builtin_memcpy(&m, v + q2k_third_bits(h, f), 4);
-                    u = _mm256_mask_add_epi8(u, static_cast<__mmask32>(m), u, four);
-                }
+                if constexpr (kThree)
+                    u = _mm256_or_si256(
+                        u,
+                        third_bits(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + q2k_third_bits())), h, f));
 #pragma GCC unroll 8
                 for (int i = 0; i < M; ++i) {
                     int32_t xq;
@@ -220,7 +216,7 @@ struct Q4SumsVnni {
         }
     }
 
-    // The 6-bit block's halves apart: each chunk's top two bits ORed over its nibbles (x86_q6_top.inl).
+    // The 6-bit block's halves apart: each chunk's top two bits ORed over its nibbles (x86_fields.inl).
     template <int M>
     static void sums6(const uint8_t* nib, const int8_t* x, int64_t lda, __m256i (&s0)[M], __m256i (&s1)[M]) {
         const __m256i low = _mm256_set1_epi8(15);
@@ -230,9 +226,8 @@ struct Q4SumsVnni {
         for (int ch = 0; ch < 4; ++ch) {
             const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + 32 * ch));
             const __m256i top = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + q6_high_bits(ch)));
-            const __m256i lo = _mm256_or_si256(_mm256_and_si256(v, low), q6_top(top, q6_high_field(ch, 0)));
-            const __m256i hi =
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), low), q6_top(top, q6_high_field(ch, 1)));
+            const __m256i lo = _mm256_or_si256(_mm256_and_si256(v, low), top_bits(top, ch, 0));
+            const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), low), top_bits(top, ch, 1));
 #pragma GCC unroll 8
             for (int i = 0; i < M; ++i) {
                 int32_t x0, x1;
