@@ -194,7 +194,8 @@ def _tune_team_rows(rows: int) -> None:
 
 def _tune_team_chunk(bytes: int) -> None:
     """
-    Tuning hook for benchmarks/gym: bytes of weights per chunk of columns the threads of a decoding step share.
+    Tuning hook for benchmarks/gym: bytes of weights per chunk of columns the threads of a decoding step share
+    (-1, the default: by matrix and thread count; 0: 16 KiB, each thread its own share).
     """
 
 def _tune_small_m_packed(m: int) -> None:

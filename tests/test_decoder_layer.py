@@ -205,7 +205,7 @@ def test_one_region_step_equals_layer_by_layer(rng, storage, cache, head_norms):
     positions = np.maximum(np.cumsum(mask, 1) - 1, 0).astype(np.int64)
     cos, sin = rope_tables(16, head_norms == "gemma")
 
-    def decode(team_rows, threads, chunk=16384):
+    def decode(team_rows, threads, chunk=-1):
         old = pyattn.get_num_threads()
         pyattn.set_num_threads(threads)
         _core._tune_team_rows(team_rows)
@@ -220,11 +220,11 @@ def test_one_region_step_equals_layer_by_layer(rng, storage, cache, head_norms):
             return np.concatenate(steps, 1), np.concatenate([c[0] for c in caches])
         finally:
             _core._tune_team_rows(8)
-            _core._tune_team_chunk(16384)
+            _core._tune_team_chunk(-1)
             pyattn.set_num_threads(old)
 
     want, want_k = decode(0, 2)
-    for threads, chunk in [(1, 16384), (2, 16384), (5, 16384), (2, 1), (5, 1), (2, 0)]:
+    for threads, chunk in [(1, -1), (2, -1), (5, -1), (1, 16384), (2, 16384), (2, 1), (5, 1), (2, 0)]:
         got, got_k = decode(8, threads, chunk)
         if storage in ("int8", "q4_0", "q4_1", "q6_k") or not isinstance(storage, str):
             np.testing.assert_array_equal(got, want)

@@ -94,9 +94,9 @@ void bind_cpu(py::module_& m) {
         "_tune_team_rows", &layers::set_team_rows, py::arg("rows"),
         "Tuning hook for tests and benchmarks/gym: up to this many rows (batch x new tokens, at most 8) decoder_stack\n"
         "runs in one parallel region; 0: always layer by layer.");
-    m.def(
-        "_tune_team_chunk", &layers::set_team_chunk_bytes, py::arg("bytes"),
-        "Tuning hook for benchmarks/gym: bytes of weights per chunk of columns the threads of a decoding step share.");
+    m.def("_tune_team_chunk", &layers::set_team_chunk_bytes, py::arg("bytes"),
+          "Tuning hook for benchmarks/gym: bytes of weights per chunk of columns the threads of a decoding step share\n"
+          "(-1, the default: by matrix and thread count; 0: 16 KiB, each thread its own share).");
     m.def("get_num_threads", &cpu::num_threads, "Threads used by parallel ops.");
     m.def(
         "set_num_threads",

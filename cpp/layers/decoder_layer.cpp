@@ -112,14 +112,25 @@ void write_cache(const DecoderLayer& l, int64_t B, int64_t L, const LayerCache& 
 // Zen 3; timers around each barrier, a /tmp probe).
 using cpu::Steal;
 
-// A product's columns in chunks of about team_chunk_bytes() of weights (whole panels): small enough that the threads
-// finish within a chunk of each other, large enough that each chunk streams.
-constexpr int64_t kChunkBytes = 16384;
-std::atomic<int64_t> g_chunk_bytes{kChunkBytes};  // 0: kChunkBytes, no stealing (for benchmarks/gym)
+// A product's columns in chunks of whole panels that the team's threads share: small enough that the threads finish
+// within a chunk of each other, large enough that each chunk streams and that the per-chunk work (a unit taken, a
+// gemm_cols call) stays small beside it. By default (team_chunk_bytes() < 0) a matrix's bytes / (4 per thread),
+// within [kChunkBytes, kMaxChunkBytes], and one chunk on one thread. A fixed 16 KiB had been one panel of a 2048-wide
+// K-quant matrix per chunk: on the Llama-3.2-1B-shaped Q4_K_M (benchmarks/synthetic_gguf.py; /tmp probe sweeping
+// _tune_team_chunk, Zen 4, min of 8 steps, 3 rounds) a decoding step took 47.6-48.9 ms at 1 thread against 37.1-38.1
+// with the whole range, 65 KiB 40.5-41.3, 256 KiB 37.5-38.9; at 2 threads 29.6-33.5 against 26.5-28.1 at 256 KiB.
+constexpr int64_t kChunkBytes = 16384, kMaxChunkBytes = 262144, kChunksPerThread = 4;
+std::atomic<int64_t> g_chunk_bytes{-1};  // < 0: by matrix; 0: kChunkBytes, no stealing (for tests, benchmarks/gym)
 template <typename Work>
 void steal_cols(const Steal& st, const gemm::PackedMatrix& w, int64_t n, Work&& work) {
-    const int64_t bytes = g_chunk_bytes.load(std::memory_order_relaxed),
-                  chunk = gemm::chunk_cols(w, bytes ? bytes : kChunkBytes);
+    const int64_t setting = g_chunk_bytes.load(std::memory_order_relaxed);
+    if (setting < 0 && st.nth == 1) return work(int64_t{0}, n);
+    const int64_t bytes = setting > 0 ? setting
+                          : setting == 0
+                              ? kChunkBytes
+                              : std::clamp<int64_t>(static_cast<int64_t>(w.size_bytes()) / (st.nth * kChunksPerThread),
+                                                    kChunkBytes, kMaxChunkBytes);
+    const int64_t chunk = gemm::chunk_cols(w, bytes);
     st.run((n + chunk - 1) / chunk, [&](int64_t u) { work(u * chunk, std::min(n, (u + 1) * chunk)); });
 }
 
@@ -214,7 +225,7 @@ std::atomic<int64_t> g_team_rows{8};
 int64_t team_rows() { return g_team_rows.load(std::memory_order_relaxed); }
 int64_t team_chunk_bytes() { return g_chunk_bytes.load(std::memory_order_relaxed); }
 void set_team_chunk_bytes(int64_t bytes) {
-    g_chunk_bytes.store(std::max<int64_t>(bytes, 0), std::memory_order_relaxed);
+    g_chunk_bytes.store(std::max<int64_t>(bytes, -1), std::memory_order_relaxed);
 }
 void set_team_rows(int64_t rows) {
     g_team_rows.store(std::clamp<int64_t>(rows, 0, gemm::kSmallM), std::memory_order_relaxed);
@@ -238,7 +249,7 @@ void decoder_stack(const DecoderLayer* const* layers, int64_t count, int64_t B, 
     {
         float* n = scratch<Slot::decoder_norm>(static_cast<std::size_t>(M * E));
         const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
-        const bool steal = team_chunk_bytes() > 0;
+        const bool steal = team_chunk_bytes() != 0;
         for (int64_t i = 0; i < count; ++i) {
             const bool last = i + 1 == count;  // the last layer's FFN output goes to `pending`, the others into x
             Steal steps[kSteps];

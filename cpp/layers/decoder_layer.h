@@ -71,8 +71,9 @@ struct DecoderScratch {
 // and benchmarks/gym (_core._tune_team_rows; 0: never).
 int64_t team_rows();
 void set_team_rows(int64_t rows);
-// Bytes of weights per chunk of a product's columns that the team's threads share (decoder_layer.cpp's Steal);
-// tunable for benchmarks/gym (_core._tune_team_chunk).
+// Bytes of weights per chunk of a product's columns that the team's threads share (decoder_layer.cpp's Steal): -1
+// (the default) by matrix and thread count, 0 a fixed 16 KiB without stealing, else fixed; tunable for tests and
+// benchmarks/gym (_core._tune_team_chunk).
 int64_t team_chunk_bytes();
 void set_team_chunk_bytes(int64_t bytes);
 
