@@ -133,8 +133,7 @@ public:
 
     // A 4-, 5- or 6-bit weight as GGUF stores it: raw (out, in / 32 * block bytes) uint8, 18, 20, 22, 24 or 28 bytes
     // per block for q4_0, q4_1, q5_0, q5_1, q6_k, 144, 176, 84 or 110 per 256 for q4_k, q5_k, q2_k, q3_k (see
-    // PackedMatrix). The bytes are
-    // checked for shape only: every nibble, bit, sub-scale and half is a valid value.
+    // PackedMatrix). The bytes are checked for shape only: every nibble, bit, sub-scale and half is a valid value.
     static PackedLinear from_gguf(const py::array& raw, const std::string& type, int64_t in_features,
                                   const py::object& bias) {
         gemm::WeightType t = gemm::WeightType::f32;
@@ -144,12 +143,7 @@ public:
             block = gemm::info(t).family == gemm::WeightFamily::block;
         } catch (const std::invalid_argument&) {
         }
-        if (!block) {
-            std::string names;
-            for (const auto& w : gemm::kWeightTypes)
-                if (w.family == gemm::WeightFamily::block) names += (names.empty() ? "" : ", ") + std::string(w.name);
-            value_error("type must be one of " + names + ", got '" + type + "'");
-        }
+        if (!block) value_error("type must be one of " + gemm::weight_type_names(true) + ", got '" + type + "'");
         if (raw.dtype().kind() != 'u' || raw.itemsize() != 1)
             type_error("expected raw to be uint8, got " + dtype_str(raw));
         require_ndim(raw, 2, "raw", "(out_features, blocks * block bytes)");

@@ -117,6 +117,14 @@ void put_fifth_bits(uint8_t* blk, int jj, uint32_t bits) {
             static_cast<uint8_t>(((bits >> k) & 1u) << kernels::q4_fifth_field(k % 16 / 4, k / 16));
 }
 
+// A block of 32 values u (at most 5 bits) as GGUF stores them: qs, the low 4 bits (value p in the low nibble of byte
+// p, p + 16 in its high nibble), and qh, the fifth bits (bit p of value p).
+void nibbles_of(const uint8_t* u, uint8_t* qs, uint32_t& qh) {
+    qh = 0;
+    for (int p = 0; p < 16; ++p) qs[p] = static_cast<uint8_t>((u[p] & 15) | ((u[p + 16] & 15) << 4));
+    for (int p = 0; p < kernels::kQBlock; ++p) qh |= static_cast<uint32_t>((u[p] >> 4) & 1) << p;
+}
+
 // Writes column jj's values of a block (16 GGUF nibble bytes qs, 5-bit: the fifth bits qh, bit k of weight k) into a
 // panel block (kernels.h: Q4Kernels).
 void put_values(uint8_t* blk, int jj, const uint8_t* qs, const uint32_t* qh) {
@@ -137,11 +145,9 @@ void put_q4_column(uint8_t* blk, int jj, const uint8_t* qs, const uint32_t* qh, 
 void put_qk_column(uint8_t* sup, int jj, bool five, const uint8_t* u, const uint8_t* sc, const uint8_t* m, uint16_t d,
                    uint16_t dmin) {
     for (int b = 0; b < kernels::kQKSuper; ++b) {
-        const uint8_t* v = u + b * kernels::kQBlock;
         uint8_t qs[16];
-        uint32_t qh = 0;
-        for (int p = 0; p < 16; ++p) qs[p] = static_cast<uint8_t>((v[p] & 15) | ((v[p + 16] & 15) << 4));
-        for (int p = 0; p < kernels::kQBlock; ++p) qh |= static_cast<uint32_t>((v[p] >> 4) & 1) << p;
+        uint32_t qh;
+        nibbles_of(u + b * kernels::kQBlock, qs, qh);
         put_values(sup + kernels::q4k_values(five, b), jj, qs, five ? &qh : nullptr);
         sup[kernels::q4k_scales(five, b) + jj] = sc[b];
         sup[kernels::q4k_scales(five, b) + kernels::kQ4Cols + jj] = m[b];
@@ -285,42 +291,50 @@ void quantize_min_super(const float* x, int n, int smax, int top, uint8_t* u, ui
     }
 }
 
-// pyattn's own Q3_K rule for 256 floats (not ggml's search), as quantize_q6_block's with Q3_K's ranges: per
-// sub-block of 16, s_b = (the element of largest magnitude) / -4; d = max |s_b| / 31 as a half no smaller; sc_b = s_b
-// / d rounded away from zero (at most 31 in size), so that the step d |sc_b| is at least |s_b|; u = round(x / (d sc_b))
-// + 4 in [0, 7] (4 where the step is 0): the largest element maps to 0 exactly and the others lie within half a step,
-// but those of the other sign beyond 3.5 steps, which take 7 (one step at most). A super-block holding NaN or inf
-// gets d NaN. scales: the int8 sub-scales' bytes.
-void quantize_q3_super(const float* x, uint8_t* u, uint8_t* scales, uint16_t& dh) {
-    std::memset(u, 4, kSuperBlock);
-    std::memset(scales, 0, 16);
-    float sub[16], smax = 0.0f;
-    for (int b = 0; b < 16; ++b) {
+// pyattn's own symmetric rule for `count` sub-blocks of 16 floats with signed sub-scales (q6_k: 2 per block of 32,
+// offset 32, sub-scales up to 127, d rounded to the nearest half; q3_k: 16 per super-block, offset 4, up to 31, d a
+// half no smaller): s_b = (the element of largest magnitude) / -offset; d = max |s_b| / smax as a half; sc_b = s_b / d
+// rounded away from zero (at most smax in size), so that the step d |sc_b| is at least |s_b| (unless d was rounded
+// down, where smax clips it) and the largest element is not clipped; u = round(x / (d sc_b)) + offset in
+// [0, 2 offset - 1] (offset where the step is 0): the largest element maps to 0 exactly and the others lie within half
+// a step, but those of the other sign beyond offset - 1/2 steps, which take the top value (one step at most). false,
+// nothing written, when x holds NaN or inf.
+bool quantize_symmetric(const float* x, int count, int offset, int smax, bool round_up, uint8_t* u, int8_t* sc,
+                        uint16_t& dh) {
+    float sub[16], amax_all = 0.0f;
+    for (int b = 0; b < count; ++b) {
         float amax = 0.0f, mx = 0.0f;
         for (int p = 16 * b; p < 16 * b + 16; ++p) {
-            if (!std::isfinite(x[p])) {
-                dh = 0x7e00;  // NaN
-                return;
-            }
+            if (!std::isfinite(x[p])) return false;
             if (std::fabs(x[p]) > amax) {
                 amax = std::fabs(x[p]);
                 mx = x[p];
             }
         }
-        sub[b] = mx / -4.0f;
-        smax = std::max(smax, std::fabs(sub[b]));
+        sub[b] = mx / -static_cast<float>(offset);
+        amax_all = std::max(amax_all, std::fabs(sub[b]));
     }
-    dh = half_at_least(smax / 31.0f);
+    const float dmax = amax_all / static_cast<float>(smax);
+    dh = round_up ? half_at_least(dmax) : float_to_half(dmax);
     const float d = half_to_float(dh);
-    for (int b = 0; b < 16; ++b) {
-        const int mag = d > 0.0f ? std::min(31, static_cast<int>(std::ceil(std::fabs(sub[b]) / d))) : 0;
-        const int sc = sub[b] < 0.0f ? -mag : mag;
-        scales[b] = static_cast<uint8_t>(static_cast<int8_t>(sc));
-        const float step = d * static_cast<float>(sc);
-        if (step != 0.0f)
-            for (int p = 16 * b; p < 16 * b + 16; ++p)
-                u[p] = static_cast<uint8_t>(std::clamp(static_cast<int>(std::lround(x[p] / step)) + 4, 0, 7));
+    for (int b = 0; b < count; ++b) {
+        const int mag = d > 0.0f ? std::min(smax, static_cast<int>(std::ceil(std::fabs(sub[b]) / d))) : 0;
+        sc[b] = static_cast<int8_t>(sub[b] < 0.0f ? -mag : mag);
+        const float step = d * static_cast<float>(sc[b]);
+        for (int p = 16 * b; p < 16 * b + 16; ++p)
+            u[p] = static_cast<uint8_t>(
+                step != 0.0f ? std::clamp(static_cast<int>(std::lround(x[p] / step)) + offset, 0, 2 * offset - 1)
+                             : offset);
     }
+    return true;
+}
+
+// pyattn's own Q3_K rule for 256 floats (quantize_symmetric's). A super-block holding NaN or inf gets d NaN.
+// scales: the int8 sub-scales' bytes.
+void quantize_q3_super(const float* x, uint8_t* u, uint8_t* scales, uint16_t& dh) {
+    std::memset(u, 4, kSuperBlock);
+    std::memset(scales, 0, 16);
+    if (!quantize_symmetric(x, 16, 4, 31, true, u, reinterpret_cast<int8_t*>(scales), dh)) dh = 0x7e00;  // NaN
 }
 
 // One super-block of 256 floats of a K-quant type (q4_k, q5_k, q2_k, q3_k) packed by the rules above into column jj
@@ -362,54 +376,27 @@ void put_q6_column(uint8_t* blk, int jj, const uint8_t* raw) {
     blk[kernels::q6_scales(1) + jj] = raw[3];
 }
 
-// pyattn's own 6-bit rule (not ggml's search) for one block of n <= 32 floats, as a q6_k raw block: per half of 16, a
-// scale s_h = (the element of largest magnitude) / -32; d = max |s_h| / 127 as a half; sc_h = s_h / d rounded away
-// from zero (at most 127 in size), so that the step d sc_h is never below |s_h| and the largest element is not
-// clipped; u = round(x / (d sc_h)) + 32 in [0, 63] (32 where d sc_h is 0). A block holding NaN or inf gets d NaN.
+// pyattn's own 6-bit rule (quantize_symmetric's) for one block of n <= 32 floats, as a q6_k raw block (the elements
+// past n are zeros). A block holding NaN or inf gets d NaN.
 void quantize_q6_block(const float* x, int64_t n, uint8_t* raw) {
     float v[kernels::kQBlock] = {};
-    bool finite = true;
-    for (int64_t p = 0; p < n; ++p) {
-        v[p] = x[p];
-        finite = finite && std::isfinite(x[p]);
-    }
+    std::copy(x, x + n, v);
     std::memset(raw, 0, gguf_block_bytes(WeightType::q6_k));
-    if (!finite) {
+    uint8_t u[kernels::kQBlock];
+    int8_t sc[2];
+    uint16_t dh;
+    if (!quantize_symmetric(v, 2, 32, 127, false, u, sc, dh)) {
         const uint16_t nan = 0x7e00;
         std::memcpy(raw, &nan, 2);
         return;
     }
-    float sub[2];
-    for (int h = 0; h < 2; ++h) {
-        float amax = 0.0f, mx = 0.0f;
-        for (int p = 16 * h; p < 16 * h + 16; ++p)
-            if (std::fabs(v[p]) > amax) {
-                amax = std::fabs(v[p]);
-                mx = v[p];
-            }
-        sub[h] = mx / -32.0f;
-    }
-    const uint16_t dh = float_to_half(std::max(std::fabs(sub[0]), std::fabs(sub[1])) / 127.0f);
-    const float d = half_to_float(dh);
     std::memcpy(raw, &dh, 2);
-    uint8_t u[kernels::kQBlock];
-    uint32_t b5 = 0, b6 = 0;
-    for (int h = 0; h < 2; ++h) {
-        const int mag = d > 0.0f ? std::min(127, static_cast<int>(std::ceil(std::fabs(sub[h]) / d))) : 0;
-        const int sc = sub[h] < 0.0f ? -mag : mag;
-        raw[2 + h] = static_cast<uint8_t>(static_cast<int8_t>(sc));
-        const float step = d * static_cast<float>(sc);
-        for (int p = 16 * h; p < 16 * h + 16; ++p)
-            u[p] = static_cast<uint8_t>(
-                step != 0.0f ? std::clamp(static_cast<int>(std::lround(v[p] / step)) + 32, 0, 63) : 32);
-    }
-    for (int p = 0; p < kernels::kQBlock; ++p) {
-        b5 |= static_cast<uint32_t>((u[p] >> 4) & 1) << p;
-        b6 |= static_cast<uint32_t>(u[p] >> 5) << p;
-    }
+    std::memcpy(raw + 2, sc, 2);
+    uint32_t b5, b6 = 0;
+    nibbles_of(u, raw + 12, b5);
+    for (int p = 0; p < kernels::kQBlock; ++p) b6 |= static_cast<uint32_t>(u[p] >> 5) << p;
     std::memcpy(raw + 4, &b5, 4);
     std::memcpy(raw + 8, &b6, 4);
-    for (int p = 0; p < 16; ++p) raw[12 + p] = static_cast<uint8_t>((u[p] & 15) | ((u[p + 16] & 15) << 4));
 }
 
 // GGUF's reference quantizers (ggml's quantize_row_q4_0 / q4_1 / q5_0 / q5_1 rules) for one block of n <= 32 floats;
@@ -458,8 +445,7 @@ void quantize_q4_block(const float* x, int64_t n, bool has_min, bool five, uint8
         dh = float_to_half(d);
         mh = float_to_half(lo);
     }
-    for (int p = 0; p < 16; ++p) qs[p] = static_cast<uint8_t>((u[p] & 15) | ((u[p + 16] & 15) << 4));
-    for (int p = 0; p < kernels::kQBlock; ++p) qh |= static_cast<uint32_t>(u[p] >> 4) << p;
+    nibbles_of(u, qs, qh);
 }
 
 }  // namespace

@@ -4,9 +4,10 @@
 
 namespace pyattn::gemm {
 
-std::string weight_type_names() {
+std::string weight_type_names(bool blocks_only) {
     std::string names;
-    for (const auto& t : kWeightTypes) names += (names.empty() ? "" : ", ") + std::string(t.name);
+    for (const auto& t : kWeightTypes)
+        if (!blocks_only || t.family == WeightFamily::block) names += (names.empty() ? "" : ", ") + std::string(t.name);
     return names;
 }
 

@@ -96,7 +96,7 @@ inline constexpr bool bf16_attention(WeightType t) { return t == WeightType::bf1
 
 // The type named `name`; throws std::invalid_argument listing the names otherwise.
 WeightType parse_weight_type(const std::string& name);
-// "float32, float16, bfloat16, int8, q4_0, q4_1, q5_0, q5_1, q6_k, q4_k, q5_k, q2_k, q3_k"
-std::string weight_type_names();
+// "float32, float16, bfloat16, int8, q4_0, q4_1, q5_0, q5_1, q6_k, q4_k, q5_k, q2_k, q3_k"; blocks_only: "q4_0, ...".
+std::string weight_type_names(bool blocks_only = false);
 
 }  // namespace pyattn::gemm

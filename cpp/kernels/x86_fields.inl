@@ -20,3 +20,19 @@ inline __m256i top_bits(__m256i fields, int ch, int high) {
 }
 // ... and a low-bit block's third bits at bit 2 (half h, field f).
 inline __m256i third_bits(__m256i fields, int h, int f) { return move_field(fields, q2k_third_field(h, f), 2, 0x04); }
+
+// A 6-bit block's chunk ch as two vectors of values: its low nibbles (k = 4 ch + s) and its high ones (16 + 4 ch + s),
+// each with its top two bits from the chunk's field vector `top`.
+inline void six_bit_values(__m256i nibbles, __m256i top, int ch, __m256i& lo, __m256i& hi) {
+    const __m256i low = _mm256_set1_epi8(15);
+    lo = _mm256_or_si256(_mm256_and_si256(nibbles, low), top_bits(top, ch, 0));
+    hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(nibbles, 4), low), top_bits(top, ch, 1));
+}
+
+// A low-bit block's values of half h, field f (kernels.h): their two low bits from the half's 32 bytes `values` and,
+// 3-bit, their third bits from the block's third-bit bytes `third`.
+template <bool kThree>
+inline __m256i low_bit_values(__m256i values, __m256i third, int h, int f) {
+    const __m256i u = move_field(values, 2 * f, 0, 3);
+    return kThree ? _mm256_or_si256(u, third_bits(third, h, f)) : u;
+}

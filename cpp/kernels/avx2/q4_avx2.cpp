@@ -62,15 +62,14 @@ struct Q4SumsAvx2 {
     // over them, x86_fields.inl), each chunk's pmaddubsw (at most 2 * 63 * 127 per int16 lane) to int32 at once.
     template <int M>
     static void sums6(const uint8_t* nib, const int8_t* x, int64_t lda, __m256i (&s0)[M], __m256i (&s1)[M]) {
-        const __m256i low = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+        const __m256i ones = _mm256_set1_epi16(1);
 #pragma GCC unroll 8
         for (int i = 0; i < M; ++i) s0[i] = s1[i] = _mm256_setzero_si256();
 #pragma GCC unroll 4
         for (int ch = 0; ch < 4; ++ch) {
             const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + 32 * ch));
-            const __m256i top = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + q6_high_bits(ch)));
-            const __m256i lo = _mm256_or_si256(_mm256_and_si256(v, low), top_bits(top, ch, 0));
-            const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), low), top_bits(top, ch, 1));
+            __m256i lo, hi;
+            six_bit_values(v, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + q6_high_bits(ch))), ch, lo, hi);
 #pragma GCC unroll 8
             for (int i = 0; i < M; ++i) {
                 s0[i] = _mm256_add_epi32(
@@ -85,7 +84,9 @@ struct Q4SumsAvx2 {
     // fields added in int16 lanes (at most 4 * 2 * 7 * 127 = 7112), then pmaddwd by ones.
     template <int M, bool kThree>
     static void sums2(const uint8_t* v, const int8_t* x, int64_t lda, __m256i (&s0)[M], __m256i (&s1)[M]) {
-        const __m256i three = _mm256_set1_epi8(3), ones = _mm256_set1_epi16(1);
+        const __m256i ones = _mm256_set1_epi16(1);
+        const __m256i third = kThree ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + q2k_third_bits()))
+                                     : _mm256_setzero_si256();
 #pragma GCC unroll 2
         for (int h = 0; h < 2; ++h) {
             const __m256i all = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + 32 * h));
@@ -94,11 +95,7 @@ struct Q4SumsAvx2 {
             for (int i = 0; i < M; ++i) acc[i] = _mm256_setzero_si256();
 #pragma GCC unroll 4
             for (int f = 0; f < 4; ++f) {
-                __m256i u = _mm256_and_si256(f ? _mm256_srli_epi16(all, 2 * f) : all, three);
-                if constexpr (kThree)
-                    u = _mm256_or_si256(
-                        u,
-                        third_bits(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + q2k_third_bits())), h, f));
+                const __m256i u = low_bit_values<kThree>(all, third, h, f);
 #pragma GCC unroll 8
                 for (int i = 0; i < M; ++i)
                     acc[i] = _mm256_add_epi16(acc[i], _mm256_maddubs_epi16(u, bcast4(x + i * lda + 16 * h + 4 * f)));

@@ -192,7 +192,8 @@ struct Q4SumsVnni {
     // 8 columns x 4 k (3-bit: the third bits ORed over them).
     template <int M, bool kThree>
     static void sums2(const uint8_t* v, const int8_t* x, int64_t lda, __m256i (&s0)[M], __m256i (&s1)[M]) {
-        const __m256i three = _mm256_set1_epi8(3);
+        const __m256i third = kThree ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + q2k_third_bits()))
+                                     : _mm256_setzero_si256();
 #pragma GCC unroll 8
         for (int i = 0; i < M; ++i) s0[i] = s1[i] = _mm256_setzero_si256();
 #pragma GCC unroll 2
@@ -200,11 +201,7 @@ struct Q4SumsVnni {
             const __m256i all = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + 32 * h));
 #pragma GCC unroll 4
             for (int f = 0; f < 4; ++f) {
-                __m256i u = _mm256_and_si256(f ? _mm256_srli_epi16(all, 2 * f) : all, three);
-                if constexpr (kThree)
-                    u = _mm256_or_si256(
-                        u,
-                        third_bits(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + q2k_third_bits())), h, f));
+                const __m256i u = low_bit_values<kThree>(all, third, h, f);
 #pragma GCC unroll 8
                 for (int i = 0; i < M; ++i) {
                     int32_t xq;
@@ -219,15 +216,13 @@ struct Q4SumsVnni {
     // The 6-bit block's halves apart: each chunk's top two bits ORed over its nibbles (x86_fields.inl).
     template <int M>
     static void sums6(const uint8_t* nib, const int8_t* x, int64_t lda, __m256i (&s0)[M], __m256i (&s1)[M]) {
-        const __m256i low = _mm256_set1_epi8(15);
 #pragma GCC unroll 8
         for (int i = 0; i < M; ++i) s0[i] = s1[i] = _mm256_setzero_si256();
 #pragma GCC unroll 4
         for (int ch = 0; ch < 4; ++ch) {
             const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + 32 * ch));
-            const __m256i top = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + q6_high_bits(ch)));
-            const __m256i lo = _mm256_or_si256(_mm256_and_si256(v, low), top_bits(top, ch, 0));
-            const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), low), top_bits(top, ch, 1));
+            __m256i lo, hi;
+            six_bit_values(v, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + q6_high_bits(ch))), ch, lo, hi);
 #pragma GCC unroll 8
             for (int i = 0; i < M; ++i) {
                 int32_t x0, x1;
