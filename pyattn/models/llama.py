@@ -202,7 +202,7 @@ class GGUFWeights(LlamaWeights):
         "gate_up": "blk.{i}.ffn_up.weight",  # phi3: the gate rows, then the up rows
         **{f"{p}_bias": f"blk.{{i}}.attn_{n}.bias" for p, n in (("q", "q"), ("k", "k"), ("v", "v"), ("o", "output"))},
     }
-    # K-quants whose values are re-laid as the blocks pyattn reads in place (None from the function: held as int8)
+    # K-quants whose values are re-laid as the blocks pyattn reads in place
     RELAID = {"Q6_K": (q6_k_as_q6, "q6_k")}
     AS_STORED = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q2_K", "Q3_K")  # the GEMM reads their bytes
     # read by gguf_config, not as weights: Llama 3.x's rotary frequency factors, LongRoPE's two sets
@@ -248,8 +248,7 @@ class GGUFWeights(LlamaWeights):
             raise ValueError(f"{self.source}: {name} has shape {t.shape}, expected {tuple(shape)}")
         if t.type.name in self.RELAID:
             relay, kind = self.RELAID[t.type.name]
-            raw = relay(self.f.raw(name), t.shape[1])
-            return None if raw is None else (kind, raw)
+            return kind, relay(self.f.raw(name), t.shape[1])
         return t.type.name.lower(), self.f.raw(name)
 
     def vector(self, role, size):
