@@ -18,7 +18,6 @@
 #include "gemm/gemm.h"
 #include "gemm/grid.h"
 #include "gemm/packed_matrix.h"
-#include "kernels/half.h"
 
 namespace pyattn::gemm {
 
@@ -150,81 +149,35 @@ void gemm_int8(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, fl
 
 namespace {
 
-// Panels [wp q, wp q + wp) of a 4-, 5- or 6-bit matrix (wp = kQ4Wide / kQ4Cols; panels past its columns: zeros) as
-// the wide tile's panel (kernels.h: Q4Kernels::wide): each block's nibbles (with their fifth or top two bits) spread
-// into bytes, its halves widened (6-bit: its sub-scales packed as the minima's int32, sc_0 low, sc_1 high; K-quants:
-// ds and -dm as Q4_1's d and m).
-void unpack_wide(const PackedMatrix& B, int64_t q, uint8_t* dst) {
+// Panels [wp q, wp q + wp) of a block-type matrix (wp = kQ4Wide / kQ4Cols) as the wide tile's panel, by the kernel
+// set's unpacker (kernels.h: Q4Kernels::wide); panels past the matrix's columns: zeros.
+void unpack_wide(const kernels::KernelSet& ks, const PackedMatrix& B, int64_t q, uint8_t* dst) {
     using kernels::kQ4Cols;
-    using kernels::kQ4Wide;
-    // wp panels per wide panel; a group (4 k) of the wide panel holds gs bytes, ps of them from each panel
-    constexpr int64_t wp = kQ4Wide / kQ4Cols, groups = kernels::kQBlock / 4, gs = kQ4Wide * 4, ps = kQ4Cols * 4;
+    constexpr int64_t wp = kernels::kQ4Wide / kQ4Cols, gs = kernels::kQ4Wide * 4, ps = kQ4Cols * 4;
     const int64_t nb = B.nblocks(), panels = (B.N() + kQ4Cols - 1) / kQ4Cols;
-    const bool has_min = B.has_min(), five = B.five() || B.six(), six = B.six(), kquant = B.super_blocks();
-    const int64_t bs = B.q4_block_bytes();
-    for (int64_t blk = 0; blk < nb; ++blk) {
-        uint8_t* o = dst + blk * kernels::kQ4WideBlockBytes;
-        float* d = reinterpret_cast<float*>(o + kernels::kQBlock * kQ4Wide);
-        float* mn = d + kQ4Wide;
-        for (int64_t p = 0; p < wp; ++p) {
-            const int64_t src_panel = q * wp + p;
-            if (src_panel >= panels) {
-                for (int64_t g = 0; g < groups; ++g) std::fill(o + g * gs + p * ps, o + g * gs + (p + 1) * ps, 0);
-                std::fill(d + p * kQ4Cols, d + (p + 1) * kQ4Cols, 0.0f);
-                std::fill(mn + p * kQ4Cols, mn + (p + 1) * kQ4Cols, 0.0f);
-                continue;
-            }
-            // the block's values (and, but for K-quants, its scales after them)
-            const uint8_t* panel = B.panel_q4(src_panel);
-            const uint8_t* sup = kquant ? panel + blk / kernels::kQKSuper * kernels::q4k_super_bytes(five) : nullptr;
-            const uint8_t* src =
-                kquant ? sup + kernels::q4k_values(five, static_cast<int>(blk % kernels::kQKSuper)) : panel + blk * bs;
-            // byte ps c + e of the panel: k = 4 c + e % 4 (low nibble) and 16 + 4 c + e % 4 (high) of column e / 4,
-            // which land at byte e of group c and of group 4 + c, at this panel's ps bytes of the group
-            for (int64_t c = 0; c < 4; ++c)
-                for (int64_t e = 0; e < ps; ++e) {  // (a loop the compiler vectorizes: keep it plain)
-                    const uint8_t v = src[ps * c + e];
-                    o[c * gs + p * ps + e] = v & 15;
-                    o[(4 + c) * gs + p * ps + e] = v >> 4;
-                }
-            if (five)  // the fifth or top two bits from their fields (kernels.h), at bit 4
-                for (int c = 0; c < 4; ++c)
-                    for (int half = 0; half < 2; ++half) {
-                        uint8_t* row = o + (4 * half + c) * gs + p * ps;
-                        const uint8_t* bits = src + (six ? kernels::q6_high_bits(c) : kernels::q4_fifth_bits());
-                        const int shift = six ? 2 * kernels::q6_high_field(c, half) : kernels::q4_fifth_field(c, half);
-                        const int keep = six ? 3 : 1;
-                        for (int64_t e = 0; e < ps; ++e)
-                            row[e] |= static_cast<uint8_t>(((bits[e] >> shift) & keep) << 4);
-                    }
-            if (kquant) {  // ds and -dm (kernels.h), exact
-                const auto* h = reinterpret_cast<const uint16_t*>(sup + kernels::q4k_halves(five));
-                const uint8_t* sc = sup + kernels::q4k_scales(five, static_cast<int>(blk % kernels::kQKSuper));
-                for (int64_t j = 0; j < kQ4Cols; ++j) {
-                    d[p * kQ4Cols + j] = half_to_float(h[j]) * static_cast<float>(sc[j]);
-                    mn[p * kQ4Cols + j] = -(half_to_float(h[kQ4Cols + j]) * static_cast<float>(sc[kQ4Cols + j]));
-                }
-                continue;
-            }
-            uint16_t h[2 * kQ4Cols];
-            std::memcpy(h, src + (six ? kernels::q6_halves() : kernels::q4_halves(five)), (has_min ? 4 : 2) * kQ4Cols);
-            for (int64_t j = 0; j < kQ4Cols; ++j) {
-                d[p * kQ4Cols + j] = half_to_float(h[j]);
-                mn[p * kQ4Cols + j] = has_min ? half_to_float(h[kQ4Cols + j]) : 0.0f;
-                if (six) {  // the tile recovers them with arithmetic shifts
-                    const auto* sc = reinterpret_cast<const int8_t*>(src);
-                    const int32_t packed =
-                        kernels::pack16(sc[kernels::q6_scales(0) + j], sc[kernels::q6_scales(1) + j]);
-                    std::memcpy(mn + p * kQ4Cols + j, &packed, 4);
-                }
-            }
+    for (int64_t p = 0; p < wp; ++p) {
+        if (q * wp + p < panels) {
+            ks.q4.unpack[B.q4_kind()](B.panel_q4(q * wp + p), nb, static_cast<int>(p), dst);
+            continue;
+        }
+        for (int64_t blk = 0; blk < nb; ++blk) {
+            uint8_t* o = dst + blk * kernels::kQ4WideBlockBytes;
+            for (int64_t g = 0; g < kernels::kQBlock / 4; ++g)
+                std::fill(o + g * gs + p * ps, o + g * gs + (p + 1) * ps, 0);
+            float* d = reinterpret_cast<float*>(o + kernels::kQBlock * kernels::kQ4Wide) + p * kQ4Cols;
+            std::fill(d, d + kQ4Cols, 0.0f);
+            std::fill(d + kernels::kQ4Wide, d + kernels::kQ4Wide + kQ4Cols, 0.0f);
         }
     }
 }
 
 // Rows from which gemm_q4 takes the wide tile where the set has one: the unpacking of a panel is then shared by at
-// least this many rows.
+// least this many rows (at 16 rows as fast as the 8-column tile at 15, Zen 4).
 constexpr int64_t kWideRows = 16;
+// The wide tile's blocks of rows: all of A's quantized rows up to this size, so that each panel is unpacked once, not
+// once per 192 KiB of them. A from L3 costs less than the unpacking: M = 128 or 512, K = 8192, N = 2048 (an FFN's
+// down projection), q4_k on 1 thread ran 1.5x faster than with 192 KiB blocks (Zen 4, 1 MiB of L2).
+constexpr int64_t kWideBlockBytes = 4 << 20;
 
 }  // namespace
 
@@ -233,15 +186,16 @@ void gemm_q4(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, floa
     if (M <= 0) return;
     const kernels::KernelSet& ks = B.kernels();
     const kernels::Q4Kernel kernel = ks.q4.tile[B.q4_kind()];
-    const kernels::Q4WideKernel wide = M >= kWideRows ? ks.q4.wide[B.q4_kind()] : nullptr;
+    const kernels::Q4WideKernel wide = M >= kWideRows && ks.q4.unpack[B.q4_kind()] ? ks.q4.wide[B.q4_kind()] : nullptr;
     const int64_t N = B.N(), K = B.K(), nb = B.nblocks(), kp = nb * kernels::kQBlock;
-    const int mr = wide ? ks.q4.wide_mr : ks.q4.mr, nr = wide ? kernels::kQ4Wide : kernels::kQ4Cols;
+    const int mr = wide ? ks.q4.wide_mr[B.q4_kind()] : ks.q4.mr, nr = wide ? kernels::kQ4Wide : kernels::kQ4Cols;
     int nt = nthreads > 0 ? nthreads : cpu::threads_for(2.0 * M * N * K);
     if (omp_in_parallel()) nt = 1;
     int8_t* q = reinterpret_cast<int8_t*>(scratch<Slot::gemm_quantized_a>(static_cast<std::size_t>(M * kp + 3) / 4));
     int32_t* ta = reinterpret_cast<int32_t*>(scratch<Slot::gemm_a_sums>(static_cast<std::size_t>(M * nb)));
     float* sa = scratch<Slot::gemm_a_scales>(static_cast<std::size_t>(M * nb));
-    const int64_t mc = std::max<int64_t>(mr, (192 * 1024 / kp) / mr * mr);  // rows of Aq per block: ~192 KiB
+    // Rows of Aq per block: ~192 KiB (in L2 beside the panel); the wide tile's: kWideBlockBytes
+    const int64_t mc = std::max<int64_t>(mr, ((wide ? kWideBlockBytes : 192 * 1024) / kp) / mr * mr);
     const float* bias = ep.bias;
     const int64_t ahead = kernels::stream_prefetch_bytes;  // for a panel's first row tile (kernels.h)
     const auto taken = cpu::steal_words(2, nt);
@@ -259,7 +213,7 @@ void gemm_q4(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, floa
         run_units(ks, M, N, mr, nr, mc, nt, ep, C, ldc, taken.get() + nt,
                   [&](int64_t i, int64_t m, int64_t pq, bool first) {
                       const int64_t j = pq * nr, n = std::min<int64_t>(nr, N - j);
-                      if (wide && first) unpack_wide(B, pq, unpacked);  // once per block of rows
+                      if (wide && first) unpack_wide(ks, B, pq, unpacked);  // once per block of rows
                       store_panel(
                           [&](float* out, int64_t ld, const float* bb) {
                               if (wide)

@@ -223,19 +223,25 @@ using Q4Kernel = void (*)(int64_t m, int64_t nb, const int8_t* a, int64_t lda, c
 // panels are read from cache once per row tile, not from memory. The driver unpacks kQ4Wide / kQ4Cols panels into one
 // wide panel per block of rows: per block (kQ4WideBlockBytes), the nibbles as bytes, 4 consecutive k of a column in
 // 4 bytes (byte (g kQ4Wide + j) 4 + t = u[4 g + t][j], g < kQBlock / 4), then kQ4Wide floats d, then kQ4Wide floats
-// m (Q4_1 / Q5_1; zeros otherwise; Q6_K: each column's sc_0 and sc_1 as int16 in the low and high halves of an
-// int32; Q4_K / Q5_K: ds and -dm, so that Q4_1's wide tile computes their step). The float steps are the formulas
-// above, in their order: the same bits as tile.
+// m (Q4_1 / Q5_1; zeros otherwise; Q6_K and Q3_K: each column's sc_0 and sc_1 as int16 in the low and high halves of
+// an int32; Q4_K / Q5_K: ds and -dm, so that Q4_1's wide tile computes their step; Q2_K: d and dmin as halves in d's
+// place, d in the low 16 bits, and sc_0, sc_1, m_0, m_1 as the four bytes, low first, of m's int32). The float steps
+// are the formulas above, in their order: the same bits as tile.
 constexpr int kQ4Wide = 32;
 constexpr int64_t kQ4WideBlockBytes = kQBlock * kQ4Wide + 2 * kQ4Wide * 4;
 using Q4WideKernel = void (*)(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta,
                               int64_t ldsa, const uint8_t* b, float* c, int64_t ldc, const float* bias);
 
+// The wide panel's share of one matrix panel (its nb blocks at src): panel p < kQ4Wide / kQ4Cols of the wide panel at
+// dst (nb blocks of kQ4WideBlockBytes).
+using Q4UnpackKernel = void (*)(const uint8_t* src, int64_t nb, int p, uint8_t* dst);
+
 struct Q4Kernels {
-    int mr;                         // up to mr rows of A by one kQ4Cols-column panel per call
-    Q4Kernel tile[kQ4Kinds];        // by kind: Q4_0, Q4_1, Q5_0, Q5_1, Q6_K, Q4_K, Q5_K, Q2_K, Q3_K; 1 <= m <= mr
-    int wide_mr = 0;                // the wide tile: up to wide_mr rows by kQ4Wide columns ...
-    Q4WideKernel wide[kQ4Kinds]{};  // ... by kind
+    int mr;                             // up to mr rows of A by one kQ4Cols-column panel per call
+    Q4Kernel tile[kQ4Kinds];            // by kind: Q4_0, Q4_1, Q5_0, Q5_1, Q6_K, Q4_K, Q5_K, Q2_K, Q3_K; 1 <= m <= mr
+    Q4WideKernel wide[kQ4Kinds]{};      // the wide tile by kind: up to wide_mr[kind] rows by kQ4Wide columns, on
+    int wide_mr[kQ4Kinds]{};            // ... panels unpacked by
+    Q4UnpackKernel unpack[kQ4Kinds]{};  // ... (by kind)
 };
 
 // ---- bfloat16 pairs (AVX512_BF16's vdpbf16ps) ----

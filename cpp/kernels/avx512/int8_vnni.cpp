@@ -11,6 +11,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <utility>
 
 #include "kernels/kernels.h"
 
@@ -297,17 +298,23 @@ void q4_wide_m(int64_t nb, const int8_t* __restrict a, int64_t lda, const float*
     store_wide<M>(sum, c, ldc, bias);
 }
 
-// The wide 6-bit tile: as q4_wide_m with each block's k halves summed apart (groups 0-3 and 4-7), combined with the
-// sub-scales in int32 and one float step, kernels.h's Q6_K formula on 16 lanes: the same bits as the 8-column tile. The
-// unpacked panel holds the sub-scales in the minima's place (gemm_int8.cpp's unpack_wide). The float sums live in C
-// (L1: M rows of 32 floats), not in registers, so that 6 rows' 24 int32 sums fit: B's groups are read once per 6 rows.
-template <int M>
-void q6_wide_m(int64_t nb, const int8_t* __restrict a, int64_t lda, const float* __restrict sa,
-               const int32_t* __restrict ta, int64_t ldsa, const uint8_t* __restrict b, float* __restrict c,
-               int64_t ldc, const float* bias) {
+// The wide tile of the types summed by half-blocks (Q6_K, Q3_K, Q2_K): as q4_wide_m with each block's k halves summed
+// apart (groups 0-3 and 4-7), combined with the sub-scales in int32 and kernels.h's float steps on 16 lanes: the same
+// bits as the 8-column tile. kOffset: Q6_K's 32 or Q3_K's 4, whose unpacked panel holds each column's sub-scales
+// packed (pack16) in the minima's place; 0: Q2_K, which holds d and dmin as halves (d low) in d's place, and sc_0,
+// sc_1, m_0, m_1 in the four bytes of the minima's int32 (unpack_panel). 4 rows: 16 int32 and 8 float sums, 2 panel
+// registers and A's quad (27 of 32 zmm). 6 rows with the float sums kept in C instead (as until 2026-12) ran Q3_K and
+// Q6_K 10-15% slower (M = 128, K = 2048, N = 8192, 1 thread, Zen 4): the C loads and stores and the spills cost more
+// than B's groups read once per 4 rows rather than 6. With the sub-scales applied in float (exact: every product and
+// sum an integer below 2^24) instead of vpmulld, no difference this machine could show.
+template <int M, int kOffset>
+void halves_wide_m(int64_t nb, const int8_t* __restrict a, int64_t lda, const float* __restrict sa,
+                   const int32_t* __restrict ta, int64_t ldsa, const uint8_t* __restrict b, float* __restrict c,
+                   int64_t ldc, const float* bias) {
+    constexpr bool kMins = kOffset == 0;
+    __m512 sum[M][2];
 #pragma GCC unroll 8
-    for (int i = 0; i < M; ++i)
-        for (int h = 0; h < 2; ++h) _mm512_storeu_ps(c + i * ldc + 16 * h, _mm512_setzero_ps());
+    for (int i = 0; i < M; ++i) sum[i][0] = sum[i][1] = _mm512_setzero_ps();
     for (int64_t blk = 0; blk < nb; ++blk, b += kQ4WideBlockBytes) {
         __m512i acc[M][2][2];  // row, column half, k half
 #pragma GCC unroll 8
@@ -327,46 +334,50 @@ void q6_wide_m(int64_t nb, const int8_t* __restrict a, int64_t lda, const float*
         const float* f = reinterpret_cast<const float*>(b + kQBlock * kQ4Wide);
 #pragma GCC unroll 2
         for (int h = 0; h < 2; ++h) {
-            const __m512 d = _mm512_loadu_ps(f + 16 * h);
+            __m512 d, dmin;
+            __m512i sc0, sc1, m0, m1;
             const __m512i packed = _mm512_loadu_si512(f + 32 + 16 * h);
-            const __m512i sc0 = _mm512_srai_epi32(_mm512_slli_epi32(packed, 16), 16),
-                          sc1 = _mm512_srai_epi32(packed, 16);
+            if constexpr (kMins) {
+                const __m512i halves = _mm512_loadu_si512(f + 16 * h);
+                d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(halves));
+                dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(halves, 16)));
+                const __m512i low = _mm512_set1_epi32(255);
+                sc0 = _mm512_and_si512(packed, low), sc1 = _mm512_and_si512(_mm512_srli_epi32(packed, 8), low);
+                m0 = _mm512_and_si512(_mm512_srli_epi32(packed, 16), low), m1 = _mm512_srli_epi32(packed, 24);
+            } else {
+                d = _mm512_loadu_ps(f + 16 * h);
+                sc0 = _mm512_srai_epi32(_mm512_slli_epi32(packed, 16), 16), sc1 = _mm512_srai_epi32(packed, 16);
+            }
 #pragma GCC unroll 8
             for (int i = 0; i < M; ++i) {
                 const int32_t t = ta[i * ldsa + blk];  // the halves' sums, packed (kernels.h)
-                const __m512i t0 = _mm512_set1_epi32(32 * low16(t)), t1 = _mm512_set1_epi32(32 * high16(t));
-                const __m512i v = _mm512_add_epi32(_mm512_mullo_epi32(sc0, _mm512_sub_epi32(acc[i][h][0], t0)),
-                                                   _mm512_mullo_epi32(sc1, _mm512_sub_epi32(acc[i][h][1], t1)));
-                float* out = c + i * ldc + 16 * h;
-                _mm512_storeu_ps(
-                    out, _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), _mm512_mul_ps(_mm512_set1_ps(sa[i * ldsa + blk]), d),
-                                         _mm512_loadu_ps(out)));
+                const __m512 sab = _mm512_set1_ps(sa[i * ldsa + blk]);
+                __m512 s = sum[i][h];
+                __m512i v;
+                if constexpr (kMins) {
+                    v = _mm512_add_epi32(_mm512_mullo_epi32(sc0, acc[i][h][0]), _mm512_mullo_epi32(sc1, acc[i][h][1]));
+                    const __m512i w = _mm512_add_epi32(_mm512_mullo_epi32(m0, _mm512_set1_epi32(low16(t))),
+                                                       _mm512_mullo_epi32(m1, _mm512_set1_epi32(high16(t))));
+                    s = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(w), _mm512_mul_ps(sab, dmin), s);
+                } else {
+                    const __m512i t0 = _mm512_set1_epi32(kOffset * low16(t)),
+                                  t1 = _mm512_set1_epi32(kOffset * high16(t));
+                    v = _mm512_add_epi32(_mm512_mullo_epi32(sc0, _mm512_sub_epi32(acc[i][h][0], t0)),
+                                         _mm512_mullo_epi32(sc1, _mm512_sub_epi32(acc[i][h][1], t1)));
+                }
+                sum[i][h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), _mm512_mul_ps(sab, d), s);
             }
         }
     }
-    if (bias)
-#pragma GCC unroll 8
-        for (int i = 0; i < M; ++i)
-            for (int h = 0; h < 2; ++h)
-                _mm512_storeu_ps(c + i * ldc + 16 * h,
-                                 _mm512_add_ps(_mm512_loadu_ps(c + i * ldc + 16 * h), _mm512_loadu_ps(bias + 16 * h)));
+    store_wide<M>(sum, c, ldc, bias);
 }
 
-void q6_wide(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta, int64_t ldsa,
-             const uint8_t* b, float* c, int64_t ldc, const float* bias) {
-    switch (m) {
-        case 6:
-            return q6_wide_m<6>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
-        case 5:
-            return q6_wide_m<5>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
-        case 4:
-            return q6_wide_m<4>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
-        case 3:
-            return q6_wide_m<3>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
-        case 2:
-            return q6_wide_m<2>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
-        default:
-            return q6_wide_m<1>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
+template <int kOffset, int M = 4>
+void halves_wide(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta, int64_t ldsa,
+                 const uint8_t* b, float* c, int64_t ldc, const float* bias) {
+    if constexpr (M >= 1) {
+        if (m == M) return halves_wide_m<M, kOffset>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
+        return halves_wide<kOffset, M - 1>(m, nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
     }
 }
 
@@ -377,6 +388,108 @@ void q4_wide(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* s
         if (m == M) return q4_wide_m<M, kMin, kOffset>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
         return q4_wide<kMin, kOffset, M - 1>(m, nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
     }
+}
+
+// The wide panel's share of one matrix panel (Q4Kernels::unpack): per block, the values as bytes in groups of 4 k (8
+// groups of 32 bytes at this panel's place in each group), then its 8 columns' d and m (kernels.h). 32-byte vectors:
+// the block layouts' chunks are 32 bytes, and the fields' helpers (x86_fields.inl) take them.
+template <int kKind>
+void unpack_panel(const uint8_t* src, int64_t nb, int p, uint8_t* dst) {
+    constexpr bool kSix = kKind == kQ6Kind, kQK = kKind == q4k_kind(false) || kKind == q4k_kind(true);
+    constexpr bool kLow = kKind == q2k_kind(false) || kKind == q2k_kind(true), kThree = kKind == q2k_kind(true);
+    constexpr bool kFive = kKind == q4_kind(false, true) || kKind == q4_kind(true, true) || kKind == q4k_kind(true);
+    constexpr bool kMin = kKind == q4_kind(true, false) || kKind == q4_kind(true, true);
+    constexpr int64_t gs = kQ4Wide * 4;  // a group's bytes; this panel's 32 at p * 32
+    const __m256i low = _mm256_set1_epi8(15);
+    auto put = [&](uint8_t* o, int g, __m256i v) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + g * gs + p * 32), v);
+    };
+    auto halves = [](const uint8_t* h) {
+        return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h)));
+    };
+    auto bytes8 = [](const uint8_t* b) { return _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b)); };
+    for (int64_t blk = 0; blk < nb; ++blk) {
+        uint8_t* o = dst + blk * kQ4WideBlockBytes;
+        float* d = reinterpret_cast<float*>(o + kQBlock * kQ4Wide) + p * kQ4Cols;
+        float* mn = d + kQ4Wide;
+        const int q = static_cast<int>(blk % kQKSuper);
+        if constexpr (kLow) {
+            const uint8_t* sup = src + blk / kQKSuper * q2k_super_bytes(kThree);
+            const uint8_t* v = sup + q2k_values(kThree, q);
+            const __m256i third = kThree ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + q2k_third_bits()))
+                                         : _mm256_setzero_si256();
+            for (int h = 0; h < 2; ++h) {
+                const __m256i all = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + 32 * h));
+#pragma GCC unroll 4
+                for (int f = 0; f < 4; ++f) put(o, 4 * h + f, low_bit_values<kThree>(all, third, h, f));
+            }
+            const uint8_t* sc = sup + q2k_scales(kThree, q);
+            const uint8_t* hv = sup + q2k_halves(kThree);
+            __m256i dv, mv;
+            if constexpr (kThree) {  // d as float, sc_0 | sc_1 << 16 (pack16)
+                dv = _mm256_castps_si256(halves(hv));
+                mv = _mm256_or_si256(_mm256_and_si256(_mm256_cvtepi8_epi32(bytes8(sc)), _mm256_set1_epi32(0xFFFF)),
+                                     _mm256_slli_epi32(_mm256_cvtepi8_epi32(bytes8(sc + kQ4Cols)), 16));
+            } else {  // d | dmin << 16 as halves; sc_0, sc_1, m_0, m_1 as bytes (sc_h | m_h << 4 per half)
+                dv = _mm256_or_si256(
+                    _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(hv))),
+                    _mm256_slli_epi32(
+                        _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(hv + 2 * kQ4Cols))),
+                        16));
+                const __m256i s0 = _mm256_cvtepu8_epi32(bytes8(sc)), s1 = _mm256_cvtepu8_epi32(bytes8(sc + kQ4Cols));
+                const __m256i l4 = _mm256_set1_epi32(15);
+                mv = _mm256_or_si256(
+                    _mm256_or_si256(_mm256_and_si256(s0, l4), _mm256_slli_epi32(_mm256_and_si256(s1, l4), 8)),
+                    _mm256_or_si256(_mm256_slli_epi32(_mm256_srli_epi32(s0, 4), 16),
+                                    _mm256_slli_epi32(_mm256_srli_epi32(s1, 4), 24)));
+            }
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(d), dv);
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(mn), mv);
+            continue;
+        }
+        const uint8_t* sup = kQK ? src + blk / kQKSuper * q4k_super_bytes(kFive) : nullptr;
+        const uint8_t* v =
+            kQK ? sup + q4k_values(kFive, q) : src + blk * (kSix ? q6_block_bytes() : q4_block_bytes(kMin, kFive));
+        const __m256i fifth =
+            kFive ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + q4_fifth_bits())) : _mm256_setzero_si256();
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; ++c) {
+            const __m256i nib = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + 32 * c));
+            __m256i lo, hi;
+            if constexpr (kSix) {
+                six_bit_values(nib, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + q6_high_bits(c))), c, lo,
+                               hi);
+            } else {
+                lo = _mm256_and_si256(nib, low), hi = _mm256_and_si256(_mm256_srli_epi16(nib, 4), low);
+                if constexpr (kFive)
+                    lo = _mm256_or_si256(lo, fifth_bits(fifth, c, 0)),
+                    hi = _mm256_or_si256(hi, fifth_bits(fifth, c, 1));
+            }
+            put(o, c, lo);
+            put(o, 4 + c, hi);
+        }
+        if constexpr (kQK) {  // ds = d sc and -dm = -(dmin m), exact
+            const uint8_t* sc = sup + q4k_scales(kFive, q);
+            const __m256 dh = halves(sup + q4k_halves(kFive)), dminh = halves(sup + q4k_halves(kFive) + 2 * kQ4Cols);
+            _mm256_storeu_ps(d, _mm256_mul_ps(dh, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes8(sc)))));
+            const __m256 dm = _mm256_mul_ps(dminh, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes8(sc + kQ4Cols))));
+            _mm256_storeu_ps(mn, _mm256_xor_ps(dm, _mm256_set1_ps(-0.0f)));
+        } else if constexpr (kSix) {  // sc_0 | sc_1 << 16 (pack16)
+            _mm256_storeu_ps(d, halves(v + q6_halves()));
+            const __m256i packed = _mm256_or_si256(
+                _mm256_and_si256(_mm256_cvtepi8_epi32(bytes8(v + q6_scales(0))), _mm256_set1_epi32(0xFFFF)),
+                _mm256_slli_epi32(_mm256_cvtepi8_epi32(bytes8(v + q6_scales(1))), 16));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(mn), packed);
+        } else {
+            _mm256_storeu_ps(d, halves(v + q4_halves(kFive)));
+            _mm256_storeu_ps(mn, kMin ? halves(v + q4_halves(kFive) + 2 * kQ4Cols) : _mm256_setzero_ps());
+        }
+    }
+}
+
+template <int... kKinds>
+void set_unpack(Q4Kernels& q4, std::integer_sequence<int, kKinds...>) {
+    ((q4.unpack[kKinds] = &unpack_panel<kKinds>), ...);
 }
 
 }  // namespace
@@ -404,15 +517,20 @@ KernelSet& avx512_vnni_kernel_set() {
         k.name = "avx512_vnni";
         k.i8 = avx512_vnni_int8_kernels();
         k.q4 = make_q4_kernels<Q4SumsVnni>();  // 4-bit: up to 6 rows of 8 columns per call
-        // and, for many rows, 6 x 32 on unpacked panels (12 int32 and 12 float sums, 2 panel registers: 27 of 32 zmm)
-        k.q4.wide_mr = 6;
+        // and, for many rows, 6 x 32 on unpacked panels (12 int32 and 12 float sums, 2 panel registers: 27 of 32 zmm;
+        // the types summed by half-blocks 4 x 32)
+        set_unpack(k.q4, std::make_integer_sequence<int, kQ4Kinds>{});
         k.q4.wide[q4_kind(false, false)] = &q4_wide<false, 8>;
         k.q4.wide[q4_kind(true, false)] = &q4_wide<true, 0>;
         k.q4.wide[q4_kind(false, true)] = &q4_wide<false, 16>;
         k.q4.wide[q4_kind(true, true)] = &q4_wide<true, 0>;  // unpacked, 5-bit values are bytes as 4-bit ones
-        k.q4.wide[kQ6Kind] = &q6_wide;
+        k.q4.wide[kQ6Kind] = &halves_wide<32>;
         k.q4.wide[q4k_kind(false)] = &q4_wide<true, 0>;  // unpacked with ds and -dm as Q4_1's d and m
         k.q4.wide[q4k_kind(true)] = &q4_wide<true, 0>;
+        k.q4.wide[q2k_kind(false)] = &halves_wide<0>;
+        k.q4.wide[q2k_kind(true)] = &halves_wide<4>;
+        for (int kind = 0; kind < kQ4Kinds; ++kind)
+            k.q4.wide_mr[kind] = kind == kQ6Kind || kind == q2k_kind(false) || kind == q2k_kind(true) ? 4 : 6;
         return k;
     }();
     return ks;
