@@ -64,12 +64,15 @@ constexpr int64_t kUnitsPerThread = 8;
 // per unit; or panels), shared by cpu::Steal. A unit walks blocks of up to mc rows against each of its panels in turn;
 // tile(i, m, pq, first) computes rows [i, i + m) of panel pq (first: the panel's first row tile of a block, which
 // reads it from memory and may prefetch ahead), then the activation runs over the block's row segments.
+// split_panels: the threads share the panels only (where there are enough), each unit taking all the rows: for the
+// wide tile, whose first row tile of a block unpacks the panel.
 template <class Tile>
 void run_units(const kernels::KernelSet& ks, int64_t M, int64_t N, int mr, int nr, int64_t mc, int nt,
-               const Epilogue& ep, float* C, int64_t ldc, std::atomic<uint64_t>* taken, Tile&& tile) {
+               const Epilogue& ep, float* C, int64_t ldc, std::atomic<uint64_t>* taken, Tile&& tile,
+               bool split_panels = false) {
     const int64_t panels = (N + nr - 1) / nr, groups = (M + mr - 1) / mr;
     const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
-    const Grid g = nth == nt ? choose_grid(nt, M, mr, panels) : Grid{1, 1};
+    const Grid g = nth != nt ? Grid{1, 1} : split_panels && panels >= nt ? Grid{1, nt} : choose_grid(nt, M, mr, panels);
     const int64_t ub = g.tr > 1 ? std::min(mc, mr * ((groups + kUnitsPerThread * g.tr - 1) / (kUnitsPerThread * g.tr)))
                                 : M;  // rows per unit
     const int64_t up = g.tc > 1 ? (panels + kUnitsPerThread * g.tc - 1) / (kUnitsPerThread * g.tc) : panels;
@@ -210,20 +213,22 @@ void gemm_q4(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, floa
         uint8_t* unpacked = wide ? reinterpret_cast<uint8_t*>(scratch<Slot::gemm_q4_wide>(
                                        static_cast<std::size_t>(nb * kernels::kQ4WideBlockBytes / 4)))
                                  : nullptr;
-        run_units(ks, M, N, mr, nr, mc, nt, ep, C, ldc, taken.get() + nt,
-                  [&](int64_t i, int64_t m, int64_t pq, bool first) {
-                      const int64_t j = pq * nr, n = std::min<int64_t>(nr, N - j);
-                      if (wide && first) unpack_wide(ks, B, pq, unpacked);  // once per block of rows
-                      store_panel(
-                          [&](float* out, int64_t ld, const float* bb) {
-                              if (wide)
-                                  wide(m, nb, q + i * kp, kp, sa + i * nb, ta + i * nb, nb, unpacked, out, ld, bb);
-                              else
-                                  kernel(m, nb, q + i * kp, kp, sa + i * nb, ta + i * nb, nb, B.panel_q4(pq), out, ld,
-                                         bb, first ? ahead : 0);
-                          },
-                          m, n, nr, C + i * ldc + j, ldc, beta, bias ? bias + j : nullptr, tile);
-                  });
+        run_units(
+            ks, M, N, mr, nr, mc, nt, ep, C, ldc, taken.get() + nt,
+            [&](int64_t i, int64_t m, int64_t pq, bool first) {
+                const int64_t j = pq * nr, n = std::min<int64_t>(nr, N - j);
+                if (wide && first) unpack_wide(ks, B, pq, unpacked);  // once per block of rows
+                store_panel(
+                    [&](float* out, int64_t ld, const float* bb) {
+                        if (wide)
+                            wide(m, nb, q + i * kp, kp, sa + i * nb, ta + i * nb, nb, unpacked, out, ld, bb);
+                        else
+                            kernel(m, nb, q + i * kp, kp, sa + i * nb, ta + i * nb, nb, B.panel_q4(pq), out, ld, bb,
+                                   first ? ahead : 0);
+                    },
+                    m, n, nr, C + i * ldc + j, ldc, beta, bias ? bias + j : nullptr, tile);
+            },
+            wide != nullptr);
     }
 }
 
