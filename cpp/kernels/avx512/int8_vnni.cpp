@@ -303,10 +303,10 @@ void q4_wide_m(int64_t nb, const int8_t* __restrict a, int64_t lda, const float*
 // bits as the 8-column tile. kOffset: Q6_K's 32 or Q3_K's 4, whose unpacked panel holds each column's sub-scales
 // packed (pack16) in the minima's place; 0: Q2_K, which holds d and dmin as halves (d low) in d's place, and sc_0,
 // sc_1, m_0, m_1 in the four bytes of the minima's int32 (unpack_panel). 4 rows: 16 int32 and 8 float sums, 2 panel
-// registers and A's quad (27 of 32 zmm). 6 rows with the float sums kept in C instead (as until 2026-12) ran Q3_K and
-// Q6_K 10-15% slower (M = 128, K = 2048, N = 8192, 1 thread, Zen 4): the C loads and stores and the spills cost more
-// than B's groups read once per 4 rows rather than 6. With the sub-scales applied in float (exact: every product and
-// sum an integer below 2^24) instead of vpmulld, no difference this machine could show.
+// registers and A's quad (27 of 32 zmm). 6 rows with the float sums kept in C instead (Q6_K's tile before) ran Q3_K
+// and Q6_K 10-15% slower (M = 128, K = 2048, N = 8192, 1 thread, Zen 4): the C loads and stores and the spills cost
+// more than B's groups read once per 4 rows rather than 6. With the sub-scales applied in float (exact: every product
+// and sum an integer below 2^24) instead of vpmulld, no difference this machine could show.
 template <int M, int kOffset>
 void halves_wide_m(int64_t nb, const int8_t* __restrict a, int64_t lda, const float* __restrict sa,
                    const int32_t* __restrict ta, int64_t ldsa, const uint8_t* __restrict b, float* __restrict c,
