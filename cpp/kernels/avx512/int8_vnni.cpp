@@ -408,6 +408,10 @@ void unpack_panel(const uint8_t* src, int64_t nb, int p, uint8_t* dst) {
         return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h)));
     };
     auto bytes8 = [](const uint8_t* b) { return _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b)); };
+    auto packed16 = [&](const uint8_t* sc0, const uint8_t* sc1) {  // 8 columns' int8 sub-scales as pack16 does
+        return _mm256_or_si256(_mm256_and_si256(_mm256_cvtepi8_epi32(bytes8(sc0)), _mm256_set1_epi32(0xFFFF)),
+                               _mm256_slli_epi32(_mm256_cvtepi8_epi32(bytes8(sc1)), 16));
+    };
     for (int64_t blk = 0; blk < nb; ++blk) {
         uint8_t* o = dst + blk * kQ4WideBlockBytes;
         float* d = reinterpret_cast<float*>(o + kQBlock * kQ4Wide) + p * kQ4Cols;
@@ -428,8 +432,7 @@ void unpack_panel(const uint8_t* src, int64_t nb, int p, uint8_t* dst) {
             __m256i dv, mv;
             if constexpr (kThree) {  // d as float, sc_0 | sc_1 << 16 (pack16)
                 dv = _mm256_castps_si256(halves(hv));
-                mv = _mm256_or_si256(_mm256_and_si256(_mm256_cvtepi8_epi32(bytes8(sc)), _mm256_set1_epi32(0xFFFF)),
-                                     _mm256_slli_epi32(_mm256_cvtepi8_epi32(bytes8(sc + kQ4Cols)), 16));
+                mv = packed16(sc, sc + kQ4Cols);
             } else {  // d | dmin << 16 as halves; sc_0, sc_1, m_0, m_1 as bytes (sc_h | m_h << 4 per half)
                 dv = _mm256_or_si256(
                     _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(hv))),
@@ -476,10 +479,7 @@ void unpack_panel(const uint8_t* src, int64_t nb, int p, uint8_t* dst) {
             _mm256_storeu_ps(mn, _mm256_xor_ps(dm, _mm256_set1_ps(-0.0f)));
         } else if constexpr (kSix) {  // sc_0 | sc_1 << 16 (pack16)
             _mm256_storeu_ps(d, halves(v + q6_halves()));
-            const __m256i packed = _mm256_or_si256(
-                _mm256_and_si256(_mm256_cvtepi8_epi32(bytes8(v + q6_scales(0))), _mm256_set1_epi32(0xFFFF)),
-                _mm256_slli_epi32(_mm256_cvtepi8_epi32(bytes8(v + q6_scales(1))), 16));
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(mn), packed);
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(mn), packed16(v + q6_scales(0), v + q6_scales(1)));
         } else {
             _mm256_storeu_ps(d, halves(v + q4_halves(kFive)));
             _mm256_storeu_ps(mn, kMin ? halves(v + q4_halves(kFive) + 2 * kQ4Cols) : _mm256_setzero_ps());
