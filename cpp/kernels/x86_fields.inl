@@ -21,6 +21,15 @@ inline __m256i top_bits(__m256i fields, int ch, int high) {
 // ... and a low-bit block's third bits at bit 2 (half h, field f).
 inline __m256i third_bits(__m256i fields, int h, int f) { return move_field(fields, q2k_third_field(h, f), 2, 0x04); }
 
+// A 4- or 5-bit block's chunk ch as two vectors of values: its low nibbles (k = 4 ch + s) and its high ones (16 + 4 ch
+// + s), 5-bit: each with its fifth bit from the block's fifth-bit bytes `fifth`.
+template <bool kFive>
+inline void five_bit_values(__m256i nibbles, __m256i fifth, int ch, __m256i& lo, __m256i& hi) {
+    const __m256i low = _mm256_set1_epi8(15);
+    lo = _mm256_and_si256(nibbles, low), hi = _mm256_and_si256(_mm256_srli_epi16(nibbles, 4), low);
+    if (kFive) lo = _mm256_or_si256(lo, fifth_bits(fifth, ch, 0)), hi = _mm256_or_si256(hi, fifth_bits(fifth, ch, 1));
+}
+
 // A 6-bit block's chunk ch as two vectors of values: its low nibbles (k = 4 ch + s) and its high ones (16 + 4 ch + s),
 // each with its top two bits from the chunk's field vector `top`.
 inline void six_bit_values(__m256i nibbles, __m256i top, int ch, __m256i& lo, __m256i& hi) {

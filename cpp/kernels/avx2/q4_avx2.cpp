@@ -28,19 +28,17 @@ struct Q4SumsAvx2 {
     static constexpr int kMR = 4;
     template <int M, bool kFive>
     static void sums(const uint8_t* nib, const int8_t* x, int64_t lda, __m256i (&s32)[M]) {
-        const __m256i low = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+        const __m256i ones = _mm256_set1_epi16(1);
+        const __m256i fifth = kFive ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + q4_fifth_bits()))
+                                    : _mm256_setzero_si256();
         __m256i acc[M];
 #pragma GCC unroll 8
         for (int i = 0; i < M; ++i) acc[i] = _mm256_setzero_si256();
 #pragma GCC unroll 4
         for (int ch = 0; ch < 4; ++ch) {
-            const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + 32 * ch));
-            __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-            if constexpr (kFive) {
-                const __m256i f = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + q4_fifth_bits()));
-                lo = _mm256_or_si256(lo, fifth_bits(f, ch, 0));
-                hi = _mm256_or_si256(hi, fifth_bits(f, ch, 1));
-            }
+            __m256i lo, hi;
+            five_bit_values<kFive>(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + 32 * ch)), fifth, ch, lo,
+                                   hi);
 #pragma GCC unroll 8
             for (int i = 0; i < M; ++i) {
                 const __m256i p0 = _mm256_maddubs_epi16(lo, bcast4(x + i * lda + 4 * ch));

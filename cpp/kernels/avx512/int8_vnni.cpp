@@ -155,7 +155,8 @@ struct Q4SumsVnni {
         // bench_llm runs with these chains, 0.51x in one run with one chain per row; GEMVs alone could not tell them
         // apart.
         constexpr int C = M == 1 ? 4 : 2;
-        const __m256i low = _mm256_set1_epi8(15);
+        const __m256i fifth = kFive ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + q4_fifth_bits()))
+                                    : _mm256_setzero_si256();
         __m256i acc[M][C];
 #pragma GCC unroll 8
         for (int i = 0; i < M; ++i)
@@ -163,13 +164,9 @@ struct Q4SumsVnni {
             for (int q = 0; q < C; ++q) acc[i][q] = _mm256_setzero_si256();
 #pragma GCC unroll 4
         for (int ch = 0; ch < 4; ++ch) {
-            const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + 32 * ch));
-            __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-            if constexpr (kFive) {  // the fifth bits (kernels.h) ORed over the nibbles
-                const __m256i f = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + q4_fifth_bits()));
-                lo = _mm256_or_si256(lo, fifth_bits(f, ch, 0));
-                hi = _mm256_or_si256(hi, fifth_bits(f, ch, 1));
-            }
+            __m256i lo, hi;  // (5-bit: the fifth bits, kernels.h, ORed over the nibbles)
+            five_bit_values<kFive>(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + 32 * ch)), fifth, ch, lo,
+                                   hi);
 #pragma GCC unroll 8
             for (int i = 0; i < M; ++i) {
                 __m256i& a0 = acc[i][(2 * ch) % C];
@@ -400,7 +397,6 @@ void unpack_panel(const uint8_t* src, int64_t nb, int p, uint8_t* dst) {
     constexpr bool kFive = kKind == q4_kind(false, true) || kKind == q4_kind(true, true) || kKind == q4k_kind(true);
     constexpr bool kMin = kKind == q4_kind(true, false) || kKind == q4_kind(true, true);
     constexpr int64_t gs = kQ4Wide * 4;  // a group's bytes; this panel's 32 at p * 32
-    const __m256i low = _mm256_set1_epi8(15);
     auto put = [&](uint8_t* o, int g, __m256i v) {
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + g * gs + p * 32), v);
     };
@@ -459,15 +455,11 @@ void unpack_panel(const uint8_t* src, int64_t nb, int p, uint8_t* dst) {
         for (int c = 0; c < 4; ++c) {
             const __m256i nib = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + 32 * c));
             __m256i lo, hi;
-            if constexpr (kSix) {
+            if constexpr (kSix)
                 six_bit_values(nib, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + q6_high_bits(c))), c, lo,
                                hi);
-            } else {
-                lo = _mm256_and_si256(nib, low), hi = _mm256_and_si256(_mm256_srli_epi16(nib, 4), low);
-                if constexpr (kFive)
-                    lo = _mm256_or_si256(lo, fifth_bits(fifth, c, 0)),
-                    hi = _mm256_or_si256(hi, fifth_bits(fifth, c, 1));
-            }
+            else
+                five_bit_values<kFive>(nib, fifth, c, lo, hi);
             put(o, c, lo);
             put(o, 4 + c, hi);
         }
