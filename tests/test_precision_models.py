@@ -54,31 +54,42 @@ def test_minilm_reduced_precision(dtype, minilm_float32):
     assert cos.min() >= BARS[dtype], dict(zip(SENTENCES, cos.round(6)))
 
 
-def test_minilm_bfloat16_through_the_amx_tile_loops(minilm_float32):
-    """The whole bfloat16 model with its blocked GEMMs on the amx set's tile loops, run on the software tiles
-    (amx_emulated; the set is picked on AMX CPUs, which these sessions have not had): the sentences, packed into one
-    batch of more rows than the small-M path takes, give the bar against float32 and, within what bfloat16's
-    re-rounding between layers moves, the embeddings of the pair micro-kernel (avx512_bf16)."""
+def _encode_on(isa: str, dtype: str) -> np.ndarray:
+    """SENTENCES encoded by all-MiniLM-L6-v2 in `dtype` on kernel set `isa` (the amx_emulated ones: skipped where the
+    CPU cannot run the avx512_bf16 kernels they are built on). The caller restores the kernel set (restore_isa)."""
     import pyattn
     from pyattn import _core
     from pyattn.models import SentenceEncoder
 
     if "avx512_bf16" not in _core.available_isas():
         pytest.skip("the emulated AMX set runs on the avx512_bf16 kernels, which this CPU cannot run")
-    before = pyattn.get_isa()
-    try:
-        pyattn.set_isa("avx512_bf16")
-        pairs = SentenceEncoder.from_pretrained(dtype="bfloat16")
-        assert sum(len(e.ids) for e in pairs.tokenize(SENTENCES)) > 64  # the blocked path
-        want = pairs.encode(SENTENCES)
-        pyattn.set_isa("amx_emulated")
-        got = SentenceEncoder.from_pretrained(dtype="bfloat16").encode(SENTENCES)
-    finally:
-        pyattn.set_isa(before)
+    pyattn.set_isa(isa)
+    enc = SentenceEncoder.from_pretrained(dtype=dtype)
+    # the sentences packed into one batch: more rows than the small-M paths take (64), and whole int8 tiles (12)
+    assert sum(len(e.ids) for e in enc.tokenize(SENTENCES)) > 64
+    return enc.encode(SENTENCES)
+
+
+@pytest.mark.usefixtures("restore_isa")
+def test_minilm_bfloat16_through_the_amx_tile_loops(minilm_float32):
+    """The whole bfloat16 model with its blocked GEMMs on the amx set's tile loops, run on the software tiles
+    (amx_emulated; the set is picked on AMX CPUs, which these sessions have not had): the sentences, packed into one
+    batch of more rows than the small-M path takes, give the bar against float32 and, within what bfloat16's
+    re-rounding between layers moves, the embeddings of the pair micro-kernel (avx512_bf16)."""
+    want = _encode_on("avx512_bf16", "bfloat16")
+    got = _encode_on("amx_emulated", "bfloat16")
     assert (got * minilm_float32).sum(1).min() >= BARS["bfloat16"]
     # measured: min cosine 0.999985 and max |difference| 8.5e-4 between the two (each 0.99997 and 1.0e-3 from float32)
     assert (got * want).sum(1).min() >= 0.99995
     assert np.abs(got - want).max() <= 2.5e-3
+
+
+@pytest.mark.usefixtures("restore_isa")
+def test_minilm_int8_through_the_amx_int8_tiles_is_the_same_bits():
+    """The whole int8 model with its products of many rows on the amx set's int8 tiles (software tiles: amx_emulated)
+    gives the embeddings of the VNNI kernels (avx512_bf16) bit for bit: the integer sums are exact and the float steps
+    the same, in the same order."""
+    np.testing.assert_array_equal(_encode_on("amx_emulated", "int8"), _encode_on("avx512_bf16", "int8"))
 
 
 def test_minilm_int8_without_the_input_scales_misses_the_bar(minilm_float32):

@@ -151,6 +151,26 @@ def test_int8_is_the_same_bits_on_every_kernel_set(shape, rng):
     assert np.abs(want - ref).max() <= 0.03 * np.abs(x).max() * np.abs(w).max() * np.sqrt(k)
 
 
+@pytest.mark.skipif("avx512_bf16" not in ISAS, reason="the emulated AMX set runs on the avx512_bf16 kernels")
+@pytest.mark.parametrize("shape", [(11, 64, 32), (12, 32, 32), (13, 100, 48), (37, 385, 97), (100, 1025, 65)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_int8_amx_tiles_on_software_tiles_are_the_same_bits(shape, threads, rng, restore_threads):
+    """The amx set's int8 tile (12 rows x 32 columns per call: one TDPBSSD per block of 32 k and 16-column half, the
+    two C tiles' sums scaled into float sums per block) on the software model of the tiles, so that it is tested
+    where the CPU has no AMX: the same bits as the int8 model (11 rows: below a whole tile, the VNNI kernels; 13 and
+    37: a tile and the rest through the tile kernel's shorter shapes; N off the panel's edge through the scratch tile;
+    K off the block's edge; rows split between threads), with the bias and an activation. Dropping one k from the
+    model's TDPBSSD fails it (tried)."""
+    m, k, n = shape
+    x, w, b = data(rng, m, k, n)
+    pyattn.set_num_threads(threads)
+    lin = packed("amx_emulated", w, b, "int8")
+    assert "amx_emulated" not in _core.available_isas()
+    got = lin(x)
+    np.testing.assert_array_equal(got, int8_model(x, w, b))
+    np.testing.assert_array_equal(lin(x, activation="relu"), np.maximum(got, 0))
+
+
 @pytest.mark.parametrize("storage", ["int8", "q4_0", "q4_1"])
 @pytest.mark.parametrize("shape", [(700, 96, 100), (24, 64, 1000)])
 def test_integer_gemm_is_the_same_bits_on_any_thread_count(storage, shape, rng, restore_threads):

@@ -101,9 +101,8 @@ void gemm_cols(const ColsInput& in, const PackedMatrix& B, float* C, int64_t ldc
     if (B.type() == WeightType::i8) {
         const int64_t abytes = ks.i8.int8_a() ? 1 : 2;
         const char* q = static_cast<const char*>(in.q);
-        const bool tall = ks.i8.tall_for(M);  // one pass over each panel for all rows
-        const kernels::Int8Kernel tile = tall ? ks.i8.tall : ks.i8.tile;
-        for_panels(M, tall ? ks.i8.tall_mr : ks.i8.mr, ks.i8.nr, N, col0, col1, C, ldc, beta, ep.bias,
+        const kernels::Int8Kernel tile = ks.i8.kernel_for(M);  // (tall: one pass over each panel for all rows)
+        for_panels(M, ks.i8.mr_for(M), ks.i8.nr, N, col0, col1, C, ldc, beta, ep.bias,
                    [&](int64_t pq, int64_t i, int64_t m, float* out, int64_t ld, const float* bb) {
                        tile(m, nb, q + i * kp * abytes, kp, in.sa + i * nb, in.ta + i * nb, nb, B.panel_i8(pq),
                             B.panel_scales(pq), out, ld, bb, i == 0 ? kernels::stream_prefetch_bytes : 0);

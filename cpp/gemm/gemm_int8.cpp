@@ -108,9 +108,9 @@ void gemm_int8(int64_t M, const float* A, int64_t lda, const PackedMatrix& B, fl
     const kernels::KernelSet& ks = B.kernels();
     const kernels::Int8Kernels& k8 = ks.i8;
     const int64_t N = B.N(), K = B.K(), nb = B.nblocks(), kp = nb * kernels::kQBlock;
-    const bool tall = k8.tall_for(M);  // more rows than a tile holds, but few: one pass over each panel for all
-    const int mr = tall ? k8.tall_mr : k8.mr, nr = k8.nr;
-    const kernels::Int8Kernel kernel = tall ? k8.tall : k8.tile;
+    // many rows on tile hardware (AMX); a few more than a tile holds: the tall tile, one pass over each panel
+    const int mr = k8.mr_for(M), nr = k8.nr;
+    const kernels::Int8Kernel kernel = k8.kernel_for(M);
     int nt = nthreads > 0 ? nthreads : cpu::threads_for(2.0 * M * N * K);
     if (omp_in_parallel()) nt = 1;
     const bool int8 = k8.int8_a();

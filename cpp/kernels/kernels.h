@@ -85,6 +85,14 @@ struct Int8Kernels {
     int tall_mr;      // the tall tile: up to tall_mr rows by one whole panel, for products of mr < M <= tall_mr rows
     Int8Kernel tall;  // (their panels come from memory: one pass over them for all rows); the same bits as tile
     bool tall_for(int64_t M) const { return M > mr && M <= tall_mr; }
+    // Products of many rows on tile hardware (the amx sets: AMX-INT8 tiles; nullptr elsewhere): up to tiles_mr rows
+    // by one nr-column panel, the same bits as tile. gemm_int8 takes it for products of at least tiles_mr rows.
+    Int8Kernel tiles = nullptr;
+    int tiles_mr = 0;
+    bool tiles_for(int64_t M) const { return tiles != nullptr && M >= tiles_mr; }
+    // The kernel for a product of M rows, and its rows per call.
+    Int8Kernel kernel_for(int64_t M) const { return tiles_for(M) ? tiles : tall_for(M) ? tall : tile; }
+    int mr_for(int64_t M) const { return tiles_for(M) ? tiles_mr : tall_for(M) ? tall_mr : mr; }
     bool int8_a() const { return kgroup == 4; }
     // Per row i < m of a (k floats, row stride lda) and block b < nb = ceil(k / kQBlock): amax = max |a[i][p]| over
     // the block; scale[i][b] = amax / 127 and q[i][p] = rint(a[i][p] * (127 / amax)) (p < k; 0 for p in [k, kp)).

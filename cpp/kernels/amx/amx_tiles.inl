@@ -1,14 +1,28 @@
-// The bfloat16 tile kernel of the AMX sets (Bf16PairKernels::tiles, kernels.h), written once against a tile policy
-// `T` so that the same loops run on AMX (bf16_amx.cpp: the instructions) and on a software model of the eight tile
-// registers (bf16_amx_emulated.cpp: what tests run where the CPU has no AMX). Included inside an anonymous namespace
-// of a unit compiled with the AVX-512 flags.
+// The tile kernels of the AMX sets -- bfloat16 (Bf16PairKernels::tiles, kernels.h) and int8 (Int8Kernels::tiles) --
+// written once against a tile policy `T` so that the same loops run on AMX (amx_hw.cpp: the instructions) and on a
+// software model of the eight tile registers (amx_emulated.cpp: what tests run where the CPU has no AMX). Included
+// inside an anonymous namespace of a unit compiled with the AVX-512 flags and -ffp-contract=off.
 //
 // T's interface (one object per call: its constructor configures the tiles, its destructor releases them):
-//   zero<t>(), load<t>(p, stride), store<t>(p, stride)   16 rows of 64 bytes at p + r stride
+//   T(shapes)                                            tile t: shapes.rows[t] rows of shapes.bytes[t] bytes
+//   zero<t>(), load<t>(p, stride), store<t>(p, stride)   its rows at p + r stride
 //   dot<c, a, b>()                                       TDPBF16PS: c[m][n] += sum_k a[m] pair k . b[k] pair n
-// Every tile is configured 16 rows x 64 bytes: C tiles 16 x 16 floats, A tiles 16 rows x 16 pairs, B tiles 16
-// pairs x 16 columns. Tiles 0-3 hold the 32 x 32 block of C, 4-5 two 16-row slices of A, 6-7 two 16-column halves
-// of B's 32-column panel, which its panel layout (pair p of column j at p 32 + j) gives at a stride of 128 bytes.
+//   dot_ss<c, a, b>()                                    TDPBSSD: c[m][n] += sum_k a[m] quad k . b[k] quad n (int8)
+
+// Rows and bytes per row of the eight tiles (0: unused).
+struct TileShapes {
+    int rows[8] = {};
+    int bytes[8] = {};
+};
+
+// bfloat16: every tile 16 rows x 64 bytes. C tiles 16 x 16 floats, A tiles 16 rows x 16 pairs, B tiles 16 pairs x
+// 16 columns. Tiles 0-3 hold the 32 x 32 block of C, 4-5 two 16-row slices of A, 6-7 two 16-column halves of B's
+// 32-column panel, which its panel layout (pair p of column j at p 32 + j) gives at a stride of 128 bytes.
+inline TileShapes bf16_shapes() {
+    TileShapes s;
+    for (int t = 0; t < 8; ++t) s.rows[t] = 16, s.bytes[t] = 64;
+    return s;
+}
 
 // The first c of 16 lanes (none for c <= 0, all for c >= 16).
 inline __mmask16 tile_lanes(int64_t c) { return (__mmask16)(c >= 16 ? 0xffffu : c <= 0 ? 0u : (1u << c) - 1u); }
@@ -28,7 +42,7 @@ inline void tile_out(const float* t, int64_t rows, int64_t cols, float* c, int64
 template <class T>
 void tiles_bf16(int64_t m, int64_t n, int64_t pairs, const uint32_t* a, int64_t lda, const uint32_t* b, float* c,
                 int64_t ldc, float beta) {
-    T t;
+    T t(bf16_shapes());
     alignas(64) float tmp[32 * 32];
     const int64_t sa = lda * 4, sc = ldc * 4;  // strides in bytes
     for (int64_t i0 = 0; i0 < m; i0 += 32) {
@@ -78,12 +92,92 @@ void tiles_bf16(int64_t m, int64_t n, int64_t pairs, const uint32_t* a, int64_t 
     }
 }
 
-// The kernel set `name`: the avx512_bf16 set (its pair kernels for small M and the attention) with this tile kernel
-// for the blocked GEMM of bfloat16 weights.
+// ---- int8 (Int8Kernels::tiles) ----
+// M <= 16 rows of int8 A by one 32-column panel of the avx512_vnni set's int8 layout: per block of kQBlock k, 8 groups
+// of 4 k, each 32 columns x 4 bytes (int8_vnni.cpp) -- a B tile of 8 rows x 16 columns per half, at a stride of 128
+// bytes. Tile 4: the block's A (M rows x 32 bytes), 6-7: B's halves, 0-1: C's halves (M x 16 int32). TDPBSSD multiplies
+// signed bytes by signed bytes: the exact sums sum_k a b, which the VNNI kernel reaches through its sign flip and -128
+// sum a. Per block the two C tiles are zeroed, multiplied, stored and their sums scaled into float sums held in
+// registers, in int8_kernels.inl's order (fma(float(sum), sa sw, s)): the same bits as every other kernel set.
+inline TileShapes int8_shapes(int m) {
+    TileShapes s;
+    s.rows[0] = s.rows[1] = s.rows[4] = m;
+    s.bytes[0] = s.bytes[1] = 64;
+    s.bytes[4] = kQBlock;
+    s.rows[6] = s.rows[7] = kQBlock / 4;
+    s.bytes[6] = s.bytes[7] = 64;
+    return s;
+}
+
+template <class T, int M>
+void tiles_int8_m(int64_t nb, const int8_t* __restrict a, int64_t lda, const float* __restrict sa, int64_t ldsa,
+                  const int8_t* __restrict b, const float* __restrict sw, float* __restrict c, int64_t ldc,
+                  const float* bias, int64_t ahead) {
+    constexpr int64_t kBlockBytes = kQBlock * 32;  // a panel's block: 8 groups x 32 columns x 4 k
+    T t(int8_shapes(M));
+    alignas(64) int32_t acc[M][32];
+    __m512 sum[M][2];
+#pragma GCC unroll 16
+    for (int i = 0; i < M; ++i) sum[i][0] = sum[i][1] = _mm512_setzero_ps();
+    for (int64_t blk = 0; blk < nb; ++blk) {
+        if (ahead > 0)  // this block's panel bytes, `ahead` bytes on (kernels.h: stream_prefetch_bytes)
+            for (int64_t o = 0; o < kBlockBytes; o += 64)
+                _mm_prefetch(reinterpret_cast<const char*>(b + ahead + o), _MM_HINT_T0);
+        t.template zero<0>();
+        t.template zero<1>();
+        t.template load<4>(a + blk * kQBlock, lda);
+        t.template load<6>(b, 128);
+        t.template load<7>(b + 64, 128);
+        t.template dot_ss<0, 4, 6>();
+        t.template dot_ss<1, 4, 7>();
+        t.template store<0>(&acc[0][0], 128);
+        t.template store<1>(&acc[0][16], 128);
+        const __m512 w0 = _mm512_loadu_ps(sw), w1 = _mm512_loadu_ps(sw + 16);
+#pragma GCC unroll 16
+        for (int i = 0; i < M; ++i) {
+            const __m512 s = _mm512_set1_ps(sa[i * ldsa + blk]);
+            sum[i][0] =
+                _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(&acc[i][0])), _mm512_mul_ps(s, w0), sum[i][0]);
+            sum[i][1] =
+                _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(&acc[i][16])), _mm512_mul_ps(s, w1), sum[i][1]);
+        }
+        b += kBlockBytes;
+        sw += 32;
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < M; ++i)
+        for (int j = 0; j < 2; ++j) {
+            __m512 v = sum[i][j];
+            if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + 16 * j));
+            _mm512_storeu_ps(c + i * ldc + 16 * j, v);
+        }
+}
+
+template <class T, int MR, int M = MR>
+void tiles_int8(int64_t m, int64_t nb, const void* a, int64_t lda, const float* sa, const int32_t* ta, int64_t ldsa,
+                const int8_t* b, const float* sw, float* c, int64_t ldc, const float* bias, int64_t ahead) {
+    if constexpr (M >= 1) {
+        if (m == M)
+            return tiles_int8_m<T, M>(nb, static_cast<const int8_t*>(a), lda, sa, ldsa, b, sw, c, ldc, bias, ahead);
+        return tiles_int8<T, MR, M - 1>(m, nb, a, lda, sa, ta, ldsa, b, sw, c, ldc, bias, ahead);
+    }
+}
+
+// Rows per int8 tile call: 12 rows x 2 registers of float sums (24 of 32 zmm), beside the block's two scale vectors
+// and the temporaries. Chosen by that count, not measured: no AMX machine has run it yet.
+constexpr int kInt8TileRows = 12;
+
+// The kernel set `name`: the avx512_bf16 set (its pair kernels for small M and the attention, its VNNI int8 kernels
+// for products of few rows) with these tile kernels for the blocked GEMM of bfloat16 weights and, where `int8`, for
+// int8 products of many rows.
 template <class T>
-KernelSet amx_set(const char* name) {
+KernelSet amx_set(const char* name, bool int8) {
     KernelSet k = avx512_bf16_kernel_set();
     k.name = name;
     if (k.bf16pairs.micro && k.blocking.nr == 32) k.bf16pairs.tiles = &tiles_bf16<T>;
+    if (int8 && k.i8.nr == 32 && k.i8.int8_a()) {
+        k.i8.tiles = &tiles_int8<T, kInt8TileRows>;
+        k.i8.tiles_mr = kInt8TileRows;
+    }
     return k;
 }

@@ -1,7 +1,8 @@
-// The `amx` kernel set: AMX-BF16 tiles for the blocked GEMM of bfloat16 weights (compiled with -mamx-tile
-// -mamx-bf16 and the AVX-512 flags). The dispatcher picks it only where cpuid reports AMX-BF16 and Linux granted the
-// tile state (cpu::amx_granted). The loops are amx_tiles.inl's, tested on every AVX512_BF16 CPU through the software
-// tiles of bf16_amx_emulated.cpp; these instructions only where the CPU has them.
+// The `amx` kernel set: AMX-BF16 tiles for the blocked GEMM of bfloat16 weights and, where cpuid reports AMX-INT8,
+// int8 tiles for int8 products of many rows (compiled with -mamx-tile -mamx-bf16 -mamx-int8 and the AVX-512 flags).
+// The dispatcher picks it only where cpuid reports AMX-BF16 and Linux granted the tile state (cpu::amx_granted). The
+// loops are amx_tiles.inl's, tested on every AVX512_BF16 CPU through the software tiles of amx_emulated.cpp; these
+// instructions only where the CPU has them.
 #include <immintrin.h>
 
 #include "kernels/kernels.h"
@@ -14,12 +15,12 @@ namespace {
 // The tile configuration (palette 1): byte 0 the palette, bytes 16 + 2 t the bytes per row of tile t (16 bits),
 // byte 48 + t its rows. Loaded per call: another library in the thread (oneDNN) may have configured others.
 struct HwTiles {
-    HwTiles() {
+    explicit HwTiles(const TileShapes& shapes) {
         alignas(64) unsigned char cfg[64] = {};
         cfg[0] = 1;
         for (int t = 0; t < 8; ++t) {
-            cfg[16 + 2 * t] = 64;
-            cfg[48 + t] = 16;
+            cfg[16 + 2 * t] = static_cast<unsigned char>(shapes.bytes[t]);
+            cfg[48 + t] = static_cast<unsigned char>(shapes.rows[t]);
         }
         _tile_loadconfig(cfg);
     }
@@ -59,12 +60,19 @@ struct HwTiles {
         if constexpr (C == 2) _tile_dpbf16ps(2, 5, 6);
         if constexpr (C == 3) _tile_dpbf16ps(3, 5, 7);
     }
+    // the two products of the int8 tile
+    template <int C, int A, int B>
+    void dot_ss() {
+        static_assert(A == 4 && B == 6 + C && C < 2, "a product of amx_tiles.inl's int8 tile");
+        if constexpr (C == 0) _tile_dpbssd(0, 4, 6);
+        if constexpr (C == 1) _tile_dpbssd(1, 4, 7);
+    }
 };
 
 }  // namespace
 
 KernelSet& amx_kernel_set() {
-    static KernelSet ks = amx_set<HwTiles>("amx");
+    static KernelSet ks = amx_set<HwTiles>("amx", __builtin_cpu_supports("amx-int8"));
     return ks;
 }
 

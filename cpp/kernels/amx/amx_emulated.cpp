@@ -2,7 +2,8 @@
 // registers, so that their packing, strides and edges are tested on every AVX512_BF16 CPU. Slow (scalar products):
 // for tests only, never chosen by the dispatcher nor listed by available_isas. The model computes TDPBF16PS's
 // quantity (each pair's products of bfloat16 numbers, exact in float32, added to the float sum) in its documented
-// order, without its flushing of denormals.
+// order, without its flushing of denormals, and TDPBSSD's (int8 quads' products added to int32 sums: exact); a shape
+// the instructions would fault on traps.
 #include <immintrin.h>
 
 #include "kernels/kernels.h"
@@ -21,17 +22,36 @@ inline float bf16_float(uint32_t h) {
 
 struct EmulatedTiles {
     alignas(64) unsigned char reg[8][16][64];
+    TileShapes shape;
+    explicit EmulatedTiles(const TileShapes& s) : shape(s) {}
     template <int T>
     void zero() {
         __builtin_memset(reg[T], 0, sizeof reg[T]);
     }
     template <int T>
     void load(const void* p, int64_t stride) {
-        for (int r = 0; r < 16; ++r) __builtin_memcpy(reg[T][r], static_cast<const char*>(p) + r * stride, 64);
+        zero<T>();
+        for (int r = 0; r < shape.rows[T]; ++r)
+            __builtin_memcpy(reg[T][r], static_cast<const char*>(p) + r * stride, shape.bytes[T]);
     }
     template <int T>
     void store(void* p, int64_t stride) {
-        for (int r = 0; r < 16; ++r) __builtin_memcpy(static_cast<char*>(p) + r * stride, reg[T][r], 64);
+        for (int r = 0; r < shape.rows[T]; ++r)
+            __builtin_memcpy(static_cast<char*>(p) + r * stride, reg[T][r], shape.bytes[T]);
+    }
+    // TDPBSSD: C's rows x its bytes / 4 int32, A's bytes / 4 quads of k (as many as B's rows)
+    template <int C, int A, int B>
+    void dot_ss() {
+        if (shape.rows[C] != shape.rows[A] || shape.bytes[C] != shape.bytes[B] || shape.bytes[A] != 4 * shape.rows[B])
+            __builtin_trap();  // a shape TDPBSSD would fault on
+        for (int m = 0; m < shape.rows[C]; ++m)
+            for (int n = 0; n < shape.bytes[C] / 4; ++n) {
+                int32_t s;
+                __builtin_memcpy(&s, reg[C][m] + 4 * n, 4);
+                for (int k = 0; k < shape.bytes[A]; ++k)
+                    s += static_cast<int8_t>(reg[A][m][k]) * static_cast<int8_t>(reg[B][k / 4][4 * n + k % 4]);
+                __builtin_memcpy(reg[C][m] + 4 * n, &s, 4);
+            }
     }
     template <int C, int A, int B>
     void dot() {
@@ -54,7 +74,7 @@ struct EmulatedTiles {
 }  // namespace
 
 KernelSet& amx_emulated_kernel_set() {
-    static KernelSet ks = amx_set<EmulatedTiles>("amx_emulated");
+    static KernelSet ks = amx_set<EmulatedTiles>("amx_emulated", true);
     return ks;
 }
 
