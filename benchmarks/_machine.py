@@ -60,9 +60,10 @@ def model_words(model_name: str) -> list[str]:
 
 def features_word(cpu: dict) -> str:
     """The vector width of the kernel set pyattn uses, and AMX or AVX512-BF16 where the CPU has them: 'avx2',
-    'avx512-bf16', 'avx512-amx' (the avx512_vnni and avx512_bf16 sets name the machine as avx512 does)."""
+    'avx512-bf16', 'avx512-amx', 'avx2-vnni' (the avx512_vnni and avx512_bf16 sets name the machine as avx512 does)."""
     feats = cpu.get("features", {})
-    word = cpu.get("isa", "unknown").split("_")[0]
+    isa = cpu.get("isa", "unknown")
+    word = "avx2-vnni" if isa == "avx_vnni" else isa.split("_")[0]
     if feats.get("amx_tile"):
         word += "-amx"
     elif feats.get("avx512_bf16"):

@@ -28,8 +28,8 @@ from ._core import PackedLinear
 # The one place the version is written; the build reads it (pyproject.toml: [tool.scikit-build.metadata.version]).
 __version__ = "0.1.0"
 
-# PYATTN_ISA=scalar|avx2|avx512|avx512_vnni|avx512_bf16 forces a kernel set; one the CPU lacks is an error at import,
-# not a silent fallback, so that a test run asking for a path really runs it.
+# PYATTN_ISA=scalar|avx2|avx_vnni|avx512|avx512_vnni|avx512_bf16|amx forces a kernel set; one the CPU lacks is an
+# error at import, not a silent fallback, so that a test run asking for a path really runs it.
 _isa = _os.environ.get("PYATTN_ISA", "").strip()
 if _isa:
     try:
@@ -58,9 +58,10 @@ def get_num_threads() -> int:
 
 
 def set_isa(name: str) -> None:
-    """Switch the kernel set ('scalar', 'avx2', 'avx512', 'avx512_vnni', 'avx512_bf16', 'amx'); ValueError if this
-    CPU cannot run it. 'amx_emulated' (for tests: the amx set's tile loops on software tiles, slow) runs wherever
-    'avx512_bf16' does.
+    """Switch the kernel set ('scalar', 'avx2', 'avx_vnni', 'avx512', 'avx512_vnni', 'avx512_bf16', 'amx');
+    ValueError if this CPU cannot run it. The test-only sets (``_core.test_isas()``): 'amx_emulated' (the amx set's
+    tile loops on software tiles, slow) runs wherever 'avx512_bf16' does, 'avx_vnni_evex' (the avx_vnni set's kernels
+    in EVEX encodings) wherever 'avx512_vnni' does.
 
     Weights packed before the switch (``PackedLinear``) keep the layout of the set they were packed for.
     """

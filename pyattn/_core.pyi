@@ -231,6 +231,12 @@ def available_isas() -> List[str]:
     Kernel sets this CPU can run, best last.
     """
 
+def test_isas() -> List[str]:
+    """
+    Test-only kernel sets this CPU can run (set_isa accepts them; never picked): the amx set's loops on software
+    tiles, the avx_vnni set's kernels in EVEX encodings.
+    """
+
 def blocking(name: str = "") -> Dict[str, int]:
     """
     GEMM register tile and cache blocking (MR, NR, MC, KC, NC) of a kernel set.

@@ -32,11 +32,18 @@ def test_cpu_info():
     else:
         with pytest.raises(ValueError, match="cannot run the 'amx' kernels"):
             pyattn.set_isa("amx")
-    # the emulated AMX set is for tests: never listed, selectable where avx512_bf16 is
-    assert "amx_emulated" not in info["available_isas"]
-    if "avx512_bf16" not in info["available_isas"]:
-        with pytest.raises(ValueError, match="cannot run the 'amx_emulated' kernels"):
-            pyattn.set_isa("amx_emulated")
+    # AVX-VNNI without AVX-512 kernels: offered exactly where the CPU has the VEX instructions
+    assert ("avx_vnni" in info["available_isas"]) == ("avx2" in info["available_isas"] and feats["avx_vnni"])
+    if not feats["avx_vnni"]:
+        with pytest.raises(ValueError, match="cannot run the 'avx_vnni' kernels"):
+            pyattn.set_isa("avx_vnni")
+    # the test-only sets: never listed; amx_emulated selectable where avx512_bf16 is, avx_vnni_evex where avx512_vnni is
+    assert not {"amx_emulated", "avx_vnni_evex"} & set(info["available_isas"])
+    for name, base in (("amx_emulated", "avx512_bf16"), ("avx_vnni_evex", "avx512_vnni")):
+        assert (name in _core.test_isas()) == (base in info["available_isas"])
+        if base not in info["available_isas"]:
+            with pytest.raises(ValueError, match=f"cannot run the '{name}' kernels"):
+                pyattn.set_isa(name)
 
 
 def test_default_isa_is_the_best_available():

@@ -13,7 +13,9 @@ from pyattn import _core
 from pyattn.nn import Linear
 from pyattn.precision import auto_dtype, resolve_compute_type, resolve_dtype
 
-ISAS = pyattn.cpu_info()["available_isas"]
+# Every kernel set this CPU can run, and the avx_vnni set's kernels in EVEX encodings (the test-only avx_vnni_evex, on
+# AVX512-VNNI CPUs), so that its int8 and block kernels are tested where the VEX set cannot run.
+ISAS = pyattn.cpu_info()["available_isas"] + [s for s in _core.test_isas() if s == "avx_vnni_evex"]
 SHAPES = [(1, 1, 1), (1, 7, 5), (2, 31, 17), (3, 32, 16), (5, 33, 33), (8, 64, 100), (13, 100, 48), (37, 385, 97)]
 
 

@@ -34,6 +34,10 @@ void bind_cpu(py::module_& m) {
         },
         "CPU features detected with cpuid (and OS support for the wider registers).");
     m.def("available_isas", &cpu::available_isas, "Kernel sets this CPU can run, best last.");
+    m.def(
+        "test_isas", &cpu::test_isas,
+        "Test-only kernel sets this CPU can run (set_isa accepts them; never picked): the amx set's loops on software "
+        "tiles, the avx_vnni set's kernels in EVEX encodings.");
     m.def("amx_granted", &cpu::amx_granted,
           "Whether Linux granted this process the AMX tile state (asked once; False without AMX).");
     m.def("get_isa", [] { return std::string(cpu::active().name); }, "Name of the kernel set in use.");

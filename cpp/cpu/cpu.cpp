@@ -40,10 +40,11 @@ Features detect() {
 }
 
 // Every kernel set, best last.
-constexpr const char* kIsaNames[] = {"scalar", "avx2", "avx512", "avx512_vnni", "avx512_bf16", "amx"};
+constexpr const char* kIsaNames[] = {"scalar", "avx2", "avx_vnni", "avx512", "avx512_vnni", "avx512_bf16", "amx"};
 // Sets for tests only: accepted by set_isa where the CPU can run them, never listed nor picked by default.
-// amx_emulated: the amx set's tile loops on software tiles (slow).
-constexpr const char* kTestIsaNames[] = {"amx_emulated"};
+// amx_emulated: the amx set's tile loops on software tiles (slow); avx_vnni_evex: the avx_vnni set's kernels in EVEX
+// encodings.
+constexpr const char* kTestIsaNames[] = {"amx_emulated", "avx_vnni_evex"};
 
 bool can_run(const std::string& isa) {
     const Features& f = features();
@@ -54,6 +55,10 @@ bool can_run(const std::string& isa) {
     if (isa == "avx512_vnni") return can_run("avx512") && f.avx512_vnni;
     if (isa == "avx512_bf16") return can_run("avx512_vnni") && f.avx512_bf16;
     if (isa == "amx_emulated") return can_run("avx512_bf16");
+    if (isa == "avx_vnni_evex") return can_run("avx512_vnni");
+#if defined(PYATTN_HAVE_AVX_VNNI_KERNELS)
+    if (isa == "avx_vnni") return can_run("avx2") && f.avx_vnni;
+#endif
 #if defined(PYATTN_HAVE_AMX_KERNELS)
     // the tile instructions fault unless Linux granted the tile state (asked here, once)
     if (isa == "amx") return can_run("avx512_bf16") && f.amx_tile && f.amx_bf16 && amx_granted();
@@ -70,6 +75,10 @@ kernels::KernelSet& lookup(const std::string& isa) {
     if (isa == "avx512_vnni") return kernels::avx512_vnni_kernel_set();
     if (isa == "avx512_bf16") return kernels::avx512_bf16_kernel_set();
     if (isa == "amx_emulated") return kernels::amx_emulated_kernel_set();
+    if (isa == "avx_vnni_evex") return kernels::avx_vnni_evex_kernel_set();
+#if defined(PYATTN_HAVE_AVX_VNNI_KERNELS)
+    if (isa == "avx_vnni") return kernels::avx_vnni_kernel_set();
+#endif
 #if defined(PYATTN_HAVE_AMX_KERNELS)
     if (isa == "amx") return kernels::amx_kernel_set();
 #endif
@@ -125,6 +134,13 @@ bool amx_granted() {
 std::vector<std::string> available_isas() {
     std::vector<std::string> out;
     for (const char* isa : kIsaNames)
+        if (can_run(isa)) out.emplace_back(isa);
+    return out;
+}
+
+std::vector<std::string> test_isas() {
+    std::vector<std::string> out;
+    for (const char* isa : kTestIsaNames)
         if (can_run(isa)) out.emplace_back(isa);
     return out;
 }

@@ -23,8 +23,11 @@ const Features& features();
 // once on first call; false on CPUs without AMX and wherever the request is refused.
 bool amx_granted();
 
-// Names of the kernel sets this CPU can run, best last ("scalar", "avx2", "avx512", "avx512_vnni", "avx512_bf16").
+// Names of the kernel sets this CPU can run, best last ("scalar", "avx2", "avx_vnni", "avx512", "avx512_vnni",
+// "avx512_bf16", "amx").
 std::vector<std::string> available_isas();
+// The test-only kernel sets (set_isa accepts them; never picked) this CPU can run: "amx_emulated", "avx_vnni_evex".
+std::vector<std::string> test_isas();
 
 // The active kernel set: chosen at first use from PYATTN_ISA (if set) or the best available one.
 const kernels::KernelSet& active();

@@ -370,6 +370,10 @@ KernelSet& avx512_bf16_kernel_set();
 KernelSet& amx_kernel_set();
 #endif
 KernelSet& amx_emulated_kernel_set();
+#if defined(PYATTN_HAVE_AVX_VNNI_KERNELS)
+KernelSet& avx_vnni_kernel_set();
+#endif
+KernelSet& avx_vnni_evex_kernel_set();
 #endif
 
 }  // namespace pyattn::kernels

@@ -11,12 +11,16 @@
 namespace pyattn::kernels {
 namespace {
 
-struct VI {
-    static constexpr int W = 8;
+#include "kernels/x86_int8_vi.inl"
+
+struct VI : ViFloat256 {
+    static constexpr int W = 8, kGroup = 2;
+    using aval = int16_t;
     using ireg = __m256i;
     using breg = __m256i;
     using areg = __m256i;
     static ireg izero() { return _mm256_setzero_si256(); }
+    static ireg start(const int32_t*, int64_t) { return izero(); }
     static breg load_b(const int8_t* p) { return _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)p)); }
     static areg bcast_a(const int16_t* p) {
         int32_t v;
@@ -26,19 +30,6 @@ struct VI {
     static ireg madd(ireg acc, areg a, breg b) { return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b)); }
     // Keeps each sum where it is as the products come: left free, GCC computed a row's products first and spilled them
     static void pin(ireg& acc) { asm("" : "+x"(acc)); }
-    static void prefetch(const int8_t* p, int64_t n, int64_t ahead) {
-        if (ahead <= 0) return;
-        for (int64_t o = 0; o < n; o += 64) _mm_prefetch(reinterpret_cast<const char*>(p + ahead + o), _MM_HINT_T0);
-    }
-    using freg = __m256;
-    static freg fzero() { return _mm256_setzero_ps(); }
-    static freg fload(const float* p) { return _mm256_loadu_ps(p); }
-    static void fstore(float* p, freg v) { _mm256_storeu_ps(p, v); }
-    static freg fset1(float x) { return _mm256_set1_ps(x); }
-    static freg fmul(freg a, freg b) { return _mm256_mul_ps(a, b); }
-    static freg fadd(freg a, freg b) { return _mm256_add_ps(a, b); }
-    static freg cvt(ireg a) { return _mm256_cvtepi32_ps(a); }
-    static freg fma(freg a, freg b, freg c) { return _mm256_fmadd_ps(a, b, c); }
     static float absmax(const float* x, int64_t k, bool* finite) {
         const __m256 sign = _mm256_set1_ps(-0.0f), zero = _mm256_setzero_ps();
         __m256 m0 = zero, m1 = zero, chk = zero;  // chk accumulates x * 0: NaN once any x is inf or NaN

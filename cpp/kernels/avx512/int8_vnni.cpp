@@ -28,77 +28,27 @@ inline __m512i bcast4(const int8_t* p) {
     return _mm512_set1_epi32(v);
 }
 
-// M rows by NV registers (16 columns each) of one panel NV * 16 columns wide.
-template <int M, int NV>
-void vnni_tile_m(int64_t nb, const int8_t* __restrict a, int64_t lda, const float* __restrict sa,
-                 const int32_t* __restrict ta, int64_t ldsa, const int8_t* __restrict b, const float* __restrict sw,
-                 float* __restrict c, int64_t ldc, const float* bias, int64_t ahead) {
-    constexpr int NR = NV * 16;
-    constexpr int64_t kBlockBytes = kGroups * NR * 4;
-    const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
-    __m512 sum[M][NV];
-#pragma GCC unroll 16
-    for (int i = 0; i < M; ++i)
-#pragma GCC unroll 4
-        for (int j = 0; j < NV; ++j) sum[i][j] = _mm512_setzero_ps();
-    for (int64_t blk = 0; blk < nb; ++blk) {
-        __m512i acc[M][NV];
-#pragma GCC unroll 16
-        for (int i = 0; i < M; ++i) {
-            const __m512i t = _mm512_set1_epi32(-128 * ta[i * ldsa + blk]);
-#pragma GCC unroll 4
-            for (int j = 0; j < NV; ++j) acc[i][j] = t;
-        }
-        if (ahead > 0)  // this block's panel bytes, `ahead` bytes on (kernels.h: stream_prefetch_bytes)
-            for (int64_t o = 0; o < kBlockBytes; o += 64)
-                _mm_prefetch(reinterpret_cast<const char*>(b + ahead + o), _MM_HINT_T0);
-        const int8_t* ab = a + blk * kQBlock;
-#pragma GCC unroll 8
-        for (int g = 0; g < kGroups; ++g) {
-            __m512i bv[NV];
-#pragma GCC unroll 4
-            for (int j = 0; j < NV; ++j) bv[j] = _mm512_xor_si512(_mm512_loadu_si512(b + (g * NR + j * 16) * 4), flip);
-#pragma GCC unroll 16
-            for (int i = 0; i < M; ++i) {
-                const __m512i av = bcast4(ab + i * lda + 4 * g);
-#pragma GCC unroll 4
-                for (int j = 0; j < NV; ++j) {
-                    acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], bv[j], av);
-                    asm("" : "+v"(acc[i][j]));  // as int8_kernels.inl's pin: no products computed first and spilled
-                }
-            }
-        }
-        // this block's int32 sums, scaled by sa * sw, into the float sums (int8_kernels.inl's order)
-#pragma GCC unroll 4
-        for (int j = 0; j < NV; ++j) {
-            const __m512 w = _mm512_loadu_ps(sw + j * 16);
-#pragma GCC unroll 16
-            for (int i = 0; i < M; ++i)
-                sum[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][j]),
-                                            _mm512_mul_ps(_mm512_set1_ps(sa[i * ldsa + blk]), w), sum[i][j]);
-        }
-        b += kBlockBytes;
-        sw += NR;
-    }
-#pragma GCC unroll 16
-    for (int i = 0; i < M; ++i)
-#pragma GCC unroll 4
-        for (int j = 0; j < NV; ++j) {
-            __m512 v = sum[i][j];
-            if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + j * 16));
-            _mm512_storeu_ps(c + i * ldc + j * 16, v);
-        }
-}
+#include "kernels/x86_int8_vi.inl"
 
-template <int MR, int NV, int M = MR>
-void vnni_tile(int64_t m, int64_t nb, const void* a, int64_t lda, const float* sa, const int32_t* ta, int64_t ldsa,
-               const int8_t* b, const float* sw, float* c, int64_t ldc, const float* bias, int64_t ahead) {
-    if constexpr (M >= 1) {
-        if (m == M)
-            return vnni_tile_m<M, NV>(nb, static_cast<const int8_t*>(a), lda, sa, ta, ldsa, b, sw, c, ldc, bias, ahead);
-        return vnni_tile<MR, NV, M - 1>(m, nb, a, lda, sa, ta, ldsa, b, sw, c, ldc, bias, ahead);
+// int8_kernels.inl's interface on 512-bit registers and vpdpbusd's quads: B's sign bit flipped as it is loaded (one
+// vpxord per panel register, shared by every row), each block's sums started at -128 sum a.
+struct VI : ViFloat512 {
+    static constexpr int W = 16, kGroup = 4;
+    using aval = int8_t;
+    using ireg = __m512i;
+    using breg = __m512i;
+    using areg = __m512i;
+    static ireg izero() { return _mm512_setzero_si512(); }
+    static ireg start(const int32_t* ta, int64_t idx) { return _mm512_set1_epi32(-128 * ta[idx]); }
+    static breg load_b(const int8_t* p) {
+        return _mm512_xor_si512(_mm512_loadu_si512(p), _mm512_set1_epi8(static_cast<char>(0x80)));
     }
-}
+    static areg bcast_a(const int8_t* p) { return bcast4(p); }
+    static ireg madd(ireg acc, areg a, breg b) { return _mm512_dpbusd_epi32(acc, b, a); }
+    static void pin(ireg& acc) { asm("" : "+v"(acc)); }
+};
+
+#include "kernels/int8_kernels.inl"
 
 // Int8Kernels::quantize8 with 512-bit registers: per block two masked loads, max |x| and a finiteness check (x * 0 is
 // NaN once x is inf or NaN), q = clamp(cvt(x * 127 / amax)) rounded to nearest even (MXCSR's default, as rintf; NaN
@@ -141,97 +91,10 @@ void vnni_quantize8(const float* x, int64_t lda, int64_t m, int64_t k, int8_t* q
         }
 }
 
-// The 4-bit blocks (Q4Kernels in kernels.h) on vpdpbusd: a panel's nibbles are unsigned already and its byte
-// 32 c + 4 j + s holds k = 4 c + s (low nibble) and 16 + 4 c + s (high) of column j, so each int32 lane of a 256-bit
-// load, masked or shifted, is four consecutive k of one column: one vpdpbusd per half-chunk and row, against A's four
-// int8 broadcast, sums them exactly in int32 (where the AVX2 kernel needs pmaddubsw, an int16 add and pmaddwd by
-// ones). The tile around it, its float steps included, is q4_kernels.inl, shared with the AVX2 set: the same bits.
-struct Q4SumsVnni {
-    static constexpr int kMR = 6;  // 6 int32 and 6 float sums, 3 registers of the panel's chunk
-    template <int M, bool kFive>
-    static void sums(const uint8_t* nib, const int8_t* x, int64_t lda, __m256i (&s32)[M]) {
-        // C independent chains of sums per row, added at the end (vpdpbusd waits for its sum, several cycles).
-        // Measured through heavy noise only: SmolLM2 decode at 2 threads was 0.43x and 0.46x llama.cpp's in two
-        // bench_llm runs with these chains, 0.51x in one run with one chain per row; GEMVs alone could not tell them
-        // apart.
-        constexpr int C = M == 1 ? 4 : 2;
-        const __m256i fifth = kFive ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + q4_fifth_bits()))
-                                    : _mm256_setzero_si256();
-        __m256i acc[M][C];
-#pragma GCC unroll 8
-        for (int i = 0; i < M; ++i)
-#pragma GCC unroll 4
-            for (int q = 0; q < C; ++q) acc[i][q] = _mm256_setzero_si256();
-#pragma GCC unroll 4
-        for (int ch = 0; ch < 4; ++ch) {
-            __m256i lo, hi;  // (5-bit: the fifth bits, kernels.h, ORed over the nibbles)
-            five_bit_values<kFive>(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + 32 * ch)), fifth, ch, lo,
-                                   hi);
-#pragma GCC unroll 8
-            for (int i = 0; i < M; ++i) {
-                __m256i& a0 = acc[i][(2 * ch) % C];
-                __m256i& a1 = acc[i][(2 * ch + 1) % C];
-                int32_t x0, x1;
-                __builtin_memcpy(&x0, x + i * lda + 4 * ch, sizeof x0);
-                __builtin_memcpy(&x1, x + i * lda + 16 + 4 * ch, sizeof x1);
-                a0 = _mm256_dpbusd_epi32(a0, lo, _mm256_set1_epi32(x0));
-                a1 = _mm256_dpbusd_epi32(a1, hi, _mm256_set1_epi32(x1));
-            }
-        }
-#pragma GCC unroll 8
-        for (int i = 0; i < M; ++i) {
-            s32[i] = acc[i][0];
-#pragma GCC unroll 4
-            for (int q = 1; q < C; ++q) s32[i] = _mm256_add_epi32(s32[i], acc[i][q]);
-        }
-    }
+// vpdpbusd on 256-bit registers, for the block sums (EVEX here; the avx_vnni set's VEX)
+inline __m256i dpbusd256(__m256i acc, __m256i u, __m256i a) { return _mm256_dpbusd_epi32(acc, u, a); }
 
-    // A low-bit block's halves apart (kernels.h): per half one 32-byte load, each field f shifted down and masked to
-    // 8 columns x 4 k (3-bit: the third bits ORed over them).
-    template <int M, bool kThree>
-    static void sums2(const uint8_t* v, const int8_t* x, int64_t lda, __m256i (&s0)[M], __m256i (&s1)[M]) {
-        const __m256i third = kThree ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + q2k_third_bits()))
-                                     : _mm256_setzero_si256();
-#pragma GCC unroll 8
-        for (int i = 0; i < M; ++i) s0[i] = s1[i] = _mm256_setzero_si256();
-#pragma GCC unroll 2
-        for (int h = 0; h < 2; ++h) {
-            const __m256i all = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + 32 * h));
-#pragma GCC unroll 4
-            for (int f = 0; f < 4; ++f) {
-                const __m256i u = low_bit_values<kThree>(all, third, h, f);
-#pragma GCC unroll 8
-                for (int i = 0; i < M; ++i) {
-                    int32_t xq;
-                    __builtin_memcpy(&xq, x + i * lda + 16 * h + 4 * f, sizeof xq);
-                    __m256i& acc = h ? s1[i] : s0[i];
-                    acc = _mm256_dpbusd_epi32(acc, u, _mm256_set1_epi32(xq));
-                }
-            }
-        }
-    }
-
-    // The 6-bit block's halves apart: each chunk's top two bits ORed over its nibbles (x86_fields.inl).
-    template <int M>
-    static void sums6(const uint8_t* nib, const int8_t* x, int64_t lda, __m256i (&s0)[M], __m256i (&s1)[M]) {
-#pragma GCC unroll 8
-        for (int i = 0; i < M; ++i) s0[i] = s1[i] = _mm256_setzero_si256();
-#pragma GCC unroll 4
-        for (int ch = 0; ch < 4; ++ch) {
-            const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + 32 * ch));
-            __m256i lo, hi;
-            six_bit_values(v, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nib + q6_high_bits(ch))), ch, lo, hi);
-#pragma GCC unroll 8
-            for (int i = 0; i < M; ++i) {
-                int32_t x0, x1;
-                __builtin_memcpy(&x0, x + i * lda + 4 * ch, sizeof x0);
-                __builtin_memcpy(&x1, x + i * lda + 16 + 4 * ch, sizeof x1);
-                s0[i] = _mm256_dpbusd_epi32(s0[i], lo, _mm256_set1_epi32(x0));
-                s1[i] = _mm256_dpbusd_epi32(s1[i], hi, _mm256_set1_epi32(x1));
-            }
-        }
-    }
-};
+#include "kernels/q4_sums_vnni.inl"
 
 #include "kernels/q4_kernels.inl"
 
@@ -490,13 +353,7 @@ void set_unpack(Q4Kernels& q4, std::integer_sequence<int, kKinds...>) {
 // 32 zmm). A product of up to 6 rows (a decoding batch, beams) takes one pass over each panel, so no tall tile.
 // quantize: the int16 quantizer, for weights at load (the same values as quantize8's, so as every set's).
 Int8Kernels avx512_vnni_int8_kernels() {
-    Int8Kernels k{};
-    k.mr = 6;
-    k.nr = 32;
-    k.kgroup = 4;
-    k.tile = &vnni_tile<6, 2>;
-    k.tall_mr = 6;
-    k.tall = &vnni_tile<6, 2>;
+    Int8Kernels k = make_int8_kernels<6, 2>();
     k.quantize = avx2_int8_kernels().quantize;
     k.quantize8 = &vnni_quantize8;
     return k;
@@ -508,7 +365,7 @@ KernelSet& avx512_vnni_kernel_set() {
         KernelSet k = avx512_kernel_set();
         k.name = "avx512_vnni";
         k.i8 = avx512_vnni_int8_kernels();
-        k.q4 = make_q4_kernels<Q4SumsVnni>();  // 4-bit: up to 6 rows of 8 columns per call
+        k.q4 = make_q4_kernels<Q4SumsVnni<6>>();  // 4-bit: up to 6 rows of 8 columns per call
         // and, for many rows, 6 x 32 on unpacked panels (12 int32 and 12 float sums, 2 panel registers: 27 of 32 zmm;
         // the types summed by half-blocks 4 x 32)
         set_unpack(k.q4, std::make_integer_sequence<int, kQ4Kinds>{});

@@ -5,7 +5,8 @@ namespace pyattn::kernels {
 namespace {
 
 struct VI {
-    static constexpr int W = 1;
+    static constexpr int W = 1, kGroup = 2;
+    using aval = int16_t;
     using ireg = int32_t;
     struct breg {
         int32_t b0, b1;
@@ -14,6 +15,7 @@ struct VI {
         int32_t a0, a1;
     };
     static ireg izero() { return 0; }
+    static ireg start(const int32_t*, int64_t) { return 0; }
     static breg load_b(const int8_t* p) { return {p[0], p[1]}; }
     static areg bcast_a(const int16_t* p) { return {p[0], p[1]}; }
     static ireg madd(ireg acc, areg a, breg b) { return acc + (a.a0 * b.b0 + a.a1 * b.b1); }
