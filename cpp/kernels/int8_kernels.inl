@@ -7,7 +7,7 @@
 //   W                      columns per accumulator register (int32 lanes);
 //   kGroup, aval           consecutive k of a column per panel group (Int8Kernels::kgroup) and A's value type: 2 and
 //                          int16_t (int16 pairs) or 4 and int8_t (vpdpbusd's quads, A with its block sums);
-//   ireg, izero()          W int32 sums;
+//   ireg                   W int32 sums;
 //   start(ta, idx)         a block's starting sums: 0 (pairs), -128 ta[idx] (quads: B's sign flipped, below);
 //   freg, fzero(), fload(p), fstore(p, v), fset1(x), fmul, fadd, cvt(ireg): W floats;
 //   fma(a, b, c)           a * b + c rounded once (the scalar set calls fmaf);

@@ -33,7 +33,6 @@ struct VI : ViFloat256 {
     using ireg = __m256i;
     using breg = __m256i;
     using areg = __m256i;
-    static ireg izero() { return _mm256_setzero_si256(); }
     static ireg start(const int32_t* ta, int64_t idx) { return _mm256_set1_epi32(-128 * ta[idx]); }
     static breg load_b(const int8_t* p) {
         return _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)),

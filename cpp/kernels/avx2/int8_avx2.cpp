@@ -19,8 +19,7 @@ struct VI : ViFloat256 {
     using ireg = __m256i;
     using breg = __m256i;
     using areg = __m256i;
-    static ireg izero() { return _mm256_setzero_si256(); }
-    static ireg start(const int32_t*, int64_t) { return izero(); }
+    static ireg start(const int32_t*, int64_t) { return _mm256_setzero_si256(); }
     static breg load_b(const int8_t* p) { return _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)p)); }
     static areg bcast_a(const int16_t* p) {
         int32_t v;

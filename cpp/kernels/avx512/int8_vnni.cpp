@@ -38,7 +38,6 @@ struct VI : ViFloat512 {
     using ireg = __m512i;
     using breg = __m512i;
     using areg = __m512i;
-    static ireg izero() { return _mm512_setzero_si512(); }
     static ireg start(const int32_t* ta, int64_t idx) { return _mm512_set1_epi32(-128 * ta[idx]); }
     static breg load_b(const int8_t* p) {
         return _mm512_xor_si512(_mm512_loadu_si512(p), _mm512_set1_epi8(static_cast<char>(0x80)));

@@ -14,7 +14,6 @@ struct VI {
     struct areg {
         int32_t a0, a1;
     };
-    static ireg izero() { return 0; }
     static ireg start(const int32_t*, int64_t) { return 0; }
     static breg load_b(const int8_t* p) { return {p[0], p[1]}; }
     static areg bcast_a(const int16_t* p) { return {p[0], p[1]}; }
