@@ -13,9 +13,10 @@ from pyattn import _core
 from pyattn.nn import Linear
 from pyattn.precision import auto_dtype, resolve_compute_type, resolve_dtype
 
-# Every kernel set this CPU can run, and the avx_vnni set's kernels in EVEX encodings (the test-only avx_vnni_evex, on
-# AVX512-VNNI CPUs), so that its int8 and block kernels are tested where the VEX set cannot run.
-ISAS = pyattn.cpu_info()["available_isas"] + [s for s in _core.test_isas() if s == "avx_vnni_evex"]
+# Every kernel set this CPU can run, and the test-only ones it can (_core.test_isas: the avx_vnni set's kernels in
+# EVEX encodings on AVX512-VNNI CPUs, the amx set's tile loops on software tiles on AVX512_BF16 ones), so that their
+# int8, bfloat16 and block kernels are tested where the sets themselves cannot run.
+ISAS = pyattn.cpu_info()["available_isas"] + _core.test_isas()
 SHAPES = [(1, 1, 1), (1, 7, 5), (2, 31, 17), (3, 32, 16), (5, 33, 33), (8, 64, 100), (13, 100, 48), (37, 385, 97)]
 
 

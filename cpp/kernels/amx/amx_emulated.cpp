@@ -2,8 +2,8 @@
 // registers, so that their packing, strides and edges are tested on every AVX512_BF16 CPU. Slow (scalar products):
 // for tests only, never chosen by the dispatcher nor listed by available_isas. The model computes TDPBF16PS's
 // quantity (each pair's products of bfloat16 numbers, exact in float32, added to the float sum) in its documented
-// order, without its flushing of denormals, and TDPBSSD's (int8 quads' products added to int32 sums: exact); a shape
-// the instructions would fault on traps.
+// order, without its flushing of denormals, and TDPBSSD's and TDPBSUD's (int8 quads' products added to int32 sums:
+// exact); a shape the instructions would fault on traps.
 #include <immintrin.h>
 
 #include "kernels/kernels.h"
@@ -39,19 +39,29 @@ struct EmulatedTiles {
         for (int r = 0; r < shape.rows[T]; ++r)
             __builtin_memcpy(static_cast<char*>(p) + r * stride, reg[T][r], shape.bytes[T]);
     }
-    // TDPBSSD: C's rows x its bytes / 4 int32, A's bytes / 4 quads of k (as many as B's rows)
-    template <int C, int A, int B>
-    void dot_ss() {
+    // TDPBSSD (kSignedB) and TDPBSUD: C's rows x its bytes / 4 int32, A's bytes / 4 quads of k (as many as B's rows)
+    template <int C, int A, int B, bool kSignedB>
+    void dot_int8() {
         if (shape.rows[C] != shape.rows[A] || shape.bytes[C] != shape.bytes[B] || shape.bytes[A] != 4 * shape.rows[B])
-            __builtin_trap();  // a shape TDPBSSD would fault on
+            __builtin_trap();  // a shape the instructions would fault on
         for (int m = 0; m < shape.rows[C]; ++m)
             for (int n = 0; n < shape.bytes[C] / 4; ++n) {
                 int32_t s;
                 __builtin_memcpy(&s, reg[C][m] + 4 * n, 4);
-                for (int k = 0; k < shape.bytes[A]; ++k)
-                    s += static_cast<int8_t>(reg[A][m][k]) * static_cast<int8_t>(reg[B][k / 4][4 * n + k % 4]);
+                for (int k = 0; k < shape.bytes[A]; ++k) {
+                    const uint8_t b = reg[B][k / 4][4 * n + k % 4];
+                    s += static_cast<int8_t>(reg[A][m][k]) * (kSignedB ? static_cast<int8_t>(b) : b);
+                }
                 __builtin_memcpy(reg[C][m] + 4 * n, &s, 4);
             }
+    }
+    template <int C, int A, int B>
+    void dot_ss() {
+        dot_int8<C, A, B, true>();
+    }
+    template <int C, int A, int B>
+    void dot_su() {
+        dot_int8<C, A, B, false>();
     }
     template <int C, int A, int B>
     void dot() {

@@ -60,12 +60,20 @@ struct HwTiles {
         if constexpr (C == 2) _tile_dpbf16ps(2, 5, 6);
         if constexpr (C == 3) _tile_dpbf16ps(3, 5, 7);
     }
-    // the two products of the int8 tile
+    // the products of the int8 tile (signed x signed) and of the block types' tiles (signed A x unsigned B)
     template <int C, int A, int B>
     void dot_ss() {
         static_assert(A == 4 && B == 6 + C && C < 2, "a product of amx_tiles.inl's int8 tile");
         if constexpr (C == 0) _tile_dpbssd(0, 4, 6);
         if constexpr (C == 1) _tile_dpbssd(1, 4, 7);
+    }
+    template <int C, int A, int B>
+    void dot_su() {
+        static_assert(A == 4 && B == 6 + C % 2 && C < 4, "a product of amx_tiles.inl's block tiles");
+        if constexpr (C == 0) _tile_dpbsud(0, 4, 6);
+        if constexpr (C == 1) _tile_dpbsud(1, 4, 7);
+        if constexpr (C == 2) _tile_dpbsud(2, 4, 6);
+        if constexpr (C == 3) _tile_dpbsud(3, 4, 7);
     }
 };
 

@@ -7,7 +7,8 @@
 //   T(shapes)                                            tile t: shapes.rows[t] rows of shapes.bytes[t] bytes
 //   zero<t>(), load<t>(p, stride), store<t>(p, stride)   its rows at p + r stride
 //   dot<c, a, b>()                                       TDPBF16PS: c[m][n] += sum_k a[m] pair k . b[k] pair n
-//   dot_ss<c, a, b>()                                    TDPBSSD: c[m][n] += sum_k a[m] quad k . b[k] quad n (int8)
+//   dot_ss<c, a, b>(), dot_su<c, a, b>()                 TDPBSSD, TDPBSUD: c[m][n] += sum_k a[m] quad k . b[k] quad n
+//                                                        (signed bytes; B's unsigned for dot_su)
 
 // Rows and bytes per row of the eight tiles (0: unused).
 struct TileShapes {
@@ -163,13 +164,127 @@ void tiles_int8(int64_t m, int64_t nb, const void* a, int64_t lda, const float* 
     }
 }
 
+// ---- the block types' wide tile (Q4Kernels::wide) ----
+// The unpacked wide panel (kernels.h: per block, 8 groups of 32 columns x 4 k as unsigned bytes, then the columns'
+// floats) is laid out as the int8 panel: B tiles of the same shape and stride. TDPBSUD multiplies A's signed bytes by
+// B's unsigned ones: the exact int32 sums the VNNI wide tiles make with vpdpbusd, then their float steps
+// (avx512/wide_steps.inl): the same bits. The types summed by half-blocks (Q6_K, Q3_K, Q2_K) take a tile product per
+// k half (A tiles of 16 bytes, B tiles of 4 groups), four C tiles.
+#include "kernels/avx512/wide_steps.inl"
+
+// C tiles 0-3: m rows x 16 int32; A tile 4: m rows x `kbytes` bytes of k; B tiles 6-7: kbytes / 4 groups x 16 columns.
+inline TileShapes block_shapes(int m, int kbytes) {
+    TileShapes s;
+    for (int t = 0; t < 4; ++t) s.rows[t] = m, s.bytes[t] = 64;
+    s.rows[4] = m;
+    s.bytes[4] = kbytes;
+    s.rows[6] = s.rows[7] = kbytes / 4;
+    s.bytes[6] = s.bytes[7] = 64;
+    return s;
+}
+
+template <class T, int M, bool kMin, int kOffset>
+void tiles_q4_wide_m(int64_t nb, const int8_t* __restrict a, int64_t lda, const float* __restrict sa,
+                     const int32_t* __restrict ta, int64_t ldsa, const uint8_t* __restrict b, float* __restrict c,
+                     int64_t ldc, const float* bias) {
+    T t(block_shapes(M, kQBlock));
+    alignas(64) int32_t acc[M][32];
+    __m512 sum[M][2];
+#pragma GCC unroll 16
+    for (int i = 0; i < M; ++i) sum[i][0] = sum[i][1] = _mm512_setzero_ps();
+    for (int64_t blk = 0; blk < nb; ++blk, b += kQ4WideBlockBytes) {
+        t.template zero<0>();
+        t.template zero<1>();
+        t.template load<4>(a + blk * kQBlock, lda);
+        t.template load<6>(b, 128);
+        t.template load<7>(b + 64, 128);
+        t.template dot_su<0, 4, 6>();
+        t.template dot_su<1, 4, 7>();
+        t.template store<0>(&acc[0][0], 128);
+        t.template store<1>(&acc[0][16], 128);
+        const Q4WideStep<kMin, kOffset> step(reinterpret_cast<const float*>(b + kQBlock * kQ4Wide));
+#pragma GCC unroll 16
+        for (int i = 0; i < M; ++i)
+            for (int h = 0; h < 2; ++h)
+                sum[i][h] =
+                    step(h, _mm512_load_si512(&acc[i][16 * h]), sa[i * ldsa + blk], ta[i * ldsa + blk], sum[i][h]);
+    }
+    store_wide<M>(sum, c, ldc, bias);
+}
+
+template <class T, int M, int kOffset>
+void tiles_halves_wide_m(int64_t nb, const int8_t* __restrict a, int64_t lda, const float* __restrict sa,
+                         const int32_t* __restrict ta, int64_t ldsa, const uint8_t* __restrict b, float* __restrict c,
+                         int64_t ldc, const float* bias) {
+    T t(block_shapes(M, kQBlock / 2));
+    alignas(64) int32_t acc[2][M][32];  // k half, row, column
+    __m512 sum[M][2];
+#pragma GCC unroll 16
+    for (int i = 0; i < M; ++i) sum[i][0] = sum[i][1] = _mm512_setzero_ps();
+    for (int64_t blk = 0; blk < nb; ++blk, b += kQ4WideBlockBytes) {
+        for (int kh = 0; kh < 2; ++kh) {  // C tiles 2 kh + column half
+            t.template load<4>(a + blk * kQBlock + 16 * kh, lda);
+            t.template load<6>(b + 4 * 128 * kh, 128);
+            t.template load<7>(b + 4 * 128 * kh + 64, 128);
+            if (kh == 0) {
+                t.template zero<0>();
+                t.template zero<1>();
+                t.template dot_su<0, 4, 6>();
+                t.template dot_su<1, 4, 7>();
+            } else {
+                t.template zero<2>();
+                t.template zero<3>();
+                t.template dot_su<2, 4, 6>();
+                t.template dot_su<3, 4, 7>();
+            }
+        }
+        t.template store<0>(&acc[0][0][0], 128);
+        t.template store<1>(&acc[0][0][16], 128);
+        t.template store<2>(&acc[1][0][0], 128);
+        t.template store<3>(&acc[1][0][16], 128);
+        const float* f = reinterpret_cast<const float*>(b + kQBlock * kQ4Wide);
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; ++h) {
+            const HalvesWideStep<kOffset> step(f, h);
+#pragma GCC unroll 16
+            for (int i = 0; i < M; ++i)
+                sum[i][h] = step(_mm512_load_si512(&acc[0][i][16 * h]), _mm512_load_si512(&acc[1][i][16 * h]),
+                                 sa[i * ldsa + blk], ta[i * ldsa + blk], sum[i][h]);
+        }
+    }
+    store_wide<M>(sum, c, ldc, bias);
+}
+
+// Rows per call of the block types' tiles: 12 (24 float sums; the object code keeps them in registers) and, for the
+// halves' tiles, whose step holds more constants, 6 (at 8 rows GCC kept all 16 float sums on the stack, at 6 it
+// spills 2 of 12). Chosen by reading the object code, not measured: no AMX machine has run them yet.
+constexpr int kQ4TileRows = 12, kHalvesTileRows = 6;
+
+template <class T, bool kMin, int kOffset, int M = kQ4TileRows>
+void tiles_q4_wide(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta,
+                   int64_t ldsa, const uint8_t* b, float* c, int64_t ldc, const float* bias) {
+    if constexpr (M >= 1) {
+        if (m == M) return tiles_q4_wide_m<T, M, kMin, kOffset>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
+        return tiles_q4_wide<T, kMin, kOffset, M - 1>(m, nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
+    }
+}
+
+template <class T, int kOffset, int M = kHalvesTileRows>
+void tiles_halves_wide(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* sa, const int32_t* ta,
+                       int64_t ldsa, const uint8_t* b, float* c, int64_t ldc, const float* bias) {
+    if constexpr (M >= 1) {
+        if (m == M) return tiles_halves_wide_m<T, M, kOffset>(nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
+        return tiles_halves_wide<T, kOffset, M - 1>(m, nb, a, lda, sa, ta, ldsa, b, c, ldc, bias);
+    }
+}
+
 // Rows per int8 tile call: 12 rows x 2 registers of float sums (24 of 32 zmm), beside the block's two scale vectors
 // and the temporaries. Chosen by that count, not measured: no AMX machine has run it yet.
 constexpr int kInt8TileRows = 12;
 
-// The kernel set `name`: the avx512_bf16 set (its pair kernels for small M and the attention, its VNNI int8 kernels
-// for products of few rows) with these tile kernels for the blocked GEMM of bfloat16 weights and, where `int8`, for
-// int8 products of many rows.
+// The kernel set `name`: the avx512_bf16 set (its pair kernels for small M and the attention, its VNNI int8 and block
+// kernels for products of few rows) with these tile kernels for the blocked GEMM of bfloat16 weights and, where
+// `int8`, for int8 products and the block types' wide tile (many rows).
 template <class T>
 KernelSet amx_set(const char* name, bool int8) {
     KernelSet k = avx512_bf16_kernel_set();
@@ -178,6 +293,20 @@ KernelSet amx_set(const char* name, bool int8) {
     if (int8 && k.i8.nr == 32 && k.i8.int8_a()) {
         k.i8.tiles = &tiles_int8<T, kInt8TileRows>;
         k.i8.tiles_mr = kInt8TileRows;
+    }
+    if (int8 && k.q4.wide[q4_kind(false, false)]) {  // the kinds' offsets and minima as the VNNI wide tiles'
+        k.q4.wide[q4_kind(false, false)] = &tiles_q4_wide<T, false, 8>;
+        k.q4.wide[q4_kind(true, false)] = &tiles_q4_wide<T, true, 0>;
+        k.q4.wide[q4_kind(false, true)] = &tiles_q4_wide<T, false, 16>;
+        k.q4.wide[q4_kind(true, true)] = &tiles_q4_wide<T, true, 0>;
+        k.q4.wide[q4k_kind(false)] = &tiles_q4_wide<T, true, 0>;
+        k.q4.wide[q4k_kind(true)] = &tiles_q4_wide<T, true, 0>;
+        k.q4.wide[kQ6Kind] = &tiles_halves_wide<T, 32>;
+        k.q4.wide[q2k_kind(false)] = &tiles_halves_wide<T, 0>;
+        k.q4.wide[q2k_kind(true)] = &tiles_halves_wide<T, 4>;
+        for (int kind = 0; kind < kQ4Kinds; ++kind)
+            k.q4.wide_mr[kind] =
+                kind == kQ6Kind || kind == q2k_kind(false) || kind == q2k_kind(true) ? kHalvesTileRows : kQ4TileRows;
     }
     return k;
 }

@@ -97,17 +97,7 @@ inline __m256i dpbusd256(__m256i acc, __m256i u, __m256i a) { return _mm256_dpbu
 
 #include "kernels/q4_kernels.inl"
 
-// A wide tile's M x 32 sums (+ bias) into C.
-template <int M>
-inline void store_wide(const __m512 (&sum)[M][2], float* c, int64_t ldc, const float* bias) {
-#pragma GCC unroll 8
-    for (int i = 0; i < M; ++i)
-        for (int h = 0; h < 2; ++h) {
-            __m512 v = sum[i][h];
-            if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + 16 * h));
-            _mm512_storeu_ps(c + i * ldc + 16 * h, v);
-        }
-}
+#include "kernels/avx512/wide_steps.inl"
 
 // The wide 4- and 5-bit tile (Q4Kernels::wide): M rows by 32 columns of an unpacked panel, whose values are bytes in
 // [0, 31] already, so vpdpbusd takes them as its unsigned operand as they are (no sign flip, no correction). Per
@@ -136,32 +126,18 @@ void q4_wide_m(int64_t nb, const int8_t* __restrict a, int64_t lda, const float*
                 asm("" : "+v"(acc[i][0]), "+v"(acc[i][1]));
             }
         }
-        const float* f = reinterpret_cast<const float*>(b + kQBlock * kQ4Wide);
-        const __m512 d[2] = {_mm512_loadu_ps(f), _mm512_loadu_ps(f + 16)};
-        __m512 mn[2];
-        if constexpr (kMin) mn[0] = _mm512_loadu_ps(f + 32), mn[1] = _mm512_loadu_ps(f + 48);
+        const Q4WideStep<kMin, kOffset> step(reinterpret_cast<const float*>(b + kQBlock * kQ4Wide));
 #pragma GCC unroll 8
-        for (int i = 0; i < M; ++i) {
-            const float sab = sa[i * ldsa + blk];
-            const int32_t t = ta[i * ldsa + blk];
-            for (int h = 0; h < 2; ++h) {
-                if constexpr (kMin)
-                    sum[i][h] = _mm512_fmadd_ps(mn[h], _mm512_set1_ps(sab * static_cast<float>(t)), sum[i][h]);
-                else
-                    acc[i][h] = _mm512_sub_epi32(acc[i][h], _mm512_set1_epi32(kOffset * t));
-                sum[i][h] =
-                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][h]), _mm512_mul_ps(_mm512_set1_ps(sab), d[h]), sum[i][h]);
-            }
-        }
+        for (int i = 0; i < M; ++i)
+            for (int h = 0; h < 2; ++h)
+                sum[i][h] = step(h, acc[i][h], sa[i * ldsa + blk], ta[i * ldsa + blk], sum[i][h]);
     }
     store_wide<M>(sum, c, ldc, bias);
 }
 
 // The wide tile of the types summed by half-blocks (Q6_K, Q3_K, Q2_K): as q4_wide_m with each block's k halves summed
-// apart (groups 0-3 and 4-7), combined with the sub-scales in int32 and kernels.h's float steps on 16 lanes: the same
-// bits as the 8-column tile. kOffset: Q6_K's 32 or Q3_K's 4, whose unpacked panel holds each column's sub-scales
-// packed (pack16) in the minima's place; 0: Q2_K, which holds d and dmin as halves (d low) in d's place, and sc_0,
-// sc_1, m_0, m_1 in the four bytes of the minima's int32 (unpack_panel). 4 rows: 16 int32 and 8 float sums, 2 panel
+// apart (groups 0-3 and 4-7), combined with the sub-scales in int32 and kernels.h's float steps on 16 lanes
+// (HalvesWideStep): the same bits as the 8-column tile. 4 rows: 16 int32 and 8 float sums, 2 panel
 // registers and A's quad (27 of 32 zmm). 6 rows with the float sums kept in C instead (Q6_K's tile before) ran Q3_K
 // and Q6_K 10-15% slower (M = 128, K = 2048, N = 8192, 1 thread, Zen 4): the C loads and stores and the spills cost
 // more than B's groups read once per 4 rows rather than 6. With the sub-scales applied in float (exact: every product
@@ -170,7 +146,6 @@ template <int M, int kOffset>
 void halves_wide_m(int64_t nb, const int8_t* __restrict a, int64_t lda, const float* __restrict sa,
                    const int32_t* __restrict ta, int64_t ldsa, const uint8_t* __restrict b, float* __restrict c,
                    int64_t ldc, const float* bias) {
-    constexpr bool kMins = kOffset == 0;
     __m512 sum[M][2];
 #pragma GCC unroll 8
     for (int i = 0; i < M; ++i) sum[i][0] = sum[i][1] = _mm512_setzero_ps();
@@ -193,39 +168,10 @@ void halves_wide_m(int64_t nb, const int8_t* __restrict a, int64_t lda, const fl
         const float* f = reinterpret_cast<const float*>(b + kQBlock * kQ4Wide);
 #pragma GCC unroll 2
         for (int h = 0; h < 2; ++h) {
-            __m512 d, dmin;
-            __m512i sc0, sc1, m0, m1;
-            const __m512i packed = _mm512_loadu_si512(f + 32 + 16 * h);
-            if constexpr (kMins) {
-                const __m512i halves = _mm512_loadu_si512(f + 16 * h);
-                d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(halves));
-                dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(halves, 16)));
-                const __m512i low = _mm512_set1_epi32(255);
-                sc0 = _mm512_and_si512(packed, low), sc1 = _mm512_and_si512(_mm512_srli_epi32(packed, 8), low);
-                m0 = _mm512_and_si512(_mm512_srli_epi32(packed, 16), low), m1 = _mm512_srli_epi32(packed, 24);
-            } else {
-                d = _mm512_loadu_ps(f + 16 * h);
-                sc0 = _mm512_srai_epi32(_mm512_slli_epi32(packed, 16), 16), sc1 = _mm512_srai_epi32(packed, 16);
-            }
+            const HalvesWideStep<kOffset> step(f, h);
 #pragma GCC unroll 8
-            for (int i = 0; i < M; ++i) {
-                const int32_t t = ta[i * ldsa + blk];  // the halves' sums, packed (kernels.h)
-                const __m512 sab = _mm512_set1_ps(sa[i * ldsa + blk]);
-                __m512 s = sum[i][h];
-                __m512i v;
-                if constexpr (kMins) {
-                    v = _mm512_add_epi32(_mm512_mullo_epi32(sc0, acc[i][h][0]), _mm512_mullo_epi32(sc1, acc[i][h][1]));
-                    const __m512i w = _mm512_add_epi32(_mm512_mullo_epi32(m0, _mm512_set1_epi32(low16(t))),
-                                                       _mm512_mullo_epi32(m1, _mm512_set1_epi32(high16(t))));
-                    s = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(w), _mm512_mul_ps(sab, dmin), s);
-                } else {
-                    const __m512i t0 = _mm512_set1_epi32(kOffset * low16(t)),
-                                  t1 = _mm512_set1_epi32(kOffset * high16(t));
-                    v = _mm512_add_epi32(_mm512_mullo_epi32(sc0, _mm512_sub_epi32(acc[i][h][0], t0)),
-                                         _mm512_mullo_epi32(sc1, _mm512_sub_epi32(acc[i][h][1], t1)));
-                }
-                sum[i][h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), _mm512_mul_ps(sab, d), s);
-            }
+            for (int i = 0; i < M; ++i)
+                sum[i][h] = step(acc[i][h][0], acc[i][h][1], sa[i * ldsa + blk], ta[i * ldsa + blk], sum[i][h]);
         }
     }
     store_wide<M>(sum, c, ldc, bias);
