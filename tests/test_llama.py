@@ -118,6 +118,25 @@ def test_block_weights_keep_the_predictions(path, model_f32, dtype):
         assert (a.argmax(-1) == b.argmax(-1)).mean() >= 0.8
 
 
+@pytest.mark.usefixtures("restore_isa")
+def test_block_weights_on_the_amx_tiles_are_the_same_bits(path):
+    """A prompt of 20 tokens through the amx set's tiles on the software model (amx_emulated: no AMX machine has run the
+    set yet): the Q4_1 matrices' wide tile on TDPBSUD and the Q8_0 output head's int8 products on TDPBSSD give the
+    VNNI kernels' logits (avx512_bf16) for every position, bit for bit."""
+    import pyattn
+    from pyattn import _core
+
+    if "amx_emulated" not in _core.test_isas():
+        pytest.skip("the emulated AMX set runs on the avx512_bf16 kernels, which this CPU cannot run")
+    ids = np.array([PROMPTS[1]])
+    logits = []
+    for isa in ("avx512_bf16", "amx_emulated"):
+        pyattn.set_isa(isa)
+        logits.append(LlamaModel.from_gguf(path)(ids)["logits"])
+    assert logits[0].shape == (1, 20, 49152)
+    np.testing.assert_array_equal(logits[1], logits[0])
+
+
 def test_refuses_what_it_cannot_run(tmp_path):
     gguf = pytest.importorskip("gguf")
     p = tmp_path / "m.gguf"
