@@ -1,7 +1,8 @@
-// The tile kernels of the AMX sets -- bfloat16 (Bf16PairKernels::tiles, kernels.h) and int8 (Int8Kernels::tiles) --
-// written once against a tile policy `T` so that the same loops run on AMX (amx_hw.cpp: the instructions) and on a
-// software model of the eight tile registers (amx_emulated.cpp: what tests run where the CPU has no AMX). Included
-// inside an anonymous namespace of a unit compiled with the AVX-512 flags and -ffp-contract=off.
+// The tile kernels of the AMX sets -- bfloat16 (Bf16PairKernels::tiles, kernels.h), int8 (Int8Kernels::tiles) and the
+// block types' wide tile (Q4Kernels::wide) -- written once against a tile policy `T` so that the same loops run on AMX
+// (amx_hw.cpp: the instructions) and on a software model of the eight tile registers (amx_emulated.cpp: what tests run
+// where the CPU has no AMX). Included inside an anonymous namespace of a unit compiled with the AVX-512 flags and
+// -ffp-contract=off.
 //
 // T's interface (one object per call: its constructor configures the tiles, its destructor releases them):
 //   T(shapes)                                            tile t: shapes.rows[t] rows of shapes.bytes[t] bytes
@@ -100,12 +101,14 @@ void tiles_bf16(int64_t m, int64_t n, int64_t pairs, const uint32_t* a, int64_t 
 // signed bytes by signed bytes: the exact sums sum_k a b, which the VNNI kernel reaches through its sign flip and -128
 // sum a. Per block the two C tiles are zeroed, multiplied, stored and their sums scaled into float sums held in
 // registers, in int8_kernels.inl's order (fma(float(sum), sa sw, s)): the same bits as every other kernel set.
-inline TileShapes int8_shapes(int m) {
+// The shapes of the int8 tiles (here and below): C tiles 0-3 m rows x 16 int32; A tile 4 m rows x `kbytes` bytes of
+// k; B tiles 6-7 kbytes / 4 groups x 16 columns.
+inline TileShapes block_shapes(int m, int kbytes) {
     TileShapes s;
-    s.rows[0] = s.rows[1] = s.rows[4] = m;
-    s.bytes[0] = s.bytes[1] = 64;
-    s.bytes[4] = kQBlock;
-    s.rows[6] = s.rows[7] = kQBlock / 4;
+    for (int t = 0; t < 4; ++t) s.rows[t] = m, s.bytes[t] = 64;
+    s.rows[4] = m;
+    s.bytes[4] = kbytes;
+    s.rows[6] = s.rows[7] = kbytes / 4;
     s.bytes[6] = s.bytes[7] = 64;
     return s;
 }
@@ -115,7 +118,7 @@ void tiles_int8_m(int64_t nb, const int8_t* __restrict a, int64_t lda, const flo
                   const int8_t* __restrict b, const float* __restrict sw, float* __restrict c, int64_t ldc,
                   const float* bias, int64_t ahead) {
     constexpr int64_t kBlockBytes = kQBlock * 32;  // a panel's block: 8 groups x 32 columns x 4 k
-    T t(int8_shapes(M));
+    T t(block_shapes(M, kQBlock));
     alignas(64) int32_t acc[M][32];
     __m512 sum[M][2];
 #pragma GCC unroll 16
@@ -171,17 +174,6 @@ void tiles_int8(int64_t m, int64_t nb, const void* a, int64_t lda, const float* 
 // (avx512/wide_steps.inl): the same bits. The types summed by half-blocks (Q6_K, Q3_K, Q2_K) take a tile product per
 // k half (A tiles of 16 bytes, B tiles of 4 groups), four C tiles.
 #include "kernels/avx512/wide_steps.inl"
-
-// C tiles 0-3: m rows x 16 int32; A tile 4: m rows x `kbytes` bytes of k; B tiles 6-7: kbytes / 4 groups x 16 columns.
-inline TileShapes block_shapes(int m, int kbytes) {
-    TileShapes s;
-    for (int t = 0; t < 4; ++t) s.rows[t] = m, s.bytes[t] = 64;
-    s.rows[4] = m;
-    s.bytes[4] = kbytes;
-    s.rows[6] = s.rows[7] = kbytes / 4;
-    s.bytes[6] = s.bytes[7] = 64;
-    return s;
-}
 
 template <class T, int M, bool kMin, int kOffset>
 void tiles_q4_wide_m(int64_t nb, const int8_t* __restrict a, int64_t lda, const float* __restrict sa,
