@@ -270,6 +270,15 @@ void tiles_halves_wide(int64_t m, int64_t nb, const int8_t* a, int64_t lda, cons
     }
 }
 
+template <class T>
+struct AmxWide {  // set_wide_tiles' view of these tiles
+    static constexpr int kQ4Rows = kQ4TileRows, kHalvesRows = kHalvesTileRows;
+    template <bool kMin, int kOffset>
+    static constexpr Q4WideKernel q4 = &tiles_q4_wide<T, kMin, kOffset>;
+    template <int kOffset>
+    static constexpr Q4WideKernel halves = &tiles_halves_wide<T, kOffset>;
+};
+
 // Rows per int8 tile call: 12 rows x 2 registers of float sums (24 of 32 zmm), beside the block's two scale vectors
 // and the temporaries. Chosen by that count, not measured: no AMX machine has run it yet.
 constexpr int kInt8TileRows = 12;
@@ -286,19 +295,6 @@ KernelSet amx_set(const char* name, bool int8) {
         k.i8.tiles = &tiles_int8<T, kInt8TileRows>;
         k.i8.tiles_mr = kInt8TileRows;
     }
-    if (int8 && k.q4.wide[q4_kind(false, false)]) {  // the kinds' offsets and minima as the VNNI wide tiles'
-        k.q4.wide[q4_kind(false, false)] = &tiles_q4_wide<T, false, 8>;
-        k.q4.wide[q4_kind(true, false)] = &tiles_q4_wide<T, true, 0>;
-        k.q4.wide[q4_kind(false, true)] = &tiles_q4_wide<T, false, 16>;
-        k.q4.wide[q4_kind(true, true)] = &tiles_q4_wide<T, true, 0>;
-        k.q4.wide[q4k_kind(false)] = &tiles_q4_wide<T, true, 0>;
-        k.q4.wide[q4k_kind(true)] = &tiles_q4_wide<T, true, 0>;
-        k.q4.wide[kQ6Kind] = &tiles_halves_wide<T, 32>;
-        k.q4.wide[q2k_kind(false)] = &tiles_halves_wide<T, 0>;
-        k.q4.wide[q2k_kind(true)] = &tiles_halves_wide<T, 4>;
-        for (int kind = 0; kind < kQ4Kinds; ++kind)
-            k.q4.wide_mr[kind] =
-                kind == kQ6Kind || kind == q2k_kind(false) || kind == q2k_kind(true) ? kHalvesTileRows : kQ4TileRows;
-    }
+    if (int8 && k.q4.wide[q4_kind(false, false)]) set_wide_tiles<AmxWide<T>>(k.q4);
     return k;
 }

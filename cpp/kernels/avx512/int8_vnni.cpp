@@ -195,6 +195,16 @@ void q4_wide(int64_t m, int64_t nb, const int8_t* a, int64_t lda, const float* s
     }
 }
 
+// This set's wide tiles (set_wide_tiles): 6 x 32 (12 int32 and 12 float sums, 2 panel registers: 27 of 32 zmm), the
+// types summed by half-blocks 4 x 32.
+struct VnniWide {
+    static constexpr int kQ4Rows = 6, kHalvesRows = 4;
+    template <bool kMin, int kOffset>
+    static constexpr Q4WideKernel q4 = &q4_wide<kMin, kOffset, kQ4Rows>;
+    template <int kOffset>
+    static constexpr Q4WideKernel halves = &halves_wide<kOffset, kHalvesRows>;
+};
+
 // The wide panel's share of one matrix panel (Q4Kernels::unpack): per block, the values as bytes in groups of 4 k (8
 // groups of 32 bytes at this panel's place in each group), then its 8 columns' d and m (kernels.h). 32-byte vectors:
 // the block layouts' chunks are 32 bytes, and the fields' helpers (x86_fields.inl) take them.
@@ -311,20 +321,9 @@ KernelSet& avx512_vnni_kernel_set() {
         k.name = "avx512_vnni";
         k.i8 = avx512_vnni_int8_kernels();
         k.q4 = make_q4_kernels<Q4SumsVnni<6>>();  // 4-bit: up to 6 rows of 8 columns per call
-        // and, for many rows, 6 x 32 on unpacked panels (12 int32 and 12 float sums, 2 panel registers: 27 of 32 zmm;
-        // the types summed by half-blocks 4 x 32)
+        // and, for many rows, the wide tiles on unpacked panels
         set_unpack(k.q4, std::make_integer_sequence<int, kQ4Kinds>{});
-        k.q4.wide[q4_kind(false, false)] = &q4_wide<false, 8>;
-        k.q4.wide[q4_kind(true, false)] = &q4_wide<true, 0>;
-        k.q4.wide[q4_kind(false, true)] = &q4_wide<false, 16>;
-        k.q4.wide[q4_kind(true, true)] = &q4_wide<true, 0>;  // unpacked, 5-bit values are bytes as 4-bit ones
-        k.q4.wide[kQ6Kind] = &halves_wide<32>;
-        k.q4.wide[q4k_kind(false)] = &q4_wide<true, 0>;  // unpacked with ds and -dm as Q4_1's d and m
-        k.q4.wide[q4k_kind(true)] = &q4_wide<true, 0>;
-        k.q4.wide[q2k_kind(false)] = &halves_wide<0>;
-        k.q4.wide[q2k_kind(true)] = &halves_wide<4>;
-        for (int kind = 0; kind < kQ4Kinds; ++kind)
-            k.q4.wide_mr[kind] = kind == kQ6Kind || kind == q2k_kind(false) || kind == q2k_kind(true) ? 4 : 6;
+        set_wide_tiles<VnniWide>(k.q4);
         return k;
     }();
     return ks;

@@ -1,8 +1,8 @@
-// The wide tiles' float steps per block (Q4Kernels::wide: kernels.h's formulas on 16 lanes, in their order), shared by
-// the VNNI tiles (int8_vnni.cpp) and the AMX ones (amx/amx_tiles.inl), which make the same int32 sums differently:
-// both give the 8-column tile's bits. f: the floats after a wide block's values (its 32 columns' d, then their minima
-// or packed sub-scales); h: the column half (16 lanes). Included inside the anonymous namespace of units compiled with
-// the AVX-512 flags and -ffp-contract=off.
+// The wide tiles' float steps per block (Q4Kernels::wide: kernels.h's formulas on 16 lanes, in their order) and their
+// table by kind, shared by the VNNI tiles (int8_vnni.cpp) and the AMX ones (amx/amx_tiles.inl), which make the same
+// int32 sums differently: both give the 8-column tile's bits. f: the floats after a wide block's values (its 32
+// columns' d, then their minima or packed sub-scales); h: the column half (16 lanes). Included inside the anonymous
+// namespace of units compiled with the AVX-512 flags and -ffp-contract=off.
 
 // A 4- or 5-bit block (Q4_0 ... Q5_1, and Q4_K / Q5_K unpacked with ds and -dm as Q4_1's d and m). kOffset: Q4_0's 8
 // or Q5_0's 16 (unused with a minimum).
@@ -74,4 +74,23 @@ inline void store_wide(const __m512 (&sum)[M][2], float* c, int64_t ldc, const f
             if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + 16 * h));
             _mm512_storeu_ps(c + i * ldc + 16 * h, v);
         }
+}
+
+// The wide tiles by kind (Q4Kernels::wide, wide_mr) of a set whose tiles are `Wide`'s: Wide::q4<kMin, kOffset> (up to
+// Wide::kQ4Rows rows a call) for the 4- and 5-bit kinds (5-bit values are bytes as 4-bit ones once unpacked) and the
+// K-quants (unpacked with ds and -dm as Q4_1's d and m); Wide::halves<kOffset> (up to Wide::kHalvesRows) for the
+// types summed by half-blocks.
+template <class Wide>
+void set_wide_tiles(Q4Kernels& q4) {
+    q4.wide[q4_kind(false, false)] = Wide::template q4<false, 8>;
+    q4.wide[q4_kind(true, false)] = Wide::template q4<true, 0>;
+    q4.wide[q4_kind(false, true)] = Wide::template q4<false, 16>;
+    q4.wide[q4_kind(true, true)] = Wide::template q4<true, 0>;
+    q4.wide[q4k_kind(false)] = q4.wide[q4k_kind(true)] = Wide::template q4<true, 0>;
+    q4.wide[kQ6Kind] = Wide::template halves<32>;
+    q4.wide[q2k_kind(false)] = Wide::template halves<0>;
+    q4.wide[q2k_kind(true)] = Wide::template halves<4>;
+    for (int kind = 0; kind < kQ4Kinds; ++kind)
+        q4.wide_mr[kind] =
+            kind == kQ6Kind || kind == q2k_kind(false) || kind == q2k_kind(true) ? Wide::kHalvesRows : Wide::kQ4Rows;
 }
