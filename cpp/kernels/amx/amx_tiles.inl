@@ -94,6 +94,9 @@ void tiles_bf16(int64_t m, int64_t n, int64_t pairs, const uint32_t* a, int64_t 
     }
 }
 
+#include "kernels/avx512/wide_steps.inl"  // store_wide, and the wide tiles' float steps (below)
+#include "kernels/x86_int8_vi.inl"        // ViPrefetch
+
 // ---- int8 (Int8Kernels::tiles) ----
 // M <= 16 rows of int8 A by one 32-column panel of the avx512_vnni set's int8 layout: per block of kQBlock k, 8 groups
 // of 4 k, each 32 columns x 4 bytes (int8_vnni.cpp) -- a B tile of 8 rows x 16 columns per half, at a stride of 128
@@ -113,6 +116,27 @@ inline TileShapes block_shapes(int m, int kbytes) {
     return s;
 }
 
+// One block's int32 sums for M rows x 32 columns into acc: C tiles 0-1 zeroed, A's 32 bytes of k (tile 4) times B's
+// two 16-column halves (tiles 6-7, at a stride of 128 bytes); B's bytes signed (int8 weights: TDPBSSD) or unsigned
+// (unpacked block values: TDPBSUD).
+template <bool kSignedB, class T, int M>
+inline void block_sums(T& t, const int8_t* a, int64_t lda, const void* b, int32_t (&acc)[M][32]) {
+    t.template zero<0>();
+    t.template zero<1>();
+    t.template load<4>(a, lda);
+    t.template load<6>(b, 128);
+    t.template load<7>(static_cast<const char*>(b) + 64, 128);
+    if constexpr (kSignedB) {
+        t.template dot_ss<0, 4, 6>();
+        t.template dot_ss<1, 4, 7>();
+    } else {
+        t.template dot_su<0, 4, 6>();
+        t.template dot_su<1, 4, 7>();
+    }
+    t.template store<0>(&acc[0][0], 128);
+    t.template store<1>(&acc[0][16], 128);
+}
+
 template <class T, int M>
 void tiles_int8_m(int64_t nb, const int8_t* __restrict a, int64_t lda, const float* __restrict sa, int64_t ldsa,
                   const int8_t* __restrict b, const float* __restrict sw, float* __restrict c, int64_t ldc,
@@ -124,18 +148,8 @@ void tiles_int8_m(int64_t nb, const int8_t* __restrict a, int64_t lda, const flo
 #pragma GCC unroll 16
     for (int i = 0; i < M; ++i) sum[i][0] = sum[i][1] = _mm512_setzero_ps();
     for (int64_t blk = 0; blk < nb; ++blk) {
-        if (ahead > 0)  // this block's panel bytes, `ahead` bytes on (kernels.h: stream_prefetch_bytes)
-            for (int64_t o = 0; o < kBlockBytes; o += 64)
-                _mm_prefetch(reinterpret_cast<const char*>(b + ahead + o), _MM_HINT_T0);
-        t.template zero<0>();
-        t.template zero<1>();
-        t.template load<4>(a + blk * kQBlock, lda);
-        t.template load<6>(b, 128);
-        t.template load<7>(b + 64, 128);
-        t.template dot_ss<0, 4, 6>();
-        t.template dot_ss<1, 4, 7>();
-        t.template store<0>(&acc[0][0], 128);
-        t.template store<1>(&acc[0][16], 128);
+        ViPrefetch::prefetch(b, kBlockBytes, ahead);  // this block's panel bytes, `ahead` bytes on (kernels.h)
+        block_sums<true>(t, a + blk * kQBlock, lda, b, acc);
         const __m512 w0 = _mm512_loadu_ps(sw), w1 = _mm512_loadu_ps(sw + 16);
 #pragma GCC unroll 16
         for (int i = 0; i < M; ++i) {
@@ -148,13 +162,7 @@ void tiles_int8_m(int64_t nb, const int8_t* __restrict a, int64_t lda, const flo
         b += kBlockBytes;
         sw += 32;
     }
-#pragma GCC unroll 16
-    for (int i = 0; i < M; ++i)
-        for (int j = 0; j < 2; ++j) {
-            __m512 v = sum[i][j];
-            if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + 16 * j));
-            _mm512_storeu_ps(c + i * ldc + 16 * j, v);
-        }
+    store_wide<M>(sum, c, ldc, bias);
 }
 
 template <class T, int MR, int M = MR>
@@ -173,7 +181,6 @@ void tiles_int8(int64_t m, int64_t nb, const void* a, int64_t lda, const float* 
 // B's unsigned ones: the exact int32 sums the VNNI wide tiles make with vpdpbusd, then their float steps
 // (avx512/wide_steps.inl): the same bits. The types summed by half-blocks (Q6_K, Q3_K, Q2_K) take a tile product per
 // k half (A tiles of 16 bytes, B tiles of 4 groups), four C tiles.
-#include "kernels/avx512/wide_steps.inl"
 
 template <class T, int M, bool kMin, int kOffset>
 void tiles_q4_wide_m(int64_t nb, const int8_t* __restrict a, int64_t lda, const float* __restrict sa,
@@ -185,15 +192,7 @@ void tiles_q4_wide_m(int64_t nb, const int8_t* __restrict a, int64_t lda, const 
 #pragma GCC unroll 16
     for (int i = 0; i < M; ++i) sum[i][0] = sum[i][1] = _mm512_setzero_ps();
     for (int64_t blk = 0; blk < nb; ++blk, b += kQ4WideBlockBytes) {
-        t.template zero<0>();
-        t.template zero<1>();
-        t.template load<4>(a + blk * kQBlock, lda);
-        t.template load<6>(b, 128);
-        t.template load<7>(b + 64, 128);
-        t.template dot_su<0, 4, 6>();
-        t.template dot_su<1, 4, 7>();
-        t.template store<0>(&acc[0][0], 128);
-        t.template store<1>(&acc[0][16], 128);
+        block_sums<false>(t, a + blk * kQBlock, lda, b, acc);
         const Q4WideStep<kMin, kOffset> step(reinterpret_cast<const float*>(b + kQBlock * kQ4Wide));
 #pragma GCC unroll 16
         for (int i = 0; i < M; ++i)
