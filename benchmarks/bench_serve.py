@@ -15,6 +15,8 @@ Embeddings: each client sends requests of 1-32 sentences (5-40 words from a fixe
 another, on localhost, until the level's time or request budget is spent. Rows:
 
 * offline    -- SentenceEncoder.encode over the same sentence mix in a fresh process, batch_size 32: the ceiling;
+                measured at the start and again just before each batched level (the server idle meanwhile), each
+                level's ratio taken against the run before it, the median of all runs in the table and plot;
 * batched    -- `pyattn serve` with its defaults (requests gathered up to --max-batch-size sentences, one lane of
                 batches per thread);
 * batched-1lane -- the same with `--embed-lanes 1`: one batch at a time on all the threads (not in the default set);
@@ -340,11 +342,23 @@ def embedding_servers(args, levels: List[int], results: dict, emit) -> None:
     def measure(url, clients):
         return asyncio.run(load(url, clients, args.seconds, args.max_requests, args.seed, args.encoding_format))
 
-    def show(r):
-        return f"{r['sentences_per_s']:8.1f} sent/s"
+    n_offline = 512 if args.quick else 4096
+    samples = []  # every offline rate measured in the run
 
-    results["offline"] = offline(512 if args.quick else 4096, args.seed, args.threads, args.dtype)
-    emit(f"{'offline':10s}              {results['offline']['sentences_per_s']:8.1f} sent/s  (encode, batch_size 32)")
+    def measure_beside_offline(url, clients):
+        # The machine's speed drifts by 20% and more within minutes, so each batched level is compared with an
+        # offline run made just before it (the server idle meanwhile), not with one made minutes earlier
+        r = offline(n_offline, args.seed, args.threads, args.dtype)
+        samples.append(r["sentences_per_s"])
+        return dict(measure(url, clients), offline_sentences_per_s=r["sentences_per_s"])
+
+    def show(r):
+        return f"{r['sentences_per_s']:8.1f} sent/s" + (
+            f" (offline before it {r['offline_sentences_per_s']:.1f})" if "offline_sentences_per_s" in r else ""
+        )
+
+    samples.append(offline(n_offline, args.seed, args.threads, args.dtype)["sentences_per_s"])
+    emit(f"{'offline':10s}              {samples[0]:8.1f} sent/s  (encode, batch_size 32)")
     threads = ["--threads", str(args.threads)] if args.threads else []
     base = [sys.executable, "-m", "pyattn", "serve", "--no-whisper", "--no-llm", "--log-level", "warning", *threads]
     base += ["--dtype", args.dtype] if args.dtype else []
@@ -357,7 +371,18 @@ def embedding_servers(args, levels: List[int], results: dict, emit) -> None:
         if name in wanted:
             port = free_port()
             cmd = base + ["--port", str(port), *extra]
-            results["rows"] += run_server(name, cmd, port, levels, emit, warm_up, measure, show)
+            how = measure_beside_offline if name == "batched" else measure
+            results["rows"] += run_server(name, cmd, port, levels, emit, warm_up, how, show)
+    results["offline"] = {
+        "sentences": n_offline,
+        "sentences_per_s": statistics.median(samples),
+        "samples": samples,
+        "min": min(samples),
+        "max": max(samples),
+    }
+    if len(samples) > 1:
+        emit(f"{'offline':10s}              {statistics.median(samples):8.1f} sent/s  median of {len(samples)} runs "
+             f"({min(samples):.1f}-{max(samples):.1f}), one before each batched level")  # fmt: skip
     if "peer" in wanted:
         why = peer_ready(args.peer_python)
         if why:
@@ -371,8 +396,8 @@ def embedding_servers(args, levels: List[int], results: dict, emit) -> None:
     for clients in levels:
         b, u, p = by.get(("batched", clients)), by.get(("unbatched", clients)), by.get(("peer", clients))
         if b:
-            parts = [f"{clients} clients: batched = {b['sentences_per_s'] / results['offline']['sentences_per_s']:.0%}"
-                     " of offline"]  # fmt: skip
+            ref = b.get("offline_sentences_per_s", results["offline"]["sentences_per_s"])
+            parts = [f"{clients} clients: batched = {b['sentences_per_s'] / ref:.0%} of the offline run before it"]
             if u:
                 parts.append(f"{b['sentences_per_s'] / u['sentences_per_s']:.2f}x unbatched")
             if p:
