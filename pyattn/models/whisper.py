@@ -136,15 +136,17 @@ class _ProbeNoSpeech:
 
 class _LastLogProb:
     """A processor that changes nothing and records, per step, max(log_softmax(scores)) of row 0: the log-probability
-    of the token greedy decoding picks (the last processor, so the scores are final)."""
+    of the token greedy decoding picks (the last processor, so the scores are final). The core's float32 log-softmax:
+    numpy's float64 one took 0.25-0.55 ms a step over Whisper's 51864 scores (5-10% of a tiny.en greedy step at one
+    thread), this 0.03 ms; the two differ by about 1e-6. A row without a finite maximum (all -inf, or NaN or +inf
+    among the scores) records -inf."""
 
     def __init__(self):
         self.values: List[float] = []
 
     def __call__(self, ids, scores):
-        row = scores[0].astype(np.float64)
-        top = row.max()
-        self.values.append(float(-np.log(np.exp(row - top).sum())) if np.isfinite(top) else float("-inf"))
+        top = float(F.log_softmax(scores[0]).max())
+        self.values.append(top if top == top else float("-inf"))  # NaN (+inf or NaN among the scores): -inf
         return scores
 
 
