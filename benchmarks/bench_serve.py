@@ -382,7 +382,7 @@ def embedding_servers(args, levels: List[int], results: dict, emit) -> None:
     }
     if len(samples) > 1:
         emit(f"{'offline':10s}              {statistics.median(samples):8.1f} sent/s  median of {len(samples)} runs "
-             f"({min(samples):.1f}-{max(samples):.1f}), one before each batched level")  # fmt: skip
+             f"({min(samples):.1f}-{max(samples):.1f}): at the start and before each batched level")  # fmt: skip
     if "peer" in wanted:
         why = peer_ready(args.peer_python)
         if why:
