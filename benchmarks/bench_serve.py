@@ -12,7 +12,9 @@
     python benchmarks/bench_serve.py --task generation --quick
 
 Embeddings: each client sends requests of 1-32 sentences (5-40 words from a fixed vocabulary, seeded) one after
-another, on localhost, until the level's time or request budget is spent. Rows:
+another, on localhost, until the level's time or request budget is spent, asking for the vectors in base64 and
+decoding them with numpy, as the official openai client does unless told otherwise (--encoding-format float: JSON
+numbers, which cost the load generator about twice the CPU). Rows:
 
 * offline    -- SentenceEncoder.encode over the same sentence mix in a fresh process, batch_size 32: the ceiling;
                 measured at the start and again just before each batched level (the server idle meanwhile), each
@@ -482,7 +484,13 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=None, help="per level (20; generation 30)")
     ap.add_argument("--max-requests", type=int, default=20000, help="per level")
     ap.add_argument("--threads", type=int, default=0, help="server threads (default: all processors)")
-    ap.add_argument("--encoding-format", default="float", choices=["float", "base64"])
+    ap.add_argument(
+        "--encoding-format",
+        default="base64",
+        choices=["float", "base64"],
+        help="how the clients ask for the vectors (base64, as the official openai client does when not told: it "
+        "then decodes them with numpy)",
+    )
     ap.add_argument("--max-tokens-per-request", type=int, default=32, help="generation: max_tokens of each request")
     ap.add_argument(
         "--peer-python",
@@ -525,7 +533,9 @@ def main(argv=None) -> int:
     versions = package_versions("pyattn", "fastapi", "uvicorn", "httpx", "numpy")
     emit(headline(machine), "versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     per_request = (
-        f"chat completions of {args.max_tokens_per_request} tokens (greedy)" if generation else "1-32 sentences"
+        f"chat completions of {args.max_tokens_per_request} tokens (greedy)"
+        if generation
+        else f"1-32 sentences, vectors as {args.encoding_format}"
     )
     emit(f"levels {levels}, {args.seconds:g} s or {args.max_requests} requests each, {per_request} per request")
     results = {
