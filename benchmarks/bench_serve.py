@@ -398,8 +398,8 @@ def embedding_servers(args, levels: List[int], results: dict, emit) -> None:
     for clients in levels:
         b, u, p = by.get(("batched", clients)), by.get(("unbatched", clients)), by.get(("peer", clients))
         if b:
-            ref = b.get("offline_sentences_per_s", results["offline"]["sentences_per_s"])
-            parts = [f"{clients} clients: batched = {b['sentences_per_s'] / ref:.0%} of the offline run before it"]
+            share = b["sentences_per_s"] / b["offline_sentences_per_s"]  # every batched level has its offline run
+            parts = [f"{clients} clients: batched = {share:.0%} of the offline run before it"]
             if u:
                 parts.append(f"{b['sentences_per_s'] / u['sentences_per_s']:.2f}x unbatched")
             if p:
