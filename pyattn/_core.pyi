@@ -435,6 +435,12 @@ def swiglu(gate_up: _F32, activation: str = "silu") -> _F32:
     activation 'silu' (SwiGLU, Llama), 'gelu_tanh' (GeGLU, Gemma), or another of activation()'s.
     """
 
+def to_float16(src: _F32, out: npt.NDArray[np.float16]) -> None:
+    """
+    out[...] = src rounded to float16 (nearest even; beyond 65504: inf): float32 src and float16 out of one
+    shape, each with a contiguous last axis (other axes may be strided views).
+    """
+
 def topk(x: _F32, k: int) -> Tuple[_F32, _I64]:
     """
     (values, indices) of the k largest entries over the last axis of a C-contiguous float32 array, largest

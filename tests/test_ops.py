@@ -153,3 +153,44 @@ def test_topk_large_rows_and_bad_input(rng):
         _core.topk(x[:, ::2], 3)
     with pytest.raises(ValueError):
         _core.topk(np.zeros((2, 0), np.float32), 0)
+
+
+def test_to_float16_rounds_as_numpy_on_every_isa(isa, rng):
+    """to_float16 (a float16 KV cache's writes) gives numpy's cast bit for bit: nearest even, 65520 and up to inf,
+    subnormals, NaN; strided views in and out; lengths off the vector width."""
+    from pyattn import _core
+
+    edges = [65504, 65519.99, 65520, -65520, 3e38, np.inf, -np.inf, np.nan, 0.0, -0.0, 2**-24, 2**-25, 3 * 2**-26, 1e-8]
+    x = np.concatenate([rng.standard_normal(997).astype(np.float32) * s for s in (1e-6, 1.0, 3e4)] + [edges])
+    x = x.astype(np.float32)
+    out = np.empty_like(x, np.float16)
+    _core.to_float16(x, out)
+    with np.errstate(over="ignore"):
+        want = x.astype(np.float16)
+    np.testing.assert_array_equal(out.view(np.uint16), want.view(np.uint16))
+
+    heads = rng.standard_normal((2, 5, 3 * 4 * 7)).astype(np.float32)[..., 4 * 7 :].reshape(2, 5, 2, 4, 7)
+    src = heads[:, :, 0].transpose(0, 2, 1, 3)  # (2, 4, 5, 7): heads split out of a projection, strided
+    cache = np.zeros((2, 4, 9, 7), np.float16)
+    _core.to_float16(src, cache[:, :, 2:7])
+    np.testing.assert_array_equal(cache[:, :, 2:7], src.astype(np.float16))
+    assert not cache[:, :, :2].any() and not cache[:, :, 7:].any()
+
+
+def test_to_float16_bad_input():
+    from pyattn import _core
+
+    x = np.ones((3, 4), np.float32)
+    with pytest.raises(TypeError, match="float16"):
+        _core.to_float16(x, np.empty((3, 4), np.float32))
+    with pytest.raises(TypeError, match="float32"):
+        _core.to_float16(x.astype(np.float64), np.empty((3, 4), np.float16))
+    with pytest.raises(ValueError, match=r"shape of src \(3, 4\)"):
+        _core.to_float16(x, np.empty((4, 3), np.float16))
+    with pytest.raises(ValueError, match="contiguous last axis"):
+        _core.to_float16(np.ones((3, 8), np.float32)[:, ::2], np.empty((3, 4), np.float16))
+    ro = np.empty((3, 4), np.float16)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        _core.to_float16(x, ro)
+    _core.to_float16(np.ones((0, 4), np.float32), np.empty((0, 4), np.float16))  # nothing to write

@@ -1,4 +1,5 @@
 #include "bindings/bind_common.h"
+#include "cpu/cpu.h"
 #include "ops/activations.h"
 #include "ops/layer_norm.h"
 #include "ops/rms_norm.h"
@@ -177,9 +178,47 @@ py::array activation(const py::array& x, const std::string& kind, const py::obje
     return y;
 }
 
+// out = float16(src), rounded to nearest even (beyond 65504: inf), for arrays of one shape whose last axes are
+// contiguous (the others may be strided: heads split out of a projection, the filled part of a cache).
+void to_float16(const py::array& src, py::array out) {
+    require_f32(src, "src");
+    if (!out.dtype().is(py::dtype("float16"))) type_error("expected out to be float16, got " + dtype_str(out));
+    if (shape_of(out) != shape_of(src))
+        value_error("expected out of the shape of src " + shape_str(src) + ", got " + shape_str(out));
+    if (!out.writeable()) value_error("out is read-only");
+    if (src.size() == 0) return;
+    require_last_axis_contiguous(src, "src");
+    require_last_axis_contiguous(out, "out");
+    require_no_overlap(out, src, "out", "src");
+    const int nd = static_cast<int>(src.ndim());
+    const int64_t n = nd ? src.shape(nd - 1) : 1, rows = static_cast<int64_t>(src.size()) / n;
+    std::vector<int64_t> shape = shape_of(src), ss(nd), os(nd);
+    for (int i = 0; i < nd; ++i) {
+        ss[i] = estride(src, i);
+        os[i] = out.strides(i) / 2;
+    }
+    const float* sp = f32(src);
+    uint16_t* op = static_cast<uint16_t*>(out.mutable_data());
+    const kernels::KernelSet& ks = cpu::active();
+    py::gil_scoped_release nogil;
+    for (int64_t r = 0; r < rows; ++r) {
+        int64_t so = 0, oo = 0, rest = r;  // row r's offsets: its index over the axes before the last
+        for (int i = nd - 2; i >= 0; --i) {
+            const int64_t idx = rest % shape[i];
+            rest /= shape[i];
+            so += idx * ss[i];
+            oo += idx * os[i];
+        }
+        ks.narrow_f16(sp + so, op + oo, n);
+    }
+}
+
 }  // namespace
 
 void bind_ops(py::module_& m) {
+    m.def("to_float16", &to_float16, py::arg("src"), py::arg("out"),
+          "out[...] = src rounded to float16 (nearest even; beyond 65504: inf): float32 src and float16 out of one\n"
+          "shape, each with a contiguous last axis (other axes may be strided views).");
     m.def(
         "softmax", [](const py::array& x) { return softmax(x, false); }, py::arg("x"),
         "softmax over the last axis of a C-contiguous float32 array; an all -inf row gives zeros.");
