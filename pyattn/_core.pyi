@@ -143,6 +143,58 @@ class DecoderLayer:
         softcap: float = 0.0,
     ) -> None: ...
 
+class CrossDecoderLayer:
+    """
+    One decoding step of a transformer decoder layer with encoder-decoder attention in
+    one call (cpp/layers/cross_decoder_layer.h): the PackedLinear projections qkv
+    (E -> 3E), self_out, q, cross_out (E -> E), ffn1 (E -> F, activation fused), ffn2,
+    three LayerNorms, post-LN (norm_first=False) or pre-LN; scales of the two
+    attentions' scores (None: 1 / sqrt(head_dim)).
+    """
+    def __init__(
+        self,
+        qkv: PackedLinear,
+        self_out: PackedLinear,
+        q: PackedLinear,
+        cross_out: PackedLinear,
+        ffn1: PackedLinear,
+        ffn2: PackedLinear,
+        norm1_weight: _F32,
+        norm1_bias: Optional[_F32],
+        norm1_eps: float,
+        norm2_weight: _F32,
+        norm2_bias: Optional[_F32],
+        norm2_eps: float,
+        norm3_weight: _F32,
+        norm3_bias: Optional[_F32],
+        norm3_eps: float,
+        num_heads: int,
+        activation: str,
+        norm_first: bool,
+        self_scale: Optional[float] = None,
+        cross_scale: Optional[float] = None,
+    ) -> None: ...
+    def step(
+        self,
+        x: _F32,
+        cache_k: _F32,
+        cache_v: _F32,
+        past: int,
+        memory_k: npt.NDArray[Any],
+        memory_v: npt.NDArray[Any],
+        memory_length: int,
+        key_padding_mask: Optional[npt.NDArray[np.bool_]] = None,
+        memory_key_padding_mask: Optional[npt.NDArray[np.bool_]] = None,
+        is_causal: bool = True,
+    ) -> _F32:
+        """
+        x (B, L, E) float32 C-contiguous: the step's rows. cache_k / cache_v (B, capacity, E) float32: the
+        self-attention's keys and values, positions [past, past + L) written. memory_k / memory_v (rows, H,
+        capacity, D), float32 or float16: the encoder output's, the first memory_length positions read; rows
+        divides B (decoder rows g r .. g r + g - 1 read memory row r). key_padding_mask (B, past + L) and
+        memory_key_padding_mask (rows, memory_length): bool, True = padding. Returns (B, L, E).
+        """
+
 class EncoderLayer:
     """
     A whole transformer encoder layer in one call (cpp/layers/encoder_layer.h): the

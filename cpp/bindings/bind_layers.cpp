@@ -6,6 +6,7 @@
 
 #include "bindings/bind_common.h"
 #include "gemm/packed_matrix.h"
+#include "layers/cross_decoder_layer.h"
 #include "layers/decoder_layer.h"
 #include "layers/encoder_layer.h"
 
@@ -25,6 +26,29 @@ std::vector<float> vector_of(const py::array& a, int64_t n, const char* name) {
         value_error(std::string("expected ") + name + " of shape (" + std::to_string(n) + ",), got " + shape_str(a));
     require_c_contiguous(a, name);
     return std::vector<float>(f32(a), f32(a) + n);
+}
+
+// A LayerNorm's weight (E,), bias (E,) or None, and eps, copied into wv / bv.
+layers::Norm layer_norm_of(const py::array& w, const py::object& b, float eps, int64_t E, const char* name,
+                           std::vector<float>& wv, std::vector<float>& bv) {
+    wv = vector_of(w, E, (std::string(name) + "_weight").c_str());
+    if (!b.is_none()) bv = vector_of(b.cast<py::array>(), E, (std::string(name) + "_bias").c_str());
+    if (!(eps >= 0.0f) || !std::isfinite(eps)) value_error(std::string(name) + "_eps must be finite and >= 0");
+    return layers::Norm{wv.data(), bv.empty() ? nullptr : bv.data(), eps};
+}
+
+// A bool mask of `shape` (C-contiguous) as bytes, or null for None.
+const uint8_t* bool_mask(const py::object& obj, const std::vector<int64_t>& shape, const char* name, py::array& keep) {
+    if (obj.is_none()) return nullptr;
+    if (!py::isinstance<py::array>(obj)) type_error(std::string("expected ") + name + " to be a numpy array or None");
+    keep = obj.cast<py::array>();
+    if (!keep.dtype().is(py::dtype::of<bool>()))
+        type_error(std::string("expected ") + name + " to be bool (True = padding), got " + dtype_str(keep));
+    if (shape_of(keep) != shape)
+        value_error(std::string("expected ") + name + " of shape (" + std::to_string(shape[0]) + ", " +
+                    std::to_string(shape[1]) + "), got " + shape_str(keep));
+    require_c_contiguous(keep, name);
+    return static_cast<const uint8_t*>(keep.data());
 }
 
 class EncoderLayer {
@@ -65,8 +89,8 @@ public:
         if (!std::isfinite(l.scale)) value_error("scale must be finite");
         l.act = parse_activation(activation);
         l.norm_first = norm_first;
-        l.norm1 = norm(norm1_weight, norm1_bias, norm1_eps, "norm1", norm_[0], norm_[1]);
-        l.norm2 = norm(norm2_weight, norm2_bias, norm2_eps, "norm2", norm_[2], norm_[3]);
+        l.norm1 = layer_norm_of(norm1_weight, norm1_bias, norm1_eps, E_, "norm1", norm_[0], norm_[1]);
+        l.norm2 = layer_norm_of(norm2_weight, norm2_bias, norm2_eps, E_, "norm2", norm_[2], norm_[3]);
     }
 
     py::array call(const py::array& x, const py::object& key_padding_mask) const {
@@ -134,17 +158,117 @@ public:
     }
 
 private:
-    layers::Norm norm(const py::array& w, const py::object& b, float eps, const char* name, std::vector<float>& wv,
-                      std::vector<float>& bv) {
-        wv = vector_of(w, E_, (std::string(name) + "_weight").c_str());
-        if (!b.is_none()) bv = vector_of(b.cast<py::array>(), E_, (std::string(name) + "_bias").c_str());
-        if (!(eps >= 0.0f) || !std::isfinite(eps)) value_error(std::string(name) + "_eps must be finite and >= 0");
-        return layers::Norm{wv.data(), bv.empty() ? nullptr : bv.data(), eps};
-    }
-
     py::object refs_[4];  // the PackedLinear objects whose matrices l_ points into
     std::vector<float> norm_[4];
     layers::EncoderLayer l_{};
+    int64_t E_ = 0, F_ = 0;
+};
+
+class CrossDecoderLayer {
+public:
+    CrossDecoderLayer(const py::object& qkv, const py::object& self_out, const py::object& q,
+                      const py::object& cross_out, const py::object& ffn1, const py::object& ffn2,
+                      const py::array& norm1_weight, const py::object& norm1_bias, float norm1_eps,
+                      const py::array& norm2_weight, const py::object& norm2_bias, float norm2_eps,
+                      const py::array& norm3_weight, const py::object& norm3_bias, float norm3_eps, int64_t num_heads,
+                      const std::string& activation, bool norm_first, const py::object& self_scale,
+                      const py::object& cross_scale)
+        : refs_{qkv, self_out, q, cross_out, ffn1, ffn2} {
+        layers::CrossDecoderLayer& l = l_;
+        const char* names[6] = {"qkv", "self_out", "q", "cross_out", "ffn1", "ffn2"};
+        layers::Projection* ps[6] = {&l.qkv, &l.self_out, &l.q, &l.cross_out, &l.ffn1, &l.ffn2};
+        for (int i = 0; i < 6; ++i) ps[i]->w = &packed_matrix_of(refs_[i], names[i], &ps[i]->bias);
+        E_ = l.self_out.w->N();
+        F_ = l.ffn1.w->N();
+        want_shape(*l.qkv.w, E_, 3 * E_, "qkv");
+        want_shape(*l.self_out.w, E_, E_, "self_out");
+        want_shape(*l.q.w, E_, E_, "q");
+        want_shape(*l.cross_out.w, E_, E_, "cross_out");
+        want_shape(*l.ffn1.w, E_, F_, "ffn1");
+        want_shape(*l.ffn2.w, F_, E_, "ffn2");
+        if (num_heads < 1 || E_ % num_heads)
+            value_error("num_heads (" + std::to_string(num_heads) + ") must divide d_model (" + std::to_string(E_) +
+                        ")");
+        l.heads = num_heads;
+        const float d = 1.0f / std::sqrt(static_cast<float>(E_ / num_heads));
+        l.self_scale = self_scale.is_none() ? d : self_scale.cast<float>();
+        l.cross_scale = cross_scale.is_none() ? d : cross_scale.cast<float>();
+        if (!std::isfinite(l.self_scale) || !std::isfinite(l.cross_scale)) value_error("scales must be finite");
+        l.act = parse_activation(activation);
+        l.norm_first = norm_first;
+        l.norm1 = layer_norm_of(norm1_weight, norm1_bias, norm1_eps, E_, "norm1", norm_[0], norm_[1]);
+        l.norm2 = layer_norm_of(norm2_weight, norm2_bias, norm2_eps, E_, "norm2", norm_[2], norm_[3]);
+        l.norm3 = layer_norm_of(norm3_weight, norm3_bias, norm3_eps, E_, "norm3", norm_[4], norm_[5]);
+    }
+
+    py::array step(const py::array& x, py::array cache_k, py::array cache_v, int64_t past, const py::array& memory_k,
+                   const py::array& memory_v, int64_t memory_length, const py::object& key_padding_mask,
+                   const py::object& memory_key_padding_mask, bool is_causal) const {
+        require_f32(x, "x");
+        require_ndim(x, 3, "x", "(batch, steps, d_model)");
+        require_nonempty(x, "x");
+        require_c_contiguous(x, "x");
+        const int64_t B = x.shape(0), L = x.shape(1), E = E_, H = l_.heads, D = E / H;
+        if (x.shape(2) != E)
+            value_error("expected x of shape (batch, steps, " + std::to_string(E) + "), got " + shape_str(x));
+        for (const py::array* c : {&cache_k, &cache_v}) {
+            const char* name = c == &cache_k ? "cache_k" : "cache_v";
+            require_f32(*c, name);
+            require_ndim(*c, 3, name, "(batch, capacity, d_model)");
+            require_c_contiguous(*c, name);
+            if (!c->writeable()) value_error(std::string(name) + " is read-only");
+            if (c->shape(0) != B || c->shape(2) != E)
+                value_error(std::string("expected ") + name + " of shape (" + std::to_string(B) + ", capacity, " +
+                            std::to_string(E) + "), got " + shape_str(*c));
+            require_no_overlap(*c, x, name, "x");
+        }
+        const int64_t capacity = cache_k.shape(1);
+        if (cache_v.shape(1) != capacity) value_error("cache_k and cache_v must have one shape");
+        if (past < 0 || past + L > capacity)
+            value_error("past (" + std::to_string(past) + ") + " + std::to_string(L) + " new positions exceed the " +
+                        "cache's capacity " + std::to_string(capacity));
+        const bool f16 = memory_k.dtype().is(py::dtype("float16"));
+        for (const py::array* mkv : {&memory_k, &memory_v}) {
+            const char* name = mkv == &memory_k ? "memory_k" : "memory_v";
+            if (f16 ? !mkv->dtype().is(py::dtype("float16")) : !mkv->dtype().is(py::dtype::of<float>()))
+                type_error(std::string("expected ") + name + " to be float32 or float16 like memory_k, got " +
+                           dtype_str(*mkv));
+            require_ndim(*mkv, 4, name, "(rows, heads, capacity, head_dim)");
+            require_c_contiguous(*mkv, name);
+            if (mkv->shape(1) != H || mkv->shape(3) != D || shape_of(*mkv) != shape_of(memory_k))
+                value_error(std::string("expected ") + name + " of shape (rows, " + std::to_string(H) + ", capacity, " +
+                            std::to_string(D) + ") like memory_k, got " + shape_str(*mkv));
+        }
+        const int64_t rows = memory_k.shape(0);
+        if (rows < 1 || B % rows)
+            value_error("the memory's " + std::to_string(rows) + " rows must divide the batch of " + std::to_string(B));
+        if (memory_length < 1 || memory_length > memory_k.shape(2))
+            value_error("memory_length must be in [1, " + std::to_string(memory_k.shape(2)) + "], got " +
+                        std::to_string(memory_length));
+        py::array kp, mkp;
+        const uint8_t* self_pad = bool_mask(key_padding_mask, {B, past + L}, "key_padding_mask", kp);
+        const uint8_t* memory_pad =
+            bool_mask(memory_key_padding_mask, {rows, memory_length}, "memory_key_padding_mask", mkp);
+        py::array y = empty_f32({B, L, E});
+        const int64_t M = B * L;
+        py::array qkv = empty_f32({M, 3 * E}), ctx = empty_f32({M, E}), h = empty_f32({M, E}), ff = empty_f32({M, F_});
+        const layers::CrossDecoderScratch s{f32_mut(qkv), f32_mut(ctx), f32_mut(h), f32_mut(ff)};
+        const layers::SelfCache c{f32_mut(cache_k), f32_mut(cache_v), capacity, past, self_pad, is_causal};
+        const layers::MemoryKV m{memory_k.data(), memory_v.data(), rows, memory_k.shape(2), memory_length, f16,
+                                 memory_pad};
+        const float* xp = f32(x);
+        float* yp = f32_mut(y);
+        {
+            py::gil_scoped_release nogil;
+            layers::cross_decoder_layer(l_, B, L, xp, yp, c, m, s);
+        }
+        return y;
+    }
+
+private:
+    py::object refs_[6];  // the PackedLinear objects whose matrices l_ points into
+    std::vector<float> norm_[6];
+    layers::CrossDecoderLayer l_{};
     int64_t E_ = 0, F_ = 0;
 };
 
@@ -403,6 +527,30 @@ void bind_layers(py::module_& m) {
           "(rope_table); cache_k / cache_v: per layer (B, Hkv, capacity, D),\n"
           "all float32 or all float16 (written rounded to nearest; attention widens them as it reads),\n"
           "positions [past, past + L) are written; key_padding_mask (B, past + L) bool, True = padding.");
+    py::class_<CrossDecoderLayer>(m, "CrossDecoderLayer",
+                                  "One decoding step of a transformer decoder layer with encoder-decoder attention in\n"
+                                  "one call (cpp/layers/cross_decoder_layer.h): the PackedLinear projections qkv\n"
+                                  "(E -> 3E), self_out, q, cross_out (E -> E), ffn1 (E -> F, activation fused), ffn2,\n"
+                                  "three LayerNorms, post-LN (norm_first=False) or pre-LN; scales of the two\n"
+                                  "attentions' scores (None: 1 / sqrt(head_dim)).")
+        .def(py::init<const py::object&, const py::object&, const py::object&, const py::object&, const py::object&,
+                      const py::object&, const py::array&, const py::object&, float, const py::array&,
+                      const py::object&, float, const py::array&, const py::object&, float, int64_t, const std::string&,
+                      bool, const py::object&, const py::object&>(),
+             py::arg("qkv"), py::arg("self_out"), py::arg("q"), py::arg("cross_out"), py::arg("ffn1"), py::arg("ffn2"),
+             py::arg("norm1_weight"), py::arg("norm1_bias"), py::arg("norm1_eps"), py::arg("norm2_weight"),
+             py::arg("norm2_bias"), py::arg("norm2_eps"), py::arg("norm3_weight"), py::arg("norm3_bias"),
+             py::arg("norm3_eps"), py::arg("num_heads"), py::arg("activation"), py::arg("norm_first"),
+             py::arg("self_scale") = py::none(), py::arg("cross_scale") = py::none())
+        .def("step", &CrossDecoderLayer::step, py::arg("x"), py::arg("cache_k"), py::arg("cache_v"), py::arg("past"),
+             py::arg("memory_k"), py::arg("memory_v"), py::arg("memory_length"),
+             py::arg("key_padding_mask") = py::none(), py::arg("memory_key_padding_mask") = py::none(),
+             py::arg("is_causal") = true,
+             "x (B, L, E) float32 C-contiguous: the step's rows. cache_k / cache_v (B, capacity, E) float32: the\n"
+             "self-attention's keys and values, positions [past, past + L) written. memory_k / memory_v (rows, H,\n"
+             "capacity, D), float32 or float16: the encoder output's, the first memory_length positions read; rows\n"
+             "divides B (decoder rows g r .. g r + g - 1 read memory row r). key_padding_mask (B, past + L) and\n"
+             "memory_key_padding_mask (rows, memory_length): bool, True = padding. Returns (B, L, E).");
     py::class_<EncoderLayer>(m, "EncoderLayer",
                              "A whole transformer encoder layer in one call (cpp/layers/encoder_layer.h): the\n"
                              "PackedLinear projections qkv (E -> 3E), out, ffn1 (E -> F, activation fused), ffn2, two\n"

@@ -11,6 +11,7 @@
 #include "cpu/cpu.h"
 #include "cpu/steal.h"
 #include "gemm/gemm.h"
+#include "layers/steps.h"
 #include "ops/activations.h"
 #include "ops/attention.h"
 #include "ops/rms_norm.h"
@@ -18,10 +19,6 @@
 
 namespace pyattn::layers {
 namespace {
-
-void project(const Projection& p, int64_t M, const float* a, float* c, float beta = 0.0f, int64_t ldc = 0) {
-    gemm::sgemm(M, a, p.w->K(), *p.w, c, ldc ? ldc : p.w->N(), beta, gemm::Epilogue{p.bias, kernels::Activation::none});
-}
 
 // The heads of W_qkv's part p (all of Q, K and V when it is one matrix) and the first of them.
 int64_t part_heads(const DecoderLayer& l, int p, int64_t& first) {
@@ -270,7 +267,7 @@ void decoder_layer(const DecoderLayer& l, int64_t B, int64_t L, float* x, float*
     for (int p = 0; p < l.qkv_parts; ++p) {  // (M, W)
         int64_t first;
         part_heads(l, p, first);
-        project(l.qkv[p], M, s.n, s.qkv + first * D, 0.0f, W);
+        project(l.qkv[p], M, s.n, s.qkv + first * D, kernels::Activation::none, 0.0f, W);
     }
     norm_heads(l, M, s.qkv, 0, H + Hkv);
     ops::rope(s.qkv, B, L, H, L * W, W, D, positions, rope.cos, rope.sin, l.rot, l.interleaved);
@@ -283,7 +280,7 @@ void decoder_layer(const DecoderLayer& l, int64_t B, int64_t L, float* x, float*
         project(l.out, M, s.ctx, s.o);
         post_norm(x, s.o, M, E, l.post_attn_norm, l.eps);  // x += RMSNorm_post(W_o ctx)
     } else {
-        project(l.out, M, s.ctx, x, 1.0f);  // x += W_o ctx
+        project(l.out, M, s.ctx, x, kernels::Activation::none, 1.0f);  // x += W_o ctx
     }
     ops::rms_norm(x, E, s.n, E, M, E, l.ffn_norm, l.eps);
     project(l.gate_up, M, s.n, s.gu);  // (M, 2F)

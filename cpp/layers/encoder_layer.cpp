@@ -2,27 +2,11 @@
 
 #include "cpu/cpu.h"
 #include "gemm/gemm.h"
+#include "layers/steps.h"
 #include "ops/attention.h"
-#include "ops/layer_norm.h"
 
 namespace pyattn::layers {
 namespace {
-
-void project(const Projection& p, int64_t M, const float* a, float* c, kernels::Activation act) {
-    gemm::sgemm(M, a, p.w->K(), *p.w, c, p.w->N(), 0.0f, gemm::Epilogue{p.bias, act});
-}
-
-// y += t over M rows of n (row-contiguous)
-void add_rows(float* y, const float* t, int64_t M, int64_t n) {
-    const auto& ks = cpu::active();
-    const int nt = cpu::threads_for(2.0 * M * n);
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-    for (int64_t i = 0; i < M; ++i) ks.add(y + i * n, t + i * n, n);
-}
-
-void norm(const Norm& n, int64_t M, int64_t E, const float* x, float* y, const float* residual = nullptr) {
-    ops::layer_norm(x, E, y, E, M, E, n.weight, n.bias, n.eps, residual, E);
-}
 
 // The attention of B sequences of L rows over `heads` heads of E / l.heads columns, read in place from qkv (rows of
 // 3E: Q, K, V) and written into ctx (rows of E), both pointing at the first head.

@@ -164,7 +164,13 @@ class TransformerEncoderLayer(Module):
 
 class TransformerDecoderLayer(Module):
     """Masked self-attention, encoder-decoder attention (Q from the decoder, K and V from the encoder
-    output), feed-forward; residual + LayerNorm around each (post- or pre-LN)."""
+    output), feed-forward; residual + LayerNorm around each (post- or pre-LN).
+
+    A decoding step (a KV cache and projected memory K/V given) without attention weights or a tgt_mask runs in one
+    C++ call (`_core.CrossDecoderLayer`), the same bits as op by op; `fused = False` (on the class or one layer) runs
+    it op by op instead."""
+
+    fused = True
 
     def __init__(
         self,
@@ -199,6 +205,27 @@ class TransformerDecoderLayer(Module):
         need_weights=False,
     ):
         # x: (batch, tgt_len, d_model); memory: (batch, src_len, d_model) or its projected memory_kv
+        if self._takes_fused_step(
+            x, memory_kv, cache, tgt_mask, tgt_key_padding_mask, memory_key_padding_mask, need_weights
+        ):
+            # the whole step in one C++ call (cpp/layers/cross_decoder_layer.h): the same steps, no Python between
+            past, steps = cache.length, x.shape[1]
+            cache.reserve(past + steps)
+            y = self._fused().step(
+                F._c_aligned(x, np.float32),
+                cache.k,
+                cache.v,
+                past,
+                memory_kv.k,
+                memory_kv.v,
+                memory_kv.length,
+                None if tgt_key_padding_mask is None else np.ascontiguousarray(tgt_key_padding_mask),
+                None if memory_key_padding_mask is None else np.ascontiguousarray(memory_key_padding_mask),
+                bool(tgt_is_causal),
+            )
+            cache.length = past + steps
+            return y, (None, None)
+
         def sa(h):
             return self.self_attn(
                 h,
@@ -229,6 +256,54 @@ class TransformerDecoderLayer(Module):
             x = self.norm2(c, residual=x)
             x = self.norm3(self.ffn(x), residual=x)
         return x, (w_self, w_cross)
+
+    def _takes_fused_step(self, x, memory_kv, cache, tgt_mask, tgt_padding, memory_padding, need_weights=False) -> bool:
+        """Whether a call can run as one C++ step: a float32 KV cache and projected memory K/V whose rows divide
+        the batch, bool padding masks (or none), no tgt_mask, no weights asked."""
+        if not (self.fused and type(cache) is KVCache and isinstance(memory_kv, HeadKVCache) and tgt_mask is None):
+            return False
+        if not (isinstance(x, np.ndarray) and x.ndim == 3 and x.shape[1] and not need_weights):
+            return False
+        rows = memory_kv.k.shape[0]
+        if x.shape[0] % rows or not memory_kv.k.flags.c_contiguous or not memory_kv.v.flags.c_contiguous:
+            return False
+
+        def bool_mask(m, shape) -> bool:
+            return m is None or isinstance(m, np.ndarray) and m.dtype == np.bool_ and m.shape == shape
+
+        return bool_mask(tgt_padding, (x.shape[0], cache.length + x.shape[1])) and bool_mask(
+            memory_padding, (rows, memory_kv.length)
+        )
+
+    def _step_linears(self) -> tuple:
+        """The Linears of the C++ step, in its order: Q/K/V, self-attention's out, cross-attention's Q and out, the
+        FFN's two."""
+        return (
+            self.self_attn._projection("qkv"),
+            self.self_attn.out_proj,
+            self.cross_attn._projection("q"),
+            self.cross_attn.out_proj,
+            self.ffn.linear1,
+            self.ffn.linear2,
+        )
+
+    def _fused(self) -> _core.CrossDecoderLayer:
+        """The C++ layer over this layer's packed weights, rebuilt when a weight was repacked (set_storage)."""
+        lins, norms = self._step_linears(), (self.norm1, self.norm2, self.norm3)
+        key = tuple(id(lin._packed) for lin in lins) + tuple(id(a) for n in norms for a in (n.weight, n.bias))
+        cached = getattr(self, "_fused_layer", None)
+        if cached is None or cached[0] != key:
+            layer = _core.CrossDecoderLayer(
+                *(lin._packed for lin in lins),
+                *(a for n in norms for a in (n.weight, n.bias, n.eps)),
+                self.self_attn.num_heads,
+                self.ffn.activation,
+                self.norm_first,
+                self.self_attn.scale,
+                self.cross_attn.scale,
+            )
+            self._fused_layer = cached = (key, layer)
+        return cached[1]
 
 
 def packed_lengths(offsets: np.ndarray, rows: int, what: str = "rows") -> np.ndarray:
