@@ -62,8 +62,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 from _machine import describe as describe_machine  # benchmarks/_machine.py (the script's folder is on sys.path)
@@ -394,9 +395,9 @@ def embedding_servers(args, levels: List[int], results: dict, emit) -> None:
             port = free_port()
             cmd = [args.peer_python, str(HERE / "_st_server.py"), "--port", str(port), *threads]
             results["rows"] += run_server("peer", cmd, port, levels, emit, warm_up, measure, show)
-    by = {(r["server"], r.get("clients")): r for r in results["rows"] if "error" not in r}
-    for clients in levels:
-        b, u, p = by.get(("batched", clients)), by.get(("unbatched", clients)), by.get(("peer", clients))
+    by = level_rows(results["rows"], levels)
+    for i, clients in enumerate(levels):
+        b, u, p = (by[name][i] for name in ("batched", "unbatched", "peer"))
         if b:
             share = b["sentences_per_s"] / b["offline_sentences_per_s"]  # every batched level has its offline run
             parts = [f"{clients} clients: batched = {share:.0%} of the offline run before it"]
@@ -428,14 +429,27 @@ def generation_servers(args, levels: List[int], results: dict, emit) -> None:
             port = free_port()
             cmd = base + ["--port", str(port), *extra]
             results["rows"] += run_server(name, cmd, port, levels, emit, warm_up, measure, show)
-    by = {(r["server"], r.get("clients")): r for r in results["rows"] if "error" not in r}
-    for clients in levels:
-        c, q = by.get(("continuous", clients)), by.get(("queued", clients))
+    by = level_rows(results["rows"], levels)
+    for i, clients in enumerate(levels):
+        c, q = by["continuous"][i], by["queued"][i]
         if c and q:
             emit(
                 f"{clients} clients: continuous = {c['tokens_per_s'] / q['tokens_per_s']:.2f}x the tokens/s of queued, "
                 f"p50 latency {c['p50_ms'] / q['p50_ms']:.2f}x"
             )
+
+
+def level_rows(rows: List[dict], levels: List[int]) -> Dict[str, List[Optional[dict]]]:
+    """Each server's row for each level, in the order of `levels` (a level given twice in --clients keeps both
+    rows); None where the server failed or did not run."""
+    by: Dict[str, List[Optional[dict]]] = defaultdict(lambda: [None] * len(levels))
+    ran: Dict[str, List[dict]] = defaultdict(list)
+    for r in rows:
+        ran[r["server"]].append(r)
+    for name, rs in ran.items():
+        if len(rs) == len(levels):  # run_server's rows: one per level, in order (or one error row)
+            by[name] = [None if "error" in r else r for r in rs]
+    return by
 
 
 def peer_ready(python: Optional[str]) -> Optional[str]:
