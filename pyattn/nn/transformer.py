@@ -68,6 +68,16 @@ def check_stack(layers, norm: Optional[LayerNorm], name: str) -> None:
         )
 
 
+def core_layer(owner: Module, lins, norms, build):
+    """owner's C++ layer (build() makes it) over the packed matrices of `lins` and the arrays of `norms`, kept on
+    owner and rebuilt when one of them was replaced (a weight repacked by set_storage, say)."""
+    key = tuple(id(lin._packed) for lin in lins) + tuple(id(a) for n in norms for a in (n.weight, n.bias))
+    cached = getattr(owner, "_fused_layer", None)
+    if cached is None or cached[0] != key:
+        owner._fused_layer = cached = (key, build())
+    return cached[1]
+
+
 class TransformerEncoderLayer(Module):
     """x -> x + SelfAttn(x) -> x + FFN(x), each sub-layer wrapped in a residual connection and LayerNorm:
     after it (norm_first=False, the paper) or before it (norm_first=True).
@@ -140,26 +150,20 @@ class TransformerEncoderLayer(Module):
     def _fused(self) -> _core.EncoderLayer:
         """The C++ layer over this layer's packed weights, rebuilt when a weight was repacked (set_storage)."""
         lins = (self.self_attn._projection("qkv"), self.self_attn.out_proj, self.ffn.linear1, self.ffn.linear2)
-        key = tuple(id(lin._packed) for lin in lins) + tuple(
-            id(a) for n in (self.norm1, self.norm2) for a in (n.weight, n.bias)
-        )
-        cached = getattr(self, "_fused_layer", None)
-        if cached is None or cached[0] != key:
-            layer = _core.EncoderLayer(
+        norms = (self.norm1, self.norm2)
+        return core_layer(
+            self,
+            lins,
+            norms,
+            lambda: _core.EncoderLayer(
                 *(lin._packed for lin in lins),
-                self.norm1.weight,
-                self.norm1.bias,
-                self.norm1.eps,
-                self.norm2.weight,
-                self.norm2.bias,
-                self.norm2.eps,
+                *(a for n in norms for a in (n.weight, n.bias, n.eps)),
                 self.self_attn.num_heads,
                 self.ffn.activation,
                 self.norm_first,
                 self.self_attn.scale,
-            )
-            self._fused_layer = cached = (key, layer)
-        return cached[1]
+            ),
+        )
 
 
 class TransformerDecoderLayer(Module):
@@ -290,10 +294,11 @@ class TransformerDecoderLayer(Module):
     def _fused(self) -> _core.CrossDecoderLayer:
         """The C++ layer over this layer's packed weights, rebuilt when a weight was repacked (set_storage)."""
         lins, norms = self._step_linears(), (self.norm1, self.norm2, self.norm3)
-        key = tuple(id(lin._packed) for lin in lins) + tuple(id(a) for n in norms for a in (n.weight, n.bias))
-        cached = getattr(self, "_fused_layer", None)
-        if cached is None or cached[0] != key:
-            layer = _core.CrossDecoderLayer(
+        return core_layer(
+            self,
+            lins,
+            norms,
+            lambda: _core.CrossDecoderLayer(
                 *(lin._packed for lin in lins),
                 *(a for n in norms for a in (n.weight, n.bias, n.eps)),
                 self.self_attn.num_heads,
@@ -301,9 +306,8 @@ class TransformerDecoderLayer(Module):
                 self.norm_first,
                 self.self_attn.scale,
                 self.cross_attn.scale,
-            )
-            self._fused_layer = cached = (key, layer)
-        return cached[1]
+            ),
+        )
 
 
 def packed_lengths(offsets: np.ndarray, rows: int, what: str = "rows") -> np.ndarray:
