@@ -139,6 +139,8 @@ def test_bad_step_arguments():
         fused.step(x, ck, cv, 0, mk, mv, 6, np.zeros((2, 3), bool))
     with pytest.raises(ValueError, match="memory_key_padding_mask of shape \\(1, 6\\)"):
         fused.step(x, ck, cv, 0, mk, mv, 6, None, np.zeros((2, 6), bool))
+    with pytest.raises(ValueError, match="cache_v"):
+        fused.step(x, ck, ck, 0, mk, mv, 6)  # one buffer for both: the values would overwrite the keys
     ro = ck.copy()
     ro.flags.writeable = False
     with pytest.raises(ValueError, match="read-only"):

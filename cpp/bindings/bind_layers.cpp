@@ -224,6 +224,7 @@ public:
         }
         const int64_t capacity = cache_k.shape(1);
         if (cache_v.shape(1) != capacity) value_error("cache_k and cache_v must have one shape");
+        require_no_overlap(cache_v, cache_k, "cache_v", "cache_k");
         if (past < 0 || past + L > capacity)
             value_error("past (" + std::to_string(past) + ") + " + std::to_string(L) + " new positions exceed the " +
                         "cache's capacity " + std::to_string(capacity));
