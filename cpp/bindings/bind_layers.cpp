@@ -51,19 +51,20 @@ const uint8_t* bool_mask(const py::object& obj, const std::vector<int64_t>& shap
     return static_cast<const uint8_t*>(keep.data());
 }
 
-class EncoderLayer {
-    // scratch from the block cache: recently freed blocks are reused, so a model run faults few pages
-    struct Scratch {
-        py::array qkv, ctx, h, ff;
-        layers::EncoderScratch views;
-        Scratch(int64_t M, int64_t E, int64_t F)
-            : qkv(empty_f32({M, 3 * E})),
-              ctx(empty_f32({M, E})),
-              h(empty_f32({M, E})),
-              ff(empty_f32({M, F})),
-              views{f32_mut(qkv), f32_mut(ctx), f32_mut(h), f32_mut(ff)} {}
-    };
+// The whole-layer calls' scratch (layers::EncoderScratch, also the cross decoder's) for M rows, from the block
+// cache: recently freed blocks are reused, so a model run faults few pages.
+struct LayerScratch {
+    py::array qkv, ctx, h, ff;
+    layers::EncoderScratch views;
+    LayerScratch(int64_t M, int64_t E, int64_t F)
+        : qkv(empty_f32({M, 3 * E})),
+          ctx(empty_f32({M, E})),
+          h(empty_f32({M, E})),
+          ff(empty_f32({M, F})),
+          views{f32_mut(qkv), f32_mut(ctx), f32_mut(h), f32_mut(ff)} {}
+};
 
+class EncoderLayer {
 public:
     EncoderLayer(const py::object& qkv, const py::object& out, const py::object& ffn1, const py::object& ffn2,
                  const py::array& norm1_weight, const py::object& norm1_bias, float norm1_eps,
@@ -101,22 +102,10 @@ public:
         const int64_t B = x.shape(0), L = x.shape(1), M = B * L;
         if (x.shape(2) != E_)
             value_error("expected x of shape (batch, seq, " + std::to_string(E_) + "), got " + shape_str(x));
-        const uint8_t* kp = nullptr;
         py::array keep;
-        if (!key_padding_mask.is_none()) {
-            if (!py::isinstance<py::array>(key_padding_mask))
-                type_error("expected key_padding_mask to be a numpy array or None");
-            keep = key_padding_mask.cast<py::array>();
-            if (!keep.dtype().is(py::dtype::of<bool>()))
-                type_error("expected key_padding_mask to be bool (True = padding), got " + dtype_str(keep));
-            if (keep.ndim() != 2 || keep.shape(0) != B || keep.shape(1) != L)
-                value_error("expected key_padding_mask of shape (" + std::to_string(B) + ", " + std::to_string(L) +
-                            "), got " + shape_str(keep));
-            require_c_contiguous(keep, "key_padding_mask");
-            kp = static_cast<const uint8_t*>(keep.data());
-        }
+        const uint8_t* kp = bool_mask(key_padding_mask, {B, L}, "key_padding_mask", keep);
         py::array y = empty_f32({B, L, E_});
-        Scratch s(M, E_, F_);
+        LayerScratch s(M, E_, F_);
         const float* xp = f32(x);
         float* yp = f32_mut(y);
         {
@@ -147,7 +136,7 @@ public:
             if (off[b + 1] < off[b]) value_error("offsets must not decrease (entry " + std::to_string(b + 1) + ")");
         py::array y = empty_f32({T, E_});
         if (T == 0) return y;
-        Scratch s(T, E_, F_);
+        LayerScratch s(T, E_, F_);
         const float* xp = f32(x);
         float* yp = f32_mut(y);
         {
@@ -251,9 +240,7 @@ public:
         const uint8_t* memory_pad =
             bool_mask(memory_key_padding_mask, {rows, memory_length}, "memory_key_padding_mask", mkp);
         py::array y = empty_f32({B, L, E});
-        const int64_t M = B * L;
-        py::array qkv = empty_f32({M, 3 * E}), ctx = empty_f32({M, E}), h = empty_f32({M, E}), ff = empty_f32({M, F_});
-        const layers::CrossDecoderScratch s{f32_mut(qkv), f32_mut(ctx), f32_mut(h), f32_mut(ff)};
+        LayerScratch s(B * L, E, F_);
         const layers::SelfCache c{f32_mut(cache_k), f32_mut(cache_v), capacity, past, self_pad, is_causal};
         const layers::MemoryKV m{memory_k.data(), memory_v.data(), rows, memory_k.shape(2), memory_length, f16,
                                  memory_pad};
@@ -261,7 +248,7 @@ public:
         float* yp = f32_mut(y);
         {
             py::gil_scoped_release nogil;
-            layers::cross_decoder_layer(l_, B, L, xp, yp, c, m, s);
+            layers::cross_decoder_layer(l_, B, L, xp, yp, c, m, s.views);
         }
         return y;
     }

@@ -47,9 +47,8 @@ struct MemoryKV {
     const uint8_t* key_padding;  // (rows, length), or null
 };
 
-struct CrossDecoderScratch {
-    float *qkv, *ctx, *h, *ff;  // B L x 3E, B L x E, B L x E, B L x F floats
-};
+// The encoder layer's four buffers, here of B L rows: qkv B L x 3E, ctx and h B L x E, ff B L x F floats.
+using CrossDecoderScratch = EncoderScratch;
 
 void cross_decoder_layer(const CrossDecoderLayer& l, int64_t B, int64_t L, const float* x, float* y, const SelfCache& c,
                          const MemoryKV& m, const CrossDecoderScratch& s);
