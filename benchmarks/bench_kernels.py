@@ -12,8 +12,10 @@ Five tables per thread count, each cell the median of repeats after a warm-up ca
   measured read bandwidth.
 * GEMM by weight type, y = x W^T on the transformer shapes (and GEMVs, M = 1, to a 51865-word vocabulary):
   pyattn.PackedLinear(w, None, storage) with storage float32 / bfloat16 / int8 (blocks of 32 along K, weights
-  and activations: GGUF Q8_0 x Q8_0) against torch.nn.functional.linear on float32 and on bfloat16 tensors, in
-  GFLOP/s (2 ops per multiply-add for every type, int8 included), each with its max relative error
+  and activations: GGUF Q8_0 x Q8_0) against torch.nn.functional.linear on float32 and on bfloat16 tensors and
+  OpenVINO's CPU plugin (a MatMul by the constant weight, with the f32 hint and with its default, which is bf16
+  on CPUs with AMX or AVX512_BF16; the precision it reports is recorded), in GFLOP/s (2 ops per multiply-add
+  for every type, int8 included), each with its max relative error
   (max |y - y64| / max |y64|) against the float64 product of the same float32 x and W.
 * Attention B=1, H=12, D=64, causal and not: pyattn's fused kernel vs torch's scaled_dot_product_attention
   vs an unfused numpy version, in ms and GFLOP/s (4 B H L^2 D flops, halved when causal).
@@ -151,6 +153,11 @@ class Peers:
             torch = None
         self.torch = torch
         try:
+            import openvino
+        except ImportError:  # in the bench extra; without it the weight-type table has no OpenVINO columns
+            openvino = None
+        self.openvino = openvino
+        try:
             import threadpoolctl
         except ImportError:
             threadpoolctl = None
@@ -238,10 +245,34 @@ def gemm_rows(peers: Peers, shapes, threads: int, timing, peak: float) -> list[d
     return rows
 
 
-def precision_impls(x: np.ndarray, w: np.ndarray, torch) -> dict:
+def openvino_linear(ov, x: np.ndarray, w: np.ndarray, threads: int, f32: bool):
+    """y = x @ w.T as an OpenVINO model (a MatMul by a constant weight, as its ONNX frontend makes of a Linear)
+    compiled for its CPU plugin on `threads` threads: with the f32 precision hint, or with the plugin's default
+    (bf16 on CPUs with AMX or AVX512_BF16). Returns the callable and the precision the plugin says it runs."""
+    from openvino import opset13 as ops
+
+    param = ops.parameter(list(x.shape), ov.Type.f32)
+    y = ops.matmul(param, ops.constant(w), transpose_a=False, transpose_b=True)
+    config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1}
+    if f32:
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    compiled = ov.Core().compile_model(ov.Model([y], [param]), "CPU", config)
+    request = compiled.create_infer_request()
+    out = compiled.output(0)
+
+    def run():
+        request.infer({0: x}, share_inputs=True)
+        return request.get_tensor(out).data
+
+    precision = str(compiled.get_property("INFERENCE_PRECISION_HINT")).replace("<Type: '", "").replace("'>", "")
+    return run, precision
+
+
+def precision_impls(x: np.ndarray, w: np.ndarray, torch, openvino=None, threads: int = 1) -> dict:
     """y = x @ w.T with the weight held in each type, as argument-free callables returning float arrays, and the
     bytes each holds its weight in. pyattn takes float32 activations (bfloat16 and int8 round or quantize them
-    inside the call); torch's bf16 row multiplies tensors already in bf16, as a model.to(torch.bfloat16) does."""
+    inside the call); torch's bf16 row multiplies tensors already in bf16, as a model.to(torch.bfloat16) does;
+    OpenVINO takes float32 x (its CPU plugin converts inside the call where it runs bf16)."""
     impls, nbytes = {}, {}
     for storage in PRECISION_STORAGES:
         packed = pyattn.PackedLinear(w, None, storage)
@@ -254,6 +285,11 @@ def precision_impls(x: np.ndarray, w: np.ndarray, torch) -> dict:
         calls["torch_float32"] = lambda: torch.nn.functional.linear(tx, tw)
         calls["torch_bfloat16"] = lambda: torch.nn.functional.linear(bx, bw)
         nbytes["torch_float32"], nbytes["torch_bfloat16"] = w.nbytes, w.size * 2
+    if openvino is not None:
+        for name, f32 in (("openvino_f32", True), ("openvino_default", False)):
+            calls[name], precision = openvino_linear(openvino, x, w, threads, f32)
+            nbytes[name] = w.size * (4 if precision == "f32" else 2)
+            calls[name].precision = precision
     return calls, nbytes
 
 
@@ -272,10 +308,12 @@ def precision_rows(peers: Peers, shapes, threads: int, timing) -> list[dict]:
         x = rng.standard_normal((M, K), dtype=np.float32)
         w = rng.standard_normal((N, K), dtype=np.float32) / np.float32(np.sqrt(K))
         want = x.astype(np.float64) @ w.T.astype(np.float64)
-        calls, nbytes = precision_impls(x, w, peers.torch)
+        calls, nbytes = precision_impls(x, w, peers.torch, peers.openvino, threads)
         flops = 2.0 * M * N * K  # int8 too: a multiply-add is 2 ops whatever the type
         row = {"M": M, "K": K, "N": N, "threads": threads}
         for name, fn in calls.items():
+            if hasattr(fn, "precision"):
+                row[f"{name}_precision"] = fn.precision
             t = measure(fn, timing)
             row[f"{name}_ms"] = t * 1e3
             row[f"{name}_gflops"] = flops / t / 1e9
@@ -480,15 +518,20 @@ PRECISION_SERIES = [
     ("pyattn_int8", "pyattn int8"),
     ("torch_float32", "torch f32"),
     ("torch_bfloat16", "torch bf16"),
+    ("openvino_f32", "OpenVINO f32"),
+    ("openvino_default", "OpenVINO default"),
 ]
 
 
 def format_precision(rows) -> list[str]:
+    ov = rows[0].get("openvino_default_precision")
     lines = [
         f"GEMM y = x W^T by weight type, GFLOP/s (median; 2 ops per multiply-add, int8 included), "
         f"{rows[0]['threads']} thread(s); in brackets the max relative error max|y - y64| / max|y64|, y64 the "
         "float64 product of the float32 x and W. pyattn: PackedLinear(w, None, storage) on float32 x (bf16/int8 "
-        "round/quantize x in the call); torch: F.linear, bf16 on tensors already in bf16",
+        "round/quantize x in the call); torch: F.linear, bf16 on tensors already in bf16; OpenVINO: a MatMul by "
+        "a constant weight on its CPU plugin, with the f32 hint and with its default"
+        + (f" (which runs {ov} here)" if ov else ""),
         f"{'M':>5} {'K':>5} {'N':>6} | " + " | ".join(f"{label:>16}" for _, label in PRECISION_SERIES),
     ]
     for r in rows:
