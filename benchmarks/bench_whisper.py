@@ -1,5 +1,5 @@
 """Whisper tiny.en benchmark: pyattn (the file's float16 weights; float32, bfloat16, int8) vs CTranslate2 (fp32,
-int8) vs faster-whisper (fp32, int8), one run.
+int8) vs faster-whisper (fp32, int8) vs torch (transformers, fp32 and bf16), one run.
 
     python benchmarks/bench_whisper.py            # full run: 1 and 2 threads, 5 repeats
     python benchmarks/bench_whisper.py --quick    # CI-sized: 2 threads, 1 repeat (its times mean nothing)
@@ -14,13 +14,17 @@ generated token, the end token included). Peak RSS is the worker's.
 Rows: pyattn = Whisper.from_pretrained() with the model file's own weights (float16 for tiny.en), float32 math;
 pyattn-float32 / -bfloat16 / -int8 = Whisper.from_pretrained(compute_type=...) (int8 keeps the encoder float32, or
 bfloat16 on a CPU with bfloat16 pair instructions: pyattn.models.whisper); ct2-fp32 / ct2-int8 =
-ctranslate2.models.Whisper(compute_type=...); faster-whisper-fp32 / -int8 = faster_whisper.WhisperModel(compute_type=
-...). The precision column is what each says it holds (pyattn's
-weight storage in encoder and decoder, CTranslate2's compute type). pyattn and CTranslate2 run the same prompt
-(<|startoftranscript|> <|notimestamps|>) and suppression options; faster-whisper runs its own `transcribe` (no
-timestamps, temperature 0, no VAD, no conditioning on previous text) for reference. Accuracy beside the times:
-whether the transcripts (greedy and beam 5) are identical to CTranslate2 fp32's and to pyattn float32's, and the
-text of every transcript that differs. A row that fails to load or run says so in the table, with its error.
+ctranslate2.models.Whisper(compute_type=...); faster-whisper-fp32 / -int8 =
+faster_whisper.WhisperModel(compute_type=...); torch-fp32 / torch-bf16 = transformers'
+WhisperForConditionalGeneration built from the same file (tests/hf_whisper.py) and its `generate`, on CTranslate2's
+row's features, in float32 or bfloat16. OpenVINO has no row: its Whisper with a KV cache comes from optimum-intel's
+exporter, whose release (2.2.0) requires transformers < 5.6 and torchvision, which pulls a torch of its own over the
+pinned one (docs/precision.md). The precision column is what each says it holds (pyattn's weight storage in encoder
+and decoder, CTranslate2's compute type). pyattn and CTranslate2 run the same prompt (<|startoftranscript|>
+<|notimestamps|>) and suppression options; faster-whisper runs its own `transcribe` (no timestamps, temperature 0,
+no VAD, no conditioning on previous text) for reference. Accuracy beside the times: whether the transcripts (greedy
+and beam 5) are identical to CTranslate2 fp32's and to pyattn float32's, and the text of every transcript that
+differs. A row that fails to load or run says so in the table, with its error.
 The table names the CPU. Writes benchmarks/results/whisper_<machine tag>.{json,txt,png}
 (benchmarks/_machine.py; --quick: whisper_<tag>_quick.*, gitignored).
 """
@@ -63,6 +67,8 @@ IMPLS = (
     "ct2-int8",
     "faster-whisper-fp32",
     "faster-whisper-int8",
+    "torch-fp32",
+    "torch-bf16",
 )
 REFERENCE = "ct2-fp32"  # every transcript is compared with this one's ...
 PYATTN_REFERENCE = "pyattn-float32"  # ... and with this one's
@@ -128,6 +134,19 @@ class PyattnRunner:
         return self.model.generate(memory=memory, beam_size=beam)[0]
 
 
+def windowed_features(fe, audio) -> np.ndarray:
+    """faster-whisper's log-mel features of the whole clip (`fe`: its FeatureExtractor) cut into 30 s windows of 3000
+    frames, the last one padded with zeros: what CTranslate2's Whisper takes."""
+    mel = fe(audio)
+    n_frames = len(audio) // 160
+    n_win = max(1, -(-n_frames // 3000))
+    out = np.zeros((n_win, 80, 3000), np.float32)
+    for i in range(n_win):
+        chunk = mel[:, i * 3000 : min((i + 1) * 3000, n_frames)]
+        out[i, :, : chunk.shape[1]] = chunk
+    return out
+
+
 class CT2Runner:
     def __init__(self, threads: int, compute_type: str):
         import ctranslate2
@@ -146,14 +165,7 @@ class CT2Runner:
         self.tok = Tokenizer.from_file(str(path / "tokenizer.json"))
 
     def features(self, audio):
-        mel = self.fe(audio)
-        n_frames = len(audio) // 160
-        n_win = max(1, -(-n_frames // 3000))
-        out = np.zeros((n_win, 80, 3000), np.float32)
-        for i in range(n_win):
-            chunk = mel[:, i * 3000 : min((i + 1) * 3000, n_frames)]
-            out[i, :, : chunk.shape[1]] = chunk
-        return out
+        return windowed_features(self.fe, audio)
 
     def encode(self, feats):
         return self.model.encode(self.ct2.StorageView.from_array(np.ascontiguousarray(feats)))
@@ -193,6 +205,57 @@ class FasterWhisperRunner:
         return " ".join(s.text.strip() for s in segments)
 
 
+class TorchRunner:
+    """transformers' WhisperForConditionalGeneration with the model file's weights (tests/hf_whisper.py) and
+    its `generate`, under torch.inference_mode, in float32 or bfloat16 (the model and the features cast: torch's
+    bfloat16 kernels, oneDNN's on CPUs with AVX512_BF16 or AMX). The features are CTranslate2's row's
+    (faster-whisper's extractor): transformers' own pads the audio to 30 s before the transform, where these pad the
+    log-mel frames, and on the short clip that alone changed the greedy transcript (one word)."""
+
+    def __init__(self, threads: int, dtype: str):
+        import torch
+        import transformers
+        from faster_whisper.feature_extractor import FeatureExtractor
+        from tokenizers import Tokenizer
+        from transformers.modeling_outputs import BaseModelOutput
+
+        from pyattn.models.whisper import default_model_path
+
+        sys.path.insert(0, str(HERE.parent / "tests"))  # the builder the tests compare pyattn's Whisper with
+        from hf_whisper import hf_whisper
+
+        transformers.logging.set_verbosity_error()  # its Whisper generate warns of the config it was handed
+        torch.set_num_threads(threads)
+        self.torch, self.output = torch, BaseModelOutput
+        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+        model, _ = hf_whisper()
+        self.model = model.to(self.dtype)
+        self.fe = FeatureExtractor()
+        self.tok = Tokenizer.from_file(str(default_model_path() / "tokenizer.json"))
+        self.precision = f"torch {self.dtype}".replace("torch.", "")
+
+    def features(self, audio):
+        return windowed_features(self.fe, audio)
+
+    def encode(self, feats):
+        with self.torch.inference_mode():
+            return self.model.model.encoder(self.torch.from_numpy(feats).to(self.dtype)).last_hidden_state
+
+    def generate(self, memory, beam):
+        with self.torch.inference_mode():
+            out = self.model.generate(encoder_outputs=self.output(last_hidden_state=memory), num_beams=beam)
+        return out[0].tolist()
+
+    def transcribe(self, audio, beam):
+        texts = []
+        with self.torch.inference_mode():
+            for w in self.features(audio):
+                x = self.torch.from_numpy(w[None]).to(self.dtype)
+                ids = self.model.generate(x, num_beams=beam)[0].tolist()
+                texts.append(self.tok.decode(ids, skip_special_tokens=True).strip())
+        return " ".join(t for t in texts if t)
+
+
 def worker(impl: str, threads: int, clips: dict, reps: int) -> dict:
     if impl == "pyattn" or impl.startswith("pyattn-"):
         r = PyattnRunner(threads, impl.partition("-")[2] or "default")
@@ -200,6 +263,8 @@ def worker(impl: str, threads: int, clips: dict, reps: int) -> dict:
         r = CT2Runner(threads, impl.split("-")[1].replace("fp", "float"))
     elif impl.startswith("faster-whisper-"):
         r = FasterWhisperRunner(threads, impl.split("-")[2].replace("fp", "float"))
+    elif impl.startswith("torch-"):
+        r = TorchRunner(threads, impl.split("-")[1])
     else:
         raise ValueError(f"unknown implementation {impl!r}; expected one of {', '.join(IMPLS)}")
     res = {"impl": impl, "threads": threads, "precision": r.precision, "clips": {}}
