@@ -248,7 +248,8 @@ def gemm_rows(peers: Peers, shapes, threads: int, timing, peak: float) -> list[d
 def openvino_linear(ov, x: np.ndarray, w: np.ndarray, threads: int, f32: bool):
     """y = x @ w.T as an OpenVINO model (a MatMul by a constant weight, as its ONNX frontend makes of a Linear)
     compiled for its CPU plugin on `threads` threads: with the f32 precision hint, or with the plugin's default
-    (bf16 on CPUs with AMX or AVX512_BF16). Returns the callable and the precision the plugin says it runs."""
+    (bf16 on CPUs with AMX or AVX512_BF16). Returns the callable, the precision the plugin says it runs (named as
+    bench_models names it: 'float32', 'bfloat16') and the bytes of one weight in that precision."""
     from openvino import opset13 as ops
 
     param = ops.parameter(list(x.shape), ov.Type.f32)
@@ -264,8 +265,8 @@ def openvino_linear(ov, x: np.ndarray, w: np.ndarray, threads: int, f32: bool):
         request.infer({0: x}, share_inputs=True)
         return request.get_tensor(out).data
 
-    precision = str(compiled.get_property("INFERENCE_PRECISION_HINT")).replace("<Type: '", "").replace("'>", "")
-    return run, precision
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT")  # an openvino Type
+    return run, str(hint).replace("<Type: '", "").replace("'>", ""), hint.size
 
 
 def precision_impls(x: np.ndarray, w: np.ndarray, torch, openvino=None, threads: int = 1) -> dict:
@@ -287,8 +288,8 @@ def precision_impls(x: np.ndarray, w: np.ndarray, torch, openvino=None, threads:
         nbytes["torch_float32"], nbytes["torch_bfloat16"] = w.nbytes, w.size * 2
     if openvino is not None:
         for name, f32 in (("openvino_f32", True), ("openvino_default", False)):
-            calls[name], precision = openvino_linear(openvino, x, w, threads, f32)
-            nbytes[name] = w.size * (4 if precision == "f32" else 2)
+            calls[name], precision, size = openvino_linear(openvino, x, w, threads, f32)
+            nbytes[name] = w.size * size
             calls[name].precision = precision
     return calls, nbytes
 
