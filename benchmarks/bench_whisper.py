@@ -147,7 +147,20 @@ def windowed_features(fe, audio) -> np.ndarray:
     return out
 
 
-class CT2Runner:
+class WindowedRunner:
+    """A runner that decodes CTranslate2's row's 30 s windows one by one (`window_ids`) and joins their texts."""
+
+    def features(self, audio):
+        return windowed_features(self.fe, audio)
+
+    def transcribe(self, audio, beam):
+        texts = [
+            self.tok.decode(self.window_ids(w, beam), skip_special_tokens=True).strip() for w in self.features(audio)
+        ]
+        return " ".join(t for t in texts if t)
+
+
+class CT2Runner(WindowedRunner):
     def __init__(self, threads: int, compute_type: str):
         import ctranslate2
         from faster_whisper.feature_extractor import FeatureExtractor
@@ -164,21 +177,14 @@ class CT2Runner:
         self.fe = FeatureExtractor()
         self.tok = Tokenizer.from_file(str(path / "tokenizer.json"))
 
-    def features(self, audio):
-        return windowed_features(self.fe, audio)
-
     def encode(self, feats):
         return self.model.encode(self.ct2.StorageView.from_array(np.ascontiguousarray(feats)))
 
     def generate(self, memory, beam):
         return self.model.generate(memory, [PROMPT], beam_size=beam)[0].sequences_ids[0]
 
-    def transcribe(self, audio, beam):
-        texts = []
-        for w in self.features(audio):
-            ids = self.model.generate(self.ct2.StorageView.from_array(w[None]), [PROMPT], beam_size=beam)[0]
-            texts.append(self.tok.decode(ids.sequences_ids[0], skip_special_tokens=True).strip())
-        return " ".join(t for t in texts if t)
+    def window_ids(self, window, beam):
+        return self.generate(self.ct2.StorageView.from_array(window[None]), beam)
 
 
 class FasterWhisperRunner:
@@ -205,7 +211,7 @@ class FasterWhisperRunner:
         return " ".join(s.text.strip() for s in segments)
 
 
-class TorchRunner:
+class TorchRunner(WindowedRunner):
     """transformers' WhisperForConditionalGeneration with the model file's weights (tests/hf_whisper.py) and
     its `generate`, under torch.inference_mode, in float32 or bfloat16 (the model and the features cast: torch's
     bfloat16 kernels, oneDNN's on CPUs with AVX512_BF16 or AMX). The features are CTranslate2's row's
@@ -227,15 +233,14 @@ class TorchRunner:
         transformers.logging.set_verbosity_error()  # its Whisper generate warns of the config it was handed
         torch.set_num_threads(threads)
         self.torch, self.output = torch, BaseModelOutput
-        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+        self.dtype, self.precision = {
+            "fp32": (torch.float32, "torch float32"),
+            "bf16": (torch.bfloat16, "torch bfloat16"),
+        }[dtype]
         model, _ = hf_whisper()
         self.model = model.to(self.dtype)
         self.fe = FeatureExtractor()
         self.tok = Tokenizer.from_file(str(default_model_path() / "tokenizer.json"))
-        self.precision = f"torch {self.dtype}".replace("torch.", "")
-
-    def features(self, audio):
-        return windowed_features(self.fe, audio)
 
     def encode(self, feats):
         with self.torch.inference_mode():
@@ -246,14 +251,9 @@ class TorchRunner:
             out = self.model.generate(encoder_outputs=self.output(last_hidden_state=memory), num_beams=beam)
         return out[0].tolist()
 
-    def transcribe(self, audio, beam):
-        texts = []
+    def window_ids(self, window, beam):
         with self.torch.inference_mode():
-            for w in self.features(audio):
-                x = self.torch.from_numpy(w[None]).to(self.dtype)
-                ids = self.model.generate(x, num_beams=beam)[0].tolist()
-                texts.append(self.tok.decode(ids, skip_special_tokens=True).strip())
-        return " ".join(t for t in texts if t)
+            return self.model.generate(self.torch.from_numpy(window[None]).to(self.dtype), num_beams=beam)[0].tolist()
 
 
 def worker(impl: str, threads: int, clips: dict, reps: int) -> dict:
