@@ -269,12 +269,13 @@ def openvino_linear(ov, x: np.ndarray, w: np.ndarray, threads: int, f32: bool):
     return run, str(hint).replace("<Type: '", "").replace("'>", ""), hint.size
 
 
-def precision_impls(x: np.ndarray, w: np.ndarray, torch, openvino=None, threads: int = 1) -> dict:
-    """y = x @ w.T with the weight held in each type, as argument-free callables returning float arrays, and the
-    bytes each holds its weight in. pyattn takes float32 activations (bfloat16 and int8 round or quantize them
-    inside the call); torch's bf16 row multiplies tensors already in bf16, as a model.to(torch.bfloat16) does;
-    OpenVINO takes float32 x (its CPU plugin converts inside the call where it runs bf16)."""
-    impls, nbytes = {}, {}
+def precision_impls(x: np.ndarray, w: np.ndarray, torch, openvino=None, threads: int = 1) -> tuple:
+    """y = x @ w.T with the weight held in each type, as argument-free callables returning float arrays, the bytes each
+    holds its weight in, and (OpenVINO) the precision each says it runs. pyattn takes float32 activations
+    (bfloat16 and int8 round or quantize them inside the call); torch's bf16 row multiplies tensors already in
+    bf16, as a model.to(torch.bfloat16) does; OpenVINO takes float32 x (its CPU plugin converts inside the call
+    where it runs bf16)."""
+    impls, nbytes, precisions = {}, {}, {}
     for storage in PRECISION_STORAGES:
         packed = pyattn.PackedLinear(w, None, storage)
         impls[f"pyattn_{storage}"] = packed
@@ -288,10 +289,9 @@ def precision_impls(x: np.ndarray, w: np.ndarray, torch, openvino=None, threads:
         nbytes["torch_float32"], nbytes["torch_bfloat16"] = w.nbytes, w.size * 2
     if openvino is not None:
         for name, f32 in (("openvino_f32", True), ("openvino_default", False)):
-            calls[name], precision, size = openvino_linear(openvino, x, w, threads, f32)
+            calls[name], precisions[name], size = openvino_linear(openvino, x, w, threads, f32)
             nbytes[name] = w.size * size
-            calls[name].precision = precision
-    return calls, nbytes
+    return calls, nbytes, precisions
 
 
 def max_rel_err(y, want: np.ndarray) -> float:
@@ -309,12 +309,11 @@ def precision_rows(peers: Peers, shapes, threads: int, timing) -> list[dict]:
         x = rng.standard_normal((M, K), dtype=np.float32)
         w = rng.standard_normal((N, K), dtype=np.float32) / np.float32(np.sqrt(K))
         want = x.astype(np.float64) @ w.T.astype(np.float64)
-        calls, nbytes = precision_impls(x, w, peers.torch, peers.openvino, threads)
+        calls, nbytes, precisions = precision_impls(x, w, peers.torch, peers.openvino, threads)
         flops = 2.0 * M * N * K  # int8 too: a multiply-add is 2 ops whatever the type
         row = {"M": M, "K": K, "N": N, "threads": threads}
+        row.update({f"{name}_precision": p for name, p in precisions.items()})
         for name, fn in calls.items():
-            if hasattr(fn, "precision"):
-                row[f"{name}_precision"] = fn.precision
             t = measure(fn, timing)
             row[f"{name}_ms"] = t * 1e3
             row[f"{name}_gflops"] = flops / t / 1e9

@@ -237,8 +237,7 @@ class TorchRunner(WindowedRunner):
             "fp32": (torch.float32, "torch float32"),
             "bf16": (torch.bfloat16, "torch bfloat16"),
         }[dtype]
-        model, _ = hf_whisper()
-        self.model = model.to(self.dtype)
+        self.model = hf_whisper().to(self.dtype)
         self.fe = FeatureExtractor()
         self.tok = Tokenizer.from_file(str(default_model_path() / "tokenizer.json"))
 
@@ -252,8 +251,7 @@ class TorchRunner(WindowedRunner):
         return out[0].tolist()
 
     def window_ids(self, window, beam):
-        with self.torch.inference_mode():
-            return self.model.generate(self.torch.from_numpy(window[None]).to(self.dtype), num_beams=beam)[0].tolist()
+        return self.generate(self.encode(window[None]), beam)
 
 
 def worker(impl: str, threads: int, clips: dict, reps: int) -> dict:

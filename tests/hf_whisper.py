@@ -69,7 +69,7 @@ def _weights(variables, layers: int, width: int) -> dict:
 
 
 def hf_whisper(path=None):
-    """(model, config.json of the file): WhisperForConditionalGeneration in eval mode with the file's weights and a
+    """WhisperForConditionalGeneration in eval mode with the file's weights and a
     generation config that decodes as CTranslate2 does with bench_whisper's prompt (the file's suppressed tokens,
     no timestamps, at most 448 tokens)."""
     from transformers import WhisperConfig, WhisperForConditionalGeneration
@@ -112,4 +112,4 @@ def hf_whisper(path=None):
     gc.no_timestamps_token_id = NO_TIMESTAMPS
     gc.is_multilingual = False
     gc.max_length = config.max_target_positions
-    return model, meta
+    return model

@@ -529,7 +529,7 @@ def test_encoder_and_decoder_logits_match_transformers(model, features):
     pytest.importorskip("transformers")
     from hf_whisper import hf_whisper
 
-    hf, _ = hf_whisper()
+    hf = hf_whisper()
     feats = features["stella.wav"][:1]
     memory = model.encode(feats)
     ids = PROMPT + [int(t) for t in model.generate(memory=memory)[0]] + [50256]
